@@ -1,0 +1,1 @@
+"""The network operator: backbone provisioning, registry, policy distribution, console."""

@@ -1,0 +1,1 @@
+"""PKI for the network: CA, gateway and system certificates, signing and encryption keys."""

@@ -1,0 +1,1 @@
+"""psvn_client: the Python SDK for a psvn gateway (filled in by the SDK work)."""

@@ -1,0 +1,94 @@
+"""Sign-then-encrypt for the backbone (sans-IO: bytes in, bytes out, no network).
+
+A sealed message is HPKE (RFC 9180, base mode) to the recipient gateway's key over an inner
+record that carries the envelope, the payload and the sender's Ed25519 signature over both. The
+HPKE ``info`` binds the ciphertext to (sender, recipient, message id), so a sealed message cannot
+be replayed under another id or re-addressed by the backbone. The backbone sees none of it.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgspec
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from psvn.errors import Code, PsvnError
+
+WIRE_VERSION = 1
+SUITES: dict[str, hpke.Suite] = {
+    "x25519-hkdf-sha256-aes128gcm": hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM),
+}
+DEFAULT_SUITE = "x25519-hkdf-sha256-aes128gcm"
+KIND_MESSAGE = "message"
+KIND_RECEIPT = "receipt"
+
+
+class Wire(msgspec.Struct, array_like=True, frozen=True):
+    v: int
+    suite: str
+    ct: bytes
+
+
+class Inner(msgspec.Struct, array_like=True, frozen=True):
+    kind: str
+    header: bytes  # canonical JSON: the envelope, or the receipt
+    payload: bytes
+    signature: bytes
+
+
+_wire_dec = msgspec.msgpack.Decoder(Wire)
+_inner_dec = msgspec.msgpack.Decoder(Inner)
+_enc = msgspec.msgpack.Encoder()
+
+
+def info_for(sender_org: str, recipient_org: str, message_id: str) -> bytes:
+    return f"psvn/v1|{sender_org}|{recipient_org}|{message_id}".encode()
+
+
+def signed_bytes(kind: str, header: bytes, payload: bytes) -> bytes:
+    """Domain-separated, length-prefixed: no two (kind, header, payload) give the same bytes."""
+    k = kind.encode()
+    return b"psvn-sig-v1\x00" + struct.pack(">HQ", len(k), len(header)) + k + header + payload
+
+
+def seal(kind: str, header: bytes, payload: bytes, *, signing_key: Ed25519PrivateKey,
+         recipient_key: X25519PublicKey, info: bytes, suite: str = DEFAULT_SUITE) -> bytes:
+    sig = signing_key.sign(signed_bytes(kind, header, payload))
+    inner = _enc.encode(Inner(kind=kind, header=header, payload=payload, signature=sig))
+    ct = SUITES[suite].encrypt(inner, recipient_key, info=info)
+    return _enc.encode(Wire(v=WIRE_VERSION, suite=suite, ct=ct))
+
+
+def unseal(data: bytes, *, private_key: X25519PrivateKey, info: bytes, message_id: str | None = None) -> Inner:
+    """Decrypt; does NOT verify the signature (the caller looks up the sender's key first)."""
+    try:
+        wire = _wire_dec.decode(data)
+    except msgspec.DecodeError as exc:
+        raise PsvnError(Code.DECRYPT_FAILED, "not a psvn sealed message", rule="wire-format",
+                        message_id=message_id) from exc
+    if wire.v != WIRE_VERSION or wire.suite not in SUITES:
+        raise PsvnError(Code.DECRYPT_FAILED, f"unsupported wire version {wire.v} / suite {wire.suite!r}",
+                        rule="wire-version", message_id=message_id)
+    try:
+        inner_bytes = SUITES[wire.suite].decrypt(wire.ct, private_key, info=info)
+    except (InvalidTag, ValueError) as exc:
+        raise PsvnError(Code.DECRYPT_FAILED,
+                        "decryption failed: wrong key, tampered ciphertext, or re-addressed message",
+                        rule="hpke-open", message_id=message_id) from exc
+    try:
+        return _inner_dec.decode(inner_bytes)
+    except msgspec.DecodeError as exc:
+        raise PsvnError(Code.DECRYPT_FAILED, "decrypted record is malformed", rule="inner-format",
+                        message_id=message_id) from exc
+
+
+def verify(inner: Inner, sender_key: Ed25519PublicKey, *, message_id: str | None = None) -> None:
+    try:
+        sender_key.verify(inner.signature, signed_bytes(inner.kind, inner.header, inner.payload))
+    except InvalidSignature as exc:
+        raise PsvnError(Code.SIGNATURE_INVALID, "the sender's signature does not verify",
+                        rule="ed25519-signature", message_id=message_id) from exc

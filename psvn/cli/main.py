@@ -1,0 +1,79 @@
+"""``psvn``: run, inspect and use a psvn network from the command line.
+
+Each command group lives in its own module under ``psvn.cli`` and exposes
+``register(subparsers)``; a command sets ``func`` (returning an exit code) on its parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from psvn import __version__
+from psvn.errors import PsvnError
+
+GROUPS = [
+    "psvn.cli.devnet_cmd",
+    "psvn.cli.messages_cmd",
+    "psvn.cli.certs_cmd",
+    "psvn.cli.policy_cmd",
+    "psvn.cli.validate_cmd",
+    "psvn.cli.serve_cmd",
+    "psvn.cli.bench_cmd",
+]
+
+EPILOG = """\
+first steps:
+  psvn devnet up --detach          a whole local network: CA, nats-server, registry, 3 gateways
+  psvn send --as gss:E06000043 --to ods:RYR --type fhir.r4.ServiceRequest \\
+       --purpose direct-care examples/referral.json
+  psvn inbox list --as ods:RYR     what the trust has received
+  psvn status --as gss:E06000043 ID
+  psvn devnet down
+
+Every command answers --help. Errors print the problem code, the field and the rule.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="psvn",
+        description="psvn - the Public Services virtual Network: one encrypted, policy-enforcing "
+        "message bus for councils, the NHS and their partners.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"psvn {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name in GROUPS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue  # a command group not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except PsvnError as exc:
+        from psvn.cli.output import print_error
+
+        print_error(exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The envelope: CloudEvents-shaped metadata that travels (sealed) with every payload.
+
+Pure data and pure checks: no I/O. The gateway fills ``id``, ``source``, ``time`` and
+``policy_version``; the local system supplies the rest through :class:`SendRequest`.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import msgspec
+
+from psvn import addresses
+from psvn.errors import Code, PsvnError
+
+Classification = Literal["OFFICIAL", "OFFICIAL-SENSITIVE"]
+CLASSIFICATIONS: tuple[str, ...] = ("OFFICIAL", "OFFICIAL-SENSITIVE")
+
+_TYPE = re.compile(r"^[a-z][a-z0-9]*(\.[A-Za-z0-9_-]+)+$")
+_PURPOSE = re.compile(r"^[a-z][a-z0-9-]{1,63}$")
+_SUBJECT = re.compile(r"^[a-z]+:[A-Za-z0-9-]{1,64}$")
+_FREE_ID = re.compile(r"^[A-Za-z0-9._:@/-]{1,128}$")
+
+
+class SendRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What a local system POSTs to ``/v1/messages``."""
+
+    to: str
+    type: str
+    payload: Any
+    purpose: str
+    classification: Classification = "OFFICIAL"
+    subject: str | None = None
+    correlation_id: str | None = None
+    workflow_id: str | None = None
+    local_id: str | None = None
+    idempotency_key: str | None = None
+    ttl_seconds: int | None = None
+
+
+class Envelope(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """Signed and sealed with the payload; the backbone never sees it."""
+
+    id: str
+    source: str
+    to: str
+    type: str
+    time: str
+    purpose: str
+    classification: Classification = "OFFICIAL"
+    specversion: str = "1.0"
+    source_system: str | None = None
+    subject: str | None = None
+    correlation_id: str | None = None
+    workflow_id: str | None = None
+    local_id: str | None = None
+    expires: str | None = None
+    datacontenttype: str = "application/json"
+    policy_version: int = 0
+
+    @property
+    def sender_org(self) -> str:
+        return addresses.org_of(self.source)
+
+    @property
+    def recipient_org(self) -> str:
+        return addresses.org_of(self.to)
+
+    @property
+    def mailbox(self) -> str | None:
+        return addresses.parse(self.to)[1]
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
+def now_rfc3339(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def is_expired(env: Envelope, now: datetime | None = None) -> bool:
+    if not env.expires:
+        return False
+    return parse_time(env.expires) <= (now or datetime.now(UTC))
+
+
+def _bad(field: str, rule: str, detail: str) -> PsvnError:
+    return PsvnError(Code.INVALID_ENVELOPE, f"{field}: {detail}", field=field, rule=rule)
+
+
+def check_request(req: SendRequest) -> None:
+    """Envelope rules a request must meet before anything else looks at it."""
+    addresses.parse(req.to, field="to")
+    if not _TYPE.match(req.type):
+        raise _bad("type", "type-format", f"{req.type!r} is not a message type (e.g. fhir.r4.ServiceRequest)")
+    if not _PURPOSE.match(req.purpose):
+        raise _bad("purpose", "purpose-format", f"{req.purpose!r} is not a purpose code (e.g. direct-care)")
+    if req.subject is not None and not _SUBJECT.match(req.subject):
+        raise _bad("subject", "subject-format", f"{req.subject!r} is not a subject reference (e.g. nhs:9434765919)")
+    for name in ("correlation_id", "workflow_id", "local_id", "idempotency_key"):
+        value = getattr(req, name)
+        if value is not None and not _FREE_ID.match(value):
+            raise _bad(name, "id-format", f"{value!r} must be 1-128 of A-Z a-z 0-9 . _ : @ / -")
+    if req.ttl_seconds is not None and not 1 <= req.ttl_seconds <= 90 * 86400:
+        raise _bad("ttl_seconds", "ttl-range", "must be between 1 second and 90 days")
+
+
+def build(
+    req: SendRequest,
+    *,
+    source: str,
+    source_system: str | None,
+    policy_version: int,
+    datacontenttype: str,
+    now: datetime | None = None,
+    message_id: str | None = None,
+) -> Envelope:
+    """Stamp a checked request into an envelope."""
+    now = now or datetime.now(UTC)
+    expires = now_rfc3339(now + timedelta(seconds=req.ttl_seconds)) if req.ttl_seconds else None
+    return Envelope(
+        id=message_id or new_message_id(),
+        source=source,
+        source_system=source_system,
+        to=req.to,
+        type=req.type,
+        time=now_rfc3339(now),
+        purpose=req.purpose,
+        classification=req.classification,
+        subject=req.subject,
+        correlation_id=req.correlation_id,
+        workflow_id=req.workflow_id,
+        local_id=req.local_id,
+        expires=expires,
+        datacontenttype=datacontenttype,
+        policy_version=policy_version,
+    )
+
+
+def payload_bytes(payload: Any) -> bytes:
+    """A JSON payload travels as JSON; a text payload (HL7 v2 ER7) as its UTF-8 bytes."""
+    if isinstance(payload, str):
+        return payload.encode()
+    return msgspec.json.encode(payload)
