@@ -40,11 +40,11 @@ class Rule(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True
     id: str
     effect: Literal["allow", "deny"]
     description: str = ""
-    from_: list[str] = ["*"]
-    to: list[str] = ["*"]
-    types: list[str] = ["*"]
-    purposes: list[str] = ["*"]
-    classifications: list[str] = ["*"]
+    from_: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    to: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    types: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    purposes: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    classifications: list[str] = msgspec.field(default_factory=lambda: ["*"])
 
 
 def _party_matches(patterns: list[str], org: str, member_type: str, mailbox: str | None) -> bool:
