@@ -1,0 +1,565 @@
+"""The network's PKI: one CA, gateway/system/server certificates, signing and encryption keys.
+
+Certificates are ECDSA P-256 / SHA-256 because both nats-server (Go) and Python's ``ssl``
+accept them everywhere and they are fast to verify. Identities live in the SAN **URI** only
+(``urn:psvn:org:<org>``, ``urn:psvn:system:<org>/<system>``): nats-server's ``verify_and_map``
+tries email, then DNS, then URI SANs and the first match wins, so a gateway's NATS client
+certificate carries no email or DNS SAN at all.
+
+Message keys are separate from TLS keys: ``sign.key`` (Ed25519, signs messages and receipts)
+and ``hpke.key`` (X25519, HPKE recipient key), so a transport key can be rotated without
+re-keying the message layer.
+
+Private keys are written 0600 from the moment they exist (``os.open`` with the mode, never a
+chmod afterwards). Issuing over existing files replaces them atomically (re-issue is a normal
+operation); only :func:`init_ca` refuses to overwrite, because replacing a CA breaks the network.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import os
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from psvn import addresses
+from psvn.errors import Code, PsvnError
+
+__all__ = [
+    "CA",
+    "DEFAULT_HOSTS",
+    "GatewayFiles",
+    "cert_uris",
+    "check_org",
+    "ed25519_public",
+    "fingerprint",
+    "init_ca",
+    "issue_client",
+    "issue_gateway",
+    "issue_server",
+    "issue_system",
+    "load_ca",
+    "load_cert",
+    "load_hpke_key",
+    "load_signing_key",
+    "new_signing_key",
+    "raw_public",
+    "verify_cert",
+    "write_private",
+    "write_public",
+    "x25519_public",
+]
+
+DEFAULT_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+ORGANISATION = "psvn"
+CA_CERT = "ca.crt"
+CA_KEY = "ca.key"
+CA_CRL = "ca.crl"
+CRL_DAYS = 7
+# Accept certificates a few minutes "from the future": clocks on members' machines drift.
+_BACKDATE = dt.timedelta(minutes=5)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_SYSTEM = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+# --------------------------------------------------------------------------------------- files
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)  # exact mode whatever the umask
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write secret bytes 0600 via temp file + rename: never world-readable, never half-written."""
+    _write(Path(path), data, 0o600)
+
+
+def write_public(path: Path, data: bytes) -> None:
+    """Write a certificate or CRL 0644, atomically."""
+    _write(Path(path), data, 0o644)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise PsvnError(Code.CONFIG_INVALID, f"{what} not found: {path}", field=str(path)) from None
+    except OSError as exc:
+        raise PsvnError(
+            Code.CONFIG_INVALID, f"{what} unreadable: {path}: {exc.strerror}", field=str(path)
+        ) from None
+
+
+def _pem_private(key: ec.EllipticCurvePrivateKey | Ed25519PrivateKey | X25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _load_private(path: Path, what: str) -> object:
+    data = _read(path, what)
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise PsvnError(
+            Code.CONFIG_INVALID, f"{what} {path} is not an unencrypted PEM private key: {exc}",
+            field=str(path),
+        ) from None
+
+
+def load_cert(path: Path) -> x509.Certificate:
+    """Load a PEM (or DER) certificate; a bad file raises CERTIFICATE_INVALID naming it."""
+    data = _read(path, "certificate")
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        raise PsvnError(
+            Code.CERTIFICATE_INVALID, f"{path} is not a certificate: {exc}", field=str(path)
+        ) from None
+
+
+# ------------------------------------------------------------------------------------------ CA
+
+
+@dataclass(frozen=True)
+class CA:
+    """The network CA: certificate, private key, and the directory that holds them and the CRL."""
+
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+    directory: Path
+
+    @property
+    def cert_path(self) -> Path:
+        return self.directory / CA_CERT
+
+    @property
+    def key_path(self) -> Path:
+        return self.directory / CA_KEY
+
+    @property
+    def crl_path(self) -> Path:
+        return self.directory / CA_CRL
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANISATION),
+        ]
+    )
+
+
+def init_ca(
+    directory: Path, *, common_name: str = "psvn network CA", days: int = 3650, force: bool = False
+) -> CA:
+    """Create the network CA (ca.crt 0644, ca.key 0600, empty signed ca.crl).
+
+    Refuses to replace an existing CA unless ``force``: every certificate in the network chains
+    to it, so overwriting by accident would lock every member out.
+    """
+    directory = Path(directory)
+    if not force:
+        for filename in (CA_CERT, CA_KEY):
+            existing = directory / filename
+            if existing.exists():
+                raise PsvnError(
+                    Code.CONFIG_INVALID,
+                    f"a CA already exists at {existing}; refusing to overwrite it (use force / "
+                    "--force to replace the CA, which invalidates every certificate it issued)",
+                    field=str(existing),
+                    rule="ca-exists",
+                )
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name(common_name)
+    now = _now()
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), False)
+        .sign(key, hashes.SHA256())
+    )
+    write_private(directory / CA_KEY, _pem_private(key))
+    write_public(directory / CA_CERT, cert.public_bytes(serialization.Encoding.PEM))
+    ca = CA(cert=cert, key=key, directory=directory)
+    from certs.revocation import write_crl  # revocation imports this module
+
+    write_crl(ca, [])
+    return ca
+
+
+def load_ca(directory: Path) -> CA:
+    """Load the CA from ``directory``; a missing or mismatched key/cert raises CONFIG_INVALID."""
+    directory = Path(directory)
+    cert = load_cert(directory / CA_CERT)
+    key = _load_private(directory / CA_KEY, "CA key")
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise PsvnError(
+            Code.CONFIG_INVALID,
+            f"{directory / CA_KEY} is not an EC key",
+            field=str(directory / CA_KEY),
+        )
+    if key.public_key().public_numbers() != cert.public_key().public_numbers():  # type: ignore[union-attr]
+        raise PsvnError(
+            Code.CONFIG_INVALID,
+            f"{directory / CA_KEY} does not match {directory / CA_CERT}",
+            field=str(directory / CA_KEY),
+        )
+    return CA(cert=cert, key=key, directory=directory)
+
+
+# ------------------------------------------------------------------------------------- leaves
+
+
+def _hosts(hosts: Sequence[str]) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return names
+
+
+def _leaf(
+    ca: CA,
+    common_name: str,
+    sans: list[x509.GeneralName],
+    *,
+    client: bool,
+    server: bool,
+    days: int,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    if not sans:
+        raise PsvnError(Code.BAD_REQUEST, "a certificate needs at least one SAN", field="hosts")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    not_after = min(now + dt.timedelta(days=days), ca.cert.not_valid_after_utc)
+    usages = []
+    if server:
+        usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
+    if client:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    ca_ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def _write_pair(
+    cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, crt_path: Path, key_path: Path
+) -> tuple[Path, Path]:
+    # Key first: a cert without its key is useless, a key without its cert is harmless.
+    write_private(key_path, _pem_private(key))
+    write_public(crt_path, cert.public_bytes(serialization.Encoding.PEM))
+    return crt_path, key_path
+
+
+def check_org(org: str) -> str:
+    """Validate an organisation address (no mailbox); errors name the field ``org``."""
+    try:
+        parsed, mailbox = addresses.parse(org, field="org")
+    except PsvnError as exc:  # not an envelope here: a bad argument
+        raise PsvnError(Code.BAD_REQUEST, exc.detail, field="org", rule=exc.rule) from None
+    if mailbox is not None:
+        raise PsvnError(
+            Code.BAD_REQUEST,
+            f"org: {org!r} names a mailbox; certificates name the organisation only ({parsed})",
+            field="org",
+            rule="address-format",
+        )
+    return parsed
+
+
+def _check_name(value: str, field: str, pattern: re.Pattern[str] = _NAME) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise PsvnError(
+            Code.BAD_REQUEST,
+            f"{field}: {value!r} is not a valid name (letters, digits, '-', must match "
+            f"{pattern.pattern})",
+            field=field,
+            rule="name-format",
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class GatewayFiles:
+    """Everything a gateway needs from the PKI, as paths inside one directory."""
+
+    directory: Path
+    nats_cert: Path
+    nats_key: Path
+    https_cert: Path
+    https_key: Path
+    sign_key: Path
+    hpke_key: Path
+
+
+def issue_gateway(
+    ca: CA,
+    org: str,
+    directory: Path,
+    *,
+    hosts: Sequence[str] = DEFAULT_HOSTS,
+    days: int = 825,
+) -> GatewayFiles:
+    """Issue a gateway's certificates and message keys into ``directory``.
+
+    * ``nats.crt/.key``: NATS client cert (clientAuth), the ONLY SAN is ``urn:psvn:org:<org>``
+      so nats-server's verify_and_map maps it to exactly that user.
+    * ``https.crt/.key``: server cert for the gateway's local HTTPS API (serverAuth), DNS/IP
+      SANs from ``hosts`` plus the org URI.
+    * ``sign.key`` (Ed25519) and ``hpke.key`` (X25519), PKCS8 PEM.
+
+    Existing files are replaced (re-issue); keys are always fresh.
+    """
+    org = check_org(org)
+    directory = Path(directory)
+    uri = x509.UniformResourceIdentifier(addresses.org_uri(org))
+    nats_cert, nats_key = _leaf(ca, org, [uri], client=True, server=False, days=days)
+    https_cert, https_key = _leaf(
+        ca, org, [*_hosts(hosts), uri], client=False, server=True, days=days
+    )
+    files = GatewayFiles(
+        directory=directory,
+        nats_cert=directory / "nats.crt",
+        nats_key=directory / "nats.key",
+        https_cert=directory / "https.crt",
+        https_key=directory / "https.key",
+        sign_key=directory / "sign.key",
+        hpke_key=directory / "hpke.key",
+    )
+    _write_pair(nats_cert, nats_key, files.nats_cert, files.nats_key)
+    _write_pair(https_cert, https_key, files.https_cert, files.https_key)
+    new_signing_key(files.sign_key)
+    write_private(files.hpke_key, _pem_private(X25519PrivateKey.generate()))
+    return files
+
+
+def issue_system(
+    ca: CA, org: str, system: str, directory: Path, *, days: int = 825
+) -> tuple[Path, Path]:
+    """Issue a local system's client cert: only SAN ``urn:psvn:system:<org>/<system>``.
+
+    Files ``<system>.crt`` / ``<system>.key`` in ``directory`` (replaced if present).
+    """
+    org = check_org(org)
+    _check_name(system, "system", _SYSTEM)
+    uri = x509.UniformResourceIdentifier(addresses.system_uri(org, system))
+    cert, key = _leaf(ca, f"{org}/{system}", [uri], client=True, server=False, days=days)
+    directory = Path(directory)
+    return _write_pair(cert, key, directory / f"{system}.crt", directory / f"{system}.key")
+
+
+def issue_server(
+    ca: CA,
+    name: str,
+    directory: Path,
+    *,
+    hosts: Sequence[str] = DEFAULT_HOSTS,
+    days: int = 825,
+) -> tuple[Path, Path]:
+    """Issue a nats-server (or other server) cert: serverAuth + clientAuth (cluster routes
+    dial each other with the same cert), DNS/IP SANs from ``hosts``. Files ``<name>.crt/.key``."""
+    _check_name(name, "name")
+    cert, key = _leaf(ca, name, _hosts(hosts), client=True, server=True, days=days)
+    directory = Path(directory)
+    return _write_pair(cert, key, directory / f"{name}.crt", directory / f"{name}.key")
+
+
+def issue_client(
+    ca: CA, uri: str, name: str, directory: Path, *, days: int = 825
+) -> tuple[Path, Path]:
+    """Issue a generic client cert whose only SAN is ``uri`` (e.g. ``urn:psvn:broker``)."""
+    _check_name(name, "name")
+    if not isinstance(uri, str) or ":" not in uri or any(c.isspace() for c in uri):
+        raise PsvnError(Code.BAD_REQUEST, f"uri: {uri!r} is not a URI", field="uri")
+    cert, key = _leaf(
+        ca, name, [x509.UniformResourceIdentifier(uri)], client=True, server=False, days=days
+    )
+    directory = Path(directory)
+    return _write_pair(cert, key, directory / f"{name}.crt", directory / f"{name}.key")
+
+
+def verify_cert(
+    ca: CA | x509.Certificate, cert: x509.Certificate, *, server_name: str | None = None
+) -> list[str]:
+    """Check ``cert`` chains to the CA and is valid now, as a client cert (or, with
+    ``server_name``, as a server cert for that host). Returns its SAN URIs.
+
+    Does not check revocation (see :mod:`certs.revocation`). Raises CERTIFICATE_INVALID.
+    """
+    from cryptography.x509.verification import (
+        DNSName,
+        IPAddress,
+        PolicyBuilder,
+        Store,
+        VerificationError,
+    )
+
+    ca_cert = ca.cert if isinstance(ca, CA) else ca
+    builder = PolicyBuilder().store(Store([ca_cert]))
+    try:
+        if server_name is None:
+            builder.build_client_verifier().verify(cert, [])
+        else:
+            try:
+                subject: DNSName | IPAddress = IPAddress(ipaddress.ip_address(server_name))
+            except ValueError:
+                subject = DNSName(server_name)
+            builder.build_server_verifier(subject).verify(cert, [])
+    except VerificationError as exc:
+        raise PsvnError(
+            Code.CERTIFICATE_INVALID,
+            f"certificate {fingerprint(cert)[:16]} does not verify against "
+            f"{ca_cert.subject.rfc4514_string()}: {exc}",
+            rule="chain",
+        ) from None
+    return cert_uris(cert)
+
+
+# ----------------------------------------------------------------------------- message keys
+
+
+def new_signing_key(path: Path) -> Ed25519PrivateKey:
+    """Generate an Ed25519 key and write it PKCS8 PEM 0600 (gateway or policy authority key)."""
+    key = Ed25519PrivateKey.generate()
+    write_private(Path(path), _pem_private(key))
+    return key
+
+
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    key = _load_private(Path(path), "signing key")
+    if not isinstance(key, Ed25519PrivateKey):
+        raise PsvnError(Code.CONFIG_INVALID, f"{path} is not an Ed25519 key", field=str(path))
+    return key
+
+
+def load_hpke_key(path: Path) -> X25519PrivateKey:
+    key = _load_private(Path(path), "HPKE key")
+    if not isinstance(key, X25519PrivateKey):
+        raise PsvnError(Code.CONFIG_INVALID, f"{path} is not an X25519 key", field=str(path))
+    return key
+
+
+def raw_public(
+    key: Ed25519PrivateKey | Ed25519PublicKey | X25519PrivateKey | X25519PublicKey,
+) -> bytes:
+    """The 32 raw public bytes of an Ed25519/X25519 key (private or public): registry form."""
+    if isinstance(key, (Ed25519PrivateKey, X25519PrivateKey)):
+        key = key.public_key()
+    if not isinstance(key, (Ed25519PublicKey, X25519PublicKey)):
+        raise TypeError(f"not an Ed25519/X25519 key: {type(key).__name__}")
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _raw32(raw: bytes, what: str) -> bytes:
+    if not isinstance(raw, (bytes, bytearray)) or len(raw) != 32:
+        raise PsvnError(Code.CONFIG_INVALID, f"{what} public key must be 32 raw bytes", field="key")
+    return bytes(raw)
+
+
+def ed25519_public(raw: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(_raw32(raw, "Ed25519"))
+
+
+def x25519_public(raw: bytes) -> X25519PublicKey:
+    return X25519PublicKey.from_public_bytes(_raw32(raw, "X25519"))
+
+
+# ---------------------------------------------------------------------------------- inspect
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 over the DER certificate, lowercase hex without colons."""
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def cert_uris(cert: x509.Certificate) -> list[str]:
+    """The certificate's SAN URIs (empty if it has no SAN)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return list(san.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def is_issued_by(ca_cert: x509.Certificate, cert: x509.Certificate) -> bool:
+    """True if ``ca_cert`` signed ``cert`` (signature and issuer name; no validity/usage check)."""
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True

@@ -1,0 +1,280 @@
+"""``psvn certs``: the network CA, gateway and system certificates, revocation, inspection."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from psvn import addresses
+
+DEFAULT_DIR = Path(".devnet/pki")
+
+_HELP_DIR = "PKI directory holding ca.crt, ca.key and ca.crl (default: %(default)s)"
+
+
+def _dir_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, metavar="DIR", help=_HELP_DIR)
+
+
+def _org(value: str) -> str:
+    """The organisation, validated (an error names the field ``org``)."""
+    from certs.pki import check_org
+
+    return check_org(value)
+
+
+def org_dir(pki_dir: Path, org: str) -> Path:
+    """Where a gateway's files live in a PKI directory: DIR/orgs/<token>/."""
+    return Path(pki_dir) / "orgs" / addresses.token(org)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from certs.pki import fingerprint, init_ca
+
+    ca = init_ca(args.dir, common_name=args.cn, days=args.days, force=args.force)
+    print(f"CA created in {ca.directory}")
+    print(f"  certificate  {ca.cert_path}")
+    print(f"  key (0600)   {ca.key_path}")
+    print(f"  CRL          {ca.crl_path}")
+    print(f"  fingerprint  {fingerprint(ca.cert)}")
+    print(f"  expires      {ca.cert.not_valid_after_utc:%Y-%m-%d}")
+    return 0
+
+
+def _issue_gateway(args: argparse.Namespace) -> int:
+    from certs.pki import issue_gateway as issue
+    from certs.pki import load_ca
+
+    org = _org(args.org)
+    ca = load_ca(args.dir)
+    files = issue(ca, org, org_dir(args.dir, org), hosts=args.host or _default_hosts(),
+                  days=args.days)
+    print(f"gateway {org}: {files.directory}")
+    for label, path in (
+        ("NATS client cert", files.nats_cert), ("NATS client key", files.nats_key),
+        ("HTTPS server cert", files.https_cert), ("HTTPS server key", files.https_key),
+        ("signing key (Ed25519)", files.sign_key), ("HPKE key (X25519)", files.hpke_key),
+    ):
+        print(f"  {label:<22} {path}")
+    return 0
+
+
+def _default_hosts() -> tuple[str, ...]:
+    from certs.pki import DEFAULT_HOSTS
+
+    return DEFAULT_HOSTS
+
+
+def _issue_system(args: argparse.Namespace) -> int:
+    from certs.pki import issue_system as issue
+    from certs.pki import load_ca
+
+    org = _org(args.org)
+    ca = load_ca(args.dir)
+    cert, key = issue(ca, org, args.system, org_dir(args.dir, org) / "systems", days=args.days)
+    print(f"system {addresses.system_uri(org, args.system)}")
+    print(f"  certificate  {cert}")
+    print(f"  key (0600)   {key}")
+    return 0
+
+
+def _issue_server(args: argparse.Namespace) -> int:
+    from certs.pki import issue_server as issue
+    from certs.pki import load_ca
+
+    ca = load_ca(args.dir)
+    cert, key = issue(ca, args.name, args.dir / "servers", hosts=args.host or _default_hosts(),
+                      days=args.days)
+    print(f"server {args.name}")
+    print(f"  certificate  {cert}")
+    print(f"  key (0600)   {key}")
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from certs.pki import cert_uris, fingerprint, load_ca, load_cert
+    from certs.revocation import revoke
+
+    ca = load_ca(args.dir)
+    cert = load_cert(args.certfile)
+    revoke(ca, cert, reason=x509.ReasonFlags(args.reason))
+    who = ", ".join(cert_uris(cert)) or cert.subject.rfc4514_string()
+    print(f"revoked {who} (serial {cert.serial_number:x}, fingerprint {fingerprint(cert)})")
+    print(f"  CRL re-signed: {ca.crl_path}")
+    return 0
+
+
+def _describe(cert_path: Path, pki_dir: Path) -> dict[str, Any]:
+    from certs.pki import CA_CRL, cert_uris, fingerprint, load_cert
+    from certs.revocation import is_revoked
+
+    cert = load_cert(cert_path)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = san.get_values_for_type(x509.DNSName)
+        ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        dns, ips = [], []
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        eku = [oid._name for oid in usage]
+    except x509.ExtensionNotFound:
+        eku = []
+    revoked: bool | None = None
+    if (Path(pki_dir) / CA_CRL).exists():
+        revoked = is_revoked(pki_dir, cert)
+    now = dt.datetime.now(dt.UTC)
+    return {
+        "path": str(cert_path),
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "uris": cert_uris(cert),
+        "dns": dns,
+        "ips": ips,
+        "extended_key_usage": eku,
+        "serial": f"{cert.serial_number:x}",
+        "fingerprint_sha256": fingerprint(cert),
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "expired": cert.not_valid_after_utc < now,
+        "days_left": (cert.not_valid_after_utc - now).days,
+        "revoked": revoked,
+    }
+
+
+def _show(args: argparse.Namespace) -> int:
+    info = _describe(args.certfile, args.dir)
+    if args.json:
+        from psvn.cli.output import print_json
+
+        print_json(info)
+        return 0
+    revoked = {True: "YES", False: "no", None: f"unknown (no CRL in {args.dir})"}[info["revoked"]]
+    expiry = "EXPIRED" if info["expired"] else f"{info['days_left']} days left"
+    rows = [
+        ("subject", info["subject"]),
+        ("issuer", info["issuer"]),
+        ("SAN URIs", ", ".join(info["uris"]) or "-"),
+        ("SAN DNS/IP", ", ".join(info["dns"] + info["ips"]) or "-"),
+        ("key usage", ", ".join(info["extended_key_usage"]) or "-"),
+        ("serial", info["serial"]),
+        ("fingerprint", info["fingerprint_sha256"]),
+        ("expires", f"{info['not_after']} ({expiry})"),
+        ("revoked", revoked),
+    ]
+    for label, value in rows:
+        print(f"{label:<12} {value}")
+    return 0
+
+
+def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """A group without a sub-command prints its help and fails (exit 2), like argparse does."""
+
+    def func(_args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    return func
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    certs = subparsers.add_parser(
+        "certs",
+        help="the network CA, gateway and system certificates, revocation",
+        description="Manage the network's PKI: one CA; per member a gateway's NATS client "
+        "certificate (SAN urn:psvn:org:<org>), HTTPS server certificate, Ed25519 signing key and "
+        "X25519 HPKE key; per local system a client certificate (SAN "
+        "urn:psvn:system:<org>/<system>); and the CA's revocation list.",
+        epilog="example:\n  psvn certs init\n  psvn certs issue gateway --org gss:E06000043\n"
+        "  psvn certs issue system --org gss:E06000043 --system case-mgmt\n"
+        "  psvn certs show .devnet/pki/orgs/gss_E06000043/nats.crt",
+        formatter_class=fmt,
+    )
+    certs.set_defaults(func=_usage(certs))
+    sub = certs.add_subparsers(title="certs commands", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "init", help="create the network CA",
+        description="Create the network CA: DIR/ca.crt, DIR/ca.key (0600) and an empty signed "
+        "CRL DIR/ca.crl. Refuses to replace an existing CA unless --force (replacing it "
+        "invalidates every certificate it issued).",
+    )
+    _dir_arg(p)
+    p.add_argument("--force", action="store_true", help="replace an existing CA")
+    p.add_argument("--cn", default="psvn network CA", help="CA common name (default: %(default)s)")
+    p.add_argument("--days", type=int, default=3650, help="validity in days (default: %(default)s)")
+    p.set_defaults(func=_init)
+
+    issue = sub.add_parser(
+        "issue", help="issue certificates and keys",
+        description="Issue a gateway's, a local system's or a server's certificate.",
+    )
+    issue.set_defaults(func=_usage(issue))
+    isub = issue.add_subparsers(title="what to issue", metavar="KIND")
+
+    p = isub.add_parser(
+        "gateway", help="a member gateway's certificates and message keys",
+        description="Write DIR/orgs/<token>/: nats.crt/.key (NATS client cert, only SAN "
+        "urn:psvn:org:ORG), https.crt/.key (the gateway's HTTPS server cert), sign.key "
+        "(Ed25519) and hpke.key (X25519). Re-issuing replaces the files with fresh keys.",
+    )
+    p.add_argument("--org", required=True, help="member address, e.g. ods:RYR or gss:E06000043")
+    p.add_argument("--host", action="append", metavar="HOST",
+                   help="DNS name or IP for the HTTPS cert (repeatable; default localhost, "
+                   "127.0.0.1, ::1)")
+    p.add_argument("--days", type=int, default=825, help="validity in days (default: %(default)s)")
+    _dir_arg(p)
+    p.set_defaults(func=_issue_gateway)
+
+    p = isub.add_parser(
+        "system", help="a local system's client certificate",
+        description="Write DIR/orgs/<token>/systems/NAME.crt/.key: the client certificate a "
+        "local system presents to its own gateway (only SAN urn:psvn:system:ORG/NAME).",
+    )
+    p.add_argument("--org", required=True, help="member address, e.g. gss:E06000043")
+    p.add_argument("--system", required=True, metavar="NAME",
+                   help="system name: lower-case letters, digits and '-', e.g. case-mgmt")
+    p.add_argument("--days", type=int, default=825, help="validity in days (default: %(default)s)")
+    _dir_arg(p)
+    p.set_defaults(func=_issue_system)
+
+    p = isub.add_parser(
+        "server", help="a nats-server (backbone) certificate",
+        description="Write DIR/servers/NAME.crt/.key: serverAuth + clientAuth (cluster routes), "
+        "DNS/IP SANs from --host.",
+    )
+    p.add_argument("--name", required=True, help="file name and CN, e.g. nats-1")
+    p.add_argument("--host", action="append", metavar="HOST",
+                   help="DNS name or IP (repeatable; default localhost, 127.0.0.1, ::1)")
+    p.add_argument("--days", type=int, default=825, help="validity in days (default: %(default)s)")
+    _dir_arg(p)
+    p.set_defaults(func=_issue_server)
+
+    reasons = [r.value for r in x509.ReasonFlags if r is not x509.ReasonFlags.remove_from_crl]
+    p = sub.add_parser(
+        "revoke", help="revoke a certificate (adds it to the CA's CRL)",
+        description="Add CERTFILE's serial to DIR/ca.crl and re-sign it. TLS servers loading the "
+        "CRL then refuse the certificate at the handshake. Idempotent. The CRL is valid for 7 "
+        "days; re-running any revoke re-signs it.",
+    )
+    p.add_argument("certfile", type=Path, metavar="CERTFILE", help="the certificate (PEM)")
+    p.add_argument("--reason", default="unspecified", choices=reasons,
+                   help="RFC 5280 reason (default: %(default)s)")
+    _dir_arg(p)
+    p.set_defaults(func=_revoke)
+
+    p = sub.add_parser(
+        "show", help="show a certificate: subject, SAN URIs, fingerprint, expiry, revoked?",
+        description="Print a certificate's subject, SANs, SHA-256 fingerprint, expiry and whether "
+        "the CA in DIR has revoked it.",
+    )
+    p.add_argument("certfile", type=Path, metavar="CERTFILE", help="the certificate (PEM or DER)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _dir_arg(p)
+    p.set_defaults(func=_show)
