@@ -9,12 +9,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import ssl
+import subprocess
+import sys
+import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client as NATS
 
 from certs import pki, revocation, tls
 
@@ -307,3 +313,93 @@ def test_peer_uris_from_getpeercert_dict() -> None:
     assert tls.peer_uris({}) == []
     assert tls.peer_uris(None) == []
     assert tls.peer_uris({"subject": ()}) == []
+
+
+# ---------------------------------------------------------------- interop with real nats-server
+
+
+@pytest.fixture(scope="module")
+def nats_server(net: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A real nats-server (Go TLS) with verify_and_map, one user: the gateway's org URI."""
+    root = tmp_path_factory.mktemp("nats")
+    crt, key = pki.issue_server(net.ca, "nats-1", root)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = root / "nats.conf"
+    conf.write_text(
+        f'listen: "127.0.0.1:{port}"\n'
+        f'tls {{\n  cert_file: "{crt}"\n  key_file: "{key}"\n'
+        f'  ca_file: "{net.ca.cert_path}"\n  verify_and_map: true\n  timeout: 5\n}}\n'
+        'authorization {\n  users = [ { user: "urn:psvn:org:gss:E06000043" } ]\n}\n'
+    )
+    binary = Path(sys.executable).with_name("nats-server")
+    with (root / "nats.log").open("wb") as log:
+        proc = subprocess.Popen([str(binary), "-c", str(conf)], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((root / "nats.log").read_text()) from None
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def nats_connect(port: int, ctx: ssl.SSLContext) -> tuple[NATS | None, list[Exception]]:
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    nc = NATS()
+    try:
+        await nc.connect(
+            f"tls://127.0.0.1:{port}", tls=ctx, tls_hostname="localhost", error_cb=on_error,
+            allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=5,
+        )
+    except Exception as exc:  # nats-py raises several unrelated types here
+        errors.append(exc)
+        return None, errors
+    return nc, errors
+
+
+async def test_nats_server_maps_the_gateway_cert_to_its_org_user(
+    net: Pki, nats_server: int, tmp_path: Path
+) -> None:
+    gw = pki.issue_gateway(net.ca, ORG, tmp_path)
+    nc, errors = await nats_connect(
+        nats_server, tls.client_context(net.ca.cert_path, gw.nats_cert, gw.nats_key)
+    )
+    assert nc is not None, errors
+    try:
+        sub = await nc.subscribe("psvn.test")
+        await nc.publish("psvn.test", b"hello")
+        msg = await sub.next_msg(timeout=5)
+        assert msg.data == b"hello"
+    finally:
+        await nc.close()
+    assert errors == []
+
+
+async def test_nats_server_refuses_an_unmapped_identity(net: Pki, nats_server: int) -> None:
+    # a valid network certificate, but its URI names a system, not a gateway user
+    nc, errors = await nats_connect(
+        nats_server, tls.client_context(net.ca.cert_path, *net.system)
+    )
+    assert nc is None or not nc.is_connected
+    assert any("authorization violation" in str(e).lower() for e in errors), errors
+
+
+async def test_nats_server_refuses_another_ca(net: Pki, nats_server: int) -> None:
+    nc, errors = await nats_connect(
+        nats_server, tls.client_context(net.ca.cert_path, *net.foreign)
+    )
+    assert nc is None or not nc.is_connected
+    assert errors
