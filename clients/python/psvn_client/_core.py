@@ -1,0 +1,312 @@
+"""What the sync and async clients share, with no I/O: TLS set-up, the API calls as data,
+reading responses, and when and how long to wait before a retry.
+
+Keeping this sans-IO means :class:`~psvn_client.Client` and :class:`~psvn_client.AsyncClient`
+differ only in ``sleep`` and ``await``, and behave identically.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import ssl
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from psvn_client.errors import (
+    Code,
+    ConnectionError,
+    DeliveryFailed,
+    ProtocolError,
+    PsvnError,
+    error_from_problem,
+)
+from psvn_client.models import (
+    PROGRESS,
+    Ack,
+    Health,
+    InboxItem,
+    MessageStatus,
+    MessageType,
+    ReceivedMessage,
+    SendResult,
+    Status,
+)
+
+T = TypeVar("T")
+StrPath = str | os.PathLike[str]
+
+#: Statuses that mean "try again shortly" when the request is safe to repeat.
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: Longest pause between two attempts, even if the gateway's Retry-After asks for more.
+MAX_RETRY_DELAY = 5.0
+
+
+def ssl_context(
+    *,
+    ca: StrPath | None,
+    cert: StrPath | None,
+    key: StrPath | None,
+    key_password: str | None = None,
+) -> ssl.SSLContext:
+    """A client TLS context: verify the gateway against ``ca`` (the network CA), present the
+    system's certificate, TLS 1.2 or newer. Bad files fail here, not at the first request."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=os.fspath(ca) if ca else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None:
+        ctx.load_cert_chain(
+            os.fspath(cert), os.fspath(key) if key is not None else None, key_password
+        )
+    elif key is not None:
+        raise ValueError("key given without cert")
+    return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One API request. ``safe`` means repeating it cannot do anything twice (GETs, ack, and a
+    send with an idempotency key), so transient failures may be retried."""
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    params: dict[str, str | int] | None = None
+    json: Any = None
+    safe: bool = True
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise ProtocolError(
+            Code.BAD_RESPONSE,
+            f"gateway answered HTTP {response.status_code} with a body that is not JSON: "
+            f"{response.text[:200]!r}",
+            status=response.status_code,
+        ) from None
+
+
+def _id(message_id: str) -> str:
+    if not isinstance(message_id, str) or not message_id:
+        raise ValueError("message id must be a non-empty string")
+    return quote(message_id, safe="")
+
+
+def send_call(
+    to: str,
+    type: str,
+    payload: Any,
+    *,
+    purpose: str,
+    classification: str,
+    subject: str | None,
+    correlation_id: str | None,
+    workflow_id: str | None,
+    local_id: str | None,
+    idempotency_key: str | None,
+    ttl_seconds: int | None,
+) -> Call[SendResult]:
+    key = idempotency_key or str(uuid.uuid4())
+    body: dict[str, Any] = {
+        "to": to,
+        "type": type,
+        "payload": payload,
+        "purpose": purpose,
+        "classification": classification,
+        "idempotency_key": key,
+    }
+    for name, value in (
+        ("subject", subject),
+        ("correlation_id", correlation_id),
+        ("workflow_id", workflow_id),
+        ("local_id", local_id),
+        ("ttl_seconds", ttl_seconds),
+    ):
+        if value is not None:
+            body[name] = value
+
+    def parse(r: httpx.Response) -> SendResult:
+        return SendResult.from_json(
+            _json(r),
+            idempotency_key=key,
+            location=r.headers.get("location"),
+            duplicate=r.status_code == 200,
+        )
+
+    return Call("POST", "/v1/messages", parse, json=body, safe=True)
+
+
+def status_call(message_id: str) -> Call[MessageStatus]:
+    return Call(
+        "GET", f"/v1/messages/{_id(message_id)}", lambda r: MessageStatus.from_json(_json(r))
+    )
+
+
+def inbox_call(mailbox: str | None, status: str | None, limit: int) -> Call[list[InboxItem]]:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError("limit must be a positive int")
+    params: dict[str, str | int] = {"limit": limit}
+    if mailbox is not None:
+        params["mailbox"] = mailbox
+    if status is not None:
+        params["status"] = str(status)
+
+    def parse(r: httpx.Response) -> list[InboxItem]:
+        data = _json(r)
+        items = data.get("messages") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise ProtocolError(
+                Code.BAD_RESPONSE, f"inbox answer has no 'messages' list: {str(data)[:200]}"
+            )
+        return [InboxItem.from_json(m) for m in items]
+
+    return Call("GET", "/v1/inbox", parse, params=params)
+
+
+def get_call(message_id: str) -> Call[ReceivedMessage]:
+    return Call(
+        "GET", f"/v1/inbox/{_id(message_id)}", lambda r: ReceivedMessage.from_json(_json(r))
+    )
+
+
+def ack_call(message_id: str) -> Call[Ack]:
+    # Acknowledging twice leaves the message acknowledged: safe to repeat.
+    return Call("POST", f"/v1/inbox/{_id(message_id)}/ack", lambda r: Ack.from_json(_json(r)))
+
+
+def catalogue_call() -> Call[list[MessageType]]:
+    def parse(r: httpx.Response) -> list[MessageType]:
+        data = _json(r)
+        types = data.get("types") if isinstance(data, dict) else None
+        if not isinstance(types, list):
+            raise ProtocolError(
+                Code.BAD_RESPONSE, f"catalogue answer has no 'types' list: {str(data)[:200]}"
+            )
+        return [MessageType.from_json(t) for t in types]
+
+    return Call("GET", "/v1/catalogue", parse)
+
+
+def health_call() -> Call[Health]:
+    return Call("GET", "/healthz", lambda r: Health.from_json(_json(r)))
+
+
+def error_for(response: httpx.Response) -> PsvnError:
+    """The error for a non-2xx response (its body read already)."""
+    problem: dict[str, Any] | None = None
+    ctype = response.headers.get("content-type", "")
+    if "json" in ctype:
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            problem = data
+    fallback = "" if problem else (response.text[:200].strip() or response.reason_phrase)
+    return error_from_problem(response.status_code, problem, fallback=fallback)
+
+
+def failure(call: Call[Any], response: httpx.Response) -> tuple[PsvnError, bool]:
+    """(error, retry?) for a non-2xx response."""
+    return error_for(response), call.safe and response.status_code in RETRY_STATUSES
+
+
+def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, ssl.SSLError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def transport_failure(
+    call: Call[Any], url: str, exc: httpx.TransportError
+) -> tuple[PsvnError, bool]:
+    """(error, retry?) for a request that got no answer."""
+    where = f"{call.method} {url}{call.path}"
+    tls = _tls_cause(exc)
+    if tls is not None:
+        reason = getattr(tls, "verify_message", None) or getattr(tls, "reason", None) or str(tls)
+        # TLS problems (wrong CA, missing/unknown client cert) do not fix themselves: no retry.
+        return ConnectionError(Code.TLS_FAILED, f"{where}: TLS failed: {reason}"), False
+    if isinstance(exc, httpx.TimeoutException):
+        not_sent = isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
+        return (
+            ConnectionError(Code.TIMEOUT, f"{where}: no answer in time ({type(exc).__name__})"),
+            not_sent or call.safe,
+        )
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.ConnectError):
+        # The request was never sent: always safe to try again.
+        return ConnectionError(Code.CONNECTION_FAILED, f"{where}: cannot connect: {detail}"), True
+    if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError):
+        return ConnectionError(
+            Code.CONNECTION_FAILED, f"{where}: connection lost: {detail}"
+        ), call.safe
+    return ConnectionError(Code.CONNECTION_FAILED, f"{where}: {detail}"), False
+
+
+def retry_delay(attempt: int, backoff: float, response: httpx.Response | None = None) -> float:
+    """Seconds to wait before attempt ``attempt + 1``: exponential with jitter, or the
+    gateway's Retry-After, never more than :data:`MAX_RETRY_DELAY`."""
+    if response is not None:
+        after = response.headers.get("retry-after")
+        if after is not None:
+            try:
+                return min(max(float(after), 0.0), MAX_RETRY_DELAY)
+            except ValueError:
+                pass
+    ceiling = min(backoff * (2.0**attempt), MAX_RETRY_DELAY)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+_WAITABLE = frozenset(s.value for s in Status)
+
+
+def check_target(status: str) -> str:
+    if status not in _WAITABLE:
+        raise ValueError(f"unknown status {status!r}; one of {', '.join(s.value for s in Status)}")
+    return str(status)
+
+
+def reached(current: MessageStatus, target: str) -> bool:
+    """Has the message reached ``target`` (or gone past it on the way to acknowledged)?
+    Raise :class:`DeliveryFailed` if it has ended somewhere ``target`` cannot follow."""
+    if current.status == target:
+        return True
+    if target in PROGRESS and current.status in PROGRESS:
+        if PROGRESS.index(Status(current.status)) >= PROGRESS.index(Status(target)):
+            return True
+    if current.final:
+        reason = f": {current.reason}" if current.reason else ""
+        raise DeliveryFailed(
+            Code.DELIVERY_FAILED,
+            f"message {current.id} ended {current.status}{reason} (waited for {target})",
+            message_id=current.id,
+            message_status=current,
+        )
+    return False
+
+
+def poll_intervals(first: float = 0.05, factor: float = 1.6, cap: float = 1.0) -> Iterator[float]:
+    """Waits between status polls: quick at first (most messages arrive in milliseconds),
+    then backing off so a slow delivery does not hammer the gateway."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(delay * factor, cap)
+
+
+def user_agent() -> str:
+    from psvn_client import __version__
+
+    return f"psvn-client/{__version__} httpx/{httpx.__version__}"

@@ -1,0 +1,177 @@
+"""The asyncio client: the same API as :class:`psvn_client.Client`, every call awaited.
+Create one per event loop and share it between tasks; it keeps its TLS connections open."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import httpx
+
+from psvn_client import _core
+from psvn_client.client import _timeout
+from psvn_client.models import (
+    Ack,
+    Health,
+    InboxItem,
+    MessageStatus,
+    MessageType,
+    ReceivedMessage,
+    SendResult,
+)
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """A local system's asyncio connection to its own psvn gateway.
+
+    Options as for :class:`psvn_client.Client`. Use ``async with AsyncClient(...) as c`` or
+    ``await c.close()``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ca: _core.StrPath | None = None,
+        cert: _core.StrPath | None = None,
+        key: _core.StrPath | None = None,
+        key_password: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.1,
+        max_connections: int = 20,
+    ) -> None:
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        self.url = url.rstrip("/")
+        self.retries = retries
+        self.backoff = backoff
+        ctx = ssl_context or _core.ssl_context(ca=ca, cert=cert, key=key, key_password=key_password)
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            verify=ctx,
+            timeout=timeout,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            headers={"user-agent": _core.user_agent(), "accept": "application/json"},
+        )
+
+    def __repr__(self) -> str:
+        return f"AsyncClient({self.url!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the pooled connections. The client cannot be used afterwards."""
+        await self._http.aclose()
+
+    @property
+    def closed(self) -> bool:
+        return self._http.is_closed
+
+    async def _run(self, call: _core.Call[T]) -> T:
+        attempt = 0
+        while True:
+            response: httpx.Response | None = None
+            try:
+                response = await self._http.request(
+                    call.method, call.path, params=call.params, json=call.json
+                )
+            except httpx.TransportError as exc:
+                error, retry = _core.transport_failure(call, self.url, exc)
+            else:
+                if response.is_success:
+                    return call.parse(response)
+                error, retry = _core.failure(call, response)
+            if not retry or attempt >= self.retries:
+                raise error
+            await asyncio.sleep(_core.retry_delay(attempt, self.backoff, response))
+            attempt += 1
+
+    async def send(
+        self,
+        to: str,
+        type: str,
+        payload: Any,
+        *,
+        purpose: str,
+        classification: str = "OFFICIAL",
+        subject: str | None = None,
+        correlation_id: str | None = None,
+        workflow_id: str | None = None,
+        local_id: str | None = None,
+        idempotency_key: str | None = None,
+        ttl_seconds: int | None = None,
+    ) -> SendResult:
+        """See :meth:`psvn_client.Client.send` (an idempotency key is generated if none given)."""
+        return await self._run(
+            _core.send_call(
+                to,
+                type,
+                payload,
+                purpose=purpose,
+                classification=classification,
+                subject=subject,
+                correlation_id=correlation_id,
+                workflow_id=workflow_id,
+                local_id=local_id,
+                idempotency_key=idempotency_key,
+                ttl_seconds=ttl_seconds,
+            )
+        )
+
+    async def status(self, id: str) -> MessageStatus:
+        return await self._run(_core.status_call(id))
+
+    async def inbox(
+        self, *, mailbox: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[InboxItem]:
+        return await self._run(_core.inbox_call(mailbox, status, limit))
+
+    async def get(self, id: str) -> ReceivedMessage:
+        return await self._run(_core.get_call(id))
+
+    async def ack(self, id: str) -> Ack:
+        return await self._run(_core.ack_call(id))
+
+    async def catalogue(self) -> list[MessageType]:
+        return await self._run(_core.catalogue_call())
+
+    async def health(self) -> Health:
+        return await self._run(_core.health_call())
+
+    async def wait_for_status(
+        self,
+        id: str,
+        status: str = "delivered",
+        *,
+        timeout: float = 30.0,  # noqa: ASYNC109 - the sync and async APIs match, like nats.py
+    ) -> MessageStatus:
+        """See :meth:`psvn_client.Client.wait_for_status`."""
+        target = _core.check_target(status)
+        deadline = time.monotonic() + timeout
+        for pause in _core.poll_intervals():
+            current = await self.status(id)
+            if _core.reached(current, target):
+                return current
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _timeout(current, target, timeout)
+            await asyncio.sleep(min(pause, left))
+        raise AssertionError("unreachable")  # pragma: no cover

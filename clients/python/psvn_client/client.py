@@ -1,0 +1,205 @@
+"""The blocking client. One instance keeps its TLS connections open between calls (a new
+mutual-TLS handshake per request is ~20x slower): create it once and share it; it is
+thread-safe, like the ``httpx.Client`` underneath."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import httpx
+
+from psvn_client import _core
+from psvn_client.errors import Code, PsvnError, TimeoutError
+from psvn_client.models import (
+    Ack,
+    Health,
+    InboxItem,
+    MessageStatus,
+    MessageType,
+    ReceivedMessage,
+    SendResult,
+)
+
+T = TypeVar("T")
+
+
+class Client:
+    """A local system's connection to its own psvn gateway.
+
+    ``ca`` is the network CA file (verifies the gateway), ``cert``/``key`` the system's client
+    certificate and key issued by it; or pass a ready ``ssl_context``. ``timeout`` bounds each
+    HTTP request in seconds. Safe requests (every GET, ack, and send, which always carries an
+    idempotency key) are retried up to ``retries`` times on transient failures — connection
+    refused or lost, 502/503/504 — waiting ``backoff`` seconds, doubling, with jitter.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ca: _core.StrPath | None = None,
+        cert: _core.StrPath | None = None,
+        key: _core.StrPath | None = None,
+        key_password: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.1,
+        max_connections: int = 20,
+    ) -> None:
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        self.url = url.rstrip("/")
+        self.retries = retries
+        self.backoff = backoff
+        ctx = ssl_context or _core.ssl_context(ca=ca, cert=cert, key=key, key_password=key_password)
+        self._http = httpx.Client(
+            base_url=self.url,
+            verify=ctx,
+            timeout=timeout,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            headers={"user-agent": _core.user_agent(), "accept": "application/json"},
+        )
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pooled connections. The client cannot be used afterwards."""
+        self._http.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._http.is_closed
+
+    def _run(self, call: _core.Call[T]) -> T:
+        attempt = 0
+        while True:
+            response: httpx.Response | None = None
+            try:
+                response = self._http.request(
+                    call.method, call.path, params=call.params, json=call.json
+                )
+            except httpx.TransportError as exc:
+                error, retry = _core.transport_failure(call, self.url, exc)
+            else:
+                if response.is_success:
+                    return call.parse(response)
+                error, retry = _core.failure(call, response)
+            if not retry or attempt >= self.retries:
+                raise error
+            time.sleep(_core.retry_delay(attempt, self.backoff, response))
+            attempt += 1
+
+    def send(
+        self,
+        to: str,
+        type: str,
+        payload: Any,
+        *,
+        purpose: str,
+        classification: str = "OFFICIAL",
+        subject: str | None = None,
+        correlation_id: str | None = None,
+        workflow_id: str | None = None,
+        local_id: str | None = None,
+        idempotency_key: str | None = None,
+        ttl_seconds: int | None = None,
+    ) -> SendResult:
+        """Hand a message to the gateway, which validates it, applies the policy set, seals and
+        routes it. ``payload`` is any JSON value, or a ``str`` for text standards (HL7 v2 ER7).
+
+        Without ``idempotency_key`` a fresh one is generated, so a retry after a lost response
+        never sends twice; it is returned in :attr:`SendResult.idempotency_key`. Raises
+        :class:`ValidationError`/:class:`InvalidPayload` (fix the message),
+        :class:`PolicyDenied` (the network does not allow it), :class:`PayloadTooLarge`...
+        """
+        return self._run(
+            _core.send_call(
+                to,
+                type,
+                payload,
+                purpose=purpose,
+                classification=classification,
+                subject=subject,
+                correlation_id=correlation_id,
+                workflow_id=workflow_id,
+                local_id=local_id,
+                idempotency_key=idempotency_key,
+                ttl_seconds=ttl_seconds,
+            )
+        )
+
+    def status(self, id: str) -> MessageStatus:
+        """Where a message this system sent is now, with its history."""
+        return self._run(_core.status_call(id))
+
+    def inbox(
+        self, *, mailbox: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[InboxItem]:
+        """Messages delivered to this system (metadata only), oldest first, optionally only one
+        mailbox or one status (e.g. ``"delivered"`` = not yet acknowledged)."""
+        return self._run(_core.inbox_call(mailbox, status, limit))
+
+    def get(self, id: str) -> ReceivedMessage:
+        """Download one received message: its verified envelope and payload."""
+        return self._run(_core.get_call(id))
+
+    def ack(self, id: str) -> Ack:
+        """Acknowledge a received message: its sender sees ``acknowledged``. Safe to repeat."""
+        return self._run(_core.ack_call(id))
+
+    def catalogue(self) -> list[MessageType]:
+        """The message types this network carries and the standard each must meet."""
+        return self._run(_core.catalogue_call())
+
+    def health(self) -> Health:
+        """The gateway's health (its organisation, policy version and backbone link)."""
+        return self._run(_core.health_call())
+
+    def wait_for_status(
+        self, id: str, status: str = "delivered", *, timeout: float = 30.0
+    ) -> MessageStatus:
+        """Poll until the message reaches ``status`` (or a later step on the way to
+        acknowledged: waiting for ``delivered`` returns on ``acknowledged`` too).
+
+        Raises :class:`DeliveryFailed` as soon as the message ends somewhere else (rejected,
+        expired...), and :class:`TimeoutError` after ``timeout`` seconds; both carry the last
+        :class:`MessageStatus` as ``message_status``.
+        """
+        target = _core.check_target(status)
+        deadline = time.monotonic() + timeout
+        for pause in _core.poll_intervals():
+            current = self.status(id)
+            if _core.reached(current, target):
+                return current
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _timeout(current, target, timeout)
+            time.sleep(min(pause, left))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _timeout(current: MessageStatus, target: str, timeout: float) -> PsvnError:
+    return TimeoutError(
+        Code.TIMEOUT,
+        f"message {current.id} still {current.status} after {timeout:g}s (waited for {target})",
+        message_id=current.id,
+        message_status=current,
+    )

@@ -1,0 +1,377 @@
+"""What the gateway answers, as small frozen dataclasses.
+
+Each model reads its JSON with ``from_json``, which ignores members it does not know (a newer
+gateway may add some) and turns times into timezone-aware ``datetime``. A response missing a
+required member raises :class:`~psvn_client.errors.ProtocolError`, never a bare ``KeyError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from psvn_client.errors import Code, ProtocolError
+
+__all__ = [
+    "Ack",
+    "Envelope",
+    "Health",
+    "InboxItem",
+    "MessageStatus",
+    "MessageType",
+    "PolicyDecision",
+    "ReceivedMessage",
+    "SendResult",
+    "Status",
+    "StatusEvent",
+]
+
+
+class Status(StrEnum):
+    """A message's status. Fields hold plain ``str`` (a newer gateway may add statuses);
+    these members compare equal to them."""
+
+    ACCEPTED = "accepted"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    ACKNOWLEDGED = "acknowledged"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    QUARANTINED = "quarantined"
+
+
+#: Statuses after which nothing changes any more.
+FINAL_STATUSES = frozenset(
+    {Status.ACKNOWLEDGED, Status.REJECTED, Status.EXPIRED, Status.QUARANTINED}
+)
+#: The successful path, in order; a later one implies the earlier ones happened.
+PROGRESS = (Status.ACCEPTED, Status.SENT, Status.DELIVERED, Status.ACKNOWLEDGED)
+
+
+def _bad(what: str, data: Any) -> ProtocolError:
+    return ProtocolError(
+        Code.BAD_RESPONSE, f"gateway response has no valid {what}: {str(data)[:200]}"
+    )
+
+
+def _obj(data: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise _bad(what, data)
+    return data
+
+
+def _str(data: Mapping[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str):
+        raise _bad(repr(key), data)
+    return value
+
+
+def _opt_str(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    return None if value is None else str(value)
+
+
+def _int(data: Mapping[str, Any], key: str, default: int | None = None) -> int:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(repr(key), data)
+    return value
+
+
+def _time(value: Any, what: str = "time") -> datetime:
+    if not isinstance(value, str):
+        raise _bad(what, value)
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise _bad(what, value) from None
+
+
+def _opt_time(value: Any) -> datetime | None:
+    return None if value is None else _time(value)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDecision:
+    """Which policy set version allowed the message, and the rules that decided."""
+
+    version: int
+    rule_ids: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: Any) -> PolicyDecision:
+        d = _obj(data, "policy")
+        rules = d.get("rule_ids") or ()
+        return cls(version=_int(d, "version", 0), rule_ids=tuple(str(r) for r in rules))
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """The gateway accepted the message: it is now the gateway's to deliver.
+
+    ``idempotency_key`` is the key sent with it (generated if you gave none): store it with your
+    record and send again with it after a crash, and the gateway will not send twice.
+    ``duplicate`` is true when the gateway had already accepted this key (HTTP 200, same id).
+    """
+
+    id: str
+    status: str
+    policy: PolicyDecision
+    idempotency_key: str
+    location: str | None = None
+    duplicate: bool = False
+
+    @classmethod
+    def from_json(
+        cls,
+        data: Any,
+        *,
+        idempotency_key: str,
+        location: str | None = None,
+        duplicate: bool = False,
+    ) -> SendResult:
+        d = _obj(data, "send result")
+        return cls(
+            id=_str(d, "id"),
+            status=_str(d, "status"),
+            policy=PolicyDecision.from_json(d.get("policy") or {}),
+            idempotency_key=idempotency_key,
+            location=location,
+            duplicate=duplicate,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StatusEvent:
+    """One step in a message's history."""
+
+    status: str
+    time: datetime
+    reason: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> StatusEvent:
+        d = _obj(data, "history entry")
+        return cls(
+            status=_str(d, "status"), time=_time(d.get("time")), reason=_opt_str(d, "reason")
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStatus:
+    """Where a sent message is: ``status`` now, and every step with its time."""
+
+    id: str
+    status: str
+    to: str | None = None
+    type: str | None = None
+    history: tuple[StatusEvent, ...] = ()
+    reason: str | None = None
+
+    @property
+    def final(self) -> bool:
+        """True once the status can no longer change."""
+        return self.status in FINAL_STATUSES
+
+    @classmethod
+    def from_json(cls, data: Any) -> MessageStatus:
+        d = _obj(data, "message status")
+        history = d.get("history") or ()
+        if not isinstance(history, list | tuple):
+            raise _bad("history", d)
+        return cls(
+            id=_str(d, "id"),
+            status=_str(d, "status"),
+            to=_opt_str(d, "to"),
+            type=_opt_str(d, "type"),
+            history=tuple(StatusEvent.from_json(h) for h in history),
+            reason=_opt_str(d, "reason"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The answer to :meth:`ack`: the message is now ``acknowledged``."""
+
+    id: str
+    status: str
+
+    @classmethod
+    def from_json(cls, data: Any) -> Ack:
+        d = _obj(data, "ack")
+        return cls(id=_str(d, "id"), status=_str(d, "status"))
+
+
+@dataclass(frozen=True, slots=True)
+class InboxItem:
+    """One message waiting in (or already read from) this system's mailbox.
+
+    ``sender`` is the address the message came from (``from`` in the JSON). ``size`` is the
+    payload size in bytes.
+    """
+
+    id: str
+    sender: str
+    to: str
+    type: str
+    time: datetime
+    status: str
+    size: int
+    classification: str
+    purpose: str
+    correlation_id: str | None = None
+    mailbox: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> InboxItem:
+        d = _obj(data, "inbox item")
+        return cls(
+            id=_str(d, "id"),
+            sender=_str(d, "from"),
+            to=_str(d, "to"),
+            type=_str(d, "type"),
+            time=_time(d.get("time")),
+            status=_str(d, "status"),
+            size=_int(d, "size", 0),
+            classification=_str(d, "classification"),
+            purpose=_str(d, "purpose"),
+            correlation_id=_opt_str(d, "correlation_id"),
+            mailbox=_opt_str(d, "mailbox"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The signed metadata that travelled with the payload (CloudEvents-shaped).
+
+    ``source`` is the sending organisation's address, proven by its signature.
+    ``policy_version`` is the policy set version under which the sender allowed it.
+    """
+
+    id: str
+    source: str
+    to: str
+    type: str
+    time: datetime
+    purpose: str
+    classification: str
+    datacontenttype: str = "application/json"
+    policy_version: int = 0
+    subject: str | None = None
+    correlation_id: str | None = None
+    workflow_id: str | None = None
+    local_id: str | None = None
+    expires: datetime | None = None
+    source_system: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> Envelope:
+        d = _obj(data, "envelope")
+        return cls(
+            id=_str(d, "id"),
+            source=_str(d, "source"),
+            to=_str(d, "to"),
+            type=_str(d, "type"),
+            time=_time(d.get("time")),
+            purpose=_str(d, "purpose"),
+            classification=_str(d, "classification"),
+            datacontenttype=_opt_str(d, "datacontenttype") or "application/json",
+            policy_version=_int(d, "policy_version", 0),
+            subject=_opt_str(d, "subject"),
+            correlation_id=_opt_str(d, "correlation_id"),
+            workflow_id=_opt_str(d, "workflow_id"),
+            local_id=_opt_str(d, "local_id"),
+            expires=_opt_time(d.get("expires")),
+            source_system=_opt_str(d, "source_system"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedMessage:
+    """A message downloaded from the inbox: verified envelope, payload, and its status here.
+
+    ``payload`` is the decoded JSON value, or a ``str`` for text standards (HL7 v2 ER7).
+    """
+
+    envelope: Envelope
+    payload: Any
+    status: str
+
+    @property
+    def id(self) -> str:
+        return self.envelope.id
+
+    @property
+    def type(self) -> str:
+        return self.envelope.type
+
+    @property
+    def sender(self) -> str:
+        return self.envelope.source
+
+    @classmethod
+    def from_json(cls, data: Any) -> ReceivedMessage:
+        d = _obj(data, "message")
+        if "payload" not in d:
+            raise _bad("'payload'", d)
+        return cls(
+            envelope=Envelope.from_json(d.get("envelope")),
+            payload=d["payload"],
+            status=_str(d, "status"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MessageType:
+    """A catalogue entry: a message type and the open standard its payload must meet.
+
+    ``extra`` keeps any further members the gateway sends (schema links, examples...).
+    """
+
+    type: str
+    standard: str
+    version: str | None = None
+    validator: str | None = None
+    description: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> MessageType:
+        d = _obj(data, "catalogue entry")
+        known = ("type", "standard", "version", "validator", "description")
+        return cls(
+            type=_str(d, "type"),
+            standard=_opt_str(d, "standard") or "",
+            version=_opt_str(d, "version"),
+            validator=_opt_str(d, "validator"),
+            description=_opt_str(d, "description"),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The gateway's own view: ``ok`` is false when it is up but degraded (e.g. no backbone)."""
+
+    status: str
+    org: str
+    policy_version: int
+    backbone: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @classmethod
+    def from_json(cls, data: Any) -> Health:
+        d = _obj(data, "health")
+        return cls(
+            status=_str(d, "status"),
+            org=_str(d, "org"),
+            policy_version=_int(d, "policy_version", 0),
+            backbone=_opt_str(d, "backbone") or "unknown",
+        )
