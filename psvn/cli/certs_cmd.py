@@ -109,6 +109,18 @@ def _revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _crl(args: argparse.Namespace) -> int:
+    from certs.pki import load_ca
+    from certs.revocation import refresh_crl
+
+    ca = load_ca(args.dir)
+    crl = refresh_crl(ca, days=args.days)
+    print(f"CRL re-signed: {ca.crl_path}")
+    print(f"  revoked certificates  {len(crl)}")
+    print(f"  next update           {crl.next_update_utc:%Y-%m-%d %H:%M} UTC")
+    return 0
+
+
 def _describe(cert_path: Path, pki_dir: Path) -> dict[str, Any]:
     from certs.pki import CA_CRL, cert_uris, fingerprint, load_cert
     from certs.revocation import is_revoked
@@ -268,6 +280,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="RFC 5280 reason (default: %(default)s)")
     _dir_arg(p)
     p.set_defaults(func=_revoke)
+
+    p = sub.add_parser(
+        "crl", help="re-sign the CRL (do this at least weekly)",
+        description="Re-sign DIR/ca.crl with the same entries and a new next-update time. TLS "
+        "servers that check the CRL refuse every client once it has expired, so run this "
+        "(e.g. daily from cron) well before then.",
+    )
+    p.add_argument("--days", type=int, default=7, help="days until next update (default: 7)")
+    _dir_arg(p)
+    p.set_defaults(func=_crl)
 
     p = sub.add_parser(
         "show", help="show a certificate: subject, SAN URIs, fingerprint, expiry, revoked?",

@@ -368,6 +368,27 @@ def test_cli_custom_dir_and_bad_org(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "ca.crt" in capsys.readouterr().err
 
 
+def test_cli_server_cert_and_crl_refresh(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = tmp_path / "pki"
+    assert main(["certs", "init", "--dir", str(d)]) == 0
+    assert main(["certs", "issue", "server", "--name", "nats-1", "--dir", str(d),
+                 "--host", "127.0.0.1", "--host", "nats-1"]) == 0
+    ca = pki.load_ca(d)
+    cert = pki.load_cert(d / "servers" / "nats-1.crt")
+    pki.verify_cert(ca, cert, server_name="nats-1")
+    assert mode(d / "servers" / "nats-1.key") == 0o600
+    revocation.revoke(ca, cert)
+    before = revocation.load_crl(d)
+    assert main(["certs", "crl", "--dir", str(d)]) == 0
+    after = revocation.load_crl(d)
+    assert after.next_update_utc is not None and before.next_update_utc is not None
+    assert after.next_update_utc >= before.next_update_utc
+    assert revocation.revoked_serials(d) == {cert.serial_number}  # entries kept
+    assert "revoked certificates  1" in capsys.readouterr().out
+
+
 def test_cli_help_texts(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["certs", "--help"], ["certs", "issue", "gateway", "--help"],
                  ["certs", "revoke", "--help"]):

@@ -227,6 +227,22 @@ async def test_crl_signed_by_another_ca_fails_closed(net: Pki) -> None:
     assert_refused(out, "unable to get certificate CRL")
 
 
+async def test_expired_crl_fails_closed(net: Pki, tmp_path: Path) -> None:
+    """A CRL past its next-update time refuses everyone, which is why it is re-signed weekly."""
+    ca_dir = tmp_path / "ca"
+    ca_dir.mkdir()
+    for name in ("ca.crt", "ca.key"):
+        (ca_dir / name).write_bytes((net.ca.directory / name).read_bytes())
+    ca = pki.load_ca(ca_dir)
+    revocation.write_crl(ca, [], days=0)  # next update = now: stale from the next second on
+    ctx = tls.server_context(*net.server, ca.cert_path, crl=ca.crl_path)
+    client = tls.client_context(ca.cert_path, *net.system)
+    assert_refused(await exchange(ctx, client), "CRL has expired")
+    revocation.refresh_crl(ca)
+    ctx = tls.server_context(*net.server, ca.cert_path, crl=ca.crl_path)
+    assert (await exchange(ctx, client)).accepted
+
+
 def test_missing_crl_file_is_an_error(net: Pki, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         server(net, crl=tmp_path / "nope.crl")
