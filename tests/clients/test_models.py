@@ -400,3 +400,43 @@ def test_clients_reject_negative_retries_and_close() -> None:
     with psvn_client.Client("https://127.0.0.1:1/") as c:
         assert c.url == "https://127.0.0.1:1" and not c.closed
     assert c.closed
+
+
+def test_degraded_health_503_is_an_answer_not_an_error() -> None:
+    call = _core.health_call()
+    body = {"status": "degraded", "org": "ods:RYR", "policy_version": 1, "backbone": "disconnected"}
+    resp = httpx.Response(503, json=body)
+    assert call.is_answer(resp)
+    assert call.parse(resp) == Health("degraded", "ods:RYR", 1, "disconnected")
+    assert not _core.status_call("m").is_answer(resp)
+
+
+def test_members_the_gateway_omits_when_default_get_their_default() -> None:
+    item = InboxItem.from_json(
+        {
+            "id": "m",
+            "from": "ods:RYR",
+            "to": "gss:E06000043",
+            "type": "t.x",
+            "time": "2026-05-01T10:00:00Z",
+            "status": "quarantined",
+            "size": 3,
+            "reason": "signature-invalid",
+        }
+    )
+    assert (item.classification, item.purpose, item.reason) == ("OFFICIAL", "", "signature-invalid")
+    env = Envelope.from_json(
+        {
+            "id": "m",
+            "source": "ods:RYR",
+            "to": "gss:E06000043",
+            "type": "t.x",
+            "time": "2026-05-01T10:00:00Z",
+            "purpose": "direct-care",
+        }
+    )
+    assert (env.classification, env.datacontenttype, env.policy_version) == (
+        "OFFICIAL",
+        "application/json",
+        0,
+    )

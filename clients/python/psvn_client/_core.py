@@ -78,6 +78,11 @@ class Call(Generic[T]):
     params: dict[str, str | int] | None = None
     json: Any = None
     safe: bool = True
+    #: Non-2xx statuses whose body is still the answer (``/healthz`` is 503 when degraded).
+    answers: frozenset[int] = frozenset()
+
+    def is_answer(self, response: httpx.Response) -> bool:
+        return response.is_success or response.status_code in self.answers
 
 
 def _json(response: httpx.Response) -> Any:
@@ -194,7 +199,8 @@ def catalogue_call() -> Call[list[MessageType]]:
 
 
 def health_call() -> Call[Health]:
-    return Call("GET", "/healthz", lambda r: Health.from_json(_json(r)))
+    # A degraded gateway answers 503 with its health: that is the answer, not an error to retry.
+    return Call("GET", "/healthz", lambda r: Health.from_json(_json(r)), answers=frozenset({503}))
 
 
 def error_for(response: httpx.Response) -> PsvnError:

@@ -99,7 +99,7 @@ class Client:
             except httpx.TransportError as exc:
                 error, retry = _core.transport_failure(call, self.url, exc)
             else:
-                if response.is_success:
+                if call.is_answer(response):
                     return call.parse(response)
                 error, retry = _core.failure(call, response)
             if not retry or attempt >= self.retries:

@@ -211,7 +211,7 @@ class InboxItem:
     """One message waiting in (or already read from) this system's mailbox.
 
     ``sender`` is the address the message came from (``from`` in the JSON). ``size`` is the
-    payload size in bytes.
+    payload size in bytes; ``reason`` says why, for a quarantined one.
     """
 
     id: str
@@ -221,10 +221,11 @@ class InboxItem:
     time: datetime
     status: str
     size: int
-    classification: str
-    purpose: str
+    classification: str = "OFFICIAL"
+    purpose: str = ""
     correlation_id: str | None = None
     mailbox: str | None = None
+    reason: str | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> InboxItem:
@@ -237,10 +238,11 @@ class InboxItem:
             time=_time(d.get("time")),
             status=_str(d, "status"),
             size=_int(d, "size", 0),
-            classification=_str(d, "classification"),
-            purpose=_str(d, "purpose"),
+            classification=_opt_str(d, "classification") or "OFFICIAL",
+            purpose=_opt_str(d, "purpose") or "",
             correlation_id=_opt_str(d, "correlation_id"),
             mailbox=_opt_str(d, "mailbox"),
+            reason=_opt_str(d, "reason"),
         )
 
 
@@ -258,7 +260,7 @@ class Envelope:
     type: str
     time: datetime
     purpose: str
-    classification: str
+    classification: str = "OFFICIAL"
     datacontenttype: str = "application/json"
     policy_version: int = 0
     subject: str | None = None
@@ -278,7 +280,7 @@ class Envelope:
             type=_str(d, "type"),
             time=_time(d.get("time")),
             purpose=_str(d, "purpose"),
-            classification=_str(d, "classification"),
+            classification=_opt_str(d, "classification") or "OFFICIAL",
             datacontenttype=_opt_str(d, "datacontenttype") or "application/json",
             policy_version=_int(d, "policy_version", 0),
             subject=_opt_str(d, "subject"),
