@@ -1,0 +1,108 @@
+"""Provision the backbone: streams, consumers and buckets for the network and each member.
+
+Idempotent: running it again on a provisioned backbone changes nothing.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from broker import registry
+from broker.subjects import (
+    AUDIT_STREAM,
+    AUDIT_SUBJECTS,
+    CONSUMER,
+    POLICY_BUCKET,
+    POLICY_KEY,
+    inbox_stream,
+    state_bucket,
+)
+from policies import bundle
+from psvn.addresses import token
+from psvn.errors import Code, PsvnError
+
+DAY = 86400.0
+
+
+async def connect(url: str | list[str], tls: ssl.SSLContext, *, name: str, inbox_prefix: str | None = None,
+                  **kwargs: object) -> NATS:
+    opts: dict[str, object] = {"servers": url if isinstance(url, list) else [url], "tls": tls, "name": name,
+                               "connect_timeout": 5, "max_reconnect_attempts": -1, "reconnect_time_wait": 0.5}
+    if inbox_prefix:
+        opts["inbox_prefix"] = inbox_prefix.encode()
+    opts.update(kwargs)
+    return await nats.connect(**opts)  # type: ignore[arg-type]
+
+
+async def _kv(js: JetStreamContext, bucket: str, *, history: int, replicas: int,
+              ttl: float | None = None) -> KeyValue:
+    try:
+        return await js.key_value(bucket)
+    except BucketNotFoundError:
+        return await js.create_key_value(KeyValueConfig(bucket=bucket, history=history, replicas=replicas,
+                                                        storage=StorageType.FILE, ttl=ttl, direct=True))
+
+
+async def provision_network(js: JetStreamContext, *, replicas: int = 1) -> None:
+    await registry.ensure_bucket(js, replicas=replicas)
+    await _kv(js, POLICY_BUCKET, history=64, replicas=replicas)
+    await _ensure_stream(js, StreamConfig(name=AUDIT_STREAM, subjects=[AUDIT_SUBJECTS],
+                                          retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
+                                          num_replicas=replicas, max_age=365 * DAY))
+
+
+async def _ensure_stream(js: JetStreamContext, cfg: StreamConfig) -> None:
+    assert cfg.name is not None
+    try:
+        await js.stream_info(cfg.name)
+    except NotFoundError:
+        await js.add_stream(cfg)
+
+
+async def provision_member(js: JetStreamContext, org: str, *, replicas: int = 1,
+                           retention_days: float = 30) -> None:
+    """The member's inbox stream (the mailbox *is* the stream), its consumer and state bucket."""
+    t = token(org)
+    stream = inbox_stream(org)
+    await _ensure_stream(js, StreamConfig(
+        name=stream, subjects=[f"psvn.msg.{t}.*", f"psvn.rcpt.{t}.*"], retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE, num_replicas=replicas, max_age=retention_days * DAY,
+        duplicate_window=120.0, allow_direct=True, max_msg_size=4 * 1024 * 1024))
+    try:
+        await js.consumer_info(stream, CONSUMER)
+    except NotFoundError:
+        await js.add_consumer(stream, ConsumerConfig(
+            durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+            ack_wait=30.0, max_deliver=-1, max_ack_pending=10000))
+    await _kv(js, state_bucket(org), history=1, replicas=replicas)
+
+
+async def publish_policy(js: JetStreamContext, signed: bundle.SignedPolicySet) -> int:
+    """Put a signed policy set in the bucket; refuse a version that does not increase."""
+    kv = await js.key_value(POLICY_BUCKET)
+    try:
+        entry = await kv.get(POLICY_KEY)
+    except KeyNotFoundError:
+        return await kv.create(POLICY_KEY, bundle.encode(signed))
+    current = bundle.decode(entry.value or b"")
+    if signed.version <= current.version:
+        raise PsvnError(Code.POLICY_VERSION_REGRESSION,
+                        f"policy set version {signed.version} is not newer than the published {current.version}",
+                        rule="policy-version-increase")
+    assert entry.revision is not None
+    return await kv.update(POLICY_KEY, bundle.encode(signed), last=entry.revision)

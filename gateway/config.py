@@ -1,0 +1,51 @@
+"""Gateway configuration: one TOML file, one typed class per section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from psvn import config
+
+
+class GatewaySection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    org: str
+    name: str = ""
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8443
+    max_body_bytes: int = 2 * 1024 * 1024
+    fetch_batch: int = 256
+
+
+class TLSSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The HTTPS server local systems connect to (mutual TLS)."""
+
+    cert: str
+    key: str
+    ca: str
+    crl: str | None = None
+
+
+class NatsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    servers: list[str]
+    cert: str
+    key: str
+    ca: str
+
+
+class KeysSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    signing: str
+    hpke: str
+    policy_authority: str  # the policy authority's Ed25519 public key (PEM)
+
+
+class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    gateway: GatewaySection
+    tls: TLSSection
+    nats: NatsSection
+    keys: KeysSection
+
+
+def load(path: Path | str) -> GatewayConfig:
+    return config.load(path, GatewayConfig)

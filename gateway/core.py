@@ -1,0 +1,209 @@
+"""The gateway's protocol logic, sans-IO: requests and bytes in, sealed bytes and decisions out.
+
+Egress: envelope rules -> recipient in the registry -> catalogue -> payload validation ->
+policy decision -> sign + seal. Ingress: subject proves the sender -> open -> verify the
+sender's signature against the registry -> envelope agrees with the subject -> expiry ->
+validation -> the same policy again. Every refusal is a PsvnError naming field, rule and id.
+No network and no clock of its own, so every branch is testable as a plain function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from broker.registry import Member, RegistryView
+from broker.subjects import msg_subject, rcpt_subject
+from certs.pki import ed25519_public, x25519_public
+from gateway import seal
+from gateway.policy import PolicySnapshot
+from policies.engine import Decision, DecisionRequest
+from psvn import addresses
+from psvn.envelope import (
+    Envelope,
+    SendRequest,
+    build,
+    check_request,
+    is_expired,
+    now_rfc3339,
+    payload_bytes,
+)
+from psvn.errors import Code, PsvnError
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who this gateway is: its organisation, member type and private keys."""
+
+    org: str
+    member_type: str
+    signing_key: Ed25519PrivateKey
+    hpke_key: X25519PrivateKey
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    envelope: Envelope
+    subject: str
+    data: bytes
+    decision: Decision
+    size: int
+
+
+@dataclass(frozen=True)
+class Incoming:
+    envelope: Envelope
+    payload: bytes
+    decision: Decision
+    sender: Member
+
+
+class Receipt(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """Signed by the recipient gateway: 'I have delivered / acknowledged / rejected message X'."""
+
+    message_id: str
+    status: str
+    by: str
+    time: str
+    reason: str | None = None
+    rule_ids: list[str] = msgspec.field(default_factory=list)
+
+
+def _with_id(exc: PsvnError, message_id: str) -> PsvnError:
+    if exc.message_id is None:
+        exc.message_id = message_id
+    return exc
+
+
+def decide(snap: PolicySnapshot, env_like: Envelope | SendRequest, *, sender: str, sender_type: str,
+           recipient: str, recipient_type: str, direction: str) -> Decision:
+    _, mailbox = addresses.parse(env_like.to)
+    return snap.engine.decide(DecisionRequest(
+        sender=sender, sender_type=sender_type, recipient=recipient, recipient_type=recipient_type,
+        type=env_like.type, purpose=env_like.purpose, classification=env_like.classification,
+        mailbox=mailbox, subject=env_like.subject, direction=direction))  # type: ignore[arg-type]
+
+
+def policy_denied(decision: Decision, message_id: str, direction: str) -> PsvnError:
+    return PsvnError(Code.POLICY_DENIED, f"{direction}: {decision.reason}", rule=",".join(decision.rule_ids),
+                     message_id=message_id,
+                     extra={"rule_ids": decision.rule_ids, "policy_version": decision.policy_version})
+
+
+def validate_payload(snap: PolicySnapshot, type_: str, body: bytes, message_id: str) -> None:
+    entry = snap.catalogue.get(type_, message_id=message_id)
+    violations = snap.validator.validate(type_, body)
+    if violations:
+        first = violations[0]
+        raise PsvnError(Code.INVALID_PAYLOAD,
+                        f"payload does not conform to {entry.standard} for {type_}: {len(violations)} "
+                        f"violation(s), first at {first.path or '/'}: {first.message}",
+                        field="payload" + first.path, rule=first.rule, message_id=message_id,
+                        violations=violations)
+
+
+def prepare_send(req: SendRequest, *, me: Identity, system: str | None, snap: PolicySnapshot,
+                 registry: RegistryView, message_id: str, now: datetime | None = None) -> Outgoing:
+    try:
+        check_request(req)
+        recipient_org, _ = addresses.parse(req.to)
+        recipient = registry.lookup(recipient_org, field="to", message_id=message_id)
+        entry = snap.catalogue.get(req.type, message_id=message_id)
+        body = payload_bytes(req.payload)
+        validate_payload(snap, req.type, body, message_id)
+        decision = decide(snap, req, sender=me.org, sender_type=me.member_type, recipient=recipient_org,
+                          recipient_type=recipient.type, direction="egress")
+    except PsvnError as exc:
+        raise _with_id(exc, message_id) from None
+    if not decision.allow:
+        raise policy_denied(decision, message_id, "egress")
+    env = build(req, source=me.org, source_system=system, policy_version=snap.version,
+                datacontenttype=entry.datacontenttype, now=now, message_id=message_id)
+    header = msgspec.json.encode(env)
+    data = seal.seal(seal.KIND_MESSAGE, header, body, signing_key=me.signing_key,
+                     recipient_key=x25519_public(recipient.hpke_key),
+                     info=seal.info_for(me.org, recipient_org, env.id), suite=recipient.hpke_suite)
+    return Outgoing(envelope=env, subject=msg_subject(recipient_org, me.org), data=data, decision=decision,
+                    size=len(data))
+
+
+def sender_from_subject(subject: str, me: Identity, kind: str) -> str:
+    """``psvn.<kind>.<recipient>.<sender>``: the backbone's permissions make the sender token true."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != "psvn" or parts[1] != kind or parts[2] != addresses.token(me.org):
+        raise PsvnError(Code.SENDER_MISMATCH, f"unexpected backbone subject {subject!r}", rule="subject-format")
+    return addresses.from_token(parts[3])
+
+
+def open_incoming(data: bytes, *, subject: str, message_id: str, me: Identity, registry: RegistryView,
+                  snap: PolicySnapshot, now: datetime | None = None, checks: bool = True) -> Incoming:
+    """Open and verify a message; with ``checks`` (on first receipt) also expiry, payload and policy."""
+    decision = Decision(allow=True, rule_ids=[], reason="previously delivered", policy_version=snap.version)
+    try:
+        sender_org = sender_from_subject(subject, me, "msg")
+        sender = registry.lookup(sender_org, field="source", message_id=message_id, require_active=checks)
+        inner = seal.unseal(data, private_key=me.hpke_key, info=seal.info_for(sender_org, me.org, message_id),
+                            message_id=message_id)
+        if inner.kind != seal.KIND_MESSAGE:
+            raise PsvnError(Code.DECRYPT_FAILED, f"expected a message, got a {inner.kind}", rule="inner-kind")
+        seal.verify(inner, ed25519_public(sender.sign_key), message_id=message_id)
+        try:
+            env = msgspec.json.decode(inner.header, type=Envelope)
+        except msgspec.DecodeError as exc:
+            raise PsvnError(Code.INVALID_ENVELOPE, f"envelope: {exc}", field="envelope", rule="envelope-schema") from exc
+        if env.id != message_id:
+            raise PsvnError(Code.SENDER_MISMATCH, "envelope id differs from the backbone message id",
+                            field="id", rule="id-binding")
+        if env.sender_org != sender_org:
+            raise PsvnError(Code.SENDER_MISMATCH,
+                            f"envelope claims source {env.source!r} but the backbone subject proves {sender_org!r}",
+                            field="source", rule="source-binding")
+        if env.recipient_org != me.org:
+            raise PsvnError(Code.SENDER_MISMATCH, f"envelope is addressed to {env.to!r}, not to {me.org!r}",
+                            field="to", rule="recipient-binding")
+        if checks:
+            if is_expired(env, now):
+                raise PsvnError(Code.EXPIRED, f"message expired at {env.expires}", field="expires", rule="expiry")
+            validate_payload(snap, env.type, inner.payload, message_id)
+            decision = decide(snap, env, sender=sender_org, sender_type=sender.type, recipient=me.org,
+                              recipient_type=me.member_type, direction="ingress")
+    except PsvnError as exc:
+        raise _with_id(exc, message_id) from None
+    if not decision.allow:
+        raise policy_denied(decision, message_id, "ingress")
+    return Incoming(envelope=env, payload=inner.payload, decision=decision, sender=sender)
+
+
+def receipt_id(message_id: str, status: str) -> str:
+    return f"rcpt.{message_id}.{status}"
+
+
+def make_receipt(*, message_id: str, status: str, me: Identity, to: Member, reason: str | None = None,
+                 rule_ids: list[str] | None = None, now: datetime | None = None) -> tuple[str, str, bytes]:
+    """(subject, dedupe id, sealed bytes) of a signed receipt for the original sender ``to``."""
+    rid = receipt_id(message_id, status)
+    body = msgspec.json.encode(Receipt(message_id=message_id, status=status, by=me.org, time=now_rfc3339(now),
+                                       reason=reason, rule_ids=rule_ids or []))
+    data = seal.seal(seal.KIND_RECEIPT, body, b"", signing_key=me.signing_key,
+                     recipient_key=x25519_public(to.hpke_key), info=seal.info_for(me.org, to.address, rid),
+                     suite=to.hpke_suite)
+    return rcpt_subject(to.address, me.org), rid, data
+
+
+def open_receipt(data: bytes, *, subject: str, receipt_msg_id: str, me: Identity,
+                 registry: RegistryView) -> Receipt:
+    sender_org = sender_from_subject(subject, me, "rcpt")
+    sender = registry.lookup(sender_org, field="by", require_active=False)
+    inner = seal.unseal(data, private_key=me.hpke_key, info=seal.info_for(sender_org, me.org, receipt_msg_id))
+    if inner.kind != seal.KIND_RECEIPT:
+        raise PsvnError(Code.DECRYPT_FAILED, f"expected a receipt, got a {inner.kind}", rule="inner-kind")
+    seal.verify(inner, ed25519_public(sender.sign_key))
+    receipt = msgspec.json.decode(inner.header, type=Receipt)
+    if receipt.by != sender_org or receipt_id(receipt.message_id, receipt.status) != receipt_msg_id:
+        raise PsvnError(Code.SENDER_MISMATCH, "receipt does not match its backbone subject and id",
+                        rule="receipt-binding", message_id=receipt.message_id)
+    return receipt

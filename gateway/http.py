@@ -1,0 +1,184 @@
+"""HTTP views: parse and authenticate, call the Gateway, render JSON or RFC 9457 problems.
+
+Local systems authenticate with their client certificate (mutual TLS); the certificate's SAN
+URI ``urn:psvn:system:<org>/<system>`` must name this gateway's organisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from certs.tls import peer_uris
+from gateway.service import Gateway
+from gateway.store import InRecord, OutRecord
+from psvn import addresses
+from psvn.envelope import SendRequest
+from psvn.errors import Code, PsvnError
+
+log = structlog.get_logger("psvn.gateway.http")
+
+GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
+PROBLEM = "application/problem+json"
+_send_decoder = msgspec.json.Decoder(SendRequest)
+
+
+def problem_response(exc: PsvnError, request: web.Request) -> web.Response:
+    return web.Response(status=exc.status, content_type=PROBLEM,
+                        body=msgspec.json.encode(exc.to_problem(instance=request.path)))
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, content_type="application/json", body=msgspec.json.encode(data),
+                        headers=headers)
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except PsvnError as exc:
+        return problem_response(exc, request)
+    except web.HTTPRequestEntityTooLarge:
+        return problem_response(PsvnError(Code.PAYLOAD_TOO_LARGE, f"request body is larger than {request.app[GATEWAY_KEY].config.gateway.max_body_bytes} bytes",
+                                          field="body", rule="max-body-bytes"), request)
+    except web.HTTPNotFound:
+        return problem_response(PsvnError(Code.NOT_FOUND, f"no such endpoint {request.path}", rule="route"), request)
+    except web.HTTPMethodNotAllowed as exc:
+        return problem_response(PsvnError(Code.BAD_REQUEST, f"method {exc.method} not allowed here",
+                                          rule="method"), request)
+    except Exception:
+        log.exception("unhandled error", path=request.path)
+        return problem_response(PsvnError(Code.INTERNAL, "internal error; see the gateway log", rule="internal"),
+                                request)
+
+
+def system_of(request: web.Request) -> str:
+    """The calling local system's name, from its verified client certificate."""
+    gw = request.app[GATEWAY_KEY]
+    peercert = request.transport.get_extra_info("peercert") if request.transport else None
+    if not peercert:
+        raise PsvnError(Code.UNAUTHENTICATED, "a client certificate issued by the network CA is required",
+                        rule="mutual-tls")
+    for uri in peer_uris(peercert):
+        parsed = addresses.parse_system_uri(uri)
+        if parsed is None:
+            continue
+        org, system = parsed
+        if org != gw.org:
+            raise PsvnError(Code.FORBIDDEN, f"certificate names a system of {org}, this gateway serves {gw.org}",
+                            rule="system-org")
+        return system
+    raise PsvnError(Code.FORBIDDEN, "client certificate does not name a local system (urn:psvn:system:...)",
+                    rule="system-certificate")
+
+
+def out_view(rec: OutRecord) -> dict[str, Any]:
+    view = msgspec.to_builtins(rec)
+    view.pop("request_hash", None)
+    return view
+
+
+def in_view(rec: InRecord) -> dict[str, Any]:
+    view = msgspec.to_builtins(rec)
+    view["from"] = view.pop("source")
+    view.pop("seq", None)
+    return view
+
+
+async def post_message(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY_KEY]
+    system = system_of(request)
+    body = await request.read()
+    try:
+        req = _send_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        msg = str(exc)
+        field = msg.split("`$.", 1)[1].rstrip("`") if "`$." in msg else None
+        missing = msg.split("`")[1] if "missing required field" in msg else None
+        raise PsvnError(Code.INVALID_ENVELOPE, msg, field=missing or field, rule="request-schema") from None
+    except msgspec.DecodeError as exc:
+        raise PsvnError(Code.MALFORMED_JSON, f"request body is not JSON: {exc}", field="body",
+                        rule="json-syntax") from None
+    header_key = request.headers.get("Idempotency-Key")
+    if header_key and not req.idempotency_key:
+        req = msgspec.structs.replace(req, idempotency_key=header_key)
+    rec, created = await gw.send(req, system=system)
+    data = {"id": rec.id, "status": rec.status,
+            "policy": {"version": gw.policy.version, "rule_ids": rec.rule_ids}}
+    return json_response(data, status=202 if created else 200, headers={"Location": f"/v1/messages/{rec.id}"})
+
+
+async def get_message(request: web.Request) -> web.Response:
+    system_of(request)
+    return json_response(out_view(request.app[GATEWAY_KEY].status(request.match_info["id"])))
+
+
+async def list_inbox(request: web.Request) -> web.Response:
+    system_of(request)
+    q = request.query
+    try:
+        limit = int(q.get("limit", "100"))
+    except ValueError:
+        raise PsvnError(Code.BAD_REQUEST, "limit must be a whole number", field="limit", rule="integer") from None
+    if not 1 <= limit <= 1000:
+        raise PsvnError(Code.BAD_REQUEST, "limit must be between 1 and 1000", field="limit", rule="range")
+    items = request.app[GATEWAY_KEY].inbox(mailbox=q.get("mailbox"), status=q.get("status"), limit=limit)
+    return json_response({"messages": [in_view(r) for r in items]})
+
+
+async def get_inbox_item(request: web.Request) -> web.Response:
+    system_of(request)
+    opened = await request.app[GATEWAY_KEY].get(request.match_info["id"])
+    payload: Any
+    if opened.envelope.datacontenttype.endswith("json"):
+        payload = msgspec.json.decode(opened.payload)
+    else:
+        payload = opened.payload.decode()
+    return json_response({"envelope": msgspec.to_builtins(opened.envelope), "payload": payload,
+                          "status": opened.record.status})
+
+
+async def ack_inbox_item(request: web.Request) -> web.Response:
+    system_of(request)
+    rec = await request.app[GATEWAY_KEY].ack(request.match_info["id"])
+    return json_response({"id": rec.id, "status": rec.status})
+
+
+async def catalogue(request: web.Request) -> web.Response:
+    system_of(request)
+    snap = request.app[GATEWAY_KEY].snapshot
+    return json_response({"policy_version": snap.version,
+                          "types": [msgspec.to_builtins(e) for e in snap.catalogue]})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY_KEY]
+    ok = gw.connected and gw.policy.snapshot is not None
+    return json_response({"status": "ok" if ok else "degraded", "org": gw.org, "policy_version": gw.policy.version,
+                          "backbone": "connected" if gw.connected else "disconnected"}, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY_KEY]
+    resp = web.Response(body=generate_latest(gw.metrics.registry))
+    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return resp
+
+
+def make_app(gw: Gateway) -> web.Application:
+    app = web.Application(middlewares=[problems], client_max_size=gw.config.gateway.max_body_bytes)
+    app[GATEWAY_KEY] = gw
+    app.router.add_post("/v1/messages", post_message)
+    app.router.add_get("/v1/messages/{id}", get_message)
+    app.router.add_get("/v1/inbox", list_inbox)
+    app.router.add_get("/v1/inbox/{id}", get_inbox_item)
+    app.router.add_post("/v1/inbox/{id}/ack", ack_inbox_item)
+    app.router.add_get("/v1/catalogue", catalogue)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app

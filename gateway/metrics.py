@@ -1,0 +1,22 @@
+"""Prometheus metrics, one registry per gateway (several gateways can share a process in tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sent = Counter("psvn_messages_sent_total", "Messages sealed and published", ["type"], registry=r)
+        self.rejected = Counter("psvn_messages_rejected_total", "Messages refused at egress", ["code"], registry=r)
+        self.received = Counter("psvn_messages_received_total", "Messages taken off the backbone",
+                                ["outcome"], registry=r)
+        self.receipts = Counter("psvn_receipts_total", "Receipts received", ["status"], registry=r)
+        self.decisions = Counter("psvn_policy_decisions_total", "Policy decisions",
+                                 ["direction", "effect"], registry=r)
+        self.policy_version = Gauge("psvn_policy_version", "Policy set version enforced", registry=r)
+        self.send_seconds = Histogram("psvn_send_seconds", "Time to accept a message (validate, decide, seal, publish)",
+                                      registry=r, buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1))
+        self.backbone_up = Gauge("psvn_backbone_connected", "1 while connected to the backbone", registry=r)

@@ -1,0 +1,106 @@
+"""The policy set a gateway enforces, hot-reloaded from the backbone.
+
+A new signed version is verified (authority signature, version strictly increasing), compiled,
+and swapped in as one immutable snapshot: requests in flight finish on the snapshot they began
+with, so a reload never drops or half-applies anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from nats.js import JetStreamContext
+
+from broker.subjects import POLICY_BUCKET, POLICY_KEY
+from policies import bundle
+from policies.catalogue import Catalogue
+from policies.engine import Engine
+from policies.validation import PayloadValidator
+from psvn.errors import PsvnError
+
+log = structlog.get_logger("psvn.gateway.policy")
+
+
+@dataclass(frozen=True)
+class PolicySnapshot:
+    version: int
+    document: dict[str, Any]
+    engine: Engine
+    catalogue: Catalogue
+    validator: PayloadValidator
+
+    @classmethod
+    def compile(cls, doc: dict[str, Any]) -> PolicySnapshot:
+        catalogue = Catalogue.from_document(doc)
+        return cls(version=int(doc["version"]), document=doc, engine=Engine.from_document(doc),
+                   catalogue=catalogue, validator=PayloadValidator(catalogue, doc.get("schemas", {})))
+
+
+class PolicyHolder:
+    def __init__(self, authority: Ed25519PublicKey, *, on_change: Callable[[int], None] | None = None) -> None:
+        self.authority = authority
+        self.snapshot: PolicySnapshot | None = None
+        self.ready = asyncio.Event()
+        self.rejected: list[tuple[int, str]] = []  # (version, reason) of refused updates
+        self._on_change = on_change
+        self._task: asyncio.Task[None] | None = None
+        self._watcher: Any = None
+
+    @property
+    def version(self) -> int:
+        return self.snapshot.version if self.snapshot else 0
+
+    def install(self, signed: bundle.SignedPolicySet) -> PolicySnapshot:
+        """Verify and swap in; raise PsvnError (and keep the old set) if refused."""
+        doc = bundle.verify(signed, self.authority, current_version=self.version)
+        snap = PolicySnapshot.compile(doc)
+        self.snapshot = snap
+        self.ready.set()
+        if self._on_change:
+            self._on_change(snap.version)
+        log.info("policy set installed", policy_version=snap.version)
+        return snap
+
+    def _offer(self, data: bytes) -> None:
+        try:
+            signed = bundle.decode(data)
+        except Exception as exc:
+            self.rejected.append((-1, f"undecodable policy bundle: {exc}"))
+            log.error("policy update refused", reason="undecodable")
+            return
+        if signed.version == self.version and self.snapshot is not None:
+            return
+        try:
+            self.install(signed)
+        except PsvnError as exc:
+            self.rejected.append((signed.version, exc.detail))
+            log.error("policy update refused", offered_version=signed.version, enforced_version=self.version,
+                      code=exc.code.value, reason=exc.detail)
+
+    async def start(self, js: JetStreamContext, *, timeout: float = 10.0) -> None:
+        kv = await js.key_value(POLICY_BUCKET)
+        self._watcher = await kv.watch(POLICY_KEY)
+
+        async def run() -> None:
+            async for entry in self._watcher:
+                if entry is None or entry.value is None or entry.operation in ("DEL", "PURGE"):
+                    continue
+                self._offer(entry.value)
+
+        self._task = asyncio.create_task(run(), name="policy-watch")
+        await asyncio.wait_for(self.ready.wait(), timeout)
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task

@@ -1,0 +1,350 @@
+"""The gateway service: the one wiring point, plus the operations the HTTP views call.
+
+``Gateway(config)`` builds every component (keys, registry view, policy holder, state store,
+metrics); tests may inject a clock. ``start()`` connects to the backbone and begins consuming
+the member's inbox; ``stop()`` undoes it. Protocol decisions live in gateway.core (pure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+import structlog
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+
+from broker.provision import connect
+from broker.registry import RegistryView
+from broker.subjects import CONSUMER, audit_subject, inbox_prefix, inbox_stream
+from certs import pki, tls
+from gateway import core
+from gateway.config import GatewayConfig
+from gateway.metrics import Metrics
+from gateway.policy import PolicyHolder, PolicySnapshot
+from gateway.store import HistoryEntry, InRecord, OutRecord, StateStore, idem_key
+from psvn.envelope import Envelope, SendRequest, new_message_id, now_rfc3339
+from psvn.errors import Code, PsvnError
+from psvn.lifecycle import State
+
+log = structlog.get_logger("psvn.gateway")
+
+PUBLISH_ATTEMPTS = 4
+
+
+@dataclass(frozen=True)
+class Opened:
+    record: InRecord
+    envelope: Envelope
+    payload: bytes
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, *, clock: Callable[[], datetime] | None = None) -> None:
+        self.config = config
+        self.org = config.gateway.org
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.signing_key = pki.load_signing_key(Path(config.keys.signing))
+        self.hpke_key = pki.load_hpke_key(Path(config.keys.hpke))
+        authority = serialization.load_pem_public_key(Path(config.keys.policy_authority).read_bytes())
+        if not isinstance(authority, Ed25519PublicKey):
+            raise PsvnError(Code.CONFIG_INVALID, "keys.policy_authority: not an Ed25519 public key",
+                            field="keys.policy_authority", rule="key-type")
+        self.metrics = Metrics()
+        self.registry = RegistryView()
+        self.policy = PolicyHolder(authority, on_change=self.metrics.policy_version.set)
+        self.store = StateStore(self.org)
+        self.nc: NATS | None = None
+        self.js: JetStreamContext | None = None
+        self._consumer: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @property
+    def identity(self) -> core.Identity:
+        me = self.registry.lookup(self.org, field="gateway.org", require_active=False)
+        return core.Identity(org=self.org, member_type=me.type, signing_key=self.signing_key,
+                             hpke_key=self.hpke_key)
+
+    @property
+    def snapshot(self) -> PolicySnapshot:
+        snap = self.policy.snapshot
+        if snap is None:
+            raise PsvnError(Code.BACKBONE_UNAVAILABLE, "no policy set received yet", rule="policy-ready")
+        return snap
+
+    async def start(self) -> None:
+        n = self.config.nats
+        ctx = tls.client_context(Path(n.ca), Path(n.cert), Path(n.key))
+
+        async def disconnected() -> None:
+            self.metrics.backbone_up.set(0)
+            log.warning("backbone disconnected", org=self.org)
+
+        async def reconnected() -> None:
+            self.metrics.backbone_up.set(1)
+            log.info("backbone reconnected", org=self.org)
+
+        async def error_cb(exc: Exception) -> None:
+            log.error("backbone error", org=self.org, error=str(exc))
+
+        self.nc = await connect(n.servers, ctx, name=f"psvn-gateway {self.org}", inbox_prefix=inbox_prefix(self.org),
+                                disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error_cb)
+        self.metrics.backbone_up.set(1)
+        self.js = self.nc.jetstream()
+        await self.registry.start(self.js)
+        self.registry.lookup(self.org, field="gateway.org", require_active=False)
+        await self.policy.start(self.js)
+        await self.store.start(self.js)
+        psub = await self.js.pull_subscribe_bind(CONSUMER, stream=inbox_stream(self.org))
+        self._consumer = asyncio.create_task(self._consume(psub), name=f"consume {self.org}")
+        log.info("gateway started", org=self.org, policy_version=self.policy.version)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._consumer is not None:
+            self._consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._consumer
+        for part in (self.store, self.policy, self.registry):
+            await part.stop()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        self.metrics.backbone_up.set(0)
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    # -- audit (metadata only: never payloads) ---------------------------------------------
+    async def audit(self, event: str, **fields: object) -> None:
+        if self.nc is None:
+            return
+        record = {"event": event, "org": self.org, "time": now_rfc3339(self.clock()), **fields}
+        try:
+            await self.nc.publish(audit_subject(self.org), msgspec.json.encode(record))
+        except Exception as exc:  # auditing must not take the gateway down; the log keeps it
+            log.error("audit publish failed", audit_event=event, error=str(exc))
+
+    # -- send ---------------------------------------------------------------------------------
+    async def send(self, req: SendRequest, *, system: str) -> tuple[OutRecord, bool]:
+        """Accept a message from a local system. Returns (record, created)."""
+        started = time.perf_counter()
+        message_id = new_message_id()
+        request_hash = hashlib.sha256(msgspec.json.encode(req)).hexdigest()
+        ikey = idem_key(system, req.idempotency_key) if req.idempotency_key else None
+        if ikey and ikey in self.store.idem:
+            prior = self.store.out.get(self.store.idem[ikey])
+            if prior is not None:
+                if prior.request_hash != request_hash:
+                    raise PsvnError(Code.CONFLICT, "idempotency_key was used before with a different request",
+                                    field="idempotency_key", rule="idempotency", message_id=prior.id)
+                return prior, False
+        try:
+            out = core.prepare_send(req, me=self.identity, system=system, snap=self.snapshot,
+                                    registry=self.registry, message_id=message_id, now=self.clock())
+        except PsvnError as exc:
+            self.metrics.rejected.labels(exc.code.value).inc()
+            if exc.code is Code.POLICY_DENIED:
+                self.metrics.decisions.labels("egress", "deny").inc()
+            log.info("message rejected", message_id=message_id, code=exc.code.value, field=exc.field,
+                     rule=exc.rule, system=system)
+            await self.audit("rejected", message_id=message_id, to=req.to if isinstance(req.to, str) else None,
+                             type=req.type, code=exc.code.value, field=exc.field, rule=exc.rule,
+                             policy_version=self.policy.version, direction="egress")
+            raise
+        self.metrics.decisions.labels("egress", "allow").inc()
+        now = now_rfc3339(self.clock())
+        rec = OutRecord(id=message_id, to=req.to, type=req.type, status=State.ACCEPTED.value, created=now,
+                        history=[HistoryEntry(status=State.ACCEPTED.value, time=now)],
+                        rule_ids=out.decision.rule_ids, request_hash=request_hash)
+        await self.store.put_out(rec)
+        await self._publish(out.subject, out.data, message_id)
+        if ikey:
+            await self.store.remember_idempotency(ikey, message_id)
+        rec = await self.store.move_out(message_id, State.SENT) or rec
+        self.metrics.sent.labels(req.type).inc()
+        self.metrics.send_seconds.observe(time.perf_counter() - started)
+        await self.audit("sent", message_id=message_id, to=req.to, type=req.type, size=out.size,
+                         rule_ids=out.decision.rule_ids, policy_version=out.decision.policy_version)
+        log.info("message sent", message_id=message_id, to=req.to, type=req.type, system=system)
+        return rec, True
+
+    async def _publish(self, subject: str, data: bytes, msg_id: str) -> None:
+        """Publish with the dedupe id; retry with the same id so a retry can never duplicate."""
+        assert self.js is not None
+        delay = 0.2
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            try:
+                await self.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id}, timeout=3)
+                return
+            except Exception as exc:
+                log.warning("publish failed", message_id=msg_id, attempt=attempt, error=repr(exc))
+                if attempt == PUBLISH_ATTEMPTS:
+                    await self.store.move_out(msg_id, State.REJECTED, reason=f"backbone unavailable: {exc!r}") \
+                        if msg_id in self.store.out else None
+                    raise PsvnError(Code.BACKBONE_UNAVAILABLE,
+                                    "the backbone did not confirm the message; retry with the same idempotency_key",
+                                    rule="publish-ack", message_id=msg_id) from exc
+                await asyncio.sleep(delay)
+                delay *= 2
+
+    # -- status and mailbox -------------------------------------------------------------------
+    def status(self, message_id: str) -> OutRecord:
+        rec = self.store.out.get(message_id)
+        if rec is None:
+            raise PsvnError(Code.NOT_FOUND, f"no message {message_id!r} was sent through this gateway",
+                            field="id", rule="exists", message_id=message_id)
+        return rec
+
+    def inbox(self, *, mailbox: str | None = None, status: str | None = None, limit: int = 100) -> list[InRecord]:
+        wanted = {status} if status else {State.DELIVERED.value}
+        items = [r for r in self.store.inbox.values()
+                 if r.status in wanted and (mailbox is None or r.mailbox == mailbox)]
+        items.sort(key=lambda r: r.seq)
+        return items[:limit]
+
+    def _in_record(self, message_id: str) -> InRecord:
+        rec = self.store.inbox.get(message_id)
+        if rec is None:
+            raise PsvnError(Code.NOT_FOUND, f"no message {message_id!r} in this gateway's mailbox",
+                            field="id", rule="exists", message_id=message_id)
+        return rec
+
+    async def get(self, message_id: str) -> Opened:
+        rec = self._in_record(message_id)
+        if rec.status == State.QUARANTINED.value:
+            raise PsvnError(Code.FORBIDDEN, f"message {message_id} is quarantined: {rec.reason}",
+                            field="id", rule="quarantined", message_id=message_id)
+        assert self.js is not None
+        raw = await self.js.get_msg(inbox_stream(self.org), seq=rec.seq, direct=True)
+        inc = core.open_incoming(raw.data or b"", subject=raw.subject or "", message_id=message_id,
+                                 me=self.identity, registry=self.registry, snap=self.snapshot,
+                                 now=self.clock(), checks=False)
+        return Opened(record=rec, envelope=inc.envelope, payload=inc.payload)
+
+    async def ack(self, message_id: str) -> InRecord:
+        async with self.store.lock(message_id):
+            rec = self._in_record(message_id)
+            if rec.status == State.ACKNOWLEDGED.value:
+                return rec
+            if rec.status != State.DELIVERED.value:
+                raise PsvnError(Code.CONFLICT, f"message {message_id} is {rec.status}, it cannot be acknowledged",
+                                field="id", rule="lifecycle", message_id=message_id)
+            rec = msgspec.structs.replace(rec, status=State.ACKNOWLEDGED.value)
+            await self.store.put_in(rec)
+        await self._receipt(message_id, State.ACKNOWLEDGED.value, rec.source)
+        await self.audit("acknowledged", message_id=message_id, source=rec.source, type=rec.type)
+        return rec
+
+    async def _receipt(self, message_id: str, status: str, to_org: str, *, reason: str | None = None,
+                       rule_ids: list[str] | None = None) -> None:
+        to = self.registry.members.get(to_org)
+        if to is None:
+            log.warning("receipt not sent: sender unknown", message_id=message_id, to=to_org)
+            return
+        subject, rid, data = core.make_receipt(message_id=message_id, status=status, me=self.identity, to=to,
+                                               reason=reason, rule_ids=rule_ids, now=self.clock())
+        await self._publish(subject, data, rid)
+
+    # -- ingress ------------------------------------------------------------------------------
+    async def _consume(self, psub: JetStreamContext.PullSubscription) -> None:
+        batch = self.config.gateway.fetch_batch
+        while not self._stopping:
+            try:
+                msgs = await psub.fetch(batch, timeout=1)
+            except (TimeoutError, NatsTimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("fetch failed", error=repr(exc))
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                try:
+                    await self._handle(msg)
+                    await msg.ack()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # never drop: leave it for redelivery
+                    log.error("message handling failed; will be redelivered", subject=msg.subject,
+                              error=repr(exc))
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=2)
+
+    async def _handle(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        seq = msg.metadata.sequence.stream
+        msg_id = headers.get("Nats-Msg-Id") or f"seq-{seq}"
+        if msg.subject.startswith("psvn.rcpt."):
+            await self._handle_receipt(msg, msg_id, seq)
+        else:
+            await self._handle_message(msg, msg_id, seq)
+
+    async def _handle_message(self, msg: Msg, msg_id: str, seq: int) -> None:
+        if msg_id in self.store.inbox:
+            return  # a redelivery of something already filed
+        received = now_rfc3339(self.clock())
+        try:
+            inc = core.open_incoming(msg.data, subject=msg.subject, message_id=msg_id, me=self.identity,
+                                     registry=self.registry, snap=self.snapshot, now=self.clock())
+        except PsvnError as exc:
+            await self._quarantine(msg, msg_id, seq, exc, received)
+            return
+        env = inc.envelope
+        self.metrics.decisions.labels("ingress", "allow").inc()
+        await self.store.put_in(InRecord(
+            id=env.id, source=env.source, to=env.to, type=env.type, time=env.time, status=State.DELIVERED.value,
+            size=len(inc.payload), seq=seq, classification=env.classification, purpose=env.purpose,
+            correlation_id=env.correlation_id, mailbox=env.mailbox, received=received))
+        self.metrics.received.labels("delivered").inc()
+        await self._receipt(env.id, State.DELIVERED.value, env.sender_org)
+        await self.audit("delivered", message_id=env.id, source=env.source, type=env.type,
+                         rule_ids=inc.decision.rule_ids, policy_version=inc.decision.policy_version)
+        log.info("message delivered", message_id=env.id, source=env.source, type=env.type)
+
+    async def _quarantine(self, msg: Msg, msg_id: str, seq: int, exc: PsvnError, received: str) -> None:
+        sender_tok = msg.subject.split(".")[-1]
+        sender_org = sender_tok.replace("_", ":", 1)
+        await self.store.put_in(InRecord(
+            id=msg_id, source=sender_org, to=self.org, type="unknown", time=received,
+            status=State.QUARANTINED.value, size=len(msg.data), seq=seq, reason=f"{exc.code.value}: {exc.detail}",
+            rule=exc.rule, received=received))
+        self.metrics.received.labels("quarantined").inc()
+        if exc.code is Code.POLICY_DENIED:
+            self.metrics.decisions.labels("ingress", "deny").inc()
+        log.warning("message quarantined", message_id=msg_id, code=exc.code.value, rule=exc.rule,
+                    source=sender_org)
+        await self.audit("quarantined", message_id=msg_id, source=sender_org, code=exc.code.value, rule=exc.rule,
+                         policy_version=self.policy.version, direction="ingress")
+        if sender_org in self.registry.members and exc.code not in (Code.DECRYPT_FAILED, Code.SIGNATURE_INVALID):
+            await self._receipt(msg_id, State.REJECTED.value, sender_org, reason=f"{exc.code.value}: {exc.detail}",
+                                rule_ids=exc.extra.get("rule_ids") or ([exc.rule] if exc.rule else []))
+
+    async def _handle_receipt(self, msg: Msg, rid: str, seq: int) -> None:
+        try:
+            receipt = core.open_receipt(msg.data, subject=msg.subject, receipt_msg_id=rid, me=self.identity,
+                                        registry=self.registry)
+        except PsvnError as exc:
+            await self._quarantine(msg, rid, seq, exc, now_rfc3339(self.clock()))
+            return
+        self.metrics.receipts.labels(receipt.status).inc()
+        try:
+            state = State(receipt.status)
+        except ValueError:
+            log.warning("receipt with unknown status ignored", message_id=receipt.message_id, status=receipt.status)
+            return
+        await self.store.move_out(receipt.message_id, state, reason=receipt.reason, rule_ids=receipt.rule_ids or None)

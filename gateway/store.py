@@ -1,0 +1,155 @@
+"""The gateway's state on the backbone: sent-message statuses and the mailbox index.
+
+The source of truth is the member's KV bucket (so gateways stay stateless and several can run
+behind one load balancer); each gateway keeps an in-memory index fed by a watch, and writes
+through it. Payloads never go here: the mailbox *is* the inbox stream, and an entry points at
+its sealed message by stream sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from typing import Any
+
+import msgspec
+import structlog
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from broker.subjects import state_bucket
+from psvn.envelope import now_rfc3339
+from psvn.lifecycle import InvalidTransition, State, advance
+
+log = structlog.get_logger("psvn.gateway.store")
+
+
+class HistoryEntry(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    status: str
+    time: str
+    reason: str | None = None
+
+
+class OutRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str
+    to: str
+    type: str
+    status: str
+    history: list[HistoryEntry]
+    created: str
+    reason: str | None = None
+    rule_ids: list[str] = msgspec.field(default_factory=list)
+    request_hash: str = ""
+
+
+class InRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str
+    source: str
+    to: str
+    type: str
+    time: str
+    status: str
+    size: int
+    seq: int
+    classification: str = "OFFICIAL"
+    purpose: str = ""
+    correlation_id: str | None = None
+    mailbox: str | None = None
+    reason: str | None = None
+    rule: str | None = None
+    received: str = ""
+
+
+def idem_key(system: str, key: str) -> str:
+    return "idem." + hashlib.sha256(f"{system}\x00{key}".encode()).hexdigest()
+
+
+class StateStore:
+    def __init__(self, org: str) -> None:
+        self.org = org
+        self.out: dict[str, OutRecord] = {}
+        self.inbox: dict[str, InRecord] = {}
+        self.idem: dict[str, str] = {}
+        self.kv: KeyValue | None = None
+        self.ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._watcher: Any = None
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _apply(self, key: str, value: bytes | None) -> None:
+        kind, _, ident = key.partition(".")
+        if kind == "out":
+            if value:
+                self.out[ident] = msgspec.json.decode(value, type=OutRecord)
+        elif kind == "in":
+            if value:
+                self.inbox[ident] = msgspec.json.decode(value, type=InRecord)
+        elif kind == "idem" and value:
+            self.idem[key] = value.decode()
+
+    async def start(self, js: JetStreamContext, *, timeout: float = 10.0) -> None:
+        self.kv = await js.key_value(state_bucket(self.org))
+        self._watcher = await self.kv.watchall()
+
+        async def run() -> None:
+            async for entry in self._watcher:
+                if entry is None:
+                    self.ready.set()
+                    continue
+                if entry.operation in ("DEL", "PURGE"):
+                    continue
+                try:
+                    self._apply(entry.key, entry.value)
+                except msgspec.DecodeError:
+                    log.error("state entry ignored: malformed", key=entry.key)
+
+        self._task = asyncio.create_task(run(), name="state-watch")
+        await asyncio.wait_for(self.ready.wait(), timeout)
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _put(self, key: str, value: bytes) -> None:
+        assert self.kv is not None
+        await self.kv.put(key, value)
+        self._apply(key, value)
+
+    def lock(self, message_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(message_id, asyncio.Lock())
+
+    # -- sent messages -------------------------------------------------------------------
+    async def put_out(self, rec: OutRecord) -> None:
+        await self._put(f"out.{rec.id}", msgspec.json.encode(rec))
+
+    async def remember_idempotency(self, key: str, message_id: str) -> None:
+        await self._put(key, message_id.encode())
+
+    async def move_out(self, message_id: str, new: State, *, reason: str | None = None,
+                       rule_ids: list[str] | None = None) -> OutRecord | None:
+        """Advance a sent message's status per the lifecycle table; stale moves are ignored."""
+        async with self.lock(message_id):
+            rec = self.out.get(message_id)
+            if rec is None:
+                return None
+            try:
+                state = advance(State(rec.status), new)
+            except InvalidTransition:
+                return rec
+            if state.value == rec.status:
+                return rec
+            rec = msgspec.structs.replace(
+                rec, status=state.value, reason=reason or rec.reason, rule_ids=rule_ids or rec.rule_ids,
+                history=[*rec.history, HistoryEntry(status=state.value, time=now_rfc3339(), reason=reason)])
+            await self.put_out(rec)
+            return rec
+
+    # -- received messages ---------------------------------------------------------------
+    async def put_in(self, rec: InRecord) -> None:
+        await self._put(f"in.{rec.id}", msgspec.json.encode(rec))

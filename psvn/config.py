@@ -1,0 +1,90 @@
+"""Configuration: one TOML file per process, each section a typed class.
+
+A bad or unknown key is reported by its dotted name (``gateway.listen_port: Expected int``),
+never as a stack trace, so an operator can fix the file without reading the source.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+
+from psvn.errors import Code, PsvnError
+
+T = TypeVar("T")
+
+_AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+
+
+def _dotted(msg: str) -> tuple[str, str]:
+    m = _AT.search(msg)
+    if not m:
+        return "", msg
+    path = m.group("path").replace("[", ".").replace("]", "")
+    return path, msg[: m.start()]
+
+
+def convert(data: dict[str, object], cls: type[T], *, source: str = "config") -> T:
+    """Turn a plain mapping into the typed config ``cls``; errors name the bad key."""
+    try:
+        return msgspec.convert(data, cls, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        path, msg = _dotted(str(exc))
+        unknown = re.search(r"unknown field `([^`]+)`", msg)
+        if unknown:
+            path = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+            msg = "unknown key"
+        raise PsvnError(Code.CONFIG_INVALID, f"{source}: {path or '(top level)'}: {msg}",
+                        field=path or None, rule="config-schema") from exc
+
+
+def load(path: Path | str, cls: type[T]) -> T:
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError as exc:
+        raise PsvnError(Code.CONFIG_INVALID, f"{p}: no such file", field=str(p), rule="config-file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise PsvnError(Code.CONFIG_INVALID, f"{p}: {exc}", rule="toml-syntax") from exc
+    return convert(data, cls, source=str(p))
+
+
+def _dec_hook(type_: type, obj: object) -> object:
+    if type_ is Path and isinstance(obj, str):
+        return Path(obj)
+    raise NotImplementedError
+
+
+def dump(value: msgspec.Struct) -> str:
+    """Render a config Struct back to TOML (devnet writes the files it then loads)."""
+    builtins = msgspec.to_builtins(value, enc_hook=lambda o: str(o) if isinstance(o, Path) else o)
+    return _toml(builtins)
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return msgspec.json.encode(str(v)).decode()
+
+
+def _toml(data: dict[str, object], prefix: str = "") -> str:
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, object]]] = []
+    for k, v in data.items():
+        if isinstance(v, dict):
+            tables.append((k, v))
+        elif v is not None:
+            lines.append(f"{k} = {_toml_value(v)}")
+    out = "\n".join(lines)
+    for k, v in tables:
+        name = f"{prefix}{k}"
+        out += f"\n\n[{name}]\n" + _toml(v, prefix=name + ".")
+    return out.strip() + "\n"

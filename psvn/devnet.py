@@ -1,0 +1,159 @@
+"""A whole psvn network on one machine: PKI, nats-server, backbone, registry, policy, gateways.
+
+The same building blocks serve ``psvn devnet up`` (gateways as processes, state under
+``.devnet/``) and the integration tests (gateways in the test's event loop, on free ports).
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from broker import provision, registry
+from broker.natsconf import ServerConfig
+from broker.server import NatsServer
+from broker.subjects import BROKER_URI
+from certs import pki, tls
+from gateway.config import GatewayConfig, GatewaySection, KeysSection, NatsSection, TLSSection
+from policies import bundle
+from psvn import procs
+from psvn.addresses import token
+from psvn.envelope import now_rfc3339
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    org: str
+    name: str
+    type: str
+    system: str = "integration"  # the example local system that talks to this gateway
+
+
+EXAMPLE_MEMBERS: tuple[MemberSpec, ...] = (
+    MemberSpec("gss:E06000043", "Brighton & Hove City Council", "council", "adult-social-care"),
+    MemberSpec("ods:RYR", "University Hospitals Sussex NHS Foundation Trust", "nhs-trust", "pas"),
+    MemberSpec("ods:G81001", "The Lawns Surgery (GP practice)", "gp", "clinical-system"),
+)
+
+
+@dataclass
+class Layout:
+    """Where everything lives under one root folder."""
+
+    root: Path
+
+    @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    def org_dir(self, org: str) -> Path:
+        return self.pki / "orgs" / token(org)
+
+    def system_cert(self, org: str, system: str) -> tuple[Path, Path]:
+        d = self.org_dir(org) / "systems"
+        return d / f"{system}.crt", d / f"{system}.key"
+
+    @property
+    def ca(self) -> Path:
+        return self.pki / "ca.crt"
+
+    @property
+    def authority_key(self) -> Path:
+        return self.pki / "policy-authority.key"
+
+    @property
+    def authority_pub(self) -> Path:
+        return self.pki / "policy-authority.pub"
+
+    @property
+    def broker_cert(self) -> tuple[Path, Path]:
+        return self.pki / "broker" / "broker.crt", self.pki / "broker" / "broker.key"
+
+    def gateway_config_path(self, org: str) -> Path:
+        return self.root / "gateways" / f"{token(org)}.toml"
+
+
+def make_pki(layout: Layout, members: tuple[MemberSpec, ...] | list[MemberSpec]) -> None:
+    ca = pki.init_ca(layout.pki, force=True)
+    pki.issue_server(ca, "nats", layout.pki / "nats")
+    pki.issue_client(ca, BROKER_URI, "broker", layout.pki / "broker")
+    authority = pki.new_signing_key(layout.authority_key)
+    layout.authority_pub.write_bytes(authority.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    for m in members:
+        pki.issue_gateway(ca, m.org, layout.org_dir(m.org))
+        pki.issue_system(ca, m.org, m.system, layout.org_dir(m.org) / "systems")
+
+
+def server_config(layout: Layout, members: list[str], *, port: int, monitor_port: int) -> ServerConfig:
+    return ServerConfig(name="psvn-devnet", port=port, monitor_port=monitor_port,
+                        store_dir=layout.root / "nats" / "store", cert=layout.pki / "nats" / "nats.crt",
+                        key=layout.pki / "nats" / "nats.key", ca=layout.ca, members=tuple(members))
+
+
+def nats_server(layout: Layout, members: list[str], *, port: int, monitor_port: int) -> NatsServer:
+    return NatsServer(server_config(layout, members, port=port, monitor_port=monitor_port),
+                      conf_path=layout.root / "nats" / "nats.conf", log_path=layout.root / "logs" / "nats.log")
+
+
+def gateway_config(layout: Layout, m: MemberSpec, *, nats_url: str, port: int) -> GatewayConfig:
+    d = layout.org_dir(m.org)
+    return GatewayConfig(
+        gateway=GatewaySection(org=m.org, name=m.name, listen_port=port),
+        tls=TLSSection(cert=str(d / "https.crt"), key=str(d / "https.key"), ca=str(layout.ca),
+                       crl=str(layout.pki / "ca.crl")),
+        nats=NatsSection(servers=[nats_url], cert=str(d / "nats.crt"), key=str(d / "nats.key"), ca=str(layout.ca)),
+        keys=KeysSection(signing=str(d / "sign.key"), hpke=str(d / "hpke.key"),
+                         policy_authority=str(layout.authority_pub)),
+    )
+
+
+def broker_tls(layout: Layout) -> ssl.SSLContext:
+    cert, key = layout.broker_cert
+    return tls.client_context(layout.ca, cert, key)
+
+
+def member_record(layout: Layout, m: MemberSpec, *, gateway_url: str = "") -> registry.Member:
+    d = layout.org_dir(m.org)
+    return registry.Member(
+        address=m.org, name=m.name, type=m.type,
+        sign_key=pki.raw_public(pki.load_signing_key(d / "sign.key")),
+        hpke_key=pki.raw_public(pki.load_hpke_key(d / "hpke.key")),
+        cert_fingerprint=pki.fingerprint(pki.load_cert(d / "nats.crt")),
+        gateway_url=gateway_url, joined=now_rfc3339())
+
+
+async def provision_backbone(layout: Layout, nats_url: str, members: list[MemberSpec], *,
+                             gateway_urls: dict[str, str] | None = None,
+                             policy_dir: Path = bundle.DEFAULT_DIR) -> int:
+    """Streams, buckets, registry entries and the signed policy set. Returns the policy version."""
+    nc = await provision.connect(nats_url, broker_tls(layout), name="psvn-broker provisioning")
+    try:
+        js = nc.jetstream()
+        await provision.provision_network(js)
+        kv = await registry.ensure_bucket(js)
+        for m in members:
+            await provision.provision_member(js, m.org)
+            await registry.put_member(kv, member_record(layout, m, gateway_url=(gateway_urls or {}).get(m.org, "")))
+        doc = bundle.load_dir(policy_dir)
+        signed = bundle.sign(doc, pki.load_signing_key(layout.authority_key), proposer="devnet", approver="devnet",
+                             published_at=now_rfc3339())
+        try:
+            await provision.publish_policy(js, signed)
+        except Exception as exc:
+            from psvn.errors import Code, PsvnError
+
+            if not (isinstance(exc, PsvnError) and exc.code is Code.POLICY_VERSION_REGRESSION):
+                raise
+        return signed.version
+    finally:
+        await nc.drain()
+
+
+@dataclass
+class Ports:
+    nats: int = field(default_factory=procs.free_port)
+    monitor: int = field(default_factory=procs.free_port)

@@ -1,0 +1,84 @@
+"""Shared fixtures: a real network (nats-server on free ports, real TLS, real gateways)."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from broker.server import NatsServer
+from gateway.server import GatewayServer
+from psvn import devnet
+from psvn.devnet import EXAMPLE_MEMBERS, Layout, MemberSpec
+
+
+@dataclass
+class Network:
+    """A running network: one nats-server and a gateway per member, all on loopback."""
+
+    layout: Layout
+    nats: NatsServer
+    gateways: dict[str, GatewayServer]
+    members: list[MemberSpec]
+
+    COUNCIL = "gss:E06000043"
+    TRUST = "ods:RYR"
+    GP = "ods:G81001"
+
+    def member(self, org: str) -> MemberSpec:
+        return next(m for m in self.members if m.org == org)
+
+    def url(self, org: str) -> str:
+        return self.gateways[org].url
+
+    def system_cert(self, org: str) -> tuple[Path, Path]:
+        return self.layout.system_cert(org, self.member(org).system)
+
+    @property
+    def ca(self) -> Path:
+        return self.layout.ca
+
+    def client_ssl(self, org: str) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        cert, key = self.system_cert(org)
+        ctx.load_cert_chain(str(cert), str(key))
+        return ctx
+
+
+async def start_network(root: Path, members: list[MemberSpec] | None = None) -> Network:
+    members = list(members or EXAMPLE_MEMBERS)
+    layout = Layout(root)
+    devnet.make_pki(layout, members)
+    ports = devnet.Ports()
+    server = devnet.nats_server(layout, [m.org for m in members], port=ports.nats, monitor_port=ports.monitor)
+    server.start()
+    gateways: dict[str, GatewayServer] = {}
+    try:
+        await devnet.provision_backbone(layout, server.url, members)
+        for m in members:
+            cfg = devnet.gateway_config(layout, m, nats_url=server.url, port=0)
+            gateways[m.org] = await GatewayServer(cfg).start()
+    except BaseException:
+        for gw in gateways.values():
+            await gw.stop()
+        server.stop()
+        raise
+    return Network(layout=layout, nats=server, gateways=gateways, members=members)
+
+
+async def stop_network(net: Network) -> None:
+    for gw in net.gateways.values():
+        await gw.stop()
+    net.nats.stop()
+
+
+@pytest.fixture
+async def network(tmp_path: Path) -> AsyncIterator[Network]:
+    net = await start_network(tmp_path)
+    try:
+        yield net
+    finally:
+        await stop_network(net)
