@@ -154,7 +154,8 @@ def open_incoming(data: bytes, *, subject: str, message_id: str, me: Identity, r
         try:
             env = msgspec.json.decode(inner.header, type=Envelope)
         except msgspec.DecodeError as exc:
-            raise PsvnError(Code.INVALID_ENVELOPE, f"envelope: {exc}", field="envelope", rule="envelope-schema") from exc
+            raise PsvnError(Code.INVALID_ENVELOPE, f"envelope: {exc}", field="envelope",
+                            rule="envelope-schema") from exc
         if env.id != message_id:
             raise PsvnError(Code.SENDER_MISMATCH, "envelope id differs from the backbone message id",
                             field="id", rule="id-binding")

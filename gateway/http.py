@@ -44,7 +44,8 @@ async def problems(request: web.Request, handler: Any) -> web.StreamResponse:
     except PsvnError as exc:
         return problem_response(exc, request)
     except web.HTTPRequestEntityTooLarge:
-        return problem_response(PsvnError(Code.PAYLOAD_TOO_LARGE, f"request body is larger than {request.app[GATEWAY_KEY].config.gateway.max_body_bytes} bytes",
+        limit = request.app[GATEWAY_KEY].config.gateway.max_body_bytes
+        return problem_response(PsvnError(Code.PAYLOAD_TOO_LARGE, f"request body is larger than {limit} bytes",
                                           field="body", rule="max-body-bytes"), request)
     except web.HTTPNotFound:
         return problem_response(PsvnError(Code.NOT_FOUND, f"no such endpoint {request.path}", rule="route"), request)

@@ -75,7 +75,8 @@ def verify(signed: SignedPolicySet, authority: Ed25519PublicKey, *, current_vers
         authority.verify(signed.signature, signed.document)
     except InvalidSignature as exc:
         raise PsvnError(Code.POLICY_SIGNATURE_INVALID,
-                        f"policy set version {signed.version}: signature does not verify against the policy authority key",
+                        f"policy set version {signed.version}: signature does not verify against the "
+                        "policy authority key",
                         rule="policy-signature") from exc
     doc: dict[str, Any] = msgspec.json.decode(signed.document)
     if int(doc.get("version", -1)) != signed.version:
