@@ -7,19 +7,22 @@ The same building blocks serve ``psvn devnet up`` (gateways as processes, state 
 from __future__ import annotations
 
 import ssl
+import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 from cryptography.hazmat.primitives import serialization
 
 from broker import provision, registry
 from broker.natsconf import ServerConfig
 from broker.server import NatsServer
 from broker.subjects import BROKER_URI
-from certs import pki, tls
+from certs import pki, revocation, tls
 from gateway.config import GatewayConfig, GatewaySection, KeysSection, NatsSection, TLSSection
 from policies import bundle
-from psvn import procs
+from psvn import config, procs
 from psvn.addresses import token
 from psvn.envelope import now_rfc3339
 
@@ -157,3 +160,120 @@ async def provision_backbone(layout: Layout, nats_url: str, members: list[Member
 class Ports:
     nats: int = field(default_factory=procs.free_port)
     monitor: int = field(default_factory=procs.free_port)
+
+
+# -- the `psvn devnet` processes --------------------------------------------------------------
+DEFAULT_ROOT = Path(".devnet")
+BASE_PORT = 14222
+
+
+class DevnetState(msgspec.Struct, kw_only=True):
+    """What `devnet up` started, so `status` and `down` act on exactly those PIDs."""
+
+    root: str
+    nats_url: str
+    nats_pid: int
+    monitor_port: int
+    gateways: dict[str, GatewayProcess]
+    policy_version: int = 0
+
+
+class GatewayProcess(msgspec.Struct, kw_only=True):
+    org: str
+    name: str
+    type: str
+    system: str
+    url: str
+    pid: int
+    config: str
+
+
+def state_path(layout: Layout) -> Path:
+    return layout.root / "state.json"
+
+
+def read_state(layout: Layout) -> DevnetState | None:
+    p = state_path(layout)
+    if not p.exists():
+        return None
+    return msgspec.json.decode(p.read_bytes(), type=DevnetState)
+
+
+def running(state: DevnetState | None) -> bool:
+    return state is not None and procs.alive(state.nats_pid)
+
+
+def _wait_gateway(layout: Layout, g: GatewayProcess, process: subprocess.Popen[bytes], timeout: float) -> None:
+    import urllib.request
+
+    cert, key = layout.system_cert(g.org, g.system)
+    ctx = tls.client_context(layout.ca, cert, key)
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway {g.org} exited with code {process.returncode}; see "
+                               f"{layout.root / 'logs' / (token(g.org) + '.log')}")
+        try:
+            with urllib.request.urlopen(g.url + "/healthz", context=ctx, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except Exception as exc:
+            last = exc
+        time.sleep(0.1)
+    raise RuntimeError(f"gateway {g.org} not healthy after {timeout}s: {last}")
+
+
+def up(layout: Layout, members: tuple[MemberSpec, ...] = EXAMPLE_MEMBERS, *, base_port: int = BASE_PORT,
+       timeout: float = 60.0) -> DevnetState:
+    """Bring up nats-server and one gateway process per member; idempotent PKI and backbone."""
+    import asyncio
+    import sys
+
+    layout.root.mkdir(parents=True, exist_ok=True)
+    if not (layout.pki / "ca.crt").exists():
+        make_pki(layout, members)
+    else:
+        revocation.refresh_crl(pki.load_ca(layout.pki))
+    server = nats_server(layout, [m.org for m in members], port=base_port, monitor_port=base_port + 1)
+    server.start()
+    assert server.pid is not None
+    gateways: dict[str, GatewayProcess] = {}
+    state = DevnetState(root=str(layout.root), nats_url=server.url, nats_pid=server.pid,
+                        monitor_port=base_port + 1, gateways=gateways)
+    try:
+        urls = {m.org: f"https://localhost:{base_port + 10 + i}" for i, m in enumerate(members)}
+        state.policy_version = asyncio.run(provision_backbone(layout, server.url, list(members), gateway_urls=urls))
+        started: list[tuple[GatewayProcess, subprocess.Popen[bytes]]] = []
+        for i, m in enumerate(members):
+            cfg = gateway_config(layout, m, nats_url=server.url, port=base_port + 10 + i)
+            path = layout.gateway_config_path(m.org)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(config.dump(cfg))
+            proc = procs.spawn([sys.executable, "-m", "gateway", "--config", str(path)],
+                               log=layout.root / "logs" / f"{token(m.org)}.log")
+            g = GatewayProcess(org=m.org, name=m.name, type=m.type, system=m.system, url=urls[m.org],
+                               pid=proc.pid, config=str(path))
+            gateways[m.org] = g
+            started.append((g, proc))
+        state_path(layout).write_bytes(msgspec.json.format(msgspec.json.encode(state)))
+        for g, proc in started:
+            _wait_gateway(layout, g, proc, timeout)
+    except BaseException:
+        down(layout, state)
+        raise
+    return state
+
+
+def down(layout: Layout, state: DevnetState | None = None) -> bool:
+    """Stop exactly the processes `up` started (by recorded PID). Returns False if none ran."""
+    state = state or read_state(layout)
+    if state is None:
+        return False
+    for g in state.gateways.values():
+        procs.stop(g.pid)
+    procs.stop(state.nats_pid)
+    p = state_path(layout)
+    if p.exists():
+        p.unlink()
+    return True

@@ -1,0 +1,120 @@
+"""``psvn devnet up|status|down``: a whole psvn network on this machine, state under .devnet/."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from psvn.cli.output import print_json
+
+NEXT_STEPS = """\
+psvn devnet is up: nats-server {nats} (JetStream, mutual TLS), policy set v{policy}, gateways:
+{gateways}
+
+Try (with .venv/bin on your PATH, e.g. `source .venv/bin/activate`):
+  psvn send --as gss:E06000043 --to ods:RYR --type fhir.r4.ServiceRequest \\
+      --purpose direct-care --classification OFFICIAL-SENSITIVE --subject nhs:9434765919 examples/referral.json
+  psvn inbox list --as ods:RYR
+  psvn inbox get --as ods:RYR ID
+  psvn inbox ack --as ods:RYR ID
+  psvn status --as gss:E06000043 ID          (accepted -> sent -> delivered -> acknowledged)
+  psvn bench                                 (end-to-end throughput vs raw nats-py)
+  psvn devnet status | psvn devnet down
+Logs (JSON lines): {root}/logs/   certificates: {root}/pki/   config: {root}/gateways/
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("devnet", help="run a whole local network (CA, nats-server, registry, policy, gateways)",
+                       description="A complete psvn network on this machine for integrators: a network CA and "
+                       "certificates, nats-server with JetStream, inbox streams, the registry, the signed "
+                       "policy set and gateways for Brighton & Hove City Council (gss:E06000043), University "
+                       "Hospitals Sussex NHS FT (ods:RYR) and a GP practice (ods:G81001).")
+    p.add_argument("--dir", default=".devnet", help="state folder (default .devnet)")
+    s = p.add_subparsers(title="devnet commands", metavar="ACTION")
+    up = s.add_parser("up", help="bring the network up (Ctrl-C stops it, unless --detach)")
+    up.add_argument("--detach", action="store_true", help="return once everything is ready")
+    up.add_argument("--base-port", type=int, default=14222,
+                    help="nats on BASE, monitoring BASE+1, gateways BASE+10.. (default 14222)")
+    up.set_defaults(func=_up)
+    st = s.add_parser("status", help="what is running")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_status)
+    dn = s.add_parser("down", help="stop everything devnet started")
+    dn.set_defaults(func=_down)
+
+
+def _layout(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from psvn.devnet import Layout
+
+    return Layout(Path(args.dir))
+
+
+def _up(args: argparse.Namespace) -> int:
+    from psvn import devnet
+
+    layout = _layout(args)
+    state = devnet.read_state(layout)
+    if devnet.running(state):
+        print(f"devnet already running (nats-server pid {state.nats_pid}); `psvn devnet down` first",  # type: ignore[union-attr]
+              file=sys.stderr)
+        return 1
+    if state is not None:
+        devnet.down(layout, state)
+    print("starting psvn devnet ...", file=sys.stderr)
+    state = devnet.up(layout, base_port=args.base_port)
+    gws = "\n".join(f"  {g.org:<15} {g.name:<52} {g.url}  (system cert: {g.system})" for g in state.gateways.values())
+    print(NEXT_STEPS.format(nats=state.nats_url, policy=state.policy_version, gateways=gws, root=layout.root))
+    if args.detach:
+        return 0
+    stop = {"now": False}
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    print("running; Ctrl-C stops all of it", file=sys.stderr)
+    while not stop["now"] and devnet.running(state):
+        time.sleep(0.2)
+    devnet.down(layout, state)
+    print("devnet stopped", file=sys.stderr)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from psvn import devnet, procs
+
+    layout = _layout(args)
+    state = devnet.read_state(layout)
+    if state is None:
+        print("devnet is not running (no state file)", file=sys.stderr)
+        return 1
+    report = {
+        "nats": {"url": state.nats_url, "pid": state.nats_pid, "alive": procs.alive(state.nats_pid)},
+        "policy_version": state.policy_version,
+        "gateways": {g.org: {"name": g.name, "url": g.url, "pid": g.pid, "alive": procs.alive(g.pid)}
+                     for g in state.gateways.values()},
+    }
+    if args.json:
+        print_json(report)
+    else:
+        n = report["nats"]
+        print(f"nats-server  {n['url']}  pid {n['pid']}  {'up' if n['alive'] else 'DOWN'}")  # type: ignore[index]
+        for org, g in report["gateways"].items():  # type: ignore[attr-defined]
+            print(f"{org:<15} {g['url']}  pid {g['pid']}  {'up' if g['alive'] else 'DOWN'}  {g['name']}")
+    ok = all([procs.alive(state.nats_pid), *(procs.alive(g.pid) for g in state.gateways.values())])
+    return 0 if ok else 1
+
+
+def _down(args: argparse.Namespace) -> int:
+    from psvn import devnet
+
+    if devnet.down(_layout(args)):
+        print("devnet stopped")
+        return 0
+    print("devnet was not running", file=sys.stderr)
+    return 0
