@@ -12,20 +12,51 @@ import msgspec
 
 from psvn.errors import Code, PsvnError
 
+VALIDATORS = ("fhir-r4", "hl7v2", "cloudevents", "jsonschema")
+
+
+class IdentifierRequirement(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A profile's required identifier: ``resource.element`` must carry ``system``.
+
+    ``element`` is an Identifier list (``Patient.identifier``) or a Reference
+    (``ServiceRequest.subject``: its identifier, or the contained/bundled resource it names).
+    """
+
+    resource: str
+    element: str
+    system: str
+    label: str = ""
+
 
 class CatalogueEntry(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     type: str
-    standard: str  # e.g. "FHIR R4", "HL7 v2.4", "CloudEvents 1.0", "JSON Schema 2020-12"
-    validator: str  # "fhir-r4" | "hl7v2" | "cloudevents" | "jsonschema" | ...
+    standard: str  # e.g. "FHIR R4", "HL7 v2", "CloudEvents 1.0", "JSON Schema 2020-12"
+    validator: str  # one of VALIDATORS
     description: str
     owner: str
     version: str = ""
     profile: str = ""
-    resource: str = ""  # FHIR resourceType, HL7 v2 message type, ...
+    resource: str = ""  # FHIR resourceType, HL7 v2 message type (ADT^A01), ...
     schema: str = ""  # name of a schema in the policy set's schemas/ (without .json)
     datacontenttype: str = "application/json"
     retention_days: int = 30
+    # limits checked before any parsing (a hostile payload must stay cheap)
     max_bytes: int = 1_048_576
+    max_depth: int = 64
+    max_elements: int = 50_000
+    # FHIR: identifiers each profile requires; Bundle.type values accepted
+    identifiers: list[IdentifierRequirement] = msgspec.field(default_factory=list)
+    bundle_types: list[str] = msgspec.field(default_factory=list)
+    # CloudEvents: event type -> schema name for its data; accept unmapped event types?
+    events: dict[str, str] = msgspec.field(default_factory=dict)
+    open_events: bool = False
+    # HL7 v2: accepted MSH-12 versions; must PID-3 carry an NHS number?
+    versions: list[str] = msgspec.field(default_factory=list)
+    require_nhs_number: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        """What ``psvn catalogue list`` and ``GET /v1/catalogue`` show for the type."""
+        return {k: v for k, v in msgspec.to_builtins(self).items() if v not in ("", [], {}, None)}
 
 
 class Catalogue:
@@ -37,12 +68,18 @@ class Catalogue:
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> Catalogue:
         entries: dict[str, CatalogueEntry] = {}
+        schemas = doc.get("schemas") or {}
         for name, raw in (doc.get("catalogue") or {}).items():
             try:
-                entries[name] = msgspec.convert({"type": name, **raw}, CatalogueEntry)
+                entry = msgspec.convert({"type": name, **raw}, CatalogueEntry)
             except msgspec.ValidationError as exc:
                 raise PsvnError(Code.CONFIG_INVALID, f"catalogue.{name}: {exc}", field=f"catalogue.{name}",
                                 rule="catalogue-entry") from exc
+            problem = _entry_problem(entry, schemas)
+            if problem:
+                raise PsvnError(Code.CONFIG_INVALID, f"catalogue.{name}: {problem}", field=f"catalogue.{name}",
+                                rule="catalogue-entry")
+            entries[name] = entry
         return cls(entries)
 
     def get(self, type_: str, *, message_id: str | None = None) -> CatalogueEntry:
@@ -58,3 +95,24 @@ class Catalogue:
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self.entries.values())
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def _entry_problem(entry: CatalogueEntry, schemas: dict[str, Any]) -> str | None:
+    """A catalogue entry that could never validate anything is a policy-set error, found at load."""
+    if entry.validator not in VALIDATORS:
+        return f"validator {entry.validator!r} is not one of {', '.join(VALIDATORS)}"
+    if entry.validator == "jsonschema" and entry.schema not in schemas:
+        return f"schema {entry.schema!r} is not in the policy set's schemas/"
+    if entry.validator in ("fhir-r4", "hl7v2") and not entry.resource:
+        return "resource (FHIR resourceType or HL7 v2 message type) is required"
+    missing = [s for s in entry.events.values() if s not in schemas]
+    if missing:
+        return f"events name schemas not in the policy set: {', '.join(sorted(set(missing)))}"
+    if entry.validator == "cloudevents" and not entry.events and not entry.open_events:
+        return "a cloudevents type needs events (type -> schema) or open_events = true"
+    if min(entry.max_bytes, entry.max_depth, entry.max_elements) < 1:
+        return "max_bytes, max_depth and max_elements must be positive"
+    return None

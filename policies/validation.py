@@ -1,76 +1,46 @@
 """Payload validation against the open standard the catalogue names for a type.
 
 Pure functions over bytes: the gateway calls them on send and on receive, ``psvn validate``
-calls them offline, so both give the same errors. Compiled validators are cached per type.
-Every violation is reported (not just the first), each with a JSON pointer and a rule.
+calls them offline, so both give the same errors. One compiled validator per catalogue type is
+built on first use and cached. Every violation is reported (not just the first), each with a
+path (JSON pointer, or ``SEG-n`` for HL7 v2), a rule, a message and what was expected.
+
+Order of work for every payload, cheapest first: size, then complexity (depth and element
+count, measured on the raw bytes without parsing), then parsing, then the standard's rules.
+The validators live in :mod:`policies.validators`; this module is the façade.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import jsonschema_rs
-import msgspec
-
 from policies.catalogue import Catalogue, CatalogueEntry
-from psvn.errors import Violation
+from policies.validators.common import parse_json
+from policies.validators.limits import Limits, check_er7, check_json
+from psvn.errors import Code, PsvnError, Violation
 
-Validator = Callable[[bytes], list[Violation]]
+log = logging.getLogger(__name__)
 
-
-def _pointer(loc: tuple[Any, ...] | list[Any]) -> str:
-    return "/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in loc) if loc else ""
-
-
-def _parse_json(body: bytes) -> tuple[Any, list[Violation]]:
-    try:
-        return msgspec.json.decode(body), []
-    except msgspec.DecodeError as exc:
-        return None, [Violation(path="", rule="json-syntax", message=str(exc))]
+__all__ = ["PayloadValidator", "invalid_payload_error"]
 
 
-def _fhir_r4(entry: CatalogueEntry) -> Validator:
-    from fhir.resources.R4B import get_fhir_model_class
-    from pydantic import ValidationError
-
-    model = get_fhir_model_class(entry.resource)
-
-    def validate(body: bytes) -> list[Violation]:
-        data, errors = _parse_json(body)
-        if errors:
-            return errors
-        if not isinstance(data, dict):
-            return [Violation(path="", rule="fhir-resource", message="a FHIR resource must be a JSON object")]
-        if data.get("resourceType") != entry.resource:
-            return [Violation(path="/resourceType", rule="fhir-resource-type",
-                              message=f"resourceType is {data.get('resourceType')!r} but type {entry.type} carries a {entry.resource}",
-                              expected=entry.resource)]
-        try:
-            model.model_validate(data)
-        except ValidationError as exc:
-            return [Violation(path=_pointer(e["loc"]), rule=f"fhir-{e['type']}", message=e["msg"])
-                    for e in exc.errors()]
-        return []
-
-    return validate
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    entry: CatalogueEntry
+    limits: Limits
+    precheck: Callable[[bytes, Limits], list[Violation]]
+    check: Callable[[bytes], list[Violation]]
 
 
-def _jsonschema(entry: CatalogueEntry, schemas: dict[str, Any]) -> Validator:
-    schema = schemas.get(entry.schema)
-    if schema is None:
-        raise KeyError(f"catalogue type {entry.type} names schema {entry.schema!r}, not in the policy set")
-    compiled = jsonschema_rs.validator_for(schema, validate_formats=True)
+def _json_check(fn: Callable[[Any], list[Violation]]) -> Callable[[bytes], list[Violation]]:
+    def check(body: bytes) -> list[Violation]:
+        data, errors = parse_json(body)
+        return errors or fn(data)
 
-    def validate(body: bytes) -> list[Violation]:
-        data, errors = _parse_json(body)
-        if errors:
-            return errors
-        return [Violation(path=_pointer(list(err.instance_path)), rule=f"schema-{err.kind.name}",
-                          message=err.message)
-                for err in compiled.iter_errors(data)]
-
-    return validate
+    return check
 
 
 class PayloadValidator:
@@ -79,20 +49,102 @@ class PayloadValidator:
     def __init__(self, catalogue: Catalogue, schemas: dict[str, Any]) -> None:
         self.catalogue = catalogue
         self.schemas = schemas
-        self._cache: dict[str, Validator] = {}
+        self._cache: dict[str, _Compiled] = {}
+        self._schema_cache: dict[str, Any] = {}
 
-    def _build(self, entry: CatalogueEntry) -> Validator:
-        if entry.validator == "fhir-r4":
-            return _fhir_r4(entry)
-        if entry.validator == "jsonschema":
-            return _jsonschema(entry, self.schemas)
-        raise KeyError(f"catalogue type {entry.type} names unknown validator {entry.validator!r}")
+    # -- building --------------------------------------------------------------------------------
+    def _schema(self, name: str, owner: str) -> Any:
+        compiled = self._schema_cache.get(name)
+        if compiled is None:
+            from policies.validators.jsonschema import compile_schema
 
+            schema = self.schemas.get(name)
+            if not isinstance(schema, dict):
+                raise PsvnError(Code.CONFIG_INVALID, f"catalogue type {owner} names schema {name!r}, "
+                                "not in the policy set", field=f"catalogue.{owner}", rule="catalogue-schema")
+            try:
+                compiled = self._schema_cache[name] = compile_schema(schema)
+            except ValueError as exc:
+                raise PsvnError(Code.CONFIG_INVALID, f"schemas/{name}.json: {exc}", field=f"schemas.{name}",
+                                rule="schema-compile") from exc
+        return compiled
+
+    def _build(self, entry: CatalogueEntry) -> _Compiled:
+        limits = Limits(max_bytes=entry.max_bytes, max_depth=entry.max_depth, max_elements=entry.max_elements)
+        try:
+            if entry.validator == "fhir-r4":
+                from policies.validators.fhir import FhirValidator, IdentifierRule
+
+                fhir = FhirValidator(entry.resource, bundle_types=entry.bundle_types, identifier_rules=[
+                    IdentifierRule(r.resource, r.element, r.system, r.label) for r in entry.identifiers])
+                return _Compiled(entry, limits, check_json, _json_check(fhir.validate))
+            if entry.validator == "hl7v2":
+                from policies.validators.hl7v2 import Hl7v2Validator
+
+                hl7 = Hl7v2Validator(entry.resource, versions=entry.versions or None,
+                                     require_nhs_number=entry.require_nhs_number)
+                return _Compiled(entry, limits, check_er7, hl7.validate)
+            if entry.validator == "cloudevents":
+                from policies.validators.cloudevents import CloudEventValidator
+
+                events = {t: (self._schema(s, entry.type), self.schemas[s].get("$id"))
+                          for t, s in entry.events.items()}
+                ce = CloudEventValidator(events, open_events=entry.open_events)
+                return _Compiled(entry, limits, check_json, _json_check(ce.validate))
+            if entry.validator == "jsonschema":
+                from policies.validators.jsonschema import schema_violations
+
+                compiled = self._schema(entry.schema, entry.type)
+                return _Compiled(entry, limits, check_json,
+                                 _json_check(lambda data: schema_violations(compiled, data)))
+        except KeyError as exc:
+            raise PsvnError(Code.CONFIG_INVALID, f"catalogue type {entry.type}: {exc.args[0]}",
+                            field=f"catalogue.{entry.type}", rule="catalogue-entry") from exc
+        raise PsvnError(Code.CONFIG_INVALID, f"catalogue type {entry.type} names unknown validator "
+                        f"{entry.validator!r}", field=f"catalogue.{entry.type}", rule="catalogue-entry")
+
+    def compiled(self, type_: str) -> _Compiled:
+        c = self._cache.get(type_)
+        if c is None:
+            c = self._cache[type_] = self._build(self.catalogue.get(type_))
+        return c
+
+    def warm(self) -> None:
+        """Compile every type now (a policy version is checked whole before it is enforced)."""
+        for entry in self.catalogue:
+            self.compiled(entry.type)
+
+    # -- validating ------------------------------------------------------------------------------
     def validate(self, type_: str, body: bytes) -> list[Violation]:
-        fn = self._cache.get(type_)
-        if fn is None:
-            fn = self._cache[type_] = self._build(self.catalogue.get(type_))
-        if len(body) > self.catalogue.get(type_).max_bytes:
-            return [Violation(path="", rule="max-bytes", message=f"payload is {len(body)} bytes",
-                              expected=f"at most {self.catalogue.get(type_).max_bytes} bytes")]
-        return fn(body)
+        """All violations of ``body`` against the standard of ``type_``; ``[]`` means valid.
+
+        Raises :class:`PsvnError` ``unknown-type`` only for a type not in the catalogue.
+        """
+        c = self.compiled(type_)
+        if isinstance(body, str):
+            body = body.encode()
+        early = c.precheck(body, c.limits)
+        if early:
+            return early
+        try:
+            return c.check(body)
+        except Exception as exc:  # a validator bug must reject the payload, not crash the gateway
+            log.exception("validator for %s failed", type_)
+            return [Violation(path="", rule="validator-error",
+                              message=f"the {c.entry.standard} validator could not process this payload "
+                              f"({type(exc).__name__})", expected="a payload the validator can read")]
+
+    def error(self, type_: str, violations: list[Violation], *, message_id: str | None = None) -> PsvnError:
+        return invalid_payload_error(self.catalogue.get(type_), violations, message_id=message_id)
+
+
+def invalid_payload_error(entry: CatalogueEntry, violations: list[Violation], *,
+                          message_id: str | None = None) -> PsvnError:
+    """The one ``invalid-payload`` error, so the API and ``psvn validate`` say the same words."""
+    first = violations[0]
+    where = first.path or "/"
+    field = "payload" + (first.path if not first.path or first.path.startswith("/") else ":" + first.path)
+    return PsvnError(Code.INVALID_PAYLOAD,
+                     f"payload does not conform to {entry.standard} for {entry.type}: {len(violations)} "
+                     f"violation(s), first at {where}: {first.message}",
+                     field=field, rule=first.rule, message_id=message_id, violations=violations)

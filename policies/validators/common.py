@@ -1,0 +1,85 @@
+"""Shared pieces of the payload validators: JSON pointers, UK identifier checks, JSON parsing.
+
+Kept free of any one standard so FHIR, HL7 v2, CloudEvents and JSON Schema validators report
+NHS numbers and ODS codes with the same rules and the same words.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from psvn.errors import Violation
+
+NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+ODS_SYSTEMS = frozenset({
+    "https://fhir.nhs.uk/Id/ods-organization-code",
+    "https://fhir.nhs.uk/Id/ods-site-code",
+})
+_ODS = re.compile(r"[A-Z0-9]{3,10}", re.ASCII)
+_DIGITS10 = re.compile(r"[0-9]{10}", re.ASCII)
+_WEIGHTS = (10, 9, 8, 7, 6, 5, 4, 3, 2)
+
+
+def escape(token: object) -> str:
+    """One JSON pointer reference token (RFC 6901)."""
+    s = str(token)
+    return s.replace("~", "~0").replace("/", "~1") if ("~" in s or "/" in s) else s
+
+
+def pointer(loc: tuple[Any, ...] | list[Any]) -> str:
+    return "".join("/" + escape(p) for p in loc)
+
+
+def nhs_number_problem(value: object) -> tuple[str, str] | None:
+    """``None`` if ``value`` is a valid NHS number, else (rule, message).
+
+    Format: 10 digits, no spaces; the 10th digit is the modulus-11 check digit over the first
+    nine (weights 10..2; 11 -> 0; 10 -> never valid).
+    """
+    if not isinstance(value, str) or not _DIGITS10.fullmatch(value):
+        return "uk-nhs-number-format", f"NHS number {value!r} is not 10 digits"
+    total = sum(int(d) * w for d, w in zip(value, _WEIGHTS, strict=False))
+    check = 11 - total % 11
+    if check == 11:
+        check = 0
+    if check == 10 or check != int(value[9]):
+        return ("uk-nhs-number-check-digit",
+                f"NHS number {value} fails the modulus-11 check digit"
+                + (" (no valid check digit exists for these nine digits)" if check == 10
+                   else f" (check digit should be {check})"))
+    return None
+
+
+def is_nhs_number(value: object) -> bool:
+    return nhs_number_problem(value) is None
+
+
+def ods_code_problem(value: object) -> str | None:
+    """``None`` if ``value`` looks like an ODS code (3-10 upper-case letters/digits)."""
+    if isinstance(value, str) and _ODS.fullmatch(value):
+        return None
+    return f"ODS code {value!r} is not 3-10 upper-case letters and digits"
+
+
+NHS_EXPECTED = "10 digits with a valid modulus-11 check digit, e.g. 9434765919"
+ODS_EXPECTED = "an ODS code: 3-10 upper-case letters and digits, e.g. RYR or G81001"
+
+
+def parse_json(body: bytes) -> tuple[Any, list[Violation]]:
+    try:
+        return msgspec.json.decode(body), []
+    except msgspec.DecodeError as exc:
+        return None, [Violation(path="", rule="json-syntax", message=f"not valid JSON: {exc}",
+                                expected="a UTF-8 JSON document")]
+    except RecursionError:
+        return None, [Violation(path="", rule="max-depth", message="JSON nesting too deep to parse")]
+
+
+def describe_codes(codes: Iterable[str], limit: int = 12) -> str:
+    ordered = sorted(codes)
+    text = ", ".join(ordered[:limit])
+    return f"one of: {text}" + (f", ... ({len(ordered)} codes)" if len(ordered) > limit else "")

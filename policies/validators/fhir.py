@@ -1,0 +1,571 @@
+"""FHIR R4 (4.0.1) validation compiled from the official definitions, plus UK Core rules.
+
+Why not ``fhir.resources`` alone: it ships R4B (4.3.0), not R4, and accepts codes outside
+required bindings; the official JSON Schema misses cardinality. This validator walks the JSON
+against a compact table generated from the official R4 StructureDefinitions and ValueSets
+(``policies/fhir/r4-definitions.json``, see its README), so it checks, and reports *every*:
+
+* unknown elements, JSON kind and regex of every primitive (``_element`` siblings too);
+* cardinality: ``min`` (required elements) and ``max`` (array or single value);
+* choice types (``value[x]``: exactly one variant);
+* required bindings (``code``, ``Coding`` and ``CodeableConcept``) against the expanded
+  value set;
+* empty objects, arrays and strings (FHIR forbids them), ``null`` where not allowed;
+* contained (``#id``) references and references inside a Bundle resolve; Bundle invariants
+  (unique fullUrl, request/response per type, document/message first entry);
+
+and the UK Core rules that matter for routing and safety: NHS number format and modulus-11
+check digit in every Identifier, ODS code format in every ODS identifier (organisation
+references included), and the identifiers each profile requires (from the catalogue).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from psvn.errors import Violation
+
+from .common import (
+    NHS_EXPECTED,
+    NHS_NUMBER_SYSTEM,
+    ODS_EXPECTED,
+    ODS_SYSTEMS,
+    describe_codes,
+    escape,
+    nhs_number_problem,
+    ods_code_problem,
+)
+
+DEFINITIONS = Path(__file__).resolve().parent.parent / "fhir" / "r4-definitions.json"
+_REL_REF = re.compile(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}", re.ASCII)
+_PY_KIND = {"string": str, "boolean": bool, "integer": int}
+
+
+@dataclass(slots=True)
+class _Child:
+    name: str  # as in the definitions: "status", "value[x]"
+    fhir_path: str  # "ServiceRequest.status"
+    min: int
+    max: int  # -1 = unbounded
+    types: list[str]
+    valueset: str | None
+    choice: bool
+
+
+@dataclass(slots=True)
+class _Node:
+    path: str
+    kind: str  # resource | type | backbone
+    lookup: dict[str, tuple[_Child, str]] = field(default_factory=dict)
+    required: list[tuple[_Child, tuple[str, ...]]] = field(default_factory=list)
+    choices: bool = False
+
+
+class R4Definitions:
+    """The compiled, immutable R4 definitions; one instance per process (cached)."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.version: str = raw["fhirVersion"]
+        self.primitives: dict[str, tuple[type | None, re.Pattern[str] | None]] = {}
+        for name, (kind, regex) in raw["primitives"].items():
+            pattern = None if regex is None or name == "base64Binary" else re.compile(regex, re.ASCII)
+            self.primitives[name] = (_PY_KIND.get(kind), pattern)
+        self.valuesets: dict[str, dict[str, frozenset[str]]] = {
+            url: {s: frozenset(c) for s, c in systems.items()} for url, systems in raw["valuesets"].items()
+        }
+        self.vs_codes: dict[str, frozenset[str]] = {
+            url: frozenset().union(*systems.values()) for url, systems in self.valuesets.items()
+        }
+        self.nodes: dict[str, _Node] = {}
+        self.resources: set[str] = set()
+        for path, spec in raw["nodes"].items():
+            node = _Node(path=path, kind=spec["k"])
+            if node.kind == "resource":
+                self.resources.add(path)
+            for name, (mn, mx, types, vs) in spec["e"].items():
+                choice = name.endswith("[x]")
+                child = _Child(name=name, fhir_path=f"{path}.{name}", min=mn, max=mx, types=types,
+                               valueset=vs, choice=choice)
+                if choice:
+                    node.choices = True
+                    base = name[:-3]
+                    keys = []
+                    for t in types:
+                        key = base + t[0].upper() + t[1:]
+                        node.lookup[key] = (child, t)
+                        keys.append(key)
+                        if t in self.primitives or t in raw["primitives"]:
+                            keys.append("_" + key)
+                else:
+                    node.lookup[name] = (child, types[0] if types else "string")
+                    keys = [name]
+                    if types and types[0] in raw["primitives"]:
+                        keys.append("_" + name)
+                if mn > 0:
+                    node.required.append((child, tuple(keys)))
+            self.nodes[path] = node
+
+    def is_resource(self, name: str) -> bool:
+        return name in self.resources
+
+
+@lru_cache(maxsize=1)
+def definitions() -> R4Definitions:
+    return R4Definitions(json.loads(DEFINITIONS.read_text()))
+
+
+@dataclass(slots=True)
+class IdentifierRule:
+    """A profile's required identifier: ``element`` of ``resource`` must carry ``system``."""
+
+    resource: str
+    element: str
+    system: str
+    label: str = ""
+
+
+@dataclass(slots=True)
+class _Ctx:
+    out: list[Violation]
+    refs: list[tuple[str, str] | None] = field(default_factory=list)  # (pointer, reference)
+    deferred: list[tuple[str, list[dict[str, Any]], IdentifierRule, dict[str, Any]]] = field(
+        default_factory=list)
+    index: dict[str, dict[str, Any]] = field(default_factory=dict)  # fullUrl / Type/id -> resource
+
+
+class FhirValidator:
+    """Validates one JSON FHIR resource against R4 and the catalogue's UK Core rules."""
+
+    def __init__(self, resource: str, *, identifier_rules: list[IdentifierRule] | None = None,
+                 bundle_types: list[str] | None = None) -> None:
+        self.defs = definitions()
+        if not self.defs.is_resource(resource):
+            raise KeyError(f"{resource!r} is not a FHIR R4 resource type")
+        self.resource = resource
+        self.rules: dict[str, list[IdentifierRule]] = {}
+        for r in identifier_rules or []:
+            self.rules.setdefault(r.resource, []).append(r)
+        self.bundle_types = list(bundle_types or [])
+
+    # -- entry point -------------------------------------------------------------------------
+    def validate(self, data: Any) -> list[Violation]:
+        ctx = _Ctx(out=[])
+        if not isinstance(data, dict):
+            return [Violation(path="", rule="fhir-resource", message="a FHIR resource must be a JSON object",
+                              expected=f"a JSON object with resourceType {self.resource!r}")]
+        rt = data.get("resourceType")
+        if rt != self.resource:
+            ctx.out.append(Violation(
+                path="/resourceType", rule="fhir-resource-type",
+                message=f"resourceType is {rt!r} but this message type carries a {self.resource}",
+                expected=self.resource))
+            if not (isinstance(rt, str) and self.defs.is_resource(rt)):
+                return ctx.out
+        self._resource(data, "", ctx, contained=False)
+        for ptr, ref, rule, scope in ctx.deferred:
+            self._check_required_reference(ptr, ref, rule, scope, ctx)
+        return ctx.out
+
+    # -- resources -----------------------------------------------------------------------------
+    def _resource(self, val: Any, ptr: str, ctx: _Ctx, *, contained: bool, expected: str = "Resource") -> None:
+        out = ctx.out
+        if type(val) is not dict:
+            out.append(Violation(path=ptr, rule="fhir-type", message="a resource must be a JSON object",
+                                 expected="a JSON object with resourceType"))
+            return
+        rt = val.get("resourceType")
+        node = self.defs.nodes.get(rt) if isinstance(rt, str) else None
+        if node is None or node.kind != "resource":
+            out.append(Violation(path=f"{ptr}/resourceType", rule="fhir-resource-type",
+                                 message=f"resourceType {rt!r} is not a FHIR R4 resource",
+                                 expected="a FHIR R4 resource type, e.g. Patient"))
+            return
+        if expected != "Resource" and rt != expected:
+            out.append(Violation(path=f"{ptr}/resourceType", rule="fhir-resource-type",
+                                 message=f"resourceType is {rt!r} where a {expected} is required",
+                                 expected=expected))
+            return
+        start = len(ctx.refs)
+        self._walk(node, val, ptr, ctx)
+        if contained:
+            return
+        # contained (#id) references resolve inside this resource
+        contained_ids: dict[str, dict[str, Any]] = {}
+        contained_list = val.get("contained")
+        if isinstance(contained_list, list):
+            for c in contained_list:
+                if isinstance(c, dict) and isinstance(c.get("id"), str):
+                    contained_ids[c["id"]] = c
+        for i in range(start, len(ctx.refs)):
+            item = ctx.refs[i]
+            if item is None or not item[1].startswith("#"):
+                continue
+            ctx.refs[i] = None
+            if item[1] != "#" and item[1][1:] not in contained_ids:
+                out.append(Violation(path=f"{item[0]}/reference", rule="fhir-reference-unresolved",
+                                     message=f"reference {item[1]!r} names no contained resource",
+                                     expected="the id of a resource in this resource's contained list"))
+        for rule in self.rules.get(str(rt), ()):
+            self._check_required_identifier(val, ptr, rule, contained_ids, ctx)
+        if rt == "Bundle":
+            self._bundle(val, ptr, start, ctx)
+
+    def _walk(self, node: _Node, obj: dict[str, Any], ptr: str, ctx: _Ctx) -> None:
+        out = ctx.out
+        lookup = node.lookup
+        seen_choice: dict[str, str] | None = {} if node.choices else None
+        for key, val in obj.items():
+            ent = lookup.get(key)
+            if ent is None:
+                if key == "resourceType" and node.kind == "resource":
+                    continue
+                if key[:1] == "_":
+                    base = lookup.get(key[1:])
+                    if base is not None and base[1] in self.defs.primitives:
+                        self._primitive_element(base[0], val, f"{ptr}/{escape(key)}", ctx)
+                        continue
+                out.append(Violation(path=f"{ptr}/{escape(key)}", rule="fhir-unknown-element",
+                                     message=f"{node.path} has no element {key!r}",
+                                     expected=f"an element defined for {node.path} in FHIR R4"))
+                continue
+            child, tcode = ent
+            p = f"{ptr}/{key}"
+            if seen_choice is not None and child.choice:
+                other = seen_choice.get(child.name)
+                if other is not None:
+                    out.append(Violation(path=p, rule="fhir-choice", message=f"{child.fhir_path} has both "
+                                         f"{other!r} and {key!r}", expected="exactly one value[x] variant"))
+                seen_choice[child.name] = key
+            if child.max != 1:
+                if type(val) is not list:
+                    out.append(Violation(path=p, rule="fhir-cardinality",
+                                         message=f"{child.fhir_path} repeats (max {_max(child.max)}), "
+                                         "so it must be a JSON array", expected="a JSON array"))
+                    continue
+                if not val:
+                    out.append(Violation(path=p, rule="fhir-empty", message=f"{child.fhir_path} is an "
+                                         "empty array", expected="omit the element, or give at least one value"))
+                    continue
+                if 0 < child.max < len(val):
+                    out.append(Violation(path=p, rule="fhir-cardinality",
+                                         message=f"{child.fhir_path} has {len(val)} values",
+                                         expected=f"at most {child.max}"))
+                has_ext = ("_" + key) in obj
+                for i, item in enumerate(val):
+                    if item is None and has_ext:
+                        continue
+                    self._value(child, tcode, item, f"{p}/{i}", ctx)
+            else:
+                if type(val) is list:
+                    out.append(Violation(path=p, rule="fhir-cardinality",
+                                         message=f"{child.fhir_path} is a single value (max 1), not an array",
+                                         expected="a single value"))
+                    continue
+                self._value(child, tcode, val, p, ctx)
+        for child, keys in node.required:
+            for k in keys:
+                if k in obj:
+                    break
+            else:
+                name = child.name[:-3] if child.choice else child.name
+                out.append(Violation(path=f"{ptr}/{name}", rule="fhir-required",
+                                     message=f"{child.fhir_path} is required (min {child.min})",
+                                     expected=f"{child.fhir_path}: {' or '.join(child.types)}"))
+
+    def _value(self, child: _Child, tcode: str, val: Any, p: str, ctx: _Ctx) -> None:
+        prim = self.defs.primitives.get(tcode)
+        if prim is not None:
+            self._primitive(child, tcode, prim, val, p, ctx)
+            return
+        if tcode == "Resource" or self.defs.is_resource(tcode):
+            self._resource(val, p, ctx, contained=child.name == "contained", expected=tcode)
+            return
+        node = self.defs.nodes.get(tcode[1:] if tcode[0] == "@" else tcode)
+        if node is None:  # pragma: no cover - the definitions are closed
+            return
+        if type(val) is not dict:
+            ctx.out.append(Violation(path=p, rule="fhir-type", message=f"{child.fhir_path} must be a JSON "
+                                     f"object ({tcode.lstrip('@')}), not {_json_kind(val)}",
+                                     expected=f"a {tcode.lstrip('@')} object"))
+            return
+        if not val:
+            ctx.out.append(Violation(path=p, rule="fhir-empty", message=f"{child.fhir_path} is an empty object",
+                                     expected="omit the element, or give it content"))
+            return
+        self._walk(node, val, p, ctx)
+        if tcode == "Identifier":
+            self._uk_identifier(val, p, ctx)
+        elif tcode == "Reference":
+            ref = val.get("reference")
+            if isinstance(ref, str):
+                ctx.refs.append((p, ref))
+            ident = val.get("identifier")
+            if isinstance(ident, dict) and (val.get("type") == "Organization" or
+                                            (isinstance(ref, str) and ref.startswith("Organization/"))):
+                self._uk_identifier(ident, f"{p}/identifier", ctx)
+        if child.valueset is not None and tcode in ("Coding", "CodeableConcept"):
+            self._coded(child, tcode, val, p, ctx)
+
+    def _primitive(self, child: _Child, tcode: str, prim: tuple[type | None, re.Pattern[str] | None],
+                   val: Any, p: str, ctx: _Ctx) -> None:
+        pytype, regex = prim
+        ok = True
+        if tcode == "decimal":
+            ok = type(val) in (int, float)
+        elif pytype is not None:
+            ok = type(val) is pytype
+        if not ok:
+            ctx.out.append(Violation(path=p, rule="fhir-type", message=f"{child.fhir_path} must be a "
+                                     f"{tcode}, not {_json_kind(val)}", expected=f"a JSON {_kind_word(tcode)}"))
+            return
+        if tcode == "base64Binary":
+            if not _BASE64.fullmatch("".join(val.split())):
+                ctx.out.append(Violation(path=p, rule="fhir-format", message=f"{child.fhir_path} is not "
+                                         "base64", expected="base64 (RFC 4648)"))
+            return
+        if (tcode == "positiveInt" and val < 1) or (tcode == "unsignedInt" and val < 0):
+            ctx.out.append(Violation(path=p, rule="fhir-format", message=f"{child.fhir_path} is {val}",
+                                     expected=f"a {tcode}"))
+            return
+        if tcode == "integer" and not -2147483648 <= val <= 2147483647:
+            ctx.out.append(Violation(path=p, rule="fhir-format", message=f"{child.fhir_path} is out of "
+                                     "the 32-bit range", expected="a 32-bit integer"))
+            return
+        if type(val) is str:
+            if not val:
+                ctx.out.append(Violation(path=p, rule="fhir-empty", message=f"{child.fhir_path} is an empty "
+                                         "string", expected="omit the element, or give a value"))
+                return
+            if tcode == "xhtml":
+                if not val.lstrip().startswith("<div"):
+                    ctx.out.append(Violation(path=p, rule="fhir-format", message="narrative must be an "
+                                             "XHTML <div>", expected='<div xmlns="http://www.w3.org/1999/xhtml">'))
+                return
+            if regex is not None and not regex.fullmatch(val):
+                ctx.out.append(Violation(path=p, rule="fhir-format", message=f"{child.fhir_path} value "
+                                         f"{_short(val)} is not a valid {tcode}",
+                                         expected=f"a FHIR {tcode} matching {regex.pattern[:120]}"))
+                return
+            if child.valueset is not None and tcode == "code":
+                codes = self.defs.vs_codes.get(child.valueset)
+                if codes is not None and val not in codes:
+                    ctx.out.append(Violation(path=p, rule="fhir-binding", message=f"{child.fhir_path} code "
+                                             f"{_short(val)} is not in the required value set {child.valueset}",
+                                             expected=describe_codes(codes)))
+
+    def _primitive_element(self, child: _Child, val: Any, p: str, ctx: _Ctx) -> None:
+        """``_birthDate``: the id and extensions of a primitive (an array for repeating ones)."""
+        items = val if (child.max != 1 and type(val) is list) else [val]
+        for i, item in enumerate(items):
+            ip = f"{p}/{i}" if items is val else p
+            if item is None and items is val:
+                continue
+            if type(item) is not dict or not item:
+                ctx.out.append(Violation(path=ip, rule="fhir-type", message=f"{child.fhir_path} extension "
+                                         "part must be a non-empty JSON object", expected="{id?, extension?}"))
+                continue
+            for k in item:
+                if k not in ("id", "extension"):
+                    ctx.out.append(Violation(path=f"{ip}/{escape(k)}", rule="fhir-unknown-element",
+                                             message=f"primitive element has no {k!r}", expected="id or extension"))
+            ext = item.get("extension")
+            if ext is not None:
+                if type(ext) is not list:
+                    ctx.out.append(Violation(path=f"{ip}/extension", rule="fhir-cardinality",
+                                             message="extension must be a JSON array", expected="a JSON array"))
+                    continue
+                ext_child = _Child(name="extension", fhir_path=f"{child.fhir_path}.extension", min=0, max=-1,
+                                   types=["Extension"], valueset=None, choice=False)
+                for j, e in enumerate(ext):
+                    self._value(ext_child, "Extension", e, f"{ip}/extension/{j}", ctx)
+
+    def _coded(self, child: _Child, tcode: str, val: dict[str, Any], p: str, ctx: _Ctx) -> None:
+        systems = self.defs.valuesets.get(child.valueset or "")
+        if systems is None:
+            return
+        if tcode == "Coding":
+            codings = [(p, val)]
+        else:
+            raw = val.get("coding")
+            codings = [(f"{p}/coding/{i}", c) for i, c in enumerate(raw) if isinstance(c, dict)] \
+                if isinstance(raw, list) else []
+        if not codings:
+            return
+        for _cp, c in codings:
+            codes = systems.get(c.get("system"))  # type: ignore[arg-type]
+            if codes is not None and c.get("code") in codes:
+                return
+        cp, c = codings[0]
+        ctx.out.append(Violation(path=cp, rule="fhir-binding",
+                                 message=f"{child.fhir_path} has no coding from the required value set "
+                                 f"{child.valueset} (got {c.get('system')!r} {c.get('code')!r})",
+                                 expected=f"system {' or '.join(systems)}, code "
+                                 + describe_codes(self.defs.vs_codes[child.valueset or ""])))
+
+    # -- UK Core ---------------------------------------------------------------------------------
+    def _uk_identifier(self, ident: dict[str, Any], p: str, ctx: _Ctx) -> None:
+        system = ident.get("system")
+        if system == NHS_NUMBER_SYSTEM:
+            problem = nhs_number_problem(ident.get("value"))
+            if problem is not None:
+                ctx.out.append(Violation(path=f"{p}/value", rule=problem[0], message=problem[1],
+                                         expected=NHS_EXPECTED))
+        elif system in ODS_SYSTEMS:
+            msg = ods_code_problem(ident.get("value"))
+            if msg is not None:
+                ctx.out.append(Violation(path=f"{p}/value", rule="uk-ods-code-format", message=msg,
+                                         expected=ODS_EXPECTED))
+
+    def _check_required_identifier(self, res: dict[str, Any], ptr: str, rule: IdentifierRule,
+                                   contained: dict[str, dict[str, Any]], ctx: _Ctx) -> None:
+        val = res.get(rule.element)
+        p = f"{ptr}/{rule.element}"
+        if isinstance(val, list):
+            items = [i for i in val if isinstance(i, dict)]
+            if any(i.get("system") == rule.system and i.get("value") for i in items):
+                return
+            refs = [i for i in items if "reference" in i or "identifier" in i]
+            if refs:
+                ctx.deferred.append((p, refs, rule, contained))
+                return
+        elif isinstance(val, dict):
+            ctx.deferred.append((p, [val], rule, contained))
+            return
+        ctx.out.append(self._missing_identifier(p, rule))
+
+    def _check_required_reference(self, p: str, refs: list[dict[str, Any]], rule: IdentifierRule,
+                                  contained: dict[str, dict[str, Any]], ctx: _Ctx) -> None:
+        for ref in refs:
+            ident = ref.get("identifier")
+            if isinstance(ident, dict) and ident.get("system") == rule.system and ident.get("value"):
+                return
+            target = None
+            r = ref.get("reference")
+            if isinstance(r, str):
+                target = contained.get(r[1:]) if r.startswith("#") else ctx.index.get(r)
+            if isinstance(target, dict):
+                ids = target.get("identifier")
+                if isinstance(ids, list) and any(isinstance(i, dict) and i.get("system") == rule.system
+                                                 and i.get("value") for i in ids):
+                    return
+        ctx.out.append(self._missing_identifier(p, rule))
+
+    def _missing_identifier(self, p: str, rule: IdentifierRule) -> Violation:
+        what = rule.label or rule.system
+        return Violation(path=p, rule="uk-required-identifier",
+                         message=f"{rule.resource}.{rule.element} must carry the {what} "
+                         "(as an identifier, or a reference to a contained or bundled resource with it)",
+                         expected=f"an identifier with system {rule.system}")
+
+    # -- Bundle ----------------------------------------------------------------------------------
+    def _bundle(self, bundle: dict[str, Any], ptr: str, ref_start: int, ctx: _Ctx) -> None:
+        out = ctx.out
+        btype = bundle.get("type")
+        if self.bundle_types and ptr == "" and isinstance(btype, str) and btype not in self.bundle_types:
+            out.append(Violation(path=f"{ptr}/type", rule="fhir-bundle-type",
+                                 message=f"Bundle type {btype!r} is not accepted for this message type",
+                                 expected=describe_codes(self.bundle_types)))
+        entries = bundle.get("entry")
+        entries = [e if isinstance(e, dict) else {} for e in entries] if isinstance(entries, list) else []
+        full_urls: dict[str, int] = {}
+        by_type_id: dict[str, dict[str, Any]] = {}
+        for i, e in enumerate(entries):
+            fu = e.get("fullUrl")
+            res = e.get("resource") if isinstance(e.get("resource"), dict) else None
+            if isinstance(fu, str):
+                if fu in full_urls:
+                    out.append(Violation(path=f"{ptr}/entry/{i}/fullUrl", rule="fhir-bundle-fullurl-unique",
+                                         message=f"fullUrl {fu!r} is also entry {full_urls[fu]}'s (bdl-7)",
+                                         expected="a fullUrl unique within the Bundle"))
+                else:
+                    full_urls[fu] = i
+                if res is not None:
+                    ctx.index[fu] = res
+            if res is not None and isinstance(res.get("id"), str) and isinstance(res.get("resourceType"), str):
+                key = f"{res['resourceType']}/{res['id']}"
+                by_type_id[key] = res
+                ctx.index.setdefault(key, res)
+            if btype in ("transaction", "batch") and "request" not in e:
+                out.append(Violation(path=f"{ptr}/entry/{i}/request", rule="fhir-bundle-entry",
+                                     message=f"a {btype} Bundle entry needs a request (bdl-3)",
+                                     expected="entry.request with method and url"))
+            if btype in ("transaction-response", "batch-response", "history") and "response" not in e \
+                    and btype != "history":
+                out.append(Violation(path=f"{ptr}/entry/{i}/response", rule="fhir-bundle-entry",
+                                     message=f"a {btype} Bundle entry needs a response (bdl-4)",
+                                     expected="entry.response with status"))
+        first = entries[0].get("resource") if entries else None
+        first_rt = first.get("resourceType") if isinstance(first, dict) else None
+        for btype_, rt, inv in (("document", "Composition", "bdl-11"), ("message", "MessageHeader", "bdl-12")):
+            if btype == btype_ and first_rt != rt:
+                out.append(Violation(path=f"{ptr}/entry/0/resource" if entries else f"{ptr}/entry",
+                                     rule="fhir-bundle-first-entry",
+                                     message=f"a {btype} Bundle must start with a {rt} ({inv})", expected=rt))
+        if btype == "document":
+            for el in ("identifier", "timestamp"):
+                if el not in bundle:
+                    out.append(Violation(path=f"{ptr}/{el}", rule="fhir-required",
+                                         message=f"a document Bundle needs {el} (bdl-9/bdl-10)",
+                                         expected=f"Bundle.{el}"))
+        entry_prefix = f"{ptr}/entry/"
+        for i in range(ref_start, len(ctx.refs)):
+            item = ctx.refs[i]
+            if item is None or not item[0].startswith(entry_prefix):
+                continue
+            ctx.refs[i] = None
+            p, ref = item
+            if ref in full_urls:
+                continue
+            if ref.startswith(("urn:uuid:", "urn:oid:")):
+                out.append(Violation(path=f"{p}/reference", rule="fhir-bundle-reference-unresolved",
+                                     message=f"reference {ref!r} matches no entry's fullUrl in the Bundle",
+                                     expected="the fullUrl of an entry in this Bundle"))
+                continue
+            m = _REL_REF.fullmatch(ref)
+            if m is None:
+                continue  # absolute reference to a server outside the Bundle
+            entry_no = p[len(entry_prefix):].split("/", 1)[0]
+            fu = entries[int(entry_no)].get("fullUrl") if entry_no.isdigit() and int(entry_no) < len(entries) else None
+            if isinstance(fu, str) and "/" in fu and not fu.startswith("urn:"):
+                base = fu.rsplit("/", 2)[0]
+                if f"{base}/{m.group(1)}/{m.group(2)}" in full_urls:
+                    continue
+            if f"{m.group(1)}/{m.group(2)}" in by_type_id:
+                continue
+            if btype == "document":
+                out.append(Violation(path=f"{p}/reference", rule="fhir-bundle-reference-unresolved",
+                                     message=f"reference {ref!r} matches no resource in the document Bundle",
+                                     expected="a resource included in this document Bundle"))
+
+
+def _max(mx: int) -> str:
+    return "*" if mx < 0 else str(mx)
+
+
+def _json_kind(val: Any) -> str:
+    if val is None:
+        return "null"
+    if isinstance(val, bool):
+        return "a boolean"
+    if isinstance(val, (int, float)):
+        return "a number"
+    if isinstance(val, str):
+        return "a string"
+    if isinstance(val, list):
+        return "an array"
+    return "an object"
+
+
+def _kind_word(tcode: str) -> str:
+    return {"boolean": "boolean (true/false)", "integer": "integer", "positiveInt": "integer >= 1",
+            "unsignedInt": "integer >= 0", "decimal": "number"}.get(tcode, f"string ({tcode})")
+
+
+def _short(val: str, n: int = 60) -> str:
+    return repr(val if len(val) <= n else val[:n] + "...")

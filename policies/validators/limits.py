@@ -1,0 +1,79 @@
+"""Cheap size and complexity limits, checked before any full parse.
+
+A hostile payload (a megabyte of ``[[[[``, a million tiny array items, a million HL7 segments)
+must cost the gateway a few linear C-speed passes over the bytes, not a parse tree. The JSON
+check never builds objects: it removes escaped quotes, keeps only structural bytes, drops what
+lies inside strings and counts; depth is measured by peeling innermost bracket pairs, and only
+when the bracket count could exceed the limit at all.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from psvn.errors import Violation
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    max_bytes: int = 1_048_576
+    max_depth: int = 64
+    max_elements: int = 50_000  # JSON values, or HL7 v2 fields
+
+
+_KEEP = b'"[]{},'
+_DELETE = bytes(b for b in range(256) if b not in _KEEP)
+_INNERMOST = re.compile(rb"\[\]|\{\}")
+
+
+def check_size(body: bytes, limits: Limits) -> list[Violation]:
+    if len(body) > limits.max_bytes:
+        return [Violation(path="", rule="max-bytes", message=f"payload is {len(body)} bytes",
+                          expected=f"at most {limits.max_bytes} bytes")]
+    return []
+
+
+def check_json(body: bytes, limits: Limits) -> list[Violation]:
+    """Size, element count and nesting depth of a JSON text, without parsing it.
+
+    Malformed text (an unterminated string) passes here and is rejected by the parser.
+    """
+    size = check_size(body, limits)
+    if size:
+        return size
+    if b"\\" in body:
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    skeleton = body.translate(None, _DELETE)
+    if b'"' in skeleton:
+        skeleton = b"".join(skeleton.split(b'"')[0::2])
+    containers = skeleton.count(b"[") + skeleton.count(b"{")
+    elements = 1 + skeleton.count(b",") + containers
+    if elements > limits.max_elements:
+        return [Violation(path="", rule="max-elements",
+                          message=f"payload has about {elements} JSON values",
+                          expected=f"at most {limits.max_elements} values")]
+    if containers > limits.max_depth:
+        brackets = skeleton.replace(b",", b"")
+        for _ in range(limits.max_depth):
+            brackets, n = _INNERMOST.subn(b"", brackets)
+            if not brackets or n == 0:
+                break
+        else:
+            if brackets:
+                return [Violation(path="", rule="max-depth",
+                                  message=f"payload nests deeper than {limits.max_depth} levels",
+                                  expected=f"at most {limits.max_depth} levels of objects and arrays")]
+    return []
+
+
+def check_er7(body: bytes, limits: Limits) -> list[Violation]:
+    """Size and field count of an HL7 v2 ER7 message (segments x fields), before splitting."""
+    size = check_size(body, limits)
+    if size:
+        return size
+    fields = body.count(b"|") + body.count(b"~") + body.count(b"\r") + body.count(b"\n")
+    if fields > limits.max_elements:
+        return [Violation(path="", rule="max-elements", message=f"message has about {fields} fields",
+                          expected=f"at most {limits.max_elements} fields and repetitions")]
+    return []
