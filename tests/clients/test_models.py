@@ -60,7 +60,7 @@ PROBLEM = {
         ("signature-invalid", 422, psvn_client.PsvnError),
     ],
 )
-def test_each_code_maps_to_its_family(code: str, status: int, family: type) -> None:
+def test_each_code_maps_to_its_family(code: str, status: int, family: type[psvn_client.PsvnError]) -> None:
     err = error_from_problem(status, {"code": code, "detail": "d", "status": status})
     assert type(err) is family
     assert err.code == code and err.status == status and err.detail == "d"
@@ -84,9 +84,7 @@ def test_str_shows_code_field_rule_and_every_violation() -> None:
     text = str(error_from_problem(422, PROBLEM))
     lines = text.splitlines()
     assert lines[0].startswith("[invalid-payload] HTTP 422: payload is not a valid")
-    assert (
-        "field=payload" in lines[0] and "rule=fhir-r4" in lines[0] and "message_id=m-1" in lines[0]
-    )
+    assert "field=payload" in lines[0] and "rule=fhir-r4" in lines[0] and "message_id=m-1" in lines[0]
     assert lines[1] == "  - /status: missing [rule=cardinality] (expected 1..1)"
     assert lines[2] == "  - /intent: 'whenever' not allowed [rule=binding]"
     assert len(lines) == 3
@@ -106,9 +104,7 @@ def test_code_comes_from_type_urn_when_code_member_missing() -> None:
 
 
 def test_response_without_problem_document_uses_status_and_body() -> None:
-    resp = httpx.Response(
-        502, text="<html>Bad gateway</html>", headers={"content-type": "text/html"}
-    )
+    resp = httpx.Response(502, text="<html>Bad gateway</html>", headers={"content-type": "text/html"})
     err, retry = _core.failure(_core.health_call(), resp)
     assert isinstance(err, psvn_client.BackboneUnavailable)
     assert err.code == "backbone-unavailable" and err.status == 502
@@ -205,17 +201,12 @@ def test_inbox_item_received_message_catalogue_health() -> None:
         "expires": "2026-05-02T10:00:00Z",
         "specversion": "1.0",
     }
-    msg = ReceivedMessage.from_json(
-        {"envelope": env, "payload": "MSH|^~\\&|...", "status": "delivered"}
-    )
+    msg = ReceivedMessage.from_json({"envelope": env, "payload": "MSH|^~\\&|...", "status": "delivered"})
     assert (msg.id, msg.type, msg.sender) == ("m2", "hl7v2.ADT_A01", "gss:E06000043")
     assert isinstance(msg.envelope, Envelope) and msg.envelope.expires is not None
     assert msg.payload.startswith("MSH|")
     # A null JSON payload is a payload, not a missing one.
-    assert (
-        ReceivedMessage.from_json({"envelope": env, "payload": None, "status": "delivered"}).payload
-        is None
-    )
+    assert ReceivedMessage.from_json({"envelope": env, "payload": None, "status": "delivered"}).payload is None
 
     mt = MessageType.from_json(
         {
@@ -227,9 +218,7 @@ def test_inbox_item_received_message_catalogue_health() -> None:
         }
     )
     assert mt.extra == {"schema": "x"} and mt.description is None
-    health = Health.from_json(
-        {"status": "degraded", "org": "ods:RYR", "policy_version": 2, "backbone": "disconnected"}
-    )
+    health = Health.from_json({"status": "degraded", "org": "ods:RYR", "policy_version": 2, "backbone": "disconnected"})
     assert not health.ok and health.backbone == "disconnected"
 
 
@@ -378,10 +367,19 @@ def test_transport_failures_are_classified() -> None:
     assert err.code == "timeout" and retry  # send has a key: safe
     unsafe = _core.Call("POST", "/x", lambda r: None, safe=False)
     assert _core.transport_failure(unsafe, "https://h", httpx.ReadTimeout("slow"))[1] is False
-    assert (
-        _core.transport_failure(unsafe, "https://h", httpx.RemoteProtocolError("eof"))[1] is False
-    )
+    assert _core.transport_failure(unsafe, "https://h", httpx.RemoteProtocolError("eof"))[1] is False
     assert _core.transport_failure(unsafe, "https://h", httpx.ConnectError("refused"))[1] is True
+
+
+def test_a_dropped_connection_without_client_certificate_is_a_tls_failure() -> None:
+    dropped = _chained(httpx.ReadError, ConnectionResetError(104, "Connection reset by peer"))
+    call = _core.health_call()
+    err, retry = _core.transport_failure(call, "https://h", dropped, client_cert=False)
+    assert err.code == "tls-failed" and not retry
+    assert "no client certificate" in err.detail and "Connection reset by peer" in err.detail
+    err, retry = _core.transport_failure(call, "https://h", dropped, client_cert=True)
+    assert err.code == "connection-failed" and retry
+    assert "Connection reset by peer" in err.detail and "client certificate" in err.detail
 
 
 def test_ssl_context_is_tls12_plus_and_checks_arguments(tmp_path: object) -> None:

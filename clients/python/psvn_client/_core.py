@@ -59,9 +59,7 @@ def ssl_context(
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=os.fspath(ca) if ca else None)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if cert is not None:
-        ctx.load_cert_chain(
-            os.fspath(cert), os.fspath(key) if key is not None else None, key_password
-        )
+        ctx.load_cert_chain(os.fspath(cert), os.fspath(key) if key is not None else None, key_password)
     elif key is not None:
         raise ValueError("key given without cert")
     return ctx
@@ -91,8 +89,7 @@ def _json(response: httpx.Response) -> Any:
     except ValueError:
         raise ProtocolError(
             Code.BAD_RESPONSE,
-            f"gateway answered HTTP {response.status_code} with a body that is not JSON: "
-            f"{response.text[:200]!r}",
+            f"gateway answered HTTP {response.status_code} with a body that is not JSON: {response.text[:200]!r}",
             status=response.status_code,
         ) from None
 
@@ -148,9 +145,7 @@ def send_call(
 
 
 def status_call(message_id: str) -> Call[MessageStatus]:
-    return Call(
-        "GET", f"/v1/messages/{_id(message_id)}", lambda r: MessageStatus.from_json(_json(r))
-    )
+    return Call("GET", f"/v1/messages/{_id(message_id)}", lambda r: MessageStatus.from_json(_json(r)))
 
 
 def inbox_call(mailbox: str | None, status: str | None, limit: int) -> Call[list[InboxItem]]:
@@ -166,18 +161,14 @@ def inbox_call(mailbox: str | None, status: str | None, limit: int) -> Call[list
         data = _json(r)
         items = data.get("messages") if isinstance(data, dict) else None
         if not isinstance(items, list):
-            raise ProtocolError(
-                Code.BAD_RESPONSE, f"inbox answer has no 'messages' list: {str(data)[:200]}"
-            )
+            raise ProtocolError(Code.BAD_RESPONSE, f"inbox answer has no 'messages' list: {str(data)[:200]}")
         return [InboxItem.from_json(m) for m in items]
 
     return Call("GET", "/v1/inbox", parse, params=params)
 
 
 def get_call(message_id: str) -> Call[ReceivedMessage]:
-    return Call(
-        "GET", f"/v1/inbox/{_id(message_id)}", lambda r: ReceivedMessage.from_json(_json(r))
-    )
+    return Call("GET", f"/v1/inbox/{_id(message_id)}", lambda r: ReceivedMessage.from_json(_json(r)))
 
 
 def ack_call(message_id: str) -> Call[Ack]:
@@ -190,9 +181,7 @@ def catalogue_call() -> Call[list[MessageType]]:
         data = _json(r)
         types = data.get("types") if isinstance(data, dict) else None
         if not isinstance(types, list):
-            raise ProtocolError(
-                Code.BAD_RESPONSE, f"catalogue answer has no 'types' list: {str(data)[:200]}"
-            )
+            raise ProtocolError(Code.BAD_RESPONSE, f"catalogue answer has no 'types' list: {str(data)[:200]}")
         return [MessageType.from_json(t) for t in types]
 
     return Call("GET", "/v1/catalogue", parse)
@@ -234,10 +223,39 @@ def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
     return None
 
 
+def _describe(exc: BaseException) -> str:
+    """The most telling text in an exception chain (httpx often wraps an empty message
+    around e.g. ``ConnectionResetError: Connection reset by peer``)."""
+    texts: list[str] = []
+    cur: BaseException | None = exc
+    while cur is not None and len(texts) < 8:
+        text = str(cur).strip()
+        if text and text not in texts:
+            texts.append(text)
+        cur = cur.__cause__ or cur.__context__
+    return texts[-1] if texts else type(exc).__name__
+
+
+_NO_CERT = (
+    "this client presents no client certificate and psvn gateways require one "
+    "(pass cert= and key=, issued by the network CA)"
+)
+_DROPPED_HINT = (
+    "; a gateway also drops connections whose client certificate it does not accept: "
+    "check that cert/key were issued by this network's CA and name a system of this gateway's "
+    "organisation"
+)
+
+
 def transport_failure(
-    call: Call[Any], url: str, exc: httpx.TransportError
+    call: Call[Any], url: str, exc: httpx.TransportError, *, client_cert: bool | None = None
 ) -> tuple[PsvnError, bool]:
-    """(error, retry?) for a request that got no answer."""
+    """(error, retry?) for a request that got no answer.
+
+    ``client_cert`` says whether this client presents a certificate (``None``: unknown, a
+    caller-made SSL context). A gateway refusing a certificate just drops the connection (no
+    TLS alert reaches the client), so without a certificate a drop is reported as ``tls-failed``.
+    """
     where = f"{call.method} {url}{call.path}"
     tls = _tls_cause(exc)
     if tls is not None:
@@ -250,14 +268,14 @@ def transport_failure(
             ConnectionError(Code.TIMEOUT, f"{where}: no answer in time ({type(exc).__name__})"),
             not_sent or call.safe,
         )
-    detail = str(exc) or type(exc).__name__
+    detail = _describe(exc)
     if isinstance(exc, httpx.ConnectError):
         # The request was never sent: always safe to try again.
         return ConnectionError(Code.CONNECTION_FAILED, f"{where}: cannot connect: {detail}"), True
     if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError):
-        return ConnectionError(
-            Code.CONNECTION_FAILED, f"{where}: connection lost: {detail}"
-        ), call.safe
+        if client_cert is False and url.startswith("https:"):
+            return ConnectionError(Code.TLS_FAILED, f"{where}: connection dropped ({detail}): {_NO_CERT}"), False
+        return ConnectionError(Code.CONNECTION_FAILED, f"{where}: connection lost ({detail}){_DROPPED_HINT}"), call.safe
     return ConnectionError(Code.CONNECTION_FAILED, f"{where}: {detail}"), False
 
 

@@ -52,14 +52,14 @@ class AsyncClient:
         self.url = url.rstrip("/")
         self.retries = retries
         self.backoff = backoff
+        # Whether we present a client certificate (unknown for a caller-made context).
+        self._client_cert = (cert is not None) if ssl_context is None else None
         ctx = ssl_context or _core.ssl_context(ca=ca, cert=cert, key=key, key_password=key_password)
         self._http = httpx.AsyncClient(
             base_url=self.url,
             verify=ctx,
             timeout=timeout,
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             headers={"user-agent": _core.user_agent(), "accept": "application/json"},
         )
 
@@ -90,11 +90,9 @@ class AsyncClient:
         while True:
             response: httpx.Response | None = None
             try:
-                response = await self._http.request(
-                    call.method, call.path, params=call.params, json=call.json
-                )
+                response = await self._http.request(call.method, call.path, params=call.params, json=call.json)
             except httpx.TransportError as exc:
-                error, retry = _core.transport_failure(call, self.url, exc)
+                error, retry = _core.transport_failure(call, self.url, exc, client_cert=self._client_cert)
             else:
                 if call.is_answer(response):
                     return call.parse(response)
@@ -161,7 +159,7 @@ class AsyncClient:
         id: str,
         status: str = "delivered",
         *,
-        timeout: float = 30.0,  # noqa: ASYNC109 - the sync and async APIs match, like nats.py
+        timeout: float = 30.0,
     ) -> MessageStatus:
         """See :meth:`psvn_client.Client.wait_for_status`."""
         target = _core.check_target(status)

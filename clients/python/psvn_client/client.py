@@ -55,14 +55,14 @@ class Client:
         self.url = url.rstrip("/")
         self.retries = retries
         self.backoff = backoff
+        # Whether we present a client certificate (unknown for a caller-made context).
+        self._client_cert = (cert is not None) if ssl_context is None else None
         ctx = ssl_context or _core.ssl_context(ca=ca, cert=cert, key=key, key_password=key_password)
         self._http = httpx.Client(
             base_url=self.url,
             verify=ctx,
             timeout=timeout,
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             headers={"user-agent": _core.user_agent(), "accept": "application/json"},
         )
 
@@ -93,11 +93,9 @@ class Client:
         while True:
             response: httpx.Response | None = None
             try:
-                response = self._http.request(
-                    call.method, call.path, params=call.params, json=call.json
-                )
+                response = self._http.request(call.method, call.path, params=call.params, json=call.json)
             except httpx.TransportError as exc:
-                error, retry = _core.transport_failure(call, self.url, exc)
+                error, retry = _core.transport_failure(call, self.url, exc, client_cert=self._client_cert)
             else:
                 if call.is_answer(response):
                     return call.parse(response)
@@ -150,9 +148,7 @@ class Client:
         """Where a message this system sent is now, with its history."""
         return self._run(_core.status_call(id))
 
-    def inbox(
-        self, *, mailbox: str | None = None, status: str | None = None, limit: int = 100
-    ) -> list[InboxItem]:
+    def inbox(self, *, mailbox: str | None = None, status: str | None = None, limit: int = 100) -> list[InboxItem]:
         """Messages delivered to this system (metadata only), oldest first, optionally only one
         mailbox or one status (e.g. ``"delivered"`` = not yet acknowledged)."""
         return self._run(_core.inbox_call(mailbox, status, limit))
@@ -173,9 +169,7 @@ class Client:
         """The gateway's health (its organisation, policy version and backbone link)."""
         return self._run(_core.health_call())
 
-    def wait_for_status(
-        self, id: str, status: str = "delivered", *, timeout: float = 30.0
-    ) -> MessageStatus:
+    def wait_for_status(self, id: str, status: str = "delivered", *, timeout: float = 30.0) -> MessageStatus:
         """Poll until the message reaches ``status`` (or a later step on the way to
         acknowledged: waiting for ``delivered`` returns on ``acknowledged`` too).
 

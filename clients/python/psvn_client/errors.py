@@ -299,9 +299,7 @@ def _code_for_status(status: int) -> str:
     return Code.INTERNAL if status >= 500 else Code.BAD_REQUEST
 
 
-def error_from_problem(
-    status: int, problem: Mapping[str, Any] | None, *, fallback: str = ""
-) -> PsvnError:
+def error_from_problem(status: int, problem: Mapping[str, Any] | None, *, fallback: str = "") -> PsvnError:
     """Build the right :class:`PsvnError` subclass from a response status and problem document.
 
     ``problem`` may be ``None`` (body was not a problem document): the code then comes from the

@@ -44,17 +44,13 @@ class Status(StrEnum):
 
 
 #: Statuses after which nothing changes any more.
-FINAL_STATUSES = frozenset(
-    {Status.ACKNOWLEDGED, Status.REJECTED, Status.EXPIRED, Status.QUARANTINED}
-)
+FINAL_STATUSES = frozenset({Status.ACKNOWLEDGED, Status.REJECTED, Status.EXPIRED, Status.QUARANTINED})
 #: The successful path, in order; a later one implies the earlier ones happened.
 PROGRESS = (Status.ACCEPTED, Status.SENT, Status.DELIVERED, Status.ACKNOWLEDGED)
 
 
 def _bad(what: str, data: Any) -> ProtocolError:
-    return ProtocolError(
-        Code.BAD_RESPONSE, f"gateway response has no valid {what}: {str(data)[:200]}"
-    )
+    return ProtocolError(Code.BAD_RESPONSE, f"gateway response has no valid {what}: {str(data)[:200]}")
 
 
 def _obj(data: Any, what: str) -> Mapping[str, Any]:
@@ -156,9 +152,7 @@ class StatusEvent:
     @classmethod
     def from_json(cls, data: Any) -> StatusEvent:
         d = _obj(data, "history entry")
-        return cls(
-            status=_str(d, "status"), time=_time(d.get("time")), reason=_opt_str(d, "reason")
-        )
+        return cls(status=_str(d, "status"), time=_time(d.get("time")), reason=_opt_str(d, "reason"))
 
 
 @dataclass(frozen=True, slots=True)
