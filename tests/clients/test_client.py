@@ -184,6 +184,19 @@ async def test_invalid_payload_lists_every_violation(network: Network) -> None:
         assert f"  - {v.path}: {v.message} [rule={v.rule}]" in text
 
 
+async def test_text_payload_is_validated_against_its_standard(network: Network) -> None:
+    """An HL7 v2 ER7 payload travels as a JSON string; its violations name segments."""
+    er7 = (Path(__file__).parents[2] / "examples" / "adt_a01.hl7").read_text()
+    broken = er7.replace("PID|1|", "PIX|1|")
+    async with aclient(network, network.TRUST) as trust:
+        with pytest.raises(psvn_client.InvalidPayload) as info:
+            await trust.send(network.COUNCIL, "hl7v2.ADT_A01", broken, purpose="direct-care")
+    err = info.value
+    assert err.code == "invalid-payload" and err.status == 422
+    assert {"PIX", "PID"} <= {v.path for v in err.violations}
+    assert all(v.rule.startswith("hl7v2") for v in err.violations)
+
+
 async def test_policy_denied_names_the_rule(network: Network) -> None:
     async with aclient(network, network.COUNCIL) as council:
         with pytest.raises(psvn_client.PolicyDenied) as info:
