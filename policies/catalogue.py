@@ -56,7 +56,8 @@ class CatalogueEntry(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
 
     def summary(self) -> dict[str, Any]:
         """What ``psvn catalogue list`` and ``GET /v1/catalogue`` show for the type."""
-        return {k: v for k, v in msgspec.to_builtins(self).items() if v not in ("", [], {}, None)}
+        return {k: v for k, v in msgspec.to_builtins(self).items()
+                if v is not False and v not in ("", [], {}, None)}
 
 
 class Catalogue:

@@ -305,10 +305,6 @@ class FhirValidator:
             ref = val.get("reference")
             if isinstance(ref, str):
                 ctx.refs.append((p, ref))
-            ident = val.get("identifier")
-            if isinstance(ident, dict) and (val.get("type") == "Organization" or
-                                            (isinstance(ref, str) and ref.startswith("Organization/"))):
-                self._uk_identifier(ident, f"{p}/identifier", ctx)
         if child.valueset is not None and tcode in ("Coding", "CodeableConcept"):
             self._coded(child, tcode, val, p, ctx)
 
@@ -485,8 +481,8 @@ class FhirValidator:
                                          expected="a fullUrl unique within the Bundle"))
                 else:
                     full_urls[fu] = i
-                if res is not None:
-                    ctx.index[fu] = res
+                    if res is not None:
+                        ctx.index[fu] = res
             if res is not None and isinstance(res.get("id"), str) and isinstance(res.get("resourceType"), str):
                 key = f"{res['resourceType']}/{res['id']}"
                 by_type_id[key] = res

@@ -59,6 +59,7 @@ class _Field:
     datatype: str
     table: tuple[str, ...] | None  # only for HL7-defined (ID) tables
     components: tuple[_Comp, ...]
+    checked: tuple[tuple[int, str], ...] = ()  # (component number, datatype) with a format to check
 
 
 _Item = tuple[str, int, int, "tuple[Any, ...] | None"]  # name, min, max, children (group)
@@ -94,9 +95,15 @@ def _segment(version: str, seg: str) -> tuple[_Field, ...] | None:
         if kind == "sequence" and children:
             # component tables are often site- or coding-system-specific: formats only
             comps = tuple(_Comp(c[1][2], None) for c in children)
+        checked = tuple((c, comp.datatype) for c, comp in enumerate(comps, start=1) if comp.datatype in _FORMATS)
         fields.append(_Field(i, str(longname), int(mn), int(mx), str(datatype),
-                             _table(version, str(datatype), table) if kind == "leaf" else None, comps))
+                             _table(version, str(datatype), table) if kind == "leaf" else None, comps, checked))
     return tuple(fields)
+
+
+@lru_cache(maxsize=512)
+def _required(version: str, seg: str) -> tuple[_Field, ...]:
+    return tuple(f for f in _segment(version, seg) or () if f.min > 0)
 
 
 @lru_cache(maxsize=64)
@@ -124,6 +131,7 @@ def _segments_known(version: str) -> frozenset[str]:
     return frozenset(load_library(version).SEGMENTS)
 
 
+@lru_cache(maxsize=1024)
 def _first_set(items: tuple[_Item, ...]) -> frozenset[str]:
     out: set[str] = set()
     for name, mn, _mx, children in items:
@@ -282,7 +290,7 @@ class Hl7v2Validator:
             return i
 
         i = match(items, 0, structure)
-        order = " ".join(_flat(items))
+        order = " ".join(_flat(items)) if i < len(body) else ""
         for seg in body[i:]:
             out.append(Violation(path=seg.name, rule="hl7v2-segment-order",
                                  message=f"segment {seg.index} {seg.name} is out of order or not allowed "
@@ -295,28 +303,28 @@ class Hl7v2Validator:
         if defs is None:
             return
         values = seg.fields
-        for fd in defs:
+        for fd in _required(version, seg.name):
             n = fd.number
-            if seg.name == "MSH" and n <= 2:
+            if (n >= len(values) or not values[n]) and not (seg.name == "MSH" and n <= 2):
+                path = f"{seg.name}-{n}"
+                out.append(Violation(path=path, rule="hl7v2-field-required",
+                                     message=f"{path} ({_words(fd.name)}) is required in segment {seg.index}",
+                                     expected=f"a {fd.datatype} value"))
+        start = 3 if seg.name == "MSH" else 1
+        for n in range(start, min(len(values), len(defs) + 1)):
+            raw = values[n]
+            if not raw or raw == '""':  # empty, or an explicit null
                 continue
-            raw = values[n] if n < len(values) else ""
+            fd = defs[n - 1]
             path = f"{seg.name}-{n}"
-            if not raw:
-                if fd.min > 0:
-                    out.append(Violation(path=path, rule="hl7v2-field-required",
-                                         message=f"{path} ({_words(fd.name)}) is required in segment {seg.index}",
-                                         expected=f"a {fd.datatype} value"))
-                continue
-            if raw == '""':
-                continue  # explicit null
-            reps = raw.split(rep) if seg.name != "MSH" or n != 2 else [raw]
+            reps = raw.split(rep) if rep in raw else [raw]
             if fd.max != -1 and len(reps) > fd.max:
                 out.append(Violation(path=path, rule="hl7v2-field-repetition",
                                      message=f"{path} repeats {len(reps)} times", expected=f"at most {fd.max}"))
-            for r in reps:
-                self._value(path, fd, r, comp, sub, out)
-        extra = len(values) - 1 - len(defs)
-        if extra > 0 and any(values[len(defs) + 1:]):
+            if fd.checked or fd.table is not None or fd.datatype in _FORMATS or len(fd.components) > 0:
+                for r in reps:
+                    self._value(path, fd, r, comp, sub, out)
+        if len(values) - 1 > len(defs) and any(values[len(defs) + 1:]):
             out.append(Violation(path=f"{seg.name}-{len(defs) + 1}", rule="hl7v2-field-unknown",
                                  message=f"{seg.name} in v{version} has {len(defs)} fields; segment {seg.index} "
                                  f"has {len(values) - 1}", expected=f"at most {len(defs)} fields"))
@@ -324,19 +332,23 @@ class Hl7v2Validator:
     def _value(self, path: str, fd: _Field, value: str, comp: str, sub: str | None,
                out: list[Violation]) -> None:
         if not fd.components:
-            self._check_leaf(path, fd.datatype, fd.table, value.split(comp)[0] if comp in value else value, out)
+            self._check_leaf(path, fd.datatype, fd.table, value.split(comp, 1)[0], out)
             return
-        parts = value.split(comp)
-        if fd.datatype == "TS" or fd.datatype == "DTM":
+        if comp not in value:
+            parts = [value]
+        else:
+            parts = value.split(comp)
+            if len(parts) > len(fd.components) and any(parts[len(fd.components):]):
+                out.append(Violation(path=f"{path}.{len(fd.components) + 1}", rule="hl7v2-component-unknown",
+                                     message=f"{path} ({fd.datatype}) has {len(fd.components)} components, "
+                                     f"got {len(parts)}", expected=f"at most {len(fd.components)} components"))
+        if fd.datatype in ("TS", "DTM") and not (fd.checked and fd.checked[0][0] == 1):
             self._check_leaf(f"{path}.1", "DTM", None, parts[0], out)
-        for c, (cd, part) in enumerate(zip(fd.components, parts, strict=False), start=1):
-            if part and (cd.datatype in _FORMATS or cd.table):
-                leaf = part.split(sub)[0] if sub and sub in part else part
-                self._check_leaf(f"{path}.{c}", cd.datatype, cd.table, leaf, out)
-        if len(parts) > len(fd.components) and any(parts[len(fd.components):]):
-            out.append(Violation(path=f"{path}.{len(fd.components) + 1}", rule="hl7v2-component-unknown",
-                                 message=f"{path} ({fd.datatype}) has {len(fd.components)} components, "
-                                 f"got {len(parts)}", expected=f"at most {len(fd.components)} components"))
+        for c, datatype in fd.checked:
+            if c <= len(parts) and parts[c - 1]:
+                part = parts[c - 1]
+                leaf = part.split(sub, 1)[0] if sub and sub in part else part
+                self._check_leaf(f"{path}.{c}", datatype, None, leaf, out)
 
     @staticmethod
     def _check_leaf(path: str, datatype: str, table: tuple[str, ...] | None, value: str,
