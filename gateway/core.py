@@ -102,7 +102,8 @@ def validate_payload(snap: PolicySnapshot, type_: str, body: bytes, message_id: 
         raise PsvnError(Code.INVALID_PAYLOAD,
                         f"payload does not conform to {entry.standard} for {type_}: {len(violations)} "
                         f"violation(s), first at {first.path or '/'}: {first.message}",
-                        field="payload" + first.path, rule=first.rule, message_id=message_id,
+                        field="payload" + (first.path if first.path.startswith("/") or not first.path
+                                           else "/" + first.path), rule=first.rule, message_id=message_id,
                         violations=violations)
 
 

@@ -165,6 +165,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    system_of(request)
     gw = request.app[GATEWAY_KEY]
     resp = web.Response(body=generate_latest(gw.metrics.registry))
     resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]

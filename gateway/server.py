@@ -31,7 +31,9 @@ class GatewayServer:
     async def start(self) -> GatewayServer:
         await self.gateway.start()
         t = self.config.tls
-        ctx = tls.server_context(Path(t.cert), Path(t.key), Path(t.ca), require_client_cert=True,
+        # Client certificates are verified at the handshake when presented; one that is missing
+        # gets a 401 problem document from the views instead of a bare disconnect.
+        ctx = tls.server_context(Path(t.cert), Path(t.key), Path(t.ca), require_client_cert=False,
                                  crl=Path(t.crl) if t.crl else None)
         self.runner = web.AppRunner(make_app(self.gateway), access_log=None)
         await self.runner.setup()

@@ -40,7 +40,7 @@ from psvn.lifecycle import State
 
 log = structlog.get_logger("psvn.gateway")
 
-PUBLISH_ATTEMPTS = 4
+PUBLISH_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,9 @@ class Gateway:
             await part.stop()
         if self.nc is not None:
             with contextlib.suppress(Exception):
-                await self.nc.drain()
+                await asyncio.wait_for(self.nc.drain(), 5)
+            with contextlib.suppress(Exception):
+                await self.nc.close()
         self.metrics.backbone_up.set(0)
 
     @property
@@ -144,6 +146,9 @@ class Gateway:
         started = time.perf_counter()
         message_id = new_message_id()
         request_hash = hashlib.sha256(msgspec.json.encode(req)).hexdigest()
+        if not self.connected:
+            raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the gateway is not connected to the backbone; retry later",
+                            rule="backbone-connected", message_id=message_id)
         ikey = idem_key(system, req.idempotency_key) if req.idempotency_key else None
         if ikey and ikey in self.store.idem:
             prior = self.store.out.get(self.store.idem[ikey])
@@ -170,7 +175,11 @@ class Gateway:
         rec = OutRecord(id=message_id, to=req.to, type=req.type, status=State.ACCEPTED.value, created=now,
                         history=[HistoryEntry(status=State.ACCEPTED.value, time=now)],
                         rule_ids=out.decision.rule_ids, request_hash=request_hash)
-        await self.store.put_out(rec)
+        try:
+            await self.store.put_out(rec)
+        except Exception as exc:
+            raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the backbone did not store the message; nothing was sent",
+                            rule="state-write", message_id=message_id) from exc
         await self._publish(out.subject, out.data, message_id)
         if ikey:
             await self.store.remember_idempotency(ikey, message_id)

@@ -31,7 +31,7 @@ class HistoryEntry(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True
     reason: str | None = None
 
 
-class OutRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+class OutRecord(msgspec.Struct, kw_only=True):
     id: str
     to: str
     type: str
@@ -43,7 +43,7 @@ class OutRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     request_hash: str = ""
 
 
-class InRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+class InRecord(msgspec.Struct, kw_only=True):
     id: str
     source: str
     to: str

@@ -34,10 +34,10 @@ def convert(data: dict[str, object], cls: type[T], *, source: str = "config") ->
         return msgspec.convert(data, cls, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
         path, msg = _dotted(str(exc))
-        unknown = re.search(r"unknown field `([^`]+)`", msg)
-        if unknown:
-            path = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
-            msg = "unknown key"
+        named = re.search(r"(unknown|missing required) field `([^`]+)`", msg)
+        if named:
+            path = f"{path}.{named.group(2)}" if path else named.group(2)
+            msg = "unknown key" if named.group(1) == "unknown" else "required key missing"
         raise PsvnError(Code.CONFIG_INVALID, f"{source}: {path or '(top level)'}: {msg}",
                         field=path or None, rule="config-schema") from exc
 

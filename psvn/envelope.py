@@ -41,7 +41,7 @@ class SendRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ttl_seconds: int | None = None
 
 
-class Envelope(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+class Envelope(msgspec.Struct, kw_only=True, frozen=True):
     """Signed and sealed with the payload; the backbone never sees it."""
 
     id: str

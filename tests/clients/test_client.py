@@ -272,13 +272,16 @@ async def test_sync_client_raises_the_same_families(network: Network) -> None:
     assert seen[2][2] == "to"
 
 
-async def test_without_client_certificate_tls_fails(network: Network) -> None:
+async def test_without_client_certificate_is_unauthenticated(network: Network) -> None:
+    """The gateway makes the client certificate optional at TLS so it can answer with a problem."""
     url = network.url(network.COUNCIL)
     async with AsyncClient(url, ca=network.ca) as anonymous:
-        with pytest.raises(psvn_client.ConnectionError) as info:
-            await anonymous.health()
+        health = await anonymous.health()  # health is public on the gateway's listener
+        assert health.ok
+        with pytest.raises(psvn_client.Unauthenticated) as info:
+            await anonymous.inbox()
     err = info.value
-    assert err.code == "tls-failed" and err.status is None and "client certificate" in str(err)
+    assert err.code == "unauthenticated" and err.status == 401 and err.rule == "mutual-tls"
 
     def sync() -> psvn_client.PsvnError:
         with Client(url, ca=network.ca) as c:
@@ -289,7 +292,7 @@ async def test_without_client_certificate_tls_fails(network: Network) -> None:
         raise AssertionError("sent without a client certificate")
 
     err = await asyncio.to_thread(sync)
-    assert isinstance(err, psvn_client.ConnectionError) and err.code == "tls-failed"
+    assert isinstance(err, psvn_client.Unauthenticated) and err.code == "unauthenticated"
 
 
 async def test_gateway_not_trusted_or_client_cert_foreign(network: Network, tmp_path: Path) -> None:

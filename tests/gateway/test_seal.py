@@ -1,0 +1,96 @@
+"""gateway/seal.py: sign-then-encrypt round trip and every way it must refuse."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from gateway import seal
+from psvn.errors import Code, PsvnError
+
+SENDER = Ed25519PrivateKey.generate()
+RECIPIENT = X25519PrivateKey.generate()
+INFO = seal.info_for("gss:E06000043", "ods:RYR", "m-1")
+HEADER = b'{"id":"m-1"}'
+PAYLOAD = b'{"resourceType":"ServiceRequest"}' * 30
+
+
+def sealed() -> bytes:
+    return seal.seal(seal.KIND_MESSAGE, HEADER, PAYLOAD, signing_key=SENDER,
+                     recipient_key=RECIPIENT.public_key(), info=INFO)
+
+
+def test_round_trip() -> None:
+    inner = seal.unseal(sealed(), private_key=RECIPIENT, info=INFO)
+    seal.verify(inner, SENDER.public_key())
+    assert (inner.kind, inner.header, inner.payload) == (seal.KIND_MESSAGE, HEADER, PAYLOAD)
+
+
+def test_backbone_sees_no_plaintext() -> None:
+    data = sealed()
+    assert PAYLOAD[:20] not in data and b"m-1" not in data and b"ServiceRequest" not in data
+    assert len(data) < len(PAYLOAD) + 200  # X25519 HPKE adds ~48 bytes plus framing and signature
+
+
+def test_each_seal_is_fresh() -> None:
+    assert sealed() != sealed()
+
+
+def test_tampered_ciphertext_is_refused() -> None:
+    wire = msgspec.msgpack.decode(sealed(), type=seal.Wire)
+    ct = bytearray(wire.ct)
+    ct[len(ct) // 2] ^= 0x01
+    tampered = msgspec.msgpack.encode(seal.Wire(v=wire.v, suite=wire.suite, ct=bytes(ct)))
+    with pytest.raises(PsvnError) as err:
+        seal.unseal(tampered, private_key=RECIPIENT, info=INFO, message_id="m-1")
+    assert err.value.code is Code.DECRYPT_FAILED and err.value.rule == "hpke-open"
+    assert err.value.message_id == "m-1"
+
+
+def test_wrong_key_is_refused() -> None:
+    with pytest.raises(PsvnError) as err:
+        seal.unseal(sealed(), private_key=X25519PrivateKey.generate(), info=INFO)
+    assert err.value.code is Code.DECRYPT_FAILED
+
+
+@pytest.mark.parametrize("info", [
+    seal.info_for("gss:E06000043", "ods:RYR", "m-2"),  # replayed under another id
+    seal.info_for("ods:G81001", "ods:RYR", "m-1"),  # claimed by another sender
+    seal.info_for("gss:E06000043", "ods:G81001", "m-1"),  # re-addressed
+])
+def test_context_binding(info: bytes) -> None:
+    with pytest.raises(PsvnError) as err:
+        seal.unseal(sealed(), private_key=RECIPIENT, info=info)
+    assert err.value.code is Code.DECRYPT_FAILED
+
+
+def test_forged_signature_is_refused() -> None:
+    forger = Ed25519PrivateKey.generate()
+    data = seal.seal(seal.KIND_MESSAGE, HEADER, PAYLOAD, signing_key=forger,
+                     recipient_key=RECIPIENT.public_key(), info=INFO)
+    inner = seal.unseal(data, private_key=RECIPIENT, info=INFO)
+    with pytest.raises(PsvnError) as err:
+        seal.verify(inner, SENDER.public_key(), message_id="m-1")
+    assert err.value.code is Code.SIGNATURE_INVALID and err.value.rule == "ed25519-signature"
+
+
+def test_signature_covers_header_and_payload_separately() -> None:
+    inner = seal.unseal(sealed(), private_key=RECIPIENT, info=INFO)
+    # moving a byte from header to payload must not keep the signature valid
+    shifted = seal.Inner(kind=inner.kind, header=inner.header[:-1], payload=inner.header[-1:] + inner.payload,
+                         signature=inner.signature)
+    with pytest.raises(PsvnError):
+        seal.verify(shifted, SENDER.public_key())
+    relabelled = seal.Inner(kind=seal.KIND_RECEIPT, header=inner.header, payload=inner.payload,
+                            signature=inner.signature)
+    with pytest.raises(PsvnError):
+        seal.verify(relabelled, SENDER.public_key())
+
+
+@pytest.mark.parametrize("data", [b"", b"not msgpack at all", msgspec.msgpack.encode([9, "x", b""])])
+def test_garbage_is_refused_not_crashing(data: bytes) -> None:
+    with pytest.raises(PsvnError) as err:
+        seal.unseal(data, private_key=RECIPIENT, info=INFO)
+    assert err.value.code is Code.DECRYPT_FAILED

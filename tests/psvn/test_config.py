@@ -1,0 +1,64 @@
+"""psvn/config.py: a bad key in a config file names itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import GatewayConfig, load
+from psvn import config
+from psvn.errors import Code, PsvnError
+
+GOOD = """
+[gateway]
+org = "ods:RYR"
+listen_port = 8443
+[tls]
+cert = "https.crt"
+key = "https.key"
+ca = "ca.crt"
+[nats]
+servers = ["tls://127.0.0.1:4222"]
+cert = "nats.crt"
+key = "nats.key"
+ca = "ca.crt"
+[keys]
+signing = "sign.key"
+hpke = "hpke.key"
+policy_authority = "pa.pub"
+"""
+
+
+def test_good_config_round_trips(tmp_path: Path) -> None:
+    p = tmp_path / "gw.toml"
+    p.write_text(GOOD)
+    cfg = load(p)
+    assert cfg.gateway.org == "ods:RYR" and cfg.nats.servers == ["tls://127.0.0.1:4222"]
+    p.write_text(config.dump(cfg))
+    assert load(p) == cfg
+
+
+@pytest.mark.parametrize("text,field", [
+    (GOOD.replace("listen_port = 8443", 'listen_port = "eighty"'), "gateway.listen_port"),
+    (GOOD.replace("listen_port = 8443", "listen_prot = 8443"), "gateway.listen_prot"),
+    (GOOD.replace('signing = "sign.key"\n', ""), "keys.signing"),
+])
+def test_bad_key_is_named(tmp_path: Path, text: str, field: str) -> None:
+    p = tmp_path / "gw.toml"
+    p.write_text(text)
+    with pytest.raises(PsvnError) as err:
+        load(p)
+    assert err.value.code is Code.CONFIG_INVALID
+    assert err.value.field == field, err.value.detail
+    assert field in err.value.detail
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(PsvnError) as err:
+        load(tmp_path / "nope.toml")
+    assert err.value.rule == "config-file"
+    (tmp_path / "bad.toml").write_text("[gateway\n")
+    with pytest.raises(PsvnError) as err:
+        config.load(tmp_path / "bad.toml", GatewayConfig)
+    assert err.value.rule == "toml-syntax"

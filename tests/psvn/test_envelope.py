@@ -1,0 +1,74 @@
+"""psvn/envelope.py and psvn/addresses.py: envelope rules name the field and the rule."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from psvn import addresses
+from psvn.envelope import SendRequest, build, check_request, is_expired, payload_bytes
+from psvn.errors import Code, PsvnError
+
+
+def req(**over: object) -> SendRequest:
+    base: dict[str, object] = {"to": "ods:RYR", "type": "fhir.r4.ServiceRequest", "payload": {},
+                               "purpose": "direct-care"}
+    base.update(over)
+    return SendRequest(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("address,org,mailbox", [
+    ("ods:RYR", "ods:RYR", None),
+    ("gss:E06000043/adult-social-care", "gss:E06000043", "adult-social-care"),
+    ("ccn:1123456", "ccn:1123456", None),
+    ("ch:01234567", "ch:01234567", None),
+    ("oda:brighton", "oda:brighton", None),
+])
+def test_addresses_parse(address: str, org: str, mailbox: str | None) -> None:
+    assert addresses.parse(address) == (org, mailbox)
+
+
+@pytest.mark.parametrize("bad", ["RYR", "xyz:RYR", "ods:", "ods:RYR/", "ods:RYR/Bad Box", "ods:R.Y", ""])
+def test_bad_addresses_name_the_field(bad: str) -> None:
+    with pytest.raises(PsvnError) as err:
+        addresses.parse(bad, field="to")
+    assert err.value.code is Code.INVALID_ENVELOPE and err.value.field == "to"
+    assert err.value.rule == "address-format"
+
+
+def test_token_round_trip() -> None:
+    assert addresses.token("gss:E06000043") == "gss_E06000043"
+    assert addresses.from_token("gss_E06000043") == "gss:E06000043"
+    assert addresses.parse_system_uri("urn:psvn:system:ods:RYR/pas") == ("ods:RYR", "pas")
+    assert addresses.parse_system_uri("urn:psvn:org:ods:RYR") is None
+
+
+@pytest.mark.parametrize("over,field,rule", [
+    ({"type": "ServiceRequest"}, "type", "type-format"),
+    ({"purpose": "Direct Care"}, "purpose", "purpose-format"),
+    ({"subject": "9434765919"}, "subject", "subject-format"),
+    ({"correlation_id": "has space"}, "correlation_id", "id-format"),
+    ({"ttl_seconds": 0}, "ttl_seconds", "ttl-range"),
+    ({"to": "nobody"}, "to", "address-format"),
+])
+def test_request_rules(over: dict[str, object], field: str, rule: str) -> None:
+    with pytest.raises(PsvnError) as err:
+        check_request(req(**over))
+    assert (err.value.field, err.value.rule) == (field, rule)
+
+
+def test_build_stamps_and_expires() -> None:
+    now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    env = build(req(ttl_seconds=60, workflow_id="MESH-WF-1"), source="gss:E06000043", source_system="asc",
+                policy_version=3, datacontenttype="application/fhir+json", now=now, message_id="m-1")
+    assert (env.id, env.source, env.time, env.policy_version) == ("m-1", "gss:E06000043", "2026-11-25T12:00:00.000Z", 3)
+    assert env.expires == "2026-11-25T12:01:00.000Z" and env.workflow_id == "MESH-WF-1"
+    assert not is_expired(env, now + timedelta(seconds=59))
+    assert is_expired(env, now + timedelta(seconds=60))
+    assert env.sender_org == "gss:E06000043" and env.recipient_org == "ods:RYR"
+
+
+def test_payload_bytes() -> None:
+    assert payload_bytes({"a": 1}) == b'{"a":1}'
+    assert payload_bytes("MSH|^~\\&|") == b"MSH|^~\\&|"
