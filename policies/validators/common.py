@@ -75,6 +75,9 @@ def parse_json(body: bytes) -> tuple[Any, list[Violation]]:
     except msgspec.DecodeError as exc:
         return None, [Violation(path="", rule="json-syntax", message=f"not valid JSON: {exc}",
                                 expected="a UTF-8 JSON document")]
+    except UnicodeDecodeError as exc:
+        return None, [Violation(path="", rule="json-syntax", message=f"not UTF-8 at byte {exc.start}",
+                                expected="a UTF-8 JSON document")]
     except RecursionError:
         return None, [Violation(path="", rule="max-depth", message="JSON nesting too deep to parse")]
 

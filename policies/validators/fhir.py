@@ -394,8 +394,9 @@ class FhirValidator:
         if not codings:
             return
         for _cp, c in codings:
-            codes = systems.get(c.get("system"))  # type: ignore[arg-type]
-            if codes is not None and c.get("code") in codes:
+            system, code = c.get("system"), c.get("code")
+            codes = systems.get(system) if isinstance(system, str) else None
+            if codes is not None and isinstance(code, str) and code in codes:
                 return
         cp, c = codings[0]
         ctx.out.append(Violation(path=cp, rule="fhir-binding",
@@ -407,6 +408,8 @@ class FhirValidator:
     # -- UK Core ---------------------------------------------------------------------------------
     def _uk_identifier(self, ident: dict[str, Any], p: str, ctx: _Ctx) -> None:
         system = ident.get("system")
+        if not isinstance(system, str):
+            return
         if system == NHS_NUMBER_SYSTEM:
             problem = nhs_number_problem(ident.get("value"))
             if problem is not None:
