@@ -45,6 +45,21 @@ DEFINITIONS = Path(__file__).resolve().parent.parent / "fhir" / "r4-definitions.
 _REL_REF = re.compile(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}", re.ASCII)
 _PY_KIND = {"string": str, "boolean": bool, "integer": int}
+_FORMAT_HINTS = {
+    "date": "a FHIR date: YYYY, YYYY-MM or YYYY-MM-DD, e.g. 1955-02-14",
+    "dateTime": "a FHIR dateTime: YYYY-MM-DD, or YYYY-MM-DDThh:mm:ss with a time zone, e.g. 2024-05-13T10:15:00+01:00",
+    "instant": "a FHIR instant: YYYY-MM-DDThh:mm:ss[.sss] with a time zone, e.g. 2024-05-13T10:15:00Z",
+    "time": "a FHIR time: hh:mm:ss",
+    "id": "a FHIR id: 1-64 letters, digits, '-' and '.'",
+    "code": "a FHIR code: no leading, trailing or double whitespace",
+    "uri": "a URI without whitespace",
+    "url": "a URL without whitespace",
+    "canonical": "a canonical URL without whitespace",
+    "oid": "urn:oid: followed by a dotted OID, e.g. urn:oid:2.16.840.1.113883",
+    "uuid": "urn:uuid: followed by a lower-case UUID",
+    "string": "a non-empty string (FHIR forbids whitespace-only and control characters)",
+    "markdown": "non-empty markdown text",
+}
 
 
 @dataclass(slots=True)
@@ -346,7 +361,8 @@ class FhirValidator:
             if regex is not None and not regex.fullmatch(val):
                 ctx.out.append(Violation(path=p, rule="fhir-format", message=f"{child.fhir_path} value "
                                          f"{_short(val)} is not a valid {tcode}",
-                                         expected=f"a FHIR {tcode} matching {regex.pattern[:120]}"))
+                                         expected=_FORMAT_HINTS.get(tcode) or f"a FHIR {tcode} matching "
+                                         f"{regex.pattern[:120]}"))
                 return
             if child.valueset is not None and tcode == "code":
                 codes = self.defs.vs_codes.get(child.valueset)
