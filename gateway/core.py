@@ -95,16 +95,13 @@ def policy_denied(decision: Decision, message_id: str, direction: str) -> PsvnEr
 
 
 def validate_payload(snap: PolicySnapshot, type_: str, body: bytes, message_id: str) -> None:
-    entry = snap.catalogue.get(type_, message_id=message_id)
+    """The same validator and the same words as ``psvn validate``; an oversized payload is a 413."""
     violations = snap.validator.validate(type_, body)
     if violations:
-        first = violations[0]
-        raise PsvnError(Code.INVALID_PAYLOAD,
-                        f"payload does not conform to {entry.standard} for {type_}: {len(violations)} "
-                        f"violation(s), first at {first.path or '/'}: {first.message}",
-                        field="payload" + (first.path if first.path.startswith("/") or not first.path
-                                           else "/" + first.path), rule=first.rule, message_id=message_id,
-                        violations=violations)
+        err = snap.validator.error(type_, violations, message_id=message_id)
+        if violations[0].rule == "max-bytes":
+            err.code = Code.PAYLOAD_TOO_LARGE
+        raise err
 
 
 def prepare_send(req: SendRequest, *, me: Identity, system: str | None, snap: PolicySnapshot,

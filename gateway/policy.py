@@ -38,8 +38,10 @@ class PolicySnapshot:
     @classmethod
     def compile(cls, doc: dict[str, Any]) -> PolicySnapshot:
         catalogue = Catalogue.from_document(doc)
+        validator = PayloadValidator(catalogue, doc.get("schemas", {}))
+        validator.warm()  # a policy version is compiled whole before it is enforced
         return cls(version=int(doc["version"]), document=doc, engine=Engine.from_document(doc),
-                   catalogue=catalogue, validator=PayloadValidator(catalogue, doc.get("schemas", {})))
+                   catalogue=catalogue, validator=validator)
 
 
 class PolicyHolder:

@@ -120,8 +120,8 @@ class Gateway:
         for part in (self.store, self.policy, self.registry):
             await part.stop()
         if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.drain(), 5)
+            # close, not drain: consumption has stopped, and anything fetched but not acked is
+            # redelivered by JetStream to the next gateway; drain would wait on dead watchers.
             with contextlib.suppress(Exception):
                 await self.nc.close()
         self.metrics.backbone_up.set(0)

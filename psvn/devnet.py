@@ -270,8 +270,7 @@ def down(layout: Layout, state: DevnetState | None = None) -> bool:
     state = state or read_state(layout)
     if state is None:
         return False
-    for g in state.gateways.values():
-        procs.stop(g.pid)
+    procs.stop_all([g.pid for g in state.gateways.values()])
     procs.stop(state.nats_pid)
     p = state_path(layout)
     if p.exists():

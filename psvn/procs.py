@@ -5,6 +5,7 @@ Only ever stops processes this code started, by their PID.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -77,11 +78,22 @@ def alive(pid: int) -> bool:
         return True
 
 
+def stop_all(pids: Sequence[int], *, timeout: float = 10.0) -> None:
+    """SIGTERM them all at once, then wait for each (so N processes take one timeout, not N)."""
+    for pid in pids:
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+    for pid in pids:
+        stop(pid, timeout=timeout)
+
+
 def stop(pid: int, *, timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL after ``timeout``; only for PIDs we started."""
     if not alive(pid):
         return
-    os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not alive(pid):

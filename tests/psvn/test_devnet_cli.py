@@ -1,0 +1,115 @@
+"""`psvn devnet up --detach`, then the integrator's CLI commands, against real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from psvn import procs
+
+ROOT = Path(__file__).resolve().parents[2]
+PSVN = [sys.executable, "-m", "psvn.cli.main"]
+
+
+def free_range(width: int = 13) -> int:
+    for _ in range(50):
+        base = procs.free_port()
+        if base + width > 65000:
+            continue
+        ok = True
+        for p in range(base, base + width):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port range")
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run([*PSVN, *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if check and res.returncode != 0:
+        raise AssertionError(f"psvn {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+@pytest.fixture
+def devnet_dir(tmp_path: Path):  # type: ignore[no-untyped-def]
+    d = tmp_path / "devnet"
+    up = run("devnet", "--dir", str(d), "up", "--detach", "--base-port", str(free_range()))
+    assert "psvn devnet is up" in up.stdout and "ods:RYR" in up.stdout
+    try:
+        yield d
+    finally:
+        run("devnet", "--dir", str(d), "down", check=False)
+
+
+def test_devnet_referral_council_to_trust(devnet_dir: Path) -> None:
+    d = ["--devnet", str(devnet_dir)]
+    state = json.loads((devnet_dir / "state.json").read_text())
+    pids = [state["nats_pid"], *(g["pid"] for g in state["gateways"].values())]
+    assert all(procs.alive(p) for p in pids)
+    assert oct((devnet_dir / "pki" / "ca.key").stat().st_mode & 0o777) == "0o600"
+
+    sent = run("send", *d, "--as", "gss:E06000043", "--to", "ods:RYR", "--type", "fhir.r4.ServiceRequest",
+               "--purpose", "direct-care", "--classification", "OFFICIAL-SENSITIVE", "--subject", "nhs:9434765919",
+               "examples/referral.json")
+    mid = sent.stdout.strip()
+    assert len(mid) == 36
+
+    for _ in range(100):
+        listed = json.loads(run("inbox", "list", *d, "--as", "ods:RYR", "--json").stdout)
+        if listed:
+            break
+    assert [m["id"] for m in listed] == [mid]
+    got = json.loads(run("inbox", "get", *d, "--as", "ods:RYR", mid, "--json").stdout)
+    assert got["payload"]["resourceType"] == "ServiceRequest"
+    assert got["envelope"]["source"] == "gss:E06000043"
+    human = run("inbox", "get", *d, "--as", "ods:RYR", mid).stdout
+    assert "source: gss:E06000043" in human and '"ServiceRequest"' in human
+    assert "acknowledged" in run("inbox", "ack", *d, "--as", "ods:RYR", mid).stdout
+
+    for _ in range(100):
+        st = json.loads(run("status", *d, "--as", "gss:E06000043", mid, "--json").stdout)
+        if st["status"] == "acknowledged":
+            break
+    assert [h["status"] for h in st["history"]] == ["accepted", "sent", "delivered", "acknowledged"]
+
+    status = run("devnet", "--dir", str(devnet_dir), "status")
+    assert [line.split()[4] for line in status.stdout.splitlines()] \
+        == ["up"] * 4
+
+    run("devnet", "--dir", str(devnet_dir), "down")
+    assert not any(procs.alive(p) for p in pids)
+    assert not (devnet_dir / "state.json").exists()
+
+
+def test_cli_errors_are_readable(devnet_dir: Path, tmp_path: Path) -> None:
+    d = ["--devnet", str(devnet_dir)]
+    denied = run("send", *d, "--as", "gss:E06000043", "--to", "ods:RYR", "--type", "fhir.r4.Patient",
+                 "--purpose", "marketing", "examples/patient.json", check=False)
+    assert denied.returncode == 1
+    assert denied.stderr.startswith("error policy-denied") and "message " in denied.stderr
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"resourceType": "ServiceRequest", "intent": "order",
+                               "subject": {"reference": "Patient/1"}}))
+    invalid = run("send", *d, "--as", "gss:E06000043", "--to", "ods:RYR", "--type", "fhir.r4.ServiceRequest",
+                  str(bad), check=False)
+    assert invalid.returncode == 1
+    assert "error invalid-payload" in invalid.stderr and "  - /status" in invalid.stderr
+
+    stranger = run("inbox", "list", *d, "--as", "ods:XXX", check=False)
+    assert stranger.returncode == 1 and "--as" in stranger.stderr and "not a devnet member" in stranger.stderr
+    again = run("devnet", "--dir", str(devnet_dir), "up", "--detach", check=False)
+    assert again.returncode == 1 and "already running" in again.stderr
