@@ -102,10 +102,11 @@ def nats_server(layout: Layout, members: list[str], *, port: int, monitor_port: 
                       conf_path=layout.root / "nats" / "nats.conf", log_path=layout.root / "logs" / "nats.log")
 
 
-def gateway_config(layout: Layout, m: MemberSpec, *, nats_url: str, port: int) -> GatewayConfig:
+def gateway_config(layout: Layout, m: MemberSpec, *, nats_url: str, port: int,
+                   listen_host: str = "127.0.0.1") -> GatewayConfig:
     d = layout.org_dir(m.org)
     return GatewayConfig(
-        gateway=GatewaySection(org=m.org, name=m.name, listen_port=port),
+        gateway=GatewaySection(org=m.org, name=m.name, listen_host=listen_host, listen_port=port),
         tls=TLSSection(cert=str(d / "https.crt"), key=str(d / "https.key"), ca=str(layout.ca),
                        crl=str(layout.pki / "ca.crl")),
         nats=NatsSection(servers=[nats_url], cert=str(d / "nats.crt"), key=str(d / "nats.key"), ca=str(layout.ca)),
@@ -225,7 +226,7 @@ def _wait_gateway(layout: Layout, g: GatewayProcess, process: subprocess.Popen[b
 
 
 def up(layout: Layout, members: tuple[MemberSpec, ...] = EXAMPLE_MEMBERS, *, base_port: int = BASE_PORT,
-       timeout: float = 60.0) -> DevnetState:
+       timeout: float = 60.0, listen_host: str = "127.0.0.1") -> DevnetState:
     """Bring up nats-server and one gateway process per member; idempotent PKI and backbone."""
     import asyncio
     import sys
@@ -246,7 +247,7 @@ def up(layout: Layout, members: tuple[MemberSpec, ...] = EXAMPLE_MEMBERS, *, bas
         state.policy_version = asyncio.run(provision_backbone(layout, server.url, list(members), gateway_urls=urls))
         started: list[tuple[GatewayProcess, subprocess.Popen[bytes]]] = []
         for i, m in enumerate(members):
-            cfg = gateway_config(layout, m, nats_url=server.url, port=base_port + 10 + i)
+            cfg = gateway_config(layout, m, nats_url=server.url, port=base_port + 10 + i, listen_host=listen_host)
             path = layout.gateway_config_path(m.org)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(config.dump(cfg))

@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     up.add_argument("--detach", action="store_true", help="return once everything is ready")
     up.add_argument("--base-port", type=int, default=14222,
                     help="nats on BASE, monitoring BASE+1, gateways BASE+10.. (default 14222)")
+    up.add_argument("--listen-host", default="127.0.0.1",
+                    help="address the gateways' HTTPS listens on (0.0.0.0 only inside a container)")
     up.set_defaults(func=_up)
     st = s.add_parser("status", help="what is running")
     st.add_argument("--json", action="store_true")
@@ -65,7 +67,7 @@ def _up(args: argparse.Namespace) -> int:
     if state is not None:
         devnet.down(layout, state)
     print("starting psvn devnet ...", file=sys.stderr)
-    state = devnet.up(layout, base_port=args.base_port)
+    state = devnet.up(layout, base_port=args.base_port, listen_host=args.listen_host)
     gws = "\n".join(f"  {g.org:<15} {g.name:<52} {g.url}  (system cert: {g.system})" for g in state.gateways.values())
     print(NEXT_STEPS.format(nats=state.nats_url, policy=state.policy_version, gateways=gws, root=layout.root))
     if args.detach:
