@@ -100,6 +100,7 @@ class Rule(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True
     types: list[str] = msgspec.field(default_factory=_star)
     purposes: list[str] = msgspec.field(default_factory=_star)
     classifications: list[str] = msgspec.field(default_factory=_star)
+    overrides: list[str] = msgspec.field(default_factory=list)  # deny only: allows it carves from
 
 
 class PurposeDef(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -161,6 +162,7 @@ class FeedRule(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     purposes: list[str] = msgspec.field(default_factory=_star)
     classifications: list[str] = msgspec.field(default_factory=_star)
     same_region: bool = False
+    overrides: list[str] = msgspec.field(default_factory=list)  # deny only: allows it carves from
 
 
 class RetentionRule(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -280,9 +282,11 @@ def _check_rule(section: str, rule: Any) -> str | None:
     """Structural checks msgspec cannot express: id format, empty lists, positive numbers."""
     if not _ID.match(rule.id):
         return f"rule id {rule.id!r} must be lower-case letters, digits and '-'"
+    if getattr(rule, "overrides", None) and rule.effect != "deny":
+        return f"{rule.id}: only a deny rule can name the allows it overrides"
     for field in rule.__struct_fields__:
         value = getattr(rule, field)
-        if isinstance(value, list) and not value:
+        if isinstance(value, list) and not value and field != "overrides":
             name = "from" if field == "from_" else field
             return f"{rule.id}: {name} must not be empty (use [\"*\"] for any)"
     if section == "retention":
@@ -444,6 +448,7 @@ class Engine:
             for m in members:
                 self._region_of[m] = self._region_of.get(m, frozenset()) | {name}
         self._cache: dict[tuple[Any, ...], Decision] = {}
+        self._legal_cache: dict[tuple[str, str], _Verdict] = {}
         self._consent_cache: dict[tuple[str, str], tuple[list[ConsentRule], list[ConsentRule]]] = {}
 
     @classmethod
@@ -486,6 +491,45 @@ class Engine:
     def matches(self, rule: Rule, req: DecisionRequest) -> bool:
         """Whether a routing rule matches a request (ignoring every other stage)."""
         return self._routing_why_not(_Compiled(rule), req, explicit=False)[0] is not None
+
+    def legal_check(self, type_: str, purpose: str) -> tuple[bool, list[str]]:
+        """The first stage alone (it depends on nothing else): (lawful?, deciding ids).
+        Lint and diff use it to skip requests that this stage decides the same way."""
+        v = self._stage_legal(DecisionRequest(sender="", sender_type="", type=type_,
+                                              purpose=purpose), "", None, None)
+        return v.ok, list(v.ids)
+
+    def rule_matches(self, rule_id: str, req: DecisionRequest) -> bool:
+        """Whether one rule's own conditions match ``req`` (what lint and explain ask of a rule
+        that never decides). Allow rules use the named-only audience semantics."""
+        recipient, mailbox = req.recipient, req.mailbox
+        if "/" in recipient and mailbox is None:
+            recipient, _, mailbox = recipient.partition("/")
+        explicit = req.recipient_type in self._explicit
+        for c in self._routing:
+            if c.rule.id == rule_id:
+                return req.action == "send" and not self._routing_why_not(
+                    c, req, explicit=explicit and c.rule.effect == "allow", recipient=recipient,
+                    mailbox=mailbox)[1]
+        for c in self._feeds:
+            if c.rule.id == rule_id:
+                return req.action != "send" and self._feed_why_not(
+                    c, req, recipient, mailbox,
+                    explicit=explicit and c.rule.effect == "allow" and req.action == "subscribe")[0]
+        for c in self._legal:
+            if c.rule.id == rule_id:
+                return c.types.match(req.type) and c.purposes.match(req.purpose)  # type: ignore[union-attr]
+        for r, party in self._classification:
+            if r.id == rule_id:
+                return (r.level == req.classification and req.action != "publish" and party.match(
+                    recipient, req.recipient_type, mailbox,
+                    self._regions(recipient, req.recipient_region)) is not None)
+        for c in (*self._consent, *self._retention):
+            if c.rule.id == rule_id:
+                return c.types.match(req.type) and (  # type: ignore[union-attr]
+                    c.purposes is None or c.purposes.match(req.purpose))
+        a = next((a for a in self.policy.audience if a.id == rule_id), None)
+        return a is not None and req.recipient_type in a.member_types and req.action != "publish"
 
     # --- explain --------------------------------------------------------------------------------
 
@@ -566,6 +610,19 @@ class Engine:
                             f"(known: {', '.join(sorted(p.purposes))})")
         if not self._legal or (req.action == "subscribe" and req.type == "*"):
             return _Verdict(True, [])
+        if trace is None:
+            key = (req.type, req.purpose)
+            hit = self._legal_cache.get(key)
+            if hit is None:
+                hit = self._legal_verdict(req, None)
+                if len(self._legal_cache) >= _CACHE_MAX:
+                    self._legal_cache.clear()
+                self._legal_cache[key] = hit
+            return hit
+        return self._legal_verdict(req, trace)
+
+    def _legal_verdict(self, req: DecisionRequest, trace: list[Step] | None) -> _Verdict:
+        p = self.policy
         for_type = [c for c in self._legal if c.types.match(req.type)]  # type: ignore[union-attr]
         granting = [c for c in for_type if c.purposes.match(req.purpose)]  # type: ignore[union-attr]
         if trace is not None:
@@ -637,61 +694,70 @@ class Engine:
 
     def _routing_why_not(self, c: _Compiled, req: DecisionRequest, *, explicit: bool,
                          recipient: str | None = None, mailbox: str | None = None,
-                         ) -> tuple[str | None, list[str]]:
-        """(the recipient pattern that matched, or None; the reasons it did not match)."""
+                         texts: bool = True) -> tuple[str | None, list[str]]:
+        """(the recipient pattern that matched, or None; why not, one entry per failed condition).
+
+        Without ``texts`` the entries are empty: the hot path needs only their number."""
         r = c.rule
         recipient = req.recipient if recipient is None else recipient
         mailbox = req.mailbox if mailbox is None else mailbox
         why: list[str] = []
         assert c.frm is not None and c.to is not None
+        assert c.types is not None and c.purposes is not None and c.classifications is not None
         if c.frm.match(req.sender, req.sender_type, None,
                        self._regions(req.sender, req.sender_region)) is None:
-            why.append(f"from {_fmt(r.from_)} does not include {_who(req.sender, req.sender_type)}")
+            why.append(f"from {_fmt(r.from_)} does not include {_who(req.sender, req.sender_type)}"
+                       if texts else "")
         to = c.to.match(recipient, req.recipient_type, mailbox,
                         self._regions(recipient, req.recipient_region), explicit=explicit)
         if to is None:
-            named = "" if not explicit else " by name"
+            named = " by name" if explicit else ""
             why.append(f"to {_fmt(r.to)} does not include{named} "
-                       f"{_who(recipient, req.recipient_type, mailbox)}")
-        if not c.types.match(req.type):  # type: ignore[union-attr]
-            why.append(f"types {_fmt(r.types)} do not include {req.type}")
-        if not c.purposes.match(req.purpose):  # type: ignore[union-attr]
-            why.append(f"purposes {_fmt(r.purposes)} do not include {req.purpose}")
-        if not c.classifications.match(req.classification):  # type: ignore[union-attr]
-            why.append(f"classifications {_fmt(r.classifications)} do not include {req.classification}")
+                       f"{_who(recipient, req.recipient_type, mailbox)}" if texts else "")
+        if not c.types.match(req.type):
+            why.append(f"types {_fmt(r.types)} do not include {req.type}" if texts else "")
+        if not c.purposes.match(req.purpose):
+            why.append(f"purposes {_fmt(r.purposes)} do not include {req.purpose}" if texts else "")
+        if not c.classifications.match(req.classification):
+            why.append(f"classifications {_fmt(r.classifications)} do not include "
+                       f"{req.classification}" if texts else "")
         return (to if not why else None), why
 
     def _feed_why_not(self, c: _Compiled, req: DecisionRequest, recipient: str,
-                      mailbox: str | None, *, explicit: bool) -> tuple[bool, list[str]]:
+                      mailbox: str | None, *, explicit: bool, texts: bool = True,
+                      ) -> tuple[bool, list[str]]:
+        """(whether a feed rule matches; why not, as for :meth:`_routing_why_not`)."""
         r = c.rule
         why: list[str] = []
         assert c.topics is not None and c.publishers is not None and c.subscribers is not None
+        assert c.types is not None and c.purposes is not None and c.classifications is not None
         if not c.topics.match(req.topic or ""):
-            why.append(f"topics {_fmt(r.topics)} do not include {req.topic}")
+            why.append(f"topics {_fmt(r.topics)} do not include {req.topic}" if texts else "")
         sender_regions = self._regions(req.sender, req.sender_region)
-        if req.sender and c.publishers.match(req.sender, req.sender_type, None, sender_regions) is None:
+        if req.sender and c.publishers.match(req.sender, req.sender_type, None,
+                                             sender_regions) is None:
             why.append(f"publishers {_fmt(r.publishers)} do not include "
-                       f"{_who(req.sender, req.sender_type)}")
+                       f"{_who(req.sender, req.sender_type)}" if texts else "")
         if req.action == "subscribe":
             sub_regions = self._regions(recipient, req.recipient_region)
             if c.subscribers.match(recipient, req.recipient_type, mailbox, sub_regions,
                                    explicit=explicit) is None:
                 named = " by name" if explicit else ""
                 why.append(f"subscribers {_fmt(r.subscribers)} do not include{named} "
-                           f"{_who(recipient, req.recipient_type)}")
-            if r.same_region:
-                if not req.sender:
-                    why.append("a regional feed is subscribed per publisher (name the publisher)")
-                elif not (sender_regions & sub_regions):
-                    why.append(f"publisher {req.sender} (region {_regions_text(sender_regions)}) "
-                               f"and subscriber {recipient} (region {_regions_text(sub_regions)}) "
-                               "are not in the same region")
-        if not (req.action == "subscribe" and req.type == "*") and not c.types.match(req.type):  # type: ignore[union-attr]
-            why.append(f"types {_fmt(r.types)} do not include {req.type}")
-        if not c.purposes.match(req.purpose):  # type: ignore[union-attr]
-            why.append(f"purposes {_fmt(r.purposes)} do not include {req.purpose}")
-        if not c.classifications.match(req.classification):  # type: ignore[union-attr]
-            why.append(f"classifications {_fmt(r.classifications)} do not include {req.classification}")
+                           f"{_who(recipient, req.recipient_type)}" if texts else "")
+            if r.same_region and not req.sender:
+                why.append("a regional feed is subscribed per publisher (name the publisher)")
+            elif r.same_region and not (sender_regions & sub_regions):
+                why.append(f"publisher {req.sender} (region {_regions_text(sender_regions)}) and "
+                           f"subscriber {recipient} (region {_regions_text(sub_regions)}) are not "
+                           "in the same region" if texts else "")
+        if not (req.action == "subscribe" and req.type == "*") and not c.types.match(req.type):
+            why.append(f"types {_fmt(r.types)} do not include {req.type}" if texts else "")
+        if not c.purposes.match(req.purpose):
+            why.append(f"purposes {_fmt(r.purposes)} do not include {req.purpose}" if texts else "")
+        if not c.classifications.match(req.classification):
+            why.append(f"classifications {_fmt(r.classifications)} do not include "
+                       f"{req.classification}" if texts else "")
         return not why, why
 
     def _stage_route(self, req: DecisionRequest, recipient: str, mailbox: str | None,
@@ -705,23 +771,25 @@ class Engine:
         denies: list[_Compiled] = []
         allows: list[_Compiled] = []
         wildcard_only: list[_Compiled] = []
-        nearest: tuple[int, str, str] | None = None  # (misses, rule id, why) of the closest allow
+        nearest: tuple[int, _Compiled] | None = None  # (misses, rule) of the closest allow
+        texts = trace is not None
         for c in rules:
             if send:
                 m, why = self._routing_why_not(c, req, explicit=False, recipient=recipient,
-                                               mailbox=mailbox)
+                                               mailbox=mailbox, texts=texts)
                 ok = m is not None
             else:
-                ok, why = self._feed_why_not(c, req, recipient, mailbox, explicit=False)
+                ok, why = self._feed_why_not(c, req, recipient, mailbox, explicit=False, texts=texts)
             named = ok
             if ok and audience is not None and c.rule.effect == "allow":
                 if send:
                     named = self._routing_why_not(c, req, explicit=True, recipient=recipient,
-                                                  mailbox=mailbox)[0] is not None
+                                                  mailbox=mailbox, texts=False)[0] is not None
                 else:
-                    named = self._feed_why_not(c, req, recipient, mailbox, explicit=True)[0]
+                    named = self._feed_why_not(c, req, recipient, mailbox, explicit=True,
+                                               texts=False)[0]
             if not ok and c.rule.effect == "allow" and (nearest is None or len(why) < nearest[0]):
-                nearest = (len(why), c.rule.id, "; ".join(why))
+                nearest = (len(why), c)
             if ok and c.rule.effect == "deny":
                 denies.append(c)
             elif ok and named:
@@ -750,7 +818,12 @@ class Engine:
             return _Verdict(False, [audience.id], f"no rule permits {what}: "
                             f"{', '.join(c.rule.id for c in wildcard_only)} match only through a "
                             f"wildcard, and {rest}")
-        hint = f" (closest: {nearest[1]}, but {nearest[2]})" if nearest is not None and nearest[0] == 1 else ""
+        hint = ""
+        if nearest is not None and nearest[0] == 1:
+            c = nearest[1]
+            why = (self._routing_why_not(c, req, explicit=False, recipient=recipient, mailbox=mailbox)[1]
+                   if send else self._feed_why_not(c, req, recipient, mailbox, explicit=False)[1])
+            hint = f" (closest: {c.rule.id}, but {'; '.join(why)})"
         return _Verdict(False, [DEFAULT_DENY],
                         f"no {'rule' if send else 'feed rule'} permits {what}{hint}")
 

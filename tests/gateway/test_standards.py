@@ -16,14 +16,18 @@ from tests.gateway.test_service import call, wait_status
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
+def without(key: str) -> Any:
+    return lambda p: {k: v for k, v in p.items() if k != key}
+
+
 # (type, example file, a way to break it)
 CASES: list[tuple[str, str, Any]] = [
     ("fhir.r4.ServiceRequest", "referral.json", lambda p: {**p, "status": "whenever"}),
     ("fhir.r4.Patient", "patient.json", lambda p: {**p, "gender": "banana"}),
     ("hl7v2.ADT_A01", "adt_a01.hl7", lambda p: p.replace("ADT^A01^ADT_A01", "ADT^A08^ADT_A01")),
-    ("cloudevents.air-quality.reading", "air-quality.json", lambda p: {k: v for k, v in p.items() if k != "specversion"}),
+    ("cloudevents.air-quality.reading", "air-quality.json", without("specversion")),
     ("psvn.address-change", "address-change.json", lambda p: {**p, "subject": "nhs:9434765918"}),
-    ("openreferral.uk.Service", "openreferral-service.json", lambda p: {k: v for k, v in p.items() if k != "name"}),
+    ("openreferral.uk.Service", "openreferral-service.json", without("name")),
 ]
 
 
