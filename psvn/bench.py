@@ -1,0 +1,1005 @@
+"""``psvn bench``: end-to-end throughput and latency through a running devnet, against the raw
+nats-py JetStream baseline on the same server, plus local (one-core) figures.
+
+What is measured, and why this way:
+
+* **psvn end to end**: the council's local system sends a ~1 KiB FHIR R4 ServiceRequest to the
+  NHS trust through the SDK (``AsyncClient``, ``concurrency`` requests in flight over reused TLS
+  connections) -> council gateway (validate, decide, sign, seal, publish) -> JetStream -> trust
+  gateway (open, verify, re-decide, file in the mailbox) -> signed receipt -> council status
+  ``delivered``. Delivery is observed on the backbone, not by polling the gateways: the bench
+  subscribes (as the broker) to the two gateways' state-bucket updates, so every message gets an
+  exact "in the trust's mailbox" and "sender sees delivered" time and the gateways serve no extra
+  requests while being measured. Afterwards every message's status is read back through the SDK,
+  so the delivered count is also what a local system would see.
+* **Baseline**: the same payload size published with plain nats-py to a throwaway JetStream
+  stream (same storage, dedupe header, durable pull consumer with ``fetch(256)`` + ack, like the
+  gateway's) on the same nats-server, same count. ``ratio = psvn / raw``.
+* Each side is measured twice: a throughput run (everything in flight, so its latencies include
+  queueing) and a latency run (one message at a time: the pipeline's own delay).
+* Local figures (one core, no network): seal+sign and unseal+verify of 1 KiB, and, when those
+  modules exist, ``policies.validation_bench`` and ``policies.engine_bench``.
+
+Bounded in count and time: a time limit stops the send phase, and each wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import importlib
+import os
+import platform
+import random
+import secrets
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from psvn import __version__
+from psvn.errors import Code, PsvnError
+
+COUNCIL = "gss:E06000043"
+TRUST = "ods:RYR"
+MESSAGE_TYPE = "fhir.r4.ServiceRequest"
+PURPOSE = "direct-care"
+CLASSIFICATION: Final = "OFFICIAL-SENSITIVE"
+NHS_NUMBER = "9434765919"  # a valid (check digit) NHS number used throughout the examples
+PORT_SPAN = 13  # devnet.up uses base_port .. base_port + 12
+
+Progress = Callable[[str], None]
+
+
+# -- report ----------------------------------------------------------------------------------
+class Percentiles(msgspec.Struct, kw_only=True):
+    n: int = 0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+
+
+class CpuUse(msgspec.Struct, kw_only=True):
+    """Where the CPU went during a throughput run: per process, milliseconds per message, and
+    how busy all cores were (1.0 = every core all the time: the machine was the limit)."""
+
+    ms_per_msg: dict[str, float]
+    busy: float
+
+
+class Throughput(msgspec.Struct, kw_only=True):
+    """psvn through the devnet, everything in flight (``concurrency`` sends at a time)."""
+
+    requested: int
+    attempted: int = 0
+    accepted: int = 0  # 202 from the council gateway
+    errors: int = 0  # sends that failed (after the SDK's own retries)
+    error_codes: dict[str, int] = msgspec.field(default_factory=dict)
+    first_error: str | None = None
+    in_mailbox: int = 0  # filed in the trust's mailbox (status delivered)
+    sender_delivered: int = 0  # the council's status moved to delivered
+    failed: int = 0  # quarantined, or sender status rejected/expired
+    undelivered: int = 0  # accepted but not delivered before the deadline
+    verified_delivered: int = 0  # status read back through the SDK: delivered or acknowledged
+    time_limited: bool = False  # the time limit stopped the send phase before `requested`
+    seconds: float = 0.0
+    accept_per_s: float = 0.0
+    deliver_per_s: float = 0.0  # into the trust's mailbox
+    sender_delivered_per_s: float = 0.0
+    send_call: Percentiles = msgspec.field(default_factory=Percentiles)
+    to_mailbox: Percentiles = msgspec.field(default_factory=Percentiles)
+    to_sender_delivered: Percentiles = msgspec.field(default_factory=Percentiles)
+    cpu: CpuUse | None = None  # send phase until everything is delivered (Linux /proc)
+
+
+class RawThroughput(msgspec.Struct, kw_only=True):
+    """Plain nats-py JetStream on the same server: publish_async + durable pull consumer."""
+
+    requested: int
+    published: int = 0
+    acked: int = 0
+    consumed: int = 0
+    errors: int = 0
+    first_error: str | None = None
+    time_limited: bool = False
+    seconds: float = 0.0
+    publish_per_s: float = 0.0  # publish acknowledged by JetStream
+    consume_per_s: float = 0.0
+    publish_ack: Percentiles = msgspec.field(default_factory=Percentiles)
+    to_consumer: Percentiles = msgspec.field(default_factory=Percentiles)
+    cpu: CpuUse | None = None
+
+
+class Latency(msgspec.Struct, kw_only=True):
+    """One message at a time: the pipeline's own delay, no queueing."""
+
+    samples: int
+    psvn_delivered: int = 0
+    raw_consumed: int = 0
+    psvn_send_call: Percentiles = msgspec.field(default_factory=Percentiles)
+    psvn_to_mailbox: Percentiles = msgspec.field(default_factory=Percentiles)
+    psvn_to_sender_delivered: Percentiles = msgspec.field(default_factory=Percentiles)
+    raw_publish_ack: Percentiles = msgspec.field(default_factory=Percentiles)
+    raw_to_consumer: Percentiles = msgspec.field(default_factory=Percentiles)
+
+
+class Ratios(msgspec.Struct, kw_only=True, omit_defaults=False):
+    """psvn / raw: below 1 for rates (a fraction of the backbone's speed), above 1 for latencies."""
+
+    accept_vs_publish: float | None = None
+    delivery_vs_consume: float | None = None
+    latency_p50: float | None = None
+    latency_p99: float | None = None
+
+
+class LocalFigure(msgspec.Struct, kw_only=True):
+    """One local measurement; ``result`` is what the measuring function returned."""
+
+    name: str
+    available: bool
+    result: Any = None
+    note: str | None = None
+
+
+class Report(msgspec.Struct, kw_only=True):
+    version: int = 1
+    psvn_version: str = __version__
+    environment: dict[str, Any] = msgspec.field(default_factory=dict)
+    payload_type: str = MESSAGE_TYPE
+    payload_bytes: int = 0
+    sender: str = COUNCIL
+    recipient: str = TRUST
+    concurrency: int = 0
+    warmup: int = 0
+    throughput: Throughput | None = None
+    raw: RawThroughput | None = None
+    latency: Latency | None = None
+    ratios: Ratios = msgspec.field(default_factory=Ratios)
+    local: list[LocalFigure] = msgspec.field(default_factory=list)
+    cleanup_acknowledged: int | None = None  # trust messages acknowledged after the run (None: skipped)
+    notes: list[str] = msgspec.field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Options:
+    count: int = 2000
+    concurrency: int = 8  # measured best on 2 cores: the SDK client's CPU per request grows with its pool
+    latency_samples: int = 100
+    time_limit: float = 20.0  # seconds for each send phase; then wait for what was accepted
+    delivery_timeout: float = 20.0
+    local_seconds: float = 1.0  # per local figure; 0 skips them
+    cleanup: bool = True  # acknowledge the bench's messages in the trust's inbox afterwards
+
+    def check(self) -> None:
+        for name, value, low in (("count", self.count, 1), ("concurrency", self.concurrency, 1),
+                                 ("latency-samples", self.latency_samples, 0)):
+            if value < low:
+                raise PsvnError(Code.BAD_REQUEST, f"--{name} must be at least {low}", field=f"--{name}",
+                                rule="range")
+        if self.time_limit <= 0 or self.delivery_timeout <= 0 or self.local_seconds < 0:
+            raise PsvnError(Code.BAD_REQUEST, "time limits must be positive", field="--time-limit", rule="range")
+
+
+# -- small pure helpers --------------------------------------------------------------------
+def percentiles(values_s: list[float]) -> Percentiles:
+    """Nearest-rank p50/p99 in milliseconds (no interpolation: every figure was observed)."""
+    if not values_s:
+        return Percentiles()
+    v = sorted(values_s)
+
+    def rank(p: float) -> float:
+        k = max(0, min(len(v) - 1, int(-(-p * len(v) // 100)) - 1))
+        return round(v[k] * 1000, 3)
+
+    return Percentiles(n=len(v), p50_ms=rank(50), p99_ms=rank(99), max_ms=round(v[-1] * 1000, 3))
+
+
+def _rate(n: int, seconds: float) -> float:
+    return round(n / seconds, 1) if seconds > 0 and n else 0.0
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 4) if a and b else None
+
+
+def service_request(seq: int, run: str = "bench") -> dict[str, Any]:
+    """A realistic council -> trust referral (FHIR R4 ServiceRequest, UK Core profile), ~1 KiB as
+    compact JSON; ``seq`` makes each one distinct, as real traffic is."""
+    return {
+        "resourceType": "ServiceRequest",
+        "id": f"asc-referral-{seq:06d}",
+        "meta": {"profile": ["https://fhir.hl7.org.uk/StructureDefinition/UKCore-ServiceRequest"]},
+        "identifier": [{"system": "https://www.brighton-hove.gov.uk/Id/asc-referral",
+                        "value": f"ASC-{run}-{seq:06d}"}],
+        "status": "active",
+        "intent": "order",
+        "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "306206005",
+                                  "display": "Referral to service"}]}],
+        "priority": "urgent",
+        "code": {"text": "Falls and mobility assessment"},
+        "subject": {"reference": f"Patient/{NHS_NUMBER}",
+                    "identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": NHS_NUMBER},
+                    "display": "John SMITH"},
+        "authoredOn": "2024-05-13T10:15:00+01:00",
+        "requester": {"type": "Organization", "display": "Brighton and Hove City Council - Adult Social Care"},
+        "performer": [{"type": "Organization",
+                       "identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "RYR"},
+                       "display": "University Hospitals Sussex NHS Foundation Trust"}],
+        "reasonCode": [{"text": "Two falls at home in the last month"}],
+        "note": [{"text": "Lives alone, first-floor flat. Carers twice daily."}],
+    }
+
+
+def payload_size(payload: dict[str, Any]) -> int:
+    return len(msgspec.json.encode(payload))
+
+
+def free_port_range(span: int = PORT_SPAN, *, low: int = 20000, high: int = 30000, tries: int = 200) -> int:
+    """A base port with ``span`` consecutive free loopback ports (below Linux's ephemeral range,
+    so outgoing connections are unlikely to take one meanwhile)."""
+    for _ in range(tries):
+        base = random.randrange(low, high - span)
+        socks: list[socket.socket] = []
+        try:
+            for p in range(base, base + span):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {span} consecutive free ports in {low}..{high}")
+
+
+# -- CPU accounting (Linux /proc; absent elsewhere) ---------------------------------------------
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process has used so far, or None if unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class CpuMeter:
+    """CPU used by named processes between ``start()`` and ``stop()``."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._t0 = 0.0
+        self._c0: dict[str, float | None] = {}
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+        self._c0 = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def stop(self, messages: int) -> CpuUse | None:
+        wall = time.perf_counter() - self._t0
+        used: dict[str, float] = {}
+        for name, pid in self.pids.items():
+            before, after = self._c0.get(name), cpu_seconds(pid)
+            if before is None or after is None:
+                return None
+            used[name] = after - before
+        if not messages or wall <= 0:
+            return None
+        per = {name: round(sec * 1000 / messages, 3) for name, sec in used.items()}
+        per["total"] = round(sum(used.values()) * 1000 / messages, 3)
+        return CpuUse(ms_per_msg=per, busy=round(sum(used.values()) / (wall * (os.cpu_count() or 1)), 3))
+
+
+# -- observing delivery on the backbone ------------------------------------------------------
+class _Status(msgspec.Struct):
+    status: str = ""
+
+
+_status_dec = msgspec.json.Decoder(_Status)
+_DELIVERED = frozenset({"delivered", "acknowledged"})
+_FAILED = frozenset({"rejected", "expired", "quarantined"})
+
+
+class DeliveryObserver:
+    """First time each message reached the trust's mailbox and the sender's 'delivered', taken
+    from the gateways' own state-bucket updates (``$KV.<bucket>.in.<id>`` / ``out.<id>``), which
+    the broker identity may read. Costs the gateways nothing."""
+
+    def __init__(self, sender: str, recipient: str) -> None:
+        from broker.subjects import state_bucket
+
+        self.in_prefix = f"$KV.{state_bucket(recipient)}.in."
+        self.out_prefix = f"$KV.{state_bucket(sender)}.out."
+        self.mailbox: dict[str, float] = {}
+        self.sender_delivered: dict[str, float] = {}
+        self.failed: dict[str, str] = {}
+        self.changed = asyncio.Event()
+        self._subs: list[Any] = []
+
+    async def start(self, nc: Any) -> None:
+        self._subs = [await nc.subscribe(self.in_prefix + ">", cb=self._on_in),
+                      await nc.subscribe(self.out_prefix + ">", cb=self._on_out)]
+        await nc.flush()
+
+    async def stop(self) -> None:
+        for s in self._subs:
+            with contextlib.suppress(Exception):
+                await s.unsubscribe()
+
+    def _status(self, data: bytes) -> str:
+        try:
+            return _status_dec.decode(data).status if data else ""
+        except msgspec.DecodeError:
+            return ""
+
+    async def _on_in(self, msg: Any) -> None:
+        now = time.perf_counter()
+        mid = msg.subject[len(self.in_prefix):]
+        st = self._status(msg.data)
+        if st in _DELIVERED:
+            self.mailbox.setdefault(mid, now)
+        elif st in _FAILED:
+            self.failed.setdefault(mid, f"trust: {st}")
+        self.changed.set()
+
+    async def _on_out(self, msg: Any) -> None:
+        now = time.perf_counter()
+        mid = msg.subject[len(self.out_prefix):]
+        st = self._status(msg.data)
+        if st in _DELIVERED:
+            self.sender_delivered.setdefault(mid, now)
+        elif st in _FAILED:
+            self.failed.setdefault(mid, f"sender: {st}")
+        self.changed.set()
+
+    def done(self, mid: str) -> bool:
+        return mid in self.failed or (mid in self.mailbox and mid in self.sender_delivered)
+
+    async def wait_all(self, ids: list[str], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        pending = [m for m in ids if not self.done(m)]
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), min(left, 0.05))
+            pending = [m for m in pending if not self.done(m)]
+        return True
+
+
+# -- psvn end to end -----------------------------------------------------------------------
+@dataclass
+class _Sent:
+    times: list[tuple[str, float, float]] = field(default_factory=list)  # (id, start, end)
+    errors: Counter[str] = field(default_factory=Counter)
+    first_error: str | None = None
+    attempted: int = 0
+    time_limited: bool = False
+
+
+async def _send_many(client: Any, payloads: list[dict[str, Any]], *, concurrency: int, time_limit: float,
+                     tag: str) -> _Sent:
+    import psvn_client
+
+    out = _Sent()
+    counter: Iterator[int] = iter(range(len(payloads)))
+    deadline = time.perf_counter() + time_limit
+
+    async def worker() -> None:
+        for i in counter:
+            if time.perf_counter() > deadline:
+                out.time_limited = True
+                return
+            if out.errors.total() >= 10 and not out.times:
+                return  # everything is failing: the report says why
+            out.attempted += 1
+            t0 = time.perf_counter()
+            try:
+                res = await client.send(TRUST, MESSAGE_TYPE, payloads[i], purpose=PURPOSE,
+                                        classification=CLASSIFICATION, subject=f"nhs:{NHS_NUMBER}",
+                                        correlation_id=f"{tag}-{i}")
+            except psvn_client.PsvnError as exc:
+                out.errors[str(exc.code)] += 1
+                out.first_error = out.first_error or f"{exc.code}: {exc}"
+                continue
+            out.times.append((res.id, t0, time.perf_counter()))
+
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(payloads)))))
+    return out
+
+
+async def _verify(client: Any, ids: list[str], concurrency: int, timeout: float) -> int:
+    """Read each status back through the SDK, the way a local system would. ``wait_for_status``,
+    not one ``status``: the backbone shows the gateway's state write a moment before the gateway
+    has applied it to the view it answers from."""
+    import psvn_client
+
+    ok = 0
+    it = iter(ids)
+    deadline = time.monotonic() + timeout
+
+    async def worker() -> None:
+        nonlocal ok
+        for mid in it:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(psvn_client.PsvnError):
+                await client.wait_for_status(mid, "delivered", timeout=min(left, 5.0))
+                ok += 1
+
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, max(1, len(ids))))))
+    return ok
+
+
+async def _ack_all(client: Any, ids: list[str], concurrency: int, timeout: float) -> int:
+    import psvn_client
+
+    done = 0
+    it = iter(ids)
+    deadline = time.monotonic() + timeout
+
+    async def worker() -> None:
+        nonlocal done
+        for mid in it:
+            if time.monotonic() > deadline:
+                return
+            with contextlib.suppress(psvn_client.PsvnError):
+                await client.ack(mid)
+                done += 1
+
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, max(1, len(ids))))))
+    return done
+
+
+async def psvn_throughput(sender: Any, obs: DeliveryObserver, payloads: list[dict[str, Any]], opts: Options,
+                          tag: str, cpu: CpuMeter) -> tuple[Throughput, list[str]]:
+    """Send everything with ``concurrency`` in flight; wait for delivery; read statuses back."""
+    res = Throughput(requested=len(payloads))
+    cpu.start()
+    t_start = time.perf_counter()
+    sent = await _send_many(sender, payloads, concurrency=opts.concurrency, time_limit=opts.time_limit, tag=tag)
+    ids = [mid for mid, _, _ in sent.times]
+    await obs.wait_all(ids, opts.delivery_timeout)
+    res.cpu = cpu.stop(len(ids))
+    res.attempted, res.accepted, res.time_limited = sent.attempted, len(ids), sent.time_limited
+    res.errors, res.error_codes, res.first_error = sent.errors.total(), dict(sent.errors), sent.first_error
+    in_box = [obs.mailbox[m] for m in ids if m in obs.mailbox]
+    at_sender = [obs.sender_delivered[m] for m in ids if m in obs.sender_delivered]
+    res.in_mailbox, res.sender_delivered = len(in_box), len(at_sender)
+    res.failed = sum(1 for m in ids if m in obs.failed)
+    res.undelivered = sum(1 for m in ids if not obs.done(m))
+    if sent.times:
+        last_accept = max(t1 for _, _, t1 in sent.times)
+        res.accept_per_s = _rate(len(ids), last_accept - t_start)
+        res.seconds = round(max([last_accept, *in_box, *at_sender]) - t_start, 3)
+    if in_box:
+        res.deliver_per_s = _rate(len(in_box), max(in_box) - t_start)
+    if at_sender:
+        res.sender_delivered_per_s = _rate(len(at_sender), max(at_sender) - t_start)
+    res.send_call = percentiles([t1 - t0 for _, t0, t1 in sent.times])
+    res.to_mailbox = percentiles([obs.mailbox[m] - t0 for m, t0, _ in sent.times if m in obs.mailbox])
+    res.to_sender_delivered = percentiles(
+        [obs.sender_delivered[m] - t0 for m, t0, _ in sent.times if m in obs.sender_delivered])
+    res.verified_delivered = await _verify(sender, ids, opts.concurrency, opts.delivery_timeout)
+    return res, ids
+
+
+async def psvn_latency(sender: Any, obs: DeliveryObserver, payloads: list[dict[str, Any]], lat: Latency,
+                       opts: Options, tag: str) -> list[str]:
+    """One message at a time: send, wait until the sender sees it delivered, next."""
+    calls: list[float] = []
+    box: list[float] = []
+    st: list[float] = []
+    ids: list[str] = []
+    deadline = time.monotonic() + opts.time_limit
+    for i, p in enumerate(payloads):
+        if time.monotonic() > deadline:
+            break
+        t0 = time.perf_counter()
+        sent = await _send_many(sender, [p], concurrency=1, time_limit=opts.time_limit, tag=f"{tag}-{i}")
+        if not sent.times:
+            continue
+        mid, _, t1 = sent.times[0]
+        ids.append(mid)
+        calls.append(t1 - t0)
+        await obs.wait_all([mid], opts.delivery_timeout)
+        if mid in obs.mailbox:
+            box.append(obs.mailbox[mid] - t0)
+        if mid in obs.sender_delivered:
+            st.append(obs.sender_delivered[mid] - t0)
+    lat.psvn_delivered = len(box)
+    lat.psvn_send_call, lat.psvn_to_mailbox, lat.psvn_to_sender_delivered = (
+        percentiles(calls), percentiles(box), percentiles(st))
+    return ids
+
+
+# -- raw nats-py baseline -------------------------------------------------------------------
+async def raw_baseline(nc: Any, payload: bytes, count: int, lat: Latency, opts: Options,
+                       cpu: CpuMeter) -> RawThroughput:
+    """Plain JetStream on the same server: a throwaway file stream on ``bench.raw.<tag>.>`` (a
+    subject no gateway uses), dedupe ids like the gateway's, a durable pull consumer that
+    fetches 256 and acks each like the gateway's. The stream is deleted afterwards."""
+    from nats.errors import TimeoutError as NatsTimeoutError
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+
+    js = nc.jetstream()
+    tag = secrets.token_hex(4)
+    stream, subject = f"PSVN_BENCH_{tag.upper()}", f"bench.raw.{tag}.m"
+    await js.add_stream(StreamConfig(name=stream, subjects=[f"bench.raw.{tag}.>"], retention=RetentionPolicy.LIMITS,
+                                     storage=StorageType.FILE, num_replicas=1, max_age=600.0,
+                                     duplicate_window=120.0))
+    res = RawThroughput(requested=count)
+    consumed: dict[int, float] = {}
+    arrived = asyncio.Event()
+    consumer: asyncio.Task[None] | None = None
+    try:
+        await js.add_consumer(stream, ConsumerConfig(durable_name="bench", ack_policy=AckPolicy.EXPLICIT,
+                                                     deliver_policy=DeliverPolicy.ALL, ack_wait=30.0,
+                                                     max_ack_pending=10000))
+        psub = await js.pull_subscribe_bind("bench", stream=stream)
+
+        async def consume() -> None:
+            while True:
+                try:
+                    msgs = await psub.fetch(256, timeout=1)
+                except (TimeoutError, NatsTimeoutError):
+                    continue
+                for m in msgs:
+                    consumed.setdefault(m.metadata.sequence.stream, time.perf_counter())
+                    await m.ack()
+                arrived.set()
+
+        consumer = asyncio.create_task(consume(), name="bench raw consumer")
+        run = secrets.token_hex(4)
+
+        # latency: one at a time
+        pubs: list[float] = []
+        to_cons: list[float] = []
+        for k in range(lat.samples):
+            t0 = time.perf_counter()
+            ack = await js.publish(subject, payload, headers={"Nats-Msg-Id": f"lat-{run}-{k}"}, timeout=5)
+            pubs.append(time.perf_counter() - t0)
+            deadline = time.monotonic() + opts.delivery_timeout
+            while ack.seq not in consumed and time.monotonic() < deadline:
+                arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), 0.05)
+            if ack.seq in consumed:
+                to_cons.append(consumed[ack.seq] - t0)
+        lat.raw_consumed = len(to_cons)
+        lat.raw_publish_ack, lat.raw_to_consumer = percentiles(pubs), percentiles(to_cons)
+
+        # throughput: everything in flight (publish_async without wait_stall: see FIELD-NOTES)
+        t_pub: list[float] = []
+        acked: dict[int, tuple[int, float]] = {}  # index -> (stream seq, ack time)
+
+        def on_ack(i: int, fut: asyncio.Future[Any]) -> None:
+            now = time.perf_counter()
+            if fut.cancelled() or fut.exception() is not None:
+                res.errors += 1
+                res.first_error = res.first_error or repr(fut.exception())
+                return
+            acked[i] = (fut.result().seq, now)
+
+        cpu.start()
+        t_start = time.perf_counter()
+        deadline_pub = t_start + opts.time_limit
+        for i in range(count):
+            if i % 256 == 0 and time.perf_counter() > deadline_pub:
+                res.time_limited = True
+                break
+            t_pub.append(time.perf_counter())
+            fut = await js.publish_async(subject, payload, headers={"Nats-Msg-Id": f"tp-{run}-{i}"})
+            fut.add_done_callback(lambda f, i=i: on_ack(i, f))
+        res.published = len(t_pub)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(js.publish_async_completed(), opts.delivery_timeout)
+        res.acked = len(acked)
+        seqs = {seq for seq, _ in acked.values()}
+        deadline = time.monotonic() + opts.delivery_timeout
+        while not seqs <= consumed.keys() and time.monotonic() < deadline:
+            arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), 0.05)
+        got = [(i, consumed[seq]) for i, (seq, _) in acked.items() if seq in consumed]
+        res.consumed = len(got)
+        res.cpu = cpu.stop(len(got))
+        if acked:
+            last_ack = max(t for _, t in acked.values())
+            res.publish_per_s = _rate(len(acked), last_ack - t_start)
+            res.seconds = round(max([last_ack, *(t for _, t in got)]) - t_start, 3)
+        if got:
+            res.consume_per_s = _rate(len(got), max(t for _, t in got) - t_start)
+        res.publish_ack = percentiles([t - t_pub[i] for i, (_, t) in acked.items()])
+        res.to_consumer = percentiles([t - t_pub[i] for i, t in got])
+        return res
+    finally:
+        if consumer is not None:
+            consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await consumer
+        with contextlib.suppress(Exception):
+            await js.delete_stream(stream)
+
+
+# -- local figures (no network) ---------------------------------------------------------------
+def _timed(fn: Callable[[], object], seconds: float) -> float:
+    """Calls per second of ``fn`` over about ``seconds`` (at least 50 calls)."""
+    n = 0
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    while True:
+        for _ in range(50):
+            fn()
+        n += 50
+        now = time.perf_counter()
+        if now >= end:
+            return round(n / (now - t0), 1)
+
+
+def bench_crypto(seconds: float = 1.0, size: int = 1024) -> dict[str, float]:
+    """gateway/seal.py on ``size`` bytes with a realistic envelope: what each gateway pays per
+    message on send (sign then seal) and on receive (open then verify), on one core."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from gateway import seal
+    from psvn.envelope import Envelope, new_message_id, now_rfc3339
+
+    signer, recipient = Ed25519PrivateKey.generate(), X25519PrivateKey.generate()
+    verify_key, recipient_pub = signer.public_key(), recipient.public_key()
+    env = Envelope(id=new_message_id(), source=f"{COUNCIL}/adult-social-care", to=TRUST, type=MESSAGE_TYPE,
+                   time=now_rfc3339(), purpose=PURPOSE, classification=CLASSIFICATION, subject=f"nhs:{NHS_NUMBER}",
+                   source_system="adult-social-care", policy_version=1)
+    header, payload = msgspec.json.encode(env), os.urandom(size)
+    info = seal.info_for(COUNCIL, TRUST, env.id)
+    sealed = seal.seal(seal.KIND_MESSAGE, header, payload, signing_key=signer, recipient_key=recipient_pub, info=info)
+
+    def open_verify() -> None:
+        seal.verify(seal.unseal(sealed, private_key=recipient, info=info), verify_key)
+
+    open_verify()  # a broken round trip must fail loudly, not be timed
+    return {
+        "seal_sign_per_s": _timed(lambda: seal.seal(seal.KIND_MESSAGE, header, payload, signing_key=signer,
+                                                    recipient_key=recipient_pub, info=info), seconds),
+        "unseal_verify_per_s": _timed(open_verify, seconds),
+        "payload_bytes": size,
+        "sealed_bytes": len(sealed),
+    }
+
+
+def _builtins(value: Any) -> Any:
+    try:
+        return msgspec.to_builtins(value)
+    except TypeError:
+        return repr(value)
+
+
+def optional_figure(module: str, func: str, seconds: float) -> LocalFigure:
+    """Call ``module.func(seconds=...)`` if that module exists (another issue builds it)."""
+    name = f"{module}.{func}"
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            return LocalFigure(name=name, available=False, note=f"{module} is not built yet; skipped")
+        return LocalFigure(name=name, available=False, note=f"import failed: {exc!r}")
+    except Exception as exc:
+        return LocalFigure(name=name, available=False, note=f"import failed: {exc!r}")
+    fn = getattr(mod, func, None)
+    if not callable(fn):
+        return LocalFigure(name=name, available=False, note=f"{module} has no {func}(); skipped")
+    try:
+        return LocalFigure(name=name, available=True, result=_builtins(fn(seconds=seconds)))
+    except Exception as exc:
+        return LocalFigure(name=name, available=False, note=f"{func} failed: {exc!r}")
+
+
+def local_figures(seconds: float) -> list[LocalFigure]:
+    try:
+        crypto = LocalFigure(name="gateway.seal", available=True, result=bench_crypto(seconds))
+    except Exception as exc:
+        crypto = LocalFigure(name="gateway.seal", available=False, note=f"failed: {exc!r}")
+    return [crypto,
+            optional_figure("policies.validation_bench", "bench_validation", seconds),
+            optional_figure("policies.engine_bench", "bench_engine", seconds)]
+
+
+# -- the whole run ------------------------------------------------------------------------------
+def _server_version(nc: Any) -> str | None:
+    try:
+        v = nc.connected_server_version
+        return f"{v.major}.{v.minor}.{v.patch}"
+    except Exception:
+        return None
+
+
+def _environment(nats_version: str | None, nats_url: str, devnet_root: str, started: bool,
+                 loop: str) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(pkg: str) -> str | None:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return None
+
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "event_loop": loop, "nats_server": nats_version, "nats_url": nats_url,
+            "nats_py": ver("nats-py"), "httpx": ver("httpx"),
+            "devnet": devnet_root, "temporary_devnet": started}
+
+
+async def run_async(layout: Any, opts: Options, *, progress: Progress | None = None,
+                    started: bool = False, loop_name: str = "asyncio") -> Report:
+    """Run every measurement against the devnet at ``layout`` (it must be running)."""
+    from psvn_client import AsyncClient
+
+    from broker.provision import connect
+    from psvn import devnet
+
+    say = progress or (lambda _msg: None)
+    state = devnet.read_state(layout)
+    if not devnet.running(state):
+        raise PsvnError(Code.BAD_REQUEST, f"no devnet running in {layout.root}", field="--devnet",
+                        rule="devnet-running")
+    assert state is not None
+    missing = [o for o in (COUNCIL, TRUST) if o not in state.gateways]
+    if missing:
+        raise PsvnError(Code.BAD_REQUEST, f"the devnet has no gateway for {', '.join(missing)}", field="--devnet",
+                        rule="devnet-member")
+    t_run = time.perf_counter()
+    tag = f"bench-{secrets.token_hex(3)}"
+    report = Report(concurrency=opts.concurrency)
+    payloads = [service_request(i, tag) for i in range(opts.count)]
+    report.payload_bytes = max(payload_size(p) for p in payloads)
+    lat = Latency(samples=min(opts.latency_samples, opts.count))
+
+    def client(org: str) -> AsyncClient:
+        g = state.gateways[org]
+        cert, key = layout.system_cert(org, g.system)
+        return AsyncClient(g.url, ca=str(layout.ca), cert=str(cert), key=str(key),
+                           max_connections=opts.concurrency, timeout=30.0)
+
+    nc = await connect(state.nats_url, devnet.broker_tls(layout), name="psvn-bench")
+    obs = DeliveryObserver(COUNCIL, TRUST)
+    all_ids: list[str] = []
+    try:
+        await obs.start(nc)
+        report.environment = _environment(_server_version(nc), state.nats_url, str(layout.root), started,
+                                          loop_name)
+        async with client(COUNCIL) as sender:
+            warm = [service_request(900000 + i, tag) for i in range(min(opts.concurrency, opts.count))]
+            say(f"warm-up: {len(warm)} messages (opens {len(warm)} TLS connections) ...")
+            w = await _send_many(sender, warm, concurrency=opts.concurrency, time_limit=opts.time_limit,
+                                 tag=f"{tag}-w")
+            if not w.times:
+                raise PsvnError(Code.INTERNAL, f"the council gateway accepted none of the warm-up messages: "
+                                f"{w.first_error}", rule="bench-warmup")
+            all_ids += [m for m, _, _ in w.times]
+            await obs.wait_all(all_ids, opts.delivery_timeout)
+            report.warmup = len(w.times)
+            if lat.samples:
+                say(f"latency: {lat.samples} messages one at a time ...")
+                all_ids += await psvn_latency(sender, obs, payloads[:lat.samples], lat, opts, f"{tag}-l")
+            say(f"throughput: {opts.count} messages, {opts.concurrency} in flight ...")
+            pids = {"client": os.getpid(), "nats-server": state.nats_pid,
+                    **{f"gateway {org}": g.pid for org, g in state.gateways.items()}}
+            report.throughput, ids = await psvn_throughput(sender, obs, payloads, opts, f"{tag}-t", CpuMeter(pids))
+            all_ids += ids
+        say(f"baseline: raw nats-py JetStream, {opts.count} messages of {report.payload_bytes} bytes ...")
+        report.raw = await raw_baseline(nc, os.urandom(report.payload_bytes), opts.count, lat, opts,
+                                        CpuMeter({"client": os.getpid(), "nats-server": state.nats_pid}))
+        report.latency = lat
+        if opts.local_seconds > 0:  # while the devnet is idle: before the clean-up's receipts
+            say("local figures (one core) ...")
+            report.local = local_figures(opts.local_seconds)
+        if opts.cleanup:
+            say(f"clean-up: acknowledging {len(all_ids)} bench messages in the trust's inbox ...")
+            async with client(TRUST) as receiver:
+                report.cleanup_acknowledged = await _ack_all(receiver, all_ids, opts.concurrency,
+                                                             opts.delivery_timeout)
+    finally:
+        await obs.stop()
+        with contextlib.suppress(Exception):
+            await nc.close()  # not drain(): nothing of ours is left to flush, and drain waits on idle subs
+    tp, raw = report.throughput, report.raw
+    assert tp is not None and raw is not None
+    report.ratios = Ratios(
+        accept_vs_publish=_ratio(tp.accept_per_s, raw.publish_per_s),
+        delivery_vs_consume=_ratio(tp.deliver_per_s, raw.consume_per_s),
+        latency_p50=_ratio(lat.psvn_to_mailbox.p50_ms, lat.raw_to_consumer.p50_ms),
+        latency_p99=_ratio(lat.psvn_to_mailbox.p99_ms, lat.raw_to_consumer.p99_ms))
+    report.notes += _notes(report)
+    report.seconds = round(time.perf_counter() - t_run, 2)
+    return report
+
+
+def _notes(r: Report) -> list[str]:
+    notes = [f"all processes (nats-server, 3 gateways, this client) share {os.cpu_count()} CPU(s); "
+             "the raw baseline has no TLS client, HTTP, validation, policy, crypto or state writes"]
+    tp = r.throughput
+    if tp is not None:
+        if tp.time_limited:
+            notes.append(f"the time limit stopped the send phase after {tp.attempted} of {tp.requested}")
+        if tp.errors:
+            notes.append(f"{tp.errors} send(s) failed: {tp.error_codes}; first: {tp.first_error}")
+        if tp.undelivered:
+            notes.append(f"{tp.undelivered} accepted message(s) not delivered before the deadline")
+    return notes
+
+
+def run(layout: Any, opts: Options, *, progress: Progress | None = None, started: bool = False) -> Report:
+    """Synchronous entry point (uvloop when installed, like the gateways)."""
+    opts.check()
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(run_async(layout, opts, progress=progress, started=started))
+    return uvloop.run(run_async(layout, opts, progress=progress, started=started, loop_name="uvloop"))
+
+
+def run_with_temporary_devnet(opts: Options, *, progress: Progress | None = None, keep_dir: bool = False) -> Report:
+    """Bring up a devnet in a temporary folder on free ports, bench it, tear it down."""
+    from psvn import devnet
+
+    say = progress or (lambda _msg: None)
+    root = Path(tempfile.mkdtemp(prefix="psvn-bench-"))
+    layout = devnet.Layout(root)
+    base = free_port_range()
+    say(f"starting a temporary devnet in {root} (ports {base}..{base + PORT_SPAN - 1}) ...")
+    try:
+        devnet.up(layout, base_port=base)
+        try:
+            return run(layout, dataclasses.replace(opts, cleanup=False), progress=progress, started=True)
+        finally:
+            say("stopping the temporary devnet ...")
+            devnet.down(layout)
+    finally:
+        if not keep_dir:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+# -- human output -----------------------------------------------------------------------------------
+def _n(x: float | int | None, unit: str = "") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and x < 100:
+        return f"{x:,.2f}{unit}"
+    return f"{x:,.0f}{unit}"
+
+
+def _ms(p: Percentiles) -> tuple[str, str]:
+    return _n(p.p50_ms), _n(p.p99_ms)
+
+
+def _x(r: float | None) -> str:
+    return "-" if r is None else (f"{r:.3f}x" if r < 1 else f"{r:.1f}x")
+
+
+def format_report(r: Report) -> str:
+    tp, raw, lat = r.throughput, r.raw, r.latency
+    env = r.environment
+    lines = [
+        f"psvn bench: {MESSAGE_TYPE} ({r.payload_bytes:,} bytes) {r.sender} -> {r.recipient} through the devnet "
+        f"at {env.get('devnet')}",
+        f"  {env.get('cpus')} CPUs, Python {env.get('python')} ({env.get('event_loop')}), nats-server "
+        f"{env.get('nats_server')}, nats-py {env.get('nats_py')}; SDK concurrency {r.concurrency}; "
+        f"warm-up {r.warmup}",
+        "",
+    ]
+    row = "  {:<44} {:>12} {:>14} {:>10}"
+    if tp is not None and raw is not None:
+        lines += [f"throughput: {tp.requested:,} messages, all in flight",
+                  row.format("", "psvn", "raw JetStream", "psvn/raw"),
+                  row.format("accepted (202) / publish acked   msg/s", _n(tp.accept_per_s), _n(raw.publish_per_s),
+                             _x(r.ratios.accept_vs_publish)),
+                  row.format("in trust mailbox / consumed      msg/s", _n(tp.deliver_per_s), _n(raw.consume_per_s),
+                             _x(r.ratios.delivery_vs_consume)),
+                  row.format("sender status delivered          msg/s", _n(tp.sender_delivered_per_s), "", ""),
+                  row.format("send call / publish->ack     p50 / p99 ms", " / ".join(_ms(tp.send_call)),
+                             " / ".join(_ms(raw.publish_ack)), ""),
+                  row.format("send -> mailbox / ->consumer p50 / p99 ms", " / ".join(_ms(tp.to_mailbox)),
+                             " / ".join(_ms(raw.to_consumer)), ""),
+                  row.format("send -> sender sees delivered p50 / p99 ms", " / ".join(_ms(tp.to_sender_delivered)),
+                             "", "")]
+        lines += [line for line in (_format_cpu("psvn", tp.cpu), _format_cpu("raw", raw.cpu)) if line]
+        lines.append("")
+    if lat is not None and lat.samples:
+        lines += [f"latency: {lat.samples} messages one at a time",
+                  row.format("", "psvn", "raw JetStream", "psvn/raw"),
+                  row.format("send call / publish->ack     p50 ms", _ms(lat.psvn_send_call)[0],
+                             _ms(lat.raw_publish_ack)[0], ""),
+                  row.format("send -> mailbox / ->consumer p50 ms", _ms(lat.psvn_to_mailbox)[0],
+                             _ms(lat.raw_to_consumer)[0], _x(r.ratios.latency_p50)),
+                  row.format("send -> mailbox / ->consumer p99 ms", _ms(lat.psvn_to_mailbox)[1],
+                             _ms(lat.raw_to_consumer)[1], _x(r.ratios.latency_p99)),
+                  row.format("send -> sender sees delivered p50 / p99 ms",
+                             " / ".join(_ms(lat.psvn_to_sender_delivered)), "", ""),
+                  ""]
+    if tp is not None and raw is not None:
+        lines += [f"counts: psvn requested {tp.requested}, accepted {tp.accepted}, failed sends {tp.errors}, "
+                  f"in mailbox {tp.in_mailbox}, sender delivered {tp.sender_delivered} (SDK read-back "
+                  f"{tp.verified_delivered}), failed {tp.failed}, undelivered {tp.undelivered}",
+                  f"        raw published {raw.published}, acked {raw.acked}, consumed {raw.consumed}, "
+                  f"errors {raw.errors}"]
+        if lat is not None and lat.samples:
+            lines.append(f"        latency run: psvn delivered {lat.psvn_delivered}/{lat.samples}, "
+                         f"raw consumed {lat.raw_consumed}/{lat.samples}")
+        lines.append("")
+    if r.local:
+        lines.append("local, one core, no network")
+        for f in r.local:
+            lines += _format_local(f)
+        lines.append("")
+    if r.cleanup_acknowledged is not None:
+        lines.append(f"clean-up: acknowledged {r.cleanup_acknowledged} bench messages in {r.recipient}'s inbox")
+    lines += [f"note: {n}" for n in r.notes]
+    lines.append(f"took {r.seconds:.1f} s")
+    return "\n".join(lines)
+
+
+def _format_cpu(label: str, cpu: CpuUse | None) -> str | None:
+    if cpu is None:
+        return None
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.ms_per_msg.items() if k != "total")
+    return (f"  CPU ms per message, {label}: {parts} = {cpu.ms_per_msg.get('total', 0):.2f} "
+            f"(all cores {cpu.busy:.0%} busy)")
+
+
+def _format_local(f: LocalFigure) -> list[str]:
+    if not f.available:
+        return [f"  {f.name:<44} {f.note}"]
+    res = f.result
+    if f.name == "gateway.seal" and isinstance(res, dict):
+        b = res.get("payload_bytes")
+        return [f"  {'seal + sign (' + str(b) + ' B)':<44} {_n(res.get('seal_sign_per_s'), ' ops/s'):>16}",
+                f"  {'unseal + verify (' + str(b) + ' B)':<44} {_n(res.get('unseal_verify_per_s'), ' ops/s'):>16}"]
+    if isinstance(res, dict):
+        res = [{"case": k, "value": v} for k, v in res.items()]
+    if isinstance(res, list):
+        out = [f"  {f.name}"]
+        for item in res:
+            out.append("    " + _local_row(item))
+        return out
+    return [f"  {f.name:<44} {_n(res) if isinstance(res, int | float) else res!s:>16}"]
+
+
+def _local_row(item: Any) -> str:
+    """One case of a local figure: its name, size and the first per-second figure it reports."""
+    if not isinstance(item, dict):
+        return str(item)
+    label = next((str(item[k]) for k in ("case", "name", "type") if k in item), "?")
+    if "bytes" in item:
+        label += f" ({item['bytes']:,} B)"
+    rate = next(((k, v) for k, v in item.items() if k.endswith("_per_s") and isinstance(v, int | float)), None)
+    if rate is None:
+        rate = next(((k, v) for k, v in item.items() if isinstance(v, int | float) and k != "bytes"), None)
+    if rate is None:
+        return f"{label:<42} {item}"
+    unit = rate[0].removesuffix("_per_s").replace("_", " ")
+    return f"{label:<42} {_n(rate[1]):>10} {unit}/s" if rate[0].endswith("_per_s") else \
+        f"{label:<42} {_n(rate[1]):>10} {rate[0]}"
+
+
+def to_json(r: Report) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(r))
+
+
+def progress_to_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+

@@ -1,0 +1,61 @@
+"""``psvn bench``: end-to-end msg/s and latency through the devnet, against raw nats-py JetStream
+on the same server, plus local crypto / validation / policy figures (see psvn.bench)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from psvn.errors import Code, PsvnError
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "bench", help="measure msg/s and latency end to end, against raw nats-py JetStream",
+        description="Send N realistic ~1 KiB FHIR R4 ServiceRequests from the council (gss:E06000043) to the "
+        "trust (ods:RYR) through a running devnet (SDK -> gateway -> JetStream -> gateway -> mailbox), then the "
+        "same count of raw nats-py JetStream publishes + pull-consumes on the same nats-server as the baseline. "
+        "Prints msg/s, p50/p99 latency and psvn/raw ratios, then one-core crypto (and, when built, validation "
+        "and policy-engine) figures. Bounded by --count and --time-limit.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--devnet", default=".devnet", help="state folder of a running devnet")
+    p.add_argument("--start", action="store_true",
+                   help="bring up a temporary devnet (temp folder, free ports), bench it, tear it down")
+    p.add_argument("--count", type=int, default=2000, help="messages in the throughput run (and the baseline)")
+    p.add_argument("--concurrency", type=int, default=8, help="SDK sends in flight (one TLS connection each)")
+    p.add_argument("--latency-samples", type=int, default=100,
+                   help="messages sent one at a time for unloaded latency (0 skips)")
+    p.add_argument("--time-limit", type=float, default=20.0,
+                   help="seconds a send phase may take; then only what was accepted is awaited")
+    p.add_argument("--local-seconds", type=float, default=1.0,
+                   help="seconds per local (one-core) figure; 0 skips them")
+    p.add_argument("--keep", action="store_true",
+                   help="leave the bench messages unacknowledged in the trust's inbox (default: acknowledge them)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (progress still on stderr)")
+    p.set_defaults(func=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from psvn import bench, devnet
+
+    opts = bench.Options(count=args.count, concurrency=args.concurrency, latency_samples=args.latency_samples,
+                         time_limit=args.time_limit, local_seconds=args.local_seconds, cleanup=not args.keep)
+    opts.check()
+    if args.start:
+        report = bench.run_with_temporary_devnet(opts, progress=bench.progress_to_stderr)
+    else:
+        layout = devnet.Layout(Path(args.devnet))
+        if not devnet.running(devnet.read_state(layout)):
+            raise PsvnError(Code.BAD_REQUEST,
+                            f"no devnet running in {layout.root}: start one with `psvn devnet --dir {layout.root} "
+                            "up --detach`, or run `psvn bench --start` to bench a temporary one",
+                            field="--devnet", rule="devnet-running")
+        report = bench.run(layout, opts, progress=bench.progress_to_stderr)
+    if args.json:
+        sys.stdout.write(bench.to_json(report).decode() + "\n")
+    else:
+        print(bench.format_report(report))
+    tp = report.throughput
+    ok = tp is not None and tp.accepted > 0 and tp.undelivered == 0 and tp.failed == 0
+    return 0 if ok else 1
