@@ -167,7 +167,8 @@ class Gateway:
             log.info("message rejected", message_id=message_id, code=exc.code.value, field=exc.field,
                      rule=exc.rule, system=system)
             await self.audit("rejected", message_id=message_id, to=req.to if isinstance(req.to, str) else None,
-                             type=req.type, code=exc.code.value, field=exc.field, rule=exc.rule,
+                             type=req.type, purpose=req.purpose, classification=req.classification,
+                             code=exc.code.value, field=exc.field, rule=exc.rule,
                              policy_version=self.policy.version, direction="egress")
             raise
         self.metrics.decisions.labels("egress", "allow").inc()
@@ -186,8 +187,9 @@ class Gateway:
         rec = await self.store.move_out(message_id, State.SENT) or rec
         self.metrics.sent.labels(req.type).inc()
         self.metrics.send_seconds.observe(time.perf_counter() - started)
-        await self.audit("sent", message_id=message_id, to=req.to, type=req.type, size=out.size,
-                         rule_ids=out.decision.rule_ids, policy_version=out.decision.policy_version)
+        await self.audit("sent", message_id=message_id, to=req.to, type=req.type, purpose=req.purpose,
+                         classification=req.classification, size=out.size, rule_ids=out.decision.rule_ids,
+                         policy_version=out.decision.policy_version, direction="egress")
         log.info("message sent", message_id=message_id, to=req.to, type=req.type, system=system)
         return rec, True
 
@@ -321,8 +323,9 @@ class Gateway:
             correlation_id=env.correlation_id, mailbox=env.mailbox, received=received))
         self.metrics.received.labels("delivered").inc()
         await self._receipt(env.id, State.DELIVERED.value, env.sender_org)
-        await self.audit("delivered", message_id=env.id, source=env.source, type=env.type,
-                         rule_ids=inc.decision.rule_ids, policy_version=inc.decision.policy_version)
+        await self.audit("delivered", message_id=env.id, source=env.source, to=env.to, type=env.type,
+                         purpose=env.purpose, classification=env.classification, rule_ids=inc.decision.rule_ids,
+                         policy_version=inc.decision.policy_version, direction="ingress")
         log.info("message delivered", message_id=env.id, source=env.source, type=env.type)
 
     async def _quarantine(self, msg: Msg, msg_id: str, seq: int, exc: PsvnError, received: str) -> None:
