@@ -1,0 +1,71 @@
+"""The registry in KV reaches every gateway live: a revoked member can neither receive nor send."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import nats
+
+from broker import registry
+from certs import tls
+from tests.conftest import Network
+from tests.gateway.test_service import call, referral
+
+
+async def set_status(net: Network, org: str, status: str) -> None:
+    nc = await nats.connect(net.nats.url, tls=tls.client_context(net.ca, *net.layout.broker_cert))
+    try:
+        kv = await registry.ensure_bucket(nc.jetstream())
+        entry = await kv.get(registry.key_for(org))
+        member = msgspec.json.decode(entry.value or b"", type=registry.Member)
+        await registry.put_member(kv, msgspec.structs.replace(member, status=status))  # type: ignore[arg-type]
+    finally:
+        await nc.close()
+
+
+async def wait_member_status(net: Network, viewer: str, org: str, status: str) -> None:
+    view = net.gateways[viewer].gateway.registry
+    for _ in range(200):
+        if view.members[org].status == status:
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"{viewer} never saw {org} as {status}")
+
+
+async def test_every_gateway_sees_the_registry(network: Network) -> None:
+    for gw in network.gateways.values():
+        members = gw.gateway.registry.members
+        assert set(members) == {network.COUNCIL, network.TRUST, network.GP}
+        trust = members[network.TRUST]
+        assert trust.type == "nhs-trust" and len(trust.sign_key) == 32 and len(trust.hpke_key) == 32
+        assert len(trust.cert_fingerprint) == 64 and trust.status == "active"
+
+
+async def test_revoked_recipient_is_refused_at_egress(network: Network) -> None:
+    await set_status(network, network.TRUST, "revoked")
+    await wait_member_status(network, network.COUNCIL, network.TRUST, "revoked")
+    status, problem = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+    assert (status, problem["code"], problem["field"]) == (403, "member-revoked", "to")
+    await set_status(network, network.TRUST, "active")
+    await wait_member_status(network, network.COUNCIL, network.TRUST, "active")
+    status, _ = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+    assert status == 202
+
+
+async def test_message_from_a_suspended_member_is_quarantined(network: Network) -> None:
+    # The trust learns of the suspension; the council gateway does not know yet and sends.
+    await set_status(network, network.COUNCIL, "suspended")
+    await wait_member_status(network, network.TRUST, network.COUNCIL, "suspended")
+    council = network.gateways[network.COUNCIL].gateway
+    council.registry.members[network.COUNCIL] = msgspec.structs.replace(
+        council.registry.members[network.COUNCIL], status="active")
+    status, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+    assert status == 202
+    for _ in range(200):
+        _, q = await call(network, network.TRUST, "GET", "/v1/inbox?status=quarantined")
+        if q["messages"]:
+            break
+        await asyncio.sleep(0.025)
+    assert [m["id"] for m in q["messages"]] == [body["id"]]
+    assert q["messages"][0]["reason"].startswith("member-revoked")
