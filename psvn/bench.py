@@ -74,6 +74,7 @@ class CpuUse(msgspec.Struct, kw_only=True):
 
     ms_per_msg: dict[str, float]
     busy: float
+    other_busy: float | None = None  # share of all cores used by processes outside the devnet and bench
 
 
 class Throughput(msgspec.Struct, kw_only=True):
@@ -274,16 +275,28 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all cores have spent busy since boot (``/proc/stat``), or None if unknown."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class CpuMeter:
-    """CPU used by named processes between ``start()`` and ``stop()``."""
+    """CPU used by named processes between ``start()`` and ``stop()``, and by everything else
+    on the machine (another job running meanwhile makes the figures low: the report says so)."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
         self._t0 = 0.0
         self._c0: dict[str, float | None] = {}
+        self._m0: float | None = None
 
     def start(self) -> None:
         self._t0 = time.perf_counter()
+        self._m0 = machine_busy_seconds()
         self._c0 = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
 
     def stop(self, messages: int) -> CpuUse | None:
@@ -296,9 +309,13 @@ class CpuMeter:
             used[name] = after - before
         if not messages or wall <= 0:
             return None
+        cores = wall * (os.cpu_count() or 1)
         per = {name: round(sec * 1000 / messages, 3) for name, sec in used.items()}
         per["total"] = round(sum(used.values()) * 1000 / messages, 3)
-        return CpuUse(ms_per_msg=per, busy=round(sum(used.values()) / (wall * (os.cpu_count() or 1)), 3))
+        m1 = machine_busy_seconds()
+        other = None if self._m0 is None or m1 is None else round(max(0.0, m1 - self._m0 - sum(used.values()))
+                                                                    / cores, 3)
+        return CpuUse(ms_per_msg=per, busy=round(sum(used.values()) / cores, 3), other_busy=other)
 
 
 # -- observing delivery on the backbone ------------------------------------------------------
@@ -516,7 +533,7 @@ async def psvn_latency(sender: Any, obs: DeliveryObserver, payloads: list[dict[s
         mid, _, t1 = sent.times[0]
         ids.append(mid)
         calls.append(t1 - t0)
-        await obs.wait_all([mid], opts.delivery_timeout)
+        await obs.wait_all([mid], min(opts.delivery_timeout, max(1.0, deadline - time.monotonic())))
         if mid in obs.mailbox:
             box.append(obs.mailbox[mid] - t0)
         if mid in obs.sender_delivered:
@@ -569,11 +586,14 @@ async def raw_baseline(nc: Any, payload: bytes, count: int, lat: Latency, opts: 
         # latency: one at a time
         pubs: list[float] = []
         to_cons: list[float] = []
+        phase_end = time.monotonic() + opts.time_limit
         for k in range(lat.samples):
+            if time.monotonic() > phase_end:
+                break
             t0 = time.perf_counter()
             ack = await js.publish(subject, payload, headers={"Nats-Msg-Id": f"lat-{run}-{k}"}, timeout=5)
             pubs.append(time.perf_counter() - t0)
-            deadline = time.monotonic() + opts.delivery_timeout
+            deadline = time.monotonic() + min(opts.delivery_timeout, max(1.0, phase_end - time.monotonic()))
             while ack.seq not in consumed and time.monotonic() < deadline:
                 arrived.clear()
                 with contextlib.suppress(TimeoutError):
@@ -741,7 +761,14 @@ def _environment(nats_version: str | None, nats_url: str, devnet_root: str, star
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
             "event_loop": loop, "nats_server": nats_version, "nats_url": nats_url,
             "nats_py": ver("nats-py"), "httpx": ver("httpx"),
-            "devnet": devnet_root, "temporary_devnet": started}
+            "devnet": devnet_root, "temporary_devnet": started, "load_1m_before": _load()}
+
+
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 async def run_async(layout: Any, opts: Options, *, progress: Progress | None = None,
@@ -795,7 +822,8 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
             report.warmup = len(w.times)
             if lat.samples:
                 say(f"latency: {lat.samples} messages one at a time ...")
-                all_ids += await psvn_latency(sender, obs, payloads[:lat.samples], lat, opts, f"{tag}-l")
+                lat_payloads = [service_request(500000 + i, tag) for i in range(lat.samples)]
+                all_ids += await psvn_latency(sender, obs, lat_payloads, lat, opts, f"{tag}-l")
             say(f"throughput: {opts.count} messages, {opts.concurrency} in flight ...")
             pids = {"client": os.getpid(), "nats-server": state.nats_pid,
                     **{f"gateway {org}": g.pid for org, g in state.gateways.items()}}
@@ -833,6 +861,11 @@ def _notes(r: Report) -> list[str]:
     notes = [f"all processes (nats-server, 3 gateways, this client) share {os.cpu_count()} CPU(s); "
              "the raw baseline has no TLS client, HTTP, validation, policy, crypto or state writes"]
     tp = r.throughput
+    busy = [c.other_busy for c in (tp.cpu if tp else None, r.raw.cpu if r.raw else None)
+            if c is not None and c.other_busy is not None]
+    if busy and max(busy) >= 0.1:
+        notes.append(f"other processes kept up to {max(busy):.0%} of the cores busy during the runs: "
+                     "the figures are lower than this machine can do; run again when it is idle")
     if tp is not None:
         if tp.time_limited:
             notes.append(f"the time limit stopped the send phase after {tp.attempted} of {tp.requested}")
@@ -840,6 +873,12 @@ def _notes(r: Report) -> list[str]:
             notes.append(f"{tp.errors} send(s) failed: {tp.error_codes}; first: {tp.first_error}")
         if tp.undelivered:
             notes.append(f"{tp.undelivered} accepted message(s) not delivered before the deadline")
+        if tp.failed:
+            notes.append(f"{tp.failed} message(s) failed after acceptance (quarantined, rejected or expired)")
+    lat = r.latency
+    if lat is not None and (lat.psvn_delivered < lat.samples or lat.raw_consumed < lat.samples):
+        notes.append(f"latency run incomplete: psvn {lat.psvn_delivered}/{lat.samples}, "
+                     f"raw {lat.raw_consumed}/{lat.samples} (send failures or the time limit)")
     return notes
 
 
@@ -883,66 +922,69 @@ def _n(x: float | int | None, unit: str = "") -> str:
     return f"{x:,.0f}{unit}"
 
 
-def _ms(p: Percentiles) -> tuple[str, str]:
-    return _n(p.p50_ms), _n(p.p99_ms)
-
-
 def _x(r: float | None) -> str:
-    return "-" if r is None else (f"{r:.3f}x" if r < 1 else f"{r:.1f}x")
+    """Rates as a share of the baseline's, latencies as a multiple of it."""
+    return "-" if r is None else (f"{r:.1%}" if r < 1 else f"{r:.1f}x")
+
+
+def _pp(p: Percentiles) -> str:
+    return f"{_n(p.p50_ms)} / {_n(p.p99_ms)}"
 
 
 def format_report(r: Report) -> str:
+    """The human table: psvn and the raw baseline side by side, ratios, counts, local figures."""
     tp, raw, lat = r.throughput, r.raw, r.latency
     env = r.environment
+    row = "  {:<42}{:>16}{:>16}{:>10}"
     lines = [
-        f"psvn bench: {MESSAGE_TYPE} ({r.payload_bytes:,} bytes) {r.sender} -> {r.recipient} through the devnet "
-        f"at {env.get('devnet')}",
+        f"psvn bench: {MESSAGE_TYPE} ({r.payload_bytes:,} bytes of FHIR R4 JSON), {r.sender} -> {r.recipient}, "
+        f"devnet {env.get('devnet')}{' (temporary)' if env.get('temporary_devnet') else ''}",
         f"  {env.get('cpus')} CPUs, Python {env.get('python')} ({env.get('event_loop')}), nats-server "
-        f"{env.get('nats_server')}, nats-py {env.get('nats_py')}; SDK concurrency {r.concurrency}; "
-        f"warm-up {r.warmup}",
+        f"{env.get('nats_server')}, nats-py {env.get('nats_py')}, httpx {env.get('httpx')}; warm-up {r.warmup}",
         "",
     ]
-    row = "  {:<44} {:>12} {:>14} {:>10}"
     if tp is not None and raw is not None:
-        lines += [f"throughput: {tp.requested:,} messages, all in flight",
-                  row.format("", "psvn", "raw JetStream", "psvn/raw"),
-                  row.format("accepted (202) / publish acked   msg/s", _n(tp.accept_per_s), _n(raw.publish_per_s),
-                             _x(r.ratios.accept_vs_publish)),
-                  row.format("in trust mailbox / consumed      msg/s", _n(tp.deliver_per_s), _n(raw.consume_per_s),
-                             _x(r.ratios.delivery_vs_consume)),
-                  row.format("sender status delivered          msg/s", _n(tp.sender_delivered_per_s), "", ""),
-                  row.format("send call / publish->ack     p50 / p99 ms", " / ".join(_ms(tp.send_call)),
-                             " / ".join(_ms(raw.publish_ack)), ""),
-                  row.format("send -> mailbox / ->consumer p50 / p99 ms", " / ".join(_ms(tp.to_mailbox)),
-                             " / ".join(_ms(raw.to_consumer)), ""),
-                  row.format("send -> sender sees delivered p50 / p99 ms", " / ".join(_ms(tp.to_sender_delivered)),
-                             "", "")]
-        lines += [line for line in (_format_cpu("psvn", tp.cpu), _format_cpu("raw", raw.cpu)) if line]
+        lines += [
+            f"throughput: {tp.requested:,} messages, {r.concurrency} SDK sends in flight "
+            "(raw: all publishes in flight)",
+            row.format("", "psvn", "raw JetStream", "psvn/raw"),
+            row.format("accepted (202) | publish acked      msg/s", _n(tp.accept_per_s), _n(raw.publish_per_s),
+                       _x(r.ratios.accept_vs_publish)),
+            row.format("in mailbox | consumed               msg/s", _n(tp.deliver_per_s), _n(raw.consume_per_s),
+                       _x(r.ratios.delivery_vs_consume)),
+            row.format("sender sees delivered               msg/s", _n(tp.sender_delivered_per_s), "", ""),
+            row.format("send call | publish->ack     p50/p99 ms", _pp(tp.send_call), _pp(raw.publish_ack), ""),
+            row.format("send->mailbox | ->consumed   p50/p99 ms", _pp(tp.to_mailbox), _pp(raw.to_consumer), ""),
+            row.format("send->sender sees delivered  p50/p99 ms", _pp(tp.to_sender_delivered), "", ""),
+        ]
+        lines += [line for line in (_format_cpu("psvn", tp.cpu), _format_cpu("raw ", raw.cpu)) if line]
         lines.append("")
     if lat is not None and lat.samples:
-        lines += [f"latency: {lat.samples} messages one at a time",
-                  row.format("", "psvn", "raw JetStream", "psvn/raw"),
-                  row.format("send call / publish->ack     p50 ms", _ms(lat.psvn_send_call)[0],
-                             _ms(lat.raw_publish_ack)[0], ""),
-                  row.format("send -> mailbox / ->consumer p50 ms", _ms(lat.psvn_to_mailbox)[0],
-                             _ms(lat.raw_to_consumer)[0], _x(r.ratios.latency_p50)),
-                  row.format("send -> mailbox / ->consumer p99 ms", _ms(lat.psvn_to_mailbox)[1],
-                             _ms(lat.raw_to_consumer)[1], _x(r.ratios.latency_p99)),
-                  row.format("send -> sender sees delivered p50 / p99 ms",
-                             " / ".join(_ms(lat.psvn_to_sender_delivered)), "", ""),
-                  ""]
+        lines += [
+            f"latency: {lat.samples} messages one at a time (no queueing)",
+            row.format("", "psvn", "raw JetStream", "psvn/raw"),
+            row.format("send call | publish->ack     p50/p99 ms", _pp(lat.psvn_send_call), _pp(lat.raw_publish_ack),
+                       ""),
+            row.format("send->mailbox | ->consumed       p50 ms", _n(lat.psvn_to_mailbox.p50_ms),
+                       _n(lat.raw_to_consumer.p50_ms), _x(r.ratios.latency_p50)),
+            row.format("send->mailbox | ->consumed       p99 ms", _n(lat.psvn_to_mailbox.p99_ms),
+                       _n(lat.raw_to_consumer.p99_ms), _x(r.ratios.latency_p99)),
+            row.format("send->sender sees delivered  p50/p99 ms", _pp(lat.psvn_to_sender_delivered), "", ""),
+            "",
+        ]
     if tp is not None and raw is not None:
-        lines += [f"counts: psvn requested {tp.requested}, accepted {tp.accepted}, failed sends {tp.errors}, "
-                  f"in mailbox {tp.in_mailbox}, sender delivered {tp.sender_delivered} (SDK read-back "
-                  f"{tp.verified_delivered}), failed {tp.failed}, undelivered {tp.undelivered}",
-                  f"        raw published {raw.published}, acked {raw.acked}, consumed {raw.consumed}, "
-                  f"errors {raw.errors}"]
+        lines += [f"counts: psvn {tp.accepted}/{tp.requested} accepted ({tp.errors} failed sends), "
+                  f"{tp.in_mailbox} in the mailbox, {tp.sender_delivered} delivered at the sender "
+                  f"({tp.verified_delivered} confirmed through the SDK), {tp.failed} failed, "
+                  f"{tp.undelivered} undelivered",
+                  f"        raw {raw.published} published, {raw.acked} acked, {raw.consumed} consumed, "
+                  f"{raw.errors} errors"]
         if lat is not None and lat.samples:
-            lines.append(f"        latency run: psvn delivered {lat.psvn_delivered}/{lat.samples}, "
-                         f"raw consumed {lat.raw_consumed}/{lat.samples}")
+            lines.append(f"        latency run: psvn {lat.psvn_delivered}/{lat.samples} delivered, "
+                         f"raw {lat.raw_consumed}/{lat.samples} consumed")
         lines.append("")
     if r.local:
-        lines.append("local, one core, no network")
+        lines.append("local figures: one core, no network")
         for f in r.local:
             lines += _format_local(f)
         lines.append("")
@@ -956,9 +998,10 @@ def format_report(r: Report) -> str:
 def _format_cpu(label: str, cpu: CpuUse | None) -> str | None:
     if cpu is None:
         return None
-    parts = ", ".join(f"{k} {v:.2f}" for k, v in cpu.ms_per_msg.items() if k != "total")
-    return (f"  CPU ms per message, {label}: {parts} = {cpu.ms_per_msg.get('total', 0):.2f} "
-            f"(all cores {cpu.busy:.0%} busy)")
+    parts = " + ".join(f"{k} {v:.2f}" for k, v in cpu.ms_per_msg.items() if k != "total" and v >= 0.005)
+    other = f"; other processes {cpu.other_busy:.0%}" if cpu.other_busy is not None else ""
+    return (f"  CPU ms/message, {label}: {parts} = {cpu.ms_per_msg.get('total', 0):.2f} "
+            f"(cores {cpu.busy:.0%} busy with it{other})")
 
 
 def _format_local(f: LocalFigure) -> list[str]:
