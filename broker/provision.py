@@ -26,6 +26,7 @@ from broker import registry
 from broker.subjects import (
     AUDIT_STREAM,
     AUDIT_SUBJECTS,
+    CONSENT_BUCKET,
     CONSUMER,
     POLICY_BUCKET,
     POLICY_KEY,
@@ -61,6 +62,7 @@ async def _kv(js: JetStreamContext, bucket: str, *, history: int, replicas: int,
 async def provision_network(js: JetStreamContext, *, replicas: int = 1) -> None:
     await registry.ensure_bucket(js, replicas=replicas)
     await _kv(js, POLICY_BUCKET, history=64, replicas=replicas)
+    await _kv(js, CONSENT_BUCKET, history=1, replicas=replicas)
     await _ensure_stream(js, StreamConfig(name=AUDIT_STREAM, subjects=[AUDIT_SUBJECTS],
                                           retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
                                           num_replicas=replicas, max_age=365 * DAY))

@@ -11,6 +11,8 @@ from psvn.addresses import token
 REGISTRY_BUCKET = "psvn_registry"
 POLICY_BUCKET = "psvn_policy"
 POLICY_KEY = "current"
+CONSENT_BUCKET = "psvn_consent"
+OPERATOR = "psvn:operator"  # the network operator's own gateway (records consent network-wide)
 AUDIT_STREAM = "AUDIT"
 AUDIT_SUBJECTS = "psvn.audit.>"
 CONSUMER = "gw"
@@ -65,7 +67,9 @@ def gateway_permissions(org: str) -> dict[str, dict[str, list[str]]]:
         f"$JS.API.CONSUMER.DELETE.KV_{state}.>",
         f"$JS.API.CONSUMER.INFO.KV_{state}.>",
     ]
-    for bucket in (REGISTRY_BUCKET, POLICY_BUCKET):  # read and watch only
+    if org == OPERATOR:
+        publish.append(f"$KV.{CONSENT_BUCKET}.>")
+    for bucket in (REGISTRY_BUCKET, POLICY_BUCKET, CONSENT_BUCKET):  # read and watch only
         publish += [
             f"$JS.API.STREAM.INFO.KV_{bucket}",
             f"$JS.API.DIRECT.GET.KV_{bucket}.>",

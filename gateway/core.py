@@ -21,6 +21,7 @@ from broker.subjects import msg_subject, rcpt_subject
 from certs.pki import ed25519_public, x25519_public
 from gateway import seal
 from gateway.policy import PolicySnapshot
+from policies.consent import ConsentRegistry
 from policies.engine import Decision, DecisionRequest
 from psvn import addresses
 from psvn.envelope import (
@@ -80,12 +81,14 @@ def _with_id(exc: PsvnError, message_id: str) -> PsvnError:
 
 
 def decide(snap: PolicySnapshot, env_like: Envelope | SendRequest, *, sender: str, sender_type: str,
-           recipient: str, recipient_type: str, direction: str) -> Decision:
+           recipient: str, recipient_type: str, direction: str,
+           consent: ConsentRegistry | None = None) -> Decision:
     _, mailbox = addresses.parse(env_like.to)
     return snap.engine.decide(DecisionRequest(
         sender=sender, sender_type=sender_type, recipient=recipient, recipient_type=recipient_type,
         type=env_like.type, purpose=env_like.purpose, classification=env_like.classification,
-        mailbox=mailbox, subject=env_like.subject, direction=direction))  # type: ignore[arg-type]
+        mailbox=mailbox, subject=env_like.subject, direction=direction),  # type: ignore[arg-type]
+        consent=consent)
 
 
 def policy_denied(decision: Decision, message_id: str, direction: str) -> PsvnError:
@@ -105,7 +108,8 @@ def validate_payload(snap: PolicySnapshot, type_: str, body: bytes, message_id: 
 
 
 def prepare_send(req: SendRequest, *, me: Identity, system: str | None, snap: PolicySnapshot,
-                 registry: RegistryView, message_id: str, now: datetime | None = None) -> Outgoing:
+                 registry: RegistryView, message_id: str, now: datetime | None = None,
+                 consent: ConsentRegistry | None = None) -> Outgoing:
     try:
         check_request(req)
         recipient_org, _ = addresses.parse(req.to)
@@ -114,7 +118,7 @@ def prepare_send(req: SendRequest, *, me: Identity, system: str | None, snap: Po
         body = payload_bytes(req.payload)
         validate_payload(snap, req.type, body, message_id)
         decision = decide(snap, req, sender=me.org, sender_type=me.member_type, recipient=recipient_org,
-                          recipient_type=recipient.type, direction="egress")
+                          recipient_type=recipient.type, direction="egress", consent=consent)
     except PsvnError as exc:
         raise _with_id(exc, message_id) from None
     if not decision.allow:
@@ -138,7 +142,8 @@ def sender_from_subject(subject: str, me: Identity, kind: str) -> str:
 
 
 def open_incoming(data: bytes, *, subject: str, message_id: str, me: Identity, registry: RegistryView,
-                  snap: PolicySnapshot, now: datetime | None = None, checks: bool = True) -> Incoming:
+                  snap: PolicySnapshot, now: datetime | None = None, checks: bool = True,
+                  consent: ConsentRegistry | None = None) -> Incoming:
     """Open and verify a message; with ``checks`` (on first receipt) also expiry, payload and policy."""
     decision = Decision(allow=True, rule_ids=[], reason="previously delivered", policy_version=snap.version)
     try:
@@ -169,7 +174,7 @@ def open_incoming(data: bytes, *, subject: str, message_id: str, me: Identity, r
                 raise PsvnError(Code.EXPIRED, f"message expired at {env.expires}", field="expires", rule="expiry")
             validate_payload(snap, env.type, inner.payload, message_id)
             decision = decide(snap, env, sender=sender_org, sender_type=sender.type, recipient=me.org,
-                              recipient_type=me.member_type, direction="ingress")
+                              recipient_type=me.member_type, direction="ingress", consent=consent)
     except PsvnError as exc:
         raise _with_id(exc, message_id) from None
     if not decision.allow:

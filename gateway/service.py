@@ -31,9 +31,11 @@ from broker.subjects import CONSUMER, audit_subject, inbox_prefix, inbox_stream
 from certs import pki, tls
 from gateway import core
 from gateway.config import GatewayConfig
+from gateway.consent import OPERATOR_TYPE, ConsentView
 from gateway.metrics import Metrics
 from gateway.policy import PolicyHolder, PolicySnapshot
 from gateway.store import HistoryEntry, InRecord, OutRecord, StateStore, idem_key
+from policies.consent import TYPE as CONSENT_TYPE
 from psvn.envelope import Envelope, SendRequest, new_message_id, now_rfc3339
 from psvn.errors import Code, PsvnError
 from psvn.lifecycle import State
@@ -65,6 +67,7 @@ class Gateway:
         self.registry = RegistryView()
         self.policy = PolicyHolder(authority, on_change=self.metrics.policy_version.set)
         self.store = StateStore(self.org)
+        self.consent = ConsentView(self.registry)
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
         self._consumer: asyncio.Task[None] | None = None
@@ -107,6 +110,7 @@ class Gateway:
         self.registry.lookup(self.org, field="gateway.org", require_active=False)
         await self.policy.start(self.js)
         await self.store.start(self.js)
+        await self.consent.start(self.js)
         psub = await self.js.pull_subscribe_bind(CONSUMER, stream=inbox_stream(self.org))
         self._consumer = asyncio.create_task(self._consume(psub), name=f"consume {self.org}")
         log.info("gateway started", org=self.org, policy_version=self.policy.version)
@@ -117,7 +121,7 @@ class Gateway:
             self._consumer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._consumer
-        for part in (self.store, self.policy, self.registry):
+        for part in (self.consent, self.store, self.policy, self.registry):
             await part.stop()
         if self.nc is not None:
             # close, not drain: consumption has stopped, and anything fetched but not acked is
@@ -159,7 +163,8 @@ class Gateway:
                 return prior, False
         try:
             out = core.prepare_send(req, me=self.identity, system=system, snap=self.snapshot,
-                                    registry=self.registry, message_id=message_id, now=self.clock())
+                                    registry=self.registry, message_id=message_id, now=self.clock(),
+                                    consent=self.consent.consent)
         except PsvnError as exc:
             self.metrics.rejected.labels(exc.code.value).inc()
             if exc.code is Code.POLICY_DENIED:
@@ -311,7 +316,8 @@ class Gateway:
         received = now_rfc3339(self.clock())
         try:
             inc = core.open_incoming(msg.data, subject=msg.subject, message_id=msg_id, me=self.identity,
-                                     registry=self.registry, snap=self.snapshot, now=self.clock())
+                                     registry=self.registry, snap=self.snapshot, now=self.clock(),
+                                     consent=self.consent.consent)
         except PsvnError as exc:
             await self._quarantine(msg, msg_id, seq, exc, received)
             return
@@ -327,6 +333,15 @@ class Gateway:
                          purpose=env.purpose, classification=env.classification, rule_ids=inc.decision.rule_ids,
                          policy_version=inc.decision.policy_version, direction="ingress")
         log.info("message delivered", message_id=env.id, source=env.source, type=env.type)
+        if env.type == CONSENT_TYPE and self.identity.member_type == OPERATOR_TYPE and inc.sender.type == "pds":
+            await self._record_consent(env.id, env.sender_org, inc.payload)
+
+    async def _record_consent(self, message_id: str, issuer: str, payload: bytes) -> None:
+        """Operator gateway: make the change take effect network-wide, then acknowledge it."""
+        changed = await self.consent.record(payload, issuer=issuer, message_id=message_id, operator=self.org,
+                                            key=self.signing_key)
+        await self.audit("consent-recorded", message_id=message_id, source=issuer, changed=changed)
+        await self.ack(message_id)
 
     async def _quarantine(self, msg: Msg, msg_id: str, seq: int, exc: PsvnError, received: str) -> None:
         sender_tok = msg.subject.split(".")[-1]

@@ -40,6 +40,12 @@ EXAMPLE_MEMBERS: tuple[MemberSpec, ...] = (
     MemberSpec("ods:RYR", "University Hospitals Sussex NHS Foundation Trust", "nhs-trust", "pas"),
     MemberSpec("ods:G81001", "The Lawns Surgery (GP practice)", "gp", "clinical-system"),
 )
+# The network operator's own gateway (records consent network-wide) and an example personal
+# data store acting for citizens: with these the devnet shows consent end to end.
+OPERATOR_MEMBER = MemberSpec("psvn:operator", "psvn network operator", "operator", "console")
+PDS_MEMBER = MemberSpec("pds:brighton-citizens", "Brighton citizens' personal data store (example)", "pds",
+                        "consent-app")
+DEVNET_MEMBERS: tuple[MemberSpec, ...] = (*EXAMPLE_MEMBERS, OPERATOR_MEMBER, PDS_MEMBER)
 
 
 @dataclass
@@ -225,7 +231,7 @@ def _wait_gateway(layout: Layout, g: GatewayProcess, process: subprocess.Popen[b
     raise RuntimeError(f"gateway {g.org} not healthy after {timeout}s: {last}")
 
 
-def up(layout: Layout, members: tuple[MemberSpec, ...] = EXAMPLE_MEMBERS, *, base_port: int = BASE_PORT,
+def up(layout: Layout, members: tuple[MemberSpec, ...] = DEVNET_MEMBERS, *, base_port: int = BASE_PORT,
        timeout: float = 60.0, listen_host: str = "127.0.0.1") -> DevnetState:
     """Bring up nats-server and one gateway process per member; idempotent PKI and backbone."""
     import asyncio

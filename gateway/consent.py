@@ -1,0 +1,134 @@
+"""Consent, network-wide: a citizen's opt-outs reach every gateway within moments.
+
+A personal data store (``pds`` member) sends a ``psvn.consent-change`` message to the network
+operator's gateway. That gateway, having opened, verified, validated and policy-checked it like
+any message, records it in the ``psvn_consent`` KV bucket, signed with its own key; every gateway
+watches the bucket, verifies the operator's signature against the registry, and feeds the change
+to its :class:`~policies.consent.ConsentRegistry`, which the engine consults at egress and ingress.
+Changes carry a per-subject sequence, so order and duplicates do not matter.
+
+Known limit: the bucket's entries name the subject (e.g. an NHS number) and the purposes opted
+out of, so the backbone operator can read them; payloads of messages stay sealed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from typing import Any
+
+import msgspec
+import structlog
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nats.js import JetStreamContext
+
+from broker.registry import RegistryView
+from broker.subjects import CONSENT_BUCKET
+from certs.pki import ed25519_public
+from policies.consent import ConsentChange, ConsentRegistry
+from psvn.errors import Code, PsvnError
+
+log = structlog.get_logger("psvn.gateway.consent")
+OPERATOR_TYPE = "operator"
+
+
+class SignedConsent(msgspec.Struct, kw_only=True, frozen=True):
+    payload: bytes  # the consent-change payload as the pds sent it
+    issuer: str  # the pds member that sent it (from the verified envelope)
+    message_id: str
+    recorded_by: str  # the operator gateway's organisation
+    signature: bytes
+
+
+def _signed_bytes(payload: bytes, issuer: str, message_id: str, recorded_by: str) -> bytes:
+    return b"psvn-consent-v1\x00" + msgspec.msgpack.encode([payload, issuer, message_id, recorded_by])
+
+
+def key_for(subject: str) -> str:
+    return "c." + hashlib.sha256(subject.encode()).hexdigest()
+
+
+def sign_record(change_payload: bytes, *, issuer: str, message_id: str, operator: str,
+                key: Ed25519PrivateKey) -> SignedConsent:
+    sig = key.sign(_signed_bytes(change_payload, issuer, message_id, operator))
+    return SignedConsent(payload=change_payload, issuer=issuer, message_id=message_id, recorded_by=operator,
+                         signature=sig)
+
+
+def verify_record(rec: SignedConsent, registry: RegistryView) -> ConsentChange:
+    """Only the operator may record consent, and only as sent by an active pds member."""
+    op = registry.lookup(rec.recorded_by, field="recorded_by")
+    if op.type != OPERATOR_TYPE:
+        raise PsvnError(Code.FORBIDDEN, f"{rec.recorded_by} is not the network operator", rule="consent-recorder")
+    issuer = registry.lookup(rec.issuer, field="issuer")
+    if issuer.type != "pds":
+        raise PsvnError(Code.FORBIDDEN, f"{rec.issuer} is not a personal data store", rule="consent-issuer")
+    try:
+        ed25519_public(op.sign_key).verify(rec.signature, _signed_bytes(rec.payload, rec.issuer, rec.message_id,
+                                                                        rec.recorded_by))
+    except InvalidSignature as exc:
+        raise PsvnError(Code.SIGNATURE_INVALID, "consent record signature does not verify",
+                        rule="consent-signature", message_id=rec.message_id) from exc
+    return ConsentChange.from_payload(rec.payload, issuer=rec.issuer)
+
+
+class ConsentView:
+    """A gateway's live copy of the network's consent records."""
+
+    def __init__(self, registry: RegistryView) -> None:
+        self.members = registry
+        self.consent = ConsentRegistry()
+        self.refused: list[tuple[str, str]] = []
+        self.ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._watcher: Any = None
+        self._js: JetStreamContext | None = None
+
+    def offer(self, key: str, value: bytes) -> bool:
+        try:
+            rec = msgspec.msgpack.decode(value, type=SignedConsent)
+            change = verify_record(rec, self.members)
+        except (msgspec.DecodeError, PsvnError) as exc:
+            reason = exc.detail if isinstance(exc, PsvnError) else str(exc)
+            self.refused.append((key, reason))
+            log.error("consent record refused", key=key, reason=reason)
+            return False
+        return self.consent.apply(change)
+
+    async def start(self, js: JetStreamContext, *, timeout: float = 10.0) -> None:
+        self._js = js
+        kv = await js.key_value(CONSENT_BUCKET)
+        self._watcher = await kv.watchall()
+
+        async def run() -> None:
+            async for entry in self._watcher:
+                if entry is None:
+                    self.ready.set()
+                elif entry.value and entry.operation not in ("DEL", "PURGE"):
+                    self.offer(entry.key, entry.value)
+
+        self._task = asyncio.create_task(run(), name="consent-watch")
+        await asyncio.wait_for(self.ready.wait(), timeout)
+
+    async def record(self, change_payload: bytes, *, issuer: str, message_id: str, operator: str,
+                     key: Ed25519PrivateKey) -> bool:
+        """Operator only: make a verified consent change take effect network-wide."""
+        change = ConsentChange.from_payload(change_payload, issuer=issuer)
+        rec = sign_record(change_payload, issuer=issuer, message_id=message_id, operator=operator, key=key)
+        if not self.consent.apply(change):
+            return False  # a duplicate or an older change: the newer one stays
+        assert self._js is not None
+        kv = await self._js.key_value(CONSENT_BUCKET)
+        await kv.put(key_for(change.subject), msgspec.msgpack.encode(rec))
+        return True
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
