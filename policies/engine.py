@@ -449,6 +449,10 @@ class Engine:
                 self._region_of[m] = self._region_of.get(m, frozenset()) | {name}
         self._cache: dict[tuple[Any, ...], Decision] = {}
         self._legal_cache: dict[tuple[str, str], _Verdict] = {}
+        self._slice_cache: dict[tuple[Any, ...], list[_Compiled]] = {}
+        self._subject_cache: dict[tuple[str, str], Decision | None] = {}
+        self._class_cache: dict[tuple[Any, ...], _Verdict] = {}
+        self._needs_subject = any(r.require_subject for r in p.consent if r.effect == "honour")
         self._consent_cache: dict[tuple[str, str], tuple[list[ConsentRule], list[ConsentRule]]] = {}
 
     @classmethod
@@ -470,7 +474,7 @@ class Engine:
         """Allow or deny ``req``; ``consent`` holds the network's recorded opt-outs, if any."""
         key = (req.action, req.sender, req.sender_type, req.recipient, req.recipient_type,
                req.mailbox, req.type, req.purpose, req.classification, req.topic,
-               req.sender_region, req.recipient_region, req.subject is None)
+               req.sender_region, req.recipient_region)
         base = self._cache.get(key)
         if base is None:
             base = self._compute(req, None)
@@ -479,6 +483,10 @@ class Engine:
             self._cache[key] = base
         if not base.allow:
             return base
+        if req.subject is None and self._needs_subject and req.action != "publish":
+            missing = self._subject_required(req)
+            if missing is not None:
+                return missing
         if consent is not None and req.subject is not None:
             blocked = self._consent_check(req, consent, base, None)
             if blocked is not None:
@@ -575,6 +583,8 @@ class Engine:
                           ("classification", self._stage_classification),
                           ("routing" if req.action == "send" else "feed", self._stage_route),
                           ("consent", self._stage_subject)):
+            if trace is None and fn == self._stage_subject:
+                continue  # decide() applies it after the memoised part (it varies per message)
             verdict = fn(req, recipient, mailbox, trace)
             stages.append((stage, verdict))
             if not verdict.ok and first_fail is None:
@@ -655,6 +665,20 @@ class Engine:
                               trace: list[Step] | None) -> _Verdict:
         if not self._classification:
             return _Verdict(True, [])
+        if trace is None:
+            key = (recipient, req.recipient_type, mailbox, req.classification,
+                   req.recipient_region, req.action == "publish")
+            hit = self._class_cache.get(key)
+            if hit is None:
+                hit = self._classification_verdict(req, recipient, mailbox, None)
+                if len(self._class_cache) >= _CACHE_MAX:
+                    self._class_cache.clear()
+                self._class_cache[key] = hit
+            return hit
+        return self._classification_verdict(req, recipient, mailbox, trace)
+
+    def _classification_verdict(self, req: DecisionRequest, recipient: str, mailbox: str | None,
+                                trace: list[Step] | None) -> _Verdict:
         level = req.classification
         rules = [(r, party) for r, party in self._classification if r.level == level]
         if req.action == "publish":
@@ -764,7 +788,7 @@ class Engine:
                      trace: list[Step] | None) -> _Verdict:
         send = req.action == "send"
         stage = "routing" if send else "feed"
-        rules = self._routing if send else self._feeds
+        rules = (self._routing if send else self._feeds) if trace is not None else self._slice(req)
         audience = None
         if req.action != "publish":
             audience = self._explicit.get(req.recipient_type)
@@ -827,6 +851,30 @@ class Engine:
         return _Verdict(False, [DEFAULT_DENY],
                         f"no {'rule' if send else 'feed rule'} permits {what}{hint}")
 
+    def _slice(self, req: DecisionRequest) -> list[_Compiled]:
+        """The routing or feed rules (in order) that could match or come within one condition of
+        matching, judged on the fields other than the parties; memoised per slice."""
+        key = (req.action, req.type, req.purpose, req.classification, req.topic)
+        hit = self._slice_cache.get(key)
+        if hit is None:
+            send = req.action == "send"
+            hit = []
+            for c in self._routing if send else self._feeds:
+                assert c.types is not None and c.purposes is not None and c.classifications is not None
+                misses = (not c.purposes.match(req.purpose)) + (
+                    not c.classifications.match(req.classification))
+                if not (req.action == "subscribe" and req.type == "*"):
+                    misses += not c.types.match(req.type)
+                if not send:
+                    assert c.topics is not None
+                    misses += not c.topics.match(req.topic or "")
+                if misses == 0 or (misses == 1 and c.rule.effect == "allow"):
+                    hit.append(c)
+            if len(self._slice_cache) >= _CACHE_MAX:
+                self._slice_cache.clear()
+            self._slice_cache[key] = hit
+        return hit
+
     def _describe(self, req: DecisionRequest, recipient: str, mailbox: str | None) -> str:
         tail = f"for {req.purpose} at {req.classification}"
         if req.action == "send":
@@ -851,6 +899,16 @@ class Engine:
                 self._consent_cache.clear()
             self._consent_cache[key] = hit
         return hit
+
+    def _subject_required(self, req: DecisionRequest) -> Decision | None:
+        """The deny for a message without a subject where a consent rule needs one; memoised."""
+        key = (req.type, req.purpose)
+        if key not in self._subject_cache:
+            v = self._stage_subject(req, req.recipient, req.mailbox, None)
+            if len(self._subject_cache) >= _CACHE_MAX:
+                self._subject_cache.clear()
+            self._subject_cache[key] = None if v.ok else self._deny(v.ids, "consent", v.reason)
+        return self._subject_cache[key]
 
     def _stage_subject(self, req: DecisionRequest, recipient: str, mailbox: str | None,
                        trace: list[Step] | None) -> _Verdict:
