@@ -16,6 +16,7 @@ class GatewaySection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     listen_port: int = 8443
     max_body_bytes: int = 2 * 1024 * 1024
     fetch_batch: int = 256
+    expiry_sweep_seconds: float = 5.0
 
 
 class TLSSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -36,7 +36,7 @@ from gateway.metrics import Metrics
 from gateway.policy import PolicyHolder, PolicySnapshot
 from gateway.store import HistoryEntry, InRecord, OutRecord, StateStore, idem_key
 from policies.consent import TYPE as CONSENT_TYPE
-from psvn.envelope import Envelope, SendRequest, new_message_id, now_rfc3339
+from psvn.envelope import Envelope, SendRequest, new_message_id, now_rfc3339, parse_time
 from psvn.errors import Code, PsvnError
 from psvn.lifecycle import State
 
@@ -71,6 +71,7 @@ class Gateway:
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
         self._consumer: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._stopping = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -113,14 +114,16 @@ class Gateway:
         await self.consent.start(self.js)
         psub = await self.js.pull_subscribe_bind(CONSUMER, stream=inbox_stream(self.org))
         self._consumer = asyncio.create_task(self._consume(psub), name=f"consume {self.org}")
+        self._sweeper = asyncio.create_task(self._sweep_expired(), name=f"expiry {self.org}")
         log.info("gateway started", org=self.org, policy_version=self.policy.version)
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._consumer is not None:
-            self._consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._consumer
+        for task in (self._consumer, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         for part in (self.consent, self.store, self.policy, self.registry):
             await part.stop()
         if self.nc is not None:
@@ -180,7 +183,7 @@ class Gateway:
         now = now_rfc3339(self.clock())
         rec = OutRecord(id=message_id, to=req.to, type=req.type, status=State.ACCEPTED.value, created=now,
                         history=[HistoryEntry(status=State.ACCEPTED.value, time=now)],
-                        rule_ids=out.decision.rule_ids, request_hash=request_hash)
+                        rule_ids=out.decision.rule_ids, request_hash=request_hash, expires=out.envelope.expires)
         try:
             await self.store.put_out(rec)
         except Exception as exc:
@@ -216,6 +219,20 @@ class Gateway:
                                     rule="publish-ack", message_id=msg_id) from exc
                 await asyncio.sleep(delay)
                 delay *= 2
+
+    async def _sweep_expired(self) -> None:
+        """Sent messages not delivered by their expiry become ``expired`` (the sender is told)."""
+        while not self._stopping:
+            await asyncio.sleep(self.config.gateway.expiry_sweep_seconds)
+            now = self.clock()
+            for rec in list(self.store.out.values()):
+                if rec.expires and rec.status in (State.ACCEPTED.value, State.SENT.value) \
+                        and parse_time(rec.expires) <= now:
+                    try:
+                        await self.store.move_out(rec.id, State.EXPIRED, reason=f"not delivered by {rec.expires}")
+                        await self.audit("expired", message_id=rec.id, to=rec.to, type=rec.type)
+                    except Exception as exc:  # the next sweep tries again
+                        log.warning("expiry sweep failed", message_id=rec.id, error=repr(exc))
 
     # -- status and mailbox -------------------------------------------------------------------
     def status(self, message_id: str) -> OutRecord:
@@ -358,7 +375,8 @@ class Gateway:
         await self.audit("quarantined", message_id=msg_id, source=sender_org, code=exc.code.value, rule=exc.rule,
                          policy_version=self.policy.version, direction="ingress")
         if sender_org in self.registry.members and exc.code not in (Code.DECRYPT_FAILED, Code.SIGNATURE_INVALID):
-            await self._receipt(msg_id, State.REJECTED.value, sender_org, reason=f"{exc.code.value}: {exc.detail}",
+            status = State.EXPIRED if exc.code is Code.EXPIRED else State.REJECTED
+            await self._receipt(msg_id, status.value, sender_org, reason=f"{exc.code.value}: {exc.detail}",
                                 rule_ids=exc.extra.get("rule_ids") or ([exc.rule] if exc.rule else []))
 
     async def _handle_receipt(self, msg: Msg, rid: str, seq: int) -> None:

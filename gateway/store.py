@@ -40,6 +40,7 @@ class OutRecord(msgspec.Struct, kw_only=True):
     created: str
     reason: str | None = None
     rule_ids: list[str] = msgspec.field(default_factory=list)
+    expires: str | None = None
     request_hash: str = ""
 
 

@@ -175,3 +175,14 @@ async def test_healthz_and_metrics(network: Network) -> None:
 
 def _unused(_: Path) -> None:  # keep Path import honest for type checkers
     return None
+
+
+async def test_undelivered_message_expires_for_the_sender(network: Network) -> None:
+    network.gateways[network.COUNCIL].gateway.config.gateway.expiry_sweep_seconds = 0.2
+    gp = network.gateways.pop(network.GP)
+    await gp.stop()  # the GP's gateway is down: nothing will take the message off the backbone
+    status, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(to=network.GP, ttl_seconds=1))
+    assert status == 202
+    final = await wait_status(network, network.COUNCIL, body["id"], "expired", timeout=15)
+    assert [h["status"] for h in final["history"]] == ["accepted", "sent", "expired"]
+    assert final["reason"].startswith("not delivered by")
