@@ -553,9 +553,26 @@ class PolicyAdmin:
         doc["meta"] = meta
         signed = bundle.sign(doc, self._signing_key, proposer=p.proposer, approver=p.approver,
                              published_at=published_at)
-        revision = await provision.publish_policy(self.js, signed)
+        try:
+            revision = await provision.publish_policy(self.js, signed)
+        except PsvnError as exc:
+            if exc.code is Code.POLICY_VERSION_REGRESSION:
+                raise await self._explain_regression(exc, p.version) from exc
+            raise
         log.info("policy published", proposal=p.id, version=p.version, proposer=p.proposer, approver=p.approver)
         return await self._mark_published(p, rev, publisher, published_at, revision)
+
+    async def _explain_regression(self, exc: PsvnError, version: int) -> PsvnError:
+        """publish_policy compares with the bucket's last entry; say so when gateways refuse that one."""
+        refused = [h for h in await self.history() if not h.accepted and h.version >= version]
+        if not refused:
+            return exc
+        h = refused[0]
+        return PsvnError(Code.POLICY_VERSION_REGRESSION,
+                         f"{exc.detail}; but the bucket's version {h.version} (revision {h.revision}) is one every "
+                         f"gateway refuses ({h.reason}). Investigate who wrote it; to move on, propose a version "
+                         f"above {h.version}", rule="policy-bucket-refused-entry",
+                         extra={"refused_version": h.version, "refused_revision": h.revision})
 
     async def _mark_published(self, p: Proposal, rev: int, publisher: str, published_at: str,
                               revision: int) -> Proposal:
