@@ -55,7 +55,6 @@ MESSAGE_TYPE = "fhir.r4.ServiceRequest"
 PURPOSE = "direct-care"
 CLASSIFICATION: Final = "OFFICIAL-SENSITIVE"
 NHS_NUMBER = "9434765919"  # a valid (check digit) NHS number used throughout the examples
-PORT_SPAN = 13  # devnet.up uses base_port .. base_port + 12
 
 Progress = Callable[[str], None]
 
@@ -245,9 +244,17 @@ def payload_size(payload: dict[str, Any]) -> int:
     return len(msgspec.json.encode(payload))
 
 
-def free_port_range(span: int = PORT_SPAN, *, low: int = 20000, high: int = 30000, tries: int = 200) -> int:
-    """A base port with ``span`` consecutive free loopback ports (below Linux's ephemeral range,
-    so outgoing connections are unlikely to take one meanwhile)."""
+def port_span() -> int:
+    """How many consecutive ports ``devnet.up`` uses: nats, monitoring, ..., one per gateway from +10."""
+    from psvn import devnet
+
+    return 10 + len(getattr(devnet, "DEVNET_MEMBERS", devnet.EXAMPLE_MEMBERS))
+
+
+def free_port_range(span: int | None = None, *, low: int = 20000, high: int = 30000, tries: int = 200) -> int:
+    """A base port with ``span`` (default: the devnet's) consecutive free loopback ports, below
+    Linux's ephemeral range so outgoing connections are unlikely to take one meanwhile."""
+    span = span or port_span()
     for _ in range(tries):
         base = random.randrange(low, high - span)
         socks: list[socket.socket] = []
@@ -809,6 +816,7 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
         await obs.start(nc)
         report.environment = _environment(_server_version(nc), state.nats_url, str(layout.root), started,
                                           loop_name)
+        report.environment["gateways"] = len(state.gateways)
         async with client(COUNCIL) as sender:
             warm = [service_request(900000 + i, tag) for i in range(min(opts.concurrency, opts.count))]
             say(f"warm-up: {len(warm)} messages (opens {len(warm)} TLS connections) ...")
@@ -858,7 +866,8 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
 
 
 def _notes(r: Report) -> list[str]:
-    notes = [f"all processes (nats-server, 3 gateways, this client) share {os.cpu_count()} CPU(s); "
+    notes = [f"all processes (nats-server, {r.environment.get('gateways', '?')} gateways, this client) share "
+             f"{os.cpu_count()} CPU(s); "
              "the raw baseline has no TLS client, HTTP, validation, policy, crypto or state writes"]
     tp = r.throughput
     busy = [c.other_busy for c in (tp.cpu if tp else None, r.raw.cpu if r.raw else None)
@@ -900,7 +909,7 @@ def run_with_temporary_devnet(opts: Options, *, progress: Progress | None = None
     root = Path(tempfile.mkdtemp(prefix="psvn-bench-"))
     layout = devnet.Layout(root)
     base = free_port_range()
-    say(f"starting a temporary devnet in {root} (ports {base}..{base + PORT_SPAN - 1}) ...")
+    say(f"starting a temporary devnet in {root} (ports {base}..{base + port_span() - 1}) ...")
     try:
         devnet.up(layout, base_port=base)
         try:
