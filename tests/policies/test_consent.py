@@ -118,3 +118,10 @@ def test_snapshot_round_trip_keeps_tombstones() -> None:
     assert {r.subject: r.seq for r in again} == {SUBJECT: 3, "nhs:9000000009": 9}
     assert again.blocks(SUBJECT, "direct-care") is not None
     assert not again.apply(change(8, "direct-care", subject="nhs:9000000009"))
+
+
+def test_catalogue_schema_file_is_this_schema() -> None:
+    """The catalogue's schemas/consent-change.json must not drift from the registry's SCHEMA."""
+    from policies.bundle import load_dir
+
+    assert load_dir()["schemas"]["consent-change"] == SCHEMA

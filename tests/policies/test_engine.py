@@ -356,3 +356,13 @@ def test_explain_agrees_with_decide_and_says_why_not(engine: Engine) -> None:
     assert decision == engine.decide(req, consent=reg) and not decision.allow
     honour = next(s for s in steps if s.rule_id == "consent-honour-opt-out")
     assert honour.matched and "seq 1" in honour.why
+
+
+def test_bench_reports_rates_for_the_default_policy() -> None:
+    from policies.engine_bench import bench_engine
+
+    result = bench_engine(seconds=0.05)
+    for key in ("decisions_per_s", "cold_decisions_per_s", "explain_per_s"):
+        assert result[key] > 0
+    assert result["rules"] >= 30 and result["mix_requests"] == 2000
+    assert 0.5 < result["mix_allowed_share"] < 1 and result["consent_records"] == 10_000
