@@ -579,12 +579,12 @@ class Engine:
             recipient, _, mailbox = recipient.partition("/")
         stages: list[tuple[str, _Verdict]] = []
         first_fail: tuple[str, _Verdict] | None = None
-        for stage, fn in (("legal-basis", self._stage_legal),
-                          ("classification", self._stage_classification),
-                          ("routing" if req.action == "send" else "feed", self._stage_route),
-                          ("consent", self._stage_subject)):
-            if trace is None and fn == self._stage_subject:
-                continue  # decide() applies it after the memoised part (it varies per message)
+        plan = [("legal-basis", self._stage_legal),
+                ("classification", self._stage_classification),
+                ("routing" if req.action == "send" else "feed", self._stage_route)]
+        if trace is not None:  # decide() checks the subject after the memoised part
+            plan.append(("consent", self._stage_subject))
+        for stage, fn in plan:
             verdict = fn(req, recipient, mailbox, trace)
             stages.append((stage, verdict))
             if not verdict.ok and first_fail is None:
