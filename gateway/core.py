@@ -123,6 +123,9 @@ def prepare_send(req: SendRequest, *, me: Identity, system: str | None, snap: Po
         raise _with_id(exc, message_id) from None
     if not decision.allow:
         raise policy_denied(decision, message_id, "egress")
+    if decision.max_ttl_seconds and (req.ttl_seconds is None or req.ttl_seconds > decision.max_ttl_seconds):
+        # the policy's retention rule caps how long the message may wait to be delivered
+        req = msgspec.structs.replace(req, ttl_seconds=decision.max_ttl_seconds)
     env = build(req, source=me.org, source_system=system, policy_version=snap.version,
                 datacontenttype=entry.datacontenttype, now=now, message_id=message_id)
     header = msgspec.json.encode(env)

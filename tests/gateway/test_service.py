@@ -11,6 +11,7 @@ import aiohttp
 
 from tests.conftest import Network
 
+ADT_A01 = (Path(__file__).resolve().parents[2] / "examples" / "adt_a01.hl7").read_text().replace("\n", "\r")
 REFERRAL: dict[str, Any] = {
     "resourceType": "ServiceRequest",
     "status": "active",
@@ -186,3 +187,20 @@ async def test_undelivered_message_expires_for_the_sender(network: Network) -> N
     final = await wait_status(network, network.COUNCIL, body["id"], "expired", timeout=15)
     assert [h["status"] for h in final["history"]] == ["accepted", "sent", "expired"]
     assert final["reason"].startswith("not delivered by")
+
+
+async def test_policy_caps_time_to_live(network: Network) -> None:
+    """The retention rule for hospital events allows at most 7 days' wait; a longer ttl is capped."""
+    from gateway import core
+    from psvn.envelope import SendRequest, parse_time
+
+    gw = network.gateways[network.TRUST].gateway
+    adt = ADT_A01
+    req = SendRequest(to="gss:E06000043/adult-social-care", type="hl7v2.ADT_A01", purpose="direct-care",
+                      payload=adt, ttl_seconds=30 * 86400)
+    out = core.prepare_send(req, me=gw.identity, system="pas", snap=gw.snapshot, registry=gw.registry,
+                            message_id="m-ttl")
+    assert out.decision.max_ttl_seconds == 7 * 86400
+    assert out.envelope.expires is not None
+    waited = parse_time(out.envelope.expires) - parse_time(out.envelope.time)
+    assert waited.total_seconds() == 7 * 86400
