@@ -1018,17 +1018,26 @@ def _format_local(f: LocalFigure) -> list[str]:
         return [f"  {f.name:<44} {f.note}"]
     res = f.result
     if f.name == "gateway.seal" and isinstance(res, dict):
-        b = res.get("payload_bytes")
-        return [f"  {'seal + sign (' + str(b) + ' B)':<44} {_n(res.get('seal_sign_per_s'), ' ops/s'):>16}",
-                f"  {'unseal + verify (' + str(b) + ' B)':<44} {_n(res.get('unseal_verify_per_s'), ' ops/s'):>16}"]
+        size = f"({res.get('payload_bytes', 0):,} B)"
+        return [f"  {f.name} (sign then seal, as a gateway sends; open then verify, as it receives)",
+                f"    {'seal + sign ' + size:<42} {_n(res.get('seal_sign_per_s')):>10} ops/s",
+                f"    {'unseal + verify ' + size:<42} {_n(res.get('unseal_verify_per_s')):>10} ops/s"]
     if isinstance(res, dict):
-        res = [{"case": k, "value": v} for k, v in res.items()]
+        return [f"  {f.name}", *(f"    {_label(k):<42} {_n(v) if isinstance(v, int | float) else v!s:>10}"
+                                 for k, v in res.items())]
     if isinstance(res, list):
         out = [f"  {f.name}"]
         for item in res:
             out.append("    " + _local_row(item))
         return out
     return [f"  {f.name:<44} {_n(res) if isinstance(res, int | float) else res!s:>16}"]
+
+
+def _label(key: str) -> str:
+    """``decisions_per_s`` -> ``decisions/s``, ``compile_ms`` -> ``compile ms``."""
+    if key.endswith("_per_s"):
+        return key.removesuffix("_per_s").replace("_", " ") + "/s"
+    return key.replace("_", " ")
 
 
 def _local_row(item: Any) -> str:

@@ -121,7 +121,7 @@ def test_bench_counts_add_up_and_leaves_nothing_behind(layout: devnet.Layout) ->
     doc = json.loads(bench.to_json(r))
     assert doc["throughput"]["accepted"] == COUNT and doc["raw"]["consumed"] == COUNT
     text = bench.format_report(r)
-    for needle in ("msg/s", "psvn/raw", "p50", "p99", "seal + sign", f"{COUNT}/{COUNT} accepted",
+    for needle in ("msg/s", "psvn/raw", "p50", "p99", "seal + sign (1,024 B)", f"{COUNT}/{COUNT} accepted",
                    f"{COUNT} in the mailbox", f"{COUNT} confirmed through the SDK"):
         assert needle in text
 
