@@ -17,21 +17,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "trust (ods:RYR) through a running devnet (SDK -> gateway -> JetStream -> gateway -> mailbox), then the "
         "same count of raw nats-py JetStream publishes + pull-consumes on the same nats-server as the baseline. "
         "Prints msg/s, p50/p99 latency and psvn/raw ratios, then one-core crypto (and, when built, validation "
-        "and policy-engine) figures. Bounded by --count and --time-limit.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--devnet", default=".devnet", help="state folder of a running devnet")
+        "and policy-engine) figures. Bounded by --count and --time-limit; about 25 s with the defaults.")
+    p.add_argument("--devnet", default=".devnet", help="state folder of a running devnet (default .devnet)")
     p.add_argument("--start", action="store_true",
                    help="bring up a temporary devnet (temp folder, free ports), bench it, tear it down")
-    p.add_argument("--count", type=int, default=2000, help="messages in the throughput run (and the baseline)")
-    p.add_argument("--concurrency", type=int, default=8, help="SDK sends in flight (one TLS connection each)")
+    p.add_argument("--count", type=int, default=2000,
+                   help="messages in the throughput run and in the baseline (default 2000)")
+    p.add_argument("--concurrency", type=int, default=8,
+                   help="SDK sends in flight, one TLS connection each (default 8)")
     p.add_argument("--latency-samples", type=int, default=100,
-                   help="messages sent one at a time for unloaded latency (0 skips)")
+                   help="messages sent one at a time for latency without queueing (default 100; 0 skips)")
     p.add_argument("--time-limit", type=float, default=20.0,
-                   help="seconds a send phase may take; then only what was accepted is awaited")
+                   help="seconds a send phase may take; then only what was accepted is awaited (default 20)")
     p.add_argument("--local-seconds", type=float, default=1.0,
-                   help="seconds per local (one-core) figure; 0 skips them")
+                   help="seconds per local (one-core) figure (default 1; 0 skips them)")
     p.add_argument("--keep", action="store_true",
-                   help="leave the bench messages unacknowledged in the trust's inbox (default: acknowledge them)")
+                   help="leave the bench messages unacknowledged in the trust's inbox (without it they are "
+                   "acknowledged afterwards; a --start devnet is thrown away anyway)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (progress still on stderr)")
     p.set_defaults(func=_bench)
 
