@@ -1,0 +1,79 @@
+"""The broker's console: a policy editor for compliance officers, approval and publication for
+approvers, and an overview for operators (members, the policy version each gateway enforces,
+recent audit counts).
+
+Layers: ``static/`` (views: plain HTML + JS + CSS, no build) -> ``handlers`` (JSON API, roles)
+-> ``storage`` (the backbone: policy workflow, registry, audit). Start it with :func:`start`
+(in an event loop) or :func:`run` (blocking, as ``psvn console run`` does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from broker.auth import TokenAuthority
+from broker.console.app import ConsoleServer
+from broker.console.storage import ConsoleStore
+from broker.policy_admin import load_public_key
+from certs import pki, tls
+from policies import bundle
+from psvn.errors import Code, PsvnError
+
+if TYPE_CHECKING:  # the devnet layout names the files; the broker does not depend on devnet wiring
+    from psvn.devnet import Layout
+
+DEFAULT_PORT = 14230  # devnet: nats 14222, monitor 14223, gateways 14232..
+
+__all__ = ["DEFAULT_PORT", "ConsoleServer", "ConsoleStore", "run", "start"]
+
+
+async def start(layout: Layout, *, nats_url: str, port: int = 0, host: str = "127.0.0.1",
+                policy_dir: Path = bundle.DEFAULT_DIR) -> ConsoleServer:
+    """Connect to the backbone as the broker and serve the console; ``.url`` says where."""
+    tokens = TokenAuthority.for_pki(layout.pki)
+    signing = pki.load_signing_key(layout.authority_key) if layout.authority_key.exists() else None
+    cert, key = layout.broker_cert
+    store = await ConsoleStore.open(nats_url=nats_url, tls=tls.client_context(layout.ca, cert, key),
+                                    authority_pub=load_public_key(layout.authority_pub), signing_key=signing,
+                                    policy_dir=policy_dir)
+    try:
+        return await ConsoleServer(store, tokens, host=host, port=port).start()
+    except BaseException:
+        await store.close()
+        raise
+
+
+def devnet_nats_url(layout: Layout) -> str:
+    from psvn.devnet import read_state, running
+
+    state = read_state(layout)
+    if not running(state):
+        raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"no devnet is running under {layout.root} "
+                        "(psvn devnet up)", field="--devnet", rule="devnet-running")
+    assert state is not None
+    return state.nats_url
+
+
+async def serve_forever(layout: Layout, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1",
+                        nats_url: str | None = None, on_ready: object = None) -> None:
+    server = await start(layout, nats_url=nats_url or devnet_nats_url(layout), port=port, host=host)
+    if callable(on_ready):
+        on_ready(server)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def run(layout: Layout, port: int = DEFAULT_PORT, *, host: str = "127.0.0.1", nats_url: str | None = None) -> None:
+    """Run the console for a devnet until SIGINT/SIGTERM (``psvn console run`` calls this)."""
+    asyncio.run(serve_forever(layout, port=port, host=host, nats_url=nats_url))

@@ -1,0 +1,237 @@
+"""What the console reads and writes, all on the backbone: the policy workflow, the registry,
+the audit stream and the policy bucket's watchers.
+
+Which version does each gateway enforce? A gateway watches the policy bucket through an ordered
+consumer whose deliver subject starts with its own reply prefix (``_INBOX_<org>.``). The broker
+sees every such consumer and how far the server has delivered it; the gateway then enforces the
+newest *accepted* version at or below that point (it refuses what the broker's history marks as
+refused, exactly as the history verifies it). So the overview answers from the backbone, without
+the console holding any member's credentials. The last audit event of each member (which names
+the version it decided under) is shown beside it as a second witness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import secrets
+import ssl
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nats.aio.client import Client as NATS
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from broker import policy_admin, provision
+from broker.policy_admin import Current, PolicyAdmin, Proposal
+from broker.registry import RegistryView
+from broker.subjects import AUDIT_STREAM, POLICY_BUCKET, inbox_prefix
+from policies import bundle
+from policies.lifecycle import load_suite
+from psvn.errors import Code, PsvnError
+
+log = structlog.get_logger("psvn.broker.console")
+
+AUDIT_WINDOW = 1000  # recent audit events the overview and the traffic replay read
+
+
+class EditorSource(msgspec.Struct, kw_only=True, frozen=True):
+    """What the editor starts from: the published version's rules and examples as text."""
+
+    version: int
+    proposer: str
+    approver: str
+    published_at: str
+    rules_text: str
+    tests_text: str
+    source: str  # where the text came from: "proposal p…", "folder …" or "regenerated"
+
+
+class ConsoleStore:
+    """The console's storage: one broker NATS connection and what hangs off it."""
+
+    def __init__(self, nc: NATS, admin: PolicyAdmin, registry: RegistryView, policy_dir: Path) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.admin = admin
+        self.registry = registry
+        self.policy_dir = Path(policy_dir)
+
+    @classmethod
+    async def open(cls, *, nats_url: str, tls: ssl.SSLContext, authority_pub: Ed25519PublicKey,
+                   signing_key: Ed25519PrivateKey | None, policy_dir: Path = bundle.DEFAULT_DIR) -> ConsoleStore:
+        nc = await provision.connect(nats_url, tls, name="psvn-broker console")
+        try:
+            js = nc.jetstream()
+            registry = RegistryView()
+            await registry.start(js)
+            suite = load_suite(policy_dir) if (Path(policy_dir) / "tests.toml").exists() else None
+            admin = await PolicyAdmin.open(js, authority_pub=authority_pub, signing_key=signing_key,
+                                           members=lambda: {a: m.type for a, m in registry.members.items()},
+                                           suite=suite)
+        except BaseException:
+            await nc.close()
+            raise
+        return cls(nc, admin, registry, Path(policy_dir))
+
+    async def close(self) -> None:
+        await self.registry.stop()
+        with contextlib.suppress(Exception):
+            await self.nc.close()
+
+    def member_types(self) -> dict[str, str]:
+        return {a: m.type for a, m in self.registry.members.items()}
+
+    # -- the policy text --------------------------------------------------------------------
+    async def current(self) -> Current:
+        cur = await self.admin.current()
+        if cur is None:
+            raise PsvnError(Code.NOT_FOUND, "no policy set has been published yet", rule="policy-published")
+        return cur
+
+    def _folder_text(self, name: str) -> str | None:
+        f = self.policy_dir / name
+        return f.read_text() if f.is_file() else None
+
+    async def source_for(self, cur: Current) -> EditorSource:
+        """The words behind a published version: its proposal's text, else the policy folder's
+        text if it folds to the same rules, else TOML regenerated from the document."""
+        version = cur.signed.version
+        proposal = await self.admin.latest_published_proposal(version)
+        tests = self._folder_text("tests.toml") or ""
+        rules_text: str | None = None
+        source = "regenerated"
+        if proposal is not None and proposal.rules_text is not None:
+            rules_text, source = proposal.rules_text, f"proposal {proposal.id}"
+        else:
+            folder_rules = self._folder_text("rules.toml")
+            if folder_rules is not None:
+                parsed, _ = policy_admin.parse_rules_text(folder_rules)
+                if parsed is not None and bundle.canonical(parsed) == bundle.canonical(cur.document["rules"]):
+                    rules_text, source = folder_rules, f"folder {self.policy_dir.name}"
+        if rules_text is None:
+            rules_text = policy_admin.rules_to_toml(
+                cur.document["rules"],
+                header=f"rules of published version {version}, regenerated from the signed document\n"
+                "(the text it was written in is not on record, so its comments are not shown)")
+        for p in await self.admin.proposals(status="published"):  # newest first: the latest examples
+            if p.tests_text is not None and p.version <= version:
+                tests = p.tests_text
+                break
+        return EditorSource(version=version, proposer=cur.signed.proposer, approver=cur.signed.approver,
+                            published_at=cur.signed.published_at, rules_text=rules_text, tests_text=tests,
+                            source=source)
+
+    async def editor_source(self) -> EditorSource:
+        return await self.source_for(await self.current())
+
+    async def text_of_version(self, version: int) -> str | None:
+        cur = await self.admin.current()
+        if cur is not None and cur.signed.version == version:
+            return (await self.source_for(cur)).rules_text
+        p = await self.admin.latest_published_proposal(version)
+        return p.rules_text if p is not None else None
+
+    async def rules_diff(self, p: Proposal) -> str:
+        """The proposal's rules.toml against the text of the version it was drafted on."""
+        base_text = await self.text_of_version(p.base_version) or ""
+        new_text = p.rules_text if p.rules_text is not None else policy_admin.rules_to_toml(p.document["rules"])
+        return "".join(difflib.unified_diff(base_text.splitlines(keepends=True), new_text.splitlines(keepends=True),
+                                            fromfile=f"rules.toml (version {p.base_version})",
+                                            tofile=f"rules.toml (proposal {p.id}, version {p.version})", n=3))
+
+    # -- the audit stream -------------------------------------------------------------------
+    async def recent_audit(self, limit: int = AUDIT_WINDOW) -> list[dict[str, Any]]:
+        """The last ``limit`` audit events, oldest first (a short-lived consumer, no acks)."""
+        try:
+            info = await self.js.stream_info(AUDIT_STREAM)
+        except NotFoundError:
+            return []
+        state = info.state
+        if not state.messages:
+            return []
+        start = max(state.first_seq, state.last_seq - limit + 1)
+        name = f"console-{secrets.token_hex(6)}"
+        await self.js.add_consumer(AUDIT_STREAM, ConsumerConfig(
+            name=name, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start,
+            ack_policy=AckPolicy.NONE, inactive_threshold=30.0, mem_storage=True, num_replicas=1))
+        events: list[dict[str, Any]] = []
+        try:
+            psub = await self.js.pull_subscribe_bind(stream=AUDIT_STREAM, name=name)
+            try:
+                done = False
+                while not done:
+                    try:
+                        msgs = await psub.fetch(min(256, limit), timeout=1)
+                    except (TimeoutError, NatsTimeoutError):
+                        break
+                    for m in msgs:
+                        with contextlib.suppress(msgspec.DecodeError):
+                            ev = msgspec.json.decode(m.data)
+                            if isinstance(ev, dict):
+                                events.append(ev)
+                        if m.metadata.sequence.stream >= state.last_seq:
+                            done = True
+            finally:
+                with contextlib.suppress(Exception):
+                    await psub.unsubscribe()
+        finally:
+            with contextlib.suppress(Exception):
+                await self.js.delete_consumer(AUDIT_STREAM, name)
+        return events[-limit:]
+
+    # -- gateways ---------------------------------------------------------------------------
+    async def policy_watchers(self) -> dict[str, int]:
+        """org -> the policy bucket revision the server has delivered to that gateway's watcher."""
+        try:
+            consumers = await self.js.consumers_info(f"KV_{POLICY_BUCKET}")
+        except NotFoundError:
+            return {}
+        prefixes = {inbox_prefix(org) + ".": org for org in self.registry.members}
+        out: dict[str, int] = {}
+        for c in consumers:
+            subject = c.config.deliver_subject or ""
+            org = next((o for p, o in prefixes.items() if subject.startswith(p)), None)
+            if org is not None and c.delivered is not None:
+                out[org] = max(out.get(org, 0), int(c.delivered.stream_seq or 0))
+        return out
+
+    async def overview(self) -> dict[str, Any]:
+        history, watchers, events = await asyncio.gather(self.admin.history(), self.policy_watchers(),
+                                                         self.recent_audit())
+        accepted = sorted((h.revision, h.version) for h in history if h.accepted)
+        published = accepted[-1][1] if accepted else 0
+        last_event: dict[str, dict[str, Any]] = {}
+        by_org: dict[str, Counter[str]] = defaultdict(Counter)
+        totals: Counter[str] = Counter()
+        for ev in events:
+            org, kind = str(ev.get("org", "?")), str(ev.get("event", "?"))
+            by_org[org][kind] += 1
+            totals[kind] += 1
+            if "policy_version" in ev and org in self.registry.members:
+                last_event[org] = ev
+        members = []
+        for org, m in sorted(self.registry.members.items()):
+            revision = watchers.get(org)
+            enforced = None
+            if revision is not None:
+                enforced = max((v for r, v in accepted if r <= revision), default=0)
+            ev = last_event.get(org)
+            members.append({
+                "address": org, "name": m.name, "type": m.type, "status": m.status,
+                "watching_policy": revision is not None, "policy_version": enforced,
+                "in_step": enforced == published if enforced is not None else False,
+                "last_audit_policy_version": ev.get("policy_version") if ev else None,
+                "last_audit_time": ev.get("time") if ev else None,
+                "audit_counts": dict(by_org.get(org, {})),
+            })
+        return {"published_version": published, "members": members,
+                "audit": {"window": len(events), "totals": dict(totals),
+                          "by_org": {o: dict(c) for o, c in sorted(by_org.items())}}}
