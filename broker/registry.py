@@ -6,8 +6,6 @@ new member, a rotated key or a revocation reaches every gateway within moments.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Literal
 
 import msgspec
@@ -17,6 +15,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
+from broker.kvwatch import KVFollower
 from broker.subjects import REGISTRY_BUCKET
 from psvn.addresses import token
 from psvn.errors import Code, PsvnError
@@ -60,9 +59,7 @@ class RegistryView:
 
     def __init__(self) -> None:
         self.members: dict[str, Member] = {}
-        self.ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._watcher: object | None = None
+        self._follower = KVFollower()
 
     def lookup(self, org: str, *, field: str = "to", message_id: str | None = None,
                require_active: bool = True) -> Member:
@@ -91,25 +88,7 @@ class RegistryView:
         self.members[member.address] = member
 
     async def start(self, js: JetStreamContext, *, timeout: float = 10.0) -> None:
-        kv = await js.key_value(REGISTRY_BUCKET)
-        watcher = await kv.watchall()
-        self._watcher = watcher
-
-        async def run() -> None:
-            async for entry in watcher:
-                if entry is None:
-                    self.ready.set()
-                    continue
-                self.apply(entry.key, None if entry.operation in ("DEL", "PURGE") else entry.value)
-
-        self._task = asyncio.create_task(run(), name="registry-watch")
-        await asyncio.wait_for(self.ready.wait(), timeout)
+        await self._follower.follow(js, REGISTRY_BUCKET, self.apply, timeout=timeout)
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()  # type: ignore[attr-defined]
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await self._follower.stop()

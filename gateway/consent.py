@@ -13,10 +13,7 @@ out of, so the backbone operator can read them; payloads of messages stay sealed
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
-from typing import Any
 
 import msgspec
 import structlog
@@ -24,6 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.js import JetStreamContext
 
+from broker.kvwatch import KVFollower
 from broker.registry import RegistryView
 from broker.subjects import CONSENT_BUCKET
 from certs.pki import ed25519_public
@@ -81,9 +79,7 @@ class ConsentView:
         self.members = registry
         self.consent = ConsentRegistry()
         self.refused: list[tuple[str, str]] = []
-        self.ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._watcher: Any = None
+        self._follower = KVFollower()
         self._js: JetStreamContext | None = None
 
     def offer(self, key: str, value: bytes) -> bool:
@@ -97,20 +93,13 @@ class ConsentView:
             return False
         return self.consent.apply(change)
 
+    def _apply(self, key: str, value: bytes | None) -> None:
+        if value:
+            self.offer(key, value)
+
     async def start(self, js: JetStreamContext, *, timeout: float = 10.0) -> None:
         self._js = js
-        kv = await js.key_value(CONSENT_BUCKET)
-        self._watcher = await kv.watchall()
-
-        async def run() -> None:
-            async for entry in self._watcher:
-                if entry is None:
-                    self.ready.set()
-                elif entry.value and entry.operation not in ("DEL", "PURGE"):
-                    self.offer(entry.key, entry.value)
-
-        self._task = asyncio.create_task(run(), name="consent-watch")
-        await asyncio.wait_for(self.ready.wait(), timeout)
+        await self._follower.follow(js, CONSENT_BUCKET, self._apply, timeout=timeout)
 
     async def record(self, change_payload: bytes, *, issuer: str, message_id: str, operator: str,
                      key: Ed25519PrivateKey) -> bool:
@@ -125,10 +114,4 @@ class ConsentView:
         return True
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await self._follower.stop()

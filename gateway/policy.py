@@ -8,7 +8,6 @@ with, so a reload never drops or half-applies anything.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.js import JetStreamContext
 
+from broker.kvwatch import KVFollower
 from broker.subjects import POLICY_BUCKET, POLICY_KEY
 from policies import bundle
 from policies.catalogue import Catalogue
@@ -51,8 +51,7 @@ class PolicyHolder:
         self.ready = asyncio.Event()
         self.rejected: list[tuple[int, str]] = []  # (version, reason) of refused updates
         self._on_change = on_change
-        self._task: asyncio.Task[None] | None = None
-        self._watcher: Any = None
+        self._follower = KVFollower()
 
     @property
     def version(self) -> int:
@@ -85,24 +84,14 @@ class PolicyHolder:
             log.error("policy update refused", offered_version=signed.version, enforced_version=self.version,
                       code=exc.code.value, reason=exc.detail)
 
+    def _apply(self, key: str, value: bytes | None) -> None:
+        if value:
+            self._offer(value)
+
     async def start(self, js: JetStreamContext, *, timeout: float = 10.0) -> None:
-        kv = await js.key_value(POLICY_BUCKET)
-        self._watcher = await kv.watch(POLICY_KEY)
-
-        async def run() -> None:
-            async for entry in self._watcher:
-                if entry is None or entry.value is None or entry.operation in ("DEL", "PURGE"):
-                    continue
-                self._offer(entry.value)
-
-        self._task = asyncio.create_task(run(), name="policy-watch")
-        await asyncio.wait_for(self.ready.wait(), timeout)
+        """Follow the policy key; return once a verified policy set is installed."""
+        await self._follower.follow(js, POLICY_BUCKET, self._apply, key=POLICY_KEY, ready=self.ready,
+                                    timeout=timeout)
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await self._follower.stop()

@@ -9,15 +9,14 @@ its sealed message by stream sequence.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-from typing import Any
 
 import msgspec
 import structlog
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from broker.kvwatch import KVFollower
 from broker.subjects import state_bucket
 from psvn.envelope import now_rfc3339
 from psvn.lifecycle import InvalidTransition, State, advance
@@ -73,13 +72,11 @@ class StateStore:
         self.inbox: dict[str, InRecord] = {}
         self.idem: dict[str, str] = {}
         self.kv: KeyValue | None = None
-        self.ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._watcher: Any = None
+        self._follower = KVFollower()
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _apply(self, key: str, value: bytes | None) -> None:
-        kind, _, ident = key.partition(".")
+        kind, _, ident = key.partition(".")  # deletions (value None) keep the last known record
         if kind == "out":
             if value:
                 self.out[ident] = msgspec.json.decode(value, type=OutRecord)
@@ -91,31 +88,10 @@ class StateStore:
 
     async def start(self, js: JetStreamContext, *, timeout: float = 10.0) -> None:
         self.kv = await js.key_value(state_bucket(self.org))
-        self._watcher = await self.kv.watchall()
-
-        async def run() -> None:
-            async for entry in self._watcher:
-                if entry is None:
-                    self.ready.set()
-                    continue
-                if entry.operation in ("DEL", "PURGE"):
-                    continue
-                try:
-                    self._apply(entry.key, entry.value)
-                except msgspec.DecodeError:
-                    log.error("state entry ignored: malformed", key=entry.key)
-
-        self._task = asyncio.create_task(run(), name="state-watch")
-        await asyncio.wait_for(self.ready.wait(), timeout)
+        await self._follower.follow(js, state_bucket(self.org), self._apply, timeout=timeout)
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await self._follower.stop()
 
     async def _put(self, key: str, value: bytes) -> None:
         assert self.kv is not None
