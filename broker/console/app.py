@@ -100,12 +100,17 @@ async def index(_request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
+async def favicon(_request: web.Request) -> web.Response:
+    return web.Response(status=204)
+
+
 def make_app(store: ConsoleStore, tokens: TokenAuthority) -> web.Application:
     app = web.Application(middlewares=[guard, problems], client_max_size=MAX_BODY)
     app[STORE] = store
     app[TOKENS] = tokens
     app[ALLOWED_HOSTS] = set()
     app.router.add_get("/", index)
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
     add_routes(app)
     return app

@@ -8,7 +8,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker import console
@@ -299,8 +300,17 @@ def _write_state(net: Network) -> None:
     devnet.state_path(net.layout).write_bytes(msgspec.json.encode(state))
 
 
-async def test_cli_token_and_workflow(network: Network, tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture
+def keep_log_config() -> Iterator[None]:
+    """The CLI configures structlog for its process (stderr): undo that for the tests that follow,
+    whose loggers would otherwise write to this test's closed capture stream."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+async def test_cli_token_and_workflow(network: Network, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      keep_log_config: None) -> None:
     _write_state(network)
     parser = _parser()
     root = str(network.layout.root)

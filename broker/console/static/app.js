@@ -258,17 +258,22 @@ function simulationView(r) {
     el('strong', { class: 'bad', text: `${d.counts['now-denied']} now denied` }), ', ',
     el('strong', { class: 'good', text: `${d.counts['now-allowed']} now allowed` }), ', ',
     `${d.counts['rules-changed']} decided by other rules.`));
-  if (d.groups.length) {
-    parts.push(el('table', { class: 'compact' },
-      el('thead', {}, el('tr', {}, ['Change', 'Who → whom', 'Type', 'Purpose', 'Level', 'Cases', 'Was', 'Now'].map((h) => el('th', { text: h })))),
-      el('tbody', {}, d.groups.map((g) => el('tr', { class: g.kind },
-        el('td', { text: KIND[g.kind] }),
-        el('td', { text: `${g.action} ${g.from_type} → ${g.to || '(feed)'}${g.topic ? ` on ${g.topic}` : ''}` }),
-        el('td', { text: g.type }), el('td', { text: g.purpose }), el('td', { text: g.classification }),
-        el('td', { text: String(g.count) }),
-        el('td', { text: outcome(g.example.old) }), el('td', { text: outcome(g.example.new) }))))));
-    if (d.group_count > d.groups.length) parts.push(el('p', { class: 'hint', text: `…and ${d.group_count - d.groups.length} more groups.` }));
+  const groupTable = (groups) => el('table', { class: 'compact' },
+    el('thead', {}, el('tr', {}, ['Change', 'Who → whom', 'Type', 'Purpose', 'Level', 'Cases', 'Was', 'Now'].map((h) => el('th', { text: h })))),
+    el('tbody', {}, groups.map((g) => el('tr', { class: g.kind },
+      el('td', { text: KIND[g.kind] }),
+      el('td', { text: `${g.action} ${g.from_type} → ${g.to || '(feed)'}${g.topic ? ` on ${g.topic}` : ''}` }),
+      el('td', { text: g.type }), el('td', { text: g.purpose }), el('td', { text: g.classification }),
+      el('td', { text: String(g.count) }),
+      el('td', { text: outcome(g.example.old) }), el('td', { text: outcome(g.example.new) })))));
+  const flips = d.groups.filter((g) => g.kind !== 'rules-changed');
+  const others = d.groups.filter((g) => g.kind === 'rules-changed');
+  if (flips.length) parts.push(groupTable(flips));
+  if (others.length) {
+    parts.push(el('details', {}, el('summary', { text: `Same outcome, decided by other rules (${others.length} groups shown)` }),
+      groupTable(others)));
   }
+  if (d.group_count > d.groups.length) parts.push(el('p', { class: 'hint', text: `…and ${d.group_count - d.groups.length} more groups (psvn policy diff lists them all).` }));
   parts.push(el('h4', { text: 'Recent traffic' }));
   parts.push(el('p', { id: 'traffic-summary' },
     `${t.replayed} recent decisions replayed from the audit stream (${t.events} events read`,
@@ -393,7 +398,7 @@ async function proposalAction(action, id) {
       const msg = action === 'publish'
         ? `Published version ${p.version} (proposed by ${p.proposer}, approved by ${p.approver}). Gateways reload it now.`
         : `Approved proposal ${p.id} (version ${p.version}). It can now be published.`;
-      show(target, el('p', { class: 'good', role: 'status', id: `${action}ed`, text: msg }));
+      show(target, el('p', { class: 'good', role: 'status', id: action === 'publish' ? 'published-msg' : 'approved-msg', text: msg }));
       if (action === 'publish') published = null;
     }
   } catch (err) {
