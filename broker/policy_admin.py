@@ -389,7 +389,16 @@ class PolicyAdmin:
                 version=signed.version, proposer=signed.proposer, approver=signed.approver,
                 published_at=signed.published_at, revision=entry.revision or 0, accepted=accepted,
                 reason=reason, proposal=str(approval.get("proposal", "")), digest=dig))
-        out.reverse()
+        # the policy bucket keeps the last 64 entries; older publications live on in their records
+        in_bucket = {h.version for h in out if h.accepted}
+        oldest = min(in_bucket, default=0)
+        for p in await self.proposals(status="published"):
+            if p.version not in in_bucket and p.version < oldest:
+                out.append(HistoryEntry(version=p.version, proposer=p.proposer, approver=p.approver,
+                                        published_at=p.published_at, revision=p.published_revision,
+                                        accepted=True, reason="from the proposal record (no longer in the "
+                                        "policy bucket's history)", proposal=p.id))
+        out.sort(key=lambda h: h.revision, reverse=True)
         return out
 
     async def current(self) -> Current | None:
@@ -555,6 +564,9 @@ class PolicyAdmin:
                              published_at=published_at)
         try:
             revision = await provision.publish_policy(self.js, signed)
+        except KeyWrongLastSequenceError:
+            raise _conflict(f"another version was published while {p.id} was being published; reload",
+                            "policy-published-meanwhile") from None
         except PsvnError as exc:
             if exc.code is Code.POLICY_VERSION_REGRESSION:
                 raise await self._explain_regression(exc, p.version) from exc

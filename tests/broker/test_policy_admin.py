@@ -218,6 +218,23 @@ async def test_rejected_proposal_cannot_be_approved_and_no_key_cannot_publish(ne
     assert await admin.current_version() == 1
 
 
+async def test_racing_publishers_publish_once(network: Network, admin: PolicyAdmin) -> None:
+    p = await admin.propose(next_doc(2), "alice")
+    await admin.approve(p.id, "bob")
+    nc, other = await open_admin(network)
+    try:
+        results = await asyncio.gather(admin.publish(p.id, "bob"), other.publish(p.id, "carol"),
+                                       return_exceptions=True)
+    finally:
+        await nc.close()
+    won = [r for r in results if not isinstance(r, BaseException)]
+    lost = [r for r in results if isinstance(r, BaseException)]
+    assert len(won) == 1 and len(lost) == 1, results
+    assert isinstance(lost[0], PsvnError) and lost[0].code in (Code.CONFLICT, Code.POLICY_VERSION_REGRESSION)
+    assert [h.version for h in await admin.history()] == [2, 1]
+    assert (await admin.get(p.id)).status == "published"
+
+
 def test_rules_to_toml_round_trips_the_default_rules() -> None:
     rules = bundle.load_dir(bundle.DEFAULT_DIR)["rules"]
     import tomllib
