@@ -183,6 +183,8 @@ class DevnetState(msgspec.Struct, kw_only=True):
     monitor_port: int
     gateways: dict[str, GatewayProcess]
     policy_version: int = 0
+    console_pid: int | None = None
+    console_url: str = ""
 
 
 class GatewayProcess(msgspec.Struct, kw_only=True):
@@ -263,9 +265,14 @@ def up(layout: Layout, members: tuple[MemberSpec, ...] = DEVNET_MEMBERS, *, base
                                pid=proc.pid, config=str(path))
             gateways[m.org] = g
             started.append((g, proc))
+        console_port = base_port + 8
+        console = procs.spawn([sys.executable, "-m", "psvn.cli.main", "console", "run", "--devnet", str(layout.root),
+                               "--port", str(console_port)], log=layout.root / "logs" / "console.log")
+        state.console_pid, state.console_url = console.pid, f"http://127.0.0.1:{console_port}/"
         state_path(layout).write_bytes(msgspec.json.format(msgspec.json.encode(state)))
         for g, proc in started:
             _wait_gateway(layout, g, proc, timeout)
+        procs.wait_http_ok(state.console_url, timeout=timeout, process=console)
     except BaseException:
         down(layout, state)
         raise
@@ -277,7 +284,7 @@ def down(layout: Layout, state: DevnetState | None = None) -> bool:
     state = state or read_state(layout)
     if state is None:
         return False
-    procs.stop_all([g.pid for g in state.gateways.values()])
+    procs.stop_all([g.pid for g in state.gateways.values()] + ([state.console_pid] if state.console_pid else []))
     procs.stop(state.nats_pid)
     p = state_path(layout)
     if p.exists():

@@ -22,6 +22,9 @@ Try (with .venv/bin on your PATH, e.g. `source .venv/bin/activate`):
   psvn inbox ack --as ods:RYR ID
   psvn status --as gss:E06000043 ID          (accepted -> sent -> delivered -> acknowledged)
   psvn bench                                 (end-to-end throughput vs raw nats-py)
+Console (policy editor, approvals, history, overview): {console}
+  sign in with a token:  psvn console token --user alice --role compliance-officer
+                         psvn console token --user bob --role approver
   psvn devnet status | psvn devnet down
 Logs (JSON lines): {root}/logs/   certificates: {root}/pki/   config: {root}/gateways/
 """
@@ -69,7 +72,8 @@ def _up(args: argparse.Namespace) -> int:
     print("starting psvn devnet ...", file=sys.stderr)
     state = devnet.up(layout, base_port=args.base_port, listen_host=args.listen_host)
     gws = "\n".join(f"  {g.org:<15} {g.name:<52} {g.url}  (system cert: {g.system})" for g in state.gateways.values())
-    print(NEXT_STEPS.format(nats=state.nats_url, policy=state.policy_version, gateways=gws, root=layout.root))
+    print(NEXT_STEPS.format(nats=state.nats_url, policy=state.policy_version, gateways=gws, root=layout.root,
+                            console=state.console_url))
     if args.detach:
         return 0
     stop = {"now": False}
@@ -98,6 +102,8 @@ def _status(args: argparse.Namespace) -> int:
     report = {
         "nats": {"url": state.nats_url, "pid": state.nats_pid, "alive": procs.alive(state.nats_pid)},
         "policy_version": state.policy_version,
+        "console": {"url": state.console_url, "pid": state.console_pid,
+                    "alive": bool(state.console_pid) and procs.alive(state.console_pid or 0)},
         "gateways": {g.org: {"name": g.name, "url": g.url, "pid": g.pid, "alive": procs.alive(g.pid)}
                      for g in state.gateways.values()},
     }
@@ -108,7 +114,10 @@ def _status(args: argparse.Namespace) -> int:
         print(f"nats-server  {n['url']}  pid {n['pid']}  {'up' if n['alive'] else 'DOWN'}")  # type: ignore[index]
         for org, g in report["gateways"].items():  # type: ignore[attr-defined]
             print(f"{org:<15} {g['url']}  pid {g['pid']}  {'up' if g['alive'] else 'DOWN'}  {g['name']}")
-    ok = all([procs.alive(state.nats_pid), *(procs.alive(g.pid) for g in state.gateways.values())])
+        c = report["console"]
+        print(f"console      {c['url']}  pid {c['pid']}  {'up' if c['alive'] else 'DOWN'}")  # type: ignore[index]
+    ok = all([procs.alive(state.nats_pid), *(procs.alive(g.pid) for g in state.gateways.values()),
+              bool(state.console_pid) and procs.alive(state.console_pid or 0)])
     return 0 if ok else 1
 
 

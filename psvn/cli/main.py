@@ -20,6 +20,7 @@ GROUPS = [
     "psvn.cli.policy_cmd",
     "psvn.cli.validate_cmd",
     "psvn.cli.serve_cmd",
+    "psvn.cli.console_cmd",
     "psvn.cli.bench_cmd",
 ]
 

@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "lint finds mistakes, test runs the examples kept beside it (tests.toml), explain says "
         "which rules decide a request and why, diff lists the real decisions a change alters.")
     ps = p.add_subparsers(title="policy commands", metavar="COMMAND")
+    from psvn.cli.policy_admin_cmd import add_commands
+
+    add_commands(ps)  # propose / approve / publish / reject / proposals / history (two-person rule)
 
     def usage(_args: argparse.Namespace) -> int:
         p.print_help()

@@ -90,7 +90,7 @@ def test_devnet_referral_council_to_trust(devnet_dir: Path) -> None:
 
     status = run("devnet", "--dir", str(devnet_dir), "status")
     assert [line.split()[4] for line in status.stdout.splitlines()] \
-        == ["up"] * 6
+        == ["up"] * 7
 
     run("devnet", "--dir", str(devnet_dir), "down")
     assert not any(procs.alive(p) for p in pids)
