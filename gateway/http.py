@@ -28,6 +28,9 @@ _send_decoder = msgspec.json.Decoder(SendRequest)
 
 
 def problem_response(exc: PsvnError, request: web.Request) -> web.Response:
+    """Every refusal is logged (ids and rules, never bodies) and answered as RFC 9457."""
+    log.info("request refused", method=request.method, path=request.path, status=exc.status, code=exc.code.value,
+             field=exc.field, rule=exc.rule, message_id=exc.message_id)
     return web.Response(status=exc.status, content_type=PROBLEM,
                         body=msgspec.json.encode(exc.to_problem(instance=request.path)))
 

@@ -204,3 +204,15 @@ async def test_policy_caps_time_to_live(network: Network) -> None:
     assert out.envelope.expires is not None
     waited = parse_time(out.envelope.expires) - parse_time(out.envelope.time)
     assert waited.total_seconds() == 7 * 86400
+
+
+async def test_refusals_are_logged_without_payloads(network: Network) -> None:
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        await call(network, network.COUNCIL, "POST", "/v1/messages", referral(purpose="marketing"))
+        await call(network, network.COUNCIL, "POST", "/v1/messages", raw=b"{oops")
+    refused = [e for e in logs if e["event"] == "request refused"]
+    assert [e["code"] for e in refused] == ["policy-denied", "malformed-json"]
+    assert refused[0]["message_id"] and refused[1]["field"] == "body"
+    assert "9434765919" not in repr(logs)  # the payload's NHS number never reaches the log
