@@ -116,3 +116,34 @@ def test_cli_errors_are_readable(devnet_dir: Path, tmp_path: Path) -> None:
     assert stranger.returncode == 1 and "--as" in stranger.stderr and "not a devnet member" in stranger.stderr
     again = run("devnet", "--dir", str(devnet_dir), "up", "--detach", check=False)
     assert again.returncode == 1 and "already running" in again.stderr
+
+
+def test_foreground_devnet_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    d = tmp_path / "fg"
+    proc = subprocess.Popen([*PSVN, "devnet", "--dir", str(d), "up", "--base-port", str(free_range())], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 90
+        assert proc.stdout is not None
+        seen = ""
+        while "Ctrl-C stops all of it" not in seen and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen += line
+        assert "Ctrl-C stops all of it" in seen, seen
+        state = json.loads((d / "state.json").read_text())
+        pids = [state["nats_pid"], state["console_pid"], *(g["pid"] for g in state["gateways"].values())]
+        assert all(procs.alive(p) for p in pids)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        assert not any(procs.alive(p) for p in pids)
+        assert not (d / "state.json").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            run("devnet", "--dir", str(d), "down", check=False)
