@@ -41,11 +41,22 @@ class KeysSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     policy_authority: str  # the policy authority's Ed25519 public key (PEM)
 
 
+class WebhookSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Optional push to the local system when a message is delivered (metadata only, HMAC-signed)."""
+
+    url: str
+    secret_file: str  # at least 32 bytes, mode 0600
+    ca: str | None = None  # CA for the local system's HTTPS server, if not a public one
+    attempts: int = 6
+    timeout_seconds: float = 5.0
+
+
 class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     gateway: GatewaySection
     tls: TLSSection
     nats: NatsSection
     keys: KeysSection
+    webhook: WebhookSection | None = None
 
 
 def load(path: Path | str) -> GatewayConfig:

@@ -35,6 +35,7 @@ from gateway.consent import OPERATOR_TYPE, ConsentView
 from gateway.metrics import Metrics
 from gateway.policy import PolicyHolder, PolicySnapshot
 from gateway.store import HistoryEntry, InRecord, OutRecord, StateStore, idem_key
+from gateway.webhook import WebhookPusher, load_secret
 from policies.consent import TYPE as CONSENT_TYPE
 from psvn.envelope import Envelope, SendRequest, new_message_id, now_rfc3339, parse_time
 from psvn.errors import Code, PsvnError
@@ -50,6 +51,17 @@ class Opened:
     record: InRecord
     envelope: Envelope
     payload: bytes
+
+
+def _webhook(config: GatewayConfig) -> WebhookPusher | None:
+    w = config.webhook
+    if w is None:
+        return None
+    if not (w.url.startswith("https://") or w.url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]"))):
+        raise PsvnError(Code.CONFIG_INVALID, "webhook.url: must be https:// (plain http only to loopback)",
+                        field="webhook.url", rule="webhook-https")
+    return WebhookPusher(w.url, load_secret(w.secret_file), ca=w.ca, attempts=w.attempts,
+                         timeout=w.timeout_seconds)
 
 
 class Gateway:
@@ -68,6 +80,7 @@ class Gateway:
         self.policy = PolicyHolder(authority, on_change=self.metrics.policy_version.set)
         self.store = StateStore(self.org)
         self.consent = ConsentView(self.registry)
+        self.webhook = _webhook(config)
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
         self._consumer: asyncio.Task[None] | None = None
@@ -124,6 +137,8 @@ class Gateway:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        if self.webhook is not None:
+            await self.webhook.close()
         for part in (self.consent, self.store, self.policy, self.registry):
             await part.stop()
         if self.nc is not None:
@@ -353,6 +368,10 @@ class Gateway:
                          purpose=env.purpose, classification=env.classification, rule_ids=inc.decision.rule_ids,
                          policy_version=inc.decision.policy_version, direction="ingress")
         log.info("message delivered", message_id=env.id, source=env.source, type=env.type)
+        if self.webhook is not None:
+            self.webhook.notify({"event": "message.delivered", "id": env.id, "from": env.source, "to": env.to,
+                                 "mailbox": env.mailbox, "type": env.type, "time": env.time,
+                                 "size": len(inc.payload), "href": f"/v1/inbox/{env.id}"})
         if env.type == CONSENT_TYPE and self.identity.member_type == OPERATOR_TYPE and inc.sender.type == "pds":
             await self._record_consent(env.id, env.sender_org, inc.payload)
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from broker.server import NatsServer
+from gateway.config import GatewayConfig
 from gateway.server import GatewayServer
 from psvn import devnet
 from psvn.devnet import EXAMPLE_MEMBERS, Layout, MemberSpec
@@ -48,7 +49,8 @@ class Network:
         return ctx
 
 
-async def start_network(root: Path, members: list[MemberSpec] | None = None) -> Network:
+async def start_network(root: Path, members: list[MemberSpec] | None = None, *,
+                        configure: Callable[[MemberSpec, GatewayConfig], GatewayConfig] | None = None) -> Network:
     members = list(members or EXAMPLE_MEMBERS)
     layout = Layout(root)
     devnet.make_pki(layout, members)
@@ -60,6 +62,8 @@ async def start_network(root: Path, members: list[MemberSpec] | None = None) -> 
         await devnet.provision_backbone(layout, server.url, members)
         for m in members:
             cfg = devnet.gateway_config(layout, m, nats_url=server.url, port=0)
+            if configure is not None:
+                cfg = configure(m, cfg)
             gateways[m.org] = await GatewayServer(cfg).start()
     except BaseException:
         for gw in gateways.values():
