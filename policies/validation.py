@@ -8,6 +8,12 @@ path (JSON pointer, or ``SEG-n`` for HL7 v2), a rule, a message and what was exp
 Order of work for every payload, cheapest first: size, then complexity (depth and element
 count, measured on the raw bytes without parsing), then parsing, then the standard's rules.
 The validators live in :mod:`policies.validators`; this module is the façade.
+
+Media types: a FHIR type's payload may also arrive as FHIR XML (``content_type`` one of
+:data:`XML_TYPES`); it is read into the FHIR JSON form and checked by the same rules, with the
+same paths. Any other content type (or none) means the type's own format, as before; an XML
+content type for a type whose standard psvn reads only as JSON or ER7 is a ``content-type``
+violation.
 """
 
 from __future__ import annotations
@@ -19,12 +25,22 @@ from typing import Any
 
 from policies.catalogue import Catalogue, CatalogueEntry
 from policies.validators.common import parse_json
-from policies.validators.limits import Limits, check_er7, check_json
+from policies.validators.limits import Limits, check_er7, check_json, check_xml
 from psvn.errors import Code, PsvnError, Violation
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PayloadValidator", "invalid_payload_error"]
+__all__ = ["XML_TYPES", "PayloadValidator", "invalid_payload_error", "media_type"]
+
+#: Media types that mean "FHIR XML" for a FHIR catalogue type.
+XML_TYPES: frozenset[str] = frozenset({"application/fhir+xml", "application/xml", "text/xml"})
+
+
+def media_type(content_type: str | None) -> str | None:
+    """``"application/fhir+xml; charset=utf-8"`` -> ``"application/fhir+xml"``; ``None`` stays ``None``."""
+    if not content_type:
+        return None
+    return content_type.split(";", 1)[0].strip().lower() or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +49,7 @@ class _Compiled:
     limits: Limits
     precheck: Callable[[bytes, Limits], list[Violation]]
     check: Callable[[bytes], list[Violation]]
+    xml_check: Callable[[bytes], list[Violation]] | None = None  # FHIR types: the XML form
 
 
 def _json_check(fn: Callable[[Any], list[Violation]]) -> Callable[[bytes], list[Violation]]:
@@ -77,7 +94,8 @@ class PayloadValidator:
 
                 fhir = FhirValidator(entry.resource, bundle_types=entry.bundle_types, identifier_rules=[
                     IdentifierRule(r.resource, r.element, r.system, r.label) for r in entry.identifiers])
-                return _Compiled(entry, limits, check_json, _json_check(fhir.validate))
+                return _Compiled(entry, limits, check_json, _json_check(fhir.validate),
+                                 xml_check=lambda body: fhir.validate_xml(body, limits))
             if entry.validator == "hl7v2":
                 from policies.validators.hl7v2 import Hl7v2Validator
 
@@ -115,19 +133,31 @@ class PayloadValidator:
             self.compiled(entry.type)
 
     # -- validating ------------------------------------------------------------------------------
-    def validate(self, type_: str, body: bytes) -> list[Violation]:
+    def validate(self, type_: str, body: bytes, *, content_type: str | None = None) -> list[Violation]:
         """All violations of ``body`` against the standard of ``type_``; ``[]`` means valid.
 
-        Raises :class:`PsvnError` ``unknown-type`` only for a type not in the catalogue.
+        ``content_type`` in :data:`XML_TYPES` reads a FHIR type's payload as FHIR XML; any other
+        value (or none) validates the type's own format. Raises :class:`PsvnError`
+        ``unknown-type`` only for a type not in the catalogue.
         """
         c = self.compiled(type_)
         if isinstance(body, str):
             body = body.encode()
-        early = c.precheck(body, c.limits)
+        check = c.check
+        if content_type is not None and media_type(content_type) in XML_TYPES:
+            if c.xml_check is None:
+                return [Violation(path="", rule="content-type",
+                                  message=f"{type_} is {c.entry.standard}, which is not accepted as XML "
+                                  f"({media_type(content_type)}); only FHIR types may be sent as FHIR XML",
+                                  expected=c.entry.datacontenttype)]
+            early = check_xml(body, c.limits)
+            check = c.xml_check
+        else:
+            early = c.precheck(body, c.limits)
         if early:
             return early
         try:
-            return c.check(body)
+            return check(body)
         except Exception as exc:  # a validator bug must reject the payload, not crash the gateway
             log.exception("validator for %s failed", type_)
             return [Violation(path="", rule="validator-error",

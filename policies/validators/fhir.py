@@ -40,6 +40,7 @@ from .common import (
     nhs_number_problem,
     ods_code_problem,
 )
+from .limits import Limits
 
 DEFINITIONS = Path(__file__).resolve().parent.parent / "fhir" / "r4-definitions.json"
 _REL_REF = re.compile(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?")
@@ -186,6 +187,12 @@ class FhirValidator:
         for ptr, ref, rule, scope in ctx.deferred:
             self._check_required_reference(ptr, ref, rule, scope, ctx)
         return ctx.out
+
+    def validate_xml(self, body: bytes, limits: Limits | None = None) -> list[Violation]:
+        """The same rules for a FHIR XML payload (read into the JSON form by :mod:`.fhir_xml`)."""
+        from .fhir_xml import validate_xml
+
+        return validate_xml(self, body, limits or Limits())
 
     # -- resources -----------------------------------------------------------------------------
     def _resource(self, val: Any, ptr: str, ctx: _Ctx, *, contained: bool, expected: str = "Resource") -> None:

@@ -1,4 +1,4 @@
-"""Cheap size and complexity limits, checked before any full parse.
+"""Cheap size and complexity limits, checked before any full parse (JSON, HL7 v2 ER7, XML).
 
 A hostile payload (a megabyte of ``[[[[``, a million tiny array items, a million HL7 segments)
 must cost the gateway a few linear C-speed passes over the bytes, not a parse tree. The JSON
@@ -76,4 +76,29 @@ def check_er7(body: bytes, limits: Limits) -> list[Violation]:
     if fields > limits.max_elements:
         return [Violation(path="", rule="max-elements", message=f"message has about {fields} fields",
                           expected=f"at most {limits.max_elements} fields and repetitions")]
+    return []
+
+
+def check_xml(body: bytes, limits: Limits) -> list[Violation]:
+    """Size, DOCTYPE and element count of an XML text, before parsing it.
+
+    Cheap refusals only: a ``<!DOCTYPE`` or ``<!ENTITY`` anywhere (even inside a comment) is
+    refused outright, since DTDs are what entity-expansion and external-entity attacks need and
+    FHIR XML never uses them; start tags are counted as ``<`` minus ``</`` (comments and
+    processing instructions make it an upper bound). Depth needs the parser: the FHIR XML reader
+    enforces it, and the exact element count, while parsing, and refuses a DOCTYPE again there
+    (this byte search cannot see one in a UTF-16 document).
+    """
+    size = check_size(body, limits)
+    if size:
+        return size
+    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+        return [Violation(path="", rule="xml-dtd",
+                          message="the document has a DOCTYPE or entity declaration; DTDs are refused "
+                          "(they allow entity-expansion and external-entity attacks, and FHIR XML never uses them)",
+                          expected="FHIR XML without <!DOCTYPE>")]
+    tags = body.count(b"<") - body.count(b"</")
+    if tags > limits.max_elements:
+        return [Violation(path="", rule="max-elements", message=f"payload has about {tags} XML elements",
+                          expected=f"at most {limits.max_elements} elements")]
     return []

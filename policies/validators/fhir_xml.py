@@ -1,0 +1,773 @@
+"""FHIR R4 XML (``application/fhir+xml``): read into the FHIR JSON form, then validate that.
+
+Why convert rather than write a second validator: the JSON walker in :mod:`.fhir` already
+holds every rule (cardinality, types, bindings, UK Core, Bundle references), so an XML payload
+gets exactly the same rules, messages and paths (JSON pointers into the equivalent JSON form,
+e.g. ``/subject/identifier/value``) as its JSON twin. The reader uses the same compact R4
+definitions to shape the JSON the way the FHIR JSON format does (repeating elements become
+arrays, a primitive's ``value`` attribute becomes the JSON value and its ``id``/extensions go
+to the ``_name`` sibling, ``resourceType`` comes from the element name, contained and bundled
+resources nest, the Narrative ``div`` stays an XHTML string) and reports what only XML can get
+wrong: the namespace, element order, a missing ``value`` attribute, text where only elements
+belong, an element repeated that may appear once, attributes FHIR does not define.
+
+Security: the stdlib expat parser is driven directly with DOCTYPE refused at its first byte
+(``StartDoctypeDeclHandler`` raises), so no DTD is read, no entity is declared or expanded
+(no billion laughs) and nothing external is fetched (no XXE); an undeclared entity reference is
+a well-formedness error. Element count and depth are enforced while parsing, so a hostile
+document stops at the first element over the limit instead of building a tree.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+from xml.parsers import expat
+
+from psvn.errors import Violation
+
+from .fhir import FhirValidator, R4Definitions, _Child, _Node, definitions
+from .limits import Limits
+
+FHIR_NS = "http://hl7.org/fhir"
+XHTML_NS = "http://www.w3.org/1999/xhtml"
+XML_NS = "http://www.w3.org/XML/1998/namespace"
+XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
+_FHIR = FHIR_NS + " "  # expat's "namespace name" prefix with namespace_separator=" "
+_INT = re.compile(r"-?(0|[1-9][0-9]*)", re.ASCII)
+_DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?", re.ASCII)
+_INT_TYPES = frozenset({"integer", "positiveInt", "unsignedInt"})
+_XML_SPACE = " \t\r\n"
+_EXPECTED_DOC = 'a FHIR resource element in the FHIR namespace, e.g. <Patient xmlns="http://hl7.org/fhir">'
+
+_COMPLEX, _PRIM, _WRAP, _XHTML, _SKIP = range(5)
+
+
+class _Stop(Exception):
+    """Ends the parse at once (raised in a handler, expat stops and re-raises it)."""
+
+    def __init__(self, violation: Violation) -> None:
+        self.violation = violation
+
+
+class _Frame:
+    """One open element. A plain slotted class: the reader makes one per element."""
+
+    __slots__ = ("child", "container", "ext", "ext_ptr", "has_value", "index", "key", "kind", "last",
+                 "last_name", "line", "node", "ns", "obj", "prim_keys", "ptr", "seen", "tcode", "text",
+                 "value")
+    kind: int
+    ptr: str  # JSON pointer of this element's JSON value
+    line: int
+    text: str | None
+    node: _Node  # complex: its definition
+    obj: dict[str, Any]  # complex, resource wrapper: the JSON object being filled
+    last: int  # complex: position of the furthest element so far (order check)
+    last_name: str
+    seen: set[str]  # complex: single-occurrence elements already met
+    prim_keys: list[str]  # complex: repeating primitives (their "_name" lists are tidied at the end)
+    child: _Child  # primitive, wrapper: the element's definition
+    tcode: str
+    container: dict[str, Any] | None  # primitive, div: where the value goes
+    key: str
+    index: int  # primitive: position in a repeating element, -1 when single
+    value: Any  # primitive: JSON value; XHTML: the tag name
+    ext: dict[str, Any]  # primitive: id and extensions ("_name")
+    ext_ptr: str
+    has_value: bool  # primitive: value attribute present; wrapper: resource element met
+    ns: str  # XHTML: the default namespace in force
+
+    def __init__(self, kind: int, ptr: str = "", line: int = 0) -> None:
+        self.kind = kind
+        self.ptr = ptr
+        self.line = line
+        self.text: str | None = None  # first non-whitespace text seen directly inside
+
+
+_SKIP_FRAME = _Frame(_SKIP)
+
+
+@dataclass(slots=True)
+class XmlRead:
+    """The JSON form of an XML resource (``None`` when unreadable) and the XML-only problems.
+
+    ``quiet`` holds pointers the reader already explained (an element it could not place), so
+    the walker's knock-on complaint there (``fhir-required``, ``fhir-type`` on a placeholder)
+    is not reported twice; ``quiet_under`` silences everything below a pointer.
+    """
+
+    data: dict[str, Any] | None
+    violations: list[Violation]
+    quiet: set[str] = field(default_factory=set)
+    quiet_under: list[str] = field(default_factory=list)
+
+    def keeps(self, v: Violation) -> bool:
+        if v.path in self.quiet:
+            return False
+        return not any(v.path == p or v.path.startswith(p + "/") for p in self.quiet_under)
+
+
+class FhirXmlReader:
+    """Reads FHIR R4 XML into the FHIR JSON form; one instance per process is enough."""
+
+    def __init__(self, defs: R4Definitions | None = None) -> None:
+        self.defs = defs or definitions()
+        self._orders: dict[str, dict[str, int]] = {}
+
+    def order(self, node: _Node) -> dict[str, int]:
+        """Element name -> position in the definition (choice variants share one position)."""
+        o = self._orders.get(node.path)
+        if o is None:
+            o = {}
+            positions: dict[int, int] = {}
+            for key, (child, _t) in node.lookup.items():
+                o[key] = positions.setdefault(id(child), len(positions))
+            self._orders[node.path] = o
+        return o
+
+    def read(self, body: bytes, limits: Limits) -> XmlRead:
+        return _Reader(self, limits).run(body)
+
+
+@lru_cache(maxsize=1)
+def reader() -> FhirXmlReader:
+    return FhirXmlReader()
+
+
+def validate_xml(validator: FhirValidator, body: bytes, limits: Limits) -> list[Violation]:
+    """Every violation of a FHIR XML payload: XML-only ones first, then the JSON walker's."""
+    read = reader().read(body, limits)
+    if read.data is None:
+        return read.violations
+    return read.violations + [v for v in validator.validate(read.data) if read.keeps(v)]
+
+
+class _Reader:
+    """The state of one parse: expat calls the handlers below, which build the JSON form."""
+
+    def __init__(self, owner: FhirXmlReader, limits: Limits) -> None:
+        self.owner = owner
+        self.defs = owner.defs
+        self.limits = limits
+        self.stack: list[_Frame] = []
+        self.out: list[Violation] = []
+        self.quiet: set[str] = set()
+        self.quiet_under: list[str] = []
+        self.data: dict[str, Any] | None = None
+        self.elements = 0
+        self.xbuf: list[str] = []
+        self.xopen = False  # an XHTML start tag is written without its closing ">" yet
+        self.parser: Any = None
+
+    # -- driver ----------------------------------------------------------------------------------
+    def run(self, body: bytes) -> XmlRead:
+        p = self.parser = expat.ParserCreate(namespace_separator=" ")
+        p.buffer_text = True
+        p.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+        p.StartDoctypeDeclHandler = self._doctype
+        p.EntityDeclHandler = self._entity
+        p.ExternalEntityRefHandler = self._external
+        p.StartElementHandler = self._start
+        p.EndElementHandler = self._end
+        p.CharacterDataHandler = self._text
+        try:
+            p.Parse(body, True)
+        except _Stop as stop:
+            return XmlRead(None, [stop.violation])
+        except expat.ExpatError as exc:
+            return XmlRead(None, [Violation(
+                path="", rule="xml-syntax",
+                message=f"not well-formed XML: {expat.ErrorString(exc.code)} at line {exc.lineno}, "
+                f"column {exc.offset + 1}", expected="a well-formed UTF-8 XML document")])
+        finally:
+            self.parser = None  # break the handler <-> parser cycle
+        if self.data is None:  # pragma: no cover - expat rejects a document without a root element
+            return XmlRead(None, [Violation(path="", rule="xml-syntax", message="no root element",
+                                            expected=_EXPECTED_DOC)])
+        return XmlRead(self.data, self.out, self.quiet, self.quiet_under)
+
+    def _doctype(self, name: str, *_args: Any) -> None:
+        raise _Stop(Violation(
+            path="", rule="xml-dtd",
+            message=f"the document has a DOCTYPE ({name}); DTDs and entity declarations are refused "
+            "(they allow entity-expansion and external-entity attacks, and FHIR XML never uses them)",
+            expected="FHIR XML without <!DOCTYPE>"))
+
+    def _entity(self, name: str, *_args: Any) -> None:  # pragma: no cover - needs a DOCTYPE first
+        raise _Stop(Violation(path="", rule="xml-dtd", message=f"entity declaration {name!r} refused",
+                              expected="FHIR XML without entity declarations"))
+
+    def _external(self, *_args: Any) -> int:  # pragma: no cover - needs a DOCTYPE first
+        raise _Stop(Violation(path="", rule="xml-dtd", message="external entity refused",
+                              expected="FHIR XML without external entities"))
+
+    def _line(self) -> int:
+        return int(self.parser.CurrentLineNumber) if self.parser is not None else 0
+
+    def _report(self, path: str, rule: str, message: str, expected: str, line: int | None = None) -> None:
+        self.out.append(Violation(path=path, rule=rule, message=f"{message} (line {line or self._line()})",
+                                  expected=expected))
+
+    # -- element start ---------------------------------------------------------------------------
+    def _start(self, name: str, attrs: dict[str, str]) -> None:
+        self.elements += 1
+        stack = self.stack
+        if self.elements > self.limits.max_elements:
+            raise _Stop(Violation(path="", rule="max-elements",
+                                  message=f"payload has more than {self.limits.max_elements} XML elements",
+                                  expected=f"at most {self.limits.max_elements} elements"))
+        if len(stack) >= self.limits.max_depth:
+            raise _Stop(Violation(path="", rule="max-depth",
+                                  message=f"payload nests deeper than {self.limits.max_depth} levels",
+                                  expected=f"at most {self.limits.max_depth} levels of elements"))
+        if not stack:
+            self._root(name, attrs)
+            return
+        parent = stack[-1]
+        kind = parent.kind
+        if kind == _SKIP:
+            stack.append(_SKIP_FRAME)
+        elif kind == _XHTML:
+            self._xhtml_start(parent, name, attrs)
+        elif kind == _COMPLEX:
+            self._child(parent, name, attrs)
+        elif kind == _PRIM:
+            self._primitive_child(parent, name, attrs)
+        else:
+            self._wrapped_resource(parent, name, attrs)
+
+    def _root(self, name: str, attrs: dict[str, str]) -> None:
+        ns, local = _split(name)
+        if ns != FHIR_NS:
+            where = f"in namespace {ns}" if ns else "in no namespace"
+            raise _Stop(Violation(path="", rule="fhir-xml-namespace",
+                                  message=f"the root element <{local}> is {where}, not the FHIR namespace "
+                                  f"{FHIR_NS}", expected=_EXPECTED_DOC))
+        self.data = {"resourceType": local}
+        node = self.defs.nodes.get(local)
+        if node is None or node.kind != "resource":
+            self.stack.append(_SKIP_FRAME)  # the walker reports the resourceType
+            return
+        self._attributes(attrs, "", local, node.path, (), root=True)
+        self.stack.append(self._complex_frame(node, self.data, ""))
+
+    def _complex_frame(self, node: _Node, obj: dict[str, Any], ptr: str) -> _Frame:
+        f = _Frame(_COMPLEX, ptr, self._line())
+        f.node = node
+        f.obj = obj
+        f.last = -1
+        f.last_name = ""
+        f.seen = set()
+        f.prim_keys = []
+        return f
+
+    def _child(self, parent: _Frame, name: str, attrs: dict[str, str]) -> None:
+        node: _Node = parent.node
+        if name.startswith(_FHIR):
+            local = name[len(_FHIR):]
+        else:
+            ns, local = _split(name)
+            ent = node.lookup.get(local)
+            if ns == XHTML_NS and ent is not None and ent[1] == "xhtml":
+                if self._ordered(parent, local, ent[0]):
+                    self._div(parent, local, ent[0], attrs)
+                return
+            where = f"in namespace {ns}" if ns else "in no namespace"
+            self._report(f"{parent.ptr}/{local}", "fhir-xml-namespace",
+                         f"<{local}> inside {node.path} is {where}", f"elements in the FHIR namespace {FHIR_NS}")
+            self.stack.append(_SKIP_FRAME)
+            return
+        ent = node.lookup.get(local)
+        ptr = f"{parent.ptr}/{local}"
+        if ent is None:
+            self.out.append(Violation(path=ptr, rule="fhir-unknown-element",
+                                      message=f"{node.path} has no element {local!r}",
+                                      expected=f"an element defined for {node.path} in FHIR R4"))
+            self.stack.append(_SKIP_FRAME)
+            return
+        child, tcode = ent
+        if (local == "id" and node.kind != "resource") or (local == "url" and node.path == "Extension"):
+            self._report(ptr, "fhir-xml-attribute", f"{child.fhir_path} is an XML attribute, not an element",
+                         f'<{node.path.rsplit(".", 1)[-1].lower()} {local}="...">')
+            self.quiet.add(ptr)
+            self.stack.append(_SKIP_FRAME)
+            return
+        if tcode == "xhtml":  # Narrative.div in the FHIR namespace: a common slip
+            self._report(ptr, "fhir-xml-namespace", f"{child.fhir_path} must be XHTML, not a FHIR element",
+                         f'<div xmlns="{XHTML_NS}">...</div>')
+            self.quiet.add(ptr)
+            self.stack.append(_SKIP_FRAME)
+            return
+        if not self._ordered(parent, local, child):
+            return
+        self._open(parent, parent.obj, parent.ptr, parent.ptr, local, child, tcode, attrs)
+
+    def _ordered(self, parent: _Frame, local: str, child: _Child) -> bool:
+        """Order and single-occurrence checks; False when the element is skipped."""
+        ptr = f"{parent.ptr}/{local}"
+        if child.max == 1:
+            if local in parent.seen:
+                self._report(ptr, "fhir-cardinality", f"{child.fhir_path} may appear only once (max 1), "
+                             f"but <{local}> is repeated", f"a single <{local}> element")
+                self.stack.append(_SKIP_FRAME)
+                return False
+            parent.seen.add(local)
+        pos = self.owner.order(parent.node)[local]
+        if pos < parent.last:
+            self._report(ptr, "fhir-xml-order", f"<{local}> comes after <{parent.last_name}>; FHIR XML "
+                         f"keeps the elements of {parent.node.path} in their defined order",
+                         f"<{local}> before <{parent.last_name}>, repeats side by side")
+        elif pos > parent.last:
+            parent.last = pos
+            parent.last_name = local
+        return True
+
+    def _open(self, parent: _Frame, container: dict[str, Any], base: str, ext_base: str, key: str,
+              child: _Child, tcode: str, attrs: dict[str, str]) -> None:
+        """Start element ``key`` (a ``child`` of type ``tcode``) and place its JSON in ``container``."""
+        repeat = child.max != 1
+        defs = self.defs
+        line = self._line()
+        if tcode in defs.primitives:
+            value: Any = None
+            raw: str | None = None
+            ext: dict[str, Any] = {}
+            ptr = f"{base}/{key}" if not repeat else ""
+            for aname, aval in attrs.items():
+                if aname == "value":
+                    raw = aval
+                elif aname == "id":
+                    ext["id"] = aval
+                else:
+                    self._bad_attribute(f"{base}/{key}", key, aname, child.fhir_path, "value, id", line)
+            f = _Frame(_PRIM, ptr, line)
+            if repeat:
+                values = container.get(key)
+                if values is None:
+                    values = container[key] = []
+                    container["_" + key] = []
+                    parent.prim_keys.append(key)
+                f.index = len(values)
+                values.append(None)
+                container["_" + key].append(None)
+                f.ptr = f"{base}/{key}/{f.index}"
+                f.ext_ptr = f"{ext_base}/_{key}/{f.index}"
+            else:
+                f.index = -1
+                f.ext_ptr = f"{ext_base}/_{key}"
+            if raw is not None:
+                value = self._lexical(child, tcode, raw, f.ptr, line)
+            f.child = child
+            f.container = container
+            f.key = key
+            f.value = value
+            f.has_value = raw is not None
+            f.ext = ext
+            self.stack.append(f)
+            return
+        ptr_key = f"{base}/{key}"
+        if tcode == "Resource" or defs.is_resource(tcode):
+            obj: dict[str, Any] = {}
+            for aname in attrs:
+                self._bad_attribute(ptr_key, key, aname, child.fhir_path, "none", line)
+            ptr = self._place(container, key, repeat, obj, base)
+            f = _Frame(_WRAP, ptr, line)
+            f.obj = obj
+            f.child = child
+            f.has_value = False  # holds its resource element yet?
+            self.stack.append(f)
+            return
+        node = defs.nodes[tcode[1:] if tcode[0] == "@" else tcode]
+        obj = {}
+        ptr = self._place(container, key, repeat, obj, base)
+        self._attributes(attrs, ptr, key, child.fhir_path, ("id", "url") if node.path == "Extension" else ("id",),
+                         obj=obj)
+        self.stack.append(self._complex_frame(node, obj, ptr))
+
+    @staticmethod
+    def _place(container: dict[str, Any], key: str, repeat: bool, obj: Any, base: str) -> str:
+        if repeat:
+            items = container.get(key)
+            if items is None:
+                items = container[key] = []
+            items.append(obj)
+            return f"{base}/{key}/{len(items) - 1}"
+        container[key] = obj
+        return f"{base}/{key}"
+
+    def _attributes(self, attrs: dict[str, str], ptr: str, local: str, fhir_path: str, allowed: tuple[str, ...],
+                    *, obj: dict[str, Any] | None = None, root: bool = False) -> None:
+        for aname, aval in attrs.items():
+            if aname in allowed and obj is not None:
+                obj[aname] = aval
+            elif root and aname.startswith(XSI_NS + " "):
+                continue  # xsi:schemaLocation on the root is harmless and common in examples
+            else:
+                self._bad_attribute(ptr, local, aname, fhir_path, ", ".join(allowed) or "none")
+
+    def _bad_attribute(self, ptr: str, local: str, aname: str, fhir_path: str, allowed: str,
+                       line: int | None = None) -> None:
+        ns, an = _split(aname)
+        shown = f"{{{ns}}}{an}" if ns else an
+        hint = " (a value belongs in child elements)" if an == "value" and "value" not in allowed else ""
+        self._report(ptr, "fhir-xml-attribute", f"<{local}> ({fhir_path}) has attribute {shown!r}, which FHIR "
+                     f"XML does not define there{hint}", f"attributes: {allowed}", line)
+
+    def _lexical(self, child: _Child, tcode: str, raw: str, ptr: str, line: int) -> Any:
+        """The JSON value of a ``value`` attribute: booleans and numbers are typed in JSON."""
+        if tcode == "boolean":
+            if raw == "true":
+                return True
+            if raw == "false":
+                return False
+            self._report(ptr, "fhir-format", f"{child.fhir_path} value {raw!r} is not a boolean",
+                         "true or false", line)
+            return True  # placeholder: reported here, so the walker must not complain again
+        if tcode in _INT_TYPES:
+            if _INT.fullmatch(raw) and len(raw) <= 20:
+                return int(raw)  # range and sign are the walker's (same words as JSON)
+            self._report(ptr, "fhir-format", f"{child.fhir_path} value {_short(raw)} is not an integer",
+                         "an integer in decimal digits, e.g. 42", line)
+            return 1
+        if tcode == "decimal":
+            if _DECIMAL.fullmatch(raw):
+                return float(raw) if any(c in raw for c in ".eE") else int(raw)
+            self._report(ptr, "fhir-format", f"{child.fhir_path} value {_short(raw)} is not a decimal",
+                         "a decimal number, e.g. 72.5", line)
+            return 0
+        return raw
+
+    def _primitive_child(self, parent: _Frame, name: str, attrs: dict[str, str]) -> None:
+        """Inside a primitive only ``extension`` may appear (its JSON goes to ``_name``)."""
+        ns, local = _split(name)
+        if ns == FHIR_NS and local == "extension":
+            ext_child = _EXTENSION_CHILD.get(parent.child.fhir_path)
+            if ext_child is None:
+                ext_child = _EXTENSION_CHILD[parent.child.fhir_path] = _Child(
+                    name="extension", fhir_path=f"{parent.child.fhir_path}.extension", min=0, max=-1,
+                    types=["Extension"], valueset=None, choice=False)
+            self._open(parent, parent.ext, parent.ext_ptr, parent.ext_ptr, "extension", ext_child, "Extension",
+                       attrs)
+            return
+        ptr = f"{parent.ext_ptr}/{local}"
+        if ns != FHIR_NS:
+            where = f"in namespace {ns}" if ns else "in no namespace"
+            self._report(ptr, "fhir-xml-namespace", f"<{local}> inside {parent.child.fhir_path} is {where}",
+                         f"elements in the FHIR namespace {FHIR_NS}")
+        else:
+            self.out.append(Violation(path=ptr, rule="fhir-unknown-element",
+                                      message=f"primitive element has no {local!r}", expected="id or extension"))
+        self.stack.append(_SKIP_FRAME)
+
+    def _wrapped_resource(self, parent: _Frame, name: str, attrs: dict[str, str]) -> None:
+        """``<contained>``, ``<resource>``: exactly one resource element, its name the resourceType."""
+        ns, local = _split(name)
+        if parent.has_value:
+            self._report(parent.ptr, "fhir-xml-resource", f"{parent.child.fhir_path} holds more than one "
+                         f"resource (<{local}> is another)", "exactly one resource element inside")
+            self.stack.append(_SKIP_FRAME)
+            return
+        parent.has_value = True
+        if ns != FHIR_NS:
+            where = f"in namespace {ns}" if ns else "in no namespace"
+            self._report(parent.ptr, "fhir-xml-namespace", f"resource <{local}> is {where}",
+                         f"a resource element in the FHIR namespace {FHIR_NS}")
+            self.quiet_under.append(parent.ptr)
+            self.stack.append(_SKIP_FRAME)
+            return
+        parent.obj["resourceType"] = local
+        node = self.defs.nodes.get(local)
+        if node is None or node.kind != "resource":
+            self.stack.append(_SKIP_FRAME)  # the walker reports the resourceType
+            return
+        self._attributes(attrs, parent.ptr, local, local, ())
+        self.stack.append(self._complex_frame(node, parent.obj, parent.ptr))
+
+    # -- XHTML narrative ---------------------------------------------------------------------------
+    def _div(self, parent: _Frame, key: str, child: _Child, attrs: dict[str, str]) -> None:
+        self.xbuf = buf = [f'<div xmlns="{XHTML_NS}"']
+        self.xopen = True
+        f = _Frame(_XHTML, f"{parent.ptr}/{key}", self._line())
+        f.container = parent.obj
+        f.key = key
+        f.ns = XHTML_NS
+        f.value = "div"
+        _xhtml_attributes(buf, attrs)
+        self.stack.append(f)
+
+    def _xhtml_start(self, parent: _Frame, name: str, attrs: dict[str, str]) -> None:
+        ns, local = _split(name)
+        buf = self.xbuf
+        if self.xopen:
+            buf.append(">")
+        buf.append("<" + local)
+        if ns != parent.ns:
+            buf.append(f' xmlns="{_escape_attr(ns)}"')
+        _xhtml_attributes(buf, attrs)
+        self.xopen = True
+        f = _Frame(_XHTML, parent.ptr)
+        f.ns = ns
+        f.value = local
+        f.container = None
+        self.stack.append(f)
+
+    # -- element end, text -------------------------------------------------------------------------
+    def _end(self, _name: str) -> None:
+        f = self.stack.pop()
+        kind = f.kind
+        if kind == _SKIP:
+            return
+        if kind == _COMPLEX:
+            if f.text is not None:
+                self._mixed(f, f.node.path)
+            obj = f.obj
+            for key in f.prim_keys:
+                if all(e is None for e in obj["_" + key]):
+                    del obj["_" + key]
+        elif kind == _PRIM:
+            self._end_primitive(f)
+        elif kind == _XHTML:
+            buf = self.xbuf
+            buf.append("/>" if self.xopen else f"</{f.value}>")
+            self.xopen = False
+            if f.container is not None:  # the div itself
+                f.container[f.key] = "".join(buf)
+                self.xbuf = []
+        else:  # resource wrapper
+            if f.text is not None:
+                self._mixed(f, f.child.fhir_path)
+            if not f.has_value:
+                self._report(f.ptr, "fhir-xml-resource", f"{f.child.fhir_path} holds no resource",
+                             "exactly one resource element inside, e.g. <contained><Patient>...</Patient></contained>",
+                             f.line)
+                self.quiet_under.append(f.ptr)
+
+    def _end_primitive(self, f: _Frame) -> None:
+        child: _Child = f.child
+        tag = f.key
+        if f.text is not None and not f.has_value:
+            self._report(f.ptr, "fhir-xml-value", f"{child.fhir_path} carries its value as text "
+                         f"({_short(f.text)}); FHIR XML puts a primitive's value in the value attribute",
+                         f'<{tag} value="..."/>', f.line)
+        elif f.text is not None:
+            self._mixed(f, child.fhir_path)
+        elif not f.has_value and not f.ext:
+            self._report(f.ptr, "fhir-xml-value", f"<{tag}> ({child.fhir_path}) has no value attribute "
+                         "(and no extension)", f'<{tag} value="..."/>', f.line)
+        if not f.has_value and not f.ext:
+            self.quiet.add(f.ptr)
+        container = f.container
+        assert container is not None
+        if f.index >= 0:
+            container[tag][f.index] = f.value
+            container["_" + tag][f.index] = f.ext or None
+        else:
+            if f.has_value:
+                container[tag] = f.value
+            if f.ext:
+                container["_" + tag] = f.ext
+
+    def _mixed(self, f: _Frame, what: str) -> None:
+        self._report(f.ptr, "fhir-xml-mixed-content", f"{what} contains text ({_short(f.text or '')}); FHIR XML "
+                     "elements hold only child elements and attributes",
+                     "child elements only (a primitive's value goes in its value attribute)", f.line)
+
+    def _text(self, data: str) -> None:
+        stack = self.stack
+        if not stack:
+            return
+        f = stack[-1]
+        if f.kind == _XHTML:
+            if self.xopen:
+                self.xbuf.append(">")
+                self.xopen = False
+            self.xbuf.append(_escape_text(data))
+        elif f.text is None and f.kind != _SKIP:
+            stripped = data.strip(_XML_SPACE)
+            if stripped:
+                f.text = stripped
+
+
+_EXTENSION_CHILD: dict[str, _Child] = {}
+
+
+def _split(name: str) -> tuple[str, str]:
+    """expat's ``"namespace local"`` (or ``"local"``) -> (namespace or "", local)."""
+    ns, sep, local = name.rpartition(" ")
+    return (ns, local) if sep else ("", name)
+
+
+def _escape_text(s: str) -> str:
+    if "&" in s:
+        s = s.replace("&", "&amp;")
+    if "<" in s:
+        s = s.replace("<", "&lt;")
+    if ">" in s:
+        s = s.replace(">", "&gt;")
+    return s
+
+
+def _escape_attr(s: str) -> str:
+    return (_escape_text(s).replace('"', "&quot;").replace("\n", "&#10;").replace("\r", "&#13;")
+            .replace("\t", "&#9;"))
+
+
+def _xhtml_attributes(buf: list[str], attrs: dict[str, str]) -> None:
+    n = 0
+    for aname, aval in attrs.items():
+        ns, local = _split(aname)
+        if not ns:
+            buf.append(f' {local}="{_escape_attr(aval)}"')
+        elif ns == XML_NS:
+            buf.append(f' xml:{local}="{_escape_attr(aval)}"')
+        else:
+            buf.append(f' xmlns:a{n}="{_escape_attr(ns)}" a{n}:{local}="{_escape_attr(aval)}"')
+            n += 1
+
+
+def _short(val: str, n: int = 40) -> str:
+    return repr(val if len(val) <= n else val[:n] + "...")
+
+
+# -- writing: the JSON form back to FHIR XML -------------------------------------------------------
+def to_xml(resource: dict[str, Any], *, defs: R4Definitions | None = None, indent: str | None = "  ") -> str:
+    """FHIR XML for a FHIR JSON resource, elements in definition order.
+
+    Why here: examples and test corpora keep one JSON source and derive the XML twin, and a
+    round trip (JSON -> XML -> JSON) checks the reader against an independent writer. Keys the
+    definitions do not know are written as elements at the end (so a broken JSON resource gives
+    the same broken XML resource).
+    """
+    d = defs or definitions()
+    out: list[str] = ['<?xml version="1.0" encoding="UTF-8"?>\n'] if indent is not None else []
+    _write_resource(d, resource, out, 0, indent, root=True)
+    return "".join(out)
+
+
+def _nl(out: list[str], level: int, indent: str | None) -> None:
+    if indent is not None:
+        out.append("\n" + indent * level)
+
+
+def _write_resource(d: R4Definitions, res: dict[str, Any], out: list[str], level: int, indent: str | None,
+                    *, root: bool = False) -> None:
+    rt = str(res.get("resourceType"))
+    node = d.nodes.get(rt)
+    out.append(f"<{rt}" + (f' xmlns="{FHIR_NS}"' if root else "") + ">")
+    if node is None:
+        _write_unknown(res, out, level + 1, indent, skip=("resourceType",))
+    else:
+        _write_children(d, node, res, out, level + 1, indent)
+    _nl(out, level, indent)
+    out.append(f"</{rt}>")
+
+
+def _write_children(d: R4Definitions, node: _Node, obj: dict[str, Any], out: list[str], level: int,
+                    indent: str | None) -> None:
+    order = (reader() if d is definitions() else FhirXmlReader(d)).order(node)
+    attr_keys = () if node.kind == "resource" else ("id", "url") if node.path == "Extension" else ("id",)
+    keys: list[str] = []
+    for k in obj:
+        base = k[1:] if k[:1] == "_" else k
+        if k == "resourceType" or base in keys or base in attr_keys:
+            continue
+        keys.append(base)
+    big = 1 << 30
+    keys.sort(key=lambda k: order.get(k, big))
+    for key in keys:
+        ent = node.lookup.get(key)
+        if ent is None:
+            _write_unknown({key: obj.get(key, obj.get("_" + key))}, out, level, indent)
+            continue
+        child, tcode = ent
+        val, ext = obj.get(key), obj.get("_" + key)
+        if tcode in d.primitives and tcode != "xhtml":
+            if child.max != 1 and (isinstance(val, list) or isinstance(ext, list)):
+                vals = val if isinstance(val, list) else []
+                exts = ext if isinstance(ext, list) else []
+                for i in range(max(len(vals), len(exts))):
+                    _write_primitive(d, key, vals[i] if i < len(vals) else None, exts[i] if i < len(exts) else None,
+                                     out, level, indent)
+            else:
+                _write_primitive(d, key, val, ext, out, level, indent)
+            continue
+        for item in (val if isinstance(val, list) else [val]):
+            _nl(out, level, indent)
+            if tcode == "xhtml":
+                out.append(str(item))
+            elif tcode == "Resource" or d.is_resource(tcode):
+                out.append(f"<{key}>")
+                _nl(out, level + 1, indent)
+                if isinstance(item, dict):
+                    _write_resource(d, item, out, level + 1, indent)
+                _nl(out, level, indent)
+                out.append(f"</{key}>")
+            elif isinstance(item, dict):
+                sub = d.nodes[tcode[1:] if tcode[0] == "@" else tcode]
+                attrs = "".join(f' {a}="{_escape_attr(str(item[a]))}"' for a in ("id", "url")
+                                if a in item and (a == "id" or sub.path == "Extension"))
+                inner: list[str] = []
+                _write_children(d, sub, item, inner, level + 1, indent)
+                if inner:
+                    out.append(f"<{key}{attrs}>")
+                    out.extend(inner)
+                    _nl(out, level, indent)
+                    out.append(f"</{key}>")
+                else:
+                    out.append(f"<{key}{attrs}/>")
+            else:
+                out.append(f'<{key} value="{_escape_attr(_lexical_of(item))}"/>')
+
+
+def _write_primitive(d: R4Definitions, key: str, val: Any, ext: Any, out: list[str], level: int,
+                     indent: str | None) -> None:
+    _nl(out, level, indent)
+    attrs = ""
+    if isinstance(ext, dict) and "id" in ext:
+        attrs += f' id="{_escape_attr(str(ext["id"]))}"'
+    if val is not None:
+        attrs += f' value="{_escape_attr(_lexical_of(val))}"'
+    exts = ext.get("extension") if isinstance(ext, dict) else None
+    if not isinstance(exts, list) or not exts:
+        out.append(f"<{key}{attrs}/>")
+        return
+    out.append(f"<{key}{attrs}>")
+    ext_node = d.nodes["Extension"]
+    for e in exts:
+        _nl(out, level + 1, indent)
+        url = f' url="{_escape_attr(str(e.get("url")))}"' if isinstance(e, dict) and "url" in e else ""
+        out.append(f"<extension{url}>")
+        if isinstance(e, dict):
+            _write_children(d, ext_node, e, out, level + 2, indent)
+        _nl(out, level + 1, indent)
+        out.append("</extension>")
+    _nl(out, level, indent)
+    out.append(f"</{key}>")
+
+
+def _write_unknown(obj: dict[str, Any], out: list[str], level: int, indent: str | None,
+                   skip: tuple[str, ...] = ()) -> None:
+    for key, val in obj.items():
+        if key in skip:
+            continue
+        for item in (val if isinstance(val, list) else [val]):
+            _nl(out, level, indent)
+            if isinstance(item, dict):
+                out.append(f"<{key}>")
+                _write_unknown(item, out, level + 1, indent)
+                _nl(out, level, indent)
+                out.append(f"</{key}>")
+            else:
+                out.append(f'<{key} value="{_escape_attr(_lexical_of(item))}"/>')
+
+
+def _lexical_of(val: Any) -> str:
+    if isinstance(val, bool):
+        return "true" if val else "false"
+    if isinstance(val, (int, float)):
+        return json.dumps(val)
+    return "" if val is None else str(val)
+
