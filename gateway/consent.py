@@ -13,6 +13,7 @@ out of, so the backbone operator can read them; payloads of messages stay sealed
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import msgspec
@@ -80,6 +81,7 @@ class ConsentView:
         self.consent = ConsentRegistry()
         self.refused: list[tuple[str, str]] = []
         self._follower = KVFollower()
+        self._record_lock = asyncio.Lock()
         self._js: JetStreamContext | None = None
 
     def offer(self, key: str, value: bytes) -> bool:
@@ -106,11 +108,14 @@ class ConsentView:
         """Operator only: make a verified consent change take effect network-wide."""
         change = ConsentChange.from_payload(change_payload, issuer=issuer)
         rec = sign_record(change_payload, issuer=issuer, message_id=message_id, operator=operator, key=key)
-        if not self.consent.apply(change):
-            return False  # a duplicate or an older change: the newer one stays
-        assert self._js is not None
-        kv = await self._js.key_value(CONSENT_BUCKET)
-        await kv.put(key_for(change.subject), msgspec.msgpack.encode(rec))
+        async with self._record_lock:  # changes of one batch are handled concurrently: keep seq order
+            known = self.consent.get(change.subject)
+            if known is not None and known.seq >= change.seq:
+                return False  # a duplicate or an older change: the newer one stays
+            assert self._js is not None
+            kv = await self._js.key_value(CONSENT_BUCKET)
+            await kv.put(key_for(change.subject), msgspec.msgpack.encode(rec))
+            self.consent.apply(change)  # only once the network has it: a failed put is retried
         return True
 
     async def stop(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from gateway.policy import PolicyHolder, PolicySnapshot
 from gateway.store import HistoryEntry, InRecord, OutRecord, StateStore, idem_key
 from gateway.webhook import WebhookPusher, load_secret
 from policies.consent import TYPE as CONSENT_TYPE
+from psvn import addresses
 from psvn.envelope import Envelope, SendRequest, new_message_id, now_rfc3339, parse_time
 from psvn.errors import Code, PsvnError
 from psvn.lifecycle import State
@@ -44,6 +46,8 @@ from psvn.lifecycle import State
 log = structlog.get_logger("psvn.gateway")
 
 PUBLISH_ATTEMPTS = 3
+LAG_RETRIES = 5  # deliveries of a message from an unknown sender before it is quarantined
+_MSG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -287,6 +291,8 @@ class Gateway:
         async with self.store.lock(message_id):
             rec = self._in_record(message_id)
             if rec.status == State.ACKNOWLEDGED.value:
+                # a retry after a failed receipt: send it again (same dedupe id, so never twice)
+                await self._receipt(message_id, State.ACKNOWLEDGED.value, rec.source)
                 return rec
             if rec.status != State.DELIVERED.value:
                 raise PsvnError(Code.CONFLICT, f"message {message_id} is {rec.status}, it cannot be acknowledged",
@@ -339,22 +345,32 @@ class Gateway:
     async def _handle(self, msg: Msg) -> None:
         headers = msg.headers or {}
         seq = msg.metadata.sequence.stream
-        msg_id = headers.get("Nats-Msg-Id") or f"seq-{seq}"
+        raw_id = headers.get("Nats-Msg-Id")
+        # the id is chosen by the sender: only a well-formed one may become a key of our state
+        msg_id = raw_id if raw_id and _MSG_ID.match(raw_id) else f"seq-{seq}"
         if msg.subject.startswith("psvn.rcpt."):
             await self._handle_receipt(msg, msg_id, seq)
         else:
             await self._handle_message(msg, msg_id, seq)
 
     async def _handle_message(self, msg: Msg, msg_id: str, seq: int) -> None:
-        if msg_id in self.store.inbox:
-            return  # a redelivery of something already filed
+        filed = self.store.inbox.get(msg_id)
+        if filed is not None:
+            await self._redelivered(filed)
+            return
         received = now_rfc3339(self.clock())
         try:
             inc = core.open_incoming(msg.data, subject=msg.subject, message_id=msg_id, me=self.identity,
                                      registry=self.registry, snap=self.snapshot, now=self.clock(),
                                      consent=self.consent.consent)
         except PsvnError as exc:
+            if exc.code is Code.UNKNOWN_RECIPIENT and msg.metadata.num_delivered < LAG_RETRIES:
+                raise  # our registry view may lag a new member: redelivered shortly (nak)
             await self._quarantine(msg, msg_id, seq, exc, received)
+            return
+        except Exception as exc:  # a malformed message must be quarantined, not redelivered for ever
+            await self._quarantine(msg, msg_id, seq, PsvnError(
+                Code.INVALID_ENVELOPE, f"malformed message: {exc!r}", rule="malformed", message_id=msg_id), received)
             return
         env = inc.envelope
         self.metrics.decisions.labels("ingress", "allow").inc()
@@ -374,6 +390,21 @@ class Gateway:
                                  "size": len(inc.payload), "href": f"/v1/inbox/{env.id}"})
         if env.type == CONSENT_TYPE and self.identity.member_type == OPERATOR_TYPE and inc.sender.type == "pds":
             await self._record_consent(env.id, env.sender_org, inc.payload)
+
+    async def _redelivered(self, rec: InRecord) -> None:
+        """A message already filed came again (we failed after filing it): repeat what follows
+        filing. Every step is idempotent: receipts carry a fixed dedupe id."""
+        if rec.status in (State.DELIVERED.value, State.ACKNOWLEDGED.value):
+            await self._receipt(rec.id, rec.status, addresses.org_of(rec.source))
+            if rec.status == State.DELIVERED.value and rec.type == CONSENT_TYPE \
+                    and self.identity.member_type == OPERATOR_TYPE:
+                opened = await self.get(rec.id)
+                await self._record_consent(rec.id, addresses.org_of(rec.source), opened.payload)
+        elif rec.status == State.QUARANTINED.value and rec.source in self.registry.members and rec.reason \
+                and not rec.reason.startswith((Code.DECRYPT_FAILED.value, Code.SIGNATURE_INVALID.value)):
+            status = State.EXPIRED if rec.reason.startswith(Code.EXPIRED.value) else State.REJECTED
+            await self._receipt(rec.id, status.value, rec.source, reason=rec.reason,
+                                rule_ids=[rec.rule] if rec.rule else [])
 
     async def _record_consent(self, message_id: str, issuer: str, payload: bytes) -> None:
         """Operator gateway: make the change take effect network-wide, then acknowledge it."""
@@ -402,11 +433,23 @@ class Gateway:
                                 rule_ids=exc.extra.get("rule_ids") or ([exc.rule] if exc.rule else []))
 
     async def _handle_receipt(self, msg: Msg, rid: str, seq: int) -> None:
+        now = now_rfc3339(self.clock())
         try:
             receipt = core.open_receipt(msg.data, subject=msg.subject, receipt_msg_id=rid, me=self.identity,
                                         registry=self.registry)
         except PsvnError as exc:
-            await self._quarantine(msg, rid, seq, exc, now_rfc3339(self.clock()))
+            await self._quarantine(msg, rid, seq, exc, now)
+            return
+        except Exception as exc:
+            await self._quarantine(msg, rid, seq, PsvnError(Code.INVALID_ENVELOPE, f"malformed receipt: {exc!r}",
+                                                            rule="malformed"), now)
+            return
+        sent = self.store.out.get(receipt.message_id)
+        if sent is not None and addresses.org_of(sent.to) != receipt.by:
+            # only the member a message went to may say what became of it
+            await self._quarantine(msg, rid, seq, PsvnError(
+                Code.SENDER_MISMATCH, f"{receipt.by} sent a receipt for a message addressed to {sent.to}",
+                rule="receipt-recipient", message_id=receipt.message_id), now)
             return
         self.metrics.receipts.labels(receipt.status).inc()
         try:

@@ -1,0 +1,89 @@
+"""Failures half-way through ingress: redelivery repeats what was missed; bad input never loops."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+import nats
+
+from broker.subjects import inbox_stream, msg_subject
+from certs import pki, tls
+from gateway import core, seal
+from psvn.envelope import SendRequest
+from tests.broker.test_backbone import wait_quarantined
+from tests.conftest import Network
+from tests.gateway.test_service import call, referral, wait_status
+
+
+async def test_lost_receipt_is_sent_again_on_redelivery(network: Network) -> None:
+    trust = network.gateways[network.TRUST].gateway
+    real_publish = trust._publish
+    failures: list[str] = []
+
+    async def flaky_publish(subject: str, data: bytes, msg_id: str) -> None:
+        if msg_id.startswith("rcpt.") and not failures:
+            failures.append(msg_id)
+            raise RuntimeError("backbone hiccup")  # the receipt is not stored anywhere
+        await real_publish(subject, data, msg_id)
+
+    trust._publish = flaky_publish  # type: ignore[method-assign]
+    status, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+    assert status == 202
+    await wait_status(network, network.COUNCIL, body["id"], "delivered", timeout=20)
+    assert failures == [f"rcpt.{body['id']}.delivered"]
+    _, inbox = await call(network, network.TRUST, "GET", "/v1/inbox")
+    assert [m["id"] for m in inbox["messages"]] == [body["id"]]  # filed once, not twice
+
+
+async def test_receipt_from_a_member_the_message_did_not_go_to_is_refused(network: Network) -> None:
+    _, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+    mid = body["id"]
+    await wait_status(network, network.COUNCIL, mid, "delivered")
+    gp = network.gateways[network.GP].gateway
+    subject, rid, data = core.make_receipt(message_id=mid, status="acknowledged", me=gp.identity,
+                                           to=gp.registry.lookup(network.COUNCIL))
+    assert gp.js is not None
+    await gp.js.publish(subject, data, headers={"Nats-Msg-Id": rid})
+    q = await wait_quarantined(network, network.COUNCIL, rid)
+    assert q["rule"] == "receipt-recipient"
+    _, st = await call(network, network.COUNCIL, "GET", f"/v1/messages/{mid}")
+    assert st["status"] == "delivered"
+
+
+async def test_a_sender_chosen_id_that_is_not_well_formed_is_not_trusted(network: Network) -> None:
+    nc = await nats.connect(network.nats.url, tls=tls.client_context(network.ca, *network.layout.broker_cert))
+    try:
+        ack = await nc.jetstream().publish(msg_subject(network.TRUST, network.COUNCIL), b"x",
+                                           headers={"Nats-Msg-Id": "../../etc passwd"})
+    finally:
+        await nc.close()
+    q = await wait_quarantined(network, network.TRUST, f"seq-{ack.seq}")
+    assert q["status"] == "quarantined"
+
+
+async def test_malformed_but_signed_envelope_is_quarantined_not_redelivered(network: Network) -> None:
+    council = network.gateways[network.COUNCIL].gateway
+    trust_member = council.registry.lookup(network.TRUST)
+    req = msgspec.convert(referral(), SendRequest)
+    env = core.build(req, source=network.COUNCIL, source_system="x", policy_version=1,
+                     datacontenttype="application/fhir+json", message_id="bad-expiry")
+    header = msgspec.json.encode(msgspec.structs.replace(env, expires="not-a-time"))
+    data = seal.seal(seal.KIND_MESSAGE, header, msgspec.json.encode(req.payload), signing_key=council.signing_key,
+                     recipient_key=pki.x25519_public(trust_member.hpke_key),
+                     info=seal.info_for(network.COUNCIL, network.TRUST, "bad-expiry"))
+    assert council.js is not None
+    await council.js.publish(msg_subject(network.TRUST, network.COUNCIL), data, headers={"Nats-Msg-Id": "bad-expiry"})
+    q: dict[str, Any] = await wait_quarantined(network, network.TRUST, "bad-expiry")
+    assert q["rule"] == "malformed"
+    nc = await nats.connect(network.nats.url, tls=tls.client_context(network.ca, *network.layout.broker_cert))
+    try:
+        for _ in range(100):  # acked, not left pending for another delivery
+            info = await nc.jetstream().consumer_info(inbox_stream(network.TRUST), "gw")
+            if info.num_ack_pending == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert info.num_ack_pending == 0 and info.num_redelivered == 0
+    finally:
+        await nc.close()
