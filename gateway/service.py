@@ -176,13 +176,16 @@ class Gateway:
             raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the gateway is not connected to the backbone; retry later",
                             rule="backbone-connected", message_id=message_id)
         ikey = idem_key(system, req.idempotency_key) if req.idempotency_key else None
-        if ikey and ikey in self.store.idem:
-            prior = self.store.out.get(self.store.idem[ikey])
-            if prior is not None:
-                if prior.request_hash != request_hash:
-                    raise PsvnError(Code.CONFLICT, "idempotency_key was used before with a different request",
-                                    field="idempotency_key", rule="idempotency", message_id=prior.id)
-                return prior, False
+        prior: OutRecord | None = None
+        if ikey:
+            owner = self.store.idem.get(ikey)
+            if owner is not None:
+                message_id = owner
+                prior = await self._prior(owner, request_hash)
+                if prior is not None and prior.status != State.ACCEPTED.value:
+                    return prior, False
+                # accepted but its publish unconfirmed (or never recorded): seal again under the
+                # same id; JetStream's dedupe window and the recipient's mailbox make this safe
         try:
             out = core.prepare_send(req, me=self.identity, system=system, snap=self.snapshot,
                                     registry=self.registry, message_id=message_id, now=self.clock(),
@@ -200,17 +203,28 @@ class Gateway:
             raise
         self.metrics.decisions.labels("egress", "allow").inc()
         now = now_rfc3339(self.clock())
-        rec = OutRecord(id=message_id, to=req.to, type=req.type, status=State.ACCEPTED.value, created=now,
-                        history=[HistoryEntry(status=State.ACCEPTED.value, time=now)],
-                        rule_ids=out.decision.rule_ids, request_hash=request_hash, expires=out.envelope.expires)
+        rec = prior or OutRecord(id=message_id, to=req.to, type=req.type, status=State.ACCEPTED.value, created=now,
+                                 history=[HistoryEntry(status=State.ACCEPTED.value, time=now)],
+                                 rule_ids=out.decision.rule_ids, request_hash=request_hash,
+                                 expires=out.envelope.expires)
         try:
-            await self.store.put_out(rec)
+            if ikey and prior is None and self.store.idem.get(ikey) is None:
+                owner = await self.store.claim_idempotency(ikey, message_id)
+                if owner != message_id:  # a concurrent request with the same key got there first
+                    return await self.send(req, system=system)
+            if prior is None:
+                await self.store.put_out(rec)
+        except PsvnError:
+            raise
         except Exception as exc:
             raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the backbone did not store the message; nothing was sent",
                             rule="state-write", message_id=message_id) from exc
-        await self._publish(out.subject, out.data, message_id)
-        if ikey:
-            await self.store.remember_idempotency(ikey, message_id)
+        try:
+            await self._publish(out.subject, out.data, message_id)
+        except PsvnError:
+            if not ikey:  # nobody can retry this message: say it failed. With a key it stays
+                await self.store.move_out(message_id, State.REJECTED, reason="backbone unavailable")
+            raise
         rec = await self.store.move_out(message_id, State.SENT) or rec
         self.metrics.sent.labels(req.type).inc()
         self.metrics.send_seconds.observe(time.perf_counter() - started)
@@ -219,6 +233,18 @@ class Gateway:
                          policy_version=out.decision.policy_version, direction="egress")
         log.info("message sent", message_id=message_id, to=req.to, type=req.type, system=system)
         return rec, True
+
+    async def _prior(self, message_id: str, request_hash: str) -> OutRecord | None:
+        """The record an idempotency key points at (waiting briefly for a concurrent request)."""
+        for _ in range(40):
+            rec = self.store.out.get(message_id)
+            if rec is not None:
+                if rec.request_hash != request_hash:
+                    raise PsvnError(Code.CONFLICT, "idempotency_key was used before with a different request",
+                                    field="idempotency_key", rule="idempotency", message_id=rec.id)
+                return rec
+            await asyncio.sleep(0.05)
+        return None  # claimed, never recorded (a failure in between): resume under the same id
 
     async def _publish(self, subject: str, data: bytes, msg_id: str) -> None:
         """Publish with the dedupe id; retry with the same id so a retry can never duplicate."""
@@ -231,8 +257,6 @@ class Gateway:
             except Exception as exc:
                 log.warning("publish failed", message_id=msg_id, attempt=attempt, error=repr(exc))
                 if attempt == PUBLISH_ATTEMPTS:
-                    await self.store.move_out(msg_id, State.REJECTED, reason=f"backbone unavailable: {exc!r}") \
-                        if msg_id in self.store.out else None
                     raise PsvnError(Code.BACKBONE_UNAVAILABLE,
                                     "the backbone did not confirm the message; retry with the same idempotency_key",
                                     rule="publish-ack", message_id=msg_id) from exc

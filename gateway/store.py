@@ -14,6 +14,7 @@ import hashlib
 import msgspec
 import structlog
 from nats.js import JetStreamContext
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from broker.kvwatch import KVFollower
@@ -105,8 +106,18 @@ class StateStore:
     async def put_out(self, rec: OutRecord) -> None:
         await self._put(f"out.{rec.id}", msgspec.json.encode(rec))
 
-    async def remember_idempotency(self, key: str, message_id: str) -> None:
-        await self._put(key, message_id.encode())
+    async def claim_idempotency(self, key: str, message_id: str) -> str:
+        """Atomically bind an idempotency key to a message id; returns the id that owns it."""
+        assert self.kv is not None
+        try:
+            await self.kv.create(key, message_id.encode())
+        except KeyWrongLastSequenceError:
+            entry = await self.kv.get(key)
+            owner = (entry.value or b"").decode()
+            self.idem[key] = owner
+            return owner
+        self.idem[key] = message_id
+        return message_id
 
     async def move_out(self, message_id: str, new: State, *, reason: str | None = None,
                        rule_ids: list[str] | None = None) -> OutRecord | None:

@@ -87,3 +87,40 @@ async def test_malformed_but_signed_envelope_is_quarantined_not_redelivered(netw
         assert info.num_ack_pending == 0 and info.num_redelivered == 0
     finally:
         await nc.close()
+
+
+async def test_lost_publish_ack_then_retry_with_same_key_delivers_once(network: Network) -> None:
+    council = network.gateways[network.COUNCIL].gateway
+    real_publish = council._publish
+    lost: list[str] = []
+
+    async def ack_lost(subject: str, data: bytes, msg_id: str) -> None:
+        await real_publish(subject, data, msg_id)  # the backbone stored it ...
+        if not lost:
+            lost.append(msg_id)
+            from psvn.errors import Code, PsvnError
+
+            raise PsvnError(Code.BACKBONE_UNAVAILABLE, "ack lost", rule="publish-ack", message_id=msg_id)
+
+    council._publish = ack_lost  # type: ignore[method-assign]
+    status, problem = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(idempotency_key="k-1"))
+    assert (status, problem["code"]) == (503, "backbone-unavailable")
+    _, st = await call(network, network.COUNCIL, "GET", f"/v1/messages/{problem['message_id']}")
+    assert st["status"] in ("accepted", "delivered")  # not rejected: the outcome was unknown
+    status, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(idempotency_key="k-1"))
+    assert status in (200, 202) and body["id"] == problem["message_id"]
+    await wait_status(network, network.COUNCIL, body["id"], "delivered")
+    await asyncio.sleep(0.3)
+    _, inbox = await call(network, network.TRUST, "GET", "/v1/inbox")
+    assert [m["id"] for m in inbox["messages"]] == [body["id"]]
+
+
+async def test_concurrent_requests_with_one_key_make_one_message(network: Network) -> None:
+    results = await asyncio.gather(*(call(network, network.COUNCIL, "POST", "/v1/messages",
+                                          referral(idempotency_key="same-key")) for _ in range(5)))
+    ids = {body["id"] for status, body in results if status in (200, 202)}
+    assert len(ids) == 1 and all(status in (200, 202) for status, _ in results)
+    await wait_status(network, network.COUNCIL, ids.pop(), "delivered")
+    await asyncio.sleep(0.3)
+    _, inbox = await call(network, network.TRUST, "GET", "/v1/inbox")
+    assert len(inbox["messages"]) == 1
