@@ -14,6 +14,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     KeyValueConfig,
     RetentionPolicy,
     StorageType,
@@ -76,15 +77,26 @@ async def _ensure_stream(js: JetStreamContext, cfg: StreamConfig) -> None:
         await js.add_stream(cfg)
 
 
+INBOX_MAX_BYTES = 512 * 1024 * 1024
+PER_SENDER_MAX_MSGS = 100_000
+
+
 async def provision_member(js: JetStreamContext, org: str, *, replicas: int = 1,
-                           retention_days: float = 30) -> None:
-    """The member's inbox stream (the mailbox *is* the stream), its consumer and state bucket."""
+                           retention_days: float = 30, max_bytes: int = INBOX_MAX_BYTES,
+                           per_sender_max_msgs: int = PER_SENDER_MAX_MSGS) -> None:
+    """The member's inbox stream (the mailbox *is* the stream), its consumer and state bucket.
+
+    Quotas: the inbox has a byte limit, and each sender (one subject per sender token) a message
+    limit; when full, *new* messages are refused (the sending gateway answers 503) rather than
+    old ones discarded, so one member cannot flood another's mailbox or push out its mail.
+    """
     t = token(org)
     stream = inbox_stream(org)
     await _ensure_stream(js, StreamConfig(
         name=stream, subjects=[f"psvn.msg.{t}.*", f"psvn.rcpt.{t}.*"], retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE, num_replicas=replicas, max_age=retention_days * DAY,
-        duplicate_window=120.0, allow_direct=True, max_msg_size=4 * 1024 * 1024))
+        duplicate_window=120.0, allow_direct=True, max_msg_size=4 * 1024 * 1024, max_bytes=max_bytes,
+        max_msgs_per_subject=per_sender_max_msgs, discard=DiscardPolicy.NEW, discard_new_per_subject=True))
     try:
         await js.consumer_info(stream, CONSUMER)
     except NotFoundError:

@@ -156,3 +156,28 @@ async def test_invalid_payload_at_ingress_is_quarantined_and_sender_told(network
     assert council.store.out.get("bad-payload") is None  # never went through the honest path
     await wait_status(network, network.COUNCIL, body["id"], "delivered")
     assert Code.INVALID_PAYLOAD.value in q["reason"]
+
+
+async def test_a_full_inbox_refuses_new_mail_instead_of_dropping_old(network: Network) -> None:
+    """Per-sender quota on the trust's inbox: past it the sender is told, nothing is discarded."""
+    from broker import provision
+    from psvn.devnet import broker_tls
+
+    nc = await nats.connect(network.nats.url, tls=broker_tls(network.layout))
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(inbox_stream(network.TRUST))
+        cfg = info.config
+        assert str(getattr(cfg.discard, "value", cfg.discard)) == "new" and cfg.discard_new_per_subject
+        assert cfg.max_msgs_per_subject == provision.PER_SENDER_MAX_MSGS and cfg.max_bytes == provision.INBOX_MAX_BYTES
+        cfg.max_msgs_per_subject = 1
+        await js.update_stream(cfg)
+    finally:
+        await nc.close()
+    first = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+    assert first[0] == 202
+    second = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+    assert (second[0], second[1]["code"]) == (503, "backbone-unavailable")
+    third = await call(network, network.GP, "POST", "/v1/messages", referral())  # another sender is unaffected
+    assert third[0] == 202
+    await wait_status(network, network.COUNCIL, first[1]["id"], "delivered")
