@@ -43,7 +43,12 @@ _INT_TYPES = frozenset({"integer", "positiveInt", "unsignedInt"})
 _XML_SPACE = " \t\r\n"
 _EXPECTED_DOC = 'a FHIR resource element in the FHIR namespace, e.g. <Patient xmlns="http://hl7.org/fhir">'
 
-_COMPLEX, _PRIM, _WRAP, _XHTML, _SKIP = range(5)
+# how an element is read (frame kinds, and plan entries)
+_COMPLEX, _PRIM, _WRAP, _XHTML, _SKIP, _ATTR, _DIV_IN_FHIR = range(7)
+_TYPED = frozenset({"boolean", "decimal", *_INT_TYPES})  # JSON booleans and numbers
+
+# one element of a node, as the reader needs it: (key, child, tcode, position, how, node of a complex)
+_Plan = tuple[str, _Child, str, int, int, _Node | None]
 
 
 class _Stop(Exception):
@@ -56,35 +61,32 @@ class _Stop(Exception):
 class _Frame:
     """One open element. A plain slotted class: the reader makes one per element."""
 
-    __slots__ = ("child", "container", "ext", "ext_ptr", "has_value", "index", "key", "kind", "last",
-                 "last_name", "line", "node", "ns", "obj", "prim_keys", "ptr", "seen", "tcode", "text",
-                 "value")
+    __slots__ = ("base", "child", "ext", "has_value", "index", "key", "kind", "last", "last_name", "node", "ns",
+                 "obj", "plan", "prim_keys", "ptr", "seen", "text", "tline", "value")
     kind: int
     ptr: str  # JSON pointer of this element's JSON value
-    line: int
-    text: str | None
+    text: str | None  # first non-whitespace text directly inside
+    tline: int  # its line
+    plan: dict[str, _Plan]  # complex: expat element name -> how to read it
     node: _Node  # complex: its definition
-    obj: dict[str, Any]  # complex, resource wrapper: the JSON object being filled
+    obj: dict[str, Any] | None  # complex, wrapper: the JSON object; primitive, div: where the value goes
     last: int  # complex: position of the furthest element so far (order check)
     last_name: str
     seen: set[str]  # complex: single-occurrence elements already met
-    prim_keys: list[str]  # complex: repeating primitives (their "_name" lists are tidied at the end)
+    prim_keys: list[str] | None  # complex: repeating primitives (their "_name" lists are tidied at the end)
     child: _Child  # primitive, wrapper: the element's definition
-    tcode: str
-    container: dict[str, Any] | None  # primitive, div: where the value goes
     key: str
+    base: str  # primitive: the parent's pointer
     index: int  # primitive: position in a repeating element, -1 when single
-    value: Any  # primitive: JSON value; XHTML: the tag name
-    ext: dict[str, Any]  # primitive: id and extensions ("_name")
-    ext_ptr: str
+    value: Any  # XHTML: the tag name
+    ext: dict[str, Any] | None  # primitive: its id and extensions (the JSON "_name")
     has_value: bool  # primitive: value attribute present; wrapper: resource element met
     ns: str  # XHTML: the default namespace in force
 
-    def __init__(self, kind: int, ptr: str = "", line: int = 0) -> None:
+    def __init__(self, kind: int, ptr: str = "") -> None:
         self.kind = kind
         self.ptr = ptr
-        self.line = line
-        self.text: str | None = None  # first non-whitespace text seen directly inside
+        self.text = None
 
 
 _SKIP_FRAME = _Frame(_SKIP)
@@ -111,11 +113,16 @@ class XmlRead:
 
 
 class FhirXmlReader:
-    """Reads FHIR R4 XML into the FHIR JSON form; one instance per process is enough."""
+    """Reads FHIR R4 XML into the FHIR JSON form; one instance per process is enough.
+
+    Per definition node it keeps a plan keyed by expat's element name (``"namespace local"``),
+    so the common element costs one dict lookup.
+    """
 
     def __init__(self, defs: R4Definitions | None = None) -> None:
         self.defs = defs or definitions()
         self._orders: dict[str, dict[str, int]] = {}
+        self._plans: dict[str, dict[str, _Plan]] = {}
 
     def order(self, node: _Node) -> dict[str, int]:
         """Element name -> position in the definition (choice variants share one position)."""
@@ -127,6 +134,31 @@ class FhirXmlReader:
                 o[key] = positions.setdefault(id(child), len(positions))
             self._orders[node.path] = o
         return o
+
+    def plan(self, node: _Node) -> dict[str, _Plan]:
+        plan = self._plans.get(node.path)
+        if plan is not None:
+            return plan
+        plan = {}
+        defs = self.defs
+        for key, pos in self.order(node).items():
+            child, tcode = node.lookup[key]
+            sub = None
+            if (key == "id" and node.kind != "resource") or (key == "url" and node.path == "Extension"):
+                how = _ATTR
+            elif tcode == "xhtml":
+                how = _DIV_IN_FHIR
+                plan[f"{XHTML_NS} {key}"] = (key, child, tcode, pos, _XHTML, None)
+            elif tcode in defs.primitives:
+                how = _PRIM
+            elif tcode == "Resource" or defs.is_resource(tcode):
+                how = _WRAP
+            else:
+                how = _COMPLEX
+                sub = defs.nodes[tcode[1:] if tcode[0] == "@" else tcode]
+            plan[_FHIR + key] = (key, child, tcode, pos, how, sub)
+        self._plans[node.path] = plan
+        return plan
 
     def read(self, body: bytes, limits: Limits) -> XmlRead:
         return _Reader(self, limits).run(body)
@@ -151,7 +183,8 @@ class _Reader:
     def __init__(self, owner: FhirXmlReader, limits: Limits) -> None:
         self.owner = owner
         self.defs = owner.defs
-        self.limits = limits
+        self.max_elements = limits.max_elements
+        self.max_depth = limits.max_depth
         self.stack: list[_Frame] = []
         self.out: list[Violation] = []
         self.quiet: set[str] = set()
@@ -204,40 +237,81 @@ class _Reader:
         raise _Stop(Violation(path="", rule="xml-dtd", message="external entity refused",
                               expected="FHIR XML without external entities"))
 
-    def _line(self) -> int:
-        return int(self.parser.CurrentLineNumber) if self.parser is not None else 0
-
     def _report(self, path: str, rule: str, message: str, expected: str, line: int | None = None) -> None:
-        self.out.append(Violation(path=path, rule=rule, message=f"{message} (line {line or self._line()})",
-                                  expected=expected))
+        if line is None:
+            line = self.parser.CurrentLineNumber if self.parser is not None else 0
+        self.out.append(Violation(path=path, rule=rule, message=f"{message} (line {line})", expected=expected))
 
     # -- element start ---------------------------------------------------------------------------
     def _start(self, name: str, attrs: dict[str, str]) -> None:
         self.elements += 1
         stack = self.stack
-        if self.elements > self.limits.max_elements:
-            raise _Stop(Violation(path="", rule="max-elements",
-                                  message=f"payload has more than {self.limits.max_elements} XML elements",
-                                  expected=f"at most {self.limits.max_elements} elements"))
-        if len(stack) >= self.limits.max_depth:
-            raise _Stop(Violation(path="", rule="max-depth",
-                                  message=f"payload nests deeper than {self.limits.max_depth} levels",
-                                  expected=f"at most {self.limits.max_depth} levels of elements"))
+        if self.elements > self.max_elements or len(stack) >= self.max_depth:
+            self._limit()
         if not stack:
             self._root(name, attrs)
             return
         parent = stack[-1]
         kind = parent.kind
-        if kind == _SKIP:
-            stack.append(_SKIP_FRAME)
-        elif kind == _XHTML:
-            self._xhtml_start(parent, name, attrs)
-        elif kind == _COMPLEX:
-            self._child(parent, name, attrs)
-        elif kind == _PRIM:
-            self._primitive_child(parent, name, attrs)
+        if kind != _COMPLEX:
+            if kind == _SKIP:
+                stack.append(_SKIP_FRAME)
+            elif kind == _XHTML:
+                self._xhtml_start(parent, name, attrs)
+            elif kind == _PRIM:
+                self._primitive_child(parent, name, attrs)
+            else:
+                self._wrapped_resource(parent, name, attrs)
+            return
+        plan = parent.plan.get(name)
+        if plan is None:
+            self._unplanned(parent, name)
+            return
+        key, child, tcode, pos, how, sub = plan
+        if child.max == 1:
+            if key in parent.seen:
+                self._report(f"{parent.ptr}/{key}", "fhir-cardinality", f"{child.fhir_path} may appear only "
+                             f"once (max 1), but <{key}> is repeated", f"a single <{key}> element")
+                stack.append(_SKIP_FRAME)
+                return
+            parent.seen.add(key)
+        if pos > parent.last:
+            parent.last = pos
+            parent.last_name = key
+        elif pos < parent.last:
+            self._report(f"{parent.ptr}/{key}", "fhir-xml-order", f"<{key}> comes after <{parent.last_name}>; "
+                         f"FHIR XML keeps the elements of {parent.node.path} in their defined order",
+                         f"<{key}> before <{parent.last_name}>, repeats side by side")
+        obj = parent.obj
+        assert obj is not None
+        if how == _PRIM:
+            self._open_primitive(parent, obj, parent.ptr, key, child, tcode, attrs)
+        elif how == _COMPLEX:
+            assert sub is not None
+            self._open_complex(obj, parent.ptr, key, child, sub, attrs)
+        elif how == _WRAP:
+            self._open_wrapper(obj, parent.ptr, key, child, attrs)
+        elif how == _XHTML:
+            self._div(parent, key, attrs)
         else:
-            self._wrapped_resource(parent, name, attrs)
+            ptr = f"{parent.ptr}/{key}"
+            if how == _ATTR:
+                tag = parent.node.path.rsplit(".", 1)[-1]
+                self._report(ptr, "fhir-xml-attribute", f"{child.fhir_path} is an XML attribute, not an element",
+                             f'<{tag[:1].lower() + tag[1:]} {key}="...">')
+            else:  # Narrative.div in the FHIR namespace: a common slip
+                self._report(ptr, "fhir-xml-namespace", f"{child.fhir_path} must be XHTML, not a FHIR element",
+                             f'<div xmlns="{XHTML_NS}">...</div>')
+            self.quiet.add(ptr)
+            stack.append(_SKIP_FRAME)
+
+    def _limit(self) -> None:
+        if self.elements > self.max_elements:
+            raise _Stop(Violation(path="", rule="max-elements",
+                                  message=f"payload has more than {self.max_elements} XML elements",
+                                  expected=f"at most {self.max_elements} elements"))
+        raise _Stop(Violation(path="", rule="max-depth", message=f"payload nests deeper than {self.max_depth} levels",
+                              expected=f"at most {self.max_depth} levels of elements"))
 
     def _root(self, name: str, attrs: dict[str, str]) -> None:
         ns, local = _split(name)
@@ -255,137 +329,91 @@ class _Reader:
         self.stack.append(self._complex_frame(node, self.data, ""))
 
     def _complex_frame(self, node: _Node, obj: dict[str, Any], ptr: str) -> _Frame:
-        f = _Frame(_COMPLEX, ptr, self._line())
+        f = _Frame(_COMPLEX, ptr)
         f.node = node
+        f.plan = self.owner.plan(node)
         f.obj = obj
         f.last = -1
         f.last_name = ""
         f.seen = set()
-        f.prim_keys = []
+        f.prim_keys = None
         return f
 
-    def _child(self, parent: _Frame, name: str, attrs: dict[str, str]) -> None:
-        node: _Node = parent.node
-        if name.startswith(_FHIR):
-            local = name[len(_FHIR):]
-        else:
-            ns, local = _split(name)
-            ent = node.lookup.get(local)
-            if ns == XHTML_NS and ent is not None and ent[1] == "xhtml":
-                if self._ordered(parent, local, ent[0]):
-                    self._div(parent, local, ent[0], attrs)
-                return
-            where = f"in namespace {ns}" if ns else "in no namespace"
-            self._report(f"{parent.ptr}/{local}", "fhir-xml-namespace",
-                         f"<{local}> inside {node.path} is {where}", f"elements in the FHIR namespace {FHIR_NS}")
-            self.stack.append(_SKIP_FRAME)
-            return
-        ent = node.lookup.get(local)
+    def _unplanned(self, parent: _Frame, name: str) -> None:
+        """An element the node does not define, or one in another namespace."""
+        node = parent.node
+        ns, local = _split(name)
         ptr = f"{parent.ptr}/{local}"
-        if ent is None:
+        if ns != FHIR_NS:
+            where = f"in namespace {ns}" if ns else "in no namespace"
+            self._report(ptr, "fhir-xml-namespace", f"<{local}> inside {node.path} is {where}",
+                         f"elements in the FHIR namespace {FHIR_NS}")
+        else:  # the JSON walker's words, so both forms say the same
             self.out.append(Violation(path=ptr, rule="fhir-unknown-element",
                                       message=f"{node.path} has no element {local!r}",
                                       expected=f"an element defined for {node.path} in FHIR R4"))
-            self.stack.append(_SKIP_FRAME)
-            return
-        child, tcode = ent
-        if (local == "id" and node.kind != "resource") or (local == "url" and node.path == "Extension"):
-            self._report(ptr, "fhir-xml-attribute", f"{child.fhir_path} is an XML attribute, not an element",
-                         f'<{node.path.rsplit(".", 1)[-1].lower()} {local}="...">')
-            self.quiet.add(ptr)
-            self.stack.append(_SKIP_FRAME)
-            return
-        if tcode == "xhtml":  # Narrative.div in the FHIR namespace: a common slip
-            self._report(ptr, "fhir-xml-namespace", f"{child.fhir_path} must be XHTML, not a FHIR element",
-                         f'<div xmlns="{XHTML_NS}">...</div>')
-            self.quiet.add(ptr)
-            self.stack.append(_SKIP_FRAME)
-            return
-        if not self._ordered(parent, local, child):
-            return
-        self._open(parent, parent.obj, parent.ptr, parent.ptr, local, child, tcode, attrs)
+        self.stack.append(_SKIP_FRAME)
 
-    def _ordered(self, parent: _Frame, local: str, child: _Child) -> bool:
-        """Order and single-occurrence checks; False when the element is skipped."""
-        ptr = f"{parent.ptr}/{local}"
-        if child.max == 1:
-            if local in parent.seen:
-                self._report(ptr, "fhir-cardinality", f"{child.fhir_path} may appear only once (max 1), "
-                             f"but <{local}> is repeated", f"a single <{local}> element")
-                self.stack.append(_SKIP_FRAME)
-                return False
-            parent.seen.add(local)
-        pos = self.owner.order(parent.node)[local]
-        if pos < parent.last:
-            self._report(ptr, "fhir-xml-order", f"<{local}> comes after <{parent.last_name}>; FHIR XML "
-                         f"keeps the elements of {parent.node.path} in their defined order",
-                         f"<{local}> before <{parent.last_name}>, repeats side by side")
-        elif pos > parent.last:
-            parent.last = pos
-            parent.last_name = local
-        return True
-
-    def _open(self, parent: _Frame, container: dict[str, Any], base: str, ext_base: str, key: str,
-              child: _Child, tcode: str, attrs: dict[str, str]) -> None:
-        """Start element ``key`` (a ``child`` of type ``tcode``) and place its JSON in ``container``."""
-        repeat = child.max != 1
-        defs = self.defs
-        line = self._line()
-        if tcode in defs.primitives:
-            value: Any = None
-            raw: str | None = None
-            ext: dict[str, Any] = {}
-            ptr = f"{base}/{key}" if not repeat else ""
-            for aname, aval in attrs.items():
-                if aname == "value":
-                    raw = aval
-                elif aname == "id":
-                    ext["id"] = aval
+    def _open_primitive(self, parent: _Frame, container: dict[str, Any], base: str, key: str, child: _Child,
+                        tcode: str, attrs: dict[str, str]) -> None:
+        f = _Frame(_PRIM)
+        f.child = child
+        f.key = key
+        f.base = base
+        f.obj = container
+        f.ext = None
+        raw = attrs.get("value")
+        if child.max != 1:
+            values = container.get(key)
+            if values is None:
+                values = container[key] = []
+                container["_" + key] = []
+                if parent.prim_keys is None:
+                    parent.prim_keys = [key]
                 else:
-                    self._bad_attribute(f"{base}/{key}", key, aname, child.fhir_path, "value, id", line)
-            f = _Frame(_PRIM, ptr, line)
-            if repeat:
-                values = container.get(key)
-                if values is None:
-                    values = container[key] = []
-                    container["_" + key] = []
                     parent.prim_keys.append(key)
-                f.index = len(values)
-                values.append(None)
-                container["_" + key].append(None)
-                f.ptr = f"{base}/{key}/{f.index}"
-                f.ext_ptr = f"{ext_base}/_{key}/{f.index}"
+            f.index = len(values)
+            f.ptr = f"{base}/{key}/{f.index}"
+            values.append(None)
+            container["_" + key].append(None)
+        else:
+            f.index = -1
+            f.ptr = f"{base}/{key}"
+        if len(attrs) > (raw is not None):
+            for aname, aval in attrs.items():
+                if aname == "id":
+                    f.ext = {"id": aval}
+                elif aname != "value":
+                    self._bad_attribute(f.ptr, key, aname, child.fhir_path, "value, id")
+        f.has_value = raw is not None
+        if raw is not None:
+            value: Any = self._lexical(child, tcode, raw, f.ptr) if tcode in _TYPED else raw
+            if f.index >= 0:
+                container[key][f.index] = value
             else:
-                f.index = -1
-                f.ext_ptr = f"{ext_base}/_{key}"
-            if raw is not None:
-                value = self._lexical(child, tcode, raw, f.ptr, line)
-            f.child = child
-            f.container = container
-            f.key = key
-            f.value = value
-            f.has_value = raw is not None
-            f.ext = ext
-            self.stack.append(f)
-            return
-        ptr_key = f"{base}/{key}"
-        if tcode == "Resource" or defs.is_resource(tcode):
-            obj: dict[str, Any] = {}
-            for aname in attrs:
-                self._bad_attribute(ptr_key, key, aname, child.fhir_path, "none", line)
-            ptr = self._place(container, key, repeat, obj, base)
-            f = _Frame(_WRAP, ptr, line)
-            f.obj = obj
-            f.child = child
-            f.has_value = False  # holds its resource element yet?
-            self.stack.append(f)
-            return
-        node = defs.nodes[tcode[1:] if tcode[0] == "@" else tcode]
-        obj = {}
-        ptr = self._place(container, key, repeat, obj, base)
-        self._attributes(attrs, ptr, key, child.fhir_path, ("id", "url") if node.path == "Extension" else ("id",),
-                         obj=obj)
+                container[key] = value
+        self.stack.append(f)
+
+    def _open_complex(self, container: dict[str, Any], base: str, key: str, child: _Child, node: _Node,
+                      attrs: dict[str, str]) -> None:
+        obj: dict[str, Any] = {}
+        ptr = self._place(container, key, child.max != 1, obj, base)
+        if attrs:
+            self._attributes(attrs, ptr, key, child.fhir_path,
+                             ("id", "url") if node.path == "Extension" else ("id",), obj=obj)
         self.stack.append(self._complex_frame(node, obj, ptr))
+
+    def _open_wrapper(self, container: dict[str, Any], base: str, key: str, child: _Child,
+                      attrs: dict[str, str]) -> None:
+        obj: dict[str, Any] = {}
+        ptr = self._place(container, key, child.max != 1, obj, base)
+        if attrs:
+            self._attributes(attrs, ptr, key, child.fhir_path, ())
+        f = _Frame(_WRAP, ptr)
+        f.obj = obj
+        f.child = child
+        f.has_value = False
+        self.stack.append(f)
 
     @staticmethod
     def _place(container: dict[str, Any], key: str, repeat: bool, obj: Any, base: str) -> str:
@@ -408,51 +436,50 @@ class _Reader:
             else:
                 self._bad_attribute(ptr, local, aname, fhir_path, ", ".join(allowed) or "none")
 
-    def _bad_attribute(self, ptr: str, local: str, aname: str, fhir_path: str, allowed: str,
-                       line: int | None = None) -> None:
+    def _bad_attribute(self, ptr: str, local: str, aname: str, fhir_path: str, allowed: str) -> None:
         ns, an = _split(aname)
         shown = f"{{{ns}}}{an}" if ns else an
         hint = " (a value belongs in child elements)" if an == "value" and "value" not in allowed else ""
         self._report(ptr, "fhir-xml-attribute", f"<{local}> ({fhir_path}) has attribute {shown!r}, which FHIR "
-                     f"XML does not define there{hint}", f"attributes: {allowed}", line)
+                     f"XML does not define there{hint}", f"attributes: {allowed}")
 
-    def _lexical(self, child: _Child, tcode: str, raw: str, ptr: str, line: int) -> Any:
+    def _lexical(self, child: _Child, tcode: str, raw: str, ptr: str) -> Any:
         """The JSON value of a ``value`` attribute: booleans and numbers are typed in JSON."""
         if tcode == "boolean":
             if raw == "true":
                 return True
             if raw == "false":
                 return False
-            self._report(ptr, "fhir-format", f"{child.fhir_path} value {raw!r} is not a boolean",
-                         "true or false", line)
+            self._report(ptr, "fhir-format", f"{child.fhir_path} value {_short(raw)} is not a boolean",
+                         "true or false")
             return True  # placeholder: reported here, so the walker must not complain again
-        if tcode in _INT_TYPES:
-            if _INT.fullmatch(raw) and len(raw) <= 20:
-                return int(raw)  # range and sign are the walker's (same words as JSON)
-            self._report(ptr, "fhir-format", f"{child.fhir_path} value {_short(raw)} is not an integer",
-                         "an integer in decimal digits, e.g. 42", line)
-            return 1
         if tcode == "decimal":
             if _DECIMAL.fullmatch(raw):
                 return float(raw) if any(c in raw for c in ".eE") else int(raw)
             self._report(ptr, "fhir-format", f"{child.fhir_path} value {_short(raw)} is not a decimal",
-                         "a decimal number, e.g. 72.5", line)
+                         "a decimal number, e.g. 72.5")
             return 0
-        return raw
+        if _INT.fullmatch(raw) and len(raw) <= 20:
+            return int(raw)  # range and sign are the walker's (the same words as JSON)
+        self._report(ptr, "fhir-format", f"{child.fhir_path} value {_short(raw)} is not an integer",
+                     "an integer in decimal digits, e.g. 42")
+        return 1
 
     def _primitive_child(self, parent: _Frame, name: str, attrs: dict[str, str]) -> None:
         """Inside a primitive only ``extension`` may appear (its JSON goes to ``_name``)."""
-        ns, local = _split(name)
-        if ns == FHIR_NS and local == "extension":
+        ext_ptr = f"{parent.base}/_{parent.key}" + (f"/{parent.index}" if parent.index >= 0 else "")
+        if name == _FHIR + "extension":
+            if parent.ext is None:
+                parent.ext = {}
             ext_child = _EXTENSION_CHILD.get(parent.child.fhir_path)
             if ext_child is None:
                 ext_child = _EXTENSION_CHILD[parent.child.fhir_path] = _Child(
                     name="extension", fhir_path=f"{parent.child.fhir_path}.extension", min=0, max=-1,
                     types=["Extension"], valueset=None, choice=False)
-            self._open(parent, parent.ext, parent.ext_ptr, parent.ext_ptr, "extension", ext_child, "Extension",
-                       attrs)
+            self._open_complex(parent.ext, ext_ptr, "extension", ext_child, self.defs.nodes["Extension"], attrs)
             return
-        ptr = f"{parent.ext_ptr}/{local}"
+        ns, local = _split(name)
+        ptr = f"{ext_ptr}/{local}"
         if ns != FHIR_NS:
             where = f"in namespace {ns}" if ns else "in no namespace"
             self._report(ptr, "fhir-xml-namespace", f"<{local}> inside {parent.child.fhir_path} is {where}",
@@ -465,6 +492,8 @@ class _Reader:
     def _wrapped_resource(self, parent: _Frame, name: str, attrs: dict[str, str]) -> None:
         """``<contained>``, ``<resource>``: exactly one resource element, its name the resourceType."""
         ns, local = _split(name)
+        obj = parent.obj
+        assert obj is not None
         if parent.has_value:
             self._report(parent.ptr, "fhir-xml-resource", f"{parent.child.fhir_path} holds more than one "
                          f"resource (<{local}> is another)", "exactly one resource element inside")
@@ -478,20 +507,21 @@ class _Reader:
             self.quiet_under.append(parent.ptr)
             self.stack.append(_SKIP_FRAME)
             return
-        parent.obj["resourceType"] = local
+        obj["resourceType"] = local
         node = self.defs.nodes.get(local)
         if node is None or node.kind != "resource":
             self.stack.append(_SKIP_FRAME)  # the walker reports the resourceType
             return
-        self._attributes(attrs, parent.ptr, local, local, ())
-        self.stack.append(self._complex_frame(node, parent.obj, parent.ptr))
+        if attrs:
+            self._attributes(attrs, parent.ptr, local, local, ())
+        self.stack.append(self._complex_frame(node, obj, parent.ptr))
 
     # -- XHTML narrative ---------------------------------------------------------------------------
-    def _div(self, parent: _Frame, key: str, child: _Child, attrs: dict[str, str]) -> None:
+    def _div(self, parent: _Frame, key: str, attrs: dict[str, str]) -> None:
         self.xbuf = buf = [f'<div xmlns="{XHTML_NS}"']
         self.xopen = True
-        f = _Frame(_XHTML, f"{parent.ptr}/{key}", self._line())
-        f.container = parent.obj
+        f = _Frame(_XHTML, f"{parent.ptr}/{key}")
+        f.obj = parent.obj
         f.key = key
         f.ns = XHTML_NS
         f.value = "div"
@@ -511,69 +541,66 @@ class _Reader:
         f = _Frame(_XHTML, parent.ptr)
         f.ns = ns
         f.value = local
-        f.container = None
+        f.obj = None
         self.stack.append(f)
 
     # -- element end, text -------------------------------------------------------------------------
     def _end(self, _name: str) -> None:
         f = self.stack.pop()
         kind = f.kind
-        if kind == _SKIP:
-            return
-        if kind == _COMPLEX:
+        if kind == _PRIM:
+            if f.text is not None or f.ext is not None or not f.has_value:
+                self._end_primitive(f)
+        elif kind == _COMPLEX:
             if f.text is not None:
                 self._mixed(f, f.node.path)
-            obj = f.obj
-            for key in f.prim_keys:
-                if all(e is None for e in obj["_" + key]):
-                    del obj["_" + key]
-        elif kind == _PRIM:
-            self._end_primitive(f)
+            if f.prim_keys is not None:
+                obj = f.obj
+                assert obj is not None
+                for key in f.prim_keys:
+                    if all(e is None for e in obj["_" + key]):
+                        del obj["_" + key]
         elif kind == _XHTML:
             buf = self.xbuf
             buf.append("/>" if self.xopen else f"</{f.value}>")
             self.xopen = False
-            if f.container is not None:  # the div itself
-                f.container[f.key] = "".join(buf)
+            if f.obj is not None:  # the div itself
+                f.obj[f.key] = "".join(buf)
                 self.xbuf = []
-        else:  # resource wrapper
+        elif kind == _WRAP:
             if f.text is not None:
                 self._mixed(f, f.child.fhir_path)
             if not f.has_value:
                 self._report(f.ptr, "fhir-xml-resource", f"{f.child.fhir_path} holds no resource",
-                             "exactly one resource element inside, e.g. <contained><Patient>...</Patient></contained>",
-                             f.line)
+                             "exactly one resource element inside, e.g. <contained><Patient>...</Patient></contained>")
                 self.quiet_under.append(f.ptr)
 
     def _end_primitive(self, f: _Frame) -> None:
-        child: _Child = f.child
+        child = f.child
         tag = f.key
         if f.text is not None and not f.has_value:
             self._report(f.ptr, "fhir-xml-value", f"{child.fhir_path} carries its value as text "
                          f"({_short(f.text)}); FHIR XML puts a primitive's value in the value attribute",
-                         f'<{tag} value="..."/>', f.line)
+                         f'<{tag} value="..."/>', f.tline)
         elif f.text is not None:
             self._mixed(f, child.fhir_path)
         elif not f.has_value and not f.ext:
             self._report(f.ptr, "fhir-xml-value", f"<{tag}> ({child.fhir_path}) has no value attribute "
-                         "(and no extension)", f'<{tag} value="..."/>', f.line)
+                         "(and no extension)", f'<{tag} value="..."/>')
         if not f.has_value and not f.ext:
             self.quiet.add(f.ptr)
-        container = f.container
-        assert container is not None
-        if f.index >= 0:
-            container[tag][f.index] = f.value
-            container["_" + tag][f.index] = f.ext or None
-        else:
-            if f.has_value:
-                container[tag] = f.value
-            if f.ext:
+        if f.ext:
+            container = f.obj
+            assert container is not None
+            if f.index >= 0:
+                container["_" + tag][f.index] = f.ext
+            else:
                 container["_" + tag] = f.ext
 
     def _mixed(self, f: _Frame, what: str) -> None:
         self._report(f.ptr, "fhir-xml-mixed-content", f"{what} contains text ({_short(f.text or '')}); FHIR XML "
                      "elements hold only child elements and attributes",
-                     "child elements only (a primitive's value goes in its value attribute)", f.line)
+                     "child elements only (a primitive's value goes in its value attribute)", f.tline)
 
     def _text(self, data: str) -> None:
         stack = self.stack
@@ -589,6 +616,7 @@ class _Reader:
             stripped = data.strip(_XML_SPACE)
             if stripped:
                 f.text = stripped
+                f.tline = self.parser.CurrentLineNumber
 
 
 _EXTENSION_CHILD: dict[str, _Child] = {}

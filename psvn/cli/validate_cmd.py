@@ -13,7 +13,7 @@ from typing import Any
 
 from policies import bundle
 from policies.catalogue import Catalogue
-from policies.validation import PayloadValidator, invalid_payload_error
+from policies.validation import XML_TYPES, PayloadValidator, invalid_payload_error, media_type
 from psvn.cli.output import print_error, print_json
 from psvn.errors import Code, PsvnError
 
@@ -33,17 +33,33 @@ def _read(path: str) -> bytes:
                         rule="file-readable") from exc
 
 
+def _content_type(args: argparse.Namespace) -> str | None:
+    """``--content-type`` if given, else FHIR XML for a ``.xml`` file (what the gateway's
+    ``Content-Type`` header says on the wire), else the type's own format."""
+    if args.content_type:
+        return str(args.content_type)
+    if args.file != "-" and Path(args.file).suffix.lower() == ".xml":
+        return "application/fhir+xml"
+    return None
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     catalogue, schemas = _load(args.policy)
     validator = PayloadValidator(catalogue, schemas)
     entry = catalogue.get(args.type)
     body = _read(args.file)
-    violations = validator.validate(args.type, body)
+    content_type = _content_type(args)
+    violations = validator.validate(args.type, body, content_type=content_type)
     if not violations:
+        as_xml = media_type(content_type) in XML_TYPES
         if args.json:
-            print_json({"valid": True, "type": args.type, "standard": entry.standard, "file": args.file})
+            result = {"valid": True, "type": args.type, "standard": entry.standard, "file": args.file}
+            if as_xml:
+                result["content_type"] = media_type(content_type)
+            print_json(result)
         else:
-            print(f"valid: {args.file} conforms to {entry.standard} for {args.type}")
+            print(f"valid: {args.file} conforms to {entry.standard} for {args.type}"
+                  + (" (FHIR XML)" if as_xml else ""))
         return 0
     err = invalid_payload_error(entry, violations)
     if args.json:
@@ -96,9 +112,15 @@ def register(subparsers: Any) -> None:
         "validate", help="validate a payload offline against its catalogue type's standard",
         description="Validate FILE as the payload of a message of catalogue type TYPE, with the "
         "gateway's own validators and messages. Exit 0 when valid, 1 with every violation when not.",
-        epilog="example: psvn validate --type fhir.r4.ServiceRequest examples/referral.json")
+        epilog="examples: psvn validate --type fhir.r4.ServiceRequest examples/referral.json\n"
+        "          psvn validate --type fhir.r4.Patient examples/patient.xml",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     v.add_argument("--type", required=True, help="catalogue type, e.g. fhir.r4.ServiceRequest or hl7v2.ADT_A01")
-    v.add_argument("file", metavar="FILE", help="payload file (JSON, or HL7 v2 ER7 text); - for stdin")
+    v.add_argument("file", metavar="FILE", help="payload file (JSON, FHIR XML, or HL7 v2 ER7 text); - for stdin")
+    v.add_argument("--content-type", metavar="MEDIA_TYPE",
+                   help="how to read FILE, as the gateway reads a Content-Type header: application/fhir+xml "
+                   "(or application/xml, text/xml) for FHIR XML; default: FHIR XML for a .xml file, "
+                   "else the type's own format")
     v.add_argument("--json", action="store_true", help="print the RFC 9457 problem document (or a result)")
     v.add_argument("--policy", metavar="DIR", help=policy_help)
     v.set_defaults(func=cmd_validate)
