@@ -78,7 +78,7 @@ class _Frame:
     key: str
     base: str  # primitive: the parent's pointer
     index: int  # primitive: position in a repeating element, -1 when single
-    value: Any  # XHTML: the tag name
+    value: Any  # XHTML: the tag name; complex: its name in messages
     ext: dict[str, Any] | None  # primitive: its id and extensions (the JSON "_name")
     has_value: bool  # primitive: value attribute present; wrapper: resource element met
     ns: str  # XHTML: the default namespace in force
@@ -215,6 +215,10 @@ class _Reader:
                 path="", rule="xml-syntax",
                 message=f"not well-formed XML: {expat.ErrorString(exc.code)} at line {exc.lineno}, "
                 f"column {exc.offset + 1}", expected="a well-formed UTF-8 XML document")])
+        except (LookupError, ValueError) as exc:  # encoding="..." that Python cannot decode
+            return XmlRead(None, [Violation(
+                path="", rule="xml-syntax", message=f"cannot read the declared character encoding ({exc})",
+                expected="a well-formed UTF-8 XML document")])
         finally:
             self.parser = None  # break the handler <-> parser cycle
         if self.data is None:  # pragma: no cover - expat rejects a document without a root element
@@ -281,7 +285,7 @@ class _Reader:
         elif pos < parent.last:
             self._report(f"{parent.ptr}/{key}", "fhir-xml-order", f"<{key}> comes after <{parent.last_name}>; "
                          f"FHIR XML keeps the elements of {parent.node.path} in their defined order",
-                         f"<{key}> before <{parent.last_name}>, repeats side by side")
+                         f"<{key}> before <{parent.last_name}> (definition order; repeats side by side)")
         obj = parent.obj
         assert obj is not None
         if how == _PRIM:
@@ -328,8 +332,9 @@ class _Reader:
         self._attributes(attrs, "", local, node.path, (), root=True)
         self.stack.append(self._complex_frame(node, self.data, ""))
 
-    def _complex_frame(self, node: _Node, obj: dict[str, Any], ptr: str) -> _Frame:
+    def _complex_frame(self, node: _Node, obj: dict[str, Any], ptr: str, what: str = "") -> _Frame:
         f = _Frame(_COMPLEX, ptr)
+        f.value = what or node.path  # how messages name it: Patient.name rather than HumanName
         f.node = node
         f.plan = self.owner.plan(node)
         f.obj = obj
@@ -401,7 +406,7 @@ class _Reader:
         if attrs:
             self._attributes(attrs, ptr, key, child.fhir_path,
                              ("id", "url") if node.path == "Extension" else ("id",), obj=obj)
-        self.stack.append(self._complex_frame(node, obj, ptr))
+        self.stack.append(self._complex_frame(node, obj, ptr, child.fhir_path))
 
     def _open_wrapper(self, container: dict[str, Any], base: str, key: str, child: _Child,
                       attrs: dict[str, str]) -> None:
@@ -553,7 +558,7 @@ class _Reader:
                 self._end_primitive(f)
         elif kind == _COMPLEX:
             if f.text is not None:
-                self._mixed(f, f.node.path)
+                self._mixed(f, f.value)
             if f.prim_keys is not None:
                 obj = f.obj
                 assert obj is not None
