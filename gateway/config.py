@@ -17,6 +17,7 @@ class GatewaySection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_body_bytes: int = 2 * 1024 * 1024
     fetch_batch: int = 256
     expiry_sweep_seconds: float = 5.0
+    policy_wait_seconds: float = 10.0  # at start: how long to wait for an acceptable policy set
 
 
 class TLSSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

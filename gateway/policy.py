@@ -22,7 +22,7 @@ from policies import bundle
 from policies.catalogue import Catalogue
 from policies.engine import Engine
 from policies.validation import PayloadValidator
-from psvn.errors import PsvnError
+from psvn.errors import Code, PsvnError
 
 log = structlog.get_logger("psvn.gateway.policy")
 
@@ -51,6 +51,7 @@ class PolicyHolder:
         self.ready = asyncio.Event()
         self.rejected: list[tuple[int, str]] = []  # (version, reason) of refused updates
         self._on_change = on_change
+        self.floor = 0
         self._follower = KVFollower()
 
     @property
@@ -59,7 +60,9 @@ class PolicyHolder:
 
     def install(self, signed: bundle.SignedPolicySet) -> PolicySnapshot:
         """Verify and swap in; raise PsvnError (and keep the old set) if refused."""
-        doc = bundle.verify(signed, self.authority, current_version=self.version)
+        # after a restart, ``floor`` (the highest version this gateway ever enforced) keeps an
+        # older signed version served by the backbone from rolling the network's rules back
+        doc = bundle.verify(signed, self.authority, current_version=max(self.version, self.floor - 1))
         snap = PolicySnapshot.compile(doc)
         self.snapshot = snap
         self.ready.set()
@@ -90,8 +93,15 @@ class PolicyHolder:
 
     async def start(self, js: JetStreamContext, *, timeout: float = 10.0) -> None:
         """Follow the policy key; return once a verified policy set is installed."""
-        await self._follower.follow(js, POLICY_BUCKET, self._apply, key=POLICY_KEY, ready=self.ready,
-                                    timeout=timeout)
+        try:
+            await self._follower.follow(js, POLICY_BUCKET, self._apply, key=POLICY_KEY, ready=self.ready,
+                                        timeout=timeout)
+        except TimeoutError:
+            await self._follower.stop()
+            refused = "; ".join(f"v{v}: {why}" for v, why in self.rejected) or "none published"
+            raise PsvnError(Code.POLICY_VERSION_REGRESSION if self.rejected else Code.BACKBONE_UNAVAILABLE,
+                            f"no acceptable policy set to enforce (floor v{self.floor}); refused: {refused}",
+                            rule="policy-ready") from None
 
     async def stop(self) -> None:
         await self._follower.stop()

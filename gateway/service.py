@@ -81,7 +81,7 @@ class Gateway:
                             field="keys.policy_authority", rule="key-type")
         self.metrics = Metrics()
         self.registry = RegistryView()
-        self.policy = PolicyHolder(authority, on_change=self.metrics.policy_version.set)
+        self.policy = PolicyHolder(authority, on_change=self._policy_changed)
         self.store = StateStore(self.org)
         self.consent = ConsentView(self.registry)
         self.webhook = _webhook(config)
@@ -89,7 +89,15 @@ class Gateway:
         self.js: JetStreamContext | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
+
+    def _policy_changed(self, version: int) -> None:
+        self.metrics.policy_version.set(version)
+        if version > self.store.policy_floor:  # remember it, so a restart cannot be rolled back
+            task = asyncio.get_running_loop().create_task(self.store.set_policy_floor(version))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -126,8 +134,9 @@ class Gateway:
         self.js = self.nc.jetstream()
         await self.registry.start(self.js)
         self.registry.lookup(self.org, field="gateway.org", require_active=False)
-        await self.policy.start(self.js)
         await self.store.start(self.js)
+        self.policy.floor = self.store.policy_floor
+        await self.policy.start(self.js, timeout=self.config.gateway.policy_wait_seconds)
         await self.consent.start(self.js)
         psub = await self.js.pull_subscribe_bind(CONSUMER, stream=inbox_stream(self.org))
         self._consumer = asyncio.create_task(self._consume(psub), name=f"consume {self.org}")

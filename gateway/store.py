@@ -23,6 +23,7 @@ from psvn.envelope import now_rfc3339
 from psvn.lifecycle import InvalidTransition, State, advance
 
 log = structlog.get_logger("psvn.gateway.store")
+POLICY_FLOOR_KEY = "policy.floor"
 
 
 class HistoryEntry(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
@@ -73,6 +74,7 @@ class StateStore:
         self.inbox: dict[str, InRecord] = {}
         self.idem: dict[str, str] = {}
         self.kv: KeyValue | None = None
+        self.policy_floor = 0
         self._follower = KVFollower()
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -86,6 +88,8 @@ class StateStore:
                 self.inbox[ident] = msgspec.json.decode(value, type=InRecord)
         elif kind == "idem" and value:
             self.idem[key] = value.decode()
+        elif key == POLICY_FLOOR_KEY and value:
+            self.policy_floor = max(self.policy_floor, int(value))
 
     async def start(self, js: JetStreamContext, *, timeout: float = 10.0) -> None:
         self.kv = await js.key_value(state_bucket(self.org))
@@ -98,6 +102,9 @@ class StateStore:
         assert self.kv is not None
         await self.kv.put(key, value)
         self._apply(key, value)
+
+    async def set_policy_floor(self, version: int) -> None:
+        await self._put(POLICY_FLOOR_KEY, str(version).encode())
 
     def lock(self, message_id: str) -> asyncio.Lock:
         return self._locks.setdefault(message_id, asyncio.Lock())

@@ -69,3 +69,41 @@ async def test_message_from_a_suspended_member_is_quarantined(network: Network) 
         await asyncio.sleep(0.025)
     assert [m["id"] for m in q["messages"]] == [body["id"]]
     assert q["messages"][0]["reason"].startswith("member-revoked")
+
+
+async def test_a_restarted_gateway_cannot_be_rolled_back_to_an_older_policy(network: Network) -> None:
+    """The backbone serves an older (genuinely signed) policy after a restart: the gateway refuses it."""
+    import pytest
+
+    from broker import provision
+    from broker.subjects import POLICY_BUCKET, POLICY_KEY
+    from certs import pki
+    from gateway.server import GatewayServer
+    from policies import bundle
+    from psvn.errors import Code, PsvnError
+
+    authority = pki.load_signing_key(network.layout.authority_key)
+    doc = bundle.load_dir()
+    nc = await nats.connect(network.nats.url, tls=tls.client_context(network.ca, *network.layout.broker_cert))
+    try:
+        js = nc.jetstream()
+        await provision.publish_policy(js, bundle.sign({**doc, "version": 2}, authority))
+        trust = network.gateways.pop(network.TRUST)
+        for _ in range(200):
+            if trust.gateway.store.policy_floor == 2:
+                break
+            await asyncio.sleep(0.025)
+        assert trust.gateway.policy.version == 2 and trust.gateway.store.policy_floor == 2
+        await trust.stop()
+        kv = await js.key_value(POLICY_BUCKET)
+        await kv.put(POLICY_KEY, bundle.encode(bundle.sign({**doc, "version": 1}, authority)))
+        cfg = msgspec.structs.replace(trust.config, gateway=msgspec.structs.replace(
+            trust.config.gateway, policy_wait_seconds=1.5))
+        restarted = GatewayServer(cfg)
+        with pytest.raises(PsvnError) as err:
+            await restarted.start()
+        await restarted.gateway.stop()
+        assert err.value.code is Code.POLICY_VERSION_REGRESSION and err.value.rule == "policy-ready"
+        assert "floor v2" in err.value.detail and "v1:" in err.value.detail
+    finally:
+        await nc.close()
