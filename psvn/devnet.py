@@ -138,15 +138,18 @@ def member_record(layout: Layout, m: MemberSpec, *, gateway_url: str = "") -> re
 
 async def provision_backbone(layout: Layout, nats_url: str, members: list[MemberSpec], *,
                              gateway_urls: dict[str, str] | None = None,
-                             policy_dir: Path = bundle.DEFAULT_DIR) -> int:
-    """Streams, buckets, registry entries and the signed policy set. Returns the policy version."""
+                             policy_dir: Path = bundle.DEFAULT_DIR, replicas: int = 1) -> int:
+    """Streams, buckets, registry entries and the signed policy set. Returns the policy version.
+
+    ``replicas`` is 1 on a laptop and 3 on a 3-node cluster (every stream and bucket survives a node).
+    """
     nc = await provision.connect(nats_url, broker_tls(layout), name="psvn-broker provisioning")
     try:
         js = nc.jetstream()
-        await provision.provision_network(js)
-        kv = await registry.ensure_bucket(js)
+        await provision.provision_network(js, replicas=replicas)
+        kv = await registry.ensure_bucket(js, replicas=replicas)
         for m in members:
-            await provision.provision_member(js, m.org)
+            await provision.provision_member(js, m.org, replicas=replicas)
             await registry.put_member(kv, member_record(layout, m, gateway_url=(gateway_urls or {}).get(m.org, "")))
         doc = bundle.load_dir(policy_dir)
         signed = bundle.sign(doc, pki.load_signing_key(layout.authority_key), proposer="devnet", approver="devnet",
