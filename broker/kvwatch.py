@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
 
 log = structlog.get_logger("psvn.kvwatch")
 
@@ -31,18 +32,30 @@ class KVFollower:
                      ready: asyncio.Event | None = None, timeout: float = 10.0) -> None:
         """Start following ``bucket`` (or one ``key``); wait for ``ready`` (default: synced)."""
         kv = await js.key_value(bucket)
+        # "Synced" means: applied everything up to the bucket's last revision when we began.
+        # (nats-py's own end-of-initial-values marker can arrive before values still in flight.)
+        if key:
+            try:
+                target = (await kv.get(key)).revision or 0
+            except KeyNotFoundError:
+                target = 0
+        else:
+            target = (await js.stream_info(f"KV_{bucket}")).state.last_seq
+        if target == 0:
+            self.synced.set()
         self._watcher = watcher = await (kv.watch(key) if key else kv.watchall())
 
         async def run() -> None:
             async for entry in watcher:
                 if entry is None:
-                    self.synced.set()
                     continue
                 deleted = entry.operation in ("DEL", "PURGE")
                 try:
                     apply(entry.key, None if deleted else entry.value)
                 except Exception as exc:  # one bad entry must not stop the watch
                     log.error("kv entry ignored", bucket=bucket, key=entry.key, error=repr(exc))
+                if (entry.revision or 0) >= target:
+                    self.synced.set()
 
         self._task = asyncio.create_task(run(), name=f"watch {bucket}")
         await asyncio.wait_for((ready or self.synced).wait(), timeout)

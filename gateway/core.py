@@ -21,8 +21,10 @@ from broker.subjects import msg_subject, rcpt_subject
 from certs.pki import ed25519_public, x25519_public
 from gateway import seal
 from gateway.policy import PolicySnapshot
+from policies.catalogue import CatalogueEntry
 from policies.consent import ConsentRegistry
 from policies.engine import Decision, DecisionRequest
+from policies.validation import XML_TYPES, media_type
 from psvn import addresses
 from psvn.envelope import (
     Envelope,
@@ -97,14 +99,25 @@ def policy_denied(decision: Decision, message_id: str, direction: str) -> PsvnEr
                      extra={"rule_ids": decision.rule_ids, "policy_version": decision.policy_version})
 
 
-def validate_payload(snap: PolicySnapshot, type_: str, body: bytes, message_id: str) -> None:
+def validate_payload(snap: PolicySnapshot, type_: str, body: bytes, message_id: str, *,
+                     content_type: str | None = None) -> None:
     """The same validator and the same words as ``psvn validate``; an oversized payload is a 413."""
-    violations = snap.validator.validate(type_, body)
+    violations = snap.validator.validate(type_, body, content_type=content_type)
     if violations:
         err = snap.validator.error(type_, violations, message_id=message_id)
         if violations[0].rule == "max-bytes":
             err.code = Code.PAYLOAD_TOO_LARGE
         raise err
+
+
+def _content_type(asked: str, entry: CatalogueEntry) -> str:
+    """A type's own media type, or FHIR XML for a FHIR type; nothing else travels."""
+    mt = media_type(asked)
+    allowed = {entry.datacontenttype} | (set(XML_TYPES) if entry.validator.startswith("fhir") else set())
+    if mt not in allowed:
+        raise PsvnError(Code.INVALID_ENVELOPE, f"datacontenttype: {asked!r} is not accepted for {entry.type} "
+                        f"(one of: {', '.join(sorted(allowed))})", field="datacontenttype", rule="content-type")
+    return "application/fhir+xml" if mt in XML_TYPES else mt
 
 
 def prepare_send(req: SendRequest, *, me: Identity, system: str | None, snap: PolicySnapshot,
@@ -115,8 +128,10 @@ def prepare_send(req: SendRequest, *, me: Identity, system: str | None, snap: Po
         recipient_org, _ = addresses.parse(req.to)
         recipient = registry.lookup(recipient_org, field="to", message_id=message_id)
         entry = snap.catalogue.get(req.type, message_id=message_id)
+        if req.datacontenttype is not None:
+            req = msgspec.structs.replace(req, datacontenttype=_content_type(req.datacontenttype, entry))
         body = payload_bytes(req.payload)
-        validate_payload(snap, req.type, body, message_id)
+        validate_payload(snap, req.type, body, message_id, content_type=req.datacontenttype)
         decision = decide(snap, req, sender=me.org, sender_type=me.member_type, recipient=recipient_org,
                           recipient_type=recipient.type, direction="egress", consent=consent)
     except PsvnError as exc:
@@ -127,7 +142,7 @@ def prepare_send(req: SendRequest, *, me: Identity, system: str | None, snap: Po
         # the policy's retention rule caps how long the message may wait to be delivered
         req = msgspec.structs.replace(req, ttl_seconds=decision.max_ttl_seconds)
     env = build(req, source=me.org, source_system=system, policy_version=snap.version,
-                datacontenttype=entry.datacontenttype, now=now, message_id=message_id)
+                datacontenttype=req.datacontenttype or entry.datacontenttype, now=now, message_id=message_id)
     header = msgspec.json.encode(env)
     data = seal.seal(seal.KIND_MESSAGE, header, body, signing_key=me.signing_key,
                      recipient_key=x25519_public(recipient.hpke_key),
@@ -175,7 +190,7 @@ def open_incoming(data: bytes, *, subject: str, message_id: str, me: Identity, r
         if checks:
             if is_expired(env, now):
                 raise PsvnError(Code.EXPIRED, f"message expired at {env.expires}", field="expires", rule="expiry")
-            validate_payload(snap, env.type, inner.payload, message_id)
+            validate_payload(snap, env.type, inner.payload, message_id, content_type=env.datacontenttype)
             decision = decide(snap, env, sender=sender_org, sender_type=sender.type, recipient=me.org,
                               recipient_type=me.member_type, direction="ingress", consent=consent)
     except PsvnError as exc:

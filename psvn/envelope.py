@@ -39,6 +39,7 @@ class SendRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     local_id: str | None = None
     idempotency_key: str | None = None
     ttl_seconds: int | None = None
+    datacontenttype: str | None = None  # e.g. application/fhir+xml; default: the catalogue's
 
 
 class Envelope(msgspec.Struct, kw_only=True, frozen=True):

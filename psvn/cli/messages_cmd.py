@@ -100,6 +100,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _read_payload(path: str) -> Any:
     text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    if path.endswith(".xml"):
+        return text  # FHIR XML travels as text
     try:
         return json.loads(text)
     except json.JSONDecodeError:
@@ -112,6 +114,8 @@ def _send(args: argparse.Namespace) -> int:
                               "subject": args.subject, "correlation_id": args.correlation_id}
         if args.idempotency_key:
             kw["idempotency_key"] = args.idempotency_key
+        if args.file.endswith(".xml"):
+            kw["datacontenttype"] = "application/fhir+xml"
         res = c.send(args.to, args.type, _read_payload(args.file), **kw)
     if args.json:
         print_json({"id": res.id, "status": res.status})

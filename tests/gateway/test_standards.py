@@ -73,3 +73,28 @@ async def test_hl7_admission_is_delivered_as_text(network: Network) -> None:
     assert status == 200 and item["payload"] == adt
     assert item["envelope"]["datacontenttype"].startswith("x-application/hl7-v2") or \
         "hl7" in item["envelope"]["datacontenttype"]
+
+
+async def test_fhir_xml_is_validated_and_delivered_as_xml(network: Network) -> None:
+    xml = (EXAMPLES / "referral.xml").read_text()
+    msg = {"to": network.TRUST, "type": "fhir.r4.ServiceRequest", "purpose": "direct-care",
+           "classification": "OFFICIAL-SENSITIVE", "subject": "nhs:9434765919", "payload": xml,
+           "datacontenttype": "application/fhir+xml"}
+    status, body = await call(network, network.COUNCIL, "POST", "/v1/messages", msg)
+    assert status == 202, body
+    await wait_status(network, network.COUNCIL, body["id"], "delivered")
+    status, item = await call(network, network.TRUST, "GET", f"/v1/inbox/{body['id']}")
+    assert item["payload"] == xml and item["envelope"]["datacontenttype"] == "application/fhir+xml"
+
+    broken = xml.replace('<status value="active"/>', '<status value="whenever"/>')
+    assert broken != xml
+    doc = bundle.load_dir()
+    v = PayloadValidator(Catalogue.from_document(doc), doc["schemas"])
+    expected = v.validate("fhir.r4.ServiceRequest", broken.encode(), content_type="application/fhir+xml")
+    status, problem = await call(network, network.COUNCIL, "POST", "/v1/messages", {**msg, "payload": broken})
+    assert (status, problem["code"]) == (422, "invalid-payload")
+    assert [(x["path"], x["rule"]) for x in problem["violations"]] == [(x.path, x.rule) for x in expected]
+
+    status, problem = await call(network, network.COUNCIL, "POST", "/v1/messages",
+                                 {**msg, "datacontenttype": "text/plain"})
+    assert (status, problem["field"], problem["rule"]) == (422, "datacontenttype", "content-type")

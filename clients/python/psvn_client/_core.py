@@ -113,6 +113,7 @@ def send_call(
     local_id: str | None,
     idempotency_key: str | None,
     ttl_seconds: int | None,
+    datacontenttype: str | None = None,
 ) -> Call[SendResult]:
     key = idempotency_key or str(uuid.uuid4())
     body: dict[str, Any] = {
@@ -129,6 +130,7 @@ def send_call(
         ("workflow_id", workflow_id),
         ("local_id", local_id),
         ("ttl_seconds", ttl_seconds),
+        ("datacontenttype", datacontenttype),
     ):
         if value is not None:
             body[name] = value

@@ -116,6 +116,7 @@ class AsyncClient:
         local_id: str | None = None,
         idempotency_key: str | None = None,
         ttl_seconds: int | None = None,
+        datacontenttype: str | None = None,
     ) -> SendResult:
         """See :meth:`psvn_client.Client.send` (an idempotency key is generated if none given)."""
         return await self._run(
@@ -131,6 +132,7 @@ class AsyncClient:
                 local_id=local_id,
                 idempotency_key=idempotency_key,
                 ttl_seconds=ttl_seconds,
+                datacontenttype=datacontenttype,
             )
         )
 

@@ -119,6 +119,7 @@ class Client:
         local_id: str | None = None,
         idempotency_key: str | None = None,
         ttl_seconds: int | None = None,
+        datacontenttype: str | None = None,
     ) -> SendResult:
         """Hand a message to the gateway, which validates it, applies the policy set, seals and
         routes it. ``payload`` is any JSON value, or a ``str`` for text standards (HL7 v2 ER7).
@@ -141,6 +142,7 @@ class Client:
                 local_id=local_id,
                 idempotency_key=idempotency_key,
                 ttl_seconds=ttl_seconds,
+                datacontenttype=datacontenttype,
             )
         )
 
