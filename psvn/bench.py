@@ -716,7 +716,7 @@ def _builtins(value: Any) -> Any:
         return repr(value)
 
 
-def optional_figure(module: str, func: str, seconds: float) -> LocalFigure:
+def optional_figure(module: str, func: str, seconds: float, **kwargs: Any) -> LocalFigure:
     """Call ``module.func(seconds=...)`` if that module exists (another issue builds it)."""
     name = f"{module}.{func}"
     try:
@@ -731,7 +731,7 @@ def optional_figure(module: str, func: str, seconds: float) -> LocalFigure:
     if not callable(fn):
         return LocalFigure(name=name, available=False, note=f"{module} has no {func}(); skipped")
     try:
-        return LocalFigure(name=name, available=True, result=_builtins(fn(seconds=seconds)))
+        return LocalFigure(name=name, available=True, result=_builtins(fn(seconds=seconds, **kwargs)))
     except Exception as exc:
         return LocalFigure(name=name, available=False, note=f"{func} failed: {exc!r}")
 
@@ -742,7 +742,7 @@ def local_figures(seconds: float) -> list[LocalFigure]:
     except Exception as exc:
         crypto = LocalFigure(name="gateway.seal", available=False, note=f"failed: {exc!r}")
     return [crypto,
-            optional_figure("policies.validation_bench", "bench_validation", seconds),
+            optional_figure("policies.validation_bench", "bench_validation", seconds, xml=True),
             optional_figure("policies.engine_bench", "bench_engine", seconds)]
 
 
