@@ -27,6 +27,7 @@ class TLSSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     key: str
     ca: str
     crl: str | None = None
+    crl_reload_seconds: float = 30.0  # how often to look for a new CRL (revocations apply without restart)
 
 
 class NatsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

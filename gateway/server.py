@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 from pathlib import Path
 
+import structlog
 from aiohttp import web
 
 from certs import tls
 from gateway.config import GatewayConfig
 from gateway.http import make_app
 from gateway.service import Gateway
+
+log = structlog.get_logger("psvn.gateway.server")
 
 
 class GatewayServer:
@@ -23,29 +27,70 @@ class GatewayServer:
         self.gateway = gateway or Gateway(config)
         self.runner: web.AppRunner | None = None
         self.port: int = config.gateway.listen_port
+        self._current: ssl.SSLContext | None = None
+        self._crl_mtime = 0.0
+        self._crl_task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
         return f"https://localhost:{self.port}"
 
-    async def start(self) -> GatewayServer:
-        await self.gateway.start()
+    def _tls_context(self) -> ssl.SSLContext:
         t = self.config.tls
         # Client certificates are verified at the handshake when presented; one that is missing
         # gets a 401 problem document from the views instead of a bare disconnect.
-        ctx = tls.server_context(Path(t.cert), Path(t.key), Path(t.ca), require_client_cert=False,
-                                 crl=Path(t.crl) if t.crl else None)
+        return tls.server_context(Path(t.cert), Path(t.key), Path(t.ca), require_client_cert=False,
+                                  crl=Path(t.crl) if t.crl else None)
+
+    def _select_context(self, sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        """Every handshake uses the newest context, so a reloaded CRL applies at once."""
+        if self._current is not None:
+            sslobj.context = self._current
+
+    def reload_tls(self) -> None:
+        """Rebuild the TLS context (new CRL, renewed certificate); running connections keep theirs."""
+        fresh = self._tls_context()
+        fresh.sni_callback = self._select_context
+        self._current = fresh
+        self._crl_mtime = self._crl_stamp()
+
+    def _crl_stamp(self) -> float:
+        crl = self.config.tls.crl
+        try:
+            return Path(crl).stat().st_mtime if crl else 0.0
+        except FileNotFoundError:
+            return 0.0
+
+    async def _watch_crl(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tls.crl_reload_seconds)
+            if self._crl_stamp() != self._crl_mtime:
+                try:
+                    self.reload_tls()
+                    log.info("TLS context reloaded: CRL changed", org=self.gateway.org)
+                except Exception as exc:  # keep the old context; fail loudly, not open
+                    log.error("CRL reload failed; keeping the previous one", error=repr(exc))
+
+    async def start(self) -> GatewayServer:
+        await self.gateway.start()
+        self.reload_tls()
         self.runner = web.AppRunner(make_app(self.gateway), access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.config.gateway.listen_host, self.config.gateway.listen_port,
-                           ssl_context=ctx, reuse_address=True)
+                           ssl_context=self._current, reuse_address=True)
         await site.start()
         server = site._server
         if server is not None and server.sockets:  # type: ignore[attr-defined]
             self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        if self.config.tls.crl:
+            self._crl_task = asyncio.create_task(self._watch_crl(), name="crl-reload")
         return self
 
     async def stop(self) -> None:
+        if self._crl_task is not None:
+            self._crl_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._crl_task
         if self.runner is not None:
             await self.runner.cleanup()
         await self.gateway.stop()

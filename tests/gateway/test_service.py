@@ -216,3 +216,45 @@ async def test_refusals_are_logged_without_payloads(network: Network) -> None:
     assert [e["code"] for e in refused] == ["policy-denied", "malformed-json"]
     assert refused[0]["message_id"] and refused[1]["field"] == "body"
     assert "9434765919" not in repr(logs)  # the payload's NHS number never reaches the log
+
+
+async def test_revoked_system_certificate_is_refused_without_a_restart(network: Network) -> None:
+    """psvn certs revoke -> the gateway picks up the new CRL and refuses the certificate."""
+    from certs import pki, revocation
+
+    gw = network.gateways[network.COUNCIL]
+    status, _ = await call(network, network.COUNCIL, "GET", "/v1/inbox")
+    assert status == 200
+    cert, _key = network.system_cert(network.COUNCIL)
+    revocation.revoke(pki.load_ca(network.layout.pki), pki.load_cert(cert))
+    gw.reload_tls()  # what the CRL watch does when the file changes (every tls.crl_reload_seconds)
+    refused = False
+    try:
+        status, _ = await call(network, network.COUNCIL, "GET", "/v1/inbox")
+    except (aiohttp.ClientError, OSError):
+        refused = True
+    assert refused, f"a revoked certificate still got HTTP {status}"
+    status, _ = await call(network, network.TRUST, "GET", "/v1/inbox")  # other systems are unaffected
+    assert status == 200
+
+
+async def test_crl_watch_reloads_when_the_file_changes(network: Network) -> None:
+    from certs import pki, revocation
+
+    gw = network.gateways[network.COUNCIL]
+    gw.config.tls.crl_reload_seconds = 0.1
+    assert gw._crl_task is not None
+    gw._crl_task.cancel()
+    gw._crl_task = asyncio.create_task(gw._watch_crl())
+    before = gw._current
+    revocation.refresh_crl(pki.load_ca(network.layout.pki))
+    import os
+    import time
+
+    crl = Path(gw.config.tls.crl or "")
+    os.utime(crl, (time.time() + 5, time.time() + 5))
+    for _ in range(100):
+        if gw._current is not before:
+            break
+        await asyncio.sleep(0.05)
+    assert gw._current is not before
