@@ -188,6 +188,7 @@ class DevnetState(msgspec.Struct, kw_only=True):
     policy_version: int = 0
     console_pid: int | None = None
     console_url: str = ""
+    revoked: list[str] = msgspec.field(default_factory=list)
 
 
 class GatewayProcess(msgspec.Struct, kw_only=True):
@@ -293,3 +294,40 @@ def down(layout: Layout, state: DevnetState | None = None) -> bool:
     if p.exists():
         p.unlink()
     return True
+
+
+def change_membership(layout: Layout, org: str, *, revoke: bool, status: str = "revoked") -> None:
+    """`psvn devnet revoke|reinstate ORG`: registry status and the backbone's user list together."""
+    import asyncio
+
+    from broker import membership
+    from psvn.errors import Code, PsvnError
+
+    state = read_state(layout)
+    if not running(state):
+        raise PsvnError(Code.BAD_REQUEST, "devnet is not running", rule="devnet-running")
+    assert state is not None
+    if org not in state.gateways:
+        raise PsvnError(Code.UNKNOWN_RECIPIENT, f"{org!r} is not a devnet member", field="org", rule="devnet-member")
+    revoked = set(state.revoked) | {org} if revoke else set(state.revoked) - {org}
+    members = [o for o in state.gateways if o not in revoked]
+    port = int(state.nats_url.rsplit(":", 1)[1])
+    server = nats_server(layout, members, port=port, monitor_port=state.monitor_port)
+    server.pid = state.nats_pid
+
+    async def run() -> None:
+        nc = await provision.connect(state.nats_url, broker_tls(layout), name="psvn-broker membership")
+        try:
+            js = nc.jetstream()
+            if revoke:
+                await membership.set_status(js, org, status)  # type: ignore[arg-type]
+                server.reload(members)
+            else:
+                server.reload(members)
+                await membership.set_status(js, org, "active")
+        finally:
+            await nc.close()
+
+    asyncio.run(run())
+    state.revoked = sorted(revoked)
+    state_path(layout).write_bytes(msgspec.json.format(msgspec.json.encode(state)))

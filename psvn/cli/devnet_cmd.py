@@ -48,6 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     st = s.add_parser("status", help="what is running")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_status)
+    rv = s.add_parser("revoke", help="revoke (or --suspend) a member: registry and backbone shut it out")
+    rv.add_argument("org", help="member address, e.g. ods:G81001")
+    rv.add_argument("--suspend", action="store_true", help="mark it suspended rather than revoked")
+    rv.set_defaults(func=_revoke)
+    ri = s.add_parser("reinstate", help="let a revoked or suspended member back in")
+    ri.add_argument("org")
+    ri.set_defaults(func=_reinstate)
     dn = s.add_parser("down", help="stop everything devnet started")
     dn.set_defaults(func=_down)
 
@@ -128,4 +135,20 @@ def _down(args: argparse.Namespace) -> int:
         print("devnet stopped")
         return 0
     print("devnet was not running", file=sys.stderr)
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from psvn import devnet
+
+    devnet.change_membership(_layout(args), args.org, revoke=True, status="suspended" if args.suspend else "revoked")
+    print(f"{args.org} {'suspended' if args.suspend else 'revoked'}: refused by every gateway, off the backbone")
+    return 0
+
+
+def _reinstate(args: argparse.Namespace) -> int:
+    from psvn import devnet
+
+    devnet.change_membership(_layout(args), args.org, revoke=False)
+    print(f"{args.org} reinstated")
     return 0

@@ -147,3 +147,22 @@ def test_foreground_devnet_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             run("devnet", "--dir", str(d), "down", check=False)
+
+
+def test_revoke_and_reinstate_a_member(devnet_dir: Path) -> None:
+    import time
+
+    d = ["--devnet", str(devnet_dir)]
+    send = ["send", *d, "--as", "gss:E06000043", "--to", "ods:G81001", "--type", "fhir.r4.ServiceRequest",
+            "examples/referral.json"]
+    assert "revoked" in run("devnet", "--dir", str(devnet_dir), "revoke", "ods:G81001").stdout
+    refused = run(*send, check=False)
+    assert refused.returncode == 1 and "member-revoked" in refused.stderr
+    run("devnet", "--dir", str(devnet_dir), "reinstate", "ods:G81001")
+    deadline = time.monotonic() + 20
+    while True:  # the GP's gateway reconnects to the backbone by itself
+        ok = run(*send, check=False)
+        if ok.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert ok.returncode == 0, ok.stderr
