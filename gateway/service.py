@@ -277,6 +277,9 @@ class Gateway:
         while not self._stopping:
             await asyncio.sleep(self.config.gateway.expiry_sweep_seconds)
             now = self.clock()
+            if self.store.policy_floor:  # keep the rollback floor alive past the bucket's TTL
+                with contextlib.suppress(Exception):
+                    await self.store.set_policy_floor(self.store.policy_floor)
             for rec in list(self.store.out.values()):
                 if rec.expires and rec.status in (State.ACCEPTED.value, State.SENT.value) \
                         and parse_time(rec.expires) <= now:

@@ -9,7 +9,9 @@ its sealed message by stream sequence.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+from collections.abc import AsyncIterator
 
 import msgspec
 import structlog
@@ -79,14 +81,21 @@ class StateStore:
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _apply(self, key: str, value: bytes | None) -> None:
-        kind, _, ident = key.partition(".")  # deletions (value None) keep the last known record
+        """Mirror one bucket entry; a deletion (value None, e.g. the bucket's TTL) forgets it, so
+        memory is bounded by the retention period."""
+        kind, _, ident = key.partition(".")
+        if value is None:
+            if kind == "out":
+                self.out.pop(ident, None)
+            elif kind == "in":
+                self.inbox.pop(ident, None)
+            self.idem.pop(key, None)
+            return
         if kind == "out":
-            if value:
-                self.out[ident] = msgspec.json.decode(value, type=OutRecord)
+            self.out[ident] = msgspec.json.decode(value, type=OutRecord)
         elif kind == "in":
-            if value:
-                self.inbox[ident] = msgspec.json.decode(value, type=InRecord)
-        elif kind == "idem" and value:
+            self.inbox[ident] = msgspec.json.decode(value, type=InRecord)
+        elif kind == "idem":
             self.idem[key] = value.decode()
         elif key == POLICY_FLOOR_KEY and value:
             self.policy_floor = max(self.policy_floor, int(value))
@@ -106,8 +115,16 @@ class StateStore:
     async def set_policy_floor(self, version: int) -> None:
         await self._put(POLICY_FLOOR_KEY, str(version).encode())
 
-    def lock(self, message_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(message_id, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def lock(self, message_id: str) -> AsyncIterator[None]:
+        """One writer per message id; the lock is dropped once nobody waits on it."""
+        lock = self._locks.setdefault(message_id, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and not lock._waiters:  # type: ignore[attr-defined]
+                self._locks.pop(message_id, None)
 
     # -- sent messages -------------------------------------------------------------------
     async def put_out(self, rec: OutRecord) -> None:

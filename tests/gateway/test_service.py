@@ -258,3 +258,28 @@ async def test_crl_watch_reloads_when_the_file_changes(network: Network) -> None
             break
         await asyncio.sleep(0.05)
     assert gw._current is not before
+
+
+async def test_state_expires_with_the_mail(network: Network) -> None:
+    """The state bucket keeps statuses as long as the inbox keeps mail; expired entries leave memory."""
+    import nats
+
+    from broker.subjects import state_bucket
+    from certs import tls
+
+    nc = await nats.connect(network.nats.url, tls=tls.client_context(network.ca, *network.layout.broker_cert))
+    try:
+        kv = await nc.jetstream().key_value(state_bucket(network.COUNCIL))
+        status = await kv.status()
+        assert status.ttl == 30 * 86400
+        _code, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+        await wait_status(network, network.COUNCIL, body["id"], "delivered")
+        await kv.purge(f"out.{body['id']}")  # what the TTL does after 30 days
+        store = network.gateways[network.COUNCIL].gateway.store
+        for _ in range(100):
+            if body["id"] not in store.out:
+                break
+            await asyncio.sleep(0.02)
+        assert body["id"] not in store.out and not store._locks
+    finally:
+        await nc.close()
