@@ -18,6 +18,9 @@ class GatewaySection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     fetch_batch: int = 256
     expiry_sweep_seconds: float = 5.0
     policy_wait_seconds: float = 10.0  # at start: how long to wait for an acceptable policy set
+    # Which mailboxes each local system may read and acknowledge ("" = the organisation's own,
+    # un-named mailbox). A system not listed here sees every mailbox.
+    system_mailboxes: dict[str, list[str]] = msgspec.field(default_factory=dict)
 
 
 class TLSSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

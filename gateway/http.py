@@ -123,7 +123,7 @@ async def get_message(request: web.Request) -> web.Response:
 
 
 async def list_inbox(request: web.Request) -> web.Response:
-    system_of(request)
+    system = system_of(request)
     q = request.query
     try:
         limit = int(q.get("limit", "100"))
@@ -131,13 +131,13 @@ async def list_inbox(request: web.Request) -> web.Response:
         raise PsvnError(Code.BAD_REQUEST, "limit must be a whole number", field="limit", rule="integer") from None
     if not 1 <= limit <= 1000:
         raise PsvnError(Code.BAD_REQUEST, "limit must be between 1 and 1000", field="limit", rule="range")
-    items = request.app[GATEWAY_KEY].inbox(mailbox=q.get("mailbox"), status=q.get("status"), limit=limit)
+    items = request.app[GATEWAY_KEY].inbox(mailbox=q.get("mailbox"), status=q.get("status"), limit=limit,
+                                           system=system)
     return json_response({"messages": [in_view(r) for r in items]})
 
 
 async def get_inbox_item(request: web.Request) -> web.Response:
-    system_of(request)
-    opened = await request.app[GATEWAY_KEY].get(request.match_info["id"])
+    opened = await request.app[GATEWAY_KEY].get(request.match_info["id"], system=system_of(request))
     payload: Any
     if opened.envelope.datacontenttype.endswith("json"):
         payload = msgspec.json.decode(opened.payload)
@@ -148,8 +148,7 @@ async def get_inbox_item(request: web.Request) -> web.Response:
 
 
 async def ack_inbox_item(request: web.Request) -> web.Response:
-    system_of(request)
-    rec = await request.app[GATEWAY_KEY].ack(request.match_info["id"])
+    rec = await request.app[GATEWAY_KEY].ack(request.match_info["id"], system=system_of(request))
     return json_response({"id": rec.id, "status": rec.status})
 
 

@@ -297,22 +297,30 @@ class Gateway:
                             field="id", rule="exists", message_id=message_id)
         return rec
 
-    def inbox(self, *, mailbox: str | None = None, status: str | None = None, limit: int = 100) -> list[InRecord]:
+    def may_read(self, system: str | None, rec: InRecord) -> bool:
+        allowed = self.config.gateway.system_mailboxes.get(system or "")
+        return allowed is None or (rec.mailbox or "") in allowed
+
+    def inbox(self, *, mailbox: str | None = None, status: str | None = None, limit: int = 100,
+              system: str | None = None) -> list[InRecord]:
         wanted = {status} if status else {State.DELIVERED.value}
         items = [r for r in self.store.inbox.values()
-                 if r.status in wanted and (mailbox is None or r.mailbox == mailbox)]
+                 if r.status in wanted and (mailbox is None or r.mailbox == mailbox) and self.may_read(system, r)]
         items.sort(key=lambda r: r.seq)
         return items[:limit]
 
-    def _in_record(self, message_id: str) -> InRecord:
+    def _in_record(self, message_id: str, system: str | None = None) -> InRecord:
         rec = self.store.inbox.get(message_id)
         if rec is None:
             raise PsvnError(Code.NOT_FOUND, f"no message {message_id!r} in this gateway's mailbox",
                             field="id", rule="exists", message_id=message_id)
+        if not self.may_read(system, rec):
+            raise PsvnError(Code.FORBIDDEN, f"system {system!r} may not read mailbox {rec.mailbox or '(main)'}",
+                            field="id", rule="mailbox-access", message_id=message_id)
         return rec
 
-    async def get(self, message_id: str) -> Opened:
-        rec = self._in_record(message_id)
+    async def get(self, message_id: str, *, system: str | None = None) -> Opened:
+        rec = self._in_record(message_id, system)
         if rec.status == State.QUARANTINED.value:
             raise PsvnError(Code.FORBIDDEN, f"message {message_id} is quarantined: {rec.reason}",
                             field="id", rule="quarantined", message_id=message_id)
@@ -323,9 +331,9 @@ class Gateway:
                                  now=self.clock(), checks=False)
         return Opened(record=rec, envelope=inc.envelope, payload=inc.payload)
 
-    async def ack(self, message_id: str) -> InRecord:
+    async def ack(self, message_id: str, *, system: str | None = None) -> InRecord:
         async with self.store.lock(message_id):
-            rec = self._in_record(message_id)
+            rec = self._in_record(message_id, system)
             if rec.status == State.ACKNOWLEDGED.value:
                 # a retry after a failed receipt: send it again (same dedupe id, so never twice)
                 await self._receipt(message_id, State.ACKNOWLEDGED.value, rec.source)

@@ -283,3 +283,19 @@ async def test_state_expires_with_the_mail(network: Network) -> None:
         assert body["id"] not in store.out and not store._locks
     finally:
         await nc.close()
+
+
+async def test_systems_see_only_their_mailboxes(network: Network) -> None:
+    """The trust's PAS may read the research mailbox only (config gateway.system_mailboxes)."""
+    trust = network.gateways[network.TRUST].gateway
+    trust.config.gateway.system_mailboxes["pas"] = ["research"]
+    _, main = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+    await wait_status(network, network.COUNCIL, main["id"], "delivered")
+    _, listed = await call(network, network.TRUST, "GET", "/v1/inbox")
+    assert listed["messages"] == []
+    for method, path in (("GET", f"/v1/inbox/{main['id']}"), ("POST", f"/v1/inbox/{main['id']}/ack")):
+        status, problem = await call(network, network.TRUST, method, path)
+        assert (status, problem["code"], problem["rule"]) == (403, "forbidden", "mailbox-access")
+    trust.config.gateway.system_mailboxes["pas"] = ["research", ""]
+    _, listed = await call(network, network.TRUST, "GET", "/v1/inbox")
+    assert [m["id"] for m in listed["messages"]] == [main["id"]]
