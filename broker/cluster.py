@@ -60,26 +60,53 @@ class Cluster:
         pid = self.nodes[i].pid
         return pid is not None and procs.alive(pid)
 
-    def meta_leader(self, i: int) -> str | None:
-        """The JetStream meta leader as node ``i`` sees it (None while there is none)."""
+    def meta(self, i: int) -> dict[str, object]:
+        """Node ``i``'s view of the JetStream meta group ({} if it does not answer)."""
         jsz = _monitor_json(self.nodes[i].config.monitor_port, "/jsz")
         meta = jsz.get("meta_cluster") if jsz else None
-        leader = meta.get("leader") if isinstance(meta, dict) else None
+        return meta if isinstance(meta, dict) else {}
+
+    def meta_leader(self, i: int) -> str | None:
+        """The JetStream meta leader as node ``i`` sees it (None while there is none)."""
+        leader = self.meta(i).get("leader")
         return leader if isinstance(leader, str) and leader else None
 
-    def wait_meta_leader(self, *, timeout: float = 30.0) -> str:
-        """Wait until every running node agrees on one meta leader; return its server name.
+    def _ready(self) -> str | None:
+        """The meta leader, once every running node agrees on it, the leader sees every other
+        running node as a current peer, and every running node answers its full /healthz."""
+        up = [i for i in range(len(self.nodes)) if self.running(i)]
+        leaders = {self.meta_leader(i) for i in up}
+        if not up or len(leaders) != 1 or None in leaders:
+            return None
+        leader = leaders.pop()
+        assert leader is not None
+        if leader not in self.names or not self.running(self.index(leader)):
+            return None
+        replicas = self.meta(self.index(leader)).get("replicas")
+        current = {r.get("name") for r in replicas if isinstance(r, dict) and r.get("current")
+                   and not r.get("offline")} if isinstance(replicas, list) else set()
+        if not {self.names[i] for i in up if self.names[i] != leader} <= current:
+            return None
+        for i in up:
+            if _monitor_json(self.nodes[i].config.monitor_port, "/healthz") is None:
+                return None
+        return leader
 
-        Before this, JetStream API calls (add_stream...) fail with "no suitable peers" or time out.
+    def wait_meta_leader(self, *, timeout: float = 30.0) -> str:
+        """Wait until the running nodes agree on a JetStream meta leader that sees the others as
+        current peers; return its server name.
+
+        Before this, JetStream API calls fail ("no suitable peers for placement, peer offline"
+        when an R3 stream is created while the leader still counts a peer as offline) or time out.
         """
         deadline = time.monotonic() + timeout
-        seen: list[str | None] = []
         while time.monotonic() < deadline:
-            seen = [self.meta_leader(i) for i in range(len(self.nodes)) if self.running(i)]
-            if seen and seen[0] is not None and all(s == seen[0] for s in seen):
-                return seen[0]
+            leader = self._ready()
+            if leader is not None:
+                return leader
             time.sleep(0.1)
-        raise TimeoutError(f"cluster {self.name}: no agreed JetStream meta leader after {timeout}s (saw {seen})")
+        views = {self.names[i]: self.meta(i) for i in range(len(self.nodes)) if self.running(i)}
+        raise TimeoutError(f"cluster {self.name}: JetStream not ready after {timeout}s: {views}")
 
     def wait_healthy(self, i: int, *, timeout: float = 30.0) -> None:
         """Wait until node ``i``'s full /healthz is 200: meta group and its streams are current."""
@@ -105,6 +132,7 @@ class Cluster:
             raise RuntimeError(f"node {self.nodes[i].config.name} is still running")
         self.nodes[i].start(timeout=timeout)
         self.wait_healthy(i, timeout=timeout)
+        self.wait_meta_leader(timeout=timeout)
 
     def stop(self) -> None:
         """SIGTERM every running node at once (then SIGKILL after a grace period)."""
