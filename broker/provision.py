@@ -102,7 +102,7 @@ async def provision_member(js: JetStreamContext, org: str, *, replicas: int = 1,
     except NotFoundError:
         await js.add_consumer(stream, ConsumerConfig(
             durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-            ack_wait=30.0, max_deliver=-1, max_ack_pending=10000))
+            ack_wait=10.0, max_deliver=-1, max_ack_pending=10000))  # redelivery is idempotent: fail over fast
     # statuses, mailbox index and idempotency keys live as long as the mail itself
     await _kv(js, state_bucket(org), history=1, replicas=replicas, ttl=retention_days * DAY)
 

@@ -25,6 +25,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from nats.js.errors import APIError, ServiceUnavailableError
 
 from broker.provision import connect
 from broker.registry import RegistryView
@@ -45,7 +46,7 @@ from psvn.lifecycle import State
 
 log = structlog.get_logger("psvn.gateway")
 
-PUBLISH_ATTEMPTS = 3
+PUBLISH_PATIENCE = 8.0  # seconds a publish may wait out a leader election (measured 4-8.6 s)
 LAG_RETRIES = 5  # deliveries of a message from an unknown sender before it is quarantined
 _MSG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -234,7 +235,11 @@ class Gateway:
             if not ikey:  # nobody can retry this message: say it failed. With a key it stays
                 await self.store.move_out(message_id, State.REJECTED, reason="backbone unavailable")
             raise
-        rec = await self.store.move_out(message_id, State.SENT) or rec
+        try:
+            rec = await self.store.move_out(message_id, State.SENT) or rec
+        except Exception as exc:  # the message is on its way: the receipt will move the status on
+            log.warning("status write after publish failed; receipt will update it", message_id=message_id,
+                        error=repr(exc))
         self.metrics.sent.labels(req.type).inc()
         self.metrics.send_seconds.observe(time.perf_counter() - started)
         await self.audit("sent", message_id=message_id, to=req.to, type=req.type, purpose=req.purpose,
@@ -259,18 +264,24 @@ class Gateway:
         """Publish with the dedupe id; retry with the same id so a retry can never duplicate."""
         assert self.js is not None
         delay = 0.2
-        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+        deadline = time.monotonic() + PUBLISH_PATIENCE
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 await self.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id}, timeout=3)
                 return
             except Exception as exc:
                 log.warning("publish failed", message_id=msg_id, attempt=attempt, error=repr(exc))
-                if attempt == PUBLISH_ATTEMPTS:
+                # a refusal the stream states (e.g. the recipient's quota) will not change in a
+                # second; "no responders" or a timeout is a leader election: ride it out
+                transient = not isinstance(exc, APIError) or isinstance(exc, ServiceUnavailableError)
+                if not transient or time.monotonic() + delay > deadline:
                     raise PsvnError(Code.BACKBONE_UNAVAILABLE,
                                     "the backbone did not confirm the message; retry with the same idempotency_key",
                                     rule="publish-ack", message_id=msg_id) from exc
                 await asyncio.sleep(delay)
-                delay *= 2
+                delay = min(delay * 2, 2.0)
 
     async def _sweep_expired(self) -> None:
         """Sent messages not delivered by their expiry become ``expired`` (the sender is told)."""

@@ -9,8 +9,8 @@ else may be there, and every sender status must read ``delivered``.
 Which node leads which raft group, and which node each gateway is connected to, are otherwise
 chance; each scenario pins the leaders (stepdown to a preferred server) and picks its victim by
 the gateways' connections, so that it tests one failure, the same way every run. The victim is
-never the council's gateway's node: a send in flight there when the node dies can fail at its
-status write *after* the publish and be answered 500 (the defect the xfail test pins down).
+never the council's gateway's node; the last test covers the sender's own state bucket losing its
+leader between a send's publish and its status write (answered 202, never 500).
 """
 
 from __future__ import annotations
@@ -434,10 +434,6 @@ class AnsweredInternalError(AssertionError):
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.xfail(strict=True, raises=AnsweredInternalError, reason=(
-    "gateway defect: Gateway.send answers 500 internal for a message it has already published when "
-    "the status write after the publish (store.move_out(SENT) -> kv.put, gateway/service.py) fails, "
-    "here because the sender's state bucket is electing a leader; the SDK does not retry a 500"))
 async def test_a_send_whose_status_write_fails_after_its_publish_is_not_a_500(
         cluster_network: ClusterNetwork) -> None:
     """The node leading the council's state bucket (sender statuses, idempotency keys) is killed
