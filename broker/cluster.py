@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -151,6 +152,7 @@ def cluster_nodes(root: Path, *, cert: Path, key: Path, ca: Path, members: Seque
                   size: int = DEFAULT_SIZE, name: str = "psvn") -> list[NatsServer]:
     """One config per node (free loopback ports, own store dir and log), routes to all the others."""
     ports = [(procs.free_port(), procs.free_port(), procs.free_port()) for _ in range(size)]
+    route_password = secrets.token_urlsafe(32)
     nodes: list[NatsServer] = []
     for i, (client, monitor, route) in enumerate(ports):
         node_name = f"{name}-n{i + 1}"
@@ -158,7 +160,8 @@ def cluster_nodes(root: Path, *, cert: Path, key: Path, ca: Path, members: Seque
         cfg = ServerConfig(name=node_name, port=client, monitor_port=monitor, store_dir=d / "store",
                            cert=cert, key=key, ca=ca, members=tuple(members),
                            cluster=ClusterConfig(name=name, listen_port=route,
-                                                 routes=[p[2] for j, p in enumerate(ports) if j != i]))
+                                                 routes=[p[2] for j, p in enumerate(ports) if j != i],
+                                                 route_password=route_password))
         nodes.append(NatsServer(cfg, conf_path=d / "nats.conf", log_path=d / "nats.log"))
     return nodes
 

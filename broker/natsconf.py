@@ -28,9 +28,15 @@ TLS12_CIPHERS = [
 
 @dataclass(frozen=True)
 class ClusterConfig:
+    """Routes between nodes. They authenticate with their own secret: the network CA also signs
+    every member's certificate, so TLS verification alone would let any member join as a route
+    and see (and write) everything."""
+
     name: str
     listen_port: int
     routes: Sequence[int]  # ports of the other nodes on loopback
+    route_password: str
+    route_user: str = "psvn-route"
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,10 @@ def render(cfg: ServerConfig) -> str:
         conf["cluster"] = {
             "name": cfg.cluster.name,
             "listen": f"127.0.0.1:{cfg.cluster.listen_port}",
-            "routes": [f"tls://127.0.0.1:{p}" for p in cfg.cluster.routes],
+            "authorization": {"user": cfg.cluster.route_user, "password": cfg.cluster.route_password,
+                              "timeout": 5},
+            "routes": [f"nats-route://{cfg.cluster.route_user}:{cfg.cluster.route_password}@127.0.0.1:{p}"
+                       for p in cfg.cluster.routes],
             "tls": {"cert_file": str(cfg.cert), "key_file": str(cfg.key), "ca_file": str(cfg.ca),
                     "verify": True, "timeout": 5},
         }

@@ -38,7 +38,7 @@ class NatsServer:
 
     def start(self, *, timeout: float = 20.0) -> NatsServer:
         self.conf_path.parent.mkdir(parents=True, exist_ok=True)
-        self.conf_path.write_text(render(self.config))
+        self._write_conf()
         self.config.store_dir.mkdir(parents=True, exist_ok=True)
         self.process = procs.spawn([nats_server_binary(), "-c", str(self.conf_path)], log=self.log_path)
         self.pid = self.process.pid
@@ -58,9 +58,18 @@ class NatsServer:
         from dataclasses import replace
 
         self.config = replace(self.config, members=tuple(members))
-        self.conf_path.write_text(render(self.config))
+        self._write_conf()
         if self.pid is not None:
             os.kill(self.pid, signal.SIGHUP)
+
+    def _write_conf(self) -> None:
+        """0600: a clustered config holds the route secret."""
+        import os
+
+        fd = os.open(self.conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(render(self.config))
+        os.chmod(self.conf_path, 0o600)
 
     def stop(self) -> None:
         if self.pid is not None:

@@ -1,0 +1,50 @@
+"""A certificate from the network CA is not enough to join the backbone cluster as a route."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+from broker.cluster import start_cluster
+from broker.natsconf import ClusterConfig
+from broker.server import NatsServer
+from psvn import devnet, procs
+from psvn.devnet import EXAMPLE_MEMBERS, Layout
+
+
+def routez(port: int) -> dict[str, object]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/routez", timeout=2) as r:
+        return json.loads(r.read())
+
+
+def test_a_member_certificate_cannot_join_as_a_route(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    devnet.make_pki(layout, EXAMPLE_MEMBERS)
+    members = [m.org for m in EXAMPLE_MEMBERS]
+    cluster = start_cluster(tmp_path / "cluster", cert=layout.pki / "nats" / "nats.crt",
+                            key=layout.pki / "nats" / "nats.key", ca=layout.ca, members=members)
+    rogue: NatsServer | None = None
+    try:
+        first = cluster.nodes[0].config
+        assert first.cluster is not None
+        assert oct(cluster.nodes[0].conf_path.stat().st_mode & 0o777) == "0o600"  # holds the route secret
+        council = layout.org_dir("gss:E06000043")
+        cfg = replace(first, name="rogue", port=procs.free_port(), monitor_port=procs.free_port(),
+                      store_dir=tmp_path / "rogue" / "store", cert=council / "nats.crt", key=council / "nats.key",
+                      cluster=ClusterConfig(name=first.cluster.name, listen_port=procs.free_port(),
+                                            routes=[first.cluster.listen_port], route_password="guessed"))
+        rogue = NatsServer(cfg, conf_path=tmp_path / "rogue" / "nats.conf", log_path=tmp_path / "rogue" / "log")
+        rogue.start()
+        time.sleep(3)  # several route attempts
+        assert routez(cfg.monitor_port)["num_routes"] == 0
+        assert all(int(routez(n.config.monitor_port)["num_routes"]) > 0 for n in cluster.nodes)  # type: ignore[call-overload]
+        names = {r.get("remote_name") for n in cluster.nodes
+                 for r in routez(n.config.monitor_port).get("routes", [])}  # type: ignore[union-attr]
+        assert "rogue" not in names
+    finally:
+        if rogue is not None:
+            rogue.stop()
+        cluster.stop()
