@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,15 @@ def _read_payload(path: str) -> Any:
         return text.replace("\r\n", "\r").replace("\n", "\r") if text.startswith("MSH|") else text
 
 
+def _show(args: argparse.Namespace, value: Any, human: Callable[[Any], None]) -> int:
+    """``--json`` prints the SDK's result as JSON; otherwise ``human`` prints it for people."""
+    if args.json:
+        print_json(_plain(value))
+    else:
+        human(value)
+    return 0
+
+
 def _send(args: argparse.Namespace) -> int:
     with _client(args) as c:
         kw: dict[str, Any] = {"purpose": args.purpose, "classification": args.classification,
@@ -117,65 +127,52 @@ def _send(args: argparse.Namespace) -> int:
         if args.file.endswith(".xml"):
             kw["datacontenttype"] = "application/fhir+xml"
         res = c.send(args.to, args.type, _read_payload(args.file), **kw)
-    if args.json:
-        print_json({"id": res.id, "status": res.status})
-    else:
-        print(res.id)
-    return 0
+    return _show(args, {"id": res.id, "status": res.status}, lambda r: print(r["id"]))
+
+
+def _print_inbox(items: list[Any]) -> None:
+    if not items:
+        print("(no messages)")
+    for i in items:
+        print(f"{i.id}  {i.time}  from {i.sender:<15} {i.type:<28} {i.status}")
+
+
+def _print_message(msg: Any) -> None:
+    for k, v in _plain(msg.envelope).items():
+        if v not in (None, ""):
+            print(f"{k}: {v}")
+    print()
+    payload = msg.payload
+    print(payload if isinstance(payload, str) else json.dumps(payload, indent=2))
+
+
+def _print_status(st: Any) -> None:
+    print(f"{st.id}  {st.status}  to {st.to}  {st.type}")
+    for h in st.history:
+        reason = f"  ({h.reason})" if h.reason else ""
+        print(f"  {h.time}  {h.status}{reason}")
+    if st.reason:
+        print(f"reason: {st.reason}")
 
 
 def _inbox_list(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        items = c.inbox(mailbox=args.mailbox, status=args.status)
-    if args.json:
-        print_json([_plain(i) for i in items])
-    else:
-        if not items:
-            print("(no messages)")
-        for i in items:
-            print(f"{i.id}  {i.time}  from {i.sender:<15} {i.type:<28} {i.status}")
-    return 0
+        return _show(args, c.inbox(mailbox=args.mailbox, status=args.status), _print_inbox)
 
 
 def _inbox_get(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        msg = c.get(args.id)
-    if args.json:
-        print_json(_plain(msg))
-    else:
-        env = _plain(msg.envelope)
-        for k, v in env.items():
-            if v not in (None, ""):
-                print(f"{k}: {v}")
-        print()
-        payload = msg.payload
-        print(payload if isinstance(payload, str) else json.dumps(payload, indent=2))
-    return 0
+        return _show(args, c.get(args.id), _print_message)
 
 
 def _inbox_ack(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        res = c.ack(args.id)
-    if args.json:
-        print_json(_plain(res))
-    else:
-        print(f"{res.id} {res.status}")
-    return 0
+        return _show(args, c.ack(args.id), lambda r: print(f"{r.id} {r.status}"))
 
 
 def _status(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        st = c.status(args.id)
-    if args.json:
-        print_json(_plain(st))
-    else:
-        print(f"{st.id}  {st.status}  to {st.to}  {st.type}")
-        for h in st.history:
-            reason = f"  ({h.reason})" if h.reason else ""
-            print(f"  {h.time}  {h.status}{reason}")
-        if st.reason:
-            print(f"reason: {st.reason}")
-    return 0
+        return _show(args, c.status(args.id), _print_status)
 
 
 def _plain(obj: Any) -> Any:
