@@ -17,7 +17,7 @@ from nats.js.errors import KeyNotFoundError
 
 log = structlog.get_logger("psvn.kvwatch")
 
-Apply = Callable[[str, bytes | None], None]  # (key, value or None when deleted)
+Apply = Callable[[str, bytes | None, int], None]  # (key, value or None when deleted, revision)
 
 
 class KVFollower:
@@ -51,7 +51,7 @@ class KVFollower:
                     continue
                 deleted = entry.operation in ("DEL", "PURGE")
                 try:
-                    apply(entry.key, None if deleted else entry.value)
+                    apply(entry.key, None if deleted else entry.value, entry.revision or 0)
                 except Exception as exc:  # one bad entry must not stop the watch
                     log.error("kv entry ignored", bucket=bucket, key=entry.key, error=repr(exc))
                 if (entry.revision or 0) >= target:

@@ -72,7 +72,7 @@ class RegistryView:
                             field=field, rule="registry-status", message_id=message_id)
         return member
 
-    def apply(self, key: str, value: bytes | None) -> None:
+    def apply(self, key: str, value: bytes | None, revision: int = 0) -> None:
         if not key.startswith("org."):
             return
         if not value:

@@ -95,7 +95,7 @@ class ConsentView:
             return False
         return self.consent.apply(change)
 
-    def _apply(self, key: str, value: bytes | None) -> None:
+    def _apply(self, key: str, value: bytes | None, revision: int = 0) -> None:
         if value:
             self.offer(key, value)
 

@@ -87,7 +87,7 @@ class PolicyHolder:
             log.error("policy update refused", offered_version=signed.version, enforced_version=self.version,
                       code=exc.code.value, reason=exc.detail)
 
-    def _apply(self, key: str, value: bytes | None) -> None:
+    def _apply(self, key: str, value: bytes | None, revision: int = 0) -> None:
         if value:
             self._offer(value)
 

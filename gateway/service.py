@@ -352,8 +352,8 @@ class Gateway:
             if rec.status != State.DELIVERED.value:
                 raise PsvnError(Code.CONFLICT, f"message {message_id} is {rec.status}, it cannot be acknowledged",
                                 field="id", rule="lifecycle", message_id=message_id)
-            rec = msgspec.structs.replace(rec, status=State.ACKNOWLEDGED.value)
-            await self.store.put_in(rec)
+            rec = await self.store.update_in(message_id, lambda r: msgspec.structs.replace(
+                r, status=State.ACKNOWLEDGED.value) if r.status == State.DELIVERED.value else None) or rec
         await self._receipt(message_id, State.ACKNOWLEDGED.value, rec.source)
         await self.audit("acknowledged", message_id=message_id, source=rec.source, type=rec.type)
         return rec
@@ -429,10 +429,13 @@ class Gateway:
             return
         env = inc.envelope
         self.metrics.decisions.labels("ingress", "allow").inc()
-        await self.store.put_in(InRecord(
+        newly_filed = await self.store.put_in(InRecord(
             id=env.id, source=env.source, to=env.to, type=env.type, time=env.time, status=State.DELIVERED.value,
             size=len(inc.payload), seq=seq, classification=env.classification, purpose=env.purpose,
             correlation_id=env.correlation_id, mailbox=env.mailbox, received=received))
+        if not newly_filed:  # another instance of this gateway filed it first: finish its steps, once
+            await self._redelivered(self.store.inbox[env.id])
+            return
         self.metrics.received.labels("delivered").inc()
         await self._receipt(env.id, State.DELIVERED.value, env.sender_org)
         await self.audit("delivered", message_id=env.id, source=env.source, to=env.to, type=env.type,
@@ -471,10 +474,12 @@ class Gateway:
     async def _quarantine(self, msg: Msg, msg_id: str, seq: int, exc: PsvnError, received: str) -> None:
         sender_tok = msg.subject.split(".")[-1]
         sender_org = sender_tok.replace("_", ":", 1)
-        await self.store.put_in(InRecord(
-            id=msg_id, source=sender_org, to=self.org, type="unknown", time=received,
-            status=State.QUARANTINED.value, size=len(msg.data), seq=seq, reason=f"{exc.code.value}: {exc.detail}",
-            rule=exc.rule, received=received))
+        if not await self.store.put_in(InRecord(
+                id=msg_id, source=sender_org, to=self.org, type="unknown", time=received,
+                status=State.QUARANTINED.value, size=len(msg.data), seq=seq,
+                reason=f"{exc.code.value}: {exc.detail}", rule=exc.rule, received=received)):
+            await self._redelivered(self.store.inbox[msg_id])  # already on file (a redelivery)
+            return
         self.metrics.received.labels("quarantined").inc()
         if exc.code is Code.POLICY_DENIED:
             self.metrics.decisions.labels("ingress", "deny").inc()

@@ -11,20 +11,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import msgspec
 import structlog
 from nats.js import JetStreamContext
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from broker.kvwatch import KVFollower
 from broker.subjects import state_bucket
 from psvn.envelope import now_rfc3339
+from psvn.errors import Code, PsvnError
 from psvn.lifecycle import InvalidTransition, State, advance
 
 log = structlog.get_logger("psvn.gateway.store")
+T = TypeVar("T")
+CAS_ATTEMPTS = 8
 POLICY_FLOOR_KEY = "policy.floor"
 
 
@@ -70,19 +74,30 @@ def idem_key(system: str, key: str) -> str:
 
 
 class StateStore:
+    """The member's state bucket, mirrored in memory.
+
+    Every write is a compare-and-set on the entry's revision, so several gateway instances of one
+    member (behind one load balancer, sharing the inbox consumer) never overwrite each other:
+    a loser re-reads and re-applies its change, or learns the work was already done.
+    """
+
     def __init__(self, org: str) -> None:
         self.org = org
         self.out: dict[str, OutRecord] = {}
         self.inbox: dict[str, InRecord] = {}
         self.idem: dict[str, str] = {}
+        self.revs: dict[str, int] = {}
         self.kv: KeyValue | None = None
         self.policy_floor = 0
         self._follower = KVFollower()
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def _apply(self, key: str, value: bytes | None) -> None:
+    def _apply(self, key: str, value: bytes | None, revision: int = 0) -> None:
         """Mirror one bucket entry; a deletion (value None, e.g. the bucket's TTL) forgets it, so
-        memory is bounded by the retention period."""
+        memory is bounded by the retention period. An older revision never replaces a newer one
+        (our own writes are applied before the watch echoes them)."""
+        if revision and revision < self.revs.get(key, 0):
+            return
         kind, _, ident = key.partition(".")
         if value is None:
             if kind == "out":
@@ -90,14 +105,17 @@ class StateStore:
             elif kind == "in":
                 self.inbox.pop(ident, None)
             self.idem.pop(key, None)
+            self.revs.pop(key, None)
             return
+        if revision:
+            self.revs[key] = revision
         if kind == "out":
             self.out[ident] = msgspec.json.decode(value, type=OutRecord)
         elif kind == "in":
             self.inbox[ident] = msgspec.json.decode(value, type=InRecord)
         elif kind == "idem":
             self.idem[key] = value.decode()
-        elif key == POLICY_FLOOR_KEY and value:
+        elif key == POLICY_FLOOR_KEY:
             self.policy_floor = max(self.policy_floor, int(value))
 
     async def start(self, js: JetStreamContext, *, timeout: float = 10.0) -> None:
@@ -109,15 +127,55 @@ class StateStore:
 
     async def _put(self, key: str, value: bytes) -> None:
         assert self.kv is not None
-        await self.kv.put(key, value)
-        self._apply(key, value)
+        self._apply(key, value, await self.kv.put(key, value))
+
+    async def _create(self, key: str, value: bytes) -> bool:
+        """Write a new entry; False (and the current entry mirrored) if it exists already."""
+        assert self.kv is not None
+        try:
+            self._apply(key, value, await self.kv.create(key, value))
+            return True
+        except KeyWrongLastSequenceError:
+            await self._refresh(key)
+            return False
+
+    async def _refresh(self, key: str) -> None:
+        assert self.kv is not None
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return
+        self._apply(key, entry.value, entry.revision or 0)
+
+    async def _cas(self, key: str, current: Callable[[], T | None], change: Callable[[T], T | None],
+                   encode: Callable[[T], bytes]) -> T | None:
+        """Read-modify-write with compare-and-set; ``change`` returns None for "nothing to do"."""
+        assert self.kv is not None
+        for _ in range(CAS_ATTEMPTS):
+            rec, rev = current(), self.revs.get(key)
+            if rec is None or rev is None:  # not seen yet (another instance wrote it): read it
+                await self._refresh(key)
+                rec, rev = current(), self.revs.get(key)
+                if rec is None or rev is None:
+                    return None
+            new = change(rec)
+            if new is None:
+                return rec
+            value = encode(new)
+            try:
+                self._apply(key, value, await self.kv.update(key, value, last=rev))
+                return new
+            except KeyWrongLastSequenceError:
+                await self._refresh(key)
+        raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"state entry {key} kept changing under us; retry",
+                        rule="state-contention")
 
     async def set_policy_floor(self, version: int) -> None:
         await self._put(POLICY_FLOOR_KEY, str(version).encode())
 
     @contextlib.asynccontextmanager
     async def lock(self, message_id: str) -> AsyncIterator[None]:
-        """One writer per message id; the lock is dropped once nobody waits on it."""
+        """One writer per message id in this process; the lock is dropped once nobody waits on it."""
         lock = self._locks.setdefault(message_id, asyncio.Lock())
         try:
             async with lock:
@@ -127,41 +185,39 @@ class StateStore:
                 self._locks.pop(message_id, None)
 
     # -- sent messages -------------------------------------------------------------------
-    async def put_out(self, rec: OutRecord) -> None:
-        await self._put(f"out.{rec.id}", msgspec.json.encode(rec))
+    async def put_out(self, rec: OutRecord) -> bool:
+        return await self._create(f"out.{rec.id}", msgspec.json.encode(rec))
 
     async def claim_idempotency(self, key: str, message_id: str) -> str:
         """Atomically bind an idempotency key to a message id; returns the id that owns it."""
-        assert self.kv is not None
-        try:
-            await self.kv.create(key, message_id.encode())
-        except KeyWrongLastSequenceError:
-            entry = await self.kv.get(key)
-            owner = (entry.value or b"").decode()
-            self.idem[key] = owner
-            return owner
-        self.idem[key] = message_id
-        return message_id
+        if await self._create(key, message_id.encode()):
+            return message_id
+        return self.idem.get(key, message_id)
 
     async def move_out(self, message_id: str, new: State, *, reason: str | None = None,
                        rule_ids: list[str] | None = None) -> OutRecord | None:
         """Advance a sent message's status per the lifecycle table; stale moves are ignored."""
-        async with self.lock(message_id):
-            rec = self.out.get(message_id)
-            if rec is None:
-                return None
+
+        def change(rec: OutRecord) -> OutRecord | None:
             try:
                 state = advance(State(rec.status), new)
             except InvalidTransition:
-                return rec
+                return None
             if state.value == rec.status:
-                return rec
-            rec = msgspec.structs.replace(
+                return None
+            return msgspec.structs.replace(
                 rec, status=state.value, reason=reason or rec.reason, rule_ids=rule_ids or rec.rule_ids,
                 history=[*rec.history, HistoryEntry(status=state.value, time=now_rfc3339(), reason=reason)])
-            await self.put_out(rec)
-            return rec
+
+        async with self.lock(message_id):
+            return await self._cas(f"out.{message_id}", lambda: self.out.get(message_id), change,
+                                   msgspec.json.encode)
 
     # -- received messages ---------------------------------------------------------------
-    async def put_in(self, rec: InRecord) -> None:
-        await self._put(f"in.{rec.id}", msgspec.json.encode(rec))
+    async def put_in(self, rec: InRecord) -> bool:
+        """File a received message; False if it was filed already (by us or another instance)."""
+        return await self._create(f"in.{rec.id}", msgspec.json.encode(rec))
+
+    async def update_in(self, message_id: str, change: Callable[[InRecord], InRecord | None]) -> InRecord | None:
+        return await self._cas(f"in.{message_id}", lambda: self.inbox.get(message_id), change,
+                               msgspec.json.encode)
