@@ -26,11 +26,16 @@ GROUPS = [
 
 EPILOG = """\
 first steps:
-  psvn devnet up --detach          a whole local network: CA, nats-server, registry, 3 gateways
+  psvn devnet up --detach          a whole local network: CA, nats-server, registry, policy,
+                                   council, NHS trust, GP, operator and citizen-store gateways, console
   psvn send --as gss:E06000043 --to ods:RYR --type fhir.r4.ServiceRequest \\
        --purpose direct-care examples/referral.json
-  psvn inbox list --as ods:RYR     what the trust has received
+  psvn inbox list --as ods:RYR     what the trust has received (then: inbox get / inbox ack ID)
   psvn status --as gss:E06000043 ID
+  psvn validate --type hl7v2.ADT_A01 examples/adt_a01.hl7
+  psvn policy explain --from ods:RYR --from-type nhs-trust --to gss:E06000043 --to-type council \\
+       --type fhir.r4.ServiceRequest --purpose direct-care
+  psvn bench --start               end-to-end throughput against raw nats-py JetStream
   psvn devnet down
 
 Every command answers --help. Errors print the problem code, the field and the rule.
