@@ -233,7 +233,8 @@ class Gateway:
             await self._publish(out.subject, out.data, message_id)
         except PsvnError:
             if not ikey:  # nobody can retry this message: say it failed. With a key it stays
-                await self.store.move_out(message_id, State.REJECTED, reason="backbone unavailable")
+                with contextlib.suppress(Exception):  # accepted, for the retry to resume
+                    await self.store.move_out(message_id, State.REJECTED, reason="backbone unavailable")
             raise
         try:
             rec = await self.store.move_out(message_id, State.SENT) or rec
