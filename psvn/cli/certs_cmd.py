@@ -15,10 +15,36 @@ from psvn import addresses
 DEFAULT_DIR = Path(".devnet/pki")
 
 _HELP_DIR = "PKI directory holding ca.crt, ca.key and ca.crl (default: %(default)s)"
+_HELP_DAYS = "validity in days (default: %(default)s)"
+_ISSUE_DAYS = 825
 
 
 def _dir_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, metavar="DIR", help=_HELP_DIR)
+
+
+def _days_arg(parser: argparse.ArgumentParser, default: int) -> None:
+    parser.add_argument("--days", type=int, default=default, help=_HELP_DAYS)
+
+
+def _host_arg(parser: argparse.ArgumentParser, help_: str) -> None:
+    parser.add_argument("--host", action="append", metavar="HOST", help=help_)
+
+
+def _finish(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace], int],
+            days: int | None = None) -> None:
+    """Every command's last options: --days (a validity, where given) and --dir; then its function."""
+    if days is not None:
+        _days_arg(parser, days)
+    _dir_arg(parser)
+    parser.set_defaults(func=func)
+
+
+def _print_cert_key(title: str, cert: Path, key: Path) -> None:
+    """The heading and file lines every issuing command prints, aligned the same way."""
+    print(title)
+    print(f"  certificate  {cert}")
+    print(f"  key (0600)   {key}")
 
 
 def _org(value: str) -> str:
@@ -37,9 +63,7 @@ def _init(args: argparse.Namespace) -> int:
     from certs.pki import fingerprint, init_ca
 
     ca = init_ca(args.dir, common_name=args.cn, days=args.days, force=args.force)
-    print(f"CA created in {ca.directory}")
-    print(f"  certificate  {ca.cert_path}")
-    print(f"  key (0600)   {ca.key_path}")
+    _print_cert_key(f"CA created in {ca.directory}", ca.cert_path, ca.key_path)
     print(f"  CRL          {ca.crl_path}")
     print(f"  fingerprint  {fingerprint(ca.cert)}")
     print(f"  expires      {ca.cert.not_valid_after_utc:%Y-%m-%d}")
@@ -77,9 +101,7 @@ def _issue_system(args: argparse.Namespace) -> int:
     org = _org(args.org)
     ca = load_ca(args.dir)
     cert, key = issue(ca, org, args.system, org_dir(args.dir, org) / "systems", days=args.days)
-    print(f"system {addresses.system_uri(org, args.system)}")
-    print(f"  certificate  {cert}")
-    print(f"  key (0600)   {key}")
+    _print_cert_key(f"system {addresses.system_uri(org, args.system)}", cert, key)
     return 0
 
 
@@ -90,9 +112,7 @@ def _issue_server(args: argparse.Namespace) -> int:
     ca = load_ca(args.dir)
     cert, key = issue(ca, args.name, args.dir / "servers", hosts=args.host or _default_hosts(),
                       days=args.days)
-    print(f"server {args.name}")
-    print(f"  certificate  {cert}")
-    print(f"  key (0600)   {key}")
+    _print_cert_key(f"server {args.name}", cert, key)
     return 0
 
 
@@ -194,6 +214,14 @@ def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], in
     return func
 
 
+def _commands(
+    parser: argparse.ArgumentParser, title: str, metavar: str
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """A command group: its sub-commands, and its help with exit 2 when none is given."""
+    parser.set_defaults(func=_usage(parser))
+    return parser.add_subparsers(title=title, metavar=metavar)
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     certs = subparsers.add_parser(
@@ -208,8 +236,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "  psvn certs show .devnet/pki/orgs/gss_E06000043/nats.crt",
         formatter_class=fmt,
     )
-    certs.set_defaults(func=_usage(certs))
-    sub = certs.add_subparsers(title="certs commands", metavar="COMMAND")
+    sub = _commands(certs, "certs commands", "COMMAND")
 
     p = sub.add_parser(
         "init", help="create the network CA",
@@ -220,15 +247,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _dir_arg(p)
     p.add_argument("--force", action="store_true", help="replace an existing CA")
     p.add_argument("--cn", default="psvn network CA", help="CA common name (default: %(default)s)")
-    p.add_argument("--days", type=int, default=3650, help="validity in days (default: %(default)s)")
+    _days_arg(p, 3650)
     p.set_defaults(func=_init)
 
     issue = sub.add_parser(
         "issue", help="issue certificates and keys",
         description="Issue a gateway's, a local system's or a server's certificate.",
     )
-    issue.set_defaults(func=_usage(issue))
-    isub = issue.add_subparsers(title="what to issue", metavar="KIND")
+    isub = _commands(issue, "what to issue", "KIND")
 
     p = isub.add_parser(
         "gateway", help="a member gateway's certificates and message keys",
@@ -237,12 +263,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(Ed25519) and hpke.key (X25519). Re-issuing replaces the files with fresh keys.",
     )
     p.add_argument("--org", required=True, help="member address, e.g. ods:RYR or gss:E06000043")
-    p.add_argument("--host", action="append", metavar="HOST",
-                   help="DNS name or IP for the HTTPS cert (repeatable; default localhost, "
-                   "127.0.0.1, ::1)")
-    p.add_argument("--days", type=int, default=825, help="validity in days (default: %(default)s)")
-    _dir_arg(p)
-    p.set_defaults(func=_issue_gateway)
+    _host_arg(p, "DNS name or IP for the HTTPS cert (repeatable; default localhost, 127.0.0.1, ::1)")
+    _finish(p, _issue_gateway, days=_ISSUE_DAYS)
 
     p = isub.add_parser(
         "system", help="a local system's client certificate",
@@ -252,9 +274,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--org", required=True, help="member address, e.g. gss:E06000043")
     p.add_argument("--system", required=True, metavar="NAME",
                    help="system name: lower-case letters, digits and '-', e.g. case-mgmt")
-    p.add_argument("--days", type=int, default=825, help="validity in days (default: %(default)s)")
-    _dir_arg(p)
-    p.set_defaults(func=_issue_system)
+    _finish(p, _issue_system, days=_ISSUE_DAYS)
 
     p = isub.add_parser(
         "server", help="a nats-server (backbone) certificate",
@@ -262,11 +282,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "DNS/IP SANs from --host.",
     )
     p.add_argument("--name", required=True, help="file name and CN, e.g. nats-1")
-    p.add_argument("--host", action="append", metavar="HOST",
-                   help="DNS name or IP (repeatable; default localhost, 127.0.0.1, ::1)")
-    p.add_argument("--days", type=int, default=825, help="validity in days (default: %(default)s)")
-    _dir_arg(p)
-    p.set_defaults(func=_issue_server)
+    _host_arg(p, "DNS name or IP (repeatable; default localhost, 127.0.0.1, ::1)")
+    _finish(p, _issue_server, days=_ISSUE_DAYS)
 
     reasons = [r.value for r in x509.ReasonFlags if r is not x509.ReasonFlags.remove_from_crl]
     p = sub.add_parser(
@@ -278,8 +295,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("certfile", type=Path, metavar="CERTFILE", help="the certificate (PEM)")
     p.add_argument("--reason", default="unspecified", choices=reasons,
                    help="RFC 5280 reason (default: %(default)s)")
-    _dir_arg(p)
-    p.set_defaults(func=_revoke)
+    _finish(p, _revoke)
 
     p = sub.add_parser(
         "crl", help="re-sign the CRL (do this at least weekly)",
@@ -288,8 +304,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(e.g. daily from cron) well before then.",
     )
     p.add_argument("--days", type=int, default=7, help="days until next update (default: 7)")
-    _dir_arg(p)
-    p.set_defaults(func=_crl)
+    _finish(p, _crl)
 
     p = sub.add_parser(
         "show", help="show a certificate: subject, SAN URIs, fingerprint, expiry, revoked?",
@@ -298,5 +313,4 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("certfile", type=Path, metavar="CERTFILE", help="the certificate (PEM or DER)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    _dir_arg(p)
-    p.set_defaults(func=_show)
+    _finish(p, _show)
