@@ -28,6 +28,7 @@ from policies.validators.fhir_xml import FHIR_NS, XHTML_NS, reader, to_xml
 from policies.validators.limits import Limits, check_xml
 from psvn.cli.main import main
 from psvn.errors import Code, PsvnError, Violation
+from tests.policies.test_validation_properties import mutate_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -412,24 +413,11 @@ def test_structural_mutations_of_valid_xml_never_crash(data: st.DataObject) -> N
 @given(st.data())
 def test_byte_mutations_of_xml_never_crash(data: st.DataObject) -> None:
     type_, original = data.draw(st.sampled_from(VALID_XML))
-    body = bytearray(original)
-    for _ in range(data.draw(st.integers(1, 6))):
-        if not body:
-            break
-        pos = data.draw(st.integers(0, len(body) - 1))
-        action = data.draw(st.sampled_from(["flip", "delete", "insert", "truncate"]))
-        if action == "flip":
-            body[pos] = data.draw(st.integers(0, 255))
-        elif action == "delete":
-            del body[pos:pos + data.draw(st.integers(1, 20))]
-        elif action == "insert":
-            body[pos:pos] = data.draw(st.binary(max_size=8) | st.sampled_from(
-                [b"<", b">", b"/>", b"&", b"&amp;", b"&#0;", b"&#x10FFFF;", b'"', b"<!--", b"-->", b"<![CDATA[x]]>",
-                 b"<!DOCTYPE x>", b'<extension url="x">', b"</extension>", b'<given value="x"/>', b"<contained>",
-                 b'xmlns="urn:x"', b'xmlns:a="urn:a"', b"<a:b/>", b'value=""', b"\xff\xfe", b"\x00", b"<?pi x?>"]))
-        else:
-            del body[pos:]
-    assert_answer(V.validate(type_, bytes(body), content_type=FHIR_XML))
+    body = mutate_bytes(data, original, [
+        b"<", b">", b"/>", b"&", b"&amp;", b"&#0;", b"&#x10FFFF;", b'"', b"<!--", b"-->", b"<![CDATA[x]]>",
+        b"<!DOCTYPE x>", b'<extension url="x">', b"</extension>", b'<given value="x"/>', b"<contained>",
+        b'xmlns="urn:x"', b'xmlns:a="urn:a"', b"<a:b/>", b'value=""', b"\xff\xfe", b"\x00", b"<?pi x?>"])
+    assert_answer(V.validate(type_, body, content_type=FHIR_XML))
 
 
 @settings(max_examples=150, deadline=None)
