@@ -32,6 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -563,3 +564,30 @@ def is_issued_by(ca_cert: x509.Certificate, cert: x509.Certificate) -> bool:
     except (ValueError, TypeError, InvalidSignature):
         return False
     return True
+
+
+# -- hybrid post-quantum HPKE key (ML-KEM-768 + X25519) -----------------------------------------
+HYBRID_MAGIC = b"psvn-hpke-mlkem768x25519-v1\n"
+
+
+def new_hybrid_hpke_key(path: Path) -> tuple[MLKEM768PrivateKey, X25519PrivateKey]:
+    """Write a hybrid HPKE recipient key (0600): the ML-KEM-768 seed and the X25519 key, raw.
+
+    The hybrid key has no serialisation of its own, so its two parts are stored side by side."""
+    pq, classic = MLKEM768PrivateKey.generate(), X25519PrivateKey.generate()
+    write_private(path, HYBRID_MAGIC + pq.private_bytes_raw() + classic.private_bytes_raw())
+    return pq, classic
+
+
+def load_hybrid_hpke_key(path: Path) -> tuple[MLKEM768PrivateKey, X25519PrivateKey]:
+    data = _read(path, "hybrid HPKE key")
+    body = data[len(HYBRID_MAGIC):]
+    if not data.startswith(HYBRID_MAGIC) or len(body) != 64 + 32:
+        raise PsvnError(Code.CONFIG_INVALID, f"{path}: not a psvn hybrid HPKE key", field=str(path),
+                        rule="key-format")
+    return MLKEM768PrivateKey.from_seed_bytes(body[:64]), X25519PrivateKey.from_private_bytes(body[64:])
+
+
+def hybrid_public_raw(pq: MLKEM768PrivateKey, classic: X25519PrivateKey) -> bytes:
+    """Registry form of a hybrid public key: ML-KEM-768 public (1,184 bytes) then X25519 (32)."""
+    return pq.public_key().public_bytes_raw() + raw_public(classic)

@@ -44,6 +44,7 @@ class KeysSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     signing: str
     hpke: str
     policy_authority: str  # the policy authority's Ed25519 public key (PEM)
+    hpke_hybrid: str | None = None  # ML-KEM-768 + X25519 key: senders then seal post-quantum
 
 
 class WebhookSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

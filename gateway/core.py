@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import msgspec
+from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from broker.registry import Member, RegistryView
 from broker.subjects import msg_subject, rcpt_subject
-from certs.pki import ed25519_public, x25519_public
+from certs.pki import ed25519_public
 from gateway import seal
 from gateway.policy import PolicySnapshot
 from policies.catalogue import CatalogueEntry
@@ -46,6 +47,15 @@ class Identity:
     member_type: str
     signing_key: Ed25519PrivateKey
     hpke_key: X25519PrivateKey
+    hybrid_key: hpke.MLKEM768X25519PrivateKey | None = None  # post-quantum, when this gateway has one
+
+    @property
+    def private_keys(self) -> dict[str, seal.PrivateKey]:
+        """One decryption key per suite this gateway accepts (senders use the registry's choice)."""
+        keys: dict[str, seal.PrivateKey] = {seal.DEFAULT_SUITE: self.hpke_key}
+        if self.hybrid_key is not None:
+            keys[seal.HYBRID_SUITE] = self.hybrid_key
+        return keys
 
 
 @dataclass(frozen=True)
@@ -145,7 +155,7 @@ def prepare_send(req: SendRequest, *, me: Identity, system: str | None, snap: Po
                 datacontenttype=req.datacontenttype or entry.datacontenttype, now=now, message_id=message_id)
     header = msgspec.json.encode(env)
     data = seal.seal(seal.KIND_MESSAGE, header, body, signing_key=me.signing_key,
-                     recipient_key=x25519_public(recipient.hpke_key),
+                     recipient_key=seal.public_key_for(recipient.hpke_suite, recipient.hpke_key),
                      info=seal.info_for(me.org, recipient_org, env.id), suite=recipient.hpke_suite)
     return Outgoing(envelope=env, subject=msg_subject(recipient_org, me.org), data=data, decision=decision,
                     size=len(data))
@@ -167,7 +177,7 @@ def open_incoming(data: bytes, *, subject: str, message_id: str, me: Identity, r
     try:
         sender_org = sender_from_subject(subject, me, "msg")
         sender = registry.lookup(sender_org, field="source", message_id=message_id, require_active=checks)
-        inner = seal.unseal(data, private_key=me.hpke_key, info=seal.info_for(sender_org, me.org, message_id),
+        inner = seal.unseal(data, private_key=me.private_keys, info=seal.info_for(sender_org, me.org, message_id),
                             message_id=message_id)
         if inner.kind != seal.KIND_MESSAGE:
             raise PsvnError(Code.DECRYPT_FAILED, f"expected a message, got a {inner.kind}", rule="inner-kind")
@@ -211,7 +221,8 @@ def make_receipt(*, message_id: str, status: str, me: Identity, to: Member, reas
     body = msgspec.json.encode(Receipt(message_id=message_id, status=status, by=me.org, time=now_rfc3339(now),
                                        reason=reason, rule_ids=rule_ids or []))
     data = seal.seal(seal.KIND_RECEIPT, body, b"", signing_key=me.signing_key,
-                     recipient_key=x25519_public(to.hpke_key), info=seal.info_for(me.org, to.address, rid),
+                     recipient_key=seal.public_key_for(to.hpke_suite, to.hpke_key),
+                     info=seal.info_for(me.org, to.address, rid),
                      suite=to.hpke_suite)
     return rcpt_subject(to.address, me.org), rid, data
 
@@ -220,7 +231,7 @@ def open_receipt(data: bytes, *, subject: str, receipt_msg_id: str, me: Identity
                  registry: RegistryView) -> Receipt:
     sender_org = sender_from_subject(subject, me, "rcpt")
     sender = registry.lookup(sender_org, field="by", require_active=False)
-    inner = seal.unseal(data, private_key=me.hpke_key, info=seal.info_for(sender_org, me.org, receipt_msg_id))
+    inner = seal.unseal(data, private_key=me.private_keys, info=seal.info_for(sender_org, me.org, receipt_msg_id))
     if inner.kind != seal.KIND_RECEIPT:
         raise PsvnError(Code.DECRYPT_FAILED, f"expected a receipt, got a {inner.kind}", rule="inner-kind")
     seal.verify(inner, ed25519_public(sender.sign_key))

@@ -9,20 +9,38 @@ be replayed under another id or re-addressed by the backbone. The backbone sees 
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 
 import msgspec
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from psvn.errors import Code, PsvnError
 
 WIRE_VERSION = 1
-SUITES: dict[str, hpke.Suite] = {
-    "x25519-hkdf-sha256-aes128gcm": hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM),
-}
 DEFAULT_SUITE = "x25519-hkdf-sha256-aes128gcm"
+# Hybrid post-quantum: ML-KEM-768 + X25519 (safe if either holds), +1,136 bytes a message.
+HYBRID_SUITE = "mlkem768x25519-hkdf-sha256-aes128gcm"
+SUITES: dict[str, hpke.Suite] = {
+    DEFAULT_SUITE: hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM),
+    HYBRID_SUITE: hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_128_GCM),
+}
+RecipientKey = X25519PublicKey | hpke.MLKEM768X25519PublicKey
+PrivateKey = X25519PrivateKey | hpke.MLKEM768X25519PrivateKey
+MLKEM768_PUBLIC_BYTES = 1184
+
+
+def public_key_for(suite: str, raw: bytes) -> RecipientKey:
+    """A recipient's key from its registry form (raw bytes) for its suite."""
+    if suite == DEFAULT_SUITE:
+        return X25519PublicKey.from_public_bytes(raw)
+    if suite == HYBRID_SUITE and len(raw) == MLKEM768_PUBLIC_BYTES + 32:
+        return hpke.MLKEM768X25519PublicKey(MLKEM768PublicKey.from_public_bytes(raw[:MLKEM768_PUBLIC_BYTES]),
+                                            X25519PublicKey.from_public_bytes(raw[MLKEM768_PUBLIC_BYTES:]))
+    raise PsvnError(Code.CONFIG_INVALID, f"registry key does not fit suite {suite!r}", rule="hpke-suite")
 KIND_MESSAGE = "message"
 KIND_RECEIPT = "receipt"
 
@@ -56,15 +74,17 @@ def signed_bytes(kind: str, header: bytes, payload: bytes) -> bytes:
 
 
 def seal(kind: str, header: bytes, payload: bytes, *, signing_key: Ed25519PrivateKey,
-         recipient_key: X25519PublicKey, info: bytes, suite: str = DEFAULT_SUITE) -> bytes:
+         recipient_key: RecipientKey, info: bytes, suite: str = DEFAULT_SUITE) -> bytes:
     sig = signing_key.sign(signed_bytes(kind, header, payload))
     inner = _enc.encode(Inner(kind=kind, header=header, payload=payload, signature=sig))
     ct = SUITES[suite].encrypt(inner, recipient_key, info=info)
     return _enc.encode(Wire(v=WIRE_VERSION, suite=suite, ct=ct))
 
 
-def unseal(data: bytes, *, private_key: X25519PrivateKey, info: bytes, message_id: str | None = None) -> Inner:
-    """Decrypt; does NOT verify the signature (the caller looks up the sender's key first)."""
+def unseal(data: bytes, *, private_key: PrivateKey | Mapping[str, PrivateKey], info: bytes,
+           message_id: str | None = None) -> Inner:
+    """Decrypt with the key for the message's suite (one key, or one per suite); does NOT verify
+    the signature (the caller looks up the sender's key first)."""
     try:
         wire = _wire_dec.decode(data)
     except msgspec.DecodeError as exc:
@@ -73,8 +93,12 @@ def unseal(data: bytes, *, private_key: X25519PrivateKey, info: bytes, message_i
     if wire.v != WIRE_VERSION or wire.suite not in SUITES:
         raise PsvnError(Code.DECRYPT_FAILED, f"unsupported wire version {wire.v} / suite {wire.suite!r}",
                         rule="wire-version", message_id=message_id)
+    key = private_key.get(wire.suite) if isinstance(private_key, Mapping) else private_key
+    if key is None:
+        raise PsvnError(Code.DECRYPT_FAILED, f"this gateway holds no key for suite {wire.suite!r}",
+                        rule="hpke-suite", message_id=message_id)
     try:
-        inner_bytes = SUITES[wire.suite].decrypt(wire.ct, private_key, info=info)
+        inner_bytes = SUITES[wire.suite].decrypt(wire.ct, key, info=info)
     except (InvalidTag, ValueError) as exc:
         raise PsvnError(Code.DECRYPT_FAILED,
                         "decryption failed: wrong key, tampered ciphertext, or re-addressed message",

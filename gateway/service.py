@@ -19,7 +19,7 @@ from pathlib import Path
 
 import msgspec
 import structlog
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -76,6 +76,8 @@ class Gateway:
         self.clock = clock or (lambda: datetime.now(UTC))
         self.signing_key = pki.load_signing_key(Path(config.keys.signing))
         self.hpke_key = pki.load_hpke_key(Path(config.keys.hpke))
+        self.hybrid_key = (hpke.MLKEM768X25519PrivateKey(*pki.load_hybrid_hpke_key(Path(config.keys.hpke_hybrid)))
+                           if config.keys.hpke_hybrid else None)
         authority = serialization.load_pem_public_key(Path(config.keys.policy_authority).read_bytes())
         if not isinstance(authority, Ed25519PublicKey):
             raise PsvnError(Code.CONFIG_INVALID, "keys.policy_authority: not an Ed25519 public key",
@@ -105,7 +107,7 @@ class Gateway:
     def identity(self) -> core.Identity:
         me = self.registry.lookup(self.org, field="gateway.org", require_active=False)
         return core.Identity(org=self.org, member_type=me.type, signing_key=self.signing_key,
-                             hpke_key=self.hpke_key)
+                             hpke_key=self.hpke_key, hybrid_key=self.hybrid_key)
 
     @property
     def snapshot(self) -> PolicySnapshot:

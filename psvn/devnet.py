@@ -20,6 +20,7 @@ from broker.natsconf import ServerConfig
 from broker.server import NatsServer
 from broker.subjects import BROKER_URI
 from certs import pki, revocation, tls
+from gateway import seal
 from gateway.config import GatewayConfig, GatewaySection, KeysSection, NatsSection, TLSSection
 from policies import bundle
 from psvn import config, procs
@@ -33,6 +34,7 @@ class MemberSpec:
     name: str
     type: str
     system: str = "integration"  # the example local system that talks to this gateway
+    post_quantum: bool = False  # publish a hybrid ML-KEM-768 + X25519 key: senders seal post-quantum
 
 
 EXAMPLE_MEMBERS: tuple[MemberSpec, ...] = (
@@ -95,6 +97,8 @@ def make_pki(layout: Layout, members: tuple[MemberSpec, ...] | list[MemberSpec])
     for m in members:
         pki.issue_gateway(ca, m.org, layout.org_dir(m.org))
         pki.issue_system(ca, m.org, m.system, layout.org_dir(m.org) / "systems")
+        if m.post_quantum:
+            pki.new_hybrid_hpke_key(layout.org_dir(m.org) / "hpke-hybrid.key")
 
 
 def server_config(layout: Layout, members: list[str], *, port: int, monitor_port: int) -> ServerConfig:
@@ -117,7 +121,8 @@ def gateway_config(layout: Layout, m: MemberSpec, *, nats_url: str, port: int,
                        crl=str(layout.pki / "ca.crl")),
         nats=NatsSection(servers=[nats_url], cert=str(d / "nats.crt"), key=str(d / "nats.key"), ca=str(layout.ca)),
         keys=KeysSection(signing=str(d / "sign.key"), hpke=str(d / "hpke.key"),
-                         policy_authority=str(layout.authority_pub)),
+                         policy_authority=str(layout.authority_pub),
+                         hpke_hybrid=str(d / "hpke-hybrid.key") if m.post_quantum else None),
     )
 
 
@@ -128,10 +133,12 @@ def broker_tls(layout: Layout) -> ssl.SSLContext:
 
 def member_record(layout: Layout, m: MemberSpec, *, gateway_url: str = "") -> registry.Member:
     d = layout.org_dir(m.org)
+    hybrid = pki.hybrid_public_raw(*pki.load_hybrid_hpke_key(d / "hpke-hybrid.key")) if m.post_quantum else None
     return registry.Member(
         address=m.org, name=m.name, type=m.type,
         sign_key=pki.raw_public(pki.load_signing_key(d / "sign.key")),
-        hpke_key=pki.raw_public(pki.load_hpke_key(d / "hpke.key")),
+        hpke_key=hybrid or pki.raw_public(pki.load_hpke_key(d / "hpke.key")),
+        hpke_suite=seal.HYBRID_SUITE if hybrid else seal.DEFAULT_SUITE,
         cert_fingerprint=pki.fingerprint(pki.load_cert(d / "nats.crt")),
         gateway_url=gateway_url, joined=now_rfc3339())
 

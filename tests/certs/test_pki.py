@@ -398,3 +398,18 @@ def test_cli_help_texts(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "urn:psvn:org:ORG" in out and "--org" in out and "CRL" in out
     assert main(["certs"]) == 2
+
+
+def test_hybrid_hpke_key_file(tmp_path: Path) -> None:
+
+
+    path = tmp_path / "k" / "hpke-hybrid.key"
+    pq, classic = pki.new_hybrid_hpke_key(path)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    pq2, classic2 = pki.load_hybrid_hpke_key(path)
+    assert pki.hybrid_public_raw(pq, classic) == pki.hybrid_public_raw(pq2, classic2)
+    assert len(pki.hybrid_public_raw(pq, classic)) == 1184 + 32
+    path.write_bytes(b"not a key")
+    with pytest.raises(PsvnError) as err:
+        pki.load_hybrid_hpke_key(path)
+    assert err.value.rule == "key-format"

@@ -94,3 +94,28 @@ def test_garbage_is_refused_not_crashing(data: bytes) -> None:
     with pytest.raises(PsvnError) as err:
         seal.unseal(data, private_key=RECIPIENT, info=INFO)
     assert err.value.code is Code.DECRYPT_FAILED
+
+
+def test_hybrid_post_quantum_round_trip() -> None:
+    from cryptography.hazmat.primitives import hpke
+    from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
+
+    pq, classic = MLKEM768PrivateKey.generate(), X25519PrivateKey.generate()
+    private = hpke.MLKEM768X25519PrivateKey(pq, classic)
+    raw = pq.public_key().public_bytes_raw() + classic.public_key().public_bytes_raw()
+    public = seal.public_key_for(seal.HYBRID_SUITE, raw)
+    data = seal.seal(seal.KIND_MESSAGE, HEADER, PAYLOAD, signing_key=SENDER, recipient_key=public, info=INFO,
+                     suite=seal.HYBRID_SUITE)
+    assert len(data) - len(sealed()) >= 1088  # the ML-KEM-768 ciphertext (1,088 bytes) rides along
+    inner = seal.unseal(data, private_key={seal.DEFAULT_SUITE: RECIPIENT, seal.HYBRID_SUITE: private}, info=INFO)
+    seal.verify(inner, SENDER.public_key())
+    assert inner.payload == PAYLOAD
+    with pytest.raises(PsvnError) as err:  # a gateway without a hybrid key cannot open it
+        seal.unseal(data, private_key={seal.DEFAULT_SUITE: RECIPIENT}, info=INFO, message_id="m-1")
+    assert (err.value.code, err.value.rule) == (Code.DECRYPT_FAILED, "hpke-suite")
+    other = hpke.MLKEM768X25519PrivateKey(MLKEM768PrivateKey.generate(), X25519PrivateKey.generate())
+    with pytest.raises(PsvnError) as err:  # nor one with the wrong hybrid key
+        seal.unseal(data, private_key={seal.HYBRID_SUITE: other}, info=INFO)
+    assert err.value.code is Code.DECRYPT_FAILED
+    with pytest.raises(PsvnError):
+        seal.public_key_for(seal.HYBRID_SUITE, raw[:-1])

@@ -1,0 +1,52 @@
+"""A member that publishes a hybrid ML-KEM-768 + X25519 key receives post-quantum sealed mail."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import msgspec
+import nats
+import pytest
+
+from broker.subjects import inbox_stream
+from certs import pki, tls
+from gateway import seal
+from psvn.devnet import EXAMPLE_MEMBERS
+from tests.conftest import Network, start_network, stop_network
+from tests.gateway.test_service import REFERRAL, call, referral, wait_status
+
+
+@pytest.fixture
+async def pq_net(tmp_path: Path) -> AsyncIterator[Network]:
+    members = [replace(m, post_quantum=True) if m.org == "ods:RYR" else m for m in EXAMPLE_MEMBERS]
+    net = await start_network(tmp_path, members)
+    try:
+        yield net
+    finally:
+        await stop_network(net)
+
+
+async def test_council_seals_post_quantum_to_the_trust(pq_net: Network) -> None:
+    net = pq_net
+    council = net.gateways[net.COUNCIL].gateway
+    trust_entry = council.registry.lookup(net.TRUST)
+    assert trust_entry.hpke_suite == seal.HYBRID_SUITE and len(trust_entry.hpke_key) == 1184 + 32
+    key_file = net.layout.org_dir(net.TRUST) / "hpke-hybrid.key"
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    assert pki.hybrid_public_raw(*pki.load_hybrid_hpke_key(key_file)) == trust_entry.hpke_key
+
+    status, body = await call(net, net.COUNCIL, "POST", "/v1/messages", referral())
+    assert status == 202
+    await wait_status(net, net.COUNCIL, body["id"], "delivered")  # the receipt comes back classic
+    _, item = await call(net, net.TRUST, "GET", f"/v1/inbox/{body['id']}")
+    assert item["payload"] == REFERRAL
+
+    nc = await nats.connect(net.nats.url, tls=tls.client_context(net.ca, *net.layout.broker_cert))
+    try:
+        raw = await nc.jetstream().get_msg(inbox_stream(net.TRUST), seq=1)
+    finally:
+        await nc.close()
+    wire = msgspec.msgpack.decode(raw.data or b"", type=seal.Wire)
+    assert wire.suite == seal.HYBRID_SUITE  # what the backbone stores is post-quantum sealed
