@@ -54,9 +54,15 @@ async def start_network(root: Path, members: list[MemberSpec] | None = None, *,
     members = list(members or EXAMPLE_MEMBERS)
     layout = Layout(root)
     devnet.make_pki(layout, members)
-    ports = devnet.Ports()
-    server = devnet.nats_server(layout, [m.org for m in members], port=ports.nats, monitor_port=ports.monitor)
-    server.start()
+    for attempt in range(3):  # a free port can be taken by another process before nats-server binds it
+        ports = devnet.Ports()
+        server = devnet.nats_server(layout, [m.org for m in members], port=ports.nats, monitor_port=ports.monitor)
+        try:
+            server.start()
+            break
+        except RuntimeError:
+            if attempt == 2:
+                raise
     gateways: dict[str, GatewayServer] = {}
     try:
         await devnet.provision_backbone(layout, server.url, members)
