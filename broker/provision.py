@@ -5,10 +5,16 @@ Idempotent: running it again on a provisioned backbone changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -20,10 +26,9 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
-from broker import registry
 from broker.subjects import (
     AUDIT_STREAM,
     AUDIT_SUBJECTS,
@@ -31,6 +36,7 @@ from broker.subjects import (
     CONSUMER,
     POLICY_BUCKET,
     POLICY_KEY,
+    REGISTRY_BUCKET,
     inbox_stream,
     state_bucket,
 )
@@ -39,6 +45,7 @@ from psvn.addresses import token
 from psvn.errors import Code, PsvnError
 
 DAY = 86400.0
+T = TypeVar("T")
 
 
 async def connect(url: str | list[str], tls: ssl.SSLContext, *, name: str, inbox_prefix: str | None = None,
@@ -53,15 +60,18 @@ async def connect(url: str | list[str], tls: ssl.SSLContext, *, name: str, inbox
 
 async def _kv(js: JetStreamContext, bucket: str, *, history: int, replicas: int,
               ttl: float | None = None) -> KeyValue:
-    try:
-        return await js.key_value(bucket)
-    except BucketNotFoundError:
-        return await js.create_key_value(KeyValueConfig(bucket=bucket, history=history, replicas=replicas,
-                                                        storage=StorageType.FILE, ttl=ttl, direct=True))
+    async def step() -> KeyValue:
+        try:
+            return await js.key_value(bucket)
+        except BucketNotFoundError:
+            return await js.create_key_value(KeyValueConfig(bucket=bucket, history=history, replicas=replicas,
+                                                            storage=StorageType.FILE, ttl=ttl, direct=True))
+
+    return await _patiently(step, what=f"bucket {bucket}")
 
 
 async def provision_network(js: JetStreamContext, *, replicas: int = 1) -> None:
-    await registry.ensure_bucket(js, replicas=replicas)
+    await _kv(js, REGISTRY_BUCKET, history=5, replicas=replicas)  # same shape as registry.ensure_bucket
     await _kv(js, POLICY_BUCKET, history=64, replicas=replicas)
     await _kv(js, CONSENT_BUCKET, history=1, replicas=replicas)
     await _ensure_stream(js, StreamConfig(name=AUDIT_STREAM, subjects=[AUDIT_SUBJECTS],
@@ -69,12 +79,33 @@ async def provision_network(js: JetStreamContext, *, replicas: int = 1) -> None:
                                           num_replicas=replicas, max_age=365 * DAY))
 
 
+async def _patiently(step: Callable[[], Awaitable[T]], *, what: str, patience: float = 30.0) -> T:
+    """Run one provisioning step, riding out the moments a clustered backbone spends electing the
+    leader of a stream it has just created (requests then time out or find no responder). Every
+    step is idempotent, so repeating one is safe."""
+    deadline = time.monotonic() + patience
+    delay = 0.25
+    while True:
+        try:
+            return await step()
+        except (TimeoutError, NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"provisioning {what}: the backbone did not answer",
+                                rule="provision") from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
 async def _ensure_stream(js: JetStreamContext, cfg: StreamConfig) -> None:
     assert cfg.name is not None
-    try:
-        await js.stream_info(cfg.name)
-    except NotFoundError:
-        await js.add_stream(cfg)
+
+    async def step() -> None:
+        try:
+            await js.stream_info(cfg.name)  # type: ignore[arg-type]
+        except NotFoundError:
+            await js.add_stream(cfg)
+
+    await _patiently(step, what=f"stream {cfg.name}")
 
 
 INBOX_MAX_BYTES = 512 * 1024 * 1024
@@ -97,12 +128,15 @@ async def provision_member(js: JetStreamContext, org: str, *, replicas: int = 1,
         storage=StorageType.FILE, num_replicas=replicas, max_age=retention_days * DAY,
         duplicate_window=120.0, allow_direct=True, max_msg_size=4 * 1024 * 1024, max_bytes=max_bytes,
         max_msgs_per_subject=per_sender_max_msgs, discard=DiscardPolicy.NEW, discard_new_per_subject=True))
-    try:
-        await js.consumer_info(stream, CONSUMER)
-    except NotFoundError:
-        await js.add_consumer(stream, ConsumerConfig(
-            durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-            ack_wait=10.0, max_deliver=-1, max_ack_pending=10000))  # redelivery is idempotent: fail over fast
+    async def consumer() -> None:
+        try:
+            await js.consumer_info(stream, CONSUMER)
+        except NotFoundError:
+            await js.add_consumer(stream, ConsumerConfig(
+                durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+                ack_wait=10.0, max_deliver=-1, max_ack_pending=10000))  # redelivery is idempotent: fail over fast
+
+    await _patiently(consumer, what=f"consumer {stream}/{CONSUMER}")
     # statuses, mailbox index and idempotency keys live as long as the mail itself
     await _kv(js, state_bucket(org), history=1, replicas=replicas, ttl=retention_days * DAY)
 
