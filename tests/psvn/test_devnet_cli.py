@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,24 +16,11 @@ ROOT = Path(__file__).resolve().parents[2]
 PSVN = [sys.executable, "-m", "psvn.cli.main"]
 
 
-def free_range(width: int = 13) -> int:
-    """A run of free ports below the kernel's ephemeral range (32768+), where outgoing
-    connections of this very test run cannot take one between the check and the bind."""
-    import random
+def free_range() -> int:
+    """A run of free ports for a devnet, below the ephemeral range (shared with psvn bench)."""
+    from psvn.bench import free_port_range
 
-    for _ in range(50):
-        base = random.randrange(20000, 32000 - width)
-        ok = True
-        for p in range(base, base + width):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free port range")
+    return free_port_range()
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
