@@ -26,7 +26,13 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 
 from broker.subjects import (
@@ -67,7 +73,7 @@ async def _kv(js: JetStreamContext, bucket: str, *, history: int, replicas: int,
             return await js.create_key_value(KeyValueConfig(bucket=bucket, history=history, replicas=replicas,
                                                             storage=StorageType.FILE, ttl=ttl, direct=True))
 
-    return await _patiently(step, what=f"bucket {bucket}")
+    return await patiently(step, what=f"bucket {bucket}")
 
 
 async def provision_network(js: JetStreamContext, *, replicas: int = 1) -> None:
@@ -79,7 +85,7 @@ async def provision_network(js: JetStreamContext, *, replicas: int = 1) -> None:
                                           num_replicas=replicas, max_age=365 * DAY))
 
 
-async def _patiently(step: Callable[[], Awaitable[T]], *, what: str, patience: float = 30.0) -> T:
+async def patiently(step: Callable[[], Awaitable[T]], *, what: str, patience: float = 30.0) -> T:
     """Run one provisioning step, riding out the moments a clustered backbone spends electing the
     leader of a stream it has just created (requests then time out or find no responder). Every
     step is idempotent, so repeating one is safe."""
@@ -88,7 +94,8 @@ async def _patiently(step: Callable[[], Awaitable[T]], *, what: str, patience: f
     while True:
         try:
             return await step()
-        except (TimeoutError, NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+        except (TimeoutError, NatsTimeoutError, NoRespondersError, NoStreamResponseError,
+                ServiceUnavailableError) as exc:
             if time.monotonic() + delay > deadline:
                 raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"provisioning {what}: the backbone did not answer",
                                 rule="provision") from exc
@@ -105,7 +112,7 @@ async def _ensure_stream(js: JetStreamContext, cfg: StreamConfig) -> None:
         except NotFoundError:
             await js.add_stream(cfg)
 
-    await _patiently(step, what=f"stream {cfg.name}")
+    await patiently(step, what=f"stream {cfg.name}")
 
 
 INBOX_MAX_BYTES = 512 * 1024 * 1024
@@ -136,7 +143,7 @@ async def provision_member(js: JetStreamContext, org: str, *, replicas: int = 1,
                 durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
                 ack_wait=10.0, max_deliver=-1, max_ack_pending=10000))  # redelivery is idempotent: fail over fast
 
-    await _patiently(consumer, what=f"consumer {stream}/{CONSUMER}")
+    await patiently(consumer, what=f"consumer {stream}/{CONSUMER}")
     # statuses, mailbox index and idempotency keys live as long as the mail itself
     await _kv(js, state_bucket(org), history=1, replicas=replicas, ttl=retention_days * DAY)
 

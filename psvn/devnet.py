@@ -6,6 +6,7 @@ The same building blocks serve ``psvn devnet up`` (gateways as processes, state 
 
 from __future__ import annotations
 
+import functools
 import ssl
 import subprocess
 import time
@@ -157,12 +158,14 @@ async def provision_backbone(layout: Layout, nats_url: str, members: list[Member
         kv = await registry.ensure_bucket(js, replicas=replicas)
         for m in members:
             await provision.provision_member(js, m.org, replicas=replicas)
-            await registry.put_member(kv, member_record(layout, m, gateway_url=(gateway_urls or {}).get(m.org, "")))
+            record = member_record(layout, m, gateway_url=(gateway_urls or {}).get(m.org, ""))
+            await provision.patiently(functools.partial(registry.put_member, kv, record),
+                                      what=f"registry entry {m.org}")
         doc = bundle.load_dir(policy_dir)
         signed = bundle.sign(doc, pki.load_signing_key(layout.authority_key), proposer="devnet", approver="devnet",
                              published_at=now_rfc3339())
         try:
-            await provision.publish_policy(js, signed)
+            await provision.patiently(lambda: provision.publish_policy(js, signed), what="policy set")
         except Exception as exc:
             from psvn.errors import Code, PsvnError
 
