@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
 log = structlog.get_logger("psvn.kvwatch")
+
+KV_OPERATION = "KV-Operation"
 
 Apply = Callable[[str, bytes | None, int], None]  # (key, value or None when deleted, revision)
 
@@ -68,3 +71,53 @@ class KVFollower:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """One stored KV entry, read by stream sequence."""
+
+    key: str
+    value: bytes | None
+    revision: int
+    operation: str | None
+
+    @property
+    def deleted(self) -> bool:
+        return self.operation in ("DEL", "PURGE")
+
+
+async def read_history(js: JetStreamContext, bucket: str, key: str) -> list[StoredEntry]:
+    """Every kept entry for ``key``, oldest first.
+
+    Read message by message (next-by-subject) rather than with nats-py's ``kv.history()``: that
+    one ends at a watcher's end-of-values marker, which can arrive before values still in flight,
+    so it sometimes returns nothing for a key that has history (measured: a flaky CI run).
+    """
+    stream, subject = f"KV_{bucket}", f"$KV.{bucket}.{key}"
+    out: list[StoredEntry] = []
+    seq = 1
+    for _ in range(1_000_000):  # bounded: a bucket's history per key is small
+        try:
+            msg = await js.get_msg(stream, seq=seq, subject=subject, next=True)
+        except NotFoundError:
+            break
+        headers = msg.headers or {}
+        out.append(StoredEntry(key, msg.data, msg.seq or seq, headers.get(KV_OPERATION)))
+        seq = (msg.seq or seq) + 1
+    return out
+
+
+async def read_keys(js: JetStreamContext, bucket: str) -> list[str]:
+    """The keys with a live (not deleted) value, from the stream's subject index (no watcher race)."""
+    stream, prefix = f"KV_{bucket}", f"$KV.{bucket}."
+    info = await js.stream_info(stream, subjects_filter=f"{prefix}>")
+    keys: list[str] = []
+    for subject in sorted((info.state.subjects or {}) if info.state else {}):
+        try:
+            msg = await js.get_msg(stream, subject=subject)
+        except NotFoundError:
+            continue
+        if (msg.headers or {}).get(KV_OPERATION) not in ("DEL", "PURGE"):
+            keys.append(subject[len(prefix):])
+    return keys

@@ -39,11 +39,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from broker import provision
 from broker.auth import normalise_user
+from broker.kvwatch import StoredEntry, read_history, read_keys
 from broker.subjects import POLICY_BUCKET, POLICY_KEY
 from policies import bundle
 from policies.engine import DecisionRequest, Engine
@@ -355,12 +356,8 @@ class PolicyAdmin:
         return self._members() if self._members is not None else None
 
     # -- what is published ----------------------------------------------------------------
-    async def _policy_entries(self) -> list[Any]:
-        kv = await self.js.key_value(POLICY_BUCKET)
-        try:
-            return await kv.history(POLICY_KEY)
-        except (NoKeysError, KeyNotFoundError):
-            return []
+    async def _policy_entries(self) -> list[StoredEntry]:
+        return await read_history(self.js, POLICY_BUCKET, POLICY_KEY)
 
     async def history(self) -> list[HistoryEntry]:
         """Every version put in the policy bucket (newest first), verified as a gateway would."""
@@ -446,12 +443,8 @@ class PolicyAdmin:
 
     async def proposals(self, *, status: str | None = None) -> list[Proposal]:
         """All proposals, newest first."""
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return []
         out: list[Proposal] = []
-        for k in keys:
+        for k in await read_keys(self.js, PROPOSALS_BUCKET):
             if not _ID.match(k):
                 continue
             try:
