@@ -366,6 +366,7 @@ class GatewayFiles:
     https_key: Path
     sign_key: Path
     hpke_key: Path
+    hpke_hybrid: Path | None = None  # ML-KEM-768 + X25519, when issued post-quantum
 
 
 def issue_gateway(
@@ -375,6 +376,7 @@ def issue_gateway(
     *,
     hosts: Sequence[str] = DEFAULT_HOSTS,
     days: int = 825,
+    post_quantum: bool = False,
 ) -> GatewayFiles:
     """Issue a gateway's certificates and message keys into ``directory``.
 
@@ -383,6 +385,8 @@ def issue_gateway(
     * ``https.crt/.key``: server cert for the gateway's local HTTPS API (serverAuth), DNS/IP
       SANs from ``hosts`` plus the org URI.
     * ``sign.key`` (Ed25519) and ``hpke.key`` (X25519), PKCS8 PEM.
+    * with ``post_quantum``, also ``hpke-hybrid.key`` (ML-KEM-768 + X25519): published in the
+      registry instead of the X25519 key, so senders seal to it with the hybrid suite.
 
     Existing files are replaced (re-issue); keys are always fresh.
     """
@@ -401,11 +405,14 @@ def issue_gateway(
         https_key=directory / "https.key",
         sign_key=directory / "sign.key",
         hpke_key=directory / "hpke.key",
+        hpke_hybrid=directory / "hpke-hybrid.key" if post_quantum else None,
     )
     _write_pair(nats_cert, nats_key, files.nats_cert, files.nats_key)
     _write_pair(https_cert, https_key, files.https_cert, files.https_key)
     new_signing_key(files.sign_key)
     write_private(files.hpke_key, _pem_private(X25519PrivateKey.generate()))
+    if files.hpke_hybrid is not None:
+        new_hybrid_hpke_key(files.hpke_hybrid)
     return files
 
 

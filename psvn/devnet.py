@@ -96,10 +96,8 @@ def make_pki(layout: Layout, members: tuple[MemberSpec, ...] | list[MemberSpec])
     layout.authority_pub.write_bytes(authority.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     for m in members:
-        pki.issue_gateway(ca, m.org, layout.org_dir(m.org))
+        pki.issue_gateway(ca, m.org, layout.org_dir(m.org), post_quantum=m.post_quantum)
         pki.issue_system(ca, m.org, m.system, layout.org_dir(m.org) / "systems")
-        if m.post_quantum:
-            pki.new_hybrid_hpke_key(layout.org_dir(m.org) / "hpke-hybrid.key")
 
 
 def server_config(layout: Layout, members: list[str], *, port: int, monitor_port: int) -> ServerConfig:

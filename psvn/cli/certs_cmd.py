@@ -77,12 +77,13 @@ def _issue_gateway(args: argparse.Namespace) -> int:
     org = _org(args.org)
     ca = load_ca(args.dir)
     files = issue(ca, org, org_dir(args.dir, org), hosts=args.host or _default_hosts(),
-                  days=args.days)
+                  days=args.days, post_quantum=args.post_quantum)
     print(f"gateway {org}: {files.directory}")
     for label, path in (
         ("NATS client cert", files.nats_cert), ("NATS client key", files.nats_key),
         ("HTTPS server cert", files.https_cert), ("HTTPS server key", files.https_key),
         ("signing key (Ed25519)", files.sign_key), ("HPKE key (X25519)", files.hpke_key),
+        *((("HPKE key (ML-KEM-768 + X25519)", files.hpke_hybrid),) if files.hpke_hybrid else ()),
     ):
         print(f"  {label:<22} {path}")
     return 0
@@ -260,9 +261,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "gateway", help="a member gateway's certificates and message keys",
         description="Write DIR/orgs/<token>/: nats.crt/.key (NATS client cert, only SAN "
         "urn:psvn:org:ORG), https.crt/.key (the gateway's HTTPS server cert), sign.key "
-        "(Ed25519) and hpke.key (X25519). Re-issuing replaces the files with fresh keys.",
+        "(Ed25519) and hpke.key (X25519); with --post-quantum also hpke-hybrid.key "
+        "(ML-KEM-768 + X25519). Re-issuing replaces the files with fresh keys.",
     )
     p.add_argument("--org", required=True, help="member address, e.g. ods:RYR or gss:E06000043")
+    p.add_argument("--post-quantum", action="store_true",
+                   help="also issue a hybrid ML-KEM-768 + X25519 HPKE key; register it (gateway "
+                   "config hpke_hybrid) and senders seal to this member post-quantum")
     _host_arg(p, "DNS name or IP for the HTTPS cert (repeatable; default localhost, 127.0.0.1, ::1)")
     _finish(p, _issue_gateway, days=_ISSUE_DAYS)
 

@@ -362,6 +362,11 @@ def test_cli_custom_dir_and_bad_org(tmp_path: Path, capsys: pytest.CaptureFixtur
                  "--host", "gw.example.nhs.uk"]) == 0
     https = pki.load_cert(d / "orgs" / "ods_RYR" / "https.crt")
     assert sans(https)[0] == x509.DNSName("gw.example.nhs.uk")
+    # a post-quantum gateway also gets a hybrid ML-KEM-768 + X25519 key (0600) that loads back
+    assert main(["certs", "issue", "gateway", "--org", "ods:G81001", "--dir", str(d), "--post-quantum"]) == 0
+    hybrid = d / "orgs" / "ods_G81001" / "hpke-hybrid.key"
+    assert mode(hybrid) == 0o600 and "ML-KEM-768" in capsys.readouterr().out
+    assert len(pki.hybrid_public_raw(*pki.load_hybrid_hpke_key(hybrid))) == 1184 + 32
     # issuing without a CA names the missing file
     missing = str(tmp_path / "no")
     assert main(["certs", "issue", "gateway", "--org", "ods:RYR", "--dir", missing]) == 1
