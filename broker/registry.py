@@ -6,23 +6,37 @@ new member, a rotated key or a revocation reaches every gateway within moments.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import msgspec
 import structlog
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from broker.kvwatch import KVFollower
 from broker.subjects import REGISTRY_BUCKET
 from psvn.addresses import token
+from psvn.envelope import now_rfc3339, parse_time
 from psvn.errors import Code, PsvnError
 
 log = structlog.get_logger("psvn.registry")
 
 Status = Literal["active", "suspended", "revoked"]
+KEEP_RETIRED = 4  # retired signing keys kept per member (older mail was verified when it arrived)
+ROTATION_GRACE = timedelta(minutes=10)  # the old key signs what is in flight while gateways switch
+
+
+class RetiredKey(msgspec.Struct, kw_only=True, frozen=True):
+    """A member's former signing key: it verifies only what the backbone stamped before ``retired_at``."""
+
+    key: bytes  # raw Ed25519 public key
+    retired_at: str  # RFC 3339
+
+    def covers(self, published: datetime) -> bool:
+        return published <= parse_time(self.retired_at)
 
 
 class Member(msgspec.Struct, kw_only=True, frozen=True):
@@ -36,6 +50,15 @@ class Member(msgspec.Struct, kw_only=True, frozen=True):
     gateway_url: str = ""
     status: Status = "active"
     joined: str = ""
+    retired_sign_keys: tuple[RetiredKey, ...] = ()
+
+    def verifying_keys(self, published: datetime | None) -> list[bytes]:
+        """Keys that may have signed a message the backbone stamped at ``published``: the current
+        key, then retired keys still current then (none without a backbone timestamp)."""
+        keys = [self.sign_key]
+        if published is not None:
+            keys += [r.key for r in self.retired_sign_keys if r.covers(published)]
+        return keys
 
 
 def key_for(org: str) -> str:
@@ -52,6 +75,30 @@ async def ensure_bucket(js: JetStreamContext, *, replicas: int = 1) -> KeyValue:
 
 async def put_member(kv: KeyValue, member: Member) -> int:
     return await kv.put(key_for(member.address), msgspec.json.encode(member))
+
+
+async def rotate_member_keys(kv: KeyValue, org: str, *, sign_key: bytes, hpke_key: bytes, hpke_suite: str,
+                             now: datetime | None = None, grace: timedelta = ROTATION_GRACE) -> Member:
+    """Make new keys a member's current ones; its old signing key retires after ``grace``.
+
+    Compare-and-set on the entry, so a concurrent revocation is not overwritten.
+    """
+    entry = await kv.get(key_for(org))
+    member = msgspec.json.decode(entry.value or b"", type=Member)
+    if member.sign_key == sign_key and member.hpke_key == hpke_key:
+        return member  # already rotated (a retry)
+    retired_at = now_rfc3339((now or datetime.now(UTC)) + grace)
+    retired = (*member.retired_sign_keys, RetiredKey(key=member.sign_key, retired_at=retired_at))
+    if member.sign_key == sign_key:
+        retired = member.retired_sign_keys
+    rotated = msgspec.structs.replace(member, sign_key=sign_key, hpke_key=hpke_key, hpke_suite=hpke_suite,
+                                      retired_sign_keys=retired[-KEEP_RETIRED:])
+    try:
+        await kv.update(key_for(org), msgspec.json.encode(rotated), last=entry.revision)
+    except KeyWrongLastSequenceError:
+        raise PsvnError(Code.CONFLICT, f"{org}'s registry entry changed during the rotation; run it again",
+                        field="org", rule="registry-changed") from None
+    return rotated
 
 
 class RegistryView:

@@ -9,17 +9,18 @@ No network and no clock of its own, so every branch is testable as a plain funct
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import msgspec
-from cryptography.hazmat.primitives import hpke
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives import constant_time, hpke
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from broker.registry import Member, RegistryView
 from broker.subjects import msg_subject, rcpt_subject
-from certs.pki import ed25519_public
+from certs.pki import ed25519_public, raw_public
 from gateway import seal
 from gateway.policy import PolicySnapshot
 from policies.catalogue import CatalogueEntry
@@ -41,21 +42,42 @@ from psvn.errors import Code, PsvnError
 
 @dataclass(frozen=True)
 class Identity:
-    """Who this gateway is: its organisation, member type and private keys."""
+    """Who this gateway is: its organisation, member type and private keys.
+
+    ``retired_hpke`` keeps decryption keys from before a rotation: mail sealed to an old key (in
+    flight, or stored in the mailbox) still opens.
+    """
 
     org: str
     member_type: str
     signing_key: Ed25519PrivateKey
     hpke_key: X25519PrivateKey
     hybrid_key: hpke.MLKEM768X25519PrivateKey | None = None  # post-quantum, when this gateway has one
+    retired_hpke: tuple[seal.PrivateKey, ...] = ()
 
     @property
-    def private_keys(self) -> dict[str, seal.PrivateKey]:
-        """One decryption key per suite this gateway accepts (senders use the registry's choice)."""
-        keys: dict[str, seal.PrivateKey] = {seal.DEFAULT_SUITE: self.hpke_key}
+    def private_keys(self) -> dict[str, list[seal.PrivateKey]]:
+        """Per suite this gateway accepts, its decryption keys: the current one first."""
+        keys: dict[str, list[seal.PrivateKey]] = {seal.DEFAULT_SUITE: [self.hpke_key]}
         if self.hybrid_key is not None:
-            keys[seal.HYBRID_SUITE] = self.hybrid_key
+            keys[seal.HYBRID_SUITE] = [self.hybrid_key]
+        for old in self.retired_hpke:
+            suite = seal.DEFAULT_SUITE if isinstance(old, X25519PrivateKey) else seal.HYBRID_SUITE
+            keys.setdefault(suite, []).append(old)
         return keys
+
+
+def choose_signing_key(keys: Sequence[Ed25519PrivateKey], registered: bytes) -> Ed25519PrivateKey:
+    """Sign with the key the registry lists for us, so a rotation switches over only when every
+    gateway can verify the new key; before the registry has it, keep signing with the old one."""
+    for key in keys:
+        if constant_time.bytes_eq(raw_public(key), registered):
+            return key
+    return keys[0]
+
+
+def sender_keys(sender: Member, published: datetime | None) -> list[Ed25519PublicKey]:
+    return [ed25519_public(k) for k in sender.verifying_keys(published)]
 
 
 @dataclass(frozen=True)
@@ -171,8 +193,11 @@ def sender_from_subject(subject: str, me: Identity, kind: str) -> str:
 
 def open_incoming(data: bytes, *, subject: str, message_id: str, me: Identity, registry: RegistryView,
                   snap: PolicySnapshot, now: datetime | None = None, checks: bool = True,
-                  consent: ConsentRegistry | None = None) -> Incoming:
-    """Open and verify a message; with ``checks`` (on first receipt) also expiry, payload and policy."""
+                  consent: ConsentRegistry | None = None, published: datetime | None = None) -> Incoming:
+    """Open and verify a message; with ``checks`` (on first receipt) also expiry, payload and policy.
+
+    ``published`` is the backbone's timestamp of the message: a sender's retired signing key
+    verifies only what was published before it retired."""
     decision = Decision(allow=True, rule_ids=[], reason="previously delivered", policy_version=snap.version)
     try:
         sender_org = sender_from_subject(subject, me, "msg")
@@ -181,7 +206,7 @@ def open_incoming(data: bytes, *, subject: str, message_id: str, me: Identity, r
                             message_id=message_id)
         if inner.kind != seal.KIND_MESSAGE:
             raise PsvnError(Code.DECRYPT_FAILED, f"expected a message, got a {inner.kind}", rule="inner-kind")
-        seal.verify(inner, ed25519_public(sender.sign_key), message_id=message_id)
+        seal.verify(inner, sender_keys(sender, published), message_id=message_id)
         try:
             env = msgspec.json.decode(inner.header, type=Envelope)
         except msgspec.DecodeError as exc:
@@ -228,13 +253,13 @@ def make_receipt(*, message_id: str, status: str, me: Identity, to: Member, reas
 
 
 def open_receipt(data: bytes, *, subject: str, receipt_msg_id: str, me: Identity,
-                 registry: RegistryView) -> Receipt:
+                 registry: RegistryView, published: datetime | None = None) -> Receipt:
     sender_org = sender_from_subject(subject, me, "rcpt")
     sender = registry.lookup(sender_org, field="by", require_active=False)
     inner = seal.unseal(data, private_key=me.private_keys, info=seal.info_for(sender_org, me.org, receipt_msg_id))
     if inner.kind != seal.KIND_RECEIPT:
         raise PsvnError(Code.DECRYPT_FAILED, f"expected a receipt, got a {inner.kind}", rule="inner-kind")
-    seal.verify(inner, ed25519_public(sender.sign_key))
+    seal.verify(inner, sender_keys(sender, published))
     receipt = msgspec.json.decode(inner.header, type=Receipt)
     if receipt.by != sender_org or receipt_id(receipt.message_id, receipt.status) != receipt_msg_id:
         raise PsvnError(Code.SENDER_MISMATCH, "receipt does not match its backbone subject and id",

@@ -9,7 +9,7 @@ be replayed under another id or re-addressed by the backbone. The backbone sees 
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import msgspec
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -81,10 +81,11 @@ def seal(kind: str, header: bytes, payload: bytes, *, signing_key: Ed25519Privat
     return _enc.encode(Wire(v=WIRE_VERSION, suite=suite, ct=ct))
 
 
-def unseal(data: bytes, *, private_key: PrivateKey | Mapping[str, PrivateKey], info: bytes,
-           message_id: str | None = None) -> Inner:
-    """Decrypt with the key for the message's suite (one key, or one per suite); does NOT verify
-    the signature (the caller looks up the sender's key first)."""
+def unseal(data: bytes, *, private_key: PrivateKey | Mapping[str, PrivateKey | Sequence[PrivateKey]],
+           info: bytes, message_id: str | None = None) -> Inner:
+    """Decrypt with the key for the message's suite (one key, or per suite one key or a key ring:
+    the current key first, then retired ones, so mail sealed before a rotation still opens).
+    Does NOT verify the signature (the caller looks up the sender's key first)."""
     try:
         wire = _wire_dec.decode(data)
     except msgspec.DecodeError as exc:
@@ -93,16 +94,22 @@ def unseal(data: bytes, *, private_key: PrivateKey | Mapping[str, PrivateKey], i
     if wire.v != WIRE_VERSION or wire.suite not in SUITES:
         raise PsvnError(Code.DECRYPT_FAILED, f"unsupported wire version {wire.v} / suite {wire.suite!r}",
                         rule="wire-version", message_id=message_id)
-    key = private_key.get(wire.suite) if isinstance(private_key, Mapping) else private_key
-    if key is None:
+    found = private_key.get(wire.suite) if isinstance(private_key, Mapping) else private_key
+    ring: Sequence[PrivateKey] = () if found is None else (found if isinstance(found, Sequence) else (found,))
+    if not ring:
         raise PsvnError(Code.DECRYPT_FAILED, f"this gateway holds no key for suite {wire.suite!r}",
                         rule="hpke-suite", message_id=message_id)
-    try:
-        inner_bytes = SUITES[wire.suite].decrypt(wire.ct, key, info=info)
-    except (InvalidTag, ValueError) as exc:
+    inner_bytes = None
+    for key in ring:
+        try:
+            inner_bytes = SUITES[wire.suite].decrypt(wire.ct, key, info=info)
+            break
+        except (InvalidTag, ValueError):
+            continue
+    if inner_bytes is None:
         raise PsvnError(Code.DECRYPT_FAILED,
                         "decryption failed: wrong key, tampered ciphertext, or re-addressed message",
-                        rule="hpke-open", message_id=message_id) from exc
+                        rule="hpke-open", message_id=message_id)
     try:
         return _inner_dec.decode(inner_bytes)
     except msgspec.DecodeError as exc:
@@ -110,9 +117,15 @@ def unseal(data: bytes, *, private_key: PrivateKey | Mapping[str, PrivateKey], i
                         message_id=message_id) from exc
 
 
-def verify(inner: Inner, sender_key: Ed25519PublicKey, *, message_id: str | None = None) -> None:
-    try:
-        sender_key.verify(inner.signature, signed_bytes(inner.kind, inner.header, inner.payload))
-    except InvalidSignature as exc:
-        raise PsvnError(Code.SIGNATURE_INVALID, "the sender's signature does not verify",
-                        rule="ed25519-signature", message_id=message_id) from exc
+def verify(inner: Inner, sender_key: Ed25519PublicKey | Sequence[Ed25519PublicKey], *,
+           message_id: str | None = None) -> None:
+    """Verify against the sender's key (or any of its keys still valid for this message)."""
+    signed = signed_bytes(inner.kind, inner.header, inner.payload)
+    for key in (sender_key,) if isinstance(sender_key, Ed25519PublicKey) else sender_key:
+        try:
+            key.verify(inner.signature, signed)
+            return
+        except InvalidSignature:
+            continue
+    raise PsvnError(Code.SIGNATURE_INVALID, "the sender's signature does not verify",
+                    rule="ed25519-signature", message_id=message_id)

@@ -129,3 +129,52 @@ def test_receipt_round_trip_and_forgery() -> None:
     with pytest.raises(PsvnError):  # nor relabel it as acknowledged
         core.open_receipt(data, subject=subject, receipt_msg_id="rcpt.m-1.acknowledged", me=COUNCIL,
                           registry=REG)
+
+
+# ------------------------------------------------------------------------------ key rotation
+
+
+def test_a_rotated_recipient_still_opens_mail_sealed_to_its_old_key() -> None:
+    out = send()  # sealed to TRUST's current key
+    rotated = core.Identity(org=TRUST.org, member_type=TRUST.member_type, signing_key=TRUST.signing_key,
+                            hpke_key=X25519PrivateKey.generate(), retired_hpke=(TRUST.hpke_key,))
+    inc = core.open_incoming(out.data, subject=out.subject, message_id="m-1", me=rotated, registry=REG,
+                             snap=SNAP, now=NOW)
+    assert json.loads(inc.payload) == REFERRAL
+    # without the retired key it cannot: the ring is what keeps stored mail readable
+    forgot = core.Identity(org=TRUST.org, member_type=TRUST.member_type, signing_key=TRUST.signing_key,
+                           hpke_key=rotated.hpke_key)
+    with pytest.raises(PsvnError) as err:
+        core.open_incoming(out.data, subject=out.subject, message_id="m-1", me=forgot, registry=REG,
+                           snap=SNAP, now=NOW)
+    assert (err.value.code, err.value.rule, err.value.message_id) == (Code.DECRYPT_FAILED, "hpke-open", "m-1")
+
+
+def test_a_retired_signing_key_verifies_only_what_was_published_before_it_retired() -> None:
+    from broker.registry import RetiredKey
+
+    out = send()  # signed with the council's key, which now retires at NOW
+    new_key = Ed25519PrivateKey.generate()
+    reg = registry(TRUST, GP)
+    reg.members[COUNCIL.org] = Member(
+        address=COUNCIL.org, name="council", type="council", sign_key=raw_public(new_key),
+        hpke_key=raw_public(COUNCIL.hpke_key), cert_fingerprint="0" * 64,
+        retired_sign_keys=(RetiredKey(key=raw_public(COUNCIL.signing_key), retired_at="2026-11-25T12:00:00.000Z"),))
+
+    def open_at(published: datetime | None) -> core.Incoming:
+        return core.open_incoming(out.data, subject=out.subject, message_id="m-1", me=TRUST, registry=reg,
+                                  snap=SNAP, now=NOW, published=published)
+
+    assert open_at(NOW - timedelta(seconds=1)).sender.address == COUNCIL.org
+    assert open_at(NOW).decision.allow  # the boundary itself still counts
+    for late in (NOW + timedelta(milliseconds=1), None):  # after retirement, or no backbone stamp
+        with pytest.raises(PsvnError) as err:
+            open_at(late)
+        assert (err.value.code, err.value.rule) == (Code.SIGNATURE_INVALID, "ed25519-signature")
+
+
+def test_the_signing_key_follows_the_registry() -> None:
+    old, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    assert core.choose_signing_key([new, old], raw_public(old)) is old  # registry not switched yet
+    assert core.choose_signing_key([new, old], raw_public(new)) is new
+    assert core.choose_signing_key([new, old], b"\0" * 32) is new  # unknown: the newest
