@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
+import structlog
 
 from psvn import config
 
@@ -66,4 +67,9 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 def load(path: Path | str) -> GatewayConfig:
-    return config.load(path, GatewayConfig)
+    cfg = config.load(path, GatewayConfig)
+    if cfg.tls.crl is None:
+        # allowed (a CA without a CRL yet), but then a revoked system certificate still gets in
+        structlog.get_logger("psvn.config").warning(
+            "tls.crl is not set: revoked client certificates will NOT be refused", config=str(path))
+    return cfg

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except PsvnError as exc:
         from psvn.cli.output import print_error
 
-        print_error(exc)
+        print_error(exc, as_json=bool(getattr(args, "json", False)))
         return 1
     except KeyboardInterrupt:
         return 130

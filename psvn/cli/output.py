@@ -14,7 +14,11 @@ def print_json(value: Any) -> None:
     sys.stdout.write(msgspec.json.format(msgspec.json.encode(value)).decode() + "\n")
 
 
-def print_error(exc: PsvnError) -> None:
+def print_error(exc: PsvnError, *, as_json: bool = False) -> None:
+    """Human text on stderr; with ``--json`` the problem document (RFC 9457) on stdout instead."""
+    if as_json:
+        print_json(exc.to_problem())
+        return
     where = f" [field {exc.field}]" if exc.field else ""
     rule = f" (rule {exc.rule})" if exc.rule else ""
     mid = f" message {exc.message_id}" if exc.message_id else ""

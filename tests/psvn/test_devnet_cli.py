@@ -99,6 +99,15 @@ def test_cli_errors_are_readable(devnet_dir: Path, tmp_path: Path) -> None:
                   str(bad), check=False)
     assert invalid.returncode == 1
     assert "error invalid-payload" in invalid.stderr and "  - /status" in invalid.stderr
+    # with --json the same problem comes as RFC 9457 JSON on stdout, for scripts
+    as_json = run("send", *d, "--as", "gss:E06000043", "--to", "ods:RYR", "--type", "fhir.r4.ServiceRequest",
+                  str(bad), "--json", check=False)
+    problem = json.loads(as_json.stdout)
+    assert as_json.returncode == 1 and as_json.stderr == ""
+    assert problem["code"] == "invalid-payload" and problem["status"] == 422 and problem["message_id"]
+    assert "/status" in [v["path"] for v in problem["violations"]]
+    missing = json.loads(run("status", *d, "--as", "gss:E06000043", "no-such-id", "--json", check=False).stdout)
+    assert missing["code"] == "not-found" and missing["field"] == "id"
 
     stranger = run("inbox", "list", *d, "--as", "ods:XXX", check=False)
     assert stranger.returncode == 1 and "--as" in stranger.stderr and "not a devnet member" in stranger.stderr
