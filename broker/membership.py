@@ -3,7 +3,8 @@
 Two things change together: the registry entry (every gateway stops sending to the member and
 quarantines what it sends) and the backbone's user list (nats-server is reloaded without the
 member, so its certificate no longer authenticates and its live connection is closed). NATS has
-no CRL support; removing the user is how a revoked gateway certificate stops working.
+no CRL support: removing the user shuts out a member, and pinning the keys of the non-revoked
+certificates (``certs.revocation.backbone_pins``) shuts out one revoked certificate.
 """
 
 from __future__ import annotations

@@ -51,6 +51,9 @@ class ServerConfig:
     members: Sequence[str] = field(default_factory=tuple)  # organisation addresses
     max_payload: int = 4 * 1024 * 1024
     cluster: ClusterConfig | None = None
+    # Client keys the backbone lets in (SPKI SHA-256, see certs.revocation.backbone_pins); None:
+    # any certificate from the CA. Computed from the PKI when the config is written.
+    pinned_certs: Sequence[str] | None = None
 
 
 def _q(value: object) -> str:
@@ -69,6 +72,8 @@ def render(cfg: ServerConfig) -> str:
         "timeout": 5,
         "cipher_suites": TLS12_CIPHERS,
     }
+    if cfg.pinned_certs is not None:
+        tls["pinned_certs"] = sorted(cfg.pinned_certs)
     conf: dict[str, object] = {
         "server_name": cfg.name,
         "listen": f"127.0.0.1:{cfg.port}",

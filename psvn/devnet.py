@@ -10,6 +10,7 @@ import functools
 import ssl
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,9 +107,16 @@ def server_config(layout: Layout, members: list[str], *, port: int, monitor_port
                         key=layout.pki / "nats" / "nats.key", ca=layout.ca, members=tuple(members))
 
 
+def backbone_pins(layout: Layout, members: Sequence[str]) -> list[str]:
+    """Keys the backbone lets in: the broker's and the members' NATS certificates, none revoked."""
+    return revocation.backbone_pins(layout.pki, [layout.broker_cert[0],
+                                                 *(layout.org_dir(m) / "nats.crt" for m in members)])
+
+
 def nats_server(layout: Layout, members: list[str], *, port: int, monitor_port: int) -> NatsServer:
     return NatsServer(server_config(layout, members, port=port, monitor_port=monitor_port),
-                      conf_path=layout.root / "nats" / "nats.conf", log_path=layout.root / "logs" / "nats.log")
+                      conf_path=layout.root / "nats" / "nats.conf", log_path=layout.root / "logs" / "nats.log",
+                      pins=functools.partial(backbone_pins, layout))
 
 
 def gateway_config(layout: Layout, m: MemberSpec, *, nats_url: str, port: int,
@@ -301,6 +309,20 @@ def down(layout: Layout, state: DevnetState | None = None) -> bool:
     p = state_path(layout)
     if p.exists():
         p.unlink()
+    return True
+
+
+def reload_backbone(layout: Layout) -> bool:
+    """Re-render a running devnet's nats-server config (members, and keys pinned from the PKI and
+    its CRL) and reload it; False if no devnet runs here."""
+    state = read_state(layout)
+    if not running(state):
+        return False
+    assert state is not None
+    members = [o for o in state.gateways if o not in set(state.revoked)]
+    server = nats_server(layout, members, port=int(state.nats_url.rsplit(":", 1)[1]), monitor_port=state.monitor_port)
+    server.pid = state.nats_pid
+    server.reload()
     return True
 
 

@@ -127,6 +127,10 @@ def _revoke(args: argparse.Namespace) -> int:
     who = ", ".join(cert_uris(cert)) or cert.subject.rfc4514_string()
     print(f"revoked {who} (serial {cert.serial_number:x}, fingerprint {fingerprint(cert)})")
     print(f"  CRL re-signed: {ca.crl_path}")
+    from psvn import devnet
+
+    if Path(args.dir).resolve().name == "pki" and devnet.reload_backbone(devnet.Layout(Path(args.dir).parent)):
+        print("  the running devnet's backbone was reloaded: that certificate's key is no longer pinned")
     return 0
 
 
@@ -293,9 +297,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     reasons = [r.value for r in x509.ReasonFlags if r is not x509.ReasonFlags.remove_from_crl]
     p = sub.add_parser(
         "revoke", help="revoke a certificate (adds it to the CA's CRL)",
-        description="Add CERTFILE's serial to DIR/ca.crl and re-sign it. TLS servers loading the "
-        "CRL then refuse the certificate at the handshake. Idempotent. The CRL is valid for 7 "
-        "days; re-running any revoke re-signs it.",
+        description="Add CERTFILE's serial to DIR/ca.crl and re-sign it. Gateways' HTTPS servers "
+        "reload the CRL and refuse the certificate at the handshake. The backbone (nats-server has "
+        "no CRL support) pins the keys of the non-revoked broker and member certificates: a running "
+        "devnet using DIR is reloaded at once; elsewhere re-render the backbone's config and reload "
+        "it. To shut a whole member out, use `psvn devnet revoke ORG`. Idempotent. The CRL is "
+        "valid for 7 days; re-running any revoke re-signs it.",
     )
     p.add_argument("certfile", type=Path, metavar="CERTFILE", help="the certificate (PEM)")
     p.add_argument("--reason", default="unspecified", choices=reasons,
