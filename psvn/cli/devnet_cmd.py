@@ -34,8 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("devnet", help="run a whole local network (CA, nats-server, registry, policy, gateways)",
                        description="A complete psvn network on this machine for integrators: a network CA and "
                        "certificates, nats-server with JetStream, inbox streams, the registry, the signed "
-                       "policy set and gateways for Brighton & Hove City Council (gss:E06000043), University "
-                       "Hospitals Sussex NHS FT (ods:RYR) and a GP practice (ods:G81001).")
+                       "policy set, the console, and gateways for Brighton & Hove City Council (gss:E06000043), "
+                       "University Hospitals Sussex NHS FT (ods:RYR), a GP practice (ods:G81001), the network "
+                       "operator (psvn:operator, records consent) and a citizens' personal data store "
+                       "(pds:brighton-citizens).")
     p.add_argument("--dir", default=".devnet", help="state folder (default .devnet)")
     s = p.add_subparsers(title="devnet commands", metavar="ACTION")
     up = s.add_parser("up", help="bring the network up (Ctrl-C stops it, unless --detach)")
