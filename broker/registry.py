@@ -13,7 +13,7 @@ import msgspec
 import structlog
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from broker.kvwatch import KVFollower
@@ -77,13 +77,36 @@ async def put_member(kv: KeyValue, member: Member) -> int:
     return await kv.put(key_for(member.address), msgspec.json.encode(member))
 
 
+async def upsert_member(kv: KeyValue, member: Member) -> int:
+    """Put a member's entry; if one exists, keep its retired keys (and retire a signing key being
+    replaced) and its join date, so re-provisioning never forgets a rotation (stored mail signed
+    with a former key must still verify)."""
+    try:
+        entry = await kv.get(key_for(member.address))
+        old = msgspec.json.decode(entry.value or b"", type=Member)
+    except (KeyNotFoundError, msgspec.DecodeError):
+        return await put_member(kv, member)
+    retired = old.retired_sign_keys
+    if old.sign_key != member.sign_key:
+        retired = (*retired, RetiredKey(key=old.sign_key, retired_at=now_rfc3339(datetime.now(UTC) + ROTATION_GRACE)))
+    merged = msgspec.structs.replace(member, retired_sign_keys=retired[-KEEP_RETIRED:],
+                                     joined=old.joined or member.joined)
+    if merged == old:
+        return entry.revision or 0
+    return await kv.update(key_for(member.address), msgspec.json.encode(merged), last=entry.revision)
+
+
 async def rotate_member_keys(kv: KeyValue, org: str, *, sign_key: bytes, hpke_key: bytes, hpke_suite: str,
                              now: datetime | None = None, grace: timedelta = ROTATION_GRACE) -> Member:
     """Make new keys a member's current ones; its old signing key retires after ``grace``.
 
     Compare-and-set on the entry, so a concurrent revocation is not overwritten.
     """
-    entry = await kv.get(key_for(org))
+    try:
+        entry = await kv.get(key_for(org))
+    except KeyNotFoundError:
+        raise PsvnError(Code.UNKNOWN_RECIPIENT, f"{org!r} is not in the registry", field="org",
+                        rule="registry-member") from None
     member = msgspec.json.decode(entry.value or b"", type=Member)
     if member.sign_key == sign_key and member.hpke_key == hpke_key:
         return member  # already rotated (a retry)

@@ -598,3 +598,61 @@ def load_hybrid_hpke_key(path: Path) -> tuple[MLKEM768PrivateKey, X25519PrivateK
 def hybrid_public_raw(pq: MLKEM768PrivateKey, classic: X25519PrivateKey) -> bytes:
     """Registry form of a hybrid public key: ML-KEM-768 public (1,184 bytes) then X25519 (32)."""
     return pq.public_key().public_bytes_raw() + raw_public(classic)
+
+
+# -- key rotation --------------------------------------------------------------------------------
+RETIRED_DIR = "retired"
+
+
+@dataclass(frozen=True)
+class RetiredKeys:
+    """A gateway's former message keys, newest first: they open and verify mail from before a rotation."""
+
+    signing: list[Ed25519PrivateKey]
+    hpke: list[X25519PrivateKey]
+    hybrid: list[tuple[MLKEM768PrivateKey, X25519PrivateKey]]
+
+
+def rotate_gateway_keys(directory: Path, *, now: dt.datetime | None = None) -> GatewayFiles:
+    """Retire a gateway's message keys and write fresh ones (certificates are untouched).
+
+    ``sign.key``, ``hpke.key`` and ``hpke-hybrid.key`` move to ``retired/`` with a timestamp: the
+    gateway keeps opening mail sealed to the old keys and signs with the old key until the
+    registry lists the new one (so there is no moment when a peer cannot verify it). Delete a
+    retired key once no stored mail needs it."""
+    directory = Path(directory)
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%S%fZ")
+    names = ["sign.key", "hpke.key", "hpke-hybrid.key"]
+    missing = [n for n in names[:2] if not (directory / n).exists()]
+    if missing:
+        raise PsvnError(Code.CONFIG_INVALID, f"{directory}: no {', '.join(missing)} to rotate", field=str(directory),
+                        rule="gateway-keys")
+    retired = directory / RETIRED_DIR
+    retired.mkdir(mode=0o700, exist_ok=True)
+    hybrid = (directory / "hpke-hybrid.key").exists()
+    for name in names:
+        if (directory / name).exists():
+            os.replace(directory / name, retired / f"{name.removesuffix('.key')}-{stamp}.key")
+    new_signing_key(directory / "sign.key")
+    write_private(directory / "hpke.key", _pem_private(X25519PrivateKey.generate()))
+    if hybrid:
+        new_hybrid_hpke_key(directory / "hpke-hybrid.key")
+    return GatewayFiles(directory=directory, nats_cert=directory / "nats.crt", nats_key=directory / "nats.key",
+                        https_cert=directory / "https.crt", https_key=directory / "https.key",
+                        sign_key=directory / "sign.key", hpke_key=directory / "hpke.key",
+                        hpke_hybrid=directory / "hpke-hybrid.key" if hybrid else None)
+
+
+def load_retired_keys(retired: Path | None) -> RetiredKeys:
+    """Every key in a ``retired/`` folder (none if it does not exist), newest first."""
+    out = RetiredKeys(signing=[], hpke=[], hybrid=[])
+    if retired is None or not Path(retired).is_dir():
+        return out
+    for path in sorted(Path(retired).glob("*.key"), key=lambda p: p.name.rsplit("-", 1)[-1], reverse=True):
+        if path.name.startswith("sign-"):
+            out.signing.append(load_signing_key(path))
+        elif path.name.startswith("hpke-hybrid-"):
+            out.hybrid.append(load_hybrid_hpke_key(path))
+        elif path.name.startswith("hpke-"):
+            out.hpke.append(load_hpke_key(path))
+    return out

@@ -46,6 +46,7 @@ class KeysSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     hpke: str
     policy_authority: str  # the policy authority's Ed25519 public key (PEM)
     hpke_hybrid: str | None = None  # ML-KEM-768 + X25519 key: senders then seal post-quantum
+    retired_dir: str | None = None  # former message keys (psvn devnet rotate / certs.pki.rotate_gateway_keys)
 
 
 class WebhookSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -129,7 +129,8 @@ def gateway_config(layout: Layout, m: MemberSpec, *, nats_url: str, port: int,
         nats=NatsSection(servers=[nats_url], cert=str(d / "nats.crt"), key=str(d / "nats.key"), ca=str(layout.ca)),
         keys=KeysSection(signing=str(d / "sign.key"), hpke=str(d / "hpke.key"),
                          policy_authority=str(layout.authority_pub),
-                         hpke_hybrid=str(d / "hpke-hybrid.key") if m.post_quantum else None),
+                         hpke_hybrid=str(d / "hpke-hybrid.key") if m.post_quantum else None,
+                         retired_dir=str(d / pki.RETIRED_DIR)),
     )
 
 
@@ -138,14 +139,21 @@ def broker_tls(layout: Layout) -> ssl.SSLContext:
     return tls.client_context(layout.ca, cert, key)
 
 
+def public_message_keys(d: Path) -> tuple[bytes, bytes, str]:
+    """(signing key, HPKE key, HPKE suite) in registry form, from a gateway's key folder."""
+    hybrid_path = d / "hpke-hybrid.key"
+    if hybrid_path.exists():
+        hpke_key, suite = pki.hybrid_public_raw(*pki.load_hybrid_hpke_key(hybrid_path)), seal.HYBRID_SUITE
+    else:
+        hpke_key, suite = pki.raw_public(pki.load_hpke_key(d / "hpke.key")), seal.DEFAULT_SUITE
+    return pki.raw_public(pki.load_signing_key(d / "sign.key")), hpke_key, suite
+
+
 def member_record(layout: Layout, m: MemberSpec, *, gateway_url: str = "") -> registry.Member:
     d = layout.org_dir(m.org)
-    hybrid = pki.hybrid_public_raw(*pki.load_hybrid_hpke_key(d / "hpke-hybrid.key")) if m.post_quantum else None
+    sign_key, hpke_key, suite = public_message_keys(d)
     return registry.Member(
-        address=m.org, name=m.name, type=m.type,
-        sign_key=pki.raw_public(pki.load_signing_key(d / "sign.key")),
-        hpke_key=hybrid or pki.raw_public(pki.load_hpke_key(d / "hpke.key")),
-        hpke_suite=seal.HYBRID_SUITE if hybrid else seal.DEFAULT_SUITE,
+        address=m.org, name=m.name, type=m.type, sign_key=sign_key, hpke_key=hpke_key, hpke_suite=suite,
         cert_fingerprint=pki.fingerprint(pki.load_cert(d / "nats.crt")),
         gateway_url=gateway_url, joined=now_rfc3339())
 
@@ -165,7 +173,7 @@ async def provision_backbone(layout: Layout, nats_url: str, members: list[Member
         for m in members:
             await provision.provision_member(js, m.org, replicas=replicas)
             record = member_record(layout, m, gateway_url=(gateway_urls or {}).get(m.org, ""))
-            await provision.patiently(functools.partial(registry.put_member, kv, record),
+            await provision.patiently(functools.partial(registry.upsert_member, kv, record),
                                       what=f"registry entry {m.org}")
         doc = bundle.load_dir(policy_dir)
         signed = bundle.sign(doc, pki.load_signing_key(layout.authority_key), proposer="devnet", approver="devnet",
@@ -324,6 +332,45 @@ def reload_backbone(layout: Layout) -> bool:
     server.pid = state.nats_pid
     server.reload()
     return True
+
+
+def rotate_keys(layout: Layout, org: str, *, timeout: float = 60.0) -> registry.Member:
+    """`psvn devnet rotate ORG`: new message keys for a member, with no message lost or refused.
+
+    1. new keys on disk, the old ones kept in ``retired/``; 2. the gateway restarts holding both
+    (it opens mail sealed to either, and signs with whichever key the registry lists); 3. the
+    registry lists the new keys: senders seal to the new key, the gateway signs with it, and the
+    old signing key still verifies what the backbone stamped before it retired (ROTATION_GRACE)."""
+    import asyncio
+    import sys
+
+    from psvn.errors import Code, PsvnError
+
+    state = read_state(layout)
+    if not running(state):
+        raise PsvnError(Code.BAD_REQUEST, "devnet is not running", rule="devnet-running")
+    assert state is not None
+    g = state.gateways.get(org)
+    if g is None:
+        raise PsvnError(Code.UNKNOWN_RECIPIENT, f"{org!r} is not a devnet member", field="org", rule="devnet-member")
+    pki.rotate_gateway_keys(layout.org_dir(org))
+    procs.stop(g.pid)
+    proc = procs.spawn([sys.executable, "-m", "gateway", "--config", g.config],
+                       log=layout.root / "logs" / f"{token(org)}.log")
+    g.pid = proc.pid
+    state_path(layout).write_bytes(msgspec.json.format(msgspec.json.encode(state)))
+    _wait_gateway(layout, g, proc, timeout)
+    sign_key, hpke_key, suite = public_message_keys(layout.org_dir(org))
+
+    async def publish() -> registry.Member:
+        nc = await provision.connect(state.nats_url, broker_tls(layout), name="psvn-broker key rotation")
+        try:
+            kv = await registry.ensure_bucket(nc.jetstream())
+            return await registry.rotate_member_keys(kv, org, sign_key=sign_key, hpke_key=hpke_key, hpke_suite=suite)
+        finally:
+            await nc.close()
+
+    return asyncio.run(publish())
 
 
 def change_membership(layout: Layout, org: str, *, revoke: bool, status: str = "revoked") -> None:

@@ -6,6 +6,7 @@ import asyncio
 
 import msgspec
 import nats
+import pytest
 
 from broker import registry
 from certs import tls
@@ -105,5 +106,53 @@ async def test_a_restarted_gateway_cannot_be_rolled_back_to_an_older_policy(netw
         await restarted.gateway.stop()
         assert err.value.code is Code.POLICY_VERSION_REGRESSION and err.value.rule == "policy-ready"
         assert "floor v2" in err.value.detail and "v1:" in err.value.detail
+    finally:
+        await nc.close()
+
+
+async def test_reprovisioning_and_rotation_keep_former_signing_keys(network: Network) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from certs.pki import raw_public
+    from psvn import devnet
+    from psvn.errors import Code, PsvnError
+
+    nc = await nats.connect(network.nats.url, tls=tls.client_context(network.ca, *network.layout.broker_cert))
+    try:
+        kv = await registry.ensure_bucket(nc.jetstream())
+        spec = next(m for m in devnet.EXAMPLE_MEMBERS if m.org == network.GP)
+        record = devnet.member_record(network.layout, spec)
+        before = await kv.get(registry.key_for(network.GP))
+        # provisioning again with the same keys changes nothing (not even the join date)
+        assert await registry.upsert_member(kv, record) == before.revision
+
+        k1, k2, k3 = (raw_public(Ed25519PrivateKey.generate()) for _ in range(3))
+        await registry.upsert_member(kv, msgspec.structs.replace(record, sign_key=k1))
+        member = msgspec.json.decode((await kv.get(registry.key_for(network.GP))).value or b"", type=registry.Member)
+        assert member.sign_key == k1 and [r.key for r in member.retired_sign_keys] == [record.sign_key]
+
+        rotated = await registry.rotate_member_keys(kv, network.GP, sign_key=k2, hpke_key=record.hpke_key,
+                                                    hpke_suite=record.hpke_suite)
+        assert rotated.sign_key == k2 and [r.key for r in rotated.retired_sign_keys] == [record.sign_key, k1]
+        assert await registry.rotate_member_keys(kv, network.GP, sign_key=k2, hpke_key=record.hpke_key,
+                                                 hpke_suite=record.hpke_suite) == rotated  # a retry: no-op
+        await wait_member_status(network, network.COUNCIL, network.GP, "active")
+        for _ in range(200):  # every gateway sees the new key and the retired ones
+            seen = network.gateways[network.COUNCIL].gateway.registry.members[network.GP]
+            if seen.sign_key == k2:
+                break
+            await asyncio.sleep(0.025)
+        assert seen == rotated
+
+        for _ in range(registry.KEEP_RETIRED + 2):  # only the newest few are kept
+            k3 = raw_public(Ed25519PrivateKey.generate())
+            last = await registry.rotate_member_keys(kv, network.GP, sign_key=k3, hpke_key=record.hpke_key,
+                                                     hpke_suite=record.hpke_suite)
+        assert len(last.retired_sign_keys) == registry.KEEP_RETIRED
+
+        with pytest.raises(PsvnError) as err:
+            await registry.rotate_member_keys(kv, "ods:XXXXX", sign_key=k1, hpke_key=record.hpke_key,
+                                              hpke_suite=record.hpke_suite)
+        assert (err.value.code, err.value.field) == (Code.UNKNOWN_RECIPIENT, "org")
     finally:
         await nc.close()

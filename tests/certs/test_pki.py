@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -418,3 +419,33 @@ def test_hybrid_hpke_key_file(tmp_path: Path) -> None:
     with pytest.raises(PsvnError) as err:
         pki.load_hybrid_hpke_key(path)
     assert err.value.rule == "key-format"
+
+
+# ------------------------------------------------------------------------------------- rotation
+
+
+def test_rotation_retires_message_keys_and_writes_fresh_ones(ca: pki.CA, tmp_path: Path) -> None:
+    files = pki.issue_gateway(ca, "ods:RYR", tmp_path / "gw", post_quantum=True)
+    before = {p: p.read_bytes() for p in (files.sign_key, files.hpke_key, files.hpke_hybrid) if p}
+    certs_before = files.nats_cert.read_bytes(), files.https_cert.read_bytes()
+    assert pki.load_retired_keys(tmp_path / "gw" / pki.RETIRED_DIR) == pki.RetiredKeys([], [], [])
+
+    rotated = pki.rotate_gateway_keys(tmp_path / "gw")
+    assert rotated.hpke_hybrid is not None  # a post-quantum gateway stays post-quantum
+    for path, old in before.items():
+        assert path.read_bytes() != old and mode(path) == 0o600
+    assert (files.nats_cert.read_bytes(), files.https_cert.read_bytes()) == certs_before  # keys only
+    retired_dir = tmp_path / "gw" / pki.RETIRED_DIR
+    assert mode(retired_dir) == 0o700 and all(mode(p) == 0o600 for p in retired_dir.iterdir())
+    retired = pki.load_retired_keys(retired_dir)
+    old_signing = serialization.load_pem_private_key(before[files.sign_key], None)
+    assert [pki.raw_public(k) for k in retired.signing] == [pki.raw_public(old_signing)]  # type: ignore[arg-type]
+    assert len(retired.hpke) == 1 and len(retired.hybrid) == 1
+
+    pki.rotate_gateway_keys(tmp_path / "gw")  # twice: newest retired key first
+    again = pki.load_retired_keys(retired_dir)
+    assert len(again.signing) == 2 and pki.raw_public(again.signing[1]) == pki.raw_public(retired.signing[0])
+
+    with pytest.raises(PsvnError) as err:
+        pki.rotate_gateway_keys(tmp_path / "empty")
+    assert err.value.code is Code.CONFIG_INVALID and err.value.rule == "gateway-keys"
