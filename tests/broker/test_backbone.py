@@ -6,16 +6,24 @@ Everything here runs against a real nats-server with real certificates.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import nats
+import nats.errors
 import pytest
-from nats.errors import NoServersError
+from nats.aio.client import Client as NATS
 
-from broker.subjects import inbox_stream, msg_subject
+from broker.subjects import CONSUMER, inbox_prefix, inbox_stream, msg_subject
 from certs import pki, tls
 from gateway import core, seal
+from gateway.server import GatewayServer
+from policies.validation import PayloadValidator, Violation
 from psvn.envelope import SendRequest
 from psvn.errors import Code, PsvnError
 from tests.conftest import Network
@@ -42,47 +50,169 @@ async def wait_quarantined(net: Network, org: str, msg_id: str, timeout: float =
     raise AssertionError(f"{msg_id} not quarantined at {org}")
 
 
-async def test_a_system_certificate_cannot_join_the_backbone(network: Network) -> None:
-    cert, key = network.system_cert(network.COUNCIL)
+class MemberConnection:
+    """A backbone connection with a member gateway's own certificate (so the same NATS user and
+    permissions as its gateway), recording what the server reports through ``error_cb``: a
+    permission violation never raises at the call (FIELD-NOTES), it arrives only there."""
+
+    def __init__(self) -> None:
+        self.nc: NATS | None = None
+        self.errors: list[Exception] = []
+        self._changed = asyncio.Event()
+
+    @classmethod
+    async def open(cls, net: Network, org: str) -> MemberConnection:
+        conn = cls()
+        d = net.layout.org_dir(org)
+
+        async def on_error(exc: Exception) -> None:
+            conn.errors.append(exc)
+            conn._changed.set()
+
+        conn.nc = await nats.connect(net.nats.url, tls=tls.client_context(net.ca, d / "nats.crt", d / "nats.key"),
+                                     inbox_prefix=inbox_prefix(org).encode(), error_cb=on_error,
+                                     allow_reconnect=False, name=f"test as {org}")
+        return conn
+
+    async def violation(self, subject: str, timeout: float = 10.0) -> str:
+        """Wait for the server's 'Permissions Violation for Publish to <subject>' (nats-py lowercases it)."""
+        wanted = f'permissions violation for publish to "{subject}"'.lower()
+
+        async def seen() -> str:
+            while True:
+                for exc in self.errors:
+                    if wanted in str(exc).lower():
+                        return str(exc)
+                self._changed.clear()
+                await self._changed.wait()
+
+        try:
+            return await asyncio.wait_for(seen(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"no permissions violation for {subject}; errors: {self.errors!r}") from None
+
+    async def close(self) -> None:
+        if self.nc is not None:
+            await self.nc.close()
+
+
+class SkipValidation(PayloadValidator):
+    """A tampered gateway's validator: accepts every payload."""
+
+    def validate(self, type_: str, body: bytes, *, content_type: str | None = None) -> list[Violation]:
+        return []
+
+    def check(self, type_: str, body: bytes, *, content_type: str | None = None) -> Any:
+        """What the gateway calls: no violations (and, for an invalid payload, no data subjects)."""
+        return dataclasses.replace(super().check(type_, body, content_type=content_type), violations=[])
+
+
+@contextlib.contextmanager
+def skipping_egress_validation(server: GatewayServer) -> Iterator[None]:
+    """The gateway's own send path (seal, publish, outbox status) with payload validation bypassed,
+    as a tampered or buggy sender would do; everything else (envelope, policy) still applies."""
+    holder = server.gateway.policy
+    snap = holder.snapshot
+    assert snap is not None
+    holder.snapshot = dataclasses.replace(snap, validator=SkipValidation(snap.catalogue, snap.validator.schemas))
+    try:
+        yield
+    finally:
+        holder.snapshot = snap
+
+
+async def assert_refused_in_tls_handshake(net: Network, cert: Path, key: Path, server_reason: str) -> None:
+    """The client learns only that the server hung up (TLS 1.3: its alert, a reset, or an EOF right
+    after the client's half of the handshake); the server's log names the reason, once per attempt."""
+    log = net.nats.log_path
+    line = f"TLS handshake error: {server_reason}"
+    before = log.read_text().count(line)
     errors: list[Exception] = []
 
     async def on_error(exc: Exception) -> None:
         errors.append(exc)
 
-    with pytest.raises(Exception) as err:
-        await nats.connect(network.nats.url, tls=tls.client_context(network.ca, cert, key), allow_reconnect=False,
-                           connect_timeout=3, error_cb=on_error)
-    assert "Authorization Violation" in repr(err.value) + repr(errors)
+    try:
+        nc = await nats.connect(net.nats.url, tls=tls.client_context(net.ca, cert, key), allow_reconnect=False,
+                                connect_timeout=3, max_reconnect_attempts=0, error_cb=on_error)
+    except ssl.SSLError as exc:
+        assert exc.reason == "TLSV1_ALERT_UNKNOWN_CA", exc
+    except ConnectionResetError:
+        pass
+    else:  # the client's half of the handshake finished first; the server then hung up on it
+        try:
+            assert not nc.is_connected, errors
+        finally:
+            await nc.close()
+    deadline = asyncio.get_running_loop().time() + 10
+    while log.read_text().count(line) != before + 1:
+        assert asyncio.get_running_loop().time() < deadline, f"{line!r} not logged: {log.read_text()[-1000:]}"
+        await asyncio.sleep(0.05)
 
 
-async def test_a_certificate_from_another_ca_cannot_connect(network: Network, tmp_path: Any) -> None:
+async def test_a_system_certificate_cannot_join_the_backbone(network: Network) -> None:
+    """A local system's certificate is from the network CA but is not a gateway's: the backbone
+    lets in only the pinned keys of the broker's and the members' NATS certificates."""
+    cert, key = network.system_cert(network.COUNCIL)
+    await assert_refused_in_tls_handshake(network, cert, key, "certificate not pinned")
+
+
+async def test_a_certificate_from_another_ca_cannot_connect(network: Network, tmp_path: Path) -> None:
     other = pki.init_ca(tmp_path / "other-ca")
     files = pki.issue_gateway(other, network.COUNCIL, tmp_path / "other-gw")
-    with pytest.raises((NoServersError, OSError, Exception)):
-        await nats.connect(network.nats.url, tls=tls.client_context(network.ca, files.nats_cert, files.nats_key),
-                           allow_reconnect=False, connect_timeout=3, max_reconnect_attempts=0)
+    await assert_refused_in_tls_handshake(network, files.nats_cert, files.nats_key,
+                                          "tls: failed to verify certificate: x509: certificate signed by "
+                                          "unknown authority")
 
 
 async def test_a_gateway_cannot_publish_as_another_member(network: Network) -> None:
-    """The council's own backbone connection tries to write into the trust's inbox as the GP."""
-    gw = network.gateways[network.COUNCIL].gateway
+    """With the council gateway's certificate, a write into the trust's inbox as the GP is refused
+    by the server; the same connection's write as itself lands (so the count would have seen it)."""
     before = await stream_count(network, network.TRUST)
-    assert gw.nc is not None
-    await gw.nc.publish(msg_subject(network.TRUST, network.GP), b"forged")
-    await gw.nc.flush()
-    await asyncio.sleep(0.3)
-    assert await stream_count(network, network.TRUST) == before
+    council = await MemberConnection.open(network, network.COUNCIL)
+    try:
+        assert council.nc is not None
+        forged = msg_subject(network.TRUST, network.GP)
+        await council.nc.publish(forged, b"forged")
+        await council.violation(forged)
+        # published after the forged one on the same connection: once it is stored, the server
+        # has long dealt with the forged one
+        ack = await council.nc.jetstream().publish(msg_subject(network.TRUST, network.COUNCIL), b"as itself",
+                                                   headers={"Nats-Msg-Id": "as-itself"})
+        assert ack.stream == inbox_stream(network.TRUST)
+    finally:
+        await council.close()
+    assert await stream_count(network, network.TRUST) == before + 1
 
 
 async def test_a_gateway_cannot_read_another_members_inbox(network: Network) -> None:
-    gw = network.gateways[network.COUNCIL].gateway
-    assert gw.js is not None
-    sub = await gw.js.pull_subscribe_bind("gw", stream=inbox_stream(network.TRUST))
+    """A message waits, unread, on the trust's consumer: the council's credentials cannot fetch it
+    (the server says so); the broker's can."""
+    trust = network.gateways.pop(network.TRUST)
+    await trust.stop()  # nobody takes the message off the trust's consumer
+    status, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+    assert status == 202, body
+    await wait_status(network, network.COUNCIL, body["id"], "sent")
+
+    council = await MemberConnection.open(network, network.COUNCIL)
     try:
-        with pytest.raises(Exception):  # noqa: B017 - permission violations surface as timeouts in nats-py
+        assert council.nc is not None
+        sub = await council.nc.jetstream().pull_subscribe_bind(CONSUMER, stream=inbox_stream(network.TRUST))
+        with pytest.raises(nats.errors.TimeoutError):
             await sub.fetch(1, timeout=1)
+        await council.violation(f"$JS.API.CONSUMER.MSG.NEXT.{inbox_stream(network.TRUST)}.{CONSUMER}")
     finally:
-        await sub.unsubscribe()
+        await council.close()
+
+    broker = await nats.connect(network.nats.url, tls=tls.client_context(network.ca, *network.layout.broker_cert))
+    try:
+        sub = await broker.jetstream().pull_subscribe_bind(CONSUMER, stream=inbox_stream(network.TRUST))
+        msgs = await sub.fetch(1, timeout=5)
+        assert [(m.subject, (m.headers or {}).get("Nats-Msg-Id")) for m in msgs] == \
+            [(msg_subject(network.TRUST, network.COUNCIL), body["id"])]
+        await msgs[0].nak()
+    finally:
+        await broker.close()
 
 
 async def test_garbage_on_the_backbone_is_quarantined(network: Network) -> None:
@@ -145,17 +275,20 @@ async def test_sender_that_skips_egress_policy_is_stopped_at_ingress(network: Ne
 
 
 async def test_invalid_payload_at_ingress_is_quarantined_and_sender_told(network: Network) -> None:
-    council = network.gateways[network.COUNCIL].gateway
-    req = msgspec.convert(referral(payload={**REFERRAL, "status": None}), SendRequest)
-    # record it as sent so the rejected receipt has somewhere to land
-    status, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
-    assert status == 202
-    await _inject(network, network.COUNCIL, req, msg_id="bad-payload")
-    q = await wait_quarantined(network, network.TRUST, "bad-payload")
-    assert q["reason"].startswith("invalid-payload")
-    assert council.store.out.get("bad-payload") is None  # never went through the honest path
-    await wait_status(network, network.COUNCIL, body["id"], "delivered")
-    assert Code.INVALID_PAYLOAD.value in q["reason"]
+    """The council's gateway skips payload validation; the trust's quarantines the referral with the
+    validator's rule and path, and its signed rejected receipt moves the council's status."""
+    payload = {**REFERRAL, "status": None}
+    snap = network.gateways[network.TRUST].gateway.snapshot
+    first = snap.validator.validate("fhir.r4.ServiceRequest", msgspec.json.encode(payload))[0]
+    with skipping_egress_validation(network.gateways[network.COUNCIL]):
+        status, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(payload=payload))
+    assert status == 202, body  # the tampered sender let it out
+    q = await wait_quarantined(network, network.TRUST, body["id"])
+    assert q["reason"].startswith(Code.INVALID_PAYLOAD.value + ": ") and q["rule"] == first.rule
+    assert f"first at {first.path}: {first.message}" in q["reason"]
+    final = await wait_status(network, network.COUNCIL, body["id"], "rejected")
+    assert [h["status"] for h in final["history"]] == ["accepted", "sent", "rejected"]
+    assert final["reason"] == q["reason"] and final["rule_ids"] == [first.rule]
 
 
 async def test_a_full_inbox_refuses_new_mail_instead_of_dropping_old(network: Network) -> None:
