@@ -105,10 +105,22 @@ async def test_forged_consent_record_is_refused(net: Network) -> None:
 
 
 async def test_a_gateway_other_than_the_operator_cannot_write_consent(net: Network) -> None:
-    council = net.gateways[net.COUNCIL].gateway
-    assert council.nc is not None
-    await council.nc.publish("$KV.psvn_consent." + key_for(SUBJECT), b"junk")
-    await council.nc.flush()
-    await asyncio.sleep(0.3)
+    from nats.js.errors import KeyNotFoundError
+
+    from tests.broker.test_backbone import MemberConnection
+
+    council = await MemberConnection.open(net, net.COUNCIL)  # the council gateway's own NATS user
+    try:
+        assert council.nc is not None
+        await council.nc.publish("$KV.psvn_consent." + key_for(SUBJECT), b"junk")
+        await council.violation("$KV.psvn_consent." + key_for(SUBJECT))  # the server dropped the write
+    finally:
+        await council.close()
+    nc = await nats.connect(net.nats.url, tls=tls.client_context(net.ca, *net.layout.broker_cert))
+    try:
+        with pytest.raises(KeyNotFoundError):
+            await (await nc.jetstream().key_value("psvn_consent")).get(key_for(SUBJECT))
+    finally:
+        await nc.close()
     assert all(gw.gateway.consent.consent.get(SUBJECT) is None and not gw.gateway.consent.refused
                for gw in net.gateways.values())
