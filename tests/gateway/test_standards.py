@@ -1,82 +1,199 @@
-"""Every catalogue type is validated by the gateway on send, with the same errors as `psvn validate`."""
+"""Every catalogue type is validated by the gateway on send, with the same errors as `psvn validate`;
+an invalid payload of every standard that skipped egress validation is quarantined at ingress.
+
+Payloads come from the validation corpus (tests/policies/corpus); the few catalogue types it has
+no example of are derived here from a corpus example or written out small.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import tomllib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 
+from broker import provision
+from certs import pki, tls
 from policies import bundle
 from policies.catalogue import Catalogue
 from policies.validation import PayloadValidator
-from tests.conftest import Network
+from tests.broker.test_backbone import skipping_egress_validation, wait_quarantined
+from tests.broker.test_policy_admin import wait_versions
+from tests.conftest import Network, start_network, stop_network
 from tests.gateway.test_service import call, wait_status
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-def without(key: str) -> Any:
-    return lambda p: {k: v for k, v in p.items() if k != key}
-
-
-# (type, example file, a way to break it)
-CASES: list[tuple[str, str, Any]] = [
-    ("fhir.r4.ServiceRequest", "referral.json", lambda p: {**p, "status": "whenever"}),
-    ("fhir.r4.Patient", "patient.json", lambda p: {**p, "gender": "banana"}),
-    ("hl7v2.ADT_A01", "adt_a01.hl7", lambda p: p.replace("ADT^A01^ADT_A01", "ADT^A08^ADT_A01")),
-    ("cloudevents.air-quality.reading", "air-quality.json", without("specversion")),
-    ("psvn.address-change", "address-change.json", lambda p: {**p, "subject": "nhs:9434765918"}),
-    ("openreferral.uk.Service", "openreferral-service.json", without("name")),
-]
+CORPUS = Path(__file__).resolve().parents[1] / "policies" / "corpus"
+MANIFEST: list[dict[str, Any]] = tomllib.loads((CORPUS / "manifest.toml").read_text())["case"]
+DOC = bundle.load_dir()
+CATALOGUE = Catalogue.from_document(DOC)
+VALIDATOR = PayloadValidator(CATALOGUE, DOC["schemas"])
+TYPES = sorted(CATALOGUE.entries)
 
 
-def load(name: str) -> Any:
-    text = (EXAMPLES / name).read_text()
-    return text.replace("\r\n", "\r").replace("\n", "\r") if name.endswith(".hl7") else json.loads(text)
+def corpus_file(type_: str, *, valid: bool) -> str | None:
+    return next((c["file"] for c in MANIFEST if c["type"] == type_ and bool(c["violations"]) != valid), None)
 
 
-def offline_violations(type_: str, payload: Any) -> list[dict[str, Any]]:
-    doc = bundle.load_dir()
-    v = PayloadValidator(Catalogue.from_document(doc), doc["schemas"])
+def read(path: str) -> Any:
+    text = (CORPUS / path).read_bytes().decode()  # as stored: HL7 v2 segments end in CR
+    return text if path.endswith((".hl7", ".xml")) else json.loads(text)
+
+
+ADT = read("hl7v2/valid/adt_a01_v25.hl7")
+ADT_STRUCTURE = {"A02": "ADT_A02", "A04": "ADT_A01", "A05": "ADT_A05", "A06": "ADT_A06", "A07": "ADT_A06"}
+
+
+def adt(event: str) -> str:
+    """The corpus admission re-labelled as another ADT event; A02's structure has no NK1 or AL1."""
+    msg = ADT.replace("ADT^A01^ADT_A01", f"ADT^{event}^{ADT_STRUCTURE[event]}").replace("EVN|A01|", f"EVN|{event}|")
+    if event == "A02":
+        msg = "\r".join(s for s in msg.split("\r") if s[:3] not in ("NK1", "AL1"))
+    return msg
+
+
+# catalogue types the corpus has no valid example of
+DERIVED: dict[str, Any] = {
+    **{f"hl7v2.ADT_{ev}": adt(ev) for ev in ADT_STRUCTURE},
+    "fhir.r4.MeasureReport": {"resourceType": "MeasureReport", "status": "complete", "type": "summary",
+                              "measure": "https://schemas.psvn.uk/Measure/delayed-discharges",
+                              "period": {"start": "2025-01-01", "end": "2025-03-31"}},
+    "psvn.consent-change": {"subject": "nhs:9434765919", "seq": 1, "opt_outs": ["research-consented"],
+                            "effective": "2025-03-01T09:00:00Z"},
+}
+
+
+def valid_payload(type_: str) -> Any:
+    path = corpus_file(type_, valid=True)
+    return read(path) if path else DERIVED[type_]
+
+
+def invalid_payload(type_: str) -> Any:
+    """The corpus's first invalid case of the type, else its valid example broken by one field."""
+    path = corpus_file(type_, valid=False)
+    if path:
+        return read(path)
+    p = valid_payload(type_)
+    if isinstance(p, str):  # HL7 v2: an NHS number whose check digit is wrong
+        return p.replace("9434765919^^^NHS", "9434765918^^^NHS")
+    return {**p, "status": "whenever"} if "resourceType" in p else {**p, "seq": "first"}
+
+
+def purpose_for(type_: str) -> str:
+    """A purpose the policy's legal basis makes lawful for the type."""
+    return next(lb["purposes"][0] for lb in DOC["rules"]["legal_basis"]
+                if any(fnmatch.fnmatchcase(type_, t) for t in lb["types"]))
+
+
+def offline_violations(type_: str, payload: Any, content_type: str | None = None) -> list[dict[str, Any]]:
+    """What `psvn validate` says, as the API's problem lists it."""
     body = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
     return [{k: val for k, val in (("path", x.path), ("rule", x.rule), ("message", x.message),
                                     ("expected", x.expected)) if val is not None}
-            for x in v.validate(type_, body)]
+            for x in VALIDATOR.validate(type_, body, content_type=content_type)]
 
 
-@pytest.mark.parametrize("type_,example,breaker", CASES, ids=[c[0] for c in CASES])
-async def test_each_type_is_validated_on_send(network: Network, type_: str, example: str, breaker: Any) -> None:
-    payload = load(example)
-    assert offline_violations(type_, payload) == []
-    msg = {"to": network.GP, "type": type_, "purpose": "direct-care", "payload": payload}
-    status, body = await call(network, network.TRUST, "POST", "/v1/messages", msg)
-    assert body.get("code") != "invalid-payload", body  # valid: sent, or refused only by policy
+def test_the_cases_cover_the_whole_catalogue() -> None:
+    assert len(TYPES) == 17 and set(TYPES) == set(DOC["catalogue"])
+    for t in TYPES:
+        assert offline_violations(t, valid_payload(t)) == [], t
+        assert offline_violations(t, invalid_payload(t)), t
 
-    broken = breaker(payload)
+
+@pytest.fixture
+async def net(tmp_path: Path) -> AsyncIterator[Network]:
+    """The example network under the default policy plus one rule: the council may send the trust
+    any catalogue type, so a valid payload of every type is answered 202 (most types otherwise
+    travel only on feeds or from a personal data store)."""
+    network = await start_network(tmp_path)
+    try:
+        doc = json.loads(json.dumps(DOC))
+        doc["version"] = 2
+        doc["rules"]["rule"].append({
+            "id": "test-every-catalogue-type", "effect": "allow", "description": "test: any type, council to trust",
+            "from": ["council"], "to": ["nhs-trust"], "types": TYPES, "purposes": sorted(DOC["rules"]["purposes"]),
+            "classifications": ["OFFICIAL"]})
+        nc = await nats.connect(network.nats.url, tls=tls.client_context(network.ca, *network.layout.broker_cert))
+        try:
+            await provision.publish_policy(nc.jetstream(), bundle.sign(
+                doc, pki.load_signing_key(network.layout.authority_key)))
+        finally:
+            await nc.close()
+        assert await wait_versions(network, 2) == {org: 2 for org in network.gateways}
+        yield network
+    finally:
+        await stop_network(network)
+
+
+def message(net: Network, type_: str, payload: Any, **over: Any) -> dict[str, Any]:
+    return {"to": net.TRUST, "type": type_, "purpose": purpose_for(type_), "classification": "OFFICIAL",
+            "payload": payload, **over}
+
+
+@pytest.mark.parametrize("type_", TYPES)
+async def test_each_type_is_validated_on_send(net: Network, type_: str) -> None:
+    status, body = await call(net, net.COUNCIL, "POST", "/v1/messages", message(net, type_, valid_payload(type_)))
+    assert status == 202, body
+    await wait_status(net, net.COUNCIL, body["id"], "delivered")  # the trust's ingress validation agrees
+
+    broken = invalid_payload(type_)
     expected = offline_violations(type_, broken)
-    assert expected, "the breaker must break the example"
-    status, problem = await call(network, network.TRUST, "POST", "/v1/messages", {**msg, "payload": broken})
+    status, problem = await call(net, net.COUNCIL, "POST", "/v1/messages", message(net, type_, broken))
     assert (status, problem["code"]) == (422, "invalid-payload"), problem
     assert problem["violations"] == expected
     assert problem["rule"] == expected[0]["rule"] and problem["message_id"]
 
 
+# one invalid payload per standard: (type, corpus file, datacontenttype)
+INGRESS: dict[str, tuple[str, str, str | None]] = {
+    "fhir-json": ("fhir.r4.ServiceRequest", "fhir/invalid/servicerequest-intent-whenever.json", None),
+    "fhir-xml": ("fhir.r4.ServiceRequest", "fhir-xml/invalid/servicerequest-intent-whenever.xml",
+                 "application/fhir+xml"),
+    "hl7v2": ("hl7v2.ADT_A01", "hl7v2/invalid/adt_a01-nhs-check-digit.hl7", None),
+    "cloudevents": ("cloudevents.air-quality.reading", "cloudevents/invalid/pm25-in-ppb.json", None),
+    "openreferral-uk": ("openreferral.uk.Service", "openreferral/invalid/service-id-not-uuid.json", None),
+    "jsonschema": ("psvn.address-change", "jsonschema/invalid/address-change-no-postcode.json", None),
+}
+
+
+@pytest.mark.parametrize("standard", INGRESS)
+async def test_each_standard_is_validated_at_ingress(net: Network, standard: str) -> None:
+    """The council's gateway skips payload validation; the trust's quarantines the message naming
+    the violation's rule and path, and the council hears it was rejected."""
+    type_, path, content_type = INGRESS[standard]
+    payload = read(path)
+    body_bytes = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+    first = VALIDATOR.validate(type_, body_bytes, content_type=content_type)[0]
+    over = {"datacontenttype": content_type} if content_type else {}
+    with skipping_egress_validation(net.gateways[net.COUNCIL]):
+        status, body = await call(net, net.COUNCIL, "POST", "/v1/messages", message(net, type_, payload, **over))
+    assert status == 202, body
+    q = await wait_quarantined(net, net.TRUST, body["id"])
+    assert q["rule"] == first.rule and q["reason"].startswith("invalid-payload: ")
+    assert f"first at {first.path or '/'}: {first.message}" in q["reason"]
+    final = await wait_status(net, net.COUNCIL, body["id"], "rejected")
+    assert final["reason"] == q["reason"] and final["rule_ids"] == [first.rule]
+
+
 async def test_hl7_admission_is_delivered_as_text(network: Network) -> None:
-    adt = load("adt_a01.hl7")
+    adt_a01 = read("hl7v2/valid/adt_a01_v25.hl7")
     msg = {"to": network.COUNCIL + "/adult-social-care", "type": "hl7v2.ADT_A01", "purpose": "direct-care",
-           "classification": "OFFICIAL-SENSITIVE", "subject": "nhs:9434765919", "payload": adt}
+           "classification": "OFFICIAL-SENSITIVE", "subject": "nhs:9434765919", "payload": adt_a01}
     status, body = await call(network, network.TRUST, "POST", "/v1/messages", msg)
     assert status == 202, body
     await wait_status(network, network.TRUST, body["id"], "delivered")
     status, item = await call(network, network.COUNCIL, "GET", f"/v1/inbox/{body['id']}")
-    assert status == 200 and item["payload"] == adt
-    assert item["envelope"]["datacontenttype"].startswith("x-application/hl7-v2") or \
-        "hl7" in item["envelope"]["datacontenttype"]
+    assert status == 200 and item["payload"] == adt_a01
+    assert item["envelope"]["datacontenttype"] == CATALOGUE.get("hl7v2.ADT_A01").datacontenttype \
+        == "application/hl7-v2"
 
 
 async def test_fhir_xml_is_validated_and_delivered_as_xml(network: Network) -> None:
-    xml = (EXAMPLES / "referral.xml").read_text()
+    xml = read("fhir-xml/valid/servicerequest-referral.xml")
     msg = {"to": network.TRUST, "type": "fhir.r4.ServiceRequest", "purpose": "direct-care",
            "classification": "OFFICIAL-SENSITIVE", "subject": "nhs:9434765919", "payload": xml,
            "datacontenttype": "application/fhir+xml"}
@@ -86,14 +203,12 @@ async def test_fhir_xml_is_validated_and_delivered_as_xml(network: Network) -> N
     status, item = await call(network, network.TRUST, "GET", f"/v1/inbox/{body['id']}")
     assert item["payload"] == xml and item["envelope"]["datacontenttype"] == "application/fhir+xml"
 
-    broken = xml.replace('<status value="active"/>', '<status value="whenever"/>')
-    assert broken != xml
-    doc = bundle.load_dir()
-    v = PayloadValidator(Catalogue.from_document(doc), doc["schemas"])
-    expected = v.validate("fhir.r4.ServiceRequest", broken.encode(), content_type="application/fhir+xml")
+    broken = read("fhir-xml/invalid/servicerequest-intent-whenever.xml")
+    expected = offline_violations("fhir.r4.ServiceRequest", broken, "application/fhir+xml")
+    assert expected
     status, problem = await call(network, network.COUNCIL, "POST", "/v1/messages", {**msg, "payload": broken})
     assert (status, problem["code"]) == (422, "invalid-payload")
-    assert [(x["path"], x["rule"]) for x in problem["violations"]] == [(x.path, x.rule) for x in expected]
+    assert problem["violations"] == expected
 
     status, problem = await call(network, network.COUNCIL, "POST", "/v1/messages",
                                  {**msg, "datacontenttype": "text/plain"})
