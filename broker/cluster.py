@@ -12,20 +12,40 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from broker.natsconf import ClusterConfig, ServerConfig
 from broker.server import NatsServer
 from psvn import procs
+from psvn.bench import free_port_range
 
 DEFAULT_SIZE = 3
+PORTS_PER_NODE = 3  # client, monitoring, routes
+PORT_ATTEMPTS = 3
+T = TypeVar("T")
+
+
+def on_free_ports(start: Callable[[int], T], span: int, *, attempts: int = PORT_ATTEMPTS) -> T:
+    """``start(base)`` with ``span`` consecutive loopback ports free a moment ago, below the
+    ephemeral range (so an outgoing connection will not take one). Another process can still
+    bind one first; nats-server then exits and ``NatsServer.start`` raises RuntimeError: try
+    again on a fresh run of ports. ``start`` must clean up after itself when it raises."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return start(free_port_range(span))
+        except RuntimeError:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _monitor_json(port: int, path: str) -> dict[str, object] | None:
@@ -148,10 +168,10 @@ class Cluster:
             n.pid = None
 
 
-def cluster_nodes(root: Path, *, cert: Path, key: Path, ca: Path, members: Sequence[str],
+def cluster_nodes(root: Path, *, cert: Path, key: Path, ca: Path, members: Sequence[str], base_port: int,
                   size: int = DEFAULT_SIZE, name: str = "psvn") -> list[NatsServer]:
-    """One config per node (free loopback ports, own store dir and log), routes to all the others."""
-    ports = [(procs.free_port(), procs.free_port(), procs.free_port()) for _ in range(size)]
+    """One config per node (ports from ``base_port`` on, own store dir and log), routes to all the others."""
+    ports = [tuple(base_port + PORTS_PER_NODE * i + j for j in range(PORTS_PER_NODE)) for i in range(size)]
     route_password = secrets.token_urlsafe(32)
     nodes: list[NatsServer] = []
     for i, (client, monitor, route) in enumerate(ports):
@@ -168,20 +188,25 @@ def cluster_nodes(root: Path, *, cert: Path, key: Path, ca: Path, members: Seque
 
 def start_cluster(root: Path, *, cert: Path, key: Path, ca: Path, members: Sequence[str],
                   size: int = DEFAULT_SIZE, name: str = "psvn", timeout: float = 30.0) -> Cluster:
-    """Start ``size`` nodes together and wait for a JetStream meta leader.
+    """Start ``size`` nodes together on free ports and wait for a JetStream meta leader.
 
     The nodes start in parallel: each waits for its own JetStream, and a clustered JetStream
     needs its peers, so starting them one after another would only add up the waits.
     """
-    cluster = Cluster(name=name, nodes=cluster_nodes(root, cert=cert, key=key, ca=ca, members=members,
-                                                     size=size, name=name))
-    try:
-        with ThreadPoolExecutor(max_workers=size) as pool:
-            for fut in [pool.submit(n.start, timeout=timeout) for n in cluster.nodes]:
-                fut.result()
-        cluster.wait_meta_leader(timeout=timeout)
-    except BaseException:
-        cluster.stop()
-        raise
-    return cluster
 
+    def start(base_port: int) -> Cluster:
+        cluster = Cluster(name=name, nodes=cluster_nodes(root, cert=cert, key=key, ca=ca, members=members,
+                                                         base_port=base_port, size=size, name=name))
+        try:
+            with ThreadPoolExecutor(max_workers=size) as pool:
+                for fut in [pool.submit(n.start, timeout=timeout) for n in cluster.nodes]:
+                    fut.result()
+            cluster.wait_meta_leader(timeout=timeout)
+        except BaseException:
+            cluster.stop()
+            for n in cluster.nodes:  # a retry starts from empty stores, not this attempt's half-formed one
+                shutil.rmtree(n.config.store_dir, ignore_errors=True)
+            raise
+        return cluster
+
+    return on_free_ports(start, PORTS_PER_NODE * size)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.cluster import on_free_ports
 from broker.server import NatsServer
 from gateway.config import GatewayConfig
 from gateway.server import GatewayServer
@@ -54,15 +55,8 @@ async def start_network(root: Path, members: list[MemberSpec] | None = None, *,
     members = list(members or EXAMPLE_MEMBERS)
     layout = Layout(root)
     devnet.make_pki(layout, members)
-    for attempt in range(3):  # a free port can be taken by another process before nats-server binds it
-        ports = devnet.Ports()
-        server = devnet.nats_server(layout, [m.org for m in members], port=ports.nats, monitor_port=ports.monitor)
-        try:
-            server.start()
-            break
-        except RuntimeError:
-            if attempt == 2:
-                raise
+    server = on_free_ports(lambda base: devnet.nats_server(layout, [m.org for m in members], port=base,
+                                                          monitor_port=base + 1).start(), 2)
     gateways: dict[str, GatewayServer] = {}
     try:
         await devnet.provision_backbone(layout, server.url, members)

@@ -8,10 +8,10 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
-from broker.cluster import start_cluster
+from broker.cluster import on_free_ports, start_cluster
 from broker.natsconf import ClusterConfig
 from broker.server import NatsServer
-from psvn import devnet, procs
+from psvn import devnet
 from psvn.devnet import EXAMPLE_MEMBERS, Layout
 
 
@@ -32,17 +32,23 @@ def test_a_member_certificate_cannot_join_as_a_route(tmp_path: Path) -> None:
         assert first.cluster is not None
         assert oct(cluster.nodes[0].conf_path.stat().st_mode & 0o777) == "0o600"  # holds the route secret
         council = layout.org_dir("gss:E06000043")
-        cfg = replace(first, name="rogue", port=procs.free_port(), monitor_port=procs.free_port(),
-                      store_dir=tmp_path / "rogue" / "store", cert=council / "nats.crt", key=council / "nats.key",
-                      cluster=ClusterConfig(name=first.cluster.name, listen_port=procs.free_port(),
-                                            routes=[first.cluster.listen_port], route_password="guessed"))
-        rogue = NatsServer(cfg, conf_path=tmp_path / "rogue" / "nats.conf", log_path=tmp_path / "rogue" / "log")
-        rogue.start()
+        seed = first.cluster
+
+        def start_rogue(base: int) -> NatsServer:
+            cfg = replace(first, name="rogue", port=base, monitor_port=base + 1,
+                          store_dir=tmp_path / "rogue" / "store", cert=council / "nats.crt", key=council / "nats.key",
+                          cluster=ClusterConfig(name=seed.name, listen_port=base + 2,
+                                                routes=[seed.listen_port], route_password="guessed"))
+            return NatsServer(cfg, conf_path=tmp_path / "rogue" / "nats.conf",
+                              log_path=tmp_path / "rogue" / "log").start()
+
+        rogue = on_free_ports(start_rogue, 3)
+        cfg = rogue.config
         time.sleep(3)  # several route attempts
         assert routez(cfg.monitor_port)["num_routes"] == 0
         assert all(int(routez(n.config.monitor_port)["num_routes"]) > 0 for n in cluster.nodes)  # type: ignore[call-overload]
         names = {r.get("remote_name") for n in cluster.nodes
-                 for r in routez(n.config.monitor_port).get("routes", [])}  # type: ignore[union-attr]
+                 for r in routez(n.config.monitor_port).get("routes", [])}  # type: ignore[union-attr, attr-defined]
         assert "rogue" not in names
     finally:
         if rogue is not None:
