@@ -57,11 +57,18 @@ def sign_record(change_payload: bytes, *, issuer: str, message_id: str, operator
 
 
 def verify_record(rec: SignedConsent, registry: RegistryView) -> ConsentChange:
-    """Only the operator may record consent, and only as sent by an active pds member."""
+    """Only the operator may record consent, and only as sent by a pds member.
+
+    The issuer need not be active *now*: the operator signs a record only after its gateway
+    received the change from an active pds (ingress refuses any other), so the signature is the
+    proof that it was valid when recorded. Requiring an active issuer here would make a
+    restarted gateway drop every opt-out of a store suspended or revoked since (fail-open, and
+    gateways that did not restart would disagree with it). A citizen's opt-out outlives the
+    store that carried it; a newer change from their new store replaces it by ``seq``."""
     op = registry.lookup(rec.recorded_by, field="recorded_by")
     if op.type != OPERATOR_TYPE:
         raise PsvnError(Code.FORBIDDEN, f"{rec.recorded_by} is not the network operator", rule="consent-recorder")
-    issuer = registry.lookup(rec.issuer, field="issuer")
+    issuer = registry.lookup(rec.issuer, field="issuer", require_active=False)
     if issuer.type != "pds":
         raise PsvnError(Code.FORBIDDEN, f"{rec.issuer} is not a personal data store", rule="consent-issuer")
     try:

@@ -1,10 +1,16 @@
 """The gateway's protocol logic, sans-IO: requests and bytes in, sealed bytes and decisions out.
 
 Egress: envelope rules -> recipient in the registry -> catalogue -> payload validation ->
-policy decision -> sign + seal. Ingress: subject proves the sender -> open -> verify the
-sender's signature against the registry -> envelope agrees with the subject -> expiry ->
-validation -> the same policy again. Every refusal is a PsvnError naming field, rule and id.
-No network and no clock of its own, so every branch is testable as a plain function.
+subject binding -> policy decision -> sign + seal. Ingress: subject proves the sender -> open ->
+verify the sender's signature against the registry -> envelope agrees with the subject ->
+expiry -> validation -> subject binding -> the same policy again. Every refusal is a PsvnError
+naming field, rule and id. No network and no clock of its own, so every branch is testable as a
+plain function.
+
+Consent is decided for the people the payload is about, not only for the one the sender names:
+validation reports the payload's data subjects (NHS numbers), the envelope's ``subject`` must be
+one of them, and every one's opt-outs apply. Otherwise a sender could dodge an opt-out by naming
+someone else in the envelope, or no one.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ from certs.pki import ed25519_public, raw_public
 from gateway import seal
 from gateway.policy import PolicySnapshot
 from policies.catalogue import CatalogueEntry
-from policies.consent import ConsentRegistry
+from policies.consent import ConsentRegistry, mask_subject
 from policies.engine import Decision, DecisionRequest
 from policies.validation import XML_TYPES, media_type
+from policies.validators.common import NO_SUBJECTS
 from psvn import addresses
 from psvn.envelope import (
     Envelope,
@@ -116,13 +123,46 @@ def _with_id(exc: PsvnError, message_id: str) -> PsvnError:
 
 def decide(snap: PolicySnapshot, env_like: Envelope | SendRequest, *, sender: str, sender_type: str,
            recipient: str, recipient_type: str, direction: str,
-           consent: ConsentRegistry | None = None) -> Decision:
+           consent: ConsentRegistry | None = None, subjects: frozenset[str] = NO_SUBJECTS) -> Decision:
+    """The policy's decision, with consent checked for the envelope's subject and every data
+    subject of the payload (``subjects``, from validation): one opt-out denies.
+
+    A payload that names nobody costs one engine call, as before. Otherwise the engine decides
+    once, for a subject whose opt-out applies if there is one: consent rules (honour or
+    override) depend on type and purpose only, so one blocked subject's decision holds for all.
+    """
     _, mailbox = addresses.parse(env_like.to)
-    return snap.engine.decide(DecisionRequest(
+    named = env_like.subject
+    if subjects and (named is None or len(subjects) > 1 or named not in subjects):
+        every = ([named] if named is not None else []) + sorted(subjects - {named})
+        blocked = [s for s in every if consent.blocks(s, env_like.purpose) is not None] if consent else []
+        named = blocked[0] if blocked else every[0]
+    else:
+        blocked = []
+    decision = snap.engine.decide(DecisionRequest(
         sender=sender, sender_type=sender_type, recipient=recipient, recipient_type=recipient_type,
         type=env_like.type, purpose=env_like.purpose, classification=env_like.classification,
-        mailbox=mailbox, subject=env_like.subject, direction=direction),  # type: ignore[arg-type]
+        mailbox=mailbox, subject=named, direction=direction),  # type: ignore[arg-type]
         consent=consent)
+    if decision.allow and len(blocked) > 1:  # an override (e.g. safeguarding) covered them all
+        decision = msgspec.structs.replace(decision, reason=f"{decision.reason} (and for {len(blocked) - 1} "
+                                           "more data subject(s) of the payload)")
+    return decision
+
+
+def bind_subject(subject: str | None, subjects: frozenset[str], message_id: str) -> None:
+    """The envelope's ``subject``, if it names one, must be a person the payload is about.
+
+    A payload that names nobody (or a type whose standard psvn cannot read people from) leaves
+    the envelope's subject as the only one, as before."""
+    if subject is None or not subjects or subject in subjects:
+        return
+    about = sorted(subjects)
+    names = ", ".join(mask_subject(s) for s in about[:3]) + (f" and {len(about) - 3} more" if len(about) > 3 else "")
+    raise PsvnError(Code.INVALID_ENVELOPE,
+                    f"subject: {mask_subject(subject)} is not a data subject of the payload, which is about "
+                    f"{names}; name one of them, or leave subject out (consent is checked for every one)",
+                    field="subject", rule="subject-binding", message_id=message_id)
 
 
 def policy_denied(decision: Decision, message_id: str, direction: str) -> PsvnError:
@@ -132,14 +172,17 @@ def policy_denied(decision: Decision, message_id: str, direction: str) -> PsvnEr
 
 
 def validate_payload(snap: PolicySnapshot, type_: str, body: bytes, message_id: str, *,
-                     content_type: str | None = None) -> None:
-    """The same validator and the same words as ``psvn validate``; an oversized payload is a 413."""
-    violations = snap.validator.validate(type_, body, content_type=content_type)
+                     content_type: str | None = None) -> frozenset[str]:
+    """The same validator and the same words as ``psvn validate``; an oversized payload is a 413.
+    Returns the payload's data subjects (``nhs:<number>``), found by the same parse."""
+    checked = snap.validator.check(type_, body, content_type=content_type)
+    violations = checked.violations
     if violations:
         err = snap.validator.error(type_, violations, message_id=message_id)
         if violations[0].rule == "max-bytes":
             err.code = Code.PAYLOAD_TOO_LARGE
         raise err
+    return checked.subjects
 
 
 def _content_type(asked: str, entry: CatalogueEntry) -> str:
@@ -163,9 +206,10 @@ def prepare_send(req: SendRequest, *, me: Identity, system: str | None, snap: Po
         if req.datacontenttype is not None:
             req = msgspec.structs.replace(req, datacontenttype=_content_type(req.datacontenttype, entry))
         body = payload_bytes(req.payload)
-        validate_payload(snap, req.type, body, message_id, content_type=req.datacontenttype)
+        subjects = validate_payload(snap, req.type, body, message_id, content_type=req.datacontenttype)
+        bind_subject(req.subject, subjects, message_id)
         decision = decide(snap, req, sender=me.org, sender_type=me.member_type, recipient=recipient_org,
-                          recipient_type=recipient.type, direction="egress", consent=consent)
+                          recipient_type=recipient.type, direction="egress", consent=consent, subjects=subjects)
     except PsvnError as exc:
         raise _with_id(exc, message_id) from None
     if not decision.allow:
@@ -225,9 +269,12 @@ def open_incoming(data: bytes, *, subject: str, message_id: str, me: Identity, r
         if checks:
             if is_expired(env, now):
                 raise PsvnError(Code.EXPIRED, f"message expired at {env.expires}", field="expires", rule="expiry")
-            validate_payload(snap, env.type, inner.payload, message_id, content_type=env.datacontenttype)
+            subjects = validate_payload(snap, env.type, inner.payload, message_id,
+                                        content_type=env.datacontenttype)
+            bind_subject(env.subject, subjects, message_id)  # a sender's gateway that skipped it
             decision = decide(snap, env, sender=sender_org, sender_type=sender.type, recipient=me.org,
-                              recipient_type=me.member_type, direction="ingress", consent=consent)
+                              recipient_type=me.member_type, direction="ingress", consent=consent,
+                              subjects=subjects)
     except PsvnError as exc:
         raise _with_id(exc, message_id) from None
     if not decision.allow:

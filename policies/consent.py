@@ -63,6 +63,15 @@ _validator = jsonschema_rs.validator_for(SCHEMA, validate_formats=True)
 _SUBJECT_RX = re.compile(_SUBJECT)
 
 
+def mask_subject(subject: str) -> str:
+    """``nhs:9434765919`` -> ``nhs:943***5919``: enough for a person who knows the number to
+    recognise it in a refusal, an audit or a receipt, not enough to read it off them. Reasons
+    that get stored or sent on name subjects only this way."""
+    scheme, sep, ident = subject.rpartition(":")
+    masked = f"{ident[:3]}***{ident[-4:]}" if len(ident) >= 10 else "***"
+    return f"{scheme}{sep}{masked}"
+
+
 class ConsentChange(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """One consent-change payload, plus the issuer the gateway took from the verified envelope."""
 

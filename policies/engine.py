@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from policies.consent import mask_subject
 from psvn.errors import Code, PsvnError
 
 if TYPE_CHECKING:
@@ -934,14 +935,17 @@ class Engine:
         if req.action == "publish" or req.subject is None:
             return None
         record = consent.blocks(req.subject, req.purpose)
+        if record is None and trace is None:
+            return None  # the hot path: no opt-out, nothing more to look at
         overrides, honours = self._consent_rules(req.type, req.purpose)
+        masked = mask_subject(req.subject)  # reasons are stored and sent on: never a full NHS number
         if trace is not None:
             for c in self._consent:
                 r = c.rule
                 if r in overrides or r in honours:
-                    why = (f"{req.subject} has opted out of {req.purpose} (seq {record.seq}"
+                    why = (f"{masked} has opted out of {req.purpose} (seq {record.seq}"
                            f"{', via ' + record.issuer if record.issuer else ''})" if record
-                           else f"no opt-out recorded for {req.subject} covering {req.purpose}")
+                           else f"no opt-out recorded for {masked} covering {req.purpose}")
                     matched = record is not None
                 else:
                     why, matched = f"covers {_fmt(r.purposes)} of {_fmt(r.types)} only", False
@@ -954,13 +958,14 @@ class Engine:
             text = "; ".join(r.description or r.id for r in overrides)
             return msgspec.structs.replace(
                 base, rule_ids=ids,
-                reason=f"{base.reason}; {req.subject}'s opt-out of {req.purpose} is overridden: {text}")
+                reason=f"{base.reason}; {masked}'s opt-out of {req.purpose} is overridden: {text}")
         ids = [r.id for r in honours] or [CONSENT_DEFAULT]
         text = "; ".join(r.description for r in honours if r.description)
         via = f" via {record.issuer}" if record.issuer else ""
         return self._deny(ids, "consent",
-                          f"{req.subject} has opted out of sharing for {req.purpose} (recorded"
-                          f"{via}, seq {record.seq})" + (f": {text}" if text else ""))
+                          f"{masked} has opted out of sharing for {req.purpose} (recorded"
+                          f"{via}, seq {record.seq}); honoured by {', '.join(ids)}"
+                          + (f": {text}" if text else ""))
 
     def _stage_retention(self, req: DecisionRequest, trace: list[Step] | None,
                          ) -> tuple[int | None, int | None, list[str]]:

@@ -9,6 +9,13 @@ Order of work for every payload, cheapest first: size, then complexity (depth an
 count, measured on the raw bytes without parsing), then parsing, then the standard's rules.
 The validators live in :mod:`policies.validators`; this module is the façade.
 
+Data subjects: :meth:`PayloadValidator.check` returns, with the violations, the people a valid
+payload is about (``nhs:<number>``), which each validator notes during the walk it does anyway
+(FHIR: every NHS-number Identifier, Bundles and contained resources included; HL7 v2: PID-3;
+JSON Schema and CloudEvents data: members with an NHS-number format). The gateway binds the
+envelope's ``subject`` to them and checks every one's consent, so an opt-out cannot be dodged by
+naming someone else in the envelope or no one. No extra parse, no extra pass.
+
 Media types: a FHIR type's payload may also arrive as FHIR XML (``content_type`` one of
 :data:`XML_TYPES`); it is read into the FHIR JSON form and checked by the same rules, with the
 same paths. Any other content type (or none) means the type's own format, as before; an XML
@@ -24,13 +31,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from policies.catalogue import Catalogue, CatalogueEntry
-from policies.validators.common import parse_json
+from policies.validators.common import NO_SUBJECTS, parse_json
 from policies.validators.limits import Limits, check_er7, check_json, check_xml
 from psvn.errors import Code, PsvnError, Violation
 
 log = logging.getLogger(__name__)
 
-__all__ = ["XML_TYPES", "PayloadValidator", "invalid_payload_error", "media_type"]
+__all__ = ["XML_TYPES", "Checked", "PayloadValidator", "invalid_payload_error", "media_type"]
 
 #: Media types that mean "FHIR XML" for a FHIR catalogue type.
 XML_TYPES: frozenset[str] = frozenset({"application/fhir+xml", "application/xml", "text/xml"})
@@ -43,21 +50,40 @@ def media_type(content_type: str | None) -> str | None:
     return content_type.split(";", 1)[0].strip().lower() or None
 
 
+Result = tuple[list[Violation], frozenset[str]]  # (violations, data subjects)
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A payload's violations (``[]`` = valid) and, if valid, the data subjects it names."""
+
+    violations: list[Violation]
+    subjects: frozenset[str] = NO_SUBJECTS
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     entry: CatalogueEntry
     limits: Limits
     precheck: Callable[[bytes, Limits], list[Violation]]
-    check: Callable[[bytes], list[Violation]]
-    xml_check: Callable[[bytes], list[Violation]] | None = None  # FHIR types: the XML form
+    check: Callable[[bytes], Result]
+    xml_check: Callable[[bytes], Result] | None = None  # FHIR types: the XML form
 
 
-def _json_check(fn: Callable[[Any], list[Violation]]) -> Callable[[bytes], list[Violation]]:
-    def check(body: bytes) -> list[Violation]:
+def _json_check(fn: Callable[[Any], Result]) -> Callable[[bytes], Result]:
+    def check(body: bytes) -> Result:
         data, errors = parse_json(body)
-        return errors or fn(data)
+        return (errors, NO_SUBJECTS) if errors else fn(data)
 
     return check
+
+
+def _no_subjects(fn: Callable[[Any], list[Violation]]) -> Callable[[Any], Result]:
+    return lambda data: (fn(data), NO_SUBJECTS)
 
 
 class PayloadValidator:
@@ -94,27 +120,37 @@ class PayloadValidator:
 
                 fhir = FhirValidator(entry.resource, bundle_types=entry.bundle_types, identifier_rules=[
                     IdentifierRule(r.resource, r.element, r.system, r.label) for r in entry.identifiers])
-                return _Compiled(entry, limits, check_json, _json_check(fhir.validate),
-                                 xml_check=lambda body: fhir.validate_xml(body, limits))
+                return _Compiled(entry, limits, check_json, _json_check(fhir.check),
+                                 xml_check=lambda body: fhir.check_xml(body, limits))
             if entry.validator == "hl7v2":
                 from policies.validators.hl7v2 import Hl7v2Validator
 
                 hl7 = Hl7v2Validator(entry.resource, versions=entry.versions or None,
                                      require_nhs_number=entry.require_nhs_number)
-                return _Compiled(entry, limits, check_er7, hl7.validate)
+                return _Compiled(entry, limits, check_er7, hl7.check)
             if entry.validator == "cloudevents":
                 from policies.validators.cloudevents import CloudEventValidator
+                from policies.validators.jsonschema import SubjectFinder
 
                 events = {t: (self._schema(s, entry.type), self.schemas[s].get("$id"))
                           for t, s in entry.events.items()}
-                ce = CloudEventValidator(events, open_events=entry.open_events)
-                return _Compiled(entry, limits, check_json, _json_check(ce.validate))
+                ce = CloudEventValidator(events, open_events=entry.open_events,
+                                         finders={t: SubjectFinder(self.schemas[s]) for t, s in entry.events.items()})
+                return _Compiled(entry, limits, check_json, _json_check(ce.check))
             if entry.validator == "jsonschema":
-                from policies.validators.jsonschema import schema_violations
+                from policies.validators.jsonschema import SubjectFinder, schema_violations
 
                 compiled = self._schema(entry.schema, entry.type)
-                return _Compiled(entry, limits, check_json,
-                                 _json_check(lambda data: schema_violations(compiled, data)))
+                finder = SubjectFinder(self.schemas[entry.schema])
+                if not finder.finds_any:
+                    return _Compiled(entry, limits, check_json,
+                                     _json_check(_no_subjects(lambda data: schema_violations(compiled, data))))
+
+                def schema_check(data: Any) -> Result:
+                    out = schema_violations(compiled, data)
+                    return out, (NO_SUBJECTS if out else finder.subjects(data))
+
+                return _Compiled(entry, limits, check_json, _json_check(schema_check))
         except KeyError as exc:
             raise PsvnError(Code.CONFIG_INVALID, f"catalogue type {entry.type}: {exc.args[0]}",
                             field=f"catalogue.{entry.type}", rule="catalogue-entry") from exc
@@ -140,6 +176,15 @@ class PayloadValidator:
         value (or none) validates the type's own format. Raises :class:`PsvnError`
         ``unknown-type`` only for a type not in the catalogue.
         """
+        return self._run(type_, body, content_type)[0]
+
+    def check(self, type_: str, body: bytes, *, content_type: str | None = None) -> Checked:
+        """:meth:`validate`, plus the data subjects of a valid payload (``nhs:<number>``; none
+        for an invalid one): what the gateway decides consent for."""
+        violations, subjects = self._run(type_, body, content_type)
+        return Checked(violations, NO_SUBJECTS if violations else subjects)
+
+    def _run(self, type_: str, body: bytes, content_type: str | None) -> Result:
         c = self.compiled(type_)
         if isinstance(body, str):
             body = body.encode()
@@ -149,20 +194,20 @@ class PayloadValidator:
                 return [Violation(path="", rule="content-type",
                                   message=f"{type_} is {c.entry.standard}, which is not accepted as XML "
                                   f"({media_type(content_type)}); only FHIR types may be sent as FHIR XML",
-                                  expected=c.entry.datacontenttype)]
+                                  expected=c.entry.datacontenttype)], NO_SUBJECTS
             early = check_xml(body, c.limits)
             check = c.xml_check
         else:
             early = c.precheck(body, c.limits)
         if early:
-            return early
+            return early, NO_SUBJECTS
         try:
             return check(body)
         except Exception as exc:  # a validator bug must reject the payload, not crash the gateway
             log.exception("validator for %s failed", type_)
             return [Violation(path="", rule="validator-error",
                               message=f"the {c.entry.standard} validator could not process this payload "
-                              f"({type(exc).__name__})", expected="a payload the validator can read")]
+                              f"({type(exc).__name__})", expected="a payload the validator can read")], NO_SUBJECTS
 
     def error(self, type_: str, violations: list[Violation], *, message_id: str | None = None) -> PsvnError:
         return invalid_payload_error(self.catalogue.get(type_), violations, message_id=message_id)

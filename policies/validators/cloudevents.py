@@ -4,6 +4,8 @@ The catalogue entry maps each accepted CloudEvents ``type`` to a schema in the p
 (``events = {"uk.psvn.air-quality.reading.v1" = "air-quality-reading"}``); an event of a type
 not in the map is rejected unless the entry sets ``open_events`` (then only the envelope is
 checked). If the event names a ``dataschema``, it must be the mapped schema's ``$id``.
+Where an event's schema marks an NHS number (see :mod:`.jsonschema`), :meth:`CloudEventValidator.check`
+names it as a data subject.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from typing import Any
 
 from psvn.errors import Violation
 
-from .common import describe_codes, escape
-from .jsonschema import schema_violations
+from .common import NO_SUBJECTS, describe_codes, escape
+from .jsonschema import SubjectFinder, schema_violations
 
 _TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
                    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})", re.ASCII)
@@ -36,9 +38,20 @@ def _is_json_media(ct: str) -> bool:
 class CloudEventValidator:
     """Checks the event envelope, then its data against the schema its type names."""
 
-    def __init__(self, events: dict[str, tuple[Any, str | None]], *, open_events: bool = False) -> None:
+    def __init__(self, events: dict[str, tuple[Any, str | None]], *, open_events: bool = False,
+                 finders: dict[str, SubjectFinder] | None = None) -> None:
         self.events = events  # CE type -> (compiled schema, schema $id)
         self.open_events = open_events
+        self.finders = {t: f for t, f in (finders or {}).items() if f.finds_any}  # CE type -> its data's NHS numbers
+
+    def check(self, data: Any) -> tuple[list[Violation], frozenset[str]]:
+        """(every violation, the data subjects its data names where the event's schema marks an
+        NHS number); the subjects mean something only when there is no violation."""
+        out = self.validate(data)
+        if out or not self.finders:
+            return out, NO_SUBJECTS
+        finder = self.finders.get(data.get("type"))
+        return out, finder.subjects(data.get("data")) if finder is not None else NO_SUBJECTS
 
     def validate(self, data: Any) -> list[Violation]:
         if not isinstance(data, dict):

@@ -1,7 +1,8 @@
 """Shared pieces of the payload validators: JSON pointers, UK identifier checks, JSON parsing.
 
 Kept free of any one standard so FHIR, HL7 v2, CloudEvents and JSON Schema validators report
-NHS numbers and ODS codes with the same rules and the same words.
+NHS numbers and ODS codes with the same rules and the same words, and name the people a
+payload is about (its *data subjects*, for consent checks) in the same form: ``nhs:<number>``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import msgspec
 from psvn.errors import Violation
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+NHS_SUBJECT_PREFIX = "nhs:"  # a data subject named by NHS number, as the envelope's subject names one
+NO_SUBJECTS: frozenset[str] = frozenset()
 ODS_SYSTEMS = frozenset({
     "https://fhir.nhs.uk/Id/ods-organization-code",
     "https://fhir.nhs.uk/Id/ods-site-code",
@@ -56,6 +59,11 @@ def nhs_number_problem(value: object) -> tuple[str, str] | None:
 
 def is_nhs_number(value: object) -> bool:
     return nhs_number_problem(value) is None
+
+
+def nhs_subject(number: str) -> str:
+    """The subject reference of a (valid) NHS number: ``9434765919`` -> ``nhs:9434765919``."""
+    return NHS_SUBJECT_PREFIX + number
 
 
 def ods_code_problem(value: object) -> str | None:

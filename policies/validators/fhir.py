@@ -17,6 +17,13 @@ against a compact table generated from the official R4 StructureDefinitions and 
 and the UK Core rules that matter for routing and safety: NHS number format and modulus-11
 check digit in every Identifier, ODS code format in every ODS identifier (organisation
 references included), and the identifiers each profile requires (from the catalogue).
+
+:meth:`FhirValidator.check` also names the payload's data subjects: every valid NHS number in
+any Identifier of the document (``Patient.identifier``, a ``subject``/``patient`` reference's
+identifier, contained resources, every resource of a Bundle, extensions), as ``nhs:<number>``.
+It is collected where the walk already checks each NHS number, so it costs no second pass; and
+it reaches every Identifier the definitions type as one, so a sender cannot hide a patient in an
+element the consent check does not look at.
 """
 
 from __future__ import annotations
@@ -33,11 +40,13 @@ from psvn.errors import Violation
 from .common import (
     NHS_EXPECTED,
     NHS_NUMBER_SYSTEM,
+    NO_SUBJECTS,
     ODS_EXPECTED,
     ODS_SYSTEMS,
     describe_codes,
     escape,
     nhs_number_problem,
+    nhs_subject,
     ods_code_problem,
 )
 from .limits import Limits
@@ -153,6 +162,7 @@ class _Ctx:
     deferred: list[tuple[str, list[dict[str, Any]], IdentifierRule, dict[str, Any]]] = field(
         default_factory=list)
     index: dict[str, dict[str, Any]] = field(default_factory=dict)  # fullUrl / Type/id -> resource
+    subjects: set[str] = field(default_factory=set)  # nhs:<number> of every valid NHS number seen
 
 
 class FhirValidator:
@@ -171,10 +181,15 @@ class FhirValidator:
 
     # -- entry point -------------------------------------------------------------------------
     def validate(self, data: Any) -> list[Violation]:
+        return self.check(data)[0]
+
+    def check(self, data: Any) -> tuple[list[Violation], frozenset[str]]:
+        """(every violation, the data subjects named); the subjects mean something only when
+        there is no violation."""
         ctx = _Ctx(out=[])
         if not isinstance(data, dict):
             return [Violation(path="", rule="fhir-resource", message="a FHIR resource must be a JSON object",
-                              expected=f"a JSON object with resourceType {self.resource!r}")]
+                              expected=f"a JSON object with resourceType {self.resource!r}")], NO_SUBJECTS
         rt = data.get("resourceType")
         if rt != self.resource:
             ctx.out.append(Violation(
@@ -182,17 +197,21 @@ class FhirValidator:
                 message=f"resourceType is {rt!r} but this message type carries a {self.resource}",
                 expected=self.resource))
             if not (isinstance(rt, str) and self.defs.is_resource(rt)):
-                return ctx.out
+                return ctx.out, NO_SUBJECTS
         self._resource(data, "", ctx, contained=False)
         for ptr, ref, rule, scope in ctx.deferred:
             self._check_required_reference(ptr, ref, rule, scope, ctx)
-        return ctx.out
+        return ctx.out, frozenset(ctx.subjects) if ctx.subjects else NO_SUBJECTS
 
     def validate_xml(self, body: bytes, limits: Limits | None = None) -> list[Violation]:
         """The same rules for a FHIR XML payload (read into the JSON form by :mod:`.fhir_xml`)."""
-        from .fhir_xml import validate_xml
+        return self.check_xml(body, limits)[0]
 
-        return validate_xml(self, body, limits or Limits())
+    def check_xml(self, body: bytes, limits: Limits | None = None) -> tuple[list[Violation], frozenset[str]]:
+        """:meth:`check` for a FHIR XML payload."""
+        from .fhir_xml import check_xml
+
+        return check_xml(self, body, limits or Limits())
 
     # -- resources -----------------------------------------------------------------------------
     def _resource(self, val: Any, ptr: str, ctx: _Ctx, *, contained: bool, expected: str = "Resource") -> None:
@@ -434,10 +453,13 @@ class FhirValidator:
         if not isinstance(system, str):
             return
         if system == NHS_NUMBER_SYSTEM:
-            problem = nhs_number_problem(ident.get("value"))
+            value = ident.get("value")
+            problem = nhs_number_problem(value)
             if problem is not None:
                 ctx.out.append(Violation(path=f"{p}/value", rule=problem[0], message=problem[1],
                                          expected=NHS_EXPECTED))
+            else:  # a person this payload is about: their opt-outs apply to it
+                ctx.subjects.add(nhs_subject(str(value)))
         elif system in ODS_SYSTEMS:
             msg = ods_code_problem(ident.get("value"))
             if msg is not None:

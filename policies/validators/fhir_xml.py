@@ -171,10 +171,16 @@ def reader() -> FhirXmlReader:
 
 def validate_xml(validator: FhirValidator, body: bytes, limits: Limits) -> list[Violation]:
     """Every violation of a FHIR XML payload: XML-only ones first, then the JSON walker's."""
+    return check_xml(validator, body, limits)[0]
+
+
+def check_xml(validator: FhirValidator, body: bytes, limits: Limits) -> tuple[list[Violation], frozenset[str]]:
+    """:func:`validate_xml`, plus the data subjects the JSON walker found (one parse, one walk)."""
     read = reader().read(body, limits)
     if read.data is None:
-        return read.violations
-    return read.violations + [v for v in validator.validate(read.data) if read.keeps(v)]
+        return read.violations, frozenset()
+    violations, subjects = validator.check(read.data)
+    return read.violations + [v for v in violations if read.keeps(v)], subjects
 
 
 class _Reader:

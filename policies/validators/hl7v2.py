@@ -12,6 +12,8 @@ required fields, repetitions, unknown fields, date/time/number formats, HL7-defi
 values, MSH-9 against the catalogue type (and MSH-9.3 against the structure the trigger uses),
 MSH-12 against the accepted versions, and the NHS number in PID-3 (format + modulus 11).
 Paths are ``SEG-n`` (``PID-3``, ``MSH-9``), ``SEG-n.c`` for a component, or the segment id.
+:meth:`Hl7v2Validator.check` also names the message's data subjects (each valid PID-3 NHS
+number, every PID segment, as ``nhs:<number>``) for the consent check, from the same parse.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 from psvn.errors import Violation
 
-from .common import NHS_EXPECTED, nhs_number_problem
+from .common import NHS_EXPECTED, NO_SUBJECTS, nhs_number_problem, nhs_subject
 
 SUPPORTED = ("2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.8", "2.8.1", "2.8.2")
 
@@ -177,6 +179,16 @@ class Hl7v2Validator:
         return _STRUCTURE.get(self.trigger, f"{self.code}_{self.trigger}")
 
     def validate(self, body: bytes) -> list[Violation]:
+        return self.check(body)[0]
+
+    def check(self, body: bytes) -> tuple[list[Violation], frozenset[str]]:
+        """(every violation, the data subjects: ``nhs:<number>`` of each valid NHS number in any
+        PID segment's PID-3), from one parse; the subjects mean something only without violations."""
+        found: set[str] = set()
+        violations = self._check(body, found)
+        return violations, frozenset(found) if found else NO_SUBJECTS
+
+    def _check(self, body: bytes, found: set[str]) -> list[Violation]:
         out: list[Violation] = []
         try:
             text = body.decode("utf-8")
@@ -245,7 +257,7 @@ class Hl7v2Validator:
         for seg in segs:
             if seg.name in known:
                 self._fields(seg, version, comp, rep, sub, out)
-        self._nhs_number(segs, comp, rep, sub, out)
+        self._nhs_number(segs, comp, rep, sub, out, found)
         return out
 
     # -- segment order ---------------------------------------------------------------------------
@@ -365,7 +377,7 @@ class Hl7v2Validator:
 
     # -- NHS number --------------------------------------------------------------------------------
     def _nhs_number(self, segs: list[_Seg], comp: str, rep: str, sub: str | None,
-                    out: list[Violation]) -> None:
+                    out: list[Violation], subjects: set[str]) -> None:
         found = False
         for seg in segs:
             if seg.name != "PID" or len(seg.fields) < 4:
@@ -381,6 +393,8 @@ class Hl7v2Validator:
                 if problem is not None:
                     out.append(Violation(path="PID-3", rule=problem[0],
                                          message=f"PID-3 repetition {r_no}: {problem[1]}", expected=NHS_EXPECTED))
+                else:  # the patient this event is about: their opt-outs apply to it
+                    subjects.add(nhs_subject(parts[0]))
         if self.require_nhs_number and not found and any(s.name == "PID" for s in segs):
             out.append(Violation(path="PID-3", rule="uk-required-identifier",
                                  message="PID-3 carries no NHS number (identifier type NH or authority NHS)",

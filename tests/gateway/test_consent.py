@@ -15,6 +15,7 @@ from certs import tls
 from gateway.consent import SignedConsent, key_for, sign_record
 from policies.consent import ConsentChange
 from psvn.devnet import EXAMPLE_MEMBERS, OPERATOR_MEMBER, PDS_MEMBER
+from tests.broker.test_registry import set_status, wait_member_status
 from tests.conftest import Network, start_network, stop_network
 from tests.gateway.test_service import REFERRAL, call, wait_status
 
@@ -32,9 +33,22 @@ async def net(tmp_path: Path) -> AsyncIterator[Network]:
         await stop_network(n)
 
 
-def research(subject: str = SUBJECT, purpose: str = "research-consented") -> dict[str, Any]:
-    return {"to": "ods:RYR/research", "type": "fhir.r4.ServiceRequest", "purpose": purpose,
-            "classification": "OFFICIAL-SENSITIVE", "subject": subject, "payload": REFERRAL}
+OTHER = "nhs:9000000009"  # someone who has not opted out
+
+
+def about(subject: str) -> dict[str, Any]:
+    """The referral, about ``subject`` (its NHS number in the payload)."""
+    number = subject.removeprefix("nhs:")
+    return {**REFERRAL, "subject": {"reference": f"Patient/{number}", "identifier": {
+        "system": "https://fhir.nhs.uk/Id/nhs-number", "value": number}}}
+
+
+def research(subject: str | None = SUBJECT, purpose: str = "research-consented", *,
+             patient: str | None = None) -> dict[str, Any]:
+    """A research referral about ``patient`` (by default the envelope's ``subject``)."""
+    body = {"to": "ods:RYR/research", "type": "fhir.r4.ServiceRequest", "purpose": purpose,
+            "classification": "OFFICIAL-SENSITIVE", "payload": about(patient or subject or SUBJECT)}
+    return body if subject is None else {**body, "subject": subject}
 
 
 def opt_out(seq: int, purposes: list[str]) -> dict[str, Any]:
@@ -64,7 +78,7 @@ async def test_opt_out_blocks_research_network_wide(net: Network) -> None:
     assert (status, problem["code"]) == (403, "policy-denied")
     assert "consent-honour-opt-out" in problem["rule_ids"], problem
     # someone else is unaffected
-    status, _ = await call(net, net.GP, "POST", "/v1/messages", research(subject="nhs:9000000009"))
+    status, _ = await call(net, net.GP, "POST", "/v1/messages", research(subject=OTHER))
     assert status == 202
     # the citizen changes their mind: a newer change restores consent, a stale one is ignored
     await call(net, PDS, "POST", "/v1/messages", opt_out(3, []))
@@ -124,3 +138,113 @@ async def test_a_gateway_other_than_the_operator_cannot_write_consent(net: Netwo
         await nc.close()
     assert all(gw.gateway.consent.consent.get(SUBJECT) is None and not gw.gateway.consent.refused
                for gw in net.gateways.values())
+
+
+async def record_opt_out(net: Network, purposes: list[str], seq: int = 1) -> None:
+    status, sent = await call(net, PDS, "POST", "/v1/messages", opt_out(seq, purposes))
+    assert status == 202, sent
+    await wait_everywhere(net, lambda c: c.get(SUBJECT) is not None and c.get(SUBJECT).seq == seq)
+    await wait_status(net, PDS, sent["id"], "acknowledged")
+
+
+async def test_a_sender_cannot_dodge_an_opt_out_by_leaving_out_or_changing_the_subject(net: Network) -> None:
+    await record_opt_out(net, ["research-consented"])
+    # the referral is about the citizen who opted out, whatever the envelope says
+    status, problem = await call(net, net.GP, "POST", "/v1/messages", research(subject=None))
+    assert (status, problem["code"]) == (403, "policy-denied"), problem
+    assert "consent-honour-opt-out" in problem["rule_ids"] and "consent-honour-opt-out" in problem["detail"]
+    assert "nhs:943***5919" in problem["detail"] and "9434765919" not in problem["detail"]
+    status, problem = await call(net, net.GP, "POST", "/v1/messages", research(subject=OTHER, patient=SUBJECT))
+    assert (status, problem["code"], problem["field"], problem["rule"]) == (
+        422, "invalid-envelope", "subject", "subject-binding"), problem
+    assert problem["message_id"] and "9434765919" not in problem["detail"]
+    # nothing left the GP's gateway: no message about the citizen reached the research team
+    status, inbox = await call(net, net.TRUST, "GET", "/v1/inbox")
+    assert status == 200 and inbox["messages"] == []
+    # a referral about someone else, with no envelope subject at all, still goes (as research needs)
+    status, sent = await call(net, net.GP, "POST", "/v1/messages", research(subject=None, patient=OTHER))
+    assert status == 202, sent
+    await wait_status(net, net.GP, sent["id"], "delivered")
+
+
+async def test_opt_outs_survive_a_restart_after_their_store_is_suspended(net: Network) -> None:
+    """The pds that carried the opt-out is suspended later; a gateway that restarts must still
+    honour it, like the gateways that did not restart (no fail-open, no disagreement)."""
+    from gateway.server import GatewayServer
+
+    await record_opt_out(net, ["research-consented"])
+    await set_status(net, PDS, "suspended")
+    await wait_member_status(net, net.GP, PDS, "suspended")
+    old = net.gateways.pop(net.GP)
+    await old.stop()
+    restarted = await GatewayServer(old.config).start()
+    net.gateways[net.GP] = restarted
+    view = restarted.gateway.consent
+    assert view.refused == [], view.refused
+    record = view.consent.blocks(SUBJECT, "research-consented")
+    assert record is not None and record.issuer == PDS and record.seq == 1
+    status, problem = await call(net, net.GP, "POST", "/v1/messages", research())
+    assert (status, problem["code"]) == (403, "policy-denied") and "consent-honour-opt-out" in problem["rule_ids"]
+    # while the suspended store can change nothing: the operator refuses its new change
+    status, sent = await call(net, PDS, "POST", "/v1/messages", opt_out(2, []))
+    assert status == 202, sent
+    rejected = await wait_status(net, PDS, sent["id"], "rejected")
+    assert "member-revoked" in str(rejected), rejected
+    assert all(gw.gateway.consent.consent.blocks(SUBJECT, "research-consented") is not None
+               for gw in net.gateways.values())
+
+
+# -- verify_record, without a network --------------------------------------------------------------
+def _members(pds_status: str = "active", pds_type: str = "pds") -> tuple[Any, Any]:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from broker.registry import Member, RegistryView
+    from certs.pki import raw_public
+
+    op_key = Ed25519PrivateKey.generate()
+    view = RegistryView()
+    for org, type_, status, key in ((OPERATOR, "operator", "active", op_key),
+                                    (PDS, pds_type, pds_status, Ed25519PrivateKey.generate())):
+        view.members[org] = Member(address=org, name=org, type=type_, sign_key=raw_public(key),
+                                   hpke_key=b"\0" * 32, cert_fingerprint="0" * 64, status=status)  # type: ignore[arg-type]
+    return view, op_key
+
+
+def _record(op_key: Any, *, operator: str = OPERATOR, payload: bytes | None = None) -> SignedConsent:
+    change = ConsentChange(subject=SUBJECT, seq=4, opt_outs=["research-consented"], effective="2026-11-25T10:00:00Z")
+    return sign_record(payload or change.to_payload(), issuer=PDS, message_id="m-1", operator=operator, key=op_key)
+
+
+@pytest.mark.parametrize("pds_status", ["active", "suspended", "revoked"])
+def test_a_record_stands_whatever_its_store_has_become_since(pds_status: str) -> None:
+    from gateway.consent import ConsentView, verify_record
+
+    view, op_key = _members(pds_status)
+    change = verify_record(_record(op_key), view)
+    assert (change.subject, change.seq, change.issuer) == (SUBJECT, 4, PDS)
+    consent = ConsentView(view)
+    assert consent.offer(key_for(SUBJECT), msgspec.msgpack.encode(_record(op_key)))
+    assert consent.consent.blocks(SUBJECT, "research-consented") is not None and consent.refused == []
+
+
+def test_a_record_is_still_refused_on_type_and_signature() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from gateway.consent import verify_record
+    from psvn.errors import Code, PsvnError
+
+    view, op_key = _members("suspended")
+    cases = [
+        (_record(Ed25519PrivateKey.generate()), view, Code.SIGNATURE_INVALID, "consent-signature"),
+        (msgspec.structs.replace(_record(op_key), payload=ConsentChange(
+            subject=SUBJECT, seq=5, opt_outs=[], effective="2026-11-25T10:00:00Z").to_payload()),
+         view, Code.SIGNATURE_INVALID, "consent-signature"),  # a restoration swapped in
+        (_record(op_key, operator=PDS), _members()[0], Code.FORBIDDEN, "consent-recorder"),  # only the operator
+        (_record(op_key), _members("revoked", pds_type="council")[0], Code.FORBIDDEN, "consent-issuer"),
+        (msgspec.structs.replace(_record(op_key), issuer="pds:nobody"), view, Code.UNKNOWN_RECIPIENT,
+         "registry-member"),
+    ]
+    for rec, members, code, rule in cases:
+        with pytest.raises(PsvnError) as err:
+            verify_record(rec, members)
+        assert (err.value.code, err.value.rule) == (code, rule)

@@ -12,11 +12,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from broker.registry import Member, RegistryView
+from broker.subjects import msg_subject
 from certs.pki import raw_public
-from gateway import core
+from gateway import core, seal
 from gateway.policy import PolicySnapshot
 from policies import bundle
-from psvn.envelope import SendRequest
+from policies.consent import ConsentChange, ConsentRegistry
+from psvn.envelope import SendRequest, build, payload_bytes
 from psvn.errors import Code, PsvnError
 
 REFERRAL = json.loads((Path(__file__).resolve().parents[2] / "examples" / "referral.json").read_text())
@@ -178,3 +180,171 @@ def test_the_signing_key_follows_the_registry() -> None:
     assert core.choose_signing_key([new, old], raw_public(old)) is old  # registry not switched yet
     assert core.choose_signing_key([new, old], raw_public(new)) is new
     assert core.choose_signing_key([new, old], b"\0" * 32) is new  # unknown: the newest
+
+
+# ------------------------------------------------------------------------------ consent and data subjects
+# A citizen's opt-out applies to every message *about* them: consent is decided for the people the
+# payload names (NHS numbers, from validation), not only for the one the sender types in the envelope.
+
+JOHN, JANE = "9434765919", "9434765811"  # John is the example referral's patient
+NHS = "https://fhir.nhs.uk/Id/nhs-number"
+ADT = (Path(__file__).resolve().parents[2] / "examples" / "adt_a01.hl7").read_text()
+
+
+def opted_out(*purposes: str, subject: str = f"nhs:{JOHN}", seq: int = 1) -> ConsentRegistry:
+    reg = ConsentRegistry()
+    reg.apply(ConsentChange(subject=subject, seq=seq, opt_outs=list(purposes), effective="2026-11-25T10:00:00Z",
+                            issuer="pds:mydex"))
+    return reg
+
+
+def research(**over: object) -> SendRequest:
+    return request(**{"to": "ods:RYR/research", "purpose": "research-consented", **over})
+
+
+def send_as(me: core.Identity, req: SendRequest, consent: ConsentRegistry | None, mid: str = "m-c") -> core.Outgoing:
+    return core.prepare_send(req, me=me, system="pas", snap=SNAP, registry=REG, message_id=mid, now=NOW,
+                             consent=consent)
+
+
+def bundle_of(*numbers: str) -> dict[str, object]:
+    """A collection Bundle: a referral about the first patient, and every patient named."""
+    uuids = [f"urn:uuid:0b8e9f5c-6a3d-4c1e-9b2a-7f6e5d4c3b{i:02d}" for i in range(len(numbers) + 1)]
+    sr = {k: v for k, v in REFERRAL.items() if k != "id"}
+    sr["subject"] = {"reference": uuids[0]}
+    entries = [{"fullUrl": u, "resource": {"resourceType": "Patient", "identifier": [{"system": NHS, "value": n}]}}
+               for u, n in zip(uuids, numbers, strict=False)]
+    return {"resourceType": "Bundle", "type": "collection",
+            "entry": [*entries, {"fullUrl": uuids[-1], "resource": sr}]}
+
+
+def assert_consent_denied(err: pytest.ExceptionInfo[PsvnError], mid: str, masked: str = "nhs:943***5919") -> None:
+    e = err.value
+    assert (e.code, e.message_id) == (Code.POLICY_DENIED, mid)
+    assert "consent-honour-opt-out" in e.extra["rule_ids"] and "consent-honour-opt-out" in (e.rule or "")
+    assert "consent-honour-opt-out" in e.detail and masked in e.detail  # names the rule and whom, masked
+    assert JOHN not in e.detail and JANE not in e.detail  # a stored reason never holds a full NHS number
+
+
+@pytest.mark.parametrize("subject", [None, f"nhs:{JOHN}"])
+def test_research_about_an_opted_out_patient_is_denied_with_or_without_an_envelope_subject(
+        subject: str | None) -> None:
+    with pytest.raises(PsvnError) as err:
+        send_as(GP, research(subject=subject), opted_out("research-consented"))
+    assert_consent_denied(err, "m-c")
+    # the same referral is allowed when John has not opted out, even with no envelope subject:
+    # the payload names him, which is what the research rule's require_subject asks for
+    out = send_as(GP, research(subject=subject), opted_out("research-consented", subject=f"nhs:{JANE}"))
+    assert out.decision.allow and out.decision.rule_ids == ["research-with-consent"]
+    assert out.envelope.subject == subject  # the envelope is not rewritten
+
+
+def test_naming_someone_else_in_the_envelope_is_refused_as_subject_binding() -> None:
+    for consent in (opted_out("research-consented"), None):  # refused whatever the opt-outs
+        with pytest.raises(PsvnError) as err:
+            send_as(GP, research(subject=f"nhs:{JANE}"), consent, mid="m-b")
+        e = err.value
+        assert (e.code, e.field, e.rule, e.message_id) == (Code.INVALID_ENVELOPE, "subject", "subject-binding", "m-b")
+        assert "nhs:943***5811" in e.detail and "nhs:943***5919" in e.detail
+        assert JOHN not in e.detail and JANE not in e.detail
+    with pytest.raises(PsvnError) as err:  # direct care too, not only research
+        send(request(subject=f"nhs:{JANE}"), mid="m-d")
+    assert (err.value.field, err.value.rule, err.value.message_id) == ("subject", "subject-binding", "m-d")
+
+
+def test_a_bundle_is_denied_if_any_patient_in_it_opted_out() -> None:
+    two = bundle_of(JANE, JOHN)  # the referral is about Jane; John is in the Bundle too
+    with pytest.raises(PsvnError) as err:  # naming Jane, who has not opted out, does not help
+        send_as(GP, research(type="fhir.r4.Bundle", payload=two, subject=f"nhs:{JANE}"),
+                opted_out("research-consented"))
+    assert_consent_denied(err, "m-c")
+    with pytest.raises(PsvnError) as err:
+        send_as(COUNCIL, request(type="fhir.r4.Bundle", payload=two, subject=None), opted_out("direct-care"))
+    assert_consent_denied(err, "m-c")
+    out = send_as(GP, research(type="fhir.r4.Bundle", payload=bundle_of(JANE), subject=None),
+                  opted_out("research-consented"))
+    assert out.decision.allow
+
+
+def test_an_adt_whose_pid_3_holds_an_opted_out_nhs_number_is_denied() -> None:
+    adt = request(to="gss:E06000043/adult-social-care", type="hl7v2.ADT_A01", payload=ADT,
+                  datacontenttype="application/hl7-v2")
+    with pytest.raises(PsvnError) as err:
+        send_as(TRUST, msgspec.structs.replace(adt, subject=None), opted_out("direct-care"))
+    assert_consent_denied(err, "m-c")
+    # naming him in the envelope as well: the same
+    with pytest.raises(PsvnError) as err:
+        send_as(TRUST, adt, opted_out("direct-care"))
+    assert_consent_denied(err, "m-c")
+    assert send_as(TRUST, adt, opted_out("research-consented")).decision.allow  # another purpose
+
+
+def test_safeguarding_overrides_every_patients_opt_out_and_says_so() -> None:
+    reg = opted_out("*")
+    reg.apply(ConsentChange(subject=f"nhs:{JANE}", seq=1, opt_outs=["*"], effective="2026-11-25T10:00:00Z"))
+    out = send_as(COUNCIL, request(type="fhir.r4.Bundle", payload=bundle_of(JANE, JOHN), subject=None,
+                                   purpose="safeguarding"), reg)
+    assert out.decision.allow and "consent-safeguarding-override" in out.decision.rule_ids
+    assert "1 more data subject" in out.decision.reason and JOHN not in out.decision.reason
+
+
+def test_a_payload_that_names_nobody_is_decided_as_before() -> None:
+    nobody = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {
+        "resourceType": "Organization", "identifier": [{"system": "https://fhir.nhs.uk/Id/ods-organization-code",
+                                                        "value": "RYR"}], "name": "A trust"}}]}
+    req = research(type="fhir.r4.Bundle", payload=nobody)
+    # the envelope's subject is the only one: its opt-out applies, any subject may be named ...
+    with pytest.raises(PsvnError) as err:
+        send_as(GP, msgspec.structs.replace(req, subject=f"nhs:{JOHN}"), opted_out("research-consented"))
+    assert_consent_denied(err, "m-c")
+    other = msgspec.structs.replace(req, subject=f"nhs:{JANE}")
+    assert send_as(GP, other, opted_out("research-consented")).decision.allow
+    # ... and research without any subject is still refused by require_subject
+    with pytest.raises(PsvnError) as err:
+        send_as(GP, msgspec.structs.replace(req, subject=None), opted_out("research-consented"))
+    assert err.value.code is Code.POLICY_DENIED and err.value.extra["rule_ids"] == ["consent-research-names-subject"]
+
+
+def test_a_consent_change_is_not_blocked_by_the_opt_out_it_changes() -> None:
+    """Its payload's subject is not a data subject: someone who opted out of everything can still
+    restore consent (and the envelope's subject is not bound to it)."""
+    pds, operator = identity("pds:mydex", "pds"), identity("psvn:operator", "operator")
+    reg = registry(pds, operator)
+    change = msgspec.convert({"to": operator.org, "type": "psvn.consent-change", "purpose": "consent-management",
+                              "payload": {"subject": f"nhs:{JOHN}", "seq": 2, "opt_outs": [],
+                                          "effective": "2026-11-25T10:00:00Z"}}, SendRequest)
+    out = core.prepare_send(change, me=pds, system="app", snap=SNAP, registry=reg, message_id="m-p", now=NOW,
+                            consent=opted_out("*"))
+    assert out.decision.allow and out.decision.rule_ids == ["consent-changes"]
+
+
+def forged(req: SendRequest, *, me: core.Identity, to: core.Identity, mid: str) -> tuple[str, bytes]:
+    """What a sender's gateway that skipped the subject and consent checks would put on the backbone."""
+    env = build(req, source=me.org, source_system="pas", policy_version=SNAP.version,
+                datacontenttype="application/fhir+json", now=NOW, message_id=mid)
+    data = seal.seal(seal.KIND_MESSAGE, msgspec.json.encode(env), payload_bytes(req.payload),
+                     signing_key=me.signing_key, recipient_key=seal.public_key_for(seal.DEFAULT_SUITE,
+                                                                                   raw_public(to.hpke_key)),
+                     info=seal.info_for(me.org, to.org, mid))
+    return msg_subject(to.org, me.org), data
+
+
+def test_ingress_binds_the_subject_and_checks_every_data_subject_again() -> None:
+    subject, data = forged(research(subject=f"nhs:{JANE}"), me=GP, to=TRUST, mid="m-i")
+    with pytest.raises(PsvnError) as err:
+        core.open_incoming(data, subject=subject, message_id="m-i", me=TRUST, registry=REG, snap=SNAP, now=NOW)
+    e = err.value
+    assert (e.code, e.field, e.rule, e.message_id) == (Code.INVALID_ENVELOPE, "subject", "subject-binding", "m-i")
+
+    subject, data = forged(research(subject=None), me=GP, to=TRUST, mid="m-j")
+    with pytest.raises(PsvnError) as err:
+        core.open_incoming(data, subject=subject, message_id="m-j", me=TRUST, registry=REG, snap=SNAP, now=NOW,
+                           consent=opted_out("research-consented"))
+    assert_consent_denied(err, "m-j")
+    assert err.value.detail.startswith("ingress: ")
+    inc = core.open_incoming(data, subject=subject, message_id="m-j", me=TRUST, registry=REG, snap=SNAP, now=NOW,
+                             consent=opted_out("direct-care"))
+    assert inc.decision.allow and inc.envelope.subject is None
+    # a message already delivered (checks=False) is opened without deciding again, as before
+    assert core.open_incoming(data, subject=subject, message_id="m-j", me=TRUST, registry=REG, snap=SNAP,
+                              now=NOW, consent=opted_out("research-consented"), checks=False).payload
