@@ -238,6 +238,12 @@ class Gateway:
                 with contextlib.suppress(Exception):  # accepted, for the retry to resume
                     await self.store.move_out(message_id, State.REJECTED, reason="backbone unavailable")
             raise
+        # The publish is confirmed: the message is sent. The audit record goes out first so that it
+        # shares one socket write with the status write below (nats-py flushes everything queued
+        # before the flusher runs); a separate write costs ~70 us of CPU per message.
+        await self.audit("sent", message_id=message_id, to=req.to, type=req.type, purpose=req.purpose,
+                         classification=req.classification, size=out.size, rule_ids=out.decision.rule_ids,
+                         policy_version=out.decision.policy_version, direction="egress")
         try:
             rec = await self.store.move_out(message_id, State.SENT) or rec
         except Exception as exc:  # the message is on its way: the receipt will move the status on
@@ -245,9 +251,6 @@ class Gateway:
                         error=repr(exc))
         self.metrics.sent.labels(req.type).inc()
         self.metrics.send_seconds.observe(time.perf_counter() - started)
-        await self.audit("sent", message_id=message_id, to=req.to, type=req.type, purpose=req.purpose,
-                         classification=req.classification, size=out.size, rule_ids=out.decision.rule_ids,
-                         policy_version=out.decision.policy_version, direction="egress")
         log.info("message sent", message_id=message_id, to=req.to, type=req.type, system=system)
         return rec, True
 
@@ -440,10 +443,11 @@ class Gateway:
             await self._redelivered(self.store.inbox[env.id])
             return
         self.metrics.received.labels("delivered").inc()
-        await self._receipt(env.id, State.DELIVERED.value, env.sender_org)
+        # filed: it is delivered. Audit first, so the record shares the receipt's socket write
         await self.audit("delivered", message_id=env.id, source=env.source, to=env.to, type=env.type,
                          purpose=env.purpose, classification=env.classification, rule_ids=inc.decision.rule_ids,
                          policy_version=inc.decision.policy_version, direction="ingress")
+        await self._receipt(env.id, State.DELIVERED.value, env.sender_org)
         log.info("message delivered", message_id=env.id, source=env.source, type=env.type)
         if self.webhook is not None:
             self.webhook.notify({"event": "message.delivered", "id": env.id, "from": env.source, "to": env.to,

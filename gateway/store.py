@@ -94,9 +94,10 @@ class StateStore:
 
     def _apply(self, key: str, value: bytes | None, revision: int = 0) -> None:
         """Mirror one bucket entry; a deletion (value None, e.g. the bucket's TTL) forgets it, so
-        memory is bounded by the retention period. An older revision never replaces a newer one
-        (our own writes are applied before the watch echoes them)."""
-        if revision and revision < self.revs.get(key, 0):
+        memory is bounded by the retention period. An older revision never replaces a newer one,
+        and the one already applied is not decoded again: our own writes are applied before the
+        watch echoes them (a revision is a stream sequence, so equal means the same entry)."""
+        if revision and revision <= self.revs.get(key, 0):
             return
         kind, _, ident = key.partition(".")
         if value is None:
