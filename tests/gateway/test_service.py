@@ -299,3 +299,62 @@ async def test_systems_see_only_their_mailboxes(network: Network) -> None:
     trust.config.gateway.system_mailboxes["pas"] = ["research", ""]
     _, listed = await call(network, network.TRUST, "GET", "/v1/inbox")
     assert [m["id"] for m in listed["messages"]] == [main["id"]]
+
+
+async def test_sent_and_delivered_are_audited_once_each_on_the_audit_stream(network: Network) -> None:
+    """Audit records go out as plain publishes sharing the next backbone write; the AUDIT stream
+    must still store each one (metadata only, never the payload)."""
+    import nats
+    from nats.js.errors import NotFoundError
+
+    from broker.subjects import AUDIT_STREAM
+    from certs import tls
+
+    _, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+    mid = body["id"]
+    await wait_status(network, network.COUNCIL, mid, "delivered")
+    nc = await nats.connect(network.nats.url, tls=tls.client_context(network.ca, *network.layout.broker_cert))
+    try:
+        js = nc.jetstream()
+        records: list[dict[str, Any]] = []
+        for _ in range(100):
+            info = await js.stream_info(AUDIT_STREAM)
+            records = []
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                try:
+                    raw = await js.get_msg(AUDIT_STREAM, seq)
+                except NotFoundError:
+                    continue
+                rec = json.loads(raw.data or b"{}")
+                if rec.get("message_id") == mid:
+                    records.append(rec)
+            if len(records) >= 2:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
+    assert sorted((r["event"], r["org"]) for r in records) == [("delivered", network.TRUST),
+                                                                ("sent", network.COUNCIL)]
+    assert all("payload" not in r for r in records)
+
+
+def test_state_mirror_ignores_an_echo_of_the_revision_it_holds() -> None:
+    """Our own write is applied at once; the watch's echo of the same revision (same entry) is not
+    decoded again, an older one never wins, and a newer one does."""
+    import msgspec
+
+    from gateway.store import HistoryEntry, OutRecord, StateStore
+
+    def rec(status: str) -> bytes:
+        return msgspec.json.encode(OutRecord(id="m1", to="ods:RYR", type="t", status=status, created="c",
+                                             history=[HistoryEntry(status=status, time="c")]))
+
+    store = StateStore("gss:E06000043")
+    store._apply("out.m1", rec("sent"), 7)
+    store._apply("out.m1", b"not json: an echo is not decoded", 7)
+    store._apply("out.m1", rec("accepted"), 6)
+    assert store.out["m1"].status == "sent" and store.revs["out.m1"] == 7
+    store._apply("out.m1", rec("delivered"), 8)
+    assert store.out["m1"].status == "delivered" and store.revs["out.m1"] == 8
+    store._apply("out.m1", None, 9)
+    assert "m1" not in store.out and "out.m1" not in store.revs

@@ -229,3 +229,36 @@ def test_free_port_range_is_free() -> None:
     for p in range(base, base + bench.port_span()):
         with socket.socket() as s:
             s.bind(("127.0.0.1", p))
+
+
+def test_each_worker_sends_through_its_own_client(layout: devnet.Layout) -> None:
+    """Given one SDK client per worker, worker k uses client k only (one connection each: httpx
+    pays per pooled connection on every request), and every send is accepted."""
+    state = devnet.read_state(layout)
+    assert state is not None
+    g = state.gateways[bench.COUNCIL]
+    cert, key = layout.system_cert(bench.COUNCIL, g.system)
+
+    class Counting:
+        def __init__(self, real: AsyncClient) -> None:
+            self.real, self.sent = real, 0
+
+        async def send(self, *args: Any, **kwargs: Any) -> Any:
+            self.sent += 1
+            return await self.real.send(*args, **kwargs)
+
+    async def go() -> tuple[bench._Sent, list[int]]:
+        clients = [AsyncClient(g.url, ca=str(layout.ca), cert=str(cert), key=str(key), max_connections=1)
+                   for _ in range(3)]
+        try:
+            counting = [Counting(c) for c in clients]
+            sent = await bench._send_many(counting, [bench.service_request(i) for i in range(9)], concurrency=3,
+                                          time_limit=60, tag="own-client")
+            return sent, [c.sent for c in counting]
+        finally:
+            for c in clients:
+                await c.close()
+
+    sent, per_client = asyncio.run(go())
+    assert len(sent.times) == 9 and not sent.errors
+    assert sum(per_client) == 9 and all(n >= 1 for n in per_client)
