@@ -3,15 +3,15 @@ nats-py JetStream baseline on the same server, plus local (one-core) figures.
 
 What is measured, and why this way:
 
-* **psvn end to end**: the council's local system sends a ~1 KiB FHIR R4 ServiceRequest to the
-  NHS trust through the SDK (``AsyncClient``, ``concurrency`` requests in flight over reused TLS
-  connections) -> council gateway (validate, decide, sign, seal, publish) -> JetStream -> trust
-  gateway (open, verify, re-decide, file in the mailbox) -> signed receipt -> council status
-  ``delivered``. Delivery is observed on the backbone, not by polling the gateways: the bench
-  subscribes (as the broker) to the two gateways' state-bucket updates, so every message gets an
-  exact "in the trust's mailbox" and "sender sees delivered" time and the gateways serve no extra
-  requests while being measured. Afterwards every message's status is read back through the SDK,
-  so the delivered count is also what a local system would see.
+* **psvn end to end**: the council's local system sends a ~1 KiB FHIR R4 ServiceRequest to the NHS
+  trust through the SDK (``concurrency`` requests in flight, each through its own ``AsyncClient``
+  and reused TLS connection) -> council gateway (validate, decide, sign, seal, publish) ->
+  JetStream -> trust gateway (open, verify, re-decide, file in the mailbox) -> signed receipt ->
+  council status ``delivered``. Delivery is observed on the backbone, not by polling the gateways:
+  the bench subscribes (as the broker) to the two gateways' state-bucket updates, so every message
+  gets an exact "in the trust's mailbox" and "sender sees delivered" time and the gateways serve
+  no extra requests while being measured. Afterwards every message's status is read back through
+  the SDK, so the delivered count is also what a local system would see.
 * **Baseline**: the same payload size published with plain nats-py to a throwaway JetStream
   stream (same storage, dedupe header, durable pull consumer with ``fetch(256)`` + ack, like the
   gateway's) on the same nats-server, same count. ``ratio = psvn / raw``.
@@ -173,7 +173,7 @@ class Report(msgspec.Struct, kw_only=True):
 @dataclass(frozen=True)
 class Options:
     count: int = 2000
-    concurrency: int = 8  # measured best on 2 cores (one SDK client with one connection per send in flight)
+    concurrency: int = 8  # the README's figures; more in flight share more backbone writes (16: ~20% more msg/s)
     latency_samples: int = 100
     time_limit: float = 20.0  # seconds for each send phase; then wait for what was accepted
     delivery_timeout: float = 20.0
