@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -28,6 +29,9 @@ class KVFollower:
 
     def __init__(self) -> None:
         self.synced = asyncio.Event()
+        # the backbone's timestamp of the entry being applied (for an ``apply`` that needs it,
+        # e.g. to decide which of a signer's keys was current when it was written)
+        self.entry_time: datetime | None = None
         self._task: asyncio.Task[None] | None = None
         self._watcher: Any = None
 
@@ -53,6 +57,7 @@ class KVFollower:
                 if entry is None:
                     continue
                 deleted = entry.operation in ("DEL", "PURGE")
+                self.entry_time = entry.created
                 try:
                     apply(entry.key, None if deleted else entry.value, entry.revision or 0)
                 except Exception as exc:  # one bad entry must not stop the watch

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from datetime import datetime
 
 import msgspec
 import structlog
@@ -56,7 +57,7 @@ def sign_record(change_payload: bytes, *, issuer: str, message_id: str, operator
                          signature=sig)
 
 
-def verify_record(rec: SignedConsent, registry: RegistryView) -> ConsentChange:
+def verify_record(rec: SignedConsent, registry: RegistryView, *, recorded: datetime | None = None) -> ConsentChange:
     """Only the operator may record consent, and only as sent by a pds member.
 
     The issuer need not be active *now*: the operator signs a record only after its gateway
@@ -64,19 +65,27 @@ def verify_record(rec: SignedConsent, registry: RegistryView) -> ConsentChange:
     proof that it was valid when recorded. Requiring an active issuer here would make a
     restarted gateway drop every opt-out of a store suspended or revoked since (fail-open, and
     gateways that did not restart would disagree with it). A citizen's opt-out outlives the
-    store that carried it; a newer change from their new store replaces it by ``seq``."""
+    store that carried it; a newer change from their new store replaces it by ``seq``.
+
+    ``recorded`` is the backbone's timestamp of the record: a record signed with the operator's
+    since-retired key still verifies if it was written before that key retired (a key rotation
+    must not wipe the network's opt-outs)."""
     op = registry.lookup(rec.recorded_by, field="recorded_by")
     if op.type != OPERATOR_TYPE:
         raise PsvnError(Code.FORBIDDEN, f"{rec.recorded_by} is not the network operator", rule="consent-recorder")
     issuer = registry.lookup(rec.issuer, field="issuer", require_active=False)
     if issuer.type != "pds":
         raise PsvnError(Code.FORBIDDEN, f"{rec.issuer} is not a personal data store", rule="consent-issuer")
-    try:
-        ed25519_public(op.sign_key).verify(rec.signature, _signed_bytes(rec.payload, rec.issuer, rec.message_id,
-                                                                        rec.recorded_by))
-    except InvalidSignature as exc:
+    signed = _signed_bytes(rec.payload, rec.issuer, rec.message_id, rec.recorded_by)
+    for raw in op.verifying_keys(recorded):
+        try:
+            ed25519_public(raw).verify(rec.signature, signed)
+            break
+        except InvalidSignature:
+            continue
+    else:
         raise PsvnError(Code.SIGNATURE_INVALID, "consent record signature does not verify",
-                        rule="consent-signature", message_id=rec.message_id) from exc
+                        rule="consent-signature", message_id=rec.message_id)
     return ConsentChange.from_payload(rec.payload, issuer=rec.issuer)
 
 
@@ -91,10 +100,10 @@ class ConsentView:
         self._record_lock = asyncio.Lock()
         self._js: JetStreamContext | None = None
 
-    def offer(self, key: str, value: bytes) -> bool:
+    def offer(self, key: str, value: bytes, *, recorded: datetime | None = None) -> bool:
         try:
             rec = msgspec.msgpack.decode(value, type=SignedConsent)
-            change = verify_record(rec, self.members)
+            change = verify_record(rec, self.members, recorded=recorded)
         except (msgspec.DecodeError, PsvnError) as exc:
             reason = exc.detail if isinstance(exc, PsvnError) else str(exc)
             self.refused.append((key, reason))
@@ -104,7 +113,7 @@ class ConsentView:
 
     def _apply(self, key: str, value: bytes | None, revision: int = 0) -> None:
         if value:
-            self.offer(key, value)
+            self.offer(key, value, recorded=self._follower.entry_time)
 
     async def start(self, js: JetStreamContext, *, timeout: float = 10.0) -> None:
         self._js = js

@@ -31,7 +31,7 @@ from broker.provision import connect
 from broker.registry import RegistryView
 from broker.subjects import CONSUMER, audit_subject, inbox_prefix, inbox_stream
 from certs import pki, tls
-from gateway import core
+from gateway import core, seal
 from gateway.config import GatewayConfig
 from gateway.consent import OPERATOR_TYPE, ConsentView
 from gateway.metrics import Metrics
@@ -78,6 +78,12 @@ class Gateway:
         self.hpke_key = pki.load_hpke_key(Path(config.keys.hpke))
         self.hybrid_key = (hpke.MLKEM768X25519PrivateKey(*pki.load_hybrid_hpke_key(Path(config.keys.hpke_hybrid)))
                            if config.keys.hpke_hybrid else None)
+        # the key ring after a rotation: sign with whichever key the registry lists, open mail
+        # sealed to any key this gateway has held
+        retired = pki.load_retired_keys(Path(config.keys.retired_dir) if config.keys.retired_dir else None)
+        self.signing_keys = [self.signing_key, *retired.signing]
+        self.retired_hpke: tuple[seal.PrivateKey, ...] = (
+            *retired.hpke, *(hpke.MLKEM768X25519PrivateKey(*pair) for pair in retired.hybrid))
         authority = serialization.load_pem_public_key(Path(config.keys.policy_authority).read_bytes())
         if not isinstance(authority, Ed25519PublicKey):
             raise PsvnError(Code.CONFIG_INVALID, "keys.policy_authority: not an Ed25519 public key",
@@ -106,8 +112,10 @@ class Gateway:
     @property
     def identity(self) -> core.Identity:
         me = self.registry.lookup(self.org, field="gateway.org", require_active=False)
-        return core.Identity(org=self.org, member_type=me.type, signing_key=self.signing_key,
-                             hpke_key=self.hpke_key, hybrid_key=self.hybrid_key)
+        signing = (self.signing_key if len(self.signing_keys) == 1
+                   else core.choose_signing_key(self.signing_keys, me.sign_key))
+        return core.Identity(org=self.org, member_type=me.type, signing_key=signing, hpke_key=self.hpke_key,
+                             hybrid_key=self.hybrid_key, retired_hpke=self.retired_hpke)
 
     @property
     def snapshot(self) -> PolicySnapshot:
@@ -345,7 +353,7 @@ class Gateway:
         raw = await self.js.get_msg(inbox_stream(self.org), seq=rec.seq, direct=True)
         inc = core.open_incoming(raw.data or b"", subject=raw.subject or "", message_id=message_id,
                                  me=self.identity, registry=self.registry, snap=self.snapshot,
-                                 now=self.clock(), checks=False)
+                                 now=self.clock(), checks=False, published=raw.time)
         return Opened(record=rec, envelope=inc.envelope, payload=inc.payload)
 
     async def ack(self, message_id: str, *, system: str | None = None) -> InRecord:
@@ -423,7 +431,7 @@ class Gateway:
         try:
             inc = core.open_incoming(msg.data, subject=msg.subject, message_id=msg_id, me=self.identity,
                                      registry=self.registry, snap=self.snapshot, now=self.clock(),
-                                     consent=self.consent.consent)
+                                     consent=self.consent.consent, published=msg.metadata.timestamp)
         except PsvnError as exc:
             if exc.code is Code.UNKNOWN_RECIPIENT and msg.metadata.num_delivered < LAG_RETRIES:
                 raise  # our registry view may lag a new member: redelivered shortly (nak)
@@ -474,7 +482,7 @@ class Gateway:
     async def _record_consent(self, message_id: str, issuer: str, payload: bytes) -> None:
         """Operator gateway: make the change take effect network-wide, then acknowledge it."""
         changed = await self.consent.record(payload, issuer=issuer, message_id=message_id, operator=self.org,
-                                            key=self.signing_key)
+                                            key=self.identity.signing_key)
         await self.audit("consent-recorded", message_id=message_id, source=issuer, changed=changed)
         await self.ack(message_id)
 
@@ -503,7 +511,7 @@ class Gateway:
         now = now_rfc3339(self.clock())
         try:
             receipt = core.open_receipt(msg.data, subject=msg.subject, receipt_msg_id=rid, me=self.identity,
-                                        registry=self.registry)
+                                        registry=self.registry, published=msg.metadata.timestamp)
         except PsvnError as exc:
             await self._quarantine(msg, rid, seq, exc, now)
             return

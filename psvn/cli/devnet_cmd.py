@@ -57,6 +57,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ri = s.add_parser("reinstate", help="let a revoked or suspended member back in")
     ri.add_argument("org")
     ri.set_defaults(func=_reinstate)
+    ro = s.add_parser("rotate", help="new message keys (signing, HPKE) for a member, losing no mail",
+                      description="Retire a member's signing and HPKE keys and issue fresh ones: its gateway "
+                      "restarts holding both, then the registry lists the new keys. Mail sealed to the old "
+                      "key still opens; the old signing key verifies what the backbone stamped before it "
+                      "retired (10 minutes after the rotation). Retired keys stay in "
+                      "<pki>/orgs/<member>/retired/.")
+    ro.add_argument("org", help="member address, e.g. ods:RYR")
+    ro.set_defaults(func=_rotate)
     dn = s.add_parser("down", help="stop everything devnet started")
     dn.set_defaults(func=_down)
 
@@ -145,6 +153,18 @@ def _revoke(args: argparse.Namespace) -> int:
 
     devnet.change_membership(_layout(args), args.org, revoke=True, status="suspended" if args.suspend else "revoked")
     print(f"{args.org} {'suspended' if args.suspend else 'revoked'}: refused by every gateway, off the backbone")
+    return 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from psvn import devnet
+
+    member = devnet.rotate_keys(_layout(args), args.org)
+    print(f"{args.org}: new message keys in the registry (signing key sha256 "
+          f"{hashlib.sha256(member.sign_key).hexdigest()[:16]}); "
+          f"{len(member.retired_sign_keys)} retired signing key(s) still verify older mail")
     return 0
 
 

@@ -167,3 +167,35 @@ def test_revoke_and_reinstate_a_member(devnet_dir: Path) -> None:
             break
         time.sleep(0.3)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_rotate_keys_and_revoke_a_certificate(devnet_dir: Path) -> None:
+    import time
+
+    d = ["--devnet", str(devnet_dir)]
+    send = ["send", *d, "--as", "gss:E06000043", "--to", "ods:RYR", "--type", "fhir.r4.ServiceRequest",
+            "--purpose", "direct-care", "examples/referral.json"]
+    before = run(*send).stdout.strip()
+    rotated = run("devnet", "--dir", str(devnet_dir), "rotate", "ods:RYR")
+    assert "ods:RYR: new message keys in the registry" in rotated.stdout
+    assert "1 retired signing key(s)" in rotated.stdout
+    assert len(list((devnet_dir / "pki" / "orgs" / "ods_RYR" / "retired").iterdir())) == 2
+    after = run(*send).stdout.strip()
+    for mid in (before, after):  # sealed to the old key and to the new one: both open
+        got = json.loads(run("inbox", "get", *d, "--as", "ods:RYR", mid, "--json").stdout)
+        assert got["envelope"]["id"] == mid
+    stranger = run("devnet", "--dir", str(devnet_dir), "rotate", "ods:XXX", check=False)
+    assert stranger.returncode == 1 and "not a devnet member" in stranger.stderr
+
+    # revoking the GP gateway's backbone certificate reloads the running devnet: it is locked out
+    gp_cert = devnet_dir / "pki" / "orgs" / "ods_G81001" / "nats.crt"
+    revoked = run("certs", "revoke", "--dir", str(devnet_dir / "pki"), str(gp_cert))
+    assert "backbone was reloaded" in revoked.stdout
+    deadline = time.monotonic() + 20
+    while True:
+        status = run("send", *d, "--as", "ods:G81001", "--to", "ods:RYR", "--type", "fhir.r4.ServiceRequest",
+                     "--purpose", "direct-care", "examples/referral.json", "--json", check=False)
+        if status.returncode == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert status.returncode == 1 and json.loads(status.stdout)["code"] == "backbone-unavailable", status.stdout

@@ -1,0 +1,139 @@
+"""Key rotation on a running network: no message is lost or refused, before, during or after.
+
+The rotating gateway restarts holding its new and retired keys; it signs with the key the
+registry lists, so peers can always verify it; once the registry lists the new keys, senders
+seal to them, and mail sealed or signed with the old ones (in flight or stored) still opens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import nats
+
+from broker import registry
+from certs import pki, tls
+from gateway.server import GatewayServer
+from psvn import devnet
+from psvn.devnet import EXAMPLE_MEMBERS, OPERATOR_MEMBER, PDS_MEMBER
+from tests.conftest import Network, start_network, stop_network
+from tests.gateway.test_service import call, referral, wait_status
+
+
+async def restart(net: Network, org: str) -> None:
+    old = net.gateways.pop(org)
+    await old.stop()
+    net.gateways[org] = await GatewayServer(old.config).start()
+
+
+async def publish_rotation(net: Network, org: str) -> registry.Member:
+    sign_key, hpke_key, suite = devnet.public_message_keys(net.layout.org_dir(org))
+    nc = await nats.connect(net.nats.url, tls=tls.client_context(net.ca, *net.layout.broker_cert))
+    try:
+        kv = await registry.ensure_bucket(nc.jetstream())
+        member = await registry.rotate_member_keys(kv, org, sign_key=sign_key, hpke_key=hpke_key, hpke_suite=suite)
+    finally:
+        await nc.close()
+    for _ in range(200):  # every gateway follows the registry
+        if all(gw.gateway.registry.members[org].sign_key == sign_key for gw in net.gateways.values()):
+            return member
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"not every gateway saw {org}'s new keys")
+
+
+async def send(net: Network, frm: str, body: dict[str, object]) -> str:
+    code, sent = await call(net, frm, "POST", "/v1/messages", body)
+    assert code == 202, sent
+    return str(sent["id"])
+
+
+async def download(net: Network, org: str, mid: str) -> dict[str, object]:
+    code, got = await call(net, org, "GET", f"/v1/inbox/{mid}")
+    assert code == 200, got
+    return got
+
+
+async def test_rotating_keys_loses_nothing(network: Network) -> None:
+    net, council, trust = network, network.COUNCIL, network.TRUST
+    to_council = referral("gss:E06000043/adult-social-care")
+    stored = await send(net, council, referral())  # sealed to the trust's old key, signed by the council's
+    await wait_status(net, council, stored, "delivered")
+
+    # 1. new keys on disk, the trust restarts holding both; the registry still lists the old ones
+    old_trust = net.gateways[trust].gateway.registry.members[trust]
+    pki.rotate_gateway_keys(net.layout.org_dir(trust))
+    await restart(net, trust)
+    assert len(net.gateways[trust].gateway.signing_keys) == 2
+    # it still signs with the registered (old) key: the council verifies, the receipt comes back
+    before_switch = await send(net, trust, to_council)
+    await wait_status(net, trust, before_switch, "delivered")
+    in_flight = await send(net, council, referral())  # sealed to the old key, opened with the retired one
+    await wait_status(net, council, in_flight, "delivered")
+
+    # 2. the registry lists the new keys: senders seal to them and the trust signs with its new key
+    member = await publish_rotation(net, trust)
+    assert member.sign_key != old_trust.sign_key and member.hpke_key != old_trust.hpke_key
+    assert [r.key for r in member.retired_sign_keys] == [old_trust.sign_key]
+    assert net.gateways[trust].gateway.identity.signing_key is not net.gateways[trust].gateway.signing_keys[1]
+    after = await send(net, council, referral())
+    await wait_status(net, council, after, "delivered")
+    from_new_key = await send(net, trust, to_council)
+    await wait_status(net, trust, from_new_key, "delivered")
+
+    # 3. everything stored before the rotation still opens, verifies and acknowledges
+    for mid in (stored, in_flight, after):
+        got = await download(net, trust, mid)
+        assert got["payload"]["resourceType"] == "ServiceRequest"  # type: ignore[index]
+        code, _ = await call(net, trust, "POST", f"/v1/inbox/{mid}/ack")
+        assert code == 200
+        await wait_status(net, council, mid, "acknowledged")
+
+    # 4. the council rotates too: what it signed before still verifies at the trust
+    pki.rotate_gateway_keys(net.layout.org_dir(council))
+    await restart(net, council)
+    await publish_rotation(net, council)
+    got = await download(net, trust, stored)
+    assert got["envelope"]["source"].startswith(council)  # type: ignore[index]
+    newest = await send(net, council, referral())
+    await wait_status(net, council, newest, "delivered")
+    assert (await download(net, trust, newest))["envelope"]["id"] == newest  # type: ignore[index]
+    assert all(r.status != "quarantined" for gw in net.gateways.values() for r in gw.gateway.store.inbox.values())
+
+
+async def test_without_its_retired_keys_a_gateway_cannot_open_old_mail(network: Network) -> None:
+    """The control: the ring is what keeps stored mail readable (and the failure is named)."""
+    net, trust = network, network.TRUST
+    stored = await send(net, net.COUNCIL, referral())
+    await wait_status(net, net.COUNCIL, stored, "delivered")
+    pki.rotate_gateway_keys(net.layout.org_dir(trust))
+    for key in (net.layout.org_dir(trust) / pki.RETIRED_DIR).iterdir():
+        key.unlink()  # an operator who deleted the retired keys too early
+    await restart(net, trust)
+    code, problem = await call(net, trust, "GET", f"/v1/inbox/{stored}")
+    assert code >= 400 and problem["code"] == "decrypt-failed" and problem["message_id"] == stored
+
+
+async def test_opt_outs_outlive_the_operators_key_rotation(tmp_path: Path) -> None:
+    """Consent records signed with the operator's old key still load in a restarted gateway (they
+    were written before the key retired); the operator records new ones with its new key."""
+    from tests.gateway.test_consent import OPERATOR, SUBJECT, record_opt_out, research
+
+    net = await start_network(tmp_path, [*EXAMPLE_MEMBERS, OPERATOR_MEMBER, PDS_MEMBER])
+    try:
+        await record_opt_out(net, ["research-consented"])
+        pki.rotate_gateway_keys(net.layout.org_dir(OPERATOR))
+        await restart(net, OPERATOR)
+        await publish_rotation(net, OPERATOR)
+        await restart(net, net.GP)  # reads every record again, verifying against the registry
+        view = net.gateways[net.GP].gateway.consent
+        assert view.refused == [], view.refused
+        assert view.consent.blocks(SUBJECT, "research-consented") is not None
+        status, problem = await call(net, net.GP, "POST", "/v1/messages", research())
+        assert (status, problem["code"]) == (403, "policy-denied"), problem
+        # a change recorded after the rotation is signed with the new key and reaches everyone
+        await record_opt_out(net, [], seq=2)
+        assert all(gw.gateway.consent.consent.blocks(SUBJECT, "research-consented") is None
+                   for gw in net.gateways.values())
+    finally:
+        await stop_network(net)
