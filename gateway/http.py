@@ -47,9 +47,12 @@ async def problems(request: web.Request, handler: Any) -> web.StreamResponse:
     except PsvnError as exc:
         return problem_response(exc, request)
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[GATEWAY_KEY].config.gateway.max_body_bytes
-        return problem_response(PsvnError(Code.PAYLOAD_TOO_LARGE, f"request body is larger than {limit} bytes",
-                                          field="body", rule="max-body-bytes"), request)
+        gw = request.app[GATEWAY_KEY]
+        too_large = PsvnError(Code.PAYLOAD_TOO_LARGE, f"request body is larger than "
+                              f"{gw.config.gateway.max_body_bytes} bytes", field="body", rule="max-body-bytes")
+        if request.method == "POST" and request.path == "/v1/messages":
+            await gw.reject_request(too_large, system=None)
+        return problem_response(too_large, request)
     except web.HTTPNotFound:
         return problem_response(PsvnError(Code.NOT_FOUND, f"no such endpoint {request.path}", rule="route"), request)
     except web.HTTPMethodNotAllowed as exc:
@@ -104,10 +107,15 @@ async def post_message(request: web.Request) -> web.Response:
         msg = str(exc)
         field = msg.split("`$.", 1)[1].rstrip("`") if "`$." in msg else None
         missing = msg.split("`")[1] if "missing required field" in msg else None
-        raise PsvnError(Code.INVALID_ENVELOPE, msg, field=missing or field, rule="request-schema") from None
+        raise await gw.reject_request(PsvnError(Code.INVALID_ENVELOPE, msg, field=missing or field,
+                                                rule="request-schema"), system=system) from None
     except msgspec.DecodeError as exc:
-        raise PsvnError(Code.MALFORMED_JSON, f"request body is not JSON: {exc}", field="body",
-                        rule="json-syntax") from None
+        raise await gw.reject_request(PsvnError(Code.MALFORMED_JSON, f"request body is not JSON: {exc}",
+                                                field="body", rule="json-syntax"), system=system) from None
+    except RecursionError:  # nesting deeper than the decoder (or the validators after it) can walk
+        raise await gw.reject_request(PsvnError(
+            Code.INVALID_PAYLOAD, "request body nests too deeply", field="body", rule="max-depth"),
+            system=system) from None
     header_key = request.headers.get("Idempotency-Key")
     if header_key and not req.idempotency_key:
         req = msgspec.structs.replace(req, idempotency_key=header_key)

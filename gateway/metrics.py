@@ -19,4 +19,7 @@ class Metrics:
         self.policy_version = Gauge("psvn_policy_version", "Policy set version enforced", registry=r)
         self.send_seconds = Histogram("psvn_send_seconds", "Time to accept a message (validate, decide, seal, publish)",
                                       registry=r, buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1))
+        self.audit_lost = Counter("psvn_audit_records_lost_total",
+                                  "Audit records the AUDIT stream never acknowledged (each is logged in full)",
+                                  registry=r)
         self.backbone_up = Gauge("psvn_backbone_connected", "1 while connected to the backbone", registry=r)

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import re
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +48,8 @@ from psvn.lifecycle import State
 log = structlog.get_logger("psvn.gateway")
 
 PUBLISH_PATIENCE = 8.0  # seconds a publish may wait out a leader election (measured 4-8.6 s)
+AUDIT_ATTEMPTS = 6  # an audit record is retried for ~8 s (a leader election, a reconnect)
+AUDIT_ACK_SECONDS = 5.0
 LAG_RETRIES = 5  # deliveries of a message from an unknown sender before it is quarantined
 _MSG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -99,6 +102,7 @@ class Gateway:
         self._consumer: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._audits: set[asyncio.Task[None]] = set()
         self._stopping = False
 
     def _policy_changed(self, version: int) -> None:
@@ -163,6 +167,8 @@ class Gateway:
                     await task
         if self.webhook is not None:
             await self.webhook.close()
+        if self._audits:  # let audit records in flight be acknowledged (bounded)
+            await asyncio.wait(set(self._audits), timeout=AUDIT_ACK_SECONDS)
         for part in (self.consent, self.store, self.policy, self.registry):
             await part.stop()
         if self.nc is not None:
@@ -178,13 +184,45 @@ class Gateway:
 
     # -- audit (metadata only: never payloads) ---------------------------------------------
     async def audit(self, event: str, **fields: object) -> None:
-        if self.nc is None:
-            return
+        """Record an event on the AUDIT stream, acknowledged, without holding up the message.
+
+        The publish goes out at once (sharing the next socket write); the stream's ack is awaited
+        in the background and the publish retried (same Nats-Msg-Id, so stored once) through a
+        disconnect or an election. A record never acknowledged is logged in full and counted
+        (``psvn_audit_records_lost_total``): auditing must not take the gateway down."""
         record = {"event": event, "org": self.org, "time": now_rfc3339(self.clock()), **fields}
-        try:
-            await self.nc.publish(audit_subject(self.org), msgspec.json.encode(record))
-        except Exception as exc:  # auditing must not take the gateway down; the log keeps it
-            log.error("audit publish failed", audit_event=event, error=str(exc))
+        task = asyncio.get_running_loop().create_task(self._audit_publish(record))
+        self._audits.add(task)
+        task.add_done_callback(self._audits.discard)
+
+    async def _audit_publish(self, record: dict[str, object]) -> None:
+        data, audit_id = msgspec.json.encode(record), uuid.uuid4().hex
+        last: object = "not connected"
+        for attempt in range(AUDIT_ATTEMPTS):
+            if self.js is not None:
+                try:
+                    await self.js.publish(audit_subject(self.org), data, timeout=AUDIT_ACK_SECONDS,
+                                          headers={"Nats-Msg-Id": audit_id})
+                    return
+                except Exception as exc:
+                    last = exc
+            if self._stopping and attempt >= 1:
+                break
+            await asyncio.sleep(min(0.25 * 2 ** attempt, 5.0))
+        self.metrics.audit_lost.inc()
+        log.error("audit record not stored", record=record, error=str(last))
+
+    async def reject_request(self, exc: PsvnError, *, system: str | None) -> PsvnError:
+        """A send refused before it became a message (malformed JSON, bad envelope, not
+        connected): it still gets a message id, a metric, a log line and an audit record."""
+        if exc.message_id is None:
+            exc.message_id = new_message_id()
+        self.metrics.rejected.labels(exc.code.value).inc()
+        log.info("message rejected", message_id=exc.message_id, code=exc.code.value, field=exc.field,
+                 rule=exc.rule, system=system)
+        await self.audit("rejected", message_id=exc.message_id, code=exc.code.value, field=exc.field,
+                         rule=exc.rule, system=system, policy_version=self.policy.version, direction="egress")
+        return exc
 
     # -- send ---------------------------------------------------------------------------------
     async def send(self, req: SendRequest, *, system: str) -> tuple[OutRecord, bool]:
@@ -193,8 +231,9 @@ class Gateway:
         message_id = new_message_id()
         request_hash = hashlib.sha256(msgspec.json.encode(req)).hexdigest()
         if not self.connected:
-            raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the gateway is not connected to the backbone; retry later",
-                            rule="backbone-connected", message_id=message_id)
+            raise await self.reject_request(PsvnError(
+                Code.BACKBONE_UNAVAILABLE, "the gateway is not connected to the backbone; retry later",
+                rule="backbone-connected", message_id=message_id), system=system)
         ikey = idem_key(system, req.idempotency_key) if req.idempotency_key else None
         prior: OutRecord | None = None
         if ikey:

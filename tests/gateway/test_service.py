@@ -301,18 +301,14 @@ async def test_systems_see_only_their_mailboxes(network: Network) -> None:
     assert [m["id"] for m in listed["messages"]] == [main["id"]]
 
 
-async def test_sent_and_delivered_are_audited_once_each_on_the_audit_stream(network: Network) -> None:
-    """Audit records go out as plain publishes sharing the next backbone write; the AUDIT stream
-    must still store each one (metadata only, never the payload)."""
+async def audit_records(network: Network, message_ids: set[str], *, at_least: int) -> list[dict[str, Any]]:
+    """The AUDIT stream's records about ``message_ids`` (polled until ``at_least`` are stored)."""
     import nats
     from nats.js.errors import NotFoundError
 
     from broker.subjects import AUDIT_STREAM
     from certs import tls
 
-    _, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
-    mid = body["id"]
-    await wait_status(network, network.COUNCIL, mid, "delivered")
     nc = await nats.connect(network.nats.url, tls=tls.client_context(network.ca, *network.layout.broker_cert))
     try:
         js = nc.jetstream()
@@ -326,16 +322,50 @@ async def test_sent_and_delivered_are_audited_once_each_on_the_audit_stream(netw
                 except NotFoundError:
                     continue
                 rec = json.loads(raw.data or b"{}")
-                if rec.get("message_id") == mid:
+                if rec.get("message_id") in message_ids:
                     records.append(rec)
-            if len(records) >= 2:
+            if len(records) >= at_least:
                 break
             await asyncio.sleep(0.05)
+        return records
     finally:
         await nc.close()
+
+
+async def test_sent_and_delivered_are_audited_once_each_on_the_audit_stream(network: Network) -> None:
+    """Audit records go out sharing the next backbone write, acknowledged in the background; the
+    AUDIT stream stores each one once (metadata only, never the payload)."""
+    _, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+    mid = body["id"]
+    await wait_status(network, network.COUNCIL, mid, "delivered")
+    records = await audit_records(network, {mid}, at_least=2)
     assert sorted((r["event"], r["org"]) for r in records) == [("delivered", network.TRUST),
                                                                 ("sent", network.COUNCIL)]
     assert all("payload" not in r for r in records)
+
+
+async def test_every_refused_send_has_a_message_id_and_an_audit_record(network: Network) -> None:
+    """Even a request that never became a message (malformed, too deep, too big, no envelope)."""
+    deep = json.dumps(referral(payload="X")).replace('"X"', "[" * 50_000 + "]" * 50_000).encode()
+    big = json.dumps(referral(payload={**REFERRAL, "note": [{"text": "x" * 1024}] * 3000})).encode()
+    cases = [(b"{not json", 400, "malformed-json", "json-syntax"),
+             (deep, 422, "invalid-payload", "max-depth"),
+             (big, 413, "payload-too-large", "max-body-bytes"),
+             (json.dumps({"to": "ods:RYR"}).encode(), 422, "invalid-envelope", "request-schema"),
+             (json.dumps(referral(purpose="marketing")).encode(), 403, "policy-denied", None)]
+    ids: dict[str, str] = {}
+    for raw, status, code, rule in cases:
+        got, problem = await call(network, network.COUNCIL, "POST", "/v1/messages", raw=raw)
+        assert (got, problem["code"]) == (status, code), problem
+        assert rule is None or problem["rule"] == rule
+        assert problem["message_id"], problem
+        ids[problem["message_id"]] = code
+    records = await audit_records(network, set(ids), at_least=len(ids))
+    assert sorted((r["message_id"], r["code"]) for r in records) == sorted(ids.items())
+    assert all(r["event"] == "rejected" and r["org"] == network.COUNCIL for r in records)
+    # and the gateway is unharmed
+    code, _ = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+    assert code == 202
 
 
 def test_state_mirror_ignores_an_echo_of_the_revision_it_holds() -> None:
