@@ -282,6 +282,17 @@ def open_incoming(data: bytes, *, subject: str, message_id: str, me: Identity, r
     return Incoming(envelope=env, payload=inner.payload, decision=decision, sender=sender)
 
 
+def stored_reason(exc: PsvnError) -> str:
+    """A refusal's reason as kept in state and sent in receipts, which the backbone can read: a
+    payload violation is named by its rule and path only, since a validator's message may quote
+    the payload (an NHS number, a name)."""
+    if exc.code is Code.INVALID_PAYLOAD and exc.violations:
+        first = exc.violations[0]
+        return (f"{exc.code.value}: {len(exc.violations)} violation(s), first at {first.path or '/'} "
+                f"[{first.rule}]")
+    return f"{exc.code.value}: {exc.detail}"
+
+
 def receipt_id(message_id: str, status: str) -> str:
     return f"rcpt.{message_id}.{status}"
 

@@ -531,7 +531,7 @@ class Gateway:
         if not await self.store.put_in(InRecord(
                 id=msg_id, source=sender_org, to=self.org, type="unknown", time=received,
                 status=State.QUARANTINED.value, size=len(msg.data), seq=seq,
-                reason=f"{exc.code.value}: {exc.detail}", rule=exc.rule, received=received)):
+                reason=core.stored_reason(exc), rule=exc.rule, received=received)):
             await self._redelivered(self.store.inbox[msg_id])  # already on file (a redelivery)
             return
         self.metrics.received.labels("quarantined").inc()
@@ -543,7 +543,7 @@ class Gateway:
                          policy_version=self.policy.version, direction="ingress")
         if sender_org in self.registry.members and exc.code not in (Code.DECRYPT_FAILED, Code.SIGNATURE_INVALID):
             status = State.EXPIRED if exc.code is Code.EXPIRED else State.REJECTED
-            await self._receipt(msg_id, status.value, sender_org, reason=f"{exc.code.value}: {exc.detail}",
+            await self._receipt(msg_id, status.value, sender_org, reason=core.stored_reason(exc),
                                 rule_ids=exc.extra.get("rule_ids") or ([exc.rule] if exc.rule else []))
 
     async def _handle_receipt(self, msg: Msg, rid: str, seq: int) -> None:

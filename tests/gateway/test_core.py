@@ -348,3 +348,17 @@ def test_ingress_binds_the_subject_and_checks_every_data_subject_again() -> None
     # a message already delivered (checks=False) is opened without deciding again, as before
     assert core.open_incoming(data, subject=subject, message_id="m-j", me=TRUST, registry=REG, snap=SNAP,
                               now=NOW, consent=opted_out("research-consented"), checks=False).payload
+
+
+def test_a_stored_reason_never_quotes_the_payload() -> None:
+    """Reasons go into state and receipts, which the backbone can read: rule and path only."""
+    bad = json.loads(json.dumps(REFERRAL).replace("9434765919", "9434765918"))  # wrong check digit
+    with pytest.raises(PsvnError) as err:
+        send(request(payload=bad, subject=None))
+    assert "9434765918" in err.value.detail  # the sender's own system may see it, over its TLS
+    reason = core.stored_reason(err.value)
+    assert "9434765918" not in reason
+    first = err.value.violations[0]
+    assert reason == f"invalid-payload: {len(err.value.violations)} violation(s), first at {first.path} [{first.rule}]"
+    other = PsvnError(Code.EXPIRED, "message expired at 2026-01-01T00:00:00Z", rule="expiry")
+    assert core.stored_reason(other) == "expired: message expired at 2026-01-01T00:00:00Z"
