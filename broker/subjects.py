@@ -58,6 +58,7 @@ def gateway_permissions(org: str) -> dict[str, dict[str, list[str]]]:
         f"$JS.API.DIRECT.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}.>",
         f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.MSG.DELETE.{stream}",  # the policy's retention: mail deleted when it is over
         # its own state bucket (outbox statuses, mailbox index)
         f"$KV.{state}.>",
         f"$JS.API.STREAM.INFO.KV_{state}",

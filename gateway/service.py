@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
@@ -26,7 +26,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, ServiceUnavailableError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from broker.provision import connect
 from broker.registry import RegistryView
@@ -337,7 +337,8 @@ class Gateway:
                 delay = min(delay * 2, 2.0)
 
     async def _sweep_expired(self) -> None:
-        """Sent messages not delivered by their expiry become ``expired`` (the sender is told)."""
+        """Sent messages not delivered by their expiry become ``expired`` (the sender is told);
+        received mail whose retention (the policy's, for its type) is over is deleted."""
         while not self._stopping:
             await asyncio.sleep(self.config.gateway.expiry_sweep_seconds)
             now = self.clock()
@@ -352,6 +353,22 @@ class Gateway:
                         await self.audit("expired", message_id=rec.id, to=rec.to, type=rec.type)
                     except Exception as exc:  # the next sweep tries again
                         log.warning("expiry sweep failed", message_id=rec.id, error=repr(exc))
+            for got in list(self.store.inbox.values()):
+                if got.retain_until and parse_time(got.retain_until) <= now:
+                    try:
+                        await self._retention_over(got)
+                    except Exception as exc:  # the next sweep tries again
+                        log.warning("retention sweep failed", message_id=got.id, error=repr(exc))
+
+    async def _retention_over(self, rec: InRecord) -> None:
+        """Delete the mail from the inbox stream, then its mailbox entry (each step idempotent)."""
+        assert self.js is not None
+        with contextlib.suppress(NotFoundError):
+            await self.js.delete_msg(inbox_stream(self.org), rec.seq)
+        await self.store.forget_in(rec.id)
+        await self.audit("retention-deleted", message_id=rec.id, source=rec.source, type=rec.type,
+                         status=rec.status, retain_until=rec.retain_until, direction="ingress")
+        log.info("message deleted: retention over", message_id=rec.id, type=rec.type)
 
     # -- status and mailbox -------------------------------------------------------------------
     def status(self, message_id: str) -> OutRecord:
@@ -482,10 +499,12 @@ class Gateway:
             return
         env = inc.envelope
         self.metrics.decisions.labels("ingress", "allow").inc()
+        days = inc.decision.retention_days
         newly_filed = await self.store.put_in(InRecord(
             id=env.id, source=env.source, to=env.to, type=env.type, time=env.time, status=State.DELIVERED.value,
             size=len(inc.payload), seq=seq, classification=env.classification, purpose=env.purpose,
-            correlation_id=env.correlation_id, mailbox=env.mailbox, received=received))
+            correlation_id=env.correlation_id, mailbox=env.mailbox, received=received,
+            retain_until=now_rfc3339(parse_time(received) + timedelta(days=days)) if days is not None else None))
         if not newly_filed:  # another instance of this gateway filed it first: finish its steps, once
             await self._redelivered(self.store.inbox[env.id])
             return

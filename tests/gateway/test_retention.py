@@ -1,0 +1,109 @@
+"""The policy's retention per type: received mail is deleted from the mailbox when it is over."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+import nats
+import pytest
+from nats.js.errors import NotFoundError
+
+from broker.subjects import inbox_stream
+from certs import tls
+from gateway.server import GatewayServer
+from gateway.service import Gateway
+from psvn.devnet import EXAMPLE_MEMBERS, PDS_MEMBER
+from tests.conftest import Network, start_network, stop_network
+from tests.gateway.test_service import audit_records, call, referral, wait_status
+
+ROOT = Path(__file__).resolve().parents[2]
+ADDRESS_CHANGE = json.loads((ROOT / "examples" / "address-change.json").read_text())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+async def net(tmp_path: Path) -> AsyncIterator[tuple[Network, Clock]]:
+    n = await start_network(tmp_path, [*EXAMPLE_MEMBERS, PDS_MEMBER])
+    clock = Clock()
+    try:  # the council's gateway runs on a clock the test moves, and sweeps often
+        old = n.gateways.pop(n.COUNCIL)
+        await old.stop()
+        cfg = msgspec.structs.replace(old.config, gateway=msgspec.structs.replace(
+            old.config.gateway, expiry_sweep_seconds=0.1))
+        n.gateways[n.COUNCIL] = await GatewayServer(cfg, gateway=Gateway(cfg, clock=clock)).start()
+        yield n, clock
+    finally:
+        await stop_network(n)
+
+
+async def wait_gone(net: Network, mid: str) -> None:
+    for _ in range(200):
+        if mid not in net.gateways[net.COUNCIL].gateway.store.inbox:
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"{mid} is still in the mailbox")
+
+
+async def in_stream(net: Network, seq: int) -> bool:
+    nc = await nats.connect(net.nats.url, tls=tls.client_context(net.ca, *net.layout.broker_cert))
+    try:
+        await nc.jetstream().get_msg(inbox_stream(net.COUNCIL), seq)
+        return True
+    except NotFoundError:
+        return False
+    finally:
+        await nc.close()
+
+
+async def test_mail_is_deleted_when_its_types_retention_is_over(net: tuple[Network, Clock]) -> None:
+    n, clock = net
+    council = n.gateways[n.COUNCIL].gateway
+    code, moved = await call(n, PDS_MEMBER.org, "POST", "/v1/messages", {
+        "to": n.COUNCIL, "type": "psvn.address-change", "purpose": "statutory-duty",
+        "subject": "nhs:9434765919", "payload": ADDRESS_CHANGE})
+    assert code == 202, moved
+    code, referred = await call(n, n.TRUST, "POST", "/v1/messages", referral("gss:E06000043/adult-social-care"))
+    assert code == 202, referred
+    await wait_status(n, PDS_MEMBER.org, moved["id"], "delivered")
+    await wait_status(n, n.TRUST, referred["id"], "delivered")
+    address, care = council.store.inbox[moved["id"]], council.store.inbox[referred["id"]]
+    # the recipient sees when each goes: 7 days for a change of address, 30 for a referral
+    code, listed = await call(n, n.COUNCIL, "GET", "/v1/inbox")
+    until = {m["id"]: m["retain_until"] for m in listed["messages"]}
+    assert until == {address.id: address.retain_until, care.id: care.retain_until}
+    received = datetime.fromisoformat(address.received.replace("Z", "+00:00"))
+    assert address.retain_until and care.retain_until
+    assert datetime.fromisoformat(address.retain_until.replace("Z", "+00:00")) - received == timedelta(days=7)
+
+    clock.now += timedelta(days=6)
+    await asyncio.sleep(0.5)  # several sweeps: nothing is due yet
+    assert {address.id, care.id} <= council.store.inbox.keys()
+
+    clock.now += timedelta(days=2)  # day 8: the change of address is past its retention
+    await wait_gone(n, address.id)
+    assert not await in_stream(n, address.seq) and await in_stream(n, care.seq)
+    code, problem = await call(n, n.COUNCIL, "GET", f"/v1/inbox/{address.id}")
+    assert (code, problem["code"]) == (404, "not-found")
+    code, got = await call(n, n.COUNCIL, "GET", f"/v1/inbox/{care.id}")
+    assert code == 200 and got["envelope"]["id"] == care.id
+
+    clock.now += timedelta(days=23)  # day 31: the referral too
+    await wait_gone(n, care.id)
+    assert not await in_stream(n, care.seq)
+    records = await audit_records(n, {address.id, care.id}, at_least=4)
+    deleted = sorted(r["type"] for r in records if r["event"] == "retention-deleted")
+    assert deleted == ["fhir.r4.ServiceRequest", "psvn.address-change"]
+    # the senders' records are untouched: delivered is what they were told
+    assert (await wait_status(n, PDS_MEMBER.org, moved["id"], "delivered"))["status"] == "delivered"
