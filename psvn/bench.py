@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import importlib
 import os
 import platform
 import random
@@ -725,34 +724,16 @@ def _builtins(value: Any) -> Any:
         return repr(value)
 
 
-def optional_figure(module: str, func: str, seconds: float, **kwargs: Any) -> LocalFigure:
-    """Call ``module.func(seconds=...)`` if that module exists (another issue builds it)."""
-    name = f"{module}.{func}"
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name == module:
-            return LocalFigure(name=name, available=False, note=f"{module} is not built yet; skipped")
-        return LocalFigure(name=name, available=False, note=f"import failed: {exc!r}")
-    except Exception as exc:
-        return LocalFigure(name=name, available=False, note=f"import failed: {exc!r}")
-    fn = getattr(mod, func, None)
-    if not callable(fn):
-        return LocalFigure(name=name, available=False, note=f"{module} has no {func}(); skipped")
-    try:
-        return LocalFigure(name=name, available=True, result=_builtins(fn(seconds=seconds, **kwargs)))
-    except Exception as exc:
-        return LocalFigure(name=name, available=False, note=f"{func} failed: {exc!r}")
-
-
 def local_figures(seconds: float) -> list[LocalFigure]:
-    try:
-        crypto = LocalFigure(name="gateway.seal", available=True, result=bench_crypto(seconds))
-    except Exception as exc:
-        crypto = LocalFigure(name="gateway.seal", available=False, note=f"failed: {exc!r}")
-    return [crypto,
-            optional_figure("policies.validation_bench", "bench_validation", seconds, xml=True),
-            optional_figure("policies.engine_bench", "bench_engine", seconds)]
+    """Sealing, validation and policy decisions on one core. A failure here fails the bench."""
+    from policies.engine_bench import bench_engine
+    from policies.validation_bench import bench_validation
+
+    return [LocalFigure(name="gateway.seal", available=True, result=bench_crypto(seconds)),
+            LocalFigure(name="policies.validation_bench.bench_validation", available=True,
+                        result=_builtins(bench_validation(seconds=seconds, xml=True))),
+            LocalFigure(name="policies.engine_bench.bench_engine", available=True,
+                        result=_builtins(bench_engine(seconds=seconds)))]
 
 
 # -- the whole run ------------------------------------------------------------------------------

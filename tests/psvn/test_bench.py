@@ -100,15 +100,18 @@ def test_bench_counts_add_up_and_leaves_nothing_behind(layout: devnet.Layout) ->
     per = r.throughput.cpu.ms_per_msg
     assert {"client", "nats-server", "gateway gss:E06000043", "gateway ods:RYR", "total"} <= per.keys()
     assert per["total"] == pytest.approx(sum(v for k, v in per.items() if k != "total"), abs=0.01)
-    # local figures: crypto always; the optional ones either ran or say why not
+    # local figures: sealing, validation and decisions, every one measured
     names = [f.name for f in r.local]
     assert names == ["gateway.seal", "policies.validation_bench.bench_validation",
                      "policies.engine_bench.bench_engine"]
     crypto = r.local[0]
     assert crypto.available and crypto.result["seal_sign_per_s"] > 0 and crypto.result["unseal_verify_per_s"] > 0
     assert crypto.result["sealed_bytes"] > crypto.result["payload_bytes"] == 1024
-    for f in r.local[1:]:
-        assert f.available or f.note
+    validation, engine = r.local[1].result, r.local[2].result
+    measured = {v["type"] for v in validation if v["validations_per_s"] > 0}
+    assert {"fhir.r4.Patient", "fhir.r4.ServiceRequest", "hl7v2.ADT_A01"} <= measured
+    assert all(v["valid"] for v in validation)  # the timed payloads are the valid ones
+    assert engine["decisions_per_s"] > 0 and engine["cold_decisions_per_s"] > 0 and engine["rules"] > 0
     # progress went to the callback, not stdout
     assert any(s.startswith("throughput:") for s in seen) and any(s.startswith("baseline:") for s in seen)
     # clean-up acknowledged every bench message: the trust's inbox is as it was
@@ -206,15 +209,6 @@ def test_percentiles_are_nearest_rank() -> None:
     assert (p.n, p.p50_ms, p.p99_ms, p.max_ms) == (100, 50.0, 99.0, 100.0)
     assert bench.percentiles([0.002]) == bench.Percentiles(n=1, p50_ms=2.0, p99_ms=2.0, max_ms=2.0)
     assert bench.percentiles([]) == bench.Percentiles()
-
-
-def test_optional_figures_skip_with_a_reason() -> None:
-    missing = bench.optional_figure("policies.no_such_bench", "bench_x", 0.01)
-    assert not missing.available and "not built yet" in (missing.note or "")
-    no_func = bench.optional_figure("psvn.bench", "no_such_function", 0.01)
-    assert not no_func.available and "no_such_function" in (no_func.note or "")
-    ran = bench.optional_figure("psvn.bench", "bench_crypto", 0.01)
-    assert ran.available and ran.result["seal_sign_per_s"] > 0
 
 
 def test_payloads_are_distinct_and_about_a_kibibyte() -> None:
