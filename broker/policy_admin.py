@@ -382,8 +382,11 @@ class PolicyAdmin:
                 dig = hashlib.sha256(signed.document).hexdigest()
             except PsvnError as exc:
                 accepted, reason = False, exc.detail
+            # who proposed and approved: from the signed document when it verifies (the bundle's
+            # own labels are not signed, so a forged entry's are shown only as its claim)
             out.append(HistoryEntry(
-                version=signed.version, proposer=signed.proposer, approver=signed.approver,
+                version=signed.version, proposer=str(approval.get("proposer") or signed.proposer),
+                approver=str(approval.get("approver") or signed.approver),
                 published_at=signed.published_at, revision=entry.revision or 0, accepted=accepted,
                 reason=reason, proposal=str(approval.get("proposal", "")), digest=dig))
         # the policy bucket keeps the last 64 entries; older publications live on in their records

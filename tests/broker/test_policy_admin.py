@@ -187,6 +187,14 @@ async def test_version_must_increase(network: Network, admin: PolicyAdmin) -> No
     assert [h.version for h in await admin.history()] == [2, 1]
     assert await wait_versions(network, 2) == {org: 2 for org in network.gateways}
 
+    # the bundle's proposer/approver labels are not signed: history shows the signed approval
+    doc = next_doc(3)
+    doc["meta"] = {**doc.get("meta", {}), "approval": {"proposal": "p00000000", "proposer": "alice",
+                                                       "approver": "bob"}}
+    await provision.publish_policy(admin.js, bundle.sign(doc, key, proposer="mallory", approver="mallory"))
+    newest = (await admin.history())[0]
+    assert (newest.version, newest.proposer, newest.approver, newest.accepted) == (3, "alice", "bob", True)
+
 
 async def test_rejected_proposal_cannot_be_approved_and_no_key_cannot_publish(network: Network,
                                                                               admin: PolicyAdmin) -> None:
