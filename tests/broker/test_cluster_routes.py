@@ -44,7 +44,11 @@ def test_a_member_certificate_cannot_join_as_a_route(tmp_path: Path) -> None:
 
         rogue = on_free_ports(start_rogue, 3)
         cfg = rogue.config
-        time.sleep(3)  # several route attempts
+        log = tmp_path / "rogue" / "log"
+        deadline = time.monotonic() + 30
+        while log.read_text().count("Route Error 'Authorization Violation'") < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)  # until the cluster has refused several route attempts
+        assert log.read_text().count("Route Error 'Authorization Violation'") >= 3
         assert routez(cfg.monitor_port)["num_routes"] == 0
         assert all(int(routez(n.config.monitor_port)["num_routes"]) > 0 for n in cluster.nodes)  # type: ignore[call-overload]
         names = {r.get("remote_name") for n in cluster.nodes
