@@ -126,8 +126,8 @@ async def post_message(request: web.Request) -> web.Response:
 
 
 async def get_message(request: web.Request) -> web.Response:
-    system_of(request)
-    return json_response(out_view(request.app[GATEWAY_KEY].status(request.match_info["id"])))
+    system = system_of(request)
+    return json_response(out_view(request.app[GATEWAY_KEY].status(request.match_info["id"], system=system)))
 
 
 async def list_inbox(request: web.Request) -> web.Response:

@@ -263,6 +263,7 @@ class Gateway:
         self.metrics.decisions.labels("egress", "allow").inc()
         now = now_rfc3339(self.clock())
         rec = prior or OutRecord(id=message_id, to=req.to, type=req.type, status=State.ACCEPTED.value, created=now,
+                                 system=system,
                                  history=[HistoryEntry(status=State.ACCEPTED.value, time=now)],
                                  rule_ids=out.decision.rule_ids, request_hash=request_hash,
                                  expires=out.envelope.expires)
@@ -371,11 +372,17 @@ class Gateway:
         log.info("message deleted: retention over", message_id=rec.id, type=rec.type)
 
     # -- status and mailbox -------------------------------------------------------------------
-    def status(self, message_id: str) -> OutRecord:
+    def status(self, message_id: str, *, system: str | None = None) -> OutRecord:
+        """A sent message's status. A system limited by ``gateway.system_mailboxes`` sees only
+        what it sent itself (as it reads only its own mailboxes); others see every status."""
         rec = self.store.out.get(message_id)
         if rec is None:
             raise PsvnError(Code.NOT_FOUND, f"no message {message_id!r} was sent through this gateway",
                             field="id", rule="exists", message_id=message_id)
+        if system is not None and system in self.config.gateway.system_mailboxes and rec.system \
+                and rec.system != system:
+            raise PsvnError(Code.FORBIDDEN, f"system {system!r} may read the status only of what it sent",
+                            field="id", rule="sender-system", message_id=message_id)
         return rec
 
     def may_read(self, system: str | None, rec: InRecord) -> bool:

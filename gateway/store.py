@@ -49,6 +49,7 @@ class OutRecord(msgspec.Struct, kw_only=True):
     rule_ids: list[str] = msgspec.field(default_factory=list)
     expires: str | None = None
     request_hash: str = ""
+    system: str = ""  # the local system that sent it
 
 
 class InRecord(msgspec.Struct, kw_only=True):

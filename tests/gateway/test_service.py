@@ -388,3 +388,38 @@ def test_state_mirror_ignores_an_echo_of_the_revision_it_holds() -> None:
     assert store.out["m1"].status == "delivered" and store.revs["out.m1"] == 8
     store._apply("out.m1", None, 9)
     assert "m1" not in store.out and "out.m1" not in store.revs
+
+
+async def test_a_restricted_system_sees_only_the_statuses_of_what_it_sent(network: Network) -> None:
+    """A system limited by gateway.system_mailboxes reads only its own sends' statuses."""
+    import ssl
+
+    from certs import pki
+
+    council = network.gateways[network.COUNCIL]
+    pki.issue_system(pki.load_ca(network.layout.pki), network.COUNCIL, "case-mgmt",
+                     network.layout.org_dir(network.COUNCIL) / "systems")
+    cert, key = network.layout.system_cert(network.COUNCIL, "case-mgmt")
+    ctx = ssl.create_default_context(cafile=str(network.ca))
+    ctx.load_cert_chain(str(cert), str(key))
+
+    async def as_case_mgmt(method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s, s.request(
+                method, council.url + path, json=body) as r:
+            return r.status, await r.json(content_type=None)
+
+    _, theirs = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())  # adult-social-care
+    code, mine = await as_case_mgmt("POST", "/v1/messages", referral())
+    assert code == 202, mine
+    assert (await as_case_mgmt("GET", f"/v1/messages/{theirs['id']}"))[0] == 200  # not restricted yet
+    council.gateway.config.gateway.system_mailboxes["case-mgmt"] = [""]
+    try:
+        code, problem = await as_case_mgmt("GET", f"/v1/messages/{theirs['id']}")
+        assert (code, problem["code"], problem["rule"], problem["message_id"]) == (
+            403, "forbidden", "sender-system", theirs["id"])
+        code, own = await as_case_mgmt("GET", f"/v1/messages/{mine['id']}")
+        assert code == 200 and own["system"] == "case-mgmt"
+        code, other = await call(network, network.COUNCIL, "GET", f"/v1/messages/{mine['id']}")
+        assert code == 200 and other["system"] == "case-mgmt"  # an unrestricted system sees all
+    finally:
+        council.gateway.config.gateway.system_mailboxes.pop("case-mgmt", None)
