@@ -169,8 +169,11 @@ class Cluster:
 
 
 def cluster_nodes(root: Path, *, cert: Path, key: Path, ca: Path, members: Sequence[str], base_port: int,
-                  size: int = DEFAULT_SIZE, name: str = "psvn") -> list[NatsServer]:
-    """One config per node (ports from ``base_port`` on, own store dir and log), routes to all the others."""
+                  size: int = DEFAULT_SIZE, name: str = "psvn",
+                  pins: Callable[[Sequence[str]], Sequence[str]] | None = None) -> list[NatsServer]:
+    """One config per node (ports from ``base_port`` on, own store dir and log), routes to all the
+    others; ``pins`` (members -> client keys, e.g. ``psvn.devnet.backbone_pins``) locks out
+    revoked certificates on every node."""
     ports = [tuple(base_port + PORTS_PER_NODE * i + j for j in range(PORTS_PER_NODE)) for i in range(size)]
     route_password = secrets.token_urlsafe(32)
     nodes: list[NatsServer] = []
@@ -182,12 +185,13 @@ def cluster_nodes(root: Path, *, cert: Path, key: Path, ca: Path, members: Seque
                            cluster=ClusterConfig(name=name, listen_port=route,
                                                  routes=[p[2] for j, p in enumerate(ports) if j != i],
                                                  route_password=route_password))
-        nodes.append(NatsServer(cfg, conf_path=d / "nats.conf", log_path=d / "nats.log"))
+        nodes.append(NatsServer(cfg, conf_path=d / "nats.conf", log_path=d / "nats.log", pins=pins))
     return nodes
 
 
 def start_cluster(root: Path, *, cert: Path, key: Path, ca: Path, members: Sequence[str],
-                  size: int = DEFAULT_SIZE, name: str = "psvn", timeout: float = 30.0) -> Cluster:
+                  size: int = DEFAULT_SIZE, name: str = "psvn", timeout: float = 30.0,
+                  pins: Callable[[Sequence[str]], Sequence[str]] | None = None) -> Cluster:
     """Start ``size`` nodes together on free ports and wait for a JetStream meta leader.
 
     The nodes start in parallel: each waits for its own JetStream, and a clustered JetStream
@@ -196,7 +200,7 @@ def start_cluster(root: Path, *, cert: Path, key: Path, ca: Path, members: Seque
 
     def start(base_port: int) -> Cluster:
         cluster = Cluster(name=name, nodes=cluster_nodes(root, cert=cert, key=key, ca=ca, members=members,
-                                                         base_port=base_port, size=size, name=name))
+                                                         base_port=base_port, size=size, name=name, pins=pins))
         try:
             with ThreadPoolExecutor(max_workers=size) as pool:
                 for fut in [pool.submit(n.start, timeout=timeout) for n in cluster.nodes]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -68,7 +69,8 @@ async def cluster_network(tmp_path: Path) -> AsyncIterator[ClusterNetwork]:
     layout = Layout(tmp_path)
     devnet.make_pki(layout, members)
     cluster = bc.start_cluster(tmp_path / "nats", cert=layout.pki / "nats" / "nats.crt",
-                               key=layout.pki / "nats" / "nats.key", ca=layout.ca, members=[m.org for m in members])
+                               key=layout.pki / "nats" / "nats.key", ca=layout.ca, members=[m.org for m in members],
+                               pins=functools.partial(devnet.backbone_pins, layout))
     gateways: dict[str, GatewayServer] = {}
     try:
         await devnet.provision_backbone(layout, cluster.urls[0], members, replicas=3)
@@ -316,6 +318,10 @@ async def test_backbone_is_three_nodes_with_r3_streams_and_buckets(cluster_netwo
                 == sorted(cn.cluster.names), name
         for org, gw in cn.net.gateways.items():
             assert gw.config.nats.servers == cn.cluster.urls, org
+        # every node pins the broker's and the members' certificate keys (revocation on the backbone)
+        for node in cn.cluster.nodes:
+            pinned = json.loads(node.conf_path.read_text().split("\n", 1)[1])["tls"]["pinned_certs"]
+            assert len(pinned) == 1 + len(cn.net.members), node.config.name
         with pytest.raises(RuntimeError, match="still running"):
             cn.cluster.restart(0)
     finally:
