@@ -119,6 +119,22 @@ class Current(msgspec.Struct, kw_only=True, frozen=True):
     revision: int
 
 
+async def enforced(js: JetStreamContext, authority_pub: Ed25519PublicKey) -> Current | None:
+    """The policy version the network enforces: the newest entry in the policy bucket that
+    verifies as a gateway verifies it (a forged or older entry is passed over)."""
+    best: Current | None = None
+    for entry in await read_history(js, POLICY_BUCKET, POLICY_KEY):
+        if entry.value is None or entry.deleted:
+            continue
+        try:
+            signed = bundle.decode(entry.value)
+            doc = bundle.verify(signed, authority_pub, current_version=best.signed.version if best else 0)
+        except Exception:
+            continue
+        best = Current(signed=signed, document=doc, revision=entry.revision)
+    return best
+
+
 def digest(doc: dict[str, Any]) -> str:
     return hashlib.sha256(bundle.canonical(doc)).hexdigest()
 
@@ -403,18 +419,7 @@ class PolicyAdmin:
 
     async def current(self) -> Current | None:
         """The newest version gateways accept (a refused entry in the bucket is passed over)."""
-        best: Current | None = None
-        for entry in await self._policy_entries():
-            if entry.value is None or entry.operation in ("DEL", "PURGE"):
-                continue
-            try:
-                signed = bundle.decode(entry.value)
-                doc = bundle.verify(signed, self.authority_pub,
-                                    current_version=best.signed.version if best else 0)
-            except Exception:
-                continue
-            best = Current(signed=signed, document=doc, revision=entry.revision or 0)
-        return best
+        return await enforced(self.js, self.authority_pub)
 
     async def current_version(self) -> int:
         cur = await self.current()

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from cryptography.hazmat.primitives import serialization
@@ -332,6 +333,32 @@ def reload_backbone(layout: Layout) -> bool:
     server.pid = state.nats_pid
     server.reload()
     return True
+
+
+def enforced_policy(layout: Layout) -> dict[str, Any]:
+    """The policy document the running devnet enforces (verified against the authority key)."""
+    import asyncio
+
+    from broker.policy_admin import enforced, load_public_key
+    from psvn.errors import Code, PsvnError
+
+    state = read_state(layout)
+    if not running(state):
+        raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"no devnet is running under {layout.root}: run "
+                        "`psvn devnet up --detach`", field="--devnet", rule="devnet-running")
+    assert state is not None
+
+    async def fetch() -> dict[str, Any]:
+        nc = await provision.connect(state.nats_url, broker_tls(layout), name="psvn policy reader")
+        try:
+            cur = await enforced(nc.jetstream(), load_public_key(layout.authority_pub))
+        finally:
+            await nc.close()
+        if cur is None:
+            raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the network has no policy set yet", rule="policy-ready")
+        return cur.document
+
+    return asyncio.run(fetch())
 
 
 def rotate_keys(layout: Layout, org: str, *, timeout: float = 60.0) -> registry.Member:

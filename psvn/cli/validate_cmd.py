@@ -18,9 +18,19 @@ from psvn.cli.output import print_error, print_json
 from psvn.errors import Code, PsvnError
 
 
-def _load(policy: str | None) -> tuple[Catalogue, dict[str, Any]]:
-    doc = bundle.load_dir(policy or bundle.DEFAULT_DIR)
-    return Catalogue.from_document(doc), doc.get("schemas", {})
+def _document(args: argparse.Namespace) -> dict[str, Any]:
+    """The policy set to validate against: a folder (default: the built-in one), or with
+    ``--devnet`` the version the running network enforces, so the answer is the gateway's."""
+    if getattr(args, "devnet", None):
+        from psvn import devnet
+
+        return devnet.enforced_policy(devnet.Layout(Path(args.devnet)))
+    return bundle.load_dir(args.policy or bundle.DEFAULT_DIR)
+
+
+def _load(args: argparse.Namespace) -> tuple[Catalogue, dict[str, Any], int]:
+    doc = _document(args)
+    return Catalogue.from_document(doc), doc.get("schemas", {}), int(doc.get("version", 0))
 
 
 def _read(path: str) -> bytes:
@@ -44,7 +54,7 @@ def _content_type(args: argparse.Namespace) -> str | None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    catalogue, schemas = _load(args.policy)
+    catalogue, schemas, version = _load(args)
     validator = PayloadValidator(catalogue, schemas)
     entry = catalogue.get(args.type)
     body = _read(args.file)
@@ -53,7 +63,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not violations:
         as_xml = media_type(content_type) in XML_TYPES
         if args.json:
-            result = {"valid": True, "type": args.type, "standard": entry.standard, "file": args.file}
+            result = {"valid": True, "type": args.type, "standard": entry.standard, "file": args.file,
+                      "policy_version": version}
             if as_xml:
                 result["content_type"] = media_type(content_type)
             print_json(result)
@@ -70,7 +81,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_catalogue_list(args: argparse.Namespace) -> int:
-    catalogue, _ = _load(args.policy)
+    catalogue, _, _ = _load(args)
     entries = sorted(catalogue, key=lambda e: e.type)
     if args.json:
         print_json([e.summary() for e in entries])
@@ -84,7 +95,7 @@ def cmd_catalogue_list(args: argparse.Namespace) -> int:
 
 
 def cmd_catalogue_show(args: argparse.Namespace) -> int:
-    catalogue, _ = _load(args.policy)
+    catalogue, _, _ = _load(args)
     summary = catalogue.get(args.type).summary()
     if args.json:
         print_json(summary)
@@ -108,6 +119,7 @@ def cmd_catalogue_show(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     policy_help = "policy-set folder (default: the built-in policies/default)"
+    devnet_help = "use the policy version the running devnet in DIR enforces (e.g. .devnet)"
     v = subparsers.add_parser(
         "validate", help="validate a payload offline against its catalogue type's standard",
         description="Validate FILE as the payload of a message of catalogue type TYPE, with the "
@@ -122,7 +134,9 @@ def register(subparsers: Any) -> None:
                    "(or application/xml, text/xml) for FHIR XML; default: FHIR XML for a .xml file, "
                    "else the type's own format")
     v.add_argument("--json", action="store_true", help="print the RFC 9457 problem document (or a result)")
-    v.add_argument("--policy", metavar="DIR", help=policy_help)
+    src = v.add_mutually_exclusive_group()
+    src.add_argument("--policy", metavar="DIR", help=policy_help)
+    src.add_argument("--devnet", metavar="DIR", help=devnet_help)
     v.set_defaults(func=cmd_validate)
 
     c = subparsers.add_parser("catalogue", help="list or show the network's message types",
@@ -131,11 +145,15 @@ def register(subparsers: Any) -> None:
     csub = c.add_subparsers(title="catalogue commands", metavar="COMMAND")
     ls = csub.add_parser("list", help="every message type")
     ls.add_argument("--json", action="store_true", help="JSON output")
-    ls.add_argument("--policy", metavar="DIR", help=policy_help)
+    src = ls.add_mutually_exclusive_group()
+    src.add_argument("--policy", metavar="DIR", help=policy_help)
+    src.add_argument("--devnet", metavar="DIR", help=devnet_help)
     ls.set_defaults(func=cmd_catalogue_list)
     show = csub.add_parser("show", help="one message type in full")
     show.add_argument("type", metavar="TYPE")
     show.add_argument("--json", action="store_true", help="JSON output")
-    show.add_argument("--policy", metavar="DIR", help=policy_help)
+    src = show.add_mutually_exclusive_group()
+    src.add_argument("--policy", metavar="DIR", help=policy_help)
+    src.add_argument("--devnet", metavar="DIR", help=devnet_help)
     show.set_defaults(func=cmd_catalogue_show)
     c.set_defaults(func=lambda _args: (c.print_help(), 2)[1])

@@ -199,3 +199,41 @@ def test_rotate_keys_and_revoke_a_certificate(devnet_dir: Path) -> None:
             break
         time.sleep(0.3)
     assert status.returncode == 1 and json.loads(status.stdout)["code"] == "backbone-unavailable", status.stdout
+
+
+def test_validate_against_the_policy_the_network_enforces(devnet_dir: Path, tmp_path: Path) -> None:
+    """A custom JSON Schema type published to the network is known to `psvn validate --devnet`
+    (the gateway's answer), not to the repository's built-in policy set."""
+    import shutil
+
+    folder = tmp_path / "policy"
+    shutil.copytree(ROOT / "policies" / "default", folder)
+    (folder / "schemas" / "bin-collection.json").write_text(json.dumps({
+        "$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
+        "required": ["uprn", "day"], "additionalProperties": False,
+        "properties": {"uprn": {"type": "string", "pattern": "^[0-9]{1,12}$"},
+                       "day": {"enum": ["Mon", "Tue", "Wed", "Thu", "Fri"]}}}))
+    with (folder / "catalogue.toml").open("a") as f:
+        f.write('\n[types."local.bin-collection"]\nstandard = "JSON Schema 2020-12"\nversion = "1"\n'
+                'profile = "https://example.gov.uk/bins/1.json"\nvalidator = "jsonschema"\n'
+                'schema = "bin-collection"\ndescription = "A household bin collection day"\n'
+                'owner = "Brighton & Hove City Council"\n')
+    net = ["--devnet", str(devnet_dir)]
+    proposal = json.loads(run("policy", "propose", str(folder), "--bump", "--as", "alice", *net, "--json").stdout)
+    run("policy", "approve", proposal["id"], "--as", "bob", *net)
+    run("policy", "publish", proposal["id"], "--as", "bob", *net)
+
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps({"uprn": "22057411", "day": "Tue"}))
+    bad.write_text(json.dumps({"uprn": "22057411", "day": "Sun"}))
+    ok = json.loads(run("validate", "--type", "local.bin-collection", str(good), *net, "--json").stdout)
+    assert ok["valid"] is True and ok["policy_version"] == 2
+    refused = run("validate", "--type", "local.bin-collection", str(bad), *net, "--json", check=False)
+    problem = json.loads(refused.stdout)
+    assert refused.returncode == 1 and problem["code"] == "invalid-payload"
+    assert [v["path"] for v in problem["violations"]] == ["/day"]
+    listed = json.loads(run("catalogue", "list", *net, "--json").stdout)
+    assert "local.bin-collection" in {e["type"] for e in listed}
+    # the repository's built-in policy set does not know the type
+    local = run("validate", "--type", "local.bin-collection", str(good), "--json", check=False)
+    assert local.returncode == 1 and json.loads(local.stdout)["code"] == "unknown-type"
