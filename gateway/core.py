@@ -15,6 +15,7 @@ someone else in the envelope, or no one.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -83,8 +84,13 @@ def choose_signing_key(keys: Sequence[Ed25519PrivateKey], registered: bytes) -> 
     return keys[0]
 
 
+@functools.lru_cache(maxsize=4096)
+def _verifying_key(raw: bytes) -> Ed25519PublicKey:
+    return ed25519_public(raw)  # parsed once per key (immutable), not once per message
+
+
 def sender_keys(sender: Member, published: datetime | None) -> list[Ed25519PublicKey]:
-    return [ed25519_public(k) for k in sender.verifying_keys(published)]
+    return [_verifying_key(k) for k in sender.verifying_keys(published)]
 
 
 @dataclass(frozen=True)
