@@ -16,8 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Send N realistic ~1 KiB FHIR R4 ServiceRequests from the council (gss:E06000043) to the "
         "trust (ods:RYR) through a running devnet (SDK -> gateway -> JetStream -> gateway -> mailbox), then the "
         "same count of raw nats-py JetStream publishes + pull-consumes on the same nats-server as the baseline. "
-        "Prints msg/s, p50/p99 latency and psvn/raw ratios, then one-core crypto (and, when built, validation "
-        "and policy-engine) figures. Bounded by --count and --time-limit; about 25 s with the defaults.")
+        "Prints msg/s, p50/p99 latency and psvn/raw ratios, then one-core crypto, validation "
+        "and policy-engine figures. Bounded by --count and --time-limit; about 25 s with the defaults.")
     p.add_argument("--devnet", default=".devnet", help="state folder of a running devnet (default .devnet)")
     p.add_argument("--start", action="store_true",
                    help="bring up a temporary devnet (temp folder, free ports), bench it, tear it down")
