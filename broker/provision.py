@@ -40,6 +40,7 @@ from broker.subjects import (
     AUDIT_SUBJECTS,
     CONSENT_BUCKET,
     CONSUMER,
+    MAILBOX_MAX_AGE_DAYS,
     POLICY_BUCKET,
     POLICY_KEY,
     REGISTRY_BUCKET,
@@ -120,7 +121,7 @@ PER_SENDER_MAX_MSGS = 100_000
 
 
 async def provision_member(js: JetStreamContext, org: str, *, replicas: int = 1,
-                           retention_days: float = 30, max_bytes: int = INBOX_MAX_BYTES,
+                           retention_days: float = MAILBOX_MAX_AGE_DAYS, max_bytes: int = INBOX_MAX_BYTES,
                            per_sender_max_msgs: int = PER_SENDER_MAX_MSGS) -> None:
     """The member's inbox stream (the mailbox *is* the stream), its consumer and state bucket.
 

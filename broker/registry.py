@@ -6,6 +6,7 @@ new member, a rotated key or a revocation reaches every gateway within moments.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -25,12 +26,15 @@ from psvn.errors import Code, PsvnError
 log = structlog.get_logger("psvn.registry")
 
 Status = Literal["active", "suspended", "revoked"]
-KEEP_RETIRED = 4  # retired signing keys kept per member (older mail was verified when it arrived)
 ROTATION_GRACE = timedelta(minutes=10)  # the old key signs what is in flight while gateways switch
 
 
 class RetiredKey(msgspec.Struct, kw_only=True, frozen=True):
-    """A member's former signing key: it verifies only what the backbone stamped before ``retired_at``."""
+    """A member's former signing key: it verifies only what the backbone stamped before ``retired_at``.
+
+    Every retired key is kept (rotations are rare; 32 bytes each): records that never expire, such
+    as the operator's consent records, must verify after any number of rotations, and a retired
+    key can verify nothing new."""
 
     key: bytes  # raw Ed25519 public key
     retired_at: str  # RFC 3339
@@ -89,7 +93,7 @@ async def upsert_member(kv: KeyValue, member: Member) -> int:
     retired = old.retired_sign_keys
     if old.sign_key != member.sign_key:
         retired = (*retired, RetiredKey(key=old.sign_key, retired_at=now_rfc3339(datetime.now(UTC) + ROTATION_GRACE)))
-    merged = msgspec.structs.replace(member, retired_sign_keys=retired[-KEEP_RETIRED:],
+    merged = msgspec.structs.replace(member, retired_sign_keys=retired,
                                      joined=old.joined or member.joined)
     if merged == old:
         return entry.revision or 0
@@ -115,7 +119,7 @@ async def rotate_member_keys(kv: KeyValue, org: str, *, sign_key: bytes, hpke_ke
     if member.sign_key == sign_key:
         retired = member.retired_sign_keys
     rotated = msgspec.structs.replace(member, sign_key=sign_key, hpke_key=hpke_key, hpke_suite=hpke_suite,
-                                      retired_sign_keys=retired[-KEEP_RETIRED:])
+                                      retired_sign_keys=retired)
     try:
         await kv.update(key_for(org), msgspec.json.encode(rotated), last=entry.revision)
     except KeyWrongLastSequenceError:
@@ -129,6 +133,7 @@ class RegistryView:
 
     def __init__(self) -> None:
         self.members: dict[str, Member] = {}
+        self.listeners: list[Callable[[], None]] = []  # called after each change (e.g. re-check refusals)
         self._follower = KVFollower()
 
     def lookup(self, org: str, *, field: str = "to", message_id: str | None = None,
@@ -156,6 +161,8 @@ class RegistryView:
             log.error("registry entry ignored: malformed", key=key, error=str(exc))
             return
         self.members[member.address] = member
+        for listener in self.listeners:
+            listener()
 
     async def start(self, js: JetStreamContext, *, timeout: float = 10.0) -> None:
         await self._follower.follow(js, REGISTRY_BUCKET, self.apply, timeout=timeout)

@@ -17,6 +17,10 @@ AUDIT_STREAM = "AUDIT"
 AUDIT_SUBJECTS = "psvn.audit.>"
 CONSUMER = "gw"
 BROKER_URI = "urn:psvn:broker"
+# How long an inbox stream keeps mail (its max age) and a state bucket its entries (TTL). A
+# gateway deletes mail earlier when the policy's retention for its type is shorter, and refuses a
+# message older than this at arrival (it could be a replay of mail already deleted).
+MAILBOX_MAX_AGE_DAYS = 30
 
 
 def inbox_stream(org: str) -> str:

@@ -32,6 +32,7 @@ from psvn.errors import Code, PsvnError
 
 log = structlog.get_logger("psvn.gateway.consent")
 OPERATOR_TYPE = "operator"
+MAX_PENDING = 10_000  # refused records kept to be offered again (bounded: forged ones never pass)
 
 
 class SignedConsent(msgspec.Struct, kw_only=True, frozen=True):
@@ -96,6 +97,10 @@ class ConsentView:
         self.members = registry
         self.consent = ConsentRegistry()
         self.refused: list[tuple[str, str]] = []
+        # records refused for a signature or an unknown recorder: the registry may be a moment
+        # behind (the operator's key rotation); offered again whenever the registry changes
+        self._pending: dict[str, tuple[bytes, datetime | None]] = {}
+        registry.listeners.append(self._retry_pending)
         self._follower = KVFollower()
         self._record_lock = asyncio.Lock()
         self._js: JetStreamContext | None = None
@@ -106,10 +111,20 @@ class ConsentView:
             change = verify_record(rec, self.members, recorded=recorded)
         except (msgspec.DecodeError, PsvnError) as exc:
             reason = exc.detail if isinstance(exc, PsvnError) else str(exc)
-            self.refused.append((key, reason))
+            self.refused = [*(r for r in self.refused if r[0] != key), (key, reason)]
+            if isinstance(exc, PsvnError) and exc.code in (Code.SIGNATURE_INVALID, Code.UNKNOWN_RECIPIENT) \
+                    and len(self._pending) < MAX_PENDING:
+                self._pending[key] = (value, recorded)
             log.error("consent record refused", key=key, reason=reason)
             return False
+        self._pending.pop(key, None)
+        self.refused = [(k, r) for k, r in self.refused if k != key]
         return self.consent.apply(change)
+
+    def _retry_pending(self) -> None:
+        for key, (value, recorded) in list(self._pending.items()):
+            self._pending.pop(key, None)
+            self.offer(key, value, recorded=recorded)
 
     def _apply(self, key: str, value: bytes | None, revision: int = 0) -> None:
         if value:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import msgspec
 from cryptography.hazmat.primitives import constant_time, hpke
@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from broker.registry import Member, RegistryView
-from broker.subjects import msg_subject, rcpt_subject
+from broker.subjects import MAILBOX_MAX_AGE_DAYS, msg_subject, rcpt_subject
 from certs.pki import ed25519_public, raw_public
 from gateway import seal
 from gateway.policy import PolicySnapshot
@@ -43,6 +43,7 @@ from psvn.envelope import (
     check_request,
     is_expired,
     now_rfc3339,
+    parse_time,
     payload_bytes,
 )
 from psvn.errors import Code, PsvnError
@@ -76,8 +77,10 @@ class Identity:
 
 
 def choose_signing_key(keys: Sequence[Ed25519PrivateKey], registered: bytes) -> Ed25519PrivateKey:
-    """Sign with the key the registry lists for us, so a rotation switches over only when every
-    gateway can verify the new key; before the registry has it, keep signing with the old one."""
+    """Sign with the key the registry lists for us: before the registry has the new key, keep
+    signing with the old one. A peer whose registry view is a moment behind ours may still refuse
+    the first messages signed with the new key; it redelivers them (``LAG_RETRIES``) until its
+    view catches up, rather than quarantining them."""
     for key in keys:
         if constant_time.bytes_eq(raw_public(key), registered):
             return key
@@ -119,6 +122,9 @@ class Receipt(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     time: str
     reason: str | None = None
     rule_ids: list[str] = msgspec.field(default_factory=list)
+
+
+MAILBOX_MAX_AGE = timedelta(days=MAILBOX_MAX_AGE_DAYS)
 
 
 def _with_id(exc: PsvnError, message_id: str) -> PsvnError:
@@ -275,6 +281,11 @@ def open_incoming(data: bytes, *, subject: str, message_id: str, me: Identity, r
         if checks:
             if is_expired(env, now):
                 raise PsvnError(Code.EXPIRED, f"message expired at {env.expires}", field="expires", rule="expiry")
+            if published is not None and parse_time(env.time) < published - MAILBOX_MAX_AGE:
+                # older than any inbox keeps mail: a replay of a message whose record is gone
+                raise PsvnError(Code.EXPIRED, f"message was written at {env.time}, more than "
+                                f"{MAILBOX_MAX_AGE.days} days before it reached the backbone", field="time",
+                                rule="arrival-age")
             subjects = validate_payload(snap, env.type, inner.payload, message_id,
                                         content_type=env.datacontenttype)
             bind_subject(env.subject, subjects, message_id)  # a sender's gateway that skipped it

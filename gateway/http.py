@@ -51,7 +51,11 @@ async def problems(request: web.Request, handler: Any) -> web.StreamResponse:
         too_large = PsvnError(Code.PAYLOAD_TOO_LARGE, f"request body is larger than "
                               f"{gw.config.gateway.max_body_bytes} bytes", field="body", rule="max-body-bytes")
         if request.method == "POST" and request.path == "/v1/messages":
-            await gw.reject_request(too_large, system=None)
+            try:  # audited only for a caller that is one of this gateway's systems
+                system = system_of(request)
+            except PsvnError:
+                return problem_response(too_large, request)
+            await gw.reject_request(too_large, system=system)
         return problem_response(too_large, request)
     except web.HTTPNotFound:
         return problem_response(PsvnError(Code.NOT_FOUND, f"no such endpoint {request.path}", rule="route"), request)

@@ -30,7 +30,7 @@ from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from broker.provision import connect
 from broker.registry import RegistryView
-from broker.subjects import CONSUMER, audit_subject, inbox_prefix, inbox_stream
+from broker.subjects import CONSUMER, MAILBOX_MAX_AGE_DAYS, audit_subject, inbox_prefix, inbox_stream
 from certs import pki, tls
 from gateway import core, seal
 from gateway.config import GatewayConfig
@@ -50,7 +50,18 @@ log = structlog.get_logger("psvn.gateway")
 PUBLISH_PATIENCE = 8.0  # seconds a publish may wait out a leader election (measured 4-8.6 s)
 AUDIT_ATTEMPTS = 6  # an audit record is retried for ~8 s (a leader election, a reconnect)
 AUDIT_ACK_SECONDS = 5.0
-LAG_RETRIES = 5  # deliveries of a message from an unknown sender before it is quarantined
+MAX_AUDITS_IN_FLIGHT = 10_000
+LAG_RETRIES = 5  # deliveries of a message before a refusal our registry view may explain is final
+# Refusals a registry view a moment behind explains: a new member, or a member's key rotation
+# (signed with a key we do not list yet; sealed to a key another instance of ours holds).
+LAG_CODES = frozenset({Code.UNKNOWN_RECIPIENT, Code.SIGNATURE_INVALID, Code.DECRYPT_FAILED})
+
+
+def _already_gone(exc: Exception) -> bool:
+    """JetStream's 'no message found' (err 10037 / 10057): deleted already, by us or by max age."""
+    return isinstance(exc, NotFoundError) or getattr(exc, "err_code", None) in (10037, 10057)
+
+
 _MSG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -167,8 +178,13 @@ class Gateway:
                     await task
         if self.webhook is not None:
             await self.webhook.close()
-        if self._audits:  # let audit records in flight be acknowledged (bounded)
-            await asyncio.wait(set(self._audits), timeout=AUDIT_ACK_SECONDS)
+        if self._audits:  # let audit records in flight be acknowledged (bounded), then count the rest
+            _, pending = await asyncio.wait(set(self._audits), timeout=AUDIT_ACK_SECONDS)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.metrics.audit_lost.inc(len(pending))
+                log.error("audit records not stored at shutdown", count=len(pending))
         for part in (self.consent, self.store, self.policy, self.registry):
             await part.stop()
         if self.nc is not None:
@@ -191,6 +207,10 @@ class Gateway:
         disconnect or an election. A record never acknowledged is logged in full and counted
         (``psvn_audit_records_lost_total``): auditing must not take the gateway down."""
         record = {"event": event, "org": self.org, "time": now_rfc3339(self.clock()), **fields}
+        if len(self._audits) >= MAX_AUDITS_IN_FLIGHT:  # a long outage: bounded, never silent
+            self.metrics.audit_lost.inc()
+            log.error("audit record not stored: too many awaiting the backbone", record=record)
+            return
         task = asyncio.get_running_loop().create_task(self._audit_publish(record))
         self._audits.add(task)
         task.add_done_callback(self._audits.discard)
@@ -355,18 +375,27 @@ class Gateway:
                     except Exception as exc:  # the next sweep tries again
                         log.warning("expiry sweep failed", message_id=rec.id, error=repr(exc))
             for got in list(self.store.inbox.values()):
-                if got.retain_until and parse_time(got.retain_until) <= now:
+                if got.retain_until and not got.deleted and parse_time(got.retain_until) <= now:
                     try:
                         await self._retention_over(got)
                     except Exception as exc:  # the next sweep tries again
                         log.warning("retention sweep failed", message_id=got.id, error=repr(exc))
 
     async def _retention_over(self, rec: InRecord) -> None:
-        """Delete the mail from the inbox stream, then its mailbox entry (each step idempotent)."""
+        """Delete the mail from the inbox stream, then mark its mailbox entry deleted (each step
+        idempotent: another instance, or the stream's own max age, may have deleted it first).
+        The entry stays as a tombstone until the state bucket's TTL, so a replay of the message
+        is recognised; after that the arrival age check refuses it."""
         assert self.js is not None
-        with contextlib.suppress(NotFoundError):
+        try:
             await self.js.delete_msg(inbox_stream(self.org), rec.seq)
-        await self.store.forget_in(rec.id)
+        except APIError as exc:
+            if not _already_gone(exc):
+                raise
+        deleted = now_rfc3339(self.clock())
+        if await self.store.update_in(rec.id, lambda r: None if r.deleted else msgspec.structs.replace(
+                r, deleted=deleted)) is None:
+            return
         await self.audit("retention-deleted", message_id=rec.id, source=rec.source, type=rec.type,
                          status=rec.status, retain_until=rec.retain_until, direction="ingress")
         log.info("message deleted: retention over", message_id=rec.id, type=rec.type)
@@ -393,7 +422,8 @@ class Gateway:
               system: str | None = None) -> list[InRecord]:
         wanted = {status} if status else {State.DELIVERED.value}
         items = [r for r in self.store.inbox.values()
-                 if r.status in wanted and (mailbox is None or r.mailbox == mailbox) and self.may_read(system, r)]
+                 if r.status in wanted and not r.deleted and (mailbox is None or r.mailbox == mailbox)
+                 and self.may_read(system, r)]
         items.sort(key=lambda r: r.seq)
         return items[:limit]
 
@@ -402,6 +432,9 @@ class Gateway:
         if rec is None:
             raise PsvnError(Code.NOT_FOUND, f"no message {message_id!r} in this gateway's mailbox",
                             field="id", rule="exists", message_id=message_id)
+        if rec.deleted:
+            raise PsvnError(Code.NOT_FOUND, f"message {message_id} was deleted at {rec.deleted}: the policy's "
+                            f"retention for {rec.type} ended", field="id", rule="retention", message_id=message_id)
         if not self.may_read(system, rec):
             raise PsvnError(Code.FORBIDDEN, f"system {system!r} may not read mailbox {rec.mailbox or '(main)'}",
                             field="id", rule="mailbox-access", message_id=message_id)
@@ -413,7 +446,14 @@ class Gateway:
             raise PsvnError(Code.FORBIDDEN, f"message {message_id} is quarantined: {rec.reason}",
                             field="id", rule="quarantined", message_id=message_id)
         assert self.js is not None
-        raw = await self.js.get_msg(inbox_stream(self.org), seq=rec.seq, direct=True)
+        try:
+            raw = await self.js.get_msg(inbox_stream(self.org), seq=rec.seq, direct=True)
+        except (NotFoundError, APIError) as exc:
+            if isinstance(exc, APIError) and not _already_gone(exc):
+                raise
+            raise PsvnError(Code.NOT_FOUND, f"message {message_id} is no longer in the inbox stream (older than "
+                            f"its {MAILBOX_MAX_AGE_DAYS}-day maximum age)", field="id", rule="mailbox-age",
+                            message_id=message_id) from None
         inc = core.open_incoming(raw.data or b"", subject=raw.subject or "", message_id=message_id,
                                  me=self.identity, registry=self.registry, snap=self.snapshot,
                                  now=self.clock(), checks=False, published=raw.time)
@@ -496,8 +536,8 @@ class Gateway:
                                      registry=self.registry, snap=self.snapshot, now=self.clock(),
                                      consent=self.consent.consent, published=msg.metadata.timestamp)
         except PsvnError as exc:
-            if exc.code is Code.UNKNOWN_RECIPIENT and msg.metadata.num_delivered < LAG_RETRIES:
-                raise  # our registry view may lag a new member: redelivered shortly (nak)
+            if exc.code in LAG_CODES and msg.metadata.num_delivered < LAG_RETRIES:
+                raise  # our registry view (or this instance's keys) may lag: redelivered shortly (nak)
             await self._quarantine(msg, msg_id, seq, exc, received)
             return
         except Exception as exc:  # a malformed message must be quarantined, not redelivered for ever
@@ -506,12 +546,15 @@ class Gateway:
             return
         env = inc.envelope
         self.metrics.decisions.labels("ingress", "allow").inc()
-        days = inc.decision.retention_days
+        # the policy's retention for the type, within what the inbox stream keeps (a day's margin,
+        # so the gateway deletes and audits it before the stream's own max age does)
+        days = min(inc.decision.retention_days if inc.decision.retention_days is not None else MAILBOX_MAX_AGE_DAYS,
+                   MAILBOX_MAX_AGE_DAYS - 1)
         newly_filed = await self.store.put_in(InRecord(
             id=env.id, source=env.source, to=env.to, type=env.type, time=env.time, status=State.DELIVERED.value,
             size=len(inc.payload), seq=seq, classification=env.classification, purpose=env.purpose,
             correlation_id=env.correlation_id, mailbox=env.mailbox, received=received,
-            retain_until=now_rfc3339(parse_time(received) + timedelta(days=days)) if days is not None else None))
+            retain_until=now_rfc3339(parse_time(received) + timedelta(days=days))))
         if not newly_filed:  # another instance of this gateway filed it first: finish its steps, once
             await self._redelivered(self.store.inbox[env.id])
             return
@@ -578,6 +621,8 @@ class Gateway:
             receipt = core.open_receipt(msg.data, subject=msg.subject, receipt_msg_id=rid, me=self.identity,
                                         registry=self.registry, published=msg.metadata.timestamp)
         except PsvnError as exc:
+            if exc.code in LAG_CODES and msg.metadata.num_delivered < LAG_RETRIES:
+                raise  # as for messages: a rotation or a new member may not have reached us yet
             await self._quarantine(msg, rid, seq, exc, now)
             return
         except Exception as exc:

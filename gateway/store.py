@@ -69,6 +69,7 @@ class InRecord(msgspec.Struct, kw_only=True):
     rule: str | None = None
     received: str = ""
     retain_until: str | None = None  # the policy's retention for its type: deleted from the mailbox then
+    deleted: str | None = None  # when retention deleted the mail; the entry stays so a replay is known
 
 
 def idem_key(system: str, key: str) -> str:
@@ -220,14 +221,6 @@ class StateStore:
     async def put_in(self, rec: InRecord) -> bool:
         """File a received message; False if it was filed already (by us or another instance)."""
         return await self._create(f"in.{rec.id}", msgspec.json.encode(rec))
-
-    async def forget_in(self, message_id: str) -> None:
-        """Drop a received message's entry (its retention is over; the mail itself is deleted)."""
-        assert self.kv is not None
-        key = f"in.{message_id}"
-        with contextlib.suppress(KeyNotFoundError):
-            await self.kv.delete(key)
-        self._apply(key, None)
 
     async def update_in(self, message_id: str, change: Callable[[InRecord], InRecord | None]) -> InRecord | None:
         return await self._cas(f"in.{message_id}", lambda: self.inbox.get(message_id), change,

@@ -64,11 +64,12 @@ _SUBJECT_RX = re.compile(_SUBJECT)
 
 
 def mask_subject(subject: str) -> str:
-    """``nhs:9434765919`` -> ``nhs:943***5919``: enough for a person who knows the number to
-    recognise it in a refusal, an audit or a receipt, not enough to read it off them. Reasons
-    that get stored or sent on name subjects only this way."""
+    """``nhs:9434765919`` -> ``nhs:******5919``: enough for a person who knows the number to
+    recognise it in a refusal, an audit or a receipt, not enough to narrow it down (six hidden
+    digits, and the check digit shown is one of the four). Reasons that get stored or sent on
+    name subjects only this way."""
     scheme, sep, ident = subject.rpartition(":")
-    masked = f"{ident[:3]}***{ident[-4:]}" if len(ident) >= 10 else "***"
+    masked = f"******{ident[-4:]}" if len(ident) >= 10 else "***"
     return f"{scheme}{sep}{masked}"
 
 

@@ -144,11 +144,12 @@ async def test_reprovisioning_and_rotation_keep_former_signing_keys(network: Net
             await asyncio.sleep(0.025)
         assert seen == rotated
 
-        for _ in range(registry.KEEP_RETIRED + 2):  # only the newest few are kept
+        for _ in range(6):  # every retired key is kept: consent records never expire
             k3 = raw_public(Ed25519PrivateKey.generate())
             last = await registry.rotate_member_keys(kv, network.GP, sign_key=k3, hpke_key=record.hpke_key,
                                                      hpke_suite=record.hpke_suite)
-        assert len(last.retired_sign_keys) == registry.KEEP_RETIRED
+        assert len(last.retired_sign_keys) == 2 + 6
+        assert last.retired_sign_keys[:2] == rotated.retired_sign_keys
 
         with pytest.raises(PsvnError) as err:
             await registry.rotate_member_keys(kv, "ods:XXXXX", sign_key=k1, hpke_key=record.hpke_key,

@@ -153,7 +153,7 @@ async def test_a_sender_cannot_dodge_an_opt_out_by_leaving_out_or_changing_the_s
     status, problem = await call(net, net.GP, "POST", "/v1/messages", research(subject=None))
     assert (status, problem["code"]) == (403, "policy-denied"), problem
     assert "consent-honour-opt-out" in problem["rule_ids"] and "consent-honour-opt-out" in problem["detail"]
-    assert "nhs:943***5919" in problem["detail"] and "9434765919" not in problem["detail"]
+    assert "nhs:******5919" in problem["detail"] and "9434765919" not in problem["detail"]
     status, problem = await call(net, net.GP, "POST", "/v1/messages", research(subject=OTHER, patient=SUBJECT))
     assert (status, problem["code"], problem["field"], problem["rule"]) == (
         422, "invalid-envelope", "subject", "subject-binding"), problem

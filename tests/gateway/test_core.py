@@ -218,7 +218,7 @@ def bundle_of(*numbers: str) -> dict[str, object]:
             "entry": [*entries, {"fullUrl": uuids[-1], "resource": sr}]}
 
 
-def assert_consent_denied(err: pytest.ExceptionInfo[PsvnError], mid: str, masked: str = "nhs:943***5919") -> None:
+def assert_consent_denied(err: pytest.ExceptionInfo[PsvnError], mid: str, masked: str = "nhs:******5919") -> None:
     e = err.value
     assert (e.code, e.message_id) == (Code.POLICY_DENIED, mid)
     assert "consent-honour-opt-out" in e.extra["rule_ids"] and "consent-honour-opt-out" in (e.rule or "")
@@ -245,7 +245,7 @@ def test_naming_someone_else_in_the_envelope_is_refused_as_subject_binding() -> 
             send_as(GP, research(subject=f"nhs:{JANE}"), consent, mid="m-b")
         e = err.value
         assert (e.code, e.field, e.rule, e.message_id) == (Code.INVALID_ENVELOPE, "subject", "subject-binding", "m-b")
-        assert "nhs:943***5811" in e.detail and "nhs:943***5919" in e.detail
+        assert "nhs:******5811" in e.detail and "nhs:******5919" in e.detail
         assert JOHN not in e.detail and JANE not in e.detail
     with pytest.raises(PsvnError) as err:  # direct care too, not only research
         send(request(subject=f"nhs:{JANE}"), mid="m-d")
@@ -362,3 +362,19 @@ def test_a_stored_reason_never_quotes_the_payload() -> None:
     assert reason == f"invalid-payload: {len(err.value.violations)} violation(s), first at {first.path} [{first.rule}]"
     other = PsvnError(Code.EXPIRED, "message expired at 2026-01-01T00:00:00Z", rule="expiry")
     assert core.stored_reason(other) == "expired: message expired at 2026-01-01T00:00:00Z"
+
+
+def test_a_message_older_than_any_mailbox_keeps_mail_is_refused_at_arrival() -> None:
+    """A replay of mail whose record is gone (retention, TTL) must not be filed as new mail."""
+    out = send()
+    written = datetime.fromisoformat(out.envelope.time.replace("Z", "+00:00"))
+
+    def arrive(after: timedelta) -> core.Incoming:
+        return core.open_incoming(out.data, subject=out.subject, message_id="m-1", me=TRUST, registry=REG,
+                                  snap=SNAP, now=NOW, published=written + after)
+
+    assert arrive(core.MAILBOX_MAX_AGE).decision.allow  # the boundary still arrives
+    with pytest.raises(PsvnError) as err:
+        arrive(core.MAILBOX_MAX_AGE + timedelta(seconds=1))
+    assert (err.value.code, err.value.field, err.value.rule, err.value.message_id) == (
+        Code.EXPIRED, "time", "arrival-age", "m-1")

@@ -137,3 +137,69 @@ async def test_opt_outs_outlive_the_operators_key_rotation(tmp_path: Path) -> No
                    for gw in net.gateways.values())
     finally:
         await stop_network(net)
+
+
+def test_a_consent_record_refused_while_the_registry_lags_is_offered_again() -> None:
+    """The operator rotated and recorded with its new key before this gateway's registry view
+    had that key: the record is refused, kept, and accepted as soon as the registry catches up."""
+    import msgspec
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from certs.pki import raw_public
+    from gateway.consent import ConsentView, key_for
+    from tests.gateway.test_consent import OPERATOR, SUBJECT, _members, _record
+
+    view, old_key = _members()
+    consent = ConsentView(view)
+    new_key = Ed25519PrivateKey.generate()
+    value = msgspec.msgpack.encode(_record(new_key))
+    assert not consent.offer(key_for(SUBJECT), value)
+    assert [k for k, _ in consent.refused] == [key_for(SUBJECT)] and consent.consent.get(SUBJECT) is None
+    op = view.members[OPERATOR]
+    rotated = msgspec.structs.replace(op, sign_key=raw_public(new_key), retired_sign_keys=(registry.RetiredKey(
+        key=op.sign_key, retired_at="2099-01-01T00:00:00Z"),))
+    view.apply(registry.key_for(OPERATOR), msgspec.json.encode(rotated), 99)
+    assert consent.consent.blocks(SUBJECT, "research-consented") is not None
+    assert consent.refused == []
+    # a forged record stays refused, once, however often the registry changes
+    forged = msgspec.msgpack.encode(_record(Ed25519PrivateKey.generate()))
+    assert not consent.offer("c.forged", forged)
+    for rev in (100, 101):
+        view.apply(registry.key_for(OPERATOR), msgspec.json.encode(rotated), rev)
+    assert [k for k, _ in consent.refused] == ["c.forged"]
+    assert raw_public(old_key) == rotated.retired_sign_keys[0].key
+
+
+async def test_a_peer_whose_registry_lags_the_rotation_redelivers_instead_of_quarantining(
+        network: Network) -> None:
+    from broker.subjects import CONSUMER, inbox_stream
+
+    net, council, trust = network, network.COUNCIL, network.TRUST
+    pki.rotate_gateway_keys(net.layout.org_dir(council))
+    await restart(net, council)
+    trust_view = net.gateways[trust].gateway.registry
+    await trust_view.stop()  # the trust's registry view now lags
+    sign_key, hpke_key, suite = devnet.public_message_keys(net.layout.org_dir(council))
+    nc = await nats.connect(net.nats.url, tls=tls.client_context(net.ca, *net.layout.broker_cert))
+    try:
+        kv = await registry.ensure_bucket(nc.jetstream())
+        await registry.rotate_member_keys(kv, council, sign_key=sign_key, hpke_key=hpke_key, hpke_suite=suite)
+        for _ in range(200):
+            if net.gateways[council].gateway.registry.members[council].sign_key == sign_key:
+                break
+            await asyncio.sleep(0.025)
+        mid = await send(net, council, referral())  # signed with the new key the trust does not know
+        js = nc.jetstream()
+        for _ in range(300):  # refused and redelivered, not quarantined
+            info = await js.consumer_info(inbox_stream(trust), CONSUMER)
+            if info.num_redelivered >= 1:
+                break
+            await asyncio.sleep(0.025)
+        assert info.num_redelivered >= 1
+        assert mid not in net.gateways[trust].gateway.store.inbox
+        entry = await kv.get(registry.key_for(council))
+        trust_view.apply(entry.key, entry.value, entry.revision or 0)  # the view catches up
+        await wait_status(net, council, mid, "delivered", timeout=20)
+        assert net.gateways[trust].gateway.store.inbox[mid].status == "delivered"
+    finally:
+        await nc.close()
