@@ -26,7 +26,7 @@ from typing import TypeVar
 from broker.natsconf import ClusterConfig, ServerConfig
 from broker.server import NatsServer
 from psvn import procs
-from psvn.bench import free_port_range
+from psvn.procs import free_port_range
 
 DEFAULT_SIZE = 3
 PORTS_PER_NODE = 3  # client, monitoring, routes

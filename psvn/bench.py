@@ -30,10 +30,8 @@ import contextlib
 import dataclasses
 import os
 import platform
-import random
 import secrets
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -45,7 +43,7 @@ from typing import Any, Final
 
 import msgspec
 
-from psvn import __version__
+from psvn import __version__, procs
 from psvn.errors import Code, PsvnError
 
 COUNCIL = "gss:E06000043"
@@ -251,24 +249,8 @@ def port_span() -> int:
 
 
 def free_port_range(span: int | None = None, *, low: int = 20000, high: int = 30000, tries: int = 200) -> int:
-    """A base port with ``span`` (default: the devnet's) consecutive free loopback ports, below
-    Linux's ephemeral range so outgoing connections are unlikely to take one meanwhile."""
-    span = span or port_span()
-    for _ in range(tries):
-        base = random.randrange(low, high - span)
-        socks: list[socket.socket] = []
-        try:
-            for p in range(base, base + span):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no {span} consecutive free ports in {low}..{high}")
+    """A base port with ``span`` (default: the devnet's) consecutive free loopback ports."""
+    return procs.free_port_range(span or port_span(), low=low, high=high, tries=tries)
 
 
 # -- CPU accounting (Linux /proc; absent elsewhere) ---------------------------------------------

@@ -103,3 +103,25 @@ def stop(pid: int, *, timeout: float = 10.0) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         return
+
+
+def free_port_range(span: int, *, low: int = 20000, high: int = 30000, tries: int = 200) -> int:
+    """A base port with ``span`` consecutive free loopback ports, below Linux's ephemeral range
+    so outgoing connections are unlikely to take one meanwhile."""
+    import random
+
+    for _ in range(tries):
+        base = random.randrange(low, high - span)
+        socks: list[socket.socket] = []
+        try:
+            for p in range(base, base + span):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {span} consecutive free ports in {low}..{high}")
