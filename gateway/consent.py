@@ -19,7 +19,6 @@ from datetime import datetime
 
 import msgspec
 import structlog
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.js import JetStreamContext
 
@@ -27,6 +26,7 @@ from broker.kvwatch import KVFollower
 from broker.registry import RegistryView
 from broker.subjects import CONSENT_BUCKET
 from certs.pki import ed25519_public
+from gateway import seal
 from policies.consent import ConsentChange, ConsentRegistry
 from psvn.errors import Code, PsvnError
 
@@ -78,13 +78,7 @@ def verify_record(rec: SignedConsent, registry: RegistryView, *, recorded: datet
     if issuer.type != "pds":
         raise PsvnError(Code.FORBIDDEN, f"{rec.issuer} is not a personal data store", rule="consent-issuer")
     signed = _signed_bytes(rec.payload, rec.issuer, rec.message_id, rec.recorded_by)
-    for raw in op.verifying_keys(recorded):
-        try:
-            ed25519_public(raw).verify(rec.signature, signed)
-            break
-        except InvalidSignature:
-            continue
-    else:
+    if not seal.verify_any(rec.signature, signed, [ed25519_public(k) for k in op.verifying_keys(recorded)]):
         raise PsvnError(Code.SIGNATURE_INVALID, "consent record signature does not verify",
                         rule="consent-signature", message_id=rec.message_id)
     return ConsentChange.from_payload(rec.payload, issuer=rec.issuer)

@@ -120,15 +120,22 @@ def unseal(data: bytes, *, private_key: PrivateKey | Mapping[str, PrivateKey | S
                         message_id=message_id) from exc
 
 
+def verify_any(signature: bytes, data: bytes, keys: Sequence[Ed25519PublicKey]) -> bool:
+    """True if any of ``keys`` (a signer's current and still-valid retired keys) signed ``data``."""
+    for key in keys:
+        try:
+            key.verify(signature, data)
+            return True
+        except InvalidSignature:
+            continue
+    return False
+
+
 def verify(inner: Inner, sender_key: Ed25519PublicKey | Sequence[Ed25519PublicKey], *,
            message_id: str | None = None) -> None:
     """Verify against the sender's key (or any of its keys still valid for this message)."""
-    signed = signed_bytes(inner.kind, inner.header, inner.payload)
-    for key in (sender_key,) if isinstance(sender_key, Ed25519PublicKey) else sender_key:
-        try:
-            key.verify(inner.signature, signed)
-            return
-        except InvalidSignature:
-            continue
+    keys = (sender_key,) if isinstance(sender_key, Ed25519PublicKey) else sender_key
+    if verify_any(inner.signature, signed_bytes(inner.kind, inner.header, inner.payload), keys):
+        return
     raise PsvnError(Code.SIGNATURE_INVALID, "the sender's signature does not verify",
                     rule="ed25519-signature", message_id=message_id)
