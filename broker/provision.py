@@ -40,6 +40,7 @@ from broker.subjects import (
     AUDIT_SUBJECTS,
     CONSENT_BUCKET,
     CONSUMER,
+    FEEDS_BUCKET,
     MAILBOX_MAX_AGE_DAYS,
     POLICY_BUCKET,
     POLICY_KEY,
@@ -81,6 +82,7 @@ async def provision_network(js: JetStreamContext, *, replicas: int = 1) -> None:
     await _kv(js, REGISTRY_BUCKET, history=5, replicas=replicas)  # same shape as registry.ensure_bucket
     await _kv(js, POLICY_BUCKET, history=64, replicas=replicas)
     await _kv(js, CONSENT_BUCKET, history=1, replicas=replicas)
+    await _kv(js, FEEDS_BUCKET, history=1, replicas=replicas)
     await _ensure_stream(js, StreamConfig(name=AUDIT_STREAM, subjects=[AUDIT_SUBJECTS],
                                           retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
                                           num_replicas=replicas, max_age=365 * DAY))

@@ -12,6 +12,7 @@ REGISTRY_BUCKET = "psvn_registry"
 POLICY_BUCKET = "psvn_policy"
 POLICY_KEY = "current"
 CONSENT_BUCKET = "psvn_consent"
+FEEDS_BUCKET = "psvn_feeds"  # feed subscriptions: each gateway writes only its own
 OPERATOR = "psvn:operator"  # the network operator's own gateway (records consent network-wide)
 AUDIT_STREAM = "AUDIT"
 AUDIT_SUBJECTS = "psvn.audit.>"
@@ -74,7 +75,8 @@ def gateway_permissions(org: str) -> dict[str, dict[str, list[str]]]:
     ]
     if org == OPERATOR:
         publish.append(f"$KV.{CONSENT_BUCKET}.>")
-    for bucket in (REGISTRY_BUCKET, POLICY_BUCKET, CONSENT_BUCKET):  # read and watch only
+    publish.append(f"$KV.{FEEDS_BUCKET}.s.{t}.>")  # its own subscriptions, under its own token
+    for bucket in (REGISTRY_BUCKET, POLICY_BUCKET, CONSENT_BUCKET, FEEDS_BUCKET):  # read and watch
         publish += [
             f"$JS.API.STREAM.INFO.KV_{bucket}",
             f"$JS.API.DIRECT.GET.KV_{bucket}.>",

@@ -135,9 +135,12 @@ def _with_id(exc: PsvnError, message_id: str) -> PsvnError:
 
 def decide(snap: PolicySnapshot, env_like: Envelope | SendRequest, *, sender: str, sender_type: str,
            recipient: str, recipient_type: str, direction: str,
-           consent: ConsentRegistry | None = None, subjects: frozenset[str] = NO_SUBJECTS) -> Decision:
+           consent: ConsentRegistry | None = None, subjects: frozenset[str] = NO_SUBJECTS,
+           topic: str | None = None) -> Decision:
     """The policy's decision, with consent checked for the envelope's subject and every data
-    subject of the payload (``subjects``, from validation): one opt-out denies.
+    subject of the payload (``subjects``, from validation): one opt-out denies. With a ``topic``,
+    the message is one delivery of a feed event: the feed rules decide (``subscribe``: may this
+    subscriber have this publisher's events of this type), not the point-to-point routing rules.
 
     A payload that names nobody costs one engine call, as before. Otherwise the engine decides
     once, for a subject whose opt-out applies if there is one: consent rules (honour or
@@ -154,7 +157,8 @@ def decide(snap: PolicySnapshot, env_like: Envelope | SendRequest, *, sender: st
     decision = snap.engine.decide(DecisionRequest(
         sender=sender, sender_type=sender_type, recipient=recipient, recipient_type=recipient_type,
         type=env_like.type, purpose=env_like.purpose, classification=env_like.classification,
-        mailbox=mailbox, subject=named, direction=direction),  # type: ignore[arg-type]
+        mailbox=mailbox, subject=named, direction=direction,  # type: ignore[arg-type]
+        action="subscribe" if topic else "send", topic=topic),
         consent=consent)
     if decision.allow and len(blocked) > 1:  # an override (e.g. safeguarding) covered them all
         decision = msgspec.structs.replace(decision, reason=f"{decision.reason} (and for {len(blocked) - 1} "
@@ -207,9 +211,20 @@ def _content_type(asked: str, entry: CatalogueEntry) -> str:
     return "application/fhir+xml" if mt in XML_TYPES else mt
 
 
+def decide_publish(snap: PolicySnapshot, req: SendRequest, *, me: Identity, topic: str,
+                   message_id: str) -> None:
+    """May this gateway publish ``req``'s type on ``topic`` at all (before any subscriber)?"""
+    decision = snap.engine.decide(DecisionRequest(
+        sender=me.org, sender_type=me.member_type, type=req.type, purpose=req.purpose,
+        classification=req.classification, action="publish", topic=topic))
+    if not decision.allow:
+        raise policy_denied(decision, message_id, "publish")
+
+
 def prepare_send(req: SendRequest, *, me: Identity, system: str | None, snap: PolicySnapshot,
                  registry: RegistryView, message_id: str, now: datetime | None = None,
-                 consent: ConsentRegistry | None = None) -> Outgoing:
+                 consent: ConsentRegistry | None = None, topic: str | None = None) -> Outgoing:
+    """Check, decide, sign and seal one message; with ``topic``, one delivery of a feed event."""
     try:
         check_request(req)
         recipient_org, _ = addresses.parse(req.to)
@@ -221,7 +236,8 @@ def prepare_send(req: SendRequest, *, me: Identity, system: str | None, snap: Po
         subjects = validate_payload(snap, req.type, body, message_id, content_type=req.datacontenttype)
         bind_subject(req.subject, subjects, message_id)
         decision = decide(snap, req, sender=me.org, sender_type=me.member_type, recipient=recipient_org,
-                          recipient_type=recipient.type, direction="egress", consent=consent, subjects=subjects)
+                          recipient_type=recipient.type, direction="egress", consent=consent, subjects=subjects,
+                          topic=topic)
     except PsvnError as exc:
         raise _with_id(exc, message_id) from None
     if not decision.allow:
@@ -230,7 +246,8 @@ def prepare_send(req: SendRequest, *, me: Identity, system: str | None, snap: Po
         # the policy's retention rule caps how long the message may wait to be delivered
         req = msgspec.structs.replace(req, ttl_seconds=decision.max_ttl_seconds)
     env = build(req, source=me.org, source_system=system, policy_version=snap.version,
-                datacontenttype=req.datacontenttype or entry.datacontenttype, now=now, message_id=message_id)
+                datacontenttype=req.datacontenttype or entry.datacontenttype, now=now, message_id=message_id,
+                topic=topic)
     header = msgspec.json.encode(env)
     data = seal.seal(seal.KIND_MESSAGE, header, body, signing_key=me.signing_key,
                      recipient_key=seal.public_key_for(recipient.hpke_suite, recipient.hpke_key),
@@ -291,7 +308,7 @@ def open_incoming(data: bytes, *, subject: str, message_id: str, me: Identity, r
             bind_subject(env.subject, subjects, message_id)  # a sender's gateway that skipped it
             decision = decide(snap, env, sender=sender_org, sender_type=sender.type, recipient=me.org,
                               recipient_type=me.member_type, direction="ingress", consent=consent,
-                              subjects=subjects)
+                              subjects=subjects, topic=env.topic)
     except PsvnError as exc:
         raise _with_id(exc, message_id) from None
     if not decision.allow:

@@ -6,7 +6,7 @@ URI ``urn:psvn:system:<org>/<system>`` must name this gateway's organisation.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -17,7 +17,7 @@ from certs.tls import peer_uris
 from gateway.service import Gateway
 from gateway.store import InRecord, OutRecord
 from psvn import addresses
-from psvn.envelope import SendRequest
+from psvn.envelope import FeedRequest, SendRequest, SubscribeRequest
 from psvn.errors import Code, PsvnError
 
 log = structlog.get_logger("psvn.gateway.http")
@@ -25,6 +25,9 @@ log = structlog.get_logger("psvn.gateway.http")
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 PROBLEM = "application/problem+json"
 _send_decoder = msgspec.json.Decoder(SendRequest)
+_feed_decoder = msgspec.json.Decoder(FeedRequest)
+_subscribe_decoder = msgspec.json.Decoder(SubscribeRequest)
+T = TypeVar("T")
 
 
 def problem_response(exc: PsvnError, request: web.Request) -> web.Response:
@@ -101,12 +104,13 @@ def in_view(rec: InRecord) -> dict[str, Any]:
     return view
 
 
-async def post_message(request: web.Request) -> web.Response:
+async def decode_body(request: web.Request, decoder: msgspec.json.Decoder[T], system: str) -> T:
+    """A JSON request body as a typed request; every refusal is a problem with a message id and
+    an audit record (``Gateway.reject_request``), never a 500."""
     gw = request.app[GATEWAY_KEY]
-    system = system_of(request)
     body = await request.read()
     try:
-        req = _send_decoder.decode(body)
+        return decoder.decode(body)
     except msgspec.ValidationError as exc:
         msg = str(exc)
         field = msg.split("`$.", 1)[1].rstrip("`") if "`$." in msg else None
@@ -120,6 +124,12 @@ async def post_message(request: web.Request) -> web.Response:
         raise await gw.reject_request(PsvnError(
             Code.INVALID_PAYLOAD, "request body nests too deeply", field="body", rule="max-depth"),
             system=system) from None
+
+
+async def post_message(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY_KEY]
+    system = system_of(request)
+    req = await decode_body(request, _send_decoder, system)
     header_key = request.headers.get("Idempotency-Key")
     if header_key and not req.idempotency_key:
         req = msgspec.structs.replace(req, idempotency_key=header_key)
@@ -186,6 +196,36 @@ async def metrics(request: web.Request) -> web.Response:
     return resp
 
 
+async def publish_feed(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY_KEY]
+    system = system_of(request)
+    req = await decode_body(request, _feed_decoder, system)
+    header_key = request.headers.get("Idempotency-Key")
+    if header_key and not req.idempotency_key:
+        req = msgspec.structs.replace(req, idempotency_key=header_key)
+    return json_response(await gw.publish(request.match_info["topic"], req, system=system), status=202)
+
+
+async def put_subscription(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY_KEY]
+    system = system_of(request)
+    req = await decode_body(request, _subscribe_decoder, system)
+    sub = await gw.subscribe(request.match_info["topic"], req, system=system)
+    return json_response(msgspec.to_builtins(sub))
+
+
+async def delete_subscription(request: web.Request) -> web.Response:
+    system = system_of(request)
+    await request.app[GATEWAY_KEY].unsubscribe(request.match_info["topic"], system=system)
+    return web.Response(status=204)
+
+
+async def list_subscriptions(request: web.Request) -> web.Response:
+    system_of(request)
+    gw = request.app[GATEWAY_KEY]
+    return json_response({"subscriptions": [msgspec.to_builtins(s) for s in gw.feeds.of(gw.org)]})
+
+
 def make_app(gw: Gateway) -> web.Application:
     app = web.Application(middlewares=[problems], client_max_size=gw.config.gateway.max_body_bytes)
     app[GATEWAY_KEY] = gw
@@ -195,6 +235,10 @@ def make_app(gw: Gateway) -> web.Application:
     app.router.add_get("/v1/inbox/{id}", get_inbox_item)
     app.router.add_post("/v1/inbox/{id}/ack", ack_inbox_item)
     app.router.add_get("/v1/catalogue", catalogue)
+    app.router.add_post("/v1/feeds/{topic}", publish_feed)
+    app.router.add_get("/v1/subscriptions", list_subscriptions)
+    app.router.add_put("/v1/subscriptions/{topic}", put_subscription)
+    app.router.add_delete("/v1/subscriptions/{topic}", delete_subscription)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     return app

@@ -35,13 +35,25 @@ from certs import pki, tls
 from gateway import core, seal
 from gateway.config import GatewayConfig
 from gateway.consent import OPERATOR_TYPE, ConsentView
+from gateway.feeds import FeedView, Subscription
 from gateway.metrics import Metrics
 from gateway.policy import PolicyHolder, PolicySnapshot
 from gateway.store import HistoryEntry, InRecord, OutRecord, StateStore, idem_key
 from gateway.webhook import WebhookPusher, load_secret
 from policies.consent import TYPE as CONSENT_TYPE
+from policies.engine import DecisionRequest
 from psvn import addresses
-from psvn.envelope import Envelope, SendRequest, new_message_id, now_rfc3339, parse_time
+from psvn.envelope import (
+    Envelope,
+    FeedRequest,
+    SendRequest,
+    SubscribeRequest,
+    check_topic,
+    new_message_id,
+    now_rfc3339,
+    parse_time,
+    payload_bytes,
+)
 from psvn.errors import Code, PsvnError
 from psvn.lifecycle import State
 
@@ -107,6 +119,7 @@ class Gateway:
         self.policy = PolicyHolder(authority, on_change=self._policy_changed)
         self.store = StateStore(self.org)
         self.consent = ConsentView(self.registry)
+        self.feeds = FeedView()
         self.webhook = _webhook(config)
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
@@ -164,6 +177,7 @@ class Gateway:
         self.policy.floor = self.store.policy_floor
         await self.policy.start(self.js, timeout=self.config.gateway.policy_wait_seconds)
         await self.consent.start(self.js)
+        await self.feeds.start(self.js)
         psub = await self.js.pull_subscribe_bind(CONSUMER, stream=inbox_stream(self.org))
         self._consumer = asyncio.create_task(self._consume(psub), name=f"consume {self.org}")
         self._sweeper = asyncio.create_task(self._sweep_expired(), name=f"expiry {self.org}")
@@ -185,7 +199,7 @@ class Gateway:
             if pending:
                 self.metrics.audit_lost.inc(len(pending))
                 log.error("audit records not stored at shutdown", count=len(pending))
-        for part in (self.consent, self.store, self.policy, self.registry):
+        for part in (self.feeds, self.consent, self.store, self.policy, self.registry):
             await part.stop()
         if self.nc is not None:
             # close, not drain: consumption has stopped, and anything fetched but not acked is
@@ -245,8 +259,9 @@ class Gateway:
         return exc
 
     # -- send ---------------------------------------------------------------------------------
-    async def send(self, req: SendRequest, *, system: str) -> tuple[OutRecord, bool]:
-        """Accept a message from a local system. Returns (record, created)."""
+    async def send(self, req: SendRequest, *, system: str, topic: str | None = None) -> tuple[OutRecord, bool]:
+        """Accept a message from a local system (with ``topic``: one delivery of a feed event).
+        Returns (record, created)."""
         started = time.perf_counter()
         message_id = new_message_id()
         request_hash = hashlib.sha256(msgspec.json.encode(req)).hexdigest()
@@ -268,7 +283,7 @@ class Gateway:
         try:
             out = core.prepare_send(req, me=self.identity, system=system, snap=self.snapshot,
                                     registry=self.registry, message_id=message_id, now=self.clock(),
-                                    consent=self.consent.consent)
+                                    consent=self.consent.consent, topic=topic)
         except PsvnError as exc:
             self.metrics.rejected.labels(exc.code.value).inc()
             if exc.code is Code.POLICY_DENIED:
@@ -399,6 +414,65 @@ class Gateway:
         await self.audit("retention-deleted", message_id=rec.id, source=rec.source, type=rec.type,
                          status=rec.status, retain_until=rec.retain_until, direction="ingress")
         log.info("message deleted: retention over", message_id=rec.id, type=rec.type)
+
+    # -- feeds --------------------------------------------------------------------------------
+    async def subscribe(self, topic: str, req: SubscribeRequest, *, system: str) -> Subscription:
+        """Subscribe this member to ``topic`` for a purpose, if the feed rules let it subscribe."""
+        check_topic(topic)
+        if req.mailbox is not None:
+            addresses.parse(f"{self.org}/{req.mailbox}")  # a well-formed mailbox name, or a clear error
+        me = self.identity
+        decision = self.snapshot.engine.decide(DecisionRequest(
+            sender="", sender_type="", recipient=self.org, recipient_type=me.member_type, type="*",
+            purpose=req.purpose, action="subscribe", topic=topic, mailbox=req.mailbox))
+        if not decision.allow:
+            raise core.policy_denied(decision, new_message_id(), "subscribe")
+        sub = Subscription(subscriber=self.org, topic=topic, purpose=req.purpose, mailbox=req.mailbox,
+                           created=now_rfc3339(self.clock()))
+        await self.feeds.put(sub)
+        await self.audit("subscribed", topic=topic, purpose=req.purpose, mailbox=req.mailbox, system=system,
+                         rule_ids=decision.rule_ids, policy_version=decision.policy_version)
+        return sub
+
+    async def unsubscribe(self, topic: str, *, system: str) -> None:
+        check_topic(topic)
+        if not await self.feeds.delete(self.org, topic):
+            raise PsvnError(Code.NOT_FOUND, f"this member has no subscription to {topic!r}", field="topic",
+                            rule="subscription-exists")
+        await self.audit("unsubscribed", topic=topic, system=system)
+
+    async def publish(self, topic: str, req: FeedRequest, *, system: str) -> dict[str, object]:
+        """Publish one event: one sealed message per subscriber (for this purpose) the feed rules
+        allow, each on the point-to-point path. Returns the deliveries and the refusals."""
+        event_id = new_message_id()
+        check_topic(topic)
+        base = SendRequest(to=self.org, type=req.type, payload=req.payload, purpose=req.purpose,
+                           classification=req.classification, subject=req.subject,
+                           correlation_id=req.correlation_id or event_id, ttl_seconds=req.ttl_seconds,
+                           datacontenttype=req.datacontenttype)
+        try:
+            entry = self.snapshot.catalogue.get(req.type, message_id=event_id)
+            core.validate_payload(self.snapshot, req.type, payload_bytes(req.payload), event_id,
+                                  content_type=req.datacontenttype or entry.datacontenttype)
+            core.decide_publish(self.snapshot, base, me=self.identity, topic=topic, message_id=event_id)
+        except PsvnError as exc:
+            raise await self.reject_request(exc, system=system) from None
+        deliveries: list[dict[str, object]] = []
+        refused: list[dict[str, object]] = []
+        for sub in self.feeds.subscribers(topic):
+            if sub.subscriber == self.org or sub.purpose != req.purpose:
+                continue
+            key = f"{req.idempotency_key}/{sub.subscriber}" if req.idempotency_key else None
+            try:
+                rec, _ = await self.send(msgspec.structs.replace(base, to=sub.to, idempotency_key=key),
+                                         system=system, topic=topic)
+                deliveries.append({"to": sub.to, "id": rec.id, "status": rec.status})
+            except PsvnError as exc:  # this subscriber only: the others still get the event
+                refused.append({"to": sub.to, "code": exc.code.value, "rule": exc.rule,
+                                "rule_ids": exc.extra.get("rule_ids") or [], "message_id": exc.message_id})
+        await self.audit("published", message_id=event_id, topic=topic, type=req.type, purpose=req.purpose,
+                         deliveries=len(deliveries), refused=len(refused), system=system, direction="egress")
+        return {"event": event_id, "topic": topic, "deliveries": deliveries, "refused": refused}
 
     # -- status and mailbox -------------------------------------------------------------------
     def status(self, message_id: str, *, system: str | None = None) -> OutRecord:
@@ -545,6 +619,13 @@ class Gateway:
                 Code.INVALID_ENVELOPE, f"malformed message: {exc!r}", rule="malformed", message_id=msg_id), received)
             return
         env = inc.envelope
+        if env.topic is not None:
+            sub = self.feeds.get(self.org, env.topic)
+            if sub is None or sub.purpose != env.purpose:
+                await self._quarantine(msg, msg_id, seq, PsvnError(
+                    Code.POLICY_DENIED, f"a feed event on {env.topic!r} for {env.purpose}, but this member has "
+                    "no such subscription", field="topic", rule="not-subscribed", message_id=msg_id), received)
+                return
         self.metrics.decisions.labels("ingress", "allow").inc()
         # the policy's retention for the type, within what the inbox stream keeps (a day's margin,
         # so the gateway deletes and audits it before the stream's own max age does)

@@ -42,6 +42,38 @@ class SendRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     datacontenttype: str | None = None  # e.g. application/fhir+xml; default: the catalogue's
 
 
+TOPIC = re.compile(r"^[a-z0-9][a-z0-9-]*(\.[a-z0-9][a-z0-9-]*){0,7}$")
+
+
+class FeedRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What a local system POSTs to ``/v1/feeds/{topic}``: one event for every subscriber."""
+
+    type: str
+    payload: Any
+    purpose: str
+    classification: Classification = "OFFICIAL"
+    subject: str | None = None
+    correlation_id: str | None = None
+    idempotency_key: str | None = None
+    ttl_seconds: int | None = None
+    datacontenttype: str | None = None
+
+
+class SubscribeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What a local system PUTs to ``/v1/subscriptions/{topic}``."""
+
+    purpose: str
+    mailbox: str | None = None  # deliver into this mailbox of ours (default: the main one)
+
+
+def check_topic(topic: str) -> str:
+    """Feed topics: lower-case dotted words (``sensors.brighton.air``), at most 8 levels."""
+    if not TOPIC.match(topic or ""):
+        raise PsvnError(Code.INVALID_ENVELOPE, f"topic {topic!r} is not lower-case dotted words (e.g. "
+                        "sensors.brighton.air, at most 8 levels)", field="topic", rule="topic-format")
+    return topic
+
+
 class Envelope(msgspec.Struct, kw_only=True, frozen=True):
     """Signed and sealed with the payload; the backbone never sees it."""
 
@@ -61,6 +93,7 @@ class Envelope(msgspec.Struct, kw_only=True, frozen=True):
     expires: str | None = None
     datacontenttype: str = "application/json"
     policy_version: int = 0
+    topic: str | None = None  # set when the message is one delivery of a feed event
 
     @property
     def sender_org(self) -> str:
@@ -123,6 +156,7 @@ def build(
     datacontenttype: str,
     now: datetime | None = None,
     message_id: str | None = None,
+    topic: str | None = None,
 ) -> Envelope:
     """Stamp a checked request into an envelope."""
     now = now or datetime.now(UTC)
@@ -143,6 +177,7 @@ def build(
         expires=expires,
         datacontenttype=datacontenttype,
         policy_version=policy_version,
+        topic=topic,
     )
 
 

@@ -1,0 +1,96 @@
+"""Pub/sub feeds: who subscribed to which topic, network-wide (the ``psvn_feeds`` KV bucket).
+
+A subscriber's gateway writes its own subscriptions (backbone permissions let it write only
+under its own token); every gateway follows the bucket. A publisher's gateway fans an event out
+as one sealed message per subscriber the feed rules allow, on the point-to-point path, so each
+delivery is validated, decided at egress and ingress, receipted and audited like any message,
+and the backbone still sees only tokens, ids, sizes and times.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import structlog
+from nats.js import JetStreamContext
+
+from broker.kvwatch import KVFollower
+from broker.subjects import FEEDS_BUCKET
+from psvn.addresses import token
+
+log = structlog.get_logger("psvn.gateway.feeds")
+
+
+class Subscription(msgspec.Struct, kw_only=True, frozen=True):
+    subscriber: str  # organisation address
+    topic: str
+    purpose: str
+    mailbox: str | None = None
+    created: str = ""
+
+    @property
+    def to(self) -> str:
+        return f"{self.subscriber}/{self.mailbox}" if self.mailbox else self.subscriber
+
+
+def key_for(subscriber: str, topic: str) -> str:
+    return f"s.{token(subscriber)}.{topic}"
+
+
+class FeedView:
+    """A gateway's live copy of every subscription: topic -> subscriber -> subscription."""
+
+    def __init__(self) -> None:
+        self.topics: dict[str, dict[str, Subscription]] = {}
+        self._keys: dict[str, tuple[str, str]] = {}  # bucket key -> (topic, subscriber)
+        self._follower = KVFollower()
+        self._js: JetStreamContext | None = None
+
+    def apply(self, key: str, value: bytes | None, revision: int = 0) -> None:
+        old = self._keys.pop(key, None)
+        if old is not None:
+            self.topics.get(old[0], {}).pop(old[1], None)
+        if not value:
+            return
+        try:
+            sub = msgspec.json.decode(value, type=Subscription)
+        except msgspec.DecodeError as exc:
+            log.error("subscription ignored: malformed", key=key, error=str(exc))
+            return
+        if key != key_for(sub.subscriber, sub.topic):  # the key (which permissions bind) is the truth
+            log.error("subscription ignored: key and content disagree", key=key)
+            return
+        self.topics.setdefault(sub.topic, {})[sub.subscriber] = sub
+        self._keys[key] = (sub.topic, sub.subscriber)
+
+    def subscribers(self, topic: str) -> list[Subscription]:
+        return sorted(self.topics.get(topic, {}).values(), key=lambda s: s.subscriber)
+
+    def of(self, subscriber: str) -> list[Subscription]:
+        return sorted((s for subs in self.topics.values() for s in subs.values() if s.subscriber == subscriber),
+                      key=lambda s: s.topic)
+
+    def get(self, subscriber: str, topic: str) -> Subscription | None:
+        return self.topics.get(topic, {}).get(subscriber)
+
+    async def start(self, js: JetStreamContext, *, timeout: float = 10.0) -> None:
+        self._js = js
+        await self._follower.follow(js, FEEDS_BUCKET, self.apply, timeout=timeout)
+
+    async def stop(self) -> None:
+        await self._follower.stop()
+
+    async def put(self, sub: Subscription) -> None:
+        assert self._js is not None
+        kv = await self._js.key_value(FEEDS_BUCKET)
+        key = key_for(sub.subscriber, sub.topic)
+        self.apply(key, msgspec.json.encode(sub), await kv.put(key, msgspec.json.encode(sub)))
+
+    async def delete(self, subscriber: str, topic: str) -> bool:
+        if self.get(subscriber, topic) is None:
+            return False
+        assert self._js is not None
+        kv = await self._js.key_value(FEEDS_BUCKET)
+        key = key_for(subscriber, topic)
+        await kv.delete(key)
+        self.apply(key, None)
+        return True

@@ -1,0 +1,115 @@
+"""Pub/sub feeds through real gateways: subscribe if the feed rules allow, publish once, and
+every allowed subscriber gets the event as a sealed, receipted message; nobody else does."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import pytest
+
+from broker.subjects import FEEDS_BUCKET
+from certs import tls
+from gateway import feeds
+from psvn.envelope import SendRequest
+from tests.conftest import Network
+from tests.gateway.test_service import call, wait_status
+
+ROOT = Path(__file__).resolve().parents[2]
+READING = json.loads((ROOT / "examples" / "air-quality.json").read_text())
+TOPIC = "sensors.brighton.air"
+PURPOSE = "environmental-monitoring"
+
+
+def event(**over: Any) -> dict[str, Any]:
+    return {"type": "cloudevents.air-quality.reading", "purpose": PURPOSE, "payload": READING, **over}
+
+
+async def wait_subscribers(net: Network, viewer: str, want: set[str]) -> None:
+    for _ in range(200):
+        if {s.subscriber for s in net.gateways[viewer].gateway.feeds.subscribers(TOPIC)} == want:
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"{viewer} never saw subscribers {want}")
+
+
+async def test_publish_reaches_every_allowed_subscriber_and_nobody_else(network: Network) -> None:
+    net = network
+    code, sub = await call(net, net.TRUST, "PUT", f"/v1/subscriptions/{TOPIC}", {"purpose": PURPOSE})
+    assert code == 200 and sub["subscriber"] == net.TRUST and sub["topic"] == TOPIC, sub
+    code, listed = await call(net, net.TRUST, "GET", "/v1/subscriptions")
+    assert [s["topic"] for s in listed["subscriptions"]] == [TOPIC]
+    # a GP practice is not among the feed's subscribers: refused with the rule that decided
+    code, problem = await call(net, net.GP, "PUT", f"/v1/subscriptions/{TOPIC}", {"purpose": PURPOSE})
+    assert (code, problem["code"]) == (403, "policy-denied") and problem["rule_ids"], problem
+    await wait_subscribers(net, net.COUNCIL, {net.TRUST})
+
+    code, published = await call(net, net.COUNCIL, "POST", f"/v1/feeds/{TOPIC}", event())
+    assert code == 202, published
+    assert published["refused"] == [] and [d["to"] for d in published["deliveries"]] == [net.TRUST]
+    mid = published["deliveries"][0]["id"]
+    await wait_status(net, net.COUNCIL, mid, "delivered")
+    code, got = await call(net, net.TRUST, "GET", f"/v1/inbox/{mid}")
+    assert code == 200 and got["envelope"]["topic"] == TOPIC and got["payload"] == READING
+    assert got["envelope"]["correlation_id"] == published["event"]  # every delivery names its event
+    code, inbox = await call(net, net.GP, "GET", "/v1/inbox")
+    assert inbox["messages"] == []  # nothing for a member that did not (could not) subscribe
+
+    # only a publisher the rules name may publish, and only what the catalogue accepts
+    code, problem = await call(net, net.TRUST, "POST", f"/v1/feeds/{TOPIC}", event())
+    assert (code, problem["code"]) == (403, "policy-denied") and problem["message_id"], problem
+    code, problem = await call(net, net.COUNCIL, "POST", f"/v1/feeds/{TOPIC}",
+                               event(payload={**READING, "specversion": None}))
+    assert (code, problem["code"]) == (422, "invalid-payload"), problem
+    code, problem = await call(net, net.COUNCIL, "POST", "/v1/feeds/Sensors..X", event())
+    assert (code, problem["field"], problem["rule"]) == (422, "topic", "topic-format")
+
+    # unsubscribed: the next event goes to nobody
+    code, _ = await call(net, net.TRUST, "DELETE", f"/v1/subscriptions/{TOPIC}")
+    assert code == 204
+    await wait_subscribers(net, net.COUNCIL, set())
+    code, published = await call(net, net.COUNCIL, "POST", f"/v1/feeds/{TOPIC}", event())
+    assert code == 202 and published["deliveries"] == []
+    code, problem = await call(net, net.TRUST, "DELETE", f"/v1/subscriptions/{TOPIC}")
+    assert (code, problem["rule"]) == (404, "subscription-exists")
+
+
+async def test_a_feed_delivery_nobody_subscribed_to_is_quarantined(network: Network) -> None:
+    """A publisher's gateway that fans out to a member that never subscribed is stopped at ingress."""
+    net = network
+    council = net.gateways[net.COUNCIL].gateway
+    req = SendRequest(to=net.TRUST, type="cloudevents.air-quality.reading", payload=READING, purpose=PURPOSE)
+    rec, _ = await council.send(req, system="adult-social-care", topic="sensors.elsewhere")
+    final = await wait_status(net, net.COUNCIL, rec.id, "rejected")
+    assert "not-subscribed" in str(final["rule_ids"]), final
+
+
+async def test_a_gateway_can_write_only_its_own_subscriptions(network: Network) -> None:
+    """The backbone binds a subscription to the member that wrote it (its token in the key)."""
+    net = network
+    gp_cert = net.layout.org_dir(net.GP)
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    nc = await nats.connect(net.nats.url, tls=tls.client_context(net.ca, gp_cert / "nats.crt", gp_cert / "nats.key"),
+                            error_cb=on_error, allow_reconnect=False)
+    try:
+        forged = feeds.Subscription(subscriber=net.TRUST, topic=TOPIC, purpose=PURPOSE)
+        key = feeds.key_for(net.TRUST, TOPIC)
+        with pytest.raises(Exception):  # noqa: B017 - no ack: the server refuses the publish
+            await nc.jetstream().publish(f"$KV.{FEEDS_BUCKET}.{key}", msgspec.json.encode(forged), timeout=2)
+        assert any("permissions violation for publish" in e.lower() and key.lower() in e.lower()
+                   for e in errors), errors
+    finally:
+        await nc.close()
+    assert net.gateways[net.COUNCIL].gateway.feeds.subscribers(TOPIC) == []
+    # and a subscription whose content names another member than its key is ignored
+    view = feeds.FeedView()
+    view.apply(feeds.key_for(net.GP, TOPIC), msgspec.json.encode(forged))
+    assert view.subscribers(TOPIC) == []
