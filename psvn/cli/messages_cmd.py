@@ -93,6 +93,33 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     a.add_argument("id")
     a.set_defaults(func=_sdk_errors(_inbox_ack))
 
+    f = sub.add_parser("feed", help="publish to and subscribe to feed topics (pub/sub)",
+                       description="Feeds: a member subscribes to a topic for a purpose if the policy's feed "
+                       "rules let it; a publisher's event reaches every allowed subscriber's inbox as its own "
+                       "sealed, receipted message.")
+    fsub = f.add_subparsers(title="feed commands", metavar="ACTION")
+    fp = fsub.add_parser("publish", help="publish FILE as one event on TOPIC")
+    _common(fp)
+    fp.add_argument("topic", help="e.g. sensors.brighton.air")
+    fp.add_argument("--type", required=True, help="message type, e.g. cloudevents.air-quality.reading")
+    fp.add_argument("--purpose", required=True, help="e.g. environmental-monitoring")
+    fp.add_argument("--classification", default="OFFICIAL", choices=["OFFICIAL", "OFFICIAL-SENSITIVE"])
+    fp.add_argument("file", help="payload file ('-' for stdin)")
+    fp.set_defaults(func=_sdk_errors(_feed_publish))
+    fs = fsub.add_parser("subscribe", help="subscribe to TOPIC for a purpose")
+    _common(fs)
+    fs.add_argument("topic")
+    fs.add_argument("--purpose", required=True)
+    fs.add_argument("--mailbox", help="deliver into this mailbox (default: the main one)")
+    fs.set_defaults(func=_sdk_errors(_feed_subscribe))
+    fu = fsub.add_parser("unsubscribe", help="end a subscription")
+    _common(fu)
+    fu.add_argument("topic")
+    fu.set_defaults(func=_sdk_errors(_feed_unsubscribe))
+    fl = fsub.add_parser("list", help="this member's subscriptions")
+    _common(fl)
+    fl.set_defaults(func=_sdk_errors(_feed_list))
+
     st = sub.add_parser("status", help="where a sent message is: accepted, sent, delivered, acknowledged ...")
     _common(st)
     st.add_argument("id")
@@ -128,6 +155,43 @@ def _send(args: argparse.Namespace) -> int:
             kw["datacontenttype"] = "application/fhir+xml"
         res = c.send(args.to, args.type, _read_payload(args.file), **kw)
     return _show(args, {"id": res.id, "status": res.status}, lambda r: print(r["id"]))
+
+
+def _feed_publish(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        pub = c.publish(args.topic, args.type, _read_payload(args.file), purpose=args.purpose,
+                        classification=args.classification)
+
+    def human(p: Any) -> None:
+        print(f"event {p.event} on {p.topic}: {len(p.deliveries)} delivered, {len(p.refused)} refused")
+        for d in p.deliveries:
+            print(f"  -> {d.to:<28} {d.id}")
+        for r in p.refused:
+            print(f"  x  {r.to:<28} {r.code} ({', '.join(r.rule_ids) or r.rule})")
+
+    return _show(args, pub, human)
+
+
+def _feed_subscribe(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        sub = c.subscribe(args.topic, purpose=args.purpose, mailbox=args.mailbox)
+    return _show(args, sub, lambda s: print(f"{s.subscriber} subscribed to {s.topic} for {s.purpose}"))
+
+
+def _feed_unsubscribe(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        c.unsubscribe(args.topic)
+    return _show(args, {"unsubscribed": args.topic}, lambda r: print(f"unsubscribed from {r['unsubscribed']}"))
+
+
+def _feed_list(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        subs = c.subscriptions()
+
+    def human(items: list[Any]) -> None:
+        print("\n".join(f"{s.topic:<32} {s.purpose:<28} {s.mailbox or ''}" for s in items) or "(no subscriptions)")
+
+    return _show(args, subs, human)
 
 
 def _print_inbox(items: list[Any]) -> None:

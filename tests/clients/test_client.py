@@ -30,6 +30,7 @@ REFERRAL: dict[str, Any] = {
     "code": {"text": "Assessment for care and support on discharge"},
 }
 SERVICE_REQUEST = "fhir.r4.ServiceRequest"
+AIR_QUALITY = Path(__file__).resolve().parents[2] / "examples" / "air-quality.json"
 
 
 def tls(net: Network, org: str) -> dict[str, Any]:
@@ -384,3 +385,36 @@ async def test_requests_share_one_tls_connection(network: Network) -> None:
         await council.inbox()
         await council.catalogue()
     assert len(local_ports) == 1
+
+
+async def test_feeds_subscribe_publish_receive_unsubscribe(network: Network) -> None:
+    """Async subscribe and publish, sync listing; the event arrives as an ordinary message."""
+    import json as _json
+
+    reading = _json.loads(AIR_QUALITY.read_text())
+    topic, purpose = "sensors.brighton.air", "environmental-monitoring"
+    async with aclient(network, network.COUNCIL) as council, aclient(network, network.TRUST) as trust, \
+            aclient(network, network.GP) as gp:
+        sub = await trust.subscribe(topic, purpose=purpose)
+        assert (sub.subscriber, sub.topic, sub.purpose, sub.mailbox) == (network.TRUST, topic, purpose, None)
+        with pytest.raises(psvn_client.PolicyDenied) as denied:
+            await gp.subscribe(topic, purpose=purpose)
+        assert denied.value.rule and denied.value.code == "policy-denied"
+        listed = await asyncio.to_thread(lambda: client(network, network.TRUST).subscriptions())
+        assert [s.topic for s in listed] == [topic]
+        for _ in range(200):  # the council's gateway sees the subscription
+            if network.gateways[network.COUNCIL].gateway.feeds.subscribers(topic):
+                break
+            await asyncio.sleep(0.025)
+        pub = await council.publish(topic, "cloudevents.air-quality.reading", reading, purpose=purpose)
+        assert [d.to for d in pub.deliveries] == [network.TRUST] and pub.refused == ()
+        await council.wait_for_status(pub.deliveries[0].id, "delivered", timeout=10)
+        got = await trust.get(pub.deliveries[0].id)
+        assert got.payload == reading and got.envelope.type == "cloudevents.air-quality.reading"
+        assert got.envelope.topic == topic
+        with pytest.raises(psvn_client.PolicyDenied):
+            await trust.publish(topic, "cloudevents.air-quality.reading", reading, purpose=purpose)
+        await trust.unsubscribe(topic)
+        assert await trust.subscriptions() == []
+        with pytest.raises(psvn_client.NotFound):
+            await trust.unsubscribe(topic)

@@ -237,3 +237,21 @@ def test_validate_against_the_policy_the_network_enforces(devnet_dir: Path, tmp_
     # the repository's built-in policy set does not know the type
     local = run("validate", "--type", "local.bin-collection", str(good), "--json", check=False)
     assert local.returncode == 1 and json.loads(local.stdout)["code"] == "unknown-type"
+
+
+def test_feed_commands(devnet_dir: Path) -> None:
+    d = ["--devnet", str(devnet_dir)]
+    topic, purpose = "sensors.brighton.air", "environmental-monitoring"
+    sub = json.loads(run("feed", "subscribe", *d, "--as", "ods:RYR", topic, "--purpose", purpose, "--json").stdout)
+    assert sub["subscriber"] == "ods:RYR" and sub["topic"] == topic
+    assert topic in run("feed", "list", *d, "--as", "ods:RYR").stdout
+    denied = run("feed", "subscribe", *d, "--as", "ods:G81001", topic, "--purpose", purpose, "--json", check=False)
+    assert denied.returncode == 1 and json.loads(denied.stdout)["code"] == "policy-denied"
+    pub = json.loads(run("feed", "publish", *d, "--as", "gss:E06000043", topic, "--type",
+                         "cloudevents.air-quality.reading", "--purpose", purpose, "examples/air-quality.json",
+                         "--json").stdout)
+    assert [x["to"] for x in pub["deliveries"]] == ["ods:RYR"] and pub["refused"] == []
+    got = json.loads(run("inbox", "get", *d, "--as", "ods:RYR", pub["deliveries"][0]["id"], "--json").stdout)
+    assert got["envelope"]["type"] == "cloudevents.air-quality.reading" and got["envelope"]["topic"] == topic
+    assert "unsubscribed" in run("feed", "unsubscribe", *d, "--as", "ods:RYR", topic).stdout
+    assert "(no subscriptions)" in run("feed", "list", *d, "--as", "ods:RYR").stdout

@@ -263,6 +263,7 @@ class Envelope:
     local_id: str | None = None
     expires: datetime | None = None
     source_system: str | None = None
+    topic: str | None = None  # the feed topic, when the message is a delivery of a published event
 
     @classmethod
     def from_json(cls, data: Any) -> Envelope:
@@ -283,6 +284,7 @@ class Envelope:
             local_id=_opt_str(d, "local_id"),
             expires=_opt_time(d.get("expires")),
             source_system=_opt_str(d, "source_system"),
+            topic=_opt_str(d, "topic"),
         )
 
 
@@ -370,4 +372,64 @@ class Health:
             org=_str(d, "org"),
             policy_version=_int(d, "policy_version", 0),
             backbone=_opt_str(d, "backbone") or "unknown",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """This member's subscription to a feed topic, for one purpose (optionally into a mailbox)."""
+
+    subscriber: str
+    topic: str
+    purpose: str
+    mailbox: str | None = None
+    created: datetime | None = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> Subscription:
+        d = _obj(data, "subscription")
+        return cls(subscriber=_str(d, "subscriber"), topic=_str(d, "topic"), purpose=_str(d, "purpose"),
+                   mailbox=_opt_str(d, "mailbox"), created=_opt_time(d.get("created") or None))
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One subscriber's copy of a published event: an ordinary message, with its own id and status."""
+
+    to: str
+    id: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A subscriber the event was not sent to, and why (the problem code and the rules)."""
+
+    to: str
+    code: str
+    rule: str | None
+    rule_ids: tuple[str, ...]
+    message_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """What publishing one event did: a delivery per allowed subscriber, a refusal per other."""
+
+    event: str
+    topic: str
+    deliveries: tuple[Delivery, ...]
+    refused: tuple[Refusal, ...]
+
+    @classmethod
+    def from_json(cls, data: Any) -> Publication:
+        d = _obj(data, "publication")
+        return cls(
+            event=_str(d, "event"), topic=_str(d, "topic"),
+            deliveries=tuple(Delivery(to=_str(x, "to"), id=_str(x, "id"), status=_str(x, "status"))
+                             for x in (_obj(v, "delivery") for v in d.get("deliveries") or [])),
+            refused=tuple(Refusal(to=_str(x, "to"), code=_str(x, "code"), rule=_opt_str(x, "rule"),
+                                  rule_ids=tuple(str(r) for r in x.get("rule_ids") or []),
+                                  message_id=_opt_str(x, "message_id"))
+                          for x in (_obj(v, "refusal") for v in d.get("refused") or [])),
         )
