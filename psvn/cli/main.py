@@ -32,6 +32,9 @@ first steps:
        --purpose direct-care examples/referral.json
   psvn inbox list --as ods:RYR     what the trust has received (then: inbox get / inbox ack ID)
   psvn status --as gss:E06000043 ID
+  psvn feed subscribe --as ods:RYR sensors.brighton.air --purpose environmental-monitoring
+  psvn feed publish --as gss:E06000043 sensors.brighton.air --type cloudevents.air-quality.reading \\
+       --purpose environmental-monitoring examples/air-quality.json
   psvn validate --type hl7v2.ADT_A01 examples/adt_a01.hl7
   psvn policy explain --from ods:RYR --from-type nhs-trust --to gss:E06000043 --to-type council \\
        --type fhir.r4.ServiceRequest --purpose direct-care
