@@ -33,16 +33,20 @@ from psvn_client.errors import (
 )
 from psvn_client.models import (
     Ack,
+    Delivery,
     Envelope,
     Health,
     InboxItem,
     MessageStatus,
     MessageType,
     PolicyDecision,
+    Publication,
     ReceivedMessage,
+    Refusal,
     SendResult,
     Status,
     StatusEvent,
+    Subscription,
 )
 
 __version__ = "0.1.0"
@@ -55,6 +59,7 @@ __all__ = [
     "Code",
     "Conflict",
     "ConnectionError",
+    "Delivery",
     "DeliveryFailed",
     "Envelope",
     "Forbidden",
@@ -69,11 +74,14 @@ __all__ = [
     "PolicyDenied",
     "ProtocolError",
     "PsvnError",
+    "Publication",
     "ReceivedMessage",
+    "Refusal",
     "SendResult",
     "ServerError",
     "Status",
     "StatusEvent",
+    "Subscription",
     "TimeoutError",
     "Unauthenticated",
     "ValidationError",

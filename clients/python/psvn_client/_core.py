@@ -33,9 +33,11 @@ from psvn_client.models import (
     InboxItem,
     MessageStatus,
     MessageType,
+    Publication,
     ReceivedMessage,
     SendResult,
     Status,
+    Subscription,
 )
 
 T = TypeVar("T")
@@ -176,6 +178,55 @@ def get_call(message_id: str) -> Call[ReceivedMessage]:
 def ack_call(message_id: str) -> Call[Ack]:
     # Acknowledging twice leaves the message acknowledged: safe to repeat.
     return Call("POST", f"/v1/inbox/{_id(message_id)}/ack", lambda r: Ack.from_json(_json(r)))
+
+
+def _topic(topic: str) -> str:
+    if not isinstance(topic, str) or not topic:
+        raise ValueError("topic must be a non-empty string, e.g. sensors.brighton.air")
+    return quote(topic, safe="")
+
+
+def publish_call(
+    topic: str,
+    type: str,
+    payload: Any,
+    *,
+    purpose: str,
+    classification: str,
+    subject: str | None,
+    correlation_id: str | None,
+    idempotency_key: str | None,
+    ttl_seconds: int | None,
+) -> Call[Publication]:
+    # with a key, a retry after a lost answer sends no subscriber a second copy
+    body: dict[str, Any] = {"type": type, "payload": payload, "purpose": purpose, "classification": classification,
+                            "idempotency_key": idempotency_key or str(uuid.uuid4())}
+    for name, value in (("subject", subject), ("correlation_id", correlation_id), ("ttl_seconds", ttl_seconds)):
+        if value is not None:
+            body[name] = value
+    return Call("POST", f"/v1/feeds/{_topic(topic)}", lambda r: Publication.from_json(_json(r)), json=body)
+
+
+def subscribe_call(topic: str, *, purpose: str, mailbox: str | None) -> Call[Subscription]:
+    body: dict[str, Any] = {"purpose": purpose}
+    if mailbox is not None:
+        body["mailbox"] = mailbox
+    return Call("PUT", f"/v1/subscriptions/{_topic(topic)}", lambda r: Subscription.from_json(_json(r)), json=body)
+
+
+def unsubscribe_call(topic: str) -> Call[None]:
+    return Call("DELETE", f"/v1/subscriptions/{_topic(topic)}", lambda r: None)
+
+
+def subscriptions_call() -> Call[list[Subscription]]:
+    def parse(r: httpx.Response) -> list[Subscription]:
+        data = _json(r)
+        items = data.get("subscriptions") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise ProtocolError(Code.BAD_RESPONSE, f"answer has no 'subscriptions' list: {str(data)[:200]}")
+        return [Subscription.from_json(s) for s in items]
+
+    return Call("GET", "/v1/subscriptions", parse)
 
 
 def catalogue_call() -> Call[list[MessageType]]:

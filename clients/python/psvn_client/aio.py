@@ -19,8 +19,10 @@ from psvn_client.models import (
     InboxItem,
     MessageStatus,
     MessageType,
+    Publication,
     ReceivedMessage,
     SendResult,
+    Subscription,
 )
 
 T = TypeVar("T")
@@ -149,6 +151,39 @@ class AsyncClient:
 
     async def ack(self, id: str) -> Ack:
         return await self._run(_core.ack_call(id))
+
+    async def publish(
+        self,
+        topic: str,
+        type: str,
+        payload: Any,
+        *,
+        purpose: str,
+        classification: str = "OFFICIAL",
+        subject: str | None = None,
+        correlation_id: str | None = None,
+        idempotency_key: str | None = None,
+        ttl_seconds: int | None = None,
+    ) -> Publication:
+        """Publish one event on a feed topic: the gateway validates it once, checks the feed
+        rules, and sends every subscriber the rules allow its own sealed, receipted message
+        (:attr:`Publication.deliveries`; the others in :attr:`Publication.refused`)."""
+        return await self._run(_core.publish_call(
+            topic, type, payload, purpose=purpose, classification=classification, subject=subject,
+            correlation_id=correlation_id, idempotency_key=idempotency_key, ttl_seconds=ttl_seconds))
+
+    async def subscribe(self, topic: str, *, purpose: str, mailbox: str | None = None) -> Subscription:
+        """Subscribe this member to ``topic`` for ``purpose`` (raises :class:`PolicyDenied` when
+        the feed rules do not let it); events arrive in the inbox like any message."""
+        return await self._run(_core.subscribe_call(topic, purpose=purpose, mailbox=mailbox))
+
+    async def unsubscribe(self, topic: str) -> None:
+        """End this member's subscription to ``topic`` (:class:`NotFound` if there is none)."""
+        await self._run(_core.unsubscribe_call(topic))
+
+    async def subscriptions(self) -> list[Subscription]:
+        """This member's feed subscriptions."""
+        return await self._run(_core.subscriptions_call())
 
     async def catalogue(self) -> list[MessageType]:
         return await self._run(_core.catalogue_call())

@@ -19,8 +19,10 @@ from psvn_client.models import (
     InboxItem,
     MessageStatus,
     MessageType,
+    Publication,
     ReceivedMessage,
     SendResult,
+    Subscription,
 )
 
 T = TypeVar("T")
@@ -162,6 +164,39 @@ class Client:
     def ack(self, id: str) -> Ack:
         """Acknowledge a received message: its sender sees ``acknowledged``. Safe to repeat."""
         return self._run(_core.ack_call(id))
+
+    def publish(
+        self,
+        topic: str,
+        type: str,
+        payload: Any,
+        *,
+        purpose: str,
+        classification: str = "OFFICIAL",
+        subject: str | None = None,
+        correlation_id: str | None = None,
+        idempotency_key: str | None = None,
+        ttl_seconds: int | None = None,
+    ) -> Publication:
+        """Publish one event on a feed topic: the gateway validates it once, checks the feed
+        rules, and sends every subscriber the rules allow its own sealed, receipted message
+        (:attr:`Publication.deliveries`; the others in :attr:`Publication.refused`)."""
+        return self._run(_core.publish_call(
+            topic, type, payload, purpose=purpose, classification=classification, subject=subject,
+            correlation_id=correlation_id, idempotency_key=idempotency_key, ttl_seconds=ttl_seconds))
+
+    def subscribe(self, topic: str, *, purpose: str, mailbox: str | None = None) -> Subscription:
+        """Subscribe this member to ``topic`` for ``purpose`` (raises :class:`PolicyDenied` when
+        the feed rules do not let it); events arrive in the inbox like any message."""
+        return self._run(_core.subscribe_call(topic, purpose=purpose, mailbox=mailbox))
+
+    def unsubscribe(self, topic: str) -> None:
+        """End this member's subscription to ``topic`` (:class:`NotFound` if there is none)."""
+        self._run(_core.unsubscribe_call(topic))
+
+    def subscriptions(self) -> list[Subscription]:
+        """This member's feed subscriptions."""
+        return self._run(_core.subscriptions_call())
 
     def catalogue(self) -> list[MessageType]:
         """The message types this network carries and the standard each must meet."""
