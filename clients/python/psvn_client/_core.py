@@ -96,10 +96,21 @@ def _json(response: httpx.Response) -> Any:
         ) from None
 
 
+def _segment(value: str, what: str) -> str:
+    """One URL path segment (a message id, a topic), checked and quoted."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty string")
+    return quote(value, safe="")
+
+
 def _id(message_id: str) -> str:
-    if not isinstance(message_id, str) or not message_id:
-        raise ValueError("message id must be a non-empty string")
-    return quote(message_id, safe="")
+    return _segment(message_id, "message id")
+
+
+def _set(body: dict[str, Any], **optional: Any) -> dict[str, Any]:
+    """Add the optional fields that were given (None means: leave it to the gateway)."""
+    body.update((name, value) for name, value in optional.items() if value is not None)
+    return body
 
 
 def send_call(
@@ -126,16 +137,8 @@ def send_call(
         "classification": classification,
         "idempotency_key": key,
     }
-    for name, value in (
-        ("subject", subject),
-        ("correlation_id", correlation_id),
-        ("workflow_id", workflow_id),
-        ("local_id", local_id),
-        ("ttl_seconds", ttl_seconds),
-        ("datacontenttype", datacontenttype),
-    ):
-        if value is not None:
-            body[name] = value
+    _set(body, subject=subject, correlation_id=correlation_id, workflow_id=workflow_id, local_id=local_id,
+         ttl_seconds=ttl_seconds, datacontenttype=datacontenttype)
 
     def parse(r: httpx.Response) -> SendResult:
         return SendResult.from_json(
@@ -181,9 +184,7 @@ def ack_call(message_id: str) -> Call[Ack]:
 
 
 def _topic(topic: str) -> str:
-    if not isinstance(topic, str) or not topic:
-        raise ValueError("topic must be a non-empty string, e.g. sensors.brighton.air")
-    return quote(topic, safe="")
+    return _segment(topic, "topic (e.g. sensors.brighton.air)")
 
 
 def publish_call(
@@ -201,16 +202,12 @@ def publish_call(
     # with a key, a retry after a lost answer sends no subscriber a second copy
     body: dict[str, Any] = {"type": type, "payload": payload, "purpose": purpose, "classification": classification,
                             "idempotency_key": idempotency_key or str(uuid.uuid4())}
-    for name, value in (("subject", subject), ("correlation_id", correlation_id), ("ttl_seconds", ttl_seconds)):
-        if value is not None:
-            body[name] = value
+    _set(body, subject=subject, correlation_id=correlation_id, ttl_seconds=ttl_seconds)
     return Call("POST", f"/v1/feeds/{_topic(topic)}", lambda r: Publication.from_json(_json(r)), json=body)
 
 
 def subscribe_call(topic: str, *, purpose: str, mailbox: str | None) -> Call[Subscription]:
-    body: dict[str, Any] = {"purpose": purpose}
-    if mailbox is not None:
-        body["mailbox"] = mailbox
+    body = _set({"purpose": purpose}, mailbox=mailbox)
     return Call("PUT", f"/v1/subscriptions/{_topic(topic)}", lambda r: Subscription.from_json(_json(r)), json=body)
 
 
