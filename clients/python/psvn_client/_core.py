@@ -164,14 +164,21 @@ def inbox_call(mailbox: str | None, status: str | None, limit: int) -> Call[list
     if status is not None:
         params["status"] = str(status)
 
-    def parse(r: httpx.Response) -> list[InboxItem]:
-        data = _json(r)
-        items = data.get("messages") if isinstance(data, dict) else None
-        if not isinstance(items, list):
-            raise ProtocolError(Code.BAD_RESPONSE, f"inbox answer has no 'messages' list: {str(data)[:200]}")
-        return [InboxItem.from_json(m) for m in items]
+    return _list_call("/v1/inbox", "messages", "inbox", InboxItem.from_json, params=params)
 
-    return Call("GET", "/v1/inbox", parse, params=params)
+
+def _list_call(path: str, key: str, what: str, item: Callable[[Any], T],
+               params: dict[str, str | int] | None = None) -> Call[list[T]]:
+    """A GET whose answer is ``{key: [...]}``: each element read by ``item``."""
+
+    def parse(r: httpx.Response) -> list[T]:
+        data = _json(r)
+        items = data.get(key) if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise ProtocolError(Code.BAD_RESPONSE, f"{what} answer has no {key!r} list: {str(data)[:200]}")
+        return [item(x) for x in items]
+
+    return Call("GET", path, parse, params=params)
 
 
 def get_call(message_id: str) -> Call[ReceivedMessage]:
@@ -216,25 +223,11 @@ def unsubscribe_call(topic: str) -> Call[None]:
 
 
 def subscriptions_call() -> Call[list[Subscription]]:
-    def parse(r: httpx.Response) -> list[Subscription]:
-        data = _json(r)
-        items = data.get("subscriptions") if isinstance(data, dict) else None
-        if not isinstance(items, list):
-            raise ProtocolError(Code.BAD_RESPONSE, f"answer has no 'subscriptions' list: {str(data)[:200]}")
-        return [Subscription.from_json(s) for s in items]
-
-    return Call("GET", "/v1/subscriptions", parse)
+    return _list_call("/v1/subscriptions", "subscriptions", "subscriptions", Subscription.from_json)
 
 
 def catalogue_call() -> Call[list[MessageType]]:
-    def parse(r: httpx.Response) -> list[MessageType]:
-        data = _json(r)
-        types = data.get("types") if isinstance(data, dict) else None
-        if not isinstance(types, list):
-            raise ProtocolError(Code.BAD_RESPONSE, f"catalogue answer has no 'types' list: {str(data)[:200]}")
-        return [MessageType.from_json(t) for t in types]
-
-    return Call("GET", "/v1/catalogue", parse)
+    return _list_call("/v1/catalogue", "types", "catalogue", MessageType.from_json)
 
 
 def health_call() -> Call[Health]:
