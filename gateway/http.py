@@ -126,13 +126,21 @@ async def decode_body(request: web.Request, decoder: msgspec.json.Decoder[T], sy
             system=system) from None
 
 
+K = TypeVar("K", SendRequest, FeedRequest)
+
+
+def with_header_key(request: web.Request, req: K) -> K:
+    """An ``Idempotency-Key`` header stands in for the body's ``idempotency_key`` if it has none."""
+    header_key = request.headers.get("Idempotency-Key")
+    if header_key and not req.idempotency_key:
+        return msgspec.structs.replace(req, idempotency_key=header_key)
+    return req
+
+
 async def post_message(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     system = system_of(request)
-    req = await decode_body(request, _send_decoder, system)
-    header_key = request.headers.get("Idempotency-Key")
-    if header_key and not req.idempotency_key:
-        req = msgspec.structs.replace(req, idempotency_key=header_key)
+    req = with_header_key(request, await decode_body(request, _send_decoder, system))
     rec, created = await gw.send(req, system=system)
     data = {"id": rec.id, "status": rec.status,
             "policy": {"version": gw.policy.version, "rule_ids": rec.rule_ids}}
@@ -199,10 +207,7 @@ async def metrics(request: web.Request) -> web.Response:
 async def publish_feed(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     system = system_of(request)
-    req = await decode_body(request, _feed_decoder, system)
-    header_key = request.headers.get("Idempotency-Key")
-    if header_key and not req.idempotency_key:
-        req = msgspec.structs.replace(req, idempotency_key=header_key)
+    req = with_header_key(request, await decode_body(request, _feed_decoder, system))
     return json_response(await gw.publish(request.match_info["topic"], req, system=system), status=202)
 
 
