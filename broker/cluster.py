@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from broker.accounts import BackboneAccounts
 from broker.natsconf import ClusterConfig, ServerConfig
 from broker.server import NatsServer
 from psvn import procs
@@ -168,12 +169,12 @@ class Cluster:
             n.pid = None
 
 
-def cluster_nodes(root: Path, *, cert: Path, key: Path, ca: Path, members: Sequence[str], base_port: int,
-                  size: int = DEFAULT_SIZE, name: str = "psvn",
-                  pins: Callable[[Sequence[str]], Sequence[str]] | None = None) -> list[NatsServer]:
-    """One config per node (ports from ``base_port`` on, own store dir and log), routes to all the
-    others; ``pins`` (members -> client keys, e.g. ``psvn.devnet.backbone_pins``) locks out
-    revoked certificates on every node."""
+def cluster_nodes(root: Path, *, cert: Path, key: Path, ca: Path, backbone: BackboneAccounts, members: Sequence[str],
+                  base_port: int, size: int = DEFAULT_SIZE, name: str = "psvn") -> list[NatsServer]:
+    """One config per node (ports from ``base_port`` on, own store dir, account resolver dir and
+    log), routes to all the others; every node trusts the same operator and preloads the same
+    accounts (the full resolvers then keep each other up to date)."""
+    preload = backbone.preload(list(members))
     ports = [tuple(base_port + PORTS_PER_NODE * i + j for j in range(PORTS_PER_NODE)) for i in range(size)]
     route_password = secrets.token_urlsafe(32)
     nodes: list[NatsServer] = []
@@ -181,17 +182,17 @@ def cluster_nodes(root: Path, *, cert: Path, key: Path, ca: Path, members: Seque
         node_name = f"{name}-n{i + 1}"
         d = root / node_name
         cfg = ServerConfig(name=node_name, port=client, monitor_port=monitor, store_dir=d / "store",
-                           cert=cert, key=key, ca=ca, members=tuple(members),
+                           cert=cert, key=key, ca=ca, operator_jwt=backbone.operator_jwt(),
+                           system_account=backbone.system_account, resolver_dir=d / "accounts", preload=preload,
                            cluster=ClusterConfig(name=name, listen_port=route,
                                                  routes=[p[2] for j, p in enumerate(ports) if j != i],
                                                  route_password=route_password))
-        nodes.append(NatsServer(cfg, conf_path=d / "nats.conf", log_path=d / "nats.log", pins=pins))
+        nodes.append(NatsServer(cfg, conf_path=d / "nats.conf", log_path=d / "nats.log"))
     return nodes
 
 
-def start_cluster(root: Path, *, cert: Path, key: Path, ca: Path, members: Sequence[str],
-                  size: int = DEFAULT_SIZE, name: str = "psvn", timeout: float = 30.0,
-                  pins: Callable[[Sequence[str]], Sequence[str]] | None = None) -> Cluster:
+def start_cluster(root: Path, *, cert: Path, key: Path, ca: Path, backbone: BackboneAccounts, members: Sequence[str],
+                  size: int = DEFAULT_SIZE, name: str = "psvn", timeout: float = 30.0) -> Cluster:
     """Start ``size`` nodes together on free ports and wait for a JetStream meta leader.
 
     The nodes start in parallel: each waits for its own JetStream, and a clustered JetStream
@@ -199,8 +200,9 @@ def start_cluster(root: Path, *, cert: Path, key: Path, ca: Path, members: Seque
     """
 
     def start(base_port: int) -> Cluster:
-        cluster = Cluster(name=name, nodes=cluster_nodes(root, cert=cert, key=key, ca=ca, members=members,
-                                                         base_port=base_port, size=size, name=name, pins=pins))
+        cluster = Cluster(name=name, nodes=cluster_nodes(root, cert=cert, key=key, ca=ca, backbone=backbone,
+                                                         members=members, base_port=base_port, size=size,
+                                                         name=name))
         try:
             with ThreadPoolExecutor(max_workers=size) as pool:
                 for fut in [pool.submit(n.start, timeout=timeout) for n in cluster.nodes]:

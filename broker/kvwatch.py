@@ -1,7 +1,14 @@
 """Follow a JetStream KV bucket: every current value, then live updates, into a callback.
 
-The registry view, the policy holder, the consent view and the gateway's state store all keep a
-live in-memory copy of a bucket this way; this is the one loop they share.
+Two ways, one interface (``follow``, ``synced``, ``entry_time``, ``stop``):
+
+- :class:`KVFollower` watches a bucket of the caller's own account (an ordered consumer).
+- :class:`SharedFollower` follows a bucket of the network account from a member account, where a
+  member may not create consumers (a consumer's delivery subject is a way to make JetStream
+  publish anywhere in the network account): it listens to the bucket's change notifications
+  (the network exports ``$KV.<bucket>.>`` as a stream) and reads each changed key where it lives
+  (a direct get), so what it applies is always what is stored, with its revision. A periodic
+  look at the stream's last sequence resyncs whatever a disconnect made it miss.
 """
 
 from __future__ import annotations
@@ -78,6 +85,85 @@ class KVFollower:
                 await self._task
 
 
+class SharedFollower:
+    """Follows a bucket by change notifications and direct reads (see the module docstring)."""
+
+    def __init__(self, *, resync_seconds: float = 5.0) -> None:
+        self.synced = asyncio.Event()
+        self.entry_time: datetime | None = None
+        self.resync_seconds = resync_seconds
+        self._revs: dict[str, int] = {}
+        self._high = 0  # the highest stream sequence applied or known to be behind us
+        self._task: asyncio.Task[None] | None = None
+        self._sub: Any = None
+
+    async def follow(self, js: JetStreamContext, bucket: str, apply: Apply, *, key: str | None = None,
+                     ready: asyncio.Event | None = None, timeout: float = 10.0) -> None:
+        stream, prefix = f"KV_{bucket}", f"$KV.{bucket}."
+        changed: asyncio.Queue[str] = asyncio.Queue(maxsize=10_000)
+
+        async def notified(msg: Any) -> None:
+            with contextlib.suppress(asyncio.QueueFull):  # a flood: the resync catches up
+                changed.put_nowait(msg.subject[len(prefix):])
+
+        self._sub = await js._nc.subscribe(prefix + (key or ">"), cb=notified)
+
+        async def fetch(k: str) -> None:
+            try:
+                msg = await js.get_msg(stream, subject=prefix + k, direct=True)
+            except NotFoundError:
+                return
+            seq = msg.seq or 0
+            if seq <= self._revs.get(k, 0):
+                return
+            self._revs[k] = seq
+            self._high = max(self._high, seq)
+            self.entry_time = msg.time
+            deleted = (msg.headers or {}).get(KV_OPERATION) in ("DEL", "PURGE")
+            try:
+                apply(k, None if deleted else msg.data, seq)
+            except Exception as exc:  # one bad entry must not stop the follower
+                log.error("kv entry ignored", bucket=bucket, key=k, error=repr(exc))
+
+        async def resync() -> None:
+            last = (await js.stream_info(stream)).state.last_seq
+            if last <= self._high and self.synced.is_set():
+                return
+            for k in [key] if key else await read_keys(js, bucket, deleted=True):
+                await fetch(k)
+            self._high = max(self._high, last)
+            self.synced.set()
+
+        async def run() -> None:
+            loop = asyncio.get_running_loop()
+            next_resync = loop.time() + self.resync_seconds
+            while True:
+                try:
+                    k = await asyncio.wait_for(changed.get(), max(0.0, next_resync - loop.time()))
+                    await fetch(k)
+                except TimeoutError:
+                    next_resync = loop.time() + self.resync_seconds
+                    try:
+                        await resync()
+                    except Exception as exc:  # backbone away: try again at the next tick
+                        log.warning("kv resync failed", bucket=bucket, error=repr(exc))
+                except Exception as exc:
+                    log.warning("kv read failed", bucket=bucket, error=repr(exc))
+
+        await resync()
+        self._task = asyncio.create_task(run(), name=f"follow {bucket}")
+        await asyncio.wait_for((ready or self.synced).wait(), timeout)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEntry:
     """One stored KV entry, read by stream sequence."""
@@ -113,12 +199,16 @@ async def read_history(js: JetStreamContext, bucket: str, key: str) -> list[Stor
     return out
 
 
-async def read_keys(js: JetStreamContext, bucket: str) -> list[str]:
-    """The keys with a live (not deleted) value, from the stream's subject index (no watcher race)."""
+async def read_keys(js: JetStreamContext, bucket: str, *, deleted: bool = False) -> list[str]:
+    """The keys with a live (not deleted) value, from the stream's subject index (no watcher race);
+    ``deleted``: every key the stream still holds, deleted ones too (without reading them)."""
     stream, prefix = f"KV_{bucket}", f"$KV.{bucket}."
     info = await js.stream_info(stream, subjects_filter=f"{prefix}>")
     keys: list[str] = []
     for subject in sorted((info.state.subjects or {}) if info.state else {}):
+        if deleted:
+            keys.append(subject[len(prefix):])
+            continue
         try:
             msg = await js.get_msg(stream, subject=subject)
         except NotFoundError:

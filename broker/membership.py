@@ -1,19 +1,18 @@
 """Membership changes the operator makes on a running network: suspend, revoke, reinstate.
 
 Two things change together: the registry entry (every gateway stops sending to the member and
-quarantines what it sends) and the backbone's user list (nats-server is reloaded without the
-member, so its certificate no longer authenticates and its live connection is closed). NATS has
-no CRL support: removing the user shuts out a member, and pinning the keys of the non-revoked
-certificates (``certs.revocation.backbone_pins``) shuts out one revoked certificate.
+quarantines what it sends) and the member's backbone account: its users are revoked in its account
+JWT, pushed to the resolver, so nats-server closes the member's live connections at once (no
+reload, no restart); reinstating pushes the account without the revocation.
 """
 
 from __future__ import annotations
 
 import msgspec
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from broker import registry
-from broker.server import NatsServer
+from broker import accounts, registry
 from psvn.errors import Code, PsvnError
 
 
@@ -30,14 +29,15 @@ async def set_status(js: JetStreamContext, org: str, status: registry.Status) ->
     return updated
 
 
-async def revoke(js: JetStreamContext, server: NatsServer, org: str, *, status: registry.Status = "revoked") -> None:
-    """Registry first (gateways refuse the member), then the backbone (its connection is closed)."""
+async def revoke(js: JetStreamContext, system: NATS, backbone: accounts.BackboneAccounts, org: str, *,
+                 status: registry.Status = "revoked") -> None:
+    """Registry first (gateways refuse the member), then the backbone (its connections closed)."""
     await set_status(js, org, status)
-    server.reload([m for m in server.config.members if m != org])
+    backbone.revoke_users(org)
+    await accounts.push(system, backbone.member_jwt(org))
 
 
-async def reinstate(js: JetStreamContext, server: NatsServer, org: str) -> None:
-    members = list(server.config.members)
-    if org not in members:
-        server.reload([*members, org])
+async def reinstate(js: JetStreamContext, system: NATS, backbone: accounts.BackboneAccounts, org: str) -> None:
+    backbone.reinstate_users(org)
+    await accounts.push(system, backbone.member_jwt(org))
     await set_status(js, org, "active")

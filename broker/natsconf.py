@@ -1,8 +1,10 @@
 """Render a nats-server configuration (pure: data in, text out).
 
-TLS everywhere with ``verify_and_map``: a gateway's NATS user *is* the SAN URI of its client
-certificate (``urn:psvn:org:ods:RYR``), so a password can never leak and a system certificate
-or a certificate from another CA cannot connect at all.
+Operator mode (decentralised JWT, see ``broker.accounts``): every member is its own account,
+kept by the full resolver, so members are added and revoked by pushing JWTs at run time. A client
+needs both a certificate from the network CA (mutual TLS, checked at the handshake) and a user JWT
+signed for its account (``.creds``): a certificate from another CA cannot connect at all, and a
+leaked ``.creds`` file is useless without the member's certificate key.
 """
 
 from __future__ import annotations
@@ -11,9 +13,6 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from broker.subjects import BROKER_URI, gateway_permissions
-from psvn.addresses import org_uri
 
 # TLS 1.2 suites nats-server accepts; TLS 1.3 suites are always the Go defaults (all AEAD).
 TLS12_CIPHERS = [
@@ -48,12 +47,14 @@ class ServerConfig:
     cert: Path
     key: Path
     ca: Path
-    members: Sequence[str] = field(default_factory=tuple)  # organisation addresses
+    operator_jwt: str
+    system_account: str
+    resolver_dir: Path
+    # account public key -> JWT, loaded at the first start; later versions are pushed
+    preload: dict[str, str] = field(default_factory=dict)
     max_payload: int = 4 * 1024 * 1024
+    max_file_store: int = 64 * 1024 ** 3
     cluster: ClusterConfig | None = None
-    # Client keys the backbone lets in (SPKI SHA-256, see certs.revocation.backbone_pins); None:
-    # any certificate from the CA. Computed from the PKI when the config is written.
-    pinned_certs: Sequence[str] | None = None
 
 
 def _q(value: object) -> str:
@@ -61,28 +62,27 @@ def _q(value: object) -> str:
 
 
 def render(cfg: ServerConfig) -> str:
-    users = [{"user": BROKER_URI, "permissions": {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}}]
-    for org in cfg.members:
-        users.append({"user": org_uri(org), "permissions": gateway_permissions(org)})
     tls = {
         "cert_file": str(cfg.cert),
         "key_file": str(cfg.key),
         "ca_file": str(cfg.ca),
-        "verify_and_map": True,
+        "verify": True,
         "timeout": 5,
         "cipher_suites": TLS12_CIPHERS,
     }
-    if cfg.pinned_certs is not None:
-        tls["pinned_certs"] = sorted(cfg.pinned_certs)
     conf: dict[str, object] = {
         "server_name": cfg.name,
         "listen": f"127.0.0.1:{cfg.port}",
         "http": f"127.0.0.1:{cfg.monitor_port}",
         "max_payload": cfg.max_payload,
-        "jetstream": {"store_dir": str(cfg.store_dir), "max_memory_store": 268435456,
-                      "max_file_store": 4294967296},
+        "jetstream": {"store_dir": str(cfg.store_dir), "max_memory_store": 1024 ** 3,
+                      "max_file_store": cfg.max_file_store},
         "tls": tls,
-        "authorization": {"users": users},
+        "operator": cfg.operator_jwt,
+        "system_account": cfg.system_account,
+        "resolver": {"type": "full", "dir": str(cfg.resolver_dir), "allow_delete": True, "interval": "30s",
+                     "timeout": "2s"},
+        "resolver_preload": dict(cfg.preload),
     }
     if cfg.cluster is not None:
         conf["cluster"] = {

@@ -36,8 +36,6 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from broker.subjects import (
-    AUDIT_STREAM,
-    AUDIT_SUBJECTS,
     CONSENT_BUCKET,
     CONSUMER,
     FEEDS_BUCKET,
@@ -45,6 +43,8 @@ from broker.subjects import (
     POLICY_BUCKET,
     POLICY_KEY,
     REGISTRY_BUCKET,
+    audit_stream,
+    audit_subject,
     inbox_stream,
     state_bucket,
 )
@@ -66,26 +66,42 @@ async def connect(url: str | list[str], tls: ssl.SSLContext, *, name: str, inbox
     return await nats.connect(**opts)  # type: ignore[arg-type]
 
 
+MIB = 1024 * 1024
+# Every stream and bucket has a byte limit, so their sum (reserved by JetStream) bounds the store:
+# nothing a member writes can fill the backbone for everyone.
+BUCKET_MAX_BYTES = {REGISTRY_BUCKET: 64 * MIB, POLICY_BUCKET: 64 * MIB, CONSENT_BUCKET: 256 * MIB,
+                    FEEDS_BUCKET: 64 * MIB}
+BUCKET_MAX_VALUE = 1 * MIB  # a policy set is the largest value (hundreds of KiB)
+AUDIT_MAX_BYTES = 256 * MIB  # per member
+AUDIT_MAX_RECORD = 64 * 1024
+
+
 async def _kv(js: JetStreamContext, bucket: str, *, history: int, replicas: int,
-              ttl: float | None = None) -> KeyValue:
+              ttl: float | None = None, max_bytes: int = -1, max_value_size: int = -1) -> KeyValue:
     async def step() -> KeyValue:
         try:
             return await js.key_value(bucket)
         except BucketNotFoundError:
             return await js.create_key_value(KeyValueConfig(bucket=bucket, history=history, replicas=replicas,
-                                                            storage=StorageType.FILE, ttl=ttl, direct=True))
+                                                            storage=StorageType.FILE, ttl=ttl, direct=True,
+                                                            max_bytes=max_bytes, max_value_size=max_value_size))
 
     return await patiently(step, what=f"bucket {bucket}")
 
 
 async def provision_network(js: JetStreamContext, *, replicas: int = 1) -> None:
-    await _kv(js, REGISTRY_BUCKET, history=5, replicas=replicas)  # same shape as registry.ensure_bucket
-    await _kv(js, POLICY_BUCKET, history=64, replicas=replicas)
-    await _kv(js, CONSENT_BUCKET, history=1, replicas=replicas)
-    await _kv(js, FEEDS_BUCKET, history=1, replicas=replicas)
-    await _ensure_stream(js, StreamConfig(name=AUDIT_STREAM, subjects=[AUDIT_SUBJECTS],
-                                          retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
-                                          num_replicas=replicas, max_age=365 * DAY))
+    """The shared buckets in the network account, each with a byte limit. History is kept (the
+    registry 5 deep, the policy set 64) so a bad value can be recovered from."""
+    for bucket, history in ((REGISTRY_BUCKET, 5), (POLICY_BUCKET, 64), (CONSENT_BUCKET, 5), (FEEDS_BUCKET, 1)):
+        await _kv(js, bucket, history=history, replicas=replicas, max_bytes=BUCKET_MAX_BYTES[bucket],
+                  max_value_size=BUCKET_MAX_VALUE)
+
+
+async def provision_state_bucket(js: JetStreamContext, org: str, *, replicas: int = 1,
+                                 retention_days: float = MAILBOX_MAX_AGE_DAYS) -> KeyValue:
+    """A member's state bucket, in its own account (its JetStream limits bound it): statuses,
+    mailbox index and idempotency keys live as long as the mail itself. The gateway makes it."""
+    return await _kv(js, state_bucket(org), history=1, replicas=replicas, ttl=retention_days * DAY)
 
 
 async def patiently(step: Callable[[], Awaitable[T]], *, what: str, patience: float = 30.0) -> T:
@@ -147,8 +163,12 @@ async def provision_member(js: JetStreamContext, org: str, *, replicas: int = 1,
                 ack_wait=10.0, max_deliver=-1, max_ack_pending=10000))  # redelivery is idempotent: fail over fast
 
     await patiently(consumer, what=f"consumer {stream}/{CONSUMER}")
-    # statuses, mailbox index and idempotency keys live as long as the mail itself
-    await _kv(js, state_bucket(org), history=1, replicas=replicas, ttl=retention_days * DAY)
+    # its audit records: a stream of its own, so its byte limit is its own and the stream (not a
+    # field inside the record) says who wrote it
+    await _ensure_stream(js, StreamConfig(
+        name=audit_stream(org), subjects=[audit_subject(org)], retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE, num_replicas=replicas, max_age=365 * DAY, max_bytes=AUDIT_MAX_BYTES,
+        max_msg_size=AUDIT_MAX_RECORD, discard=DiscardPolicy.NEW, duplicate_window=120.0))
 
 
 async def publish_policy(js: JetStreamContext, signed: bundle.SignedPolicySet) -> int:

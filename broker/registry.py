@@ -17,7 +17,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from broker.kvwatch import KVFollower
+from broker.kvwatch import SharedFollower
 from broker.subjects import REGISTRY_BUCKET
 from psvn.addresses import token
 from psvn.envelope import now_rfc3339, parse_time
@@ -134,7 +134,7 @@ class RegistryView:
     def __init__(self) -> None:
         self.members: dict[str, Member] = {}
         self.listeners: list[Callable[[], None]] = []  # called after each change (e.g. re-check refusals)
-        self._follower = KVFollower()
+        self._follower = SharedFollower()
 
     def lookup(self, org: str, *, field: str = "to", message_id: str | None = None,
                require_active: bool = True) -> Member:

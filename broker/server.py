@@ -5,8 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from broker.natsconf import ServerConfig, render
@@ -32,9 +31,6 @@ class NatsServer:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     pid: int | None = None
-    # members -> the client keys to pin (re-read from the PKI at every write, so a revoked
-    # certificate is locked out at the next start or reload); None: no pinning
-    pins: Callable[[Sequence[str]], Sequence[str]] | None = None
 
     @property
     def url(self) -> str:
@@ -55,15 +51,12 @@ class NatsServer:
                                + self.log_path.read_text()[-2000:]) from None
         return self
 
-    def reload(self, members: list[str] | None = None) -> None:
-        """Rewrite the config (a new member list; the pins re-read) and signal a reload (no restart).
-
-        nats-server closes the connections of users removed and of keys no longer pinned."""
+    def reload(self) -> None:
+        """Rewrite the config and signal a reload (no restart). Members are not a reason to: they
+        come and go by account JWTs pushed to the resolver (``broker.accounts``)."""
         import os
         import signal
 
-        if members is not None:
-            self.config = replace(self.config, members=tuple(members))
         self._write_conf()
         if self.pid is not None:
             os.kill(self.pid, signal.SIGHUP)
@@ -71,9 +64,6 @@ class NatsServer:
     def _write_conf(self) -> None:
         """0600: a clustered config holds the route secret."""
         import os
-
-        if self.pins is not None:
-            self.config = replace(self.config, pinned_certs=tuple(self.pins(self.config.members)))
 
         fd = os.open(self.conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -39,6 +39,7 @@ class NatsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cert: str
     key: str
     ca: str
+    creds: str  # the gateway's backbone user: a JWT for its member account and the user's nkey seed (0600)
 
 
 class KeysSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -22,7 +22,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.js import JetStreamContext
 
-from broker.kvwatch import KVFollower
+from broker.kvwatch import SharedFollower
 from broker.registry import RegistryView
 from broker.subjects import CONSENT_BUCKET
 from certs.pki import ed25519_public
@@ -95,7 +95,7 @@ class ConsentView:
         # behind (the operator's key rotation); offered again whenever the registry changes
         self._pending: dict[str, tuple[bytes, datetime | None]] = {}
         registry.listeners.append(self._retry_pending)
-        self._follower = KVFollower()
+        self._follower = SharedFollower()
         self._record_lock = asyncio.Lock()
         self._js: JetStreamContext | None = None
 

@@ -13,7 +13,7 @@ import msgspec
 import structlog
 from nats.js import JetStreamContext
 
-from broker.kvwatch import KVFollower
+from broker.kvwatch import SharedFollower
 from broker.subjects import FEEDS_BUCKET
 from psvn.addresses import token
 
@@ -42,7 +42,7 @@ class FeedView:
     def __init__(self) -> None:
         self.topics: dict[str, dict[str, Subscription]] = {}
         self._keys: dict[str, tuple[str, str]] = {}  # bucket key -> (topic, subscriber)
-        self._follower = KVFollower()
+        self._follower = SharedFollower()
         self._js: JetStreamContext | None = None
 
     def apply(self, key: str, value: bytes | None, revision: int = 0) -> None:

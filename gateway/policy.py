@@ -16,7 +16,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.js import JetStreamContext
 
-from broker.kvwatch import KVFollower
+from broker.kvwatch import SharedFollower
 from broker.subjects import POLICY_BUCKET, POLICY_KEY
 from policies import bundle
 from policies.catalogue import Catalogue
@@ -52,7 +52,7 @@ class PolicyHolder:
         self.rejected: list[tuple[int, str]] = []  # (version, reason) of refused updates
         self._on_change = on_change
         self.floor = 0
-        self._follower = KVFollower()
+        self._follower = SharedFollower()
 
     @property
     def version(self) -> int:

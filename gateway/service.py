@@ -28,9 +28,16 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
-from broker.provision import connect
+from broker.provision import connect, provision_state_bucket
 from broker.registry import RegistryView
-from broker.subjects import CONSUMER, MAILBOX_MAX_AGE_DAYS, audit_subject, inbox_prefix, inbox_stream
+from broker.subjects import (
+    CONSUMER,
+    MAILBOX_MAX_AGE_DAYS,
+    OPERATOR_JS_PREFIX,
+    audit_subject,
+    inbox_prefix,
+    inbox_stream,
+)
 from certs import pki, tls
 from gateway import core, seal
 from gateway.config import GatewayConfig
@@ -122,7 +129,8 @@ class Gateway:
         self.feeds = FeedView()
         self.webhook = _webhook(config)
         self.nc: NATS | None = None
-        self.js: JetStreamContext | None = None
+        self.js: JetStreamContext | None = None  # its own account's JetStream: its state bucket
+        self.net: JetStreamContext | None = None  # the network account's, through its imports
         self._consumer: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -168,17 +176,20 @@ class Gateway:
             log.error("backbone error", org=self.org, error=str(exc))
 
         self.nc = await connect(n.servers, ctx, name=f"psvn-gateway {self.org}", inbox_prefix=inbox_prefix(self.org),
-                                disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error_cb)
+                                user_credentials=n.creds, disconnected_cb=disconnected,
+                                reconnected_cb=reconnected, error_cb=error_cb)
         self.metrics.backbone_up.set(1)
         self.js = self.nc.jetstream()
-        await self.registry.start(self.js)
+        self.net = self.nc.jetstream(prefix=OPERATOR_JS_PREFIX)
+        await self.registry.start(self.net)
         self.registry.lookup(self.org, field="gateway.org", require_active=False)
+        await provision_state_bucket(self.js, self.org)
         await self.store.start(self.js)
         self.policy.floor = self.store.policy_floor
-        await self.policy.start(self.js, timeout=self.config.gateway.policy_wait_seconds)
-        await self.consent.start(self.js)
-        await self.feeds.start(self.js)
-        psub = await self.js.pull_subscribe_bind(CONSUMER, stream=inbox_stream(self.org))
+        await self.policy.start(self.net, timeout=self.config.gateway.policy_wait_seconds)
+        await self.consent.start(self.net)
+        await self.feeds.start(self.net)
+        psub = await self.net.pull_subscribe_bind(CONSUMER, stream=inbox_stream(self.org))
         self._consumer = asyncio.create_task(self._consume(psub), name=f"consume {self.org}")
         self._sweeper = asyncio.create_task(self._sweep_expired(), name=f"expiry {self.org}")
         log.info("gateway started", org=self.org, policy_version=self.policy.version)
@@ -401,9 +412,9 @@ class Gateway:
         idempotent: another instance, or the stream's own max age, may have deleted it first).
         The entry stays as a tombstone until the state bucket's TTL, so a replay of the message
         is recognised; after that the arrival age check refuses it."""
-        assert self.js is not None
+        assert self.net is not None
         try:
-            await self.js.delete_msg(inbox_stream(self.org), rec.seq)
+            await self.net.delete_msg(inbox_stream(self.org), rec.seq)
         except APIError as exc:
             if not _already_gone(exc):
                 raise
@@ -519,9 +530,9 @@ class Gateway:
         if rec.status == State.QUARANTINED.value:
             raise PsvnError(Code.FORBIDDEN, f"message {message_id} is quarantined: {rec.reason}",
                             field="id", rule="quarantined", message_id=message_id)
-        assert self.js is not None
+        assert self.net is not None
         try:
-            raw = await self.js.get_msg(inbox_stream(self.org), seq=rec.seq, direct=True)
+            raw = await self.net.get_msg(inbox_stream(self.org), seq=rec.seq, direct=True)
         except (NotFoundError, APIError) as exc:
             if isinstance(exc, APIError) and not _already_gone(exc):
                 raise

@@ -319,7 +319,7 @@ _FAILED = frozenset({"rejected", "expired", "quarantined"})
 class DeliveryObserver:
     """First time each message reached the trust's mailbox and the sender's 'delivered', taken
     from the gateways' own state-bucket updates (``$KV.<bucket>.in.<id>`` / ``out.<id>``), which
-    the broker identity may read. Costs the gateways nothing."""
+    each member's own user may read in its own account. Costs the gateways nothing."""
 
     def __init__(self, sender: str, recipient: str) -> None:
         from broker.subjects import state_bucket
@@ -332,10 +332,13 @@ class DeliveryObserver:
         self.changed = asyncio.Event()
         self._subs: list[Any] = []
 
-    async def start(self, nc: Any) -> None:
-        self._subs = [await nc.subscribe(self.in_prefix + ">", cb=self._on_in),
-                      await nc.subscribe(self.out_prefix + ">", cb=self._on_out)]
-        await nc.flush()
+    async def start(self, recipient_nc: Any, sender_nc: Any) -> None:
+        """``recipient_nc``/``sender_nc``: connections as each member's own backbone user (its
+        state bucket lives in its own account, out of the broker's sight)."""
+        self._subs = [await recipient_nc.subscribe(self.in_prefix + ">", cb=self._on_in),
+                      await sender_nc.subscribe(self.out_prefix + ">", cb=self._on_out)]
+        await recipient_nc.flush()
+        await sender_nc.flush()
 
     async def stop(self) -> None:
         for s in self._subs:
@@ -755,7 +758,6 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
     """Run every measurement against the devnet at ``layout`` (it must be running)."""
     from psvn_client import AsyncClient
 
-    from broker.provision import connect
     from psvn import devnet
 
     say = progress or (lambda _msg: None)
@@ -784,11 +786,13 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
                                                             max_connections=1, timeout=30.0))
                 for _ in range(opts.concurrency)]
 
-    nc = await connect(state.nats_url, devnet.broker_tls(layout), name="psvn-bench")
+    nc = await devnet.broker_connect(layout, state.nats_url, name="psvn-bench")
+    watch_in = await devnet.member_connect(layout, state.nats_url, TRUST, name="psvn-bench observer")
+    watch_out = await devnet.member_connect(layout, state.nats_url, COUNCIL, name="psvn-bench observer")
     obs = DeliveryObserver(COUNCIL, TRUST)
     all_ids: list[str] = []
     try:
-        await obs.start(nc)
+        await obs.start(watch_in, watch_out)
         report.environment = _environment(_server_version(nc), state.nats_url, str(layout.root), started,
                                           loop_name)
         report.environment["gateways"] = len(state.gateways)
@@ -828,8 +832,9 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
                                                              opts.delivery_timeout)
     finally:
         await obs.stop()
-        with contextlib.suppress(Exception):
-            await nc.close()  # not drain(): nothing of ours is left to flush, and drain waits on idle subs
+        for conn in (nc, watch_in, watch_out):
+            with contextlib.suppress(Exception):
+                await conn.close()  # not drain(): nothing of ours is left to flush, and drain waits on idle subs
     tp, raw = report.throughput, report.raw
     assert tp is not None and raw is not None
     report.ratios = Ratios(

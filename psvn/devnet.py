@@ -10,15 +10,15 @@ import functools
 import ssl
 import subprocess
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgspec
 from cryptography.hazmat.primitives import serialization
+from nats.aio.client import Client as NATS
 
-from broker import provision, registry
+from broker import accounts, provision, registry
 from broker.natsconf import ServerConfig
 from broker.server import NatsServer
 from broker.subjects import BROKER_URI
@@ -86,6 +86,10 @@ class Layout:
     def broker_cert(self) -> tuple[Path, Path]:
         return self.pki / "broker" / "broker.crt", self.pki / "broker" / "broker.key"
 
+    def nats_creds(self, org: str) -> Path:
+        """The member gateway's backbone user (its account's JWT and nkey seed), 0600."""
+        return self.org_dir(org) / "nats.creds"
+
     def gateway_config_path(self, org: str) -> Path:
         return self.root / "gateways" / f"{token(org)}.toml"
 
@@ -97,27 +101,25 @@ def make_pki(layout: Layout, members: tuple[MemberSpec, ...] | list[MemberSpec])
     authority = pki.new_signing_key(layout.authority_key)
     layout.authority_pub.write_bytes(authority.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    backbone = accounts.BackboneAccounts(layout.pki)
     for m in members:
         pki.issue_gateway(ca, m.org, layout.org_dir(m.org), post_quantum=m.post_quantum)
         pki.issue_system(ca, m.org, m.system, layout.org_dir(m.org) / "systems")
+        backbone.write_member_creds(m.org, layout.nats_creds(m.org))
 
 
 def server_config(layout: Layout, members: list[str], *, port: int, monitor_port: int) -> ServerConfig:
+    backbone = accounts.BackboneAccounts(layout.pki)
     return ServerConfig(name="psvn-devnet", port=port, monitor_port=monitor_port,
                         store_dir=layout.root / "nats" / "store", cert=layout.pki / "nats" / "nats.crt",
-                        key=layout.pki / "nats" / "nats.key", ca=layout.ca, members=tuple(members))
-
-
-def backbone_pins(layout: Layout, members: Sequence[str]) -> list[str]:
-    """Keys the backbone lets in: the broker's and the members' NATS certificates, none revoked."""
-    return revocation.backbone_pins(layout.pki, [layout.broker_cert[0],
-                                                 *(layout.org_dir(m) / "nats.crt" for m in members)])
+                        key=layout.pki / "nats" / "nats.key", ca=layout.ca, operator_jwt=backbone.operator_jwt(),
+                        system_account=backbone.system_account, resolver_dir=layout.root / "nats" / "accounts",
+                        preload=backbone.preload(members))
 
 
 def nats_server(layout: Layout, members: list[str], *, port: int, monitor_port: int) -> NatsServer:
     return NatsServer(server_config(layout, members, port=port, monitor_port=monitor_port),
-                      conf_path=layout.root / "nats" / "nats.conf", log_path=layout.root / "logs" / "nats.log",
-                      pins=functools.partial(backbone_pins, layout))
+                      conf_path=layout.root / "nats" / "nats.conf", log_path=layout.root / "logs" / "nats.log")
 
 
 def gateway_config(layout: Layout, m: MemberSpec, *, nats_url: str, port: int,
@@ -127,7 +129,8 @@ def gateway_config(layout: Layout, m: MemberSpec, *, nats_url: str, port: int,
         gateway=GatewaySection(org=m.org, name=m.name, listen_host=listen_host, listen_port=port),
         tls=TLSSection(cert=str(d / "https.crt"), key=str(d / "https.key"), ca=str(layout.ca),
                        crl=str(layout.pki / "ca.crl")),
-        nats=NatsSection(servers=[nats_url], cert=str(d / "nats.crt"), key=str(d / "nats.key"), ca=str(layout.ca)),
+        nats=NatsSection(servers=[nats_url], cert=str(d / "nats.crt"), key=str(d / "nats.key"), ca=str(layout.ca),
+                         creds=str(layout.nats_creds(m.org))),
         keys=KeysSection(signing=str(d / "sign.key"), hpke=str(d / "hpke.key"),
                          policy_authority=str(layout.authority_pub),
                          hpke_hybrid=str(d / "hpke-hybrid.key") if m.post_quantum else None,
@@ -138,6 +141,36 @@ def gateway_config(layout: Layout, m: MemberSpec, *, nats_url: str, port: int,
 def broker_tls(layout: Layout) -> ssl.SSLContext:
     cert, key = layout.broker_cert
     return tls.client_context(layout.ca, cert, key)
+
+
+async def broker_connect(layout: Layout, url: str | list[str], *, name: str = "psvn-broker",
+                         **kwargs: object) -> NATS:
+    """The broker's connection: its certificate and its user in the network account."""
+    return await provision.connect(url, broker_tls(layout), name=name,
+                                   user_credentials=str(accounts.BackboneAccounts(layout.pki).broker_creds), **kwargs)
+
+
+async def member_connect(layout: Layout, url: str | list[str], org: str, *, name: str,
+                         **kwargs: object) -> NATS:
+    """A member's own backbone user (its gateway's certificate and ``.creds``): sees only what
+    its account holds and imports."""
+    d = layout.org_dir(org)
+    return await provision.connect(url, tls.client_context(layout.ca, d / "nats.crt", d / "nats.key"), name=name,
+                                   user_credentials=str(layout.nats_creds(org)), **kwargs)
+
+
+async def system_connect(layout: Layout, url: str | list[str]) -> NATS:
+    """The operator's system user: pushes account JWTs (members added, revoked) to the resolver."""
+    return await provision.connect(url, broker_tls(layout), name="psvn-broker accounts",
+                                   user_credentials=str(accounts.BackboneAccounts(layout.pki).system_creds))
+
+
+async def push_accounts(layout: Layout, url: str | list[str], members: list[str]) -> None:
+    nc = await system_connect(layout, url)
+    try:
+        await accounts.push_all(nc, accounts.BackboneAccounts(layout.pki), members)
+    finally:
+        await nc.close()
 
 
 def public_message_keys(d: Path) -> tuple[bytes, bytes, str]:
@@ -166,7 +199,8 @@ async def provision_backbone(layout: Layout, nats_url: str, members: list[Member
 
     ``replicas`` is 1 on a laptop and 3 on a 3-node cluster (every stream and bucket survives a node).
     """
-    nc = await provision.connect(nats_url, broker_tls(layout), name="psvn-broker provisioning")
+    await push_accounts(layout, nats_url, [m.org for m in members])
+    nc = await broker_connect(layout, nats_url, name="psvn-broker provisioning")
     try:
         js = nc.jetstream()
         await provision.provision_network(js, replicas=replicas)
@@ -321,17 +355,27 @@ def down(layout: Layout, state: DevnetState | None = None) -> bool:
     return True
 
 
-def reload_backbone(layout: Layout) -> bool:
-    """Re-render a running devnet's nats-server config (members, and keys pinned from the PKI and
-    its CRL) and reload it; False if no devnet runs here."""
+def revoke_backbone_users(layout: Layout, org: str) -> bool:
+    """Revoke every backbone user a member holds now (e.g. its certificate was revoked): pushed to
+    the running devnet's resolver, which closes its live connections; False if no devnet runs here.
+    The member needs a new certificate and a new ``.creds`` file to come back."""
+    import asyncio
+
     state = read_state(layout)
     if not running(state):
         return False
     assert state is not None
-    members = [o for o in state.gateways if o not in set(state.revoked)]
-    server = nats_server(layout, members, port=int(state.nats_url.rsplit(":", 1)[1]), monitor_port=state.monitor_port)
-    server.pid = state.nats_pid
-    server.reload()
+    backbone = accounts.BackboneAccounts(layout.pki)
+    backbone.revoke_users(org)
+
+    async def push() -> None:
+        nc = await system_connect(layout, state.nats_url)
+        try:
+            await accounts.push(nc, backbone.member_jwt(org))
+        finally:
+            await nc.close()
+
+    asyncio.run(push())
     return True
 
 
@@ -349,7 +393,7 @@ def enforced_policy(layout: Layout) -> dict[str, Any]:
     assert state is not None
 
     async def fetch() -> dict[str, Any]:
-        nc = await provision.connect(state.nats_url, broker_tls(layout), name="psvn policy reader")
+        nc = await broker_connect(layout, state.nats_url, name="psvn policy reader")
         try:
             cur = await enforced(nc.jetstream(), load_public_key(layout.authority_pub))
         finally:
@@ -390,7 +434,7 @@ def rotate_keys(layout: Layout, org: str, *, timeout: float = 60.0) -> registry.
     sign_key, hpke_key, suite = public_message_keys(layout.org_dir(org))
 
     async def publish() -> registry.Member:
-        nc = await provision.connect(state.nats_url, broker_tls(layout), name="psvn-broker key rotation")
+        nc = await broker_connect(layout, state.nats_url, name="psvn-broker key rotation")
         try:
             kv = await registry.ensure_bucket(nc.jetstream())
             return await registry.rotate_member_keys(kv, org, sign_key=sign_key, hpke_key=hpke_key, hpke_suite=suite)
@@ -414,23 +458,20 @@ def change_membership(layout: Layout, org: str, *, revoke: bool, status: str = "
     if org not in state.gateways:
         raise PsvnError(Code.UNKNOWN_RECIPIENT, f"{org!r} is not a devnet member", field="org", rule="devnet-member")
     revoked = set(state.revoked) | {org} if revoke else set(state.revoked) - {org}
-    members = [o for o in state.gateways if o not in revoked]
-    port = int(state.nats_url.rsplit(":", 1)[1])
-    server = nats_server(layout, members, port=port, monitor_port=state.monitor_port)
-    server.pid = state.nats_pid
+    backbone = accounts.BackboneAccounts(layout.pki)
 
     async def run() -> None:
-        nc = await provision.connect(state.nats_url, broker_tls(layout), name="psvn-broker membership")
+        nc = await broker_connect(layout, state.nats_url, name="psvn-broker membership")
+        system = await system_connect(layout, state.nats_url)
         try:
             js = nc.jetstream()
             if revoke:
-                await membership.set_status(js, org, status)  # type: ignore[arg-type]
-                server.reload(members)
+                await membership.revoke(js, system, backbone, org, status=status)  # type: ignore[arg-type]
             else:
-                server.reload(members)
-                await membership.set_status(js, org, "active")
+                await membership.reinstate(js, system, backbone, org)
         finally:
             await nc.close()
+            await system.close()
 
     asyncio.run(run())
     state.revoked = sorted(revoked)

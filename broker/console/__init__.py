@@ -15,6 +15,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from broker.accounts import BackboneAccounts
 from broker.auth import TokenAuthority
 from broker.console.app import ConsoleServer
 from broker.console.storage import ConsoleStore
@@ -38,6 +39,7 @@ async def start(layout: Layout, *, nats_url: str, port: int = 0, host: str = "12
     signing = pki.load_signing_key(layout.authority_key) if layout.authority_key.exists() else None
     cert, key = layout.broker_cert
     store = await ConsoleStore.open(nats_url=nats_url, tls=tls.client_context(layout.ca, cert, key),
+                                    creds=str(BackboneAccounts(layout.pki).broker_creds),
                                     authority_pub=load_public_key(layout.authority_pub), signing_key=signing,
                                     policy_dir=policy_dir)
     try:

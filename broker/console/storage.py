@@ -32,7 +32,7 @@ from nats.js.errors import NotFoundError
 from broker import policy_admin, provision
 from broker.policy_admin import Current, PolicyAdmin, Proposal
 from broker.registry import RegistryView
-from broker.subjects import AUDIT_STREAM, POLICY_BUCKET, inbox_prefix
+from broker.subjects import audit_stream
 from policies import bundle
 from policies.lifecycle import load_suite
 from psvn.errors import Code, PsvnError
@@ -65,9 +65,9 @@ class ConsoleStore:
         self.policy_dir = Path(policy_dir)
 
     @classmethod
-    async def open(cls, *, nats_url: str, tls: ssl.SSLContext, authority_pub: Ed25519PublicKey,
+    async def open(cls, *, nats_url: str, tls: ssl.SSLContext, creds: str, authority_pub: Ed25519PublicKey,
                    signing_key: Ed25519PrivateKey | None, policy_dir: Path = bundle.DEFAULT_DIR) -> ConsoleStore:
-        nc = await provision.connect(nats_url, tls, name="psvn-broker console")
+        nc = await provision.connect(nats_url, tls, name="psvn-broker console", user_credentials=creds)
         try:
             js = nc.jetstream()
             registry = RegistryView()
@@ -147,11 +147,25 @@ class ConsoleStore:
                                             fromfile=f"rules.toml (version {p.base_version})",
                                             tofile=f"rules.toml (proposal {p.id}, version {p.version})", n=3))
 
-    # -- the audit stream -------------------------------------------------------------------
+    # -- the audit streams ------------------------------------------------------------------
     async def recent_audit(self, limit: int = AUDIT_WINDOW) -> list[dict[str, Any]]:
-        """The last ``limit`` audit events, oldest first (a short-lived consumer, no acks)."""
+        """The last ``limit`` audit events of each member, oldest first. Each member writes to a
+        stream of its own, so the stream, not the ``org`` field inside a record, says who wrote it:
+        a record claiming another organisation is shown as its writer's, with the claim kept."""
+        events: list[dict[str, Any]] = []
+        for org in sorted(self.registry.members):
+            for ev in await self._recent(audit_stream(org), limit):
+                claimed = ev.get("org")
+                if claimed != org:
+                    ev["claimed_org"] = claimed
+                ev["org"] = org
+                events.append(ev)
+        events.sort(key=lambda ev: str(ev.get("time", "")))
+        return events
+
+    async def _recent(self, stream: str, limit: int) -> list[dict[str, Any]]:
         try:
-            info = await self.js.stream_info(AUDIT_STREAM)
+            info = await self.js.stream_info(stream)
         except NotFoundError:
             return []
         state = info.state
@@ -159,12 +173,12 @@ class ConsoleStore:
             return []
         start = max(state.first_seq, state.last_seq - limit + 1)
         name = f"console-{secrets.token_hex(6)}"
-        await self.js.add_consumer(AUDIT_STREAM, ConsumerConfig(
+        await self.js.add_consumer(stream, ConsumerConfig(
             name=name, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start,
             ack_policy=AckPolicy.NONE, inactive_threshold=30.0, mem_storage=True, num_replicas=1))
         events: list[dict[str, Any]] = []
         try:
-            psub = await self.js.pull_subscribe_bind(stream=AUDIT_STREAM, name=name)
+            psub = await self.js.pull_subscribe_bind(stream=stream, name=name)
             try:
                 done = False
                 while not done:
@@ -184,28 +198,11 @@ class ConsoleStore:
                     await psub.unsubscribe()
         finally:
             with contextlib.suppress(Exception):
-                await self.js.delete_consumer(AUDIT_STREAM, name)
+                await self.js.delete_consumer(stream, name)
         return events[-limit:]
 
-    # -- gateways ---------------------------------------------------------------------------
-    async def policy_watchers(self) -> dict[str, int]:
-        """org -> the policy bucket revision the server has delivered to that gateway's watcher."""
-        try:
-            consumers = await self.js.consumers_info(f"KV_{POLICY_BUCKET}")
-        except NotFoundError:
-            return {}
-        prefixes = {inbox_prefix(org) + ".": org for org in self.registry.members}
-        out: dict[str, int] = {}
-        for c in consumers:
-            subject = c.config.deliver_subject or ""
-            org = next((o for p, o in prefixes.items() if subject.startswith(p)), None)
-            if org is not None and c.delivered is not None:
-                out[org] = max(out.get(org, 0), int(c.delivered.stream_seq or 0))
-        return out
-
     async def overview(self) -> dict[str, Any]:
-        history, watchers, events = await asyncio.gather(self.admin.history(), self.policy_watchers(),
-                                                         self.recent_audit())
+        history, events = await asyncio.gather(self.admin.history(), self.recent_audit())
         accepted = sorted((h.revision, h.version) for h in history if h.accepted)
         published = accepted[-1][1] if accepted else 0
         last_event: dict[str, dict[str, Any]] = {}
@@ -219,14 +216,13 @@ class ConsoleStore:
                 last_event[org] = ev
         members = []
         for org, m in sorted(self.registry.members.items()):
-            revision = watchers.get(org)
-            enforced = None
-            if revision is not None:
-                enforced = max((v for r, v in accepted if r <= revision), default=0)
+            # a gateway audits each policy version it applies ("policy-applied"), and every
+            # decision it records names the version it enforced: its latest record says which
             ev = last_event.get(org)
+            enforced = ev.get("policy_version") if ev else None
             members.append({
                 "address": org, "name": m.name, "type": m.type, "status": m.status,
-                "watching_policy": revision is not None, "policy_version": enforced,
+                "watching_policy": enforced is not None, "policy_version": enforced,
                 "in_step": enforced == published if enforced is not None else False,
                 "last_audit_policy_version": ev.get("policy_version") if ev else None,
                 "last_audit_time": ev.get("time") if ev else None,

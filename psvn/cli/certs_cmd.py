@@ -128,9 +128,13 @@ def _revoke(args: argparse.Namespace) -> int:
     print(f"revoked {who} (serial {cert.serial_number:x}, fingerprint {fingerprint(cert)})")
     print(f"  CRL re-signed: {ca.crl_path}")
     from psvn import devnet
+    from psvn.addresses import URI_PREFIX
 
-    if Path(args.dir).resolve().name == "pki" and devnet.reload_backbone(devnet.Layout(Path(args.dir).parent)):
-        print("  the running devnet's backbone was reloaded: that certificate's key is no longer pinned")
+    orgs = [u[len(URI_PREFIX):] for u in cert_uris(cert) if u.startswith(URI_PREFIX)]
+    layout = devnet.Layout(Path(args.dir).parent)
+    if orgs and Path(args.dir).resolve().name == "pki" and devnet.revoke_backbone_users(layout, orgs[0]):
+        print(f"  the running devnet's backbone revoked {orgs[0]}'s users: its live connections are closed; "
+              "issue it a new certificate and .creds to let it back in")
     return 0
 
 
@@ -298,10 +302,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = sub.add_parser(
         "revoke", help="revoke a certificate (adds it to the CA's CRL)",
         description="Add CERTFILE's serial to DIR/ca.crl and re-sign it. Gateways' HTTPS servers "
-        "reload the CRL and refuse the certificate at the handshake. The backbone (nats-server has "
-        "no CRL support) pins the keys of the non-revoked broker and member certificates: a running "
-        "devnet using DIR is reloaded at once; elsewhere re-render the backbone's config and reload "
-        "it. To shut a whole member out, use `psvn devnet revoke ORG`. Idempotent. The CRL is "
+        "reload the CRL and refuse the certificate at the handshake. On the backbone (nats-server has "
+        "no CRL support) revoking a gateway's certificate revokes every backbone user of that member "
+        "in its account JWT, pushed to a running devnet using DIR at once (live connections closed, "
+        "no reload). To shut a whole member out, use `psvn devnet revoke ORG`. Idempotent. The CRL is "
         "valid for 7 days; re-running any revoke re-signs it.",
     )
     p.add_argument("certfile", type=Path, metavar="CERTFILE", help="the certificate (PEM)")

@@ -86,10 +86,10 @@ def _do(args: argparse.Namespace, action: Action) -> int:
 
 
 async def _with_admin(args: argparse.Namespace, action: Action) -> int:
-    from broker import policy_admin, provision
+    from broker import policy_admin
     from broker.policy_admin import PolicyAdmin
     from broker.registry import RegistryView
-    from certs import pki, tls
+    from certs import pki
     from policies import bundle
     from policies.lifecycle import load_suite
     from psvn import devnet
@@ -101,8 +101,7 @@ async def _with_admin(args: argparse.Namespace, action: Action) -> int:
         raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"no devnet is running under {layout.root}: "
                         "run `psvn devnet up --detach`", field="--devnet", rule="devnet-running")
     assert state is not None
-    cert, key = layout.broker_cert
-    nc = await provision.connect(state.nats_url, tls.client_context(layout.ca, cert, key), name="psvn policy cli")
+    nc = await devnet.broker_connect(layout, state.nats_url, name="psvn policy cli")
     registry = RegistryView()
     try:
         js = nc.jetstream()

@@ -24,6 +24,7 @@ from certs import pki, tls
 from gateway import core, seal
 from gateway.server import GatewayServer
 from policies.validation import PayloadValidator, Violation
+from psvn import devnet
 from psvn.envelope import SendRequest
 from psvn.errors import Code, PsvnError
 from tests.conftest import Network
@@ -31,7 +32,7 @@ from tests.gateway.test_service import REFERRAL, call, referral, wait_status
 
 
 async def stream_count(net: Network, org: str) -> int:
-    nc = await nats.connect(net.nats.url, tls=tls.client_context(net.ca, *net.layout.broker_cert))
+    nc = await devnet.broker_connect(net.layout, net.nats.url)
     try:
         info = await nc.jetstream().stream_info(inbox_stream(org))
         return int(info.state.messages)
@@ -204,7 +205,7 @@ async def test_a_gateway_cannot_read_another_members_inbox(network: Network) -> 
     finally:
         await council.close()
 
-    broker = await nats.connect(network.nats.url, tls=tls.client_context(network.ca, *network.layout.broker_cert))
+    broker = await devnet.broker_connect(network.layout, network.nats.url)
     try:
         sub = await broker.jetstream().pull_subscribe_bind(CONSUMER, stream=inbox_stream(network.TRUST))
         msgs = await sub.fetch(1, timeout=5)
@@ -217,7 +218,7 @@ async def test_a_gateway_cannot_read_another_members_inbox(network: Network) -> 
 
 async def test_garbage_on_the_backbone_is_quarantined(network: Network) -> None:
     """Someone with raw backbone access (not a gateway) injects bytes into the trust's inbox."""
-    nc = await nats.connect(network.nats.url, tls=tls.client_context(network.ca, *network.layout.broker_cert))
+    nc = await devnet.broker_connect(network.layout, network.nats.url)
     try:
         await nc.jetstream().publish(msg_subject(network.TRUST, network.COUNCIL), b"\x93\x01\xa1x\xc4\x00",
                                      headers={"Nats-Msg-Id": "injected-1"})

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,7 +30,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from broker import cluster as bc
-from broker.provision import connect
+from broker.accounts import BackboneAccounts
 from broker.subjects import CONSUMER, inbox_stream, msg_subject, rcpt_subject, state_bucket
 from gateway.server import GatewayServer
 from psvn import devnet
@@ -69,8 +68,9 @@ async def cluster_network(tmp_path: Path) -> AsyncIterator[ClusterNetwork]:
     layout = Layout(tmp_path)
     devnet.make_pki(layout, members)
     cluster = bc.start_cluster(tmp_path / "nats", cert=layout.pki / "nats" / "nats.crt",
-                               key=layout.pki / "nats" / "nats.key", ca=layout.ca, members=[m.org for m in members],
-                               pins=functools.partial(devnet.backbone_pins, layout))
+                               key=layout.pki / "nats" / "nats.key", ca=layout.ca,
+                               backbone=BackboneAccounts(layout.pki),
+                               members=[m.org for m in members])
     gateways: dict[str, GatewayServer] = {}
     try:
         await devnet.provision_backbone(layout, cluster.urls[0], members, replicas=3)
@@ -89,7 +89,7 @@ async def cluster_network(tmp_path: Path) -> AsyncIterator[ClusterNetwork]:
 
 # -- backbone helpers ------------------------------------------------------------------------
 async def broker_conn(cn: ClusterNetwork) -> NATS:
-    return await connect(cn.cluster.urls, devnet.broker_tls(cn.net.layout), name="cluster test")
+    return await devnet.broker_connect(cn.net.layout, cn.cluster.urls, name="cluster test")
 
 
 async def leader_of(nc: NATS, stream: str, consumer: str | None = None) -> str | None:

@@ -8,6 +8,7 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
+from broker.accounts import BackboneAccounts
 from broker.cluster import on_free_ports, start_cluster
 from broker.natsconf import ClusterConfig
 from broker.server import NatsServer
@@ -25,7 +26,8 @@ def test_a_member_certificate_cannot_join_as_a_route(tmp_path: Path) -> None:
     devnet.make_pki(layout, EXAMPLE_MEMBERS)
     members = [m.org for m in EXAMPLE_MEMBERS]
     cluster = start_cluster(tmp_path / "cluster", cert=layout.pki / "nats" / "nats.crt",
-                            key=layout.pki / "nats" / "nats.key", ca=layout.ca, members=members)
+                            key=layout.pki / "nats" / "nats.key", ca=layout.ca, backbone=BackboneAccounts(layout.pki),
+                            members=members)
     rogue: NatsServer | None = None
     try:
         first = cluster.nodes[0].config

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-import nats
 from nats.js.api import KeyValueConfig
 
 from broker.kvwatch import KVFollower, read_history, read_keys
-from certs import tls
+from psvn import devnet
 from tests.conftest import Network
 
 
 async def test_history_and_keys_read_every_entry_by_sequence(network: Network) -> None:
-    nc = await nats.connect(network.nats.url, tls=tls.client_context(network.ca, *network.layout.broker_cert))
+    nc = await devnet.broker_connect(network.layout, network.nats.url)
     try:
         js = nc.jetstream()
         kv = await js.create_key_value(KeyValueConfig(bucket="t_kvwatch", history=5))

@@ -10,13 +10,14 @@ import nats
 
 from broker import membership
 from certs import pki, revocation, tls
+from psvn import devnet
 from tests.conftest import Network
 from tests.gateway.test_service import call, referral
 
 
 async def test_revoked_member_is_cut_off_the_backbone_and_refused_everywhere(network: Network) -> None:
     gp = network.gateways[network.GP].gateway
-    nc = await nats.connect(network.nats.url, tls=tls.client_context(network.ca, *network.layout.broker_cert))
+    nc = await devnet.broker_connect(network.layout, network.nats.url)
     try:
         await membership.revoke(nc.jetstream(), network.nats, network.GP)
         for _ in range(200):  # the GP's live backbone connection is closed by the reload

@@ -50,7 +50,7 @@ def member_types(net: Network) -> dict[str, str]:
 
 
 async def open_admin(net: Network, *, signing: bool = True) -> tuple[NATS, PolicyAdmin]:
-    nc = await provision.connect(net.nats.url, devnet.broker_tls(net.layout), name="test policy admin")
+    nc = await devnet.broker_connect(net.layout, net.nats.url, name="test policy admin")
     admin = await PolicyAdmin.open(
         nc.jetstream(), authority_pub=policy_admin.load_public_key(net.layout.authority_pub),
         signing_key=pki.load_signing_key(net.layout.authority_key) if signing else None,

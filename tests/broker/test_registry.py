@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
-import nats
 import pytest
 
 from broker import registry
-from certs import tls
+from psvn import devnet
 from tests.conftest import Network
 from tests.gateway.test_service import call, referral
 
 
 async def set_status(net: Network, org: str, status: str) -> None:
-    nc = await nats.connect(net.nats.url, tls=tls.client_context(net.ca, *net.layout.broker_cert))
+    nc = await devnet.broker_connect(net.layout, net.nats.url)
     try:
         kv = await registry.ensure_bucket(nc.jetstream())
         entry = await kv.get(registry.key_for(org))
@@ -85,7 +84,7 @@ async def test_a_restarted_gateway_cannot_be_rolled_back_to_an_older_policy(netw
 
     authority = pki.load_signing_key(network.layout.authority_key)
     doc = bundle.load_dir()
-    nc = await nats.connect(network.nats.url, tls=tls.client_context(network.ca, *network.layout.broker_cert))
+    nc = await devnet.broker_connect(network.layout, network.nats.url)
     try:
         js = nc.jetstream()
         await provision.publish_policy(js, bundle.sign({**doc, "version": 2}, authority))
@@ -117,7 +116,7 @@ async def test_reprovisioning_and_rotation_keep_former_signing_keys(network: Net
     from psvn import devnet
     from psvn.errors import Code, PsvnError
 
-    nc = await nats.connect(network.nats.url, tls=tls.client_context(network.ca, *network.layout.broker_cert))
+    nc = await devnet.broker_connect(network.layout, network.nats.url)
     try:
         kv = await registry.ensure_bucket(nc.jetstream())
         spec = next(m for m in devnet.EXAMPLE_MEMBERS if m.org == network.GP)

@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats
 import pytest
 
-from certs import tls
 from gateway.consent import SignedConsent, key_for, sign_record
 from policies.consent import ConsentChange
+from psvn import devnet
 from psvn.devnet import EXAMPLE_MEMBERS, OPERATOR_MEMBER, PDS_MEMBER
 from tests.broker.test_registry import set_status, wait_member_status
 from tests.conftest import Network, start_network, stop_network
@@ -102,7 +101,7 @@ async def test_forged_consent_record_is_refused(net: Network) -> None:
     change = ConsentChange(subject=SUBJECT, seq=9, opt_outs=["*"], effective="2026-11-25T10:00:00Z")
     forged = sign_record(change.to_payload(), issuer=PDS, message_id="x", operator=OPERATOR,
                          key=Ed25519PrivateKey.generate())
-    nc = await nats.connect(net.nats.url, tls=tls.client_context(net.ca, *net.layout.broker_cert))
+    nc = await devnet.broker_connect(net.layout, net.nats.url)
     try:
         kv = await nc.jetstream().key_value("psvn_consent")
         await kv.put(key_for(SUBJECT), msgspec.msgpack.encode(forged))
@@ -130,7 +129,7 @@ async def test_a_gateway_other_than_the_operator_cannot_write_consent(net: Netwo
         await council.violation("$KV.psvn_consent." + key_for(SUBJECT))  # the server dropped the write
     finally:
         await council.close()
-    nc = await nats.connect(net.nats.url, tls=tls.client_context(net.ca, *net.layout.broker_cert))
+    nc = await devnet.broker_connect(net.layout, net.nats.url)
     try:
         with pytest.raises(KeyNotFoundError):
             await (await nc.jetstream().key_value("psvn_consent")).get(key_for(SUBJECT))

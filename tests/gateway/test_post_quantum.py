@@ -7,12 +7,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import msgspec
-import nats
 import pytest
 
 from broker.subjects import inbox_stream
-from certs import pki, tls
+from certs import pki
 from gateway import seal
+from psvn import devnet
 from psvn.devnet import EXAMPLE_MEMBERS
 from tests.conftest import Network, start_network, stop_network
 from tests.gateway.test_service import REFERRAL, call, referral, wait_status
@@ -43,7 +43,7 @@ async def test_council_seals_post_quantum_to_the_trust(pq_net: Network) -> None:
     _, item = await call(net, net.TRUST, "GET", f"/v1/inbox/{body['id']}")
     assert item["payload"] == REFERRAL
 
-    nc = await nats.connect(net.nats.url, tls=tls.client_context(net.ca, *net.layout.broker_cert))
+    nc = await devnet.broker_connect(net.layout, net.nats.url)
     try:
         raw = await nc.jetstream().get_msg(inbox_stream(net.TRUST), seq=1)
     finally:

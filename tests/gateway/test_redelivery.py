@@ -6,11 +6,11 @@ import asyncio
 from typing import Any
 
 import msgspec
-import nats
 
 from broker.subjects import inbox_stream, msg_subject
-from certs import pki, tls
+from certs import pki
 from gateway import core, seal
+from psvn import devnet
 from psvn.envelope import SendRequest
 from tests.broker.test_backbone import wait_quarantined
 from tests.conftest import Network
@@ -53,7 +53,7 @@ async def test_receipt_from_a_member_the_message_did_not_go_to_is_refused(networ
 
 
 async def test_a_sender_chosen_id_that_is_not_well_formed_is_not_trusted(network: Network) -> None:
-    nc = await nats.connect(network.nats.url, tls=tls.client_context(network.ca, *network.layout.broker_cert))
+    nc = await devnet.broker_connect(network.layout, network.nats.url)
     try:
         ack = await nc.jetstream().publish(msg_subject(network.TRUST, network.COUNCIL), b"x",
                                            headers={"Nats-Msg-Id": "../../etc passwd"})
@@ -77,7 +77,7 @@ async def test_malformed_but_signed_envelope_is_quarantined_not_redelivered(netw
     await council.js.publish(msg_subject(network.TRUST, network.COUNCIL), data, headers={"Nats-Msg-Id": "bad-expiry"})
     q: dict[str, Any] = await wait_quarantined(network, network.TRUST, "bad-expiry")
     assert q["rule"] == "malformed"
-    nc = await nats.connect(network.nats.url, tls=tls.client_context(network.ca, *network.layout.broker_cert))
+    nc = await devnet.broker_connect(network.layout, network.nats.url)
     try:
         for _ in range(100):  # acked, not left pending for another delivery
             info = await nc.jetstream().consumer_info(inbox_stream(network.TRUST), "gw")

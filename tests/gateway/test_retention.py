@@ -9,14 +9,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
-import nats
 import pytest
 from nats.js.errors import NotFoundError
 
 from broker.subjects import inbox_stream
-from certs import tls
 from gateway.server import GatewayServer
 from gateway.service import Gateway
+from psvn import devnet
 from psvn.devnet import EXAMPLE_MEMBERS, PDS_MEMBER
 from tests.conftest import Network, start_network, stop_network
 from tests.gateway.test_service import audit_records, call, referral, wait_status
@@ -59,7 +58,7 @@ async def wait_gone(net: Network, mid: str) -> None:
 
 
 async def in_stream(net: Network, seq: int) -> bool:
-    nc = await nats.connect(net.nats.url, tls=tls.client_context(net.ca, *net.layout.broker_cert))
+    nc = await devnet.broker_connect(net.layout, net.nats.url)
     try:
         await nc.jetstream().get_msg(inbox_stream(net.COUNCIL), seq)
         return True
@@ -104,7 +103,7 @@ async def test_mail_is_deleted_when_its_types_retention_is_over(net: tuple[Netwo
     assert code == 200 and got["envelope"]["id"] == care.id
 
     # the stream's own max age (or another instance) may delete the mail first: still recorded once
-    nc = await nats.connect(n.nats.url, tls=tls.client_context(n.ca, *n.layout.broker_cert))
+    nc = await devnet.broker_connect(n.layout, n.nats.url)
     try:
         await nc.jetstream().delete_msg(inbox_stream(n.COUNCIL), care.seq)
     finally:

@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import nats
-
 from broker import registry
-from certs import pki, tls
+from certs import pki
 from gateway.server import GatewayServer
 from psvn import devnet
 from psvn.devnet import EXAMPLE_MEMBERS, OPERATOR_MEMBER, PDS_MEMBER
@@ -29,7 +27,7 @@ async def restart(net: Network, org: str) -> None:
 
 async def publish_rotation(net: Network, org: str) -> registry.Member:
     sign_key, hpke_key, suite = devnet.public_message_keys(net.layout.org_dir(org))
-    nc = await nats.connect(net.nats.url, tls=tls.client_context(net.ca, *net.layout.broker_cert))
+    nc = await devnet.broker_connect(net.layout, net.nats.url)
     try:
         kv = await registry.ensure_bucket(nc.jetstream())
         member = await registry.rotate_member_keys(kv, org, sign_key=sign_key, hpke_key=hpke_key, hpke_suite=suite)
@@ -180,7 +178,7 @@ async def test_a_peer_whose_registry_lags_the_rotation_redelivers_instead_of_qua
     trust_view = net.gateways[trust].gateway.registry
     await trust_view.stop()  # the trust's registry view now lags
     sign_key, hpke_key, suite = devnet.public_message_keys(net.layout.org_dir(council))
-    nc = await nats.connect(net.nats.url, tls=tls.client_context(net.ca, *net.layout.broker_cert))
+    nc = await devnet.broker_connect(net.layout, net.nats.url)
     try:
         kv = await registry.ensure_bucket(nc.jetstream())
         await registry.rotate_member_keys(kv, council, sign_key=sign_key, hpke_key=hpke_key, hpke_suite=suite)

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 
+from psvn import devnet
 from tests.conftest import Network
 
 ADT_A01 = (Path(__file__).resolve().parents[2] / "examples" / "adt_a01.hl7").read_text().replace("\n", "\r")
@@ -262,12 +263,11 @@ async def test_crl_watch_reloads_when_the_file_changes(network: Network) -> None
 
 async def test_state_expires_with_the_mail(network: Network) -> None:
     """The state bucket keeps statuses as long as the inbox keeps mail; expired entries leave memory."""
-    import nats
 
     from broker.subjects import state_bucket
-    from certs import tls
 
-    nc = await nats.connect(network.nats.url, tls=tls.client_context(network.ca, *network.layout.broker_cert))
+    # the state bucket lives in the member's own account: only its own user sees it
+    nc = await devnet.member_connect(network.layout, network.nats.url, network.COUNCIL, name="test")
     try:
         kv = await nc.jetstream().key_value(state_bucket(network.COUNCIL))
         status = await kv.status()
@@ -303,13 +303,11 @@ async def test_systems_see_only_their_mailboxes(network: Network) -> None:
 
 async def audit_records(network: Network, message_ids: set[str], *, at_least: int) -> list[dict[str, Any]]:
     """The AUDIT stream's records about ``message_ids`` (polled until ``at_least`` are stored)."""
-    import nats
     from nats.js.errors import NotFoundError
 
     from broker.subjects import AUDIT_STREAM
-    from certs import tls
 
-    nc = await nats.connect(network.nats.url, tls=tls.client_context(network.ca, *network.layout.broker_cert))
+    nc = await devnet.broker_connect(network.layout, network.nats.url)
     try:
         js = nc.jetstream()
         records: list[dict[str, Any]] = []
@@ -347,13 +345,11 @@ async def test_sent_and_delivered_are_audited_once_each_on_the_audit_stream(netw
 async def test_audit_records_ride_out_an_audit_stream_outage(network: Network) -> None:
     """While the AUDIT stream is gone, audit publishes find no stream; they are retried (one
     Nats-Msg-Id each) and stored exactly once when it is back. Nothing is counted as lost."""
-    import nats
 
     from broker import provision
     from broker.subjects import AUDIT_STREAM
-    from certs import tls
 
-    nc = await nats.connect(network.nats.url, tls=tls.client_context(network.ca, *network.layout.broker_cert))
+    nc = await devnet.broker_connect(network.layout, network.nats.url)
     try:
         js = nc.jetstream()
         await js.delete_stream(AUDIT_STREAM)

@@ -14,14 +14,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 
 from broker import provision
-from certs import pki, tls
+from certs import pki
 from policies import bundle
 from policies.catalogue import Catalogue
 from policies.validation import PayloadValidator
+from psvn import devnet
 from tests.broker.test_backbone import skipping_egress_validation, wait_quarantined
 from tests.broker.test_policy_admin import wait_versions
 from tests.conftest import Network, start_network, stop_network
@@ -117,7 +117,7 @@ async def net(tmp_path: Path) -> AsyncIterator[Network]:
             "id": "test-every-catalogue-type", "effect": "allow", "description": "test: any type, council to trust",
             "from": ["council"], "to": ["nhs-trust"], "types": TYPES, "purposes": sorted(DOC["rules"]["purposes"]),
             "classifications": ["OFFICIAL"]})
-        nc = await nats.connect(network.nats.url, tls=tls.client_context(network.ca, *network.layout.broker_cert))
+        nc = await devnet.broker_connect(network.layout, network.nats.url)
         try:
             await provision.publish_policy(nc.jetstream(), bundle.sign(
                 doc, pki.load_signing_key(network.layout.authority_key)))

@@ -17,7 +17,6 @@ import msgspec
 import pytest
 from psvn_client import AsyncClient, Client
 
-from broker.provision import connect
 from psvn import bench, devnet
 from psvn.cli.main import main
 from psvn.errors import PsvnError
@@ -48,7 +47,7 @@ def client(layout: devnet.Layout, org: str) -> Client:
 async def bench_streams(layout: devnet.Layout) -> list[str]:
     state = devnet.read_state(layout)
     assert state is not None
-    nc = await connect(state.nats_url, devnet.broker_tls(layout), name="test")
+    nc = await devnet.broker_connect(layout, state.nats_url, name="test")
     try:
         names = await nc.jetstream().streams_info()
         return [s.config.name for s in names if (s.config.name or "").startswith("PSVN_BENCH_")]
