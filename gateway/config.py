@@ -40,6 +40,7 @@ class NatsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     key: str
     ca: str
     creds: str  # the gateway's backbone user: a JWT for its member account and the user's nkey seed (0600)
+    replicas: int = 1  # of its state bucket (in its own account): 3 on a 3-node backbone
 
 
 class KeysSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -183,7 +183,7 @@ class Gateway:
         self.net = self.nc.jetstream(prefix=OPERATOR_JS_PREFIX)
         await self.registry.start(self.net)
         self.registry.lookup(self.org, field="gateway.org", require_active=False)
-        await provision_state_bucket(self.js, self.org)
+        await provision_state_bucket(self.js, self.org, replicas=n.replicas)
         await self.store.start(self.js)
         self.policy.floor = self.store.policy_floor
         await self.policy.start(self.net, timeout=self.config.gateway.policy_wait_seconds)

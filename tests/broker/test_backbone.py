@@ -19,7 +19,7 @@ import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 
-from broker.subjects import CONSUMER, inbox_prefix, inbox_stream, msg_subject
+from broker.subjects import CONSUMER, OPERATOR_JS_PREFIX, inbox_prefix, inbox_stream, msg_subject
 from certs import pki, tls
 from gateway import core, seal
 from gateway.server import GatewayServer
@@ -52,9 +52,8 @@ async def wait_quarantined(net: Network, org: str, msg_id: str, timeout: float =
 
 
 class MemberConnection:
-    """A backbone connection with a member gateway's own certificate (so the same NATS user and
-    permissions as its gateway), recording what the server reports through ``error_cb``: a
-    permission violation never raises at the call (FIELD-NOTES), it arrives only there."""
+    """A backbone connection with a member gateway's own certificate and backbone user (so the
+    same account as its gateway), recording what the server reports through ``error_cb``."""
 
     def __init__(self) -> None:
         self.nc: NATS | None = None
@@ -71,26 +70,10 @@ class MemberConnection:
             conn._changed.set()
 
         conn.nc = await nats.connect(net.nats.url, tls=tls.client_context(net.ca, d / "nats.crt", d / "nats.key"),
+                                     user_credentials=str(net.layout.nats_creds(org)),
                                      inbox_prefix=inbox_prefix(org).encode(), error_cb=on_error,
                                      allow_reconnect=False, name=f"test as {org}")
         return conn
-
-    async def violation(self, subject: str, timeout: float = 10.0) -> str:
-        """Wait for the server's 'Permissions Violation for Publish to <subject>' (nats-py lowercases it)."""
-        wanted = f'permissions violation for publish to "{subject}"'.lower()
-
-        async def seen() -> str:
-            while True:
-                for exc in self.errors:
-                    if wanted in str(exc).lower():
-                        return str(exc)
-                self._changed.clear()
-                await self._changed.wait()
-
-        try:
-            return await asyncio.wait_for(seen(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"no permissions violation for {subject}; errors: {self.errors!r}") from None
 
     async def close(self) -> None:
         if self.nc is not None:
@@ -151,11 +134,15 @@ async def assert_refused_in_tls_handshake(net: Network, cert: Path, key: Path, s
         await asyncio.sleep(0.05)
 
 
-async def test_a_system_certificate_cannot_join_the_backbone(network: Network) -> None:
-    """A local system's certificate is from the network CA but is not a gateway's: the backbone
-    lets in only the pinned keys of the broker's and the members' NATS certificates."""
-    cert, key = network.system_cert(network.COUNCIL)
-    await assert_refused_in_tls_handshake(network, cert, key, "certificate not pinned")
+async def test_a_certificate_without_a_backbone_user_cannot_join(network: Network) -> None:
+    """A certificate from the network CA is not enough: a local system's certificate, and a
+    gateway's own, are refused without a user JWT of a member account (its ``.creds``)."""
+    for cert, key in (network.system_cert(network.COUNCIL),
+                      (network.layout.org_dir(network.COUNCIL) / "nats.crt",
+                       network.layout.org_dir(network.COUNCIL) / "nats.key")):
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await nats.connect(network.nats.url, tls=tls.client_context(network.ca, cert, key), allow_reconnect=False,
+                               connect_timeout=3, max_reconnect_attempts=0)
 
 
 async def test_a_certificate_from_another_ca_cannot_connect(network: Network, tmp_path: Path) -> None:
@@ -167,15 +154,16 @@ async def test_a_certificate_from_another_ca_cannot_connect(network: Network, tm
 
 
 async def test_a_gateway_cannot_publish_as_another_member(network: Network) -> None:
-    """With the council gateway's certificate, a write into the trust's inbox as the GP is refused
-    by the server; the same connection's write as itself lands (so the count would have seen it)."""
+    """With the council gateway's backbone user, a write into the trust's inbox as the GP reaches
+    nothing (the council's account imports only its own sender token); the same connection's write
+    as itself lands (so the count would have seen it)."""
     before = await stream_count(network, network.TRUST)
     council = await MemberConnection.open(network, network.COUNCIL)
     try:
         assert council.nc is not None
         forged = msg_subject(network.TRUST, network.GP)
-        await council.nc.publish(forged, b"forged")
-        await council.violation(forged)
+        with pytest.raises(nats.js.errors.NoStreamResponseError):  # no responder in its account
+            await council.nc.jetstream().publish(forged, b"forged")
         # published after the forged one on the same connection: once it is stored, the server
         # has long dealt with the forged one
         ack = await council.nc.jetstream().publish(msg_subject(network.TRUST, network.COUNCIL), b"as itself",
@@ -188,7 +176,7 @@ async def test_a_gateway_cannot_publish_as_another_member(network: Network) -> N
 
 async def test_a_gateway_cannot_read_another_members_inbox(network: Network) -> None:
     """A message waits, unread, on the trust's consumer: the council's credentials cannot fetch it
-    (the server says so); the broker's can."""
+    (neither its own JetStream nor its imports of the network's have it); the broker's can."""
     trust = network.gateways.pop(network.TRUST)
     await trust.stop()  # nobody takes the message off the trust's consumer
     status, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
@@ -198,10 +186,10 @@ async def test_a_gateway_cannot_read_another_members_inbox(network: Network) -> 
     council = await MemberConnection.open(network, network.COUNCIL)
     try:
         assert council.nc is not None
-        sub = await council.nc.jetstream().pull_subscribe_bind(CONSUMER, stream=inbox_stream(network.TRUST))
-        with pytest.raises(nats.errors.TimeoutError):
-            await sub.fetch(1, timeout=1)
-        await council.violation(f"$JS.API.CONSUMER.MSG.NEXT.{inbox_stream(network.TRUST)}.{CONSUMER}")
+        for js in (council.nc.jetstream(), council.nc.jetstream(prefix=OPERATOR_JS_PREFIX)):
+            sub = await js.pull_subscribe_bind(CONSUMER, stream=inbox_stream(network.TRUST))
+            with pytest.raises((nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError)):
+                await sub.fetch(1, timeout=1)
     finally:
         await council.close()
 
@@ -295,9 +283,8 @@ async def test_invalid_payload_at_ingress_is_quarantined_and_sender_told(network
 async def test_a_full_inbox_refuses_new_mail_instead_of_dropping_old(network: Network) -> None:
     """Per-sender quota on the trust's inbox: past it the sender is told, nothing is discarded."""
     from broker import provision
-    from psvn.devnet import broker_tls
 
-    nc = await nats.connect(network.nats.url, tls=broker_tls(network.layout))
+    nc = await devnet.broker_connect(network.layout, network.nats.url)
     try:
         js = nc.jetstream()
         info = await js.stream_info(inbox_stream(network.TRUST))

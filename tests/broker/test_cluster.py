@@ -31,7 +31,7 @@ from nats.aio.client import Client as NATS
 
 from broker import cluster as bc
 from broker.accounts import BackboneAccounts
-from broker.subjects import CONSUMER, inbox_stream, msg_subject, rcpt_subject, state_bucket
+from broker.subjects import CONSUMER, audit_stream, inbox_stream, msg_subject, rcpt_subject, state_bucket
 from gateway.server import GatewayServer
 from psvn import devnet
 from psvn.devnet import EXAMPLE_MEMBERS, Layout
@@ -43,14 +43,15 @@ RETRY_DELAY = 0.25
 SEND_DEADLINE = 40.0  # one referral's retries give up after this (the test then fails)
 COUNCIL, TRUST = Network.COUNCIL, Network.TRUST
 
-# The raft groups a council -> trust referral touches: (stream, consumer or None).
-GROUPS: dict[str, tuple[str, str | None]] = {
-    "trust inbox": (inbox_stream(TRUST), None),  # referrals land here
-    "trust consumer": (inbox_stream(TRUST), CONSUMER),  # the trust gateway pulls them from here
-    "trust state": (f"KV_{state_bucket(TRUST)}", None),  # the trust's mailbox index
-    "council inbox": (inbox_stream(COUNCIL), None),  # receipts land here
-    "council consumer": (inbox_stream(COUNCIL), CONSUMER),
-    "council state": (f"KV_{state_bucket(COUNCIL)}", None),  # sender statuses, idempotency keys
+NETWORK = "network"  # the network account (the broker's user); a member's own account by its address
+# The raft groups a council -> trust referral touches: (account, stream, consumer or None).
+GROUPS: dict[str, tuple[str, str, str | None]] = {
+    "trust inbox": (NETWORK, inbox_stream(TRUST), None),  # referrals land here
+    "trust consumer": (NETWORK, inbox_stream(TRUST), CONSUMER),  # the trust gateway pulls them from here
+    "trust state": (TRUST, f"KV_{state_bucket(TRUST)}", None),  # the trust's mailbox index (its own account)
+    "council inbox": (NETWORK, inbox_stream(COUNCIL), None),  # receipts land here
+    "council consumer": (NETWORK, inbox_stream(COUNCIL), CONSUMER),
+    "council state": (COUNCIL, f"KV_{state_bucket(COUNCIL)}", None),  # sender statuses, idempotency keys
 }
 
 T = TypeVar("T")
@@ -76,7 +77,7 @@ async def cluster_network(tmp_path: Path) -> AsyncIterator[ClusterNetwork]:
         await devnet.provision_backbone(layout, cluster.urls[0], members, replicas=3)
         for m in members:
             cfg = devnet.gateway_config(layout, m, nats_url=cluster.urls[0], port=0)
-            cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, servers=cluster.urls))
+            cfg = msgspec.structs.replace(cfg, nats=msgspec.structs.replace(cfg.nats, servers=cluster.urls, replicas=3))
             gateways[m.org] = await GatewayServer(cfg).start()
         yield ClusterNetwork(Network(layout=layout, nats=cluster.nodes[0], gateways=gateways, members=members),
                              cluster)
@@ -90,6 +91,13 @@ async def cluster_network(tmp_path: Path) -> AsyncIterator[ClusterNetwork]:
 # -- backbone helpers ------------------------------------------------------------------------
 async def broker_conn(cn: ClusterNetwork) -> NATS:
     return await devnet.broker_connect(cn.net.layout, cn.cluster.urls, name="cluster test")
+
+
+async def account_conns(cn: ClusterNetwork) -> dict[str, NATS]:
+    """A connection per account the groups live in: the network's (broker) and each member's own."""
+    return {NETWORK: await broker_conn(cn),
+            **{org: await devnet.member_connect(cn.net.layout, cn.cluster.urls, org, name="cluster test")
+               for org in (TRUST, COUNCIL)}}
 
 
 async def leader_of(nc: NATS, stream: str, consumer: str | None = None) -> str | None:
@@ -124,7 +132,8 @@ def gateway_node(cn: ClusterNetwork, org: str) -> int:
     return [n.config.port for n in cn.cluster.nodes].index(nc.connected_url.port)
 
 
-async def arrange(cn: ClusterNetwork, nc: NATS, victim_leads: set[str], *, host_of: str | None = None) -> int:
+async def arrange(cn: ClusterNetwork, conns: dict[str, NATS], victim_leads: set[str], *,
+                  host_of: str | None = None) -> int:
     """Pick the victim node and make it lead exactly the groups named in ``victim_leads``; every
     other group is led by a node that survives.
 
@@ -139,8 +148,9 @@ async def arrange(cn: ClusterNetwork, nc: NATS, victim_leads: set[str], *, host_
     else:
         victim = next(i for i in range(len(cn.cluster.nodes)) if i not in (council, trust))
     survivor = cn.cluster.names[(victim + 1) % len(cn.cluster.nodes)]
-    for name, (stream, consumer) in GROUPS.items():
-        await move_leader(nc, stream, consumer, cn.cluster.names[victim] if name in victim_leads else survivor)
+    for name, (account, stream, consumer) in GROUPS.items():
+        await move_leader(conns[account], stream, consumer,
+                          cn.cluster.names[victim] if name in victim_leads else survivor)
     return victim
 
 
@@ -233,7 +243,8 @@ class Scenario:
     """One run: referrals sent while ``victim`` is killed after ``kill_after`` are accepted."""
 
     cn: ClusterNetwork
-    nc: NATS
+    nc: NATS  # the network account's (broker)
+    conns: dict[str, NATS]  # by account (see GROUPS)
     victim: int
     council: aiohttp.ClientSession
     trust: aiohttp.ClientSession
@@ -290,42 +301,44 @@ class Scenario:
 async def scenario(cn: ClusterNetwork, victim_leads: set[str], *,
                    host_of: str | None = None) -> AsyncIterator[Scenario]:
     net = cn.net
-    nc = await broker_conn(cn)
+    conns = await account_conns(cn)
     council = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=net.client_ssl(COUNCIL), limit=64))
     trust = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=net.client_ssl(TRUST)))
     try:
-        victim = await arrange(cn, nc, victim_leads, host_of=host_of)
-        yield Scenario(cn=cn, nc=nc, victim=victim, council=council, trust=trust)
+        victim = await arrange(cn, conns, victim_leads, host_of=host_of)
+        yield Scenario(cn=cn, nc=conns[NETWORK], conns=conns, victim=victim, council=council, trust=trust)
     finally:
         await council.close()
         await trust.close()
-        await nc.close()
+        for c in conns.values():
+            await c.close()
 
 
 # -- tests ----------------------------------------------------------------------------------
 async def test_backbone_is_three_nodes_with_r3_streams_and_buckets(cluster_network: ClusterNetwork) -> None:
     cn = cluster_network
-    nc = await broker_conn(cn)
+    conns = await account_conns(cn)
     try:
-        js = nc.jetstream()
-        names = [inbox_stream(TRUST), inbox_stream(COUNCIL), "KV_psvn_registry", "KV_psvn_policy",
-                 "KV_psvn_consent", "AUDIT", f"KV_{state_bucket(TRUST)}"]
-        for name in names:
-            info = await js.stream_info(name)
+        names = [(NETWORK, inbox_stream(TRUST)), (NETWORK, inbox_stream(COUNCIL)), (NETWORK, "KV_psvn_registry"),
+                 (NETWORK, "KV_psvn_policy"), (NETWORK, "KV_psvn_consent"), (NETWORK, audit_stream(TRUST)),
+                 (TRUST, f"KV_{state_bucket(TRUST)}"), (COUNCIL, f"KV_{state_bucket(COUNCIL)}")]
+        for account, name in names:
+            info = await conns[account].jetstream().stream_info(name)
             assert info.config.num_replicas == 3, name
             assert info.cluster is not None and info.cluster.leader in cn.cluster.names, name
             assert sorted([info.cluster.leader, *[p.name for p in info.cluster.replicas or []]]) \
                 == sorted(cn.cluster.names), name
         for org, gw in cn.net.gateways.items():
             assert gw.config.nats.servers == cn.cluster.urls, org
-        # every node pins the broker's and the members' certificate keys (revocation on the backbone)
+        # every node trusts the same operator and runs the full account resolver
         for node in cn.cluster.nodes:
-            pinned = json.loads(node.conf_path.read_text().split("\n", 1)[1])["tls"]["pinned_certs"]
-            assert len(pinned) == 1 + len(cn.net.members), node.config.name
+            conf = json.loads(node.conf_path.read_text().split("\n", 1)[1])
+            assert conf["resolver"]["type"] == "full" and conf["operator"] == cn.net.nats.config.operator_jwt
         with pytest.raises(RuntimeError, match="still running"):
             cn.cluster.restart(0)
     finally:
-        await nc.close()
+        for c in conns.values():
+            await c.close()
 
 
 async def check_exactly_once(sc: Scenario, referrals: int) -> list[dict[str, Any]]:
