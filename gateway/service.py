@@ -133,6 +133,8 @@ class Gateway:
         self.net: JetStreamContext | None = None  # the network account's, through its imports
         self._consumer: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._rejoin: asyncio.Task[None] | None = None  # rejoining the backbone after nats-py gave up
+        self._started = False
         self._background: set[asyncio.Task[None]] = set()
         self._audits: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -161,6 +163,13 @@ class Gateway:
         return snap
 
     async def start(self) -> None:
+        await self._join_backbone()
+        self._started = True
+        self._sweeper = asyncio.create_task(self._sweep_expired(), name=f"expiry {self.org}")
+        log.info("gateway started", org=self.org, policy_version=self.policy.version)
+
+    async def _join_backbone(self) -> None:
+        """Connect as the member's backbone user and start everything that hangs off the connection."""
         n = self.config.nats
         ctx = tls.client_context(Path(n.ca), Path(n.cert), Path(n.key))
 
@@ -175,32 +184,77 @@ class Gateway:
         async def error_cb(exc: Exception) -> None:
             log.error("backbone error", org=self.org, error=str(exc))
 
-        self.nc = await connect(n.servers, ctx, name=f"psvn-gateway {self.org}", inbox_prefix=inbox_prefix(self.org),
-                                user_credentials=n.creds, disconnected_cb=disconnected,
-                                reconnected_cb=reconnected, error_cb=error_cb)
-        self.metrics.backbone_up.set(1)
-        self.js = self.nc.jetstream()
-        self.net = self.nc.jetstream(prefix=OPERATOR_JS_PREFIX)
-        await self.registry.start(self.net)
-        self.registry.lookup(self.org, field="gateway.org", require_active=False)
-        await provision_state_bucket(self.js, self.org, replicas=n.replicas)
-        await self.store.start(self.js)
-        self.policy.floor = self.store.policy_floor
-        await self.policy.start(self.net, timeout=self.config.gateway.policy_wait_seconds)
-        await self.consent.start(self.net)
-        await self.feeds.start(self.net)
-        psub = await self.net.pull_subscribe_bind(CONSUMER, stream=inbox_stream(self.org))
+        async def closed() -> None:
+            # nats-py gives up for good on an authorisation error (e.g. our account was revoked,
+            # then reinstated): keep trying to rejoin while the gateway runs
+            self.metrics.backbone_up.set(0)
+            if self._started and not self._stopping and (self._rejoin is None or self._rejoin.done()):
+                self._rejoin = asyncio.create_task(self._rejoin_backbone(), name=f"rejoin {self.org}")
+
+        nc = await connect(n.servers, ctx, name=f"psvn-gateway {self.org}", inbox_prefix=inbox_prefix(self.org),
+                           user_credentials=n.creds, disconnected_cb=disconnected,
+                           reconnected_cb=reconnected, error_cb=error_cb, closed_cb=closed)
+        self.nc = nc
+        try:
+            self.metrics.backbone_up.set(1)
+            self.js = nc.jetstream()
+            self.net = nc.jetstream(prefix=OPERATOR_JS_PREFIX)
+            await self.registry.start(self.net)
+            self.registry.lookup(self.org, field="gateway.org", require_active=False)
+            await provision_state_bucket(self.js, self.org, replicas=n.replicas)
+            await self.store.start(self.js)
+            self.policy.floor = self.store.policy_floor
+            await self.policy.start(self.net, timeout=self.config.gateway.policy_wait_seconds)
+            await self.consent.start(self.net)
+            await self.feeds.start(self.net)
+            psub = await self.net.pull_subscribe_bind(CONSUMER, stream=inbox_stream(self.org))
+        except BaseException:
+            await self._leave_backbone()
+            raise
         self._consumer = asyncio.create_task(self._consume(psub), name=f"consume {self.org}")
-        self._sweeper = asyncio.create_task(self._sweep_expired(), name=f"expiry {self.org}")
-        log.info("gateway started", org=self.org, policy_version=self.policy.version)
+
+    async def _leave_backbone(self) -> None:
+        if self._consumer is not None:
+            self._consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._consumer
+            self._consumer = None
+        for part in (self.feeds, self.consent, self.store, self.policy, self.registry):
+            with contextlib.suppress(Exception):
+                await part.stop()
+        if self.nc is not None:
+            # close, not drain: consumption has stopped, and anything fetched but not acked is
+            # redelivered by JetStream to the next gateway; drain would wait on dead watchers.
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+        self.metrics.backbone_up.set(0)
+
+    async def _rejoin_backbone(self) -> None:
+        delay = 0.5
+        while not self._stopping:
+            await asyncio.sleep(delay)
+            try:
+                await self._leave_backbone()
+                if self._stopping:
+                    return
+                await self._join_backbone()
+                log.info("backbone rejoined", org=self.org)
+                return
+            except Exception as exc:
+                log.warning("backbone rejoin failed; trying again", org=self.org, error=repr(exc), retry_in=delay)
+                delay = min(delay * 2, 10.0)
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in (self._consumer, self._sweeper):
+        for task in (self._rejoin, self._sweeper):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        if self._consumer is not None:
+            self._consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._consumer
         if self.webhook is not None:
             await self.webhook.close()
         if self._audits:  # let audit records in flight be acknowledged (bounded), then count the rest
@@ -210,14 +264,7 @@ class Gateway:
             if pending:
                 self.metrics.audit_lost.inc(len(pending))
                 log.error("audit records not stored at shutdown", count=len(pending))
-        for part in (self.feeds, self.consent, self.store, self.policy, self.registry):
-            await part.stop()
-        if self.nc is not None:
-            # close, not drain: consumption has stopped, and anything fetched but not acked is
-            # redelivered by JetStream to the next gateway; drain would wait on dead watchers.
-            with contextlib.suppress(Exception):
-                await self.nc.close()
-        self.metrics.backbone_up.set(0)
+        await self._leave_backbone()
 
     @property
     def connected(self) -> bool:

@@ -101,11 +101,16 @@ def make_pki(layout: Layout, members: tuple[MemberSpec, ...] | list[MemberSpec])
     authority = pki.new_signing_key(layout.authority_key)
     layout.authority_pub.write_bytes(authority.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    backbone = accounts.BackboneAccounts(layout.pki)
     for m in members:
-        pki.issue_gateway(ca, m.org, layout.org_dir(m.org), post_quantum=m.post_quantum)
-        pki.issue_system(ca, m.org, m.system, layout.org_dir(m.org) / "systems")
-        backbone.write_member_creds(m.org, layout.nats_creds(m.org))
+        make_pki_member(layout, m, ca=ca)
+
+
+def make_pki_member(layout: Layout, m: MemberSpec, *, ca: pki.CA | None = None) -> None:
+    """One member's certificates, message keys and backbone user (a member joining later too)."""
+    ca = ca or pki.load_ca(layout.pki)
+    pki.issue_gateway(ca, m.org, layout.org_dir(m.org), post_quantum=m.post_quantum)
+    pki.issue_system(ca, m.org, m.system, layout.org_dir(m.org) / "systems")
+    accounts.BackboneAccounts(layout.pki).write_member_creds(m.org, layout.nats_creds(m.org))
 
 
 def server_config(layout: Layout, members: list[str], *, port: int, monitor_port: int) -> ServerConfig:
