@@ -45,7 +45,7 @@ from nats.js.kv import KeyValue
 from broker import provision
 from broker.auth import normalise_user
 from broker.kvwatch import StoredEntry, read_history, read_keys
-from broker.subjects import POLICY_BUCKET, POLICY_KEY
+from broker.subjects import BROKER_AUDIT, POLICY_BUCKET, POLICY_KEY, audit_subject
 from policies import bundle
 from policies.engine import DecisionRequest, Engine
 from policies.lifecycle import CONSENTING_SUBJECT, Case, Outcome, SuiteReport, parse_suite, run_suite
@@ -57,7 +57,7 @@ from psvn.errors import Code, PsvnError, Violation
 log = structlog.get_logger("psvn.broker.policy_admin")
 
 PROPOSALS_BUCKET = "psvn_policy_proposals"
-AUDIT_SUBJECT = "psvn.audit.broker"  # the broker's own audit events (metadata only)
+AUDIT_SUBJECT = audit_subject(BROKER_AUDIT)  # the broker's own audit events (metadata only)
 _ID = re.compile(r"^p[0-9a-f]{8}$")
 _TOML_LINE = re.compile(r"at line (\d+)")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")

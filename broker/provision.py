@@ -36,6 +36,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from broker.subjects import (
+    BROKER_AUDIT,
     CONSENT_BUCKET,
     CONSUMER,
     FEEDS_BUCKET,
@@ -95,6 +96,7 @@ async def provision_network(js: JetStreamContext, *, replicas: int = 1) -> None:
     for bucket, history in ((REGISTRY_BUCKET, 5), (POLICY_BUCKET, 64), (CONSENT_BUCKET, 5), (FEEDS_BUCKET, 1)):
         await _kv(js, bucket, history=history, replicas=replicas, max_bytes=BUCKET_MAX_BYTES[bucket],
                   max_value_size=BUCKET_MAX_VALUE)
+    await provision_audit(js, BROKER_AUDIT, replicas=replicas)
 
 
 async def provision_state_bucket(js: JetStreamContext, org: str, *, replicas: int = 1,
@@ -163,10 +165,15 @@ async def provision_member(js: JetStreamContext, org: str, *, replicas: int = 1,
                 ack_wait=10.0, max_deliver=-1, max_ack_pending=10000))  # redelivery is idempotent: fail over fast
 
     await patiently(consumer, what=f"consumer {stream}/{CONSUMER}")
-    # its audit records: a stream of its own, so its byte limit is its own and the stream (not a
-    # field inside the record) says who wrote it
+    await provision_audit(js, org, replicas=replicas)
+
+
+async def provision_audit(js: JetStreamContext, writer: str, *, replicas: int = 1) -> None:
+    """An audit stream of the writer's own (a member, or the broker): its byte limit is its own, so
+    a member flooding its audit fills only that, and the stream (not a field inside the record)
+    says who wrote it. Full: new records are refused (and counted lost by the writer), old kept."""
     await _ensure_stream(js, StreamConfig(
-        name=audit_stream(org), subjects=[audit_subject(org)], retention=RetentionPolicy.LIMITS,
+        name=audit_stream(writer), subjects=[audit_subject(writer)], retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE, num_replicas=replicas, max_age=365 * DAY, max_bytes=AUDIT_MAX_BYTES,
         max_msg_size=AUDIT_MAX_RECORD, discard=DiscardPolicy.NEW, duplicate_window=120.0))
 

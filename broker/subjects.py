@@ -13,6 +13,7 @@ POLICY_BUCKET = "psvn_policy"
 POLICY_KEY = "current"
 CONSENT_BUCKET = "psvn_consent"
 FEEDS_BUCKET = "psvn_feeds"  # feed subscriptions: each gateway writes only its own
+BROKER_AUDIT = "broker"  # the broker's own audit stream: psvn.audit.broker
 OPERATOR = "psvn:operator"  # the network operator's own gateway (records consent network-wide)
 CONSUMER = "gw"
 BROKER_URI = "urn:psvn:broker"

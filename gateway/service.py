@@ -145,6 +145,9 @@ class Gateway:
             task = asyncio.get_running_loop().create_task(self.store.set_policy_floor(version))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+        # the operator's console learns which version each gateway enforces from its audit stream
+        loop = asyncio.get_running_loop()
+        loop.call_soon(lambda: loop.create_task(self.audit("policy-applied", policy_version=version)))
 
     # -- lifecycle ------------------------------------------------------------------------
     @property

@@ -32,7 +32,7 @@ from nats.js.errors import NotFoundError
 from broker import policy_admin, provision
 from broker.policy_admin import Current, PolicyAdmin, Proposal
 from broker.registry import RegistryView
-from broker.subjects import audit_stream
+from broker.subjects import BROKER_AUDIT, audit_stream
 from policies import bundle
 from policies.lifecycle import load_suite
 from psvn.errors import Code, PsvnError
@@ -153,7 +153,7 @@ class ConsoleStore:
         stream of its own, so the stream, not the ``org`` field inside a record, says who wrote it:
         a record claiming another organisation is shown as its writer's, with the claim kept."""
         events: list[dict[str, Any]] = []
-        for org in sorted(self.registry.members):
+        for org in [BROKER_AUDIT, *sorted(self.registry.members)]:
             for ev in await self._recent(audit_stream(org), limit):
                 claimed = ev.get("org")
                 if claimed != org:
