@@ -12,8 +12,9 @@ from __future__ import annotations
 import msgspec
 import structlog
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
-from broker.kvwatch import SharedFollower
+from broker.kvwatch import KV_OPERATION, SharedFollower
 from broker.subjects import FEEDS_BUCKET
 from psvn.addresses import token
 
@@ -71,6 +72,27 @@ class FeedView:
 
     def get(self, subscriber: str, topic: str) -> Subscription | None:
         return self.topics.get(topic, {}).get(subscriber)
+
+    async def refresh(self, topic: str) -> list[Subscription]:
+        """The topic's subscriptions as the bucket holds them now, read where they live.
+
+        A publisher reads them at publish time: a subscription another member wrote a moment ago
+        reached the bucket through that member's import, and such writes raise no change
+        notification in other accounts (only the periodic resync would bring them)."""
+        assert self._js is not None
+        stream, prefix = f"KV_{FEEDS_BUCKET}", f"$KV.{FEEDS_BUCKET}."
+        info = await self._js.stream_info(stream, subjects_filter=f"{prefix}s.*.{topic}")
+        live = set((info.state.subjects or {}) if info.state else {})
+        for key in [k for k, (t, _) in self._keys.items() if t == topic and prefix + k not in live]:
+            self.apply(key, None)
+        for subject in sorted(live):
+            try:
+                msg = await self._js.get_msg(stream, subject=subject, direct=True)
+            except NotFoundError:
+                continue
+            deleted = (msg.headers or {}).get(KV_OPERATION) in ("DEL", "PURGE")
+            self.apply(subject[len(prefix):], None if deleted else msg.data)
+        return self.subscribers(topic)
 
     async def start(self, js: JetStreamContext, *, timeout: float = 10.0) -> None:
         self._js = js

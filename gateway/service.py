@@ -520,7 +520,7 @@ class Gateway:
             raise await self.reject_request(exc, system=system) from None
         deliveries: list[dict[str, object]] = []
         refused: list[dict[str, object]] = []
-        for sub in self.feeds.subscribers(topic):
+        for sub in await self.feeds.refresh(topic):
             if sub.subscriber == self.org or sub.purpose != req.purpose:
                 continue
             key = f"{req.idempotency_key}/{sub.subscriber}" if req.idempotency_key else None

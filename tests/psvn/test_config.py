@@ -23,6 +23,7 @@ servers = ["tls://127.0.0.1:4222"]
 cert = "nats.crt"
 key = "nats.key"
 ca = "ca.crt"
+creds = "nats.creds"
 [keys]
 signing = "sign.key"
 hpke = "hpke.key"
