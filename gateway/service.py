@@ -74,7 +74,7 @@ def _already_gone(exc: Exception) -> bool:
     return isinstance(exc, NotFoundError) or getattr(exc, "err_code", None) in (10037, 10057)
 
 
-_MSG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_MSG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -593,7 +593,7 @@ class Gateway:
         seq = msg.metadata.sequence.stream
         raw_id = headers.get("Nats-Msg-Id")
         # the id is chosen by the sender: only a well-formed one may become a key of our state
-        msg_id = raw_id if raw_id and _MSG_ID.match(raw_id) else f"seq-{seq}"
+        msg_id = raw_id if raw_id and _MSG_ID.fullmatch(raw_id) else f"seq-{seq}"
         if msg.subject.startswith("psvn.rcpt."):
             await self._handle_receipt(msg, msg_id, seq)
         else:
