@@ -17,7 +17,7 @@ from certs.tls import peer_uris
 from gateway.service import Gateway
 from gateway.store import InRecord, OutRecord
 from psvn import addresses
-from psvn.envelope import FeedRequest, SendRequest, SubscribeRequest
+from psvn.envelope import FeedRequest, SendRequest, SubscribeRequest, check_free_id
 from psvn.errors import Code, PsvnError
 
 log = structlog.get_logger("psvn.gateway.http")
@@ -129,9 +129,18 @@ async def decode_body(request: web.Request, decoder: msgspec.json.Decoder[T], sy
 K = TypeVar("K", SendRequest, FeedRequest)
 
 
-def with_header_key(request: web.Request, req: K) -> K:
-    """An ``Idempotency-Key`` header stands in for the body's ``idempotency_key`` if it has none."""
+async def with_header_key(request: web.Request, req: K, system: str) -> K:
+    """An ``Idempotency-Key`` header stands in for the body's ``idempotency_key`` if it has none.
+
+    The header is checked first, by the same rule as the body's key, and a bad one is refused
+    naming the header (with a message id and an audit record, like every refused send): aiohttp
+    hands on bytes that are not UTF-8 as surrogates, which must never reach hashing or state."""
     header_key = request.headers.get("Idempotency-Key")
+    if header_key is not None:
+        try:
+            check_free_id(header_key, "Idempotency-Key")
+        except PsvnError as exc:
+            raise await request.app[GATEWAY_KEY].reject_request(exc, system=system) from None
     if header_key and not req.idempotency_key:
         return msgspec.structs.replace(req, idempotency_key=header_key)
     return req
@@ -140,7 +149,7 @@ def with_header_key(request: web.Request, req: K) -> K:
 async def post_message(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     system = system_of(request)
-    req = with_header_key(request, await decode_body(request, _send_decoder, system))
+    req = await with_header_key(request, await decode_body(request, _send_decoder, system), system)
     rec, created = await gw.send(req, system=system)
     data = {"id": rec.id, "status": rec.status,
             "policy": {"version": gw.policy.version, "rule_ids": rec.rule_ids}}
@@ -207,7 +216,7 @@ async def metrics(request: web.Request) -> web.Response:
 async def publish_feed(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     system = system_of(request)
-    req = with_header_key(request, await decode_body(request, _feed_decoder, system))
+    req = await with_header_key(request, await decode_body(request, _feed_decoder, system), system)
     return json_response(await gw.publish(request.match_info["topic"], req, system=system), status=202)
 
 
