@@ -6,6 +6,7 @@ URI ``urn:psvn:system:<org>/<system>`` must name this gateway's organisation.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, TypeVar
 
 import msgspec
@@ -17,7 +18,7 @@ from certs.tls import peer_uris
 from gateway.service import Gateway
 from gateway.store import InRecord, OutRecord
 from psvn import addresses
-from psvn.envelope import FeedRequest, SendRequest, SubscribeRequest, check_free_id
+from psvn.envelope import FeedRequest, SendRequest, SubscribeRequest, check_free_id, new_message_id
 from psvn.errors import Code, PsvnError
 
 log = structlog.get_logger("psvn.gateway.http")
@@ -66,9 +67,27 @@ async def problems(request: web.Request, handler: Any) -> web.StreamResponse:
         return problem_response(PsvnError(Code.BAD_REQUEST, f"method {exc.method} not allowed here",
                                           rule="method"), request)
     except Exception:
-        log.exception("unhandled error", path=request.path)
-        return problem_response(PsvnError(Code.INTERNAL, "internal error; see the gateway log", rule="internal"),
-                                request)
+        return await internal_error(request)
+
+
+SENDS = ("/v1/messages", "/v1/feeds/")
+
+
+async def internal_error(request: web.Request) -> web.Response:
+    """An unhandled exception: log its traceback under a fresh id and answer 500 carrying that id,
+    so the caller's problem document leads to the one log line. A send that failed this way is
+    refused like any other (metric, audit record), since a message id was promised to it.
+    Called from inside the ``except`` block (``log.exception`` reads the current exception)."""
+    gw = request.app[GATEWAY_KEY]
+    request_id = new_message_id()
+    log.exception("unhandled error; answered 500", request_id=request_id, message_id=request_id,
+                  method=request.method, path=request.path)
+    error = PsvnError(Code.INTERNAL, f"internal error; see the gateway log for request {request_id}",
+                      rule="internal", message_id=request_id, extra={"request_id": request_id})
+    if request.method == "POST" and request.path.startswith(SENDS):
+        with contextlib.suppress(Exception):  # the answer must not depend on the audit
+            await gw.reject_request(error, system=system_of(request))
+    return problem_response(error, request)
 
 
 def system_of(request: web.Request) -> str:
