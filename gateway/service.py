@@ -39,7 +39,7 @@ from gateway.feeds import FeedView, Subscription
 from gateway.metrics import Metrics
 from gateway.policy import PolicyHolder, PolicySnapshot
 from gateway.store import HistoryEntry, InRecord, OutRecord, StateStore, idem_key
-from gateway.webhook import WebhookPusher, load_secret
+from gateway.webhook import WebhookPusher, check_url, load_secret
 from policies.consent import TYPE as CONSENT_TYPE
 from policies.engine import DecisionRequest
 from psvn import addresses
@@ -88,9 +88,7 @@ def _webhook(config: GatewayConfig) -> WebhookPusher | None:
     w = config.webhook
     if w is None:
         return None
-    if not (w.url.startswith("https://") or w.url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]"))):
-        raise PsvnError(Code.CONFIG_INVALID, "webhook.url: must be https:// (plain http only to loopback)",
-                        field="webhook.url", rule="webhook-https")
+    check_url(w.url)  # before the secret is read: a bad URL is the error to report
     return WebhookPusher(w.url, load_secret(w.secret_file), ca=w.ca, attempts=w.attempts,
                          timeout=w.timeout_seconds)
 
