@@ -217,11 +217,26 @@ async def catalogue(request: web.Request) -> web.Response:
                           "types": [msgspec.to_builtins(e) for e in snap.catalogue]})
 
 
+async def livez(request: web.Request) -> web.Response:
+    """Liveness: the process is up and serving HTTP (restart it only if this fails)."""
+    return json_response({"status": "alive", "org": request.app[GATEWAY_KEY].org})
+
+
 async def healthz(request: web.Request) -> web.Response:
+    """Readiness (``/healthz`` and ``/readyz``): 200 only when the gateway can do its work, else
+    503 with a problem document naming each thing that is wrong (``problems``), so a load
+    balancer stops sending and an operator sees why."""
     gw = request.app[GATEWAY_KEY]
-    ok = gw.connected and gw.policy.snapshot is not None
-    return json_response({"status": "ok" if ok else "degraded", "org": gw.org, "policy_version": gw.policy.version,
-                          "backbone": "connected" if gw.connected else "disconnected"}, status=200 if ok else 503)
+    backbone = "connected" if gw.connected else "disconnected"
+    problems = gw.readiness()
+    if not problems:
+        return json_response({"status": "ok", "org": gw.org, "policy_version": gw.policy.version,
+                              "backbone": backbone})
+    return problem_response(PsvnError(
+        Code.BACKBONE_UNAVAILABLE, "the gateway is not ready: " + "; ".join(problems),
+        field=problems[0].split(":", 1)[0], rule="readiness",
+        extra={"health": "degraded", "problems": problems, "org": gw.org, "policy_version": gw.policy.version,
+               "backbone": backbone}), request)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -273,5 +288,7 @@ def make_app(gw: Gateway) -> web.Application:
     app.router.add_put("/v1/subscriptions/{topic}", put_subscription)
     app.router.add_delete("/v1/subscriptions/{topic}", delete_subscription)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", healthz)
+    app.router.add_get("/livez", livez)
     app.router.add_get("/metrics", metrics)
     return app

@@ -126,6 +126,21 @@ class Gateway:
         self._background: set[asyncio.Task[None]] = set()
         self._audits: set[asyncio.Task[None]] = set()
         self._stopping = False
+        # why the last write of a sent message's record failed (None: it succeeded); readiness
+        # reports it, since a gateway that cannot record what it sends cannot accept mail
+        self.state_write_error: str | None = None
+
+    def readiness(self) -> list[str]:
+        """What stops this gateway doing its work now, as ``component: problem`` lines (empty:
+        ready). Read by ``/healthz`` and ``/readyz``; ``/livez`` only says the process is up."""
+        problems: list[str] = []
+        if not self.connected:
+            problems.append("backbone: not connected to the NATS backbone")
+        if self.policy.snapshot is None:
+            problems.append("policy: no valid, signed policy set is loaded")
+        if self.state_write_error is not None:
+            problems.append(f"state: the last state write failed ({self.state_write_error})")
+        return problems
 
     def _policy_changed(self, version: int) -> None:
         self.metrics.policy_version.set(version)
@@ -307,9 +322,11 @@ class Gateway:
                     return await self.send(req, system=system)
             if prior is None:
                 await self.store.put_out(rec)
+                self.state_write_error = None
         except PsvnError:
             raise
         except Exception as exc:
+            self.state_write_error = type(exc).__name__
             raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the backbone did not store the message; nothing was sent",
                             rule="state-write", message_id=message_id) from exc
         try:
