@@ -7,6 +7,7 @@ URI ``urn:psvn:system:<org>/<system>`` must name this gateway's organisation.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -274,8 +275,33 @@ async def list_subscriptions(request: web.Request) -> web.Response:
     return json_response({"subscriptions": [msgspec.to_builtins(s) for s in gw.feeds.of(gw.org)]})
 
 
-def make_app(gw: Gateway) -> web.Application:
-    app = web.Application(middlewares=[problems], client_max_size=gw.config.gateway.max_body_bytes)
+def refuse_revoked(is_revoked: Callable[[int], bool]) -> Any:
+    """A middleware that refuses every request whose connection's client certificate is on the
+    current CRL, and closes that connection. The TLS handshake checks the CRL only when a
+    connection opens; without this, a keep-alive connection made before a revocation went on
+    being served."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        peercert = request.transport.get_extra_info("peercert") if request.transport else None
+        serial = peercert.get("serialNumber") if peercert else None
+        if serial and is_revoked(int(serial, 16)):
+            resp = problem_response(PsvnError(
+                Code.CERTIFICATE_INVALID, "the client certificate of this connection has been revoked; "
+                "the connection is closed", field="client certificate", rule="certificate-revoked"), request)
+            resp.force_close()
+            return resp
+        return await handler(request)
+
+    return guard
+
+
+def make_app(gw: Gateway, *, is_revoked: Callable[[int], bool] | None = None) -> web.Application:
+    """The HTTP app; ``is_revoked`` (a serial number -> revoked now?) guards open connections."""
+    middlewares: list[Any] = [problems]
+    if is_revoked is not None:
+        middlewares.insert(0, refuse_revoked(is_revoked))
+    app = web.Application(middlewares=middlewares, client_max_size=gw.config.gateway.max_body_bytes)
     app[GATEWAY_KEY] = gw
     app.router.add_post("/v1/messages", post_message)
     app.router.add_get("/v1/messages/{id}", get_message)
