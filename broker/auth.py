@@ -35,7 +35,7 @@ ALGORITHM = "EdDSA"
 DEFAULT_TTL = 3600  # one working hour; ask for a new one rather than keeping one around
 MAX_TTL = 12 * 3600
 LEEWAY = 5  # seconds of clock skew tolerated on exp/iat
-_USER = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
+_USER = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
 
 
 class Principal(msgspec.Struct, kw_only=True, frozen=True):
@@ -55,7 +55,7 @@ def key_path(pki_dir: Path) -> Path:
 def normalise_user(user: str) -> str:
     """One spelling per person, so the two-person rule cannot be dodged with ``Alice`` vs ``alice``."""
     name = user.strip().lower()
-    if not _USER.match(name):
+    if not _USER.fullmatch(name):
         raise PsvnError(Code.BAD_REQUEST, f"user name {user!r} must be 1-64 of a-z 0-9 . _ @ - "
                         "(starting with a letter or digit)", field="user", rule="user-name")
     return name
@@ -126,7 +126,7 @@ class TokenAuthority:
         role, sub = claims.get("role"), claims.get("sub")
         if role not in ROLES:
             raise _unauth("the token names no console role", "console-role")
-        if not isinstance(sub, str) or not _USER.match(sub):
+        if not isinstance(sub, str) or not _USER.fullmatch(sub):
             raise _unauth("the token names no valid user", "token-invalid")
         return Principal(user=sub, role=str(role), expires=exp, token_id=str(claims.get("jti", "")))
 

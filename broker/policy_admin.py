@@ -58,9 +58,9 @@ log = structlog.get_logger("psvn.broker.policy_admin")
 
 PROPOSALS_BUCKET = "psvn_policy_proposals"
 AUDIT_SUBJECT = audit_subject(BROKER_AUDIT)  # the broker's own audit events (metadata only)
-_ID = re.compile(r"^p[0-9a-f]{8}$")
+_ID = re.compile(r"p[0-9a-f]{8}")
 _TOML_LINE = re.compile(r"at line (\d+)")
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 Status = Literal["proposed", "approved", "published", "rejected"]
 
@@ -210,7 +210,7 @@ def suite_error(report: SuiteReport) -> PsvnError:
 
 
 def _toml_key(k: str) -> str:
-    return k if _BARE_KEY.match(k) else json.dumps(k)
+    return k if _BARE_KEY.fullmatch(k) else json.dumps(k)
 
 
 def _toml_value(v: Any) -> str:
@@ -427,7 +427,7 @@ class PolicyAdmin:
 
     # -- proposals ----------------------------------------------------------------------------
     async def _get(self, proposal_id: str) -> tuple[Proposal, int]:
-        if not _ID.match(proposal_id):
+        if not _ID.fullmatch(proposal_id):
             raise PsvnError(Code.NOT_FOUND, f"{proposal_id!r} is not a proposal id (p + 8 hex digits)",
                             field="id", rule="proposal-id")
         try:
@@ -453,7 +453,7 @@ class PolicyAdmin:
         """All proposals, newest first."""
         out: list[Proposal] = []
         for k in await read_keys(self.js, PROPOSALS_BUCKET):
-            if not _ID.match(k):
+            if not _ID.fullmatch(k):
                 continue
             try:
                 entry = await self.kv.get(k)

@@ -72,8 +72,8 @@ CA_CRL = "ca.crl"
 CRL_DAYS = 7
 # Accept certificates a few minutes "from the future": clocks on members' machines drift.
 _BACKDATE = dt.timedelta(minutes=5)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_SYSTEM = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_SYSTEM = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 
 # --------------------------------------------------------------------------------------- files
@@ -344,7 +344,7 @@ def check_org(org: str) -> str:
 
 
 def _check_name(value: str, field: str, pattern: re.Pattern[str] = _NAME) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise PsvnError(
             Code.BAD_REQUEST,
             f"{field}: {value!r} is not a valid name (letters, digits, '-', must match "

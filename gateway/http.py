@@ -6,6 +6,8 @@ URI ``urn:psvn:system:<org>/<system>`` must name this gateway's organisation.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -17,7 +19,7 @@ from certs.tls import peer_uris
 from gateway.service import Gateway
 from gateway.store import InRecord, OutRecord
 from psvn import addresses
-from psvn.envelope import FeedRequest, SendRequest, SubscribeRequest
+from psvn.envelope import FeedRequest, SendRequest, SubscribeRequest, check_free_id, new_message_id
 from psvn.errors import Code, PsvnError
 
 log = structlog.get_logger("psvn.gateway.http")
@@ -66,9 +68,27 @@ async def problems(request: web.Request, handler: Any) -> web.StreamResponse:
         return problem_response(PsvnError(Code.BAD_REQUEST, f"method {exc.method} not allowed here",
                                           rule="method"), request)
     except Exception:
-        log.exception("unhandled error", path=request.path)
-        return problem_response(PsvnError(Code.INTERNAL, "internal error; see the gateway log", rule="internal"),
-                                request)
+        return await internal_error(request)
+
+
+SENDS = ("/v1/messages", "/v1/feeds/")
+
+
+async def internal_error(request: web.Request) -> web.Response:
+    """An unhandled exception: log its traceback under a fresh id and answer 500 carrying that id,
+    so the caller's problem document leads to the one log line. A send that failed this way is
+    refused like any other (metric, audit record), since a message id was promised to it.
+    Called from inside the ``except`` block (``log.exception`` reads the current exception)."""
+    gw = request.app[GATEWAY_KEY]
+    request_id = new_message_id()
+    log.exception("unhandled error; answered 500", request_id=request_id, message_id=request_id,
+                  method=request.method, path=request.path)
+    error = PsvnError(Code.INTERNAL, f"internal error; see the gateway log for request {request_id}",
+                      rule="internal", message_id=request_id, extra={"request_id": request_id})
+    if request.method == "POST" and request.path.startswith(SENDS):
+        with contextlib.suppress(Exception):  # the answer must not depend on the audit
+            await gw.reject_request(error, system=system_of(request))
+    return problem_response(error, request)
 
 
 def system_of(request: web.Request) -> str:
@@ -129,9 +149,18 @@ async def decode_body(request: web.Request, decoder: msgspec.json.Decoder[T], sy
 K = TypeVar("K", SendRequest, FeedRequest)
 
 
-def with_header_key(request: web.Request, req: K) -> K:
-    """An ``Idempotency-Key`` header stands in for the body's ``idempotency_key`` if it has none."""
+async def with_header_key(request: web.Request, req: K, system: str) -> K:
+    """An ``Idempotency-Key`` header stands in for the body's ``idempotency_key`` if it has none.
+
+    The header is checked first, by the same rule as the body's key, and a bad one is refused
+    naming the header (with a message id and an audit record, like every refused send): aiohttp
+    hands on bytes that are not UTF-8 as surrogates, which must never reach hashing or state."""
     header_key = request.headers.get("Idempotency-Key")
+    if header_key is not None:
+        try:
+            check_free_id(header_key, "Idempotency-Key")
+        except PsvnError as exc:
+            raise await request.app[GATEWAY_KEY].reject_request(exc, system=system) from None
     if header_key and not req.idempotency_key:
         return msgspec.structs.replace(req, idempotency_key=header_key)
     return req
@@ -140,7 +169,7 @@ def with_header_key(request: web.Request, req: K) -> K:
 async def post_message(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     system = system_of(request)
-    req = with_header_key(request, await decode_body(request, _send_decoder, system))
+    req = await with_header_key(request, await decode_body(request, _send_decoder, system), system)
     rec, created = await gw.send(req, system=system)
     data = {"id": rec.id, "status": rec.status,
             "policy": {"version": gw.policy.version, "rule_ids": rec.rule_ids}}
@@ -189,11 +218,26 @@ async def catalogue(request: web.Request) -> web.Response:
                           "types": [msgspec.to_builtins(e) for e in snap.catalogue]})
 
 
+async def livez(request: web.Request) -> web.Response:
+    """Liveness: the process is up and serving HTTP (restart it only if this fails)."""
+    return json_response({"status": "alive", "org": request.app[GATEWAY_KEY].org})
+
+
 async def healthz(request: web.Request) -> web.Response:
+    """Readiness (``/healthz`` and ``/readyz``): 200 only when the gateway can do its work, else
+    503 with a problem document naming each thing that is wrong (``problems``), so a load
+    balancer stops sending and an operator sees why."""
     gw = request.app[GATEWAY_KEY]
-    ok = gw.connected and gw.policy.snapshot is not None
-    return json_response({"status": "ok" if ok else "degraded", "org": gw.org, "policy_version": gw.policy.version,
-                          "backbone": "connected" if gw.connected else "disconnected"}, status=200 if ok else 503)
+    backbone = "connected" if gw.connected else "disconnected"
+    problems = gw.readiness()
+    if not problems:
+        return json_response({"status": "ok", "org": gw.org, "policy_version": gw.policy.version,
+                              "backbone": backbone})
+    return problem_response(PsvnError(
+        Code.BACKBONE_UNAVAILABLE, "the gateway is not ready: " + "; ".join(problems),
+        field=problems[0].split(":", 1)[0], rule="readiness",
+        extra={"health": "degraded", "problems": problems, "org": gw.org, "policy_version": gw.policy.version,
+               "backbone": backbone}), request)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -207,7 +251,7 @@ async def metrics(request: web.Request) -> web.Response:
 async def publish_feed(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     system = system_of(request)
-    req = with_header_key(request, await decode_body(request, _feed_decoder, system))
+    req = await with_header_key(request, await decode_body(request, _feed_decoder, system), system)
     return json_response(await gw.publish(request.match_info["topic"], req, system=system), status=202)
 
 
@@ -231,8 +275,33 @@ async def list_subscriptions(request: web.Request) -> web.Response:
     return json_response({"subscriptions": [msgspec.to_builtins(s) for s in gw.feeds.of(gw.org)]})
 
 
-def make_app(gw: Gateway) -> web.Application:
-    app = web.Application(middlewares=[problems], client_max_size=gw.config.gateway.max_body_bytes)
+def refuse_revoked(is_revoked: Callable[[int], bool]) -> Any:
+    """A middleware that refuses every request whose connection's client certificate is on the
+    current CRL, and closes that connection. The TLS handshake checks the CRL only when a
+    connection opens; without this, a keep-alive connection made before a revocation went on
+    being served."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        peercert = request.transport.get_extra_info("peercert") if request.transport else None
+        serial = peercert.get("serialNumber") if peercert else None
+        if serial and is_revoked(int(serial, 16)):
+            resp = problem_response(PsvnError(
+                Code.CERTIFICATE_INVALID, "the client certificate of this connection has been revoked; "
+                "the connection is closed", field="client certificate", rule="certificate-revoked"), request)
+            resp.force_close()
+            return resp
+        return await handler(request)
+
+    return guard
+
+
+def make_app(gw: Gateway, *, is_revoked: Callable[[int], bool] | None = None) -> web.Application:
+    """The HTTP app; ``is_revoked`` (a serial number -> revoked now?) guards open connections."""
+    middlewares: list[Any] = [problems]
+    if is_revoked is not None:
+        middlewares.insert(0, refuse_revoked(is_revoked))
+    app = web.Application(middlewares=middlewares, client_max_size=gw.config.gateway.max_body_bytes)
     app[GATEWAY_KEY] = gw
     app.router.add_post("/v1/messages", post_message)
     app.router.add_get("/v1/messages/{id}", get_message)
@@ -245,5 +314,7 @@ def make_app(gw: Gateway) -> web.Application:
     app.router.add_put("/v1/subscriptions/{topic}", put_subscription)
     app.router.add_delete("/v1/subscriptions/{topic}", delete_subscription)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", healthz)
+    app.router.add_get("/livez", livez)
     app.router.add_get("/metrics", metrics)
     return app

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import structlog
 from aiohttp import web
+from cryptography import x509
 
 from certs import tls
 from gateway.config import GatewayConfig
@@ -30,6 +31,10 @@ class GatewayServer:
         self._current: ssl.SSLContext | None = None
         self._crl_mtime = 0.0
         self._crl_task: asyncio.Task[None] | None = None
+        # serials on the CRL now: the handshake checks new connections, and every request on an
+        # open (keep-alive) connection is checked against this set, so a revocation applies to
+        # connections made before it as soon as the CRL is reloaded
+        self.revoked: frozenset[int] = frozenset()
 
     @property
     def url(self) -> str:
@@ -48,11 +53,31 @@ class GatewayServer:
             sslobj.context = self._current
 
     def reload_tls(self) -> None:
-        """Rebuild the TLS context (new CRL, renewed certificate); running connections keep theirs."""
+        """Rebuild the TLS context (new CRL, renewed certificate) and the revoked serials that
+        requests on already open connections are checked against."""
+        stamp = self._crl_stamp()
+        revoked = self._revoked_serials()
         fresh = self._tls_context()
         fresh.sni_callback = self._select_context
         self._current = fresh
-        self._crl_mtime = self._crl_stamp()
+        self.revoked = revoked
+        self._crl_mtime = stamp
+
+    def _revoked_serials(self) -> frozenset[int]:
+        """The serials on the configured CRL, once its signature by the CA is checked (a CRL
+        that fails the check raises, and the caller keeps the previous set: fail loudly)."""
+        t = self.config.tls
+        if not t.crl:
+            return frozenset()
+        crl = x509.load_pem_x509_crl(Path(t.crl).read_bytes())
+        cas = x509.load_pem_x509_certificates(Path(t.ca).read_bytes())
+        if not any(crl.issuer == ca.subject and crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+                   for ca in cas):
+            raise ValueError(f"{t.crl} is not signed by a CA in {t.ca}")
+        return frozenset(entry.serial_number for entry in crl)
+
+    def is_revoked(self, serial: int) -> bool:
+        return serial in self.revoked
 
     def _crl_stamp(self) -> float:
         crl = self.config.tls.crl
@@ -74,7 +99,7 @@ class GatewayServer:
     async def start(self) -> GatewayServer:
         await self.gateway.start()
         self.reload_tls()
-        self.runner = web.AppRunner(make_app(self.gateway), access_log=None)
+        self.runner = web.AppRunner(make_app(self.gateway, is_revoked=self.is_revoked), access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.config.gateway.listen_host, self.config.gateway.listen_port,
                            ssl_context=self._current, reuse_address=True)

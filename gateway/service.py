@@ -46,7 +46,7 @@ from gateway.feeds import FeedView, Subscription
 from gateway.metrics import Metrics
 from gateway.policy import PolicyHolder, PolicySnapshot
 from gateway.store import HistoryEntry, InRecord, OutRecord, StateStore, idem_key
-from gateway.webhook import WebhookPusher, load_secret
+from gateway.webhook import WebhookPusher, check_url, load_secret
 from policies.consent import TYPE as CONSENT_TYPE
 from policies.engine import DecisionRequest
 from psvn import addresses
@@ -81,7 +81,7 @@ def _already_gone(exc: Exception) -> bool:
     return isinstance(exc, NotFoundError) or getattr(exc, "err_code", None) in (10037, 10057)
 
 
-_MSG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_MSG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,7 @@ def _webhook(config: GatewayConfig) -> WebhookPusher | None:
     w = config.webhook
     if w is None:
         return None
-    if not (w.url.startswith("https://") or w.url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]"))):
-        raise PsvnError(Code.CONFIG_INVALID, "webhook.url: must be https:// (plain http only to loopback)",
-                        field="webhook.url", rule="webhook-https")
+    check_url(w.url)  # before the secret is read: a bad URL is the error to report
     return WebhookPusher(w.url, load_secret(w.secret_file), ca=w.ca, attempts=w.attempts,
                          timeout=w.timeout_seconds)
 
@@ -138,6 +136,21 @@ class Gateway:
         self._background: set[asyncio.Task[None]] = set()
         self._audits: set[asyncio.Task[None]] = set()
         self._stopping = False
+        # why the last write of a sent message's record failed (None: it succeeded); readiness
+        # reports it, since a gateway that cannot record what it sends cannot accept mail
+        self.state_write_error: str | None = None
+
+    def readiness(self) -> list[str]:
+        """What stops this gateway doing its work now, as ``component: problem`` lines (empty:
+        ready). Read by ``/healthz`` and ``/readyz``; ``/livez`` only says the process is up."""
+        problems: list[str] = []
+        if not self.connected:
+            problems.append("backbone: not connected to the NATS backbone")
+        if self.policy.snapshot is None:
+            problems.append("policy: no valid, signed policy set is loaded")
+        if self.state_write_error is not None:
+            problems.append(f"state: the last state write failed ({self.state_write_error})")
+        return problems
 
     def _policy_changed(self, version: int) -> None:
         self.metrics.policy_version.set(version)
@@ -370,9 +383,11 @@ class Gateway:
                     return await self.send(req, system=system)
             if prior is None:
                 await self.store.put_out(rec)
+                self.state_write_error = None
         except PsvnError:
             raise
         except Exception as exc:
+            self.state_write_error = type(exc).__name__
             raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the backbone did not store the message; nothing was sent",
                             rule="state-write", message_id=message_id) from exc
         try:
@@ -654,7 +669,7 @@ class Gateway:
         seq = msg.metadata.sequence.stream
         raw_id = headers.get("Nats-Msg-Id")
         # the id is chosen by the sender: only a well-formed one may become a key of our state
-        msg_id = raw_id if raw_id and _MSG_ID.match(raw_id) else f"seq-{seq}"
+        msg_id = raw_id if raw_id and _MSG_ID.fullmatch(raw_id) else f"seq-{seq}"
         if msg.subject.startswith("psvn.rcpt."):
             await self._handle_receipt(msg, msg_id, seq)
         else:

@@ -135,7 +135,7 @@ class ConsentRegistry:
 
     def apply(self, change: ConsentChange) -> bool:
         """Record a change; False (and nothing changes) if it is not newer than what is held."""
-        if not _SUBJECT_RX.match(change.subject):
+        if not _SUBJECT_RX.fullmatch(change.subject):
             raise PsvnError(Code.INVALID_PAYLOAD, f"subject: {change.subject!r} is not a subject "
                             "reference (e.g. nhs:9434765919)", field="/subject", rule="subject-format")
         if change.seq < 1:

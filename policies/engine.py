@@ -276,12 +276,12 @@ def parse_rules(section: Any) -> tuple[PolicyRules, list[ParseProblem]]:
     return out, problems
 
 
-_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 
 def _check_rule(section: str, rule: Any) -> str | None:
     """Structural checks msgspec cannot express: id format, empty lists, positive numbers."""
-    if not _ID.match(rule.id):
+    if not _ID.fullmatch(rule.id):
         return f"rule id {rule.id!r} must be lower-case letters, digits and '-'"
     if getattr(rule, "overrides", None) and rule.effect != "deny":
         return f"{rule.id}: only a deny rule can name the allows it overrides"
@@ -316,10 +316,10 @@ class Glob:
         self.any = "*" in patterns
         self.exact = frozenset(p for p in patterns if "*" not in p)
         globs = [glob_regex(p) for p in patterns if "*" in p and p != "*"]
-        self.rx = re.compile("^(?:" + "|".join(globs) + ")$") if globs else None
+        self.rx = re.compile("(?:" + "|".join(globs) + ")") if globs else None
 
     def match(self, value: str) -> bool:
-        return self.any or value in self.exact or (self.rx is not None and self.rx.match(value) is not None)
+        return self.any or value in self.exact or (self.rx is not None and self.rx.fullmatch(value) is not None)
 
 
 class Party:

@@ -50,7 +50,7 @@ from psvn.envelope import CLASSIFICATIONS
 from psvn.errors import PsvnError
 
 Severity = Literal["error", "warning", "info"]
-_MAILBOX = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_MAILBOX = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _TOML_LINE = re.compile(r"at line (\d+)")
 
 
@@ -233,7 +233,7 @@ class _Linter:
             if mailbox and sender:
                 self.add("error", "mailbox-on-sender",
                          f"{p!r}: a sender is a member, not a mailbox", rid, value=p)
-            if "/" in p and not _MAILBOX.match(mailbox):
+            if "/" in p and not _MAILBOX.fullmatch(mailbox):
                 self.add("error", "bad-mailbox", f"{p!r}: {mailbox!r} is not a mailbox name", rid,
                          value=p)
             if ":" in head:

@@ -25,7 +25,7 @@ SCHEMES: dict[str, str] = {
 MEMBER_TYPES = ("council", "nhs-trust", "gp", "police", "charity", "business", "oda", "pds", "operator")
 
 _ADDRESS = re.compile(
-    r"^(?P<scheme>[a-z]{2,5}):(?P<id>[A-Za-z0-9][A-Za-z0-9-]{0,31})(?:/(?P<mailbox>[a-z0-9][a-z0-9-]{0,62}))?$"
+    r"(?P<scheme>[a-z]{2,5}):(?P<id>[A-Za-z0-9][A-Za-z0-9-]{0,31})(?:/(?P<mailbox>[a-z0-9][a-z0-9-]{0,62}))?"
 )
 URI_PREFIX = "urn:psvn:org:"
 SYSTEM_URI_PREFIX = "urn:psvn:system:"
@@ -33,7 +33,7 @@ SYSTEM_URI_PREFIX = "urn:psvn:system:"
 
 def parse(address: str, *, field: str = "to") -> tuple[str, str | None]:
     """Split an address into (organisation, mailbox or None); raise naming ``field`` if bad."""
-    m = _ADDRESS.match(address) if isinstance(address, str) else None
+    m = _ADDRESS.fullmatch(address) if isinstance(address, str) else None
     if m is None or m.group("scheme") not in SCHEMES:
         raise PsvnError(
             Code.INVALID_ENVELOPE,

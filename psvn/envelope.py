@@ -19,10 +19,10 @@ from psvn.errors import Code, PsvnError
 Classification = Literal["OFFICIAL", "OFFICIAL-SENSITIVE"]
 CLASSIFICATIONS: tuple[str, ...] = ("OFFICIAL", "OFFICIAL-SENSITIVE")
 
-_TYPE = re.compile(r"^[a-z][a-z0-9]*(\.[A-Za-z0-9_-]+)+$")
-_PURPOSE = re.compile(r"^[a-z][a-z0-9-]{1,63}$")
-_SUBJECT = re.compile(r"^[a-z]+:[A-Za-z0-9-]{1,64}$")
-_FREE_ID = re.compile(r"^[A-Za-z0-9._:@/-]{1,128}$")
+_TYPE = re.compile(r"[a-z][a-z0-9]*(\.[A-Za-z0-9_-]+)+")
+_PURPOSE = re.compile(r"[a-z][a-z0-9-]{1,63}")
+_SUBJECT = re.compile(r"[a-z]+:[A-Za-z0-9-]{1,64}")
+_FREE_ID = re.compile(r"[A-Za-z0-9._:@/-]{1,128}")
 
 
 class SendRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -42,7 +42,7 @@ class SendRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     datacontenttype: str | None = None  # e.g. application/fhir+xml; default: the catalogue's
 
 
-TOPIC = re.compile(r"^[a-z0-9][a-z0-9-]*(\.[a-z0-9][a-z0-9-]*){0,7}$")
+TOPIC = re.compile(r"[a-z0-9][a-z0-9-]*(\.[a-z0-9][a-z0-9-]*){0,7}")
 
 
 class FeedRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -68,7 +68,7 @@ class SubscribeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
 
 def check_topic(topic: str) -> str:
     """Feed topics: lower-case dotted words (``sensors.brighton.air``), at most 8 levels."""
-    if not TOPIC.match(topic or ""):
+    if not TOPIC.fullmatch(topic or ""):
         raise PsvnError(Code.INVALID_ENVELOPE, f"topic {topic!r} is not lower-case dotted words (e.g. "
                         "sensors.brighton.air, at most 8 levels)", field="topic", rule="topic-format")
     return topic
@@ -130,19 +130,29 @@ def _bad(field: str, rule: str, detail: str) -> PsvnError:
     return PsvnError(Code.INVALID_ENVELOPE, f"{field}: {detail}", field=field, rule=rule)
 
 
+def check_free_id(value: str, field: str) -> str:
+    """A caller-chosen id (correlation, workflow, local, idempotency key): 1-128 of a small ASCII
+    set, the whole string. Such ids become state keys and audit fields, so anything else (a
+    newline, a byte that is not UTF-8) is refused here, naming ``field``, before it is used."""
+    if not _FREE_ID.fullmatch(value):
+        shown = value.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+        raise _bad(field, "id-format", f"{shown!r} must be 1-128 of A-Z a-z 0-9 . _ : @ / -")
+    return value
+
+
 def check_request(req: SendRequest) -> None:
     """Envelope rules a request must meet before anything else looks at it."""
     addresses.parse(req.to, field="to")
-    if not _TYPE.match(req.type):
+    if not _TYPE.fullmatch(req.type):
         raise _bad("type", "type-format", f"{req.type!r} is not a message type (e.g. fhir.r4.ServiceRequest)")
-    if not _PURPOSE.match(req.purpose):
+    if not _PURPOSE.fullmatch(req.purpose):
         raise _bad("purpose", "purpose-format", f"{req.purpose!r} is not a purpose code (e.g. direct-care)")
-    if req.subject is not None and not _SUBJECT.match(req.subject):
+    if req.subject is not None and not _SUBJECT.fullmatch(req.subject):
         raise _bad("subject", "subject-format", f"{req.subject!r} is not a subject reference (e.g. nhs:9434765919)")
     for name in ("correlation_id", "workflow_id", "local_id", "idempotency_key"):
         value = getattr(req, name)
-        if value is not None and not _FREE_ID.match(value):
-            raise _bad(name, "id-format", f"{value!r} must be 1-128 of A-Z a-z 0-9 . _ : @ / -")
+        if value is not None:
+            check_free_id(value, name)
     if req.ttl_seconds is not None and not 1 <= req.ttl_seconds <= 90 * 86400:
         raise _bad("ttl_seconds", "ttl-range", "must be between 1 second and 90 days")
 

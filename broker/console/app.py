@@ -9,6 +9,7 @@ requests whose Host is not this console's own loopback name are refused (DNS reb
 from __future__ import annotations
 
 import ipaddress
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,12 @@ async def problems(request: web.Request, handler: Any) -> web.StreamResponse:
     except web.HTTPException:
         raise
     except Exception:
-        log.exception("console error", path=request.path)
-        return problem_response(PsvnError(Code.INTERNAL, "internal error; see the console log", rule="internal"),
+        # the traceback goes to the log under an id the 500 carries, so one leads to the other
+        request_id = uuid.uuid4().hex
+        log.exception("console error; answered 500", request_id=request_id, method=request.method,
+                      path=request.path)
+        return problem_response(PsvnError(Code.INTERNAL, f"internal error; see the console log for request "
+                                          f"{request_id}", rule="internal", extra={"request_id": request_id}),
                                 request)
 
 

@@ -355,3 +355,29 @@ async def test_cli_token_and_workflow(network: Network, tmp_path: Path, capsys: 
     rc, out = await asyncio.to_thread(run, "policy", "proposals", "--devnet", root)
     assert rc == 0 and proposal["id"] in out and "published" in out
     assert await wait_versions(network, 2) == {org: 2 for org in network.gateways}
+
+
+async def test_a_console_500_carries_the_id_of_its_logged_traceback(con: Console,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from psvn import log as psvn_log
+
+    saved = structlog.get_config()
+    stream = io.StringIO()
+    psvn_log.configure(json=True, stream=stream)
+    try:
+        async def broken() -> None:
+            raise RuntimeError("the editor source is unreadable")
+
+        monkeypatch.setattr(con.server.store, "editor_source", broken)
+        code, problem, _ = await con.request("GET", "/api/policy/current",
+                                             token=con.token("alice", "compliance-officer"))
+    finally:
+        structlog.configure(**saved)
+    assert code == 500 and problem["code"] == "internal"
+    request_id = problem["request_id"]
+    assert request_id in problem["detail"]
+    [logged] = [json.loads(line) for line in stream.getvalue().splitlines()
+                if line.startswith("{") and request_id in line]
+    assert "Traceback" in logged["exception"] and "the editor source is unreadable" in logged["exception"]

@@ -359,6 +359,7 @@ class Health:
     org: str
     policy_version: int
     backbone: str
+    problems: tuple[str, ...] = ()  # what is wrong when not ready (e.g. "backbone: not connected ...")
 
     @property
     def ok(self) -> bool:
@@ -367,6 +368,15 @@ class Health:
     @classmethod
     def from_json(cls, data: Any) -> Health:
         d = _obj(data, "health")
+        if isinstance(d.get("status"), int):  # 503: an RFC 9457 problem document, status is the HTTP code
+            problems = d.get("problems")
+            return cls(
+                status=_opt_str(d, "health") or "degraded",
+                org=_opt_str(d, "org") or "",
+                policy_version=_int(d, "policy_version", 0),
+                backbone=_opt_str(d, "backbone") or "unknown",
+                problems=tuple(str(p) for p in problems) if isinstance(problems, list) else (),
+            )
         return cls(
             status=_str(d, "status"),
             org=_str(d, "org"),
