@@ -58,11 +58,15 @@ T = TypeVar("T")
 
 
 async def connect(url: str | list[str], tls: ssl.SSLContext, *, name: str, inbox_prefix: str | None = None,
-                  **kwargs: object) -> NATS:
+                  user_credentials: str | None = None, **kwargs: object) -> NATS:
+    """A backbone connection: mutual TLS, and the backbone user's ``.creds`` (the JWT of an
+    account's user and its nkey seed): both are needed to get in."""
     opts: dict[str, object] = {"servers": url if isinstance(url, list) else [url], "tls": tls, "name": name,
                                "connect_timeout": 5, "max_reconnect_attempts": -1, "reconnect_time_wait": 0.5}
     if inbox_prefix:
         opts["inbox_prefix"] = inbox_prefix.encode()
+    if user_credentials:
+        opts["user_credentials"] = user_credentials
     opts.update(kwargs)
     return await nats.connect(**opts)  # type: ignore[arg-type]
 

@@ -149,10 +149,10 @@ def broker_tls(layout: Layout) -> ssl.SSLContext:
 
 
 async def broker_connect(layout: Layout, url: str | list[str], *, name: str = "psvn-broker",
-                         **kwargs: object) -> NATS:
+                         **kwargs: Any) -> NATS:
     """The broker's connection: its certificate and its user in the network account."""
-    return await provision.connect(url, broker_tls(layout), name=name,
-                                   user_credentials=str(accounts.BackboneAccounts(layout.pki).broker_creds), **kwargs)
+    creds = str(accounts.BackboneAccounts(layout.pki).broker_creds)
+    return await provision.connect(url, broker_tls(layout), name=name, user_credentials=creds, **kwargs)
 
 
 async def member_connect(layout: Layout, url: str | list[str], org: str, *, name: str,
@@ -160,8 +160,8 @@ async def member_connect(layout: Layout, url: str | list[str], org: str, *, name
     """A member's own backbone user (its gateway's certificate and ``.creds``): sees only what
     its account holds and imports."""
     d = layout.org_dir(org)
-    return await provision.connect(url, tls.client_context(layout.ca, d / "nats.crt", d / "nats.key"), name=name,
-                                   user_credentials=str(layout.nats_creds(org)), **kwargs)
+    ctx = tls.client_context(layout.ca, d / "nats.crt", d / "nats.key")
+    return await provision.connect(url, ctx, name=name, user_credentials=str(layout.nats_creds(org)), **kwargs)
 
 
 async def system_connect(layout: Layout, url: str | list[str]) -> NATS:
