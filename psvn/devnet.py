@@ -156,7 +156,7 @@ async def broker_connect(layout: Layout, url: str | list[str], *, name: str = "p
 
 
 async def member_connect(layout: Layout, url: str | list[str], org: str, *, name: str,
-                         **kwargs: object) -> NATS:
+                         **kwargs: Any) -> NATS:
     """A member's own backbone user (its gateway's certificate and ``.creds``): sees only what
     its account holds and imports."""
     d = layout.org_dir(org)
