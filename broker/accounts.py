@@ -39,6 +39,7 @@ from broker.subjects import (
     POLICY_BUCKET,
     REGISTRY_BUCKET,
     inbox_stream,
+    quarantine_subject,
 )
 from psvn.addresses import token
 from psvn.errors import Code, PsvnError
@@ -80,7 +81,8 @@ def member_services(org: str) -> list[tuple[str, bool]]:
     out = [(f"psvn.msg.*.{t}", False), (f"psvn.rcpt.*.{t}", False), (f"psvn.audit.{t}", False),
            (f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{CONSUMER}", True), (f"$JS.ACK.{stream}.{CONSUMER}.>", False),
            (f"$JS.API.DIRECT.GET.{stream}", False), (f"$JS.API.DIRECT.GET.{stream}.>", False),
-           (f"$JS.API.STREAM.MSG.DELETE.{stream}", False), (f"$KV.{FEEDS_BUCKET}.s.{t}.>", False)]
+           (f"$JS.API.STREAM.MSG.DELETE.{stream}", False), (f"$KV.{FEEDS_BUCKET}.s.{t}.>", False),
+           (quarantine_subject(org), False)]
     if org == OPERATOR:
         out.append((f"$KV.{CONSENT_BUCKET}.>", False))
     return out

@@ -363,6 +363,7 @@ class PolicyAdmin:
             try:
                 kv = await js.create_key_value(KeyValueConfig(
                     bucket=PROPOSALS_BUCKET, history=16, replicas=replicas, storage=StorageType.FILE,
+                    max_bytes=provision.BUCKET_MAX_BYTES[POLICY_BUCKET],
                     description="psvn policy proposals: proposer, approver, status"))
             except Exception:  # another broker process created it first
                 kv = await js.key_value(PROPOSALS_BUCKET)

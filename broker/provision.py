@@ -47,6 +47,8 @@ from broker.subjects import (
     audit_stream,
     audit_subject,
     inbox_stream,
+    quarantine_stream,
+    quarantine_subject,
     state_bucket,
 )
 from policies import bundle
@@ -79,6 +81,9 @@ BUCKET_MAX_BYTES = {REGISTRY_BUCKET: 64 * MIB, POLICY_BUCKET: 64 * MIB, CONSENT_
 BUCKET_MAX_VALUE = 1 * MIB  # a policy set is the largest value (hundreds of KiB)
 AUDIT_MAX_BYTES = 256 * MIB  # per member
 AUDIT_MAX_RECORD = 64 * 1024
+# per member: what its gateway refused, kept as evidence; bounded, the oldest goes first (it is
+# junk by definition: the sender was told, and the audit stream keeps the record of it)
+QUARANTINE_MAX_BYTES = 64 * MIB
 
 
 async def _kv(js: JetStreamContext, bucket: str, *, history: int, replicas: int,
@@ -170,6 +175,11 @@ async def provision_member(js: JetStreamContext, org: str, *, replicas: int = 1,
 
     await patiently(consumer, what=f"consumer {stream}/{CONSUMER}")
     await provision_audit(js, org, replicas=replicas)
+    await _ensure_stream(js, StreamConfig(
+        name=quarantine_stream(org), subjects=[quarantine_subject(org)], retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE, num_replicas=replicas, max_age=retention_days * DAY,
+        max_bytes=QUARANTINE_MAX_BYTES, max_msg_size=4 * 1024 * 1024 + 4096, discard=DiscardPolicy.OLD,
+        duplicate_window=120.0))
 
 
 async def provision_audit(js: JetStreamContext, writer: str, *, replicas: int = 1) -> None:

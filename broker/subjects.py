@@ -50,5 +50,14 @@ def audit_stream(org: str) -> str:
     return f"AUDIT_{token(org)}"
 
 
+def quarantine_stream(org: str) -> str:
+    """What a member's gateway refused, moved out of its inbox (so junk never fills the inbox)."""
+    return f"QUARANTINE_{token(org)}"
+
+
+def quarantine_subject(org: str) -> str:
+    return f"psvn.quarantine.{token(org)}"
+
+
 def inbox_prefix(org: str) -> str:
     return f"_INBOX_{token(org)}"

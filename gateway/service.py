@@ -37,6 +37,7 @@ from broker.subjects import (
     audit_subject,
     inbox_prefix,
     inbox_stream,
+    quarantine_subject,
 )
 from certs import pki, tls
 from gateway import core, seal
@@ -98,6 +99,11 @@ def _webhook(config: GatewayConfig) -> WebhookPusher | None:
     check_url(w.url)  # before the secret is read: a bad URL is the error to report
     return WebhookPusher(w.url, load_secret(w.secret_file), ca=w.ca, attempts=w.attempts,
                          timeout=w.timeout_seconds)
+
+
+def _header_safe(text: str) -> str:
+    """A header value from our own rule names: printable ASCII, one line, bounded."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text)[:120]
 
 
 class Gateway:
@@ -761,6 +767,7 @@ class Gateway:
             await self._redelivered(self.store.inbox[msg_id])  # already on file (a redelivery)
             return
         self.metrics.received.labels("quarantined").inc()
+        await self._move_to_quarantine(msg, msg_id, seq, exc)
         if exc.code is Code.POLICY_DENIED:
             self.metrics.decisions.labels("ingress", "deny").inc()
         log.warning("message quarantined", message_id=msg_id, code=exc.code.value, rule=exc.rule,
@@ -771,6 +778,20 @@ class Gateway:
             status = State.EXPIRED if exc.code is Code.EXPIRED else State.REJECTED
             await self._receipt(msg_id, status.value, sender_org, reason=core.stored_reason(exc),
                                 rule_ids=exc.extra.get("rule_ids") or ([exc.rule] if exc.rule else []))
+
+    async def _move_to_quarantine(self, msg: Msg, msg_id: str, seq: int, exc: PsvnError) -> None:
+        """Out of the inbox, into the member's bounded quarantine stream: junk a sender pushes at
+        us then counts against its quota in the inbox only until we have looked at it, and never
+        fills the inbox for the other senders. Copied first, deleted after (a failure leaves it in
+        the inbox, where the next look finds it on file)."""
+        assert self.js is not None and self.net is not None
+        headers = {"Nats-Msg-Id": f"q-{seq}", "Psvn-Subject": msg.subject, "Psvn-Message-Id": msg_id,
+                   "Psvn-Rule": _header_safe(exc.rule or exc.code.value)}
+        try:
+            await self.js.publish(quarantine_subject(self.org), msg.data, headers=headers, timeout=3)
+            await self.net.delete_msg(inbox_stream(self.org), seq)
+        except Exception as err:  # kept in the inbox: nothing is lost, the quota is just held longer
+            log.warning("quarantined message left in the inbox", message_id=msg_id, error=repr(err))
 
     async def _handle_receipt(self, msg: Msg, rid: str, seq: int) -> None:
         now = now_rfc3339(self.clock())
