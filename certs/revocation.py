@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -147,28 +146,3 @@ def is_revoked(ca_dir: Path, cert: x509.Certificate) -> bool:
     if cert.issuer != crl.issuer:
         return False
     return crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
-
-
-def spki_pin(cert: x509.Certificate) -> str:
-    """SHA-256 of the certificate's SubjectPublicKeyInfo, hex: nats-server's ``pinned_certs`` form."""
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(spki).hexdigest()
-
-
-def backbone_pins(pki_dir: Path, cert_files: Iterable[Path]) -> list[str]:
-    """The keys the backbone lets in: ``cert_files`` issued by this CA and not on its CRL.
-
-    nats-server has no CRL support; pinning the non-revoked certificates' keys (hot-reloadable,
-    and a reload closes connections whose key is no longer pinned) is how a revoked backbone
-    certificate stops working."""
-    crl = load_crl(Path(pki_dir))
-    ca = load_cert(Path(pki_dir) / CA_CERT)
-    pins: set[str] = set()
-    for path in cert_files:
-        if not Path(path).exists():
-            continue
-        cert = load_cert(path)
-        if not is_issued_by(ca, cert) or crl.get_revoked_certificate_by_serial_number(cert.serial_number):
-            continue
-        pins.add(spki_pin(cert))
-    return sorted(pins)
