@@ -19,6 +19,11 @@ class GatewaySection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     fetch_batch: int = 256
     expiry_sweep_seconds: float = 5.0
     policy_wait_seconds: float = 10.0  # at start: how long to wait for an acceptable policy set
+    # One sender's share of this member's inbox: bytes of its mail delivered and not yet
+    # acknowledged. Past it, new mail from that sender is refused (the sender is told
+    # `rejected`, rule sender-share) and moved out of the inbox, so one sender cannot fill the
+    # inbox for the others. (The backbone itself caps each sender's message count.)
+    sender_share_bytes: int = 128 * 1024 * 1024
     # Which mailboxes each local system may read and acknowledge ("" = the organisation's own,
     # un-named mailbox). A system not listed here sees every mailbox.
     system_mailboxes: dict[str, list[str]] = msgspec.field(default_factory=dict)

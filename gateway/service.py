@@ -701,6 +701,13 @@ class Gateway:
                 Code.INVALID_ENVELOPE, f"malformed message: {exc!r}", rule="malformed", message_id=msg_id), received)
             return
         env = inc.envelope
+        share = self.config.gateway.sender_share_bytes
+        if self.store.held.get(env.sender_org, 0) + len(inc.payload) > share:
+            await self._quarantine(msg, msg_id, seq, PsvnError(
+                Code.FORBIDDEN, f"{env.sender_org} already holds {self.store.held.get(env.sender_org, 0)} bytes of "
+                f"unacknowledged mail in this inbox, its share is {share}: refused until the recipient acknowledges",
+                field="source", rule="sender-share", message_id=msg_id), received)
+            return
         if env.topic is not None:
             sub = self.feeds.get(self.org, env.topic)
             if sub is None or sub.purpose != env.purpose:

@@ -92,8 +92,20 @@ class StateStore:
         self.revs: dict[str, int] = {}
         self.kv: KeyValue | None = None
         self.policy_floor = 0
+        # sender organisation -> bytes of its mail delivered here and not yet acknowledged (its
+        # share of our inbox in use; see Gateway's sender-share check)
+        self.held: dict[str, int] = {}
         self._follower = KVFollower()
         self._locks: dict[str, asyncio.Lock] = {}
+
+    def _hold(self, rec: InRecord | None, sign: int) -> None:
+        if rec is not None and rec.status == State.DELIVERED.value and not rec.deleted:
+            sender = rec.source.split("/", 1)[0]
+            held = self.held.get(sender, 0) + sign * rec.size
+            if held > 0:
+                self.held[sender] = held
+            else:
+                self.held.pop(sender, None)
 
     def _apply(self, key: str, value: bytes | None, revision: int = 0) -> None:
         """Mirror one bucket entry; a deletion (value None, e.g. the bucket's TTL) forgets it, so
@@ -107,7 +119,7 @@ class StateStore:
             if kind == "out":
                 self.out.pop(ident, None)
             elif kind == "in":
-                self.inbox.pop(ident, None)
+                self._hold(self.inbox.pop(ident, None), -1)
             self.idem.pop(key, None)
             self.revs.pop(key, None)
             return
@@ -116,7 +128,9 @@ class StateStore:
         if kind == "out":
             self.out[ident] = msgspec.json.decode(value, type=OutRecord)
         elif kind == "in":
-            self.inbox[ident] = msgspec.json.decode(value, type=InRecord)
+            self._hold(self.inbox.get(ident), -1)
+            rec = self.inbox[ident] = msgspec.json.decode(value, type=InRecord)
+            self._hold(rec, +1)
         elif kind == "idem":
             self.idem[key] = value.decode()
         elif key == POLICY_FLOOR_KEY:

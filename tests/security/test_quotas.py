@@ -122,3 +122,31 @@ async def test_every_stream_of_the_network_has_a_byte_limit(network: Network) ->
         await broker.close()
     unbounded = [i.config.name for i in infos if not i.config.max_bytes or i.config.max_bytes < 0]
     assert infos and unbounded == []
+
+
+async def test_one_sender_cannot_hold_more_than_its_share_of_an_inbox(network: Network) -> None:
+    """The trust lets each sender hold 3 referrals' worth of unacknowledged mail: the council's
+    fourth is refused (it is told `rejected`, rule sender-share) and leaves the inbox, the GP's mail
+    still arrives, and once the trust acknowledges one, the council's next is delivered."""
+    trust = network.gateways[network.TRUST].gateway
+    size = len(msgspec.json.encode(REFERRAL))
+    trust.config.gateway.sender_share_bytes = 3 * size + size // 2
+    ids = []
+    for _ in range(3):
+        status, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+        assert status == 202, body
+        await wait_status(network, network.COUNCIL, body["id"], "delivered")
+        ids.append(body["id"])
+    status, over = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+    assert status == 202, over  # accepted by the council's gateway; the trust's refuses it
+    refused = await wait_status(network, network.COUNCIL, over["id"], "rejected")
+    assert "sender-share" in (refused.get("reason") or "") or "sender-share" in refused.get("rule_ids", [])
+    assert await subject_count(network, inbox_stream(network.TRUST), msg_subject(network.TRUST, network.COUNCIL)) == 3
+    status, body = await call(network, network.GP, "POST", "/v1/messages", referral())  # another sender
+    assert status == 202
+    await wait_status(network, network.GP, body["id"], "delivered")
+    status, _ = await call(network, network.TRUST, "POST", f"/v1/inbox/{ids[0]}/ack")
+    assert status == 200
+    status, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+    assert status == 202
+    await wait_status(network, network.COUNCIL, body["id"], "delivered")
