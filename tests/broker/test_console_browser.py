@@ -113,7 +113,7 @@ async def test_edit_test_submit_approve_publish_in_the_browser(con: Console, tmp
             await expect(page.locator("#test-summary")).to_contain_text(" passed, 0 failed")
 
             await page.click("#btn-simulate")
-            await expect(page.locator("#sim-summary")).to_contain_text("from version 1 to 2")
+            await expect(page.locator("#sim-summary")).to_contain_text("from version 1 to 2", timeout=TIMEOUT)
             await expect(page.locator("#traffic-summary")).to_contain_text("1 would be decided differently")
             await expect(page.locator("#sim-results")).to_contain_text(sent["id"])
 
