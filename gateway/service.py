@@ -320,10 +320,12 @@ class Gateway:
                                  rule_ids=out.decision.rule_ids, request_hash=request_hash,
                                  expires=out.envelope.expires)
         try:
-            if ikey and prior is None and self.store.idem.get(ikey) is None:
-                owner = await self.store.claim_idempotency(ikey, message_id)
+            if ikey and prior is None:
+                # the consent lookup awaited the backbone: a concurrent request with the same key
+                # (on this instance or another) may have claimed it meanwhile; the claim decides
+                owner = self.store.idem.get(ikey) or await self.store.claim_idempotency(ikey, message_id)
                 if owner != message_id:  # a concurrent request with the same key got there first
-                    return await self.send(req, system=system)
+                    return await self.send(req, system=system, topic=topic)
             if prior is None:
                 await self.store.put_out(rec)
         except PsvnError:
