@@ -11,7 +11,11 @@ through what the network exports to it by name:
 - its audit records: ``psvn.audit.<me>``;
 - its own inbox: the pull of its durable consumer, acks, direct reads and retention deletes;
 - its own feed subscriptions (``$KV.psvn_feeds.s.<me>.>``); the operator's member: consent records;
-- read-only: direct reads, stream info and change notifications of the shared buckets.
+- read-only: direct reads, stream info and change notifications of the shared buckets, except
+  consent: of that bucket only the by-subject direct get (``$JS.API.DIRECT.GET.KV_psvn_consent.>``),
+  so a member can read the record of a subject it names and cannot list the bucket (no stream
+  info, no notifications, and no by-sequence or next-by-subject read, which the body form of
+  ``$JS.API.DIRECT.GET.<stream>`` would allow: measured, it walks every key).
 
 Each private export needs an activation token the network account signs for one member account,
 so no member can import another's. Members have JetStream of their own (their state bucket) within
@@ -45,6 +49,9 @@ from psvn.addresses import token
 from psvn.errors import Code, PsvnError
 
 SHARED_BUCKETS = (REGISTRY_BUCKET, POLICY_BUCKET, CONSENT_BUCKET, FEEDS_BUCKET)
+# Buckets every member may follow (stream info, change notifications, any direct read). Consent is
+# not one: members read a subject's record by name only (see gateway/consent.py).
+LISTED_BUCKETS = (REGISTRY_BUCKET, POLICY_BUCKET, FEEDS_BUCKET)
 GIB = 1024 ** 3
 MIB = 1024 ** 2
 
@@ -89,10 +96,12 @@ def member_services(org: str) -> list[tuple[str, bool]]:
 
 
 def shared_services() -> list[str]:
-    """Public, read-only: direct reads and stream info of the shared buckets."""
+    """Public, read-only: direct reads and stream info of the listed buckets; of the consent
+    bucket only the by-subject direct get (the subject in the request subject, no body options)."""
     out: list[str] = []
-    for b in SHARED_BUCKETS:
+    for b in LISTED_BUCKETS:
         out += [f"$JS.API.DIRECT.GET.KV_{b}", f"$JS.API.DIRECT.GET.KV_{b}.>", f"$JS.API.STREAM.INFO.KV_{b}"]
+    out.append(f"$JS.API.DIRECT.GET.KV_{CONSENT_BUCKET}.$KV.{CONSENT_BUCKET}.>")
     return out
 
 
@@ -151,7 +160,7 @@ class BackboneAccounts:
     def network_jwt(self, members: list[str]) -> str:
         """The operator's account: JetStream (every stream and bucket), the exports members need."""
         exports = [_service(s, private=False) for s in shared_services()]
-        exports += [{"name": f"$KV.{b}.>", "subject": f"$KV.{b}.>", "type": "stream"} for b in SHARED_BUCKETS]
+        exports += [{"name": f"$KV.{b}.>", "subject": f"$KV.{b}.>", "type": "stream"} for b in LISTED_BUCKETS]
         for org in sorted(set(members)):
             exports += [_service(s, stream_response=sr) for s, sr in member_services(org)]
         js = {"disk_storage": natsjwt.UNLIMITED, "mem_storage": natsjwt.UNLIMITED, "streams": natsjwt.UNLIMITED,
@@ -171,7 +180,7 @@ class BackboneAccounts:
         for subject in shared_services():
             imports.append({"name": subject, "subject": subject, "account": self.network_account, "type": "service",
                             "local_subject": local_name(subject)})
-        for b in SHARED_BUCKETS:
+        for b in LISTED_BUCKETS:
             imports.append({"name": f"$KV.{b}.>", "subject": f"$KV.{b}.>", "account": self.network_account,
                             "type": "stream"})
         return natsjwt.account_jwt(self.operator_seed, self.member_seed(org), name=org,

@@ -221,10 +221,26 @@ def decide_publish(snap: PolicySnapshot, req: SendRequest, *, me: Identity, topi
         raise policy_denied(decision, message_id, "publish")
 
 
-def prepare_send(req: SendRequest, *, me: Identity, system: str | None, snap: PolicySnapshot,
-                 registry: RegistryView, message_id: str, now: datetime | None = None,
-                 consent: ConsentRegistry | None = None, topic: str | None = None) -> Outgoing:
-    """Check, decide, sign and seal one message; with ``topic``, one delivery of a feed event."""
+@dataclass(frozen=True)
+class SendCheck:
+    """A send request checked up to (not including) the policy decision: what the decision and
+    the consent lookup before it need."""
+
+    req: SendRequest
+    recipient_org: str
+    recipient: Member
+    entry: CatalogueEntry
+    body: bytes
+    subjects: frozenset[str]  # the payload's data subjects (from validation)
+
+    @property
+    def consent_subjects(self) -> frozenset[str]:
+        """Everyone whose consent the decision consults: the envelope's subject and the payload's."""
+        return self.subjects | ({self.req.subject} if self.req.subject else frozenset())
+
+
+def check_send(req: SendRequest, *, snap: PolicySnapshot, registry: RegistryView, message_id: str) -> SendCheck:
+    """Envelope rules, recipient, catalogue, payload validation and subject binding (no decision)."""
     try:
         check_request(req)
         recipient_org, _ = addresses.parse(req.to)
@@ -235,9 +251,26 @@ def prepare_send(req: SendRequest, *, me: Identity, system: str | None, snap: Po
         body = payload_bytes(req.payload)
         subjects = validate_payload(snap, req.type, body, message_id, content_type=req.datacontenttype)
         bind_subject(req.subject, subjects, message_id)
+    except PsvnError as exc:
+        raise _with_id(exc, message_id) from None
+    return SendCheck(req=req, recipient_org=recipient_org, recipient=recipient, entry=entry, body=body,
+                     subjects=subjects)
+
+
+def prepare_send(req: SendRequest, *, me: Identity, system: str | None, snap: PolicySnapshot,
+                 registry: RegistryView, message_id: str, now: datetime | None = None,
+                 consent: ConsentRegistry | None = None, topic: str | None = None,
+                 checked: SendCheck | None = None) -> Outgoing:
+    """Check, decide, sign and seal one message; with ``topic``, one delivery of a feed event.
+    ``checked``: the request as :func:`check_send` already checked it (the gateway checks first,
+    reads the consent of the subjects it names, then decides)."""
+    checked = checked or check_send(req, snap=snap, registry=registry, message_id=message_id)
+    req, recipient_org, recipient, entry, body = (checked.req, checked.recipient_org, checked.recipient,
+                                                 checked.entry, checked.body)
+    try:
         decision = decide(snap, req, sender=me.org, sender_type=me.member_type, recipient=recipient_org,
-                          recipient_type=recipient.type, direction="egress", consent=consent, subjects=subjects,
-                          topic=topic)
+                          recipient_type=recipient.type, direction="egress", consent=consent,
+                          subjects=checked.subjects, topic=topic)
     except PsvnError as exc:
         raise _with_id(exc, message_id) from None
     if not decision.allow:
@@ -264,14 +297,33 @@ def sender_from_subject(subject: str, me: Identity, kind: str) -> str:
     return addresses.from_token(parts[3])
 
 
-def open_incoming(data: bytes, *, subject: str, message_id: str, me: Identity, registry: RegistryView,
-                  snap: PolicySnapshot, now: datetime | None = None, checks: bool = True,
-                  consent: ConsentRegistry | None = None, published: datetime | None = None) -> Incoming:
-    """Open and verify a message; with ``checks`` (on first receipt) also expiry, payload and policy.
+@dataclass(frozen=True)
+class Opening:
+    """A message opened and verified, and (on first receipt) checked up to the policy decision."""
+
+    envelope: Envelope
+    payload: bytes
+    sender: Member
+    subjects: frozenset[str]  # the payload's data subjects (empty without checks)
+    checks: bool
+
+    @property
+    def consent_subjects(self) -> frozenset[str]:
+        """Everyone whose consent the decision consults (none without checks: no decision)."""
+        if not self.checks:
+            return frozenset()
+        return self.subjects | ({self.envelope.subject} if self.envelope.subject else frozenset())
+
+
+def open_message(data: bytes, *, subject: str, message_id: str, me: Identity, registry: RegistryView,
+                 snap: PolicySnapshot, now: datetime | None = None, checks: bool = True,
+                 published: datetime | None = None) -> Opening:
+    """Open and verify a message; with ``checks`` (on first receipt) also expiry, payload and subject
+    binding. The policy decision is :func:`decide_incoming` (after the consent lookup).
 
     ``published`` is the backbone's timestamp of the message: a sender's retired signing key
     verifies only what was published before it retired."""
-    decision = Decision(allow=True, rule_ids=[], reason="previously delivered", policy_version=snap.version)
+    subjects: frozenset[str] = NO_SUBJECTS
     try:
         sender_org = sender_from_subject(subject, me, "msg")
         sender = registry.lookup(sender_org, field="source", message_id=message_id, require_active=checks)
@@ -306,14 +358,35 @@ def open_incoming(data: bytes, *, subject: str, message_id: str, me: Identity, r
             subjects = validate_payload(snap, env.type, inner.payload, message_id,
                                         content_type=env.datacontenttype)
             bind_subject(env.subject, subjects, message_id)  # a sender's gateway that skipped it
-            decision = decide(snap, env, sender=sender_org, sender_type=sender.type, recipient=me.org,
-                              recipient_type=me.member_type, direction="ingress", consent=consent,
-                              subjects=subjects, topic=env.topic)
     except PsvnError as exc:
         raise _with_id(exc, message_id) from None
-    if not decision.allow:
-        raise policy_denied(decision, message_id, "ingress")
-    return Incoming(envelope=env, payload=inner.payload, decision=decision, sender=sender)
+    return Opening(envelope=env, payload=inner.payload, sender=sender, subjects=subjects, checks=checks)
+
+
+def decide_incoming(opening: Opening, *, me: Identity, snap: PolicySnapshot, message_id: str,
+                    consent: ConsentRegistry | None = None) -> Incoming:
+    """The ingress decision (on first receipt), with the consent of the subjects it names."""
+    env = opening.envelope
+    decision = Decision(allow=True, rule_ids=[], reason="previously delivered", policy_version=snap.version)
+    if opening.checks:
+        try:
+            decision = decide(snap, env, sender=env.sender_org, sender_type=opening.sender.type,
+                              recipient=me.org, recipient_type=me.member_type, direction="ingress",
+                              consent=consent, subjects=opening.subjects, topic=env.topic)
+        except PsvnError as exc:
+            raise _with_id(exc, message_id) from None
+        if not decision.allow:
+            raise policy_denied(decision, message_id, "ingress")
+    return Incoming(envelope=env, payload=opening.payload, decision=decision, sender=opening.sender)
+
+
+def open_incoming(data: bytes, *, subject: str, message_id: str, me: Identity, registry: RegistryView,
+                  snap: PolicySnapshot, now: datetime | None = None, checks: bool = True,
+                  consent: ConsentRegistry | None = None, published: datetime | None = None) -> Incoming:
+    """:func:`open_message` then :func:`decide_incoming`, for a caller that has the consent already."""
+    opening = open_message(data, subject=subject, message_id=message_id, me=me, registry=registry, snap=snap,
+                           now=now, checks=checks, published=published)
+    return decide_incoming(opening, me=me, snap=snap, message_id=message_id, consent=consent)
 
 
 def stored_reason(exc: PsvnError) -> str:

@@ -22,4 +22,12 @@ class Metrics:
         self.audit_lost = Counter("psvn_audit_records_lost_total",
                                   "Audit records the AUDIT stream never acknowledged (each is logged in full)",
                                   registry=r)
+        self.values_refused = Counter(
+            "psvn_backbone_values_refused_total",
+            "Values read from a shared bucket and refused (empty, undecryptable, unsigned or badly signed); "
+            "each is logged with its key", ["bucket"], registry=r)
+        self.consent_lookup_seconds = Histogram(
+            "psvn_consent_lookup_seconds", "Time to read and verify the consent records a decision names "
+            "(one backbone round trip, the records fetched concurrently)", registry=r,
+            buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2))
         self.backbone_up = Gauge("psvn_backbone_connected", "1 while connected to the backbone", registry=r)

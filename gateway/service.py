@@ -31,6 +31,7 @@ from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 from broker.provision import connect, provision_state_bucket
 from broker.registry import RegistryView
 from broker.subjects import (
+    CONSENT_BUCKET,
     CONSUMER,
     MAILBOX_MAX_AGE_DAYS,
     OPERATOR_JS_PREFIX,
@@ -42,13 +43,14 @@ from broker.subjects import (
 from certs import pki, tls
 from gateway import core, seal
 from gateway.config import GatewayConfig
-from gateway.consent import OPERATOR_TYPE, ConsentView
+from gateway.consent import OPERATOR_TYPE, ConsentLookup, Consulted
 from gateway.feeds import FeedView, Subscription
 from gateway.metrics import Metrics
 from gateway.policy import PolicyHolder, PolicySnapshot
 from gateway.store import HistoryEntry, InRecord, OutRecord, StateStore, idem_key
 from gateway.webhook import WebhookPusher, check_url, load_secret
 from policies.consent import TYPE as CONSENT_TYPE
+from policies.consent import ConsentRegistry
 from policies.engine import DecisionRequest
 from psvn import addresses
 from psvn.envelope import (
@@ -129,7 +131,8 @@ class Gateway:
         self.registry = RegistryView()
         self.policy = PolicyHolder(authority, on_change=self._policy_changed)
         self.store = StateStore(self.org)
-        self.consent = ConsentView(self.registry)
+        self.consent = ConsentLookup(
+            self.registry, on_refused=lambda _s, _e: self.metrics.values_refused.labels(CONSENT_BUCKET).inc())
         self.feeds = FeedView()
         self.webhook = _webhook(config)
         self.nc: NATS | None = None
@@ -361,9 +364,12 @@ class Gateway:
                 # accepted but its publish unconfirmed (or never recorded): seal again under the
                 # same id; JetStream's dedupe window and the recipient's mailbox make this safe
         try:
-            out = core.prepare_send(req, me=self.identity, system=system, snap=self.snapshot,
-                                    registry=self.registry, message_id=message_id, now=self.clock(),
-                                    consent=self.consent.consent, topic=topic)
+            snap = self.snapshot
+            checked = core.check_send(req, snap=snap, registry=self.registry, message_id=message_id)
+            consulted = await self.consult(checked.consent_subjects, message_id)
+            out = core.prepare_send(req, me=self.identity, system=system, snap=snap, registry=self.registry,
+                                    message_id=message_id, now=self.clock(), consent=consulted.consent,
+                                    topic=topic, checked=checked)
         except PsvnError as exc:
             self.metrics.rejected.labels(exc.code.value).inc()
             if exc.code is Code.POLICY_DENIED:
@@ -383,10 +389,12 @@ class Gateway:
                                  rule_ids=out.decision.rule_ids, request_hash=request_hash,
                                  expires=out.envelope.expires)
         try:
-            if ikey and prior is None and self.store.idem.get(ikey) is None:
-                owner = await self.store.claim_idempotency(ikey, message_id)
+            if ikey and prior is None:
+                # the consent lookup awaited the backbone: a concurrent request with the same key
+                # (on this instance or another) may have claimed it meanwhile; the claim decides
+                owner = self.store.idem.get(ikey) or await self.store.claim_idempotency(ikey, message_id)
                 if owner != message_id:  # a concurrent request with the same key got there first
-                    return await self.send(req, system=system)
+                    return await self.send(req, system=system, topic=topic)
             if prior is None:
                 await self.store.put_out(rec)
                 self.state_write_error = None
@@ -418,6 +426,21 @@ class Gateway:
         self.metrics.send_seconds.observe(time.perf_counter() - started)
         log.info("message sent", message_id=message_id, to=req.to, type=req.type, system=system)
         return rec, True
+
+    async def consult(self, subjects: frozenset[str], message_id: str) -> Consulted:
+        """The consent of exactly the subjects a decision names, read now (no copy is kept, so an
+        opt-out recorded a moment ago applies). A backbone that does not answer refuses the
+        message (retry later), never decides it as "no opt-out"."""
+        if not subjects:
+            return Consulted(consent=ConsentRegistry())
+        started = time.perf_counter()
+        try:
+            return await self.consent.consult(subjects)
+        except PsvnError as exc:
+            exc.message_id = exc.message_id or message_id
+            raise
+        finally:
+            self.metrics.consent_lookup_seconds.observe(time.perf_counter() - started)
 
     async def _prior(self, message_id: str, request_hash: str) -> OutRecord | None:
         """The record an idempotency key points at (waiting briefly for a concurrent request)."""
@@ -687,13 +710,21 @@ class Gateway:
             await self._redelivered(filed)
             return
         received = now_rfc3339(self.clock())
+        consulted = Consulted(consent=ConsentRegistry())
         try:
-            inc = core.open_incoming(msg.data, subject=msg.subject, message_id=msg_id, me=self.identity,
-                                     registry=self.registry, snap=self.snapshot, now=self.clock(),
-                                     consent=self.consent.consent, published=msg.metadata.timestamp)
+            me, snap = self.identity, self.snapshot
+            opening = core.open_message(msg.data, subject=msg.subject, message_id=msg_id, me=me,
+                                        registry=self.registry, snap=snap, now=self.clock(),
+                                        published=msg.metadata.timestamp)
+            consulted = await self.consult(opening.consent_subjects, msg_id)
+            inc = core.decide_incoming(opening, me=me, snap=snap, message_id=msg_id, consent=consulted.consent)
         except PsvnError as exc:
             if exc.code in LAG_CODES and msg.metadata.num_delivered < LAG_RETRIES:
                 raise  # our registry view (or this instance's keys) may lag: redelivered shortly (nak)
+            if exc.code is Code.BACKBONE_UNAVAILABLE:
+                raise  # a consent lookup the backbone did not answer: redelivered, never decided without it
+            if exc.code is Code.POLICY_DENIED and consulted.lagging and msg.metadata.num_delivered < LAG_RETRIES:
+                raise  # a consent record refused for its signature: our registry view may lag the operator's
             await self._quarantine(msg, msg_id, seq, exc, received)
             return
         except Exception as exc:  # a malformed message must be quarantined, not redelivered for ever

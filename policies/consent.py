@@ -9,8 +9,10 @@ registry converges to the newest state whatever order the network delivers chang
 with no opt-outs restores consent but is kept (as a tombstone with its ``seq``) so that an older
 withdrawal arriving late cannot resurrect itself.
 
-No I/O here: the gateway feeds changes in from the network-wide KV and passes the registry to
-``Engine.decide(req, consent=registry)``.
+No I/O here: before each decision the gateway reads the records of exactly the subjects it names
+from the network-wide KV (see gateway/consent.py) and passes them to
+``Engine.decide(req, consent=registry)``. A record that cannot be trusted is held as refused
+(:meth:`ConsentRegistry.refuse`): an opt-out of everything, never "no opt-out".
 """
 
 from __future__ import annotations
@@ -118,6 +120,10 @@ class ConsentRecord(msgspec.Struct, kw_only=True, frozen=True):
     seq: int
     effective: str = ""
     issuer: str = ""
+    # set when the subject's stored record could not be read or verified (empty, undecryptable,
+    # unsigned, badly signed): the record then stands for an opt-out of everything (fail closed),
+    # so that a blanked or forged value can never act as "no opt-out"
+    refused: str = ""
 
     def covers(self, purpose: str) -> bool:
         return purpose in self.opt_outs or ALL_PURPOSES in self.opt_outs
@@ -148,6 +154,12 @@ class ConsentRegistry:
             subject=change.subject, opt_outs=frozenset(change.opt_outs), seq=change.seq,
             effective=change.effective, issuer=change.issuer)
         return True
+
+    def refuse(self, subject: str, reason: str) -> None:
+        """The subject's record exists but cannot be trusted: hold it as an opt-out of every
+        purpose (what an override rule still lets through, e.g. safeguarding, still goes)."""
+        self._records[subject] = ConsentRecord(subject=subject, opt_outs=frozenset({ALL_PURPOSES}), seq=0,
+                                               refused=reason)
 
     def blocks(self, subject: str, purpose: str) -> ConsentRecord | None:
         """The record if the subject has opted out of ``purpose``; else None."""

@@ -44,6 +44,8 @@ PURPOSE_UNKNOWN = "purpose-unknown"
 LEGAL_BASIS_UNDECLARED = "legal-basis-undeclared"
 CLASSIFICATION_UNDECLARED = "classification-undeclared"
 CONSENT_DEFAULT = "consent-default-honour"
+# the deny for a subject whose stored consent record could not be read or verified (fail closed)
+CONSENT_UNREADABLE = "consent-record-unreadable"
 BUILTIN_IDS = frozenset({DEFAULT_DENY, PURPOSE_UNKNOWN, LEGAL_BASIS_UNDECLARED,
                          CLASSIFICATION_UNDECLARED, CONSENT_DEFAULT})
 
@@ -943,7 +945,9 @@ class Engine:
             for c in self._consent:
                 r = c.rule
                 if r in overrides or r in honours:
-                    why = (f"{masked} has opted out of {req.purpose} (seq {record.seq}"
+                    why = (f"{masked}'s consent record could not be verified: treated as an opt-out "
+                           f"of everything ({record.refused})" if record and record.refused
+                           else f"{masked} has opted out of {req.purpose} (seq {record.seq}"
                            f"{', via ' + record.issuer if record.issuer else ''})" if record
                            else f"no opt-out recorded for {masked} covering {req.purpose}")
                     matched = record is not None
@@ -960,6 +964,11 @@ class Engine:
                 base, rule_ids=ids,
                 reason=f"{base.reason}; {masked}'s opt-out of {req.purpose} is overridden: {text}")
         ids = [r.id for r in honours] or [CONSENT_DEFAULT]
+        if record.refused:
+            return self._deny([CONSENT_UNREADABLE, *ids], "consent",
+                              f"the consent record of {masked} could not be verified ({record.refused}); "
+                              f"sharing for {req.purpose} is refused until the network operator restores a "
+                              f"signed record ({CONSENT_UNREADABLE}, fail closed; honoured by {', '.join(ids)})")
         text = "; ".join(r.description for r in honours if r.description)
         via = f" via {record.issuer}" if record.issuer else ""
         return self._deny(ids, "consent",

@@ -23,7 +23,7 @@ from broker.natsconf import ServerConfig
 from broker.server import NatsServer
 from broker.subjects import BROKER_URI
 from certs import pki, revocation, tls
-from gateway import seal
+from gateway import consent, seal
 from gateway.config import GatewayConfig, GatewaySection, KeysSection, NatsSection, TLSSection
 from policies import bundle
 from psvn import config, procs
@@ -209,6 +209,7 @@ async def provision_backbone(layout: Layout, nats_url: str, members: list[Member
     try:
         js = nc.jetstream()
         await provision.provision_network(js, replicas=replicas)
+        await consent.migrate_legacy(js)  # records from before subject-derived keys (idempotent)
         kv = await registry.ensure_bucket(js, replicas=replicas)
         for m in members:
             await provision.provision_member(js, m.org, replicas=replicas)

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats
 import pytest
 
-from gateway.consent import SignedConsent, key_for, sign_record
+from gateway.consent import SignedConsent, key_for, seal_record, sign_record
 from policies.consent import ConsentChange
 from psvn import devnet
 from psvn.devnet import EXAMPLE_MEMBERS, OPERATOR_MEMBER, PDS_MEMBER
@@ -58,11 +57,19 @@ def opt_out(seq: int, purposes: list[str]) -> dict[str, Any]:
 
 
 async def wait_everywhere(net: Network, check: Any) -> None:
-    for _ in range(400):
-        if all(check(gw.gateway.consent.consent) for gw in net.gateways.values()):
+    """Every gateway's next lookup of SUBJECT satisfies ``check`` (polled, with a deadline)."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        seen = [await gw.gateway.consent.consult([SUBJECT]) for gw in net.gateways.values()]
+        if all(check(c.consent) for c in seen):
             return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("not every gateway saw the consent change")
         await asyncio.sleep(0.025)
-    raise AssertionError("not every gateway saw the consent change")
+
+
+async def consult(net: Network, org: str, subject: str = SUBJECT) -> Any:
+    return await net.gateways[org].gateway.consent.consult([subject])
 
 
 async def test_opt_out_blocks_research_network_wide(net: Network) -> None:
@@ -96,40 +103,50 @@ async def test_only_a_pds_can_change_consent(net: Network) -> None:
 
 
 async def test_forged_consent_record_is_refused(net: Network) -> None:
-    """Someone with raw backbone access writes a consent record they signed themselves."""
+    """Someone with raw backbone access writes a consent record they signed themselves (sealed
+    correctly under the subject's key): refused, counted, and the subject's consent-dependent
+    sharing is denied (fail closed), never allowed as "no opt-out"."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    change = ConsentChange(subject=SUBJECT, seq=9, opt_outs=["*"], effective="2026-11-25T10:00:00Z")
+    change = ConsentChange(subject=SUBJECT, seq=9, opt_outs=[], effective="2026-11-25T10:00:00Z")
     forged = sign_record(change.to_payload(), issuer=PDS, message_id="x", operator=OPERATOR,
                          key=Ed25519PrivateKey.generate())
     nc = await devnet.broker_connect(net.layout, net.nats.url)
     try:
         kv = await nc.jetstream().key_value("psvn_consent")
-        await kv.put(key_for(SUBJECT), msgspec.msgpack.encode(forged))
+        await kv.put(key_for(SUBJECT), seal_record(SUBJECT, forged))
     finally:
         await nc.close()
-    for _ in range(200):
-        if all(gw.gateway.consent.refused for gw in net.gateways.values()):
-            break
-        await asyncio.sleep(0.025)
     for gw in net.gateways.values():
-        assert gw.gateway.consent.refused and "signature" in gw.gateway.consent.refused[-1][1]
-        assert gw.gateway.consent.consent.get(SUBJECT) is None
+        seen = await gw.gateway.consent.consult([SUBJECT])
+        assert seen.refused == ((key_for(SUBJECT), "consent-signature"),), seen
+        record = seen.consent.get(SUBJECT)
+        assert record is not None and record.refused and record.covers("research-consented")
+    status, problem = await call(net, net.GP, "POST", "/v1/messages", research())
+    assert (status, problem["code"]) == (403, "policy-denied"), problem
+    assert "consent-record-unreadable" in problem["rule_ids"], problem
+    assert refused_count(net, net.GP) >= 2  # the lookup above and the one the send made
     assert isinstance(forged, SignedConsent)
 
 
+def refused_count(net: Network, org: str) -> float:
+    value = net.gateways[org].gateway.metrics.registry.get_sample_value(
+        "psvn_backbone_values_refused_total", {"bucket": "psvn_consent"})
+    return value or 0.0
+
+
 async def test_a_gateway_other_than_the_operator_cannot_write_consent(net: Network) -> None:
-    from nats.js.errors import KeyNotFoundError
+    from nats.errors import NoRespondersError
+    from nats.errors import TimeoutError as NatsTimeoutError
+    from nats.js.errors import KeyNotFoundError, NoStreamResponseError
 
-    from tests.broker.test_backbone import MemberConnection
-
-    council = await MemberConnection.open(net, net.COUNCIL)  # the council gateway's own NATS user
+    council = await devnet.member_connect(net.layout, net.nats.url, net.COUNCIL, name="council as writer")
     try:
-        assert council.nc is not None
-        # its account imports no way to write the consent bucket: nothing answers the write
-        # (only its own gateway's change listener hears it, and never answers: a timeout)
-        with pytest.raises((nats.js.errors.NoStreamResponseError, nats.errors.TimeoutError)):
-            await council.nc.jetstream().publish("$KV.psvn_consent." + key_for(SUBJECT), b"junk", timeout=2)
+        await council.publish("$KV.psvn_consent." + key_for(SUBJECT), b"junk")
+        # nothing in the council's reach stores it (no import, no stream in its own JetStream)
+        with pytest.raises((NoRespondersError, NoStreamResponseError, NatsTimeoutError)):
+            await council.jetstream().publish("$KV.psvn_consent." + key_for(SUBJECT), b"junk", timeout=1.5)
+        await council.flush()
     finally:
         await council.close()
     nc = await devnet.broker_connect(net.layout, net.nats.url)
@@ -138,8 +155,9 @@ async def test_a_gateway_other_than_the_operator_cannot_write_consent(net: Netwo
             await (await nc.jetstream().key_value("psvn_consent")).get(key_for(SUBJECT))
     finally:
         await nc.close()
-    assert all(gw.gateway.consent.consent.get(SUBJECT) is None and not gw.gateway.consent.refused
-               for gw in net.gateways.values())
+    for org in net.gateways:
+        seen = await consult(net, org)
+        assert len(seen.consent) == 0 and seen.refused == ()
 
 
 async def record_opt_out(net: Network, purposes: list[str], seq: int = 1) -> None:
@@ -181,9 +199,9 @@ async def test_opt_outs_survive_a_restart_after_their_store_is_suspended(net: Ne
     await old.stop()
     restarted = await GatewayServer(old.config).start()
     net.gateways[net.GP] = restarted
-    view = restarted.gateway.consent
-    assert view.refused == [], view.refused
-    record = view.consent.blocks(SUBJECT, "research-consented")
+    seen = await restarted.gateway.consent.consult([SUBJECT])
+    assert seen.refused == (), seen.refused
+    record = seen.consent.blocks(SUBJECT, "research-consented")
     assert record is not None and record.issuer == PDS and record.seq == 1
     status, problem = await call(net, net.GP, "POST", "/v1/messages", research())
     assert (status, problem["code"]) == (403, "policy-denied") and "consent-honour-opt-out" in problem["rule_ids"]
@@ -192,8 +210,8 @@ async def test_opt_outs_survive_a_restart_after_their_store_is_suspended(net: Ne
     assert status == 202, sent
     rejected = await wait_status(net, PDS, sent["id"], "rejected")
     assert "member-revoked" in str(rejected), rejected
-    assert all(gw.gateway.consent.consent.blocks(SUBJECT, "research-consented") is not None
-               for gw in net.gateways.values())
+    for org in net.gateways:
+        assert (await consult(net, org)).consent.blocks(SUBJECT, "research-consented") is not None
 
 
 # -- verify_record, without a network --------------------------------------------------------------
@@ -219,14 +237,13 @@ def _record(op_key: Any, *, operator: str = OPERATOR, payload: bytes | None = No
 
 @pytest.mark.parametrize("pds_status", ["active", "suspended", "revoked"])
 def test_a_record_stands_whatever_its_store_has_become_since(pds_status: str) -> None:
-    from gateway.consent import ConsentView, verify_record
+    from gateway.consent import verify_record, verify_value
 
     view, op_key = _members(pds_status)
     change = verify_record(_record(op_key), view)
     assert (change.subject, change.seq, change.issuer) == (SUBJECT, 4, PDS)
-    consent = ConsentView(view)
-    assert consent.offer(key_for(SUBJECT), msgspec.msgpack.encode(_record(op_key)))
-    assert consent.consent.blocks(SUBJECT, "research-consented") is not None and consent.refused == []
+    stored = verify_value(SUBJECT, seal_record(SUBJECT, _record(op_key)), view)
+    assert (stored.subject, stored.seq, stored.opt_outs) == (SUBJECT, 4, ["research-consented"])
 
 
 def test_a_record_is_still_refused_on_type_and_signature() -> None:

@@ -124,47 +124,49 @@ async def test_opt_outs_outlive_the_operators_key_rotation(tmp_path: Path) -> No
         await restart(net, OPERATOR)
         await publish_rotation(net, OPERATOR)
         await restart(net, net.GP)  # reads every record again, verifying against the registry
-        view = net.gateways[net.GP].gateway.consent
-        assert view.refused == [], view.refused
-        assert view.consent.blocks(SUBJECT, "research-consented") is not None
+        seen = await net.gateways[net.GP].gateway.consent.consult([SUBJECT])
+        assert seen.refused == (), seen.refused
+        assert seen.consent.blocks(SUBJECT, "research-consented") is not None
         status, problem = await call(net, net.GP, "POST", "/v1/messages", research())
         assert (status, problem["code"]) == (403, "policy-denied"), problem
         # a change recorded after the rotation is signed with the new key and reaches everyone
         await record_opt_out(net, [], seq=2)
-        assert all(gw.gateway.consent.consent.blocks(SUBJECT, "research-consented") is None
-                   for gw in net.gateways.values())
+        for gw in net.gateways.values():
+            assert (await gw.gateway.consent.consult([SUBJECT])).consent.blocks(SUBJECT, "research-consented") is None
     finally:
         await stop_network(net)
 
 
-def test_a_consent_record_refused_while_the_registry_lags_is_offered_again() -> None:
+def test_a_consent_record_refused_while_the_registry_lags_is_accepted_once_it_catches_up() -> None:
     """The operator rotated and recorded with its new key before this gateway's registry view
-    had that key: the record is refused, kept, and accepted as soon as the registry catches up."""
+    had that key: the record is refused for a reason a lagging view explains (the gateway then
+    redelivers rather than quarantines), and accepted as soon as the registry catches up."""
     import msgspec
+    import pytest
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from certs.pki import raw_public
-    from gateway.consent import ConsentView, key_for
+    from gateway.consent import LAG_CODES, seal_record, verify_value
+    from psvn.errors import PsvnError
     from tests.gateway.test_consent import OPERATOR, SUBJECT, _members, _record
 
     view, old_key = _members()
-    consent = ConsentView(view)
     new_key = Ed25519PrivateKey.generate()
-    value = msgspec.msgpack.encode(_record(new_key))
-    assert not consent.offer(key_for(SUBJECT), value)
-    assert [k for k, _ in consent.refused] == [key_for(SUBJECT)] and consent.consent.get(SUBJECT) is None
+    value = seal_record(SUBJECT, _record(new_key))
+    with pytest.raises(PsvnError) as err:
+        verify_value(SUBJECT, value, view)
+    assert err.value.code in LAG_CODES
     op = view.members[OPERATOR]
     rotated = msgspec.structs.replace(op, sign_key=raw_public(new_key), retired_sign_keys=(registry.RetiredKey(
         key=op.sign_key, retired_at="2099-01-01T00:00:00Z"),))
     view.apply(registry.key_for(OPERATOR), msgspec.json.encode(rotated), 99)
-    assert consent.consent.blocks(SUBJECT, "research-consented") is not None
-    assert consent.refused == []
-    # a forged record stays refused, once, however often the registry changes
-    forged = msgspec.msgpack.encode(_record(Ed25519PrivateKey.generate()))
-    assert not consent.offer("c.forged", forged)
+    assert verify_value(SUBJECT, value, view).opt_outs == ["research-consented"]
+    # a forged record stays refused however often the registry changes
+    forged = seal_record(SUBJECT, _record(Ed25519PrivateKey.generate()))
     for rev in (100, 101):
         view.apply(registry.key_for(OPERATOR), msgspec.json.encode(rotated), rev)
-    assert [k for k, _ in consent.refused] == ["c.forged"]
+        with pytest.raises(PsvnError):
+            verify_value(SUBJECT, forged, view)
     assert raw_public(old_key) == rotated.retired_sign_keys[0].key
 
 
