@@ -97,5 +97,8 @@ async def test_a_member_added_at_run_time_joins_without_a_reload(network: Networ
     assert status == 202, body
     from tests.gateway.test_service import wait_status
 
-    await wait_status(network, network.COUNCIL, body["id"], "delivered")
+    # pushing the network account (the newcomer's exports) re-creates every member's imports: a pull
+    # in flight at that instant loses its answer, and what it carried comes again after the
+    # consumer's ack wait (10 s) — late, never lost
+    await wait_status(network, network.COUNCIL, body["id"], "delivered", timeout=30)
     assert network.nats.conf_path.read_bytes() == conf
