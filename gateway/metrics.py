@@ -22,4 +22,8 @@ class Metrics:
         self.audit_lost = Counter("psvn_audit_records_lost_total",
                                   "Audit records the AUDIT stream never acknowledged (each is logged in full)",
                                   registry=r)
+        self.values_refused = Counter(
+            "psvn_backbone_values_refused_total",
+            "Values in the shared buckets (registry, policy set) refused: empty, deleted, unsigned or badly signed; "
+            "the previous good value stays in force", ["bucket"], registry=r)
         self.backbone_up = Gauge("psvn_backbone_connected", "1 while connected to the backbone", registry=r)

@@ -204,7 +204,7 @@ def _members(pds_status: str = "active", pds_type: str = "pds") -> tuple[Any, An
     from certs.pki import raw_public
 
     op_key = Ed25519PrivateKey.generate()
-    view = RegistryView()
+    view = RegistryView(Ed25519PrivateKey.generate().public_key())  # filled by hand below
     for org, type_, status, key in ((OPERATOR, "operator", "active", op_key),
                                     (PDS, pds_type, pds_status, Ed25519PrivateKey.generate())):
         view.members[org] = Member(address=org, name=org, type=type_, sign_key=raw_public(key),

@@ -30,7 +30,8 @@ async def publish_rotation(net: Network, org: str) -> registry.Member:
     nc = await devnet.broker_connect(net.layout, net.nats.url)
     try:
         kv = await registry.ensure_bucket(nc.jetstream())
-        member = await registry.rotate_member_keys(kv, org, sign_key=sign_key, hpke_key=hpke_key, hpke_suite=suite)
+        member = await registry.rotate_member_keys(kv, org, signer=devnet.registry_signer(net.layout),
+                                                     sign_key=sign_key, hpke_key=hpke_key, hpke_suite=suite)
     finally:
         await nc.close()
     for _ in range(200):  # every gateway follows the registry
@@ -181,7 +182,8 @@ async def test_a_peer_whose_registry_lags_the_rotation_redelivers_instead_of_qua
     nc = await devnet.broker_connect(net.layout, net.nats.url)
     try:
         kv = await registry.ensure_bucket(nc.jetstream())
-        await registry.rotate_member_keys(kv, council, sign_key=sign_key, hpke_key=hpke_key, hpke_suite=suite)
+        await registry.rotate_member_keys(kv, council, signer=devnet.registry_signer(net.layout), sign_key=sign_key,
+                                          hpke_key=hpke_key, hpke_suite=suite)
         for _ in range(200):
             if net.gateways[council].gateway.registry.members[council].sign_key == sign_key:
                 break
