@@ -206,7 +206,7 @@ def newest_verified(authority: Ed25519PublicKey, kv_key: str, history: list[Stor
     best: RegistryEntry | None = None
     for stored in history:
         try:
-            entry = verify_entry(authority, kv_key, None if stored.deleted else stored.value)
+            entry = verify_entry(authority, kv_key, stored.value)
         except EntryRefused:
             continue
         if best is None or entry.serial > best.serial:
@@ -324,7 +324,7 @@ async def recover_member(kv: KeyValue, org: str, authority: Ed25519PublicKey) ->
     best: RegistryEntry | None = None
     for stored in history:
         try:
-            entry = verify_entry(authority, k, None if stored.deleted else stored.value)
+            entry = verify_entry(authority, k, stored.value)
         except EntryRefused:
             continue
         if best is None or entry.serial > best.serial:

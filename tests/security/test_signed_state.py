@@ -121,14 +121,14 @@ async def replay_an_older_entry(net: Network, kv: KeyValue, key: str) -> None:
     await kv.put(key, older.value or b"")
 
 
-ATTACKS = {
-    "blanked": blank,
-    "delete-marker": delete,
-    "purge": purge,
-    "forged-unsigned": forge_unsigned,
-    "forged-made-up-key": forge_signed_by_made_up_key,
-    "signed-for-another-key": replay_under_another_key,
-    "older-entry-replayed": replay_an_older_entry,
+ATTACKS = {  # attack -> what the refusal says
+    "blanked": (blank, "an empty value"),
+    "delete-marker": (delete, "delete or purge marker"),
+    "purge": (purge, "delete or purge marker"),
+    "forged-unsigned": (forge_unsigned, "not a signed registry entry"),
+    "forged-made-up-key": (forge_signed_by_made_up_key, "signature does not verify"),
+    "signed-for-another-key": (replay_under_another_key, "signed for key 'org.gss_E06000043'"),
+    "older-entry-replayed": (replay_an_older_entry, "not newer than the entry in force"),
 }
 
 
@@ -137,10 +137,12 @@ async def test_a_tampered_registry_entry_is_refused_and_the_member_kept(network:
     net, key = network, registry.key_for(network.TRUST)
     before = {gw.org: gw.registry.members[net.TRUST] for gw in gateways(net)}
     counted = {gw.org: refusals(gw, REGISTRY_BUCKET) for gw in gateways(net)}
+    tamper, reason = ATTACKS[attack]
     async with backbone_bucket(net, REGISTRY_BUCKET) as kv:
-        await ATTACKS[attack](net, kv, key)
+        await tamper(net, kv, key)
     await until(lambda: all(key in gw.registry.refused for gw in gateways(net)), "every gateway refuses the value")
     for gw in gateways(net):
+        assert reason in gw.registry.refused[key], (gw.org, gw.registry.refused[key])
         assert gw.registry.members[net.TRUST] == before[gw.org], gw.org  # the previous good entry stays
         assert refusals(gw, REGISTRY_BUCKET) >= counted[gw.org] + 1, gw.org
     health = await healthz(net, net.COUNCIL)
@@ -201,11 +203,11 @@ async def policy_tampered(net: Network, kv: KeyValue) -> None:
     await kv.put(POLICY_KEY, bundle.encode(msgspec.structs.replace(signed, document=bundle.canonical(doc))))
 
 
-POLICY_ATTACKS: dict[str, Callable[[Network, KeyValue], Awaitable[None]]] = {
-    "blanked": policy_blank,
-    "delete-marker": policy_delete,
-    "forged-made-up-key": policy_forged,
-    "tampered-same-version": policy_tampered,
+POLICY_ATTACKS: dict[str, tuple[Callable[[Network, KeyValue], Awaitable[None]], str]] = {
+    "blanked": (policy_blank, "an empty value"),
+    "delete-marker": (policy_delete, "delete or purge marker"),
+    "forged-made-up-key": (policy_forged, "signature does not verify"),
+    "tampered-same-version": (policy_tampered, "not the signed document in force"),
 }
 
 
@@ -214,11 +216,13 @@ async def test_a_tampered_policy_set_is_refused_and_the_policy_kept(network: Net
     net = network
     versions = {gw.org: gw.policy.version for gw in gateways(net)}
     snapshots = {gw.org: gw.policy.snapshot for gw in gateways(net)}
+    tamper, reason = POLICY_ATTACKS[attack]
     async with backbone_bucket(net, POLICY_BUCKET) as kv:
-        await POLICY_ATTACKS[attack](net, kv)
+        await tamper(net, kv)
     await until(lambda: all(POLICY_KEY in gw.policy.refused for gw in gateways(net)),
                 "every gateway refuses the policy value")
     for gw in gateways(net):
+        assert reason in gw.policy.refused[POLICY_KEY], (gw.org, gw.policy.refused[POLICY_KEY])
         assert gw.policy.version == versions[gw.org] and gw.policy.snapshot is snapshots[gw.org], gw.org
         assert refusals(gw, POLICY_BUCKET) >= 1, gw.org
     health = await healthz(net, net.TRUST)
