@@ -510,3 +510,64 @@ def change_membership(layout: Layout, org: str, *, revoke: bool, status: str = "
     asyncio.run(run())
     state.revoked = sorted(revoked)
     state_path(layout).write_bytes(msgspec.json.format(msgspec.json.encode(state)))
+
+
+def _running_state(layout: Layout) -> DevnetState:
+    from psvn.errors import Code, PsvnError
+
+    state = read_state(layout)
+    if not running(state):
+        raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"no devnet is running under {layout.root}: run "
+                        "`psvn devnet up --detach`", field="--devnet", rule="devnet-running")
+    assert state is not None
+    return state
+
+
+def registry_history(layout: Layout, org: str) -> list[tuple[int, str, registry.RegistryEntry | None]]:
+    """`psvn registry history ORG`: every value the registry keeps for a member, oldest first, as
+    (revision, verdict, entry): what a gateway would do with each."""
+    import asyncio
+
+    from broker.kvwatch import read_history
+    from broker.subjects import REGISTRY_BUCKET
+    from certs.pki import load_signing_key
+
+    state = _running_state(layout)
+    authority = load_signing_key(layout.registry_key).public_key()
+
+    async def read() -> list[tuple[int, str, registry.RegistryEntry | None]]:
+        nc = await broker_connect(layout, state.nats_url, name="psvn registry history")
+        try:
+            k = registry.key_for(org)
+            out: list[tuple[int, str, registry.RegistryEntry | None]] = []
+            for stored in await read_history(nc.jetstream(), REGISTRY_BUCKET, k):
+                try:
+                    entry = registry.verify_entry(authority, k, stored.value)
+                except registry.EntryRefused as exc:
+                    out.append((stored.revision, f"refused: {exc.reason}", None))
+                    continue
+                out.append((stored.revision, "tombstone" if entry.tombstone else "verified", entry))
+            return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def recover_registry(layout: Layout, org: str) -> registry.RegistryEntry:
+    """`psvn registry recover ORG`: put back the newest verified entry from the key's history."""
+    import asyncio
+
+    from certs.pki import load_signing_key
+
+    state = _running_state(layout)
+    authority = load_signing_key(layout.registry_key).public_key()
+
+    async def recover() -> registry.RegistryEntry:
+        nc = await broker_connect(layout, state.nats_url, name="psvn registry recover")
+        try:
+            return await registry.recover_member(await registry.ensure_bucket(nc.jetstream()), org, authority)
+        finally:
+            await nc.close()
+
+    return asyncio.run(recover())
