@@ -146,7 +146,7 @@ def test_a_consent_record_refused_while_the_registry_lags_is_offered_again() -> 
 
     from certs.pki import raw_public
     from gateway.consent import ConsentView, key_for
-    from tests.gateway.test_consent import OPERATOR, SUBJECT, _members, _record
+    from tests.gateway.test_consent import OPERATOR, REGISTRY_KEY, SUBJECT, _members, _record
 
     view, old_key = _members()
     consent = ConsentView(view)
@@ -157,7 +157,8 @@ def test_a_consent_record_refused_while_the_registry_lags_is_offered_again() -> 
     op = view.members[OPERATOR]
     rotated = msgspec.structs.replace(op, sign_key=raw_public(new_key), retired_sign_keys=(registry.RetiredKey(
         key=op.sign_key, retired_at="2099-01-01T00:00:00Z"),))
-    view.apply(registry.key_for(OPERATOR), msgspec.json.encode(rotated), 99)
+    view.apply(registry.key_for(OPERATOR), registry.sign_entry(REGISTRY_KEY, registry.key_for(OPERATOR), rotated,
+                                                               serial=1), 99)
     assert consent.consent.blocks(SUBJECT, "research-consented") is not None
     assert consent.refused == []
     # a forged record stays refused, once, however often the registry changes
