@@ -66,7 +66,7 @@ class KVFollower:
                 deleted = entry.operation in ("DEL", "PURGE")
                 self.entry_time = entry.created
                 try:
-                    apply(entry.key, None if deleted else entry.value, entry.revision or 0)
+                    apply(entry.key, None if deleted else entry.value or b"", entry.revision or 0)
                 except Exception as exc:  # one bad entry must not stop the watch
                     log.error("kv entry ignored", bucket=bucket, key=entry.key, error=repr(exc))
                 if (entry.revision or 0) >= target:
@@ -120,8 +120,8 @@ class SharedFollower:
             self._high = max(self._high, seq)
             self.entry_time = msg.time
             deleted = (msg.headers or {}).get(KV_OPERATION) in ("DEL", "PURGE")
-            try:
-                apply(k, None if deleted else msg.data, seq)
+            try:  # an empty value arrives as data None: pass it as b"", not as a deletion
+                apply(k, None if deleted else msg.data or b"", seq)
             except Exception as exc:  # one bad entry must not stop the follower
                 log.error("kv entry ignored", bucket=bucket, key=k, error=repr(exc))
 
@@ -193,8 +193,9 @@ async def read_history(js: JetStreamContext, bucket: str, key: str) -> list[Stor
             msg = await js.get_msg(stream, seq=seq, subject=subject, next=True)
         except NotFoundError:
             break
-        headers = msg.headers or {}
-        out.append(StoredEntry(key, msg.data, msg.seq or seq, headers.get(KV_OPERATION)))
+        op = (msg.headers or {}).get(KV_OPERATION)
+        # an empty value arrives as data None: keep it b"" so it is not mistaken for a deletion
+        out.append(StoredEntry(key, None if op in ("DEL", "PURGE") else msg.data or b"", msg.seq or seq, op))
         seq = (msg.seq or seq) + 1
     return out
 

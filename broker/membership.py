@@ -8,36 +8,31 @@ reload, no restart); reinstating pushes the account without the revocation.
 
 from __future__ import annotations
 
-import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from broker import accounts, registry
-from psvn.errors import Code, PsvnError
 
 
-async def set_status(js: JetStreamContext, org: str, status: registry.Status) -> registry.Member:
+async def set_status(js: JetStreamContext, org: str, status: registry.Status,
+                     signer: Ed25519PrivateKey) -> registry.Member:
+    """A signed registry write, like every other: a status the registry authority did not sign
+    is refused by every gateway."""
     kv = await registry.ensure_bucket(js)
-    try:
-        entry = await kv.get(registry.key_for(org))
-    except Exception as exc:
-        raise PsvnError(Code.UNKNOWN_RECIPIENT, f"{org!r} is not in the registry", field="org",
-                        rule="registry-member") from exc
-    member = msgspec.json.decode(entry.value or b"", type=registry.Member)
-    updated = msgspec.structs.replace(member, status=status)
-    await registry.put_member(kv, updated)
-    return updated
+    return await registry.set_status(kv, org, status, signer)
 
 
 async def revoke(js: JetStreamContext, system: NATS, backbone: accounts.BackboneAccounts, org: str, *,
-                 status: registry.Status = "revoked") -> None:
+                 signer: Ed25519PrivateKey, status: registry.Status = "revoked") -> None:
     """Registry first (gateways refuse the member), then the backbone (its connections closed)."""
-    await set_status(js, org, status)
+    await set_status(js, org, status, signer)
     backbone.revoke_users(org)
     await accounts.push(system, backbone.member_jwt(org))
 
 
-async def reinstate(js: JetStreamContext, system: NATS, backbone: accounts.BackboneAccounts, org: str) -> None:
+async def reinstate(js: JetStreamContext, system: NATS, backbone: accounts.BackboneAccounts, org: str, *,
+                    signer: Ed25519PrivateKey) -> None:
     backbone.reinstate_users(org)
     await accounts.push(system, backbone.member_jwt(org))
-    await set_status(js, org, "active")
+    await set_status(js, org, "active", signer)

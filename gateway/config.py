@@ -52,6 +52,9 @@ class KeysSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     signing: str
     hpke: str
     policy_authority: str  # the policy authority's Ed25519 public key (PEM)
+    # the network operator's registry authority (Ed25519 public key, PEM): every registry entry
+    # must verify against it, wherever it lies; required, so a gateway cannot run trusting the bucket
+    registry_authority: str
     hpke_hybrid: str | None = None  # ML-KEM-768 + X25519 key: senders then seal post-quantum
     retired_dir: str | None = None  # former message keys (psvn devnet rotate / certs.pki.rotate_gateway_keys)
 

@@ -230,14 +230,20 @@ async def healthz(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     backbone = "connected" if gw.connected else "disconnected"
     problems = gw.readiness()
+    refused = gw.refused_values
     if not problems:
-        return json_response({"status": "ok", "org": gw.org, "policy_version": gw.policy.version,
-                              "backbone": backbone})
+        # Refused backbone values (registry, policy set) do not make the gateway unready: it serves
+        # on the last good values, and a 503 would let whoever can write the backbone take every
+        # gateway out of service. They turn the status to "warning" with the refusals listed, so
+        # monitoring sees the tampering (and psvn_backbone_values_refused_total counts it).
+        return json_response({"status": "warning" if refused else "ok", "org": gw.org,
+                              "policy_version": gw.policy.version, "backbone": backbone,
+                              "refused_backbone_values": refused})
     return problem_response(PsvnError(
         Code.BACKBONE_UNAVAILABLE, "the gateway is not ready: " + "; ".join(problems),
         field=problems[0].split(":", 1)[0], rule="readiness",
         extra={"health": "degraded", "problems": problems, "org": gw.org, "policy_version": gw.policy.version,
-               "backbone": backbone}), request)
+               "backbone": backbone, "refused_backbone_values": refused}), request)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -24,8 +24,10 @@ class Metrics:
                                   registry=r)
         self.values_refused = Counter(
             "psvn_backbone_values_refused_total",
-            "Values read from a shared bucket and refused (empty, undecryptable, unsigned or badly signed); "
-            "each is logged with its key", ["bucket"], registry=r)
+            "Values read from a shared bucket (registry, policy set, consent) and refused: empty, deleted, "
+            "undecryptable, unsigned or badly signed; each is logged with its key, and the previous good "
+            "value stays in force (consent: the subject's consent-dependent purposes are refused)",
+            ["bucket"], registry=r)
         self.consent_lookup_seconds = Histogram(
             "psvn_consent_lookup_seconds", "Time to read and verify the consent records a decision names "
             "(one backbone round trip, the records fetched concurrently)", registry=r,

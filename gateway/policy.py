@@ -8,11 +8,13 @@ with, so a reload never drops or half-applies anything.
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.js import JetStreamContext
 
@@ -44,13 +46,26 @@ class PolicySnapshot:
                    catalogue=catalogue, validator=validator)
 
 
+MAX_REJECTED = 64  # refusals remembered for the start-up error (a flood of forgeries stays bounded)
+
+
 class PolicyHolder:
-    def __init__(self, authority: Ed25519PublicKey, *, on_change: Callable[[int], None] | None = None) -> None:
+    """The policy set in force, replaced only by a newer version the policy authority signed.
+
+    Anything else under the policy key (an empty value, a delete or purge marker, an undecodable
+    or badly signed bundle, an older version) is refused loudly: logged as an error, passed to
+    ``on_refused`` (the gateway counts it), recorded in ``refused`` for readiness, and the policy
+    set in force stays in force."""
+
+    def __init__(self, authority: Ed25519PublicKey, *, on_change: Callable[[int], None] | None = None,
+                 on_refused: Callable[[str, str, str], None] | None = None) -> None:
         self.authority = authority
         self.snapshot: PolicySnapshot | None = None
         self.ready = asyncio.Event()
-        self.rejected: list[tuple[int, str]] = []  # (version, reason) of refused updates
+        self.rejected: list[tuple[int, str]] = []  # (version, reason) of refused updates, newest last
+        self.refused: dict[str, str] = {}  # KV key -> why its current value is refused (cleared by a good one)
         self._on_change = on_change
+        self._on_refused = on_refused
         self.floor = 0
         self._follower = SharedFollower()
 
@@ -65,31 +80,55 @@ class PolicyHolder:
         doc = bundle.verify(signed, self.authority, current_version=max(self.version, self.floor - 1))
         snap = PolicySnapshot.compile(doc)
         self.snapshot = snap
+        self.refused.pop(POLICY_KEY, None)
         self.ready.set()
         if self._on_change:
             self._on_change(snap.version)
         log.info("policy set installed", policy_version=snap.version)
         return snap
 
-    def _offer(self, data: bytes) -> None:
+    def _refuse(self, key: str, version: int, reason: str, revision: int, code: str = "") -> None:
+        self.rejected = [*self.rejected[-(MAX_REJECTED - 1):], (version, reason)]
+        self.refused[key] = reason
+        log.error("policy update refused: the policy set in force stays in force", bucket=POLICY_BUCKET, key=key,
+                  revision=revision, offered_version=version, enforced_version=self.version, code=code,
+                  reason=reason)
+        if self._on_refused is not None:
+            self._on_refused(POLICY_BUCKET, key, reason)
+
+    def _offer(self, key: str, data: bytes, revision: int = 0) -> None:
         try:
             signed = bundle.decode(data)
         except Exception as exc:
-            self.rejected.append((-1, f"undecodable policy bundle: {exc}"))
-            log.error("policy update refused", reason="undecodable")
+            self._refuse(key, -1, f"undecodable policy bundle: {exc}", revision)
             return
         if signed.version == self.version and self.snapshot is not None:
+            # the version in force, put again (e.g. restored from history): quiet only if it is
+            # byte for byte the document in force and carries the authority's signature
+            same = hmac.compare_digest(signed.document, bundle.canonical(self.snapshot.document))
+            try:
+                self.authority.verify(signed.signature, signed.document)
+            except InvalidSignature:
+                same = False
+            if same:
+                self.refused.pop(key, None)
+            else:
+                self._refuse(key, signed.version, f"policy set version {signed.version}: not the signed document "
+                             "in force under that version", revision, Code.POLICY_SIGNATURE_INVALID.value)
             return
         try:
             self.install(signed)
         except PsvnError as exc:
-            self.rejected.append((signed.version, exc.detail))
-            log.error("policy update refused", offered_version=signed.version, enforced_version=self.version,
-                      code=exc.code.value, reason=exc.detail)
+            self._refuse(key, signed.version, exc.detail, revision, exc.code.value)
 
     def _apply(self, key: str, value: bytes | None, revision: int = 0) -> None:
-        if value:
-            self._offer(value)
+        if value is None:
+            self._refuse(key, -1, "a KV delete or purge marker (a policy set is replaced only by a newer signed "
+                         "version)", revision)
+        elif not value:
+            self._refuse(key, -1, "an empty value", revision)
+        else:
+            self._offer(key, value, revision)
 
     async def start(self, js: JetStreamContext, *, timeout: float = 10.0) -> None:
         """Follow the policy key; return once a verified policy set is installed."""

@@ -35,6 +35,8 @@ from broker.subjects import (
     CONSUMER,
     MAILBOX_MAX_AGE_DAYS,
     OPERATOR_JS_PREFIX,
+    POLICY_BUCKET,
+    REGISTRY_BUCKET,
     audit_subject,
     inbox_prefix,
     inbox_stream,
@@ -108,6 +110,24 @@ def _header_safe(text: str) -> str:
     return "".join(c if " " <= c <= "~" else "?" for c in text)[:120]
 
 
+def trust_anchor(path: str, field: str) -> Ed25519PublicKey:
+    """An Ed25519 public key named in the configuration; a missing or unusable file is a
+    configuration error naming the setting and the file (the gateway must not start trusting
+    whatever lies on the backbone)."""
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except OSError as exc:
+        raise PsvnError(Code.CONFIG_INVALID, f"{field}: cannot read {path}: {exc.strerror or exc}",
+                        field=field, rule="key-file") from None
+    except ValueError:
+        raise PsvnError(Code.CONFIG_INVALID, f"{field}: {path} is not a PEM public key",
+                        field=field, rule="key-type") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise PsvnError(Code.CONFIG_INVALID, f"{field}: {path} is not an Ed25519 public key",
+                        field=field, rule="key-type")
+    return key
+
+
 class Gateway:
     def __init__(self, config: GatewayConfig, *, clock: Callable[[], datetime] | None = None) -> None:
         self.config = config
@@ -123,13 +143,11 @@ class Gateway:
         self.signing_keys = [self.signing_key, *retired.signing]
         self.retired_hpke: tuple[seal.PrivateKey, ...] = (
             *retired.hpke, *(hpke.MLKEM768X25519PrivateKey(*pair) for pair in retired.hybrid))
-        authority = serialization.load_pem_public_key(Path(config.keys.policy_authority).read_bytes())
-        if not isinstance(authority, Ed25519PublicKey):
-            raise PsvnError(Code.CONFIG_INVALID, "keys.policy_authority: not an Ed25519 public key",
-                            field="keys.policy_authority", rule="key-type")
+        authority = trust_anchor(config.keys.policy_authority, "keys.policy_authority")
+        registry_authority = trust_anchor(config.keys.registry_authority, "keys.registry_authority")
         self.metrics = Metrics()
-        self.registry = RegistryView()
-        self.policy = PolicyHolder(authority, on_change=self._policy_changed)
+        self.registry = RegistryView(registry_authority, on_refused=self._backbone_value_refused)
+        self.policy = PolicyHolder(authority, on_change=self._policy_changed, on_refused=self._backbone_value_refused)
         self.store = StateStore(self.org)
         self.consent = ConsentLookup(
             self.registry, on_refused=lambda _s, _e: self.metrics.values_refused.labels(CONSENT_BUCKET).inc())
@@ -160,6 +178,18 @@ class Gateway:
         if self.state_write_error is not None:
             problems.append(f"state: the last state write failed ({self.state_write_error})")
         return problems
+
+    def _backbone_value_refused(self, bucket: str, key: str, reason: str) -> None:
+        """A shared-bucket value that did not verify: counted here; logged and recorded (for
+        /healthz) by the view that refused it, which keeps the previous good value."""
+        self.metrics.values_refused.labels(bucket=bucket).inc()
+
+    @property
+    def refused_values(self) -> list[dict[str, str]]:
+        """Values on the backbone this gateway refuses now (bucket, key, reason), for readiness."""
+        out = [{"bucket": REGISTRY_BUCKET, "key": k, "reason": r} for k, r in sorted(self.registry.refused.items())]
+        out += [{"bucket": POLICY_BUCKET, "key": k, "reason": r} for k, r in sorted(self.policy.refused.items())]
+        return out
 
     def _policy_changed(self, version: int) -> None:
         self.metrics.policy_version.set(version)

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client as NATS
 
 from broker import accounts, provision, registry
@@ -83,6 +84,16 @@ class Layout:
         return self.pki / "policy-authority.pub"
 
     @property
+    def registry_key(self) -> Path:
+        """The network operator's registry authority: signs every registry entry (0600)."""
+        return self.pki / "registry-authority.key"
+
+    @property
+    def registry_pub(self) -> Path:
+        """Its public key: every gateway's trust anchor for the registry."""
+        return self.pki / "registry-authority.pub"
+
+    @property
     def broker_cert(self) -> tuple[Path, Path]:
         return self.pki / "broker" / "broker.crt", self.pki / "broker" / "broker.key"
 
@@ -101,6 +112,7 @@ def make_pki(layout: Layout, members: tuple[MemberSpec, ...] | list[MemberSpec])
     authority = pki.new_signing_key(layout.authority_key)
     layout.authority_pub.write_bytes(authority.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    make_registry_authority(layout)
     for m in members:
         make_pki_member(layout, m, ca=ca)
 
@@ -111,6 +123,18 @@ def make_pki_member(layout: Layout, m: MemberSpec, *, ca: pki.CA | None = None) 
     pki.issue_gateway(ca, m.org, layout.org_dir(m.org), post_quantum=m.post_quantum)
     pki.issue_system(ca, m.org, m.system, layout.org_dir(m.org) / "systems")
     accounts.BackboneAccounts(layout.pki).write_member_creds(m.org, layout.nats_creds(m.org))
+
+
+def make_registry_authority(layout: Layout) -> Ed25519PrivateKey:
+    """The registry authority's key pair beside the policy authority's (the key 0600)."""
+    key = pki.new_signing_key(layout.registry_key)
+    layout.registry_pub.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return key
+
+
+def registry_signer(layout: Layout) -> Ed25519PrivateKey:
+    return pki.load_signing_key(layout.registry_key)
 
 
 def server_config(layout: Layout, members: list[str], *, port: int, monitor_port: int) -> ServerConfig:
@@ -137,7 +161,7 @@ def gateway_config(layout: Layout, m: MemberSpec, *, nats_url: str, port: int,
         nats=NatsSection(servers=[nats_url], cert=str(d / "nats.crt"), key=str(d / "nats.key"), ca=str(layout.ca),
                          creds=str(layout.nats_creds(m.org))),
         keys=KeysSection(signing=str(d / "sign.key"), hpke=str(d / "hpke.key"),
-                         policy_authority=str(layout.authority_pub),
+                         policy_authority=str(layout.authority_pub), registry_authority=str(layout.registry_pub),
                          hpke_hybrid=str(d / "hpke-hybrid.key") if m.post_quantum else None,
                          retired_dir=str(d / pki.RETIRED_DIR)),
     )
@@ -211,10 +235,11 @@ async def provision_backbone(layout: Layout, nats_url: str, members: list[Member
         await provision.provision_network(js, replicas=replicas)
         await consent.migrate_legacy(js)  # records from before subject-derived keys (idempotent)
         kv = await registry.ensure_bucket(js, replicas=replicas)
+        signer = registry_signer(layout)
         for m in members:
             await provision.provision_member(js, m.org, replicas=replicas)
             record = member_record(layout, m, gateway_url=(gateway_urls or {}).get(m.org, ""))
-            await provision.patiently(functools.partial(registry.upsert_member, kv, record),
+            await provision.patiently(functools.partial(registry.upsert_member, kv, record, signer),
                                       what=f"registry entry {m.org}")
         doc = bundle.load_dir(policy_dir)
         signed = bundle.sign(doc, pki.load_signing_key(layout.authority_key), proposer="devnet", approver="devnet",
@@ -313,6 +338,8 @@ def up(layout: Layout, members: tuple[MemberSpec, ...] = DEVNET_MEMBERS, *, base
         make_pki(layout, members)
     else:
         revocation.refresh_crl(pki.load_ca(layout.pki))
+        if not layout.registry_key.exists():  # a devnet made before registry entries were signed
+            make_registry_authority(layout)
     server = nats_server(layout, [m.org for m in members], port=base_port, monitor_port=base_port + 1)
     server.start()
     assert server.pid is not None
@@ -443,7 +470,8 @@ def rotate_keys(layout: Layout, org: str, *, timeout: float = 60.0) -> registry.
         nc = await broker_connect(layout, state.nats_url, name="psvn-broker key rotation")
         try:
             kv = await registry.ensure_bucket(nc.jetstream())
-            return await registry.rotate_member_keys(kv, org, sign_key=sign_key, hpke_key=hpke_key, hpke_suite=suite)
+            return await registry.rotate_member_keys(kv, org, signer=registry_signer(layout), sign_key=sign_key,
+                                                     hpke_key=hpke_key, hpke_suite=suite)
         finally:
             await nc.close()
 
@@ -472,9 +500,10 @@ def change_membership(layout: Layout, org: str, *, revoke: bool, status: str = "
         try:
             js = nc.jetstream()
             if revoke:
-                await membership.revoke(js, system, backbone, org, status=status)  # type: ignore[arg-type]
+                await membership.revoke(js, system, backbone, org, signer=registry_signer(layout),
+                                        status=status)  # type: ignore[arg-type]
             else:
-                await membership.reinstate(js, system, backbone, org)
+                await membership.reinstate(js, system, backbone, org, signer=registry_signer(layout))
         finally:
             await nc.close()
             await system.close()
@@ -482,3 +511,64 @@ def change_membership(layout: Layout, org: str, *, revoke: bool, status: str = "
     asyncio.run(run())
     state.revoked = sorted(revoked)
     state_path(layout).write_bytes(msgspec.json.format(msgspec.json.encode(state)))
+
+
+def _running_state(layout: Layout) -> DevnetState:
+    from psvn.errors import Code, PsvnError
+
+    state = read_state(layout)
+    if not running(state):
+        raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"no devnet is running under {layout.root}: run "
+                        "`psvn devnet up --detach`", field="--devnet", rule="devnet-running")
+    assert state is not None
+    return state
+
+
+def registry_history(layout: Layout, org: str) -> list[tuple[int, str, registry.RegistryEntry | None]]:
+    """`psvn registry history ORG`: every value the registry keeps for a member, oldest first, as
+    (revision, verdict, entry): what a gateway would do with each."""
+    import asyncio
+
+    from broker.kvwatch import read_history
+    from broker.subjects import REGISTRY_BUCKET
+    from certs.pki import load_signing_key
+
+    state = _running_state(layout)
+    authority = load_signing_key(layout.registry_key).public_key()
+
+    async def read() -> list[tuple[int, str, registry.RegistryEntry | None]]:
+        nc = await broker_connect(layout, state.nats_url, name="psvn registry history")
+        try:
+            k = registry.key_for(org)
+            out: list[tuple[int, str, registry.RegistryEntry | None]] = []
+            for stored in await read_history(nc.jetstream(), REGISTRY_BUCKET, k):
+                try:
+                    entry = registry.verify_entry(authority, k, stored.value)
+                except registry.EntryRefused as exc:
+                    out.append((stored.revision, f"refused: {exc.reason}", None))
+                    continue
+                out.append((stored.revision, "tombstone" if entry.tombstone else "verified", entry))
+            return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def recover_registry(layout: Layout, org: str) -> registry.RegistryEntry:
+    """`psvn registry recover ORG`: put back the newest verified entry from the key's history."""
+    import asyncio
+
+    from certs.pki import load_signing_key
+
+    state = _running_state(layout)
+    authority = load_signing_key(layout.registry_key).public_key()
+
+    async def recover() -> registry.RegistryEntry:
+        nc = await broker_connect(layout, state.nats_url, name="psvn registry recover")
+        try:
+            return await registry.recover_member(await registry.ensure_bucket(nc.jetstream()), org, authority)
+        finally:
+            await nc.close()
+
+    return asyncio.run(recover())

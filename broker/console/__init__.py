@@ -41,7 +41,7 @@ async def start(layout: Layout, *, nats_url: str, port: int = 0, host: str = "12
     store = await ConsoleStore.open(nats_url=nats_url, tls=tls.client_context(layout.ca, cert, key),
                                     creds=str(BackboneAccounts(layout.pki).broker_creds),
                                     authority_pub=load_public_key(layout.authority_pub), signing_key=signing,
-                                    policy_dir=policy_dir)
+                                    registry_pub=load_public_key(layout.registry_pub), policy_dir=policy_dir)
     try:
         return await ConsoleServer(store, tokens, host=host, port=port).start()
     except BaseException:

@@ -66,11 +66,12 @@ class ConsoleStore:
 
     @classmethod
     async def open(cls, *, nats_url: str, tls: ssl.SSLContext, creds: str, authority_pub: Ed25519PublicKey,
-                   signing_key: Ed25519PrivateKey | None, policy_dir: Path = bundle.DEFAULT_DIR) -> ConsoleStore:
+                   signing_key: Ed25519PrivateKey | None, registry_pub: Ed25519PublicKey,
+                   policy_dir: Path = bundle.DEFAULT_DIR) -> ConsoleStore:
         nc = await provision.connect(nats_url, tls, name="psvn-broker console", user_credentials=creds)
         try:
             js = nc.jetstream()
-            registry = RegistryView()
+            registry = RegistryView(registry_pub)  # member types the simulation uses: verified entries only
             await registry.start(js)
             suite = load_suite(policy_dir) if (Path(policy_dir) / "tests.toml").exists() else None
             admin = await PolicyAdmin.open(js, authority_pub=authority_pub, signing_key=signing_key,

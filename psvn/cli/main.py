@@ -22,6 +22,7 @@ GROUPS = [
     "psvn.cli.serve_cmd",
     "psvn.cli.console_cmd",
     "psvn.cli.bench_cmd",
+    "psvn.cli.registry_cmd",
 ]
 
 EPILOG = """\

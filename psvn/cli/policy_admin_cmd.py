@@ -102,7 +102,7 @@ async def _with_admin(args: argparse.Namespace, action: Action) -> int:
                         "run `psvn devnet up --detach`", field="--devnet", rule="devnet-running")
     assert state is not None
     nc = await devnet.broker_connect(layout, state.nats_url, name="psvn policy cli")
-    registry = RegistryView()
+    registry = RegistryView(policy_admin.load_public_key(layout.registry_pub))
     try:
         js = nc.jetstream()
         await registry.start(js)

@@ -34,7 +34,8 @@ async def test_revoked_member_is_cut_off_the_backbone_and_refused_everywhere(net
     system = await devnet.system_connect(network.layout, network.nats.url)
     backbone = BackboneAccounts(network.layout.pki)
     try:
-        await membership.revoke(nc.jetstream(), system, backbone, network.GP)
+        await membership.revoke(nc.jetstream(), system, backbone, network.GP,
+                                signer=devnet.registry_signer(network.layout))
         for _ in range(200):  # the GP's live backbone connection is closed by the pushed account JWT
             if not gp.connected and network.gateways[network.COUNCIL].gateway.registry.members[
                     network.GP].status == "revoked":
@@ -48,7 +49,8 @@ async def test_revoked_member_is_cut_off_the_backbone_and_refused_everywhere(net
         status, problem = await call(network, network.GP, "POST", "/v1/messages", referral())
         assert status == 503 and problem["code"] == "backbone-unavailable"
 
-        await membership.reinstate(nc.jetstream(), system, backbone, network.GP)
+        await membership.reinstate(nc.jetstream(), system, backbone, network.GP,
+                                   signer=devnet.registry_signer(network.layout))
         for _ in range(300):  # the GP gateway reconnects by itself
             if gp.connected and gp.registry.members[network.GP].status == "active":
                 break
@@ -81,7 +83,8 @@ async def test_a_member_added_at_run_time_joins_without_a_reload(network: Networ
         await accounts.push(system, backbone.member_jwt(newcomer.org))
         js = broker.jetstream()
         await provision.provision_member(js, newcomer.org)
-        await registry.upsert_member(await registry.ensure_bucket(js), member_record(network.layout, newcomer))
+        await registry.upsert_member(await registry.ensure_bucket(js), member_record(network.layout, newcomer),
+                                     devnet.registry_signer(network.layout))
     finally:
         await system.close()
         await broker.close()

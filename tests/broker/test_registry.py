@@ -17,9 +17,7 @@ async def set_status(net: Network, org: str, status: str) -> None:
     nc = await devnet.broker_connect(net.layout, net.nats.url)
     try:
         kv = await registry.ensure_bucket(nc.jetstream())
-        entry = await kv.get(registry.key_for(org))
-        member = msgspec.json.decode(entry.value or b"", type=registry.Member)
-        await registry.put_member(kv, msgspec.structs.replace(member, status=status))  # type: ignore[arg-type]
+        await registry.set_status(kv, org, status, devnet.registry_signer(net.layout))  # type: ignore[arg-type]
     finally:
         await nc.close()
 
@@ -119,21 +117,23 @@ async def test_reprovisioning_and_rotation_keep_former_signing_keys(network: Net
     nc = await devnet.broker_connect(network.layout, network.nats.url)
     try:
         kv = await registry.ensure_bucket(nc.jetstream())
+        signer = devnet.registry_signer(network.layout)
         spec = next(m for m in devnet.EXAMPLE_MEMBERS if m.org == network.GP)
         record = devnet.member_record(network.layout, spec)
         before = await kv.get(registry.key_for(network.GP))
         # provisioning again with the same keys changes nothing (not even the join date)
-        assert await registry.upsert_member(kv, record) == before.revision
+        assert await registry.upsert_member(kv, record, signer) == before.revision
 
         k1, k2, k3 = (raw_public(Ed25519PrivateKey.generate()) for _ in range(3))
-        await registry.upsert_member(kv, msgspec.structs.replace(record, sign_key=k1))
-        member = msgspec.json.decode((await kv.get(registry.key_for(network.GP))).value or b"", type=registry.Member)
+        await registry.upsert_member(kv, msgspec.structs.replace(record, sign_key=k1), signer)
+        member = await registry.get_member(kv, signer.public_key(), network.GP)
         assert member.sign_key == k1 and [r.key for r in member.retired_sign_keys] == [record.sign_key]
 
-        rotated = await registry.rotate_member_keys(kv, network.GP, sign_key=k2, hpke_key=record.hpke_key,
-                                                    hpke_suite=record.hpke_suite)
+        rotated = await registry.rotate_member_keys(kv, network.GP, signer=signer, sign_key=k2,
+                                                    hpke_key=record.hpke_key, hpke_suite=record.hpke_suite)
         assert rotated.sign_key == k2 and [r.key for r in rotated.retired_sign_keys] == [record.sign_key, k1]
-        assert await registry.rotate_member_keys(kv, network.GP, sign_key=k2, hpke_key=record.hpke_key,
+        assert await registry.rotate_member_keys(kv, network.GP, signer=signer, sign_key=k2,
+                                                 hpke_key=record.hpke_key,
                                                  hpke_suite=record.hpke_suite) == rotated  # a retry: no-op
         await wait_member_status(network, network.COUNCIL, network.GP, "active")
         for _ in range(200):  # every gateway sees the new key and the retired ones
@@ -145,13 +145,13 @@ async def test_reprovisioning_and_rotation_keep_former_signing_keys(network: Net
 
         for _ in range(6):  # every retired key is kept: consent records never expire
             k3 = raw_public(Ed25519PrivateKey.generate())
-            last = await registry.rotate_member_keys(kv, network.GP, sign_key=k3, hpke_key=record.hpke_key,
-                                                     hpke_suite=record.hpke_suite)
+            last = await registry.rotate_member_keys(kv, network.GP, signer=signer, sign_key=k3,
+                                                     hpke_key=record.hpke_key, hpke_suite=record.hpke_suite)
         assert len(last.retired_sign_keys) == 2 + 6
         assert last.retired_sign_keys[:2] == rotated.retired_sign_keys
 
         with pytest.raises(PsvnError) as err:
-            await registry.rotate_member_keys(kv, "ods:XXXXX", sign_key=k1, hpke_key=record.hpke_key,
+            await registry.rotate_member_keys(kv, "ods:XXXXX", signer=signer, sign_key=k1, hpke_key=record.hpke_key,
                                               hpke_suite=record.hpke_suite)
         assert (err.value.code, err.value.field) == (Code.UNKNOWN_RECIPIENT, "org")
     finally:

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.consent import SignedConsent, key_for, seal_record, sign_record
 from policies.consent import ConsentChange
@@ -215,6 +216,9 @@ async def test_opt_outs_survive_a_restart_after_their_store_is_suspended(net: Ne
 
 
 # -- verify_record, without a network --------------------------------------------------------------
+REGISTRY_KEY = Ed25519PrivateKey.generate()  # the registry authority of the views made below
+
+
 def _members(pds_status: str = "active", pds_type: str = "pds") -> tuple[Any, Any]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -222,7 +226,7 @@ def _members(pds_status: str = "active", pds_type: str = "pds") -> tuple[Any, An
     from certs.pki import raw_public
 
     op_key = Ed25519PrivateKey.generate()
-    view = RegistryView()
+    view = RegistryView(REGISTRY_KEY.public_key())  # filled by hand below (sign with REGISTRY_KEY to apply)
     for org, type_, status, key in ((OPERATOR, "operator", "active", op_key),
                                     (PDS, pds_type, pds_status, Ed25519PrivateKey.generate())):
         view.members[org] = Member(address=org, name=org, type=type_, sign_key=raw_public(key),

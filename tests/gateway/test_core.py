@@ -37,7 +37,7 @@ GP = identity("ods:G81001", "gp")
 
 
 def registry(*ids: core.Identity, status: str = "active") -> RegistryView:
-    view = RegistryView()
+    view = RegistryView(Ed25519PrivateKey.generate().public_key())  # filled by hand below
     for i in ids:
         view.members[i.org] = Member(address=i.org, name=i.org, type=i.member_type,
                                      sign_key=raw_public(i.signing_key), hpke_key=raw_public(i.hpke_key),

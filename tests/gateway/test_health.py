@@ -29,7 +29,8 @@ async def until(net: Network, org: str, path: str, status: int, timeout: float =
 async def test_readiness_follows_the_backbone_and_liveness_does_not(network: Network) -> None:
     org = network.TRUST
     ready = await until(network, org, "/healthz", 200)
-    assert ready == {"status": "ok", "org": org, "policy_version": 1, "backbone": "connected"}
+    assert ready == {"status": "ok", "org": org, "policy_version": 1, "backbone": "connected",
+                     "refused_backbone_values": []}
     assert await until(network, org, "/readyz", 200) == ready
     assert (await until(network, org, "/livez", 200))["status"] == "alive"
 

@@ -30,7 +30,8 @@ async def publish_rotation(net: Network, org: str) -> registry.Member:
     nc = await devnet.broker_connect(net.layout, net.nats.url)
     try:
         kv = await registry.ensure_bucket(nc.jetstream())
-        member = await registry.rotate_member_keys(kv, org, sign_key=sign_key, hpke_key=hpke_key, hpke_suite=suite)
+        member = await registry.rotate_member_keys(kv, org, signer=devnet.registry_signer(net.layout),
+                                                     sign_key=sign_key, hpke_key=hpke_key, hpke_suite=suite)
     finally:
         await nc.close()
     for _ in range(200):  # every gateway follows the registry
@@ -148,7 +149,7 @@ def test_a_consent_record_refused_while_the_registry_lags_is_accepted_once_it_ca
     from certs.pki import raw_public
     from gateway.consent import LAG_CODES, seal_record, verify_value
     from psvn.errors import PsvnError
-    from tests.gateway.test_consent import OPERATOR, SUBJECT, _members, _record
+    from tests.gateway.test_consent import OPERATOR, REGISTRY_KEY, SUBJECT, _members, _record
 
     view, old_key = _members()
     new_key = Ed25519PrivateKey.generate()
@@ -159,12 +160,14 @@ def test_a_consent_record_refused_while_the_registry_lags_is_accepted_once_it_ca
     op = view.members[OPERATOR]
     rotated = msgspec.structs.replace(op, sign_key=raw_public(new_key), retired_sign_keys=(registry.RetiredKey(
         key=op.sign_key, retired_at="2099-01-01T00:00:00Z"),))
-    view.apply(registry.key_for(OPERATOR), msgspec.json.encode(rotated), 99)
+    view.apply(registry.key_for(OPERATOR), registry.sign_entry(REGISTRY_KEY, registry.key_for(OPERATOR), rotated,
+                                                               serial=1), 99)
     assert verify_value(SUBJECT, value, view).opt_outs == ["research-consented"]
     # a forged record stays refused however often the registry changes
     forged = seal_record(SUBJECT, _record(Ed25519PrivateKey.generate()))
-    for rev in (100, 101):
-        view.apply(registry.key_for(OPERATOR), msgspec.json.encode(rotated), rev)
+    for serial, rev in ((2, 100), (3, 101)):
+        view.apply(registry.key_for(OPERATOR), registry.sign_entry(REGISTRY_KEY, registry.key_for(OPERATOR), rotated,
+                                                                   serial=serial), rev)
         with pytest.raises(PsvnError):
             verify_value(SUBJECT, forged, view)
     assert raw_public(old_key) == rotated.retired_sign_keys[0].key
@@ -183,7 +186,8 @@ async def test_a_peer_whose_registry_lags_the_rotation_redelivers_instead_of_qua
     nc = await devnet.broker_connect(net.layout, net.nats.url)
     try:
         kv = await registry.ensure_bucket(nc.jetstream())
-        await registry.rotate_member_keys(kv, council, sign_key=sign_key, hpke_key=hpke_key, hpke_suite=suite)
+        await registry.rotate_member_keys(kv, council, signer=devnet.registry_signer(net.layout), sign_key=sign_key,
+                                          hpke_key=hpke_key, hpke_suite=suite)
         for _ in range(200):
             if net.gateways[council].gateway.registry.members[council].sign_key == sign_key:
                 break

@@ -167,7 +167,7 @@ async def test_system_of_another_org_is_forbidden(network: Network) -> None:
 async def test_healthz_and_metrics(network: Network) -> None:
     code, body = await call(network, network.TRUST, "GET", "/healthz")
     assert code == 200 and body == {"status": "ok", "org": "ods:RYR", "policy_version": 1,
-                                    "backbone": "connected"}
+                                    "backbone": "connected", "refused_backbone_values": []}
     conn = aiohttp.TCPConnector(ssl=network.client_ssl(network.TRUST))
     async with aiohttp.ClientSession(connector=conn) as s:
         async with s.get(network.url(network.TRUST) + "/metrics") as r:

@@ -28,6 +28,7 @@ creds = "nats.creds"
 signing = "sign.key"
 hpke = "hpke.key"
 policy_authority = "pa.pub"
+registry_authority = "ra.pub"
 """
 
 
@@ -44,6 +45,9 @@ def test_good_config_round_trips(tmp_path: Path) -> None:
     (GOOD.replace("listen_port = 8443", 'listen_port = "eighty"'), "gateway.listen_port"),
     (GOOD.replace("listen_port = 8443", "listen_prot = 8443"), "gateway.listen_prot"),
     (GOOD.replace('signing = "sign.key"\n', ""), "keys.signing"),
+    # (with nats.creds present, so this case names the missing trust anchor and nothing else)
+    (GOOD.replace('ca = "ca.crt"\n[keys]', 'ca = "ca.crt"\ncreds = "gw.creds"\n[keys]')
+     .replace('registry_authority = "ra.pub"\n', ""), "keys.registry_authority"),
 ])
 def test_bad_key_is_named(tmp_path: Path, text: str, field: str) -> None:
     p = tmp_path / "gw.toml"

@@ -255,3 +255,35 @@ def test_feed_commands(devnet_dir: Path) -> None:
     assert got["envelope"]["type"] == "cloudevents.air-quality.reading" and got["envelope"]["topic"] == topic
     assert "unsubscribed" in run("feed", "unsubscribe", *d, "--as", "ods:RYR", topic).stdout
     assert "(no subscriptions)" in run("feed", "list", *d, "--as", "ods:RYR").stdout
+
+
+def test_registry_history_and_recover_after_a_blanked_entry(devnet_dir: Path) -> None:
+    """A blanked registry entry: gateways keep the member (sending still works), `psvn registry
+    history` shows the blank refused, `psvn registry recover` puts the last verified entry back."""
+    import asyncio
+
+    from broker import registry
+    from psvn import devnet
+
+    layout = devnet.Layout(devnet_dir)
+    assert oct(layout.registry_key.stat().st_mode & 0o777) == "0o600" and layout.registry_pub.exists()
+    state = devnet.read_state(layout)
+    assert state is not None
+
+    async def blank() -> None:
+        nc = await devnet.broker_connect(layout, state.nats_url)
+        try:
+            await (await registry.ensure_bucket(nc.jetstream())).put(registry.key_for("ods:RYR"), b"")
+        finally:
+            await nc.close()
+
+    asyncio.run(blank())
+    d = ["--devnet", str(devnet_dir)]
+    history = run("registry", *d, "history", "ods:RYR").stdout.splitlines()
+    assert "verified" in history[-2] and history[-1].endswith("refused: an empty value"), history
+    sent = run("send", *d, "--as", "gss:E06000043", "--to", "ods:RYR", "--type", "fhir.r4.ServiceRequest",
+               "--purpose", "direct-care", "examples/referral.json")
+    assert len(sent.stdout.strip()) == 36
+    recovered = run("registry", *d, "recover", "ods:RYR")
+    assert "ods:RYR: put back the entry signed" in recovered.stdout and "status active" in recovered.stdout
+    assert "verified" in run("registry", *d, "history", "ods:RYR").stdout.splitlines()[-1]

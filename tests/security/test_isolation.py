@@ -204,7 +204,8 @@ async def test_revoking_a_member_closes_its_live_connection_without_a_reload(net
     backbone = BackboneAccounts(network.layout.pki)
     try:
         assert gp.connected
-        await membership.revoke(broker.jetstream(), system, backbone, network.GP)
+        await membership.revoke(broker.jetstream(), system, backbone, network.GP,
+                                signer=devnet.registry_signer(network.layout))
         with pytest.raises(Exception):  # noqa: B017 - any refusal: the server closes or refuses it
             nc = await devnet.member_connect(network.layout, network.nats.url, network.GP, name="revoked",
                                              allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=3)
