@@ -367,6 +367,7 @@ class PolicyAdmin:
                     description="psvn policy proposals: proposer, approver, status"))
             except Exception:  # another broker process created it first
                 kv = await js.key_value(PROPOSALS_BUCKET)
+            await provision.refuse_rollups(js, f"KV_{PROPOSALS_BUCKET}")
         return cls(js, kv, authority_pub=authority_pub, signing_key=signing_key, members=members, suite=suite)
 
     def members(self) -> Mapping[str, str] | None:

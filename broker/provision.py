@@ -105,7 +105,21 @@ async def provision_network(js: JetStreamContext, *, replicas: int = 1) -> None:
     for bucket, history in ((REGISTRY_BUCKET, 5), (POLICY_BUCKET, 64), (CONSENT_BUCKET, 5), (FEEDS_BUCKET, 1)):
         await _kv(js, bucket, history=history, replicas=replicas, max_bytes=BUCKET_MAX_BYTES[bucket],
                   max_value_size=BUCKET_MAX_VALUE)
+        await refuse_rollups(js, f"KV_{bucket}")
     await provision_audit(js, BROKER_AUDIT, replicas=replicas)
+
+
+async def refuse_rollups(js: JetStreamContext, stream: str) -> None:
+    """KV streams are made with rollup headers allowed (for ``kv.purge``): a member that may write
+    one key of a shared bucket could then send ``Nats-Rollup: all`` and wipe every key. Nothing of
+    ours purges a shared bucket, so they refuse rollups."""
+    async def step() -> None:
+        cfg = (await js.stream_info(stream)).config
+        if cfg.allow_rollup_hdrs:
+            cfg.allow_rollup_hdrs = False
+            await js.update_stream(cfg)
+
+    await patiently(step, what=f"stream {stream} without rollups")
 
 
 async def provision_state_bucket(js: JetStreamContext, org: str, *, replicas: int = 1,

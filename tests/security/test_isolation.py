@@ -222,3 +222,24 @@ async def test_revoking_a_member_closes_its_live_connection_without_a_reload(net
     finally:
         await broker.close()
         await system.close()
+
+
+async def test_a_rollup_header_cannot_wipe_a_shared_bucket(network: Network, hostile: NATS) -> None:
+    """A member may write its own feed subscriptions; a ``Nats-Rollup: all`` header on such a
+    write would purge every member's subscriptions if the bucket allowed rollups (KV streams are
+    made with rollups on). The shared buckets refuse them."""
+    from broker.subjects import FEEDS_BUCKET
+
+    broker = await devnet.broker_connect(network.layout, network.nats.url)
+    try:
+        kv = await broker.jetstream().key_value(FEEDS_BUCKET)
+        await kv.put(f"s.{token(network.TRUST)}.air", b'{"subscriber":"ods:RYR"}')
+        own = f"$KV.{FEEDS_BUCKET}.s.{token(network.COUNCIL)}.air"
+        for rollup in ("all", "sub"):
+            with pytest.raises(Exception):  # noqa: B017 - refused by the stream (rollups not allowed)
+                await hostile.jetstream().publish(own, b"x", headers={"Nats-Rollup": rollup}, timeout=3)
+        assert (await kv.get(f"s.{token(network.TRUST)}.air")).value == b'{"subscriber":"ods:RYR"}'
+        infos = {i.config.name: i.config for i in await broker.jetstream().streams_info()}
+        assert not any(c.allow_rollup_hdrs for n, c in infos.items() if n.startswith("KV_psvn_"))
+    finally:
+        await broker.close()
