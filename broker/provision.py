@@ -87,14 +87,16 @@ QUARANTINE_MAX_BYTES = 64 * MIB
 
 
 async def _kv(js: JetStreamContext, bucket: str, *, history: int, replicas: int,
-              ttl: float | None = None, max_bytes: int = -1, max_value_size: int = -1) -> KeyValue:
+              ttl: float | None = None, max_bytes: int = -1, max_value_size: int = -1,
+              limit_marker_ttl: float | None = None) -> KeyValue:
     async def step() -> KeyValue:
         try:
             return await js.key_value(bucket)
         except BucketNotFoundError:
             return await js.create_key_value(KeyValueConfig(bucket=bucket, history=history, replicas=replicas,
                                                             storage=StorageType.FILE, ttl=ttl, direct=True,
-                                                            max_bytes=max_bytes, max_value_size=max_value_size))
+                                                            max_bytes=max_bytes, max_value_size=max_value_size,
+                                                            limit_marker_ttl=limit_marker_ttl))
 
     return await patiently(step, what=f"bucket {bucket}")
 
@@ -122,11 +124,19 @@ async def refuse_rollups(js: JetStreamContext, stream: str) -> None:
     await patiently(step, what=f"stream {stream} without rollups")
 
 
+STATE_MARKER_TTL = 3600.0  # how long the marker of an entry that aged out stays in the state bucket
+
+
 async def provision_state_bucket(js: JetStreamContext, org: str, *, replicas: int = 1,
                                  retention_days: float = MAILBOX_MAX_AGE_DAYS) -> KeyValue:
     """A member's state bucket, in its own account (its JetStream limits bound it): statuses,
-    mailbox index and idempotency keys live as long as the mail itself. The gateway makes it."""
-    return await _kv(js, state_bucket(org), history=1, replicas=replicas, ttl=retention_days * DAY)
+    mailbox index and idempotency keys live as long as the mail itself. The gateway makes it.
+
+    With limit markers: when an entry ages out (the bucket's TTL), the server leaves a marker that
+    watchers see as a purge, so what a gateway holds of it is released too (without markers a
+    watcher is never told that MaxAge removed an entry)."""
+    return await _kv(js, state_bucket(org), history=1, replicas=replicas, ttl=retention_days * DAY,
+                     limit_marker_ttl=STATE_MARKER_TTL)
 
 
 async def patiently(step: Callable[[], Awaitable[T]], *, what: str, patience: float = 30.0) -> T:

@@ -1,0 +1,111 @@
+"""A gateway's state at volume: it restarts after a large history, what ages out leaves memory, and
+a normal round trip raises no permission violation anywhere (issue 9's first findings)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import msgspec
+
+from broker import provision
+from broker.subjects import state_bucket
+from gateway.server import GatewayServer
+from gateway.store import HistoryEntry, OutRecord
+from psvn import devnet
+from tests.conftest import Network
+from tests.gateway.test_feeds import PURPOSE, TOPIC, event
+from tests.gateway.test_service import call, referral, wait_status
+
+
+async def restart(net: Network, org: str) -> GatewayServer:
+    old = net.gateways[org]
+    await old.stop()
+    net.gateways[org] = await GatewayServer(old.config).start()
+    return net.gateways[org]
+
+
+async def test_a_gateway_restarts_after_a_large_history(network: Network) -> None:
+    """20,000 sent-message records in the council's state bucket (the review's gateway could not
+    restart after 6,539): it starts, is ready, and sends."""
+    history = 20_000
+    nc = await devnet.member_connect(network.layout, network.nats.url, network.COUNCIL, name="history")
+    try:
+        js = nc.jetstream()
+        subject = f"$KV.{state_bucket(network.COUNCIL)}.out."
+        for start in range(0, history, 1000):  # bounded: 20 rounds of 1,000 acknowledged writes
+            recs = [OutRecord(id=f"old-{i}", to=network.TRUST, type="fhir.r4.ServiceRequest", status="acknowledged",
+                              history=[HistoryEntry(status="acknowledged", time="2026-12-01T00:00:00Z")],
+                              created="2026-12-01T00:00:00Z") for i in range(start, start + 1000)]
+            await asyncio.gather(*(js.publish(subject + r.id, msgspec.json.encode(r)) for r in recs))
+        info = await js.stream_info(f"KV_{state_bucket(network.COUNCIL)}")
+        assert info.state.messages >= history
+    finally:
+        await nc.close()
+    gw = await restart(network, network.COUNCIL)
+    code, body = await call(network, network.COUNCIL, "GET", "/healthz")
+    assert code == 200, body
+    status, sent = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+    assert status == 202, sent
+    await wait_status(network, network.COUNCIL, sent["id"], "delivered")
+    assert gw.gateway.connected
+
+
+async def test_state_that_ages_out_leaves_memory(network: Network) -> None:
+    """The council's state bucket with an 8 s TTL (real expiry, not a purge): once its records
+    age out, the server's limit markers tell the gateway, which lets them go."""
+    gw = network.gateways[network.COUNCIL]
+    await gw.stop()
+    nc = await devnet.member_connect(network.layout, network.nats.url, network.COUNCIL, name="short ttl")
+    try:
+        js = nc.jetstream()
+        await js.delete_key_value(state_bucket(network.COUNCIL))
+        await provision.provision_state_bucket(js, network.COUNCIL, retention_days=8 / 86400)  # 8 s
+        network.gateways[network.COUNCIL] = gw = await GatewayServer(gw.config).start()
+        status, sent = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+        assert status == 202, sent
+        await wait_status(network, network.COUNCIL, sent["id"], "delivered")
+        assert sent["id"] in gw.gateway.store.out
+        for _ in range(300):  # up to a minute: the TTL, then the server's sweep
+            if sent["id"] not in gw.gateway.store.out:
+                break
+            await asyncio.sleep(0.2)
+        assert sent["id"] not in gw.gateway.store.out, "an entry that aged out stayed in memory"
+        # it aged out (the server's MaxAge marker), nobody purged or deleted it
+        last = await js.get_msg(f"KV_{state_bucket(network.COUNCIL)}",
+                                subject=f"$KV.{state_bucket(network.COUNCIL)}.out.{sent['id']}")
+        assert (last.headers or {}).get("Nats-Marker-Reason") == "MaxAge", last.headers
+    finally:
+        await nc.close()
+
+
+async def test_a_round_trip_raises_no_permission_violation(network: Network) -> None:
+    """Send, deliver, receipt, acknowledge, subscribe and publish a feed: the backbone's log and
+    every gateway's backbone connection report no violation of any kind."""
+    errors: list[str] = []
+    for server in network.gateways.values():
+        nc = server.gateway.nc
+        assert nc is not None
+        previous = nc._error_cb
+
+        async def record(exc: Exception, previous: object = previous) -> None:
+            errors.append(str(exc))
+            if callable(previous):
+                with contextlib.suppress(Exception):
+                    await previous(exc)
+
+        nc._error_cb = record
+    status, sent = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+    assert status == 202, sent
+    await wait_status(network, network.COUNCIL, sent["id"], "delivered")
+    status, _ = await call(network, network.TRUST, "POST", f"/v1/inbox/{sent['id']}/ack")
+    assert status == 200
+    await wait_status(network, network.COUNCIL, sent["id"], "acknowledged")
+    code, _ = await call(network, network.TRUST, "PUT", f"/v1/subscriptions/{TOPIC}", {"purpose": PURPOSE})
+    assert code in (200, 201)
+    code, published = await call(network, network.COUNCIL, "POST", f"/v1/feeds/{TOPIC}", event())
+    assert code in (200, 202) and [d["to"] for d in published["deliveries"]] == [network.TRUST], published
+    await wait_status(network, network.COUNCIL, published["deliveries"][0]["id"], "delivered")
+    log = network.nats.log_path.read_text()
+    assert "Violation" not in log, [line for line in log.splitlines() if "Violation" in line][:5]
+    assert errors == []
