@@ -91,7 +91,9 @@ async def delete(net: Network, kv: KeyValue, key: str) -> None:
 
 
 async def purge(net: Network, kv: KeyValue, key: str) -> None:
-    await kv.purge(key)
+    """A purge marker, as ``kv.purge`` writes it but without its rollup header: the shared buckets
+    refuse rollups (a member could wipe a bucket with one), so this is what a writer can still do."""
+    await kv._js.publish(f"$KV.{kv._name}.{key}", b"", headers={"KV-Operation": "PURGE"})
 
 
 async def forge_unsigned(net: Network, kv: KeyValue, key: str) -> None:
