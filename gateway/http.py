@@ -55,7 +55,7 @@ async def problems(request: web.Request, handler: Any) -> web.StreamResponse:
         gw = request.app[GATEWAY_KEY]
         too_large = PsvnError(Code.PAYLOAD_TOO_LARGE, f"request body is larger than "
                               f"{gw.config.gateway.max_body_bytes} bytes", field="body", rule="max-body-bytes")
-        if request.method == "POST" and request.path == "/v1/messages":
+        if request.method == "POST" and request.path in ("/v1/messages", BATCH_PATH):
             try:  # audited only for a caller that is one of this gateway's systems
                 system = system_of(request)
             except PsvnError:
@@ -127,8 +127,12 @@ def in_view(rec: InRecord) -> dict[str, Any]:
 async def decode_body(request: web.Request, decoder: msgspec.json.Decoder[T], system: str) -> T:
     """A JSON request body as a typed request; every refusal is a problem with a message id and
     an audit record (``Gateway.reject_request``), never a 500."""
-    gw = request.app[GATEWAY_KEY]
-    body = await request.read()
+    return await decode_json(request.app[GATEWAY_KEY], await request.read(), decoder, system)
+
+
+async def decode_json(gw: Gateway, body: bytes, decoder: msgspec.json.Decoder[T], system: str) -> T:
+    """JSON bytes (a request body, or one item of a batch) as a typed request, refused the same
+    way wherever they came from: a batch item gets the very problem its single send would."""
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -171,9 +175,60 @@ async def post_message(request: web.Request) -> web.Response:
     system = system_of(request)
     req = await with_header_key(request, await decode_body(request, _send_decoder, system), system)
     rec, created = await gw.send(req, system=system)
-    data = {"id": rec.id, "status": rec.status,
-            "policy": {"version": gw.policy.version, "rule_ids": rec.rule_ids}}
-    return json_response(data, status=202 if created else 200, headers={"Location": f"/v1/messages/{rec.id}"})
+    return json_response(accepted_view(gw, rec), status=202 if created else 200,
+                         headers={"Location": f"/v1/messages/{rec.id}"})
+
+
+class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /v1/messages:batch``. Items stay raw JSON here so that each is decoded alone: one
+    malformed item is that item's problem, not the batch's."""
+
+    messages: list[msgspec.Raw]
+
+
+_batch_decoder = msgspec.json.Decoder(BatchRequest)
+BATCH_PATH = "/v1/messages:batch"
+
+
+def accepted_view(gw: Gateway, rec: OutRecord) -> dict[str, Any]:
+    """What an accepted send answers (the 202 body), alone or as a batch item."""
+    return {"id": rec.id, "status": rec.status, "policy": {"version": gw.policy.version, "rule_ids": rec.rule_ids}}
+
+
+async def post_batch(request: web.Request) -> web.Response:
+    """Many sends in one request: 200 with one result per item, in order, each the accepted
+    message or the RFC 9457 problem its single send would have answered (207-style). Only what
+    concerns the whole request (not JSON, no ``messages`` list, too many items, too large, not
+    a system of ours) is one problem for the request; every such refusal is audited too."""
+    gw = request.app[GATEWAY_KEY]
+    system = system_of(request)
+    if request.headers.get("Idempotency-Key") is not None:
+        raise await gw.reject_request(PsvnError(
+            Code.BAD_REQUEST, "a batch has no Idempotency-Key header: give each message its own idempotency_key",
+            field="Idempotency-Key", rule="batch-idempotency"), system=system)
+    batch = await decode_body(request, _batch_decoder, system)
+    limit = gw.config.gateway.max_batch_items
+    if len(batch.messages) > limit:
+        raise await gw.reject_request(PsvnError(
+            Code.PAYLOAD_TOO_LARGE, f"a batch holds at most {limit} messages, this one {len(batch.messages)}: "
+            "split it", field="messages", rule="max-batch-items",
+            extra={"max_items": limit, "items": len(batch.messages)}), system=system)
+    items: list[SendRequest | PsvnError] = []
+    for raw in batch.messages:
+        item: SendRequest | PsvnError
+        try:
+            item = await decode_json(gw, bytes(raw), _send_decoder, system)
+        except PsvnError as exc:  # refused and audited by decode_json
+            item = exc
+        items.append(item)
+    results: list[dict[str, Any]] = []
+    for i, outcome in enumerate(await gw.send_batch(items, system=system)):
+        if isinstance(outcome, PsvnError):
+            results.append(outcome.to_problem(instance=f"{request.path}#/messages/{i}"))
+        else:
+            rec, created = outcome
+            results.append({**accepted_view(gw, rec), "duplicate": not created})
+    return json_response({"results": results})
 
 
 async def get_message(request: web.Request) -> web.Response:
@@ -310,6 +365,7 @@ def make_app(gw: Gateway, *, is_revoked: Callable[[int], bool] | None = None) ->
     app = web.Application(middlewares=middlewares, client_max_size=gw.config.gateway.max_body_bytes)
     app[GATEWAY_KEY] = gw
     app.router.add_post("/v1/messages", post_message)
+    app.router.add_post(BATCH_PATH, post_batch)
     app.router.add_get("/v1/messages/{id}", get_message)
     app.router.add_get("/v1/inbox", list_inbox)
     app.router.add_get("/v1/inbox/{id}", get_inbox_item)

@@ -32,4 +32,7 @@ class Metrics:
             "psvn_consent_lookup_seconds", "Time to read and verify the consent records a decision names "
             "(one backbone round trip, the records fetched concurrently)", registry=r,
             buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2))
+        self.batch_items = Histogram(
+            "psvn_batch_items", "Messages per POST /v1/messages:batch request", registry=r,
+            buckets=(1, 10, 50, 100, 250, 500, 1000))
         self.backbone_up = Gauge("psvn_backbone_connected", "1 while connected to the backbone", registry=r)

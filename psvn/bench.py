@@ -134,6 +134,9 @@ class Ratios(msgspec.Struct, kw_only=True, omit_defaults=False):
 
     accept_vs_publish: float | None = None
     delivery_vs_consume: float | None = None
+    batch_accept_vs_publish: float | None = None
+    batch_delivery_vs_consume: float | None = None
+    batch_vs_single_delivery: float | None = None  # above 1: the batch path delivers faster
     latency_p50: float | None = None
     latency_p99: float | None = None
 
@@ -158,6 +161,8 @@ class Report(msgspec.Struct, kw_only=True):
     concurrency: int = 0
     warmup: int = 0
     throughput: Throughput | None = None
+    batch: Throughput | None = None  # the same count through send_many / POST /v1/messages:batch
+    batch_size: int = 0
     raw: RawThroughput | None = None
     latency: Latency | None = None
     ratios: Ratios = msgspec.field(default_factory=Ratios)
@@ -176,10 +181,11 @@ class Options:
     delivery_timeout: float = 20.0
     local_seconds: float = 1.0  # per local figure; 0 skips them
     cleanup: bool = True  # acknowledge the bench's messages in the trust's inbox afterwards
+    batch_size: int = 500  # messages per POST /v1/messages:batch in the batch run (the gateway's maximum)
 
     def check(self) -> None:
         for name, value, low in (("count", self.count, 1), ("concurrency", self.concurrency, 1),
-                                 ("latency-samples", self.latency_samples, 0)):
+                                 ("latency-samples", self.latency_samples, 0), ("batch-size", self.batch_size, 1)):
             if value < low:
                 raise PsvnError(Code.BAD_REQUEST, f"--{name} must be at least {low}", field=f"--{name}",
                                 rule="range")
@@ -483,12 +489,18 @@ async def _ack_all(client: Any, ids: list[str], concurrency: int, timeout: float
 
 
 async def psvn_throughput(sender: Any, obs: DeliveryObserver, payloads: list[dict[str, Any]], opts: Options,
-                          tag: str, cpu: CpuMeter) -> tuple[Throughput, list[str]]:
-    """Send everything with ``concurrency`` in flight; wait for delivery; read statuses back."""
+                          tag: str, cpu: CpuMeter, *, batch: bool = False) -> tuple[Throughput, list[str]]:
+    """Send everything (``concurrency`` single sends in flight, or with ``batch`` through
+    ``send_many`` in requests of ``batch_size``); wait for delivery; read statuses back."""
     res = Throughput(requested=len(payloads))
     cpu.start()
     t_start = time.perf_counter()
-    sent = await _send_many(sender, payloads, concurrency=opts.concurrency, time_limit=opts.time_limit, tag=tag)
+    if batch:
+        sent = await _send_batches(_clients(sender)[0], payloads, batch_size=opts.batch_size,
+                                   time_limit=opts.time_limit, tag=tag)
+    else:
+        sent = await _send_many(sender, payloads, concurrency=opts.concurrency, time_limit=opts.time_limit,
+                                tag=tag)
     ids = [mid for mid, _, _ in sent.times]
     await obs.wait_all(ids, opts.delivery_timeout)
     res.cpu = cpu.stop(len(ids))
@@ -513,6 +525,36 @@ async def psvn_throughput(sender: Any, obs: DeliveryObserver, payloads: list[dic
         [obs.sender_delivered[m] - t0 for m, t0, _ in sent.times if m in obs.sender_delivered])
     res.verified_delivered = await _verify(sender, ids, opts.concurrency, opts.delivery_timeout)
     return res, ids
+
+
+async def _send_batches(client: Any, payloads: list[dict[str, Any]], *, batch_size: int, time_limit: float,
+                        tag: str) -> _Sent:
+    """The batch path as a local system would use it: ``send_many`` with one request of
+    ``batch_size`` messages at a time (each item's time is its request's)."""
+    from psvn_client import Message
+
+    out = _Sent()
+    deadline = time.perf_counter() + time_limit
+    for start in range(0, len(payloads), batch_size):
+        if time.perf_counter() > deadline:
+            out.time_limited = True
+            break
+        chunk = [Message(to=TRUST, type=MESSAGE_TYPE, payload=p, purpose=PURPOSE, classification=CLASSIFICATION,
+                         subject=f"nhs:{NHS_NUMBER}", correlation_id=f"{tag}-{start + i}")
+                 for i, p in enumerate(payloads[start:start + batch_size])]
+        out.attempted += len(chunk)
+        t0 = time.perf_counter()
+        results = await client.send_many(chunk, batch_size=batch_size)
+        t1 = time.perf_counter()
+        for r in results:
+            if r.result is not None:
+                out.times.append((r.result.id, t0, t1))
+            else:
+                out.errors[str(r.error.code)] += 1
+                out.first_error = out.first_error or f"{r.error.code}: {r.error}"
+        if out.errors.total() >= 10 and not out.times:
+            break  # everything is failing: the report says why
+    return out
 
 
 async def psvn_latency(sender: Any, obs: DeliveryObserver, payloads: list[dict[str, Any]], lat: Latency,
@@ -817,6 +859,12 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
                     **{f"gateway {org}": g.pid for org, g in state.gateways.items()}}
             report.throughput, ids = await psvn_throughput(sender, obs, payloads, opts, f"{tag}-t", CpuMeter(pids))
             all_ids += ids
+            say(f"batch: {opts.count} messages through send_many, {opts.batch_size} per request ...")
+            report.batch_size = opts.batch_size
+            batch_payloads = [service_request(1_000_000 + i, tag) for i in range(opts.count)]
+            report.batch, ids = await psvn_throughput(sender, obs, batch_payloads, opts, f"{tag}-b", CpuMeter(pids),
+                                                      batch=True)
+            all_ids += ids
         say(f"baseline: raw nats-py JetStream, {opts.count} messages of {report.payload_bytes} bytes ...")
         report.raw = await raw_baseline(nc, os.urandom(report.payload_bytes), opts.count, lat, opts,
                                         CpuMeter({"client": os.getpid(), "nats-server": state.nats_pid}))
@@ -835,11 +883,14 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
         for conn in (nc, watch_in, watch_out):
             with contextlib.suppress(Exception):
                 await conn.close()  # not drain(): nothing of ours is left to flush, and drain waits on idle subs
-    tp, raw = report.throughput, report.raw
-    assert tp is not None and raw is not None
+    tp, raw, bt = report.throughput, report.raw, report.batch
+    assert tp is not None and raw is not None and bt is not None
     report.ratios = Ratios(
         accept_vs_publish=_ratio(tp.accept_per_s, raw.publish_per_s),
         delivery_vs_consume=_ratio(tp.deliver_per_s, raw.consume_per_s),
+        batch_accept_vs_publish=_ratio(bt.accept_per_s, raw.publish_per_s),
+        batch_delivery_vs_consume=_ratio(bt.deliver_per_s, raw.consume_per_s),
+        batch_vs_single_delivery=_ratio(bt.deliver_per_s, tp.deliver_per_s),
         latency_p50=_ratio(lat.psvn_to_mailbox.p50_ms, lat.raw_to_consumer.p50_ms),
         latency_p99=_ratio(lat.psvn_to_mailbox.p99_ms, lat.raw_to_consumer.p99_ms))
     report.notes += _notes(report)
@@ -852,20 +903,24 @@ def _notes(r: Report) -> list[str]:
              f"{os.cpu_count()} CPU(s); "
              "the raw baseline has no TLS client, HTTP, validation, policy, crypto or state writes"]
     tp = r.throughput
-    busy = [c.other_busy for c in (tp.cpu if tp else None, r.raw.cpu if r.raw else None)
+    busy = [c.other_busy for c in (tp.cpu if tp else None, r.batch.cpu if r.batch else None,
+                                   r.raw.cpu if r.raw else None)
             if c is not None and c.other_busy is not None]
     if busy and max(busy) >= 0.1:
         notes.append(f"other processes kept up to {max(busy):.0%} of the cores busy during the runs: "
                      "the figures are lower than this machine can do; run again when it is idle")
-    if tp is not None:
-        if tp.time_limited:
-            notes.append(f"the time limit stopped the send phase after {tp.attempted} of {tp.requested}")
-        if tp.errors:
-            notes.append(f"{tp.errors} send(s) failed: {tp.error_codes}; first: {tp.first_error}")
-        if tp.undelivered:
-            notes.append(f"{tp.undelivered} accepted message(s) not delivered before the deadline")
-        if tp.failed:
-            notes.append(f"{tp.failed} message(s) failed after acceptance (quarantined, rejected or expired)")
+    for label, run in (("single", tp), ("batch", r.batch)):
+        if run is None:
+            continue
+        if run.time_limited:
+            notes.append(f"{label}: the time limit stopped the send phase after {run.attempted} of {run.requested}")
+        if run.errors:
+            notes.append(f"{label}: {run.errors} send(s) failed: {run.error_codes}; first: {run.first_error}")
+        if run.undelivered:
+            notes.append(f"{label}: {run.undelivered} accepted message(s) not delivered before the deadline")
+        if run.failed:
+            notes.append(f"{label}: {run.failed} message(s) failed after acceptance (quarantined, rejected or "
+                         "expired)")
     lat = r.latency
     if lat is not None and (lat.psvn_delivered < lat.samples or lat.raw_consumed < lat.samples):
         notes.append(f"latency run incomplete: psvn {lat.psvn_delivered}/{lat.samples}, "
@@ -918,13 +973,17 @@ def _x(r: float | None) -> str:
     return "-" if r is None else (f"{r:.1%}" if r < 1 else f"{r:.1f}x")
 
 
+def _ratio_text(r: float | None) -> str:
+    return "-" if r is None else f"{r:.2f}x"
+
+
 def _pp(p: Percentiles) -> str:
     return f"{_n(p.p50_ms)} / {_n(p.p99_ms)}"
 
 
 def format_report(r: Report) -> str:
     """The human table: psvn and the raw baseline side by side, ratios, counts, local figures."""
-    tp, raw, lat = r.throughput, r.raw, r.latency
+    tp, raw, lat, bt = r.throughput, r.raw, r.latency, r.batch
     env = r.environment
     row = "  {:<42}{:>16}{:>16}{:>10}"
     lines = [
@@ -950,6 +1009,22 @@ def format_report(r: Report) -> str:
         ]
         lines += [line for line in (_format_cpu("psvn", tp.cpu), _format_cpu("raw ", raw.cpu)) if line]
         lines.append("")
+    if bt is not None and raw is not None:
+        lines += [
+            f"batch: the same {bt.requested:,} messages through send_many, {r.batch_size} per request "
+            "(POST /v1/messages:batch)",
+            row.format("", "psvn batch", "raw JetStream", "batch/raw"),
+            row.format("accepted | publish acked            msg/s", _n(bt.accept_per_s), _n(raw.publish_per_s),
+                       _x(r.ratios.batch_accept_vs_publish)),
+            row.format("in mailbox | consumed               msg/s", _n(bt.deliver_per_s), _n(raw.consume_per_s),
+                       _x(r.ratios.batch_delivery_vs_consume)),
+            row.format("sender sees delivered               msg/s", _n(bt.sender_delivered_per_s), "", ""),
+            row.format("request | publish->ack       p50/p99 ms", _pp(bt.send_call), _pp(raw.publish_ack), ""),
+            row.format("send->mailbox | ->consumed   p50/p99 ms", _pp(bt.to_mailbox), _pp(raw.to_consumer), ""),
+            f"  batch / single send, delivered to the mailbox: {_ratio_text(r.ratios.batch_vs_single_delivery)}",
+        ]
+        lines += [line for line in (_format_cpu("batch", bt.cpu),) if line]
+        lines.append("")
     if lat is not None and lat.samples:
         lines += [
             f"latency: {lat.samples} messages one at a time (no queueing)",
@@ -970,6 +1045,11 @@ def format_report(r: Report) -> str:
                   f"{tp.undelivered} undelivered",
                   f"        raw {raw.published} published, {raw.acked} acked, {raw.consumed} consumed, "
                   f"{raw.errors} errors"]
+        if bt is not None:
+            lines.append(f"        batch {bt.accepted}/{bt.requested} accepted ({bt.errors} failed sends), "
+                         f"{bt.in_mailbox} in the mailbox, {bt.sender_delivered} delivered at the sender "
+                         f"({bt.verified_delivered} confirmed through the SDK), {bt.failed} failed, "
+                         f"{bt.undelivered} undelivered")
         if lat is not None and lat.samples:
             lines.append(f"        latency run: psvn {lat.psvn_delivered}/{lat.samples} delivered, "
                          f"raw {lat.raw_consumed}/{lat.samples} consumed")

@@ -65,16 +65,21 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s = sub.add_parser("send", help="send a message as a member", description="Send FILE (JSON payload, or an "
-                       "HL7 v2 message as text) to another member. Prints the message id.")
+                       "HL7 v2 message as text) to another member. Prints the message id. Several FILEs, or "
+                       "--ndjson, go in batches (POST /v1/messages:batch): one line per message, in order, its id "
+                       "or its error; exit 1 if any was refused.")
     _common(s)
-    s.add_argument("--to", required=True, help="recipient address, e.g. ods:RYR or gss:E06000043/adult-social-care")
-    s.add_argument("--type", required=True, help="message type from the catalogue, e.g. fhir.r4.ServiceRequest")
+    s.add_argument("--to", help="recipient address, e.g. ods:RYR or gss:E06000043/adult-social-care")
+    s.add_argument("--type", help="message type from the catalogue, e.g. fhir.r4.ServiceRequest")
     s.add_argument("--purpose", default="direct-care", help="purpose / legal basis (default direct-care)")
     s.add_argument("--classification", default="OFFICIAL", choices=["OFFICIAL", "OFFICIAL-SENSITIVE"])
     s.add_argument("--subject", help="who the message is about, e.g. nhs:9434765919 (consent checks)")
     s.add_argument("--correlation-id")
-    s.add_argument("--idempotency-key")
-    s.add_argument("file", help="payload file ('-' for stdin)")
+    s.add_argument("--idempotency-key", help="with several files, file N is sent with KEY/N")
+    s.add_argument("--ndjson", metavar="FILE", help="send every line of FILE ('-' for stdin) as one message: a "
+                   "JSON object with the HTTP API's fields (to, type, payload, purpose...); --to, --type, "
+                   "--purpose, --classification and --subject fill the fields a line leaves out")
+    s.add_argument("files", nargs="*", metavar="FILE", help="payload file(s) ('-' for stdin)")
     s.set_defaults(func=_sdk_errors(_send))
 
     i = sub.add_parser("inbox", help="list, read and acknowledge received messages")
@@ -146,6 +151,20 @@ def _show(args: argparse.Namespace, value: Any, human: Callable[[Any], None]) ->
 
 
 def _send(args: argparse.Namespace) -> int:
+    if args.ndjson is not None and args.files:
+        raise PsvnError(Code.BAD_REQUEST, "give payload files or --ndjson, not both", field="--ndjson",
+                        rule="one-source")
+    if args.ndjson is None and not args.files:
+        raise PsvnError(Code.BAD_REQUEST, "nothing to send: give a payload FILE (or several), or --ndjson FILE",
+                        field="FILE", rule="required")
+    if args.ndjson is None:
+        for flag, value in (("--to", args.to), ("--type", args.type)):
+            if not value:
+                raise PsvnError(Code.BAD_REQUEST, f"{flag} is required to send payload files (an --ndjson line "
+                                "names its own)", field=flag, rule="required")
+    if args.ndjson is not None or len(args.files) > 1:
+        return _send_batch(args)
+    args.file = args.files[0]
     with _client(args) as c:
         kw: dict[str, Any] = {"purpose": args.purpose, "classification": args.classification,
                               "subject": args.subject, "correlation_id": args.correlation_id}
@@ -155,6 +174,108 @@ def _send(args: argparse.Namespace) -> int:
             kw["datacontenttype"] = "application/fhir+xml"
         res = c.send(args.to, args.type, _read_payload(args.file), **kw)
     return _show(args, {"id": res.id, "status": res.status}, lambda r: print(r["id"]))
+
+
+class _Item:
+    """One message of a batch send as the CLI reads it: where it came from (file name or
+    NDJSON line), and either the request body or why it could not even be read."""
+
+    def __init__(self, label: str, body: dict[str, Any] | None = None, error: PsvnError | None = None) -> None:
+        self.label, self.body, self.error = label, body, error
+
+
+def _file_items(args: argparse.Namespace) -> list[_Item]:
+    items: list[_Item] = []
+    for n, path in enumerate(args.files):
+        try:
+            payload = _read_payload(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            items.append(_Item(path, error=PsvnError(Code.BAD_REQUEST, f"cannot read {path}: {exc}", field=path,
+                                                     rule="readable-file")))
+            continue
+        body: dict[str, Any] = {"to": args.to, "type": args.type, "payload": payload, "purpose": args.purpose,
+                                "classification": args.classification}
+        for name, value in (("subject", args.subject), ("correlation_id", args.correlation_id),
+                            ("idempotency_key", f"{args.idempotency_key}/{n}" if args.idempotency_key else None),
+                            ("datacontenttype", "application/fhir+xml" if path.endswith(".xml") else None)):
+            if value is not None:
+                body[name] = value
+        items.append(_Item(path, body))
+    return items
+
+
+def _ndjson_items(args: argparse.Namespace) -> list[_Item]:
+    """Each non-blank line one message; a line that is not a JSON object is that line's error."""
+    text = sys.stdin.read() if args.ndjson == "-" else Path(args.ndjson).read_text()
+    defaults = {"to": args.to, "type": args.type, "purpose": args.purpose, "classification": args.classification,
+                "subject": args.subject}
+    items: list[_Item] = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        label = f"line {n}"
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            items.append(_Item(label, error=PsvnError(Code.MALFORMED_JSON, f"{label} is not JSON: {exc}",
+                                                      field=label, rule="json-syntax")))
+            continue
+        if not isinstance(value, dict):
+            items.append(_Item(label, error=PsvnError(Code.INVALID_ENVELOPE, f"{label} is not a JSON object (a "
+                                                      "message with to, type, payload, purpose...)", field=label,
+                                                      rule="request-schema")))
+            continue
+        items.append(_Item(label, {**{k: v for k, v in defaults.items() if v is not None}, **value}))
+    return items
+
+
+def _send_batch(args: argparse.Namespace) -> int:
+    """Several files or an NDJSON file: sent through ``send_many`` (batches within the gateway's
+    limits), reported one line per message in input order, refusals included, never a traceback."""
+    import psvn_client
+
+    items = _ndjson_items(args) if args.ndjson is not None else _file_items(args)
+    to_send = [i for i in items if i.body is not None]
+    with _client(args) as c:
+        results = iter(c.send_many([i.body for i in to_send if i.body is not None]))
+    rows: list[dict[str, Any]] = []
+    failed = 0
+    for item in items:
+        if item.error is not None:
+            problem = item.error.to_problem()
+        else:
+            res = next(results)
+            if res.result is not None:
+                rows.append({"id": res.result.id, "status": res.result.status, "duplicate": res.result.duplicate,
+                             "idempotency_key": res.idempotency_key, "policy": _plain(res.result.policy),
+                             "source": item.label})
+                continue
+            err: psvn_client.PsvnError | None = res.error
+            assert err is not None
+            problem = dict(err.problem) or {"code": err.code, "status": err.status, "detail": err.detail or str(err),
+                                            "field": err.field, "rule": err.rule, "message_id": err.message_id}
+        failed += 1
+        rows.append({**problem, "source": item.label})
+    if args.json:
+        print_json(rows)
+    else:
+        for row in rows:
+            print(_batch_line(row))
+    return 1 if failed else 0
+
+
+def _batch_line(row: dict[str, Any]) -> str:
+    """One message's outcome on one line: its id, or its error as the CLI shows errors."""
+    if "code" not in row:
+        return f"{row['source']}: {row['id']} {row['status']}{' (duplicate)' if row['duplicate'] else ''}"
+    where = f" [field {row['field']}]" if row.get("field") else ""
+    rule = f" (rule {row['rule']})" if row.get("rule") else ""
+    mid = f" message {row['message_id']}" if row.get("message_id") else ""
+    line = f"{row['source']}: error {row['code']}{where}{rule}{mid}: {row.get('detail') or ''}"
+    violations = row.get("violations") or []
+    if violations:
+        line += " | " + "; ".join(f"{v.get('path') or '/'}: {v.get('message')} [{v.get('rule')}]" for v in violations)
+    return " ".join(line.split())  # one line, whatever the detail held
 
 
 def _feed_publish(args: argparse.Namespace) -> int:

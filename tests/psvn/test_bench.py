@@ -24,6 +24,7 @@ from psvn.errors import PsvnError
 COUNT = 12
 SAMPLES = 3
 CONCURRENCY = 4
+BATCH_SIZE = 5  # several requests per batch run
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ async def bench_streams(layout: devnet.Layout) -> list[str]:
 
 def opts(**over: Any) -> bench.Options:
     base = {"count": COUNT, "concurrency": CONCURRENCY, "latency_samples": SAMPLES, "time_limit": 60.0,
-            "delivery_timeout": 60.0, "local_seconds": 0.01}
+            "delivery_timeout": 60.0, "local_seconds": 0.01, "batch_size": BATCH_SIZE}
     base.update(over)
     return bench.Options(**base)
 
@@ -79,8 +80,15 @@ def assert_complete(r: bench.Report, *, count: int = COUNT, samples: int = SAMPL
         assert 0 <= p.p50_ms <= p.p99_ms <= p.max_ms
     for rate in (tp.accept_per_s, tp.deliver_per_s, raw.publish_per_s, raw.consume_per_s):
         assert rate > 0
+    bt = r.batch  # the same count through send_many, every one accounted for too
+    assert bt is not None and r.batch_size == BATCH_SIZE
+    assert (bt.requested, bt.attempted, bt.accepted, bt.errors) == (count, count, count, 0)
+    assert (bt.in_mailbox, bt.sender_delivered, bt.verified_delivered) == (count, count, count)
+    assert (bt.failed, bt.undelivered, bt.time_limited) == (0, 0, False)
+    assert bt.to_mailbox.n == count and bt.accept_per_s > 0 and bt.deliver_per_s > 0
     ratios = msgspec.to_builtins(r.ratios)
-    assert set(ratios) == {"accept_vs_publish", "delivery_vs_consume", "latency_p50", "latency_p99"}
+    assert set(ratios) == {"accept_vs_publish", "delivery_vs_consume", "batch_accept_vs_publish",
+                           "batch_delivery_vs_consume", "batch_vs_single_delivery", "latency_p50", "latency_p99"}
     assert all(v is not None and v > 0 for v in ratios.values())
     assert r.warmup == min(CONCURRENCY, count)
     assert r.payload_bytes > 900  # ~1 KiB of FHIR, not a toy payload
@@ -114,7 +122,7 @@ def test_bench_counts_add_up_and_leaves_nothing_behind(layout: devnet.Layout) ->
     # progress went to the callback, not stdout
     assert any(s.startswith("throughput:") for s in seen) and any(s.startswith("baseline:") for s in seen)
     # clean-up acknowledged every bench message: the trust's inbox is as it was
-    assert r.cleanup_acknowledged == r.warmup + SAMPLES + COUNT
+    assert r.cleanup_acknowledged == r.warmup + SAMPLES + 2 * COUNT  # single and batch runs
     with client(layout, bench.TRUST) as trust:
         assert trust.inbox() == []
     # the throwaway baseline stream is gone
@@ -123,7 +131,9 @@ def test_bench_counts_add_up_and_leaves_nothing_behind(layout: devnet.Layout) ->
     doc = json.loads(bench.to_json(r))
     assert doc["throughput"]["accepted"] == COUNT and doc["raw"]["consumed"] == COUNT
     text = bench.format_report(r)
-    for needle in ("msg/s", "psvn/raw", "p50", "p99", "seal + sign (1,024 B)", f"{COUNT}/{COUNT} accepted",
+    assert doc["batch"]["accepted"] == COUNT
+    for needle in ("msg/s", "psvn/raw", "batch/raw", "CPU ms/message, batch", "batch / single send",
+                   "p50", "p99", "seal + sign (1,024 B)", f"{COUNT}/{COUNT} accepted",
                    f"{COUNT} in the mailbox", f"{COUNT} confirmed through the SDK"):
         assert needle in text
 
@@ -132,17 +142,18 @@ def test_cli_json_and_keep(layout: devnet.Layout, capsys: pytest.CaptureFixture[
     with client(layout, bench.TRUST) as trust:
         before = {i.id for i in trust.inbox(limit=1000)}
     code = main(["bench", "--devnet", str(layout.root), "--count", "6", "--concurrency", "2", "--latency-samples",
-                 "1", "--local-seconds", "0", "--keep", "--json"])
+                 "1", "--local-seconds", "0", "--keep", "--json", "--batch-size", "4"])
     out, err = capsys.readouterr()
     assert code == 0, err
     doc = json.loads(out)  # stdout is only the JSON; progress is on stderr
     assert "throughput:" in err
     assert doc["throughput"]["accepted"] == doc["throughput"]["in_mailbox"] == 6
     assert doc["raw"]["consumed"] == 6 and doc["local"] == [] and doc["cleanup_acknowledged"] is None
-    # --keep: the bench's messages wait in the trust's inbox (warm-up 2 + latency 1 + 6)
+    assert doc["batch"]["accepted"] == doc["batch"]["in_mailbox"] == 6 and doc["batch_size"] == 4
+    # --keep: the bench's messages wait in the trust's inbox (warm-up 2 + latency 1 + 6 + 6 batched)
     with client(layout, bench.TRUST) as trust:
         left = [i for i in trust.inbox(limit=1000) if i.id not in before]
-        assert len(left) == 9
+        assert len(left) == 15
         for item in left:
             trust.ack(item.id)
 
@@ -154,7 +165,8 @@ def test_cli_without_a_devnet_says_how_to_start_one(tmp_path: Path, capsys: pyte
     assert "no devnet running" in err and "psvn devnet" in err and "--start" in err
 
 
-@pytest.mark.parametrize("args", [["--count", "0"], ["--concurrency", "0"], ["--time-limit", "0"]])
+@pytest.mark.parametrize("args", [["--count", "0"], ["--concurrency", "0"], ["--time-limit", "0"],
+                                  ["--batch-size", "0"]])
 def test_cli_rejects_bad_bounds(args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--devnet", str(tmp_path), *args]) == 1
     assert "error bad-request" in capsys.readouterr().err

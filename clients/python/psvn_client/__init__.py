@@ -33,10 +33,12 @@ from psvn_client.errors import (
 )
 from psvn_client.models import (
     Ack,
+    BatchResult,
     Delivery,
     Envelope,
     Health,
     InboxItem,
+    Message,
     MessageStatus,
     MessageType,
     PolicyDecision,
@@ -55,6 +57,7 @@ __all__ = [
     "Ack",
     "AsyncClient",
     "BackboneUnavailable",
+    "BatchResult",
     "Client",
     "Code",
     "Conflict",
@@ -66,6 +69,7 @@ __all__ = [
     "Health",
     "InboxItem",
     "InvalidPayload",
+    "Message",
     "MessageStatus",
     "MessageType",
     "NotFound",

@@ -7,11 +7,12 @@ differ only in ``sleep`` and ``await``, and behave identically.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import ssl
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -29,8 +30,10 @@ from psvn_client.errors import (
 from psvn_client.models import (
     PROGRESS,
     Ack,
+    BatchResult,
     Health,
     InboxItem,
+    Message,
     MessageStatus,
     MessageType,
     Publication,
@@ -149,6 +152,119 @@ def send_call(
         )
 
     return Call("POST", "/v1/messages", parse, json=body, safe=True)
+
+
+#: The gateway's defaults for ``POST /v1/messages:batch`` (``gateway.max_batch_items`` and
+#: ``gateway.max_body_bytes``): ``send_many`` splits what it is given into requests within both.
+MAX_BATCH_ITEMS = 500
+MAX_BATCH_BYTES = 2 * 1024 * 1024
+_BATCH_OVERHEAD = len('{"messages": []}')
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One message of a ``send_many`` on its way: where it was in the input, its request body
+    (always with an idempotency key, so every retry is safe) and that key."""
+
+    index: int
+    body: dict[str, Any]
+    key: str
+
+
+def batch_item(index: int, message: Message | Mapping[str, Any]) -> BatchItem:
+    """A message as a batch item, with a fresh idempotency key if it has none."""
+    if isinstance(message, Message):
+        body = message.to_json()
+    elif isinstance(message, Mapping):
+        body = dict(message)
+    else:
+        raise TypeError(f"send_many takes Message objects or mappings, item {index} is a {type(message).__name__}")
+    key = body.get("idempotency_key")
+    if not isinstance(key, str) or not key:  # a malformed key is the gateway's to refuse, naming it
+        if key is None:
+            key = str(uuid.uuid4())
+            body["idempotency_key"] = key
+        else:
+            key = str(key)
+    return BatchItem(index, body, key)
+
+
+def batches(
+    messages: Iterable[Message | Mapping[str, Any]], *, batch_size: int, max_bytes: int
+) -> Iterator[list[BatchItem]]:
+    """Split messages (read lazily: a generator of millions is fine) into requests of at most
+    ``batch_size`` items and about ``max_bytes`` of JSON. Sizes are over-estimated (ASCII
+    escapes, spaced separators), so a request never crosses the gateway's body limit because
+    of the estimate; one message larger than the limit goes alone and gets its own 413."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError("batch_size must be a positive int")
+    if max_bytes < 1:
+        raise ValueError("max_batch_bytes must be positive")
+    chunk: list[BatchItem] = []
+    size = _BATCH_OVERHEAD
+    for index, message in enumerate(messages):
+        item = batch_item(index, message)
+        item_size = len(json.dumps(item.body)) + 2  # and a separator
+        if chunk and (len(chunk) >= batch_size or size + item_size > max_bytes):
+            yield chunk
+            chunk, size = [], _BATCH_OVERHEAD
+        chunk.append(item)
+        size += item_size
+    if chunk:
+        yield chunk
+
+
+def _is_problem(data: Any) -> bool:
+    return isinstance(data, Mapping) and isinstance(data.get("status"), int) and "code" in data
+
+
+def batch_result(item: BatchItem, data: Any) -> BatchResult:
+    """One element of the gateway's ``results``: the accepted message or its problem document."""
+    if _is_problem(data):
+        return BatchResult(item.index, item.key, error=error_from_problem(int(data["status"]), data))
+    result = SendResult.from_json(data, idempotency_key=item.key, duplicate=bool(data.get("duplicate")))
+    return BatchResult(item.index, item.key, result=_with_location(result))
+
+
+def _with_location(result: SendResult) -> SendResult:
+    from dataclasses import replace
+
+    return replace(result, location=f"/v1/messages/{quote(result.id, safe='')}")
+
+
+def batch_call(items: list[BatchItem]) -> Call[list[BatchResult]]:
+    """``POST /v1/messages:batch``. Safe to repeat: every item carries an idempotency key."""
+
+    def parse(r: httpx.Response) -> list[BatchResult]:
+        data = _json(r)
+        results = data.get("results") if isinstance(data, dict) else None
+        if not isinstance(results, list) or len(results) != len(items):
+            raise ProtocolError(Code.BAD_RESPONSE, f"batch answer has no 'results' list of {len(items)}: "
+                                f"{str(data)[:200]}")
+        return [batch_result(item, x) for item, x in zip(items, results, strict=True)]
+
+    return Call("POST", "/v1/messages:batch", parse, json={"messages": [i.body for i in items]}, safe=True)
+
+
+def chunk_failed(items: list[BatchItem], error: PsvnError) -> list[BatchResult]:
+    """A request that failed as a whole (after its retries): the error is each item's result."""
+    return [BatchResult(i.index, i.key, error=error) for i in items]
+
+
+def settle(
+    items: list[BatchItem], outcomes: list[BatchResult], done: dict[int, BatchResult], *, last: bool
+) -> list[BatchItem]:
+    """Record final outcomes in ``done``; return the items to send again: those the gateway
+    refused for a passing reason (503 backbone-unavailable...), as :meth:`send` retries them,
+    unless this was the ``last`` attempt."""
+    again: list[BatchItem] = []
+    for item, outcome in zip(items, outcomes, strict=True):
+        error = outcome.error
+        if not last and error is not None and error.status in RETRY_STATUSES:
+            again.append(item)
+        else:
+            done[item.index] = outcome
+    return again
 
 
 def status_call(message_id: str) -> Call[MessageStatus]:

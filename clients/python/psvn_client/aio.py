@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -13,10 +14,13 @@ import httpx
 
 from psvn_client import _core
 from psvn_client.client import _timeout
+from psvn_client.errors import PsvnError
 from psvn_client.models import (
     Ack,
+    BatchResult,
     Health,
     InboxItem,
+    Message,
     MessageStatus,
     MessageType,
     Publication,
@@ -137,6 +141,33 @@ class AsyncClient:
                 datacontenttype=datacontenttype,
             )
         )
+
+    async def send_many(
+        self,
+        messages: Iterable[Message | Mapping[str, Any]],
+        *,
+        batch_size: int = _core.MAX_BATCH_ITEMS,
+        max_batch_bytes: int = _core.MAX_BATCH_BYTES,
+    ) -> list[BatchResult]:
+        """See :meth:`psvn_client.Client.send_many`."""
+        results: list[BatchResult] = []
+        for chunk in _core.batches(messages, batch_size=batch_size, max_bytes=max_batch_bytes):
+            results.extend(await self._send_chunk(chunk))
+        return results
+
+    async def _send_chunk(self, chunk: list[_core.BatchItem]) -> list[BatchResult]:
+        done: dict[int, BatchResult] = {}
+        pending = chunk
+        for attempt in range(self.retries + 1):
+            try:
+                outcomes = await self._run(_core.batch_call(pending))
+            except PsvnError as exc:  # the request as a whole, after its own retries
+                outcomes = _core.chunk_failed(pending, exc)
+            pending = _core.settle(pending, outcomes, done, last=attempt >= self.retries)
+            if not pending:
+                break
+            await asyncio.sleep(_core.retry_delay(attempt, self.backoff))
+        return [done[item.index] for item in chunk]
 
     async def status(self, id: str) -> MessageStatus:
         return await self._run(_core.status_call(id))

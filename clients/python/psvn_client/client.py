@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ssl
 import time
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -15,8 +16,10 @@ from psvn_client import _core
 from psvn_client.errors import Code, PsvnError, TimeoutError
 from psvn_client.models import (
     Ack,
+    BatchResult,
     Health,
     InboxItem,
+    Message,
     MessageStatus,
     MessageType,
     Publication,
@@ -147,6 +150,45 @@ class Client:
                 datacontenttype=datacontenttype,
             )
         )
+
+    def send_many(
+        self,
+        messages: Iterable[Message | Mapping[str, Any]],
+        *,
+        batch_size: int = _core.MAX_BATCH_ITEMS,
+        max_batch_bytes: int = _core.MAX_BATCH_BYTES,
+    ) -> list[BatchResult]:
+        """Send many messages in as few requests as the gateway allows: each is still validated,
+        decided, sealed, signed and receipted on its own, so one bad message refuses only itself.
+
+        ``messages`` is any iterable (read lazily) of :class:`Message` or mappings with the HTTP
+        API's fields. It is split into requests of at most ``batch_size`` messages and about
+        ``max_batch_bytes`` of JSON (the gateway's limits by default). Returns one
+        :class:`BatchResult` per message, in order: its :class:`SendResult`, or the error
+        :meth:`send` would have raised for it. Every message carries an idempotency key
+        (generated if it has none, returned in the result), so requests and messages the gateway
+        could not take for a passing reason (503...) are retried like :meth:`send`'s, never sent
+        twice; a request that still fails (e.g. the gateway unreachable) gives each of its
+        messages that error, and the next request is tried.
+        """
+        results: list[BatchResult] = []
+        for chunk in _core.batches(messages, batch_size=batch_size, max_bytes=max_batch_bytes):
+            results.extend(self._send_chunk(chunk))
+        return results
+
+    def _send_chunk(self, chunk: list[_core.BatchItem]) -> list[BatchResult]:
+        done: dict[int, BatchResult] = {}
+        pending = chunk
+        for attempt in range(self.retries + 1):
+            try:
+                outcomes = self._run(_core.batch_call(pending))
+            except PsvnError as exc:  # the request as a whole, after its own retries
+                outcomes = _core.chunk_failed(pending, exc)
+            pending = _core.settle(pending, outcomes, done, last=attempt >= self.retries)
+            if not pending:
+                break
+            time.sleep(_core.retry_delay(attempt, self.backoff))
+        return [done[item.index] for item in chunk]
 
     def status(self, id: str) -> MessageStatus:
         """Where a message this system sent is now, with its history."""

@@ -13,13 +13,15 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from psvn_client.errors import Code, ProtocolError
+from psvn_client.errors import Code, ProtocolError, PsvnError
 
 __all__ = [
     "Ack",
+    "BatchResult",
     "Envelope",
     "Health",
     "InboxItem",
+    "Message",
     "MessageStatus",
     "MessageType",
     "PolicyDecision",
@@ -139,6 +141,68 @@ class SendResult:
             location=location,
             duplicate=duplicate,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message for :meth:`~psvn_client.Client.send_many`: the arguments of
+    :meth:`~psvn_client.Client.send`, as a value. (``send_many`` also takes plain mappings
+    with the HTTP API's field names, e.g. lines of an NDJSON file.)"""
+
+    to: str
+    type: str
+    payload: Any
+    purpose: str
+    classification: str = "OFFICIAL"
+    subject: str | None = None
+    correlation_id: str | None = None
+    workflow_id: str | None = None
+    local_id: str | None = None
+    idempotency_key: str | None = None
+    ttl_seconds: int | None = None
+    datacontenttype: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The request body of one send; unset options are left to the gateway."""
+        body: dict[str, Any] = {"to": self.to, "type": self.type, "payload": self.payload, "purpose": self.purpose,
+                                "classification": self.classification}
+        for name in ("subject", "correlation_id", "workflow_id", "local_id", "idempotency_key", "ttl_seconds",
+                     "datacontenttype"):
+            value = getattr(self, name)
+            if value is not None:
+                body[name] = value
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What became of one message of :meth:`~psvn_client.Client.send_many`: either ``result``
+    (the gateway accepted it, as :meth:`send` returns) or ``error`` (the same
+    :class:`~psvn_client.PsvnError` subclass, with the same data, that :meth:`send` would have
+    raised for it). ``index`` is its position in what was passed in; ``idempotency_key`` the
+    key it was sent with (generated if it had none): send it again with that key and the
+    gateway will not send it twice."""
+
+    index: int
+    idempotency_key: str | None
+    result: SendResult | None = None
+    error: PsvnError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def id(self) -> str | None:
+        """The message id: of the accepted message, or the one the gateway gave the refusal."""
+        return self.result.id if self.result is not None else self.error.message_id if self.error else None
+
+    def unwrap(self) -> SendResult:
+        """The :class:`SendResult`, or raise the error (as :meth:`send` would have)."""
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
 
 
 @dataclass(frozen=True, slots=True)
