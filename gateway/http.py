@@ -233,7 +233,7 @@ async def post_batch(request: web.Request) -> web.Response:
 
 async def get_message(request: web.Request) -> web.Response:
     system = system_of(request)
-    return json_response(out_view(request.app[GATEWAY_KEY].status(request.match_info["id"], system=system)))
+    return json_response(out_view(await request.app[GATEWAY_KEY].status(request.match_info["id"], system=system)))
 
 
 async def list_inbox(request: web.Request) -> web.Response:

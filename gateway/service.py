@@ -646,10 +646,12 @@ class Gateway:
         return {"event": event_id, "topic": topic, "deliveries": deliveries, "refused": refused}
 
     # -- status and mailbox -------------------------------------------------------------------
-    def status(self, message_id: str, *, system: str | None = None) -> OutRecord:
+    async def status(self, message_id: str, *, system: str | None = None) -> OutRecord:
         """A sent message's status. A system limited by ``gateway.system_mailboxes`` sees only
-        what it sent itself (as it reads only its own mailboxes); others see every status."""
-        rec = self.store.out.get(message_id)
+        what it sent itself (as it reads only its own mailboxes); others see every status.
+        Read where it lives when this instance has not heard of it yet (another instance of this
+        member's gateway behind the same load balancer may have just written it)."""
+        rec = await self.store.out_record(message_id)
         if rec is None:
             raise PsvnError(Code.NOT_FOUND, f"no message {message_id!r} was sent through this gateway",
                             field="id", rule="exists", message_id=message_id)
@@ -672,8 +674,8 @@ class Gateway:
         items.sort(key=lambda r: r.seq)
         return items[:limit]
 
-    def _in_record(self, message_id: str, system: str | None = None) -> InRecord:
-        rec = self.store.inbox.get(message_id)
+    async def _in_record(self, message_id: str, system: str | None = None) -> InRecord:
+        rec = await self.store.in_record(message_id)
         if rec is None:
             raise PsvnError(Code.NOT_FOUND, f"no message {message_id!r} in this gateway's mailbox",
                             field="id", rule="exists", message_id=message_id)
@@ -686,7 +688,7 @@ class Gateway:
         return rec
 
     async def get(self, message_id: str, *, system: str | None = None) -> Opened:
-        rec = self._in_record(message_id, system)
+        rec = await self._in_record(message_id, system)
         if rec.status == State.QUARANTINED.value:
             raise PsvnError(Code.FORBIDDEN, f"message {message_id} is quarantined: {rec.reason}",
                             field="id", rule="quarantined", message_id=message_id)
@@ -706,7 +708,7 @@ class Gateway:
 
     async def ack(self, message_id: str, *, system: str | None = None) -> InRecord:
         async with self.store.lock(message_id):
-            rec = self._in_record(message_id, system)
+            rec = await self._in_record(message_id, system)
             if rec.status == State.ACKNOWLEDGED.value:
                 # a retry after a failed receipt: send it again (same dedupe id, so never twice)
                 await self._receipt(message_id, State.ACKNOWLEDGED.value, rec.source)

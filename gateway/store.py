@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
@@ -30,6 +31,9 @@ log = structlog.get_logger("psvn.gateway.store")
 T = TypeVar("T")
 CAS_ATTEMPTS = 8
 POLICY_FLOOR_KEY = "policy.floor"
+# what may follow "out." / "in." in a key read on a caller's behalf: never a wildcard (a KV read
+# of ``out.>`` would answer with whichever entry matches last)
+KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
 
 class HistoryEntry(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
@@ -201,6 +205,19 @@ class StateStore:
         finally:
             if not lock.locked() and not lock._waiters:  # type: ignore[attr-defined]
                 self._locks.pop(message_id, None)
+
+    async def out_record(self, message_id: str) -> OutRecord | None:
+        """A sent message's record: this instance's copy, else read where it lives (read-your-
+        writes across instances: the watch may not have brought another instance's write yet)."""
+        if message_id not in self.out and KEY_ID.fullmatch(message_id):
+            await self._refresh(f"out.{message_id}")
+        return self.out.get(message_id)
+
+    async def in_record(self, message_id: str) -> InRecord | None:
+        """A received message's mailbox entry, read where it lives if this instance lacks it."""
+        if message_id not in self.inbox and KEY_ID.fullmatch(message_id):
+            await self._refresh(f"in.{message_id}")
+        return self.inbox.get(message_id)
 
     # -- sent messages -------------------------------------------------------------------
     async def put_out(self, rec: OutRecord) -> bool:

@@ -82,3 +82,31 @@ async def test_two_instances_of_each_gateway(network: Network, twins: dict[str, 
         return True
 
     await until(all_acknowledged)
+
+
+async def test_an_instance_reads_what_the_other_just_wrote(network: Network,
+                                                           twins: dict[str, list[GatewayServer]]) -> None:
+    """Read-your-writes across instances: the second instance of each member has stopped following
+    its state bucket, so whatever it answers about the first instance's writes it read where the
+    state lives (no 404 window while a watch catches up)."""
+    council_a, council_b = twins[network.COUNCIL]
+    trust_a, trust_b = twins[network.TRUST]
+    await council_b.gateway.store._follower.stop()
+    await trust_b.gateway.store._follower.stop()
+    status, sent = await call(network, network.COUNCIL, council_a, "POST", "/v1/messages", referral())
+    assert status == 202, sent
+    status, seen = await call(network, network.COUNCIL, council_b, "GET", f"/v1/messages/{sent['id']}")
+    assert status == 200 and seen["id"] == sent["id"], seen
+
+    async def filed() -> bool:
+        return sent["id"] in trust_a.gateway.store.inbox or sent["id"] in trust_b.gateway.store.inbox
+
+    await until(filed)
+    status, got = await call(network, network.TRUST, trust_b, "GET", f"/v1/inbox/{sent['id']}")
+    assert status == 200 and got["envelope"]["id"] == sent["id"], got
+    status, acked = await call(network, network.TRUST, trust_b, "POST", f"/v1/inbox/{sent['id']}/ack")
+    assert status == 200 and acked["status"] == "acknowledged", acked
+    # an id that is a wildcard on the backbone reads nothing
+    for bad in ("%3E", "*", "out.%3E"):
+        status, problem = await call(network, network.COUNCIL, council_b, "GET", f"/v1/messages/{bad}")
+        assert status in (400, 404, 422), (bad, status, problem)
