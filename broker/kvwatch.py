@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,6 +29,17 @@ log = structlog.get_logger("psvn.kvwatch")
 KV_OPERATION = "KV-Operation"
 
 Apply = Callable[[str, bytes | None, int], None]  # (key, value or None when deleted, revision)
+
+
+async def _halt(unsubscribe: Callable[[], Awaitable[object]] | None, task: asyncio.Task[None] | None) -> None:
+    """Stop a follower: its server-side interest first, then its task (neither may raise)."""
+    if unsubscribe is not None:
+        with contextlib.suppress(Exception):
+            await unsubscribe()
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 class KVFollower:
@@ -76,13 +87,7 @@ class KVFollower:
         await asyncio.wait_for((ready or self.synced).wait(), timeout)
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await _halt(self._watcher.stop if self._watcher is not None else None, self._task)
 
 
 class SharedFollower:
@@ -155,13 +160,7 @@ class SharedFollower:
         await asyncio.wait_for((ready or self.synced).wait(), timeout)
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await _halt(self._sub.unsubscribe if self._sub is not None else None, self._task)
 
 
 @dataclass(frozen=True, slots=True)
