@@ -149,3 +149,23 @@ def test_clustered_devnet_round_trip_and_kill_9_of_a_node(tmp_path: Path) -> Non
         run("devnet", "--dir", str(d_dir), "down", check=False)
     assert pids and not [p for p in pids if p and procs.alive(p)], "a devnet process outlived `devnet down`"
     assert not (d_dir / "state.json").exists()
+
+
+def test_cluster_size_other_than_1_or_3_is_refused_naming_the_option(tmp_path: Path) -> None:
+    """Refused before anything starts: no state folder, nothing running."""
+    for args in (["devnet", "--dir", str(tmp_path / "d"), "up", "--detach", "--cluster", "2"],
+                 ["bench", "--start", "--cluster", "5"]):
+        res = run(*args, check=False)
+        assert res.returncode == 1 and "--cluster" in res.stderr and "1" in res.stderr and "3" in res.stderr, res
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_state_file_from_before_clusters_reads_as_one_node(tmp_path: Path) -> None:
+    layout = devnet.Layout(tmp_path)
+    devnet.state_path(layout).write_text(json.dumps({
+        "root": str(tmp_path), "nats_url": "tls://127.0.0.1:14222", "nats_pid": 2 ** 22 + 1, "monitor_port": 14223,
+        "gateways": {}}))
+    state = devnet.read_state(layout)
+    assert state is not None and state.replicas == 1
+    assert devnet.nats_urls(state) == ["tls://127.0.0.1:14222"]
+    assert [n.pid for n in devnet.nats_nodes(state)] == [2 ** 22 + 1] and not devnet.running(state)
