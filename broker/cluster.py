@@ -170,12 +170,22 @@ class Cluster:
 
 
 def cluster_nodes(root: Path, *, cert: Path, key: Path, ca: Path, backbone: BackboneAccounts, members: Sequence[str],
-                  base_port: int, size: int = DEFAULT_SIZE, name: str = "psvn") -> list[NatsServer]:
+                  base_port: int = 0, size: int = DEFAULT_SIZE, name: str = "psvn",
+                  ports: Sequence[tuple[int, int, int]] | None = None,
+                  log_dir: Path | None = None) -> list[NatsServer]:
     """One config per node (ports from ``base_port`` on, own store dir, account resolver dir and
     log), routes to all the others; every node trusts the same operator and preloads the same
-    accounts (the full resolvers then keep each other up to date)."""
+    accounts (the full resolvers then keep each other up to date).
+
+    ``ports`` gives each node's (client, monitoring, route) ports instead, for a caller with a
+    documented port layout of its own (the devnet); ``log_dir`` puts the logs, named by node,
+    where the caller keeps its other logs rather than beside each store."""
     preload = backbone.preload(list(members))
-    ports = [tuple(base_port + PORTS_PER_NODE * i + j for j in range(PORTS_PER_NODE)) for i in range(size)]
+    if ports is None:
+        ports = [(base_port + PORTS_PER_NODE * i, base_port + PORTS_PER_NODE * i + 1,
+                  base_port + PORTS_PER_NODE * i + 2) for i in range(size)]
+    if len(ports) != size:
+        raise ValueError(f"{size} nodes need {size} port triples, not {len(ports)}")
     route_password = secrets.token_urlsafe(32)
     nodes: list[NatsServer] = []
     for i, (client, monitor, route) in enumerate(ports):
@@ -187,32 +197,43 @@ def cluster_nodes(root: Path, *, cert: Path, key: Path, ca: Path, backbone: Back
                            cluster=ClusterConfig(name=name, listen_port=route,
                                                  routes=[p[2] for j, p in enumerate(ports) if j != i],
                                                  route_password=route_password))
-        nodes.append(NatsServer(cfg, conf_path=d / "nats.conf", log_path=d / "nats.log"))
+        log = log_dir / f"{node_name}.log" if log_dir is not None else d / "nats.log"
+        nodes.append(NatsServer(cfg, conf_path=d / "nats.conf", log_path=log))
     return nodes
 
 
 def start_cluster(root: Path, *, cert: Path, key: Path, ca: Path, backbone: BackboneAccounts, members: Sequence[str],
                   size: int = DEFAULT_SIZE, name: str = "psvn", timeout: float = 30.0) -> Cluster:
-    """Start ``size`` nodes together on free ports and wait for a JetStream meta leader.
-
-    The nodes start in parallel: each waits for its own JetStream, and a clustered JetStream
-    needs its peers, so starting them one after another would only add up the waits.
-    """
+    """Start ``size`` nodes together on free ports and wait for a JetStream meta leader
+    (``start_nodes``); a failed attempt's stores are removed and it tries again on fresh ports."""
 
     def start(base_port: int) -> Cluster:
         cluster = Cluster(name=name, nodes=cluster_nodes(root, cert=cert, key=key, ca=ca, backbone=backbone,
                                                          members=members, base_port=base_port, size=size,
                                                          name=name))
         try:
-            with ThreadPoolExecutor(max_workers=size) as pool:
-                for fut in [pool.submit(n.start, timeout=timeout) for n in cluster.nodes]:
-                    fut.result()
-            cluster.wait_meta_leader(timeout=timeout)
+            start_nodes(cluster, timeout=timeout)
         except BaseException:
-            cluster.stop()
             for n in cluster.nodes:  # a retry starts from empty stores, not this attempt's half-formed one
                 shutil.rmtree(n.config.store_dir, ignore_errors=True)
             raise
         return cluster
 
     return on_free_ports(start, PORTS_PER_NODE * size)
+
+
+def start_nodes(cluster: Cluster, *, timeout: float = 30.0) -> Cluster:
+    """Start every node of ``cluster`` at once and wait for a JetStream meta leader; on failure
+    stop the nodes it started (their stores are left alone: they may hold a devnet's mail).
+
+    In parallel because each node waits for its own JetStream, and a clustered JetStream needs
+    its peers: started one after another the waits would only add up."""
+    try:
+        with ThreadPoolExecutor(max_workers=len(cluster.nodes)) as pool:
+            for fut in [pool.submit(n.start, timeout=timeout) for n in cluster.nodes]:
+                fut.result()
+        cluster.wait_meta_leader(timeout=timeout)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster

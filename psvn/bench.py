@@ -247,16 +247,18 @@ def payload_size(payload: dict[str, Any]) -> int:
     return len(msgspec.json.encode(payload))
 
 
-def port_span() -> int:
-    """How many consecutive ports ``devnet.up`` uses: nats, monitoring, ..., one per gateway from +10."""
+def port_span(cluster: int = 1) -> int:
+    """How many consecutive ports ``devnet.up`` uses (nats, monitoring, console, gateways, and
+    the other nodes of a clustered backbone)."""
     from psvn import devnet
 
-    return 10 + len(getattr(devnet, "DEVNET_MEMBERS", devnet.EXAMPLE_MEMBERS))
+    return devnet.port_span(len(devnet.DEVNET_MEMBERS), cluster)
 
 
-def free_port_range(span: int | None = None, *, low: int = 20000, high: int = 30000, tries: int = 200) -> int:
-    """A base port with ``span`` (default: the devnet's) consecutive free loopback ports."""
-    return procs.free_port_range(span or port_span(), low=low, high=high, tries=tries)
+def free_port_range(span: int | None = None, *, low: int = 20000, high: int = 30000, tries: int = 200,
+                    cluster: int = 1) -> int:
+    """A base port with ``span`` (default: a devnet's of this shape) consecutive free loopback ports."""
+    return procs.free_port_range(span or port_span(cluster), low=low, high=high, tries=tries)
 
 
 # -- CPU accounting (Linux /proc; absent elsewhere) ---------------------------------------------
@@ -588,10 +590,11 @@ async def psvn_latency(sender: Any, obs: DeliveryObserver, payloads: list[dict[s
 
 # -- raw nats-py baseline -------------------------------------------------------------------
 async def raw_baseline(nc: Any, payload: bytes, count: int, lat: Latency, opts: Options,
-                       cpu: CpuMeter) -> RawThroughput:
+                       cpu: CpuMeter, *, replicas: int = 1) -> RawThroughput:
     """Plain JetStream on the same server: a throwaway file stream on ``bench.raw.<tag>.>`` (a
     subject no gateway uses), dedupe ids like the gateway's, a durable pull consumer that
-    fetches 256 and acks each like the gateway's. The stream is deleted afterwards."""
+    fetches 256 and acks each like the gateway's. The stream is deleted afterwards. It has the
+    devnet's ``replicas`` (3 on a clustered one): the baseline pays the same replication."""
     from nats.errors import TimeoutError as NatsTimeoutError
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 
@@ -599,7 +602,7 @@ async def raw_baseline(nc: Any, payload: bytes, count: int, lat: Latency, opts: 
     tag = secrets.token_hex(4)
     stream, subject = f"PSVN_BENCH_{tag.upper()}", f"bench.raw.{tag}.m"
     await js.add_stream(StreamConfig(name=stream, subjects=[f"bench.raw.{tag}.>"], retention=RetentionPolicy.LIMITS,
-                                     storage=StorageType.FILE, num_replicas=1, max_age=600.0,
+                                     storage=StorageType.FILE, num_replicas=replicas, max_age=600.0,
                                      duplicate_window=120.0))
     res = RawThroughput(requested=count)
     consumed: dict[int, float] = {}
@@ -828,9 +831,13 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
                                                             max_connections=1, timeout=30.0))
                 for _ in range(opts.concurrency)]
 
-    nc = await devnet.broker_connect(layout, state.nats_url, name="psvn-bench")
-    watch_in = await devnet.member_connect(layout, state.nats_url, TRUST, name="psvn-bench observer")
-    watch_out = await devnet.member_connect(layout, state.nats_url, COUNCIL, name="psvn-bench observer")
+    urls, nodes = devnet.nats_urls(state), devnet.nats_nodes(state)
+    # every nats-server's CPU counts: on a clustered backbone each node stores every message
+    servers = {("nats-server" if len(nodes) == 1 else f"nats-server {n.name.rsplit('-', 1)[-1]}"): n.pid
+               for n in nodes}
+    nc = await devnet.broker_connect(layout, urls, name="psvn-bench")
+    watch_in = await devnet.member_connect(layout, urls, TRUST, name="psvn-bench observer")
+    watch_out = await devnet.member_connect(layout, urls, COUNCIL, name="psvn-bench observer")
     obs = DeliveryObserver(COUNCIL, TRUST)
     all_ids: list[str] = []
     try:
@@ -838,6 +845,8 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
         report.environment = _environment(_server_version(nc), state.nats_url, str(layout.root), started,
                                           loop_name)
         report.environment["gateways"] = len(state.gateways)
+        report.environment["nats_nodes"] = len(nodes)
+        report.environment["replicas"] = state.replicas
         async with contextlib.AsyncExitStack() as stack:
             sender = await clients(stack, COUNCIL)
             warm = [service_request(900000 + i, tag) for i in range(min(opts.concurrency, opts.count))]
@@ -855,8 +864,7 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
                 lat_payloads = [service_request(500000 + i, tag) for i in range(lat.samples)]
                 all_ids += await psvn_latency(sender, obs, lat_payloads, lat, opts, f"{tag}-l")
             say(f"throughput: {opts.count} messages, {opts.concurrency} in flight ...")
-            pids = {"client": os.getpid(), "nats-server": state.nats_pid,
-                    **{f"gateway {org}": g.pid for org, g in state.gateways.items()}}
+            pids = {"client": os.getpid(), **servers, **{f"gateway {org}": g.pid for org, g in state.gateways.items()}}
             report.throughput, ids = await psvn_throughput(sender, obs, payloads, opts, f"{tag}-t", CpuMeter(pids))
             all_ids += ids
             say(f"batch: {opts.count} messages through send_many, {opts.batch_size} per request ...")
@@ -867,7 +875,7 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
             all_ids += ids
         say(f"baseline: raw nats-py JetStream, {opts.count} messages of {report.payload_bytes} bytes ...")
         report.raw = await raw_baseline(nc, os.urandom(report.payload_bytes), opts.count, lat, opts,
-                                        CpuMeter({"client": os.getpid(), "nats-server": state.nats_pid}))
+                                        CpuMeter({"client": os.getpid(), **servers}), replicas=state.replicas)
         report.latency = lat
         if opts.local_seconds > 0:  # while the devnet is idle: before the clean-up's receipts
             say("local figures (one core) ...")
@@ -899,7 +907,9 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
 
 
 def _notes(r: Report) -> list[str]:
-    notes = [f"all processes (nats-server, {r.environment.get('gateways', '?')} gateways, this client) share "
+    nodes = r.environment.get("nats_nodes") or 1
+    servers = "nats-server" if nodes == 1 else f"{nodes} nats-servers"
+    notes = [f"all processes ({servers}, {r.environment.get('gateways', '?')} gateways, this client) share "
              f"{os.cpu_count()} CPU(s); "
              "the raw baseline has no TLS client, HTTP, validation, policy, crypto or state writes"]
     tp = r.throughput
@@ -938,17 +948,21 @@ def run(layout: Any, opts: Options, *, progress: Progress | None = None, started
     return uvloop.run(run_async(layout, opts, progress=progress, started=started, loop_name="uvloop"))
 
 
-def run_with_temporary_devnet(opts: Options, *, progress: Progress | None = None, keep_dir: bool = False) -> Report:
-    """Bring up a devnet in a temporary folder on free ports, bench it, tear it down."""
+def run_with_temporary_devnet(opts: Options, *, progress: Progress | None = None, keep_dir: bool = False,
+                              cluster: int = 1) -> Report:
+    """Bring up a devnet in a temporary folder on free ports (``cluster`` nats-servers: 1, or 3
+    with every stream and bucket R3), bench it, tear it down."""
     from psvn import devnet
 
+    devnet.check_cluster(cluster)
     say = progress or (lambda _msg: None)
     root = Path(tempfile.mkdtemp(prefix="psvn-bench-"))
     layout = devnet.Layout(root)
-    base = free_port_range()
-    say(f"starting a temporary devnet in {root} (ports {base}..{base + port_span() - 1}) ...")
+    base = free_port_range(cluster=cluster)
+    shape = "" if cluster == 1 else f", {cluster} nats-servers, R3"
+    say(f"starting a temporary devnet in {root} (ports {base}..{base + port_span(cluster) - 1}{shape}) ...")
     try:
-        devnet.up(layout, base_port=base)
+        devnet.up(layout, base_port=base, cluster=cluster)
         try:
             return run(layout, dataclasses.replace(opts, cleanup=False), progress=progress, started=True)
         finally:
@@ -988,7 +1002,9 @@ def format_report(r: Report) -> str:
     row = "  {:<42}{:>16}{:>16}{:>10}"
     lines = [
         f"psvn bench: {MESSAGE_TYPE} ({r.payload_bytes:,} bytes of FHIR R4 JSON), {r.sender} -> {r.recipient}, "
-        f"devnet {env.get('devnet')}{' (temporary)' if env.get('temporary_devnet') else ''}",
+        f"devnet {env.get('devnet')}{' (temporary)' if env.get('temporary_devnet') else ''}"
+        + (f", backbone {env.get('nats_nodes')} nats-servers, R{env.get('replicas')}"
+           if (env.get("nats_nodes") or 1) > 1 else ""),
         f"  {env.get('cpus')} CPUs, Python {env.get('python')} ({env.get('event_loop')}), nats-server "
         f"{env.get('nats_server')}, nats-py {env.get('nats_py')}, httpx {env.get('httpx')}; warm-up {r.warmup}",
         "",

@@ -151,15 +151,18 @@ def nats_server(layout: Layout, members: list[str], *, port: int, monitor_port: 
                       conf_path=layout.root / "nats" / "nats.conf", log_path=layout.root / "logs" / "nats.log")
 
 
-def gateway_config(layout: Layout, m: MemberSpec, *, nats_url: str, port: int,
-                   listen_host: str = "127.0.0.1") -> GatewayConfig:
+def gateway_config(layout: Layout, m: MemberSpec, *, nats_url: str | list[str], port: int,
+                   listen_host: str = "127.0.0.1", replicas: int = 1) -> GatewayConfig:
+    """``nats_url``: every node of the backbone (a gateway fails over between them); ``replicas``
+    of its state bucket, 3 on a 3-node backbone like the network's own streams."""
     d = layout.org_dir(m.org)
     return GatewayConfig(
         gateway=GatewaySection(org=m.org, name=m.name, listen_host=listen_host, listen_port=port),
         tls=TLSSection(cert=str(d / "https.crt"), key=str(d / "https.key"), ca=str(layout.ca),
                        crl=str(layout.pki / "ca.crl")),
-        nats=NatsSection(servers=[nats_url], cert=str(d / "nats.crt"), key=str(d / "nats.key"), ca=str(layout.ca),
-                         creds=str(layout.nats_creds(m.org))),
+        nats=NatsSection(servers=list(nats_url) if isinstance(nats_url, list) else [nats_url],
+                         cert=str(d / "nats.crt"), key=str(d / "nats.key"), ca=str(layout.ca),
+                         creds=str(layout.nats_creds(m.org)), replicas=replicas),
         keys=KeysSection(signing=str(d / "sign.key"), hpke=str(d / "hpke.key"),
                          policy_authority=str(layout.authority_pub), registry_authority=str(layout.registry_pub),
                          hpke_hybrid=str(d / "hpke-hybrid.key") if m.post_quantum else None,
@@ -221,7 +224,7 @@ def member_record(layout: Layout, m: MemberSpec, *, gateway_url: str = "") -> re
         gateway_url=gateway_url, joined=now_rfc3339())
 
 
-async def provision_backbone(layout: Layout, nats_url: str, members: list[MemberSpec], *,
+async def provision_backbone(layout: Layout, nats_url: str | list[str], members: list[MemberSpec], *,
                              gateway_urls: dict[str, str] | None = None,
                              policy_dir: Path = bundle.DEFAULT_DIR, replicas: int = 1) -> int:
     """Streams, buckets, registry entries and the signed policy set. Returns the policy version.
@@ -265,10 +268,56 @@ class Ports:
 # -- the `psvn devnet` processes --------------------------------------------------------------
 DEFAULT_ROOT = Path(".devnet")
 BASE_PORT = 14222
+# The port layout from the base port B: nats-server B (monitoring B+1), console B+8, gateways
+# B+10.. (one per member). A 3-node backbone keeps node 1 on B and B+1 (its route port B+2) and
+# puts nodes 2 and 3 after the gateways: B+20..B+22 and B+23..B+25 (client, monitoring, route).
+CONSOLE_OFFSET = 8
+GATEWAY_OFFSET = 10
+EXTRA_NODES_OFFSET = 20
+CLUSTER_SIZES = (1, 3)  # one node on a laptop, three (R3) as in production: two would survive no loss
+CLUSTER_NAME = "psvn-devnet"
+
+
+def node_ports(base_port: int, cluster: int) -> list[tuple[int, int, int]]:
+    """(client, monitoring, route) ports of each nats-server node (``cluster`` of them)."""
+    first = (base_port, base_port + 1, base_port + 2)
+    return [first, *[(base_port + EXTRA_NODES_OFFSET + 3 * i, base_port + EXTRA_NODES_OFFSET + 3 * i + 1,
+                      base_port + EXTRA_NODES_OFFSET + 3 * i + 2) for i in range(cluster - 1)]]
+
+
+def port_span(members: int = len(DEVNET_MEMBERS), cluster: int = 1) -> int:
+    """How many consecutive ports from the base port a devnet of this shape uses."""
+    return 1 + max(GATEWAY_OFFSET + members - 1, CONSOLE_OFFSET,
+                   *(p for ports in node_ports(0, cluster) for p in ports))
+
+
+def check_cluster(cluster: int, members: int = len(DEVNET_MEMBERS)) -> None:
+    """A clear error for a backbone size the devnet does not run (or ports that would collide)."""
+    from psvn.errors import Code, PsvnError
+
+    if cluster not in CLUSTER_SIZES:
+        raise PsvnError(Code.BAD_REQUEST, f"--cluster must be 1 (one nats-server) or 3 (three, every stream "
+                        f"and bucket R3), not {cluster}: two nodes would survive no loss", field="--cluster",
+                        rule="cluster-size")
+    if cluster > 1 and GATEWAY_OFFSET + members > EXTRA_NODES_OFFSET:
+        raise PsvnError(Code.BAD_REQUEST, f"a clustered devnet has ports for {EXTRA_NODES_OFFSET - GATEWAY_OFFSET} "
+                        f"gateways, not {members}", field="--cluster", rule="cluster-ports")
+
+
+class NatsNode(msgspec.Struct, kw_only=True):
+    """One nats-server the devnet started."""
+
+    name: str
+    url: str
+    pid: int
+    monitor_port: int
 
 
 class DevnetState(msgspec.Struct, kw_only=True):
-    """What `devnet up` started, so `status` and `down` act on exactly those PIDs."""
+    """What `devnet up` started, so `status` and `down` act on exactly those PIDs.
+
+    ``nats_url``/``nats_pid``/``monitor_port`` are node 1's (a state file from before clusters
+    has only these); ``nodes`` lists every node. Read both through ``nats_nodes``/``nats_urls``."""
 
     root: str
     nats_url: str
@@ -279,6 +328,8 @@ class DevnetState(msgspec.Struct, kw_only=True):
     console_pid: int | None = None
     console_url: str = ""
     revoked: list[str] = msgspec.field(default_factory=list)
+    nodes: list[NatsNode] = msgspec.field(default_factory=list)
+    replicas: int = 1  # of every stream and bucket: 3 on a 3-node backbone
 
 
 class GatewayProcess(msgspec.Struct, kw_only=True):
@@ -302,8 +353,25 @@ def read_state(layout: Layout) -> DevnetState | None:
     return msgspec.json.decode(p.read_bytes(), type=DevnetState)
 
 
+def nats_nodes(state: DevnetState) -> list[NatsNode]:
+    """Every nats-server of the devnet (a state file from before clusters names only one)."""
+    return list(state.nodes) or [NatsNode(name=CLUSTER_NAME, url=state.nats_url, pid=state.nats_pid,
+                                          monitor_port=state.monitor_port)]
+
+
+def nats_urls(state: DevnetState) -> list[str]:
+    """Where to connect to the devnet's backbone: every node, so a client that finds one node
+    down (killed, restarting) connects to another, and fails over later the same way."""
+    return [n.url for n in nats_nodes(state)]
+
+
 def running(state: DevnetState | None) -> bool:
-    return state is not None and procs.alive(state.nats_pid)
+    """Any node still runs: a 3-node backbone that has lost one still serves."""
+    return state is not None and any(procs.alive(n.pid) for n in nats_nodes(state))
+
+
+def write_state(layout: Layout, state: DevnetState) -> None:
+    state_path(layout).write_bytes(msgspec.json.format(msgspec.json.encode(state)))
 
 
 def _wait_gateway(layout: Layout, g: GatewayProcess, process: subprocess.Popen[bytes], timeout: float) -> None:
@@ -327,12 +395,34 @@ def _wait_gateway(layout: Layout, g: GatewayProcess, process: subprocess.Popen[b
     raise RuntimeError(f"gateway {g.org} not healthy after {timeout}s: {last}")
 
 
+def start_backbone(layout: Layout, members: list[str], *, base_port: int, cluster: int = 1,
+                   timeout: float = 30.0) -> list[NatsServer]:
+    """Start the devnet's nats-server(s) and wait until JetStream serves: one node on the base
+    port, or three clustered nodes (``node_ports``) with a JetStream meta leader. On failure the
+    nodes started are stopped; their stores (the devnet's mail) are kept."""
+    if cluster == 1:
+        server = nats_server(layout, members, port=base_port, monitor_port=base_port + 1)
+        server.start(timeout=timeout)
+        return [server]
+    from broker import cluster as bc
+
+    nodes = bc.cluster_nodes(layout.root / "nats", cert=layout.pki / "nats" / "nats.crt",
+                             key=layout.pki / "nats" / "nats.key", ca=layout.ca,
+                             backbone=accounts.BackboneAccounts(layout.pki), members=members, size=cluster,
+                             name=CLUSTER_NAME, ports=node_ports(base_port, cluster), log_dir=layout.root / "logs")
+    return bc.start_nodes(bc.Cluster(name=CLUSTER_NAME, nodes=nodes), timeout=timeout).nodes
+
+
 def up(layout: Layout, members: tuple[MemberSpec, ...] = DEVNET_MEMBERS, *, base_port: int = BASE_PORT,
-       timeout: float = 60.0, listen_host: str = "127.0.0.1") -> DevnetState:
-    """Bring up nats-server and one gateway process per member; idempotent PKI and backbone."""
+       timeout: float = 60.0, listen_host: str = "127.0.0.1", cluster: int = 1) -> DevnetState:
+    """Bring up nats-server(s) and one gateway process per member; idempotent PKI and backbone.
+
+    ``cluster=3`` runs the backbone as production does: three nodes, every stream and bucket R3
+    (the gateways' own state buckets too), each gateway listing all three nodes."""
     import asyncio
     import sys
 
+    check_cluster(cluster, len(members))
     layout.root.mkdir(parents=True, exist_ok=True)
     if not (layout.pki / "ca.crt").exists():
         make_pki(layout, members)
@@ -340,18 +430,24 @@ def up(layout: Layout, members: tuple[MemberSpec, ...] = DEVNET_MEMBERS, *, base
         revocation.refresh_crl(pki.load_ca(layout.pki))
         if not layout.registry_key.exists():  # a devnet made before registry entries were signed
             make_registry_authority(layout)
-    server = nats_server(layout, [m.org for m in members], port=base_port, monitor_port=base_port + 1)
-    server.start()
-    assert server.pid is not None
+    servers = start_backbone(layout, [m.org for m in members], base_port=base_port, cluster=cluster,
+                             timeout=min(timeout, 30.0))
+    nodes = [NatsNode(name=n.config.name, url=n.url, pid=n.pid or 0, monitor_port=n.config.monitor_port)
+             for n in servers]
+    replicas = 3 if cluster > 1 else 1
     gateways: dict[str, GatewayProcess] = {}
-    state = DevnetState(root=str(layout.root), nats_url=server.url, nats_pid=server.pid,
-                        monitor_port=base_port + 1, gateways=gateways)
+    state = DevnetState(root=str(layout.root), nats_url=nodes[0].url, nats_pid=nodes[0].pid,
+                        monitor_port=nodes[0].monitor_port, gateways=gateways, nodes=nodes, replicas=replicas)
     try:
-        urls = {m.org: f"https://localhost:{base_port + 10 + i}" for i, m in enumerate(members)}
-        state.policy_version = asyncio.run(provision_backbone(layout, server.url, list(members), gateway_urls=urls))
+        write_state(layout, state)  # from here on `down` finds every PID, whatever fails next
+        node_urls = nats_urls(state)
+        urls = {m.org: f"https://localhost:{base_port + GATEWAY_OFFSET + i}" for i, m in enumerate(members)}
+        state.policy_version = asyncio.run(provision_backbone(layout, node_urls, list(members), gateway_urls=urls,
+                                                              replicas=replicas))
         started: list[tuple[GatewayProcess, subprocess.Popen[bytes]]] = []
         for i, m in enumerate(members):
-            cfg = gateway_config(layout, m, nats_url=server.url, port=base_port + 10 + i, listen_host=listen_host)
+            cfg = gateway_config(layout, m, nats_url=node_urls, port=base_port + GATEWAY_OFFSET + i,
+                                 listen_host=listen_host, replicas=replicas)
             path = layout.gateway_config_path(m.org)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(config.dump(cfg))
@@ -361,11 +457,12 @@ def up(layout: Layout, members: tuple[MemberSpec, ...] = DEVNET_MEMBERS, *, base
                                pid=proc.pid, config=str(path))
             gateways[m.org] = g
             started.append((g, proc))
-        console_port = base_port + 8
+            write_state(layout, state)
+        console_port = base_port + CONSOLE_OFFSET
         console = procs.spawn([sys.executable, "-m", "psvn.cli.main", "console", "run", "--devnet", str(layout.root),
                                "--port", str(console_port)], log=layout.root / "logs" / "console.log")
         state.console_pid, state.console_url = console.pid, f"http://127.0.0.1:{console_port}/"
-        state_path(layout).write_bytes(msgspec.json.format(msgspec.json.encode(state)))
+        write_state(layout, state)
         for g, proc in started:
             _wait_gateway(layout, g, proc, timeout)
         procs.wait_http_ok(state.console_url, timeout=timeout, process=console)
@@ -376,12 +473,13 @@ def up(layout: Layout, members: tuple[MemberSpec, ...] = DEVNET_MEMBERS, *, base
 
 
 def down(layout: Layout, state: DevnetState | None = None) -> bool:
-    """Stop exactly the processes `up` started (by recorded PID). Returns False if none ran."""
+    """Stop exactly the processes `up` started (by recorded PID): gateways and console first,
+    then every nats-server node at once. Returns False if none ran."""
     state = state or read_state(layout)
     if state is None:
         return False
     procs.stop_all([g.pid for g in state.gateways.values()] + ([state.console_pid] if state.console_pid else []))
-    procs.stop(state.nats_pid)
+    procs.stop_all([n.pid for n in nats_nodes(state) if n.pid])
     p = state_path(layout)
     if p.exists():
         p.unlink()
@@ -402,7 +500,7 @@ def revoke_backbone_users(layout: Layout, org: str) -> bool:
     backbone.revoke_users(org)
 
     async def push() -> None:
-        nc = await system_connect(layout, state.nats_url)
+        nc = await system_connect(layout, nats_urls(state))
         try:
             await accounts.push(nc, backbone.member_jwt(org))
         finally:
@@ -426,7 +524,7 @@ def enforced_policy(layout: Layout) -> dict[str, Any]:
     assert state is not None
 
     async def fetch() -> dict[str, Any]:
-        nc = await broker_connect(layout, state.nats_url, name="psvn policy reader")
+        nc = await broker_connect(layout, nats_urls(state), name="psvn policy reader")
         try:
             cur = await enforced(nc.jetstream(), load_public_key(layout.authority_pub))
         finally:
@@ -462,12 +560,12 @@ def rotate_keys(layout: Layout, org: str, *, timeout: float = 60.0) -> registry.
     proc = procs.spawn([sys.executable, "-m", "gateway", "--config", g.config],
                        log=layout.root / "logs" / f"{token(org)}.log")
     g.pid = proc.pid
-    state_path(layout).write_bytes(msgspec.json.format(msgspec.json.encode(state)))
+    write_state(layout, state)
     _wait_gateway(layout, g, proc, timeout)
     sign_key, hpke_key, suite = public_message_keys(layout.org_dir(org))
 
     async def publish() -> registry.Member:
-        nc = await broker_connect(layout, state.nats_url, name="psvn-broker key rotation")
+        nc = await broker_connect(layout, nats_urls(state), name="psvn-broker key rotation")
         try:
             kv = await registry.ensure_bucket(nc.jetstream())
             return await registry.rotate_member_keys(kv, org, signer=registry_signer(layout), sign_key=sign_key,
@@ -495,8 +593,8 @@ def change_membership(layout: Layout, org: str, *, revoke: bool, status: str = "
     backbone = accounts.BackboneAccounts(layout.pki)
 
     async def run() -> None:
-        nc = await broker_connect(layout, state.nats_url, name="psvn-broker membership")
-        system = await system_connect(layout, state.nats_url)
+        nc = await broker_connect(layout, nats_urls(state), name="psvn-broker membership")
+        system = await system_connect(layout, nats_urls(state))
         try:
             js = nc.jetstream()
             if revoke:
@@ -510,7 +608,7 @@ def change_membership(layout: Layout, org: str, *, revoke: bool, status: str = "
 
     asyncio.run(run())
     state.revoked = sorted(revoked)
-    state_path(layout).write_bytes(msgspec.json.format(msgspec.json.encode(state)))
+    write_state(layout, state)
 
 
 def _running_state(layout: Layout) -> DevnetState:
@@ -537,7 +635,7 @@ def registry_history(layout: Layout, org: str) -> list[tuple[int, str, registry.
     authority = load_signing_key(layout.registry_key).public_key()
 
     async def read() -> list[tuple[int, str, registry.RegistryEntry | None]]:
-        nc = await broker_connect(layout, state.nats_url, name="psvn registry history")
+        nc = await broker_connect(layout, nats_urls(state), name="psvn registry history")
         try:
             k = registry.key_for(org)
             out: list[tuple[int, str, registry.RegistryEntry | None]] = []
@@ -565,7 +663,7 @@ def recover_registry(layout: Layout, org: str) -> registry.RegistryEntry:
     authority = load_signing_key(layout.registry_key).public_key()
 
     async def recover() -> registry.RegistryEntry:
-        nc = await broker_connect(layout, state.nats_url, name="psvn registry recover")
+        nc = await broker_connect(layout, nats_urls(state), name="psvn registry recover")
         try:
             return await registry.recover_member(await registry.ensure_bucket(nc.jetstream()), org, authority)
         finally:

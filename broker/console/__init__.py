@@ -32,7 +32,7 @@ DEFAULT_PORT = 14230  # devnet: nats 14222, monitor 14223, gateways 14232..
 __all__ = ["DEFAULT_PORT", "ConsoleServer", "ConsoleStore", "run", "start"]
 
 
-async def start(layout: Layout, *, nats_url: str, port: int = 0, host: str = "127.0.0.1",
+async def start(layout: Layout, *, nats_url: str | list[str], port: int = 0, host: str = "127.0.0.1",
                 policy_dir: Path = bundle.DEFAULT_DIR) -> ConsoleServer:
     """Connect to the backbone as the broker and serve the console; ``.url`` says where."""
     tokens = TokenAuthority.for_pki(layout.pki)
@@ -49,20 +49,21 @@ async def start(layout: Layout, *, nats_url: str, port: int = 0, host: str = "12
         raise
 
 
-def devnet_nats_url(layout: Layout) -> str:
-    from psvn.devnet import read_state, running
+def devnet_nats_urls(layout: Layout) -> list[str]:
+    """Every node of the running devnet's backbone (the console fails over between them)."""
+    from psvn.devnet import nats_urls, read_state, running
 
     state = read_state(layout)
     if not running(state):
         raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"no devnet is running under {layout.root} "
                         "(psvn devnet up)", field="--devnet", rule="devnet-running")
     assert state is not None
-    return state.nats_url
+    return nats_urls(state)
 
 
 async def serve_forever(layout: Layout, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1",
-                        nats_url: str | None = None, on_ready: object = None) -> None:
-    server = await start(layout, nats_url=nats_url or devnet_nats_url(layout), port=port, host=host)
+                        nats_url: str | list[str] | None = None, on_ready: object = None) -> None:
+    server = await start(layout, nats_url=nats_url or devnet_nats_urls(layout), port=port, host=host)
     if callable(on_ready):
         on_ready(server)
     stop = asyncio.Event()
@@ -76,6 +77,7 @@ async def serve_forever(layout: Layout, *, port: int = DEFAULT_PORT, host: str =
         await server.stop()
 
 
-def run(layout: Layout, port: int = DEFAULT_PORT, *, host: str = "127.0.0.1", nats_url: str | None = None) -> None:
+def run(layout: Layout, port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
+        nats_url: str | list[str] | None = None) -> None:
     """Run the console for a devnet until SIGINT/SIGTERM (``psvn console run`` calls this)."""
     asyncio.run(serve_forever(layout, port=port, host=host, nats_url=nats_url))

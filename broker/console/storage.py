@@ -65,7 +65,7 @@ class ConsoleStore:
         self.policy_dir = Path(policy_dir)
 
     @classmethod
-    async def open(cls, *, nats_url: str, tls: ssl.SSLContext, creds: str, authority_pub: Ed25519PublicKey,
+    async def open(cls, *, nats_url: str | list[str], tls: ssl.SSLContext, creds: str, authority_pub: Ed25519PublicKey,
                    signing_key: Ed25519PrivateKey | None, registry_pub: Ed25519PublicKey,
                    policy_dir: Path = bundle.DEFAULT_DIR) -> ConsoleStore:
         nc = await provision.connect(nats_url, tls, name="psvn-broker console", user_credentials=creds)

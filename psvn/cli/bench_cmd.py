@@ -36,6 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--keep", action="store_true",
                    help="leave the bench messages unacknowledged in the trust's inbox (without it they are "
                    "acknowledged afterwards; a --start devnet is thrown away anyway)")
+    p.add_argument("--cluster", type=int, metavar="{1,3}",
+                   help="with --start: the temporary devnet's backbone has this many nats-servers (3: every "
+                   "stream and bucket R3, and the raw baseline's stream R3 too, so the ratio compares like with "
+                   "like). Without --start the running devnet is benched as it is; if given, it must match")
     p.add_argument("--json", action="store_true", help="print the report as JSON (progress still on stderr)")
     p.set_defaults(func=_bench)
 
@@ -47,15 +51,24 @@ def _bench(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size,
                          time_limit=args.time_limit, local_seconds=args.local_seconds, cleanup=not args.keep)
     opts.check()
+    if args.cluster is not None:
+        devnet.check_cluster(args.cluster)
     if args.start:
-        report = bench.run_with_temporary_devnet(opts, progress=bench.progress_to_stderr)
+        report = bench.run_with_temporary_devnet(opts, progress=bench.progress_to_stderr, cluster=args.cluster or 1)
     else:
         layout = devnet.Layout(Path(args.devnet))
-        if not devnet.running(devnet.read_state(layout)):
+        state = devnet.read_state(layout)
+        if state is None or not devnet.running(state):
             raise PsvnError(Code.BAD_REQUEST,
                             f"no devnet running in {layout.root}: start one with `psvn devnet --dir {layout.root} "
                             "up --detach`, or run `psvn bench --start` to bench a temporary one",
                             field="--devnet", rule="devnet-running")
+        nodes = len(devnet.nats_nodes(state))
+        if args.cluster is not None and args.cluster != nodes:
+            raise PsvnError(Code.BAD_REQUEST,
+                            f"the devnet in {layout.root} runs {nodes} nats-server(s), not {args.cluster}: bench it "
+                            f"as it is (drop --cluster), or add --start to bench a temporary {args.cluster}-node one",
+                            field="--cluster", rule="cluster-size")
         report = bench.run(layout, opts, progress=bench.progress_to_stderr)
     if args.json:
         sys.stdout.write(bench.to_json(report).decode() + "\n")

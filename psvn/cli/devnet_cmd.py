@@ -11,7 +11,7 @@ from pathlib import Path
 from psvn.cli.output import print_json
 
 NEXT_STEPS = """\
-psvn devnet is up: nats-server {nats} (JetStream, mutual TLS), policy set v{policy}, gateways:
+psvn devnet is up: {backbone}, policy set v{policy}, gateways:
 {gateways}
 
 Try (with .venv/bin on your PATH, e.g. `source .venv/bin/activate`):
@@ -43,7 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     up = s.add_parser("up", help="bring the network up (Ctrl-C stops it, unless --detach)")
     up.add_argument("--detach", action="store_true", help="return once everything is ready")
     up.add_argument("--base-port", type=int, default=14222,
-                    help="nats on BASE, monitoring BASE+1, gateways BASE+10.. (default 14222)")
+                    help="nats on BASE, monitoring BASE+1, console BASE+8, gateways BASE+10..BASE+14 "
+                    "(default 14222); with --cluster 3, node 1 keeps BASE and BASE+1 (routes on BASE+2) and "
+                    "nodes 2 and 3 take BASE+20..BASE+22 and BASE+23..BASE+25 (client, monitoring, routes)")
+    up.add_argument("--cluster", type=int, default=1, metavar="{1,3}",
+                    help="nats-servers in the backbone (default 1). 3 runs it as production does: three "
+                    "clustered nodes, every inbox, audit stream and KV bucket stored on all three (R3), each "
+                    "gateway listing all three, so the network keeps working when any one node dies "
+                    "(`kill -9` one by the PID `psvn devnet status` shows, and send again). Needs more "
+                    "memory and CPU than one node; `make devnet` stays single-node")
     up.add_argument("--listen-host", default="127.0.0.1",
                     help="address the gateways' HTTPS listens on (0.0.0.0 only inside a container)")
     up.set_defaults(func=_up)
@@ -78,19 +86,20 @@ def _layout(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def _up(args: argparse.Namespace) -> int:
     from psvn import devnet
 
+    devnet.check_cluster(args.cluster)  # before anything starts or stops
     layout = _layout(args)
     state = devnet.read_state(layout)
     if devnet.running(state):
-        print(f"devnet already running (nats-server pid {state.nats_pid}); `psvn devnet down` first",  # type: ignore[union-attr]
-              file=sys.stderr)
+        pids = ", ".join(str(n.pid) for n in devnet.nats_nodes(state))  # type: ignore[arg-type]
+        print(f"devnet already running (nats-server pid {pids}); `psvn devnet down` first", file=sys.stderr)
         return 1
     if state is not None:
         devnet.down(layout, state)
     print("starting psvn devnet ...", file=sys.stderr)
-    state = devnet.up(layout, base_port=args.base_port, listen_host=args.listen_host)
+    state = devnet.up(layout, base_port=args.base_port, listen_host=args.listen_host, cluster=args.cluster)
     gws = "\n".join(f"  {g.org:<15} {g.name:<52} {g.url}  (system cert: {g.system})" for g in state.gateways.values())
-    print(NEXT_STEPS.format(nats=state.nats_url, policy=state.policy_version, gateways=gws, root=layout.root,
-                            console=state.console_url))
+    print(NEXT_STEPS.format(backbone=backbone(state), policy=state.policy_version, gateways=gws,
+                            root=layout.root, console=state.console_url))
     if args.detach:
         return 0
     stop = {"now": False}
@@ -108,6 +117,17 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+def backbone(state) -> str:  # type: ignore[no-untyped-def]
+    """The banner's one line about the backbone: how many nodes, where, how replicated."""
+    from psvn import devnet
+
+    urls = devnet.nats_urls(state)
+    if len(urls) == 1:
+        return f"nats-server {urls[0]} (JetStream, mutual TLS)"
+    return (f"{len(urls)} nats-servers, R{state.replicas} ({', '.join(urls)}; JetStream, mutual TLS; "
+            f"streams and buckets survive losing any one node)")
+
+
 def _status(args: argparse.Namespace) -> int:
     from psvn import devnet, procs
 
@@ -116,8 +136,11 @@ def _status(args: argparse.Namespace) -> int:
     if state is None:
         print("devnet is not running (no state file)", file=sys.stderr)
         return 1
+    nodes = devnet.nats_nodes(state)
     report = {
         "nats": {"url": state.nats_url, "pid": state.nats_pid, "alive": procs.alive(state.nats_pid)},
+        "nodes": [{"name": n.name, "url": n.url, "pid": n.pid, "alive": procs.alive(n.pid)} for n in nodes],
+        "replicas": state.replicas,
         "policy_version": state.policy_version,
         "console": {"url": state.console_url, "pid": state.console_pid,
                     "alive": bool(state.console_pid) and procs.alive(state.console_pid or 0)},
@@ -126,14 +149,15 @@ def _status(args: argparse.Namespace) -> int:
     }
     if args.json:
         print_json(report)
-    else:
-        n = report["nats"]
-        print(f"nats-server  {n['url']}  pid {n['pid']}  {'up' if n['alive'] else 'DOWN'}")  # type: ignore[index]
+    else:  # one line per process: name, url, "pid", pid, up/DOWN
+        for n in report["nodes"]:  # type: ignore[attr-defined]
+            label = "nats-server" if len(nodes) == 1 else n["name"]
+            print(f"{label:<15} {n['url']}  pid {n['pid']}  {'up' if n['alive'] else 'DOWN'}")
         for org, g in report["gateways"].items():  # type: ignore[attr-defined]
             print(f"{org:<15} {g['url']}  pid {g['pid']}  {'up' if g['alive'] else 'DOWN'}  {g['name']}")
         c = report["console"]
-        print(f"console      {c['url']}  pid {c['pid']}  {'up' if c['alive'] else 'DOWN'}")  # type: ignore[index]
-    ok = all([procs.alive(state.nats_pid), *(procs.alive(g.pid) for g in state.gateways.values()),
+        print(f"{'console':<15} {c['url']}  pid {c['pid']}  {'up' if c['alive'] else 'DOWN'}")  # type: ignore[index]
+    ok = all([*(procs.alive(n.pid) for n in nodes), *(procs.alive(g.pid) for g in state.gateways.values()),
               bool(state.console_pid) and procs.alive(state.console_pid or 0)])
     return 0 if ok else 1
 

@@ -101,7 +101,7 @@ async def _with_admin(args: argparse.Namespace, action: Action) -> int:
         raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"no devnet is running under {layout.root}: "
                         "run `psvn devnet up --detach`", field="--devnet", rule="devnet-running")
     assert state is not None
-    nc = await devnet.broker_connect(layout, state.nats_url, name="psvn policy cli")
+    nc = await devnet.broker_connect(layout, devnet.nats_urls(state), name="psvn policy cli")
     registry = RegistryView(policy_admin.load_public_key(layout.registry_pub))
     try:
         js = nc.jetstream()
