@@ -517,11 +517,7 @@ def enforced_policy(layout: Layout) -> dict[str, Any]:
     from broker.policy_admin import enforced, load_public_key
     from psvn.errors import Code, PsvnError
 
-    state = read_state(layout)
-    if not running(state):
-        raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"no devnet is running under {layout.root}: run "
-                        "`psvn devnet up --detach`", field="--devnet", rule="devnet-running")
-    assert state is not None
+    state = running_state(layout)
 
     async def fetch() -> dict[str, Any]:
         nc = await broker_connect(layout, nats_urls(state), name="psvn policy reader")
@@ -548,10 +544,7 @@ def rotate_keys(layout: Layout, org: str, *, timeout: float = 60.0) -> registry.
 
     from psvn.errors import Code, PsvnError
 
-    state = read_state(layout)
-    if not running(state):
-        raise PsvnError(Code.BAD_REQUEST, "devnet is not running", rule="devnet-running")
-    assert state is not None
+    state = running_state(layout)
     g = state.gateways.get(org)
     if g is None:
         raise PsvnError(Code.UNKNOWN_RECIPIENT, f"{org!r} is not a devnet member", field="org", rule="devnet-member")
@@ -583,10 +576,7 @@ def change_membership(layout: Layout, org: str, *, revoke: bool, status: str = "
     from broker import membership
     from psvn.errors import Code, PsvnError
 
-    state = read_state(layout)
-    if not running(state):
-        raise PsvnError(Code.BAD_REQUEST, "devnet is not running", rule="devnet-running")
-    assert state is not None
+    state = running_state(layout)
     if org not in state.gateways:
         raise PsvnError(Code.UNKNOWN_RECIPIENT, f"{org!r} is not a devnet member", field="org", rule="devnet-member")
     revoked = set(state.revoked) | {org} if revoke else set(state.revoked) - {org}
@@ -611,7 +601,8 @@ def change_membership(layout: Layout, org: str, *, revoke: bool, status: str = "
     write_state(layout, state)
 
 
-def _running_state(layout: Layout) -> DevnetState:
+def running_state(layout: Layout) -> DevnetState:
+    """The running devnet's state, or a clear error naming ``--devnet`` (never a traceback)."""
     from psvn.errors import Code, PsvnError
 
     state = read_state(layout)
@@ -631,7 +622,7 @@ def registry_history(layout: Layout, org: str) -> list[tuple[int, str, registry.
     from broker.subjects import REGISTRY_BUCKET
     from certs.pki import load_signing_key
 
-    state = _running_state(layout)
+    state = running_state(layout)
     authority = load_signing_key(layout.registry_key).public_key()
 
     async def read() -> list[tuple[int, str, registry.RegistryEntry | None]]:
@@ -659,7 +650,7 @@ def recover_registry(layout: Layout, org: str) -> registry.RegistryEntry:
 
     from certs.pki import load_signing_key
 
-    state = _running_state(layout)
+    state = running_state(layout)
     authority = load_signing_key(layout.registry_key).public_key()
 
     async def recover() -> registry.RegistryEntry:

@@ -22,7 +22,6 @@ from broker.console.storage import ConsoleStore
 from broker.policy_admin import load_public_key
 from certs import pki, tls
 from policies import bundle
-from psvn.errors import Code, PsvnError
 
 if TYPE_CHECKING:  # the devnet layout names the files; the broker does not depend on devnet wiring
     from psvn.devnet import Layout
@@ -51,14 +50,9 @@ async def start(layout: Layout, *, nats_url: str | list[str], port: int = 0, hos
 
 def devnet_nats_urls(layout: Layout) -> list[str]:
     """Every node of the running devnet's backbone (the console fails over between them)."""
-    from psvn.devnet import nats_urls, read_state, running
+    from psvn.devnet import nats_urls, running_state
 
-    state = read_state(layout)
-    if not running(state):
-        raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"no devnet is running under {layout.root} "
-                        "(psvn devnet up)", field="--devnet", rule="devnet-running")
-    assert state is not None
-    return nats_urls(state)
+    return nats_urls(running_state(layout))
 
 
 async def serve_forever(layout: Layout, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1",

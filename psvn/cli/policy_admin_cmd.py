@@ -93,14 +93,9 @@ async def _with_admin(args: argparse.Namespace, action: Action) -> int:
     from policies import bundle
     from policies.lifecycle import load_suite
     from psvn import devnet
-    from psvn.errors import Code, PsvnError
 
     layout = devnet.Layout(Path(args.devnet))
-    state = devnet.read_state(layout)
-    if not devnet.running(state):
-        raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"no devnet is running under {layout.root}: "
-                        "run `psvn devnet up --detach`", field="--devnet", rule="devnet-running")
-    assert state is not None
+    state = devnet.running_state(layout)
     nc = await devnet.broker_connect(layout, devnet.nats_urls(state), name="psvn policy cli")
     registry = RegistryView(policy_admin.load_public_key(layout.registry_pub))
     try:
