@@ -66,6 +66,7 @@ class MemberLimits:
     consumers: int = 64
     connections: int = 32
     payload: int = 4 * MIB
+    subscriptions: int = 10_000  # a gateway holds a handful; unbounded, 300k took nats-server to 1.3 GiB
 
     def jetstream(self) -> dict[str, int]:
         return {"disk_storage": self.disk_storage, "mem_storage": self.mem_storage, "streams": self.streams,
@@ -186,7 +187,8 @@ class BackboneAccounts:
         return natsjwt.account_jwt(self.operator_seed, self.member_seed(org), name=org,
                                    jetstream=self.limits.jetstream(), imports=imports,
                                    revocations=self._state(org)["revocations"] or None,
-                                   conn=self.limits.connections, payload=self.limits.payload)
+                                   conn=self.limits.connections, payload=self.limits.payload,
+                                   subs=self.limits.subscriptions)
 
     # -- users ----------------------------------------------------------------------------
     def write_member_creds(self, org: str, path: Path) -> Path:

@@ -24,6 +24,8 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
+from broker.natsraw import RawReads
+
 log = structlog.get_logger("psvn.kvwatch")
 
 KV_OPERATION = "KV-Operation"
@@ -101,6 +103,7 @@ class SharedFollower:
         self._high = 0  # the highest stream sequence applied or known to be behind us
         self._task: asyncio.Task[None] | None = None
         self._sub: Any = None
+        self._raw: RawReads | None = None
 
     async def follow(self, js: JetStreamContext, bucket: str, apply: Apply, *, key: str | None = None,
                      ready: asyncio.Event | None = None, timeout: float = 10.0) -> None:
@@ -112,10 +115,11 @@ class SharedFollower:
                 changed.put_nowait(msg.subject[len(prefix):])
 
         self._sub = await js._nc.subscribe(prefix + (key or ">"), cb=notified)
+        self._raw = raw = RawReads(js._nc)
 
         async def fetch(k: str) -> None:
             try:
-                msg = await js.get_msg(stream, subject=prefix + k, direct=True)
+                msg = await raw.direct_get(js, stream, subject=prefix + k)
             except NotFoundError:
                 return
             seq = msg.seq or 0
@@ -135,7 +139,10 @@ class SharedFollower:
             if last <= self._high and self.synced.is_set():
                 return
             for k in [key] if key else await read_keys(js, bucket, deleted=True):
-                await fetch(k)
+                try:
+                    await fetch(k)
+                except Exception as exc:  # one key that cannot be read must not stop the others
+                    log.error("kv entry unreadable", bucket=bucket, key=k, error=repr(exc))
             self._high = max(self._high, last)
             self.synced.set()
 
@@ -161,6 +168,8 @@ class SharedFollower:
 
     async def stop(self) -> None:
         await _halt(self._sub.unsubscribe if self._sub is not None else None, self._task)
+        if self._raw is not None:
+            await self._raw.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,9 +91,9 @@ def nats_limits(*, subs: int = UNLIMITED, data: int = UNLIMITED, payload: int = 
 def account_jwt(operator_seed: bytes, account_seed: bytes, *, name: str, jetstream: dict[str, int] | None = None,
                 exports: list[dict[str, Any]] | None = None, imports: list[dict[str, Any]] | None = None,
                 revocations: dict[str, int] | None = None, conn: int = UNLIMITED,
-                payload: int = UNLIMITED) -> str:
+                payload: int = UNLIMITED, subs: int = UNLIMITED) -> str:
     """An account: its limits (``jetstream`` None: no JetStream), exports, imports, revoked users."""
-    limits: dict[str, Any] = {**nats_limits(payload=payload), "imports": UNLIMITED, "exports": UNLIMITED,
+    limits: dict[str, Any] = {**nats_limits(payload=payload, subs=subs), "imports": UNLIMITED, "exports": UNLIMITED,
                               "wildcards": True, "conn": conn, "leaf": 0}
     limits.update(jetstream or {"mem_storage": 0, "disk_storage": 0, "streams": 0, "consumer": 0})
     nats: dict[str, Any] = {"limits": limits, "default_permissions": {"pub": {}, "sub": {}},

@@ -66,6 +66,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
 from broker.kvwatch import KV_OPERATION
+from broker.natsraw import RawReads
 from broker.registry import RegistryView
 from broker.subjects import CONSENT_BUCKET
 from certs.pki import ed25519_public
@@ -235,22 +236,26 @@ class ConsentLookup:
         self.members = registry
         self.on_refused = on_refused
         self._js: JetStreamContext | None = None
+        self._raw: RawReads | None = None  # reads a writer's headers cannot fool
         self._record_lock = asyncio.Lock()
 
     async def start(self, js: JetStreamContext) -> None:
         """``js``: the network account's JetStream (through this member's imports)."""
         self._js = js
+        self._raw = RawReads(js._nc)
 
     async def stop(self) -> None:
         self._js = None
+        if self._raw is not None:
+            await self._raw.close()
 
     async def read(self, subject: str) -> Stored | None:
         """The subject's stored value (None: no record). A backbone that does not answer is an
         error, never "no record"."""
-        if self._js is None:
+        if self._js is None or self._raw is None:
             raise PsvnError(Code.BACKBONE_UNAVAILABLE, "not connected to the backbone", rule="consent-lookup")
         try:
-            msg = await self._js.get_msg(STREAM, subject=f"$KV.{CONSENT_BUCKET}.{key_for(subject)}", direct=True)
+            msg = await self._raw.direct_get(self._js, STREAM, subject=f"$KV.{CONSENT_BUCKET}.{key_for(subject)}")
         except NotFoundError:
             return None
         except (TimeoutError, NatsTimeoutError, APIError) as exc:

@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from broker.kvwatch import KV_OPERATION, SharedFollower
+from broker.natsraw import RawReads
 from broker.subjects import FEEDS_BUCKET
 from psvn.addresses import token
 
@@ -45,6 +46,7 @@ class FeedView:
         self._keys: dict[str, tuple[str, str]] = {}  # bucket key -> (topic, subscriber)
         self._follower = SharedFollower()
         self._js: JetStreamContext | None = None
+        self._raw: RawReads | None = None
 
     def apply(self, key: str, value: bytes | None, revision: int = 0) -> None:
         old = self._keys.pop(key, None)
@@ -85,10 +87,14 @@ class FeedView:
         live = set((info.state.subjects or {}) if info.state else {})
         for key in [k for k, (t, _) in self._keys.items() if t == topic and prefix + k not in live]:
             self.apply(key, None)
+        assert self._raw is not None
         for subject in sorted(live):
             try:
-                msg = await self._js.get_msg(stream, subject=subject, direct=True)
+                msg = await self._raw.direct_get(self._js, stream, subject=subject)
             except NotFoundError:
+                continue
+            except Exception as exc:  # one unreadable subscription must not stop the others
+                log.error("subscription unreadable", key=subject[len(prefix):], error=repr(exc))
                 continue
             deleted = (msg.headers or {}).get(KV_OPERATION) in ("DEL", "PURGE")
             self.apply(subject[len(prefix):], None if deleted else msg.data)
@@ -96,10 +102,13 @@ class FeedView:
 
     async def start(self, js: JetStreamContext, *, timeout: float = 10.0) -> None:
         self._js = js
+        self._raw = RawReads(js._nc)
         await self._follower.follow(js, FEEDS_BUCKET, self.apply, timeout=timeout)
 
     async def stop(self) -> None:
         await self._follower.stop()
+        if self._raw is not None:
+            await self._raw.close()
 
     async def put(self, sub: Subscription) -> None:
         assert self._js is not None

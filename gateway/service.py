@@ -28,6 +28,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
+from broker.natsraw import RawReads
 from broker.provision import connect, provision_state_bucket
 from broker.registry import RegistryView
 from broker.subjects import (
@@ -156,6 +157,7 @@ class Gateway:
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None  # its own account's JetStream: its state bucket
         self.net: JetStreamContext | None = None  # the network account's, through its imports
+        self.raw: RawReads | None = None  # reads a sender's headers cannot fool (broker.natsraw)
         self._consumer: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._rejoin: asyncio.Task[None] | None = None  # rejoining the backbone after nats-py gave up
@@ -262,11 +264,11 @@ class Gateway:
             await self.policy.start(self.net, timeout=self.config.gateway.policy_wait_seconds)
             await self.consent.start(self.net)
             await self.feeds.start(self.net)
-            psub = await self.net.pull_subscribe_bind(CONSUMER, stream=inbox_stream(self.org))
+            self.raw = RawReads(nc)
         except BaseException:
             await self._leave_backbone()
             raise
-        self._consumer = asyncio.create_task(self._consume(psub), name=f"consume {self.org}")
+        self._consumer = asyncio.create_task(self._consume(), name=f"consume {self.org}")
 
     async def _leave_backbone(self) -> None:
         if self._consumer is not None:
@@ -277,6 +279,8 @@ class Gateway:
         for part in (self.feeds, self.consent, self.store, self.policy, self.registry):
             with contextlib.suppress(Exception):
                 await part.stop()
+        if self.raw is not None:
+            await self.raw.close()
         if self.nc is not None:
             # close, not drain: consumption has stopped, and anything fetched but not acked is
             # redelivered by JetStream to the next gateway; drain would wait on dead watchers.
@@ -692,9 +696,9 @@ class Gateway:
         if rec.status == State.QUARANTINED.value:
             raise PsvnError(Code.FORBIDDEN, f"message {message_id} is quarantined: {rec.reason}",
                             field="id", rule="quarantined", message_id=message_id)
-        assert self.net is not None
+        assert self.net is not None and self.raw is not None
         try:
-            raw = await self.net.get_msg(inbox_stream(self.org), seq=rec.seq, direct=True)
+            raw = await self.raw.direct_get(self.net, inbox_stream(self.org), seq=rec.seq)
         except (NotFoundError, APIError) as exc:
             if isinstance(exc, APIError) and not _already_gone(exc):
                 raise
@@ -733,11 +737,15 @@ class Gateway:
         await self._publish(subject, data, rid)
 
     # -- ingress ------------------------------------------------------------------------------
-    async def _consume(self, psub: JetStreamContext.PullSubscription) -> None:
+    async def _consume(self) -> None:
+        """Pull the inbox's consumer. Not nats-py's ``fetch``: it takes a stored message whose
+        sender set a ``Status`` header for a server status and drops it unseen (``broker.natsraw``)."""
         batch = self.config.gateway.fetch_batch
+        assert self.net is not None and self.raw is not None
+        net, raw, stream = self.net, self.raw, inbox_stream(self.org)
         while not self._stopping:
             try:
-                msgs = await psub.fetch(batch, timeout=1)
+                msgs = await raw.pull(net, stream, CONSUMER, batch=batch, timeout=1)
             except (TimeoutError, NatsTimeoutError):
                 continue
             except asyncio.CancelledError:

@@ -25,11 +25,11 @@ import msgspec
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nats.aio.client import Client as NATS
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from broker import policy_admin, provision
+from broker.natsraw import RawReads
 from broker.policy_admin import Current, PolicyAdmin, Proposal
 from broker.registry import RegistryView
 from broker.subjects import BROKER_AUDIT, audit_stream
@@ -155,7 +155,12 @@ class ConsoleStore:
         a record claiming another organisation is shown as its writer's, with the claim kept."""
         events: list[dict[str, Any]] = []
         for org in [BROKER_AUDIT, *sorted(self.registry.members)]:
-            for ev in await self._recent(audit_stream(org), limit):
+            try:
+                recent = await self._recent(audit_stream(org), limit)
+            except Exception as exc:  # one writer's unreadable stream must not hide everyone else's
+                log.error("audit stream unreadable", stream=audit_stream(org), error=repr(exc))
+                continue
+            for ev in recent:
                 claimed = ev.get("org")
                 if claimed != org:
                     ev["claimed_org"] = claimed
@@ -165,6 +170,8 @@ class ConsoleStore:
         return events
 
     async def _recent(self, stream: str, limit: int) -> list[dict[str, Any]]:
+        """The last ``limit`` records of one writer's audit stream (a short-lived consumer, no
+        acks), read so that a record's own headers cannot stop the view (``broker.natsraw``)."""
         try:
             info = await self.js.stream_info(stream)
         except NotFoundError:
@@ -178,26 +185,22 @@ class ConsoleStore:
             name=name, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start,
             ack_policy=AckPolicy.NONE, inactive_threshold=30.0, mem_storage=True, num_replicas=1))
         events: list[dict[str, Any]] = []
+        raw = RawReads(self.nc)
         try:
-            psub = await self.js.pull_subscribe_bind(stream=stream, name=name)
-            try:
-                done = False
-                while not done:
-                    try:
-                        msgs = await psub.fetch(min(256, limit), timeout=1)
-                    except (TimeoutError, NatsTimeoutError):
-                        break
-                    for m in msgs:
-                        with contextlib.suppress(msgspec.DecodeError):
-                            ev = msgspec.json.decode(m.data)
-                            if isinstance(ev, dict):
-                                events.append(ev)
-                        if m.metadata.sequence.stream >= state.last_seq:
-                            done = True
-            finally:
-                with contextlib.suppress(Exception):
-                    await psub.unsubscribe()
+            done = False
+            while not done:
+                msgs = await raw.pull(self.js, stream, name, batch=min(256, limit), timeout=1)
+                if not msgs:
+                    break
+                for m in msgs:
+                    with contextlib.suppress(msgspec.DecodeError):
+                        ev = msgspec.json.decode(m.data)
+                        if isinstance(ev, dict):
+                            events.append(ev)
+                    if m.metadata.sequence.stream >= state.last_seq:
+                        done = True
         finally:
+            await raw.close()
             with contextlib.suppress(Exception):
                 await self.js.delete_consumer(stream, name)
         return events[-limit:]
