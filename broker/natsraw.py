@@ -81,36 +81,65 @@ class RawReads:
             raw.time = RawStreamMsg._parse_utc_iso(stamp)
         return raw
 
-    async def pull(self, js: JetStreamContext, stream: str, consumer: str, *, batch: int,
-                   timeout: float = 1.0) -> list[Msg]:
-        """Up to ``batch`` messages from a durable pull consumer within ``timeout``; every one a
-        stored message (ack, nak and metadata work as for nats-py's own)."""
-        api = js._prefix
+    async def puller(self, js: JetStreamContext, stream: str, consumer: str) -> Puller:
+        """A pull consumer read in batches through one inbox of its own (kept between fetches, so
+        what a request delivers after a fetch returned waits for the next one, never lost)."""
         inbox, sub, queue = await self._listen()
+        return Puller(self._nc, f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}", inbox, sub, queue)
+
+
+class Puller:
+    """Fetches like nats-py's ``PullSubscription.fetch``: what is already there at once (a
+    ``no_wait`` request), else waits up to ``timeout`` for the first message; judged by
+    :func:`is_stored`, so a publisher's ``Status`` header never hides its message."""
+
+    def __init__(self, nc: NATS, api: str, inbox: str, sub: Any, queue: asyncio.Queue[Msg]) -> None:
+        self._nc, self._api, self._inbox, self._sub, self._queue = nc, api, inbox, sub, queue
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()
+
+    def _drain(self, out: list[Msg], batch: int) -> None:
+        while len(out) < batch and not self._queue.empty():
+            msg = self._queue.get_nowait()
+            if is_stored(msg):
+                out.append(msg)
+
+    async def _collect(self, out: list[Msg], batch: int, until: float, *, first_only: bool) -> None:
+        loop = asyncio.get_running_loop()
+        while len(out) < batch:
+            left = until - loop.time()
+            if left <= 0:
+                return
+            try:
+                msg = await asyncio.wait_for(self._queue.get(), left)
+            except TimeoutError:
+                return
+            if is_stored(msg):
+                out.append(msg)
+                if first_only:
+                    self._drain(out, batch)
+                    return
+                continue
+            status = (msg.headers or {}).get("Status")
+            if status == "503":
+                raise JSServiceUnavailableError
+            if status != "100":  # 404 nothing there, 408 request over, 409: this request is done
+                return
+
+    async def fetch(self, batch: int, *, timeout: float = 1.0) -> list[Msg]:
         out: list[Msg] = []
-        try:
-            request = {"batch": batch, "expires": int(timeout * 1e9)}
-            await self._nc.publish(f"{api}.CONSUMER.MSG.NEXT.{stream}.{consumer}", json.dumps(request).encode(),
-                                   reply=inbox)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout + 0.5
-            while len(out) < batch:
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                try:
-                    msg = await asyncio.wait_for(queue.get(), left)
-                except TimeoutError:
-                    break
-                if is_stored(msg):
-                    out.append(msg)
-                    continue
-                status = (msg.headers or {}).get("Status")
-                if status == "503":
-                    raise JSServiceUnavailableError
-                if status != "100":  # 404 no messages, 408 request expired, 409: this pull is over
-                    break
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        self._drain(out, batch)  # delivered for an earlier request after it returned
+        if out:
+            return out
+        loop = asyncio.get_running_loop()
+        await self._nc.publish(self._api, json.dumps({"batch": batch, "no_wait": True}).encode(), reply=self._inbox)
+        await self._collect(out, batch, loop.time() + timeout, first_only=False)
+        if out:
+            return out
+        expires = max(int((timeout - 0.05) * 1e9), 10_000_000)
+        await self._nc.publish(self._api, json.dumps({"batch": batch, "expires": expires}).encode(),
+                               reply=self._inbox)
+        await self._collect(out, batch, loop.time() + timeout, first_only=True)
         return out

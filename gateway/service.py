@@ -28,7 +28,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
-from broker.natsraw import RawReads
+from broker.natsraw import Puller, RawReads
 from broker.provision import connect, provision_state_bucket
 from broker.registry import RegistryView
 from broker.subjects import (
@@ -742,10 +742,16 @@ class Gateway:
         sender set a ``Status`` header for a server status and drops it unseen (``broker.natsraw``)."""
         batch = self.config.gateway.fetch_batch
         assert self.net is not None and self.raw is not None
-        net, raw, stream = self.net, self.raw, inbox_stream(self.org)
+        puller = await self.raw.puller(self.net, inbox_stream(self.org), CONSUMER)
+        try:
+            await self._consume_with(puller, batch)
+        finally:
+            await puller.close()
+
+    async def _consume_with(self, puller: Puller, batch: int) -> None:
         while not self._stopping:
             try:
-                msgs = await raw.pull(net, stream, CONSUMER, batch=batch, timeout=1)
+                msgs = await puller.fetch(batch, timeout=1)
             except (TimeoutError, NatsTimeoutError):
                 continue
             except asyncio.CancelledError:

@@ -185,11 +185,11 @@ class ConsoleStore:
             name=name, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start,
             ack_policy=AckPolicy.NONE, inactive_threshold=30.0, mem_storage=True, num_replicas=1))
         events: list[dict[str, Any]] = []
-        raw = RawReads(self.nc)
+        puller = await RawReads(self.nc).puller(self.js, stream, name)
         try:
             done = False
             while not done:
-                msgs = await raw.pull(self.js, stream, name, batch=min(256, limit), timeout=1)
+                msgs = await puller.fetch(min(256, limit), timeout=1)
                 if not msgs:
                     break
                 for m in msgs:
@@ -200,7 +200,7 @@ class ConsoleStore:
                     if m.metadata.sequence.stream >= state.last_seq:
                         done = True
         finally:
-            await raw.close()
+            await puller.close()
             with contextlib.suppress(Exception):
                 await self.js.delete_consumer(stream, name)
         return events[-limit:]
