@@ -25,6 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from broker.natsraw import RawReads
+from psvn.tasks import halt
 
 log = structlog.get_logger("psvn.kvwatch")
 
@@ -38,10 +39,7 @@ async def _halt(unsubscribe: Callable[[], Awaitable[object]] | None, task: async
     if unsubscribe is not None:
         with contextlib.suppress(Exception):
             await unsubscribe()
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    await halt(task)
 
 
 class KVFollower:

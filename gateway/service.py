@@ -69,6 +69,7 @@ from psvn.envelope import (
 )
 from psvn.errors import Code, PsvnError
 from psvn.lifecycle import State
+from psvn.tasks import halt
 
 log = structlog.get_logger("psvn.gateway")
 
@@ -271,11 +272,8 @@ class Gateway:
         self._consumer = asyncio.create_task(self._consume(), name=f"consume {self.org}")
 
     async def _leave_backbone(self) -> None:
-        if self._consumer is not None:
-            self._consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._consumer
-            self._consumer = None
+        await halt(self._consumer)
+        self._consumer = None
         for part in (self.feeds, self.consent, self.store, self.policy, self.registry):
             with contextlib.suppress(Exception):
                 await part.stop()
@@ -305,15 +303,8 @@ class Gateway:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in (self._rejoin, self._sweeper):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        if self._consumer is not None:
-            self._consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._consumer
+        for task in (self._rejoin, self._sweeper, self._consumer):
+            await halt(task)
         if self.webhook is not None:
             await self.webhook.close()
         if self._audits:  # let audit records in flight be acknowledged (bounded), then count the rest
