@@ -9,8 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from broker.subjects import inbox_stream
-from psvn import devnet
+from tests.broker.test_backbone import stream_count
 from tests.conftest import Network
 from tests.gateway.test_service import REFERRAL, audit_records, call, referral, wait_status
 
@@ -23,14 +22,7 @@ def _essence(problem: dict[str, Any]) -> dict[str, Any]:
     return {k: problem.get(k) for k in SAME}
 
 
-async def inbox_count(net: Network, org: str) -> int:
-    """How many messages the member's inbox stream holds: a duplicate publish would show here."""
-    nc = await devnet.broker_connect(net.layout, net.nats.url)
-    try:
-        info = await nc.jetstream().stream_info(inbox_stream(org))
-        return int(info.state.messages)
-    finally:
-        await nc.close()
+inbox_count = stream_count  # how many messages the member's inbox holds: a duplicate publish would show
 
 
 def delivered_count(net: Network, org: str) -> float:
