@@ -198,19 +198,21 @@ async def read_entry(kv: KeyValue, authority: Ed25519PublicKey, org: str) -> Sto
         if not history:
             return None
         return Stored(entry=RegistryEntry(key=k, serial=0, signed_at=""), revision=last_rev, intact=False)
-    return Stored(entry=best, revision=last_rev, intact=False)
+    return Stored(entry=best[0], revision=last_rev, intact=False)
 
 
-def newest_verified(authority: Ed25519PublicKey, kv_key: str, history: list[StoredEntry]) -> RegistryEntry | None:
-    """The verified entry with the highest serial among ``history`` (what a recovery restores)."""
-    best: RegistryEntry | None = None
+def newest_verified(authority: Ed25519PublicKey, kv_key: str,
+                    history: list[StoredEntry]) -> tuple[RegistryEntry, bytes] | None:
+    """The verified entry with the highest serial among ``history``, with its bytes as signed
+    (what a recovery restores)."""
+    best: tuple[RegistryEntry, bytes] | None = None
     for stored in history:
         try:
             entry = verify_entry(authority, kv_key, stored.value)
         except EntryRefused:
             continue
-        if best is None or entry.serial > best.serial:
-            best = entry
+        if stored.value is not None and (best is None or entry.serial > best[0].serial):
+            best = (entry, stored.value)
     return best
 
 
@@ -320,20 +322,12 @@ async def recover_member(kv: KeyValue, org: str, authority: Ed25519PublicKey) ->
     Raises NOT_FOUND if history holds no verified entry (then re-provision the member)."""
     k = key_for(org)
     history = await read_history(kv._js, REGISTRY_BUCKET, k)
-    best_value: bytes | None = None
-    best: RegistryEntry | None = None
-    for stored in history:
-        try:
-            entry = verify_entry(authority, k, stored.value)
-        except EntryRefused:
-            continue
-        if best is None or entry.serial > best.serial:
-            best, best_value = entry, stored.value
-    if best is None or best_value is None:
+    best = newest_verified(authority, k, history)
+    if best is None:
         raise PsvnError(Code.NOT_FOUND, f"no verified entry for {org!r} is left in the registry's history "
                         f"({len(history)} kept): provision the member again", field="org", rule="registry-history")
-    await kv.put(k, best_value)
-    return best
+    await kv.put(k, best[1])
+    return best[0]
 
 
 Refused = Callable[[str, str, str], None]  # (bucket, key, reason): e.g. a gateway's metric
