@@ -661,11 +661,13 @@ class Gateway:
         return allowed is None or (rec.mailbox or "") in allowed
 
     def inbox(self, *, mailbox: str | None = None, status: str | None = None, limit: int = 100,
-              system: str | None = None) -> list[InRecord]:
+              system: str | None = None, after: int = 0) -> list[InRecord]:
+        """Mail in arrival order (inbox stream sequence); ``after`` is the paging cursor: only
+        mail that arrived after the entry with that sequence."""
         wanted = {status} if status else {State.DELIVERED.value}
         items = [r for r in self.store.inbox.values()
-                 if r.status in wanted and not r.deleted and (mailbox is None or r.mailbox == mailbox)
-                 and self.may_read(system, r)]
+                 if r.seq > after and r.status in wanted and not r.deleted
+                 and (mailbox is None or r.mailbox == mailbox) and self.may_read(system, r)]
         items.sort(key=lambda r: r.seq)
         return items[:limit]
 
