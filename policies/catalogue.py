@@ -47,6 +47,9 @@ class CatalogueEntry(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     # FHIR: identifiers each profile requires; Bundle.type values accepted
     identifiers: list[IdentifierRequirement] = msgspec.field(default_factory=list)
     bundle_types: list[str] = msgspec.field(default_factory=list)
+    # FHIR: must every urn:uuid / urn:oid reference resolve inside a Bundle of any type (FHIR asks
+    # it only of document, message and transaction Bundles)?
+    resolve_urn_references: bool = False
     # CloudEvents: event type -> schema name for its data; accept unmapped event types?
     events: dict[str, str] = msgspec.field(default_factory=dict)
     open_events: bool = False

@@ -118,7 +118,8 @@ class PayloadValidator:
             if entry.validator == "fhir-r4":
                 from policies.validators.fhir import FhirValidator, IdentifierRule
 
-                fhir = FhirValidator(entry.resource, bundle_types=entry.bundle_types, identifier_rules=[
+                fhir = FhirValidator(entry.resource, bundle_types=entry.bundle_types,
+                                     resolve_urn_references=entry.resolve_urn_references, identifier_rules=[
                     IdentifierRule(r.resource, r.element, r.system, r.label) for r in entry.identifiers])
                 return _Compiled(entry, limits, check_json, _json_check(fhir.check),
                                  xml_check=lambda body: fhir.check_xml(body, limits))

@@ -152,12 +152,34 @@ def _expand(src: Path, wanted: set[str]) -> dict[str, dict[str, list[str]]]:
     return result
 
 
+INVARIANTS_OUT = Path(__file__).parent / "r4-invariants.json"
+
+
+def build_invariants(src: Path) -> list[dict[str, str]]:
+    """Every error-severity invariant of the base resources and data types: key, the element
+    path it sits on (a resource, a data type or a backbone element), its FHIRPath and its text."""
+    seen: dict[str, dict[str, str]] = {}
+    for f in ("profiles-types.json", "profiles-resources.json"):
+        for sd in _entries(src / f):
+            if sd["resourceType"] != "StructureDefinition" or sd.get("derivation") == "constraint":
+                continue
+            for el in sd["snapshot"]["element"]:
+                for c in el.get("constraint", []):
+                    if c.get("severity") == "error" and c["key"] not in seen and "expression" in c:
+                        seen[c["key"]] = {"key": c["key"], "path": el["path"], "expression": c["expression"],
+                                          "human": c["human"]}
+    return sorted(seen.values(), key=lambda c: (c["path"], c["key"]))
+
+
 def main(argv: list[str]) -> int:
     src = Path(argv[1]) if len(argv) > 1 else Path("/tmp/package/dist/fhir/r4")
     doc = build(src)
     OUT.write_text(json.dumps(doc, separators=(",", ":"), sort_keys=False) + "\n")
     print(f"wrote {OUT} ({OUT.stat().st_size} bytes): {len(doc['nodes'])} nodes, "
           f"{len(doc['primitives'])} primitives, {len(doc['valuesets'])} value sets")
+    invariants = build_invariants(src)
+    INVARIANTS_OUT.write_text(json.dumps(invariants, indent=0) + "\n")
+    print(f"wrote {INVARIANTS_OUT}: {len(invariants)} invariants")
     return 0
 
 

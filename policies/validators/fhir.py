@@ -51,8 +51,13 @@ from .common import (
 )
 from .limits import Limits
 
+#: The resource name of a catalogue type that carries any R4 resource (base specification only).
+ANY_RESOURCE = "Resource"
 DEFINITIONS = Path(__file__).resolve().parent.parent / "fhir" / "r4-definitions.json"
 _REL_REF = re.compile(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?")
+_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
+# a RESTful URL: (base/)(Type)/(id), e.g. https://fhir.example.nhs.uk/R4/Patient/123
+_RESTFUL = re.compile(r"(.*/)?([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}", re.ASCII)
 _PY_KIND = {"string": str, "boolean": bool, "integer": int}
 _FORMAT_HINTS = {
@@ -169,15 +174,16 @@ class FhirValidator:
     """Validates one JSON FHIR resource against R4 and the catalogue's UK Core rules."""
 
     def __init__(self, resource: str, *, identifier_rules: list[IdentifierRule] | None = None,
-                 bundle_types: list[str] | None = None) -> None:
+                 bundle_types: list[str] | None = None, resolve_urn_references: bool = False) -> None:
         self.defs = definitions()
-        if not self.defs.is_resource(resource):
+        if resource != ANY_RESOURCE and not self.defs.is_resource(resource):
             raise KeyError(f"{resource!r} is not a FHIR R4 resource type")
         self.resource = resource
         self.rules: dict[str, list[IdentifierRule]] = {}
         for r in identifier_rules or []:
             self.rules.setdefault(r.resource, []).append(r)
         self.bundle_types = list(bundle_types or [])
+        self.resolve_urn = resolve_urn_references
 
     # -- entry point -------------------------------------------------------------------------
     def validate(self, data: Any) -> list[Violation]:
@@ -191,7 +197,7 @@ class FhirValidator:
             return [Violation(path="", rule="fhir-resource", message="a FHIR resource must be a JSON object",
                               expected=f"a JSON object with resourceType {self.resource!r}")], NO_SUBJECTS
         rt = data.get("resourceType")
-        if rt != self.resource:
+        if rt != self.resource and self.resource != ANY_RESOURCE:
             ctx.out.append(Violation(
                 path="/resourceType", rule="fhir-resource-type",
                 message=f"resourceType is {rt!r} but this message type carries a {self.resource}",
@@ -509,41 +515,73 @@ class FhirValidator:
 
     # -- Bundle ----------------------------------------------------------------------------------
     def _bundle(self, bundle: dict[str, Any], ptr: str, ref_start: int, ctx: _Ctx) -> None:
+        """The Bundle invariants (bdl-1..12) and FHIR's rules for resolving references inside a
+        Bundle (https://hl7.org/fhir/R4/bundle.html#references): a relative reference is read
+        against the base of its entry's fullUrl when that is a RESTful URL (and cannot resolve in
+        the Bundle when the entry has a urn: fullUrl or none); an absolute one must equal a fullUrl;
+        a version-specific one (``/_history/v``) must also match the target's ``meta.versionId``.
+        Which references must resolve depends on the Bundle type: in a document every reference
+        to a urn: or a relative URL; in a message or transaction every urn: reference (a relative
+        one names a resource on the receiving server); in other types none, unless the catalogue
+        type asks for every urn: reference to resolve (``resolve_urn_references``)."""
         out = ctx.out
         btype = bundle.get("type")
         if self.bundle_types and ptr == "" and isinstance(btype, str) and btype not in self.bundle_types:
             out.append(Violation(path=f"{ptr}/type", rule="fhir-bundle-type",
                                  message=f"Bundle type {btype!r} is not accepted for this message type",
                                  expected=describe_codes(self.bundle_types)))
+        if "total" in bundle and btype not in ("searchset", "history"):
+            out.append(Violation(path=f"{ptr}/total", rule="fhir-bundle-invariant",
+                                 message=f"total is only for a searchset or history Bundle, not {btype!r} (bdl-1)",
+                                 expected="no total"))
         entries = bundle.get("entry")
         entries = [e if isinstance(e, dict) else {} for e in entries] if isinstance(entries, list) else []
-        full_urls: dict[str, int] = {}
-        by_type_id: dict[str, dict[str, Any]] = {}
+        # fullUrl -> [(entry number, meta.versionId, resource)]
+        by_url: dict[str, list[tuple[int, str | None, dict[str, Any] | None]]] = {}
+        seen_versions: dict[tuple[str, str | None], int] = {}
+        wants_request = btype in ("batch", "transaction", "history")
+        wants_response = btype in ("batch-response", "transaction-response", "history")
         for i, e in enumerate(entries):
+            ep = f"{ptr}/entry/{i}"
             fu = e.get("fullUrl")
             res = e.get("resource") if isinstance(e.get("resource"), dict) else None
+            if res is None and "request" not in e and "response" not in e:
+                out.append(Violation(path=ep, rule="fhir-bundle-invariant",
+                                     message="a Bundle entry must have a resource, a request or a response (bdl-5)",
+                                     expected="entry.resource, entry.request or entry.response"))
             if isinstance(fu, str):
-                if fu in full_urls:
-                    out.append(Violation(path=f"{ptr}/entry/{i}/fullUrl", rule="fhir-bundle-fullurl-unique",
-                                         message=f"fullUrl {fu!r} is also entry {full_urls[fu]}'s (bdl-7)",
-                                         expected="a fullUrl unique within the Bundle"))
+                self._full_url(fu, res, f"{ep}/fullUrl", out)
+                vid = _version_id(res)
+                key = (fu, vid)
+                if key in seen_versions and btype != "history":
+                    what = f"fullUrl {fu!r}" + (f" with meta.versionId {vid!r}" if vid is not None else "")
+                    out.append(Violation(path=f"{ep}/fullUrl", rule="fhir-bundle-fullurl-unique",
+                                         message=f"{what} is also entry {seen_versions[key]}'s (bdl-7)",
+                                         expected="a fullUrl unique within the Bundle, or a different "
+                                         "meta.versionId for each entry that shares one"))
                 else:
-                    full_urls[fu] = i
+                    seen_versions.setdefault(key, i)
+                    by_url.setdefault(fu, []).append((i, vid, res))
                     if res is not None:
-                        ctx.index[fu] = res
+                        ctx.index.setdefault(fu, res)
             if res is not None and isinstance(res.get("id"), str) and isinstance(res.get("resourceType"), str):
-                key = f"{res['resourceType']}/{res['id']}"
-                by_type_id[key] = res
-                ctx.index.setdefault(key, res)
-            if btype in ("transaction", "batch") and "request" not in e:
-                out.append(Violation(path=f"{ptr}/entry/{i}/request", rule="fhir-bundle-entry",
-                                     message=f"a {btype} Bundle entry needs a request (bdl-3)",
-                                     expected="entry.request with method and url"))
-            if btype in ("transaction-response", "batch-response", "history") and "response" not in e \
-                    and btype != "history":
-                out.append(Violation(path=f"{ptr}/entry/{i}/response", rule="fhir-bundle-entry",
-                                     message=f"a {btype} Bundle entry needs a response (bdl-4)",
-                                     expected="entry.response with status"))
+                ctx.index.setdefault(f"{res['resourceType']}/{res['id']}", res)  # for the UK identifier rules
+            if "search" in e and btype != "searchset":
+                out.append(Violation(path=f"{ep}/search", rule="fhir-bundle-invariant",
+                                     message=f"entry.search is only for a searchset Bundle, not {btype!r} (bdl-2)",
+                                     expected="no entry.search"))
+            if ("request" in e) != wants_request and isinstance(btype, str):
+                out.append(Violation(path=f"{ep}/request", rule="fhir-bundle-entry",
+                                     message=f"a {btype} Bundle entry " + ("needs a request (bdl-3)" if wants_request
+                                                                          else "must not have a request (bdl-3)"),
+                                     expected="entry.request with method and url" if wants_request
+                                     else "no entry.request"))
+            if ("response" in e) != wants_response and isinstance(btype, str):
+                out.append(Violation(path=f"{ep}/response", rule="fhir-bundle-entry",
+                                     message=f"a {btype} Bundle entry " + ("needs a response (bdl-4)" if wants_response
+                                                                          else "must not have a response (bdl-4)"),
+                                     expected="entry.response with status" if wants_response
+                                     else "no entry.response"))
         first = entries[0].get("resource") if entries else None
         first_rt = first.get("resourceType") if isinstance(first, dict) else None
         for btype_, rt, inv in (("document", "Composition", "bdl-11"), ("message", "MessageHeader", "bdl-12")):
@@ -552,11 +590,18 @@ class FhirValidator:
                                      rule="fhir-bundle-first-entry",
                                      message=f"a {btype} Bundle must start with a {rt} ({inv})", expected=rt))
         if btype == "document":
-            for el in ("identifier", "timestamp"):
-                if el not in bundle:
-                    out.append(Violation(path=f"{ptr}/{el}", rule="fhir-required",
-                                         message=f"a document Bundle needs {el} (bdl-9/bdl-10)",
-                                         expected=f"Bundle.{el}"))
+            ident = bundle.get("identifier")
+            if not (isinstance(ident, dict) and "system" in ident and "value" in ident):
+                out.append(Violation(path=f"{ptr}/identifier", rule="fhir-required",
+                                     message="a document Bundle needs an identifier with system and value (bdl-9)",
+                                     expected="Bundle.identifier.system and .value"))
+            if "timestamp" not in bundle:
+                out.append(Violation(path=f"{ptr}/timestamp", rule="fhir-required",
+                                     message="a document Bundle needs a timestamp (bdl-10)",
+                                     expected="Bundle.timestamp"))
+            self._stylesheets(bundle, ptr, entries, by_url, out)
+        must_urn = btype in ("document", "message", "transaction") or self.resolve_urn
+        must_relative = btype == "document"
         entry_prefix = f"{ptr}/entry/"
         for i in range(ref_start, len(ctx.refs)):
             item = ctx.refs[i]
@@ -564,28 +609,103 @@ class FhirValidator:
                 continue
             ctx.refs[i] = None
             p, ref = item
-            if ref in full_urls:
-                continue
-            if ref.startswith(("urn:uuid:", "urn:oid:")):
-                out.append(Violation(path=f"{p}/reference", rule="fhir-bundle-reference-unresolved",
-                                     message=f"reference {ref!r} matches no entry's fullUrl in the Bundle",
-                                     expected="the fullUrl of an entry in this Bundle"))
-                continue
-            m = _REL_REF.fullmatch(ref)
-            if m is None:
-                continue  # absolute reference to a server outside the Bundle
             entry_no = p[len(entry_prefix):].split("/", 1)[0]
-            fu = entries[int(entry_no)].get("fullUrl") if entry_no.isdigit() and int(entry_no) < len(entries) else None
-            if isinstance(fu, str) and "/" in fu and not fu.startswith("urn:"):
-                base = fu.rsplit("/", 2)[0]
-                if f"{base}/{m.group(1)}/{m.group(2)}" in full_urls:
-                    continue
-            if f"{m.group(1)}/{m.group(2)}" in by_type_id:
+            n = int(entry_no) if entry_no.isdigit() else -1
+            source = entries[n].get("fullUrl") if 0 <= n < len(entries) else None
+            status, why = _resolve(ref, source if isinstance(source, str) else None, by_url)
+            if status == "found":
                 continue
-            if btype == "document":
+            if status == "ambiguous":
+                out.append(Violation(path=f"{p}/reference", rule="fhir-bundle-reference-ambiguous",
+                                     message=f"reference {ref!r} matches {why} in the Bundle",
+                                     expected="a version-specific reference (.../_history/<versionId>)"))
+                continue
+            urn = ref.startswith(("urn:uuid:", "urn:oid:"))
+            if (urn and must_urn) or (status == "relative" and must_relative):
+                where = f"a {btype} Bundle" if isinstance(btype, str) else "the Bundle"
                 out.append(Violation(path=f"{p}/reference", rule="fhir-bundle-reference-unresolved",
-                                     message=f"reference {ref!r} matches no resource in the document Bundle",
-                                     expected="a resource included in this document Bundle"))
+                                     message=f"reference {ref!r} resolves to no entry of {where}{why}",
+                                     expected="the fullUrl of an entry in this Bundle (a relative reference "
+                                     "is read against the base of its entry's RESTful fullUrl)"))
+
+    def _full_url(self, fu: str, res: dict[str, Any] | None, p: str, out: list[Violation]) -> None:
+        if not _ABSOLUTE.match(fu):
+            out.append(Violation(path=p, rule="fhir-bundle-fullurl",
+                                 message=f"fullUrl {_short(fu)} is not an absolute URL",
+                                 expected="an absolute URL (http(s)://.../Type/id) or urn:uuid: / urn:oid:"))
+            return
+        if "/_history/" in fu:
+            out.append(Violation(path=p, rule="fhir-bundle-fullurl",
+                                 message=f"fullUrl {_short(fu)} is version specific (bdl-8)",
+                                 expected="a fullUrl without /_history/"))
+            return
+        m = _RESTFUL.fullmatch(fu) if fu.startswith(("http:", "https:")) else None
+        if m is None or res is None or not self.defs.is_resource(m.group(2)):
+            return
+        rid = res.get("id")
+        if not isinstance(rid, str):
+            out.append(Violation(path=p, rule="fhir-bundle-fullurl",
+                                 message=f"fullUrl {_short(fu)} is a RESTful URL but the resource has no id",
+                                 expected=f"resource.id {m.group(3)!r}"))
+        elif (m.group(2), m.group(3)) != (res.get("resourceType"), rid):
+            out.append(Violation(path=p, rule="fhir-bundle-fullurl",
+                                 message=f"fullUrl {_short(fu)} is a RESTful URL that does not end with the "
+                                 "resource's type and id", expected=f".../{res.get('resourceType')}/{rid}"))
+
+    def _stylesheets(self, bundle: dict[str, Any], ptr: str, entries: list[dict[str, Any]],
+                     by_url: dict[str, list[tuple[int, str | None, dict[str, Any] | None]]],
+                     out: list[Violation]) -> None:
+        """A document's stylesheet link: an absolute URL, or a relative one that resolves to an
+        entry (read against the Composition's fullUrl, like any relative reference)."""
+        links = bundle.get("link")
+        if not isinstance(links, list):
+            return
+        base = entries[0].get("fullUrl") if entries else None
+        for i, link in enumerate(links):
+            if not isinstance(link, dict) or link.get("relation") != "stylesheet":
+                continue
+            url = link.get("url")
+            if not isinstance(url, str) or _ABSOLUTE.match(url):
+                continue
+            status, _why = _resolve(url, base if isinstance(base, str) else None, by_url)
+            if status != "found":
+                out.append(Violation(path=f"{ptr}/link/{i}/url", rule="fhir-bundle-stylesheet-unresolved",
+                                     message=f"the document's stylesheet {url!r} resolves to no entry of the Bundle",
+                                     expected="an absolute URL, or a Binary in this document Bundle"))
+
+
+def _version_id(res: dict[str, Any] | None) -> str | None:
+    meta = res.get("meta") if res is not None else None
+    vid = meta.get("versionId") if isinstance(meta, dict) else None
+    return vid if isinstance(vid, str) else None
+
+
+def _resolve(ref: str, source: str | None,
+             by_url: dict[str, list[tuple[int, str | None, dict[str, Any] | None]]]) -> tuple[str, str]:
+    """Resolve ``ref`` inside a Bundle: ("found"|"ambiguous"|"relative"|"absolute", detail)."""
+    version = None
+    target = ref
+    if "/_history/" in ref:
+        target, version = ref.split("/_history/", 1)
+    if _ABSOLUTE.match(target):
+        kind = "absolute"
+    else:
+        kind = "relative"
+        if _REL_REF.fullmatch(ref) is None:
+            return kind, ""
+        m = _RESTFUL.fullmatch(source) if source is not None and source.startswith(("http:", "https:")) else None
+        if m is None:
+            return kind, (" (a relative reference cannot resolve against its entry's fullUrl "
+                          f"{source!r})" if source else " (its entry has no fullUrl to resolve it against)")
+        target = (m.group(1) or "") + target
+    matches = by_url.get(target, ())
+    if version is not None:
+        matches = [x for x in matches if x[1] == version]
+    if len(matches) == 1:
+        return "found", ""
+    if len(matches) > 1:
+        return "ambiguous", f"{len(matches)} entries (fullUrl {target!r})"
+    return kind, f" (looked for fullUrl {target!r}" + (f" with meta.versionId {version!r})" if version else ")")
 
 
 def _max(mx: int) -> str:
