@@ -153,20 +153,24 @@ def _expand(src: Path, wanted: set[str]) -> dict[str, dict[str, list[str]]]:
 
 
 INVARIANTS_OUT = Path(__file__).parent / "r4-invariants.json"
+# written out in the validator's walk (they sit on every element or every resource)
+WALK_INVARIANTS = {"ele-1", "ext-1", "dom-2", "dom-3", "dom-4", "dom-5", "dom-6"}
 
 
 def build_invariants(src: Path) -> list[dict[str, str]]:
     """Every error-severity invariant of the base resources and data types: key, the element
     path it sits on (a resource, a data type or a backbone element), its FHIRPath and its text."""
-    seen: dict[str, dict[str, str]] = {}
+    seen: dict[tuple[str, str], dict[str, str]] = {}
     for f in ("profiles-types.json", "profiles-resources.json"):
         for sd in _entries(src / f):
             if sd["resourceType"] != "StructureDefinition" or sd.get("derivation") == "constraint":
                 continue
             for el in sd["snapshot"]["element"]:
                 for c in el.get("constraint", []):
-                    if c.get("severity") == "error" and c["key"] not in seen and "expression" in c:
-                        seen[c["key"]] = {"key": c["key"], "path": el["path"], "expression": c["expression"],
+                    key = (c["key"], el["path"])
+                    if c.get("severity") == "error" and key not in seen and "expression" in c \
+                            and c["key"] not in WALK_INVARIANTS:
+                        seen[key] = {"key": c["key"], "path": el["path"], "expression": c["expression"],
                                           "human": c["human"]}
     return sorted(seen.values(), key=lambda c: (c["path"], c["key"]))
 

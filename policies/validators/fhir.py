@@ -49,6 +49,7 @@ from .common import (
     nhs_subject,
     ods_code_problem,
 )
+from .fhir_invariants import Check, compiled_for
 from .limits import Limits
 
 #: The resource name of a catalogue type that carries any R4 resource (base specification only).
@@ -58,6 +59,7 @@ _REL_REF = re.compile(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Z
 _ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
 # a RESTful URL: (base/)(Type)/(id), e.g. https://fhir.example.nhs.uk/R4/Patient/123
 _RESTFUL = re.compile(r"(.*/)?([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})")
+_LOCAL_LINK = re.compile(r'(?:href|src)="#([^"]+)"')
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}", re.ASCII)
 _PY_KIND = {"string": str, "boolean": bool, "integer": int}
 _FORMAT_HINTS = {
@@ -95,6 +97,7 @@ class _Node:
     lookup: dict[str, tuple[_Child, str]] = field(default_factory=dict)
     required: list[tuple[_Child, tuple[str, ...]]] = field(default_factory=list)
     choices: bool = False
+    invariants: list[Check] = field(default_factory=list)  # FHIRPath invariants on this element
 
 
 class R4Definitions:
@@ -139,6 +142,7 @@ class R4Definitions:
                         keys.append("_" + name)
                 if mn > 0:
                     node.required.append((child, tuple(keys)))
+            node.invariants = compiled_for(path)
             self.nodes[path] = node
 
     def is_resource(self, name: str) -> bool:
@@ -168,6 +172,9 @@ class _Ctx:
         default_factory=list)
     index: dict[str, dict[str, Any]] = field(default_factory=dict)  # fullUrl / Type/id -> resource
     subjects: set[str] = field(default_factory=set)  # nhs:<number> of every valid NHS number seen
+    resource: dict[str, Any] = field(default_factory=dict)  # FHIRPath %resource: the resource being walked
+    root: dict[str, Any] = field(default_factory=dict)  # %rootResource: the container of a contained one
+    local: list[str] = field(default_factory=list)  # "#id" canonicals, URIs and narrative links, without '#'
 
 
 class FhirValidator:
@@ -239,9 +246,18 @@ class FhirValidator:
                                  expected=expected))
             return
         start = len(ctx.refs)
+        outer, outer_root, outer_local = ctx.resource, ctx.root, ctx.local
+        ctx.resource = val
+        if not contained:
+            ctx.root = val
+            ctx.local = []
         self._walk(node, val, ptr, ctx)
+        if node.invariants:
+            self._invariants(node, val, ptr, ctx)
+        ctx.resource, ctx.root = outer, outer_root
         if contained:
             return
+        local, ctx.local = ctx.local, outer_local
         # contained (#id) references resolve inside this resource
         contained_ids: dict[str, dict[str, Any]] = {}
         contained_list = val.get("contained")
@@ -249,6 +265,8 @@ class FhirValidator:
             for c in contained_list:
                 if isinstance(c, dict) and isinstance(c.get("id"), str):
                     contained_ids[c["id"]] = c
+        if contained_ids or contained_list is not None:
+            self._contained(contained_list, ptr, start, local, ctx)
         for i in range(start, len(ctx.refs)):
             item = ctx.refs[i]
             if item is None or not item[1].startswith("#"):
@@ -263,6 +281,54 @@ class FhirValidator:
         if rt == "Bundle":
             self._bundle(val, ptr, start, ctx)
 
+    def _invariants(self, node: _Node, val: dict[str, Any], p: str, ctx: _Ctx) -> None:
+        """The FHIRPath invariants on this element (compiled once: native, else fhirpathpy)."""
+        for inv, native, engine in node.invariants:
+            try:
+                holds = native(val, ctx.resource) if native is not None else \
+                    engine.holds(val, ctx.resource, ctx.root) if engine is not None else True
+            except Exception:
+                holds = True
+            if not holds:
+                ctx.out.append(Violation(path=p, rule="fhir-invariant", message=f"{inv.key}: {inv.human}",
+                                         expected=inv.expression))
+
+    def _contained(self, contained: Any, ptr: str, start: int, local: list[str], ctx: _Ctx) -> None:
+        """dom-2..dom-5: contained resources contain none, are referenced from the resource (or
+        refer to it with '#'), and carry no versionId, lastUpdated or security label."""
+        if not isinstance(contained, list):
+            return
+        cp = f"{ptr}/contained/"
+        referenced: set[str] = set(local)
+        refers_back: set[str] = set()
+        for i in range(start, len(ctx.refs)):
+            item = ctx.refs[i]
+            if item is None or not item[1].startswith("#"):
+                continue
+            if item[1] == "#" and item[0].startswith(cp):
+                refers_back.add(item[0][len(cp):].split("/", 1)[0])
+            else:
+                referenced.add(item[1][1:])
+        for i, c in enumerate(contained):
+            if not isinstance(c, dict):
+                continue
+            p = f"{cp}{i}"
+            if "contained" in c:
+                ctx.out.append(Violation(path=f"{p}/contained", rule="fhir-invariant", message="dom-2: a contained "
+                                         "resource must not contain resources", expected="no nested contained"))
+            meta = c.get("meta")
+            if isinstance(meta, dict):
+                for el, inv in (("versionId", "dom-4"), ("lastUpdated", "dom-4"), ("security", "dom-5")):
+                    if el in meta:
+                        ctx.out.append(Violation(path=f"{p}/meta/{el}", rule="fhir-invariant",
+                                                 message=f"{inv}: a contained resource must not have meta.{el}",
+                                                 expected=f"no meta.{el}"))
+            cid = c.get("id")
+            if isinstance(cid, str) and cid not in referenced and str(i) not in refers_back:
+                ctx.out.append(Violation(path=p, rule="fhir-invariant", message=f"dom-3: contained resource "
+                                         f"{cid!r} is not referenced from elsewhere in the resource and does not "
+                                         "refer to it", expected=f"a reference '#{cid}' in the resource"))
+
     def _walk(self, node: _Node, obj: dict[str, Any], ptr: str, ctx: _Ctx) -> None:
         out = ctx.out
         lookup = node.lookup
@@ -275,7 +341,7 @@ class FhirValidator:
                 if key[:1] == "_":
                     base = lookup.get(key[1:])
                     if base is not None and base[1] in self.defs.primitives:
-                        self._primitive_element(base[0], val, f"{ptr}/{escape(key)}", ctx)
+                        self._primitive_element(base[0], val, f"{ptr}/{escape(key)}", ctx, obj.get(key[1:]))
                         continue
                 out.append(Violation(path=f"{ptr}/{escape(key)}", rule="fhir-unknown-element",
                                      message=f"{node.path} has no element {key!r}",
@@ -345,8 +411,18 @@ class FhirValidator:
             ctx.out.append(Violation(path=p, rule="fhir-empty", message=f"{child.fhir_path} is an empty object",
                                      expected="omit the element, or give it content"))
             return
+        if len(val) == 1 and "id" in val:
+            ctx.out.append(Violation(path=p, rule="fhir-invariant", message=f"ele-1: {child.fhir_path} has only "
+                                     "an id (all FHIR elements must have a value or children)",
+                                     expected="a value or child elements besides id"))
         self._walk(node, val, p, ctx)
-        if tcode == "Identifier":
+        if node.invariants:
+            self._invariants(node, val, p, ctx)
+        if tcode == "Extension":
+            if ("extension" in val) == any(k.startswith("value") for k in val):
+                ctx.out.append(Violation(path=p, rule="fhir-invariant", message="ext-1: an extension must have "
+                                         "either extensions or a value[x], not both", expected="value[x] or extension"))
+        elif tcode == "Identifier":
             self._uk_identifier(val, p, ctx)
         elif tcode == "Reference":
             ref = val.get("reference")
@@ -389,7 +465,11 @@ class FhirValidator:
                 if not val.lstrip().startswith("<div"):
                     ctx.out.append(Violation(path=p, rule="fhir-format", message="narrative must be an "
                                              "XHTML <div>", expected='<div xmlns="http://www.w3.org/1999/xhtml">'))
+                elif '"#' in val:
+                    ctx.local.extend(_LOCAL_LINK.findall(val))  # dom-3: the narrative links to it
                 return
+            if val[0] == "#" and tcode in ("canonical", "uri", "url"):
+                ctx.local.append(val[1:])  # dom-3: a canonical or URI naming a contained resource
             if regex is not None and not regex.fullmatch(val):
                 ctx.out.append(Violation(path=p, rule="fhir-format", message=f"{child.fhir_path} value "
                                          f"{_short(val)} is not a valid {tcode}",
@@ -403,13 +483,20 @@ class FhirValidator:
                                              f"{_short(val)} is not in the required value set {child.valueset}",
                                              expected=describe_codes(codes)))
 
-    def _primitive_element(self, child: _Child, val: Any, p: str, ctx: _Ctx) -> None:
-        """``_birthDate``: the id and extensions of a primitive (an array for repeating ones)."""
+    def _primitive_element(self, child: _Child, val: Any, p: str, ctx: _Ctx, value: Any = None) -> None:
+        """``_birthDate``: the id and extensions of a primitive (an array for repeating ones);
+        ``value`` is the primitive's own value (ele-1: an id alone is not enough)."""
         items = val if (child.max != 1 and type(val) is list) else [val]
+        values = (value if type(value) is list else []) if items is val else [value]
         for i, item in enumerate(items):
             ip = f"{p}/{i}" if items is val else p
             if item is None and items is val:
                 continue
+            own = values[i] if i < len(values) else None
+            if type(item) is dict and own is None and "extension" not in item and item:
+                ctx.out.append(Violation(path=ip, rule="fhir-invariant", message=f"ele-1: {child.fhir_path} "
+                                         "has neither a value nor extensions (all FHIR elements must have a "
+                                         "value or children)", expected="a value, or extensions"))
             if type(item) is not dict or not item:
                 ctx.out.append(Violation(path=ip, rule="fhir-type", message=f"{child.fhir_path} extension "
                                          "part must be a non-empty JSON object", expected="{id?, extension?}"))

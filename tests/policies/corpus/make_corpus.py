@@ -130,6 +130,42 @@ def main() -> None:
         {"fullUrl": pat_uuid, "resource": p2, "request": {"method": "POST", "url": "Patient"}},
         {"fullUrl": sr_uuid, "resource": sr2, "request": {"method": "POST", "url": "ServiceRequest"}},
         {"fullUrl": org_uuid, "resource": org, "request": {"method": "PUT", "url": "Organization?identifier=" + ODS + "|RYR"}}]}
+    # any R4 resource, base specification only (catalogue type fhir.r4.Resource)
+    observation = {
+        "resourceType": "Observation", "id": "bp-1", "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                  "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9", "display": "Blood pressure panel"}]},
+        "subject": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765919"}},
+        "effectiveDateTime": "2025-03-01T09:30:00Z",
+        "performer": [{"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "G81001"}}],
+        "component": [
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+             "valueQuantity": {"value": 128, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+             "valueQuantity": {"value": 82, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}],
+    }
+    encounter = {
+        "resourceType": "Encounter", "id": "visit-1", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HH", "display": "home health"},
+        "subject": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765919"}},
+        "period": {"start": "2025-03-01T09:00:00Z", "end": "2025-03-01T09:45:00Z"},
+        "serviceProvider": {"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code",
+                                           "value": "RYR"}},
+    }
+    put("fhir/valid/observation-base-r4.json", "fhir.r4.Resource", observation)
+    put("fhir/valid/encounter-base-r4.json", "fhir.r4.Resource", encounter)
+    put("fhir/invalid/encounter-period-backwards.json", "fhir.r4.Resource",
+        mutate(encounter, lambda d: d["period"].update(end="2025-03-01T08:00:00Z")),
+        [("/period", "fhir-invariant")], note="per-1: start after end")
+    put("fhir/invalid/observation-value-and-absent-reason.json", "fhir.r4.Resource",
+        mutate(observation, lambda d: d.update(valueString="see components", dataAbsentReason={"text": "n/a"})),
+        [("", "fhir-invariant")], note="obs-6: a value and a dataAbsentReason")
+    put("fhir/invalid/observation-bad-nhs-number.json", "fhir.r4.Resource",
+        mutate(observation, lambda d: d["subject"]["identifier"].update(value="1234567890")),
+        [("/subject/identifier/value", "uk-nhs-number-check-digit")])
+    put("fhir/invalid/encounter-unknown-status.json", "fhir.r4.Resource",
+        mutate(encounter, lambda d: d.update(status="done")), [("/status", "fhir-binding")])
     put("fhir/valid/bundle-transaction-referral.json", "fhir.r4.Bundle", transaction)
     message = {"resourceType": "Bundle", "id": "msg-1", "type": "message", "timestamp": "2024-05-13T10:15:00+01:00", "entry": [
         {"fullUrl": "urn:uuid:3e1b2c8f-9d6a-4f4b-8e5d-0c9b8a7f6e5d", "resource": {
@@ -177,7 +213,8 @@ def main() -> None:
         [("/subject", "uk-required-identifier")])
     put("fhir/invalid/servicerequest-contained-unresolved.json", "fhir.r4.ServiceRequest",
         mutate(contained, lambda d: d.update(subject={"reference": "#patient-1"})),
-        [("/subject/reference", "fhir-reference-unresolved"), ("/subject", "uk-required-identifier")])
+        [("/subject/reference", "fhir-reference-unresolved"), ("/subject", "uk-required-identifier"),
+         ("/contained/0", "fhir-invariant")], note="dom-3: the contained Patient is now referenced by nothing")
     put("fhir/invalid/servicerequest-two-occurrences.json", "fhir.r4.ServiceRequest",
         mutate(referral, lambda d: d.update(occurrenceDateTime="2024-05-16", occurrencePeriod={"start": "2024-05-16"})),
         [("/occurrencePeriod", "fhir-choice")])

@@ -270,7 +270,8 @@ put("fhir-xml/invalid/servicerequest-contained-empty.xml", "fhir.r4.ServiceReque
     swap(referral, "  <identifier>\n", "  <contained/>\n  <identifier>\n"), [("/contained/0", "fhir-xml-resource")])
 put("fhir-xml/invalid/servicerequest-contained-two-resources.xml", "fhir.r4.ServiceRequest",
     swap(referral, "  <identifier>\n", '  <contained>\n    <Patient><id value="a"/></Patient>\n    <Patient><id value="b"/></Patient>\n  </contained>\n  <identifier>\n'),
-    [("/contained/0", "fhir-xml-resource")])
+    [("/contained/0", "fhir-xml-resource"), ("/contained/0", "fhir-invariant")],
+    note="the Patient read is referenced by nothing (dom-3)")
 put("fhir-xml/invalid/servicerequest-json-body.xml", "fhir.r4.ServiceRequest",
     (REPO / "examples" / "referral.json").read_text(), [("", "xml-syntax")], note="JSON sent as application/fhir+xml")
 put("fhir-xml/invalid/patient-truncated.xml", "fhir.r4.Patient", patient[:700], [("", "xml-syntax")])
