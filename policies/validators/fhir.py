@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -94,7 +95,7 @@ class _Child:
 class _Node:
     path: str
     kind: str  # resource | type | backbone
-    lookup: dict[str, tuple[_Child, str]] = field(default_factory=dict)
+    lookup: dict[str, tuple[_Child, str, Callable[[Any], bool] | None]] = field(default_factory=dict)
     required: list[tuple[_Child, tuple[str, ...]]] = field(default_factory=list)
     choices: bool = False
     invariants: list[Check] = field(default_factory=list)  # FHIRPath invariants on this element
@@ -131,12 +132,13 @@ class R4Definitions:
                     keys = []
                     for t in types:
                         key = base + t[0].upper() + t[1:]
-                        node.lookup[key] = (child, t)
+                        node.lookup[key] = (child, t, self._fast(t, vs))
                         keys.append(key)
                         if t in self.primitives or t in raw["primitives"]:
                             keys.append("_" + key)
                 else:
-                    node.lookup[name] = (child, types[0] if types else "string")
+                    t = types[0] if types else "string"
+                    node.lookup[name] = (child, t, self._fast(t, vs))
                     keys = [name]
                     if types and types[0] in raw["primitives"]:
                         keys.append("_" + name)
@@ -147,6 +149,32 @@ class R4Definitions:
 
     def is_resource(self, name: str) -> bool:
         return name in self.resources
+
+    def _fast(self, tcode: str, valueset: str | None) -> Callable[[Any], bool] | None:
+        """A predicate true only of a primitive value that passes every check :meth:`FhirValidator.
+        _primitive` makes and needs nothing else (no '#' link to note): the walk's fast path.
+        ``None`` for complex types and the primitives that always take the full path."""
+        prim = self.primitives.get(tcode)
+        if prim is None or tcode in ("xhtml", "base64Binary", "decimal"):
+            return None
+        pytype, regex = prim
+        if pytype is bool:
+            return lambda v: type(v) is bool
+        if pytype is int:
+            low = {"positiveInt": 1, "unsignedInt": 0}.get(tcode, -2147483648)
+            return lambda v: type(v) is int and low <= v <= 2147483647
+        codes = self.vs_codes.get(valueset) if (valueset is not None and tcode == "code") else None
+        if tcode in ("string", "markdown"):  # [ \r\n\t\S]+ (ASCII): anything but \f and \v
+            return lambda v: type(v) is str and v != "" and "\x0b" not in v and "\x0c" not in v
+        if regex is None:
+            return None
+        match = regex.fullmatch
+        local = tcode in ("canonical", "uri", "url")
+        if codes is not None:
+            return lambda v: type(v) is str and v in codes and match(v) is not None
+        if local:
+            return lambda v: type(v) is str and v != "" and v[0] != "#" and match(v) is not None
+        return lambda v: type(v) is str and v != "" and match(v) is not None
 
 
 @lru_cache(maxsize=1)
@@ -347,14 +375,21 @@ class FhirValidator:
                                      message=f"{node.path} has no element {key!r}",
                                      expected=f"an element defined for {node.path} in FHIR R4"))
                 continue
-            child, tcode = ent
-            p = f"{ptr}/{key}"
+            child, tcode, fast = ent
             if seen_choice is not None and child.choice:
                 other = seen_choice.get(child.name)
                 if other is not None:
-                    out.append(Violation(path=p, rule="fhir-choice", message=f"{child.fhir_path} has both "
-                                         f"{other!r} and {key!r}", expected="exactly one value[x] variant"))
+                    out.append(Violation(path=f"{ptr}/{key}", rule="fhir-choice", message=f"{child.fhir_path} "
+                                         f"has both {other!r} and {key!r}", expected="exactly one value[x] variant"))
                 seen_choice[child.name] = key
+            if fast is not None:  # a valid primitive (or all valid, for a repeating one) needs no more
+                if child.max == 1:
+                    if fast(val):
+                        continue
+                elif type(val) is list and val and (child.max < 0 or len(val) <= child.max) \
+                        and all(map(fast, val)):
+                    continue
+            p = f"{ptr}/{key}"
             if child.max != 1:
                 if type(val) is not list:
                     out.append(Violation(path=p, rule="fhir-cardinality",

@@ -130,7 +130,7 @@ class FhirXmlReader:
         if o is None:
             o = {}
             positions: dict[int, int] = {}
-            for key, (child, _t) in node.lookup.items():
+            for key, (child, _t, _f) in node.lookup.items():
                 o[key] = positions.setdefault(id(child), len(positions))
             self._orders[node.path] = o
         return o
@@ -142,7 +142,7 @@ class FhirXmlReader:
         plan = {}
         defs = self.defs
         for key, pos in self.order(node).items():
-            child, tcode = node.lookup[key]
+            child, tcode, _fast = node.lookup[key]
             sub = None
             if (key == "id" and node.kind != "resource") or (key == "url" and node.path == "Extension"):
                 how = _ATTR
@@ -721,7 +721,7 @@ def _write_children(d: R4Definitions, node: _Node, obj: dict[str, Any], out: lis
         if ent is None:
             _write_unknown({key: obj.get(key, obj.get("_" + key))}, out, level, indent)
             continue
-        child, tcode = ent
+        child, tcode, _fast = ent
         val, ext = obj.get(key), obj.get("_" + key)
         if tcode in d.primitives and tcode != "xhtml":
             if child.max != 1 and (isinstance(val, list) or isinstance(ext, list)):
