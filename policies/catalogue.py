@@ -28,6 +28,16 @@ class IdentifierRequirement(msgspec.Struct, kw_only=True, frozen=True, forbid_un
     label: str = ""
 
 
+class ProfileInvariant(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A profile's FHIRPath constraint on ``resource`` (evaluated with fhirpathpy), e.g.
+    ``{resource = "Observation", key = "ukcore-obs-1", expression = "subject.exists()", human = "..."}``."""
+
+    resource: str
+    key: str
+    expression: str
+    human: str = ""
+
+
 class CatalogueEntry(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     type: str
     standard: str  # e.g. "FHIR R4", "HL7 v2", "CloudEvents 1.0", "JSON Schema 2020-12"
@@ -50,6 +60,10 @@ class CatalogueEntry(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     # FHIR: must every urn:uuid / urn:oid reference resolve inside a Bundle of any type (FHIR asks
     # it only of document, message and transaction Bundles)?
     resolve_urn_references: bool = False
+    # FHIR profile as data: elements the profile makes mandatory ("Observation.subject",
+    # "Observation.effective[x]") and its FHIRPath invariants
+    required: list[str] = msgspec.field(default_factory=list)
+    invariants: list[ProfileInvariant] = msgspec.field(default_factory=list)
     # CloudEvents: event type -> schema name for its data; accept unmapped event types?
     events: dict[str, str] = msgspec.field(default_factory=dict)
     open_events: bool = False

@@ -119,7 +119,10 @@ class PayloadValidator:
                 from policies.validators.fhir import FhirValidator, IdentifierRule
 
                 fhir = FhirValidator(entry.resource, bundle_types=entry.bundle_types,
-                                     resolve_urn_references=entry.resolve_urn_references, identifier_rules=[
+                                     resolve_urn_references=entry.resolve_urn_references,
+                                     required=entry.required,
+                                     invariants=[(i.resource, i.key, i.expression, i.human) for i in entry.invariants],
+                                     identifier_rules=[
                     IdentifierRule(r.resource, r.element, r.system, r.label) for r in entry.identifiers])
                 return _Compiled(entry, limits, check_json, _json_check(fhir.check),
                                  xml_check=lambda body: fhir.check_xml(body, limits))

@@ -50,7 +50,7 @@ from .common import (
     nhs_subject,
     ods_code_problem,
 )
-from .fhir_invariants import Check, compiled_for
+from .fhir_invariants import Check, FhirPath, Invariant, compiled_for
 from .limits import Limits
 
 #: The resource name of a catalogue type that carries any R4 resource (base specification only).
@@ -209,7 +209,9 @@ class FhirValidator:
     """Validates one JSON FHIR resource against R4 and the catalogue's UK Core rules."""
 
     def __init__(self, resource: str, *, identifier_rules: list[IdentifierRule] | None = None,
-                 bundle_types: list[str] | None = None, resolve_urn_references: bool = False) -> None:
+                 bundle_types: list[str] | None = None, resolve_urn_references: bool = False,
+                 required: list[str] | None = None,
+                 invariants: list[tuple[str, str, str, str]] | None = None) -> None:
         self.defs = definitions()
         if resource != ANY_RESOURCE and not self.defs.is_resource(resource):
             raise KeyError(f"{resource!r} is not a FHIR R4 resource type")
@@ -219,6 +221,21 @@ class FhirValidator:
             self.rules.setdefault(r.resource, []).append(r)
         self.bundle_types = list(bundle_types or [])
         self.resolve_urn = resolve_urn_references
+        # a profile as data: elements it makes mandatory, and its FHIRPath invariants, per resource
+        self.profile: dict[str, list[tuple[str, str, Invariant | None, FhirPath | None]]] = {}
+        for path in required or []:
+            rt, _, el = path.partition(".")
+            if not self.defs.is_resource(rt) or not el or "." in el:
+                raise KeyError(f"required element {path!r} is not Resource.element")
+            node = self.defs.nodes[rt]
+            if el not in node.lookup and not any(c.name == el for c, _t, _f in node.lookup.values()):
+                raise KeyError(f"required element {path!r}: {rt} has no element {el!r}")
+            self.profile.setdefault(rt, []).append((path, el, None, None))
+        for rt, key, expression, human in invariants or []:
+            if not self.defs.is_resource(rt):
+                raise KeyError(f"invariant {key}: {rt!r} is not a FHIR R4 resource type")
+            self.profile.setdefault(rt, []).append(
+                (rt, key, Invariant(key, rt, expression, human or key), FhirPath(expression)))
 
     # -- entry point -------------------------------------------------------------------------
     def validate(self, data: Any) -> list[Violation]:
@@ -306,8 +323,30 @@ class FhirValidator:
                                      expected="the id of a resource in this resource's contained list"))
         for rule in self.rules.get(str(rt), ()):
             self._check_required_identifier(val, ptr, rule, contained_ids, ctx)
+        if self.profile:
+            self._profile(str(rt), val, ptr, ctx)
         if rt == "Bundle":
             self._bundle(val, ptr, start, ctx)
+
+    def _profile(self, rt: str, res: dict[str, Any], ptr: str, ctx: _Ctx) -> None:
+        """The catalogue profile's own rules for a resource of type ``rt``."""
+        for path, el, inv, engine in self.profile.get(rt, ()):
+            if inv is None:
+                base = el[:-3] if el.endswith("[x]") else None
+                present = any(k.startswith(base) and k[len(base):][:1].isupper() for k in res) if base \
+                    else (el in res or "_" + el in res)
+                if not present:
+                    ctx.out.append(Violation(path=f"{ptr}/{el.removesuffix('[x]')}", rule="fhir-profile-required",
+                                             message=f"{path} is required by this message type's profile",
+                                             expected=path))
+                continue
+            try:
+                holds = engine.holds(res, res, res) if engine is not None else True
+            except Exception:  # an expression the engine cannot evaluate counts as failed: fail closed
+                holds = False
+            if not holds:
+                ctx.out.append(Violation(path=ptr, rule="fhir-profile-invariant",
+                                         message=f"{el}: {inv.human}", expected=inv.expression))
 
     def _invariants(self, node: _Node, val: dict[str, Any], p: str, ctx: _Ctx) -> None:
         """The FHIRPath invariants on this element (compiled once: native, else fhirpathpy)."""

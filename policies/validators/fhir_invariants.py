@@ -140,7 +140,6 @@ NATIVE: dict[str, Predicate] = {
     "qty-3": lambda q, _r: not _has(q, "code") or _has(q, "system"),
     "cpt-2": lambda c, _r: not _has(c, "value") or _has(c, "system"),
     "att-1": lambda a, _r: not _has(a, "data") or _has(a, "contentType"),
-    "ext-1": lambda e, _r: ("extension" in e) != _has_choice(e, "value"),
     "rng-2": lambda g, _r: not (isinstance(g.get("low"), dict) and isinstance(g.get("high"), dict))
     or _decimal_le(g["low"].get("value"), g["high"].get("value")),
     "rat-1": lambda t, _r: ("numerator" in t) == ("denominator" in t) and ("numerator" in t or "extension" in t),
