@@ -43,9 +43,11 @@ def nhs_number_problem(value: object) -> tuple[str, str] | None:
     Format: 10 digits, no spaces; the 10th digit is the modulus-11 check digit over the first
     nine (weights 10..2; 11 -> 0; 10 -> never valid).
     """
-    if not isinstance(value, str) or not _DIGITS10.fullmatch(value):
+    if not (isinstance(value, str) and len(value) == 10 and value.isascii() and value.isdigit()):
         return "uk-nhs-number-format", f"NHS number {value!r} is not 10 digits"
-    total = sum(int(d) * w for d, w in zip(value, _WEIGHTS, strict=False))
+    d = value.encode("ascii")  # ten ASCII digits (checked above); weights 10..2 over the first nine
+    total = 10 * d[0] + 9 * d[1] + 8 * d[2] + 7 * d[3] + 6 * d[4] + 5 * d[5] + 4 * d[6] + 3 * d[7] + 2 * d[8] \
+        - 54 * 48
     check = 11 - total % 11
     if check == 11:
         check = 0

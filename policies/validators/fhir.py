@@ -50,6 +50,7 @@ from .common import (
     nhs_subject,
     ods_code_problem,
 )
+from .fhir_fast import FastWalk
 from .fhir_invariants import Check, FhirPath, Invariant, compiled_for
 from .limits import Limits
 
@@ -170,16 +171,26 @@ class R4Definitions:
             return None
         match = regex.fullmatch
         local = tcode in ("canonical", "uri", "url")
-        if codes is not None:
-            return lambda v: type(v) is str and v in codes and match(v) is not None
-        if local:
-            return lambda v: type(v) is str and v != "" and v[0] != "#" and match(v) is not None
+        if codes is not None:  # the value set's codes that are well-formed codes: membership is the check
+            good = frozenset(c for c in codes if regex.fullmatch(c))
+            return lambda v: type(v) is str and v in good
+        if local:  # \\S*: a printable string without a space has no ASCII whitespace
+            return lambda v: type(v) is str and v != "" and v[0] != "#" and (
+                (v.isprintable() and " " not in v) or match(v) is not None)
+        if tcode == "code":
+            return lambda v: type(v) is str and v != "" and ((v.isprintable() and " " not in v)
+                                                             or match(v) is not None)
         return lambda v: type(v) is str and v != "" and match(v) is not None
 
 
 @lru_cache(maxsize=1)
 def definitions() -> R4Definitions:
     return R4Definitions(json.loads(DEFINITIONS.read_text()))
+
+
+@lru_cache(maxsize=1)
+def _fast_walk(defs: R4Definitions) -> FastWalk:
+    return FastWalk(defs)
 
 
 @dataclass(slots=True)
@@ -221,6 +232,7 @@ class FhirValidator:
             self.rules.setdefault(r.resource, []).append(r)
         self.bundle_types = list(bundle_types or [])
         self.resolve_urn = resolve_urn_references
+        self.fast = True  # the compiled fast path for valid payloads (fhir_fast); False: the full walk only
         # a profile as data: elements it makes mandatory, and its FHIRPath invariants, per resource
         self.profile: dict[str, list[tuple[str, str, Invariant | None, FhirPath | None]]] = {}
         for path in required or []:
@@ -244,6 +256,10 @@ class FhirValidator:
     def check(self, data: Any) -> tuple[list[Violation], frozenset[str]]:
         """(every violation, the data subjects named); the subjects mean something only when
         there is no violation."""
+        if self.fast and type(data) is dict:
+            done = self._fast_check(data)
+            if done is not None:
+                return [], done
         ctx = _Ctx(out=[])
         if not isinstance(data, dict):
             return [Violation(path="", rule="fhir-resource", message="a FHIR resource must be a JSON object",
@@ -260,6 +276,32 @@ class FhirValidator:
         for ptr, ref, rule, scope in ctx.deferred:
             self._check_required_reference(ptr, ref, rule, scope, ctx)
         return ctx.out, frozenset(ctx.subjects) if ctx.subjects else NO_SUBJECTS
+
+    def _fast_check(self, data: dict[str, Any]) -> frozenset[str] | None:
+        """The data subjects of a payload the compiled fast path finds valid, with the resource
+        level rules (required identifiers, the profile) checked as the full walk checks them;
+        ``None`` when the full walk must decide (any doubt, any violation)."""
+        rt = data.get("resourceType")
+        if type(rt) is not str or rt == "Bundle" or "contained" in data:
+            return None
+        if rt != self.resource and not (self.resource == ANY_RESOURCE and rt in self.defs.resources):
+            return None
+        ok, subjects = _fast_walk(self.defs).resource(rt, data)
+        if not ok:
+            return None
+        rules = self.rules.get(rt)
+        if rules or rt in self.profile:
+            ctx = _Ctx(out=[])
+            ctx.resource = ctx.root = data
+            for rule in rules or ():
+                self._check_required_identifier(data, "", rule, {}, ctx)
+            for ptr, ref, rule, scope in ctx.deferred:
+                self._check_required_reference(ptr, ref, rule, scope, ctx)
+            if rt in self.profile:
+                self._profile(rt, data, "", ctx)
+            if ctx.out:
+                return None
+        return frozenset(subjects) if subjects else NO_SUBJECTS
 
     def validate_xml(self, body: bytes, limits: Limits | None = None) -> list[Violation]:
         """The same rules for a FHIR XML payload (read into the JSON form by :mod:`.fhir_xml`)."""
