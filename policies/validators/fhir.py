@@ -290,6 +290,8 @@ class FhirValidator:
         if not ok:
             return None
         rules = self.rules.get(rt)
+        if rules and rt not in self.profile and all(_carries(data, r) for r in rules):
+            return frozenset(subjects) if subjects else NO_SUBJECTS
         if rules or rt in self.profile:
             ctx = _Ctx(out=[])
             ctx.resource = ctx.root = data
@@ -875,6 +877,18 @@ class FhirValidator:
                 out.append(Violation(path=f"{ptr}/link/{i}/url", rule="fhir-bundle-stylesheet-unresolved",
                                      message=f"the document's stylesheet {url!r} resolves to no entry of the Bundle",
                                      expected="an absolute URL, or a Binary in this document Bundle"))
+
+
+def _carries(res: dict[str, Any], rule: IdentifierRule) -> bool:
+    """A required identifier carried in the resource itself (an Identifier list with it, or a
+    Reference with it as its identifier): the common case, decided without the full rule."""
+    val = res.get(rule.element)
+    if type(val) is dict:
+        ident = val.get("identifier")
+        return type(ident) is dict and ident.get("system") == rule.system and bool(ident.get("value"))
+    if type(val) is list:
+        return any(type(i) is dict and i.get("system") == rule.system and bool(i.get("value")) for i in val)
+    return False
 
 
 def _version_id(res: dict[str, Any] | None) -> str | None:

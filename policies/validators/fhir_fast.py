@@ -79,7 +79,93 @@ class FastWalk:
         return fn
 
     # -- building ------------------------------------------------------------------------------
+    #: nodes with at most this many JSON keys get an unrolled predicate (see :meth:`_unrolled`)
+    UNROLL = 24
+
     def _build(self, node: _Node) -> Callable[[dict[str, Any], State], bool]:
+        if len(node.lookup) <= self.UNROLL:
+            return self._unrolled(node)
+        return self._looped(node)
+
+    def _unrolled(self, node: _Node) -> Callable[[dict[str, Any], State], bool]:
+        """A small node's predicate as generated Python: each defined key fetched once with its
+        checks inline (no call per primitive), then ``len(obj)`` must equal the keys matched, so
+        an unknown key, a ``_key`` extension or a ``null`` sends the payload to the full walk."""
+        env: dict[str, Any] = {}
+        lines = ["def walk(obj, st):", "    n = 0"]
+        groups: dict[str, list[str]] = {}
+        for i, (key, (child, tcode, prim)) in enumerate(node.lookup.items()):
+            lines.append(f"    v = obj.get({key!r})")
+            lines.append("    if v is not None:")
+            lines.append("        n += 1")
+            if child.choice:
+                groups.setdefault(child.name, []).append(key)
+                lines.append(f"        c{list(groups).index(child.name)} += 1")
+            check = self._inline(child, tcode, prim, f"k{i}", env)
+            lines.extend("        " + ln for ln in check)
+            if child.min > 0 and not child.choice:
+                lines.append("    else:")
+                lines.append("        return False")
+        # choice counters must exist before use: initialise them at the top
+        for j in range(len(groups)):
+            lines.insert(2, f"    c{j} = 0")
+        for j, (name, _keys) in enumerate(groups.items()):
+            lines.append(f"    if c{j} > 1:")
+            lines.append("        return False")
+            req = next((c for c, _ks in node.required if c.name == name), None)
+            if req is not None:
+                lines.append(f"    if c{j} == 0:")
+                lines.append("        return False")
+        lines.append("    return n == len(obj)")
+        exec(compile("\n".join(lines), f"<fhir-fast {node.path}>", "exec"), env)  # generated from the definitions
+        fn: Callable[[dict[str, Any], State], bool] = env["walk"]
+        return fn
+
+    def _inline(self, child: _Child, tcode: str, prim: Callable[[Any], bool] | None, name: str,
+                env: dict[str, Any]) -> list[str]:
+        """The check of one element's value ``v`` as lines that ``return False`` on doubt."""
+        defs = self.defs
+        mx = child.max
+        if tcode in defs.primitives:
+            if prim is None:
+                prim = self._slow_primitive(tcode)
+            if prim is None:  # pragma: no cover - every primitive has a predicate
+                return ["return False"]
+            if mx != 1:
+                env[name] = prim
+                cond = "type(v) is not list or not v" + (f" or len(v) > {mx}" if mx > 0 else "")
+                return [f"if {cond} or not all(map({name}, v)):", "    return False"]
+            pytype, regex = defs.primitives[tcode]
+            codes = defs.vs_codes.get(child.valueset) if (child.valueset is not None and tcode == "code") else None
+            if pytype is bool:
+                return ["if type(v) is not bool:", "    return False"]
+            if tcode in ("string", "markdown"):
+                return ["if type(v) is not str or v == '' or '\\x0b' in v or '\\x0c' in v:", "    return False"]
+            if codes is not None and regex is not None:
+                env[name] = frozenset(c for c in codes if regex.fullmatch(c))
+                return [f"if type(v) is not str or v not in {name}:", "    return False"]
+            if pytype is int:
+                low = {"positiveInt": 1, "unsignedInt": 0}.get(tcode, -2147483648)
+                return [f"if type(v) is not int or not ({low} <= v <= 2147483647):", "    return False"]
+            if regex is not None and tcode not in ("xhtml", "base64Binary", "decimal"):
+                env[name] = regex.fullmatch
+                if tcode in ("canonical", "uri", "url"):
+                    return ["if type(v) is not str or v == '' or v[0] == '#' or not ((v.isprintable() and ' ' "
+                            f"not in v) or {name}(v) is not None):", "    return False"]
+                if tcode == "code":
+                    return ["if type(v) is not str or v == '' or not ((v.isprintable() and ' ' not in v) "
+                            f"or {name}(v) is not None):", "    return False"]
+                return [f"if type(v) is not str or v == '' or {name}(v) is None:", "    return False"]
+            env[name] = prim
+            return [f"if not {name}(v):", "    return False"]
+        env[name] = self._item(child, tcode)
+        if mx == 1:
+            return [f"if not {name}(v, st):", "    return False"]
+        cond = "type(v) is not list or not v" + (f" or len(v) > {mx}" if mx > 0 else "")
+        return [f"if {cond}:", "    return False", "for x in v:", f"    if not {name}(x, st):",
+                "        return False"]
+
+    def _looped(self, node: _Node) -> Callable[[dict[str, Any], State], bool]:
         """The node's predicate: one handler per JSON key, each with the element's cardinality
         and type bound in, so a key costs one dict lookup and one call."""
         handlers: dict[str, Item] = {}
