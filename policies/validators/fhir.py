@@ -52,6 +52,7 @@ from .common import (
 )
 from .fhir_fast import FastWalk
 from .fhir_invariants import Check, FhirPath, Invariant, compiled_for
+from .fhir_typed import TypedPath, carries
 from .limits import Limits
 
 #: The resource name of a catalogue type that carries any R4 resource (base specification only).
@@ -193,6 +194,11 @@ def _fast_walk(defs: R4Definitions) -> FastWalk:
     return FastWalk(defs)
 
 
+@lru_cache(maxsize=1)
+def _typed_path(defs: R4Definitions) -> TypedPath:
+    return TypedPath(defs)
+
+
 @dataclass(slots=True)
 class IdentifierRule:
     """A profile's required identifier: ``element`` of ``resource`` must carry ``system``."""
@@ -276,6 +282,22 @@ class FhirValidator:
         for ptr, ref, rule, scope in ctx.deferred:
             self._check_required_reference(ptr, ref, rule, scope, ctx)
         return ctx.out, frozenset(ctx.subjects) if ctx.subjects else NO_SUBJECTS
+
+    def check_bytes(self, body: bytes) -> frozenset[str] | None:
+        """The data subjects of a JSON payload the typed path (:mod:`.fhir_typed`) finds valid,
+        decoded straight from the bytes with every check of the walk; ``None``: parse it and run
+        :meth:`check` (any doubt, any violation, or a type the typed path does not take)."""
+        rt = self.resource
+        if not self.fast or rt in (ANY_RESOURCE, "Bundle") or rt in self.profile:
+            return None
+        got = _typed_path(self.defs).decode(rt, body)
+        if got is None:
+            return None
+        res, subjects = got
+        for rule in self.rules.get(rt, ()):
+            if not carries(res, rule.element, rule.system):
+                return None
+        return subjects or NO_SUBJECTS
 
     def _fast_check(self, data: dict[str, Any]) -> frozenset[str] | None:
         """The data subjects of a payload the compiled fast path finds valid, with the resource

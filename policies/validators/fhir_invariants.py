@@ -114,9 +114,9 @@ def _instant(s: str) -> tuple[tuple[int, ...], str | None] | None:
 
 
 def _codings(cc: Any) -> list[tuple[Any, Any]]:
-    if not isinstance(cc, dict) or not isinstance(cc.get("coding"), list):
+    if not hasattr(cc, "get") or not isinstance(cc.get("coding"), list):  # a dict, or a typed view of one
         return []
-    return [(c.get("system"), c.get("code")) for c in cc["coding"] if isinstance(c, dict)]
+    return [(c.get("system"), c.get("code")) for c in cc.get("coding") if hasattr(c, "get")]
 
 
 def _obs7(o: dict[str, Any], _r: dict[str, Any]) -> bool:
@@ -126,7 +126,7 @@ def _obs7(o: dict[str, Any], _r: dict[str, Any]) -> bool:
     comps = o.get("component")
     if not isinstance(comps, list):
         return True
-    return not any(set(_codings(c.get("code"))) & mine for c in comps if isinstance(c, dict))
+    return not any(set(_codings(c.get("code"))) & mine for c in comps if hasattr(c, "get"))
 
 
 def _decimal_le(x: Any, y: Any) -> bool:
@@ -140,7 +140,7 @@ NATIVE: dict[str, Predicate] = {
     "qty-3": lambda q, _r: not _has(q, "code") or _has(q, "system"),
     "cpt-2": lambda c, _r: not _has(c, "value") or _has(c, "system"),
     "att-1": lambda a, _r: not _has(a, "data") or _has(a, "contentType"),
-    "rng-2": lambda g, _r: not (isinstance(g.get("low"), dict) and isinstance(g.get("high"), dict))
+    "rng-2": lambda g, _r: not (hasattr(g.get("low"), "get") and hasattr(g.get("high"), "get"))
     or _decimal_le(g["low"].get("value"), g["high"].get("value")),
     "rat-1": lambda t, _r: ("numerator" in t) == ("denominator" in t) and ("numerator" in t or "extension" in t),
     "prr-1": lambda s, _r: "orderDetail" not in s or "code" in s,

@@ -108,3 +108,41 @@ def test_the_fast_path_is_taken_for_a_valid_referral() -> None:
     assert v._fast_check(data) == frozenset({"nhs:9434765919"})
     data["status"] = "whenever"
     assert v._fast_check(data) is None and v.check(data)[0]
+
+
+def typed_vs_slow(v: FhirValidator, data: Any) -> tuple[Any, Any]:
+    typed = v.check_bytes(json.dumps(data).encode())
+    v.fast = False
+    slow = v.check(data)
+    v.fast = True
+    return typed, slow
+
+
+def typed_validators(rt: str) -> list[FhirValidator]:
+    return [FhirValidator(rt), FhirValidator(rt, identifier_rules=UK_RULES)]
+
+
+TYPED = [(n, d) for n, d in PAYLOADS if isinstance(d.get("resourceType"), str)
+         and FhirValidator(ANY_RESOURCE).defs.is_resource(d["resourceType"])]
+
+
+@pytest.mark.parametrize(("name", "data"), TYPED, ids=[n for n, _ in TYPED])
+def test_typed_path_says_valid_only_when_the_full_walk_does(name: str, data: Any) -> None:
+    """The typed path (decoded from the bytes) answers valid with the walk's subjects, or defers."""
+    for v in typed_validators(data["resourceType"]):
+        typed, slow = typed_vs_slow(v, data)
+        assert typed is None or slow == ([], typed), (name, typed, slow[0][:3])
+
+
+@pytest.mark.parametrize(("name", "data"), VALID[:12], ids=[n for n, _ in VALID[:12]])
+def test_typed_path_on_every_mutation(name: str, data: Any) -> None:
+    v = FhirValidator(data["resourceType"], identifier_rules=UK_RULES)
+    for d in mutations(data):
+        typed, slow = typed_vs_slow(v, d)
+        assert typed is None or slow == ([], typed), (name, json.dumps(d)[:300], slow[0][:2])
+
+
+def test_the_typed_path_takes_the_referral_and_patient() -> None:
+    for rt, name in (("ServiceRequest", "referral.json"), ("Patient", "patient.json")):
+        v = FhirValidator(rt, identifier_rules=UK_RULES)
+        assert v.check_bytes((ROOT / "examples" / name).read_bytes()) == frozenset({"nhs:9434765919"}), rt
