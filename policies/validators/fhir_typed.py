@@ -31,6 +31,20 @@ if TYPE_CHECKING:
 _local = threading.local()
 
 
+#: Invariants that say "if any of these elements is present, one of those must be": written
+#: inline into the generated checks (each is also a native predicate, held to its FHIRPath).
+PRESENCE: dict[str, tuple[list[str], list[str]]] = {
+    "prr-1": (["orderDetail"], ["code"]),
+    "qty-3": (["code"], ["system"]),
+    "cpt-2": (["value"], ["system"]),
+    "att-1": (["data"], ["contentType"]),
+    "pat-1": ([], ["name", "telecom", "address", "organization"]),
+    "org-1": ([], ["identifier", "name"]),
+    "obs-3": ([], ["low", "high", "text"]),
+    "app-1": ([], ["type", "actor"]),
+}
+
+
 class _Fallback(ValueError):
     """Raised in a ``__post_init__``: let the full walk decide."""
 
@@ -206,7 +220,15 @@ class TypedPath:
             r = json_names["reference"]
             post.append(f"        if self.{r} is not UNSET and self.{r}[:1] == '#':\n            _fail()")
         for j, (inv, native, engine) in enumerate(node.invariants):
-            if native is not None:
+            presence = PRESENCE.get(inv.key)
+            if presence is not None and all(k in json_names for k in presence[0] + presence[1]):
+                then = " or ".join(f"self.{json_names[k]} is not UNSET" for k in presence[1])
+                if presence[0]:
+                    when = " or ".join(f"self.{json_names[k]} is not UNSET" for k in presence[0])
+                    post.append(f"        if ({when}) and not ({then}):\n            _fail()  # {inv.key}")
+                else:
+                    post.append(f"        if not ({then}):\n            _fail()  # {inv.key}")
+            elif native is not None:
                 self.ns[f"{name}_inv{j}"] = native
                 post.append(f"        if not {name}_inv{j}(_View(self), None):\n            _fail()")
             elif engine is not None and not is_resource and "%resource" in inv.expression.replace("%rootResource",
@@ -282,7 +304,13 @@ class TypedPath:
                 self.ns[fn] = lambda v: (v.isprintable() and " " not in v) or match(v) is not None
             else:
                 self.ns[fn] = lambda v: match(v) is not None
-        if child.max == 1:
+        if child.max == 1 and tcode in ("canonical", "uri", "url", "code"):
+            self.ns[f"_rx_{tcode}"] = regex.fullmatch
+            hash_ok = "v[0] != '#' and " if tcode != "code" else ""
+            post.append(f"        v = self.{attr}\n"
+                        f"        if v is not UNSET and not ({hash_ok}((v.isprintable() and ' ' not in v) "
+                        f"or _rx_{tcode}(v) is not None)):\n            _fail()")
+        elif child.max == 1:
             post.append(f"        if self.{attr} is not UNSET and not {fn}(self.{attr}):\n            _fail()")
         else:
             post.append(f"        if self.{attr} is not UNSET and not all(map({fn}, self.{attr})):\n"
