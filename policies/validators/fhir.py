@@ -294,9 +294,11 @@ class FhirValidator:
         if got is None:
             return None
         res, subjects = got
-        for rule in self.rules.get(rt, ()):
-            if not carries(res, rule.element, rule.system):
-                return None
+        rules = self.rules.get(rt)
+        if rules:
+            for rule in rules:
+                if not carries(res, rule.element, rule.system):
+                    return None
         return subjects or NO_SUBJECTS
 
     def _fast_check(self, data: dict[str, Any]) -> frozenset[str] | None:

@@ -360,12 +360,18 @@ def carries(res: Any, element: str, system: str) -> bool:
     list, or a Reference) carries an identifier of ``system`` with a value."""
     attr = _names(res).get(element)
     val = getattr(res, attr) if attr is not None else msgspec.UNSET
-    if isinstance(val, msgspec.Struct):
-        ident = getattr(val, _names(val).get("identifier", ""), msgspec.UNSET)
-        return isinstance(ident, msgspec.Struct) and _has_system(ident, system)
     if type(val) is list:
-        return any(isinstance(i, msgspec.Struct) and _has_system(i, system) for i in val)
-    return False
+        for i in val:
+            if _has_system(i, system):
+                return True
+        return False
+    if val is msgspec.UNSET:
+        return False
+    names = _names(val)
+    if "identifier" not in names or "system" in names:  # not a Reference
+        return False
+    ident = getattr(val, names["identifier"])
+    return ident is not msgspec.UNSET and _has_system(ident, system)
 
 
 def _names(obj: Any) -> dict[str, str]:
@@ -376,5 +382,7 @@ def _names(obj: Any) -> dict[str, str]:
 
 def _has_system(ident: Any, system: str) -> bool:
     names = _names(ident)
+    if "system" not in names or "value" not in names:  # not an Identifier
+        return False
     s, v = getattr(ident, names["system"]), getattr(ident, names["value"])
     return bool(s == system and v is not msgspec.UNSET and v)
