@@ -288,9 +288,14 @@ class FhirValidator:
         decoded straight from the bytes with every check of the walk; ``None``: parse it and run
         :meth:`check` (any doubt, any violation, or a type the typed path does not take)."""
         rt = self.resource
-        if not self.fast or rt in (ANY_RESOURCE, "Bundle") or rt in self.profile:
+        if not self.fast:
             return None
-        got = _typed_path(self.defs).decode(rt, body)
+        typed = _typed_path(self.defs)
+        if rt == ANY_RESOURCE:
+            rt = typed.resource_type(body) or "Bundle"
+        if rt == "Bundle" or rt in self.profile or rt not in self.defs.resources:
+            return None
+        got = typed.decode(rt, body)
         if got is None:
             return None
         res, subjects = got

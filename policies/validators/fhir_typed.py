@@ -45,6 +45,13 @@ PRESENCE: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
+class _ResourceType(msgspec.Struct):
+    resourceType: str | None = None
+
+
+_PEEK = msgspec.json.Decoder(_ResourceType)
+
+
 class _Fallback(ValueError):
     """Raised in a ``__post_init__``: let the full walk decide."""
 
@@ -117,6 +124,14 @@ class TypedPath:
         self._made: set[str] = set()
         self._decoders: dict[str, msgspec.json.Decoder[Any]] = {}
         self._lock = threading.Lock()
+
+    def resource_type(self, body: bytes) -> str | None:
+        """The payload's resourceType, read without building the rest (for ``fhir.r4.Resource``)."""
+        try:
+            rt = _PEEK.decode(body).resourceType
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+            return None
+        return rt if isinstance(rt, str) else None
 
     def decode(self, rt: str, body: bytes) -> tuple[Any, frozenset[str]] | None:
         """(the decoded resource, its data subjects) for a valid ``rt`` payload; ``None``: the

@@ -119,7 +119,7 @@ def typed_vs_slow(v: FhirValidator, data: Any) -> tuple[Any, Any]:
 
 
 def typed_validators(rt: str) -> list[FhirValidator]:
-    return [FhirValidator(rt), FhirValidator(rt, identifier_rules=UK_RULES)]
+    return [FhirValidator(rt), FhirValidator(rt, identifier_rules=UK_RULES), FhirValidator(ANY_RESOURCE)]
 
 
 TYPED = [(n, d) for n, d in PAYLOADS if isinstance(d.get("resourceType"), str)
