@@ -52,6 +52,7 @@ from .common import (
 )
 from .fhir_fast import FastWalk
 from .fhir_invariants import Check, FhirPath, Invariant, compiled_for
+from .fhir_rules import URI_SYSTEM, attachment_size_problem, narrative_has_content, uri_extra, uri_problem
 from .fhir_typed import TypedPath, carries
 from .limits import Limits
 
@@ -176,8 +177,9 @@ class R4Definitions:
             good = frozenset(c for c in codes if regex.fullmatch(c))
             return lambda v: type(v) is str and v in good
         if local:  # \\S*: a printable string without a space has no ASCII whitespace
+            extra = uri_extra(tcode)
             return lambda v: type(v) is str and v != "" and v[0] != "#" and (
-                (v.isprintable() and " " not in v) or match(v) is not None)
+                (v.isprintable() and " " not in v) or match(v) is not None) and extra(v)
         if tcode == "code":
             return lambda v: type(v) is str and v != "" and ((v.isprintable() and " " not in v)
                                                              or match(v) is not None)
@@ -569,6 +571,16 @@ class FhirValidator:
             if ("extension" in val) == any(k.startswith("value") for k in val):
                 ctx.out.append(Violation(path=p, rule="fhir-invariant", message="ext-1: an extension must have "
                                          "either extensions or a value[x], not both", expected="value[x] or extension"))
+            url = val.get("url")
+            if isinstance(url, str) and child.fhir_path != "Extension.extension" and not _ABSOLUTE.match(url):
+                ctx.out.append(Violation(path=f"{p}/url", rule="fhir-format", message=f"Extension.url {_short(url)} "
+                                         "is not an absolute URL (only an extension inside an extension may use a "
+                                         "relative one)", expected="the extension's canonical URL"))
+        elif tcode == "Attachment":
+            size_problem = attachment_size_problem(val)
+            if size_problem is not None:
+                ctx.out.append(Violation(path=f"{p}/size", rule="fhir-attachment-size", message=size_problem,
+                                         expected="the size in bytes of the decoded data"))
         elif tcode == "Identifier":
             self._uk_identifier(val, p, ctx)
         elif tcode == "Reference":
@@ -612,8 +624,12 @@ class FhirValidator:
                 if not val.lstrip().startswith("<div"):
                     ctx.out.append(Violation(path=p, rule="fhir-format", message="narrative must be an "
                                              "XHTML <div>", expected='<div xmlns="http://www.w3.org/1999/xhtml">'))
-                elif '"#' in val:
-                    ctx.local.extend(_LOCAL_LINK.findall(val))  # dom-3: the narrative links to it
+                else:
+                    if '"#' in val:
+                        ctx.local.extend(_LOCAL_LINK.findall(val))  # dom-3: the narrative links to it
+                    if not narrative_has_content(val):
+                        ctx.out.append(Violation(path=p, rule="fhir-invariant", message="txt-2: the narrative "
+                                                 "has no non-whitespace content", expected="text or an image"))
                 return
             if val[0] == "#" and tcode in ("canonical", "uri", "url"):
                 ctx.local.append(val[1:])  # dom-3: a canonical or URI naming a contained resource
@@ -623,6 +639,12 @@ class FhirValidator:
                                          expected=_FORMAT_HINTS.get(tcode) or f"a FHIR {tcode} matching "
                                          f"{regex.pattern[:120]}"))
                 return
+            if tcode in ("canonical", "uri", "url"):
+                problem = uri_problem(tcode, val)
+                if problem is not None:
+                    ctx.out.append(Violation(path=p, rule="fhir-format", message=f"{child.fhir_path} value "
+                                             f"{_short(val)}: {problem[0]}", expected=problem[1]))
+                    return
             if child.valueset is not None and tcode == "code":
                 codes = self.defs.vs_codes.get(child.valueset)
                 if codes is not None and val not in codes:
@@ -691,6 +713,13 @@ class FhirValidator:
     def _uk_identifier(self, ident: dict[str, Any], p: str, ctx: _Ctx) -> None:
         system = ident.get("system")
         if not isinstance(system, str):
+            return
+        if system == URI_SYSTEM:
+            value = ident.get("value")
+            if isinstance(value, str) and not _ABSOLUTE.match(value):
+                ctx.out.append(Violation(path=f"{p}/value", rule="fhir-format", message=f"identifier value "
+                                         f"{_short(value)} is not a URI, but its system is {URI_SYSTEM}",
+                                         expected="an absolute URI (with a scheme), e.g. urn:oid:2.16.840.1.113883"))
             return
         if system == NHS_NUMBER_SYSTEM:
             value = ident.get("value")
@@ -768,6 +797,17 @@ class FhirValidator:
             out.append(Violation(path=f"{ptr}/total", rule="fhir-bundle-invariant",
                                  message=f"total is only for a searchset or history Bundle, not {btype!r} (bdl-1)",
                                  expected="no total"))
+        links = bundle.get("link")
+        if isinstance(links, list):
+            relations: dict[str, int] = {}
+            for i, link in enumerate(links):
+                rel = link.get("relation") if isinstance(link, dict) else None
+                if isinstance(rel, str) and rel != "stylesheet":
+                    if rel in relations:
+                        out.append(Violation(path=f"{ptr}/link/{i}/relation", rule="fhir-bundle-link",
+                                             message=f"link relation {rel!r} is also link {relations[rel]}'s",
+                                             expected="each link relation (self, next, ...) at most once"))
+                    relations.setdefault(rel, i)
         entries = bundle.get("entry")
         entries = [e if isinstance(e, dict) else {} for e in entries] if isinstance(entries, list) else []
         # fullUrl -> [(entry number, meta.versionId, resource)]

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .common import NHS_NUMBER_SYSTEM, ODS_SYSTEMS, nhs_number_problem, nhs_subject, ods_code_problem
+from .fhir_rules import URI_SYSTEM, extension_url_absolute, narrative_has_content, uri_extra
 
 if TYPE_CHECKING:
     from .fhir import R4Definitions, _Child, _Node
@@ -150,8 +151,9 @@ class FastWalk:
             if regex is not None and tcode not in ("xhtml", "base64Binary", "decimal"):
                 env[name] = regex.fullmatch
                 if tcode in ("canonical", "uri", "url"):
+                    env[name + "x"] = uri_extra(tcode)
                     return ["if type(v) is not str or v == '' or v[0] == '#' or not ((v.isprintable() and ' ' "
-                            f"not in v) or {name}(v) is not None):", "    return False"]
+                            f"not in v) or {name}(v) is not None) or not {name}x(v):", "    return False"]
                 if tcode == "code":
                     return ["if type(v) is not str or v == '' or not ((v.isprintable() and ' ' not in v) "
                             f"or {name}(v) is not None):", "    return False"]
@@ -246,8 +248,9 @@ class FastWalk:
             good = frozenset(c for c in codes if regex.fullmatch(c))
             return lambda v, _st: type(v) is str and v in good
         if tcode in ("canonical", "uri", "url"):  # \\S*: printable with no space has no ASCII whitespace
+            extra = uri_extra(tcode)
             return lambda v, _st: type(v) is str and v != "" and v[0] != "#" and (
-                (v.isprintable() and " " not in v) or match(v) is not None)
+                (v.isprintable() and " " not in v) or match(v) is not None) and extra(v)
         if tcode == "code":  # one token without whitespace is a code; the regex decides the rest
             return lambda v, _st: type(v) is str and v != "" and (
                 (v.isprintable() and " " not in v) or match(v) is not None)
@@ -284,7 +287,8 @@ class FastWalk:
 
             return lambda v: type(v) is str and _BASE64.fullmatch("".join(v.split())) is not None
         if tcode == "xhtml":  # a '#' link counts for dom-3: the full walk notes it
-            return lambda v: type(v) is str and v != "" and v.lstrip().startswith("<div") and '"#' not in v
+            return lambda v: type(v) is str and v != "" and v.lstrip().startswith("<div") and '"#' not in v \
+                and narrative_has_content(v)
         return None
 
     def _item(self, child: _Child, tcode: str) -> Item:
@@ -319,8 +323,13 @@ class FastWalk:
 
         if tcode == "Extension":
             def extension(v: Any, st: State) -> bool:
-                return item(v, st) and ("extension" in v) != any(k.startswith("value") for k in v)
+                return item(v, st) and ("extension" in v) != any(k.startswith("value") for k in v) \
+                    and extension_url_absolute(v.get("url"))  # a relative url (nested): the full walk
             return extension
+        if tcode == "Attachment":
+            def attachment(v: Any, st: State) -> bool:
+                return item(v, st) and not ("size" in v and "data" in v)  # the size: the full walk
+            return attachment
         if tcode == "Identifier":
             def identifier(v: Any, st: State) -> bool:
                 if not item(v, st):
@@ -328,6 +337,8 @@ class FastWalk:
                 system = v.get("system")
                 if type(system) is not str:
                     return True
+                if system == URI_SYSTEM:
+                    return False  # its value must be a URI: the full walk
                 if system == NHS_NUMBER_SYSTEM:
                     value = v.get("value")
                     if nhs_number_problem(value) is not None:

@@ -148,6 +148,9 @@ NATIVE: dict[str, Predicate] = {
     "obs-6": lambda o, _r: "dataAbsentReason" not in o or not _has_choice(o, "value"),
     "obs-7": _obs7,
     "ras-2": lambda p, _r: not isinstance(p.get("probabilityDecimal"), (int, float)) or p["probabilityDecimal"] <= 100,
+    # R4 publishes que-12 as "enableWhen.count() > 2", against its own text ("more than one");
+    # R4B corrected it to > 1, and so does the reference validator: see CORRECTED
+    "que-12": lambda item, _r: len(item.get("enableWhen") or ()) <= 1 or "enableBehavior" in item,
     "obs-3": lambda rr, _r: any(k in rr for k in ("low", "high", "text")),
     "con-4": lambda c, _r: not _has_choice(c, "abatement")
     or _clinical_status_in(c, {"inactive", "resolved", "remission"}),
@@ -162,6 +165,12 @@ NATIVE: dict[str, Predicate] = {
     # as published in R4: 'noshow' (the code is 'noshow' in the expression, 'no-show' in the value set)
     "app-4": lambda a, _r: "cancelationReason" not in a or a.get("status") in ("noshow", "cancelled"),
     "app-1": lambda p, _r: "type" in p or "actor" in p,
+}
+
+
+#: Natives that deliberately differ from the expression R4 publishes (a known error in it).
+CORRECTED: dict[str, str] = {
+    "que-12": "R4's expression says enableWhen.count() > 2, its text and R4B say more than one (> 1)",
 }
 
 

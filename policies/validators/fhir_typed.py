@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .common import NHS_NUMBER_SYSTEM, ODS_SYSTEMS, nhs_number_problem, nhs_subject, ods_code_problem
+from .fhir_rules import URI_SYSTEM, extension_url_absolute, narrative_has_content, uri_extra
 
 if TYPE_CHECKING:
     from .fhir import R4Definitions, _Child, _Node
@@ -120,7 +121,8 @@ class TypedPath:
                                    "_nhs_problem": nhs_number_problem, "_ods_problem": ods_code_problem,
                                    "_NHS": NHS_NUMBER_SYSTEM, "_ODS": ODS_SYSTEMS, "_View": _View,
                                    "_to_builtins": msgspec.to_builtins, "_cc_codings": _cc_codings,
-                                   "_in_vs": _in_vs})
+                                   "_in_vs": _in_vs, "_ext_url_ok": extension_url_absolute,
+                                   "_URI_SYSTEM": URI_SYSTEM})
         self._made: set[str] = set()
         self._decoders: dict[str, msgspec.json.Decoder[Any]] = {}
         self._lock = threading.Lock()
@@ -225,8 +227,14 @@ class TypedPath:
             if values and ext:
                 anyv = " or ".join(f"self.{a} is not UNSET" for a in values)
                 post.append(f"        if (self.{ext} is not UNSET) == ({anyv}):\n            _fail()")
+        if node.path == "Extension" and "url" in json_names:
+            post.append(f"        if not _ext_url_ok(self.{json_names['url']}):\n            _fail()")
+        if node.path == "Attachment":
+            post.append(f"        if self.{json_names['size']} is not UNSET and self.{json_names['data']} is not UNSET:"
+                        "\n            _fail()")
         if node.path == "Identifier":
             s, v = json_names["system"], json_names["value"]
+            post.append(f"        if self.{s} == _URI_SYSTEM:\n            _fail()")
             post.append(f"        s = self.{s}\n        if s == _NHS:\n            v = self.{v}\n"
                         "            if _nhs_problem(v) is not None:\n                _fail()\n"
                         "            _subject(v)\n"
@@ -314,7 +322,9 @@ class TypedPath:
         if fn not in self.ns:
             match = regex.fullmatch
             if tcode in ("canonical", "uri", "url"):
-                self.ns[fn] = lambda v: v[0] != "#" and ((v.isprintable() and " " not in v) or match(v) is not None)
+                extra = uri_extra(tcode)
+                self.ns[fn] = lambda v: v[0] != "#" and ((v.isprintable() and " " not in v)
+                                                         or match(v) is not None) and extra(v)
             elif tcode == "code":
                 self.ns[fn] = lambda v: (v.isprintable() and " " not in v) or match(v) is not None
             else:
@@ -322,9 +332,13 @@ class TypedPath:
         if child.max == 1 and tcode in ("canonical", "uri", "url", "code"):
             self.ns[f"_rx_{tcode}"] = regex.fullmatch
             hash_ok = "v[0] != '#' and " if tcode != "code" else ""
+            more = ""
+            if tcode != "code":
+                self.ns[f"_ux_{tcode}"] = uri_extra(tcode)
+                more = f" and _ux_{tcode}(v)"
             post.append(f"        v = self.{attr}\n"
                         f"        if v is not UNSET and not ({hash_ok}((v.isprintable() and ' ' not in v) "
-                        f"or _rx_{tcode}(v) is not None)):\n            _fail()")
+                        f"or _rx_{tcode}(v) is not None){more}):\n            _fail()")
         elif child.max == 1:
             post.append(f"        if self.{attr} is not UNSET and not {fn}(self.{attr}):\n            _fail()")
         else:
@@ -367,7 +381,7 @@ def _b64_ok(v: str) -> bool:
 
 
 def _xhtml_ok(v: str) -> bool:
-    return v != "" and v.lstrip().startswith("<div") and '"#' not in v
+    return v != "" and v.lstrip().startswith("<div") and '"#' not in v and narrative_has_content(v)
 
 
 def carries(res: Any, element: str, system: str) -> bool:
