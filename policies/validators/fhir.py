@@ -52,7 +52,15 @@ from .common import (
 )
 from .fhir_fast import FastWalk
 from .fhir_invariants import Check, FhirPath, Invariant, compiled_for
-from .fhir_rules import URI_SYSTEM, attachment_size_problem, narrative_has_content, uri_extra, uri_problem
+from .fhir_rules import (
+    ABSOLUTE_ELEMENTS,
+    URI_SYSTEM,
+    absolute,
+    attachment_size_problem,
+    narrative_has_content,
+    uri_extra,
+    uri_problem,
+)
 from .fhir_typed import TypedPath, carries
 from .limits import Limits
 
@@ -641,6 +649,9 @@ class FhirValidator:
                 return
             if tcode in ("canonical", "uri", "url"):
                 problem = uri_problem(tcode, val)
+                if problem is None and child.fhir_path in ABSOLUTE_ELEMENTS and not absolute(val):
+                    problem = ("is not an absolute URI (a code system is named by its canonical URL)",
+                               "an absolute URI, e.g. http://snomed.info/sct")
                 if problem is not None:
                     ctx.out.append(Violation(path=p, rule="fhir-format", message=f"{child.fhir_path} value "
                                              f"{_short(val)}: {problem[0]}", expected=problem[1]))

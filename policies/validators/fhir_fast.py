@@ -22,7 +22,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .common import NHS_NUMBER_SYSTEM, ODS_SYSTEMS, nhs_number_problem, nhs_subject, ods_code_problem
-from .fhir_rules import URI_SYSTEM, extension_url_absolute, narrative_has_content, uri_extra
+from .fhir_rules import (
+    ABSOLUTE_ELEMENTS,
+    URI_SYSTEM,
+    absolute,
+    extension_url_absolute,
+    narrative_has_content,
+    uri_extra,
+)
 
 if TYPE_CHECKING:
     from .fhir import R4Definitions, _Child, _Node
@@ -103,6 +110,9 @@ class FastWalk:
                 groups.setdefault(child.name, []).append(key)
                 lines.append(f"        c{list(groups).index(child.name)} += 1")
             check = self._inline(child, tcode, prim, f"k{i}", env)
+            if child.fhir_path in ABSOLUTE_ELEMENTS:
+                env["_absolute"] = absolute
+                check = [*check, "if not _absolute(v):", "    return False"]
             lines.extend("        " + ln for ln in check)
             if child.min > 0 and not child.choice:
                 lines.append("    else:")
@@ -177,6 +187,8 @@ class FastWalk:
                 prim = self._slow_primitive(tcode)
             if prim is not None and child.max == 1:
                 handlers[key] = self._single(tcode, child.valueset) or self._handler(child.max, prim, None)
+                if child.fhir_path in ABSOLUTE_ELEMENTS:
+                    handlers[key] = _and_absolute(handlers[key])
             else:
                 handlers[key] = self._handler(child.max, prim, None if prim is not None else self._item(child, tcode))
             if child.choice:
@@ -373,3 +385,9 @@ class FastWalk:
                 return not any(type(c) is dict for c in codings)
             return coded
         return item
+
+
+def _and_absolute(inner: Item) -> Item:
+    def handler(v: Any, st: State) -> bool:
+        return inner(v, st) and absolute(v)
+    return handler

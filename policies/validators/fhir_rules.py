@@ -58,3 +58,13 @@ def uri_extra(tcode: str) -> Callable[[str], bool]:
 
 def extension_url_absolute(url: Any) -> bool:
     return isinstance(url, str) and _ABSOLUTE.match(url) is not None
+
+
+#: Elements whose uri must be absolute (a code system is named by its canonical URL, never by a
+#: relative or local reference), as the reference validator holds.
+ABSOLUTE_ELEMENTS = frozenset({"Coding.system", "ValueSet.compose.include.system",
+                               "ValueSet.compose.exclude.system"})
+
+
+def absolute(v: Any) -> bool:
+    return isinstance(v, str) and _ABSOLUTE.match(v) is not None

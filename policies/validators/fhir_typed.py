@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .common import NHS_NUMBER_SYSTEM, ODS_SYSTEMS, nhs_number_problem, nhs_subject, ods_code_problem
-from .fhir_rules import URI_SYSTEM, extension_url_absolute, narrative_has_content, uri_extra
+from .fhir_rules import (
+    ABSOLUTE_ELEMENTS,
+    URI_SYSTEM,
+    absolute,
+    extension_url_absolute,
+    narrative_has_content,
+    uri_extra,
+)
 
 if TYPE_CHECKING:
     from .fhir import R4Definitions, _Child, _Node
@@ -122,7 +129,7 @@ class TypedPath:
                                    "_NHS": NHS_NUMBER_SYSTEM, "_ODS": ODS_SYSTEMS, "_View": _View,
                                    "_to_builtins": msgspec.to_builtins, "_cc_codings": _cc_codings,
                                    "_in_vs": _in_vs, "_ext_url_ok": extension_url_absolute,
-                                   "_URI_SYSTEM": URI_SYSTEM})
+                                   "_URI_SYSTEM": URI_SYSTEM, "_absolute": absolute})
         self._made: set[str] = set()
         self._decoders: dict[str, msgspec.json.Decoder[Any]] = {}
         self._lock = threading.Lock()
@@ -194,6 +201,8 @@ class TypedPath:
         for i, (key, (child, tcode, _fast)) in enumerate(node.lookup.items()):
             attr = f"f{i}"
             typ = self._type(child, tcode, attr, deps, post)
+            if child.fhir_path in ABSOLUTE_ELEMENTS:
+                post.append(f"        if self.{attr} is not UNSET and not _absolute(self.{attr}):\n            _fail()")
             if typ is None:
                 continue  # not carried by this path (a resource): its presence fails the decode
             json_names[key] = attr
