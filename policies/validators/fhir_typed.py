@@ -16,6 +16,7 @@ the caller parses the payload and runs the reporting walk, so this path only eve
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import types
@@ -51,6 +52,9 @@ PRESENCE: dict[str, tuple[list[str], list[str]]] = {
     "obs-3": ([], ["low", "high", "text"]),
     "app-1": ([], ["type", "actor"]),
 }
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")  # as fhir_rules._ABSOLUTE
 
 
 class _ResourceType(msgspec.Struct):
@@ -201,7 +205,7 @@ class TypedPath:
         for i, (key, (child, tcode, _fast)) in enumerate(node.lookup.items()):
             attr = f"f{i}"
             typ = self._type(child, tcode, attr, deps, post)
-            if child.fhir_path in ABSOLUTE_ELEMENTS:
+            if child.fhir_path in ABSOLUTE_ELEMENTS and (child.max != 1 or tcode not in ("uri", "url", "canonical")):
                 post.append(f"        if self.{attr} is not UNSET and not _absolute(self.{attr}):\n            _fail()")
             if typ is None:
                 continue  # not carried by this path (a resource): its presence fails the decode
@@ -274,7 +278,7 @@ class TypedPath:
                             "        if not ok:\n            _fail()")
         self.ns[f"{name}_names"] = json_names
         lines = ["from __future__ import annotations",
-                 f"class {name}(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):", *fields]
+                 f"class {name}(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):", *fields]
         if post:
             lines.append("    def __post_init__(self):")
             lines.extend(post)
@@ -344,7 +348,10 @@ class TypedPath:
             more = ""
             if tcode != "code":
                 self.ns[f"_ux_{tcode}"] = uri_extra(tcode)
-                more = f" and _ux_{tcode}(v)"
+                more = f" and _ux_{tcode}(v)" if tcode == "canonical" else f" and (v[:4] != 'urn:' or _ux_{tcode}(v))"
+            if child.fhir_path in ABSOLUTE_ELEMENTS:
+                self.ns["_scheme"] = _SCHEME.match
+                more += " and _scheme(v) is not None"
             post.append(f"        v = self.{attr}\n"
                         f"        if v is not UNSET and not ({hash_ok}((v.isprintable() and ' ' not in v) "
                         f"or _rx_{tcode}(v) is not None){more}):\n            _fail()")
