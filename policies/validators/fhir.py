@@ -248,7 +248,8 @@ class FhirValidator:
             self.rules.setdefault(r.resource, []).append(r)
         self.bundle_types = list(bundle_types or [])
         self.resolve_urn = resolve_urn_references
-        self.fast = True  # the compiled fast path for valid payloads (fhir_fast); False: the full walk only
+        self.fast = True  # the compiled fast paths for valid payloads (fhir_typed, fhir_fast); False: the walk only
+        self._typed: TypedPath | None = None
         # a profile as data: elements it makes mandatory, and its FHIRPath invariants, per resource
         self.profile: dict[str, list[tuple[str, str, Invariant | None, FhirPath | None]]] = {}
         for path in required or []:
@@ -300,7 +301,9 @@ class FhirValidator:
         rt = self.resource
         if not self.fast:
             return None
-        typed = _typed_path(self.defs)
+        typed = self._typed
+        if typed is None:
+            typed = self._typed = _typed_path(self.defs)
         if rt == ANY_RESOURCE:
             rt = typed.resource_type(body) or "Bundle"
         if rt == "Bundle" or rt in self.profile or rt not in self.defs.resources:
