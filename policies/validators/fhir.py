@@ -274,7 +274,10 @@ class FhirValidator:
         """(every violation, the data subjects named); the subjects mean something only when
         there is no violation."""
         if self.fast and type(data) is dict:
-            done = self._fast_check(data)
+            try:
+                done = self._fast_check(data)
+            except Exception:  # the fast path only ever says "valid": on any failure the walk decides
+                done = None
             if done is not None:
                 return [], done
         ctx = _Ctx(out=[])
