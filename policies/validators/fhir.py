@@ -679,6 +679,11 @@ class FhirValidator:
             if item is None and items is val:
                 continue
             own = values[i] if i < len(values) else None
+            if type(item) is dict and own is None and "extension" in item and child.valueset in self.defs.vs_codes \
+                    and child.types and child.types[0] == "code":
+                ctx.out.append(Violation(path=ip, rule="fhir-binding", message=f"{child.fhir_path} has no code, only "
+                                         f"extensions, where the required value set {child.valueset} applies",
+                                         expected=describe_codes(self.defs.vs_codes[child.valueset or ""])))
             if type(item) is dict and own is None and "extension" not in item and item:
                 ctx.out.append(Violation(path=ip, rule="fhir-invariant", message=f"ele-1: {child.fhir_path} "
                                          "has neither a value nor extensions (all FHIR elements must have a "
