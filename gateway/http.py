@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
 import structlog
@@ -19,15 +19,24 @@ from certs.tls import peer_uris
 from gateway.service import Gateway
 from gateway.store import InRecord, OutRecord
 from psvn import addresses
-from psvn.envelope import FeedRequest, SendRequest, SubscribeRequest, check_free_id, new_message_id
+from psvn.envelope import (
+    FeedRequest,
+    RawFeedRequest,
+    RawSendRequest,
+    SendRequest,
+    SubscribeRequest,
+    check_free_id,
+    new_message_id,
+)
 from psvn.errors import Code, PsvnError
 
 log = structlog.get_logger("psvn.gateway.http")
 
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 PROBLEM = "application/problem+json"
-_send_decoder = msgspec.json.Decoder(SendRequest)
-_feed_decoder = msgspec.json.Decoder(FeedRequest)
+# payloads stay the bytes as sent (a Raw*Request is the request with its payload undecoded)
+_send_decoder = cast("msgspec.json.Decoder[SendRequest]", msgspec.json.Decoder(RawSendRequest))
+_feed_decoder = cast("msgspec.json.Decoder[FeedRequest]", msgspec.json.Decoder(RawFeedRequest))
 _subscribe_decoder = msgspec.json.Decoder(SubscribeRequest)
 T = TypeVar("T")
 
@@ -245,7 +254,7 @@ async def list_inbox(request: web.Request) -> web.Response:
         raise PsvnError(Code.BAD_REQUEST, "limit must be a whole number", field="limit", rule="integer") from None
     if not 1 <= limit <= 1000:
         raise PsvnError(Code.BAD_REQUEST, "limit must be between 1 and 1000", field="limit", rule="range")
-    items = request.app[GATEWAY_KEY].inbox(mailbox=q.get("mailbox"), status=q.get("status"), limit=limit,
+    items = await request.app[GATEWAY_KEY].inbox(mailbox=q.get("mailbox"), status=q.get("status"), limit=limit,
                                            system=system)
     return json_response({"messages": [in_view(r) for r in items]})
 
