@@ -44,7 +44,7 @@ from typing import Any
 import msgspec
 
 from psvn import procs
-from psvn.bench.process import CpuMeter, cpu_seconds, machine_busy_seconds
+from psvn.bench.process import CpuMeter, MemoryMeter, cpu_seconds, machine_busy_seconds, memory_mib, restart_gateway
 from psvn.bench.report import (
     CLASSIFICATION,
     COUNCIL,
@@ -55,24 +55,62 @@ from psvn.bench.report import (
     CpuUse,
     Latency,
     LocalFigure,
+    Memory,
     Percentiles,
     Ratios,
     RawThroughput,
     Report,
+    Restart,
+    Target,
     Throughput,
     _rate,
     _ratio,
+    assess,
     format_report,
     percentiles,
     to_json,
 )
 from psvn.errors import Code, PsvnError
 
-__all__ = ["CLASSIFICATION", "COUNCIL", "MESSAGE_TYPE", "NHS_NUMBER", "PURPOSE", "TRUST", "CpuMeter", "CpuUse",
-           "DeliveryObserver", "Latency", "LocalFigure", "Options", "Percentiles", "Ratios", "RawThroughput",
-           "Report", "Throughput", "cpu_seconds", "format_report", "free_port_range", "machine_busy_seconds",
-           "payload_size", "percentiles", "port_span", "progress_to_stderr", "run", "run_async",
-           "run_with_temporary_devnet", "service_request", "to_json"]
+__all__ = [
+    "CLASSIFICATION",
+    "COUNCIL",
+    "MESSAGE_TYPE",
+    "NHS_NUMBER",
+    "PURPOSE",
+    "TRUST",
+    "CpuMeter",
+    "CpuUse",
+    "DeliveryObserver",
+    "Latency",
+    "LocalFigure",
+    "Memory",
+    "MemoryMeter",
+    "Options",
+    "Percentiles",
+    "Ratios",
+    "RawThroughput",
+    "Report",
+    "Restart",
+    "Target",
+    "Throughput",
+    "assess",
+    "cpu_seconds",
+    "format_report",
+    "free_port_range",
+    "machine_busy_seconds",
+    "memory_mib",
+    "payload_size",
+    "percentiles",
+    "port_span",
+    "progress_to_stderr",
+    "restart_gateway",
+    "run",
+    "run_async",
+    "run_with_temporary_devnet",
+    "service_request",
+    "to_json",
+]
 
 Progress = Callable[[str], None]
 
@@ -87,6 +125,8 @@ class Options:
     local_seconds: float = 1.0  # per local figure; 0 skips them
     cleanup: bool = True  # acknowledge the bench's messages in the trust's inbox afterwards
     batch_size: int = 500  # messages per POST /v1/messages:batch in the batch run (the gateway's maximum)
+    restart: bool = True  # restart the sender's gateway after the runs, timed to /readyz 200
+    restart_timeout: float = 60.0
 
     def check(self) -> None:
         for name, value, low in (("count", self.count, 1), ("concurrency", self.concurrency, 1),
@@ -390,8 +430,10 @@ async def _send_batches(client: Any, payloads: list[dict[str, Any]], *, batch_si
 
 
 async def psvn_latency(sender: Any, obs: DeliveryObserver, payloads: list[dict[str, Any]], lat: Latency,
-                       opts: Options, tag: str) -> list[str]:
+                       opts: Options, tag: str, cpu: CpuMeter | None = None) -> list[str]:
     """One message at a time: send, wait until the sender sees it delivered, next."""
+    if cpu is not None:
+        cpu.start()
     calls: list[float] = []
     box: list[float] = []
     st: list[float] = []
@@ -413,6 +455,8 @@ async def psvn_latency(sender: Any, obs: DeliveryObserver, payloads: list[dict[s
         if mid in obs.sender_delivered:
             st.append(obs.sender_delivered[mid] - t0)
     lat.psvn_delivered = len(box)
+    if cpu is not None:
+        lat.psvn_cpu = cpu.stop(len(ids))
     lat.psvn_send_call, lat.psvn_to_mailbox, lat.psvn_to_sender_delivered = (
         percentiles(calls), percentiles(box), percentiles(st))
     return ids
@@ -689,20 +733,29 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
             all_ids += [m for m, _, _ in w.times]
             await obs.wait_all(all_ids, opts.delivery_timeout)
             report.warmup = len(w.times)
+            gateways = {f"gateway {org}": g.pid for org, g in state.gateways.items()}
+            pids = {"client": os.getpid(), **servers, **gateways}
+            memory = MemoryMeter(gateways)
+            memory.start()  # after the warm-up: its TLS connections and first-use caches are not growth
+            through = 0  # messages the runs sent through the sender's and the recipient's gateways
             if lat.samples:
                 say(f"latency: {lat.samples} messages one at a time ...")
                 lat_payloads = [service_request(500000 + i, tag) for i in range(lat.samples)]
-                all_ids += await psvn_latency(sender, obs, lat_payloads, lat, opts, f"{tag}-l")
+                ids = await psvn_latency(sender, obs, lat_payloads, lat, opts, f"{tag}-l", CpuMeter(pids))
+                all_ids += ids
+                through += len(ids)
             say(f"throughput: {opts.count} messages, {opts.concurrency} in flight ...")
-            pids = {"client": os.getpid(), **servers, **{f"gateway {org}": g.pid for org, g in state.gateways.items()}}
             report.throughput, ids = await psvn_throughput(sender, obs, payloads, opts, f"{tag}-t", CpuMeter(pids))
             all_ids += ids
+            through += len(ids)
             say(f"batch: {opts.count} messages through send_many, {opts.batch_size} per request ...")
             report.batch_size = opts.batch_size
             batch_payloads = [service_request(1_000_000 + i, tag) for i in range(opts.count)]
             report.batch, ids = await psvn_throughput(sender, obs, batch_payloads, opts, f"{tag}-b", CpuMeter(pids),
                                                       batch=True)
             all_ids += ids
+            through += len(ids)
+            report.memory = memory.stop({f"gateway {COUNCIL}": through, f"gateway {TRUST}": through})
         say(f"baseline: raw nats-py JetStream, {opts.count} messages of {report.payload_bytes} bytes ...")
         report.raw = await raw_baseline(nc, os.urandom(report.payload_bytes), opts.count, lat, opts,
                                         CpuMeter({"client": os.getpid(), **servers}), replicas=state.replicas)
@@ -721,6 +774,9 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
         for conn in (nc, watch_in, watch_out):
             with contextlib.suppress(Exception):
                 await conn.close()  # not drain(): nothing of ours is left to flush, and drain waits on idle subs
+    if opts.restart:  # last: everything the runs wrote is the history it starts on
+        say(f"restart: stopping the sender's gateway ({COUNCIL}) and starting it again, timed to /readyz ...")
+        report.restart = await asyncio.to_thread(restart_gateway, layout, COUNCIL, timeout=opts.restart_timeout)
     tp, raw, bt = report.throughput, report.raw, report.batch
     assert tp is not None and raw is not None and bt is not None
     report.ratios = Ratios(
@@ -731,6 +787,7 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
         batch_vs_single_delivery=_ratio(bt.deliver_per_s, tp.deliver_per_s),
         latency_p50=_ratio(lat.psvn_to_mailbox.p50_ms, lat.raw_to_consumer.p50_ms),
         latency_p99=_ratio(lat.psvn_to_mailbox.p99_ms, lat.raw_to_consumer.p99_ms))
+    report.targets = assess(report)
     report.notes += _notes(report)
     report.seconds = round(time.perf_counter() - t_run, 2)
     return report
@@ -761,6 +818,9 @@ def _notes(r: Report) -> list[str]:
         if run.failed:
             notes.append(f"{label}: {run.failed} message(s) failed after acceptance (quarantined, rejected or "
                          "expired)")
+    if r.restart is not None and not r.restart.ready:
+        notes.append(f"the sender's gateway ({r.restart.gateway}) did not come back after the runs: the devnet "
+                     f"is not as it was; see its log ({r.restart.error})")
     lat = r.latency
     if lat is not None and (lat.psvn_delivered < lat.samples or lat.raw_consumed < lat.samples):
         notes.append(f"latency run incomplete: psvn {lat.psvn_delivered}/{lat.samples}, "

@@ -88,6 +88,7 @@ class Latency(msgspec.Struct, kw_only=True):
     psvn_to_sender_delivered: Percentiles = msgspec.field(default_factory=Percentiles)
     raw_publish_ack: Percentiles = msgspec.field(default_factory=Percentiles)
     raw_to_consumer: Percentiles = msgspec.field(default_factory=Percentiles)
+    psvn_cpu: CpuUse | None = None  # one message at a time: nothing shares a write or a request
 
 
 class Ratios(msgspec.Struct, kw_only=True, omit_defaults=False):
@@ -111,8 +112,46 @@ class LocalFigure(msgspec.Struct, kw_only=True):
     note: str | None = None
 
 
+class Memory(msgspec.Struct, kw_only=True):
+    """One gateway's resident memory (``/proc/<pid>/status``, MiB): VmRSS before the measured runs
+    (after the warm-up) and after them, and VmHWM, the most it ever held. ``messages``: how many
+    the runs sent through it meanwhile (0 for a gateway that only watched)."""
+
+    pid: int
+    messages: int = 0
+    before_mib: float | None = None
+    after_mib: float | None = None
+    growth_mib: float | None = None
+    peak_mib: float | None = None
+
+
+class Restart(msgspec.Struct, kw_only=True):
+    """The sender's gateway after the runs: stopped (SIGTERM) by its PID, started again with its
+    own command line as the devnet does, timed until its ``/readyz`` answered 200."""
+
+    gateway: str
+    ready: bool = False
+    stop_seconds: float | None = None  # SIGTERM until the old process was gone
+    ready_seconds: float | None = None  # the new process started until /readyz answered 200
+    rss_mib: float | None = None  # the restarted gateway's VmRSS once ready
+    old_pid: int | None = None
+    pid: int | None = None
+    error: str | None = None  # why it did not come back (the devnet then lacks this gateway)
+
+
+class Target(msgspec.Struct, kw_only=True):
+    """One of issue 9's targets beside what this run measured: information, never pass/fail
+    (``meets`` is None when the run cannot say, e.g. memory over fewer than 100,000 messages)."""
+
+    name: str
+    target: str
+    measured: float | None = None
+    unit: str = ""
+    meets: bool | None = None
+
+
 class Report(msgspec.Struct, kw_only=True):
-    version: int = 1
+    version: int = 2
     psvn_version: str = __version__
     environment: dict[str, Any] = msgspec.field(default_factory=dict)
     payload_type: str = MESSAGE_TYPE
@@ -129,8 +168,56 @@ class Report(msgspec.Struct, kw_only=True):
     ratios: Ratios = msgspec.field(default_factory=Ratios)
     local: list[LocalFigure] = msgspec.field(default_factory=list)
     cleanup_acknowledged: int | None = None  # trust messages acknowledged after the run (None: skipped)
+    memory: dict[str, Memory] = msgspec.field(default_factory=dict)  # "gateway <org>" -> its RSS
+    restart: Restart | None = None  # None: skipped (--no-restart)
+    targets: list[Target] = msgspec.field(default_factory=list)
     notes: list[str] = msgspec.field(default_factory=list)
     seconds: float = 0.0
+
+
+# -- issue 9's targets (single-node devnet): printed beside the figures, never pass/fail --------
+T_BATCH = "batch path, delivered to the mailbox"
+T_SHARE = "batch path, share of raw consume"
+T_CPU = "batch path, CPU ms per message, all processes"
+T_SINGLE = "single-send path, delivered to the mailbox"
+T_P99 = "one at a time, send -> mailbox p99"
+T_RSS = "RSS growth of a gateway"
+T_RESTART = "sender gateway restart, to /readyz 200"
+RSS_MESSAGES = 100_000  # the count issue 9's "flat RSS" is set over
+
+
+def assess(r: Report) -> list[Target]:
+    """Each target beside this run's figure (``meets`` None when the figure is missing, or when
+    the run is too small to say: RSS over fewer than RSS_MESSAGES messages)."""
+    tp, bt, lat, rs = r.throughput, r.batch, r.latency, r.restart
+    share = r.ratios.batch_delivery_vs_consume
+
+    def at_least(name: str, low: float, x: float | None, unit: str, text: str) -> Target:
+        return Target(name=name, target=text, measured=x, unit=unit, meets=None if x is None else x >= low)
+
+    def at_most(name: str, high: float, x: float | None, unit: str, text: str) -> Target:
+        return Target(name=name, target=text, measured=x, unit=unit, meets=None if x is None else x <= high)
+
+    out = [
+        at_least(T_BATCH, 2000, bt.deliver_per_s if bt else None, " msg/s", ">= 2,000 msg/s"),
+        at_least(T_SHARE, 15.0, None if share is None else round(share * 100, 2), "%", ">= 15%"),
+        at_most(T_CPU, 1.0, bt.cpu.ms_per_msg.get("total") if bt and bt.cpu else None, " ms", "<= 1.0 ms"),
+        at_least(T_SINGLE, 800, tp.deliver_per_s if tp else None, " msg/s", ">= 800 msg/s"),
+        at_most(T_P99, 5.0, lat.psvn_to_mailbox.p99_ms if lat and lat.psvn_to_mailbox.n else None, " ms",
+                "<= 5 ms"),
+    ]
+    moved = [m for m in r.memory.values() if m.messages and m.growth_mib is not None]
+    growth = max((m.growth_mib for m in moved if m.growth_mib is not None), default=None)
+    rss = Target(name=T_RSS, target=f"a few MiB across {RSS_MESSAGES:,} messages", measured=growth, unit=" MiB")
+    if growth is not None and min(m.messages for m in moved) >= RSS_MESSAGES:
+        rss.meets = growth <= 5.0
+    out.append(rss)
+    ready = rs.ready_seconds if rs is not None and rs.ready else None
+    restart = at_most(T_RESTART, 3.0, ready, " s", "<= 3 s after the runs")
+    if rs is not None and not rs.ready:
+        restart.meets = False  # it did not come back at all
+    out.append(restart)
+    return out
 
 
 # -- small pure helpers --------------------------------------------------------------------
@@ -181,7 +268,16 @@ def format_report(r: Report) -> str:
     """The human table: psvn and the raw baseline side by side, ratios, counts, local figures."""
     tp, raw, lat, bt = r.throughput, r.raw, r.latency, r.batch
     env = r.environment
-    row = "  {:<42}{:>16}{:>16}{:>10}"
+    tg = {t.name: t for t in r.targets}
+
+    def row(*cols: str) -> str:
+        """Label, psvn, raw, ratio and (where issue 9 sets one) the target."""
+        return "  {:<42}{:>16}{:>16}{:>10}  {}".format(*cols, *[""] * (5 - len(cols))).rstrip()
+
+    def target(name: str) -> str:
+        t = tg.get(name)
+        return f"target {t.target}" if t is not None else ""
+
     lines = [
         f"psvn bench: {MESSAGE_TYPE} ({r.payload_bytes:,} bytes of FHIR R4 JSON), {r.sender} -> {r.recipient}, "
         f"devnet {env.get('devnet')}{' (temporary)' if env.get('temporary_devnet') else ''}"
@@ -195,15 +291,15 @@ def format_report(r: Report) -> str:
         lines += [
             f"throughput: {tp.requested:,} messages, {r.concurrency} SDK sends in flight "
             "(raw: all publishes in flight)",
-            row.format("", "psvn", "raw JetStream", "psvn/raw"),
-            row.format("accepted (202) | publish acked      msg/s", _n(tp.accept_per_s), _n(raw.publish_per_s),
-                       _x(r.ratios.accept_vs_publish)),
-            row.format("in mailbox | consumed               msg/s", _n(tp.deliver_per_s), _n(raw.consume_per_s),
-                       _x(r.ratios.delivery_vs_consume)),
-            row.format("sender sees delivered               msg/s", _n(tp.sender_delivered_per_s), "", ""),
-            row.format("send call | publish->ack     p50/p99 ms", _pp(tp.send_call), _pp(raw.publish_ack), ""),
-            row.format("send->mailbox | ->consumed   p50/p99 ms", _pp(tp.to_mailbox), _pp(raw.to_consumer), ""),
-            row.format("send->sender sees delivered  p50/p99 ms", _pp(tp.to_sender_delivered), "", ""),
+            row("", "psvn", "raw JetStream", "psvn/raw"),
+            row("accepted (202) | publish acked      msg/s", _n(tp.accept_per_s), _n(raw.publish_per_s),
+                _x(r.ratios.accept_vs_publish)),
+            row("in mailbox | consumed               msg/s", _n(tp.deliver_per_s), _n(raw.consume_per_s),
+                _x(r.ratios.delivery_vs_consume), target(T_SINGLE)),
+            row("sender sees delivered               msg/s", _n(tp.sender_delivered_per_s), "", ""),
+            row("send call | publish->ack     p50/p99 ms", _pp(tp.send_call), _pp(raw.publish_ack), ""),
+            row("send->mailbox | ->consumed   p50/p99 ms", _pp(tp.to_mailbox), _pp(raw.to_consumer), ""),
+            row("send->sender sees delivered  p50/p99 ms", _pp(tp.to_sender_delivered), "", ""),
         ]
         lines += [line for line in (_format_cpu("psvn", tp.cpu), _format_cpu("raw ", raw.cpu)) if line]
         lines.append("")
@@ -211,31 +307,33 @@ def format_report(r: Report) -> str:
         lines += [
             f"batch: the same {bt.requested:,} messages through send_many, {r.batch_size} per request "
             "(POST /v1/messages:batch)",
-            row.format("", "psvn batch", "raw JetStream", "batch/raw"),
-            row.format("accepted | publish acked            msg/s", _n(bt.accept_per_s), _n(raw.publish_per_s),
-                       _x(r.ratios.batch_accept_vs_publish)),
-            row.format("in mailbox | consumed               msg/s", _n(bt.deliver_per_s), _n(raw.consume_per_s),
-                       _x(r.ratios.batch_delivery_vs_consume)),
-            row.format("sender sees delivered               msg/s", _n(bt.sender_delivered_per_s), "", ""),
-            row.format("request | publish->ack       p50/p99 ms", _pp(bt.send_call), _pp(raw.publish_ack), ""),
-            row.format("send->mailbox | ->consumed   p50/p99 ms", _pp(bt.to_mailbox), _pp(raw.to_consumer), ""),
+            row("", "psvn batch", "raw JetStream", "batch/raw"),
+            row("accepted | publish acked            msg/s", _n(bt.accept_per_s), _n(raw.publish_per_s),
+                _x(r.ratios.batch_accept_vs_publish)),
+            row("in mailbox | consumed               msg/s", _n(bt.deliver_per_s), _n(raw.consume_per_s),
+                _x(r.ratios.batch_delivery_vs_consume), f"{target(T_BATCH)}, {tg[T_SHARE].target} of raw"
+                if T_BATCH in tg and T_SHARE in tg else ""),
+            row("sender sees delivered               msg/s", _n(bt.sender_delivered_per_s), "", ""),
+            row("request | publish->ack       p50/p99 ms", _pp(bt.send_call), _pp(raw.publish_ack), ""),
+            row("send->mailbox | ->consumed   p50/p99 ms", _pp(bt.to_mailbox), _pp(raw.to_consumer), ""),
             f"  batch / single send, delivered to the mailbox: {_ratio_text(r.ratios.batch_vs_single_delivery)}",
         ]
-        lines += [line for line in (_format_cpu("batch", bt.cpu),) if line]
+        lines += [line for line in (_format_cpu("batch", bt.cpu, target(T_CPU)),) if line]
         lines.append("")
     if lat is not None and lat.samples:
         lines += [
             f"latency: {lat.samples} messages one at a time (no queueing)",
-            row.format("", "psvn", "raw JetStream", "psvn/raw"),
-            row.format("send call | publish->ack     p50/p99 ms", _pp(lat.psvn_send_call), _pp(lat.raw_publish_ack),
-                       ""),
-            row.format("send->mailbox | ->consumed       p50 ms", _n(lat.psvn_to_mailbox.p50_ms),
-                       _n(lat.raw_to_consumer.p50_ms), _x(r.ratios.latency_p50)),
-            row.format("send->mailbox | ->consumed       p99 ms", _n(lat.psvn_to_mailbox.p99_ms),
-                       _n(lat.raw_to_consumer.p99_ms), _x(r.ratios.latency_p99)),
-            row.format("send->sender sees delivered  p50/p99 ms", _pp(lat.psvn_to_sender_delivered), "", ""),
-            "",
+            row("", "psvn", "raw JetStream", "psvn/raw"),
+            row("send call | publish->ack     p50/p99 ms", _pp(lat.psvn_send_call), _pp(lat.raw_publish_ack),
+                ""),
+            row("send->mailbox | ->consumed       p50 ms", _n(lat.psvn_to_mailbox.p50_ms),
+                _n(lat.raw_to_consumer.p50_ms), _x(r.ratios.latency_p50)),
+            row("send->mailbox | ->consumed       p99 ms", _n(lat.psvn_to_mailbox.p99_ms),
+                _n(lat.raw_to_consumer.p99_ms), _x(r.ratios.latency_p99), target(T_P99)),
+            row("send->sender sees delivered  p50/p99 ms", _pp(lat.psvn_to_sender_delivered), "", ""),
         ]
+        lines += [line for line in (_format_cpu("one at a time", lat.psvn_cpu),) if line]
+        lines.append("")
     if tp is not None and raw is not None:
         lines += [f"counts: psvn {tp.accepted}/{tp.requested} accepted ({tp.errors} failed sends), "
                   f"{tp.in_mailbox} in the mailbox, {tp.sender_delivered} delivered at the sender "
@@ -245,13 +343,16 @@ def format_report(r: Report) -> str:
                   f"{raw.errors} errors"]
         if bt is not None:
             lines.append(f"        batch {bt.accepted}/{bt.requested} accepted ({bt.errors} failed sends), "
-                         f"{bt.in_mailbox} in the mailbox, {bt.sender_delivered} delivered at the sender "
-                         f"({bt.verified_delivered} confirmed through the SDK), {bt.failed} failed, "
-                         f"{bt.undelivered} undelivered")
+                  f"{bt.in_mailbox} in the mailbox, {bt.sender_delivered} delivered at the sender "
+                  f"({bt.verified_delivered} confirmed through the SDK), {bt.failed} failed, "
+                  f"{bt.undelivered} undelivered")
         if lat is not None and lat.samples:
             lines.append(f"        latency run: psvn {lat.psvn_delivered}/{lat.samples} delivered, "
-                         f"raw {lat.raw_consumed}/{lat.samples} consumed")
+                  f"raw {lat.raw_consumed}/{lat.samples} consumed")
         lines.append("")
+    lines += _format_memory(r, target(T_RSS))
+    lines += _format_restart(r.restart, target(T_RESTART))
+    lines += _format_targets(r)
     if r.local:
         lines.append("local figures: one core, no network")
         for f in r.local:
@@ -264,13 +365,57 @@ def format_report(r: Report) -> str:
     return "\n".join(lines)
 
 
-def _format_cpu(label: str, cpu: CpuUse | None) -> str | None:
+def _format_cpu(label: str, cpu: CpuUse | None, target: str = "") -> str | None:
     if cpu is None:
         return None
     parts = " + ".join(f"{k} {v:.2f}" for k, v in cpu.ms_per_msg.items() if k != "total" and v >= 0.005)
     other = f"; other processes {cpu.other_busy:.0%}" if cpu.other_busy is not None else ""
+    aim = f"; {target} in all" if target else ""
     return (f"  CPU ms/message, {label}: {parts} = {cpu.ms_per_msg.get('total', 0):.2f} "
-            f"(cores {cpu.busy:.0%} busy with it{other})")
+            f"(cores {cpu.busy:.0%} busy with it{other}{aim})")
+
+
+def _mib(x: float | None, sign: bool = False) -> str:
+    return "-" if x is None else (f"{x:+.1f}" if sign else f"{x:.1f}")
+
+
+def _format_memory(r: Report, target: str) -> list[str]:
+    if not r.memory:
+        return []
+    most = max((m.messages for m in r.memory.values()), default=0)
+    lines = [f"memory: each gateway's VmRSS before the runs -> after them, MiB ({most:,} messages through the "
+             f"sender and the recipient){'; ' + target if target else ''}"]
+    for name, m in r.memory.items():
+        per = (f", {m.growth_mib * 1024 * 1000 / m.messages:,.0f} KiB per 1,000 messages"
+               if m.growth_mib is not None and m.messages else "")
+        lines.append(f"  {name:<30} {_mib(m.before_mib):>8} -> {_mib(m.after_mib):>8}  "
+                     f"({_mib(m.growth_mib, sign=True)}; peak {_mib(m.peak_mib)}{per})")
+    lines.append("")
+    return lines
+
+
+def _format_restart(rs: Restart | None, target: str) -> list[str]:
+    if rs is None:
+        return []
+    if not rs.ready:
+        return [f"restart: gateway {rs.gateway} did NOT come back after the runs: {rs.error}", ""]
+    return [f"restart: gateway {rs.gateway} stopped in {_n(rs.stop_seconds)} s; started again, /readyz answered "
+            f"200 after {_n(rs.ready_seconds)} s{' (' + target + ')' if target else ''}; VmRSS then "
+            f"{_mib(rs.rss_mib)} MiB", ""]
+
+
+def _format_targets(r: Report) -> list[str]:
+    if not r.targets:
+        return []
+    nodes = r.environment.get("nats_nodes") or 1
+    where = "" if nodes == 1 else f" (they are set for the single-node devnet; this backbone has {nodes} nodes)"
+    lines = [f"issue 9's targets, for information (not pass/fail){where}:",
+             "  {:<52}{:>12}  {:<36}{}".format("", "measured", "target", "meets")]
+    for t in r.targets:
+        meets = "-" if t.meets is None else ("yes" if t.meets else "no")
+        lines.append(f"  {t.name:<52}{_n(t.measured, t.unit):>12}  {t.target:<36}{meets}")
+    lines.append("")
+    return lines
 
 
 def _format_local(f: LocalFigure) -> list[str]:
