@@ -415,31 +415,57 @@ class Restarted:
     ready_seconds: float  # the new process started until its /readyz answered 200
 
 
-def restart_gateway(layout: Layout, org: str, *, kill: bool = False, timeout: float = 60.0,
-                    interval: float = 0.02) -> Restarted:
-    """Stop a devnet member's gateway (SIGTERM, or SIGKILL with ``kill``: a crash) by its recorded
-    PID, start it again as ``up`` does, record the new PID and wait until ``/readyz`` answers 200
-    (polled every ``interval`` s). Raises RuntimeError if it exits or is not ready in ``timeout``;
-    the state then names the new PID, so ``down`` still finds it."""
+def _member_gateway(state: DevnetState, org: str) -> GatewayProcess:
     from psvn.errors import Code, PsvnError
 
-    state = running_state(layout)
     g = state.gateways.get(org)
     if g is None:
         raise PsvnError(Code.UNKNOWN_RECIPIENT, f"{org!r} is not a devnet member", field="org", rule="devnet-member")
-    old = g.pid
+    return g
+
+
+def stop_gateway(layout: Layout, org: str, *, kill: bool = False, timeout: float = 10.0) -> float:
+    """Stop a devnet member's gateway by its recorded PID: SIGTERM (SIGKILL after ``timeout``), or
+    with ``kill`` SIGKILL at once, a crash in which nothing of the gateway's own clean-up runs.
+    Returns the seconds until the process was gone."""
+    g = _member_gateway(running_state(layout), org)
     t0 = time.monotonic()
     if kill:
-        procs.kill(old, timeout=timeout)
+        procs.kill(g.pid, timeout=timeout)
     else:
-        procs.stop(old)
-    t1 = time.monotonic()
+        procs.stop(g.pid, timeout=timeout)
+    return round(time.monotonic() - t0, 3)
+
+
+def start_gateway(layout: Layout, org: str, *, wait: bool = True, timeout: float = 60.0,
+                  interval: float = 0.1) -> tuple[subprocess.Popen[bytes], float]:
+    """Start a stopped member's gateway again as ``up`` does and record its new PID; with ``wait``,
+    until its ``/readyz`` answers 200 (polled every ``interval`` s; RuntimeError if it exits or is
+    not ready in ``timeout``). Returns the process and the seconds from its start to ready (0.0
+    without ``wait``)."""
+    state = running_state(layout)
+    g = _member_gateway(state, org)
+    if g.pid and procs.alive(g.pid):
+        raise RuntimeError(f"gateway {org} still runs (pid {g.pid}): stop it first")
+    t0 = time.monotonic()
     proc = spawn_gateway(layout, g)
     g.pid = proc.pid
     write_state(layout, state)
-    _wait_gateway(layout, g, proc, timeout, path="/readyz", interval=interval)
-    return Restarted(org=org, old_pid=old, pid=proc.pid, stop_seconds=round(t1 - t0, 3),
-                     ready_seconds=round(time.monotonic() - t1, 3))
+    if wait:
+        _wait_gateway(layout, g, proc, timeout, path="/readyz", interval=interval)
+    return proc, round(time.monotonic() - t0, 3) if wait else 0.0
+
+
+def restart_gateway(layout: Layout, org: str, *, kill: bool = False, timeout: float = 60.0,
+                    interval: float = 0.02) -> Restarted:
+    """Stop a devnet member's gateway (``stop_gateway``: SIGTERM, or SIGKILL with ``kill``), start it
+    again as ``up`` does and wait until ``/readyz`` answers 200 (``start_gateway``). Raises
+    RuntimeError if it exits or is not ready in ``timeout``; the state then names the new PID,
+    so ``down`` still finds it."""
+    old = _member_gateway(running_state(layout), org).pid
+    stopped = stop_gateway(layout, org, kill=kill, timeout=min(timeout, 10.0))
+    proc, ready = start_gateway(layout, org, timeout=timeout, interval=interval)
+    return Restarted(org=org, old_pid=old, pid=proc.pid, stop_seconds=stopped, ready_seconds=ready)
 
 
 def start_backbone(layout: Layout, members: list[str], *, base_port: int, cluster: int = 1,
