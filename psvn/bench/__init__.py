@@ -719,6 +719,7 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
         report.environment = _environment(_server_version(nc), state.nats_url, str(layout.root), started,
                                           loop_name)
         report.environment["gateways"] = len(state.gateways)
+        report.environment["gateway_orgs"] = sorted(state.gateways)
         report.environment["nats_nodes"] = len(nodes)
         report.environment["replicas"] = state.replicas
         async with contextlib.AsyncExitStack() as stack:
