@@ -68,6 +68,13 @@ def ours(trust: Client, tag: str, status: str | None = None) -> list[InboxItem]:
             if i.correlation_id is not None and i.correlation_id.startswith(f"{tag}-")]
 
 
+def ensure_running(layout: devnet.Layout, org: str) -> None:
+    """Start ``org``'s gateway again (as the devnet does, waiting for /readyz) unless it runs."""
+    state = devnet.read_state(layout)
+    if state is not None and not procs.alive(state.gateways[org].pid):
+        devnet.start_gateway(layout, org, timeout=60)
+
+
 def poll(what: str, probe: Callable[[], T | None], *, timeout: float, interval: float = 0.05) -> T:
     """``probe()`` until it returns something not None, at most ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -80,13 +87,14 @@ def poll(what: str, probe: Callable[[], T | None], *, timeout: float, interval: 
         time.sleep(interval)
 
 
-def filed_count(layout: devnet.Layout, tag: str) -> int | None:
-    """How many of ours the recipient lists now; None while its gateway does not answer."""
+def filed_at_least(trust: Client, tag: str, n: int) -> int | None:
+    """How many of ours the recipient lists now, if at least ``n``; None while fewer, or while its
+    gateway does not answer (``trust`` has no retries: one quick look per call)."""
     try:
-        with client(layout, TRUST, retries=0) as trust:
-            return len(ours(trust, tag))
+        got = len(ours(trust, tag))
     except Exception:
         return None
+    return got if got >= n else None
 
 
 def assert_filed_exactly_once(layout: devnet.Layout, tag: str, expected: dict[str, str], *,
@@ -116,7 +124,7 @@ def assert_filed_exactly_once(layout: devnet.Layout, tag: str, expected: dict[st
 
 def test_kill_9_of_the_sender_mid_batch_then_a_retry_delivers_each_message_once(layout: devnet.Layout) -> None:
     tag = f"kill-send-{secrets.token_hex(3)}"
-    messages = referrals(tag, 800)  # two requests of 500 and 300: the kill lands in the first
+    messages = referrals(tag, 800)  # two requests, 500 and 300: the kill lands in one of them
     outcome: list[BatchResult] = []
     failure: list[BaseException] = []
 
@@ -130,23 +138,23 @@ def test_kill_9_of_the_sender_mid_batch_then_a_retry_delivers_each_message_once(
     sender = threading.Thread(target=send, name="send_many", daemon=True)
     sender.start()
     # the gateway is part-way through the batch once the recipient has filed some of it
-    seen = poll("the recipient files the first messages of the batch",
-                lambda: (lambda n: n if n is not None and n >= 10 else None)(filed_count(layout, tag)),
-                timeout=60, interval=0.02)
-    state = devnet.running_state(layout)
-    killed = state.gateways[COUNCIL].pid
-    assert devnet.stop_gateway(layout, COUNCIL, kill=True) >= 0
-    assert not procs.alive(killed)
-    sender.join(timeout=60)
-    assert not sender.is_alive() and failure == []
-    assert len(outcome) == len(messages)
-    lost = [r for r in outcome if not r.ok]
-    assert lost, f"the batch finished before the kill ({seen} filed when it came): nothing was interrupted"
-    accepted_before = {r.idempotency_key: r.id for r in outcome if r.ok}
-    print(f"\nsender killed with {seen} filed; {len(accepted_before)} answered before, {len(lost)} not")
-
-    _, ready = devnet.start_gateway(layout, COUNCIL, timeout=60)
-    assert ready >= 0
+    with client(layout, TRUST, retries=0) as trust:
+        seen = poll("the recipient files the first messages of the batch", lambda: filed_at_least(trust, tag, 10),
+                    timeout=60, interval=0.02)
+    try:
+        state = devnet.running_state(layout)
+        killed = state.gateways[COUNCIL].pid
+        assert devnet.stop_gateway(layout, COUNCIL, kill=True) >= 0
+        assert not procs.alive(killed)
+        sender.join(timeout=60)
+        assert not sender.is_alive() and failure == []
+        assert len(outcome) == len(messages)
+        lost = [r for r in outcome if not r.ok]
+        assert lost, f"the batch finished before the kill ({seen} filed when it came): nothing was interrupted"
+        accepted_before = {r.idempotency_key: r.id for r in outcome if r.ok}
+        print(f"\nsender killed with {seen} filed; {len(accepted_before)} answered before, {len(lost)} not")
+    finally:  # whatever failed above, the next test finds the sender's gateway running
+        ensure_running(layout, COUNCIL)
     with client(layout, COUNCIL) as council:
         again = council.send_many(messages, batch_size=500)  # the same idempotency keys
     assert [r.error for r in again if not r.ok] == []
@@ -178,16 +186,14 @@ def test_kill_9_of_the_recipient_mid_fetch_files_each_message_once(layout: devne
         with client(layout, COUNCIL) as council:
             assert all(council.status(mid).status == "sent" for mid in list(expected.values())[:5])
 
-        proc, _ = devnet.start_gateway(layout, TRUST, wait=False)
-        filed = poll("the restarted recipient files part of its backlog",
-                     lambda: (lambda n: n if n is not None and n >= 1 else None)(filed_count(layout, tag)),
-                     timeout=60, interval=0.02)
+        with client(layout, TRUST, retries=0) as trust:
+            proc, _ = devnet.start_gateway(layout, TRUST, wait=False)
+            filed = poll("the restarted recipient files part of its backlog", lambda: filed_at_least(trust, tag, 1),
+                         timeout=60, interval=0.02)
         devnet.stop_gateway(layout, TRUST, kill=True)
         assert not procs.alive(proc.pid)
         print(f"\nrecipient killed with {filed} of {len(messages)} filed")
         assert filed < len(messages), "the whole backlog was filed before the kill: nothing was interrupted"
     finally:
-        state = devnet.read_state(layout)
-        if state is not None and not procs.alive(state.gateways[TRUST].pid):
-            devnet.start_gateway(layout, TRUST, timeout=60)
+        ensure_running(layout, TRUST)
     assert_filed_exactly_once(layout, tag, expected)
