@@ -17,10 +17,18 @@ What is measured, and why this way:
   gateway's) on the same nats-server, same count. ``ratio = psvn / raw``.
 * Each side is measured twice: a throughput run (everything in flight, so its latencies include
   queueing) and a latency run (one message at a time: the pipeline's own delay).
+* The batch path: the same count again through ``send_many`` (``POST /v1/messages:batch``).
+* What it cost the processes (``process``, from Linux ``/proc``): CPU ms per message per process
+  for each run; each gateway's RSS after the warm-up and after the runs; then, last, the sender's
+  gateway stopped and started again as the devnet starts it, timed until ``/readyz`` answers 200
+  (the devnet is left running, its state naming the new PID).
+* Issue 9's targets beside the figures (``report.assess``): information, never pass/fail.
 * Local figures (one core, no network): seal+sign and unseal+verify of 1 KiB, and, when those
   modules exist, ``policies.validation_bench`` and ``policies.engine_bench``.
 
 Bounded in count and time: a time limit stops the send phase, and each wait has a deadline.
+The parts: ``report`` (the report's structs, the targets and the human table), ``process``
+(CPU, memory, restart); this module runs the measurements and re-exports both.
 """
 
 from __future__ import annotations
