@@ -374,11 +374,8 @@ class Gateway:
             raise await self.reject_request(PsvnError(
                 Code.BACKBONE_UNAVAILABLE, "the gateway is not connected to the backbone; retry later",
                 rule="backbone-connected", message_id=message_id), system=system)
-        prior: OutRecord | None = None
-        if key:  # a retry: answer with what the first request became (or resume it)
-            prior = await self._prior(message_id, request_hash)
-            if prior is not None and prior.status != State.ACCEPTED.value:
-                return prior, False
+        # A retry (same key) is recognised when its record is written: the create-once write
+        # fails, and the request is answered with what the first one became (or resumes it).
         try:
             snap = self.snapshot
             checked = core.check_send(req, snap=snap, registry=self.registry, message_id=message_id)
@@ -387,6 +384,10 @@ class Gateway:
                                     message_id=message_id, now=self.clock(), consent=consulted.consent,
                                     topic=topic, checked=checked)
         except PsvnError as exc:
+            if key:  # a retry of a message accepted before (e.g. under another policy version)?
+                prior = await self._prior(message_id, request_hash)
+                if prior is not None and prior.status != State.ACCEPTED.value:
+                    return prior, False
             self.metrics.rejected.labels(exc.code.value).inc()
             if exc.code is Code.POLICY_DENIED:
                 self.metrics.decisions.labels("egress", "deny").inc()
@@ -399,27 +400,29 @@ class Gateway:
             raise
         self.metrics.decisions.labels("egress", "allow").inc()
         now = now_rfc3339(self.clock())
-        rec = prior or OutRecord(id=message_id, to=req.to, type=req.type, status=State.ACCEPTED.value, created=now,
+        rec = OutRecord(id=message_id, to=req.to, type=req.type, status=State.ACCEPTED.value, created=now,
                                  system=system,
                                  history=[HistoryEntry(status=State.ACCEPTED.value, time=now)],
                                  rule_ids=out.decision.rule_ids, request_hash=request_hash,
                                  expires=out.envelope.expires)
         written: tuple[OutRecord, int] | None = None
-        if prior is None:
-            try:
-                revision = await self.store.put_out(rec)
-                self.state_write_error = None
-            except Exception as exc:
-                self.state_write_error = type(exc).__name__
-                raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the backbone did not store the message; nothing was sent",
-                                rule="state-write", message_id=message_id) from exc
-            if revision is None:  # a concurrent request with the same key recorded it first
-                prior = await self._prior(message_id, request_hash)
-                if prior is None or prior.status != State.ACCEPTED.value:
-                    return prior or rec, False
-                rec = prior  # accepted, its publish perhaps in flight: sealing again is safe (below)
-            else:
-                written = (rec, revision)
+        try:
+            revision = await self.store.put_out(rec)
+            self.state_write_error = None
+        except Exception as exc:
+            self.state_write_error = type(exc).__name__
+            raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the backbone did not store the message; nothing was sent",
+                            rule="state-write", message_id=message_id) from exc
+        if revision is None:  # the key was used before (a retry), or by a concurrent request
+            prior = await self._prior(message_id, request_hash)
+            if prior is None:  # its record aged out (the bucket's TTL): the key is spent
+                raise PsvnError(Code.CONFLICT, "idempotency_key was used for a message whose record has expired",
+                                field="idempotency_key", rule="idempotency", message_id=message_id)
+            if prior.status != State.ACCEPTED.value:
+                return prior, False
+            rec = prior  # accepted, its publish unconfirmed or in flight: sealing again is safe (below)
+        else:
+            written = (rec, revision)
         # Publishing a message already published (a retry, or the concurrent request above) is
         # safe: JetStream's dedupe window and the recipient's create-once filing keep it single.
         try:
@@ -571,8 +574,9 @@ class Gateway:
                             await self._expire_if_due(rec)
                     except Exception as exc:  # the next sweep tries again
                         log.warning("expiry sweep failed", message_id=mid, error=repr(exc))
+            due = now_rfc3339(now)  # one format throughout (UTC, milliseconds, Z): compared as text
             for got in list(self.store.open.values()):
-                if got.retain_until and parse_time(got.retain_until) <= now:
+                if got.retain_until and got.retain_until <= due:
                     try:
                         await self._retention_over(got)
                     except Exception as exc:  # the next sweep tries again

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import re
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -118,8 +119,12 @@ class StateStore:
     the work was already done.
     """
 
-    def __init__(self, org: str) -> None:
+    def __init__(self, org: str, *, cache_size: int = 10_000) -> None:
         self.org = org
+        # the records (and revisions) this instance wrote last, so the next move of an unsettled
+        # send (its receipt) needs no read; a stale one only costs the compare-and-set a retry
+        self.cache_size = cache_size
+        self._recent: OrderedDict[str, tuple[OutRecord, int]] = OrderedDict()
         self.open: dict[str, InRecord] = {}  # open mail (in.<id>), from the watch
         self._open_revs: dict[str, int] = {}
         self.kv: KeyValue | None = None
@@ -265,10 +270,22 @@ class StateStore:
         got = await self._read(f"out.{message_id}")
         return None if got is None else msgspec.json.decode(got[0], type=OutRecord)
 
+    def _remember(self, rec: OutRecord, revision: int) -> None:
+        if rec.status in (State.ACCEPTED.value, State.SENT.value, State.DELIVERED.value):
+            self._recent[rec.id] = (rec, revision)
+            self._recent.move_to_end(rec.id)
+            while len(self._recent) > self.cache_size:
+                self._recent.popitem(last=False)
+        else:  # settled: no move follows
+            self._recent.pop(rec.id, None)
+
     async def put_out(self, rec: OutRecord) -> int | None:
         """Record a new sent message (the idempotency claim); its revision, or None if the id is
         taken already (a concurrent or earlier request with the same key)."""
-        return await self._create(f"out.{rec.id}", msgspec.json.encode(rec))
+        revision = await self._create(f"out.{rec.id}", msgspec.json.encode(rec))
+        if revision is not None:
+            self._remember(rec, revision)
+        return revision
 
     async def move_out(self, message_id: str, new: State, *, reason: str | None = None,
                        rule_ids: list[str] | None = None, known: tuple[OutRecord, int] | None = None,
@@ -298,7 +315,9 @@ class StateStore:
             return None
         async with self.lock(message_id):
             done = await self._cas(f"out.{message_id}", lambda b: msgspec.json.decode(b, type=OutRecord), change,
-                                   msgspec.json.encode, known)
+                                   msgspec.json.encode, known or self._recent.get(message_id))
+            if done is not None:
+                self._remember(*done)
         return None if done is None else done[0]
 
     # -- received messages --------------------------------------------------------------------
