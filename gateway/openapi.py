@@ -291,6 +291,8 @@ OPERATIONS: tuple[Operation, ...] = (
               authenticated=False),
     Operation("get", "/v1/openapi.json", "openapi", "This document", {200: None}, (), tag="operations",
               authenticated=False),
+    Operation("get", "/metrics", "metrics", "Prometheus metrics (text exposition format)", {200: None}, AUTH,
+              tag="operations"),
 )
 
 _STATUS_TEXT = {200: "OK", 202: "Accepted", 204: "No content", 400: "Bad request", 401: "Client certificate "
@@ -326,6 +328,8 @@ def build() -> dict[str, Any]:
                 resp["content"] = {op.content_type: {"schema": ref[model]}}
             elif op.path == "/v1/openapi.json":
                 resp["content"] = {"application/json": {"schema": {"type": "object"}}}
+            elif op.path == "/metrics":
+                resp["content"] = {"text/plain": {"schema": {"type": "string"}}}
             if status in op.headers:
                 resp["headers"] = op.headers[status]
             responses[str(status)] = resp

@@ -32,9 +32,11 @@ async def deliver(net: Network, n: int) -> list[str]:
         ids = [x["id"] for x in r.json()["results"]]
         gw = net.gateways[net.TRUST].gateway
         for _ in range(400):
-            if len(gw.inbox(limit=1000)) >= n:
+            if set(ids) <= {r.id for r in gw.inbox(limit=1000)}:
                 break
             await asyncio.sleep(0.025)
+        else:
+            raise AssertionError("not all delivered")
     return ids
 
 

@@ -274,13 +274,10 @@ def status_call(message_id: str) -> Call[MessageStatus]:
 
 
 def _limit(limit: int, name: str = "limit") -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
-        raise ValueError(f"{name} must be an int from 1 to {MAX_PAGE}")
+    """A page size: a positive int (the gateway says how many it allows, 1,000 by default)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"{name} must be a positive int")
     return limit
-
-
-#: The most items the gateway returns in one page of a list.
-MAX_PAGE = 1000
 
 
 def inbox_call(mailbox: str | None, status: str | None, limit: int, cursor: str | None = None
