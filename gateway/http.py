@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
 import structlog
@@ -38,15 +38,24 @@ from gateway.openapi import (
 from gateway.service import Gateway
 from gateway.store import InRecord, OutRecord
 from psvn import addresses
-from psvn.envelope import FeedRequest, SendRequest, SubscribeRequest, check_free_id, new_message_id
+from psvn.envelope import (
+    FeedRequest,
+    RawFeedRequest,
+    RawSendRequest,
+    SendRequest,
+    SubscribeRequest,
+    check_free_id,
+    new_message_id,
+)
 from psvn.errors import Code, PsvnError
 
 log = structlog.get_logger("psvn.gateway.http")
 
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 PROBLEM = "application/problem+json"
-_send_decoder = msgspec.json.Decoder(SendRequest)
-_feed_decoder = msgspec.json.Decoder(FeedRequest)
+# payloads stay the bytes as sent (a Raw*Request is the request with its payload undecoded)
+_send_decoder = cast("msgspec.json.Decoder[SendRequest]", msgspec.json.Decoder(RawSendRequest))
+_feed_decoder = cast("msgspec.json.Decoder[FeedRequest]", msgspec.json.Decoder(RawFeedRequest))
 _subscribe_decoder = msgspec.json.Decoder(SubscribeRequest)
 T = TypeVar("T")
 
@@ -288,8 +297,8 @@ async def list_inbox(request: web.Request) -> web.Response:
             raise PsvnError(Code.BAD_REQUEST, "cursor is not an inbox cursor from this gateway: pass the 'next' "
                             "value of the previous page unchanged", field="cursor", rule="cursor")
         after = int(position)
-    items = request.app[GATEWAY_KEY].inbox(mailbox=q.get("mailbox"), status=q.get("status"), limit=limit,
-                                           system=system, after=after)
+    items = await request.app[GATEWAY_KEY].inbox(mailbox=q.get("mailbox"), status=q.get("status"), limit=limit,
+                                                 system=system, after=after)
     nxt = encode_cursor(INBOX_CURSOR, items[-1].seq) if items else cursor
     return json_response(InboxPage(messages=[in_view(r) for r in items], next=nxt),
                          headers=next_link(request, nxt, len(items) == limit))

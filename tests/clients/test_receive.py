@@ -29,13 +29,13 @@ async def deliver(net: Network, n: int, *, tag: str = "r") -> list[str]:
     return ids
 
 
-def arrival_order(net: Network) -> list[str]:
-    return [r.id for r in net.gateways[net.TRUST].gateway.inbox(limit=1000)]
+async def arrival_order(net: Network) -> list[str]:
+    return [r.id for r in await net.gateways[net.TRUST].gateway.inbox(limit=1000)]
 
 
 async def test_iter_inbox_goes_past_one_page_sync_and_async(network: Network) -> None:
     await deliver(network, 7)
-    arrived = arrival_order(network)
+    arrived = await arrival_order(network)
     async with aclient(network, network.TRUST) as trust:
         assert [m.id async for m in trust.iter_inbox(page_size=3)] == arrived
         page = await trust.inbox_page(limit=5)

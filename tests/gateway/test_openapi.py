@@ -59,6 +59,14 @@ def test_document_is_openapi_31_and_schemas_are_the_gateways_models() -> None:
         "to", "type", "payload", "purpose", "classification", "subject", "correlation_id", "workflow_id",
         "local_id", "idempotency_key", "ttl_seconds", "datacontenttype"}
     assert schemas["SendRequest"]["additionalProperties"] is False  # forbid_unknown_fields
+    # the views decode the Raw* subclasses (payload kept as bytes): the same fields, the same rules
+    import msgspec
+
+    from psvn.envelope import FeedRequest, RawFeedRequest, RawSendRequest, SendRequest
+    for raw, doc_model in ((RawSendRequest, SendRequest), (RawFeedRequest, FeedRequest)):
+        decoded = msgspec.json.schema(raw)["$defs"][raw.__name__]
+        documented = schemas[doc_model.__name__]
+        assert decoded["properties"] == documented["properties"] and decoded["required"] == documented["required"]
     assert "from" in schemas["InboxItem"]["properties"] and "seq" not in schemas["InboxItem"]["properties"]
     listed = {(method, path) for path, item in doc["paths"].items() for method in item}
     assert ("get", "/v1/inbox") in listed and ("get", "/v1/subscriptions") in listed

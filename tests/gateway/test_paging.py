@@ -32,7 +32,7 @@ async def deliver(net: Network, n: int) -> list[str]:
         ids = [x["id"] for x in r.json()["results"]]
         gw = net.gateways[net.TRUST].gateway
         for _ in range(400):
-            if set(ids) <= {r.id for r in gw.inbox(limit=1000)}:
+            if set(ids) <= {r.id for r in await gw.inbox(limit=1000)}:
                 break
             await asyncio.sleep(0.025)
         else:
@@ -42,7 +42,7 @@ async def deliver(net: Network, n: int) -> list[str]:
 
 async def test_inbox_pages_through_everything_in_arrival_order(network: Network) -> None:
     await deliver(network, 7)
-    arrived = [r.id for r in network.gateways[network.TRUST].gateway.inbox(limit=1000)]
+    arrived = [r.id for r in await network.gateways[network.TRUST].gateway.inbox(limit=1000)]
     assert len(arrived) == 7
     async with http(network, network.TRUST) as trust:
         seen: list[str] = []
