@@ -18,9 +18,11 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
 from psvn_client import AsyncClient
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
+from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_headers_conformance,
@@ -41,6 +43,7 @@ REFERRAL: dict[str, Any] = {"resourceType": "ServiceRequest", "status": "active"
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance]
 EXAMPLES_PER_OPERATION = 8
+MODES = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
 
 
 def test_committed_document_is_the_generated_one() -> None:
@@ -119,34 +122,48 @@ async def test_served_document_is_the_committed_one(network: Network) -> None:
 
 
 async def test_schemathesis_every_operation_against_a_live_gateway(network: Network) -> None:
-    """Generated requests (positive data, a few per operation) against the trust's gateway:
-    no 500, and every response's status, content type, headers and body are as documented."""
+    """Generated requests (a few per operation: valid ones, and ones the document forbids)
+    against the trust's gateway: no 500, and every response's status, content type, headers and
+    body are as documented."""
     await _seed(network)
     schema = schemathesis.openapi.from_dict(openapi.build())
     base_url = network.url(network.TRUST)
     session = _session(network, network.TRUST)
-    operations = [result.ok() for result in schema.get_all_operations()]
+    operations = []
+    for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result  # every operation of the document loads
+        operations.append(result.ok())
     assert len(operations) == len(openapi.OPERATIONS)
     calls: dict[str, int] = {}
+    negative: set[str] = set()
+
+    def checker(operation: Any, mode: schemathesis.GenerationMode) -> Any:
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
+                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+        def check(case: schemathesis.Case) -> None:
+            case.call_and_validate(base_url=base_url, session=session, checks=CHECKS, timeout=30,
+                                   verify=session.verify, cert=session.cert)
+            calls[case.operation.label] = calls.get(case.operation.label, 0) + 1
+            if mode is schemathesis.GenerationMode.NEGATIVE:
+                negative.add(case.operation.label)
+
+        return check
 
     def run() -> None:
         for operation in operations:
-            @given(case=operation.as_strategy())
-            @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
-                      phases=[Phase.explicit, Phase.generate],
-                      suppress_health_check=list(HealthCheck))
-            def check(case: schemathesis.Case) -> None:
-                case.call_and_validate(base_url=base_url, session=session, checks=CHECKS, timeout=30,
-                                       verify=session.verify, cert=session.cert)
-                calls[case.operation.label] = calls.get(case.operation.label, 0) + 1
-
-            check()
+            for mode in MODES:
+                try:
+                    checker(operation, mode)()
+                except Unsatisfiable:  # nothing invalid to send (no parameters, no body): positive only
+                    assert mode is schemathesis.GenerationMode.NEGATIVE
 
     try:
         await asyncio.to_thread(run)
     finally:
         session.close()
     assert set(calls) == {op.label for op in operations}, calls  # every operation was exercised
+    assert {"POST /v1/messages", "GET /v1/inbox", "PUT /v1/subscriptions/{topic}"} <= negative, negative
     assert sum(calls.values()) >= 3 * len(operations), calls
 
 
