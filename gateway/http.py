@@ -284,8 +284,9 @@ INBOX_CURSOR = "inbox"
 
 
 async def list_inbox(request: web.Request) -> web.Response:
-    """Mail in arrival order, a page at a time: ``next`` continues after the last item (the
-    inbox stream sequence, opaque to callers), whatever the filters."""
+    """Mail in the order it was filed, a page at a time: ``next`` continues after the last item
+    (its position, opaque to callers), whatever the filters; mail filed later, even mail that
+    arrived earlier and was redelivered, always comes after the cursor."""
     system = system_of(request)
     q = request.query
     limit = page_limit(request)
@@ -299,7 +300,8 @@ async def list_inbox(request: web.Request) -> web.Response:
         after = int(position)
     items = await request.app[GATEWAY_KEY].inbox(mailbox=q.get("mailbox"), status=q.get("status"), limit=limit,
                                                  system=system, after=after)
-    nxt = encode_cursor(INBOX_CURSOR, items[-1].seq) if items else cursor
+    gw = request.app[GATEWAY_KEY]
+    nxt = encode_cursor(INBOX_CURSOR, gw.inbox_position(items[-1])) if items else cursor
     return json_response(InboxPage(messages=[in_view(r) for r in items], next=nxt),
                          headers=next_link(request, nxt, len(items) == limit))
 

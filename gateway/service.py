@@ -696,25 +696,35 @@ class Gateway:
 
     async def inbox(self, *, mailbox: str | None = None, status: str | None = None, limit: int = 100,
                     system: str | None = None, after: int = 0) -> list[InRecord]:
-        """Mail in arrival order (inbox stream sequence); ``after`` is the paging cursor: only
-        mail that arrived after the entry with that sequence. Delivered mail comes from the
-        open-mail index; other statuses (acknowledged, quarantined) from a streamed walk of the
-        closed entries, keeping only the page."""
+        """Mail in the order it was filed; ``after`` is the paging cursor (an
+        :meth:`inbox_position`): only mail filed after it. Delivered mail comes from the
+        open-mail index, whose entries arrive in filing order (the state bucket's revisions, one
+        ordered watch), so mail filed late never lands behind a cursor already handed out.
+        Other statuses (acknowledged, quarantined) come from a streamed walk of the closed
+        entries, in arrival order, keeping only the page."""
         wanted = status or State.DELIVERED.value
 
-        def keep(r: InRecord) -> bool:
-            return (r.seq > after and r.status == wanted and not r.deleted
+        def keep(r: InRecord, position: int) -> bool:
+            return (position > after and r.status == wanted and not r.deleted
                     and (mailbox is None or r.mailbox == mailbox) and self.may_read(system, r))
 
         if wanted == State.DELIVERED.value:
-            return heapq.nsmallest(limit, filter(keep, self.store.open.values()), key=lambda r: r.seq)
+            return heapq.nsmallest(limit, (r for r in self.store.open.values() if keep(r, self.inbox_position(r))),
+                                   key=self.inbox_position)
         page: list[tuple[int, int, InRecord]] = []  # a max-heap (negated seq) of the lowest `limit`
         async for r in self.store.closed_mail():
-            if keep(r):
+            if keep(r, r.seq):
                 heapq.heappush(page, (-r.seq, id(r), r))
                 if len(page) > limit:
                     heapq.heappop(page)
         return sorted((r for _, _, r in page), key=lambda r: r.seq)
+
+    def inbox_position(self, rec: InRecord) -> int:
+        """Where a listed mail stands in its listing: open mail by when it was filed, closed mail
+        by when it arrived (the paging cursor of :meth:`inbox`)."""
+        if rec.status == State.DELIVERED.value:
+            return self.store.filed_at(rec.id)
+        return rec.seq
 
     async def _in_record(self, message_id: str, system: str | None = None) -> InRecord:
         rec = await self.store.in_record(message_id)

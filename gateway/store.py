@@ -349,10 +349,11 @@ class StateStore:
         if rev is None:
             on_file = await self.in_record(rec.id)
             return on_file if on_file is not None else Gone(id=rec.id)
-        if rec.status == State.DELIVERED.value:
-            self._apply_open(f"in.{rec.id}", value, rev)
-        else:
+        if rec.status != State.DELIVERED.value:
             await self.close(rec)
+        # Delivered mail joins the open-mail index through the watch, never from here: the
+        # watch brings entries in revision order, so the index only ever grows at its end and a
+        # listing's cursor (the revision) never has mail filed later land behind it.
         return None
 
     async def close(self, rec: InRecord) -> None:
@@ -362,6 +363,10 @@ class StateStore:
         await self.kv.put(f"done.{rec.id}", msgspec.json.encode(rec))
         await self.kv.purge(f"in.{rec.id}", msg_ttl=CLOSED_MARKER_TTL)
         self._apply_open(f"in.{rec.id}", None)
+
+    def filed_at(self, message_id: str) -> int:
+        """The revision that filed open mail: its place in filing order (0 if unknown)."""
+        return self._open_revs.get(message_id, 0)
 
     async def update_done(self, message_id: str, change: Callable[[InRecord], InRecord | None]) -> InRecord | None:
         """Change a closed mail entry (compare-and-set); None if there is none or nothing changed."""
