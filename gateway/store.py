@@ -119,7 +119,7 @@ class StateStore:
     the work was already done.
     """
 
-    def __init__(self, org: str, *, cache_size: int = 10_000) -> None:
+    def __init__(self, org: str, *, cache_size: int = 2_000) -> None:
         self.org = org
         # the records (and revisions) this instance wrote last, so the next move of an unsettled
         # send (its receipt) needs no read; a stale one only costs the compare-and-set a retry
