@@ -320,9 +320,17 @@ async def test_the_reply_subscription_survives_a_reconnect(backbone: Backbone, b
         reconnected = asyncio.Event()
         broker._reconnected_cb = reconnected_cb = _setter(reconnected)
         assert reconnected_cb is not None
+        silent = await broker.subscribe("jsfast-silent.z")
+        lost = asyncio.create_task(ops.publish("jsfast-silent.z", b"x", timeout=1.5))
+        await asyncio.sleep(0.1)
         backbone.server.stop()
+        t0 = time.monotonic()
+        with pytest.raises(nats.errors.TimeoutError):  # its answer went with the connection
+            await lost
+        assert time.monotonic() - t0 < 2 and ops.pending == 0
         backbone.server.start()
         await asyncio.wait_for(reconnected.wait(), 30)
+        await silent.unsubscribe()
         for _ in range(100):  # JetStream may take a moment to be back
             try:
                 ack = await ops.publish(s, b"after")
