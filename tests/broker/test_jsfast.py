@@ -293,12 +293,20 @@ async def test_a_member_reads_and_writes_within_its_permissions(backbone: Backbo
             await kv.create(key, b"v3")
 
         # mail to the trust, read by sequence through the imported API (the network's inbox stream)
-        ack = await JetStreamOps(council).publish(msg_subject(TRUST, COUNCIL), b"mail", headers={"Status": "503"})
+        sender = JetStreamOps(council)
+        ack = await sender.publish(msg_subject(TRUST, COUNCIL), b"mail", headers={"Status": "503"})
+        await sender.close()
         assert ack.stream == inbox_stream(TRUST)
         mail = await net.direct_get(inbox_stream(TRUST), seq=ack.seq)
         assert mail is not None and (mail.data, mail.subject) == (b"mail", msg_subject(TRUST, COUNCIL))
         # consent: only the by-subject direct get is exported
         assert await net.direct_get(f"KV_{CONSENT_BUCKET}", subject=f"$KV.{CONSENT_BUCKET}.c.nobody") is None
+        key = f"$KV.{CONSENT_BUCKET}.c.jsfast{time.monotonic_ns()}"
+        operator = JetStreamOps(broker)
+        written = await operator.publish(key, b"", headers={"Status": "404"})  # an empty record, a forged status
+        await operator.close()
+        record = await net.direct_get(f"KV_{CONSENT_BUCKET}", subject=key)
+        assert record is not None and (record.seq, record.data) == (written.seq, b"")
         with pytest.raises(NoResponders):  # the by-sequence form is not exported
             await net.direct_get(f"KV_{CONSENT_BUCKET}", seq=1, timeout=2)
         for o in (own, net):
