@@ -61,12 +61,13 @@ import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
+from broker.jsfast import JetStreamOps
 from broker.kvwatch import KV_OPERATION
-from broker.natsraw import RawReads
 from broker.registry import RegistryView
 from broker.subjects import CONSENT_BUCKET
 from certs.pki import ed25519_public
@@ -236,22 +237,23 @@ class ConsentLookup:
         self.members = registry
         self.on_refused = on_refused
         self._js: JetStreamContext | None = None
-        self._raw: RawReads | None = None  # reads a writer's headers cannot fool
+        self._ops: JetStreamOps | None = None  # direct gets a writer's headers cannot fool (broker.jsfast)
         self._record_lock = asyncio.Lock()
         # reads asked for and not yet sent, by subject: every decision that needs a subject before
         # its read goes out shares that read (it still starts after each of them asked)
         self._queued: dict[str, asyncio.Future[Stored | None]] = {}
         self._reading: set[asyncio.Task[Stored | None]] = set()  # held: the loop keeps only weak references
 
-    async def start(self, js: JetStreamContext) -> None:
-        """``js``: the network account's JetStream (through this member's imports)."""
+    async def start(self, js: JetStreamContext, ops: JetStreamOps) -> None:
+        """``js``, ``ops``: the network account's JetStream (through this member's imports)."""
         self._js = js
-        self._raw = RawReads(js._nc)
+        self._ops = ops
 
     async def stop(self) -> None:
         self._js = None
-        if self._raw is not None:
-            await self._raw.close()
+        if self._ops is not None:
+            await self._ops.close()
+            self._ops = None
 
     async def read(self, subject: str) -> Stored | None:
         """The subject's stored value (None: no record), read after this call began. Concurrent
@@ -289,17 +291,19 @@ class ConsentLookup:
         task.add_done_callback(settle)
 
     async def _read_now(self, subject: str) -> Stored | None:
-        if self._js is None or self._raw is None:
+        if self._ops is None:
             raise PsvnError(Code.BACKBONE_UNAVAILABLE, "not connected to the backbone", rule="consent-lookup")
         try:
-            msg = await self._raw.direct_get(self._js, STREAM, subject=f"$KV.{CONSENT_BUCKET}.{key_for(subject)}")
-        except NotFoundError:
-            return None
-        except (TimeoutError, NatsTimeoutError, APIError) as exc:
+            msg = await self._ops.direct_get(STREAM, subject=f"$KV.{CONSENT_BUCKET}.{key_for(subject)}")
+        except (TimeoutError, NatsTimeoutError, NoRespondersError, APIError) as exc:
             raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the backbone did not answer a consent lookup; retry",
                             rule="consent-lookup") from exc
+        if msg is None:
+            return None
         deleted = (msg.headers or {}).get(KV_OPERATION) in ("DEL", "PURGE")
-        return Stored(value=None if deleted else msg.data, revision=msg.seq or 0, time=msg.time)
+        # an empty value is passed on as None, which verification refuses (a blanked record is
+        # never "no record")
+        return Stored(value=None if deleted else (msg.data or None), revision=msg.seq, time=msg.time)
 
     def _refuse(self, subject: str, exc: PsvnError) -> None:
         log.error("consent record refused", key=key_for(subject), rule=exc.rule, reason=exc.detail)

@@ -28,6 +28,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
+from broker.jsfast import JetStreamOps
 from broker.natsraw import Puller, RawReads
 from broker.provision import connect, provision_state_bucket
 from broker.registry import RegistryView
@@ -163,6 +164,7 @@ class Gateway:
         self.js: JetStreamContext | None = None  # its own account's JetStream: its state bucket
         self.net: JetStreamContext | None = None  # the network account's, through its imports
         self.raw: RawReads | None = None  # reads a sender's headers cannot fool (broker.natsraw)
+        self.ops: JetStreamOps | None = None  # the per-message publishes and reads (broker.jsfast)
         self._consumer: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._rejoin: asyncio.Task[None] | None = None  # rejoining the backbone after nats-py gave up
@@ -274,11 +276,12 @@ class Gateway:
             await self.registry.start(self.net)
             self.registry.lookup(self.org, field="gateway.org", require_active=False)
             await provision_state_bucket(self.js, self.org, replicas=n.replicas)
-            await self.store.start(self.js)
+            self.ops = await JetStreamOps(nc).start()
+            await self.store.start(self.js, self.ops)
             self.metrics.state_loaded.set(self.store.loaded)
             self.policy.floor = self.store.policy_floor
             await self.policy.start(self.net, timeout=self.config.gateway.policy_wait_seconds)
-            await self.consent.start(self.net)
+            await self.consent.start(self.net, await JetStreamOps(nc, api_prefix=OPERATOR_JS_PREFIX).start())
             await self.feeds.start(self.net)
             self.raw = RawReads(nc)
         except BaseException:
@@ -294,6 +297,9 @@ class Gateway:
                 await part.stop()
         if self.raw is not None:
             await self.raw.close()
+        if self.ops is not None:
+            await self.ops.close()
+            self.ops = None
         if self.nc is not None:
             # close, not drain: consumption has stopped, and anything fetched but not acked is
             # redelivered by JetStream to the next gateway; drain would wait on dead watchers.
@@ -336,9 +342,9 @@ class Gateway:
         self.audit_log.add({"event": event, "org": self.org, "time": now_rfc3339(self.clock()), **fields})
 
     async def _audit_write(self, data: bytes, headers: dict[str, str]) -> None:
-        if self.js is None:
+        if self.ops is None:
             raise ConnectionError("not connected to the backbone")
-        await self.js.publish(audit_subject(self.org), data, timeout=AUDIT_ACK_SECONDS, headers=headers)
+        await self.ops.publish(audit_subject(self.org), data, timeout=AUDIT_ACK_SECONDS, headers=headers)
 
     async def reject_request(self, exc: PsvnError, *, system: str | None) -> PsvnError:
         """A send refused before it became a message (malformed JSON, bad envelope, not
@@ -511,14 +517,15 @@ class Gateway:
 
     async def _publish(self, subject: str, data: bytes, msg_id: str) -> None:
         """Publish with the dedupe id; retry with the same id so a retry can never duplicate."""
-        assert self.js is not None
         delay = 0.2
         deadline = time.monotonic() + PUBLISH_PATIENCE
         attempt = 0
         while True:
             attempt += 1
             try:
-                await self.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id}, timeout=3)
+                if self.ops is None:
+                    raise ConnectionError("not connected to the backbone")
+                await self.ops.publish(subject, data, headers={"Nats-Msg-Id": msg_id}, timeout=3)
                 return
             except Exception as exc:
                 log.warning("publish failed", message_id=msg_id, attempt=attempt, error=repr(exc))

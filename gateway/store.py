@@ -36,9 +36,9 @@ import structlog
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.errors import KeyWrongLastSequenceError, NotFoundError, ServiceUnavailableError
-from nats.js.kv import KeyValue
+from nats.js.errors import KeyWrongLastSequenceError, ServiceUnavailableError
 
+from broker import jsfast
 from broker.kvwatch import KVFollower
 from broker.subjects import state_bucket
 from psvn.envelope import now_rfc3339
@@ -127,8 +127,8 @@ class StateStore:
         self._recent: OrderedDict[str, tuple[OutRecord, int]] = OrderedDict()
         self.open: dict[str, InRecord] = {}  # open mail (in.<id>), from the watch
         self._open_revs: dict[str, int] = {}
-        self.kv: KeyValue | None = None
-        self.js: JetStreamContext | None = None
+        self.kv: jsfast.KV | None = None  # writes and leader reads, through one reply subscription
+        self.js: JetStreamContext | None = None  # the watch of open mail
         self.policy_floor = 0
         # sender organisation -> bytes of its mail delivered here and not yet acknowledged (its
         # share of our inbox in use; see Gateway's sender-share check)
@@ -171,10 +171,11 @@ class StateStore:
         else:  # left open by a failure between closing steps: not mail to list
             self.open.pop(ident, None)
 
-    async def start(self, js: JetStreamContext, *, timeout: float = 10.0) -> None:
+    async def start(self, js: JetStreamContext, ops: jsfast.JetStreamOps, *, timeout: float = 10.0) -> None:
+        """``js`` and ``ops``: the member's own account (where its state bucket lives)."""
         bucket = state_bucket(self.org)
         self.js = js
-        self.kv = await js.key_value(bucket)
+        self.kv = ops.kv(bucket)
         self._stream, self._prefix = f"KV_{bucket}", f"$KV.{bucket}."
         floor = await self._read(POLICY_FLOOR_KEY)
         if floor is not None:
@@ -185,17 +186,15 @@ class StateStore:
         await self._follower.stop()
 
     # -- reading and writing entries ----------------------------------------------------------
-    async def _get(self, key: str) -> Any:
+    async def _get(self, key: str) -> jsfast.Stored | None:
         """The stored message of ``key``, from the stream's leader (a replica may be a moment
         behind), riding out a leader election like a publish does; None if there is none."""
-        assert self.js is not None
+        assert self.kv is not None
         deadline = asyncio.get_running_loop().time() + READ_PATIENCE
         delay = 0.1
         while True:
             try:
-                return await self.js.get_msg(self._stream, subject=self._prefix + key, direct=False)
-            except NotFoundError:
-                return None
+                return await self.kv.get(key)
             except (TimeoutError, NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
                 if asyncio.get_running_loop().time() + delay > deadline:
                     raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the state bucket did not answer; retry",
