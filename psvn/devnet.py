@@ -254,6 +254,13 @@ async def provision_backbone(layout: Layout, nats_url: str | list[str], members:
 
             if not (isinstance(exc, PsvnError) and exc.code is Code.POLICY_VERSION_REGRESSION):
                 raise
+            # a newer version was published on this network (e.g. v2 through the console): the
+            # gateways enforce that one, and so does the banner
+            from broker.policy_admin import enforced, load_public_key
+
+            cur = await enforced(js, load_public_key(layout.authority_pub))
+            if cur is not None:
+                return cur.signed.version
         return signed.version
     finally:
         await nc.drain()
@@ -289,6 +296,50 @@ def port_span(members: int = len(DEVNET_MEMBERS), cluster: int = 1) -> int:
     """How many consecutive ports from the base port a devnet of this shape uses."""
     return 1 + max(GATEWAY_OFFSET + members - 1, CONSOLE_OFFSET,
                    *(p for ports in node_ports(0, cluster) for p in ports))
+
+
+def devnet_ports(base_port: int, members: tuple[MemberSpec, ...] | list[MemberSpec] = DEVNET_MEMBERS,
+                 cluster: int = 1) -> list[tuple[int, str]]:
+    """Every port a devnet of this shape listens on, with what listens there."""
+    ports: list[tuple[int, str]] = []
+    for n, (client, monitor, route) in enumerate(node_ports(base_port, cluster), start=1):
+        name = "nats-server" if cluster == 1 else f"nats-server node {n}"
+        ports += [(client, name), (monitor, f"{name} monitoring")]
+        if cluster > 1:
+            ports.append((route, f"{name} routes"))
+    ports.append((base_port + CONSOLE_OFFSET, "console"))
+    ports += [(base_port + GATEWAY_OFFSET + i, f"gateway {m.org}") for i, m in enumerate(members)]
+    return ports
+
+
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """True if a server could not listen on ``host:port`` now (someone else holds it)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nats-server and aiohttp do
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports_free(base_port: int, members: tuple[MemberSpec, ...] | list[MemberSpec] = DEVNET_MEMBERS,
+                     cluster: int = 1) -> None:
+    """Before anything starts: a clear error naming the first port in use (another devnet, a
+    console, anything), instead of a half-started network talking to someone else's server."""
+    from psvn.errors import Code, PsvnError
+
+    if not 1024 <= base_port <= 65535 - port_span(len(members), cluster):
+        raise PsvnError(Code.BAD_REQUEST, f"--base-port {base_port} is out of range: the devnet uses "
+                        f"{port_span(len(members), cluster)} ports from it, between 1024 and 65535",
+                        field="--base-port", rule="port-range")
+    for port, what in devnet_ports(base_port, members, cluster):
+        if port_taken(port):
+            raise PsvnError(Code.BAD_REQUEST, f"port {port} (the {what}, --base-port {base_port} + "
+                            f"{port - base_port}) is already in use: stop what holds it, or choose another "
+                            "--base-port (make devnet PORT=...)", field="--base-port", rule="port-free")
 
 
 def check_cluster(cluster: int, members: int = len(DEVNET_MEMBERS)) -> None:
@@ -423,6 +474,7 @@ def up(layout: Layout, members: tuple[MemberSpec, ...] = DEVNET_MEMBERS, *, base
     import sys
 
     check_cluster(cluster, len(members))
+    check_ports_free(base_port, members, cluster)
     layout.root.mkdir(parents=True, exist_ok=True)
     if not (layout.pki / "ca.crt").exists():
         make_pki(layout, members)

@@ -82,6 +82,34 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `psvn inbox get ... | head`
         return 0
+    except Exception as exc:  # never a traceback for a user's mistake: one line naming what it can
+        return unexpected(exc, args)
+
+
+def unexpected(exc: BaseException, args: argparse.Namespace) -> int:
+    """One line for an error no command turned into a PsvnError: the file an OSError names, the
+    address a socket could not bind, else the exception's type and text. ``PSVN_DEBUG=1`` shows
+    the traceback as well (for bug reports)."""
+    import os
+    import traceback
+
+    from psvn.cli.output import print_error
+    from psvn.errors import Code
+
+    if os.environ.get("PSVN_DEBUG"):
+        traceback.print_exc()
+    if isinstance(exc, OSError) and exc.filename:
+        names = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
+        err = PsvnError(Code.BAD_REQUEST, f"{names}: {exc.strerror or exc}", field=str(exc.filename),
+                        rule="file")
+    elif isinstance(exc, OSError) and exc.errno == 98:
+        err = PsvnError(Code.BAD_REQUEST, f"address already in use: {exc}", rule="port-free")
+    else:
+        text = " ".join(str(exc).split()) or "(no detail)"
+        err = PsvnError(Code.INTERNAL, f"{type(exc).__name__}: {text} (PSVN_DEBUG=1 shows the traceback)",
+                        rule="unexpected")
+    print_error(err, as_json=bool(getattr(args, "json", False)))
+    return 1
 
 
 if __name__ == "__main__":
