@@ -584,6 +584,40 @@ def enforced_policy(layout: Layout) -> dict[str, Any]:
     return asyncio.run(fetch())
 
 
+def enforced_policy_and_types(layout: Layout, orgs: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """What the running devnet decides with: the policy document it enforces (verified) and the
+    member type the registry records for each of ``orgs`` (verified entries; a clear error naming
+    an address the registry does not hold)."""
+    import asyncio
+
+    from broker.policy_admin import enforced, load_public_key
+    from psvn.errors import Code, PsvnError
+
+    state = running_state(layout)
+
+    async def fetch() -> tuple[dict[str, Any], dict[str, str]]:
+        nc = await broker_connect(layout, nats_urls(state), name="psvn policy explain")
+        try:
+            js = nc.jetstream()
+            cur = await enforced(js, load_public_key(layout.authority_pub))
+            if cur is None:
+                raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the network has no policy set yet", rule="policy-ready")
+            kv = await js.key_value(registry.REGISTRY_BUCKET)
+            authority = load_public_key(layout.registry_pub)
+            types: dict[str, str] = {}
+            for org in orgs:
+                stored = await registry.read_entry(kv, authority, org)
+                if stored is None or stored.entry.member is None:
+                    raise PsvnError(Code.UNKNOWN_RECIPIENT, f"{org!r} is not a member in the registry of the "
+                                    f"devnet under {layout.root}", field=org, rule="registry-member")
+                types[org] = stored.entry.member.type
+            return cur.document, types
+        finally:
+            await nc.close()
+
+    return asyncio.run(fetch())
+
+
 def rotate_keys(layout: Layout, org: str, *, timeout: float = 60.0) -> registry.Member:
     """`psvn devnet rotate ORG`: new message keys for a member, with no message lost or refused.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from psvn import __version__
 from psvn.errors import PsvnError
@@ -46,8 +47,16 @@ Every command answers --help. Errors print the problem code, the field and the r
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake on the command line is one line naming the flag (and where the
+    usage is), not the whole usage block; exit status 2 as argparse's."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error usage: {self.prog}: {message} (`{self.prog} --help` shows every option)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="psvn",
         description="psvn - the Public Services virtual Network: one encrypted, policy-enforcing "
         "message bus for councils, the NHS and their partners.",
