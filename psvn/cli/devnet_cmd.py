@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -42,9 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s = p.add_subparsers(title="devnet commands", metavar="ACTION")
     up = s.add_parser("up", help="bring the network up (Ctrl-C stops it, unless --detach)")
     up.add_argument("--detach", action="store_true", help="return once everything is ready")
-    up.add_argument("--base-port", type=int, default=14222,
+    up.add_argument("--base-port", type=int, default=int(os.environ.get("PSVN_BASE_PORT") or 14222),
                     help="nats on BASE, monitoring BASE+1, console BASE+8, gateways BASE+10..BASE+14 "
-                    "(default 14222); with --cluster 3, node 1 keeps BASE and BASE+1 (routes on BASE+2) and "
+                    "(default: $PSVN_BASE_PORT, else 14222; `make devnet PORT=BASE` passes it); "
+                    "with --cluster 3, node 1 keeps BASE and BASE+1 (routes on BASE+2) and "
                     "nodes 2 and 3 take BASE+20..BASE+22 and BASE+23..BASE+25 (client, monitoring, routes)")
     up.add_argument("--cluster", type=int, default=1, metavar="{1,3}",
                     help="nats-servers in the backbone (default 1). 3 runs it as production does: three "

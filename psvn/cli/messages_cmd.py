@@ -129,6 +129,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     st = sub.add_parser("status", help="where a sent message is: accepted, sent, delivered, acknowledged ...")
     _common(st)
     st.add_argument("id")
+    st.add_argument("--wait", metavar="STATUS", choices=("sent", "delivered", "acknowledged"),
+                    help="wait until the message reaches STATUS (or a later step): sent, delivered or "
+                    "acknowledged; exit 1 if it ends elsewhere (rejected, expired) or --timeout passes")
+    st.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="for --wait (default 30)")
     st.set_defaults(func=_sdk_errors(_status))
 
 
@@ -395,6 +399,8 @@ def _inbox_ack(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     with _client(args) as c:
+        if args.wait:
+            return _show(args, c.wait_for_status(args.id, args.wait, timeout=args.timeout), _print_status)
         return _show(args, c.status(args.id), _print_status)
 
 
