@@ -584,6 +584,28 @@ def enforced_policy(layout: Layout) -> dict[str, Any]:
     return asyncio.run(fetch())
 
 
+def registry_member_types(layout: Layout) -> dict[str, str]:
+    """Every member of the running devnet's registry with its type (verified entries), as the
+    console's lint sees them."""
+    import asyncio
+
+    from broker.policy_admin import load_public_key
+
+    state = running_state(layout)
+
+    async def read() -> dict[str, str]:
+        nc = await broker_connect(layout, nats_urls(state), name="psvn policy lint")
+        view = registry.RegistryView(load_public_key(layout.registry_pub))
+        try:
+            await view.start(nc.jetstream())
+            return {a: m.type for a, m in view.members.items()}
+        finally:
+            await view.stop()
+            await nc.close()
+
+    return asyncio.run(read())
+
+
 def enforced_policy_and_types(layout: Layout, orgs: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
     """What the running devnet decides with: the policy document it enforces (verified) and the
     member type the registry records for each of ``orgs`` (verified entries; a clear error naming

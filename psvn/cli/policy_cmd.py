@@ -59,6 +59,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lint.add_argument("--strict", action="store_true", help="fail on warnings as well")
     lint.add_argument("--members", metavar="FILE",
                       help="JSON object {address: member type} from the registry, to flag unknown members")
+    lint.add_argument("--devnet", metavar="DIR", default=None,
+                      help="flag members its registry does not hold, exactly as the console's lint does "
+                      "(default: .devnet when a devnet runs there; --members FILE instead for another network)")
     lint.add_argument("--json", action="store_true", help="machine-readable output")
     lint.set_defaults(func=cmd_lint)
 
@@ -129,12 +132,20 @@ def cmd_lint(args: argparse.Namespace) -> int:
         if not isinstance(members, dict):
             raise PsvnError(Code.BAD_REQUEST, f"{args.members}: expected a JSON object "
                             "{address: member type}", field="--members")
+    source = ""
+    if members is None:
+        from psvn import devnet
+
+        layout = devnet.Layout(Path(args.devnet or devnet.DEFAULT_ROOT))
+        if args.devnet is not None or devnet.running(devnet.read_state(layout)):
+            members = devnet.registry_member_types(layout)
+            source = f" (members checked against the registry of the devnet under {layout.root})"
     report = lint_dir(_folder(args.dir), members=members)
     failed = bool(report.errors) or (args.strict and bool(report.warnings))
     if args.json:
         print_json({"ok": not failed, "counts": report.counts(), "findings": report.findings})
     else:
-        print(format_lint(report, args.dir))
+        print(format_lint(report, args.dir) + source)
     return 1 if failed else 0
 
 
