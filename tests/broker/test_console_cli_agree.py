@@ -58,6 +58,16 @@ def test_console_and_cli_lint_alike_and_a_bad_token_is_explained(tmp_path: Path)
         assert sorted(map(key, web["findings"])) == sorted(map(key, mine["findings"]))
         assert web["counts"]["warning"] > 0  # the registry's view: rules name members it does not hold
 
+        # any accepted version's text by number; a version not there is named, not a 500
+        status, v1 = call(f"{console}/api/history/1", token)
+        assert status == 200 and v1["version"] == 1 and 'id = "care-referrals"' in v1["rules_text"], v1
+        status, same = call(f"{console}/api/history/1/diff?against=1", token)
+        assert (status, same["rules_diff"]) == (200, "")
+        status, problem = call(f"{console}/api/history/7", token)
+        assert status == 404 and "policy version 7" in problem["detail"], problem
+        status, problem = call(f"{console}/api/history/1/diff?against=latest", token)
+        assert status == 400 and problem["field"] == "against", problem
+
         for bad, says in (("not-a-token", "not a console token"),
                           (token[:-6] + "AAAAAA", "this console did not issue it")):
             status, problem = call(f"{console}/api/whoami", bad)
