@@ -66,7 +66,12 @@ def check_files(cfg: GatewayConfig, path: str) -> None:
                 continue
             f = Path(value)  # as the gateway reads it: relative to where it runs
             if not f.is_file():
-                raise PsvnError(Code.CONFIG_INVALID, f"{path}: {section}.{name} = {value!r}: no such file",
+                hint = ""
+                if (section, name) == ("nats", "creds"):  # written only when the member is provisioned
+                    hint = (f" (a member's backbone credentials exist once {cfg.gateway.org} is registered and "
+                            "provisioned on the backbone: is it a member of this network? a devnet provisions "
+                            "its members at `psvn devnet up`)")
+                raise PsvnError(Code.CONFIG_INVALID, f"{path}: {section}.{name} = {value!r}: no such file{hint}",
                                 field=f"{section}.{name}", rule="file-exists")
             if not os.access(f, os.R_OK):
                 raise PsvnError(Code.CONFIG_INVALID, f"{path}: {section}.{name} = {value!r}: not readable",

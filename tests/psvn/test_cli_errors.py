@@ -205,6 +205,19 @@ def test_gateway_for_an_organisation_not_registered(net: Net, tmp_path: Path) ->
     assert "timeout" not in errors[0].lower()
 
 
+def test_gateway_for_an_organisation_issued_certificates_but_never_provisioned(net: Net, tmp_path: Path) -> None:
+    """A newcomer issues a gateway's certificates for a new organisation and starts it: its
+    backbone credentials do not exist, because it was never registered and provisioned."""
+    pki = net.dir / "pki"
+    issued = psvn("certs", "issue", "gateway", "--org", "ods:RXJ", "--dir", str(pki))
+    assert issued.returncode == 0, issued.stderr
+    text = gateway_config(net, tmp_path, org='"ods:RXJ"').read_text().replace("ods_RYR", "ods_RXJ")
+    cfg = tmp_path / "rxj.toml"
+    cfg.write_text(text)
+    line = assert_one_line_error(psvn("gateway", "run", "--config", str(cfg)), "nats.creds", "ods:RXJ")
+    assert "registered" in line
+
+
 # --- offline commands -----------------------------------------------------------------------
 
 
