@@ -238,6 +238,10 @@ class ConsentLookup:
         self._js: JetStreamContext | None = None
         self._raw: RawReads | None = None  # reads a writer's headers cannot fool
         self._record_lock = asyncio.Lock()
+        # reads asked for and not yet sent, by subject: every decision that needs a subject before
+        # its read goes out shares that read (it still starts after each of them asked)
+        self._queued: dict[str, asyncio.Future[Stored | None]] = {}
+        self._reading: set[asyncio.Task[Stored | None]] = set()  # held: the loop keeps only weak references
 
     async def start(self, js: JetStreamContext) -> None:
         """``js``: the network account's JetStream (through this member's imports)."""
@@ -250,8 +254,41 @@ class ConsentLookup:
             await self._raw.close()
 
     async def read(self, subject: str) -> Stored | None:
-        """The subject's stored value (None: no record). A backbone that does not answer is an
+        """The subject's stored value (None: no record), read after this call began. Concurrent
+        calls for one subject made before the read is sent share it (a batch about one patient
+        costs one read); none shares a read that began before it asked, so an opt-out recorded
+        before a decision began always applies to it. A backbone that does not answer is an
         error, never "no record"."""
+        fut = self._queued.get(subject)
+        if fut is None:
+            loop = asyncio.get_running_loop()
+            fut = self._queued[subject] = loop.create_future()
+            loop.call_soon(self._send, subject)
+        try:
+            return await asyncio.shield(fut)
+        except PsvnError as exc:  # each caller gets its own (callers add their message id to it)
+            raise PsvnError(exc.code, exc.detail, field=exc.field, rule=exc.rule) from exc
+
+    def _send(self, subject: str) -> None:
+        fut = self._queued.pop(subject)
+        task = asyncio.get_running_loop().create_task(self._read_now(subject))
+        self._reading.add(task)
+
+        def settle(t: asyncio.Task[Stored | None]) -> None:
+            self._reading.discard(task)
+            if fut.done():
+                return
+            if t.cancelled():
+                fut.set_exception(PsvnError(Code.BACKBONE_UNAVAILABLE, "consent lookup cancelled",
+                                            rule="consent-lookup"))
+            elif t.exception() is not None:
+                fut.set_exception(t.exception())  # type: ignore[arg-type]
+            else:
+                fut.set_result(t.result())
+
+        task.add_done_callback(settle)
+
+    async def _read_now(self, subject: str) -> Stored | None:
         if self._js is None or self._raw is None:
             raise PsvnError(Code.BACKBONE_UNAVAILABLE, "not connected to the backbone", rule="consent-lookup")
         try:

@@ -425,7 +425,8 @@ def write_state(layout: Layout, state: DevnetState) -> None:
     state_path(layout).write_bytes(msgspec.json.format(msgspec.json.encode(state)))
 
 
-def _wait_gateway(layout: Layout, g: GatewayProcess, process: subprocess.Popen[bytes], timeout: float) -> None:
+def _wait_gateway(layout: Layout, g: GatewayProcess, process: subprocess.Popen[bytes], timeout: float, *,
+                  path: str = "/healthz", interval: float = 0.1) -> None:
     import urllib.request
 
     cert, key = layout.system_cert(g.org, g.system)
@@ -437,13 +438,85 @@ def _wait_gateway(layout: Layout, g: GatewayProcess, process: subprocess.Popen[b
             raise RuntimeError(f"gateway {g.org} exited with code {process.returncode}; see "
                                f"{layout.root / 'logs' / (token(g.org) + '.log')}")
         try:
-            with urllib.request.urlopen(g.url + "/healthz", context=ctx, timeout=2) as resp:
+            with urllib.request.urlopen(g.url + path, context=ctx, timeout=2) as resp:
                 if resp.status == 200:
                     return
         except Exception as exc:
             last = exc
-        time.sleep(0.1)
+        time.sleep(interval)
     raise RuntimeError(f"gateway {g.org} not healthy after {timeout}s: {last}")
+
+
+def spawn_gateway(layout: Layout, g: GatewayProcess) -> subprocess.Popen[bytes]:
+    """Start a member's gateway process the way ``up`` does: its own config, its log appended to."""
+    import sys
+
+    return procs.spawn([sys.executable, "-m", "gateway", "--config", g.config],
+                       log=layout.root / "logs" / f"{token(g.org)}.log")
+
+
+@dataclass(frozen=True)
+class Restarted:
+    """A gateway stopped and started again by ``restart_gateway``."""
+
+    org: str
+    old_pid: int
+    pid: int
+    stop_seconds: float  # SIGTERM (or SIGKILL) until the old process was gone
+    ready_seconds: float  # the new process started until its /readyz answered 200
+
+
+def _member_gateway(state: DevnetState, org: str) -> GatewayProcess:
+    from psvn.errors import Code, PsvnError
+
+    g = state.gateways.get(org)
+    if g is None:
+        raise PsvnError(Code.UNKNOWN_RECIPIENT, f"{org!r} is not a devnet member", field="org", rule="devnet-member")
+    return g
+
+
+def stop_gateway(layout: Layout, org: str, *, kill: bool = False, timeout: float = 10.0) -> float:
+    """Stop a devnet member's gateway by its recorded PID: SIGTERM (SIGKILL after ``timeout``), or
+    with ``kill`` SIGKILL at once, a crash in which nothing of the gateway's own clean-up runs.
+    Returns the seconds until the process was gone."""
+    g = _member_gateway(running_state(layout), org)
+    t0 = time.monotonic()
+    if kill:
+        procs.kill(g.pid, timeout=timeout)
+    else:
+        procs.stop(g.pid, timeout=timeout)
+    return round(time.monotonic() - t0, 3)
+
+
+def start_gateway(layout: Layout, org: str, *, wait: bool = True, timeout: float = 60.0,
+                  interval: float = 0.1) -> tuple[subprocess.Popen[bytes], float]:
+    """Start a stopped member's gateway again as ``up`` does and record its new PID; with ``wait``,
+    until its ``/readyz`` answers 200 (polled every ``interval`` s; RuntimeError if it exits or is
+    not ready in ``timeout``). Returns the process and the seconds from its start to ready (0.0
+    without ``wait``)."""
+    state = running_state(layout)
+    g = _member_gateway(state, org)
+    if g.pid and procs.alive(g.pid):
+        raise RuntimeError(f"gateway {org} still runs (pid {g.pid}): stop it first")
+    t0 = time.monotonic()
+    proc = spawn_gateway(layout, g)
+    g.pid = proc.pid
+    write_state(layout, state)
+    if wait:
+        _wait_gateway(layout, g, proc, timeout, path="/readyz", interval=interval)
+    return proc, round(time.monotonic() - t0, 3) if wait else 0.0
+
+
+def restart_gateway(layout: Layout, org: str, *, kill: bool = False, timeout: float = 60.0,
+                    interval: float = 0.02) -> Restarted:
+    """Stop a devnet member's gateway (``stop_gateway``: SIGTERM, or SIGKILL with ``kill``), start it
+    again as ``up`` does and wait until ``/readyz`` answers 200 (``start_gateway``). Raises
+    RuntimeError if it exits or is not ready in ``timeout``; the state then names the new PID,
+    so ``down`` still finds it."""
+    old = _member_gateway(running_state(layout), org).pid
+    stopped = stop_gateway(layout, org, kill=kill, timeout=min(timeout, 10.0))
+    proc, ready = start_gateway(layout, org, timeout=timeout, interval=interval)
+    return Restarted(org=org, old_pid=old, pid=proc.pid, stop_seconds=stopped, ready_seconds=ready)
 
 
 def start_backbone(layout: Layout, members: list[str], *, base_port: int, cluster: int = 1,
@@ -503,10 +576,10 @@ def up(layout: Layout, members: tuple[MemberSpec, ...] = DEVNET_MEMBERS, *, base
             path = layout.gateway_config_path(m.org)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(config.dump(cfg))
-            proc = procs.spawn([sys.executable, "-m", "gateway", "--config", str(path)],
-                               log=layout.root / "logs" / f"{token(m.org)}.log")
             g = GatewayProcess(org=m.org, name=m.name, type=m.type, system=m.system, url=urls[m.org],
-                               pid=proc.pid, config=str(path))
+                               pid=0, config=str(path))
+            proc = spawn_gateway(layout, g)
+            g.pid = proc.pid
             gateways[m.org] = g
             started.append((g, proc))
             write_state(layout, state)
@@ -648,7 +721,6 @@ def rotate_keys(layout: Layout, org: str, *, timeout: float = 60.0) -> registry.
     registry lists the new keys: senders seal to the new key, the gateway signs with it, and the
     old signing key still verifies what the backbone stamped before it retired (ROTATION_GRACE)."""
     import asyncio
-    import sys
 
     from psvn.errors import Code, PsvnError
 
@@ -658,8 +730,7 @@ def rotate_keys(layout: Layout, org: str, *, timeout: float = 60.0) -> registry.
         raise PsvnError(Code.UNKNOWN_RECIPIENT, f"{org!r} is not a devnet member", field="org", rule="devnet-member")
     pki.rotate_gateway_keys(layout.org_dir(org))
     procs.stop(g.pid)
-    proc = procs.spawn([sys.executable, "-m", "gateway", "--config", g.config],
-                       log=layout.root / "logs" / f"{token(org)}.log")
+    proc = spawn_gateway(layout, g)
     g.pid = proc.pid
     write_state(layout, state)
     _wait_gateway(layout, g, proc, timeout)

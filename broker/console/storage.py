@@ -28,7 +28,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from broker import policy_admin, provision
+from broker import auditlog, policy_admin, provision
 from broker.natsraw import RawReads
 from broker.policy_admin import Current, PolicyAdmin, Proposal
 from broker.registry import RegistryView
@@ -205,10 +205,7 @@ class ConsoleStore:
                 if not msgs:
                     break
                 for m in msgs:
-                    with contextlib.suppress(msgspec.DecodeError):
-                        ev = msgspec.json.decode(m.data)
-                        if isinstance(ev, dict):
-                            events.append(ev)
+                    events += auditlog.records(m.data)
                     if m.metadata.sequence.stream >= state.last_seq:
                         done = True
         finally:

@@ -65,9 +65,9 @@ def test_devnet_referral_council_to_trust(devnet_dir: Path) -> None:
     assert [m["id"] for m in listed] == [mid]
     got = json.loads(run("inbox", "get", *d, "--as", "ods:RYR", mid, "--json").stdout)
     assert got["payload"]["resourceType"] == "ServiceRequest"
-    assert got["envelope"]["source"] == "gss:E06000043"
+    assert got["envelope"]["sender"] == "gss:E06000043"
     human = run("inbox", "get", *d, "--as", "ods:RYR", mid).stdout
-    assert "source: gss:E06000043" in human and '"ServiceRequest"' in human
+    assert "sender: gss:E06000043" in human and '"ServiceRequest"' in human
     assert "acknowledged" in run("inbox", "ack", *d, "--as", "ods:RYR", mid).stdout
 
     for _ in range(100):
