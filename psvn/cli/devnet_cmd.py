@@ -143,7 +143,7 @@ def _status(args: argparse.Namespace) -> int:
         "nats": {"url": state.nats_url, "pid": state.nats_pid, "alive": procs.alive(state.nats_pid)},
         "nodes": [{"name": n.name, "url": n.url, "pid": n.pid, "alive": procs.alive(n.pid)} for n in nodes],
         "replicas": state.replicas,
-        "policy_version": state.policy_version,
+        "policy_version": _enforced_version(layout, state),
         "console": {"url": state.console_url, "pid": state.console_pid,
                     "alive": bool(state.console_pid) and procs.alive(state.console_pid or 0)},
         "gateways": {g.org: {"name": g.name, "url": g.url, "pid": g.pid, "alive": procs.alive(g.pid)}
@@ -162,6 +162,19 @@ def _status(args: argparse.Namespace) -> int:
     ok = all([*(procs.alive(n.pid) for n in nodes), *(procs.alive(g.pid) for g in state.gateways.values()),
               bool(state.console_pid) and procs.alive(state.console_pid or 0)])
     return 0 if ok else 1
+
+
+def _enforced_version(layout, state) -> int:  # type: ignore[no-untyped-def]
+    """The version the network enforces now (a version published since `up` included); what
+    `up` recorded if the backbone cannot be asked."""
+    from psvn import devnet
+
+    if devnet.running(state):
+        try:
+            return int(devnet.enforced_policy(layout).get("version") or state.policy_version)
+        except Exception:  # status must answer whatever state the backbone is in
+            pass
+    return int(state.policy_version)
 
 
 def _down(args: argparse.Namespace) -> int:

@@ -43,6 +43,12 @@ def _sdk_errors(func: Any) -> Any:
 
         try:
             return int(func(args))
+        except psvn_client.ConnectionError as exc:  # the member's gateway did not answer at all
+            hint = {"tls-failed": "the TLS handshake failed: check the devnet's certificates (psvn certs show)",
+                    "timeout": "it did not answer in time"}.get(exc.code, "is its gateway running? "
+                                                                  "`psvn devnet status` shows every process")
+            raise PsvnError(Code.BAD_REQUEST, f"cannot reach the gateway of {args.as_}: "
+                            f"{exc.detail or exc} ({hint})", field="--as", rule=str(exc.code)) from None
         except psvn_client.PsvnError as exc:
             try:
                 code = Code(exc.code)

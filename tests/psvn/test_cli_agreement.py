@@ -103,6 +103,9 @@ def test_explain_feed_and_banner_agree_with_the_network(tmp_path: Path) -> None:
         offline = ok(*EXPLAIN, "--from-type", "council", "--to-type", "nhs-trust", "policies/default")
         assert offline.startswith("ALLOW") and "offline" in offline  # the folder, and it says so
 
+        # while running, status reports the version published since `up`
+        assert json.loads(ok("devnet", "--dir", str(d), "status", "--json"))["policy_version"] == 2
+
         # restart: the banner names the version the gateways enforce
         ok("devnet", "--dir", str(d), "down")
         again = psvn("devnet", "--dir", str(d), "up", "--detach", "--base-port", str(base))

@@ -248,3 +248,13 @@ def test_a_misspelt_flag_is_one_line_naming_it() -> None:
 def test_an_invalid_choice_names_the_flag() -> None:
     assert_one_line_error(psvn("send", "--as", "gss:E06000043", "--classification", "SECRET", "x.json"),
                           "--classification", "SECRET")
+
+
+def test_send_when_the_members_gateway_is_not_running(net: Net) -> None:
+    """Last in this module: it stops the GP practice's gateway (a process the devnet fixture started)."""
+    gp = json.loads((net.dir / "state.json").read_text())["gateways"]["ods:G81001"]
+    procs.stop(gp["pid"])
+    line = assert_one_line_error(psvn("send", *net.d, "--as", "ods:G81001", "--to", "ods:RYR", "--type",
+                                      "fhir.r4.ServiceRequest", "--purpose", "direct-care", "examples/referral.json"),
+                                 "ods:G81001", gp["url"].split("//")[1], "devnet status")
+    assert "internal" not in line
