@@ -38,8 +38,8 @@ first steps:
   psvn feed publish --as gss:E06000043 sensors.brighton.air --type cloudevents.air-quality.reading \\
        --purpose environmental-monitoring examples/air-quality.json
   psvn validate --type hl7v2.ADT_A01 examples/adt_a01.hl7
-  psvn policy explain --from ods:RYR --from-type nhs-trust --to gss:E06000043 --to-type council \\
-       --type fhir.r4.ServiceRequest --purpose direct-care
+  psvn policy explain --devnet .devnet --from ods:RYR --to gss:E06000043 \\
+       --type fhir.r4.ServiceRequest --purpose direct-care   (the network's version and registry)
   psvn bench --start               end-to-end throughput against raw nats-py JetStream
   psvn devnet down
 

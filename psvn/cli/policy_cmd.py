@@ -60,8 +60,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lint.add_argument("--members", metavar="FILE",
                       help="JSON object {address: member type} from the registry, to flag unknown members")
     lint.add_argument("--devnet", metavar="DIR", default=None,
-                      help="flag members its registry does not hold, exactly as the console's lint does "
-                      "(default: .devnet when a devnet runs there; --members FILE instead for another network)")
+                      help="flag members this devnet's registry does not hold, exactly as the console's lint "
+                      "does (e.g. --devnet .devnet; --members FILE for another network)")
     lint.add_argument("--json", action="store_true", help="machine-readable output")
     lint.set_defaults(func=cmd_lint)
 
@@ -75,16 +75,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     ex = ps.add_parser("explain", help="which rules decide a request, and why (not)",
                        description="Decide one request and show every rule's part: matched or not, and "
-                       "why. By default it decides as the network does: with --devnet DIR (or when a devnet "
-                       "runs under .devnet) on the policy version the gateways enforce, with each member's "
-                       "type looked up in the registry. Given a policy folder DIR (or when no devnet runs: "
-                       "the built-in default set) it decides offline, and --from-type/--to-type say the "
-                       "member types. Exit status 0 whatever the decision.")
+                       "why. With --devnet DIR it decides as the network does: on the policy version the "
+                       "gateways enforce, each member's type looked up in the registry. Otherwise it decides "
+                       "offline on a policy folder DIR (default: the built-in set), and --from-type/--to-type "
+                       "say the member types. Exit status 0 whatever the decision.")
     ex.add_argument("dir", nargs="?", default=None, metavar="DIR",
                     help="a policy folder to decide with offline (default: the network's enforced version)")
     ex.add_argument("--devnet", metavar="DIR", default=None,
                     help="decide on the policy version this devnet enforces, member types from its registry "
-                    "(default: .devnet if it is running)")
+                    "(e.g. --devnet .devnet)")
     ex.add_argument("--from", dest="sender", required=True, metavar="ADDR",
                     help="sending member, e.g. ods:RYR (for subscribe: the publisher, '' for any)")
     ex.add_argument("--from-type", default="", choices=("", *MEMBER_TYPES), metavar="T",
@@ -133,13 +132,15 @@ def cmd_lint(args: argparse.Namespace) -> int:
             raise PsvnError(Code.BAD_REQUEST, f"{args.members}: expected a JSON object "
                             "{address: member type}", field="--members")
     source = ""
-    if members is None:
+    if args.devnet is not None:
+        if members is not None:
+            raise PsvnError(Code.BAD_REQUEST, "give --members FILE or --devnet DIR, not both", field="--devnet",
+                            rule="one-source")
         from psvn import devnet
 
-        layout = devnet.Layout(Path(args.devnet or devnet.DEFAULT_ROOT))
-        if args.devnet is not None or devnet.running(devnet.read_state(layout)):
-            members = devnet.registry_member_types(layout)
-            source = f" (members checked against the registry of the devnet under {layout.root})"
+        layout = devnet.Layout(Path(args.devnet))
+        members = devnet.registry_member_types(layout)
+        source = f" (members checked against the registry of the devnet under {layout.root})"
     report = lint_dir(_folder(args.dir), members=members)
     failed = bool(report.errors) or (args.strict and bool(report.warnings))
     if args.json:
@@ -221,9 +222,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def _explain_basis(args: argparse.Namespace) -> tuple[dict[str, Any], str, str, str]:
     """The document and the two member types to decide with, and a line saying where they came from.
 
-    On a network (``--devnet``, or a devnet running under .devnet when no folder is given): the
-    version the gateways enforce and the registry's types, as a gateway decides. Offline (a folder,
-    or the built-in set when no devnet runs): the folder, and the types the user gives."""
+    On a network (``--devnet DIR``): the version the gateways enforce and the registry's types, as
+    a gateway decides. Offline (a folder, by default the built-in set): the folder, and the types
+    the user gives. Never chosen by what happens to run in the current folder."""
     from psvn import devnet
 
     recipient = args.to.partition("/")[0]
@@ -231,11 +232,8 @@ def _explain_basis(args: argparse.Namespace) -> tuple[dict[str, Any], str, str, 
     if args.devnet is not None and args.dir is not None:
         raise PsvnError(Code.BAD_REQUEST, "give a policy folder DIR or --devnet, not both", field="--devnet",
                         rule="one-source")
-    if args.devnet is None and args.dir is None:
-        default = devnet.Layout(devnet.DEFAULT_ROOT)
-        use_net = devnet.running(devnet.read_state(default))
     if use_net:
-        layout = devnet.Layout(Path(args.devnet or devnet.DEFAULT_ROOT))
+        layout = devnet.Layout(Path(args.devnet))
         orgs = [a for a in dict.fromkeys((args.sender, recipient)) if a]
         doc, types = devnet.enforced_policy_and_types(layout, orgs)
         found = {"--from-type": (args.from_type, types.get(args.sender, "")),

@@ -235,6 +235,11 @@ def test_policy_explain_on_a_devnet_that_is_not_there(tmp_path: Path) -> None:
                                "direct-care"), "--devnet", "nowhere")
 
 
+def test_policy_explain_offline_without_member_types_points_at_devnet() -> None:
+    assert_one_line_error(psvn("policy", "explain", "--from", "gss:E06000043", "--to", "ods:RYR", "--type",
+                               "fhir.r4.ServiceRequest", "--purpose", "direct-care"), "--from-type", "--devnet")
+
+
 def test_console_token_without_a_devnet(tmp_path: Path) -> None:
     assert_one_line_error(psvn("console", "token", "--devnet", str(tmp_path / "nowhere"), "--user", "alice",
                                "--role", "approver"), "--devnet", "nowhere")
