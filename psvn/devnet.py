@@ -401,7 +401,14 @@ def read_state(layout: Layout) -> DevnetState | None:
     p = state_path(layout)
     if not p.exists():
         return None
-    return msgspec.json.decode(p.read_bytes(), type=DevnetState)
+    try:
+        return msgspec.json.decode(p.read_bytes(), type=DevnetState)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        from psvn.errors import Code, PsvnError
+
+        raise PsvnError(Code.CONFIG_INVALID, f"{p} is not a devnet state file ({exc}): if no devnet runs there, "
+                        f"remove it and run `psvn devnet --dir {layout.root} up --detach`", field=str(p),
+                        rule="devnet-state") from None
 
 
 def nats_nodes(state: DevnetState) -> list[NatsNode]:

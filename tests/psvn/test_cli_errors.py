@@ -263,3 +263,19 @@ def test_send_when_the_members_gateway_is_not_running(net: Net) -> None:
                                       "fhir.r4.ServiceRequest", "--purpose", "direct-care", "examples/referral.json"),
                                  "ods:G81001", gp["url"].split("//")[1], "devnet status")
     assert "internal" not in line
+
+
+def test_a_damaged_devnet_state_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text("{not json")
+    assert_one_line_error(psvn(*SEND, "--devnet", str(tmp_path), "--purpose", "direct-care",
+                               "examples/referral.json"), str(tmp_path / "state.json"), "devnet-state")
+
+
+def test_make_devnet_port_passes_the_base_port() -> None:
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    dry = subprocess.run(["make", "-n", "devnet", "PORT=23456"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=30)
+    assert "psvn devnet up --detach --base-port 23456" in dry.stdout, dry.stdout + dry.stderr
