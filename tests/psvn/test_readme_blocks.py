@@ -104,14 +104,15 @@ def fresh_clone(tmp: Path) -> Path:
         if entry.name in {".devnet", ".venv", ".git"} or entry.name.startswith(".pytest"):
             continue
         (work / entry.name).symlink_to(entry)
+    # the project's venv, its parts linked into a .venv of the clone's own, whose install stamp says
+    # "installed": `make devnet` must not reinstall from this linked folder (an editable install
+    # pointing here), and nothing in the real venv is touched
     venv = Path(sys.prefix)
-    (work / ".venv").symlink_to(venv)
-    # `make devnet` reinstalls only if .venv/.installed is older than the pyproject files; it must
-    # not reinstall from this linked folder (an editable install pointing here), so mark it done
-    stamp = venv / ".installed"
-    if not stamp.exists() or any(stamp.stat().st_mtime < (ROOT / p).stat().st_mtime
-                                 for p in ("pyproject.toml", "clients/python/pyproject.toml")):
-        stamp.touch()
+    (work / ".venv").mkdir()
+    for entry in venv.iterdir():
+        if not entry.name.startswith(".installed"):
+            (work / ".venv" / entry.name).symlink_to(entry)
+    (work / ".venv" / ".installed").touch()
     return work
 
 
