@@ -459,7 +459,15 @@ def spawn_gateway(layout: Layout, g: GatewayProcess) -> subprocess.Popen[bytes]:
     import sys
 
     return procs.spawn([sys.executable, "-m", "gateway", "--config", g.config],
-                       log=layout.root / "logs" / f"{token(g.org)}.log")
+                       log=layout.root / "logs" / f"{token(g.org)}.log", env=server_env())
+
+
+def server_env() -> dict[str, str]:
+    """The environment of the devnet's own servers: their logs keep the traceback of anything
+    unforeseen (``PSVN_DEBUG``), which a person at the command line sees as one line."""
+    import os
+
+    return {**os.environ, "PSVN_DEBUG": "1"}
 
 
 @dataclass(frozen=True)
@@ -592,7 +600,8 @@ def up(layout: Layout, members: tuple[MemberSpec, ...] = DEVNET_MEMBERS, *, base
             write_state(layout, state)
         console_port = base_port + CONSOLE_OFFSET
         console = procs.spawn([sys.executable, "-m", "psvn.cli.main", "console", "run", "--devnet", str(layout.root),
-                               "--port", str(console_port)], log=layout.root / "logs" / "console.log")
+                               "--port", str(console_port)], log=layout.root / "logs" / "console.log",
+                              env=server_env())
         state.console_pid, state.console_url = console.pid, f"http://127.0.0.1:{console_port}/"
         write_state(layout, state)
         for g, proc in started:
