@@ -72,7 +72,11 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(console.serve_forever(layout, port=port, host=args.host, on_ready=ready))
-    except OSError as exc:  # lost a race for the port after the check
+    except OSError as exc:  # lost a race for the port after the check, or a port below 1024
+        import errno
+
+        if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+            raise
         raise PsvnError(Code.BAD_REQUEST, f"cannot listen on {args.host}:{port}: {exc.strerror or exc}",
                         field="--port", rule="port-free") from None
     return 0

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s = p.add_subparsers(title="devnet commands", metavar="ACTION")
     up = s.add_parser("up", help="bring the network up (Ctrl-C stops it, unless --detach)")
     up.add_argument("--detach", action="store_true", help="return once everything is ready")
-    up.add_argument("--base-port", type=int, default=int(os.environ.get("PSVN_BASE_PORT") or 14222),
+    up.add_argument("--base-port", type=int, default=os.environ.get("PSVN_BASE_PORT") or 14222,
                     help="nats on BASE, monitoring BASE+1, console BASE+8, gateways BASE+10..BASE+14 "
                     "(default: $PSVN_BASE_PORT, else 14222; `make devnet PORT=BASE` passes it); "
                     "with --cluster 3, node 1 keeps BASE and BASE+1 (routes on BASE+2) and "

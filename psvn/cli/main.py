@@ -99,6 +99,7 @@ def unexpected(exc: BaseException, args: argparse.Namespace) -> int:
     """One line for an error no command turned into a PsvnError: the file an OSError names, the
     address a socket could not bind, else the exception's type and text. ``PSVN_DEBUG=1`` shows
     the traceback as well (for bug reports)."""
+    import errno
     import os
     import traceback
 
@@ -111,7 +112,7 @@ def unexpected(exc: BaseException, args: argparse.Namespace) -> int:
         names = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
         err = PsvnError(Code.BAD_REQUEST, f"{names}: {exc.strerror or exc}", field=str(exc.filename),
                         rule="file")
-    elif isinstance(exc, OSError) and exc.errno == 98:
+    elif isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
         err = PsvnError(Code.BAD_REQUEST, f"address already in use: {exc}", rule="port-free")
     else:
         text = " ".join(str(exc).split()) or "(no detail)"

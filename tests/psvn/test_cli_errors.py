@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PSVN = [sys.executable, "-m", "psvn.cli.main"]
 
 
-def psvn(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "PSVN_DEBUG"}
+def psvn(*args: str, timeout: float = 90, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in ("PSVN_DEBUG", "PSVN_BASE_PORT")}
     return subprocess.run([*PSVN, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**env, "PYTHONPATH": str(ROOT)})
+                          env={**base, "PYTHONPATH": str(ROOT), **(env or {})})
 
 
 @dataclass
@@ -146,6 +146,11 @@ def test_devnet_up_on_ports_in_use_names_the_port_and_starts_nothing(net: Net, t
 def test_devnet_up_base_port_out_of_range(tmp_path: Path) -> None:
     assert_one_line_error(psvn("devnet", "--dir", str(tmp_path / "d"), "up", "--detach", "--base-port", "65530"),
                           "--base-port", "65530")
+
+
+def test_devnet_base_port_from_the_environment_that_is_not_a_number(tmp_path: Path) -> None:
+    assert_one_line_error(psvn("devnet", "--dir", str(tmp_path / "d"), "up", "--detach",
+                               env={"PSVN_BASE_PORT": "fourteen"}), "--base-port", "fourteen")
 
 
 def test_console_run_defaults_to_the_devnets_console_port_and_names_it(net: Net) -> None:
