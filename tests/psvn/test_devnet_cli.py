@@ -96,12 +96,12 @@ def test_cli_errors_are_readable(devnet_dir: Path, tmp_path: Path) -> None:
     bad.write_text(json.dumps({"resourceType": "ServiceRequest", "intent": "order",
                                "subject": {"reference": "Patient/1"}}))
     invalid = run("send", *d, "--as", "gss:E06000043", "--to", "ods:RYR", "--type", "fhir.r4.ServiceRequest",
-                  str(bad), check=False)
+                  "--purpose", "direct-care", str(bad), check=False)
     assert invalid.returncode == 1
     assert "error invalid-payload" in invalid.stderr and "  - /status" in invalid.stderr
     # with --json the same problem comes as RFC 9457 JSON on stdout, for scripts
     as_json = run("send", *d, "--as", "gss:E06000043", "--to", "ods:RYR", "--type", "fhir.r4.ServiceRequest",
-                  str(bad), "--json", check=False)
+                  "--purpose", "direct-care", str(bad), "--json", check=False)
     problem = json.loads(as_json.stdout)
     assert as_json.returncode == 1 and as_json.stderr == ""
     assert problem["code"] == "invalid-payload" and problem["status"] == 422 and problem["message_id"]
@@ -155,7 +155,7 @@ def test_revoke_and_reinstate_a_member(devnet_dir: Path) -> None:
 
     d = ["--devnet", str(devnet_dir)]
     send = ["send", *d, "--as", "gss:E06000043", "--to", "ods:G81001", "--type", "fhir.r4.ServiceRequest",
-            "examples/referral.json"]
+            "--purpose", "direct-care", "examples/referral.json"]
     assert "revoked" in run("devnet", "--dir", str(devnet_dir), "revoke", "ods:G81001").stdout
     refused = run(*send, check=False)
     assert refused.returncode == 1 and "member-revoked" in refused.stderr
