@@ -251,9 +251,7 @@ class ConsentLookup:
 
     async def stop(self) -> None:
         self._js = None
-        if self._ops is not None:
-            await self._ops.close()
-            self._ops = None
+        self._ops = None  # the gateway's, closed by the gateway
 
     async def read(self, subject: str) -> Stored | None:
         """The subject's stored value (None: no record), read after this call began. Concurrent

@@ -165,6 +165,7 @@ class Gateway:
         self.net: JetStreamContext | None = None  # the network account's, through its imports
         self.raw: RawReads | None = None  # reads a sender's headers cannot fool (broker.natsraw)
         self.ops: JetStreamOps | None = None  # the per-message publishes and reads (broker.jsfast)
+        self.net_ops: JetStreamOps | None = None  # the same, of the network account's API
         self._consumer: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._rejoin: asyncio.Task[None] | None = None  # rejoining the backbone after nats-py gave up
@@ -281,7 +282,8 @@ class Gateway:
             self.metrics.state_loaded.set(self.store.loaded)
             self.policy.floor = self.store.policy_floor
             await self.policy.start(self.net, timeout=self.config.gateway.policy_wait_seconds)
-            await self.consent.start(self.net, await JetStreamOps(nc, api_prefix=OPERATOR_JS_PREFIX).start())
+            self.net_ops = await JetStreamOps(nc, api_prefix=OPERATOR_JS_PREFIX).start()
+            await self.consent.start(self.net, self.net_ops)
             await self.feeds.start(self.net)
             self.raw = RawReads(nc)
         except BaseException:
@@ -297,9 +299,10 @@ class Gateway:
                 await part.stop()
         if self.raw is not None:
             await self.raw.close()
-        if self.ops is not None:
-            await self.ops.close()
-            self.ops = None
+        for ops in (self.ops, self.net_ops):
+            if ops is not None:
+                await ops.close()
+        self.ops = self.net_ops = None
         if self.nc is not None:
             # close, not drain: consumption has stopped, and anything fetched but not acked is
             # redelivered by JetStream to the next gateway; drain would wait on dead watchers.
@@ -751,16 +754,20 @@ class Gateway:
         if rec.status == State.QUARANTINED.value:
             raise PsvnError(Code.FORBIDDEN, f"message {message_id} is quarantined: {rec.reason}",
                             field="id", rule="quarantined", message_id=message_id)
-        assert self.net is not None and self.raw is not None
+        if self.net_ops is None:
+            raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the gateway is not connected to the backbone; retry later",
+                            rule="backbone-connected", message_id=message_id)
         try:
-            raw = await self.raw.direct_get(self.net, inbox_stream(self.org), seq=rec.seq)
-        except (NotFoundError, APIError) as exc:
-            if isinstance(exc, APIError) and not _already_gone(exc):
+            raw = await self.net_ops.direct_get(inbox_stream(self.org), seq=rec.seq)
+        except APIError as exc:
+            if not _already_gone(exc):
                 raise
+            raw = None
+        if raw is None:
             raise PsvnError(Code.NOT_FOUND, f"message {message_id} is no longer in the inbox stream (older than "
                             f"its {MAILBOX_MAX_AGE_DAYS}-day maximum age)", field="id", rule="mailbox-age",
-                            message_id=message_id) from None
-        inc = core.open_incoming(raw.data or b"", subject=raw.subject or "", message_id=message_id,
+                            message_id=message_id)
+        inc = core.open_incoming(raw.data, subject=raw.subject, message_id=message_id,
                                  me=self.identity, registry=self.registry, snap=self.snapshot,
                                  now=self.clock(), checks=False, published=raw.time)
         return Opened(record=rec, envelope=inc.envelope, payload=inc.payload)
