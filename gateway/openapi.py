@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from gateway.feeds import Subscription
+from gateway.store import MessageStatus
 from policies.catalogue import CatalogueEntry
 from psvn.envelope import Envelope, FeedRequest, SendRequest, SubscribeRequest
 from psvn.errors import Code, PsvnError, Violation
@@ -80,27 +81,6 @@ class BatchResponse(msgspec.Struct, kw_only=True):
     would have answered (``BatchAccepted`` or ``Problem``)."""
 
     results: list[msgspec.Raw]
-
-
-class HistoryEntry(msgspec.Struct, kw_only=True, omit_defaults=True):
-    status: str
-    time: str
-    reason: str | None = None
-
-
-class MessageStatus(msgspec.Struct, kw_only=True):
-    """A sent message: where it is now and every step with its time."""
-
-    id: str
-    to: str
-    type: str
-    status: str
-    history: list[HistoryEntry]
-    created: str
-    reason: str | None = None
-    rule_ids: list[str] = msgspec.field(default_factory=list)
-    expires: str | None = None
-    system: str = ""  # the local system that sent it
 
 
 class InboxItem(msgspec.Struct, kw_only=True):

@@ -65,7 +65,9 @@ class HistoryEntry(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True
     reason: str | None = None
 
 
-class OutRecord(msgspec.Struct, kw_only=True):
+class MessageStatus(msgspec.Struct, kw_only=True):
+    """A sent message: where it is now and every step with its time."""
+
     id: str
     to: str
     type: str
@@ -75,8 +77,14 @@ class OutRecord(msgspec.Struct, kw_only=True):
     reason: str | None = None
     rule_ids: list[str] = msgspec.field(default_factory=list)
     expires: str | None = None
-    request_hash: str = ""
     system: str = ""  # the local system that sent it
+
+
+class OutRecord(MessageStatus, kw_only=True):
+    """The sender's record of a message: its status (what the API shows) and what only the
+    gateway needs (the request's hash, to tell a retry from a different request)."""
+
+    request_hash: str = ""
 
 
 class InRecord(msgspec.Struct, kw_only=True):
