@@ -184,6 +184,10 @@ class StateStore:
         bucket = state_bucket(self.org)
         self.js = js
         self.kv = ops.kv(bucket)
+        # (re)joining: the index is rebuilt from what is open now (mail closed while we were away
+        # may have left no marker by the time we are back)
+        self.open, self._open_revs, self.held, self.loaded = {}, {}, {}, 0
+        self._follower = KVFollower()
         self._stream, self._prefix = f"KV_{bucket}", f"$KV.{bucket}."
         floor = await self._read(POLICY_FLOOR_KEY)
         if floor is not None:
