@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 
 help:
 	@echo "make devnet       create .venv, install, bring up a whole local psvn network"
+	@echo "                  (PORT=N: base port, default 14222; console on N+8, gateways N+10..N+14)"
 	@echo "make devnet-down  stop it"
 	@echo "make test         install what the tests need and run the whole suite"
 	@echo "make lint         ruff and mypy"
@@ -27,8 +28,11 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
+# make devnet PORT=20000: nats-server on PORT (monitoring PORT+1), console PORT+8, gateways PORT+10..
+PORT ?=
+
 devnet: install
-	$(BIN)/psvn devnet up --detach
+	$(BIN)/psvn devnet up --detach $(if $(PORT),--base-port $(PORT))
 
 devnet-down: install
 	$(BIN)/psvn devnet down

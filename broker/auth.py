@@ -114,7 +114,7 @@ class TokenAuthority:
         except jwt.ExpiredSignatureError:
             raise _unauth("the token has expired; ask for a new one", "token-expired") from None
         except jwt.InvalidTokenError as exc:
-            raise _unauth(f"the token is not valid: {type(exc).__name__}", "token-invalid") from None
+            raise _unauth(f"the token is not valid: {_why(exc)}", "token-invalid") from None
         t = time.time() if now is None else now
         exp, iat = claims.get("exp"), claims.get("iat")
         if not isinstance(exp, int) or not isinstance(iat, int):
@@ -129,6 +129,23 @@ class TokenAuthority:
         if not isinstance(sub, str) or not _USER.fullmatch(sub):
             raise _unauth("the token names no valid user", "token-invalid")
         return Principal(user=sub, role=str(role), expires=exp, token_id=str(claims.get("jti", "")))
+
+
+def _why(exc: jwt.InvalidTokenError) -> str:
+    """What a person can do about a refused token, not the library's exception name."""
+    if isinstance(exc, jwt.DecodeError) and not isinstance(exc, jwt.InvalidSignatureError):
+        return ("it is not a console token (paste the whole line `psvn console token --user NAME --role ROLE` "
+                "printed, nothing more or less)")
+    if isinstance(exc, jwt.InvalidSignatureError | jwt.InvalidAlgorithmError):
+        return ("this console did not issue it (a token from another devnet, or the console's signing key was "
+                "rotated): ask for a new one with `psvn console token`")
+    if isinstance(exc, jwt.InvalidAudienceError | jwt.InvalidIssuerError):
+        return "it was issued for something other than the psvn console: ask for a new one"
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return "it is not valid yet (check this machine's clock)"
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"it lacks the {exc.claim!r} claim a console token carries: ask for a new one"
+    return "ask for a new one with `psvn console token`"
 
 
 def _unauth(detail: str, rule: str) -> PsvnError:

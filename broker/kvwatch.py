@@ -55,11 +55,17 @@ class KVFollower:
 
     async def follow(self, js: JetStreamContext, bucket: str, apply: Apply, *, key: str | None = None,
                      ready: asyncio.Event | None = None, timeout: float = 10.0) -> None:
-        """Start following ``bucket`` (or one ``key``); wait for ``ready`` (default: synced)."""
+        """Start following ``bucket`` (or one ``key``, or the keys a wildcard ``key`` such as
+        ``in.>`` matches); wait for ``ready`` (default: synced)."""
         kv = await js.key_value(bucket)
+        pattern = key is not None and (key.endswith(">") or "*" in key.split("."))
         # "Synced" means: applied everything up to the bucket's last revision when we began.
         # (nats-py's own end-of-initial-values marker can arrive before values still in flight.)
-        if key:
+        # For a wildcard, the last revision may be another key's: synced is then the watch's own
+        # count of what is left to deliver (num_pending of its ordered consumer) reaching zero.
+        if pattern:
+            target = -1
+        elif key:
             try:
                 target = (await kv.get(key)).revision or 0
             except KeyNotFoundError:
@@ -72,7 +78,9 @@ class KVFollower:
 
         async def run() -> None:
             async for entry in watcher:
-                if entry is None:
+                if entry is None:  # the end of the initial values (none at all, for a wildcard)
+                    if pattern:
+                        self.synced.set()
                     continue
                 deleted = entry.operation in ("DEL", "PURGE")
                 self.entry_time = entry.created
@@ -80,7 +88,7 @@ class KVFollower:
                     apply(entry.key, None if deleted else entry.value or b"", entry.revision or 0)
                 except Exception as exc:  # one bad entry must not stop the watch
                     log.error("kv entry ignored", bucket=bucket, key=entry.key, error=repr(exc))
-                if (entry.revision or 0) >= target:
+                if (target >= 0 and (entry.revision or 0) >= target) or (pattern and not entry.delta):
                     self.synced.set()
 
         self._task = asyncio.create_task(run(), name=f"watch {bucket}")

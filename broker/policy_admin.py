@@ -377,6 +377,28 @@ class PolicyAdmin:
     async def _policy_entries(self) -> list[StoredEntry]:
         return await read_history(self.js, POLICY_BUCKET, POLICY_KEY)
 
+    async def published(self, version: int) -> Current:
+        """A version still in the policy bucket's history, verified as a gateway verifies it (in
+        order, each newer than the last accepted); NOT_FOUND if it is not there or did not verify."""
+        accepted = 0
+        found: Current | None = None
+        for entry in await self._policy_entries():
+            if entry.value is None or entry.operation in ("DEL", "PURGE"):
+                continue
+            try:
+                signed = bundle.decode(entry.value)
+                doc = bundle.verify(signed, self.authority_pub, current_version=accepted)
+            except Exception:
+                continue
+            accepted = signed.version
+            if signed.version == version:
+                found = Current(signed=signed, document=doc, revision=entry.revision or 0)
+        if found is None:
+            raise PsvnError(Code.NOT_FOUND, f"policy version {version} is not in the policy bucket's history as "
+                            "an accepted version (the bucket keeps the last 64 entries)", field="version",
+                            rule="policy-version-known")
+        return found
+
     async def history(self) -> list[HistoryEntry]:
         """Every version put in the policy bucket (newest first), verified as a gateway would."""
         out: list[HistoryEntry] = []

@@ -25,6 +25,12 @@ class GatewaySection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_batch_items: int = 500
     batch_concurrency: int = 128
     expiry_sweep_seconds: float = 5.0
+    # how often the retention sweep walks closed (acknowledged) mail, streamed from the state
+    # bucket; open mail is swept every expiry_sweep_seconds from memory
+    retention_scan_seconds: float = 600.0
+    # sent messages with an expiry that this instance watches until a receipt settles them; past
+    # it (or after a restart) expiry is still applied when the status is read and by the recipient
+    max_tracked_expiries: int = 100_000
     policy_wait_seconds: float = 10.0  # at start: how long to wait for an acceptable policy set
     # One sender's share of this member's inbox: bytes of its mail delivered and not yet
     # acknowledged. Past it, new mail from that sender is refused (the sender is told

@@ -61,12 +61,13 @@ import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
+from broker.jsfast import JetStreamOps
 from broker.kvwatch import KV_OPERATION
-from broker.natsraw import RawReads
 from broker.registry import RegistryView
 from broker.subjects import CONSENT_BUCKET
 from certs.pki import ed25519_public
@@ -236,33 +237,71 @@ class ConsentLookup:
         self.members = registry
         self.on_refused = on_refused
         self._js: JetStreamContext | None = None
-        self._raw: RawReads | None = None  # reads a writer's headers cannot fool
+        self._ops: JetStreamOps | None = None  # direct gets a writer's headers cannot fool (broker.jsfast)
         self._record_lock = asyncio.Lock()
+        # reads asked for and not yet sent, by subject: every decision that needs a subject before
+        # its read goes out shares that read (it still starts after each of them asked)
+        self._queued: dict[str, asyncio.Future[Stored | None]] = {}
+        self._reading: set[asyncio.Task[Stored | None]] = set()  # held: the loop keeps only weak references
 
-    async def start(self, js: JetStreamContext) -> None:
-        """``js``: the network account's JetStream (through this member's imports)."""
+    async def start(self, js: JetStreamContext, ops: JetStreamOps) -> None:
+        """``js``, ``ops``: the network account's JetStream (through this member's imports)."""
         self._js = js
-        self._raw = RawReads(js._nc)
+        self._ops = ops
 
     async def stop(self) -> None:
         self._js = None
-        if self._raw is not None:
-            await self._raw.close()
+        self._ops = None  # the gateway's, closed by the gateway
 
     async def read(self, subject: str) -> Stored | None:
-        """The subject's stored value (None: no record). A backbone that does not answer is an
+        """The subject's stored value (None: no record), read after this call began. Concurrent
+        calls for one subject made before the read is sent share it (a batch about one patient
+        costs one read); none shares a read that began before it asked, so an opt-out recorded
+        before a decision began always applies to it. A backbone that does not answer is an
         error, never "no record"."""
-        if self._js is None or self._raw is None:
+        fut = self._queued.get(subject)
+        if fut is None:
+            loop = asyncio.get_running_loop()
+            fut = self._queued[subject] = loop.create_future()
+            loop.call_soon(self._send, subject)
+        try:
+            return await asyncio.shield(fut)
+        except PsvnError as exc:  # each caller gets its own (callers add their message id to it)
+            raise PsvnError(exc.code, exc.detail, field=exc.field, rule=exc.rule) from exc
+
+    def _send(self, subject: str) -> None:
+        fut = self._queued.pop(subject)
+        task = asyncio.get_running_loop().create_task(self._read_now(subject))
+        self._reading.add(task)
+
+        def settle(t: asyncio.Task[Stored | None]) -> None:
+            self._reading.discard(task)
+            if fut.done():
+                return
+            if t.cancelled():
+                fut.set_exception(PsvnError(Code.BACKBONE_UNAVAILABLE, "consent lookup cancelled",
+                                            rule="consent-lookup"))
+            elif t.exception() is not None:
+                fut.set_exception(t.exception())  # type: ignore[arg-type]
+            else:
+                fut.set_result(t.result())
+
+        task.add_done_callback(settle)
+
+    async def _read_now(self, subject: str) -> Stored | None:
+        if self._ops is None:
             raise PsvnError(Code.BACKBONE_UNAVAILABLE, "not connected to the backbone", rule="consent-lookup")
         try:
-            msg = await self._raw.direct_get(self._js, STREAM, subject=f"$KV.{CONSENT_BUCKET}.{key_for(subject)}")
-        except NotFoundError:
-            return None
-        except (TimeoutError, NatsTimeoutError, APIError) as exc:
+            msg = await self._ops.direct_get(STREAM, subject=f"$KV.{CONSENT_BUCKET}.{key_for(subject)}")
+        except (TimeoutError, NatsTimeoutError, NoRespondersError, APIError) as exc:
             raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the backbone did not answer a consent lookup; retry",
                             rule="consent-lookup") from exc
+        if msg is None:
+            return None
         deleted = (msg.headers or {}).get(KV_OPERATION) in ("DEL", "PURGE")
-        return Stored(value=None if deleted else msg.data, revision=msg.seq or 0, time=msg.time)
+        # an empty value is passed on as None, which verification refuses (a blanked record is
+        # never "no record")
+        return Stored(value=None if deleted else (msg.data or None), revision=msg.seq, time=msg.time)
 
     def _refuse(self, subject: str, exc: PsvnError) -> None:
         log.error("consent record refused", key=key_for(subject), rule=exc.rule, reason=exc.detail)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
 import structlog
@@ -16,18 +16,46 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from certs.tls import peer_uris
+from gateway import openapi
+from gateway.openapi import (
+    Accepted,
+    AckResult,
+    BatchAccepted,
+    BatchRequest,
+    CatalogueView,
+    Health,
+    InboxItem,
+    InboxPage,
+    Liveness,
+    MessageStatus,
+    PolicyRef,
+    Publication,
+    ReceivedMessage,
+    SubscriptionPage,
+    decode_cursor,
+    encode_cursor,
+)
 from gateway.service import Gateway
 from gateway.store import InRecord, OutRecord
 from psvn import addresses
-from psvn.envelope import FeedRequest, SendRequest, SubscribeRequest, check_free_id, new_message_id
+from psvn.envelope import (
+    FeedRequest,
+    RawFeedRequest,
+    RawSendRequest,
+    SendRequest,
+    SubscribeRequest,
+    check_free_id,
+    new_message_id,
+)
 from psvn.errors import Code, PsvnError
 
 log = structlog.get_logger("psvn.gateway.http")
 
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 PROBLEM = "application/problem+json"
-_send_decoder = msgspec.json.Decoder(SendRequest)
-_feed_decoder = msgspec.json.Decoder(FeedRequest)
+# payloads stay the bytes as sent (a Raw*Request is the request with its payload undecoded)
+_send_decoder = cast("msgspec.json.Decoder[SendRequest]", msgspec.json.Decoder(RawSendRequest))
+_feed_decoder = cast("msgspec.json.Decoder[FeedRequest]", msgspec.json.Decoder(RawFeedRequest))
 _subscribe_decoder = msgspec.json.Decoder(SubscribeRequest)
 T = TypeVar("T")
 
@@ -111,17 +139,17 @@ def system_of(request: web.Request) -> str:
                     rule="system-certificate")
 
 
-def out_view(rec: OutRecord) -> dict[str, Any]:
-    view = msgspec.to_builtins(rec)
-    view.pop("request_hash", None)
-    return view
+def out_view(rec: OutRecord) -> MessageStatus:
+    """A sent message's record as the API shows it (the request hash and anything else the
+    store keeps for itself stay inside)."""
+    return msgspec.convert(msgspec.to_builtins(rec), MessageStatus)
 
 
-def in_view(rec: InRecord) -> dict[str, Any]:
+def in_view(rec: InRecord) -> InboxItem:
+    """A mailbox entry as the API shows it: ``from`` the sender, no stream sequence."""
     view = msgspec.to_builtins(rec)
     view["from"] = view.pop("source")
-    view.pop("seq", None)
-    return view
+    return msgspec.convert(view, InboxItem)
 
 
 async def decode_body(request: web.Request, decoder: msgspec.json.Decoder[T], system: str) -> T:
@@ -179,20 +207,13 @@ async def post_message(request: web.Request) -> web.Response:
                          headers={"Location": f"/v1/messages/{rec.id}"})
 
 
-class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """``POST /v1/messages:batch``. Items stay raw JSON here so that each is decoded alone: one
-    malformed item is that item's problem, not the batch's."""
-
-    messages: list[msgspec.Raw]
-
-
 _batch_decoder = msgspec.json.Decoder(BatchRequest)
 BATCH_PATH = "/v1/messages:batch"
 
 
-def accepted_view(gw: Gateway, rec: OutRecord) -> dict[str, Any]:
-    """What an accepted send answers (the 202 body), alone or as a batch item."""
-    return {"id": rec.id, "status": rec.status, "policy": {"version": gw.policy.version, "rule_ids": rec.rule_ids}}
+def accepted_view(gw: Gateway, rec: OutRecord) -> Accepted:
+    """What an accepted send answers (the 202 body)."""
+    return Accepted(id=rec.id, status=rec.status, policy=PolicyRef(version=gw.policy.version, rule_ids=rec.rule_ids))
 
 
 async def post_batch(request: web.Request) -> web.Response:
@@ -221,13 +242,14 @@ async def post_batch(request: web.Request) -> web.Response:
         except PsvnError as exc:  # refused and audited by decode_json
             item = exc
         items.append(item)
-    results: list[dict[str, Any]] = []
+    results: list[dict[str, Any] | BatchAccepted] = []
     for i, outcome in enumerate(await gw.send_batch(items, system=system)):
         if isinstance(outcome, PsvnError):
             results.append(outcome.to_problem(instance=f"{request.path}#/messages/{i}"))
         else:
             rec, created = outcome
-            results.append({**accepted_view(gw, rec), "duplicate": not created})
+            results.append(BatchAccepted(id=rec.id, status=rec.status, duplicate=not created,
+                                         policy=PolicyRef(version=gw.policy.version, rule_ids=rec.rule_ids)))
     return json_response({"results": results})
 
 
@@ -236,18 +258,52 @@ async def get_message(request: web.Request) -> web.Response:
     return json_response(out_view(await request.app[GATEWAY_KEY].status(request.match_info["id"], system=system)))
 
 
-async def list_inbox(request: web.Request) -> web.Response:
-    system = system_of(request)
-    q = request.query
+MAX_PAGE = 1000
+
+
+def page_limit(request: web.Request) -> int:
+    """The ``limit`` query parameter: 1..1000, 100 if absent."""
     try:
-        limit = int(q.get("limit", "100"))
+        limit = int(request.query.get("limit", "100"))
     except ValueError:
         raise PsvnError(Code.BAD_REQUEST, "limit must be a whole number", field="limit", rule="integer") from None
-    if not 1 <= limit <= 1000:
-        raise PsvnError(Code.BAD_REQUEST, "limit must be between 1 and 1000", field="limit", rule="range")
-    items = request.app[GATEWAY_KEY].inbox(mailbox=q.get("mailbox"), status=q.get("status"), limit=limit,
-                                           system=system)
-    return json_response({"messages": [in_view(r) for r in items]})
+    if not 1 <= limit <= MAX_PAGE:
+        raise PsvnError(Code.BAD_REQUEST, f"limit must be between 1 and {MAX_PAGE}", field="limit", rule="range")
+    return limit
+
+
+def next_link(request: web.Request, cursor: str | None, full: bool) -> dict[str, str]:
+    """A ``Link: <...>; rel="next"`` header when the page was full (more may follow)."""
+    if cursor is None or not full:
+        return {}
+    url = request.rel_url.update_query({"cursor": cursor})
+    return {"Link": f'<{url}>; rel="next"'}
+
+
+INBOX_CURSOR = "inbox"
+
+
+async def list_inbox(request: web.Request) -> web.Response:
+    """Mail in the order it was filed, a page at a time: ``next`` continues after the last item
+    (its position, opaque to callers), whatever the filters; mail filed later, even mail that
+    arrived earlier and was redelivered, always comes after the cursor."""
+    system = system_of(request)
+    q = request.query
+    limit = page_limit(request)
+    cursor = q.get("cursor")
+    after = 0
+    if cursor is not None:
+        position = decode_cursor(INBOX_CURSOR, cursor)
+        if not position.isdigit():
+            raise PsvnError(Code.BAD_REQUEST, "cursor is not an inbox cursor from this gateway: pass the 'next' "
+                            "value of the previous page unchanged", field="cursor", rule="cursor")
+        after = int(position)
+    items = await request.app[GATEWAY_KEY].inbox(mailbox=q.get("mailbox"), status=q.get("status"), limit=limit,
+                                                 system=system, after=after)
+    gw = request.app[GATEWAY_KEY]
+    nxt = encode_cursor(INBOX_CURSOR, gw.inbox_position(items[-1])) if items else cursor
+    return json_response(InboxPage(messages=[in_view(r) for r in items], next=nxt),
+                         headers=next_link(request, nxt, len(items) == limit))
 
 
 async def get_inbox_item(request: web.Request) -> web.Response:
@@ -257,25 +313,23 @@ async def get_inbox_item(request: web.Request) -> web.Response:
         payload = msgspec.json.decode(opened.payload)
     else:
         payload = opened.payload.decode()
-    return json_response({"envelope": msgspec.to_builtins(opened.envelope), "payload": payload,
-                          "status": opened.record.status})
+    return json_response(ReceivedMessage(envelope=opened.envelope, payload=payload, status=opened.record.status))
 
 
 async def ack_inbox_item(request: web.Request) -> web.Response:
     rec = await request.app[GATEWAY_KEY].ack(request.match_info["id"], system=system_of(request))
-    return json_response({"id": rec.id, "status": rec.status})
+    return json_response(AckResult(id=rec.id, status=rec.status))
 
 
 async def catalogue(request: web.Request) -> web.Response:
     system_of(request)
     snap = request.app[GATEWAY_KEY].snapshot
-    return json_response({"policy_version": snap.version,
-                          "types": [msgspec.to_builtins(e) for e in snap.catalogue]})
+    return json_response(CatalogueView(policy_version=snap.version, types=list(snap.catalogue)))
 
 
 async def livez(request: web.Request) -> web.Response:
     """Liveness: the process is up and serving HTTP (restart it only if this fails)."""
-    return json_response({"status": "alive", "org": request.app[GATEWAY_KEY].org})
+    return json_response(Liveness(status="alive", org=request.app[GATEWAY_KEY].org))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -291,9 +345,9 @@ async def healthz(request: web.Request) -> web.Response:
         # on the last good values, and a 503 would let whoever can write the backbone take every
         # gateway out of service. They turn the status to "warning" with the refusals listed, so
         # monitoring sees the tampering (and psvn_backbone_values_refused_total counts it).
-        return json_response({"status": "warning" if refused else "ok", "org": gw.org,
-                              "policy_version": gw.policy.version, "backbone": backbone,
-                              "refused_backbone_values": refused})
+        return json_response(Health(status="warning" if refused else "ok", org=gw.org,
+                                    policy_version=gw.policy.version, backbone=backbone,
+                                    refused_backbone_values=refused))
     return problem_response(PsvnError(
         Code.BACKBONE_UNAVAILABLE, "the gateway is not ready: " + "; ".join(problems),
         field=problems[0].split(":", 1)[0], rule="readiness",
@@ -313,7 +367,8 @@ async def publish_feed(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
     system = system_of(request)
     req = await with_header_key(request, await decode_body(request, _feed_decoder, system), system)
-    return json_response(await gw.publish(request.match_info["topic"], req, system=system), status=202)
+    published = await gw.publish(request.match_info["topic"], req, system=system)
+    return json_response(msgspec.convert(published, Publication), status=202)
 
 
 async def put_subscription(request: web.Request) -> web.Response:
@@ -321,7 +376,7 @@ async def put_subscription(request: web.Request) -> web.Response:
     system = system_of(request)
     req = await decode_body(request, _subscribe_decoder, system)
     sub = await gw.subscribe(request.match_info["topic"], req, system=system)
-    return json_response(msgspec.to_builtins(sub))
+    return json_response(sub)
 
 
 async def delete_subscription(request: web.Request) -> web.Response:
@@ -330,10 +385,32 @@ async def delete_subscription(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+SUBSCRIPTIONS_CURSOR = "subscriptions"
+
+
 async def list_subscriptions(request: web.Request) -> web.Response:
+    """This member's subscriptions by topic, a page at a time (``next`` continues after the
+    last topic)."""
     system_of(request)
     gw = request.app[GATEWAY_KEY]
-    return json_response({"subscriptions": [msgspec.to_builtins(s) for s in gw.feeds.of(gw.org)]})
+    limit = page_limit(request)
+    cursor = request.query.get("cursor")
+    after = decode_cursor(SUBSCRIPTIONS_CURSOR, cursor) if cursor is not None else ""
+    subs = [s for s in gw.feeds.of(gw.org) if s.topic > after][:limit]
+    nxt = encode_cursor(SUBSCRIPTIONS_CURSOR, subs[-1].topic) if subs else cursor
+    return json_response(SubscriptionPage(subscriptions=subs, next=nxt),
+                         headers=next_link(request, nxt, len(subs) == limit))
+
+
+_DOCUMENT: bytes | None = None
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    """This API's OpenAPI 3.1 document (the one committed as docs/openapi.json)."""
+    global _DOCUMENT
+    if _DOCUMENT is None:
+        _DOCUMENT = openapi.render().encode()
+    return web.Response(body=_DOCUMENT, content_type="application/json")
 
 
 def refuse_revoked(is_revoked: Callable[[int], bool]) -> Any:
@@ -379,4 +456,5 @@ def make_app(gw: Gateway, *, is_revoked: Callable[[int], bool] | None = None) ->
     app.router.add_get("/readyz", healthz)
     app.router.add_get("/livez", livez)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/openapi.json", openapi_document)
     return app

@@ -35,4 +35,11 @@ class Metrics:
         self.batch_items = Histogram(
             "psvn_batch_items", "Messages per POST /v1/messages:batch request", registry=r,
             buckets=(1, 10, 50, 100, 250, 500, 1000))
+        self.open_mail = Gauge("psvn_state_open_mail", "Mail delivered here and not yet acknowledged: what the "
+                               "gateway keeps in memory of its mailbox (closed mail is read by key)", registry=r)
+        self.tracked_expiries = Gauge("psvn_state_tracked_expiries", "Sent messages with an expiry this instance "
+                                      "watches until a receipt settles them (bounded by gateway.max_tracked_expiries)",
+                                      registry=r)
+        self.state_loaded = Gauge("psvn_state_entries_loaded_at_start", "State entries read while starting: the "
+                                  "open mail, never the history", registry=r)
         self.backbone_up = Gauge("psvn_backbone_connected", "1 while connected to the backbone", registry=r)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import re
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +28,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
+from broker.jsfast import JetStreamOps
 from broker.natsraw import Puller, RawReads
 from broker.provision import connect, provision_state_bucket
 from broker.registry import RegistryView
@@ -45,12 +46,13 @@ from broker.subjects import (
 )
 from certs import pki, tls
 from gateway import core, seal
+from gateway.audit import AuditWriter
 from gateway.config import GatewayConfig
 from gateway.consent import OPERATOR_TYPE, ConsentLookup, Consulted
 from gateway.feeds import FeedView, Subscription
 from gateway.metrics import Metrics
 from gateway.policy import PolicyHolder, PolicySnapshot
-from gateway.store import HistoryEntry, InRecord, OutRecord, StateStore, idem_key
+from gateway.store import Gone, HistoryEntry, InRecord, OutRecord, StateStore, message_id_for
 from gateway.webhook import WebhookPusher, check_url, load_secret
 from policies.consent import TYPE as CONSENT_TYPE
 from policies.consent import ConsentRegistry
@@ -61,6 +63,7 @@ from psvn.envelope import (
     FeedRequest,
     SendRequest,
     SubscribeRequest,
+    check_free_id,
     check_topic,
     new_message_id,
     now_rfc3339,
@@ -88,6 +91,7 @@ def _already_gone(exc: Exception) -> bool:
     return isinstance(exc, NotFoundError) or getattr(exc, "err_code", None) in (10037, 10057)
 
 
+_UNSETTLED = (State.ACCEPTED.value, State.SENT.value)  # a sent message no receipt has settled yet
 _MSG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -151,6 +155,7 @@ class Gateway:
         self.registry = RegistryView(registry_authority, on_refused=self._backbone_value_refused)
         self.policy = PolicyHolder(authority, on_change=self._policy_changed, on_refused=self._backbone_value_refused)
         self.store = StateStore(self.org)
+        self.metrics.open_mail.set_function(lambda: len(self.store.open))
         self.consent = ConsentLookup(
             self.registry, on_refused=lambda _s, _e: self.metrics.values_refused.labels(CONSENT_BUCKET).inc())
         self.feeds = FeedView()
@@ -159,12 +164,17 @@ class Gateway:
         self.js: JetStreamContext | None = None  # its own account's JetStream: its state bucket
         self.net: JetStreamContext | None = None  # the network account's, through its imports
         self.raw: RawReads | None = None  # reads a sender's headers cannot fool (broker.natsraw)
+        self.ops: JetStreamOps | None = None  # the per-message publishes and reads (broker.jsfast)
+        self.net_ops: JetStreamOps | None = None  # the same, of the network account's API
         self._consumer: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._rejoin: asyncio.Task[None] | None = None  # rejoining the backbone after nats-py gave up
         self._started = False
         self._background: set[asyncio.Task[None]] = set()
-        self._audits: set[asyncio.Task[None]] = set()
+        self.audit_log = AuditWriter(self._audit_write, on_lost=self.metrics.audit_lost.inc,
+                                     max_pending=MAX_AUDITS_IN_FLIGHT, attempts=AUDIT_ATTEMPTS)
+        self._identity: tuple[object, core.Identity] | None = None
+        self._expiring: dict[str, str] = {}  # message id -> expiry, of this instance's unsettled sends
         self._stopping = False
         # why the last write of a sent message's record failed (None: it succeeded); readiness
         # reports it, since a gateway that cannot record what it sends cannot accept mail
@@ -207,11 +217,18 @@ class Gateway:
     # -- lifecycle ------------------------------------------------------------------------
     @property
     def identity(self) -> core.Identity:
+        """Who this gateway is now: prepared once per registry entry of ours (it changes with a
+        key rotation or a change of member type), not once per message."""
         me = self.registry.lookup(self.org, field="gateway.org", require_active=False)
+        cached = self._identity
+        if cached is not None and cached[0] is me:
+            return cached[1]
         signing = (self.signing_key if len(self.signing_keys) == 1
                    else core.choose_signing_key(self.signing_keys, me.sign_key))
-        return core.Identity(org=self.org, member_type=me.type, signing_key=signing, hpke_key=self.hpke_key,
-                             hybrid_key=self.hybrid_key, retired_hpke=self.retired_hpke)
+        ident = core.Identity(org=self.org, member_type=me.type, signing_key=signing, hpke_key=self.hpke_key,
+                              hybrid_key=self.hybrid_key, retired_hpke=self.retired_hpke)
+        self._identity = (me, ident)
+        return ident
 
     @property
     def snapshot(self) -> PolicySnapshot:
@@ -260,10 +277,13 @@ class Gateway:
             await self.registry.start(self.net)
             self.registry.lookup(self.org, field="gateway.org", require_active=False)
             await provision_state_bucket(self.js, self.org, replicas=n.replicas)
-            await self.store.start(self.js)
+            self.ops = await JetStreamOps(nc).start()
+            await self.store.start(self.js, self.ops)
+            self.metrics.state_loaded.set(self.store.loaded)
             self.policy.floor = self.store.policy_floor
             await self.policy.start(self.net, timeout=self.config.gateway.policy_wait_seconds)
-            await self.consent.start(self.net)
+            self.net_ops = await JetStreamOps(nc, api_prefix=OPERATOR_JS_PREFIX).start()
+            await self.consent.start(self.net, self.net_ops)
             await self.feeds.start(self.net)
             self.raw = RawReads(nc)
         except BaseException:
@@ -279,6 +299,10 @@ class Gateway:
                 await part.stop()
         if self.raw is not None:
             await self.raw.close()
+        for ops in (self.ops, self.net_ops):
+            if ops is not None:
+                await ops.close()
+        self.ops = self.net_ops = None
         if self.nc is not None:
             # close, not drain: consumption has stopped, and anything fetched but not acked is
             # redelivered by JetStream to the next gateway; drain would wait on dead watchers.
@@ -307,13 +331,7 @@ class Gateway:
             await halt(task)
         if self.webhook is not None:
             await self.webhook.close()
-        if self._audits:  # let audit records in flight be acknowledged (bounded), then count the rest
-            _, pending = await asyncio.wait(set(self._audits), timeout=AUDIT_ACK_SECONDS)
-            for task in pending:
-                task.cancel()
-            if pending:
-                self.metrics.audit_lost.inc(len(pending))
-                log.error("audit records not stored at shutdown", count=len(pending))
+        await self.audit_log.close(AUDIT_ACK_SECONDS)  # bounded; what is left is logged and counted
         await self._leave_backbone()
 
     @property
@@ -322,37 +340,14 @@ class Gateway:
 
     # -- audit (metadata only: never payloads) ---------------------------------------------
     async def audit(self, event: str, **fields: object) -> None:
-        """Record an event on the AUDIT stream, acknowledged, without holding up the message.
+        """Record an event on the member's audit stream, acknowledged, without holding up the
+        message: queued at once, written by :class:`gateway.audit.AuditWriter` in batches."""
+        self.audit_log.add({"event": event, "org": self.org, "time": now_rfc3339(self.clock()), **fields})
 
-        The publish goes out at once (sharing the next socket write); the stream's ack is awaited
-        in the background and the publish retried (same Nats-Msg-Id, so stored once) through a
-        disconnect or an election. A record never acknowledged is logged in full and counted
-        (``psvn_audit_records_lost_total``): auditing must not take the gateway down."""
-        record = {"event": event, "org": self.org, "time": now_rfc3339(self.clock()), **fields}
-        if len(self._audits) >= MAX_AUDITS_IN_FLIGHT:  # a long outage: bounded, never silent
-            self.metrics.audit_lost.inc()
-            log.error("audit record not stored: too many awaiting the backbone", record=record)
-            return
-        task = asyncio.get_running_loop().create_task(self._audit_publish(record))
-        self._audits.add(task)
-        task.add_done_callback(self._audits.discard)
-
-    async def _audit_publish(self, record: dict[str, object]) -> None:
-        data, audit_id = msgspec.json.encode(record), uuid.uuid4().hex
-        last: object = "not connected"
-        for attempt in range(AUDIT_ATTEMPTS):
-            if self.js is not None:
-                try:
-                    await self.js.publish(audit_subject(self.org), data, timeout=AUDIT_ACK_SECONDS,
-                                          headers={"Nats-Msg-Id": audit_id})
-                    return
-                except Exception as exc:
-                    last = exc
-            if self._stopping and attempt >= 1:
-                break
-            await asyncio.sleep(min(0.25 * 2 ** attempt, 5.0))
-        self.metrics.audit_lost.inc()
-        log.error("audit record not stored", record=record, error=str(last))
+    async def _audit_write(self, data: bytes, headers: dict[str, str]) -> None:
+        if self.ops is None:
+            raise ConnectionError("not connected to the backbone")
+        await self.ops.publish(audit_subject(self.org), data, timeout=AUDIT_ACK_SECONDS, headers=headers)
 
     async def reject_request(self, exc: PsvnError, *, system: str | None) -> PsvnError:
         """A send refused before it became a message (malformed JSON, bad envelope, not
@@ -369,25 +364,27 @@ class Gateway:
     # -- send ---------------------------------------------------------------------------------
     async def send(self, req: SendRequest, *, system: str, topic: str | None = None) -> tuple[OutRecord, bool]:
         """Accept a message from a local system (with ``topic``: one delivery of a feed event).
-        Returns (record, created)."""
+        Returns (record, created).
+
+        Backbone writes on the way: the sender's record (create-once: with an idempotency key
+        the message id is derived from it, so this write is also the claim on the key), the
+        sealed message, and the record's move to ``sent``; the audit record goes to the batcher.
+        Awaited round trips: the record (and, with a key, one read first), the publish, the move."""
         started = time.perf_counter()
-        message_id = new_message_id()
+        key = req.idempotency_key
+        if key is not None:
+            try:
+                check_free_id(key, "idempotency_key")
+            except PsvnError:  # refused below by the envelope rules, under a message id of its own
+                key = None
+        message_id = message_id_for(self.org, system, key) if key else new_message_id()
         request_hash = hashlib.sha256(msgspec.json.encode(req)).hexdigest()
         if not self.connected:
             raise await self.reject_request(PsvnError(
                 Code.BACKBONE_UNAVAILABLE, "the gateway is not connected to the backbone; retry later",
                 rule="backbone-connected", message_id=message_id), system=system)
-        ikey = idem_key(system, req.idempotency_key) if req.idempotency_key else None
-        prior: OutRecord | None = None
-        if ikey:
-            owner = self.store.idem.get(ikey)
-            if owner is not None:
-                message_id = owner
-                prior = await self._prior(owner, request_hash)
-                if prior is not None and prior.status != State.ACCEPTED.value:
-                    return prior, False
-                # accepted but its publish unconfirmed (or never recorded): seal again under the
-                # same id; JetStream's dedupe window and the recipient's mailbox make this safe
+        # A retry (same key) is recognised when its record is written: the create-once write
+        # fails, and the request is answered with what the first one became (or resumes it).
         try:
             snap = self.snapshot
             checked = core.check_send(req, snap=snap, registry=self.registry, message_id=message_id)
@@ -396,6 +393,10 @@ class Gateway:
                                     message_id=message_id, now=self.clock(), consent=consulted.consent,
                                     topic=topic, checked=checked)
         except PsvnError as exc:
+            if key:  # a retry of a message accepted before (e.g. under another policy version)?
+                prior = await self._prior(message_id, request_hash)
+                if prior is not None and prior.status != State.ACCEPTED.value:
+                    return prior, False
             self.metrics.rejected.labels(exc.code.value).inc()
             if exc.code is Code.POLICY_DENIED:
                 self.metrics.decisions.labels("egress", "deny").inc()
@@ -408,48 +409,53 @@ class Gateway:
             raise
         self.metrics.decisions.labels("egress", "allow").inc()
         now = now_rfc3339(self.clock())
-        rec = prior or OutRecord(id=message_id, to=req.to, type=req.type, status=State.ACCEPTED.value, created=now,
+        rec = OutRecord(id=message_id, to=req.to, type=req.type, status=State.ACCEPTED.value, created=now,
                                  system=system,
                                  history=[HistoryEntry(status=State.ACCEPTED.value, time=now)],
                                  rule_ids=out.decision.rule_ids, request_hash=request_hash,
                                  expires=out.envelope.expires)
+        written: tuple[OutRecord, int] | None = None
         try:
-            if ikey and prior is None:
-                # the consent lookup awaited the backbone: a concurrent request with the same key
-                # (on this instance or another) may have claimed it meanwhile; the claim decides
-                owner = self.store.idem.get(ikey) or await self.store.claim_idempotency(ikey, message_id)
-                if owner != message_id:  # a concurrent request with the same key got there first
-                    return await self.send(req, system=system, topic=topic)
-            if prior is None:
-                await self.store.put_out(rec)
-                self.state_write_error = None
-        except PsvnError:
-            raise
+            revision = await self.store.put_out(rec)
+            self.state_write_error = None
         except Exception as exc:
             self.state_write_error = type(exc).__name__
             raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the backbone did not store the message; nothing was sent",
                             rule="state-write", message_id=message_id) from exc
+        if revision is None:  # the key was used before (a retry), or by a concurrent request
+            prior = await self._prior(message_id, request_hash)
+            if prior is None:  # its record aged out (the bucket's TTL): the key is spent
+                raise PsvnError(Code.CONFLICT, "idempotency_key was used for a message whose record has expired",
+                                field="idempotency_key", rule="idempotency", message_id=message_id)
+            if prior.status != State.ACCEPTED.value:
+                return prior, False
+            rec = prior  # accepted, its publish unconfirmed or in flight: sealing again is safe (below)
+        else:
+            written = (rec, revision)
+        # Publishing a message already published (a retry, or the concurrent request above) is
+        # safe: JetStream's dedupe window and the recipient's create-once filing keep it single.
         try:
             await self._publish(out.subject, out.data, message_id)
         except PsvnError:
-            if not ikey:  # nobody can retry this message: say it failed. With a key it stays
+            if not key:  # nobody can retry this message: say it failed. With a key it stays
                 with contextlib.suppress(Exception):  # accepted, for the retry to resume
                     await self.store.move_out(message_id, State.REJECTED, reason="backbone unavailable")
             raise
-        # The publish is confirmed: the message is sent. The audit record goes out first so that it
-        # shares one socket write with the status write below (nats-py flushes everything queued
-        # before the flusher runs); a separate write costs ~70 us of CPU per message.
+        # The publish is confirmed: the message is sent. The audit record is queued first so the
+        # batcher's write can share a socket write with the status write below.
         await self.audit("sent", message_id=message_id, to=req.to, type=req.type, purpose=req.purpose,
                          classification=req.classification, size=out.size, rule_ids=out.decision.rule_ids,
                          policy_version=out.decision.policy_version, direction="egress")
         try:
-            rec = await self.store.move_out(message_id, State.SENT) or rec
+            rec = await self.store.move_out(message_id, State.SENT, known=written) or rec
         except Exception as exc:  # the message is on its way: the receipt will move the status on
             log.warning("status write after publish failed; receipt will update it", message_id=message_id,
                         error=repr(exc))
+        if rec.expires and rec.status in (State.ACCEPTED.value, State.SENT.value):
+            self._track_expiry(rec)
         self.metrics.sent.labels(req.type).inc()
         self.metrics.send_seconds.observe(time.perf_counter() - started)
-        log.info("message sent", message_id=message_id, to=req.to, type=req.type, system=system)
+        log.debug("message sent", message_id=message_id, to=req.to, type=req.type, system=system)
         return rec, True
 
     async def send_batch(self, items: Sequence[SendRequest | PsvnError], *,
@@ -504,27 +510,25 @@ class Gateway:
             self.metrics.consent_lookup_seconds.observe(time.perf_counter() - started)
 
     async def _prior(self, message_id: str, request_hash: str) -> OutRecord | None:
-        """The record an idempotency key points at (waiting briefly for a concurrent request)."""
-        for _ in range(40):
-            rec = self.store.out.get(message_id)
-            if rec is not None:
-                if rec.request_hash != request_hash:
-                    raise PsvnError(Code.CONFLICT, "idempotency_key was used before with a different request",
-                                    field="idempotency_key", rule="idempotency", message_id=rec.id)
-                return rec
-            await asyncio.sleep(0.05)
-        return None  # claimed, never recorded (a failure in between): resume under the same id
+        """The record a message id derived from an idempotency key names, if any; the same key
+        with a different request is a conflict."""
+        rec = await self.store.out_record(message_id)
+        if rec is not None and rec.request_hash != request_hash:
+            raise PsvnError(Code.CONFLICT, "idempotency_key was used before with a different request",
+                            field="idempotency_key", rule="idempotency", message_id=rec.id)
+        return rec
 
     async def _publish(self, subject: str, data: bytes, msg_id: str) -> None:
         """Publish with the dedupe id; retry with the same id so a retry can never duplicate."""
-        assert self.js is not None
         delay = 0.2
         deadline = time.monotonic() + PUBLISH_PATIENCE
         attempt = 0
         while True:
             attempt += 1
             try:
-                await self.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id}, timeout=3)
+                if self.ops is None:
+                    raise ConnectionError("not connected to the backbone")
+                await self.ops.publish(subject, data, headers={"Nats-Msg-Id": msg_id}, timeout=3)
                 return
             except Exception as exc:
                 log.warning("publish failed", message_id=msg_id, attempt=attempt, error=repr(exc))
@@ -538,35 +542,72 @@ class Gateway:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
+    def _track_expiry(self, rec: OutRecord) -> None:
+        """Watch a sent message's expiry until a receipt settles it (bounded: past the bound, and
+        after a restart, expiry still applies when the status is read and at the recipient)."""
+        if rec.expires and len(self._expiring) < self.config.gateway.max_tracked_expiries:
+            self._expiring[rec.id] = rec.expires
+            self.metrics.tracked_expiries.set(len(self._expiring))
+
+    def _settled(self, message_id: str) -> None:
+        if self._expiring.pop(message_id, None) is not None:
+            self.metrics.tracked_expiries.set(len(self._expiring))
+
+    async def _expire_if_due(self, rec: OutRecord) -> OutRecord:
+        """``expired`` for a message not delivered by its expiry (the sender is told by the
+        status and the audit record)."""
+        if not rec.expires or rec.status not in _UNSETTLED or parse_time(rec.expires) > self.clock():
+            return rec
+        moved = await self.store.move_out(rec.id, State.EXPIRED, reason=f"not delivered by {rec.expires}",
+                                          only_from=_UNSETTLED)
+        self._settled(rec.id)
+        if moved is not None and moved.status == State.EXPIRED.value and moved.status != rec.status:
+            await self.audit("expired", message_id=rec.id, to=rec.to, type=rec.type)
+        return moved or rec
+
     async def _sweep_expired(self) -> None:
-        """Sent messages not delivered by their expiry become ``expired`` (the sender is told);
-        received mail whose retention (the policy's, for its type) is over is deleted."""
+        """Sent messages not delivered by their expiry become ``expired``; received mail whose
+        retention (the policy's, for its type) is over is deleted: open mail from memory at
+        every sweep, closed mail by a streamed walk every ``retention_scan_seconds``."""
+        loop = asyncio.get_running_loop()
+        last_scan = loop.time()
         while not self._stopping:
             await asyncio.sleep(self.config.gateway.expiry_sweep_seconds)
             now = self.clock()
-            if self.store.policy_floor:  # keep the rollback floor alive past the bucket's TTL
-                with contextlib.suppress(Exception):
-                    await self.store.set_policy_floor(self.store.policy_floor)
-            for rec in list(self.store.out.values()):
-                if rec.expires and rec.status in (State.ACCEPTED.value, State.SENT.value) \
-                        and parse_time(rec.expires) <= now:
+            for mid, expires in list(self._expiring.items()):
+                if parse_time(expires) <= now:
                     try:
-                        await self.store.move_out(rec.id, State.EXPIRED, reason=f"not delivered by {rec.expires}")
-                        await self.audit("expired", message_id=rec.id, to=rec.to, type=rec.type)
+                        rec = await self.store.out_record(mid)
+                        if rec is None:
+                            self._settled(mid)
+                        else:
+                            await self._expire_if_due(rec)
                     except Exception as exc:  # the next sweep tries again
-                        log.warning("expiry sweep failed", message_id=rec.id, error=repr(exc))
-            for got in list(self.store.inbox.values()):
-                if got.retain_until and not got.deleted and parse_time(got.retain_until) <= now:
+                        log.warning("expiry sweep failed", message_id=mid, error=repr(exc))
+            due = now_rfc3339(now)  # one format throughout (UTC, milliseconds, Z): compared as text
+            for got in list(self.store.open.values()):
+                if got.retain_until and got.retain_until <= due:
                     try:
                         await self._retention_over(got)
                     except Exception as exc:  # the next sweep tries again
                         log.warning("retention sweep failed", message_id=got.id, error=repr(exc))
+            if loop.time() - last_scan >= self.config.gateway.retention_scan_seconds:
+                last_scan = loop.time()
+                if self.store.policy_floor:  # keep the rollback floor alive past the bucket's TTL
+                    with contextlib.suppress(Exception):
+                        await self.store.set_policy_floor(self.store.policy_floor)
+                try:
+                    async for got in self.store.closed_mail():
+                        if got.retain_until and not got.deleted and parse_time(got.retain_until) <= now:
+                            await self._retention_over(got)
+                except Exception as exc:  # the next scan tries again
+                    log.warning("retention scan failed", error=repr(exc))
 
     async def _retention_over(self, rec: InRecord) -> None:
-        """Delete the mail from the inbox stream, then mark its mailbox entry deleted (each step
+        """Delete the mail from the inbox stream, then mark its entry deleted (each step
         idempotent: another instance, or the stream's own max age, may have deleted it first).
-        The entry stays as a tombstone until the state bucket's TTL, so a replay of the message
-        is recognised; after that the arrival age check refuses it."""
+        The entry stays, closed, until the state bucket's TTL, so a replay of the message is
+        recognised; after that the arrival age check refuses it."""
         assert self.net is not None
         try:
             await self.net.delete_msg(inbox_stream(self.org), rec.seq)
@@ -574,7 +615,9 @@ class Gateway:
             if not _already_gone(exc):
                 raise
         deleted = now_rfc3339(self.clock())
-        if await self.store.update_in(rec.id, lambda r: None if r.deleted else msgspec.structs.replace(
+        if rec.status == State.DELIVERED.value:  # open mail: closed as deleted
+            await self.store.close(msgspec.structs.replace(rec, deleted=deleted))
+        elif await self.store.update_done(rec.id, lambda r: None if r.deleted else msgspec.structs.replace(
                 r, deleted=deleted)) is None:
             return
         await self.audit("retention-deleted", message_id=rec.id, source=rec.source, type=rec.type,
@@ -650,6 +693,7 @@ class Gateway:
         if rec is None:
             raise PsvnError(Code.NOT_FOUND, f"no message {message_id!r} was sent through this gateway",
                             field="id", rule="exists", message_id=message_id)
+        rec = await self._expire_if_due(rec)
         if system is not None and system in self.config.gateway.system_mailboxes and rec.system \
                 and rec.system != system:
             raise PsvnError(Code.FORBIDDEN, f"system {system!r} may read the status only of what it sent",
@@ -660,16 +704,37 @@ class Gateway:
         allowed = self.config.gateway.system_mailboxes.get(system or "")
         return allowed is None or (rec.mailbox or "") in allowed
 
-    def inbox(self, *, mailbox: str | None = None, status: str | None = None, limit: int = 100,
-              system: str | None = None, after: int = 0) -> list[InRecord]:
-        """Mail in arrival order (inbox stream sequence); ``after`` is the paging cursor: only
-        mail that arrived after the entry with that sequence."""
-        wanted = {status} if status else {State.DELIVERED.value}
-        items = [r for r in self.store.inbox.values()
-                 if r.seq > after and r.status in wanted and not r.deleted
-                 and (mailbox is None or r.mailbox == mailbox) and self.may_read(system, r)]
-        items.sort(key=lambda r: r.seq)
-        return items[:limit]
+    async def inbox(self, *, mailbox: str | None = None, status: str | None = None, limit: int = 100,
+                    system: str | None = None, after: int = 0) -> list[InRecord]:
+        """Mail in the order it was filed; ``after`` is the paging cursor (an
+        :meth:`inbox_position`): only mail filed after it. Delivered mail comes from the
+        open-mail index, whose entries arrive in filing order (the state bucket's revisions, one
+        ordered watch), so mail filed late never lands behind a cursor already handed out.
+        Other statuses (acknowledged, quarantined) come from a streamed walk of the closed
+        entries, in arrival order, keeping only the page."""
+        wanted = status or State.DELIVERED.value
+
+        def keep(r: InRecord, position: int) -> bool:
+            return (position > after and r.status == wanted and not r.deleted
+                    and (mailbox is None or r.mailbox == mailbox) and self.may_read(system, r))
+
+        if wanted == State.DELIVERED.value:
+            return heapq.nsmallest(limit, (r for r in self.store.open.values() if keep(r, self.inbox_position(r))),
+                                   key=self.inbox_position)
+        page: list[tuple[int, int, InRecord]] = []  # a max-heap (negated seq) of the lowest `limit`
+        async for r in self.store.closed_mail():
+            if keep(r, r.seq):
+                heapq.heappush(page, (-r.seq, id(r), r))
+                if len(page) > limit:
+                    heapq.heappop(page)
+        return sorted((r for _, _, r in page), key=lambda r: r.seq)
+
+    def inbox_position(self, rec: InRecord) -> int:
+        """Where a listed mail stands in its listing: open mail by when it was filed, closed mail
+        by when it arrived (the paging cursor of :meth:`inbox`)."""
+        if rec.status == State.DELIVERED.value:
+            return self.store.filed_at(rec.id)
+        return rec.seq
 
     async def _in_record(self, message_id: str, system: str | None = None) -> InRecord:
         rec = await self.store.in_record(message_id)
@@ -689,16 +754,20 @@ class Gateway:
         if rec.status == State.QUARANTINED.value:
             raise PsvnError(Code.FORBIDDEN, f"message {message_id} is quarantined: {rec.reason}",
                             field="id", rule="quarantined", message_id=message_id)
-        assert self.net is not None and self.raw is not None
+        if self.net_ops is None:
+            raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the gateway is not connected to the backbone; retry later",
+                            rule="backbone-connected", message_id=message_id)
         try:
-            raw = await self.raw.direct_get(self.net, inbox_stream(self.org), seq=rec.seq)
-        except (NotFoundError, APIError) as exc:
-            if isinstance(exc, APIError) and not _already_gone(exc):
+            raw = await self.net_ops.direct_get(inbox_stream(self.org), seq=rec.seq)
+        except APIError as exc:
+            if not _already_gone(exc):
                 raise
+            raw = None
+        if raw is None:
             raise PsvnError(Code.NOT_FOUND, f"message {message_id} is no longer in the inbox stream (older than "
                             f"its {MAILBOX_MAX_AGE_DAYS}-day maximum age)", field="id", rule="mailbox-age",
-                            message_id=message_id) from None
-        inc = core.open_incoming(raw.data or b"", subject=raw.subject or "", message_id=message_id,
+                            message_id=message_id)
+        inc = core.open_incoming(raw.data, subject=raw.subject, message_id=message_id,
                                  me=self.identity, registry=self.registry, snap=self.snapshot,
                                  now=self.clock(), checks=False, published=raw.time)
         return Opened(record=rec, envelope=inc.envelope, payload=inc.payload)
@@ -713,8 +782,8 @@ class Gateway:
             if rec.status != State.DELIVERED.value:
                 raise PsvnError(Code.CONFLICT, f"message {message_id} is {rec.status}, it cannot be acknowledged",
                                 field="id", rule="lifecycle", message_id=message_id)
-            rec = await self.store.update_in(message_id, lambda r: msgspec.structs.replace(
-                r, status=State.ACKNOWLEDGED.value) if r.status == State.DELIVERED.value else None) or rec
+            rec = msgspec.structs.replace(rec, status=State.ACKNOWLEDGED.value)
+            await self.store.close(rec)
         await self._receipt(message_id, State.ACKNOWLEDGED.value, rec.source)
         await self.audit("acknowledged", message_id=message_id, source=rec.source, type=rec.type)
         return rec
@@ -780,8 +849,8 @@ class Gateway:
             await self._handle_message(msg, msg_id, seq)
 
     async def _handle_message(self, msg: Msg, msg_id: str, seq: int) -> None:
-        filed = self.store.inbox.get(msg_id)
-        if filed is not None:
+        filed = self.store.open.get(msg_id)
+        if filed is not None:  # closed mail is recognised by store.file, after the decision
             await self._redelivered(filed)
             return
         received = now_rfc3339(self.clock())
@@ -826,13 +895,13 @@ class Gateway:
         # so the gateway deletes and audits it before the stream's own max age does)
         days = min(inc.decision.retention_days if inc.decision.retention_days is not None else MAILBOX_MAX_AGE_DAYS,
                    MAILBOX_MAX_AGE_DAYS - 1)
-        newly_filed = await self.store.put_in(InRecord(
+        on_file = await self.store.file(InRecord(
             id=env.id, source=env.source, to=env.to, type=env.type, time=env.time, status=State.DELIVERED.value,
             size=len(inc.payload), seq=seq, classification=env.classification, purpose=env.purpose,
             correlation_id=env.correlation_id, mailbox=env.mailbox, received=received,
             retain_until=now_rfc3339(parse_time(received) + timedelta(days=days))))
-        if not newly_filed:  # another instance of this gateway filed it first: finish its steps, once
-            await self._redelivered(self.store.inbox[env.id])
+        if on_file is not None:  # filed before (a redelivery, or another instance): finish its steps, once
+            await self._redelivered(on_file)
             return
         self.metrics.received.labels("delivered").inc()
         # filed: it is delivered. Audit first, so the record shares the receipt's socket write
@@ -840,7 +909,7 @@ class Gateway:
                          purpose=env.purpose, classification=env.classification, rule_ids=inc.decision.rule_ids,
                          policy_version=inc.decision.policy_version, direction="ingress")
         await self._receipt(env.id, State.DELIVERED.value, env.sender_org)
-        log.info("message delivered", message_id=env.id, source=env.source, type=env.type)
+        log.debug("message delivered", message_id=env.id, source=env.source, type=env.type)
         if self.webhook is not None:
             self.webhook.notify({"event": "message.delivered", "id": env.id, "from": env.source, "to": env.to,
                                  "mailbox": env.mailbox, "type": env.type, "time": env.time,
@@ -848,9 +917,12 @@ class Gateway:
         if env.type == CONSENT_TYPE and self.identity.member_type == OPERATOR_TYPE and inc.sender.type == "pds":
             await self._record_consent(env.id, env.sender_org, inc.payload)
 
-    async def _redelivered(self, rec: InRecord) -> None:
+    async def _redelivered(self, rec: InRecord | Gone) -> None:
         """A message already filed came again (we failed after filing it): repeat what follows
         filing. Every step is idempotent: receipts carry a fixed dedupe id."""
+        if isinstance(rec, Gone):  # filed so long ago that its entry aged out: nothing to repeat
+            log.info("message filed long ago came again; ignored", message_id=rec.id)
+            return
         if rec.status in (State.DELIVERED.value, State.ACKNOWLEDGED.value):
             await self._receipt(rec.id, rec.status, addresses.org_of(rec.source))
             if rec.status == State.DELIVERED.value and rec.type == CONSENT_TYPE \
@@ -873,11 +945,12 @@ class Gateway:
     async def _quarantine(self, msg: Msg, msg_id: str, seq: int, exc: PsvnError, received: str) -> None:
         sender_tok = msg.subject.split(".")[-1]
         sender_org = sender_tok.replace("_", ":", 1)
-        if not await self.store.put_in(InRecord(
-                id=msg_id, source=sender_org, to=self.org, type="unknown", time=received,
-                status=State.QUARANTINED.value, size=len(msg.data), seq=seq,
-                reason=core.stored_reason(exc), rule=exc.rule, received=received)):
-            await self._redelivered(self.store.inbox[msg_id])  # already on file (a redelivery)
+        on_file = await self.store.file(InRecord(
+            id=msg_id, source=sender_org, to=self.org, type="unknown", time=received,
+            status=State.QUARANTINED.value, size=len(msg.data), seq=seq,
+            reason=core.stored_reason(exc), rule=exc.rule, received=received))
+        if on_file is not None:
+            await self._redelivered(on_file)  # already on file (a redelivery)
             return
         self.metrics.received.labels("quarantined").inc()
         await self._move_to_quarantine(msg, msg_id, seq, exc)
@@ -920,17 +993,26 @@ class Gateway:
             await self._quarantine(msg, rid, seq, PsvnError(Code.INVALID_ENVELOPE, f"malformed receipt: {exc!r}",
                                                             rule="malformed"), now)
             return
-        sent = self.store.out.get(receipt.message_id)
-        if sent is not None and addresses.org_of(sent.to) != receipt.by:
-            # only the member a message went to may say what became of it
-            await self._quarantine(msg, rid, seq, PsvnError(
-                Code.SENDER_MISMATCH, f"{receipt.by} sent a receipt for a message addressed to {sent.to}",
-                rule="receipt-recipient", message_id=receipt.message_id), now)
-            return
-        self.metrics.receipts.labels(receipt.status).inc()
         try:
             state = State(receipt.status)
         except ValueError:
             log.warning("receipt with unknown status ignored", message_id=receipt.message_id, status=receipt.status)
             return
-        await self.store.move_out(receipt.message_id, state, reason=receipt.reason, rule_ids=receipt.rule_ids or None)
+
+        def from_its_recipient(sent: OutRecord) -> None:
+            if addresses.org_of(sent.to) != receipt.by:  # only the member a message went to may say
+                raise PsvnError(Code.SENDER_MISMATCH,    # what became of it
+                                f"{receipt.by} sent a receipt for a message addressed to {sent.to}",
+                                rule="receipt-recipient", message_id=receipt.message_id)
+
+        try:
+            moved = await self.store.move_out(receipt.message_id, state, reason=receipt.reason,
+                                              rule_ids=receipt.rule_ids or None, check=from_its_recipient)
+        except PsvnError as exc:
+            if exc.code is not Code.SENDER_MISMATCH:
+                raise
+            await self._quarantine(msg, rid, seq, exc, now)
+            return
+        self.metrics.receipts.labels(receipt.status).inc()
+        if moved is not None and moved.status not in _UNSETTLED:
+            self._settled(receipt.message_id)

@@ -1,26 +1,44 @@
-"""The gateway's state on the backbone: sent-message statuses and the mailbox index.
+"""The gateway's state on the backbone: sent-message records and the mailbox.
 
-The source of truth is the member's KV bucket (so gateways stay stateless and several can run
-behind one load balancer); each gateway keeps an in-memory index fed by a watch, and writes
-through it. Payloads never go here: the mailbox *is* the inbox stream, and an entry points at
-its sealed message by stream sequence.
+The source of truth is the member's KV bucket in its own account, so gateways stay stateless
+and several can run behind one load balancer. A gateway reads an entry where it lives, by key,
+when it needs it; it does not mirror the bucket. What it holds in memory is bounded by *open
+work*, never by history:
+
+- ``in.<id>`` is **open mail**: filed, delivered, not yet acknowledged. One watch over ``in.>``
+  keeps every instance's index of it (the inbox listing, each sender's share of the inbox, the
+  retention sweep). When mail is closed (acknowledged, quarantined, deleted by retention) its
+  entry moves to ``done.<id>`` and ``in.<id>`` is purged with a short-lived marker, so a restart
+  reads only what is open now.
+- ``done.<id>`` is closed mail, read by key (a replay is recognised until the bucket's TTL).
+- ``out.<id>`` is a sent message's record. Its creation is the idempotency claim: the id of a
+  message sent with an idempotency key is derived from (organisation, system, key), so one
+  create-once write decides a race between two requests (:func:`message_id_for`).
+- ``policy.floor`` is the highest policy version this member has enforced (rollback guard).
+
+Reads go to the stream's leader (not a direct get, which a replica may answer a moment behind),
+so one instance reads another's write at once. Payloads never go here: the mailbox *is* the
+inbox stream, and an entry points at its sealed message by stream sequence.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import re
+import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
+from nats.js.errors import KeyWrongLastSequenceError, ServiceUnavailableError
 
+from broker import jsfast
 from broker.kvwatch import KVFollower
 from broker.subjects import state_bucket
 from psvn.envelope import now_rfc3339
@@ -31,9 +49,14 @@ log = structlog.get_logger("psvn.gateway.store")
 T = TypeVar("T")
 CAS_ATTEMPTS = 8
 POLICY_FLOOR_KEY = "policy.floor"
+# How long the marker of closed mail's purged ``in.<id>`` stays: long enough for every running
+# instance's watch to see the purge, short enough that a restart reads few of them.
+CLOSED_MARKER_TTL = 600.0
+READ_PATIENCE = 8.0  # seconds a state read may wait out a leader election (as a publish does)
 # what may follow "out." / "in." in a key read on a caller's behalf: never a wildcard (a KV read
 # of ``out.>`` would answer with whichever entry matches last)
 KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+_IDEMPOTENT_IDS = uuid.UUID("0b7e5d2a-4c1f-5e8a-9d3b-6f2a1c0e9b47")  # the namespace of derived ids
 
 
 class HistoryEntry(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
@@ -42,7 +65,9 @@ class HistoryEntry(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True
     reason: str | None = None
 
 
-class OutRecord(msgspec.Struct, kw_only=True):
+class MessageStatus(msgspec.Struct, kw_only=True):
+    """A sent message: where it is now and every step with its time."""
+
     id: str
     to: str
     type: str
@@ -52,8 +77,14 @@ class OutRecord(msgspec.Struct, kw_only=True):
     reason: str | None = None
     rule_ids: list[str] = msgspec.field(default_factory=list)
     expires: str | None = None
-    request_hash: str = ""
     system: str = ""  # the local system that sent it
+
+
+class OutRecord(MessageStatus, kw_only=True):
+    """The sender's record of a message: its status (what the API shows) and what only the
+    gateway needs (the request's hash, to tell a retry from a different request)."""
+
+    request_hash: str = ""
 
 
 class InRecord(msgspec.Struct, kw_only=True):
@@ -76,32 +107,47 @@ class InRecord(msgspec.Struct, kw_only=True):
     deleted: str | None = None  # when retention deleted the mail; the entry stays so a replay is known
 
 
-def idem_key(system: str, key: str) -> str:
-    return "idem." + hashlib.sha256(f"{system}\x00{key}".encode()).hexdigest()
+def message_id_for(org: str, system: str, idempotency_key: str) -> str:
+    """The message id of a send with an idempotency key: the same (organisation, system, key)
+    always names the same message, so the sender's record of it is also the claim on the key."""
+    return str(uuid.uuid5(_IDEMPOTENT_IDS, f"{org}\x00{system}\x00{idempotency_key}"))
+
+
+class Gone(msgspec.Struct, frozen=True):
+    """Mail that was filed once and whose entry has since aged out of the bucket."""
+
+    id: str
 
 
 class StateStore:
-    """The member's state bucket, mirrored in memory.
+    """The member's state bucket, read where it lives; the open-mail index in memory.
 
-    Every write is a compare-and-set on the entry's revision, so several gateway instances of one
-    member (behind one load balancer, sharing the inbox consumer) never overwrite each other:
-    a loser re-reads and re-applies its change, or learns the work was already done.
+    Every update is a compare-and-set on the entry's revision, so several gateway instances of
+    one member never overwrite each other: a loser re-reads and re-applies its change, or learns
+    the work was already done.
     """
 
-    def __init__(self, org: str) -> None:
+    def __init__(self, org: str, *, cache_size: int = 2_000) -> None:
         self.org = org
-        self.out: dict[str, OutRecord] = {}
-        self.inbox: dict[str, InRecord] = {}
-        self.idem: dict[str, str] = {}
-        self.revs: dict[str, int] = {}
-        self.kv: KeyValue | None = None
+        # the records (and revisions) this instance wrote last, so the next move of an unsettled
+        # send (its receipt) needs no read; a stale one only costs the compare-and-set a retry
+        self.cache_size = cache_size
+        self._recent: OrderedDict[str, tuple[OutRecord, int]] = OrderedDict()
+        self.open: dict[str, InRecord] = {}  # open mail (in.<id>), from the watch
+        self._open_revs: dict[str, int] = {}
+        self.kv: jsfast.KV | None = None  # writes and leader reads, through one reply subscription
+        self.js: JetStreamContext | None = None  # the watch of open mail
         self.policy_floor = 0
         # sender organisation -> bytes of its mail delivered here and not yet acknowledged (its
         # share of our inbox in use; see Gateway's sender-share check)
         self.held: dict[str, int] = {}
+        self.loaded = 0  # entries read while starting: what was open, never the history
         self._follower = KVFollower()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._stream = ""
+        self._prefix = ""
 
+    # -- the open-mail index ------------------------------------------------------------------
     def _hold(self, rec: InRecord | None, sign: int) -> None:
         if rec is not None and rec.status == State.DELIVERED.value and not rec.deleted:
             sender = rec.source.split("/", 1)[0]
@@ -111,89 +157,110 @@ class StateStore:
             else:
                 self.held.pop(sender, None)
 
-    def _apply(self, key: str, value: bytes | None, revision: int = 0) -> None:
-        """Mirror one bucket entry; a deletion (value None, e.g. the bucket's TTL) forgets it, so
-        memory is bounded by the retention period. An older revision never replaces a newer one,
-        and the one already applied is not decoded again: our own writes are applied before the
-        watch echoes them (a revision is a stream sequence, so equal means the same entry)."""
-        if revision and revision <= self.revs.get(key, 0):
+    def _apply_open(self, key: str, value: bytes | None, revision: int = 0) -> None:
+        """One ``in.<id>`` entry: filed (open) or purged (closed, or aged out). An older revision
+        never replaces a newer one; our own writes are applied before the watch echoes them."""
+        if not self._follower.synced.is_set():
+            self.loaded += 1
+        ident = key.partition(".")[2]
+        if revision and revision <= self._open_revs.get(ident, 0):
             return
-        kind, _, ident = key.partition(".")
         if value is None:
-            if kind == "out":
-                self.out.pop(ident, None)
-            elif kind == "in":
-                self._hold(self.inbox.pop(ident, None), -1)
-            self.idem.pop(key, None)
-            self.revs.pop(key, None)
+            self._hold(self.open.pop(ident, None), -1)
+            self._open_revs.pop(ident, None)
             return
+        rec = msgspec.json.decode(value, type=InRecord)
+        self._hold(self.open.get(ident), -1)
         if revision:
-            self.revs[key] = revision
-        if kind == "out":
-            self.out[ident] = msgspec.json.decode(value, type=OutRecord)
-        elif kind == "in":
-            self._hold(self.inbox.get(ident), -1)
-            rec = self.inbox[ident] = msgspec.json.decode(value, type=InRecord)
+            self._open_revs[ident] = revision
+        if rec.status == State.DELIVERED.value and not rec.deleted:
+            self.open[ident] = rec
             self._hold(rec, +1)
-        elif kind == "idem":
-            self.idem[key] = value.decode()
-        elif key == POLICY_FLOOR_KEY:
-            self.policy_floor = max(self.policy_floor, int(value))
+        else:  # left open by a failure between closing steps: not mail to list
+            self.open.pop(ident, None)
 
-    async def start(self, js: JetStreamContext, *, timeout: float = 10.0) -> None:
-        self.kv = await js.key_value(state_bucket(self.org))
-        await self._follower.follow(js, state_bucket(self.org), self._apply, timeout=timeout)
+    async def start(self, js: JetStreamContext, ops: jsfast.JetStreamOps, *, timeout: float = 10.0) -> None:
+        """``js`` and ``ops``: the member's own account (where its state bucket lives)."""
+        bucket = state_bucket(self.org)
+        self.js = js
+        self.kv = ops.kv(bucket)
+        # (re)joining: the index is rebuilt from what is open now (mail closed while we were away
+        # may have left no marker by the time we are back)
+        self.open, self._open_revs, self.held, self.loaded = {}, {}, {}, 0
+        self._follower = KVFollower()
+        self._stream, self._prefix = f"KV_{bucket}", f"$KV.{bucket}."
+        floor = await self._read(POLICY_FLOOR_KEY)
+        if floor is not None:
+            self.policy_floor = int(floor[0])
+        await self._follower.follow(js, bucket, self._apply_open, key="in.>", timeout=timeout)
 
     async def stop(self) -> None:
         await self._follower.stop()
 
-    async def _put(self, key: str, value: bytes) -> None:
+    # -- reading and writing entries ----------------------------------------------------------
+    async def _get(self, key: str) -> jsfast.Stored | None:
+        """The stored message of ``key``, from the stream's leader (a replica may be a moment
+        behind), riding out a leader election like a publish does; None if there is none."""
         assert self.kv is not None
-        self._apply(key, value, await self.kv.put(key, value))
+        deadline = asyncio.get_running_loop().time() + READ_PATIENCE
+        delay = 0.1
+        while True:
+            try:
+                return await self.kv.get(key)
+            except (TimeoutError, NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the state bucket did not answer; retry",
+                                    rule="state-read") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
-    async def _create(self, key: str, value: bytes) -> bool:
-        """Write a new entry; False (and the current entry mirrored) if it exists already."""
+    async def _read(self, key: str) -> tuple[bytes, int] | None:
+        """(value, revision) of a live entry, from the stream's leader; None if none/deleted."""
+        msg = await self._get(key)
+        if msg is None:
+            return None
+        if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE") or \
+                (msg.headers or {}).get("Nats-Marker-Reason"):
+            return None
+        return msg.data or b"", msg.seq or 0
+
+    async def _create(self, key: str, value: bytes) -> int | None:
+        """Write a new entry only if the key never held anything (a purge marker counts: unlike
+        nats-py's ``create``, a purged key is not created again); its revision, or None."""
         assert self.kv is not None
         try:
-            self._apply(key, value, await self.kv.create(key, value))
-            return True
+            return await self.kv.update(key, value, last=0)
         except KeyWrongLastSequenceError:
-            await self._refresh(key)
-            return False
+            return None
 
-    async def _refresh(self, key: str) -> None:
+    async def _cas(self, key: str, decode: Callable[[bytes], T], change: Callable[[T], T | None],
+                   encode: Callable[[T], bytes], known: tuple[T, int] | None = None) -> tuple[T, int] | None:
+        """Read-modify-write with compare-and-set; ``change`` returns None for "nothing to do".
+        Returns the entry as it now is (with its revision), or None if there is no such entry."""
         assert self.kv is not None
-        try:
-            entry = await self.kv.get(key)
-        except KeyNotFoundError:
-            return
-        self._apply(key, entry.value, entry.revision or 0)
-
-    async def _cas(self, key: str, current: Callable[[], T | None], change: Callable[[T], T | None],
-                   encode: Callable[[T], bytes]) -> T | None:
-        """Read-modify-write with compare-and-set; ``change`` returns None for "nothing to do"."""
-        assert self.kv is not None
+        current = known
         for _ in range(CAS_ATTEMPTS):
-            rec, rev = current(), self.revs.get(key)
-            if rec is None or rev is None:  # not seen yet (another instance wrote it): read it
-                await self._refresh(key)
-                rec, rev = current(), self.revs.get(key)
-                if rec is None or rev is None:
+            if current is None:
+                got = await self._read(key)
+                if got is None:
                     return None
+                current = decode(got[0]), got[1]
+            rec, rev = current
             new = change(rec)
             if new is None:
-                return rec
+                return current
             value = encode(new)
             try:
-                self._apply(key, value, await self.kv.update(key, value, last=rev))
-                return new
+                return new, await self.kv.update(key, value, last=rev)
             except KeyWrongLastSequenceError:
-                await self._refresh(key)
+                current = None
         raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"state entry {key} kept changing under us; retry",
                         rule="state-contention")
 
     async def set_policy_floor(self, version: int) -> None:
-        await self._put(POLICY_FLOOR_KEY, str(version).encode())
+        assert self.kv is not None
+        await self.kv.put(POLICY_FLOOR_KEY, str(version).encode())
+        self.policy_floor = max(self.policy_floor, version)
 
     @contextlib.asynccontextmanager
     async def lock(self, message_id: str) -> AsyncIterator[None]:
@@ -206,34 +273,45 @@ class StateStore:
             if not lock.locked() and not lock._waiters:  # type: ignore[attr-defined]
                 self._locks.pop(message_id, None)
 
+    # -- sent messages ------------------------------------------------------------------------
     async def out_record(self, message_id: str) -> OutRecord | None:
-        """A sent message's record: this instance's copy, else read where it lives (read-your-
-        writes across instances: the watch may not have brought another instance's write yet)."""
-        if message_id not in self.out and KEY_ID.fullmatch(message_id):
-            await self._refresh(f"out.{message_id}")
-        return self.out.get(message_id)
+        """A sent message's record, read where it lives (so another instance's write is seen)."""
+        if not KEY_ID.fullmatch(message_id):
+            return None
+        got = await self._read(f"out.{message_id}")
+        return None if got is None else msgspec.json.decode(got[0], type=OutRecord)
 
-    async def in_record(self, message_id: str) -> InRecord | None:
-        """A received message's mailbox entry, read where it lives if this instance lacks it."""
-        if message_id not in self.inbox and KEY_ID.fullmatch(message_id):
-            await self._refresh(f"in.{message_id}")
-        return self.inbox.get(message_id)
+    def _remember(self, rec: OutRecord, revision: int) -> None:
+        if rec.status in (State.ACCEPTED.value, State.SENT.value, State.DELIVERED.value):
+            self._recent[rec.id] = (rec, revision)
+            self._recent.move_to_end(rec.id)
+            while len(self._recent) > self.cache_size:
+                self._recent.popitem(last=False)
+        else:  # settled: no move follows
+            self._recent.pop(rec.id, None)
 
-    # -- sent messages -------------------------------------------------------------------
-    async def put_out(self, rec: OutRecord) -> bool:
-        return await self._create(f"out.{rec.id}", msgspec.json.encode(rec))
-
-    async def claim_idempotency(self, key: str, message_id: str) -> str:
-        """Atomically bind an idempotency key to a message id; returns the id that owns it."""
-        if await self._create(key, message_id.encode()):
-            return message_id
-        return self.idem.get(key, message_id)
+    async def put_out(self, rec: OutRecord) -> int | None:
+        """Record a new sent message (the idempotency claim); its revision, or None if the id is
+        taken already (a concurrent or earlier request with the same key)."""
+        revision = await self._create(f"out.{rec.id}", msgspec.json.encode(rec))
+        if revision is not None:
+            self._remember(rec, revision)
+        return revision
 
     async def move_out(self, message_id: str, new: State, *, reason: str | None = None,
-                       rule_ids: list[str] | None = None) -> OutRecord | None:
-        """Advance a sent message's status per the lifecycle table; stale moves are ignored."""
+                       rule_ids: list[str] | None = None, known: tuple[OutRecord, int] | None = None,
+                       check: Callable[[OutRecord], None] | None = None,
+                       only_from: tuple[str, ...] | None = None) -> OutRecord | None:
+        """Advance a sent message's status per the lifecycle table; stale moves are ignored.
+        ``known``: the record and revision the caller just wrote (saves the read); ``check``
+        may raise to refuse the move after seeing the record; ``only_from``: the statuses the
+        move applies to (any other is left as it is)."""
 
         def change(rec: OutRecord) -> OutRecord | None:
+            if check is not None:
+                check(rec)
+            if only_from is not None and rec.status not in only_from:
+                return None
             try:
                 state = advance(State(rec.status), new)
             except InvalidTransition:
@@ -244,15 +322,115 @@ class StateStore:
                 rec, status=state.value, reason=reason or rec.reason, rule_ids=rule_ids or rec.rule_ids,
                 history=[*rec.history, HistoryEntry(status=state.value, time=now_rfc3339(), reason=reason)])
 
+        if not KEY_ID.fullmatch(message_id):
+            return None
         async with self.lock(message_id):
-            return await self._cas(f"out.{message_id}", lambda: self.out.get(message_id), change,
-                                   msgspec.json.encode)
+            done = await self._cas(f"out.{message_id}", lambda b: msgspec.json.decode(b, type=OutRecord), change,
+                                   msgspec.json.encode, known or self._recent.get(message_id))
+            if done is not None:
+                self._remember(*done)
+        return None if done is None else done[0]
 
-    # -- received messages ---------------------------------------------------------------
-    async def put_in(self, rec: InRecord) -> bool:
-        """File a received message; False if it was filed already (by us or another instance)."""
-        return await self._create(f"in.{rec.id}", msgspec.json.encode(rec))
+    # -- received messages --------------------------------------------------------------------
+    async def in_record(self, message_id: str) -> InRecord | None:
+        """A received message's entry, open or closed, read where it lives."""
+        if not KEY_ID.fullmatch(message_id):
+            return None
+        for key in (f"in.{message_id}", f"done.{message_id}"):
+            got = await self._read(key)
+            if got is not None:
+                rec = msgspec.json.decode(got[0], type=InRecord)
+                if key.startswith("in.") and rec.status != State.DELIVERED.value:
+                    continue  # a closing step failed half-way: done.<id> says what it became
+                return rec
+        return None
 
-    async def update_in(self, message_id: str, change: Callable[[InRecord], InRecord | None]) -> InRecord | None:
-        return await self._cas(f"in.{message_id}", lambda: self.inbox.get(message_id), change,
-                               msgspec.json.encode)
+    async def file(self, rec: InRecord) -> InRecord | Gone | None:
+        """File a received message exactly once: None if it is newly filed now, else what is on
+        file for it already (by us or another instance), or :class:`Gone` if its entry aged out.
+
+        Delivered mail is filed open (``in.<id>``); quarantined mail is filed and closed at once.
+        The create-once write decides between instances; the ``done.<id>`` read first catches a
+        replay after the mail was closed (its open entry purged)."""
+        closed = await self._read(f"done.{rec.id}")
+        if closed is not None:
+            return msgspec.json.decode(closed[0], type=InRecord)
+        value = msgspec.json.encode(rec)
+        rev = await self._create(f"in.{rec.id}", value)
+        if rev is None:
+            on_file = await self.in_record(rec.id)
+            return on_file if on_file is not None else Gone(id=rec.id)
+        if rec.status != State.DELIVERED.value:
+            await self.close(rec)
+        # Delivered mail joins the open-mail index through the watch, never from here: the
+        # watch brings entries in revision order, so the index only ever grows at its end and a
+        # listing's cursor (the revision) never has mail filed later land behind it.
+        return None
+
+    async def close(self, rec: InRecord) -> None:
+        """Mail no longer open: its entry moves to ``done.<id>``, then ``in.<id>`` is purged
+        (in that order: a failure between leaves it readable, and the next attempt finishes)."""
+        assert self.kv is not None
+        await self.kv.put(f"done.{rec.id}", msgspec.json.encode(rec))
+        await self.kv.purge(f"in.{rec.id}", msg_ttl=CLOSED_MARKER_TTL)
+        self._apply_open(f"in.{rec.id}", None)
+
+    def filed_at(self, message_id: str) -> int:
+        """The revision that filed open mail: its place in filing order (0 if unknown)."""
+        return self._open_revs.get(message_id, 0)
+
+    async def update_done(self, message_id: str, change: Callable[[InRecord], InRecord | None]) -> InRecord | None:
+        """Change a closed mail entry (compare-and-set); None if there is none or nothing changed."""
+        before = await self._read(f"done.{message_id}")
+        if before is None:
+            return None
+        old = msgspec.json.decode(before[0], type=InRecord)
+        done = await self._cas(f"done.{message_id}", lambda b: msgspec.json.decode(b, type=InRecord), change,
+                               msgspec.json.encode, (old, before[1]))
+        return None if done is None or done[0] is old else done[0]
+
+    async def closed_mail(self, *, batch: int = 256) -> AsyncIterator[InRecord]:
+        """Every closed mail entry still in the bucket, streamed (the retention sweep's slow walk
+        and the listing of acknowledged or quarantined mail; never held in memory at once)."""
+        async for _subject, value in self._scan(self._prefix + "done.>", batch=batch):
+            with contextlib.suppress(msgspec.ValidationError, msgspec.DecodeError):
+                yield msgspec.json.decode(value, type=InRecord)
+
+    async def _scan(self, subject: str, *, batch: int) -> AsyncIterator[tuple[str, bytes]]:
+        """(subject, value) of every live message on ``subject`` (a wildcard), in stream order,
+        by batched direct gets (ADR-31): no consumer is made (a member's account has few), one
+        request per ``batch`` messages."""
+        assert self.js is not None
+        nc = self.js._nc
+        got: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def arrived(msg: Any) -> None:
+            got.put_nowait(msg)
+
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, cb=arrived)
+        try:
+            seq = 1
+            while True:
+                request = msgspec.json.encode({"seq": seq, "next_by_subj": subject, "batch": batch})
+                await nc.publish(f"$JS.API.DIRECT.GET.{self._stream}", request, reply=inbox)
+                while True:
+                    msg = await asyncio.wait_for(got.get(), READ_PATIENCE)
+                    headers = msg.headers or {}
+                    status = headers.get("Status")
+                    if status is not None:
+                        if status == "404" or headers.get("Nats-Num-Pending") == "0":
+                            return  # nothing (more) on the subject
+                        if status != "204":
+                            raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"reading the state bucket: status {status}",
+                                            rule="state-read")
+                        break  # the end of this batch: ask for the next
+                    seq = int(headers.get("Nats-Sequence", seq)) + 1
+                    if not headers.get("KV-Operation") and not headers.get("Nats-Marker-Reason"):
+                        yield headers.get("Nats-Subject", ""), msg.data or b""
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def stats(self) -> dict[str, Any]:
+        return {"open_mail": len(self.open), "senders_holding": len(self.held), "loaded_at_start": self.loaded}

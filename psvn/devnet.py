@@ -254,6 +254,13 @@ async def provision_backbone(layout: Layout, nats_url: str | list[str], members:
 
             if not (isinstance(exc, PsvnError) and exc.code is Code.POLICY_VERSION_REGRESSION):
                 raise
+            # a newer version was published on this network (e.g. v2 through the console): the
+            # gateways enforce that one, and so does the banner
+            from broker.policy_admin import enforced, load_public_key
+
+            cur = await enforced(js, load_public_key(layout.authority_pub))
+            if cur is not None:
+                return cur.signed.version
         return signed.version
     finally:
         await nc.drain()
@@ -289,6 +296,50 @@ def port_span(members: int = len(DEVNET_MEMBERS), cluster: int = 1) -> int:
     """How many consecutive ports from the base port a devnet of this shape uses."""
     return 1 + max(GATEWAY_OFFSET + members - 1, CONSOLE_OFFSET,
                    *(p for ports in node_ports(0, cluster) for p in ports))
+
+
+def devnet_ports(base_port: int, members: tuple[MemberSpec, ...] | list[MemberSpec] = DEVNET_MEMBERS,
+                 cluster: int = 1) -> list[tuple[int, str]]:
+    """Every port a devnet of this shape listens on, with what listens there."""
+    ports: list[tuple[int, str]] = []
+    for n, (client, monitor, route) in enumerate(node_ports(base_port, cluster), start=1):
+        name = "nats-server" if cluster == 1 else f"nats-server node {n}"
+        ports += [(client, name), (monitor, f"{name} monitoring")]
+        if cluster > 1:
+            ports.append((route, f"{name} routes"))
+    ports.append((base_port + CONSOLE_OFFSET, "console"))
+    ports += [(base_port + GATEWAY_OFFSET + i, f"gateway {m.org}") for i, m in enumerate(members)]
+    return ports
+
+
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """True if a server could not listen on ``host:port`` now (someone else holds it)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nats-server and aiohttp do
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports_free(base_port: int, members: tuple[MemberSpec, ...] | list[MemberSpec] = DEVNET_MEMBERS,
+                     cluster: int = 1) -> None:
+    """Before anything starts: a clear error naming the first port in use (another devnet, a
+    console, anything), instead of a half-started network talking to someone else's server."""
+    from psvn.errors import Code, PsvnError
+
+    if not 1024 <= base_port <= 65535 - port_span(len(members), cluster):
+        raise PsvnError(Code.BAD_REQUEST, f"--base-port {base_port} is out of range: the devnet uses "
+                        f"{port_span(len(members), cluster)} ports from it, between 1024 and 65535",
+                        field="--base-port", rule="port-range")
+    for port, what in devnet_ports(base_port, members, cluster):
+        if port_taken(port):
+            raise PsvnError(Code.BAD_REQUEST, f"port {port} (the {what}, --base-port {base_port} + "
+                            f"{port - base_port}) is already in use: stop what holds it, or choose another "
+                            "--base-port (make devnet PORT=...)", field="--base-port", rule="port-free")
 
 
 def check_cluster(cluster: int, members: int = len(DEVNET_MEMBERS)) -> None:
@@ -350,7 +401,14 @@ def read_state(layout: Layout) -> DevnetState | None:
     p = state_path(layout)
     if not p.exists():
         return None
-    return msgspec.json.decode(p.read_bytes(), type=DevnetState)
+    try:
+        return msgspec.json.decode(p.read_bytes(), type=DevnetState)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        from psvn.errors import Code, PsvnError
+
+        raise PsvnError(Code.CONFIG_INVALID, f"{p} is not a devnet state file ({exc}): if no devnet runs there, "
+                        f"remove it and run `psvn devnet --dir {layout.root} up --detach`", field=str(p),
+                        rule="devnet-state") from None
 
 
 def nats_nodes(state: DevnetState) -> list[NatsNode]:
@@ -374,7 +432,8 @@ def write_state(layout: Layout, state: DevnetState) -> None:
     state_path(layout).write_bytes(msgspec.json.format(msgspec.json.encode(state)))
 
 
-def _wait_gateway(layout: Layout, g: GatewayProcess, process: subprocess.Popen[bytes], timeout: float) -> None:
+def _wait_gateway(layout: Layout, g: GatewayProcess, process: subprocess.Popen[bytes], timeout: float, *,
+                  path: str = "/healthz", interval: float = 0.1) -> None:
     import urllib.request
 
     cert, key = layout.system_cert(g.org, g.system)
@@ -386,13 +445,93 @@ def _wait_gateway(layout: Layout, g: GatewayProcess, process: subprocess.Popen[b
             raise RuntimeError(f"gateway {g.org} exited with code {process.returncode}; see "
                                f"{layout.root / 'logs' / (token(g.org) + '.log')}")
         try:
-            with urllib.request.urlopen(g.url + "/healthz", context=ctx, timeout=2) as resp:
+            with urllib.request.urlopen(g.url + path, context=ctx, timeout=2) as resp:
                 if resp.status == 200:
                     return
         except Exception as exc:
             last = exc
-        time.sleep(0.1)
+        time.sleep(interval)
     raise RuntimeError(f"gateway {g.org} not healthy after {timeout}s: {last}")
+
+
+def spawn_gateway(layout: Layout, g: GatewayProcess) -> subprocess.Popen[bytes]:
+    """Start a member's gateway process the way ``up`` does: its own config, its log appended to."""
+    import sys
+
+    return procs.spawn([sys.executable, "-m", "gateway", "--config", g.config],
+                       log=layout.root / "logs" / f"{token(g.org)}.log", env=server_env())
+
+
+def server_env() -> dict[str, str]:
+    """The environment of the devnet's own servers: their logs keep the traceback of anything
+    unforeseen (``PSVN_DEBUG``), which a person at the command line sees as one line."""
+    import os
+
+    return {**os.environ, "PSVN_DEBUG": "1"}
+
+
+@dataclass(frozen=True)
+class Restarted:
+    """A gateway stopped and started again by ``restart_gateway``."""
+
+    org: str
+    old_pid: int
+    pid: int
+    stop_seconds: float  # SIGTERM (or SIGKILL) until the old process was gone
+    ready_seconds: float  # the new process started until its /readyz answered 200
+
+
+def _member_gateway(state: DevnetState, org: str) -> GatewayProcess:
+    from psvn.errors import Code, PsvnError
+
+    g = state.gateways.get(org)
+    if g is None:
+        raise PsvnError(Code.UNKNOWN_RECIPIENT, f"{org!r} is not a devnet member", field="org", rule="devnet-member")
+    return g
+
+
+def stop_gateway(layout: Layout, org: str, *, kill: bool = False, timeout: float = 10.0) -> float:
+    """Stop a devnet member's gateway by its recorded PID: SIGTERM (SIGKILL after ``timeout``), or
+    with ``kill`` SIGKILL at once, a crash in which nothing of the gateway's own clean-up runs.
+    Returns the seconds until the process was gone."""
+    g = _member_gateway(running_state(layout), org)
+    t0 = time.monotonic()
+    if kill:
+        procs.kill(g.pid, timeout=timeout)
+    else:
+        procs.stop(g.pid, timeout=timeout)
+    return round(time.monotonic() - t0, 3)
+
+
+def start_gateway(layout: Layout, org: str, *, wait: bool = True, timeout: float = 60.0,
+                  interval: float = 0.1) -> tuple[subprocess.Popen[bytes], float]:
+    """Start a stopped member's gateway again as ``up`` does and record its new PID; with ``wait``,
+    until its ``/readyz`` answers 200 (polled every ``interval`` s; RuntimeError if it exits or is
+    not ready in ``timeout``). Returns the process and the seconds from its start to ready (0.0
+    without ``wait``)."""
+    state = running_state(layout)
+    g = _member_gateway(state, org)
+    if g.pid and procs.alive(g.pid):
+        raise RuntimeError(f"gateway {org} still runs (pid {g.pid}): stop it first")
+    t0 = time.monotonic()
+    proc = spawn_gateway(layout, g)
+    g.pid = proc.pid
+    write_state(layout, state)
+    if wait:
+        _wait_gateway(layout, g, proc, timeout, path="/readyz", interval=interval)
+    return proc, round(time.monotonic() - t0, 3) if wait else 0.0
+
+
+def restart_gateway(layout: Layout, org: str, *, kill: bool = False, timeout: float = 60.0,
+                    interval: float = 0.02) -> Restarted:
+    """Stop a devnet member's gateway (``stop_gateway``: SIGTERM, or SIGKILL with ``kill``), start it
+    again as ``up`` does and wait until ``/readyz`` answers 200 (``start_gateway``). Raises
+    RuntimeError if it exits or is not ready in ``timeout``; the state then names the new PID,
+    so ``down`` still finds it."""
+    old = _member_gateway(running_state(layout), org).pid
+    stopped = stop_gateway(layout, org, kill=kill, timeout=min(timeout, 10.0))
+    proc, ready = start_gateway(layout, org, timeout=timeout, interval=interval)
+    return Restarted(org=org, old_pid=old, pid=proc.pid, stop_seconds=stopped, ready_seconds=ready)
 
 
 def start_backbone(layout: Layout, members: list[str], *, base_port: int, cluster: int = 1,
@@ -423,6 +562,7 @@ def up(layout: Layout, members: tuple[MemberSpec, ...] = DEVNET_MEMBERS, *, base
     import sys
 
     check_cluster(cluster, len(members))
+    check_ports_free(base_port, members, cluster)
     layout.root.mkdir(parents=True, exist_ok=True)
     if not (layout.pki / "ca.crt").exists():
         make_pki(layout, members)
@@ -451,16 +591,17 @@ def up(layout: Layout, members: tuple[MemberSpec, ...] = DEVNET_MEMBERS, *, base
             path = layout.gateway_config_path(m.org)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(config.dump(cfg))
-            proc = procs.spawn([sys.executable, "-m", "gateway", "--config", str(path)],
-                               log=layout.root / "logs" / f"{token(m.org)}.log")
             g = GatewayProcess(org=m.org, name=m.name, type=m.type, system=m.system, url=urls[m.org],
-                               pid=proc.pid, config=str(path))
+                               pid=0, config=str(path))
+            proc = spawn_gateway(layout, g)
+            g.pid = proc.pid
             gateways[m.org] = g
             started.append((g, proc))
             write_state(layout, state)
         console_port = base_port + CONSOLE_OFFSET
         console = procs.spawn([sys.executable, "-m", "psvn.cli.main", "console", "run", "--devnet", str(layout.root),
-                               "--port", str(console_port)], log=layout.root / "logs" / "console.log")
+                               "--port", str(console_port)], log=layout.root / "logs" / "console.log",
+                              env=server_env())
         state.console_pid, state.console_url = console.pid, f"http://127.0.0.1:{console_port}/"
         write_state(layout, state)
         for g, proc in started:
@@ -532,6 +673,62 @@ def enforced_policy(layout: Layout) -> dict[str, Any]:
     return asyncio.run(fetch())
 
 
+def registry_member_types(layout: Layout) -> dict[str, str]:
+    """Every member of the running devnet's registry with its type (verified entries), as the
+    console's lint sees them."""
+    import asyncio
+
+    from broker.policy_admin import load_public_key
+
+    state = running_state(layout)
+
+    async def read() -> dict[str, str]:
+        nc = await broker_connect(layout, nats_urls(state), name="psvn policy lint")
+        view = registry.RegistryView(load_public_key(layout.registry_pub))
+        try:
+            await view.start(nc.jetstream())
+            return {a: m.type for a, m in view.members.items()}
+        finally:
+            await view.stop()
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def enforced_policy_and_types(layout: Layout, orgs: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """What the running devnet decides with: the policy document it enforces (verified) and the
+    member type the registry records for each of ``orgs`` (verified entries; a clear error naming
+    an address the registry does not hold)."""
+    import asyncio
+
+    from broker.policy_admin import enforced, load_public_key
+    from psvn.errors import Code, PsvnError
+
+    state = running_state(layout)
+
+    async def fetch() -> tuple[dict[str, Any], dict[str, str]]:
+        nc = await broker_connect(layout, nats_urls(state), name="psvn policy explain")
+        try:
+            js = nc.jetstream()
+            cur = await enforced(js, load_public_key(layout.authority_pub))
+            if cur is None:
+                raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the network has no policy set yet", rule="policy-ready")
+            kv = await js.key_value(registry.REGISTRY_BUCKET)
+            authority = load_public_key(layout.registry_pub)
+            types: dict[str, str] = {}
+            for org in orgs:
+                stored = await registry.read_entry(kv, authority, org)
+                if stored is None or stored.entry.member is None:
+                    raise PsvnError(Code.UNKNOWN_RECIPIENT, f"{org!r} is not a member in the registry of the "
+                                    f"devnet under {layout.root}", field=org, rule="registry-member")
+                types[org] = stored.entry.member.type
+            return cur.document, types
+        finally:
+            await nc.close()
+
+    return asyncio.run(fetch())
+
+
 def rotate_keys(layout: Layout, org: str, *, timeout: float = 60.0) -> registry.Member:
     """`psvn devnet rotate ORG`: new message keys for a member, with no message lost or refused.
 
@@ -540,7 +737,6 @@ def rotate_keys(layout: Layout, org: str, *, timeout: float = 60.0) -> registry.
     registry lists the new keys: senders seal to the new key, the gateway signs with it, and the
     old signing key still verifies what the backbone stamped before it retired (ROTATION_GRACE)."""
     import asyncio
-    import sys
 
     from psvn.errors import Code, PsvnError
 
@@ -550,8 +746,7 @@ def rotate_keys(layout: Layout, org: str, *, timeout: float = 60.0) -> registry.
         raise PsvnError(Code.UNKNOWN_RECIPIENT, f"{org!r} is not a devnet member", field="org", rule="devnet-member")
     pki.rotate_gateway_keys(layout.org_dir(org))
     procs.stop(g.pid)
-    proc = procs.spawn([sys.executable, "-m", "gateway", "--config", g.config],
-                       log=layout.root / "logs" / f"{token(org)}.log")
+    proc = spawn_gateway(layout, g)
     g.pid = proc.pid
     write_state(layout, state)
     _wait_gateway(layout, g, proc, timeout)

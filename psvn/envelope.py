@@ -45,6 +45,13 @@ class SendRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 TOPIC = re.compile(r"[a-z0-9][a-z0-9-]*(\.[a-z0-9][a-z0-9-]*){0,7}")
 
 
+class RawSendRequest(SendRequest, kw_only=True, forbid_unknown_fields=True):
+    """A :class:`SendRequest` as decoded from HTTP: the payload kept as the bytes the system sent
+    (one parse, in the validator; the size limits see what was sent; hashing needs no re-encode)."""
+
+    payload: msgspec.Raw
+
+
 class FeedRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """What a local system POSTs to ``/v1/feeds/{topic}``: one event for every subscriber."""
 
@@ -57,6 +64,12 @@ class FeedRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     idempotency_key: str | None = None
     ttl_seconds: int | None = None
     datacontenttype: str | None = None
+
+
+class RawFeedRequest(FeedRequest, kw_only=True, forbid_unknown_fields=True):
+    """A :class:`FeedRequest` as decoded from HTTP, its payload the bytes as sent."""
+
+    payload: msgspec.Raw
 
 
 class SubscribeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -192,7 +205,13 @@ def build(
 
 
 def payload_bytes(payload: Any) -> bytes:
-    """A JSON payload travels as JSON; a text payload (HL7 v2 ER7) as its UTF-8 bytes."""
+    """A JSON payload travels as JSON (as sent, when it arrives raw); a text payload (HL7 v2
+    ER7, a JSON string) as its UTF-8 bytes."""
+    if isinstance(payload, msgspec.Raw):
+        raw = bytes(payload)
+        if raw[:1] != b'"':
+            return raw
+        payload = msgspec.json.decode(raw, type=str)
     if isinstance(payload, str):
         return payload.encode()
     return msgspec.json.encode(payload)

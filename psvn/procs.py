@@ -105,6 +105,20 @@ def stop(pid: int, *, timeout: float = 10.0) -> None:
         return
 
 
+def kill(pid: int, *, timeout: float = 10.0) -> None:
+    """SIGKILL (a crash: no clean-up runs) and wait until the process is gone; only for PIDs we
+    started. Raises TimeoutError if it still exists after ``timeout``."""
+    if not alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {pid} still exists {timeout}s after SIGKILL")
+        time.sleep(0.01)
+
+
 def free_port_range(span: int, *, low: int = 20000, high: int = 30000, tries: int = 200) -> int:
     """A base port with ``span`` consecutive free loopback ports, below Linux's ephemeral range
     so outgoing connections are unlikely to take one meanwhile."""

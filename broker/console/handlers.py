@@ -264,6 +264,34 @@ async def history(request: web.Request) -> web.Response:
     return json_response({"history": await request.app[STORE].admin.history()})
 
 
+def _version(text: str, field: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise PsvnError(Code.BAD_REQUEST, f"{field} must be a policy version number (1, 2, ...), not {text!r}",
+                        field=field, rule="policy-version")
+    return v
+
+
+@requires(*ANYONE)
+async def version_text(request: web.Request) -> web.Response:
+    """The rules text of an accepted version in the history (not only the current one)."""
+    src = await request.app[STORE].version_source(_version(request.match_info["version"], "version"))
+    return json_response({"version": src.version, "proposer": src.proposer, "approver": src.approver,
+                          "published_at": src.published_at, "rules_text": src.rules_text, "source": src.source})
+
+
+@requires(*ANYONE)
+async def version_diff(request: web.Request) -> web.Response:
+    """GET /api/history/{version}/diff?against=N: rules.toml of version N against this one."""
+    new = _version(request.match_info["version"], "version")
+    old = _version(request.query.get("against", ""), "against")
+    diff = await request.app[STORE].versions_diff(old, new)
+    return json_response({"old_version": old, "new_version": new, "rules_diff": diff})
+
+
 @requires(*ANYONE)
 async def overview(request: web.Request) -> web.Response:
     return json_response(await request.app[STORE].overview())
@@ -284,4 +312,6 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/proposals/{id}/publish", publish)
     r.add_post("/api/proposals/{id}/reject", reject)
     r.add_get("/api/history", history)
+    r.add_get("/api/history/{version}", version_text)
+    r.add_get("/api/history/{version}/diff", version_diff)
     r.add_get("/api/overview", overview)

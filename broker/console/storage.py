@@ -28,7 +28,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from broker import policy_admin, provision
+from broker import auditlog, policy_admin, provision
 from broker.natsraw import RawReads
 from broker.policy_admin import Current, PolicyAdmin, Proposal
 from broker.registry import RegistryView
@@ -140,6 +140,18 @@ class ConsoleStore:
         p = await self.admin.latest_published_proposal(version)
         return p.rules_text if p is not None else None
 
+    async def version_source(self, version: int) -> EditorSource:
+        """The rules text of any accepted version still in the bucket (as the editor shows it)."""
+        return await self.source_for(await self.admin.published(version))
+
+    async def versions_diff(self, old: int, new: int) -> str:
+        """rules.toml of version ``old`` against version ``new`` (unified diff, '' if the same)."""
+        a, b = await asyncio.gather(self.version_source(old), self.version_source(new))
+        return "".join(difflib.unified_diff(a.rules_text.splitlines(keepends=True),
+                                            b.rules_text.splitlines(keepends=True),
+                                            fromfile=f"rules.toml (version {old})",
+                                            tofile=f"rules.toml (version {new})", n=3))
+
     async def rules_diff(self, p: Proposal) -> str:
         """The proposal's rules.toml against the text of the version it was drafted on."""
         base_text = await self.text_of_version(p.base_version) or ""
@@ -193,10 +205,7 @@ class ConsoleStore:
                 if not msgs:
                     break
                 for m in msgs:
-                    with contextlib.suppress(msgspec.DecodeError):
-                        ev = msgspec.json.decode(m.data)
-                        if isinstance(ev, dict):
-                            events.append(ev)
+                    events += auditlog.records(m.data)
                     if m.metadata.sequence.stream >= state.last_seq:
                         done = True
         finally:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from psvn.errors import Code, PsvnError
+
 ROLES = ("compliance-officer", "approver", "operator")
 
 
@@ -23,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        description="Connect to the devnet's backbone as the broker and serve the console on "
                        "http://127.0.0.1:PORT (loopback only). Prints the URL once it is ready.")
     run.add_argument("--devnet", default=".devnet", metavar="DIR", help="devnet state folder (default .devnet)")
-    run.add_argument("--port", type=int, default=None, help="port (default 14230; 0 picks a free one)")
+    run.add_argument("--port", type=int, default=None,
+                     help="port (default: the devnet's console port, its --base-port + 8, i.e. 14230 for "
+                     "the default base port 14222; 0 picks a free one)")
     run.add_argument("--host", default="127.0.0.1", help="loopback address to listen on (default 127.0.0.1)")
     run.set_defaults(func=_run)
 
@@ -46,8 +50,6 @@ def _layout(path: str):  # type: ignore[no-untyped-def]
 
     layout = Layout(Path(path))
     if not layout.ca.exists():
-        from psvn.errors import Code, PsvnError
-
         raise PsvnError(Code.NOT_FOUND, f"no devnet PKI under {layout.root}: run `psvn devnet up --detach`",
                         field="--devnet", rule="devnet-pki")
     return layout
@@ -61,14 +63,58 @@ def _run(args: argparse.Namespace) -> int:
 
     log.configure(json=True)
     layout = _layout(args.devnet)
-    port = console.DEFAULT_PORT if args.port is None else args.port
+    port = console_port(layout) if args.port is None else args.port
+    _check_port(layout, port, args.host)
 
     def ready(server: console.ConsoleServer) -> None:
         print(f"psvn console: {server.url}/  (sign in with a token from `psvn console token "
               f"--devnet {args.devnet} --user NAME --role ROLE`)", flush=True)
 
-    asyncio.run(console.serve_forever(layout, port=port, host=args.host, on_ready=ready))
+    try:
+        asyncio.run(console.serve_forever(layout, port=port, host=args.host, on_ready=ready))
+    except OSError as exc:  # lost a race for the port after the check, or a port below 1024
+        import errno
+
+        if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+            raise
+        raise PsvnError(Code.BAD_REQUEST, f"cannot listen on {args.host}:{port}: {exc.strerror or exc}",
+                        field="--port", rule="port-free") from None
     return 0
+
+
+def console_port(layout) -> int:  # type: ignore[no-untyped-def]
+    """The port the devnet in ``layout`` gives its console (base port + CONSOLE_OFFSET), or the
+    default one when no devnet state says otherwise."""
+    from urllib.parse import urlsplit
+
+    from broker import console
+    from psvn import devnet
+
+    state = devnet.read_state(layout)
+    if state is not None and state.console_url:
+        port = urlsplit(state.console_url).port
+        if port:
+            return port
+    if state is not None and state.nats_url:  # base port = the (first) nats-server's port
+        base = urlsplit(state.nats_url).port
+        if base:
+            return base + devnet.CONSOLE_OFFSET
+    return console.DEFAULT_PORT
+
+
+def _check_port(layout, port: int, host: str) -> None:  # type: ignore[no-untyped-def]
+    from psvn import devnet, procs
+
+    if port == 0 or not devnet.port_taken(port, host):
+        return
+    state = devnet.read_state(layout)
+    hint = "stop what holds it, or choose another with --port (0 picks a free one)"
+    if state is not None and state.console_url.rstrip("/").endswith(f":{port}") and state.console_pid \
+            and procs.alive(state.console_pid):
+        hint = (f"the devnet under {layout.root} already serves its console there ({state.console_url}, pid "
+                f"{state.console_pid}): open that, or choose another --port")
+    raise PsvnError(Code.BAD_REQUEST, f"port {port} on {host} is already in use: {hint}", field="--port",
+                    rule="port-free")
 
 
 def _token(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -42,9 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s = p.add_subparsers(title="devnet commands", metavar="ACTION")
     up = s.add_parser("up", help="bring the network up (Ctrl-C stops it, unless --detach)")
     up.add_argument("--detach", action="store_true", help="return once everything is ready")
-    up.add_argument("--base-port", type=int, default=14222,
+    up.add_argument("--base-port", type=int, default=os.environ.get("PSVN_BASE_PORT") or 14222,
                     help="nats on BASE, monitoring BASE+1, console BASE+8, gateways BASE+10..BASE+14 "
-                    "(default 14222); with --cluster 3, node 1 keeps BASE and BASE+1 (routes on BASE+2) and "
+                    "(default: $PSVN_BASE_PORT, else 14222; `make devnet PORT=BASE` passes it); "
+                    "with --cluster 3, node 1 keeps BASE and BASE+1 (routes on BASE+2) and "
                     "nodes 2 and 3 take BASE+20..BASE+22 and BASE+23..BASE+25 (client, monitoring, routes)")
     up.add_argument("--cluster", type=int, default=1, metavar="{1,3}",
                     help="nats-servers in the backbone (default 1). 3 runs it as production does: three "
@@ -141,7 +143,7 @@ def _status(args: argparse.Namespace) -> int:
         "nats": {"url": state.nats_url, "pid": state.nats_pid, "alive": procs.alive(state.nats_pid)},
         "nodes": [{"name": n.name, "url": n.url, "pid": n.pid, "alive": procs.alive(n.pid)} for n in nodes],
         "replicas": state.replicas,
-        "policy_version": state.policy_version,
+        "policy_version": _enforced_version(layout, state),
         "console": {"url": state.console_url, "pid": state.console_pid,
                     "alive": bool(state.console_pid) and procs.alive(state.console_pid or 0)},
         "gateways": {g.org: {"name": g.name, "url": g.url, "pid": g.pid, "alive": procs.alive(g.pid)}
@@ -160,6 +162,19 @@ def _status(args: argparse.Namespace) -> int:
     ok = all([*(procs.alive(n.pid) for n in nodes), *(procs.alive(g.pid) for g in state.gateways.values()),
               bool(state.console_pid) and procs.alive(state.console_pid or 0)])
     return 0 if ok else 1
+
+
+def _enforced_version(layout, state) -> int:  # type: ignore[no-untyped-def]
+    """The version the network enforces now (a version published since `up` included); what
+    `up` recorded if the backbone cannot be asked."""
+    from psvn import devnet
+
+    if devnet.running(state):
+        try:
+            return int(devnet.enforced_policy(layout).get("version") or state.policy_version)
+        except Exception:  # status must answer whatever state the backbone is in
+            pass
+    return int(state.policy_version)
 
 
 def _down(args: argparse.Namespace) -> int:

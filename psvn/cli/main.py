@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from psvn import __version__
 from psvn.errors import PsvnError
@@ -37,8 +38,8 @@ first steps:
   psvn feed publish --as gss:E06000043 sensors.brighton.air --type cloudevents.air-quality.reading \\
        --purpose environmental-monitoring examples/air-quality.json
   psvn validate --type hl7v2.ADT_A01 examples/adt_a01.hl7
-  psvn policy explain --from ods:RYR --from-type nhs-trust --to gss:E06000043 --to-type council \\
-       --type fhir.r4.ServiceRequest --purpose direct-care
+  psvn policy explain --devnet .devnet --from ods:RYR --to gss:E06000043 \\
+       --type fhir.r4.ServiceRequest --purpose direct-care   (the network's version and registry)
   psvn bench --start               end-to-end throughput against raw nats-py JetStream
   psvn devnet down
 
@@ -46,8 +47,16 @@ Every command answers --help. Errors print the problem code, the field and the r
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake on the command line is one line naming the flag (and where the
+    usage is), not the whole usage block; exit status 2 as argparse's."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error usage: {self.prog}: {message} (`{self.prog} --help` shows every option)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="psvn",
         description="psvn - the Public Services virtual Network: one encrypted, policy-enforcing "
         "message bus for councils, the NHS and their partners.",
@@ -82,6 +91,35 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `psvn inbox get ... | head`
         return 0
+    except Exception as exc:  # never a traceback for a user's mistake: one line naming what it can
+        return unexpected(exc, args)
+
+
+def unexpected(exc: BaseException, args: argparse.Namespace) -> int:
+    """One line for an error no command turned into a PsvnError: the file an OSError names, the
+    address a socket could not bind, else the exception's type and text. ``PSVN_DEBUG=1`` shows
+    the traceback as well (for bug reports)."""
+    import errno
+    import os
+    import traceback
+
+    from psvn.cli.output import print_error
+    from psvn.errors import Code
+
+    if os.environ.get("PSVN_DEBUG"):
+        traceback.print_exc()
+    if isinstance(exc, OSError) and exc.filename:
+        names = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
+        err = PsvnError(Code.BAD_REQUEST, f"{names}: {exc.strerror or exc}", field=str(exc.filename),
+                        rule="file")
+    elif isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        err = PsvnError(Code.BAD_REQUEST, f"address already in use: {exc}", rule="port-free")
+    else:
+        text = " ".join(str(exc).split()) or "(no detail)"
+        err = PsvnError(Code.INTERNAL, f"{type(exc).__name__}: {text} (PSVN_DEBUG=1 shows the traceback)",
+                        rule="unexpected")
+    print_error(err, as_json=bool(getattr(args, "json", False)))
+    return 1
 
 
 if __name__ == "__main__":

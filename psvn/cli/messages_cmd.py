@@ -43,6 +43,12 @@ def _sdk_errors(func: Any) -> Any:
 
         try:
             return int(func(args))
+        except psvn_client.ConnectionError as exc:  # the member's gateway did not answer at all
+            hint = {"tls-failed": "the TLS handshake failed: check the devnet's certificates (psvn certs show)",
+                    "timeout": "it did not answer in time"}.get(exc.code, "is its gateway running? "
+                                                                  "`psvn devnet status` shows every process")
+            raise PsvnError(Code.BAD_REQUEST, f"cannot reach the gateway of {args.as_}: "
+                            f"{exc.detail or exc} ({hint})", field="--as", rule=str(exc.code)) from None
         except psvn_client.PsvnError as exc:
             try:
                 code = Code(exc.code)
@@ -71,7 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _common(s)
     s.add_argument("--to", help="recipient address, e.g. ods:RYR or gss:E06000043/adult-social-care")
     s.add_argument("--type", help="message type from the catalogue, e.g. fhir.r4.ServiceRequest")
-    s.add_argument("--purpose", default="direct-care", help="purpose / legal basis (default direct-care)")
+    s.add_argument("--purpose", help="purpose / legal basis, e.g. direct-care (required, as for feeds and the "
+                   "SDK: the policy decides by it; an --ndjson line may name its own)")
     s.add_argument("--classification", default="OFFICIAL", choices=["OFFICIAL", "OFFICIAL-SENSITIVE"])
     s.add_argument("--subject", help="who the message is about, e.g. nhs:9434765919 (consent checks)")
     s.add_argument("--correlation-id")
@@ -128,11 +135,46 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     st = sub.add_parser("status", help="where a sent message is: accepted, sent, delivered, acknowledged ...")
     _common(st)
     st.add_argument("id")
+    st.add_argument("--wait", metavar="STATUS", choices=("sent", "delivered", "acknowledged"),
+                    help="wait until the message reaches STATUS (or a later step): sent, delivered or "
+                    "acknowledged; exit 1 if it ends elsewhere (rejected, expired) or --timeout passes")
+    st.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="for --wait (default 30)")
     st.set_defaults(func=_sdk_errors(_status))
 
 
+def _read_text(path: str, flag: str = "FILE") -> str:
+    """A payload or NDJSON file's text, or a one-line error naming the file (never a traceback)."""
+    if path == "-":
+        return sys.stdin.read()
+    p = Path(path)
+    try:
+        return p.read_text()
+    except FileNotFoundError:
+        near = _near(p)
+        raise PsvnError(Code.NOT_FOUND, f"{path}: no such file{near}", field=flag, rule="readable-file") from None
+    except IsADirectoryError:
+        raise PsvnError(Code.BAD_REQUEST, f"{path} is a folder, not a payload file", field=flag,
+                        rule="readable-file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PsvnError(Code.BAD_REQUEST, f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}",
+                        field=flag, rule="readable-file") from None
+
+
+def _near(p: Path) -> str:
+    """' (did you mean examples/referral.json?)' when a file of a close name sits beside it."""
+    import difflib
+
+    folder = p.parent if str(p.parent) else Path(".")
+    try:
+        names = [c.name for c in folder.iterdir() if c.is_file()]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(p.name, names, n=1, cutoff=0.75)
+    return f" (did you mean {folder / close[0]}?)" if close else ""
+
+
 def _read_payload(path: str) -> Any:
-    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    text = _read_text(path)
     if path.endswith(".xml"):
         return text  # FHIR XML travels as text
     try:
@@ -158,10 +200,11 @@ def _send(args: argparse.Namespace) -> int:
         raise PsvnError(Code.BAD_REQUEST, "nothing to send: give a payload FILE (or several), or --ndjson FILE",
                         field="FILE", rule="required")
     if args.ndjson is None:
-        for flag, value in (("--to", args.to), ("--type", args.type)):
+        for flag, value, example in (("--to", args.to, "ods:RYR"), ("--type", args.type, "fhir.r4.ServiceRequest"),
+                                     ("--purpose", args.purpose, "direct-care")):
             if not value:
-                raise PsvnError(Code.BAD_REQUEST, f"{flag} is required to send payload files (an --ndjson line "
-                                "names its own)", field=flag, rule="required")
+                raise PsvnError(Code.BAD_REQUEST, f"{flag} is required to send payload files, e.g. {flag} "
+                                f"{example} (an --ndjson line may name its own)", field=flag, rule="required")
     if args.ndjson is not None or len(args.files) > 1:
         return _send_batch(args)
     args.file = args.files[0]
@@ -189,9 +232,8 @@ def _file_items(args: argparse.Namespace) -> list[_Item]:
     for n, path in enumerate(args.files):
         try:
             payload = _read_payload(path)
-        except (OSError, UnicodeDecodeError) as exc:
-            items.append(_Item(path, error=PsvnError(Code.BAD_REQUEST, f"cannot read {path}: {exc}", field=path,
-                                                     rule="readable-file")))
+        except PsvnError as exc:
+            items.append(_Item(path, error=exc))
             continue
         body: dict[str, Any] = {"to": args.to, "type": args.type, "payload": payload, "purpose": args.purpose,
                                 "classification": args.classification}
@@ -206,7 +248,7 @@ def _file_items(args: argparse.Namespace) -> list[_Item]:
 
 def _ndjson_items(args: argparse.Namespace) -> list[_Item]:
     """Each non-blank line one message; a line that is not a JSON object is that line's error."""
-    text = sys.stdin.read() if args.ndjson == "-" else Path(args.ndjson).read_text()
+    text = _read_text(args.ndjson, "--ndjson")
     defaults = {"to": args.to, "type": args.type, "purpose": args.purpose, "classification": args.classification,
                 "subject": args.subject}
     items: list[_Item] = []
@@ -284,9 +326,15 @@ def _feed_publish(args: argparse.Namespace) -> int:
                         classification=args.classification)
 
     def human(p: Any) -> None:
-        print(f"event {p.event} on {p.topic}: {len(p.deliveries)} delivered, {len(p.refused)} refused")
+        # a delivery's status is what the gateway answered (usually `sent`: on its way, not yet
+        # filed); `psvn status --as ... ID` follows it to delivered
+        counts: dict[str, int] = {}
         for d in p.deliveries:
-            print(f"  -> {d.to:<28} {d.id}")
+            counts[d.status] = counts.get(d.status, 0) + 1
+        summary = ", ".join(f"{n} {st}" for st, n in counts.items()) or "0 sent"
+        print(f"event {p.event} on {p.topic}: {summary}, {len(p.refused)} refused")
+        for d in p.deliveries:
+            print(f"  -> {d.to:<28} {d.id}  {d.status}")
         for r in p.refused:
             print(f"  x  {r.to:<28} {r.code} ({', '.join(r.rule_ids) or r.rule})")
 
@@ -357,6 +405,8 @@ def _inbox_ack(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     with _client(args) as c:
+        if args.wait:
+            return _show(args, c.wait_for_status(args.id, args.wait, timeout=args.timeout), _print_status)
         return _show(args, c.status(args.id), _print_status)
 
 

@@ -36,6 +36,8 @@ def add_commands(ps: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     pr.add_argument("--as", dest="as_", required=True, metavar="NAME", help="who proposes it")
     pr.add_argument("--note", default="", help="why, for the approver")
     pr.add_argument("--bump", action="store_true", help="use version = published + 1 instead of the folder's")
+    pr.add_argument("-q", "--quiet", action="store_true",
+                    help="print only the proposal id (for scripts: ID=$(psvn policy propose ... -q))")
     devnet_arg(pr)
     pr.set_defaults(func=lambda a: _do(a, _propose))
 
@@ -139,6 +141,9 @@ async def _propose(admin: Any, args: argparse.Namespace) -> int:
     tests = folder / "tests.toml"
     p = await admin.propose(doc, args.as_, rules_text=rules.read_text() if rules.exists() else None,
                             tests_text=tests.read_text() if tests.exists() else None, note=args.note)
+    if args.quiet and not args.json:
+        print(p.id)
+        return 0
     _print(args, p.summary(), f"proposed {p.id}: version {p.version} by {p.proposer} "
            f"(lint {p.lint_counts.get('warning', 0)} warning(s); examples {p.suite_passed} passed)\n"
            f"next: another person runs  psvn policy approve {p.id} --as NAME")

@@ -59,6 +59,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lint.add_argument("--strict", action="store_true", help="fail on warnings as well")
     lint.add_argument("--members", metavar="FILE",
                       help="JSON object {address: member type} from the registry, to flag unknown members")
+    lint.add_argument("--devnet", metavar="DIR", default=None,
+                      help="flag members this devnet's registry does not hold, exactly as the console's lint "
+                      "does (e.g. --devnet .devnet; --members FILE for another network)")
     lint.add_argument("--json", action="store_true", help="machine-readable output")
     lint.set_defaults(func=cmd_lint)
 
@@ -71,16 +74,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     test.set_defaults(func=cmd_test)
 
     ex = ps.add_parser("explain", help="which rules decide a request, and why (not)",
-                       description="Decide one request against a policy folder and show every "
-                       "rule's part: matched or not, and why. Exit status 0 whatever the decision.")
-    ex.add_argument("dir", nargs="?", default=DEFAULT, metavar="DIR")
+                       description="Decide one request and show every rule's part: matched or not, and "
+                       "why. With --devnet DIR it decides as the network does: on the policy version the "
+                       "gateways enforce, each member's type looked up in the registry. Otherwise it decides "
+                       "offline on a policy folder DIR (default: the built-in set), and --from-type/--to-type "
+                       "say the member types. Exit status 0 whatever the decision.")
+    ex.add_argument("dir", nargs="?", default=None, metavar="DIR",
+                    help="a policy folder to decide with offline (default: the network's enforced version)")
+    ex.add_argument("--devnet", metavar="DIR", default=None,
+                    help="decide on the policy version this devnet enforces, member types from its registry "
+                    "(e.g. --devnet .devnet)")
     ex.add_argument("--from", dest="sender", required=True, metavar="ADDR",
                     help="sending member, e.g. ods:RYR (for subscribe: the publisher, '' for any)")
-    ex.add_argument("--from-type", required=True, choices=MEMBER_TYPES, metavar="T",
-                    help=f"its member type: {', '.join(MEMBER_TYPES)}")
+    ex.add_argument("--from-type", default="", choices=("", *MEMBER_TYPES), metavar="T",
+                    help=f"its member type ({', '.join(MEMBER_TYPES)}); looked up in the registry when "
+                    "deciding on a network")
     ex.add_argument("--to", default="", metavar="ADDR",
                     help="recipient member or member/mailbox (for subscribe: the subscriber)")
-    ex.add_argument("--to-type", default="", metavar="T", help="its member type")
+    ex.add_argument("--to-type", default="", metavar="T", help="its member type (looked up on a network)")
     ex.add_argument("--type", required=True, metavar="TYPE", help="message type, e.g. fhir.r4.ServiceRequest")
     ex.add_argument("--purpose", required=True, metavar="P", help="e.g. direct-care")
     ex.add_argument("--classification", default="OFFICIAL", metavar="C",
@@ -120,12 +131,22 @@ def cmd_lint(args: argparse.Namespace) -> int:
         if not isinstance(members, dict):
             raise PsvnError(Code.BAD_REQUEST, f"{args.members}: expected a JSON object "
                             "{address: member type}", field="--members")
+    source = ""
+    if args.devnet is not None:
+        if members is not None:
+            raise PsvnError(Code.BAD_REQUEST, "give --members FILE or --devnet DIR, not both", field="--devnet",
+                            rule="one-source")
+        from psvn import devnet
+
+        layout = devnet.Layout(Path(args.devnet))
+        members = devnet.registry_member_types(layout)
+        source = f" (members checked against the registry of the devnet under {layout.root})"
     report = lint_dir(_folder(args.dir), members=members)
     failed = bool(report.errors) or (args.strict and bool(report.warnings))
     if args.json:
         print_json({"ok": not failed, "counts": report.counts(), "findings": report.findings})
     else:
-        print(format_lint(report, args.dir))
+        print(format_lint(report, args.dir) + source)
     return 1 if failed else 0
 
 
@@ -174,11 +195,11 @@ def format_suite(report: SuiteReport, *, verbose: bool = False) -> str:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    doc = bundle.load_dir(_folder(args.dir))
+    doc, from_type, to_type, source = _explain_basis(args)
     recipient, _, mailbox = args.to.partition("/")
     req = DecisionRequest(
-        action=args.action, sender=args.sender, sender_type=args.from_type, recipient=recipient,
-        recipient_type=args.to_type, mailbox=mailbox or None, type=args.type, purpose=args.purpose,
+        action=args.action, sender=args.sender, sender_type=from_type, recipient=recipient,
+        recipient_type=to_type, mailbox=mailbox or None, type=args.type, purpose=args.purpose,
         classification=args.classification, subject=args.subject, topic=args.topic,
         ttl_seconds=args.ttl)
     registry = None
@@ -194,7 +215,50 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print_json(result)
     else:
         print(format_explanation(result))
+        print(f"\ndecided on {source}")
     return 0
+
+
+def _explain_basis(args: argparse.Namespace) -> tuple[dict[str, Any], str, str, str]:
+    """The document and the two member types to decide with, and a line saying where they came from.
+
+    On a network (``--devnet DIR``): the version the gateways enforce and the registry's types, as
+    a gateway decides. Offline (a folder, by default the built-in set): the folder, and the types
+    the user gives. Never chosen by what happens to run in the current folder."""
+    from psvn import devnet
+
+    recipient = args.to.partition("/")[0]
+    use_net = args.devnet is not None
+    if args.devnet is not None and args.dir is not None:
+        raise PsvnError(Code.BAD_REQUEST, "give a policy folder DIR or --devnet, not both", field="--devnet",
+                        rule="one-source")
+    if use_net:
+        layout = devnet.Layout(Path(args.devnet))
+        orgs = [a for a in dict.fromkeys((args.sender, recipient)) if a]
+        doc, types = devnet.enforced_policy_and_types(layout, orgs)
+        found = {"--from-type": (args.from_type, types.get(args.sender, "")),
+                 "--to-type": (args.to_type, types.get(recipient, ""))}
+        for flag, (given, registered) in found.items():
+            if given and registered and given != registered:
+                raise PsvnError(Code.BAD_REQUEST, f"{flag} {given}: the registry records "
+                                f"{args.sender if flag == '--from-type' else recipient} as {registered} (leave "
+                                f"{flag} out on a network)", field=flag, rule="registry-member-type")
+        source = (f"policy version {doc.get('version')} enforced by the devnet under {layout.root}, member "
+                  f"types from its registry ({', '.join(f'{o} {t}' for o, t in types.items()) or 'none'})")
+        return doc, found["--from-type"][1] or args.from_type, found["--to-type"][1] or args.to_type, source
+    folder = args.dir or DEFAULT
+    doc = bundle.load_dir(_folder(folder))
+    if args.sender and not args.from_type:
+        raise PsvnError(Code.BAD_REQUEST, f"--from-type is required offline (deciding on the folder {folder}): "
+                        f"the member type of {args.sender}, one of {', '.join(MEMBER_TYPES)}; or explain on "
+                        "a running network with --devnet DIR, which looks it up", field="--from-type",
+                        rule="required")
+    if recipient and not args.to_type:
+        raise PsvnError(Code.BAD_REQUEST, f"--to-type is required offline (deciding on the folder {folder}): "
+                        f"the member type of {recipient}; or use --devnet DIR", field="--to-type", rule="required")
+    source = f"policy version {doc.get('version')} from the folder {folder} (offline: not necessarily what " \
+             "the network enforces)"
+    return doc, args.from_type, args.to_type, source
 
 
 def format_explanation(e: Explanation) -> str:

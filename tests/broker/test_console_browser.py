@@ -80,6 +80,13 @@ async def test_edit_test_submit_approve_publish_in_the_browser(con: Console, tmp
         try:
             await page.goto(con.url + "/")
 
+            # a bad token is explained in words, not as the JWT library's exception name
+            await expect(page.locator("#login")).to_be_visible()
+            await page.fill("#token", "not-a-token")
+            await page.click("#login-submit")
+            await expect(page.locator("#login-error")).to_contain_text("not a console token")
+            assert "DecodeError" not in (await page.locator("#login-error").text_content() or "")
+
             # --- the compliance officer edits ------------------------------------------------
             await sign_in(page, con, "alice", "compliance-officer")
             await expect(page.locator("#editor-status")).to_contain_text("editing the rules for version 2")
@@ -108,6 +115,8 @@ async def test_edit_test_submit_approve_publish_in_the_browser(con: Console, tmp
             await page.fill("#rules", edited_rules())
             await expect(page.locator("#lint-summary")).to_contain_text("Lint OK")
             await expect(page.locator("#gutter .ln.error")).to_have_count(0)
+            # the refusal answered the broken text: once fixed, its error box goes
+            await expect(page.locator("#submit-result .problem")).to_have_count(0)
 
             await page.click("#btn-test")
             await expect(page.locator("#test-summary")).to_contain_text(" passed, 0 failed")
@@ -143,7 +152,19 @@ async def test_edit_test_submit_approve_publish_in_the_browser(con: Console, tmp
             await row.locator("button[data-action=approve]").click()
             await expect(page.locator("#approved-msg")).to_contain_text(f"Approved proposal {pid}")
             await expect(row.locator(".pill")).to_have_text("approved")
+            # publishing changes the whole network: it asks first, and Cancel publishes nothing
             await row.locator("button[data-action=publish]").click()
+            dialog = page.locator("#confirm-publish")
+            await expect(dialog).to_be_visible()
+            await expect(page.locator("#confirm-publish-text")).to_contain_text("Publish version 2")
+            await expect(page.locator("#confirm-publish-impact")).to_contain_text("now denied")
+            await page.click("#confirm-publish-no")
+            await expect(dialog).to_be_hidden()
+            await expect(page.locator("#publish-cancelled")).to_contain_text(f"{pid} was not published")
+            await expect(row.locator(".pill")).to_have_text("approved")
+            await row.locator("button[data-action=publish]").click()
+            await expect(dialog).to_be_visible()
+            await page.click("#confirm-publish-yes")
             await expect(page.locator("#published-msg")).to_contain_text(
                 "Published version 2 (proposed by alice, approved by bob)")
             await expect(row.locator(".pill")).to_have_text("published")
@@ -155,6 +176,19 @@ async def test_edit_test_submit_approve_publish_in_the_browser(con: Console, tmp
             await expect(newest).to_contain_text("bob")
             await expect(newest).to_contain_text(pid)
             await expect(newest).to_contain_text("accepted")
+
+            # any version's text, and its differences from another
+            await page.locator("#history-table button[data-view='1']").click()
+            await expect(page.locator("#version-title")).to_contain_text("Version 1")
+            await expect(page.locator("#version-text")).to_contain_text('id = "care-referrals"')
+            assert DENY_RULE_ID not in (await page.locator("#version-text").text_content() or "")
+            await page.locator("#history-table button[data-view='2']").click()
+            await expect(page.locator("#version-title")).to_contain_text("Version 2")
+            await expect(page.locator("#version-text")).to_contain_text(DENY_RULE_ID)
+            assert await page.input_value("#diff-against") == "1"
+            await page.click("#btn-diff")
+            await expect(page.locator("#version-diff h4")).to_have_text("Changes from version 1 to 2")
+            await expect(page.locator("#version-diff pre.diff")).to_contain_text(f'+id = "{DENY_RULE_ID}"')
 
             assert await wait_versions(net, 2) == {org: 2 for org in net.gateways}
             await page.click("#tabbtn-overview")

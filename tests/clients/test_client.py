@@ -92,7 +92,7 @@ async def test_async_send_status_inbox_get_ack_round_trip(network: Network) -> N
             "referral-v1",
             "ASC/2026/0042",
         )
-        assert env.source_system == "adult-social-care" and env.policy_version == health.policy_version
+        assert env.sender_system == "adult-social-care" and env.policy_version == health.policy_version
 
         ack = await trust.ack(sent.id)
         assert (ack.id, ack.status) == (sent.id, "acknowledged")

@@ -271,3 +271,33 @@ def test_a_record_is_still_refused_on_type_and_signature() -> None:
         with pytest.raises(PsvnError) as err:
             verify_record(rec, members)
         assert (err.value.code, err.value.rule) == (code, rule)
+
+
+async def test_decisions_about_one_subject_share_a_read_that_began_after_they_asked(net: Network) -> None:
+    """Fifty concurrent lookups of one patient before the read goes out cost one read, and see
+    the opt-out recorded before they asked; a lookup made once a read is on its way gets a read
+    of its own (it must not be answered by one that began before it asked)."""
+    status, sent_change = await call(net, PDS, "POST", "/v1/messages", opt_out(1, ["research-consented"]))
+    assert status == 202, sent_change
+    await wait_everywhere(net, lambda c: c.blocks(SUBJECT, "research-consented") is not None)
+    trust = net.gateways[net.TRUST].gateway
+    lookup = trust.consent
+    real = lookup._read_now
+    sent: list[str] = []
+
+    async def counted(subject: str) -> Any:
+        sent.append(subject)
+        return await real(subject)
+
+    lookup._read_now = counted  # type: ignore[method-assign]
+    many = await asyncio.gather(*(trust.consult(frozenset({SUBJECT}), f"m{i}") for i in range(50)))
+    assert sent == [SUBJECT]
+    assert all(c.consent.blocks(SUBJECT, "research-consented") is not None for c in many)
+    first = asyncio.ensure_future(lookup.read(SUBJECT))
+    for _ in range(10):  # let the first lookup ask and its read be sent (a few loop turns, no timing)
+        await asyncio.sleep(0)
+        if len(sent) == 2:
+            break
+    assert len(sent) == 2 and not lookup._queued
+    second = await lookup.read(SUBJECT)
+    assert (await first) is not None and second is not None and sent == [SUBJECT] * 3

@@ -99,7 +99,7 @@ async def test_an_instance_reads_what_the_other_just_wrote(network: Network,
     assert status == 200 and seen["id"] == sent["id"], seen
 
     async def filed() -> bool:
-        return sent["id"] in trust_a.gateway.store.inbox or sent["id"] in trust_b.gateway.store.inbox
+        return sent["id"] in trust_a.gateway.store.open or sent["id"] in trust_b.gateway.store.open
 
     await until(filed)
     status, got = await call(network, network.TRUST, trust_b, "GET", f"/v1/inbox/{sent['id']}")

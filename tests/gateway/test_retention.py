@@ -40,7 +40,7 @@ async def net(tmp_path: Path) -> AsyncIterator[tuple[Network, Clock]]:
         old = n.gateways.pop(n.COUNCIL)
         await old.stop()
         cfg = msgspec.structs.replace(old.config, gateway=msgspec.structs.replace(
-            old.config.gateway, expiry_sweep_seconds=0.1))
+            old.config.gateway, expiry_sweep_seconds=0.1, retention_scan_seconds=0.1))
         n.gateways[n.COUNCIL] = await GatewayServer(cfg, gateway=Gateway(cfg, clock=clock)).start()
         yield n, clock
     finally:
@@ -50,7 +50,7 @@ async def net(tmp_path: Path) -> AsyncIterator[tuple[Network, Clock]]:
 async def wait_gone(net: Network, mid: str) -> None:
     """Deleted: out of the listing, its entry kept as a tombstone (so a replay is recognised)."""
     for _ in range(200):
-        rec = net.gateways[net.COUNCIL].gateway.store.inbox.get(mid)
+        rec = await net.gateways[net.COUNCIL].gateway.store.in_record(mid)
         if rec is not None and rec.deleted:
             return
         await asyncio.sleep(0.025)
@@ -77,9 +77,17 @@ async def test_mail_is_deleted_when_its_types_retention_is_over(net: tuple[Netwo
     assert code == 202, moved
     code, referred = await call(n, n.TRUST, "POST", "/v1/messages", referral("gss:E06000043/adult-social-care"))
     assert code == 202, referred
+    code, handled = await call(n, n.TRUST, "POST", "/v1/messages", referral("gss:E06000043/adult-social-care"))
+    assert code == 202, handled
     await wait_status(n, PDS_MEMBER.org, moved["id"], "delivered")
     await wait_status(n, n.TRUST, referred["id"], "delivered")
-    address, care = council.store.inbox[moved["id"]], council.store.inbox[referred["id"]]
+    await wait_status(n, n.TRUST, handled["id"], "delivered")
+    # one referral is acknowledged at once: closed mail, out of memory, and still kept 30 days
+    code, _ = await call(n, n.COUNCIL, "POST", f"/v1/inbox/{handled['id']}/ack")
+    assert code == 200
+    acked = await council.store.in_record(handled["id"])
+    assert acked is not None and acked.status == "acknowledged" and handled["id"] not in council.store.open
+    address, care = council.store.open[moved["id"]], council.store.open[referred["id"]]
     # the recipient sees when each goes: 7 days for a change of address, 30 for a referral
     code, listed = await call(n, n.COUNCIL, "GET", "/v1/inbox")
     until = {m["id"]: m["retain_until"] for m in listed["messages"]}
@@ -90,7 +98,8 @@ async def test_mail_is_deleted_when_its_types_retention_is_over(net: tuple[Netwo
 
     clock.now += timedelta(days=6)
     await asyncio.sleep(0.5)  # several sweeps: nothing is due yet
-    assert {address.id, care.id} <= council.store.inbox.keys()
+    assert {address.id, care.id} <= council.store.open.keys()
+    assert await in_stream(n, acked.seq) and not (await council.store.in_record(acked.id) or acked).deleted
 
     clock.now += timedelta(days=2)  # day 8: the change of address is past its retention
     await wait_gone(n, address.id)
@@ -112,10 +121,11 @@ async def test_mail_is_deleted_when_its_types_retention_is_over(net: tuple[Netwo
     assert (code, problem["rule"]) == (404, "mailbox-age")  # not a 500
     clock.now += timedelta(days=23)  # day 31 (referrals: 30 days, within the stream's 30: 29)
     await wait_gone(n, care.id)
-    assert not await in_stream(n, care.seq)
-    records = await audit_records(n, {address.id, care.id}, at_least=4)
+    await wait_gone(n, acked.id)  # closed mail: found by the streamed walk of closed entries
+    assert not await in_stream(n, care.seq) and not await in_stream(n, acked.seq)
+    records = await audit_records(n, {address.id, care.id, acked.id}, at_least=6)
     deleted = sorted(r["type"] for r in records if r["event"] == "retention-deleted")
-    assert deleted == ["fhir.r4.ServiceRequest", "psvn.address-change"]
-    assert len([r for r in records if r["event"] == "retention-deleted"]) == 2  # once each
+    assert deleted == ["fhir.r4.ServiceRequest", "fhir.r4.ServiceRequest", "psvn.address-change"]
+    assert len([r for r in records if r["event"] == "retention-deleted"]) == 3  # once each
     # the senders' records are untouched: delivered is what they were told
     assert (await wait_status(n, PDS_MEMBER.org, moved["id"], "delivered"))["status"] == "delivered"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 
 from psvn import devnet
 from tests.conftest import Network
@@ -261,26 +262,36 @@ async def test_crl_watch_reloads_when_the_file_changes(network: Network) -> None
     assert gw._current is not before
 
 
-async def test_state_expires_with_the_mail(network: Network) -> None:
-    """The state bucket keeps statuses as long as the inbox keeps mail; expired entries leave memory."""
+async def test_state_lives_as_long_as_the_mail_and_closed_mail_leaves_memory(network: Network) -> None:
+    """The state bucket keeps entries as long as the inbox keeps mail; acknowledged mail leaves the
+    recipient's memory at once, its open entry purged with a marker that expires by itself."""
 
     from broker.subjects import state_bucket
+    from gateway.store import CLOSED_MARKER_TTL
 
     # the state bucket lives in the member's own account: only its own user sees it
-    nc = await devnet.member_connect(network.layout, network.nats.url, network.COUNCIL, name="test")
+    nc = await devnet.member_connect(network.layout, network.nats.url, network.TRUST, name="test")
     try:
-        kv = await nc.jetstream().key_value(state_bucket(network.COUNCIL))
+        js = nc.jetstream()
+        kv = await js.key_value(state_bucket(network.TRUST))
         status = await kv.status()
         assert status.ttl == 30 * 86400
         _code, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
         await wait_status(network, network.COUNCIL, body["id"], "delivered")
-        await kv.purge(f"out.{body['id']}")  # what the TTL does after 30 days
-        store = network.gateways[network.COUNCIL].gateway.store
-        for _ in range(100):
-            if body["id"] not in store.out:
-                break
-            await asyncio.sleep(0.02)
-        assert body["id"] not in store.out and not store._locks
+        store = network.gateways[network.TRUST].gateway.store
+        assert body["id"] in store.open and store.held.get(network.COUNCIL, 0) > 0
+        code, _ = await call(network, network.TRUST, "POST", f"/v1/inbox/{body['id']}/ack")
+        assert code == 200
+        assert body["id"] not in store.open and network.COUNCIL not in store.held and not store._locks
+        stream, prefix = f"KV_{state_bucket(network.TRUST)}", f"$KV.{state_bucket(network.TRUST)}."
+        marker = await js.get_msg(stream, subject=prefix + f"in.{body['id']}")
+        assert (marker.headers or {}).get("KV-Operation") == "PURGE" and not marker.data
+        assert (marker.headers or {}).get("Nats-TTL") in (f"{int(CLOSED_MARKER_TTL)}s", str(int(CLOSED_MARKER_TTL)))
+        done = await kv.get(f"done.{body['id']}")
+        assert msgspec.json.decode(done.value or b"")["status"] == "acknowledged"
+        # still readable by key, and a second acknowledgement is answered from the closed entry
+        code, again = await call(network, network.TRUST, "POST", f"/v1/inbox/{body['id']}/ack")
+        assert code == 200 and again["status"] == "acknowledged"
     finally:
         await nc.close()
 
@@ -305,6 +316,7 @@ async def audit_records(network: Network, message_ids: set[str], *, at_least: in
     """The AUDIT stream's records about ``message_ids`` (polled until ``at_least`` are stored)."""
     from nats.js.errors import NotFoundError
 
+    from broker import auditlog
     from broker.subjects import audit_stream
 
     nc = await devnet.broker_connect(network.layout, network.nats.url)
@@ -323,9 +335,7 @@ async def audit_records(network: Network, message_ids: set[str], *, at_least: in
                         raw = await js.get_msg(audit_stream(org), seq)
                     except NotFoundError:
                         continue
-                    rec = json.loads(raw.data or b"{}")
-                    if rec.get("message_id") in message_ids:
-                        records.append(rec)
+                    records += [rec for rec in auditlog.records(raw.data) if rec.get("message_id") in message_ids]
             if len(records) >= at_least:
                 break
             await asyncio.sleep(0.05)
@@ -361,13 +371,13 @@ async def test_audit_records_ride_out_an_audit_stream_outage(network: Network) -
         assert body["id"]
         await wait_status(network, network.COUNCIL, body["id"], "delivered")  # the message is not held up
         council = network.gateways[network.COUNCIL].gateway
-        assert council._audits  # the "sent" record is still waiting for a stream to store it
+        assert council.audit_log.pending  # the "sent" record is still waiting for a stream to store it
         await provision.provision_member(js, network.COUNCIL)  # the council's audit stream is back
     finally:
         await nc.close()
     await audit_records(network, {body["id"]}, at_least=2)
     for _ in range(100):  # let every retry finish, then count
-        if not any(gw.gateway._audits for gw in network.gateways.values()):
+        if not any(gw.gateway.audit_log.pending for gw in network.gateways.values()):
             break
         await asyncio.sleep(0.1)
     records = await audit_records(network, {body["id"]}, at_least=2)
@@ -401,26 +411,30 @@ async def test_every_refused_send_has_a_message_id_and_an_audit_record(network: 
     assert after == 202
 
 
-def test_state_mirror_ignores_an_echo_of_the_revision_it_holds() -> None:
+def test_the_open_mail_index_ignores_an_echo_of_the_revision_it_holds() -> None:
     """Our own write is applied at once; the watch's echo of the same revision (same entry) is not
-    decoded again, an older one never wins, and a newer one does."""
+    decoded again, an older one never wins, a newer one does; a purge lets the mail (and the
+    sender's held bytes) go, and an entry left open by a half-done close is not listed."""
     import msgspec
 
-    from gateway.store import HistoryEntry, OutRecord, StateStore
+    from gateway.store import InRecord, StateStore
 
-    def rec(status: str) -> bytes:
-        return msgspec.json.encode(OutRecord(id="m1", to="ods:RYR", type="t", status=status, created="c",
-                                             history=[HistoryEntry(status=status, time="c")]))
+    def rec(status: str, size: int = 10) -> bytes:
+        return msgspec.json.encode(InRecord(id="m1", source="ods:RYR", to="gss:E06000043", type="t",
+                                            time="c", status=status, size=size, seq=1))
 
     store = StateStore("gss:E06000043")
-    store._apply("out.m1", rec("sent"), 7)
-    store._apply("out.m1", b"not json: an echo is not decoded", 7)
-    store._apply("out.m1", rec("accepted"), 6)
-    assert store.out["m1"].status == "sent" and store.revs["out.m1"] == 7
-    store._apply("out.m1", rec("delivered"), 8)
-    assert store.out["m1"].status == "delivered" and store.revs["out.m1"] == 8
-    store._apply("out.m1", None, 9)
-    assert "m1" not in store.out and "out.m1" not in store.revs
+    store._apply_open("in.m1", rec("delivered", 10), 7)
+    store._apply_open("in.m1", b"not json: an echo is not decoded", 7)
+    store._apply_open("in.m1", rec("delivered", 99), 6)
+    assert store.open["m1"].size == 10 and store.held == {"ods:RYR": 10}
+    store._apply_open("in.m1", rec("delivered", 20), 8)
+    assert store.open["m1"].size == 20 and store.held == {"ods:RYR": 20}
+    store._apply_open("in.m1", rec("quarantined"), 9)
+    assert "m1" not in store.open and store.held == {}
+    store._apply_open("in.m1", rec("delivered", 5), 10)
+    store._apply_open("in.m1", None, 11)
+    assert "m1" not in store.open and store.held == {}
 
 
 async def test_a_restricted_system_sees_only_the_statuses_of_what_it_sent(network: Network) -> None:

@@ -11,7 +11,7 @@ import msgspec
 from broker import provision
 from broker.subjects import state_bucket
 from gateway.server import GatewayServer
-from gateway.store import HistoryEntry, OutRecord
+from gateway.store import HistoryEntry, InRecord, OutRecord
 from psvn import devnet
 from tests.conftest import Network
 from tests.gateway.test_feeds import PURPOSE, TOPIC, event
@@ -25,55 +25,77 @@ async def restart(net: Network, org: str) -> GatewayServer:
     return net.gateways[org]
 
 
-async def test_a_gateway_restarts_after_a_large_history(network: Network) -> None:
-    """20,000 sent-message records in the council's state bucket (the review's gateway could not
-    restart after 6,539): it starts, is ready, and sends."""
-    history = 20_000
-    nc = await devnet.member_connect(network.layout, network.nats.url, network.COUNCIL, name="history")
+def _closed(i: int, org: str) -> InRecord:
+    return InRecord(id=f"old-in-{i}", source="ods:RYR", to=org, type="fhir.r4.ServiceRequest",
+                    time="2026-12-01T00:00:00Z", status="acknowledged", size=1300, seq=i + 1,
+                    received="2026-12-01T00:00:00Z")
+
+
+async def test_a_gateway_restarts_after_a_large_history_reading_only_what_is_open(network: Network) -> None:
+    """40,000 entries of history in the council's state bucket (20,000 sent-message records and
+    20,000 closed mail entries; the review's gateway could not restart after 6,539) and three
+    letters still open: it starts having read exactly the three (counted, not timed), is ready,
+    lists them, and sends."""
+    history, org = 20_000, network.COUNCIL
+    gw = network.gateways[org]
+    await gw.stop()
+    nc = await devnet.member_connect(network.layout, network.nats.url, org, name="history")
     try:
         js = nc.jetstream()
-        subject = f"$KV.{state_bucket(network.COUNCIL)}.out."
-        for start in range(0, history, 1000):  # bounded: 20 rounds of 1,000 acknowledged writes
-            recs = [OutRecord(id=f"old-{i}", to=network.TRUST, type="fhir.r4.ServiceRequest", status="acknowledged",
+        prefix = f"$KV.{state_bucket(org)}."
+        for start in range(0, history, 1000):  # bounded: 20 rounds of 2 x 1,000 acknowledged writes
+            outs = [OutRecord(id=f"old-{i}", to=network.TRUST, type="fhir.r4.ServiceRequest", status="acknowledged",
                               history=[HistoryEntry(status="acknowledged", time="2026-12-01T00:00:00Z")],
                               created="2026-12-01T00:00:00Z") for i in range(start, start + 1000)]
-            await asyncio.gather(*(js.publish(subject + r.id, msgspec.json.encode(r)) for r in recs))
-        info = await js.stream_info(f"KV_{state_bucket(network.COUNCIL)}")
-        assert info.state.messages >= history
+            await asyncio.gather(*(js.publish(prefix + "out." + r.id, msgspec.json.encode(r)) for r in outs),
+                                 *(js.publish(prefix + f"done.old-in-{i}", msgspec.json.encode(_closed(i, org)))
+                                   for i in range(start, start + 1000)))
+        opened = [msgspec.structs.replace(_closed(history + i, org), id=f"open-{i}", status="delivered")
+                  for i in range(3)]
+        await asyncio.gather(*(js.publish(prefix + "in." + r.id, msgspec.json.encode(r)) for r in opened))
+        info = await js.stream_info(f"KV_{state_bucket(org)}")
+        assert info.state.messages >= 2 * history + 3
     finally:
         await nc.close()
-    gw = await restart(network, network.COUNCIL)
-    code, body = await call(network, network.COUNCIL, "GET", "/healthz")
+    network.gateways[org] = gw = await GatewayServer(gw.config).start()
+    assert gw.gateway.store.loaded == 3, gw.gateway.store.stats()
+    assert sorted(gw.gateway.store.open) == ["open-0", "open-1", "open-2"]
+    code, body = await call(network, org, "GET", "/healthz")
     assert code == 200, body
-    status, sent = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+    code, listed = await call(network, org, "GET", "/v1/inbox")
+    assert [m["id"] for m in listed["messages"]] == ["open-0", "open-1", "open-2"]
+    code, old = await call(network, org, "GET", "/v1/messages/old-123")  # history is read by key
+    assert code == 200 and old["status"] == "acknowledged"
+    status, sent = await call(network, org, "POST", "/v1/messages", referral())
     assert status == 202, sent
-    await wait_status(network, network.COUNCIL, sent["id"], "delivered")
+    await wait_status(network, org, sent["id"], "delivered")
     assert gw.gateway.connected
 
 
-async def test_state_that_ages_out_leaves_memory(network: Network) -> None:
-    """The council's state bucket with an 8 s TTL (real expiry, not a purge): once its records
-    age out, the server's limit markers tell the gateway, which lets them go."""
-    gw = network.gateways[network.COUNCIL]
+async def test_open_mail_that_ages_out_leaves_memory(network: Network) -> None:
+    """The trust's state bucket with an 8 s TTL (real expiry, not a purge): once a letter's open
+    entry ages out, the server's limit marker tells the gateway, which lets it go."""
+    gw = network.gateways[network.TRUST]
     await gw.stop()
-    nc = await devnet.member_connect(network.layout, network.nats.url, network.COUNCIL, name="short ttl")
+    nc = await devnet.member_connect(network.layout, network.nats.url, network.TRUST, name="short ttl")
     try:
         js = nc.jetstream()
-        await js.delete_key_value(state_bucket(network.COUNCIL))
-        await provision.provision_state_bucket(js, network.COUNCIL, retention_days=8 / 86400)  # 8 s
-        network.gateways[network.COUNCIL] = gw = await GatewayServer(gw.config).start()
+        await js.delete_key_value(state_bucket(network.TRUST))
+        await provision.provision_state_bucket(js, network.TRUST, retention_days=8 / 86400)  # 8 s
+        network.gateways[network.TRUST] = gw = await GatewayServer(gw.config).start()
         status, sent = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
         assert status == 202, sent
         await wait_status(network, network.COUNCIL, sent["id"], "delivered")
-        assert sent["id"] in gw.gateway.store.out
+        assert sent["id"] in gw.gateway.store.open
         for _ in range(300):  # up to a minute: the TTL, then the server's sweep
-            if sent["id"] not in gw.gateway.store.out:
+            if sent["id"] not in gw.gateway.store.open:
                 break
             await asyncio.sleep(0.2)
-        assert sent["id"] not in gw.gateway.store.out, "an entry that aged out stayed in memory"
+        assert sent["id"] not in gw.gateway.store.open, "an entry that aged out stayed in memory"
+        assert network.COUNCIL not in gw.gateway.store.held
         # it aged out (the server's MaxAge marker), nobody purged or deleted it
-        last = await js.get_msg(f"KV_{state_bucket(network.COUNCIL)}",
-                                subject=f"$KV.{state_bucket(network.COUNCIL)}.out.{sent['id']}")
+        last = await js.get_msg(f"KV_{state_bucket(network.TRUST)}",
+                                subject=f"$KV.{state_bucket(network.TRUST)}.in.{sent['id']}")
         assert (last.headers or {}).get("Nats-Marker-Reason") == "MaxAge", last.headers
     finally:
         await nc.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import msgspec
 import pytest
 from psvn_client import AsyncClient, Client
 
-from psvn import bench, devnet
+from psvn import bench, devnet, procs
 from psvn.cli.main import main
 from psvn.errors import PsvnError
 
@@ -92,12 +93,71 @@ def assert_complete(r: bench.Report, *, count: int = COUNT, samples: int = SAMPL
     assert all(v is not None and v > 0 for v in ratios.values())
     assert r.warmup == min(CONCURRENCY, count)
     assert r.payload_bytes > 900  # ~1 KiB of FHIR, not a toy payload
+    assert_new_figures(r, through=samples + 2 * count)
+
+
+def assert_new_figures(r: bench.Report, *, through: int) -> None:
+    """Issue 9's additions: CPU per message per process in every run (one at a time too), each
+    gateway's RSS before and after, the sender gateway's restart, the targets beside the
+    figures. Present and consistent; how large any of them is depends on the machine."""
+    for cpu in (r.throughput.cpu if r.throughput else None, r.batch.cpu if r.batch else None,
+                r.latency.psvn_cpu if r.latency else None):
+        assert cpu is not None
+        per = cpu.ms_per_msg
+        assert {"client", "gateway gss:E06000043", "gateway ods:RYR", "total"} <= per.keys()
+        assert any(k.startswith("nats-server") for k in per)
+        assert all(v >= 0 for v in per.values())
+        assert per["total"] == pytest.approx(sum(v for k, v in per.items() if k != "total"), abs=0.01)
+    # memory: every gateway the devnet runs, before and after; the sender and the recipient saw
+    # every message of the runs, the others none
+    gateways = {f"gateway {org}" for org in r.environment["gateway_orgs"]}
+    assert set(r.memory) == gateways and len(gateways) == r.environment["gateways"]
+    for name, m in r.memory.items():
+        assert m.pid > 0
+        assert m.before_mib is not None and m.after_mib is not None and m.peak_mib is not None
+        assert 10 < m.before_mib < 4096 and 10 < m.after_mib <= m.peak_mib
+        assert m.growth_mib == pytest.approx(m.after_mib - m.before_mib, abs=0.11)
+        assert m.messages == (through if name in ("gateway gss:E06000043", "gateway ods:RYR") else 0)
+    # the sender's gateway was restarted after the runs, under a new PID, and answers again
+    rs = r.restart
+    assert rs is not None and rs.ready and rs.error is None and rs.gateway == bench.COUNCIL
+    assert rs.stop_seconds is not None and rs.stop_seconds >= 0
+    assert rs.ready_seconds is not None and rs.ready_seconds > 0
+    assert rs.pid and rs.old_pid == r.memory["gateway gss:E06000043"].pid and rs.pid != rs.old_pid
+    assert rs.rss_mib is not None and rs.rss_mib > 10
+    # the targets, beside what was measured (never a verdict on the run)
+    names = [t.name for t in r.targets]
+    assert names == [bench.report.T_BATCH, bench.report.T_SHARE, bench.report.T_CPU, bench.report.T_SINGLE,
+                     bench.report.T_P99, bench.report.T_RSS, bench.report.T_RESTART]
+    assert all(t.target and t.measured is not None for t in r.targets)
+    by = {t.name: t for t in r.targets}
+    assert r.batch is not None and by[bench.report.T_BATCH].measured == r.batch.deliver_per_s
+    assert by[bench.report.T_RESTART].measured == rs.ready_seconds
+    assert by[bench.report.T_RSS].meets is None  # fewer than 100,000 messages: the run cannot say
+    assert all(t.meets is not None for t in r.targets if t.name != bench.report.T_RSS)
+    text = bench.format_report(r)
+    for needle in ("memory: each gateway's VmRSS", "gateway ods:G81001", "restart: gateway gss:E06000043",
+                   "/readyz answered 200", "issue 9's targets, for information (not pass/fail)",
+                   "target >= 2,000 msg/s", "target <= 5 ms", "target <= 1.0 ms in all", "target >= 800 msg/s",
+                   "CPU ms/message, one at a time"):
+        assert needle in text, needle
 
 
 def test_bench_counts_add_up_and_leaves_nothing_behind(layout: devnet.Layout) -> None:
     seen: list[str] = []
+    before = devnet.read_state(layout)
+    assert before is not None
     r = bench.run(layout, opts(), progress=seen.append)
     assert_complete(r)
+    # the devnet is as it was: every gateway runs, the sender's under the PID the state now records
+    after = devnet.read_state(layout)
+    assert after is not None and r.restart is not None
+    assert after.gateways[bench.COUNCIL].pid == r.restart.pid != before.gateways[bench.COUNCIL].pid
+    assert {o: g.pid for o, g in after.gateways.items() if o != bench.COUNCIL} == \
+        {o: g.pid for o, g in before.gateways.items() if o != bench.COUNCIL}
+    assert all(procs.alive(g.pid) for g in after.gateways.values())
+    with client(layout, bench.COUNCIL) as council:
+        assert council.health().status == "ok"
     # the council -> trust path, with a real FHIR ServiceRequest
     assert (r.sender, r.recipient, r.payload_type) == ("gss:E06000043", "ods:RYR", "fhir.r4.ServiceRequest")
     assert r.environment["devnet"] == str(layout.root) and r.environment["temporary_devnet"] is False
@@ -142,7 +202,7 @@ def test_cli_json_and_keep(layout: devnet.Layout, capsys: pytest.CaptureFixture[
     with client(layout, bench.TRUST) as trust:
         before = {i.id for i in trust.inbox(limit=1000)}
     code = main(["bench", "--devnet", str(layout.root), "--count", "6", "--concurrency", "2", "--latency-samples",
-                 "1", "--local-seconds", "0", "--keep", "--json", "--batch-size", "4"])
+                 "1", "--local-seconds", "0", "--keep", "--json", "--batch-size", "4", "--no-restart"])
     out, err = capsys.readouterr()
     assert code == 0, err
     doc = json.loads(out)  # stdout is only the JSON; progress is on stderr
@@ -150,6 +210,14 @@ def test_cli_json_and_keep(layout: devnet.Layout, capsys: pytest.CaptureFixture[
     assert doc["throughput"]["accepted"] == doc["throughput"]["in_mailbox"] == 6
     assert doc["raw"]["consumed"] == 6 and doc["local"] == [] and doc["cleanup_acknowledged"] is None
     assert doc["batch"]["accepted"] == doc["batch"]["in_mailbox"] == 6 and doc["batch_size"] == 4
+    # the new figures are in the JSON too; --no-restart skips the restart
+    assert doc["restart"] is None
+    assert {"gateway gss:E06000043", "gateway ods:RYR"} <= doc["memory"].keys()
+    assert doc["memory"]["gateway ods:RYR"]["messages"] == 1 + 6 + 6
+    assert doc["memory"]["gateway ods:RYR"]["before_mib"] > 0 and doc["memory"]["gateway ods:RYR"]["after_mib"] > 0
+    assert doc["latency"]["psvn_cpu"]["ms_per_msg"]["total"] >= 0
+    assert [t["name"] for t in doc["targets"]][-1] == "sender gateway restart, to /readyz 200"
+    assert doc["targets"][-1]["measured"] is None and doc["targets"][-1]["meets"] is None
     # --keep: the bench's messages wait in the trust's inbox (warm-up 2 + latency 1 + 6 + 6 batched)
     with client(layout, bench.TRUST) as trust:
         left = [i for i in trust.inbox(limit=1000) if i.id not in before]
@@ -267,3 +335,49 @@ def test_each_worker_sends_through_its_own_client(layout: devnet.Layout) -> None
     sent, per_client = asyncio.run(go())
     assert len(sent.times) == 9 and not sent.errors
     assert sum(per_client) == 9 and all(n >= 1 for n in per_client)
+
+
+def test_targets_are_read_beside_the_figures_never_as_a_verdict_on_the_run() -> None:
+    """``assess``: each target beside its figure; None where the run cannot say (memory over
+    fewer than 100,000 messages, a figure not measured); a gateway that did not come back does
+    not meet the restart target."""
+    r = bench.Report(
+        throughput=bench.Throughput(requested=10, deliver_per_s=900.0),
+        batch=bench.Throughput(requested=10, deliver_per_s=1500.0,
+                               cpu=bench.CpuUse(ms_per_msg={"total": 0.9}, busy=0.5)),
+        latency=bench.Latency(samples=3, psvn_to_mailbox=bench.Percentiles(n=3, p50_ms=2.0, p99_ms=6.0,
+                                                                            max_ms=6.0)),
+        ratios=bench.Ratios(batch_delivery_vs_consume=0.2),
+        memory={"gateway a": bench.Memory(pid=1, messages=200_000, before_mib=70.0, after_mib=73.0, growth_mib=3.0),
+                "gateway b": bench.Memory(pid=2, messages=0, before_mib=70.0, after_mib=90.0, growth_mib=20.0)},
+        restart=bench.Restart(gateway="a", ready=True, ready_seconds=1.5))
+    got = {t.name: (t.measured, t.meets) for t in bench.assess(r)}
+    rp = bench.report
+    assert got == {rp.T_BATCH: (1500.0, False), rp.T_SHARE: (20.0, True), rp.T_CPU: (0.9, True),
+                   rp.T_SINGLE: (900.0, True), rp.T_P99: (6.0, False),
+                   rp.T_RSS: (3.0, True),  # the gateway that saw no message is not the measure
+                   rp.T_RESTART: (1.5, True)}
+    r.memory["gateway a"].messages = 2000
+    r.restart = bench.Restart(gateway="a", ready=False, error="exited")
+    r.batch = None
+    got = {t.name: (t.measured, t.meets) for t in bench.assess(r)}
+    assert got[rp.T_RSS] == (3.0, None) and got[rp.T_RESTART] == (None, False)
+    assert got[rp.T_BATCH] == (None, None) and got[rp.T_CPU] == (None, None)
+    text = bench.format_report(msgspec.structs.replace(r, targets=bench.assess(r)))
+    assert "did NOT come back" in text and "not pass/fail" in text
+
+
+def test_memory_is_read_from_proc() -> None:
+    rss, peak = bench.memory_mib(os.getpid())
+    assert rss is not None and peak is not None and 1 < rss <= peak
+    assert bench.memory_mib(2 ** 22 + 7) == (None, None)  # no such process
+    meter = bench.MemoryMeter({"me": os.getpid()})
+    meter.start()
+    got = meter.stop({"me": 5})["me"]
+    assert got.pid == os.getpid() and got.messages == 5 and got.before_mib is not None
+    assert got.after_mib is not None and got.growth_mib == pytest.approx(got.after_mib - got.before_mib, abs=0.11)
+
+
+def test_a_gateway_that_cannot_be_restarted_is_reported_not_raised(tmp_path: Path) -> None:
+    rs = bench.restart_gateway(devnet.Layout(tmp_path), bench.COUNCIL, timeout=1)
+    assert rs.ready is False and rs.error and "no devnet is running" in rs.error

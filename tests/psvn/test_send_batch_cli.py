@@ -12,7 +12,8 @@ __all__ = ["devnet_dir"]  # the fixture, used by name
 
 REFERRAL = json.loads((ROOT / "examples" / "referral.json").read_text())
 COUNCIL = ["--as", "gss:E06000043"]
-TO_TRUST = ["--to", "ods:RYR", "--type", "fhir.r4.ServiceRequest", "--classification", "OFFICIAL-SENSITIVE",
+TO_TRUST = ["--to", "ods:RYR", "--type", "fhir.r4.ServiceRequest", "--purpose", "direct-care",
+            "--classification", "OFFICIAL-SENSITIVE",
             "--subject", "nhs:9434765919"]
 
 

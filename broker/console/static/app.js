@@ -206,6 +206,16 @@ function renderFindings(result) {
   badge.className = `badge ${c.error ? 'bad' : (c.warning ? 'warn' : 'good')}`;
   badge.textContent = c.error ? `${c.error} lint error(s)` : `Lint OK (${c.warning} warning(s), ${c.info} note(s))`;
   renderGutter();
+  if (!c.error) clearStaleProblems();
+}
+
+// An error box answered an older text: once the rules lint clean it no longer applies, so it goes
+// (results that succeeded stay until the next run replaces them).
+function clearStaleProblems() {
+  for (const id of ['test-results', 'sim-results', 'submit-result']) {
+    const box = $(id);
+    if (box.querySelector('.problem')) clear(box);
+  }
 }
 
 async function runLint() {
@@ -393,6 +403,10 @@ async function proposalAction(action, id) {
       p = await api('POST', `/api/proposals/${encodeURIComponent(id)}/reject`, { reason });
       show(target, el('p', { class: 'good', role: 'status', text: `Proposal ${p.id} is ${p.status}.` }));
     } else {
+      if (action === 'publish' && !(await confirmPublish(id))) {
+        show(target, el('p', { class: 'hint', role: 'status', id: 'publish-cancelled', text: `Proposal ${id} was not published.` }));
+        return;
+      }
       show(target, el('p', { class: 'busy', text: action === 'publish' ? 'Signing and publishing…' : 'Approving…' }));
       p = await api('POST', `/api/proposals/${encodeURIComponent(id)}/${action}`);
       const msg = action === 'publish'
@@ -407,6 +421,28 @@ async function proposalAction(action, id) {
   await loadProposals();
 }
 
+// Publishing changes what every member may send, at once: say so, with what would change, and
+// publish only when the approver confirms.
+async function confirmPublish(id) {
+  const dialog = $('confirm-publish');
+  const p = await api('GET', `/api/proposals/${encodeURIComponent(id)}`);
+  $('confirm-publish-text').textContent = `Publish version ${p.version} (proposal ${p.id} by ${p.proposer}, ` +
+    `approved by ${p.approver}) to every gateway? They reload it within seconds and decide every message by it.`;
+  const impact = $('confirm-publish-impact');
+  impact.textContent = 'Working out what would change…';
+  api('GET', `/api/proposals/${encodeURIComponent(id)}/simulate`).then((r) => {
+    const c = r.diff.counts;
+    impact.textContent = `${c['now-denied']} kinds of decision now denied, ${c['now-allowed']} now allowed; ` +
+      `${r.traffic.changes.length} of ${r.traffic.replayed} recent messages would be decided differently.`;
+  }).catch(() => { impact.textContent = ''; });
+  dialog.returnValue = '';
+  return new Promise((resolve) => {
+    dialog.addEventListener('close', () => resolve(dialog.returnValue === 'publish'), { once: true });
+    dialog.showModal();
+    $('confirm-publish-no').focus();
+  });
+}
+
 // --- history and overview -----------------------------------------------------------------------
 
 async function loadHistory() {
@@ -416,7 +452,48 @@ async function loadHistory() {
     body.append(el('tr', { class: h.accepted ? '' : 'refused', 'data-version': String(h.version) },
       el('td', { text: String(h.version) }), el('td', { text: h.proposer }), el('td', { text: h.approver }),
       el('td', { text: when(h.published_at) }), el('td', {}, h.proposal ? el('code', { text: h.proposal }) : ''),
-      el('td', { text: h.accepted ? 'accepted' : `refused: ${h.reason}` })));
+      el('td', { text: h.accepted ? 'accepted' : `refused: ${h.reason}` }),
+      el('td', {}, h.accepted ? el('button', { type: 'button', class: 'quiet', 'data-view': String(h.version), text: 'View' }) : '')));
+  }
+  acceptedVersions = history.filter((h) => h.accepted).map((h) => h.version);
+}
+
+let acceptedVersions = [];
+let viewedVersion = null;
+
+async function viewVersion(version) {
+  const detail = $('version-detail');
+  detail.hidden = false;
+  clear($('version-diff'));
+  clear($('version-message'));
+  try {
+    const v = await api('GET', `/api/history/${version}`);
+    viewedVersion = v.version;
+    $('version-title').textContent = `Version ${v.version}: proposed by ${v.proposer}, approved by ${v.approver}, ` +
+      `published ${when(v.published_at)} (text from ${v.source})`;
+    $('version-text').textContent = v.rules_text;
+    const select = clear($('diff-against'));
+    for (const other of acceptedVersions.filter((n) => n !== v.version)) {
+      select.append(el('option', { value: String(other), text: String(other) }));
+    }
+    const older = acceptedVersions.filter((n) => n < v.version);
+    if (older.length) select.value = String(Math.max(...older));
+    $('btn-diff').disabled = !select.options.length;
+  } catch (err) {
+    show($('version-message'), problemView(err));
+  }
+}
+
+async function diffVersions() {
+  const against = $('diff-against').value;
+  if (viewedVersion === null || !against) return;
+  const target = $('version-diff');
+  try {
+    const d = await api('GET', `/api/history/${viewedVersion}/diff?against=${encodeURIComponent(against)}`);
+    show(target, el('h4', { text: `Changes from version ${d.old_version} to ${d.new_version}` }),
+      d.rules_diff ? diffView(d.rules_diff) : el('p', { class: 'hint', text: 'No textual change.' }));
+  } catch (err) {
+    show(target, problemView(err));
   }
 }
 
@@ -464,6 +541,11 @@ document.addEventListener('DOMContentLoaded', () => {
   $('btn-simulate').addEventListener('click', runSimulation);
   $('btn-reset').addEventListener('click', () => { published = null; $('rules').value = ''; loadEditor(); });
   $('submit-form').addEventListener('submit', submitProposal);
+  $('history-table').addEventListener('click', (ev) => {
+    const b = ev.target.closest('button[data-view]');
+    if (b) viewVersion(Number(b.dataset.view));
+  });
+  $('btn-diff').addEventListener('click', diffVersions);
   $('proposals-table').addEventListener('click', (ev) => {
     const b = ev.target.closest('button[data-action]');
     if (b) proposalAction(b.dataset.action, b.dataset.id);

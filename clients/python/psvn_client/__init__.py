@@ -3,9 +3,13 @@
 
     from psvn_client import Client
 
-    with Client("https://127.0.0.1:8443", ca="ca.pem", cert="system.pem", key="system.key") as c:
-        sent = c.send("ods:RYR", "fhir.r4.ServiceRequest", request, purpose="direct-care")
-        c.wait_for_status(sent.id, "delivered", timeout=30)
+    with Client("https://localhost:8443", ca="ca.crt", cert="system.crt", key="system.key") as psvn:
+        sent = psvn.send("ods:RYR", "fhir.r4.ServiceRequest", referral, purpose="direct-care")
+        psvn.wait_for_status(sent.id, "delivered", timeout=30)
+
+        for msg in psvn.receive(idle_timeout=5):  # as it arrives; acknowledge what you take
+            store(msg.sender, msg.type, msg.payload)
+            msg.ack()
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from psvn_client.errors import (
     PolicyDenied,
     ProtocolError,
     PsvnError,
+    RequestTimeout,
     ServerError,
     TimeoutError,
     Unauthenticated,
@@ -33,14 +38,17 @@ from psvn_client.errors import (
 )
 from psvn_client.models import (
     Ack,
+    AsyncInboundMessage,
     BatchResult,
     Delivery,
     Envelope,
     Health,
+    InboundMessage,
     InboxItem,
     Message,
     MessageStatus,
     MessageType,
+    Page,
     PolicyDecision,
     Publication,
     ReceivedMessage,
@@ -56,6 +64,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Ack",
     "AsyncClient",
+    "AsyncInboundMessage",
     "BackboneUnavailable",
     "BatchResult",
     "Client",
@@ -67,12 +76,14 @@ __all__ = [
     "Envelope",
     "Forbidden",
     "Health",
+    "InboundMessage",
     "InboxItem",
     "InvalidPayload",
     "Message",
     "MessageStatus",
     "MessageType",
     "NotFound",
+    "Page",
     "PayloadTooLarge",
     "PolicyDecision",
     "PolicyDenied",
@@ -81,6 +92,7 @@ __all__ = [
     "Publication",
     "ReceivedMessage",
     "Refusal",
+    "RequestTimeout",
     "SendResult",
     "ServerError",
     "Status",

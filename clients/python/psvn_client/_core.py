@@ -25,6 +25,7 @@ from psvn_client.errors import (
     DeliveryFailed,
     ProtocolError,
     PsvnError,
+    RequestTimeout,
     error_from_problem,
 )
 from psvn_client.models import (
@@ -36,6 +37,7 @@ from psvn_client.models import (
     Message,
     MessageStatus,
     MessageType,
+    Page,
     Publication,
     ReceivedMessage,
     SendResult,
@@ -271,16 +273,40 @@ def status_call(message_id: str) -> Call[MessageStatus]:
     return Call("GET", f"/v1/messages/{_id(message_id)}", lambda r: MessageStatus.from_json(_json(r)))
 
 
-def inbox_call(mailbox: str | None, status: str | None, limit: int) -> Call[list[InboxItem]]:
+def _limit(limit: int, name: str = "limit") -> int:
+    """A page size: a positive int (the gateway says how many it allows, 1,000 by default)."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError("limit must be a positive int")
-    params: dict[str, str | int] = {"limit": limit}
+        raise ValueError(f"{name} must be a positive int")
+    return limit
+
+
+def inbox_call(mailbox: str | None, status: str | None, limit: int, cursor: str | None = None
+               ) -> Call[Page[InboxItem]]:
+    """``GET /v1/inbox``: one page, in arrival order, and the cursor to continue after it."""
+    params: dict[str, str | int] = {"limit": _limit(limit)}
     if mailbox is not None:
         params["mailbox"] = mailbox
     if status is not None:
         params["status"] = str(status)
+    if cursor is not None:
+        params["cursor"] = cursor
+    return _page_call("/v1/inbox", "messages", "inbox", InboxItem.from_json, limit, params=params)
 
-    return _list_call("/v1/inbox", "messages", "inbox", InboxItem.from_json, params=params)
+
+def _page_call(path: str, key: str, what: str, item: Callable[[Any], T], limit: int,
+               params: dict[str, str | int]) -> Call[Page[T]]:
+    """A GET whose answer is ``{key: [...], "next": cursor}``: each element read by ``item``."""
+
+    def parse(r: httpx.Response) -> Page[T]:
+        data = _json(r)
+        items = data.get(key) if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise ProtocolError(Code.BAD_RESPONSE, f"{what} answer has no {key!r} list: {str(data)[:200]}")
+        nxt = data.get("next")
+        return Page(items=tuple(item(x) for x in items), next=nxt if isinstance(nxt, str) else None,
+                    more=len(items) >= limit)
+
+    return Call("GET", path, parse, params=params)
 
 
 def _list_call(path: str, key: str, what: str, item: Callable[[Any], T],
@@ -338,8 +364,60 @@ def unsubscribe_call(topic: str) -> Call[None]:
     return Call("DELETE", f"/v1/subscriptions/{_topic(topic)}", lambda r: None)
 
 
-def subscriptions_call() -> Call[list[Subscription]]:
-    return _list_call("/v1/subscriptions", "subscriptions", "subscriptions", Subscription.from_json)
+def subscriptions_call(limit: int = 100, cursor: str | None = None) -> Call[Page[Subscription]]:
+    params: dict[str, str | int] = {"limit": _limit(limit)}
+    if cursor is not None:
+        params["cursor"] = cursor
+    return _page_call("/v1/subscriptions", "subscriptions", "subscriptions", Subscription.from_json, limit, params)
+
+
+class Receiver:
+    """The bookkeeping of one receive loop, without I/O (the sync and async loops share it).
+
+    Every pass lists the unacknowledged mail (``status=delivered``) from the start, a page at a
+    time, and offers what this loop has not offered before. A message the caller did not accept
+    stays unacknowledged at the gateway and is not offered again by this loop (so one it cannot
+    handle does not come back every poll); a new loop (a restart) offers it again. Listing from
+    the start, not only after the newest seen, also finds mail filed late out of arrival order
+    (e.g. redelivered after a passing failure). ``offered`` only holds ids still unacknowledged."""
+
+    def __init__(self, *, mailbox: str | None, page_size: int, max_messages: int | None,
+                 idle_timeout: float | None, poll_interval: float) -> None:
+        if max_messages is not None and (isinstance(max_messages, bool) or max_messages < 1):
+            raise ValueError("max_messages must be a positive int or None")
+        if idle_timeout is not None and idle_timeout < 0:
+            raise ValueError("idle_timeout must be >= 0 or None")
+        if poll_interval <= 0:
+            raise ValueError("poll_interval must be > 0")
+        self.mailbox = mailbox
+        self.page_size = _limit(page_size, "page_size")
+        self.max_messages = max_messages
+        self.idle_timeout = idle_timeout
+        self.poll_interval = poll_interval
+        self.offered: set[str] = set()
+        self.seen: set[str] = set()
+        self.given = 0
+
+    def page(self, cursor: str | None) -> Call[Page[InboxItem]]:
+        return inbox_call(self.mailbox, "delivered", self.page_size, cursor)
+
+    def fresh(self, page: Page[InboxItem]) -> list[InboxItem]:
+        """The items of a page this loop has not offered yet."""
+        self.seen.update(i.id for i in page.items)
+        return [i for i in page.items if i.id not in self.offered]
+
+    def offer(self, item_id: str) -> None:
+        self.offered.add(item_id)
+        self.given += 1
+
+    @property
+    def done(self) -> bool:
+        return self.max_messages is not None and self.given >= self.max_messages
+
+    def pass_over(self) -> None:
+        """A pass ended: forget what is no longer waiting (acknowledged, or gone)."""
+        self.offered &= self.seen
+        self.seen = set()
 
 
 def catalogue_call() -> Call[list[MessageType]]:
@@ -424,7 +502,7 @@ def transport_failure(
     if isinstance(exc, httpx.TimeoutException):
         not_sent = isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
         return (
-            ConnectionError(Code.TIMEOUT, f"{where}: no answer in time ({type(exc).__name__})"),
+            RequestTimeout(Code.TIMEOUT, f"{where}: no answer in time ({type(exc).__name__})"),
             not_sent or call.safe,
         )
     detail = _describe(exc)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -14,15 +14,17 @@ import httpx
 
 from psvn_client import _core
 from psvn_client.client import _timeout
-from psvn_client.errors import PsvnError
+from psvn_client.errors import NotFound, PsvnError
 from psvn_client.models import (
     Ack,
+    AsyncInboundMessage,
     BatchResult,
     Health,
     InboxItem,
     Message,
     MessageStatus,
     MessageType,
+    Page,
     Publication,
     ReceivedMessage,
     SendResult,
@@ -175,7 +177,83 @@ class AsyncClient:
     async def inbox(
         self, *, mailbox: str | None = None, status: str | None = None, limit: int = 100
     ) -> list[InboxItem]:
-        return await self._run(_core.inbox_call(mailbox, status, limit))
+        """The first ``limit`` messages delivered to this system (metadata only), oldest first,
+        optionally only one mailbox or one status (default ``"delivered"``: not yet
+        acknowledged). For more, page with :meth:`inbox_page` or iterate :meth:`iter_inbox`."""
+        return list((await self.inbox_page(mailbox=mailbox, status=status, limit=limit)).items)
+
+    async def inbox_page(
+        self,
+        *,
+        mailbox: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[InboxItem]:
+        """One page of the inbox in arrival order: pass the previous page's ``next`` as
+        ``cursor`` to continue after it (up to 1,000 items a page)."""
+        return await self._run(_core.inbox_call(mailbox, status, limit, cursor))
+
+    async def iter_inbox(
+        self, *, mailbox: str | None = None, status: str | None = None, page_size: int = 100
+    ) -> AsyncIterator[InboxItem]:
+        """Every message in the inbox (as :meth:`inbox` filters it), oldest first, fetched a
+        page at a time as you iterate. Acknowledging as you go skips nothing."""
+        cursor: str | None = None
+        while True:
+            page = await self.inbox_page(mailbox=mailbox, status=status, limit=page_size, cursor=cursor)
+            for item in page.items:
+                yield item
+            if not page.more:
+                return
+            cursor = page.next
+
+    async def receive(
+        self,
+        *,
+        mailbox: str | None = None,
+        max_messages: int | None = None,
+        idle_timeout: float | None = None,
+        poll_interval: float = 1.0,
+        page_size: int = 100,
+    ) -> AsyncIterator[AsyncInboundMessage]:
+        """A receive loop: every unacknowledged message, downloaded and verified, as it
+        arrives, until ``max_messages`` were handed out or nothing new came for
+        ``idle_timeout`` seconds (``None``: for ever; break out of the loop to stop).
+
+        Nothing is acknowledged for you: call ``await msg.ack()`` once you have taken a message.
+        One you do not acknowledge (you ``continue``, or your code raises out of the loop)
+        stays unacknowledged at the gateway: this loop does not offer it again, a new loop
+        (e.g. after a restart) does. The inbox is polled every ``poll_interval`` seconds while
+        there is nothing new."""
+        rx = _core.Receiver(mailbox=mailbox, page_size=page_size, max_messages=max_messages,
+                            idle_timeout=idle_timeout, poll_interval=poll_interval)
+        last_new = time.monotonic()
+        while True:
+            cursor: str | None = None
+            while True:
+                page = await self._run(rx.page(cursor))
+                for item in rx.fresh(page):
+                    try:
+                        got = await self.get(item.id)
+                    except NotFound:  # deleted (retention) between the listing and the download
+                        continue
+                    rx.offer(item.id)
+                    yield AsyncInboundMessage(envelope=got.envelope, payload=got.payload, status=got.status,
+                                    mailbox=item.mailbox, _ack=self.ack)
+                    last_new = time.monotonic()  # the caller's time with it is not idle time
+                    if rx.done:
+                        return
+                if not page.more:
+                    break
+                cursor = page.next
+            rx.pass_over()
+            if idle_timeout is not None and time.monotonic() - last_new >= idle_timeout:
+                return
+            pause = poll_interval
+            if idle_timeout is not None:
+                pause = min(pause, max(0.0, idle_timeout - (time.monotonic() - last_new)))
+            await asyncio.sleep(pause)
 
     async def get(self, id: str) -> ReceivedMessage:
         return await self._run(_core.get_call(id))
@@ -213,8 +291,23 @@ class AsyncClient:
         await self._run(_core.unsubscribe_call(topic))
 
     async def subscriptions(self) -> list[Subscription]:
-        """This member's feed subscriptions."""
-        return await self._run(_core.subscriptions_call())
+        """This member's feed subscriptions, all of them (fetched a page at a time)."""
+        return [s async for s in self.iter_subscriptions()]
+
+    async def subscriptions_page(self, *, limit: int = 100, cursor: str | None = None) -> Page[Subscription]:
+        """One page of this member's subscriptions, by topic (``cursor``: a page's ``next``)."""
+        return await self._run(_core.subscriptions_call(limit, cursor))
+
+    async def iter_subscriptions(self, *, page_size: int = 100) -> AsyncIterator[Subscription]:
+        """This member's subscriptions by topic, fetched a page at a time as you iterate."""
+        cursor: str | None = None
+        while True:
+            page = await self.subscriptions_page(limit=page_size, cursor=cursor)
+            for sub in page.items:
+                yield sub
+            if not page.more:
+                return
+            cursor = page.next
 
     async def catalogue(self) -> list[MessageType]:
         return await self._run(_core.catalogue_call())

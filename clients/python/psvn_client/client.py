@@ -6,22 +6,24 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import httpx
 
 from psvn_client import _core
-from psvn_client.errors import Code, PsvnError, TimeoutError
+from psvn_client.errors import Code, NotFound, PsvnError, TimeoutError
 from psvn_client.models import (
     Ack,
     BatchResult,
     Health,
+    InboundMessage,
     InboxItem,
     Message,
     MessageStatus,
     MessageType,
+    Page,
     Publication,
     ReceivedMessage,
     SendResult,
@@ -194,10 +196,85 @@ class Client:
         """Where a message this system sent is now, with its history."""
         return self._run(_core.status_call(id))
 
-    def inbox(self, *, mailbox: str | None = None, status: str | None = None, limit: int = 100) -> list[InboxItem]:
-        """Messages delivered to this system (metadata only), oldest first, optionally only one
-        mailbox or one status (e.g. ``"delivered"`` = not yet acknowledged)."""
-        return self._run(_core.inbox_call(mailbox, status, limit))
+    def inbox(
+        self, *, mailbox: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[InboxItem]:
+        """The first ``limit`` messages delivered to this system (metadata only), oldest first,
+        optionally only one mailbox or one status (default ``"delivered"``: not yet
+        acknowledged). For more, page with :meth:`inbox_page` or iterate :meth:`iter_inbox`."""
+        return list((self.inbox_page(mailbox=mailbox, status=status, limit=limit)).items)
+
+    def inbox_page(
+        self,
+        *,
+        mailbox: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page[InboxItem]:
+        """One page of the inbox in arrival order: pass the previous page's ``next`` as
+        ``cursor`` to continue after it (up to 1,000 items a page)."""
+        return self._run(_core.inbox_call(mailbox, status, limit, cursor))
+
+    def iter_inbox(
+        self, *, mailbox: str | None = None, status: str | None = None, page_size: int = 100
+    ) -> Iterator[InboxItem]:
+        """Every message in the inbox (as :meth:`inbox` filters it), oldest first, fetched a
+        page at a time as you iterate. Acknowledging as you go skips nothing."""
+        cursor: str | None = None
+        while True:
+            page = self.inbox_page(mailbox=mailbox, status=status, limit=page_size, cursor=cursor)
+            yield from page.items
+            if not page.more:
+                return
+            cursor = page.next
+
+    def receive(
+        self,
+        *,
+        mailbox: str | None = None,
+        max_messages: int | None = None,
+        idle_timeout: float | None = None,
+        poll_interval: float = 1.0,
+        page_size: int = 100,
+    ) -> Iterator[InboundMessage]:
+        """A receive loop: every unacknowledged message, downloaded and verified, as it
+        arrives, until ``max_messages`` were handed out or nothing new came for
+        ``idle_timeout`` seconds (``None``: for ever; break out of the loop to stop).
+
+        Nothing is acknowledged for you: call ``msg.ack()`` once you have taken a message.
+        One you do not acknowledge (you ``continue``, or your code raises out of the loop)
+        stays unacknowledged at the gateway: this loop does not offer it again, a new loop
+        (e.g. after a restart) does. The inbox is polled every ``poll_interval`` seconds while
+        there is nothing new."""
+        rx = _core.Receiver(mailbox=mailbox, page_size=page_size, max_messages=max_messages,
+                            idle_timeout=idle_timeout, poll_interval=poll_interval)
+        last_new = time.monotonic()
+        while True:
+            cursor: str | None = None
+            while True:
+                page = self._run(rx.page(cursor))
+                for item in rx.fresh(page):
+                    try:
+                        got = self.get(item.id)
+                    except NotFound:  # deleted (retention) between the listing and the download
+                        continue
+                    rx.offer(item.id)
+                    yield InboundMessage(envelope=got.envelope, payload=got.payload, status=got.status,
+                                    mailbox=item.mailbox, _ack=self.ack)
+                    last_new = time.monotonic()  # the caller's time with it is not idle time
+                    if rx.done:
+                        return
+                if not page.more:
+                    break
+                cursor = page.next
+            rx.pass_over()
+            if idle_timeout is not None and time.monotonic() - last_new >= idle_timeout:
+                return
+            pause = poll_interval
+            if idle_timeout is not None:
+                pause = min(pause, max(0.0, idle_timeout - (time.monotonic() - last_new)))
+            time.sleep(pause)
 
     def get(self, id: str) -> ReceivedMessage:
         """Download one received message: its verified envelope and payload."""
@@ -237,8 +314,22 @@ class Client:
         self._run(_core.unsubscribe_call(topic))
 
     def subscriptions(self) -> list[Subscription]:
-        """This member's feed subscriptions."""
-        return self._run(_core.subscriptions_call())
+        """This member's feed subscriptions, all of them (fetched a page at a time)."""
+        return [s for s in self.iter_subscriptions()]
+
+    def subscriptions_page(self, *, limit: int = 100, cursor: str | None = None) -> Page[Subscription]:
+        """One page of this member's subscriptions, by topic (``cursor``: a page's ``next``)."""
+        return self._run(_core.subscriptions_call(limit, cursor))
+
+    def iter_subscriptions(self, *, page_size: int = 100) -> Iterator[Subscription]:
+        """This member's subscriptions by topic, fetched a page at a time as you iterate."""
+        cursor: str | None = None
+        while True:
+            page = self.subscriptions_page(limit=page_size, cursor=cursor)
+            yield from page.items
+            if not page.more:
+                return
+            cursor = page.next
 
     def catalogue(self) -> list[MessageType]:
         """The message types this network carries and the standard each must meet."""

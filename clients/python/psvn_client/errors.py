@@ -10,6 +10,7 @@ code; they are not problem documents, so ``status`` is ``None``.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -31,6 +32,7 @@ __all__ = [
     "PolicyDenied",
     "ProtocolError",
     "PsvnError",
+    "RequestTimeout",
     "ServerError",
     "TimeoutError",
     "Unauthenticated",
@@ -212,10 +214,19 @@ class ServerError(PsvnError):
     """The gateway failed (internal, or a 5xx without a problem document)."""
 
 
-class ConnectionError(PsvnError):  # shadows the builtin on purpose, like nats.errors
+class ConnectionError(PsvnError, builtins.ConnectionError):  # a builtin's name, and a subclass of it
     """The request never got an answer. ``code`` says why: ``connection-failed`` (refused,
     reset, dropped), ``tls-failed`` (wrong CA, missing or unknown client certificate, hostname
-    mismatch) or ``timeout`` (no answer within the client's ``timeout``)."""
+    mismatch) or ``timeout`` (:class:`RequestTimeout`: no answer within the client's ``timeout``).
+
+    Also a builtin :class:`ConnectionError` (so an ``OSError``): code written for any network
+    library's failures (``except ConnectionError``, ``except OSError``) catches it too.
+    ``errno`` and ``strerror`` are ``None``."""
+
+
+class RequestTimeout(ConnectionError, builtins.TimeoutError):
+    """The gateway did not answer one HTTP request within the client's ``timeout`` (code
+    ``timeout``). Both a :class:`ConnectionError` and a builtin :class:`TimeoutError`."""
 
 
 class ProtocolError(PsvnError):
@@ -242,8 +253,11 @@ class DeliveryFailed(_StatusError):
     expired, quarantined...); ``message_status.reason`` says why."""
 
 
-class TimeoutError(_StatusError):  # shadows the builtin on purpose
-    """:meth:`wait_for_status` gave up before the message reached the wanted status."""
+class TimeoutError(_StatusError, builtins.TimeoutError):  # a builtin's name, and a subclass of it
+    """:meth:`wait_for_status` gave up before the message reached the wanted status.
+
+    Also a builtin :class:`TimeoutError` (which ``asyncio.TimeoutError`` is): ``except
+    TimeoutError`` catches it whichever of the two names is in scope."""
 
 
 _FAMILY: dict[str, type[PsvnError]] = {

@@ -7,29 +7,35 @@ required member raises :class:`~psvn_client.errors.ProtocolError`, never a bare 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import warnings
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from psvn_client.errors import Code, ProtocolError, PsvnError
 
 __all__ = [
     "Ack",
+    "AsyncInboundMessage",
     "BatchResult",
     "Envelope",
     "Health",
+    "InboundMessage",
     "InboxItem",
     "Message",
     "MessageStatus",
     "MessageType",
+    "Page",
     "PolicyDecision",
     "ReceivedMessage",
     "SendResult",
     "Status",
     "StatusEvent",
 ]
+
+T = TypeVar("T")
 
 
 class Status(StrEnum):
@@ -308,12 +314,13 @@ class InboxItem:
 class Envelope:
     """The signed metadata that travelled with the payload (CloudEvents-shaped).
 
-    ``source`` is the sending organisation's address, proven by its signature.
+    ``sender`` is the sending organisation's address, proven by its signature (the HTTP API's
+    ``source``; ``sender_system`` its ``source_system``: the sender's local system).
     ``policy_version`` is the policy set version under which the sender allowed it.
     """
 
     id: str
-    source: str
+    sender: str
     to: str
     type: str
     time: datetime
@@ -326,15 +333,28 @@ class Envelope:
     workflow_id: str | None = None
     local_id: str | None = None
     expires: datetime | None = None
-    source_system: str | None = None
+    sender_system: str | None = None
     topic: str | None = None  # the feed topic, when the message is a delivery of a published event
+
+    @property
+    def source(self) -> str:
+        """Deprecated: use :attr:`sender` (the SDK calls the sender ``sender`` everywhere)."""
+        warnings.warn("Envelope.source is deprecated: use Envelope.sender", DeprecationWarning, stacklevel=2)
+        return self.sender
+
+    @property
+    def source_system(self) -> str | None:
+        """Deprecated: use :attr:`sender_system`."""
+        warnings.warn("Envelope.source_system is deprecated: use Envelope.sender_system", DeprecationWarning,
+                      stacklevel=2)
+        return self.sender_system
 
     @classmethod
     def from_json(cls, data: Any) -> Envelope:
         d = _obj(data, "envelope")
         return cls(
             id=_str(d, "id"),
-            source=_str(d, "source"),
+            sender=_str(d, "source"),
             to=_str(d, "to"),
             type=_str(d, "type"),
             time=_time(d.get("time")),
@@ -347,7 +367,7 @@ class Envelope:
             workflow_id=_opt_str(d, "workflow_id"),
             local_id=_opt_str(d, "local_id"),
             expires=_opt_time(d.get("expires")),
-            source_system=_opt_str(d, "source_system"),
+            sender_system=_opt_str(d, "source_system"),
             topic=_opt_str(d, "topic"),
         )
 
@@ -373,7 +393,7 @@ class ReceivedMessage:
 
     @property
     def sender(self) -> str:
-        return self.envelope.source
+        return self.envelope.sender
 
     @classmethod
     def from_json(cls, data: Any) -> ReceivedMessage:
@@ -385,6 +405,54 @@ class ReceivedMessage:
             payload=d["payload"],
             status=_str(d, "status"),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage(ReceivedMessage):
+    """A message a receive loop (:meth:`~psvn_client.Client.receive`) hands you. Call
+    :meth:`ack` once you have taken it (stored, passed on...): only then does the sender see
+    ``acknowledged``. Without ``ack`` (an exception, ``continue``) it stays unacknowledged at
+    the gateway: this loop does not offer it again, the next loop does."""
+
+    mailbox: str | None = None
+    _ack: Callable[[str], Ack] | None = field(default=None, repr=False, compare=False)
+
+    def ack(self) -> Ack:
+        """Acknowledge this message (safe to repeat)."""
+        assert self._ack is not None
+        return self._ack(self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class AsyncInboundMessage(ReceivedMessage):
+    """What :meth:`psvn_client.AsyncClient.receive` yields: as :class:`InboundMessage`, with
+    ``await msg.ack()``."""
+
+    mailbox: str | None = None
+    _ack: Callable[[str], Awaitable[Ack]] | None = field(default=None, repr=False, compare=False)
+
+    async def ack(self) -> Ack:
+        """Acknowledge this message (safe to repeat)."""
+        assert self._ack is not None
+        return await self._ack(self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a list: its ``items``, and ``next``, the opaque cursor to continue after
+    them (pass it back as ``cursor``; ``None`` when the list was empty from the start).
+    ``more`` is true when the page was full, so more may follow at once; either way later
+    items (new mail) appear after the same cursor. Iterating a page iterates its items."""
+
+    items: tuple[T, ...]
+    next: str | None = None
+    more: bool = False
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
 
 
 @dataclass(frozen=True, slots=True)

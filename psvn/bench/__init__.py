@@ -17,10 +17,18 @@ What is measured, and why this way:
   gateway's) on the same nats-server, same count. ``ratio = psvn / raw``.
 * Each side is measured twice: a throughput run (everything in flight, so its latencies include
   queueing) and a latency run (one message at a time: the pipeline's own delay).
+* The batch path: the same count again through ``send_many`` (``POST /v1/messages:batch``).
+* What it cost the processes (``process``, from Linux ``/proc``): CPU ms per message per process
+  for each run; each gateway's RSS after the warm-up and after the runs; then, last, the sender's
+  gateway stopped and started again as the devnet starts it, timed until ``/readyz`` answers 200
+  (the devnet is left running, its state naming the new PID).
+* Issue 9's targets beside the figures (``report.assess``): information, never pass/fail.
 * Local figures (one core, no network): seal+sign and unseal+verify of 1 KiB, and, when those
   modules exist, ``policies.validation_bench`` and ``policies.engine_bench``.
 
 Bounded in count and time: a time limit stops the send phase, and each wait has a deadline.
+The parts: ``report`` (the report's structs, the targets and the human table), ``process``
+(CPU, memory, restart); this module runs the measurements and re-exports both.
 """
 
 from __future__ import annotations
@@ -39,137 +47,80 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 
-from psvn import __version__, procs
+from psvn import procs
+from psvn.bench.process import CpuMeter, MemoryMeter, cpu_seconds, machine_busy_seconds, memory_mib, restart_gateway
+from psvn.bench.report import (
+    CLASSIFICATION,
+    COUNCIL,
+    MESSAGE_TYPE,
+    NHS_NUMBER,
+    PURPOSE,
+    TRUST,
+    CpuUse,
+    Latency,
+    LocalFigure,
+    Memory,
+    Percentiles,
+    Ratios,
+    RawThroughput,
+    Report,
+    Restart,
+    Target,
+    Throughput,
+    _rate,
+    _ratio,
+    assess,
+    format_report,
+    percentiles,
+    to_json,
+)
 from psvn.errors import Code, PsvnError
 
-COUNCIL = "gss:E06000043"
-TRUST = "ods:RYR"
-MESSAGE_TYPE = "fhir.r4.ServiceRequest"
-PURPOSE = "direct-care"
-CLASSIFICATION: Final = "OFFICIAL-SENSITIVE"
-NHS_NUMBER = "9434765919"  # a valid (check digit) NHS number used throughout the examples
+__all__ = [
+    "CLASSIFICATION",
+    "COUNCIL",
+    "MESSAGE_TYPE",
+    "NHS_NUMBER",
+    "PURPOSE",
+    "TRUST",
+    "CpuMeter",
+    "CpuUse",
+    "DeliveryObserver",
+    "Latency",
+    "LocalFigure",
+    "Memory",
+    "MemoryMeter",
+    "Options",
+    "Percentiles",
+    "Ratios",
+    "RawThroughput",
+    "Report",
+    "Restart",
+    "Target",
+    "Throughput",
+    "assess",
+    "cpu_seconds",
+    "format_report",
+    "free_port_range",
+    "machine_busy_seconds",
+    "memory_mib",
+    "payload_size",
+    "percentiles",
+    "port_span",
+    "progress_to_stderr",
+    "restart_gateway",
+    "run",
+    "run_async",
+    "run_with_temporary_devnet",
+    "service_request",
+    "to_json",
+]
 
 Progress = Callable[[str], None]
-
-
-# -- report ----------------------------------------------------------------------------------
-class Percentiles(msgspec.Struct, kw_only=True):
-    n: int = 0
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    max_ms: float | None = None
-
-
-class CpuUse(msgspec.Struct, kw_only=True):
-    """Where the CPU went during a throughput run: per process, milliseconds per message, and
-    how busy all cores were (1.0 = every core all the time: the machine was the limit)."""
-
-    ms_per_msg: dict[str, float]
-    busy: float
-    other_busy: float | None = None  # share of all cores used by processes outside the devnet and bench
-
-
-class Throughput(msgspec.Struct, kw_only=True):
-    """psvn through the devnet, everything in flight (``concurrency`` sends at a time)."""
-
-    requested: int
-    attempted: int = 0
-    accepted: int = 0  # 202 from the council gateway
-    errors: int = 0  # sends that failed (after the SDK's own retries)
-    error_codes: dict[str, int] = msgspec.field(default_factory=dict)
-    first_error: str | None = None
-    in_mailbox: int = 0  # filed in the trust's mailbox (status delivered)
-    sender_delivered: int = 0  # the council's status moved to delivered
-    failed: int = 0  # quarantined, or sender status rejected/expired
-    undelivered: int = 0  # accepted but not delivered before the deadline
-    verified_delivered: int = 0  # status read back through the SDK: delivered or acknowledged
-    time_limited: bool = False  # the time limit stopped the send phase before `requested`
-    seconds: float = 0.0
-    accept_per_s: float = 0.0
-    deliver_per_s: float = 0.0  # into the trust's mailbox
-    sender_delivered_per_s: float = 0.0
-    send_call: Percentiles = msgspec.field(default_factory=Percentiles)
-    to_mailbox: Percentiles = msgspec.field(default_factory=Percentiles)
-    to_sender_delivered: Percentiles = msgspec.field(default_factory=Percentiles)
-    cpu: CpuUse | None = None  # send phase until everything is delivered (Linux /proc)
-
-
-class RawThroughput(msgspec.Struct, kw_only=True):
-    """Plain nats-py JetStream on the same server: publish_async + durable pull consumer."""
-
-    requested: int
-    published: int = 0
-    acked: int = 0
-    consumed: int = 0
-    errors: int = 0
-    first_error: str | None = None
-    time_limited: bool = False
-    seconds: float = 0.0
-    publish_per_s: float = 0.0  # publish acknowledged by JetStream
-    consume_per_s: float = 0.0
-    publish_ack: Percentiles = msgspec.field(default_factory=Percentiles)
-    to_consumer: Percentiles = msgspec.field(default_factory=Percentiles)
-    cpu: CpuUse | None = None
-
-
-class Latency(msgspec.Struct, kw_only=True):
-    """One message at a time: the pipeline's own delay, no queueing."""
-
-    samples: int
-    psvn_delivered: int = 0
-    raw_consumed: int = 0
-    psvn_send_call: Percentiles = msgspec.field(default_factory=Percentiles)
-    psvn_to_mailbox: Percentiles = msgspec.field(default_factory=Percentiles)
-    psvn_to_sender_delivered: Percentiles = msgspec.field(default_factory=Percentiles)
-    raw_publish_ack: Percentiles = msgspec.field(default_factory=Percentiles)
-    raw_to_consumer: Percentiles = msgspec.field(default_factory=Percentiles)
-
-
-class Ratios(msgspec.Struct, kw_only=True, omit_defaults=False):
-    """psvn / raw: below 1 for rates (a fraction of the backbone's speed), above 1 for latencies."""
-
-    accept_vs_publish: float | None = None
-    delivery_vs_consume: float | None = None
-    batch_accept_vs_publish: float | None = None
-    batch_delivery_vs_consume: float | None = None
-    batch_vs_single_delivery: float | None = None  # above 1: the batch path delivers faster
-    latency_p50: float | None = None
-    latency_p99: float | None = None
-
-
-class LocalFigure(msgspec.Struct, kw_only=True):
-    """One local measurement; ``result`` is what the measuring function returned."""
-
-    name: str
-    available: bool
-    result: Any = None
-    note: str | None = None
-
-
-class Report(msgspec.Struct, kw_only=True):
-    version: int = 1
-    psvn_version: str = __version__
-    environment: dict[str, Any] = msgspec.field(default_factory=dict)
-    payload_type: str = MESSAGE_TYPE
-    payload_bytes: int = 0
-    sender: str = COUNCIL
-    recipient: str = TRUST
-    concurrency: int = 0
-    warmup: int = 0
-    throughput: Throughput | None = None
-    batch: Throughput | None = None  # the same count through send_many / POST /v1/messages:batch
-    batch_size: int = 0
-    raw: RawThroughput | None = None
-    latency: Latency | None = None
-    ratios: Ratios = msgspec.field(default_factory=Ratios)
-    local: list[LocalFigure] = msgspec.field(default_factory=list)
-    cleanup_acknowledged: int | None = None  # trust messages acknowledged after the run (None: skipped)
-    notes: list[str] = msgspec.field(default_factory=list)
-    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -182,6 +133,8 @@ class Options:
     local_seconds: float = 1.0  # per local figure; 0 skips them
     cleanup: bool = True  # acknowledge the bench's messages in the trust's inbox afterwards
     batch_size: int = 500  # messages per POST /v1/messages:batch in the batch run (the gateway's maximum)
+    restart: bool = True  # restart the sender's gateway after the runs, timed to /readyz 200
+    restart_timeout: float = 60.0
 
     def check(self) -> None:
         for name, value, low in (("count", self.count, 1), ("concurrency", self.concurrency, 1),
@@ -191,28 +144,6 @@ class Options:
                                 rule="range")
         if self.time_limit <= 0 or self.delivery_timeout <= 0 or self.local_seconds < 0:
             raise PsvnError(Code.BAD_REQUEST, "time limits must be positive", field="--time-limit", rule="range")
-
-
-# -- small pure helpers --------------------------------------------------------------------
-def percentiles(values_s: list[float]) -> Percentiles:
-    """Nearest-rank p50/p99 in milliseconds (no interpolation: every figure was observed)."""
-    if not values_s:
-        return Percentiles()
-    v = sorted(values_s)
-
-    def rank(p: float) -> float:
-        k = max(0, min(len(v) - 1, int(-(-p * len(v) // 100)) - 1))
-        return round(v[k] * 1000, 3)
-
-    return Percentiles(n=len(v), p50_ms=rank(50), p99_ms=rank(99), max_ms=round(v[-1] * 1000, 3))
-
-
-def _rate(n: int, seconds: float) -> float:
-    return round(n / seconds, 1) if seconds > 0 and n else 0.0
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 4) if a and b else None
 
 
 def service_request(seq: int, run: str = "bench") -> dict[str, Any]:
@@ -259,59 +190,6 @@ def free_port_range(span: int | None = None, *, low: int = 20000, high: int = 30
                     cluster: int = 1) -> int:
     """A base port with ``span`` (default: a devnet's of this shape) consecutive free loopback ports."""
     return procs.free_port_range(span or port_span(cluster), low=low, high=high, tries=tries)
-
-
-# -- CPU accounting (Linux /proc; absent elsewhere) ---------------------------------------------
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds a process has used so far, or None if unknown."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def machine_busy_seconds() -> float | None:
-    """CPU seconds all cores have spent busy since boot (``/proc/stat``), or None if unknown."""
-    try:
-        ticks = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-class CpuMeter:
-    """CPU used by named processes between ``start()`` and ``stop()``, and by everything else
-    on the machine (another job running meanwhile makes the figures low: the report says so)."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self._t0 = 0.0
-        self._c0: dict[str, float | None] = {}
-        self._m0: float | None = None
-
-    def start(self) -> None:
-        self._t0 = time.perf_counter()
-        self._m0 = machine_busy_seconds()
-        self._c0 = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-
-    def stop(self, messages: int) -> CpuUse | None:
-        wall = time.perf_counter() - self._t0
-        used: dict[str, float] = {}
-        for name, pid in self.pids.items():
-            before, after = self._c0.get(name), cpu_seconds(pid)
-            if before is None or after is None:
-                return None
-            used[name] = after - before
-        if not messages or wall <= 0:
-            return None
-        cores = wall * (os.cpu_count() or 1)
-        per = {name: round(sec * 1000 / messages, 3) for name, sec in used.items()}
-        per["total"] = round(sum(used.values()) * 1000 / messages, 3)
-        m1 = machine_busy_seconds()
-        other = None if self._m0 is None or m1 is None else round(max(0.0, m1 - self._m0 - sum(used.values()))
-                                                                    / cores, 3)
-        return CpuUse(ms_per_msg=per, busy=round(sum(used.values()) / cores, 3), other_busy=other)
 
 
 # -- observing delivery on the backbone ------------------------------------------------------
@@ -560,8 +438,10 @@ async def _send_batches(client: Any, payloads: list[dict[str, Any]], *, batch_si
 
 
 async def psvn_latency(sender: Any, obs: DeliveryObserver, payloads: list[dict[str, Any]], lat: Latency,
-                       opts: Options, tag: str) -> list[str]:
+                       opts: Options, tag: str, cpu: CpuMeter | None = None) -> list[str]:
     """One message at a time: send, wait until the sender sees it delivered, next."""
+    if cpu is not None:
+        cpu.start()
     calls: list[float] = []
     box: list[float] = []
     st: list[float] = []
@@ -583,6 +463,8 @@ async def psvn_latency(sender: Any, obs: DeliveryObserver, payloads: list[dict[s
         if mid in obs.sender_delivered:
             st.append(obs.sender_delivered[mid] - t0)
     lat.psvn_delivered = len(box)
+    if cpu is not None:
+        lat.psvn_cpu = cpu.stop(len(ids))
     lat.psvn_send_call, lat.psvn_to_mailbox, lat.psvn_to_sender_delivered = (
         percentiles(calls), percentiles(box), percentiles(st))
     return ids
@@ -845,6 +727,7 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
         report.environment = _environment(_server_version(nc), state.nats_url, str(layout.root), started,
                                           loop_name)
         report.environment["gateways"] = len(state.gateways)
+        report.environment["gateway_orgs"] = sorted(state.gateways)
         report.environment["nats_nodes"] = len(nodes)
         report.environment["replicas"] = state.replicas
         async with contextlib.AsyncExitStack() as stack:
@@ -859,20 +742,29 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
             all_ids += [m for m, _, _ in w.times]
             await obs.wait_all(all_ids, opts.delivery_timeout)
             report.warmup = len(w.times)
+            gateways = {f"gateway {org}": g.pid for org, g in state.gateways.items()}
+            pids = {"client": os.getpid(), **servers, **gateways}
+            memory = MemoryMeter(gateways)
+            memory.start()  # after the warm-up: its TLS connections and first-use caches are not growth
+            through = 0  # messages the runs sent through the sender's and the recipient's gateways
             if lat.samples:
                 say(f"latency: {lat.samples} messages one at a time ...")
                 lat_payloads = [service_request(500000 + i, tag) for i in range(lat.samples)]
-                all_ids += await psvn_latency(sender, obs, lat_payloads, lat, opts, f"{tag}-l")
+                ids = await psvn_latency(sender, obs, lat_payloads, lat, opts, f"{tag}-l", CpuMeter(pids))
+                all_ids += ids
+                through += len(ids)
             say(f"throughput: {opts.count} messages, {opts.concurrency} in flight ...")
-            pids = {"client": os.getpid(), **servers, **{f"gateway {org}": g.pid for org, g in state.gateways.items()}}
             report.throughput, ids = await psvn_throughput(sender, obs, payloads, opts, f"{tag}-t", CpuMeter(pids))
             all_ids += ids
+            through += len(ids)
             say(f"batch: {opts.count} messages through send_many, {opts.batch_size} per request ...")
             report.batch_size = opts.batch_size
             batch_payloads = [service_request(1_000_000 + i, tag) for i in range(opts.count)]
             report.batch, ids = await psvn_throughput(sender, obs, batch_payloads, opts, f"{tag}-b", CpuMeter(pids),
                                                       batch=True)
             all_ids += ids
+            through += len(ids)
+            report.memory = memory.stop({f"gateway {COUNCIL}": through, f"gateway {TRUST}": through})
         say(f"baseline: raw nats-py JetStream, {opts.count} messages of {report.payload_bytes} bytes ...")
         report.raw = await raw_baseline(nc, os.urandom(report.payload_bytes), opts.count, lat, opts,
                                         CpuMeter({"client": os.getpid(), **servers}), replicas=state.replicas)
@@ -891,6 +783,9 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
         for conn in (nc, watch_in, watch_out):
             with contextlib.suppress(Exception):
                 await conn.close()  # not drain(): nothing of ours is left to flush, and drain waits on idle subs
+    if opts.restart:  # last: everything the runs wrote is the history it starts on
+        say(f"restart: stopping the sender's gateway ({COUNCIL}) and starting it again, timed to /readyz ...")
+        report.restart = await asyncio.to_thread(restart_gateway, layout, COUNCIL, timeout=opts.restart_timeout)
     tp, raw, bt = report.throughput, report.raw, report.batch
     assert tp is not None and raw is not None and bt is not None
     report.ratios = Ratios(
@@ -901,6 +796,7 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
         batch_vs_single_delivery=_ratio(bt.deliver_per_s, tp.deliver_per_s),
         latency_p50=_ratio(lat.psvn_to_mailbox.p50_ms, lat.raw_to_consumer.p50_ms),
         latency_p99=_ratio(lat.psvn_to_mailbox.p99_ms, lat.raw_to_consumer.p99_ms))
+    report.targets = assess(report)
     report.notes += _notes(report)
     report.seconds = round(time.perf_counter() - t_run, 2)
     return report
@@ -931,6 +827,9 @@ def _notes(r: Report) -> list[str]:
         if run.failed:
             notes.append(f"{label}: {run.failed} message(s) failed after acceptance (quarantined, rejected or "
                          "expired)")
+    if r.restart is not None and not r.restart.ready:
+        notes.append(f"the sender's gateway ({r.restart.gateway}) did not come back after the runs: the devnet "
+                     f"is not as it was; see its log ({r.restart.error})")
     lat = r.latency
     if lat is not None and (lat.psvn_delivered < lat.samples or lat.raw_consumed < lat.samples):
         notes.append(f"latency run incomplete: psvn {lat.psvn_delivered}/{lat.samples}, "
@@ -973,172 +872,5 @@ def run_with_temporary_devnet(opts: Options, *, progress: Progress | None = None
             shutil.rmtree(root, ignore_errors=True)
 
 
-# -- human output -----------------------------------------------------------------------------------
-def _n(x: float | int | None, unit: str = "") -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float) and x < 100:
-        return f"{x:,.2f}{unit}"
-    return f"{x:,.0f}{unit}"
-
-
-def _x(r: float | None) -> str:
-    """Rates as a share of the baseline's, latencies as a multiple of it."""
-    return "-" if r is None else (f"{r:.1%}" if r < 1 else f"{r:.1f}x")
-
-
-def _ratio_text(r: float | None) -> str:
-    return "-" if r is None else f"{r:.2f}x"
-
-
-def _pp(p: Percentiles) -> str:
-    return f"{_n(p.p50_ms)} / {_n(p.p99_ms)}"
-
-
-def format_report(r: Report) -> str:
-    """The human table: psvn and the raw baseline side by side, ratios, counts, local figures."""
-    tp, raw, lat, bt = r.throughput, r.raw, r.latency, r.batch
-    env = r.environment
-    row = "  {:<42}{:>16}{:>16}{:>10}"
-    lines = [
-        f"psvn bench: {MESSAGE_TYPE} ({r.payload_bytes:,} bytes of FHIR R4 JSON), {r.sender} -> {r.recipient}, "
-        f"devnet {env.get('devnet')}{' (temporary)' if env.get('temporary_devnet') else ''}"
-        + (f", backbone {env.get('nats_nodes')} nats-servers, R{env.get('replicas')}"
-           if (env.get("nats_nodes") or 1) > 1 else ""),
-        f"  {env.get('cpus')} CPUs, Python {env.get('python')} ({env.get('event_loop')}), nats-server "
-        f"{env.get('nats_server')}, nats-py {env.get('nats_py')}, httpx {env.get('httpx')}; warm-up {r.warmup}",
-        "",
-    ]
-    if tp is not None and raw is not None:
-        lines += [
-            f"throughput: {tp.requested:,} messages, {r.concurrency} SDK sends in flight "
-            "(raw: all publishes in flight)",
-            row.format("", "psvn", "raw JetStream", "psvn/raw"),
-            row.format("accepted (202) | publish acked      msg/s", _n(tp.accept_per_s), _n(raw.publish_per_s),
-                       _x(r.ratios.accept_vs_publish)),
-            row.format("in mailbox | consumed               msg/s", _n(tp.deliver_per_s), _n(raw.consume_per_s),
-                       _x(r.ratios.delivery_vs_consume)),
-            row.format("sender sees delivered               msg/s", _n(tp.sender_delivered_per_s), "", ""),
-            row.format("send call | publish->ack     p50/p99 ms", _pp(tp.send_call), _pp(raw.publish_ack), ""),
-            row.format("send->mailbox | ->consumed   p50/p99 ms", _pp(tp.to_mailbox), _pp(raw.to_consumer), ""),
-            row.format("send->sender sees delivered  p50/p99 ms", _pp(tp.to_sender_delivered), "", ""),
-        ]
-        lines += [line for line in (_format_cpu("psvn", tp.cpu), _format_cpu("raw ", raw.cpu)) if line]
-        lines.append("")
-    if bt is not None and raw is not None:
-        lines += [
-            f"batch: the same {bt.requested:,} messages through send_many, {r.batch_size} per request "
-            "(POST /v1/messages:batch)",
-            row.format("", "psvn batch", "raw JetStream", "batch/raw"),
-            row.format("accepted | publish acked            msg/s", _n(bt.accept_per_s), _n(raw.publish_per_s),
-                       _x(r.ratios.batch_accept_vs_publish)),
-            row.format("in mailbox | consumed               msg/s", _n(bt.deliver_per_s), _n(raw.consume_per_s),
-                       _x(r.ratios.batch_delivery_vs_consume)),
-            row.format("sender sees delivered               msg/s", _n(bt.sender_delivered_per_s), "", ""),
-            row.format("request | publish->ack       p50/p99 ms", _pp(bt.send_call), _pp(raw.publish_ack), ""),
-            row.format("send->mailbox | ->consumed   p50/p99 ms", _pp(bt.to_mailbox), _pp(raw.to_consumer), ""),
-            f"  batch / single send, delivered to the mailbox: {_ratio_text(r.ratios.batch_vs_single_delivery)}",
-        ]
-        lines += [line for line in (_format_cpu("batch", bt.cpu),) if line]
-        lines.append("")
-    if lat is not None and lat.samples:
-        lines += [
-            f"latency: {lat.samples} messages one at a time (no queueing)",
-            row.format("", "psvn", "raw JetStream", "psvn/raw"),
-            row.format("send call | publish->ack     p50/p99 ms", _pp(lat.psvn_send_call), _pp(lat.raw_publish_ack),
-                       ""),
-            row.format("send->mailbox | ->consumed       p50 ms", _n(lat.psvn_to_mailbox.p50_ms),
-                       _n(lat.raw_to_consumer.p50_ms), _x(r.ratios.latency_p50)),
-            row.format("send->mailbox | ->consumed       p99 ms", _n(lat.psvn_to_mailbox.p99_ms),
-                       _n(lat.raw_to_consumer.p99_ms), _x(r.ratios.latency_p99)),
-            row.format("send->sender sees delivered  p50/p99 ms", _pp(lat.psvn_to_sender_delivered), "", ""),
-            "",
-        ]
-    if tp is not None and raw is not None:
-        lines += [f"counts: psvn {tp.accepted}/{tp.requested} accepted ({tp.errors} failed sends), "
-                  f"{tp.in_mailbox} in the mailbox, {tp.sender_delivered} delivered at the sender "
-                  f"({tp.verified_delivered} confirmed through the SDK), {tp.failed} failed, "
-                  f"{tp.undelivered} undelivered",
-                  f"        raw {raw.published} published, {raw.acked} acked, {raw.consumed} consumed, "
-                  f"{raw.errors} errors"]
-        if bt is not None:
-            lines.append(f"        batch {bt.accepted}/{bt.requested} accepted ({bt.errors} failed sends), "
-                         f"{bt.in_mailbox} in the mailbox, {bt.sender_delivered} delivered at the sender "
-                         f"({bt.verified_delivered} confirmed through the SDK), {bt.failed} failed, "
-                         f"{bt.undelivered} undelivered")
-        if lat is not None and lat.samples:
-            lines.append(f"        latency run: psvn {lat.psvn_delivered}/{lat.samples} delivered, "
-                         f"raw {lat.raw_consumed}/{lat.samples} consumed")
-        lines.append("")
-    if r.local:
-        lines.append("local figures: one core, no network")
-        for f in r.local:
-            lines += _format_local(f)
-        lines.append("")
-    if r.cleanup_acknowledged is not None:
-        lines.append(f"clean-up: acknowledged {r.cleanup_acknowledged} bench messages in {r.recipient}'s inbox")
-    lines += [f"note: {n}" for n in r.notes]
-    lines.append(f"took {r.seconds:.1f} s")
-    return "\n".join(lines)
-
-
-def _format_cpu(label: str, cpu: CpuUse | None) -> str | None:
-    if cpu is None:
-        return None
-    parts = " + ".join(f"{k} {v:.2f}" for k, v in cpu.ms_per_msg.items() if k != "total" and v >= 0.005)
-    other = f"; other processes {cpu.other_busy:.0%}" if cpu.other_busy is not None else ""
-    return (f"  CPU ms/message, {label}: {parts} = {cpu.ms_per_msg.get('total', 0):.2f} "
-            f"(cores {cpu.busy:.0%} busy with it{other})")
-
-
-def _format_local(f: LocalFigure) -> list[str]:
-    if not f.available:
-        return [f"  {f.name:<44} {f.note}"]
-    res = f.result
-    if f.name == "gateway.seal" and isinstance(res, dict):
-        size = f"({res.get('payload_bytes', 0):,} B)"
-        return [f"  {f.name} (sign then seal, as a gateway sends; open then verify, as it receives)",
-                f"    {'seal + sign ' + size:<42} {_n(res.get('seal_sign_per_s')):>10} ops/s",
-                f"    {'unseal + verify ' + size:<42} {_n(res.get('unseal_verify_per_s')):>10} ops/s"]
-    if isinstance(res, dict):
-        return [f"  {f.name}", *(f"    {_label(k):<42} {_n(v) if isinstance(v, int | float) else v!s:>10}"
-                                 for k, v in res.items())]
-    if isinstance(res, list):
-        out = [f"  {f.name}"]
-        for item in res:
-            out.append("    " + _local_row(item))
-        return out
-    return [f"  {f.name:<44} {_n(res) if isinstance(res, int | float) else res!s:>16}"]
-
-
-def _label(key: str) -> str:
-    """``decisions_per_s`` -> ``decisions/s``, ``compile_ms`` -> ``compile ms``."""
-    if key.endswith("_per_s"):
-        return key.removesuffix("_per_s").replace("_", " ") + "/s"
-    return key.replace("_", " ")
-
-
-def _local_row(item: Any) -> str:
-    """One case of a local figure: its name, size and the first per-second figure it reports."""
-    if not isinstance(item, dict):
-        return str(item)
-    label = next((str(item[k]) for k in ("case", "name", "type") if k in item), "?")
-    if "bytes" in item:
-        label += f" ({item['bytes']:,} B)"
-    rate = next(((k, v) for k, v in item.items() if k.endswith("_per_s") and isinstance(v, int | float)), None)
-    if rate is None:
-        rate = next(((k, v) for k, v in item.items() if isinstance(v, int | float) and k != "bytes"), None)
-    if rate is None:
-        return f"{label:<42} {item}"
-    unit = rate[0].removesuffix("_per_s").replace("_", " ")
-    return f"{label:<42} {_n(rate[1]):>10} {unit}/s" if rate[0].endswith("_per_s") else \
-        f"{label:<42} {_n(rate[1]):>10} {rate[0]}"
-
-
-def to_json(r: Report) -> bytes:
-    return msgspec.json.format(msgspec.json.encode(r))
-
-
 def progress_to_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-

@@ -1,0 +1,116 @@
+"""The gateway's audit writer: one task, records written in acknowledged batches.
+
+Every event a gateway audits (sent, delivered, rejected, quarantined, ...) must be stored and
+never lost, but must not hold up the message it describes. Records are queued at once and one
+task writes them to the member's audit stream, as many as are waiting per stream message
+(:mod:`broker.auditlog`'s JSON Lines): at volume, hundreds of records cost one write and one
+acknowledgement. A batch is retried with the same ``Nats-Msg-Id`` through a disconnect or an
+election (stored once); a batch never acknowledged is logged in full and counted as lost, as are
+records beyond ``max_pending`` during a long outage: bounded, never silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import msgspec
+import structlog
+
+from broker import auditlog
+from psvn.tasks import halt
+
+log = structlog.get_logger("psvn.gateway.audit")
+
+Publish = Callable[[bytes, dict[str, str]], Awaitable[object]]
+
+
+class AuditWriter:
+    def __init__(self, publish: Publish, *, on_lost: Callable[[int], None], max_pending: int = 10_000,
+                 max_batch_bytes: int = 60 * 1024, attempts: int = 6) -> None:
+        self._publish = publish
+        self._on_lost = on_lost
+        self.max_pending = max_pending
+        self.max_batch_bytes = max_batch_bytes
+        self.attempts = attempts
+        self._queue: deque[bytes] = deque()
+        self._in_flight = 0
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Records queued or being written, not yet acknowledged by the stream."""
+        return len(self._queue) + self._in_flight
+
+    def add(self, record: dict[str, object]) -> None:
+        data = msgspec.json.encode(record)
+        if self.pending >= self.max_pending:  # a long outage: bounded, never silent
+            self._on_lost(1)
+            log.error("audit record not stored: too many awaiting the backbone", record=record)
+            return
+        self._queue.append(data)
+        self._idle.clear()
+        self._wake.set()
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="audit writer")
+
+    def _take(self) -> list[bytes]:
+        batch, size = [self._queue.popleft()], 0
+        size = len(batch[0])
+        while self._queue and size + 1 + len(self._queue[0]) <= self.max_batch_bytes:
+            size += 1 + len(self._queue[0])
+            batch.append(self._queue.popleft())
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch = self._take()
+                self._in_flight = len(batch)
+                try:
+                    await self._write(batch)
+                finally:
+                    self._in_flight = 0
+            if not self._queue:
+                self._idle.set()
+
+    async def _write(self, batch: list[bytes]) -> None:
+        data, headers = auditlog.join(batch), {"Nats-Msg-Id": uuid.uuid4().hex}
+        last: object = None
+        for attempt in range(self.attempts):
+            try:
+                await self._publish(data, headers)
+                return
+            except Exception as exc:
+                last = exc
+            if self._closing and attempt >= 1:
+                break
+            await asyncio.sleep(min(0.25 * 2 ** attempt, 5.0))
+        self._on_lost(len(batch))
+        log.error("audit records not stored", count=len(batch), records=[r.decode() for r in batch],
+                  error=str(last))
+
+    async def close(self, timeout: float) -> int:
+        """Write what is queued (bounded by ``timeout``); returns how many records were lost."""
+        self._closing = True
+        if self._task is None:
+            return 0
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        lost = self.pending
+        await halt(self._task)
+        self._task = None
+        if lost:
+            self._on_lost(lost)
+            log.error("audit records not stored at shutdown", count=lost)
+        self._queue.clear()
+        return lost
