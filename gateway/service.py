@@ -174,7 +174,8 @@ class Gateway:
         self.audit_log = AuditWriter(self._audit_write, on_lost=self.metrics.audit_lost.inc,
                                      max_pending=MAX_AUDITS_IN_FLIGHT, attempts=AUDIT_ATTEMPTS)
         self._identity: tuple[object, core.Identity] | None = None
-        self._expiring: dict[str, str] = {}  # message id -> expiry, of this instance's unsettled sends
+        self._expiring: dict[str, str] = {}
+        self.sweeps = 0  # message id -> expiry, of this instance's unsettled sends
         self._stopping = False
         # why the last write of a sent message's record failed (None: it succeeded); readiness
         # reports it, since a gateway that cannot record what it sends cannot accept mail
@@ -572,6 +573,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         last_scan = loop.time()
         while not self._stopping:
+            self.sweeps += 1  # sweeps begun (tests wait on it: "several sweeps ran", not a sleep)
             await asyncio.sleep(self.config.gateway.expiry_sweep_seconds)
             now = self.clock()
             for mid, expires in list(self._expiring.items()):

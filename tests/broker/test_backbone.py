@@ -40,6 +40,26 @@ async def stream_count(net: Network, org: str) -> int:
         await nc.close()
 
 
+async def settled(net: Network, org: str, timeout: float = 10.0) -> None:
+    """Wait until the member's gateway has taken in everything its inbox holds: the inbox
+    consumer has nothing left to deliver and nothing delivered unacknowledged (a condition, not a
+    sleep: what a test then finds missing or doubled, it would not find later either)."""
+    from broker.subjects import CONSUMER
+
+    nc = await devnet.broker_connect(net.layout, net.nats.url)
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            info = await nc.jetstream().consumer_info(inbox_stream(org), CONSUMER)
+            if info.num_pending == 0 and info.num_ack_pending == 0:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"{org}'s gateway did not take in its inbox: {info}")
+            await asyncio.sleep(0.02)
+    finally:
+        await nc.close()
+
+
 async def wait_quarantined(net: Network, org: str, msg_id: str, timeout: float = 10.0) -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:

@@ -12,7 +12,7 @@ from certs import pki
 from gateway import core, seal
 from psvn import devnet
 from psvn.envelope import SendRequest
-from tests.broker.test_backbone import wait_quarantined
+from tests.broker.test_backbone import settled, stream_count, wait_quarantined
 from tests.conftest import Network
 from tests.gateway.test_service import call, referral, wait_status
 
@@ -110,7 +110,8 @@ async def test_lost_publish_ack_then_retry_with_same_key_delivers_once(network: 
     status, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(idempotency_key="k-1"))
     assert status in (200, 202) and body["id"] == problem["message_id"]
     await wait_status(network, network.COUNCIL, body["id"], "delivered")
-    await asyncio.sleep(0.3)
+    await settled(network, network.TRUST)
+    assert await stream_count(network, network.TRUST) == 1  # stored once (the retry deduplicated)
     _, inbox = await call(network, network.TRUST, "GET", "/v1/inbox")
     assert [m["id"] for m in inbox["messages"]] == [body["id"]]
 
@@ -121,6 +122,7 @@ async def test_concurrent_requests_with_one_key_make_one_message(network: Networ
     ids = {body["id"] for status, body in results if status in (200, 202)}
     assert len(ids) == 1 and all(status in (200, 202) for status, _ in results)
     await wait_status(network, network.COUNCIL, ids.pop(), "delivered")
-    await asyncio.sleep(0.3)
+    await settled(network, network.TRUST)
+    assert await stream_count(network, network.TRUST) == 1
     _, inbox = await call(network, network.TRUST, "GET", "/v1/inbox")
     assert len(inbox["messages"]) == 1
