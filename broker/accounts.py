@@ -33,8 +33,9 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from broker import natsjwt
-from broker.subjects import (
+from psvn.addresses import token
+from psvn.broker import natsjwt
+from psvn.broker.subjects import (
     CONSENT_BUCKET,
     CONSUMER,
     FEEDS_BUCKET,
@@ -45,7 +46,6 @@ from broker.subjects import (
     inbox_stream,
     quarantine_subject,
 )
-from psvn.addresses import token
 from psvn.errors import Code, PsvnError
 
 SHARED_BUCKETS = (REGISTRY_BUCKET, POLICY_BUCKET, CONSENT_BUCKET, FEEDS_BUCKET)

@@ -24,7 +24,7 @@ import jwt
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from certs import pki
+from psvn.certs import pki
 from psvn.errors import Code, PsvnError
 
 Role = Literal["compliance-officer", "approver", "operator"]

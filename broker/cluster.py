@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from broker.accounts import BackboneAccounts
-from broker.natsconf import ClusterConfig, ServerConfig
-from broker.server import NatsServer
 from psvn import procs
+from psvn.broker.accounts import BackboneAccounts
+from psvn.broker.natsconf import ClusterConfig, ServerConfig
+from psvn.broker.server import NatsServer
 from psvn.procs import free_port_range
 
 DEFAULT_SIZE = 3

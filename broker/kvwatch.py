@@ -24,7 +24,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
-from broker.natsraw import RawReads
+from psvn.broker.natsraw import RawReads
 from psvn.tasks import halt
 
 log = structlog.get_logger("psvn.kvwatch")

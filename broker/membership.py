@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from broker import accounts, registry
+from psvn.broker import accounts, registry
 
 
 async def set_status(js: JetStreamContext, org: str, status: registry.Status,

@@ -35,7 +35,8 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from broker.subjects import (
+from psvn.addresses import token
+from psvn.broker.subjects import (
     BROKER_AUDIT,
     CONSENT_BUCKET,
     CONSUMER,
@@ -51,9 +52,8 @@ from broker.subjects import (
     quarantine_subject,
     state_bucket,
 )
-from policies import bundle
-from psvn.addresses import token
 from psvn.errors import Code, PsvnError
+from psvn.policies import bundle
 
 DAY = 86400.0
 T = TypeVar("T")

@@ -21,9 +21,9 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from broker.kvwatch import SharedFollower, StoredEntry, read_history
-from broker.subjects import REGISTRY_BUCKET
 from psvn.addresses import token
+from psvn.broker.kvwatch import SharedFollower, StoredEntry, read_history
+from psvn.broker.subjects import REGISTRY_BUCKET
 from psvn.envelope import now_rfc3339, parse_time
 from psvn.errors import Code, PsvnError
 

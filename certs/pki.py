@@ -231,7 +231,7 @@ def init_ca(
     write_private(directory / CA_KEY, _pem_private(key))
     write_public(directory / CA_CERT, cert.public_bytes(serialization.Encoding.PEM))
     ca = CA(cert=cert, key=key, directory=directory)
-    from certs.revocation import write_crl  # revocation imports this module
+    from psvn.certs.revocation import write_crl  # revocation imports this module
 
     write_crl(ca, [])
     return ca

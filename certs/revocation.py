@@ -19,7 +19,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from certs.pki import (
+from psvn.certs.pki import (
     CA,
     CA_CERT,
     CA_CRL,

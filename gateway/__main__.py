@@ -1,4 +1,4 @@
-"""``python -m gateway --config FILE``: run one gateway (what ``psvn gateway run`` does)."""
+"""``python -m psvn.gateway --config FILE``: run one gateway (what ``psvn gateway run`` does)."""
 
 import sys
 

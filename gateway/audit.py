@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 import structlog
 
-from broker import auditlog
+from psvn.broker import auditlog
 from psvn.tasks import halt
 
 log = structlog.get_logger("psvn.gateway.audit")

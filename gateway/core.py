@@ -25,17 +25,10 @@ from cryptography.hazmat.primitives import constant_time, hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from broker.registry import Member, RegistryView
-from broker.subjects import MAILBOX_MAX_AGE_DAYS, msg_subject, rcpt_subject
-from certs.pki import ed25519_public, raw_public
-from gateway import seal
-from gateway.policy import PolicySnapshot
-from policies.catalogue import CatalogueEntry
-from policies.consent import ConsentRegistry, mask_subject
-from policies.engine import Decision, DecisionRequest
-from policies.validation import XML_TYPES, media_type
-from policies.validators.common import NO_SUBJECTS
 from psvn import addresses
+from psvn.broker.registry import Member, RegistryView
+from psvn.broker.subjects import MAILBOX_MAX_AGE_DAYS, msg_subject, rcpt_subject
+from psvn.certs.pki import ed25519_public, raw_public
 from psvn.envelope import (
     Envelope,
     SendRequest,
@@ -47,6 +40,13 @@ from psvn.envelope import (
     payload_bytes,
 )
 from psvn.errors import Code, PsvnError
+from psvn.gateway import seal
+from psvn.gateway.policy import PolicySnapshot
+from psvn.policies.catalogue import CatalogueEntry
+from psvn.policies.consent import ConsentRegistry, mask_subject
+from psvn.policies.engine import Decision, DecisionRequest
+from psvn.policies.validation import XML_TYPES, media_type
+from psvn.policies.validators.common import NO_SUBJECTS
 
 
 @dataclass(frozen=True)

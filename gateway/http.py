@@ -15,9 +15,20 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from certs.tls import peer_uris
-from gateway import openapi
-from gateway.openapi import (
+from psvn import addresses
+from psvn.certs.tls import peer_uris
+from psvn.envelope import (
+    FeedRequest,
+    RawFeedRequest,
+    RawSendRequest,
+    SendRequest,
+    SubscribeRequest,
+    check_free_id,
+    new_message_id,
+)
+from psvn.errors import Code, PsvnError
+from psvn.gateway import openapi
+from psvn.gateway.openapi import (
     Accepted,
     AckResult,
     BatchAccepted,
@@ -35,19 +46,8 @@ from gateway.openapi import (
     decode_cursor,
     encode_cursor,
 )
-from gateway.service import Gateway
-from gateway.store import InRecord, OutRecord
-from psvn import addresses
-from psvn.envelope import (
-    FeedRequest,
-    RawFeedRequest,
-    RawSendRequest,
-    SendRequest,
-    SubscribeRequest,
-    check_free_id,
-    new_message_id,
-)
-from psvn.errors import Code, PsvnError
+from psvn.gateway.service import Gateway
+from psvn.gateway.store import InRecord, OutRecord
 
 log = structlog.get_logger("psvn.gateway.http")
 

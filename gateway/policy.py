@@ -18,13 +18,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.js import JetStreamContext
 
-from broker.kvwatch import SharedFollower
-from broker.subjects import POLICY_BUCKET, POLICY_KEY
-from policies import bundle
-from policies.catalogue import Catalogue
-from policies.engine import Engine
-from policies.validation import PayloadValidator
+from psvn.broker.kvwatch import SharedFollower
+from psvn.broker.subjects import POLICY_BUCKET, POLICY_KEY
 from psvn.errors import Code, PsvnError
+from psvn.policies import bundle
+from psvn.policies.catalogue import Catalogue
+from psvn.policies.engine import Engine
+from psvn.policies.validation import PayloadValidator
 
 log = structlog.get_logger("psvn.gateway.policy")
 

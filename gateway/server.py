@@ -12,10 +12,10 @@ import structlog
 from aiohttp import web
 from cryptography import x509
 
-from certs import tls
-from gateway.config import GatewayConfig
-from gateway.http import make_app
-from gateway.service import Gateway
+from psvn.certs import tls
+from psvn.gateway.config import GatewayConfig
+from psvn.gateway.http import make_app
+from psvn.gateway.service import Gateway
 
 log = structlog.get_logger("psvn.gateway.server")
 

@@ -28,11 +28,12 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
-from broker.jsfast import JetStreamOps
-from broker.natsraw import Puller, RawReads
-from broker.provision import connect, provision_state_bucket
-from broker.registry import RegistryView
-from broker.subjects import (
+from psvn import addresses
+from psvn.broker.jsfast import JetStreamOps
+from psvn.broker.natsraw import Puller, RawReads
+from psvn.broker.provision import connect, provision_state_bucket
+from psvn.broker.registry import RegistryView
+from psvn.broker.subjects import (
     CONSENT_BUCKET,
     CONSUMER,
     MAILBOX_MAX_AGE_DAYS,
@@ -44,20 +45,7 @@ from broker.subjects import (
     inbox_stream,
     quarantine_subject,
 )
-from certs import pki, tls
-from gateway import core, seal
-from gateway.audit import AuditWriter
-from gateway.config import GatewayConfig
-from gateway.consent import OPERATOR_TYPE, ConsentLookup, Consulted
-from gateway.feeds import FeedView, Subscription
-from gateway.metrics import Metrics
-from gateway.policy import PolicyHolder, PolicySnapshot
-from gateway.store import Gone, HistoryEntry, InRecord, OutRecord, StateStore, message_id_for
-from gateway.webhook import WebhookPusher, check_url, load_secret
-from policies.consent import TYPE as CONSENT_TYPE
-from policies.consent import ConsentRegistry
-from policies.engine import DecisionRequest
-from psvn import addresses
+from psvn.certs import pki, tls
 from psvn.envelope import (
     Envelope,
     FeedRequest,
@@ -71,7 +59,19 @@ from psvn.envelope import (
     payload_bytes,
 )
 from psvn.errors import Code, PsvnError
+from psvn.gateway import core, seal
+from psvn.gateway.audit import AuditWriter
+from psvn.gateway.config import GatewayConfig
+from psvn.gateway.consent import OPERATOR_TYPE, ConsentLookup, Consulted
+from psvn.gateway.feeds import FeedView, Subscription
+from psvn.gateway.metrics import Metrics
+from psvn.gateway.policy import PolicyHolder, PolicySnapshot
+from psvn.gateway.store import Gone, HistoryEntry, InRecord, OutRecord, StateStore, message_id_for
+from psvn.gateway.webhook import WebhookPusher, check_url, load_secret
 from psvn.lifecycle import State
+from psvn.policies.consent import TYPE as CONSENT_TYPE
+from psvn.policies.consent import ConsentRegistry
+from psvn.policies.engine import DecisionRequest
 from psvn.tasks import halt
 
 log = structlog.get_logger("psvn.gateway")

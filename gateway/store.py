@@ -38,9 +38,9 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError, ServiceUnavailableError
 
-from broker import jsfast
-from broker.kvwatch import KVFollower
-from broker.subjects import state_bucket
+from psvn.broker import jsfast
+from psvn.broker.kvwatch import KVFollower
+from psvn.broker.subjects import state_bucket
 from psvn.envelope import now_rfc3339
 from psvn.errors import Code, PsvnError
 from psvn.lifecycle import InvalidTransition, State, advance

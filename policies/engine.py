@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from policies.consent import mask_subject
 from psvn.errors import Code, PsvnError
+from psvn.policies.consent import mask_subject
 
 if TYPE_CHECKING:
-    from policies.consent import ConsentRegistry
+    from psvn.policies.consent import ConsentRegistry
 
 Action = Literal["send", "publish", "subscribe"]
 

@@ -12,10 +12,10 @@ import random
 import time
 from typing import Any
 
-from policies.bundle import DEFAULT_DIR, load_dir
-from policies.consent import ConsentChange, ConsentRegistry
-from policies.engine import DecisionRequest, Engine
-from policies.lifecycle import load_suite
+from psvn.policies.bundle import DEFAULT_DIR, load_dir
+from psvn.policies.consent import ConsentChange, ConsentRegistry
+from psvn.policies.engine import DecisionRequest, Engine
+from psvn.policies.lifecycle import load_suite
 
 
 def _mix(rng: random.Random, registry: ConsentRegistry) -> list[DecisionRequest]:

@@ -30,8 +30,12 @@ from typing import Any, Literal, NamedTuple
 
 import msgspec
 
-from policies import bundle
-from policies.engine import (
+from psvn import addresses
+from psvn.addresses import MEMBER_TYPES
+from psvn.envelope import CLASSIFICATIONS
+from psvn.errors import PsvnError
+from psvn.policies import bundle
+from psvn.policies.engine import (
     BUILTIN_IDS,
     SECTIONS,
     AudienceRule,
@@ -43,11 +47,7 @@ from policies.engine import (
     Rule,
     parse_rules,
 )
-from policies.lifecycle import DecisionSpace, opted_out_registry
-from psvn import addresses
-from psvn.addresses import MEMBER_TYPES
-from psvn.envelope import CLASSIFICATIONS
-from psvn.errors import PsvnError
+from psvn.policies.lifecycle import DecisionSpace, opted_out_registry
 
 Severity = Literal["error", "warning", "info"]
 _MAILBOX = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -634,7 +634,7 @@ def lint_dir(path: Path | str = bundle.DEFAULT_DIR, *,
 
 
 def _lint_suite(text: str, doc: dict[str, Any]) -> list[Finding]:
-    from policies.lifecycle import parse_suite
+    from psvn.policies.lifecycle import parse_suite
 
     try:
         cases = parse_suite(tomllib.loads(text))

@@ -30,10 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from policies.catalogue import Catalogue, CatalogueEntry
-from policies.validators.common import NO_SUBJECTS, parse_json
-from policies.validators.limits import Limits, check_er7, check_json, check_xml
 from psvn.errors import Code, PsvnError, Violation
+from psvn.policies.catalogue import Catalogue, CatalogueEntry
+from psvn.policies.validators.common import NO_SUBJECTS, parse_json
+from psvn.policies.validators.limits import Limits, check_er7, check_json, check_xml
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class PayloadValidator:
     def _schema(self, name: str, owner: str) -> Any:
         compiled = self._schema_cache.get(name)
         if compiled is None:
-            from policies.validators.jsonschema import compile_schema
+            from psvn.policies.validators.jsonschema import compile_schema
 
             schema = self.schemas.get(name)
             if not isinstance(schema, dict):
@@ -116,7 +116,7 @@ class PayloadValidator:
         limits = Limits(max_bytes=entry.max_bytes, max_depth=entry.max_depth, max_elements=entry.max_elements)
         try:
             if entry.validator == "fhir-r4":
-                from policies.validators.fhir import FhirValidator, IdentifierRule
+                from psvn.policies.validators.fhir import FhirValidator, IdentifierRule
 
                 fhir = FhirValidator(entry.resource, bundle_types=entry.bundle_types,
                                      resolve_urn_references=entry.resolve_urn_references,
@@ -133,14 +133,14 @@ class PayloadValidator:
                 return _Compiled(entry, limits, check_json, fhir_json,
                                  xml_check=lambda body: fhir.check_xml(body, limits))
             if entry.validator == "hl7v2":
-                from policies.validators.hl7v2 import Hl7v2Validator
+                from psvn.policies.validators.hl7v2 import Hl7v2Validator
 
                 hl7 = Hl7v2Validator(entry.resource, versions=entry.versions or None,
                                      require_nhs_number=entry.require_nhs_number)
                 return _Compiled(entry, limits, check_er7, hl7.check)
             if entry.validator == "cloudevents":
-                from policies.validators.cloudevents import CloudEventValidator
-                from policies.validators.jsonschema import SubjectFinder
+                from psvn.policies.validators.cloudevents import CloudEventValidator
+                from psvn.policies.validators.jsonschema import SubjectFinder
 
                 events = {t: (self._schema(s, entry.type), self.schemas[s].get("$id"))
                           for t, s in entry.events.items()}
@@ -148,7 +148,7 @@ class PayloadValidator:
                                          finders={t: SubjectFinder(self.schemas[s]) for t, s in entry.events.items()})
                 return _Compiled(entry, limits, check_json, _json_check(ce.check))
             if entry.validator == "jsonschema":
-                from policies.validators.jsonschema import SubjectFinder, schema_violations
+                from psvn.policies.validators.jsonschema import SubjectFinder, schema_violations
 
                 compiled = self._schema(entry.schema, entry.type)
                 finder = SubjectFinder(self.schemas[entry.schema])

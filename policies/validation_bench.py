@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from policies import bundle
-from policies.catalogue import Catalogue
-from policies.validation import PayloadValidator
+from psvn.policies import bundle
+from psvn.policies.catalogue import Catalogue
+from psvn.policies.validation import PayloadValidator
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -19,17 +19,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client as NATS
 
-from broker import accounts, provision, registry
-from broker.natsconf import ServerConfig
-from broker.server import NatsServer
-from broker.subjects import BROKER_URI
-from certs import pki, revocation, tls
-from gateway import consent, seal
-from gateway.config import GatewayConfig, GatewaySection, KeysSection, NatsSection, TLSSection
-from policies import bundle
 from psvn import config, procs
 from psvn.addresses import token
+from psvn.broker import accounts, provision, registry
+from psvn.broker.natsconf import ServerConfig
+from psvn.broker.server import NatsServer
+from psvn.broker.subjects import BROKER_URI
+from psvn.certs import pki, revocation, tls
 from psvn.envelope import now_rfc3339
+from psvn.gateway import consent, seal
+from psvn.gateway.config import GatewayConfig, GatewaySection, KeysSection, NatsSection, TLSSection
+from psvn.policies import bundle
 
 
 @dataclass(frozen=True)
@@ -256,7 +256,7 @@ async def provision_backbone(layout: Layout, nats_url: str | list[str], members:
                 raise
             # a newer version was published on this network (e.g. v2 through the console): the
             # gateways enforce that one, and so does the banner
-            from broker.policy_admin import enforced, load_public_key
+            from psvn.broker.policy_admin import enforced, load_public_key
 
             cur = await enforced(js, load_public_key(layout.authority_pub))
             if cur is not None:
@@ -458,7 +458,7 @@ def spawn_gateway(layout: Layout, g: GatewayProcess) -> subprocess.Popen[bytes]:
     """Start a member's gateway process the way ``up`` does: its own config, its log appended to."""
     import sys
 
-    return procs.spawn([sys.executable, "-m", "gateway", "--config", g.config],
+    return procs.spawn([sys.executable, "-m", "psvn.gateway", "--config", g.config],
                        log=layout.root / "logs" / f"{token(g.org)}.log", env=server_env())
 
 
@@ -543,7 +543,7 @@ def start_backbone(layout: Layout, members: list[str], *, base_port: int, cluste
         server = nats_server(layout, members, port=base_port, monitor_port=base_port + 1)
         server.start(timeout=timeout)
         return [server]
-    from broker import cluster as bc
+    from psvn.broker import cluster as bc
 
     nodes = bc.cluster_nodes(layout.root / "nats", cert=layout.pki / "nats" / "nats.crt",
                              key=layout.pki / "nats" / "nats.key", ca=layout.ca,
@@ -655,7 +655,7 @@ def enforced_policy(layout: Layout) -> dict[str, Any]:
     """The policy document the running devnet enforces (verified against the authority key)."""
     import asyncio
 
-    from broker.policy_admin import enforced, load_public_key
+    from psvn.broker.policy_admin import enforced, load_public_key
     from psvn.errors import Code, PsvnError
 
     state = running_state(layout)
@@ -678,7 +678,7 @@ def registry_member_types(layout: Layout) -> dict[str, str]:
     console's lint sees them."""
     import asyncio
 
-    from broker.policy_admin import load_public_key
+    from psvn.broker.policy_admin import load_public_key
 
     state = running_state(layout)
 
@@ -701,7 +701,7 @@ def enforced_policy_and_types(layout: Layout, orgs: list[str]) -> tuple[dict[str
     an address the registry does not hold)."""
     import asyncio
 
-    from broker.policy_admin import enforced, load_public_key
+    from psvn.broker.policy_admin import enforced, load_public_key
     from psvn.errors import Code, PsvnError
 
     state = running_state(layout)
@@ -768,7 +768,7 @@ def change_membership(layout: Layout, org: str, *, revoke: bool, status: str = "
     """`psvn devnet revoke|reinstate ORG`: registry status and the backbone's user list together."""
     import asyncio
 
-    from broker import membership
+    from psvn.broker import membership
     from psvn.errors import Code, PsvnError
 
     state = running_state(layout)
@@ -813,9 +813,9 @@ def registry_history(layout: Layout, org: str) -> list[tuple[int, str, registry.
     (revision, verdict, entry): what a gateway would do with each."""
     import asyncio
 
-    from broker.kvwatch import read_history
-    from broker.subjects import REGISTRY_BUCKET
-    from certs.pki import load_signing_key
+    from psvn.broker.kvwatch import read_history
+    from psvn.broker.subjects import REGISTRY_BUCKET
+    from psvn.certs.pki import load_signing_key
 
     state = running_state(layout)
     authority = load_signing_key(layout.registry_key).public_key()
@@ -843,7 +843,7 @@ def recover_registry(layout: Layout, org: str) -> registry.RegistryEntry:
     """`psvn registry recover ORG`: put back the newest verified entry from the key's history."""
     import asyncio
 
-    from certs.pki import load_signing_key
+    from psvn.certs.pki import load_signing_key
 
     state = running_state(layout)
     authority = load_signing_key(layout.registry_key).public_key()

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from broker.cluster import on_free_ports
-from broker.server import NatsServer
-from gateway.config import GatewayConfig
-from gateway.server import GatewayServer
 from psvn import devnet
+from psvn.broker.cluster import on_free_ports
+from psvn.broker.server import NatsServer
 from psvn.devnet import EXAMPLE_MEMBERS, Layout, MemberSpec
+from psvn.gateway.config import GatewayConfig
+from psvn.gateway.server import GatewayServer
 
 
 @dataclass

@@ -15,13 +15,13 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from broker.accounts import BackboneAccounts
-from broker.auth import TokenAuthority
-from broker.console.app import ConsoleServer
-from broker.console.storage import ConsoleStore
-from broker.policy_admin import load_public_key
-from certs import pki, tls
-from policies import bundle
+from psvn.broker.accounts import BackboneAccounts
+from psvn.broker.auth import TokenAuthority
+from psvn.broker.console.app import ConsoleServer
+from psvn.broker.console.storage import ConsoleStore
+from psvn.broker.policy_admin import load_public_key
+from psvn.certs import pki, tls
+from psvn.policies import bundle
 
 if TYPE_CHECKING:  # the devnet layout names the files; the broker does not depend on devnet wiring
     from psvn.devnet import Layout

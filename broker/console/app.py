@@ -17,9 +17,9 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from broker.auth import TokenAuthority
-from broker.console.handlers import STORE, TOKENS, add_routes
-from broker.console.storage import ConsoleStore
+from psvn.broker.auth import TokenAuthority
+from psvn.broker.console.handlers import STORE, TOKENS, add_routes
+from psvn.broker.console.storage import ConsoleStore
 from psvn.errors import Code, PsvnError
 
 log = structlog.get_logger("psvn.broker.console")

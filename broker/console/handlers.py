@@ -20,11 +20,11 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from broker import policy_admin
-from broker.auth import Principal, TokenAuthority
-from broker.console.storage import ConsoleStore
-from policies import lifecycle
+from psvn.broker import policy_admin
+from psvn.broker.auth import Principal, TokenAuthority
+from psvn.broker.console.storage import ConsoleStore
 from psvn.errors import Code, PsvnError
+from psvn.policies import lifecycle
 
 log = structlog.get_logger("psvn.broker.console")
 

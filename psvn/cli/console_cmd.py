@@ -58,8 +58,8 @@ def _layout(path: str):  # type: ignore[no-untyped-def]
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from broker import console
     from psvn import log
+    from psvn.broker import console
 
     log.configure(json=True)
     layout = _layout(args.devnet)
@@ -87,8 +87,8 @@ def console_port(layout) -> int:  # type: ignore[no-untyped-def]
     default one when no devnet state says otherwise."""
     from urllib.parse import urlsplit
 
-    from broker import console
     from psvn import devnet
+    from psvn.broker import console
 
     state = devnet.read_state(layout)
     if state is not None and state.console_url:
@@ -118,7 +118,7 @@ def _check_port(layout, port: int, host: str) -> None:  # type: ignore[no-untype
 
 
 def _token(args: argparse.Namespace) -> int:
-    from broker.auth import TokenAuthority
+    from psvn.broker.auth import TokenAuthority
 
     tokens = TokenAuthority.for_pki(_layout(args.devnet).pki)
     sys.stdout.write(tokens.issue(args.user, args.role, ttl=args.ttl) + "\n")

@@ -20,7 +20,7 @@ DEFAULT_DEVNET = ".devnet"
 
 def add_commands(ps: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the workflow commands to the ``psvn policy`` group's subparsers."""
-    from policies import bundle
+    from psvn.policies import bundle
 
     def devnet_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("--devnet", default=DEFAULT_DEVNET, metavar="DIR",
@@ -88,13 +88,13 @@ def _do(args: argparse.Namespace, action: Action) -> int:
 
 
 async def _with_admin(args: argparse.Namespace, action: Action) -> int:
-    from broker import policy_admin
-    from broker.policy_admin import PolicyAdmin
-    from broker.registry import RegistryView
-    from certs import pki
-    from policies import bundle
-    from policies.lifecycle import load_suite
     from psvn import devnet
+    from psvn.broker import policy_admin
+    from psvn.broker.policy_admin import PolicyAdmin
+    from psvn.broker.registry import RegistryView
+    from psvn.certs import pki
+    from psvn.policies import bundle
+    from psvn.policies.lifecycle import load_suite
 
     layout = devnet.Layout(Path(args.devnet))
     state = devnet.running_state(layout)
@@ -125,8 +125,8 @@ def _print(args: argparse.Namespace, value: Any, text: str) -> None:
 
 
 async def _propose(admin: Any, args: argparse.Namespace) -> int:
-    from policies import bundle
     from psvn.errors import Code, PsvnError
+    from psvn.policies import bundle
 
     folder = Path(args.dir)
     if not (folder / "policyset.toml").is_file():

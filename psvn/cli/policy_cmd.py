@@ -14,10 +14,13 @@ from typing import Any
 
 import msgspec
 
-from policies import bundle
-from policies.consent import ConsentChange, ConsentRegistry
-from policies.engine import DecisionRequest
-from policies.lifecycle import (
+from psvn.addresses import MEMBER_TYPES
+from psvn.cli.output import print_json
+from psvn.errors import Code, PsvnError
+from psvn.policies import bundle
+from psvn.policies.consent import ConsentChange, ConsentRegistry
+from psvn.policies.engine import DecisionRequest
+from psvn.policies.lifecycle import (
     DiffReport,
     Explanation,
     SuiteReport,
@@ -27,10 +30,7 @@ from policies.lifecycle import (
     load_suite,
     run_suite,
 )
-from policies.lint import LintReport, lint_dir
-from psvn.addresses import MEMBER_TYPES
-from psvn.cli.output import print_json
-from psvn.errors import Code, PsvnError
+from psvn.policies.lint import LintReport, lint_dir
 
 DEFAULT = str(bundle.DEFAULT_DIR)
 

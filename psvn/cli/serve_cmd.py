@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from psvn import log
 
 if TYPE_CHECKING:
-    from gateway.config import GatewayConfig
+    from psvn.gateway.config import GatewayConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gateway import config
-    from gateway.server import run_forever
+    from psvn.gateway import config
+    from psvn.gateway.server import run_forever
 
     log.configure(json=True)
     cfg = config.load(args.config)

@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from policies import bundle
-from policies.catalogue import Catalogue
-from policies.validation import XML_TYPES, PayloadValidator, invalid_payload_error, media_type
 from psvn.cli.output import print_error, print_json
 from psvn.errors import Code, PsvnError
+from psvn.policies import bundle
+from psvn.policies.catalogue import Catalogue
+from psvn.policies.validation import XML_TYPES, PayloadValidator, invalid_payload_error, media_type
 
 
 def _document(args: argparse.Namespace) -> dict[str, Any]:

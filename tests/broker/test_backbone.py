@@ -19,14 +19,14 @@ import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
 
-from broker.subjects import CONSUMER, OPERATOR_JS_PREFIX, inbox_prefix, inbox_stream, msg_subject
-from certs import pki, tls
-from gateway import core, seal
-from gateway.server import GatewayServer
-from policies.validation import PayloadValidator, Violation
 from psvn import devnet
+from psvn.broker.subjects import CONSUMER, OPERATOR_JS_PREFIX, inbox_prefix, inbox_stream, msg_subject
+from psvn.certs import pki, tls
 from psvn.envelope import SendRequest
 from psvn.errors import Code, PsvnError
+from psvn.gateway import core, seal
+from psvn.gateway.server import GatewayServer
+from psvn.policies.validation import PayloadValidator, Violation
 from tests.conftest import Network
 from tests.gateway.test_service import REFERRAL, call, referral, wait_status
 
@@ -44,7 +44,7 @@ async def settled(net: Network, org: str, timeout: float = 10.0) -> None:
     """Wait until the member's gateway has taken in everything its inbox holds: the inbox
     consumer has nothing left to deliver and nothing delivered unacknowledged (a condition, not a
     sleep: what a test then finds missing or doubled, it would not find later either)."""
-    from broker.subjects import CONSUMER
+    from psvn.broker.subjects import CONSUMER
 
     nc = await devnet.broker_connect(net.layout, net.nats.url)
     try:
@@ -302,7 +302,7 @@ async def test_invalid_payload_at_ingress_is_quarantined_and_sender_told(network
 
 async def test_a_full_inbox_refuses_new_mail_instead_of_dropping_old(network: Network) -> None:
     """Per-sender quota on the trust's inbox: past it the sender is told, nothing is discarded."""
-    from broker import provision
+    from psvn.broker import provision
 
     nc = await devnet.broker_connect(network.layout, network.nats.url)
     try:

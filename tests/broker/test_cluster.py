@@ -29,12 +29,12 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from broker import cluster as bc
-from broker.accounts import BackboneAccounts
-from broker.subjects import CONSUMER, audit_stream, inbox_stream, msg_subject, rcpt_subject, state_bucket
-from gateway.server import GatewayServer
 from psvn import devnet
+from psvn.broker import cluster as bc
+from psvn.broker.accounts import BackboneAccounts
+from psvn.broker.subjects import CONSUMER, audit_stream, inbox_stream, msg_subject, rcpt_subject, state_bucket
 from psvn.devnet import EXAMPLE_MEMBERS, Layout
+from psvn.gateway.server import GatewayServer
 from tests.conftest import Network
 from tests.gateway.test_service import REFERRAL, referral
 

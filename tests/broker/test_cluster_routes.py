@@ -8,11 +8,11 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
-from broker.accounts import BackboneAccounts
-from broker.cluster import on_free_ports, start_cluster
-from broker.natsconf import ClusterConfig
-from broker.server import NatsServer
 from psvn import devnet
+from psvn.broker.accounts import BackboneAccounts
+from psvn.broker.cluster import on_free_ports, start_cluster
+from psvn.broker.natsconf import ClusterConfig
+from psvn.broker.server import NatsServer
 from psvn.devnet import EXAMPLE_MEMBERS, Layout
 
 

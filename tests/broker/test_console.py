@@ -19,9 +19,9 @@ import pytest
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker import console
-from broker.auth import TokenAuthority, key_path
 from psvn import devnet
+from psvn.broker import console
+from psvn.broker.auth import TokenAuthority, key_path
 from psvn.cli import console_cmd, policy_admin_cmd
 from psvn.errors import Code, PsvnError
 from tests.broker.test_policy_admin import DENY_RULE_ID, edited_rules, wait_versions
@@ -329,7 +329,7 @@ async def test_cli_token_and_workflow(network: Network, tmp_path: Path, capsys: 
 
     folder = tmp_path / "policy"
     folder.mkdir()
-    from policies import bundle
+    from psvn.policies import bundle
 
     for name in ("policyset.toml", "catalogue.toml", "tests.toml"):
         (folder / name).write_text((bundle.DEFAULT_DIR / name).read_text())

@@ -24,16 +24,23 @@ from nats.js.errors import (
     ServiceUnavailableError,
 )
 
-from broker import natsjwt, provision
-from broker.accounts import BackboneAccounts
-from broker.cluster import on_free_ports
-from broker.jsfast import JetStreamOps, NoResponders, parse_headers
-from broker.provision import provision_state_bucket
-from broker.server import NatsServer
-from broker.subjects import CONSENT_BUCKET, OPERATOR_JS_PREFIX, inbox_prefix, inbox_stream, msg_subject, state_bucket
-from certs import tls
 from psvn import devnet
 from psvn.addresses import token
+from psvn.broker import natsjwt, provision
+from psvn.broker.accounts import BackboneAccounts
+from psvn.broker.cluster import on_free_ports
+from psvn.broker.jsfast import JetStreamOps, NoResponders, parse_headers
+from psvn.broker.provision import provision_state_bucket
+from psvn.broker.server import NatsServer
+from psvn.broker.subjects import (
+    CONSENT_BUCKET,
+    OPERATOR_JS_PREFIX,
+    inbox_prefix,
+    inbox_stream,
+    msg_subject,
+    state_bucket,
+)
+from psvn.certs import tls
 from psvn.devnet import EXAMPLE_MEMBERS, Layout
 
 COUNCIL, TRUST = "gss:E06000043", "ods:RYR"

@@ -6,8 +6,8 @@ import asyncio
 
 from nats.js.api import KeyValueConfig
 
-from broker.kvwatch import KVFollower, read_history, read_keys
 from psvn import devnet
+from psvn.broker.kvwatch import KVFollower, read_history, read_keys
 from tests.conftest import Network
 
 

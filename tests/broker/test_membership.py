@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from broker import membership
-from broker.accounts import BackboneAccounts
 from psvn import devnet
+from psvn.broker import membership
+from psvn.broker.accounts import BackboneAccounts
 from tests.conftest import Network
 from tests.gateway.test_service import call, referral
 
@@ -67,9 +67,9 @@ async def test_revoked_member_is_cut_off_the_backbone_and_refused_everywhere(net
 async def test_a_member_added_at_run_time_joins_without_a_reload(network: Network, tmp_path: object) -> None:
     """A new member: its account JWT pushed to the running backbone, its inbox provisioned, its
     registry entry written — and its gateway connects and receives, with the config untouched."""
-    from broker import accounts, provision, registry
-    from gateway.server import GatewayServer
+    from psvn.broker import accounts, provision, registry
     from psvn.devnet import MemberSpec, gateway_config, make_pki_member, member_record
+    from psvn.gateway.server import GatewayServer
 
     conf = network.nats.conf_path.read_bytes()
     newcomer = MemberSpec("ods:RXH", "Brighton and Sussex University Hospitals (newcomer)", "nhs-trust", "pas")

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 
-from broker import policy_admin, provision
-from broker.policy_admin import PolicyAdmin
-from certs import pki
-from policies import bundle
-from policies.lifecycle import load_suite
 from psvn import devnet
+from psvn.broker import policy_admin, provision
+from psvn.broker.policy_admin import PolicyAdmin
+from psvn.certs import pki
 from psvn.errors import Code, PsvnError
+from psvn.policies import bundle
+from psvn.policies.lifecycle import load_suite
 from tests.conftest import Network
 
 DEFAULT_RULES = (bundle.DEFAULT_DIR / "rules.toml").read_text()

@@ -7,8 +7,8 @@ import asyncio
 import msgspec
 import pytest
 
-from broker import registry
 from psvn import devnet
+from psvn.broker import registry
 from tests.conftest import Network
 from tests.gateway.test_service import call, referral
 
@@ -73,12 +73,12 @@ async def test_a_restarted_gateway_cannot_be_rolled_back_to_an_older_policy(netw
     """The backbone serves an older (genuinely signed) policy after a restart: the gateway refuses it."""
     import pytest
 
-    from broker import provision
-    from broker.subjects import POLICY_BUCKET, POLICY_KEY
-    from certs import pki
-    from gateway.server import GatewayServer
-    from policies import bundle
+    from psvn.broker import provision
+    from psvn.broker.subjects import POLICY_BUCKET, POLICY_KEY
+    from psvn.certs import pki
     from psvn.errors import Code, PsvnError
+    from psvn.gateway.server import GatewayServer
+    from psvn.policies import bundle
 
     authority = pki.load_signing_key(network.layout.authority_key)
     doc = bundle.load_dir()
@@ -110,8 +110,8 @@ async def test_a_restarted_gateway_cannot_be_rolled_back_to_an_older_policy(netw
 async def test_reprovisioning_and_rotation_keep_former_signing_keys(network: Network) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from certs.pki import raw_public
     from psvn import devnet
+    from psvn.certs.pki import raw_public
     from psvn.errors import Code, PsvnError
 
     nc = await devnet.broker_connect(network.layout, network.nats.url)

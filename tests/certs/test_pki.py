@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from certs import pki, revocation
+from psvn.certs import pki, revocation
 from psvn.cli.main import main
 from psvn.errors import Code, PsvnError
 

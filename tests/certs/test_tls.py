@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from certs import pki, revocation, tls
+from psvn.certs import pki, revocation, tls
 
 ORG = "gss:E06000043"
 SYSTEM_URI = "urn:psvn:system:gss:E06000043/case-mgmt"

@@ -16,7 +16,7 @@ import psvn_client
 import pytest
 from psvn_client import AsyncClient, Client
 
-from certs import pki
+from psvn.certs import pki
 from tests.conftest import Network
 
 REFERRAL: dict[str, Any] = {

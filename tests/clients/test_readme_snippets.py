@@ -21,9 +21,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from gateway.config import GatewayConfig
 from psvn import devnet, procs
 from psvn.devnet import DEVNET_MEMBERS, EXAMPLE_MEMBERS, MemberSpec
+from psvn.gateway.config import GatewayConfig
 from tests.conftest import start_network, stop_network
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,10 +11,10 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.consent import SignedConsent, key_for, seal_record, sign_record
-from policies.consent import ConsentChange
 from psvn import devnet
 from psvn.devnet import EXAMPLE_MEMBERS, OPERATOR_MEMBER, PDS_MEMBER
+from psvn.gateway.consent import SignedConsent, key_for, seal_record, sign_record
+from psvn.policies.consent import ConsentChange
 from tests.broker.test_registry import set_status, wait_member_status
 from tests.conftest import Network, start_network, stop_network
 from tests.gateway.test_service import REFERRAL, call, wait_status
@@ -191,7 +191,7 @@ async def test_a_sender_cannot_dodge_an_opt_out_by_leaving_out_or_changing_the_s
 async def test_opt_outs_survive_a_restart_after_their_store_is_suspended(net: Network) -> None:
     """The pds that carried the opt-out is suspended later; a gateway that restarts must still
     honour it, like the gateways that did not restart (no fail-open, no disagreement)."""
-    from gateway.server import GatewayServer
+    from psvn.gateway.server import GatewayServer
 
     await record_opt_out(net, ["research-consented"])
     await set_status(net, PDS, "suspended")
@@ -222,8 +222,8 @@ REGISTRY_KEY = Ed25519PrivateKey.generate()  # the registry authority of the vie
 def _members(pds_status: str = "active", pds_type: str = "pds") -> tuple[Any, Any]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from broker.registry import Member, RegistryView
-    from certs.pki import raw_public
+    from psvn.broker.registry import Member, RegistryView
+    from psvn.certs.pki import raw_public
 
     op_key = Ed25519PrivateKey.generate()
     view = RegistryView(REGISTRY_KEY.public_key())  # filled by hand below (sign with REGISTRY_KEY to apply)
@@ -241,7 +241,7 @@ def _record(op_key: Any, *, operator: str = OPERATOR, payload: bytes | None = No
 
 @pytest.mark.parametrize("pds_status", ["active", "suspended", "revoked"])
 def test_a_record_stands_whatever_its_store_has_become_since(pds_status: str) -> None:
-    from gateway.consent import verify_record, verify_value
+    from psvn.gateway.consent import verify_record, verify_value
 
     view, op_key = _members(pds_status)
     change = verify_record(_record(op_key), view)
@@ -253,8 +253,8 @@ def test_a_record_stands_whatever_its_store_has_become_since(pds_status: str) ->
 def test_a_record_is_still_refused_on_type_and_signature() -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from gateway.consent import verify_record
     from psvn.errors import Code, PsvnError
+    from psvn.gateway.consent import verify_record
 
     view, op_key = _members("suspended")
     cases = [

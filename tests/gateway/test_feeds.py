@@ -12,10 +12,10 @@ import msgspec
 import nats
 import pytest
 
-from broker.subjects import FEEDS_BUCKET
-from gateway import feeds
 from psvn import devnet
+from psvn.broker.subjects import FEEDS_BUCKET
 from psvn.envelope import SendRequest
+from psvn.gateway import feeds
 from tests.conftest import Network
 from tests.gateway.test_service import call, wait_status
 

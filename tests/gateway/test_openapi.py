@@ -30,12 +30,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway import openapi
+from psvn.gateway import openapi
 from tests.conftest import Network
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "docs" / "openapi.json"
-REGENERATE = "python -m gateway.openapi > docs/openapi.json"
+REGENERATE = "python -m psvn.gateway.openapi > docs/openapi.json"
 REFERRAL: dict[str, Any] = {"resourceType": "ServiceRequest", "status": "active", "intent": "order",
                             "subject": {"reference": "Patient/9434765919", "identifier": {
                                 "system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765919"}},

@@ -9,11 +9,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from broker.subjects import inbox_stream
-from certs import pki
-from gateway import seal
 from psvn import devnet
+from psvn.broker.subjects import inbox_stream
+from psvn.certs import pki
 from psvn.devnet import EXAMPLE_MEMBERS
+from psvn.gateway import seal
 from tests.conftest import Network, start_network, stop_network
 from tests.gateway.test_service import REFERRAL, call, referral, wait_status
 

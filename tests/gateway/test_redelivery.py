@@ -7,11 +7,11 @@ from typing import Any
 
 import msgspec
 
-from broker.subjects import inbox_stream, msg_subject
-from certs import pki
-from gateway import core, seal
 from psvn import devnet
+from psvn.broker.subjects import inbox_stream, msg_subject
+from psvn.certs import pki
 from psvn.envelope import SendRequest
+from psvn.gateway import core, seal
 from tests.broker.test_backbone import settled, stream_count, wait_quarantined
 from tests.conftest import Network
 from tests.gateway.test_service import call, referral, wait_status

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.server import GatewayServer
+from psvn.gateway.server import GatewayServer
 from tests.conftest import Network
 from tests.gateway.test_service import referral
 

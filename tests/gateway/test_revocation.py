@@ -13,9 +13,9 @@ from typing import Any
 
 import msgspec
 
-from certs import pki, revocation
-from gateway.config import GatewayConfig
+from psvn.certs import pki, revocation
 from psvn.devnet import MemberSpec
+from psvn.gateway.config import GatewayConfig
 from tests.conftest import Network, start_network, stop_network
 
 

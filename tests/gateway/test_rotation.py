@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from broker import registry
-from certs import pki
-from gateway.server import GatewayServer
 from psvn import devnet
+from psvn.broker import registry
+from psvn.certs import pki
 from psvn.devnet import EXAMPLE_MEMBERS, OPERATOR_MEMBER, PDS_MEMBER
+from psvn.gateway.server import GatewayServer
 from tests.conftest import Network, start_network, stop_network
 from tests.gateway.test_service import call, referral, wait_status
 
@@ -147,9 +147,9 @@ def test_a_consent_record_refused_while_the_registry_lags_is_accepted_once_it_ca
     import pytest
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from certs.pki import raw_public
-    from gateway.consent import LAG_CODES, seal_record, verify_value
+    from psvn.certs.pki import raw_public
     from psvn.errors import PsvnError
+    from psvn.gateway.consent import LAG_CODES, seal_record, verify_value
     from tests.gateway.test_consent import OPERATOR, REGISTRY_KEY, SUBJECT, _members, _record
 
     view, old_key = _members()
@@ -176,7 +176,7 @@ def test_a_consent_record_refused_while_the_registry_lags_is_accepted_once_it_ca
 
 async def test_a_peer_whose_registry_lags_the_rotation_redelivers_instead_of_quarantining(
         network: Network) -> None:
-    from broker.subjects import CONSUMER, inbox_stream
+    from psvn.broker.subjects import CONSUMER, inbox_stream
 
     net, council, trust = network, network.COUNCIL, network.TRUST
     pki.rotate_gateway_keys(net.layout.org_dir(council))

@@ -192,8 +192,8 @@ async def test_undelivered_message_expires_for_the_sender(network: Network) -> N
 
 async def test_policy_caps_time_to_live(network: Network) -> None:
     """The retention rule for hospital events allows at most 7 days' wait; a longer ttl is capped."""
-    from gateway import core
     from psvn.envelope import SendRequest, parse_time
+    from psvn.gateway import core
 
     gw = network.gateways[network.TRUST].gateway
     adt = ADT_A01
@@ -221,7 +221,7 @@ async def test_refusals_are_logged_without_payloads(network: Network) -> None:
 
 async def test_revoked_system_certificate_is_refused_without_a_restart(network: Network) -> None:
     """psvn certs revoke -> the gateway picks up the new CRL and refuses the certificate."""
-    from certs import pki, revocation
+    from psvn.certs import pki, revocation
 
     gw = network.gateways[network.COUNCIL]
     status, _ = await call(network, network.COUNCIL, "GET", "/v1/inbox")
@@ -240,7 +240,7 @@ async def test_revoked_system_certificate_is_refused_without_a_restart(network: 
 
 
 async def test_crl_watch_reloads_when_the_file_changes(network: Network) -> None:
-    from certs import pki, revocation
+    from psvn.certs import pki, revocation
 
     gw = network.gateways[network.COUNCIL]
     gw.config.tls.crl_reload_seconds = 0.1
@@ -265,8 +265,8 @@ async def test_state_lives_as_long_as_the_mail_and_closed_mail_leaves_memory(net
     """The state bucket keeps entries as long as the inbox keeps mail; acknowledged mail leaves the
     recipient's memory at once, its open entry purged with a marker that expires by itself."""
 
-    from broker.subjects import state_bucket
-    from gateway.store import CLOSED_MARKER_TTL
+    from psvn.broker.subjects import state_bucket
+    from psvn.gateway.store import CLOSED_MARKER_TTL
 
     # the state bucket lives in the member's own account: only its own user sees it
     nc = await devnet.member_connect(network.layout, network.nats.url, network.TRUST, name="test")
@@ -315,8 +315,8 @@ async def audit_records(network: Network, message_ids: set[str], *, at_least: in
     """The AUDIT stream's records about ``message_ids`` (polled until ``at_least`` are stored)."""
     from nats.js.errors import NotFoundError
 
-    from broker import auditlog
-    from broker.subjects import audit_stream
+    from psvn.broker import auditlog
+    from psvn.broker.subjects import audit_stream
 
     nc = await devnet.broker_connect(network.layout, network.nats.url)
     try:
@@ -359,8 +359,8 @@ async def test_audit_records_ride_out_an_audit_stream_outage(network: Network) -
     """While the AUDIT stream is gone, audit publishes find no stream; they are retried (one
     Nats-Msg-Id each) and stored exactly once when it is back. Nothing is counted as lost."""
 
-    from broker import provision
-    from broker.subjects import audit_stream
+    from psvn.broker import provision
+    from psvn.broker.subjects import audit_stream
 
     nc = await devnet.broker_connect(network.layout, network.nats.url)
     try:
@@ -416,7 +416,7 @@ def test_the_open_mail_index_ignores_an_echo_of_the_revision_it_holds() -> None:
     sender's held bytes) go, and an entry left open by a half-done close is not listed."""
     import msgspec
 
-    from gateway.store import InRecord, StateStore
+    from psvn.gateway.store import InRecord, StateStore
 
     def rec(status: str, size: int = 10) -> bytes:
         return msgspec.json.encode(InRecord(id="m1", source="ods:RYR", to="gss:E06000043", type="t",
@@ -440,7 +440,7 @@ async def test_a_restricted_system_sees_only_the_statuses_of_what_it_sent(networ
     """A system limited by gateway.system_mailboxes reads only its own sends' statuses."""
     import ssl
 
-    from certs import pki
+    from psvn.certs import pki
 
     council = network.gateways[network.COUNCIL]
     pki.issue_system(pki.load_ca(network.layout.pki), network.COUNCIL, "case-mgmt",

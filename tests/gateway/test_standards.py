@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from broker import provision
-from certs import pki
-from policies import bundle
-from policies.catalogue import Catalogue
-from policies.validation import PayloadValidator
 from psvn import devnet
+from psvn.broker import provision
+from psvn.certs import pki
+from psvn.policies import bundle
+from psvn.policies.catalogue import Catalogue
+from psvn.policies.validation import PayloadValidator
 from tests.broker.test_backbone import skipping_egress_validation, wait_quarantined
 from tests.broker.test_policy_admin import wait_versions
 from tests.conftest import Network, start_network, stop_network

@@ -8,11 +8,11 @@ import contextlib
 
 import msgspec
 
-from broker import provision
-from broker.subjects import state_bucket
-from gateway.server import GatewayServer
-from gateway.store import HistoryEntry, InRecord, OutRecord
 from psvn import devnet
+from psvn.broker import provision
+from psvn.broker.subjects import state_bucket
+from psvn.gateway.server import GatewayServer
+from psvn.gateway.store import HistoryEntry, InRecord, OutRecord
 from tests.conftest import Network
 from tests.gateway.test_feeds import PURPOSE, TOPIC, event
 from tests.gateway.test_service import call, referral, wait_status

@@ -14,11 +14,11 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from gateway import webhook
-from gateway.config import GatewayConfig, WebhookSection
 from psvn import procs
 from psvn.devnet import MemberSpec
 from psvn.errors import PsvnError
+from psvn.gateway import webhook
+from psvn.gateway.config import GatewayConfig, WebhookSection
 from tests.conftest import Network, start_network, stop_network
 from tests.gateway.test_service import call, referral, wait_status
 
@@ -172,7 +172,7 @@ def test_secret_file_must_be_private_and_long(tmp_path: Path) -> None:
 
 
 def test_plain_http_only_to_loopback(tmp_path: Path) -> None:
-    from gateway.service import _webhook
+    from psvn.gateway.service import _webhook
     from tests.psvn.test_config import GOOD
 
     f = tmp_path / "s"
@@ -180,7 +180,7 @@ def test_plain_http_only_to_loopback(tmp_path: Path) -> None:
     f.chmod(0o600)
     cfg_path = tmp_path / "gw.toml"
     cfg_path.write_text(GOOD + f'[webhook]\nurl = "http://records.example.org/psvn"\nsecret_file = "{f}"\n')
-    from gateway.config import load
+    from psvn.gateway.config import load
 
     with pytest.raises(PsvnError) as err:
         _webhook(load(cfg_path))
@@ -247,7 +247,7 @@ async def serve(handler: Counter, ssl_context: ssl.SSLContext | None = None) -> 
 async def test_redirects_are_never_followed_https_to_http_included(tmp_path: Path) -> None:
     """The local system's https endpoint answers 307 to a plain-http one: the signed body must
     not go there; the 307 is a failed attempt, retried, then recorded as given up."""
-    from certs import pki, tls
+    from psvn.certs import pki, tls
 
     ca = pki.init_ca(tmp_path / "ca")
     cert, key = pki.issue_server(ca, "records", tmp_path / "srv", hosts=["localhost", "127.0.0.1"])

@@ -7,8 +7,8 @@ import itertools
 import jsonschema_rs
 import pytest
 
-from policies.consent import SCHEMA, ConsentChange, ConsentRecord, ConsentRegistry
 from psvn.errors import Code, PsvnError
+from psvn.policies.consent import SCHEMA, ConsentChange, ConsentRecord, ConsentRegistry
 
 SUBJECT = "nhs:9434765919"
 
@@ -122,6 +122,6 @@ def test_snapshot_round_trip_keeps_tombstones() -> None:
 
 def test_catalogue_schema_file_is_this_schema() -> None:
     """The catalogue's schemas/consent-change.json must not drift from the registry's SCHEMA."""
-    from policies.bundle import load_dir
+    from psvn.policies.bundle import load_dir
 
     assert load_dir()["schemas"]["consent-change"] == SCHEMA

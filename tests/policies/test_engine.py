@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from policies.bundle import load_dir
-from policies.consent import ConsentChange, ConsentRegistry
-from policies.engine import DecisionRequest, Engine, Rule
 from psvn.errors import Code, PsvnError
+from psvn.policies.bundle import load_dir
+from psvn.policies.consent import ConsentChange, ConsentRegistry
+from psvn.policies.engine import DecisionRequest, Engine, Rule
 
 TRUST, GP, COUNCIL = "ods:RYR", "ods:G81001", "gss:E06000043"
 CHARITY, BUSINESS, POLICE = "ccn:1123456", "ch:01234567", "pol:sussex"
@@ -365,7 +365,7 @@ def test_explain_agrees_with_decide_and_says_why_not(engine: Engine) -> None:
 
 
 def test_bench_reports_rates_for_the_default_policy() -> None:
-    from policies.engine_bench import bench_engine
+    from psvn.policies.engine_bench import bench_engine
 
     result = bench_engine(seconds=0.05)
     for key in ("decisions_per_s", "cold_decisions_per_s", "explain_per_s"):

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from policies.validators.fhir import ANY_RESOURCE, FhirValidator, IdentifierRule
+from psvn.policies.validators.fhir import ANY_RESOURCE, FhirValidator, IdentifierRule
 
 ROOT = Path(__file__).resolve().parents[2]
 NHS = "https://fhir.nhs.uk/Id/nhs-number"

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from policies import bundle
-from policies.catalogue import Catalogue
-from policies.validation import PayloadValidator
-from policies.validators.fhir_invariants import CORRECTED, NATIVE, FhirPath, all_invariants
 from psvn.errors import PsvnError
+from psvn.policies import bundle
+from psvn.policies.catalogue import Catalogue
+from psvn.policies.validation import PayloadValidator
+from psvn.policies.validators.fhir_invariants import CORRECTED, NATIVE, FhirPath, all_invariants
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "fhir"
 OBS: dict[str, Any] = json.loads((CORPUS / "valid" / "observation-base-r4.json").read_text())
@@ -152,7 +152,7 @@ def test_each_native_invariant_equals_the_official_fhirpath(key: str) -> None:
     assert inv is not None, f"{key} is not an invariant of the R4 definitions"
     samples = SAMPLES[key]
     verdicts = set()
-    from policies.validators.fhir import definitions
+    from psvn.policies.validators.fhir import definitions
 
     on_resource = definitions().is_resource(inv.path)
     for raw in samples:

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from policies.bundle import DEFAULT_DIR, load_dir
-from policies.consent import ConsentChange, ConsentRegistry
-from policies.engine import DecisionRequest, Engine
-from policies.lifecycle import (
+from psvn.errors import Code, PsvnError
+from psvn.policies.bundle import DEFAULT_DIR, load_dir
+from psvn.policies.consent import ConsentChange, ConsentRegistry
+from psvn.policies.engine import DecisionRequest, Engine
+from psvn.policies.lifecycle import (
     OPTED_OUT_SUBJECT,
     Case,
     DecisionSpace,
@@ -27,7 +28,6 @@ from policies.lifecycle import (
     parse_suite,
     run_suite,
 )
-from psvn.errors import Code, PsvnError
 
 
 @pytest.fixture(scope="module")

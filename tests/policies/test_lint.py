@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from policies.bundle import DEFAULT_DIR, load_dir
-from policies.lint import Finding, LintReport, lint_dir, lint_document
+from psvn.policies.bundle import DEFAULT_DIR, load_dir
+from psvn.policies.lint import Finding, LintReport, lint_dir, lint_document
 
 RULE_ANOMALIES = {"conflict", "redundant", "unreachable", "stale-override", "bad-override"}
 

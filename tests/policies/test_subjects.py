@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from policies.bundle import load_dir
-from policies.catalogue import Catalogue
-from policies.consent import mask_subject
-from policies.validation import Checked, PayloadValidator
-from policies.validators.fhir_xml import to_xml
-from policies.validators.jsonschema import SubjectFinder
+from psvn.policies.bundle import load_dir
+from psvn.policies.catalogue import Catalogue
+from psvn.policies.consent import mask_subject
+from psvn.policies.validation import Checked, PayloadValidator
+from psvn.policies.validators.fhir_xml import to_xml
+from psvn.policies.validators.jsonschema import SubjectFinder
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DOC = load_dir()

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from policies.bundle import load_dir
-from policies.catalogue import Catalogue
-from policies.validation import PayloadValidator, invalid_payload_error
-from policies.validation_bench import bench_validation
-from policies.validators.common import nhs_number_problem
-from policies.validators.limits import Limits, check_json
 from psvn.cli.main import main
 from psvn.errors import Code, PsvnError
+from psvn.policies.bundle import load_dir
+from psvn.policies.catalogue import Catalogue
+from psvn.policies.validation import PayloadValidator, invalid_payload_error
+from psvn.policies.validation_bench import bench_validation
+from psvn.policies.validators.common import nhs_number_problem
+from psvn.policies.validators.limits import Limits, check_json
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DOC = load_dir()
@@ -238,6 +238,6 @@ def test_bench_validation_reports_each_case() -> None:
 
 
 def test_consent_schema_file_matches_the_engine_schema() -> None:
-    from policies.consent import SCHEMA
+    from psvn.policies.consent import SCHEMA
 
     assert DOC["schemas"]["consent-change"] == SCHEMA

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from policies.bundle import load_dir
-from policies.catalogue import Catalogue
-from policies.validation import PayloadValidator
+from psvn.policies.bundle import load_dir
+from psvn.policies.catalogue import Catalogue
+from psvn.policies.validation import PayloadValidator
 
 CORPUS = Path(__file__).parent / "corpus"
 CASES = tomllib.loads((CORPUS / "manifest.toml").read_text())["case"]

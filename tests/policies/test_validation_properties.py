@@ -16,10 +16,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policies.bundle import load_dir
-from policies.catalogue import Catalogue
-from policies.validation import PayloadValidator
 from psvn.errors import Violation
+from psvn.policies.bundle import load_dir
+from psvn.policies.catalogue import Catalogue
+from psvn.policies.validation import PayloadValidator
 
 CORPUS = Path(__file__).parent / "corpus"
 CASES = tomllib.loads((CORPUS / "manifest.toml").read_text())["case"]

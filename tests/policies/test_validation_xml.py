@@ -19,15 +19,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policies.bundle import load_dir
-from policies.catalogue import Catalogue
-from policies.validation import XML_TYPES, PayloadValidator, media_type
-from policies.validation_bench import bench_validation
-from policies.validators.fhir import FhirValidator
-from policies.validators.fhir_xml import FHIR_NS, XHTML_NS, reader, to_xml
-from policies.validators.limits import Limits, check_xml
 from psvn.cli.main import main
 from psvn.errors import Code, PsvnError, Violation
+from psvn.policies.bundle import load_dir
+from psvn.policies.catalogue import Catalogue
+from psvn.policies.validation import XML_TYPES, PayloadValidator, media_type
+from psvn.policies.validation_bench import bench_validation
+from psvn.policies.validators.fhir import FhirValidator
+from psvn.policies.validators.fhir_xml import FHIR_NS, XHTML_NS, reader, to_xml
+from psvn.policies.validators.limits import Limits, check_xml
 from tests.policies.test_validation_properties import mutate_bytes
 
 ROOT = Path(__file__).resolve().parents[2]

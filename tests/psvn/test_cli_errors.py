@@ -20,8 +20,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from gateway import config as gwconfig
 from psvn import config, procs
+from psvn.gateway import config as gwconfig
 
 ROOT = Path(__file__).resolve().parents[2]
 PSVN = [sys.executable, "-m", "psvn.cli.main"]

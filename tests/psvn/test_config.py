@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import GatewayConfig, load
 from psvn import config
 from psvn.errors import Code, PsvnError
+from psvn.gateway.config import GatewayConfig, load
 
 GOOD = """
 [gateway]

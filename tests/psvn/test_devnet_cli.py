@@ -267,8 +267,8 @@ def test_registry_history_and_recover_after_a_blanked_entry(devnet_dir: Path) ->
     history` shows the blank refused, `psvn registry recover` puts the last verified entry back."""
     import asyncio
 
-    from broker import registry
     from psvn import devnet
+    from psvn.broker import registry
 
     layout = devnet.Layout(devnet_dir)
     assert oct(layout.registry_key.stat().st_mode & 0o777) == "0o600" and layout.registry_pub.exists()

@@ -57,14 +57,14 @@ def test_topics() -> None:
 
 
 def test_gateway_message_ids_from_the_backbone() -> None:
-    from gateway.service import _MSG_ID
+    from psvn.gateway.service import _MSG_ID
 
     assert _MSG_ID.fullmatch("8dde6669-aaaa")
     assert not _MSG_ID.fullmatch("8dde6669-aaaa\n")
 
 
 def test_certificate_names() -> None:
-    from certs import pki
+    from psvn.certs import pki
 
     assert pki._check_name("pas", "system", pki._SYSTEM) == "pas"
     for pattern in (pki._SYSTEM, pki._NAME):
@@ -73,7 +73,7 @@ def test_certificate_names() -> None:
 
 
 def test_console_user_names_in_tokens() -> None:
-    from broker.auth import ALGORITHM, AUDIENCE, ISSUER, TokenAuthority
+    from psvn.broker.auth import ALGORITHM, AUDIENCE, ISSUER, TokenAuthority
 
     key = Ed25519PrivateKey.generate()
     authority = TokenAuthority(key)
@@ -87,7 +87,7 @@ def test_console_user_names_in_tokens() -> None:
 
 
 def test_policy_admin_ids_and_toml_keys() -> None:
-    from broker.policy_admin import _ID, _toml_key
+    from psvn.broker.policy_admin import _ID, _toml_key
 
     assert _ID.fullmatch("p0123abcd") and not _ID.fullmatch("p0123abcd\n")
     assert _toml_key("bare") == "bare"
@@ -96,7 +96,7 @@ def test_policy_admin_ids_and_toml_keys() -> None:
 
 
 def test_policy_rule_ids_and_globs() -> None:
-    from policies.engine import Glob, Rule, _check_rule
+    from psvn.policies.engine import Glob, Rule, _check_rule
 
     assert _check_rule("rule", Rule(id="care-referrals", effect="allow")) is None
     assert _check_rule("rule", Rule(id="care-referrals\n", effect="allow")) is not None
@@ -105,13 +105,13 @@ def test_policy_rule_ids_and_globs() -> None:
 
 
 def test_policy_lint_mailboxes() -> None:
-    from policies.lint import _MAILBOX
+    from psvn.policies.lint import _MAILBOX
 
     assert _MAILBOX.fullmatch("adult-social-care") and not _MAILBOX.fullmatch("adult-social-care\n")
 
 
 def test_consent_subjects() -> None:
-    from policies.consent import ConsentChange, ConsentRegistry
+    from psvn.policies.consent import ConsentChange, ConsentRegistry
 
     registry = ConsentRegistry()
     change = ConsentChange(subject="nhs:9434765919", seq=1, opt_outs=["research"], effective="2026-01-01T00:00:00Z")

@@ -10,8 +10,8 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from policies import bundle
 from psvn.cli.main import main
+from psvn.policies import bundle
 
 DEFAULT = str(bundle.DEFAULT_DIR)
 

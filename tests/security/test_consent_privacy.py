@@ -20,10 +20,10 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from broker.subjects import CONSENT_BUCKET, OPERATOR_JS_PREFIX
-from gateway.consent import COVER_KEY, STREAM, cover_value, key_for, seal_record
 from psvn import devnet
+from psvn.broker.subjects import CONSENT_BUCKET, OPERATOR_JS_PREFIX
 from psvn.devnet import EXAMPLE_MEMBERS, OPERATOR_MEMBER, PDS_MEMBER
+from psvn.gateway.consent import COVER_KEY, STREAM, cover_value, key_for, seal_record
 from tests.conftest import Network, start_network, stop_network
 from tests.gateway.test_consent import PDS, SUBJECT, research
 from tests.gateway.test_service import call, wait_status
@@ -114,7 +114,7 @@ async def test_a_member_cannot_list_consent_records(net: Network, hostile: NATS)
 async def test_what_a_member_can_still_learn_is_one_guess_per_request(net: Network, hostile: NATS) -> None:
     """The known limit, pinned: a member that already knows an NHS number can read that subject's
     record (every gateway must be able to), and a number with no record answers 'not found'."""
-    from gateway.consent import verify_value
+    from psvn.gateway.consent import verify_value
 
     await record(net)
     js = hostile.jetstream(prefix=P)
@@ -177,8 +177,8 @@ async def test_a_blanked_value_does_not_erase_an_opt_out(net: Network, blank: st
 async def test_a_forged_or_unsigned_value_is_refused_and_counted(net: Network, forgery: str) -> None:
     """No opt-out recorded; someone writes a value claiming "no opt-out" (or garbage): refused,
     counted, and the research message is denied (fail closed), never let through."""
-    from gateway.consent import SignedConsent, sign_record
-    from policies.consent import ConsentChange
+    from psvn.gateway.consent import SignedConsent, sign_record
+    from psvn.policies.consent import ConsentChange
 
     restore = ConsentChange(subject=SUBJECT, seq=7, opt_outs=[], effective="2026-11-25T10:00:00Z").to_payload()
     unsigned = SignedConsent(payload=restore, issuer=PDS, message_id="m", recorded_by=OPERATOR_MEMBER.org,

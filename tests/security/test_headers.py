@@ -15,12 +15,12 @@ from types import SimpleNamespace
 import pytest
 from nats.aio.client import Client as NATS
 
-from broker import natsjwt
-from broker.accounts import BackboneAccounts
-from broker.subjects import CONSUMER, FEEDS_BUCKET, OPERATOR_JS_PREFIX, audit_subject, inbox_stream
-from gateway.server import GatewayServer
 from psvn import devnet
 from psvn.addresses import token
+from psvn.broker import natsjwt
+from psvn.broker.accounts import BackboneAccounts
+from psvn.broker.subjects import CONSUMER, FEEDS_BUCKET, OPERATOR_JS_PREFIX, audit_subject, inbox_stream
+from psvn.gateway.server import GatewayServer
 from tests.conftest import Network
 from tests.gateway.test_feeds import PURPOSE, TOPIC, event, wait_subscribers
 from tests.gateway.test_service import call, referral, wait_status
@@ -95,7 +95,7 @@ async def test_status_headers_cannot_hide_mail_from_the_recipient(network: Netwo
 
 async def test_a_members_audit_record_cannot_break_the_operators_audit_view(network: Network,
                                                                          council_hostile: NATS) -> None:
-    from broker.console.storage import ConsoleStore
+    from psvn.broker.console.storage import ConsoleStore
 
     await council_hostile.jetstream().publish(audit_subject(network.COUNCIL), b"{}", headers={"Status": "503"})
     code, sent = await call(network, network.TRUST, "POST", "/v1/messages", referral())

@@ -20,8 +20,10 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from broker.accounts import BackboneAccounts
-from broker.subjects import (
+from psvn import devnet
+from psvn.addresses import token
+from psvn.broker.accounts import BackboneAccounts
+from psvn.broker.subjects import (
     CONSENT_BUCKET,
     CONSUMER,
     OPERATOR_JS_PREFIX,
@@ -31,8 +33,6 @@ from broker.subjects import (
     inbox_stream,
     state_bucket,
 )
-from psvn import devnet
-from psvn.addresses import token
 from tests.broker.test_membership import refused as refused_as
 from tests.conftest import Network
 from tests.gateway.test_service import call, referral, wait_status
@@ -185,7 +185,7 @@ async def test_activation_tokens_bind_each_private_import_to_one_member(network:
     JWT that imports another member's inbox with a token made for itself is not installed."""
     backbone = BackboneAccounts(network.layout.pki)
     council_jwt = backbone.member_jwt(network.COUNCIL)
-    from broker import natsjwt
+    from psvn.broker import natsjwt
 
     claims = natsjwt.decode_claims(council_jwt)
     gp_imports = [i for i in claims["nats"]["imports"] if inbox_stream(network.GP) in i["subject"]]
@@ -196,7 +196,7 @@ async def test_activation_tokens_bind_each_private_import_to_one_member(network:
 
 
 async def test_revoking_a_member_closes_its_live_connection_without_a_reload(network: Network) -> None:
-    from broker import membership
+    from psvn.broker import membership
 
     gp = network.gateways[network.GP].gateway
     conf_before = network.nats.conf_path.read_bytes()
@@ -223,7 +223,7 @@ async def test_a_rollup_header_cannot_wipe_a_shared_bucket(network: Network, hos
     """A member may write its own feed subscriptions; a ``Nats-Rollup: all`` header on such a
     write would purge every member's subscriptions if the bucket allowed rollups (KV streams are
     made with rollups on). The shared buckets refuse them."""
-    from broker.subjects import FEEDS_BUCKET
+    from psvn.broker.subjects import FEEDS_BUCKET
 
     broker = await devnet.broker_connect(network.layout, network.nats.url)
     try:

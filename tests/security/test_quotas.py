@@ -10,8 +10,8 @@ import msgspec
 import pytest
 from nats.js.errors import APIError, BadRequestError
 
-from broker.subjects import audit_stream, audit_subject, inbox_stream, msg_subject, quarantine_stream
 from psvn import devnet
+from psvn.broker.subjects import audit_stream, audit_subject, inbox_stream, msg_subject, quarantine_stream
 from psvn.envelope import SendRequest
 from tests.broker.test_backbone import _inject, wait_quarantined
 from tests.conftest import Network

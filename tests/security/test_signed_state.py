@@ -20,14 +20,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.js.kv import KeyValue
 
-from broker import registry
-from broker.subjects import POLICY_BUCKET, POLICY_KEY, REGISTRY_BUCKET
-from certs.pki import raw_public
-from gateway.config import GatewayConfig
-from gateway.service import Gateway, trust_anchor
-from policies import bundle
 from psvn import devnet
+from psvn.broker import registry
+from psvn.broker.subjects import POLICY_BUCKET, POLICY_KEY, REGISTRY_BUCKET
+from psvn.certs.pki import raw_public
 from psvn.errors import Code, PsvnError
+from psvn.gateway.config import GatewayConfig
+from psvn.gateway.service import Gateway, trust_anchor
+from psvn.policies import bundle
 from tests.conftest import Network
 from tests.gateway.test_service import call, referral, wait_status
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from make_corpus import write_manifest  # noqa: E402  (this script's folder is sys.path[0])
 
-from policies.validators.fhir_xml import to_xml  # noqa: E402
+from psvn.policies.validators.fhir_xml import to_xml  # noqa: E402
 
 CASES: list[dict[str, Any]] = []
 # JSON cases XML cannot say the same way: a non-array where an array belongs, a string where a
