@@ -33,9 +33,10 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from psvn.addresses import token
 from psvn.broker import natsjwt
-from psvn.broker.subjects import (
+from psvn.core.addresses import token
+from psvn.core.errors import Code, PsvnError
+from psvn.protocol.subjects import (
     CONSENT_BUCKET,
     CONSUMER,
     FEEDS_BUCKET,
@@ -46,7 +47,6 @@ from psvn.broker.subjects import (
     inbox_stream,
     quarantine_subject,
 )
-from psvn.errors import Code, PsvnError
 
 SHARED_BUCKETS = (REGISTRY_BUCKET, POLICY_BUCKET, CONSENT_BUCKET, FEEDS_BUCKET)
 # Buckets every member may follow (stream info, change notifications, any direct read). Consent is

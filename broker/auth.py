@@ -25,7 +25,7 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from psvn.certs import pki
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 
 Role = Literal["compliance-officer", "approver", "operator"]
 ROLES: tuple[str, ...] = get_args(Role)

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from psvn import procs
 from psvn.broker.accounts import BackboneAccounts
 from psvn.broker.natsconf import ClusterConfig, ServerConfig
 from psvn.broker.server import NatsServer
-from psvn.procs import free_port_range
+from psvn.core import procs
+from psvn.core.procs import free_port_range
 
 DEFAULT_SIZE = 3
 PORTS_PER_NODE = 3  # client, monitoring, routes

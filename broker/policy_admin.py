@@ -42,17 +42,17 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from psvn import addresses
+from psvn.backbone.kvwatch import StoredEntry, read_history, read_keys
 from psvn.broker import provision
 from psvn.broker.auth import normalise_user
-from psvn.broker.kvwatch import StoredEntry, read_history, read_keys
-from psvn.broker.subjects import BROKER_AUDIT, POLICY_BUCKET, POLICY_KEY, audit_subject
-from psvn.envelope import now_rfc3339
-from psvn.errors import Code, PsvnError, Violation
+from psvn.core import addresses
+from psvn.core.errors import Code, PsvnError, Violation
 from psvn.policies import bundle
 from psvn.policies.engine import DecisionRequest, Engine
 from psvn.policies.lifecycle import CONSENTING_SUBJECT, Case, Outcome, SuiteReport, parse_suite, run_suite
 from psvn.policies.lint import Finding, LintReport, lint_document
+from psvn.protocol.envelope import now_rfc3339
+from psvn.protocol.subjects import BROKER_AUDIT, POLICY_BUCKET, POLICY_KEY, audit_subject
 
 log = structlog.get_logger("psvn.broker.policy_admin")
 

@@ -5,38 +5,27 @@ Idempotent: running it again on a provisioned backbone changes nothing.
 
 from __future__ import annotations
 
-import asyncio
-import ssl
-import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
-import nats
-from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
-    KeyValueConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 from nats.js.errors import (
-    BucketNotFoundError,
     KeyNotFoundError,
-    NoStreamResponseError,
     NotFoundError,
-    ServiceUnavailableError,
 )
-from nats.js.kv import KeyValue
 
-from psvn.addresses import token
-from psvn.broker.subjects import (
+from psvn.backbone.buckets import DAY, ensure_kv
+from psvn.backbone.connect import patiently
+from psvn.core.addresses import token
+from psvn.core.errors import Code, PsvnError
+from psvn.policies import bundle
+from psvn.protocol.subjects import (
     BROKER_AUDIT,
     CONSENT_BUCKET,
     CONSUMER,
@@ -50,28 +39,7 @@ from psvn.broker.subjects import (
     inbox_stream,
     quarantine_stream,
     quarantine_subject,
-    state_bucket,
 )
-from psvn.errors import Code, PsvnError
-from psvn.policies import bundle
-
-DAY = 86400.0
-T = TypeVar("T")
-
-
-async def connect(url: str | list[str], tls: ssl.SSLContext, *, name: str, inbox_prefix: str | None = None,
-                  user_credentials: str | None = None, **kwargs: object) -> NATS:
-    """A backbone connection: mutual TLS, and the backbone user's ``.creds`` (the JWT of an
-    account's user and its nkey seed): both are needed to get in."""
-    opts: dict[str, object] = {"servers": url if isinstance(url, list) else [url], "tls": tls, "name": name,
-                               "connect_timeout": 5, "max_reconnect_attempts": -1, "reconnect_time_wait": 0.5}
-    if inbox_prefix:
-        opts["inbox_prefix"] = inbox_prefix.encode()
-    if user_credentials:
-        opts["user_credentials"] = user_credentials
-    opts.update(kwargs)
-    return await nats.connect(**opts)  # type: ignore[arg-type]
-
 
 MIB = 1024 * 1024
 # Every stream and bucket has a byte limit, so their sum (reserved by JetStream) bounds the store:
@@ -86,26 +54,11 @@ AUDIT_MAX_RECORD = 64 * 1024
 QUARANTINE_MAX_BYTES = 64 * MIB
 
 
-async def _kv(js: JetStreamContext, bucket: str, *, history: int, replicas: int,
-              ttl: float | None = None, max_bytes: int = -1, max_value_size: int = -1,
-              limit_marker_ttl: float | None = None) -> KeyValue:
-    async def step() -> KeyValue:
-        try:
-            return await js.key_value(bucket)
-        except BucketNotFoundError:
-            return await js.create_key_value(KeyValueConfig(bucket=bucket, history=history, replicas=replicas,
-                                                            storage=StorageType.FILE, ttl=ttl, direct=True,
-                                                            max_bytes=max_bytes, max_value_size=max_value_size,
-                                                            limit_marker_ttl=limit_marker_ttl))
-
-    return await patiently(step, what=f"bucket {bucket}")
-
-
 async def provision_network(js: JetStreamContext, *, replicas: int = 1) -> None:
     """The shared buckets in the network account, each with a byte limit. History is kept (the
     registry 5 deep, the policy set 64) so a bad value can be recovered from."""
     for bucket, history in ((REGISTRY_BUCKET, 5), (POLICY_BUCKET, 64), (CONSENT_BUCKET, 5), (FEEDS_BUCKET, 1)):
-        await _kv(js, bucket, history=history, replicas=replicas, max_bytes=BUCKET_MAX_BYTES[bucket],
+        await ensure_kv(js, bucket, history=history, replicas=replicas, max_bytes=BUCKET_MAX_BYTES[bucket],
                   max_value_size=BUCKET_MAX_VALUE)
         await refuse_rollups(js, f"KV_{bucket}")
     await provision_audit(js, BROKER_AUDIT, replicas=replicas)
@@ -122,39 +75,6 @@ async def refuse_rollups(js: JetStreamContext, stream: str) -> None:
             await js.update_stream(cfg)
 
     await patiently(step, what=f"stream {stream} without rollups")
-
-
-STATE_MARKER_TTL = 3600.0  # how long the marker of an entry that aged out stays in the state bucket
-
-
-async def provision_state_bucket(js: JetStreamContext, org: str, *, replicas: int = 1,
-                                 retention_days: float = MAILBOX_MAX_AGE_DAYS) -> KeyValue:
-    """A member's state bucket, in its own account (its JetStream limits bound it): statuses,
-    mailbox index and idempotency keys live as long as the mail itself. The gateway makes it.
-
-    With limit markers: when an entry ages out (the bucket's TTL), the server leaves a marker that
-    watchers see as a purge, so what a gateway holds of it is released too (without markers a
-    watcher is never told that MaxAge removed an entry)."""
-    return await _kv(js, state_bucket(org), history=1, replicas=replicas, ttl=retention_days * DAY,
-                     limit_marker_ttl=STATE_MARKER_TTL)
-
-
-async def patiently(step: Callable[[], Awaitable[T]], *, what: str, patience: float = 30.0) -> T:
-    """Run one provisioning step, riding out the moments a clustered backbone spends electing the
-    leader of a stream it has just created (requests then time out or find no responder). Every
-    step is idempotent, so repeating one is safe."""
-    deadline = time.monotonic() + patience
-    delay = 0.25
-    while True:
-        try:
-            return await step()
-        except (TimeoutError, NatsTimeoutError, NoRespondersError, NoStreamResponseError,
-                ServiceUnavailableError) as exc:
-            if time.monotonic() + delay > deadline:
-                raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"provisioning {what}: the backbone did not answer",
-                                rule="provision") from exc
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
 
 async def _ensure_stream(js: JetStreamContext, cfg: StreamConfig) -> None:

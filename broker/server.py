@@ -8,8 +8,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from psvn import procs
 from psvn.broker.natsconf import ServerConfig, render
+from psvn.core import procs
 
 
 def nats_server_binary() -> str:

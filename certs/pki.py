@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from psvn import addresses
-from psvn.errors import Code, PsvnError
+from psvn.core import addresses
+from psvn.core.errors import Code, PsvnError
 
 __all__ = [
     "CA",

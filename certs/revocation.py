@@ -29,7 +29,7 @@ from psvn.certs.pki import (
     load_cert,
     write_public,
 )
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 
 __all__ = ["is_revoked", "load_crl", "refresh_crl", "revoke", "revoked_serials", "write_crl"]
 

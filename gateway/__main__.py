@@ -2,7 +2,7 @@
 
 import sys
 
-from psvn.cli.main import main
+from psvn.gateway.run import main
 
 if __name__ == "__main__":
-    sys.exit(main(["gateway", "run", *sys.argv[1:]]))
+    sys.exit(main(sys.argv[1:]))

@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable
 import msgspec
 import structlog
 
-from psvn.broker import auditlog
-from psvn.tasks import halt
+from psvn.backbone import auditlog
+from psvn.core.tasks import halt
 
 log = structlog.get_logger("psvn.gateway.audit")
 

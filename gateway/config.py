@@ -7,7 +7,7 @@ from pathlib import Path
 import msgspec
 import structlog
 
-from psvn import config
+from psvn.core import config
 
 
 class GatewaySection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -94,6 +94,6 @@ def load(path: Path | str) -> GatewayConfig:
     cfg = config.load(path, GatewayConfig)
     if cfg.tls.crl is None:
         # allowed (a CA without a CRL yet), but then a revoked system certificate still gets in
-        structlog.get_logger("psvn.config").warning(
+        structlog.get_logger("psvn.core.config").warning(
             "tls.crl is not set: revoked client certificates will NOT be refused", config=str(path))
     return cfg

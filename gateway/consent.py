@@ -66,14 +66,14 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
-from psvn.broker.jsfast import JetStreamOps
-from psvn.broker.kvwatch import KV_OPERATION
-from psvn.broker.registry import RegistryView
-from psvn.broker.subjects import CONSENT_BUCKET
+from psvn.backbone.jsfast import JetStreamOps
+from psvn.backbone.kvwatch import KV_OPERATION
+from psvn.backbone.registry_view import RegistryView
 from psvn.certs.pki import ed25519_public
-from psvn.errors import Code, PsvnError
-from psvn.gateway import seal
+from psvn.core.errors import Code, PsvnError
 from psvn.policies.consent import ConsentChange, ConsentRegistry
+from psvn.protocol import seal
+from psvn.protocol.subjects import CONSENT_BUCKET
 
 log = structlog.get_logger("psvn.gateway.consent")
 OPERATOR_TYPE = "operator"
@@ -381,7 +381,7 @@ async def migrate_legacy(js: JetStreamContext) -> int:
     A record signed with an operator key retired before the migration is re-stamped by the
     backbone now, after that key retired, and so is refused (fail closed) until the pds sends the
     citizen's change again; run the migration before rotating the operator's key."""
-    from psvn.broker.kvwatch import read_keys
+    from psvn.backbone.kvwatch import read_keys
 
     moved = 0
     for k in await read_keys(js, CONSENT_BUCKET):

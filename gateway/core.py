@@ -25,11 +25,17 @@ from cryptography.hazmat.primitives import constant_time, hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from psvn import addresses
-from psvn.broker.registry import Member, RegistryView
-from psvn.broker.subjects import MAILBOX_MAX_AGE_DAYS, msg_subject, rcpt_subject
 from psvn.certs.pki import ed25519_public, raw_public
-from psvn.envelope import (
+from psvn.core import addresses
+from psvn.core.errors import Code, PsvnError
+from psvn.policies.catalogue import CatalogueEntry
+from psvn.policies.consent import ConsentRegistry, mask_subject
+from psvn.policies.engine import Decision, DecisionRequest
+from psvn.policies.snapshot import PolicySnapshot
+from psvn.policies.validation import XML_TYPES, media_type
+from psvn.policies.validators.common import NO_SUBJECTS
+from psvn.protocol import seal
+from psvn.protocol.envelope import (
     Envelope,
     SendRequest,
     build,
@@ -39,14 +45,8 @@ from psvn.envelope import (
     parse_time,
     payload_bytes,
 )
-from psvn.errors import Code, PsvnError
-from psvn.gateway import seal
-from psvn.gateway.policy import PolicySnapshot
-from psvn.policies.catalogue import CatalogueEntry
-from psvn.policies.consent import ConsentRegistry, mask_subject
-from psvn.policies.engine import Decision, DecisionRequest
-from psvn.policies.validation import XML_TYPES, media_type
-from psvn.policies.validators.common import NO_SUBJECTS
+from psvn.protocol.members import Member, MemberTable
+from psvn.protocol.subjects import MAILBOX_MAX_AGE_DAYS, msg_subject, rcpt_subject
 
 
 @dataclass(frozen=True)
@@ -239,7 +239,7 @@ class SendCheck:
         return self.subjects | ({self.req.subject} if self.req.subject else frozenset())
 
 
-def check_send(req: SendRequest, *, snap: PolicySnapshot, registry: RegistryView, message_id: str) -> SendCheck:
+def check_send(req: SendRequest, *, snap: PolicySnapshot, registry: MemberTable, message_id: str) -> SendCheck:
     """Envelope rules, recipient, catalogue, payload validation and subject binding (no decision)."""
     try:
         check_request(req)
@@ -258,7 +258,7 @@ def check_send(req: SendRequest, *, snap: PolicySnapshot, registry: RegistryView
 
 
 def prepare_send(req: SendRequest, *, me: Identity, system: str | None, snap: PolicySnapshot,
-                 registry: RegistryView, message_id: str, now: datetime | None = None,
+                 registry: MemberTable, message_id: str, now: datetime | None = None,
                  consent: ConsentRegistry | None = None, topic: str | None = None,
                  checked: SendCheck | None = None) -> Outgoing:
     """Check, decide, sign and seal one message; with ``topic``, one delivery of a feed event.
@@ -315,7 +315,7 @@ class Opening:
         return self.subjects | ({self.envelope.subject} if self.envelope.subject else frozenset())
 
 
-def open_message(data: bytes, *, subject: str, message_id: str, me: Identity, registry: RegistryView,
+def open_message(data: bytes, *, subject: str, message_id: str, me: Identity, registry: MemberTable,
                  snap: PolicySnapshot, now: datetime | None = None, checks: bool = True,
                  published: datetime | None = None) -> Opening:
     """Open and verify a message; with ``checks`` (on first receipt) also expiry, payload and subject
@@ -380,7 +380,7 @@ def decide_incoming(opening: Opening, *, me: Identity, snap: PolicySnapshot, mes
     return Incoming(envelope=env, payload=opening.payload, decision=decision, sender=opening.sender)
 
 
-def open_incoming(data: bytes, *, subject: str, message_id: str, me: Identity, registry: RegistryView,
+def open_incoming(data: bytes, *, subject: str, message_id: str, me: Identity, registry: MemberTable,
                   snap: PolicySnapshot, now: datetime | None = None, checks: bool = True,
                   consent: ConsentRegistry | None = None, published: datetime | None = None) -> Incoming:
     """:func:`open_message` then :func:`decide_incoming`, for a caller that has the consent already."""
@@ -418,7 +418,7 @@ def make_receipt(*, message_id: str, status: str, me: Identity, to: Member, reas
 
 
 def open_receipt(data: bytes, *, subject: str, receipt_msg_id: str, me: Identity,
-                 registry: RegistryView, published: datetime | None = None) -> Receipt:
+                 registry: MemberTable, published: datetime | None = None) -> Receipt:
     sender_org = sender_from_subject(subject, me, "rcpt")
     sender = registry.lookup(sender_org, field="by", require_active=False)
     inner = seal.unseal(data, private_key=me.private_keys, info=seal.info_for(sender_org, me.org, receipt_msg_id))

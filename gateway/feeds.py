@@ -14,10 +14,10 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from psvn.addresses import token
-from psvn.broker.kvwatch import KV_OPERATION, SharedFollower
-from psvn.broker.natsraw import RawReads
-from psvn.broker.subjects import FEEDS_BUCKET
+from psvn.backbone.kvwatch import KV_OPERATION, SharedFollower
+from psvn.backbone.natsraw import RawReads
+from psvn.core.addresses import token
+from psvn.protocol.subjects import FEEDS_BUCKET
 
 log = structlog.get_logger("psvn.gateway.feeds")
 

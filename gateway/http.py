@@ -15,18 +15,9 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from psvn import addresses
 from psvn.certs.tls import peer_uris
-from psvn.envelope import (
-    FeedRequest,
-    RawFeedRequest,
-    RawSendRequest,
-    SendRequest,
-    SubscribeRequest,
-    check_free_id,
-    new_message_id,
-)
-from psvn.errors import Code, PsvnError
+from psvn.core import addresses
+from psvn.core.errors import Code, PsvnError
 from psvn.gateway import openapi
 from psvn.gateway.openapi import (
     Accepted,
@@ -48,6 +39,15 @@ from psvn.gateway.openapi import (
 )
 from psvn.gateway.service import Gateway
 from psvn.gateway.store import InRecord, OutRecord
+from psvn.protocol.envelope import (
+    FeedRequest,
+    RawFeedRequest,
+    RawSendRequest,
+    SendRequest,
+    SubscribeRequest,
+    check_free_id,
+    new_message_id,
+)
 
 log = structlog.get_logger("psvn.gateway.http")
 

@@ -2,7 +2,7 @@
 document generated from them and from the request models the views decode.
 
 Every JSON body the gateway reads or writes is one of these msgspec types (requests come from
-:mod:`psvn.envelope`, the catalogue entry from :mod:`policies.catalogue`), so the schemas in the
+:mod:`psvn.protocol.envelope`, the catalogue entry from :mod:`policies.catalogue`), so the schemas in the
 document are the very types the code uses (``msgspec.json.schema_components``): the document
 cannot describe a field the gateway does not have. ``docs/openapi.json`` is the committed copy;
 regenerate it with ``python -m psvn.gateway.openapi > docs/openapi.json``.
@@ -18,11 +18,11 @@ from typing import Any
 
 import msgspec
 
-from psvn.envelope import Envelope, FeedRequest, SendRequest, SubscribeRequest
-from psvn.errors import Code, PsvnError, Violation
+from psvn.core.errors import Code, PsvnError, Violation
 from psvn.gateway.feeds import Subscription
 from psvn.gateway.store import MessageStatus
 from psvn.policies.catalogue import CatalogueEntry
+from psvn.protocol.envelope import Envelope, FeedRequest, SendRequest, SubscribeRequest
 
 API_VERSION = "1.0.0"
 PROBLEM = "application/problem+json"

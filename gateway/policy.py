@@ -10,40 +10,19 @@ from __future__ import annotations
 import asyncio
 import hmac
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.js import JetStreamContext
 
-from psvn.broker.kvwatch import SharedFollower
-from psvn.broker.subjects import POLICY_BUCKET, POLICY_KEY
-from psvn.errors import Code, PsvnError
+from psvn.backbone.kvwatch import SharedFollower
+from psvn.core.errors import Code, PsvnError
 from psvn.policies import bundle
-from psvn.policies.catalogue import Catalogue
-from psvn.policies.engine import Engine
-from psvn.policies.validation import PayloadValidator
+from psvn.policies.snapshot import PolicySnapshot
+from psvn.protocol.subjects import POLICY_BUCKET, POLICY_KEY
 
 log = structlog.get_logger("psvn.gateway.policy")
-
-
-@dataclass(frozen=True)
-class PolicySnapshot:
-    version: int
-    document: dict[str, Any]
-    engine: Engine
-    catalogue: Catalogue
-    validator: PayloadValidator
-
-    @classmethod
-    def compile(cls, doc: dict[str, Any]) -> PolicySnapshot:
-        catalogue = Catalogue.from_document(doc)
-        validator = PayloadValidator(catalogue, doc.get("schemas", {}))
-        validator.warm()  # a policy version is compiled whole before it is enforced
-        return cls(version=int(doc["version"]), document=doc, engine=Engine.from_document(doc),
-                   catalogue=catalogue, validator=validator)
 
 
 MAX_REJECTED = 64  # refusals remembered for the start-up error (a flood of forgeries stays bounded)

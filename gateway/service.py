@@ -28,25 +28,30 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
-from psvn import addresses
-from psvn.broker.jsfast import JetStreamOps
-from psvn.broker.natsraw import Puller, RawReads
-from psvn.broker.provision import connect, provision_state_bucket
-from psvn.broker.registry import RegistryView
-from psvn.broker.subjects import (
-    CONSENT_BUCKET,
-    CONSUMER,
-    MAILBOX_MAX_AGE_DAYS,
-    OPERATOR_JS_PREFIX,
-    POLICY_BUCKET,
-    REGISTRY_BUCKET,
-    audit_subject,
-    inbox_prefix,
-    inbox_stream,
-    quarantine_subject,
-)
+from psvn.backbone.buckets import provision_state_bucket
+from psvn.backbone.connect import connect
+from psvn.backbone.jsfast import JetStreamOps
+from psvn.backbone.natsraw import Puller, RawReads
+from psvn.backbone.registry_view import RegistryView
 from psvn.certs import pki, tls
-from psvn.envelope import (
+from psvn.core import addresses
+from psvn.core.errors import Code, PsvnError
+from psvn.core.tasks import halt
+from psvn.gateway import core
+from psvn.gateway.audit import AuditWriter
+from psvn.gateway.config import GatewayConfig
+from psvn.gateway.consent import OPERATOR_TYPE, ConsentLookup, Consulted
+from psvn.gateway.feeds import FeedView, Subscription
+from psvn.gateway.metrics import Metrics
+from psvn.gateway.policy import PolicyHolder
+from psvn.gateway.store import Gone, HistoryEntry, InRecord, OutRecord, StateStore, message_id_for
+from psvn.gateway.webhook import WebhookPusher, check_url, load_secret
+from psvn.policies.consent import TYPE as CONSENT_TYPE
+from psvn.policies.consent import ConsentRegistry
+from psvn.policies.engine import DecisionRequest
+from psvn.policies.snapshot import PolicySnapshot
+from psvn.protocol import seal
+from psvn.protocol.envelope import (
     Envelope,
     FeedRequest,
     SendRequest,
@@ -58,21 +63,19 @@ from psvn.envelope import (
     parse_time,
     payload_bytes,
 )
-from psvn.errors import Code, PsvnError
-from psvn.gateway import core, seal
-from psvn.gateway.audit import AuditWriter
-from psvn.gateway.config import GatewayConfig
-from psvn.gateway.consent import OPERATOR_TYPE, ConsentLookup, Consulted
-from psvn.gateway.feeds import FeedView, Subscription
-from psvn.gateway.metrics import Metrics
-from psvn.gateway.policy import PolicyHolder, PolicySnapshot
-from psvn.gateway.store import Gone, HistoryEntry, InRecord, OutRecord, StateStore, message_id_for
-from psvn.gateway.webhook import WebhookPusher, check_url, load_secret
-from psvn.lifecycle import State
-from psvn.policies.consent import TYPE as CONSENT_TYPE
-from psvn.policies.consent import ConsentRegistry
-from psvn.policies.engine import DecisionRequest
-from psvn.tasks import halt
+from psvn.protocol.lifecycle import State
+from psvn.protocol.subjects import (
+    CONSENT_BUCKET,
+    CONSUMER,
+    MAILBOX_MAX_AGE_DAYS,
+    OPERATOR_JS_PREFIX,
+    POLICY_BUCKET,
+    REGISTRY_BUCKET,
+    audit_subject,
+    inbox_prefix,
+    inbox_stream,
+    quarantine_subject,
+)
 
 log = structlog.get_logger("psvn.gateway")
 

@@ -38,12 +38,12 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError, ServiceUnavailableError
 
-from psvn.broker import jsfast
-from psvn.broker.kvwatch import KVFollower
-from psvn.broker.subjects import state_bucket
-from psvn.envelope import now_rfc3339
-from psvn.errors import Code, PsvnError
-from psvn.lifecycle import InvalidTransition, State, advance
+from psvn.backbone import jsfast
+from psvn.backbone.kvwatch import KVFollower
+from psvn.core.errors import Code, PsvnError
+from psvn.protocol.envelope import now_rfc3339
+from psvn.protocol.lifecycle import InvalidTransition, State, advance
+from psvn.protocol.subjects import state_bucket
 
 log = structlog.get_logger("psvn.gateway.store")
 T = TypeVar("T")

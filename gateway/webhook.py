@@ -38,7 +38,7 @@ import structlog
 import yarl
 from standardwebhooks.webhooks import Webhook
 
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 
 log = structlog.get_logger("psvn.gateway.webhook")
 ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER = "webhook-id", "webhook-timestamp", "webhook-signature"

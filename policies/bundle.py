@@ -17,7 +17,7 @@ import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 
 DEFAULT_DIR = Path(__file__).parent / "default"
 

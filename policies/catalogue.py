@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 
 VALIDATORS = ("fhir-r4", "hl7v2", "cloudevents", "jsonschema")
 

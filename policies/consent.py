@@ -24,7 +24,7 @@ from typing import Any
 import jsonschema_rs
 import msgspec
 
-from psvn.errors import Code, PsvnError, Violation
+from psvn.core.errors import Code, PsvnError, Violation
 
 TYPE = "psvn.consent-change"
 ALL_PURPOSES = "*"

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 from psvn.policies.consent import mask_subject
 
 if TYPE_CHECKING:

@@ -19,11 +19,11 @@ from typing import Any, Literal
 
 import msgspec
 
-from psvn.addresses import MEMBER_TYPES
-from psvn.envelope import CLASSIFICATIONS
-from psvn.errors import Code, PsvnError
+from psvn.core.addresses import MEMBER_TYPES
+from psvn.core.errors import Code, PsvnError
 from psvn.policies.consent import ConsentChange, ConsentRegistry
 from psvn.policies.engine import Decision, DecisionRequest, Engine, PolicyRules, Step, parse_rules
+from psvn.protocol.envelope import CLASSIFICATIONS
 
 # Which member types an address scheme can belong to (an ODS code names trusts and practices).
 SCHEME_TYPES: dict[str, tuple[str, ...]] = {

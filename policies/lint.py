@@ -30,10 +30,9 @@ from typing import Any, Literal, NamedTuple
 
 import msgspec
 
-from psvn import addresses
-from psvn.addresses import MEMBER_TYPES
-from psvn.envelope import CLASSIFICATIONS
-from psvn.errors import PsvnError
+from psvn.core import addresses
+from psvn.core.addresses import MEMBER_TYPES
+from psvn.core.errors import PsvnError
 from psvn.policies import bundle
 from psvn.policies.engine import (
     BUILTIN_IDS,
@@ -48,6 +47,7 @@ from psvn.policies.engine import (
     parse_rules,
 )
 from psvn.policies.lifecycle import DecisionSpace, opted_out_registry
+from psvn.protocol.envelope import CLASSIFICATIONS
 
 Severity = Literal["error", "warning", "info"]
 _MAILBOX = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from psvn.errors import Code, PsvnError, Violation
+from psvn.core.errors import Code, PsvnError, Violation
 from psvn.policies.catalogue import Catalogue, CatalogueEntry
 from psvn.policies.validators.common import NO_SUBJECTS, parse_json
 from psvn.policies.validators.limits import Limits, check_er7, check_json, check_xml

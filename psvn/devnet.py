@@ -19,17 +19,19 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client as NATS
 
-from psvn import config, procs
-from psvn.addresses import token
+from psvn.backbone.connect import connect, patiently
 from psvn.broker import accounts, provision, registry
 from psvn.broker.natsconf import ServerConfig
 from psvn.broker.server import NatsServer
-from psvn.broker.subjects import BROKER_URI
 from psvn.certs import pki, revocation, tls
-from psvn.envelope import now_rfc3339
-from psvn.gateway import consent, seal
+from psvn.core import config, procs
+from psvn.core.addresses import token
+from psvn.gateway import consent
 from psvn.gateway.config import GatewayConfig, GatewaySection, KeysSection, NatsSection, TLSSection
 from psvn.policies import bundle
+from psvn.protocol import seal
+from psvn.protocol.envelope import now_rfc3339
+from psvn.protocol.subjects import BROKER_URI
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,7 @@ async def broker_connect(layout: Layout, url: str | list[str], *, name: str = "p
                          **kwargs: Any) -> NATS:
     """The broker's connection: its certificate and its user in the network account."""
     creds = str(accounts.BackboneAccounts(layout.pki).broker_creds)
-    return await provision.connect(url, broker_tls(layout), name=name, user_credentials=creds, **kwargs)
+    return await connect(url, broker_tls(layout), name=name, user_credentials=creds, **kwargs)
 
 
 async def member_connect(layout: Layout, url: str | list[str], org: str, *, name: str,
@@ -188,12 +190,12 @@ async def member_connect(layout: Layout, url: str | list[str], org: str, *, name
     its account holds and imports."""
     d = layout.org_dir(org)
     ctx = tls.client_context(layout.ca, d / "nats.crt", d / "nats.key")
-    return await provision.connect(url, ctx, name=name, user_credentials=str(layout.nats_creds(org)), **kwargs)
+    return await connect(url, ctx, name=name, user_credentials=str(layout.nats_creds(org)), **kwargs)
 
 
 async def system_connect(layout: Layout, url: str | list[str]) -> NATS:
     """The operator's system user: pushes account JWTs (members added, revoked) to the resolver."""
-    return await provision.connect(url, broker_tls(layout), name="psvn-broker accounts",
+    return await connect(url, broker_tls(layout), name="psvn-broker accounts",
                                    user_credentials=str(accounts.BackboneAccounts(layout.pki).system_creds))
 
 
@@ -242,15 +244,15 @@ async def provision_backbone(layout: Layout, nats_url: str | list[str], members:
         for m in members:
             await provision.provision_member(js, m.org, replicas=replicas)
             record = member_record(layout, m, gateway_url=(gateway_urls or {}).get(m.org, ""))
-            await provision.patiently(functools.partial(registry.upsert_member, kv, record, signer),
+            await patiently(functools.partial(registry.upsert_member, kv, record, signer),
                                       what=f"registry entry {m.org}")
         doc = bundle.load_dir(policy_dir)
         signed = bundle.sign(doc, pki.load_signing_key(layout.authority_key), proposer="devnet", approver="devnet",
                              published_at=now_rfc3339())
         try:
-            await provision.patiently(lambda: provision.publish_policy(js, signed), what="policy set")
+            await patiently(lambda: provision.publish_policy(js, signed), what="policy set")
         except Exception as exc:
-            from psvn.errors import Code, PsvnError
+            from psvn.core.errors import Code, PsvnError
 
             if not (isinstance(exc, PsvnError) and exc.code is Code.POLICY_VERSION_REGRESSION):
                 raise
@@ -312,31 +314,18 @@ def devnet_ports(base_port: int, members: tuple[MemberSpec, ...] | list[MemberSp
     return ports
 
 
-def port_taken(port: int, host: str = "127.0.0.1") -> bool:
-    """True if a server could not listen on ``host:port`` now (someone else holds it)."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nats-server and aiohttp do
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
 def check_ports_free(base_port: int, members: tuple[MemberSpec, ...] | list[MemberSpec] = DEVNET_MEMBERS,
                      cluster: int = 1) -> None:
     """Before anything starts: a clear error naming the first port in use (another devnet, a
     console, anything), instead of a half-started network talking to someone else's server."""
-    from psvn.errors import Code, PsvnError
+    from psvn.core.errors import Code, PsvnError
 
     if not 1024 <= base_port <= 65535 - port_span(len(members), cluster):
         raise PsvnError(Code.BAD_REQUEST, f"--base-port {base_port} is out of range: the devnet uses "
                         f"{port_span(len(members), cluster)} ports from it, between 1024 and 65535",
                         field="--base-port", rule="port-range")
     for port, what in devnet_ports(base_port, members, cluster):
-        if port_taken(port):
+        if procs.port_taken(port):
             raise PsvnError(Code.BAD_REQUEST, f"port {port} (the {what}, --base-port {base_port} + "
                             f"{port - base_port}) is already in use: stop what holds it, or choose another "
                             "--base-port (make devnet PORT=...)", field="--base-port", rule="port-free")
@@ -344,7 +333,7 @@ def check_ports_free(base_port: int, members: tuple[MemberSpec, ...] | list[Memb
 
 def check_cluster(cluster: int, members: int = len(DEVNET_MEMBERS)) -> None:
     """A clear error for a backbone size the devnet does not run (or ports that would collide)."""
-    from psvn.errors import Code, PsvnError
+    from psvn.core.errors import Code, PsvnError
 
     if cluster not in CLUSTER_SIZES:
         raise PsvnError(Code.BAD_REQUEST, f"--cluster must be 1 (one nats-server) or 3 (three, every stream "
@@ -404,7 +393,7 @@ def read_state(layout: Layout) -> DevnetState | None:
     try:
         return msgspec.json.decode(p.read_bytes(), type=DevnetState)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        from psvn.errors import Code, PsvnError
+        from psvn.core.errors import Code, PsvnError
 
         raise PsvnError(Code.CONFIG_INVALID, f"{p} is not a devnet state file ({exc}): if no devnet runs there, "
                         f"remove it and run `psvn devnet --dir {layout.root} up --detach`", field=str(p),
@@ -482,7 +471,7 @@ class Restarted:
 
 
 def _member_gateway(state: DevnetState, org: str) -> GatewayProcess:
-    from psvn.errors import Code, PsvnError
+    from psvn.core.errors import Code, PsvnError
 
     g = state.gateways.get(org)
     if g is None:
@@ -656,7 +645,7 @@ def enforced_policy(layout: Layout) -> dict[str, Any]:
     import asyncio
 
     from psvn.broker.policy_admin import enforced, load_public_key
-    from psvn.errors import Code, PsvnError
+    from psvn.core.errors import Code, PsvnError
 
     state = running_state(layout)
 
@@ -678,13 +667,14 @@ def registry_member_types(layout: Layout) -> dict[str, str]:
     console's lint sees them."""
     import asyncio
 
+    from psvn.backbone.registry_view import RegistryView
     from psvn.broker.policy_admin import load_public_key
 
     state = running_state(layout)
 
     async def read() -> dict[str, str]:
         nc = await broker_connect(layout, nats_urls(state), name="psvn policy lint")
-        view = registry.RegistryView(load_public_key(layout.registry_pub))
+        view = RegistryView(load_public_key(layout.registry_pub))
         try:
             await view.start(nc.jetstream())
             return {a: m.type for a, m in view.members.items()}
@@ -702,7 +692,7 @@ def enforced_policy_and_types(layout: Layout, orgs: list[str]) -> tuple[dict[str
     import asyncio
 
     from psvn.broker.policy_admin import enforced, load_public_key
-    from psvn.errors import Code, PsvnError
+    from psvn.core.errors import Code, PsvnError
 
     state = running_state(layout)
 
@@ -738,7 +728,7 @@ def rotate_keys(layout: Layout, org: str, *, timeout: float = 60.0) -> registry.
     old signing key still verifies what the backbone stamped before it retired (ROTATION_GRACE)."""
     import asyncio
 
-    from psvn.errors import Code, PsvnError
+    from psvn.core.errors import Code, PsvnError
 
     state = running_state(layout)
     g = state.gateways.get(org)
@@ -769,7 +759,7 @@ def change_membership(layout: Layout, org: str, *, revoke: bool, status: str = "
     import asyncio
 
     from psvn.broker import membership
-    from psvn.errors import Code, PsvnError
+    from psvn.core.errors import Code, PsvnError
 
     state = running_state(layout)
     if org not in state.gateways:
@@ -798,7 +788,7 @@ def change_membership(layout: Layout, org: str, *, revoke: bool, status: str = "
 
 def running_state(layout: Layout) -> DevnetState:
     """The running devnet's state, or a clear error naming ``--devnet`` (never a traceback)."""
-    from psvn.errors import Code, PsvnError
+    from psvn.core.errors import Code, PsvnError
 
     state = read_state(layout)
     if not running(state):
@@ -813,9 +803,9 @@ def registry_history(layout: Layout, org: str) -> list[tuple[int, str, registry.
     (revision, verdict, entry): what a gateway would do with each."""
     import asyncio
 
-    from psvn.broker.kvwatch import read_history
-    from psvn.broker.subjects import REGISTRY_BUCKET
+    from psvn.backbone.kvwatch import read_history
     from psvn.certs.pki import load_signing_key
+    from psvn.protocol.subjects import REGISTRY_BUCKET
 
     state = running_state(layout)
     authority = load_signing_key(layout.registry_key).public_key()

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from psvn.broker.accounts import BackboneAccounts
 from psvn.broker.auth import TokenAuthority
@@ -23,15 +23,31 @@ from psvn.broker.policy_admin import load_public_key
 from psvn.certs import pki, tls
 from psvn.policies import bundle
 
-if TYPE_CHECKING:  # the devnet layout names the files; the broker does not depend on devnet wiring
-    from psvn.devnet import Layout
+
+class ConsoleFiles(Protocol):
+    """Where the console finds the network's keys and certificates (a devnet's ``Layout`` is one):
+    the broker names what it reads, never the wiring that put the files there."""
+
+    @property
+    def pki(self) -> Path: ...
+    @property
+    def ca(self) -> Path: ...
+    @property
+    def authority_key(self) -> Path: ...
+    @property
+    def authority_pub(self) -> Path: ...
+    @property
+    def registry_pub(self) -> Path: ...
+    @property
+    def broker_cert(self) -> tuple[Path, Path]: ...
+
 
 DEFAULT_PORT = 14230  # devnet: nats 14222, monitor 14223, gateways 14232..
 
-__all__ = ["DEFAULT_PORT", "ConsoleServer", "ConsoleStore", "run", "start"]
+__all__ = ["DEFAULT_PORT", "ConsoleFiles", "ConsoleServer", "ConsoleStore", "run", "start"]
 
 
-async def start(layout: Layout, *, nats_url: str | list[str], port: int = 0, host: str = "127.0.0.1",
+async def start(layout: ConsoleFiles, *, nats_url: str | list[str], port: int = 0, host: str = "127.0.0.1",
                 policy_dir: Path = bundle.DEFAULT_DIR) -> ConsoleServer:
     """Connect to the backbone as the broker and serve the console; ``.url`` says where."""
     tokens = TokenAuthority.for_pki(layout.pki)
@@ -48,16 +64,9 @@ async def start(layout: Layout, *, nats_url: str | list[str], port: int = 0, hos
         raise
 
 
-def devnet_nats_urls(layout: Layout) -> list[str]:
-    """Every node of the running devnet's backbone (the console fails over between them)."""
-    from psvn.devnet import nats_urls, running_state
-
-    return nats_urls(running_state(layout))
-
-
-async def serve_forever(layout: Layout, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1",
-                        nats_url: str | list[str] | None = None, on_ready: object = None) -> None:
-    server = await start(layout, nats_url=nats_url or devnet_nats_urls(layout), port=port, host=host)
+async def serve_forever(layout: ConsoleFiles, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1",
+                        nats_url: str | list[str], on_ready: object = None) -> None:
+    server = await start(layout, nats_url=nats_url, port=port, host=host)
     if callable(on_ready):
         on_ready(server)
     stop = asyncio.Event()
@@ -71,7 +80,7 @@ async def serve_forever(layout: Layout, *, port: int = DEFAULT_PORT, host: str =
         await server.stop()
 
 
-def run(layout: Layout, port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
-        nats_url: str | list[str] | None = None) -> None:
+def run(layout: ConsoleFiles, port: int = DEFAULT_PORT, *, host: str = "127.0.0.1",
+        nats_url: str | list[str]) -> None:
     """Run the console for a devnet until SIGINT/SIGTERM (``psvn console run`` calls this)."""
     asyncio.run(serve_forever(layout, port=port, host=host, nats_url=nats_url))

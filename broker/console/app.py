@@ -20,7 +20,7 @@ from aiohttp import web
 from psvn.broker.auth import TokenAuthority
 from psvn.broker.console.handlers import STORE, TOKENS, add_routes
 from psvn.broker.console.storage import ConsoleStore
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 
 log = structlog.get_logger("psvn.broker.console")
 

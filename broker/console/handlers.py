@@ -23,7 +23,7 @@ from aiohttp import web
 from psvn.broker import policy_admin
 from psvn.broker.auth import Principal, TokenAuthority
 from psvn.broker.console.storage import ConsoleStore
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 from psvn.policies import lifecycle
 
 log = structlog.get_logger("psvn.broker.console")

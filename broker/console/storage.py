@@ -28,14 +28,16 @@ from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from psvn.broker import auditlog, policy_admin, provision
-from psvn.broker.natsraw import RawReads
+from psvn.backbone import auditlog
+from psvn.backbone.connect import connect
+from psvn.backbone.natsraw import RawReads
+from psvn.backbone.registry_view import RegistryView
+from psvn.broker import policy_admin
 from psvn.broker.policy_admin import Current, PolicyAdmin, Proposal
-from psvn.broker.registry import RegistryView
-from psvn.broker.subjects import BROKER_AUDIT, audit_stream
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 from psvn.policies import bundle
 from psvn.policies.lifecycle import load_suite
+from psvn.protocol.subjects import BROKER_AUDIT, audit_stream
 
 log = structlog.get_logger("psvn.broker.console")
 
@@ -68,7 +70,7 @@ class ConsoleStore:
     async def open(cls, *, nats_url: str | list[str], tls: ssl.SSLContext, creds: str, authority_pub: Ed25519PublicKey,
                    signing_key: Ed25519PrivateKey | None, registry_pub: Ed25519PublicKey,
                    policy_dir: Path = bundle.DEFAULT_DIR) -> ConsoleStore:
-        nc = await provision.connect(nats_url, tls, name="psvn-broker console", user_credentials=creds)
+        nc = await connect(nats_url, tls, name="psvn-broker console", user_credentials=creds)
         try:
             js = nc.jetstream()
             registry = RegistryView(registry_pub)  # member types the simulation uses: verified entries only

@@ -15,7 +15,7 @@ import binascii
 import re
 from typing import Any
 
-from psvn.errors import Violation
+from psvn.core.errors import Violation
 
 from .common import NO_SUBJECTS, describe_codes, escape
 from .jsonschema import SubjectFinder, schema_violations

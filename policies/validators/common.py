@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from psvn.errors import Violation
+from psvn.core.errors import Violation
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
 NHS_SUBJECT_PREFIX = "nhs:"  # a data subject named by NHS number, as the envelope's subject names one

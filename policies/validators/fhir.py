@@ -36,7 +36,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from psvn.errors import Violation
+from psvn.core.errors import Violation
 
 from .common import (
     NHS_EXPECTED,

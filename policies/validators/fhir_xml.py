@@ -27,7 +27,7 @@ from functools import lru_cache
 from typing import Any
 from xml.parsers import expat
 
-from psvn.errors import Violation
+from psvn.core.errors import Violation
 
 from .fhir import FhirValidator, R4Definitions, _Child, _Node, definitions
 from .limits import Limits

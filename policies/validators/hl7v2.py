@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from psvn.errors import Violation
+from psvn.core.errors import Violation
 
 from .common import NHS_EXPECTED, NO_SUBJECTS, nhs_number_problem, nhs_subject
 

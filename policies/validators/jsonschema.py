@@ -20,7 +20,7 @@ from typing import Any
 
 import jsonschema_rs
 
-from psvn.errors import Violation
+from psvn.core.errors import Violation
 
 from .common import (
     NHS_SUBJECT_PREFIX,

@@ -13,7 +13,7 @@ import re
 
 import msgspec
 
-from psvn.errors import Violation
+from psvn.core.errors import Violation
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):

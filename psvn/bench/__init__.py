@@ -51,7 +51,6 @@ from typing import Any
 
 import msgspec
 
-from psvn import procs
 from psvn.bench.process import CpuMeter, MemoryMeter, cpu_seconds, machine_busy_seconds, memory_mib, restart_gateway
 from psvn.bench.report import (
     CLASSIFICATION,
@@ -78,7 +77,8 @@ from psvn.bench.report import (
     percentiles,
     to_json,
 )
-from psvn.errors import Code, PsvnError
+from psvn.core import procs
+from psvn.core.errors import Code, PsvnError
 
 __all__ = [
     "CLASSIFICATION",
@@ -208,7 +208,7 @@ class DeliveryObserver:
     each member's own user may read in its own account. Costs the gateways nothing."""
 
     def __init__(self, sender: str, recipient: str) -> None:
-        from psvn.broker.subjects import state_bucket
+        from psvn.protocol.subjects import state_bucket
 
         self.in_prefix = f"$KV.{state_bucket(recipient)}.in."
         self.out_prefix = f"$KV.{state_bucket(sender)}.out."
@@ -604,9 +604,8 @@ def bench_crypto(seconds: float = 1.0, size: int = 1024) -> dict[str, float]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    from psvn.envelope import Envelope, new_message_id, now_rfc3339
-    from psvn.gateway import seal
-
+    from psvn.protocol import seal
+    from psvn.protocol.envelope import Envelope, new_message_id, now_rfc3339
     signer, recipient = Ed25519PrivateKey.generate(), X25519PrivateKey.generate()
     verify_key, recipient_pub = signer.public_key(), recipient.public_key()
     env = Envelope(id=new_message_id(), source=f"{COUNCIL}/adult-social-care", to=TRUST, type=MESSAGE_TYPE,

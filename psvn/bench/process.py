@@ -106,7 +106,7 @@ def restart_gateway(layout: Any, org: str, *, timeout: float = 60.0) -> Restart:
     timed to ``/readyz`` 200. A gateway that does not come back is reported, not raised: the
     bench's other figures stand, and the report says the devnet is not as it was."""
     from psvn import devnet
-    from psvn.errors import PsvnError
+    from psvn.core.errors import PsvnError
 
     try:
         done = devnet.restart_gateway(layout, org, timeout=timeout)

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -10,7 +10,7 @@ from typing import Any
 
 from cryptography import x509
 
-from psvn import addresses
+from psvn.core import addresses
 
 DEFAULT_DIR = Path(".devnet/pki")
 
@@ -128,7 +128,7 @@ def _revoke(args: argparse.Namespace) -> int:
     print(f"revoked {who} (serial {cert.serial_number:x}, fingerprint {fingerprint(cert)})")
     print(f"  CRL re-signed: {ca.crl_path}")
     from psvn import devnet
-    from psvn.addresses import URI_PREFIX
+    from psvn.core.addresses import URI_PREFIX
 
     orgs = [u[len(URI_PREFIX):] for u in cert_uris(cert) if u.startswith(URI_PREFIX)]
     layout = devnet.Layout(Path(args.dir).parent)

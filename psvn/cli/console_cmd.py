@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 
 ROLES = ("compliance-officer", "approver", "operator")
 
@@ -58,8 +58,9 @@ def _layout(path: str):  # type: ignore[no-untyped-def]
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from psvn import log
+    from psvn import devnet
     from psvn.broker import console
+    from psvn.core import log
 
     log.configure(json=True)
     layout = _layout(args.devnet)
@@ -71,7 +72,8 @@ def _run(args: argparse.Namespace) -> int:
               f"--devnet {args.devnet} --user NAME --role ROLE`)", flush=True)
 
     try:
-        asyncio.run(console.serve_forever(layout, port=port, host=args.host, on_ready=ready))
+        urls = devnet.nats_urls(devnet.running_state(layout))  # every node: the console fails over between them
+        asyncio.run(console.serve_forever(layout, port=port, host=args.host, nats_url=urls, on_ready=ready))
     except OSError as exc:  # lost a race for the port after the check, or a port below 1024
         import errno
 
@@ -103,9 +105,9 @@ def console_port(layout) -> int:  # type: ignore[no-untyped-def]
 
 
 def _check_port(layout, port: int, host: str) -> None:  # type: ignore[no-untyped-def]
-    from psvn import devnet, procs
-
-    if port == 0 or not devnet.port_taken(port, host):
+    from psvn import devnet
+    from psvn.core import procs
+    if port == 0 or not procs.port_taken(port, host):
         return
     state = devnet.read_state(layout)
     hint = "stop what holds it, or choose another with --port (0 picks a free one)"

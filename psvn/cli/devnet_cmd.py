@@ -131,8 +131,8 @@ def backbone(state) -> str:  # type: ignore[no-untyped-def]
 
 
 def _status(args: argparse.Namespace) -> int:
-    from psvn import devnet, procs
-
+    from psvn import devnet
+    from psvn.core import procs
     layout = _layout(args)
     state = devnet.read_state(layout)
     if state is None:

@@ -12,7 +12,7 @@ import sys
 from typing import NoReturn
 
 from psvn import __version__
-from psvn.errors import PsvnError
+from psvn.core.errors import PsvnError
 
 GROUPS = [
     "psvn.cli.devnet_cmd",
@@ -104,7 +104,7 @@ def unexpected(exc: BaseException, args: argparse.Namespace) -> int:
     import traceback
 
     from psvn.cli.output import print_error
-    from psvn.errors import Code
+    from psvn.core.errors import Code
 
     if os.environ.get("PSVN_DEBUG"):
         traceback.print_exc()

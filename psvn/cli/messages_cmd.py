@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from psvn.cli.output import print_json
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 
 
 def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -54,7 +54,7 @@ def _sdk_errors(func: Any) -> Any:
                 code = Code(exc.code)
             except ValueError:
                 code = Code.INTERNAL
-            from psvn.errors import Violation
+            from psvn.core.errors import Violation
 
             raise PsvnError(code, exc.detail or str(exc), field=exc.field, rule=exc.rule, message_id=exc.message_id,
                             violations=[Violation(path=v.path, rule=v.rule, message=v.message, expected=v.expected)

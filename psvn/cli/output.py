@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from psvn.errors import PsvnError
+from psvn.core.errors import PsvnError
 
 
 def print_json(value: Any) -> None:

@@ -81,17 +81,16 @@ Action = Callable[[Any, argparse.Namespace], Awaitable[Any]]
 def _do(args: argparse.Namespace, action: Action) -> int:
     import logging
 
-    from psvn import log
-
+    from psvn.core import log
     log.configure(json=False, level=logging.WARNING)  # stdout stays the command's answer (--json)
     return int(asyncio.run(_with_admin(args, action)) or 0)
 
 
 async def _with_admin(args: argparse.Namespace, action: Action) -> int:
     from psvn import devnet
+    from psvn.backbone.registry_view import RegistryView
     from psvn.broker import policy_admin
     from psvn.broker.policy_admin import PolicyAdmin
-    from psvn.broker.registry import RegistryView
     from psvn.certs import pki
     from psvn.policies import bundle
     from psvn.policies.lifecycle import load_suite
@@ -125,7 +124,7 @@ def _print(args: argparse.Namespace, value: Any, text: str) -> None:
 
 
 async def _propose(admin: Any, args: argparse.Namespace) -> int:
-    from psvn.errors import Code, PsvnError
+    from psvn.core.errors import Code, PsvnError
     from psvn.policies import bundle
 
     folder = Path(args.dir)

@@ -14,9 +14,9 @@ from typing import Any
 
 import msgspec
 
-from psvn.addresses import MEMBER_TYPES
 from psvn.cli.output import print_json
-from psvn.errors import Code, PsvnError
+from psvn.core.addresses import MEMBER_TYPES
+from psvn.core.errors import Code, PsvnError
 from psvn.policies import bundle
 from psvn.policies.consent import ConsentChange, ConsentRegistry
 from psvn.policies.engine import DecisionRequest

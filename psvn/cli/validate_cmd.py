@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from psvn.cli.output import print_error, print_json
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 from psvn.policies import bundle
 from psvn.policies.catalogue import Catalogue
 from psvn.policies.validation import XML_TYPES, PayloadValidator, invalid_payload_error, media_type

@@ -20,13 +20,14 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from psvn import devnet
-from psvn.broker.subjects import CONSUMER, OPERATOR_JS_PREFIX, inbox_prefix, inbox_stream, msg_subject
 from psvn.certs import pki, tls
-from psvn.envelope import SendRequest
-from psvn.errors import Code, PsvnError
-from psvn.gateway import core, seal
+from psvn.core.errors import Code, PsvnError
+from psvn.gateway import core
 from psvn.gateway.server import GatewayServer
 from psvn.policies.validation import PayloadValidator, Violation
+from psvn.protocol import seal
+from psvn.protocol.envelope import SendRequest
+from psvn.protocol.subjects import CONSUMER, OPERATOR_JS_PREFIX, inbox_prefix, inbox_stream, msg_subject
 from tests.conftest import Network
 from tests.gateway.test_service import REFERRAL, call, referral, wait_status
 
@@ -44,7 +45,7 @@ async def settled(net: Network, org: str, timeout: float = 10.0) -> None:
     """Wait until the member's gateway has taken in everything its inbox holds: the inbox
     consumer has nothing left to deliver and nothing delivered unacknowledged (a condition, not a
     sleep: what a test then finds missing or doubled, it would not find later either)."""
-    from psvn.broker.subjects import CONSUMER
+    from psvn.protocol.subjects import CONSUMER
 
     nc = await devnet.broker_connect(net.layout, net.nats.url)
     try:

@@ -32,9 +32,9 @@ from nats.aio.client import Client as NATS
 from psvn import devnet
 from psvn.broker import cluster as bc
 from psvn.broker.accounts import BackboneAccounts
-from psvn.broker.subjects import CONSUMER, audit_stream, inbox_stream, msg_subject, rcpt_subject, state_bucket
 from psvn.devnet import EXAMPLE_MEMBERS, Layout
 from psvn.gateway.server import GatewayServer
+from psvn.protocol.subjects import CONSUMER, audit_stream, inbox_stream, msg_subject, rcpt_subject, state_bucket
 from tests.conftest import Network
 from tests.gateway.test_service import REFERRAL, referral
 

@@ -23,7 +23,7 @@ from psvn import devnet
 from psvn.broker import console
 from psvn.broker.auth import TokenAuthority, key_path
 from psvn.cli import console_cmd, policy_admin_cmd
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 from tests.broker.test_policy_admin import DENY_RULE_ID, edited_rules, wait_versions
 from tests.conftest import Network
 from tests.gateway.test_service import call, referral
@@ -361,8 +361,7 @@ async def test_a_console_500_carries_the_id_of_its_logged_traceback(con: Console
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import io
 
-    from psvn import log as psvn_log
-
+    from psvn.core import log as psvn_log
     saved = structlog.get_config()
     stream = io.StringIO()
     psvn_log.configure(json=True, stream=stream)

@@ -25,14 +25,17 @@ from nats.js.errors import (
 )
 
 from psvn import devnet
-from psvn.addresses import token
-from psvn.broker import natsjwt, provision
+from psvn.backbone.buckets import provision_state_bucket
+from psvn.backbone.connect import connect
+from psvn.backbone.jsfast import JetStreamOps, NoResponders, parse_headers
+from psvn.broker import natsjwt
 from psvn.broker.accounts import BackboneAccounts
 from psvn.broker.cluster import on_free_ports
-from psvn.broker.jsfast import JetStreamOps, NoResponders, parse_headers
-from psvn.broker.provision import provision_state_bucket
 from psvn.broker.server import NatsServer
-from psvn.broker.subjects import (
+from psvn.certs import tls
+from psvn.core.addresses import token
+from psvn.devnet import EXAMPLE_MEMBERS, Layout
+from psvn.protocol.subjects import (
     CONSENT_BUCKET,
     OPERATOR_JS_PREFIX,
     inbox_prefix,
@@ -40,8 +43,6 @@ from psvn.broker.subjects import (
     msg_subject,
     state_bucket,
 )
-from psvn.certs import tls
-from psvn.devnet import EXAMPLE_MEMBERS, Layout
 
 COUNCIL, TRUST = "gss:E06000043", "ods:RYR"
 STREAM = "JSFAST"  # a test stream in the network account
@@ -103,7 +104,7 @@ async def member(backbone: Backbone, org: str) -> NATS:
     creds = layout.root / f"jsfast-{token(org)}.creds"
     natsjwt.write_private(creds, natsjwt.creds(jwt, seed))
     d = layout.org_dir(org)
-    return await provision.connect(backbone.url, tls.client_context(layout.ca, d / "nats.crt", d / "nats.key"),
+    return await connect(backbone.url, tls.client_context(layout.ca, d / "nats.crt", d / "nats.key"),
                                    name="jsfast-member", user_credentials=str(creds), inbox_prefix=inbox_prefix(org))
 
 

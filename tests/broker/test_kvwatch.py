@@ -7,7 +7,7 @@ import asyncio
 from nats.js.api import KeyValueConfig
 
 from psvn import devnet
-from psvn.broker.kvwatch import KVFollower, read_history, read_keys
+from psvn.backbone.kvwatch import KVFollower, read_history, read_keys
 from tests.conftest import Network
 
 

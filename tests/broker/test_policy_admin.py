@@ -13,7 +13,7 @@ from psvn import devnet
 from psvn.broker import policy_admin, provision
 from psvn.broker.policy_admin import PolicyAdmin
 from psvn.certs import pki
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 from psvn.policies import bundle
 from psvn.policies.lifecycle import load_suite
 from tests.conftest import Network

@@ -8,10 +8,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from psvn.broker.policy_admin import PolicyAdmin
-from psvn.broker.subjects import POLICY_BUCKET, POLICY_KEY
 from psvn.certs import pki
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 from psvn.policies import bundle
+from psvn.protocol.subjects import POLICY_BUCKET, POLICY_KEY
 from tests.broker.test_policy_admin import DENY_RULE_ID, next_doc, open_admin, wait_versions
 from tests.conftest import Network
 from tests.gateway.test_service import call, referral

@@ -14,7 +14,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from psvn.certs import pki, revocation
 from psvn.cli.main import main
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 
 ORG = "gss:E06000043"
 

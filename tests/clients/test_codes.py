@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import psvn_client
 
-from psvn.errors import HTTP_STATUS, Code
+from psvn.core.errors import HTTP_STATUS, Code
 
 SERVER_ONLY = {Code.POLICY_SIGNATURE_INVALID, Code.POLICY_VERSION_REGRESSION, Code.CONFIG_INVALID}
 

@@ -21,7 +21,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from psvn import devnet, procs
+from psvn import devnet
+from psvn.core import procs
 from psvn.devnet import DEVNET_MEMBERS, EXAMPLE_MEMBERS, MemberSpec
 from psvn.gateway.config import GatewayConfig
 from tests.conftest import start_network, stop_network

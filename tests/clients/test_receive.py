@@ -155,7 +155,7 @@ def test_sdk_errors_subclass_the_builtins_they_resemble() -> None:
 
 
 async def test_nothing_listening_is_caught_by_the_builtin_connection_error() -> None:
-    from psvn.procs import free_port
+    from psvn.core.procs import free_port
 
     port = free_port()
     async with psvn_client.AsyncClient(f"http://127.0.0.1:{port}", retries=0) as c:

@@ -222,8 +222,9 @@ REGISTRY_KEY = Ed25519PrivateKey.generate()  # the registry authority of the vie
 def _members(pds_status: str = "active", pds_type: str = "pds") -> tuple[Any, Any]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from psvn.broker.registry import Member, RegistryView
+    from psvn.backbone.registry_view import RegistryView
     from psvn.certs.pki import raw_public
+    from psvn.protocol.members import Member
 
     op_key = Ed25519PrivateKey.generate()
     view = RegistryView(REGISTRY_KEY.public_key())  # filled by hand below (sign with REGISTRY_KEY to apply)
@@ -253,7 +254,7 @@ def test_a_record_stands_whatever_its_store_has_become_since(pds_status: str) ->
 def test_a_record_is_still_refused_on_type_and_signature() -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from psvn.errors import Code, PsvnError
+    from psvn.core.errors import Code, PsvnError
     from psvn.gateway.consent import verify_record
 
     view, op_key = _members("suspended")

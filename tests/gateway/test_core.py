@@ -11,15 +11,17 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from psvn.broker.registry import Member, RegistryView
-from psvn.broker.subjects import msg_subject
+from psvn.backbone.registry_view import RegistryView
 from psvn.certs.pki import raw_public
-from psvn.envelope import SendRequest, build, payload_bytes
-from psvn.errors import Code, PsvnError
-from psvn.gateway import core, seal
-from psvn.gateway.policy import PolicySnapshot
+from psvn.core.errors import Code, PsvnError
+from psvn.gateway import core
 from psvn.policies import bundle
 from psvn.policies.consent import ConsentChange, ConsentRegistry
+from psvn.policies.snapshot import PolicySnapshot
+from psvn.protocol import seal
+from psvn.protocol.envelope import SendRequest, build, payload_bytes
+from psvn.protocol.members import Member
+from psvn.protocol.subjects import msg_subject
 
 REFERRAL = json.loads((Path(__file__).resolve().parents[2] / "examples" / "referral.json").read_text())
 SNAP = PolicySnapshot.compile(bundle.load_dir())
@@ -153,7 +155,7 @@ def test_a_rotated_recipient_still_opens_mail_sealed_to_its_old_key() -> None:
 
 
 def test_a_retired_signing_key_verifies_only_what_was_published_before_it_retired() -> None:
-    from psvn.broker.registry import RetiredKey
+    from psvn.protocol.members import RetiredKey
 
     out = send()  # signed with the council's key, which now retires at NOW
     new_key = Ed25519PrivateKey.generate()

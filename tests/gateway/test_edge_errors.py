@@ -3,7 +3,7 @@ that the 500 problem document carries (and the log holds no payload).
 
 The fault is injected in-process (a Gateway method replaced for the test); the request travels
 over real mutual TLS to a real gateway on a real nats-server, and the log is the JSON the
-gateway writes (``psvn.log.configure``), read back from the stream it was given."""
+gateway writes (``psvn.core.log.configure``), read back from the stream it was given."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import structlog
 
-from psvn import log as psvn_log
+from psvn.core import log as psvn_log
 from tests.conftest import Network
 from tests.gateway.test_service import audit_records, call, referral
 

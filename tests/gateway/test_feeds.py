@@ -13,9 +13,9 @@ import nats
 import pytest
 
 from psvn import devnet
-from psvn.broker.subjects import FEEDS_BUCKET
-from psvn.envelope import SendRequest
 from psvn.gateway import feeds
+from psvn.protocol.envelope import SendRequest
+from psvn.protocol.subjects import FEEDS_BUCKET
 from tests.conftest import Network
 from tests.gateway.test_service import call, wait_status
 

@@ -26,8 +26,9 @@ from typing import TypeVar
 import pytest
 from psvn_client import BatchResult, Client, InboxItem, Message
 
-from psvn import devnet, procs
+from psvn import devnet
 from psvn.bench import CLASSIFICATION, MESSAGE_TYPE, NHS_NUMBER, PURPOSE, free_port_range, service_request
+from psvn.core import procs
 
 COUNCIL = "gss:E06000043"
 TRUST = "ods:RYR"

@@ -65,7 +65,7 @@ def test_document_is_openapi_31_and_schemas_are_the_gateways_models() -> None:
     # the views decode the Raw* subclasses (payload kept as bytes): the same fields, the same rules
     import msgspec
 
-    from psvn.envelope import FeedRequest, RawFeedRequest, RawSendRequest, SendRequest
+    from psvn.protocol.envelope import FeedRequest, RawFeedRequest, RawSendRequest, SendRequest
     for raw, doc_model in ((RawSendRequest, SendRequest), (RawFeedRequest, FeedRequest)):
         decoded = msgspec.json.schema(raw)["$defs"][raw.__name__]
         documented = schemas[doc_model.__name__]

@@ -10,10 +10,10 @@ import msgspec
 import pytest
 
 from psvn import devnet
-from psvn.broker.subjects import inbox_stream
 from psvn.certs import pki
 from psvn.devnet import EXAMPLE_MEMBERS
-from psvn.gateway import seal
+from psvn.protocol import seal
+from psvn.protocol.subjects import inbox_stream
 from tests.conftest import Network, start_network, stop_network
 from tests.gateway.test_service import REFERRAL, call, referral, wait_status
 

@@ -8,10 +8,11 @@ from typing import Any
 import msgspec
 
 from psvn import devnet
-from psvn.broker.subjects import inbox_stream, msg_subject
 from psvn.certs import pki
-from psvn.envelope import SendRequest
-from psvn.gateway import core, seal
+from psvn.gateway import core
+from psvn.protocol import seal
+from psvn.protocol.envelope import SendRequest
+from psvn.protocol.subjects import inbox_stream, msg_subject
 from tests.broker.test_backbone import settled, stream_count, wait_quarantined
 from tests.conftest import Network
 from tests.gateway.test_service import call, referral, wait_status
@@ -98,7 +99,7 @@ async def test_lost_publish_ack_then_retry_with_same_key_delivers_once(network: 
         await real_publish(subject, data, msg_id)  # the backbone stored it ...
         if not lost:
             lost.append(msg_id)
-            from psvn.errors import Code, PsvnError
+            from psvn.core.errors import Code, PsvnError
 
             raise PsvnError(Code.BACKBONE_UNAVAILABLE, "ack lost", rule="publish-ack", message_id=msg_id)
 

@@ -13,10 +13,10 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from psvn import devnet
-from psvn.broker.subjects import inbox_stream
 from psvn.devnet import EXAMPLE_MEMBERS, PDS_MEMBER
 from psvn.gateway.server import GatewayServer
 from psvn.gateway.service import Gateway
+from psvn.protocol.subjects import inbox_stream
 from tests.conftest import Network, start_network, stop_network
 from tests.gateway.test_service import audit_records, call, referral, wait_status
 

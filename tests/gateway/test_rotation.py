@@ -148,7 +148,7 @@ def test_a_consent_record_refused_while_the_registry_lags_is_accepted_once_it_ca
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from psvn.certs.pki import raw_public
-    from psvn.errors import PsvnError
+    from psvn.core.errors import PsvnError
     from psvn.gateway.consent import LAG_CODES, seal_record, verify_value
     from tests.gateway.test_consent import OPERATOR, REGISTRY_KEY, SUBJECT, _members, _record
 
@@ -176,7 +176,7 @@ def test_a_consent_record_refused_while_the_registry_lags_is_accepted_once_it_ca
 
 async def test_a_peer_whose_registry_lags_the_rotation_redelivers_instead_of_quarantining(
         network: Network) -> None:
-    from psvn.broker.subjects import CONSUMER, inbox_stream
+    from psvn.protocol.subjects import CONSUMER, inbox_stream
 
     net, council, trust = network, network.COUNCIL, network.TRUST
     pki.rotate_gateway_keys(net.layout.org_dir(council))

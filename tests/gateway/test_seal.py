@@ -7,8 +7,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from psvn.errors import Code, PsvnError
-from psvn.gateway import seal
+from psvn.core.errors import Code, PsvnError
+from psvn.protocol import seal
 
 SENDER = Ed25519PrivateKey.generate()
 RECIPIENT = X25519PrivateKey.generate()

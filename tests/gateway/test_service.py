@@ -192,8 +192,8 @@ async def test_undelivered_message_expires_for_the_sender(network: Network) -> N
 
 async def test_policy_caps_time_to_live(network: Network) -> None:
     """The retention rule for hospital events allows at most 7 days' wait; a longer ttl is capped."""
-    from psvn.envelope import SendRequest, parse_time
     from psvn.gateway import core
+    from psvn.protocol.envelope import SendRequest, parse_time
 
     gw = network.gateways[network.TRUST].gateway
     adt = ADT_A01
@@ -265,8 +265,8 @@ async def test_state_lives_as_long_as_the_mail_and_closed_mail_leaves_memory(net
     """The state bucket keeps entries as long as the inbox keeps mail; acknowledged mail leaves the
     recipient's memory at once, its open entry purged with a marker that expires by itself."""
 
-    from psvn.broker.subjects import state_bucket
     from psvn.gateway.store import CLOSED_MARKER_TTL
+    from psvn.protocol.subjects import state_bucket
 
     # the state bucket lives in the member's own account: only its own user sees it
     nc = await devnet.member_connect(network.layout, network.nats.url, network.TRUST, name="test")
@@ -315,8 +315,8 @@ async def audit_records(network: Network, message_ids: set[str], *, at_least: in
     """The AUDIT stream's records about ``message_ids`` (polled until ``at_least`` are stored)."""
     from nats.js.errors import NotFoundError
 
-    from psvn.broker import auditlog
-    from psvn.broker.subjects import audit_stream
+    from psvn.backbone import auditlog
+    from psvn.protocol.subjects import audit_stream
 
     nc = await devnet.broker_connect(network.layout, network.nats.url)
     try:
@@ -360,7 +360,7 @@ async def test_audit_records_ride_out_an_audit_stream_outage(network: Network) -
     Nats-Msg-Id each) and stored exactly once when it is back. Nothing is counted as lost."""
 
     from psvn.broker import provision
-    from psvn.broker.subjects import audit_stream
+    from psvn.protocol.subjects import audit_stream
 
     nc = await devnet.broker_connect(network.layout, network.nats.url)
     try:

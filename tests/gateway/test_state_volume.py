@@ -9,10 +9,10 @@ import contextlib
 import msgspec
 
 from psvn import devnet
-from psvn.broker import provision
-from psvn.broker.subjects import state_bucket
+from psvn.backbone.buckets import provision_state_bucket
 from psvn.gateway.server import GatewayServer
 from psvn.gateway.store import HistoryEntry, InRecord, OutRecord
+from psvn.protocol.subjects import state_bucket
 from tests.conftest import Network
 from tests.gateway.test_feeds import PURPOSE, TOPIC, event
 from tests.gateway.test_service import call, referral, wait_status
@@ -81,7 +81,7 @@ async def test_open_mail_that_ages_out_leaves_memory(network: Network) -> None:
     try:
         js = nc.jetstream()
         await js.delete_key_value(state_bucket(network.TRUST))
-        await provision.provision_state_bucket(js, network.TRUST, retention_days=8 / 86400)  # 8 s
+        await provision_state_bucket(js, network.TRUST, retention_days=8 / 86400)  # 8 s
         network.gateways[network.TRUST] = gw = await GatewayServer(gw.config).start()
         status, sent = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
         assert status == 202, sent

@@ -14,9 +14,9 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from psvn import procs
+from psvn.core import procs
+from psvn.core.errors import PsvnError
 from psvn.devnet import MemberSpec
-from psvn.errors import PsvnError
 from psvn.gateway import webhook
 from psvn.gateway.config import GatewayConfig, WebhookSection
 from tests.conftest import Network, start_network, stop_network

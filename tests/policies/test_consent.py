@@ -7,7 +7,7 @@ import itertools
 import jsonschema_rs
 import pytest
 
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 from psvn.policies.consent import SCHEMA, ConsentChange, ConsentRecord, ConsentRegistry
 
 SUBJECT = "nhs:9434765919"

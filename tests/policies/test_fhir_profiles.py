@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from psvn.errors import PsvnError
+from psvn.core.errors import PsvnError
 from psvn.policies import bundle
 from psvn.policies.catalogue import Catalogue
 from psvn.policies.validation import PayloadValidator

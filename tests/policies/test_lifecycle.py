@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 from psvn.policies.bundle import DEFAULT_DIR, load_dir
 from psvn.policies.consent import ConsentChange, ConsentRegistry
 from psvn.policies.engine import DecisionRequest, Engine

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from psvn.cli.main import main
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 from psvn.policies.bundle import load_dir
 from psvn.policies.catalogue import Catalogue
 from psvn.policies.validation import PayloadValidator, invalid_payload_error

@@ -16,7 +16,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from psvn.errors import Violation
+from psvn.core.errors import Violation
 from psvn.policies.bundle import load_dir
 from psvn.policies.catalogue import Catalogue
 from psvn.policies.validation import PayloadValidator

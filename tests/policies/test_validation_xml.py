@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from psvn.cli.main import main
-from psvn.errors import Code, PsvnError, Violation
+from psvn.core.errors import Code, PsvnError, Violation
 from psvn.policies.bundle import load_dir
 from psvn.policies.catalogue import Catalogue
 from psvn.policies.validation import XML_TYPES, PayloadValidator, media_type

@@ -18,9 +18,10 @@ import msgspec
 import pytest
 from psvn_client import AsyncClient, Client
 
-from psvn import bench, devnet, procs
+from psvn import bench, devnet
 from psvn.cli.main import main
-from psvn.errors import PsvnError
+from psvn.core import procs
+from psvn.core.errors import PsvnError
 
 COUNT = 12
 SAMPLES = 3

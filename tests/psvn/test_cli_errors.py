@@ -20,7 +20,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from psvn import config, procs
+from psvn.core import config, procs
 from psvn.gateway import config as gwconfig
 
 ROOT = Path(__file__).resolve().parents[2]

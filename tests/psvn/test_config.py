@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from psvn import config
-from psvn.errors import Code, PsvnError
+from psvn.core import config
+from psvn.core.errors import Code, PsvnError
 from psvn.gateway.config import GatewayConfig, load
 
 GOOD = """

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from psvn import procs
+from psvn.core import procs
 
 ROOT = Path(__file__).resolve().parents[2]
 PSVN = [sys.executable, "-m", "psvn.cli.main"]

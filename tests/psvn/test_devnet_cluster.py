@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from psvn import devnet, procs
-from psvn.broker.subjects import inbox_stream, state_bucket
+from psvn import devnet
+from psvn.core import procs
+from psvn.protocol.subjects import inbox_stream, state_bucket
 from tests.psvn.test_devnet_cli import run
 
 COUNCIL, TRUST = "gss:E06000043", "ods:RYR"

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from psvn import addresses
-from psvn.envelope import SendRequest, build, check_request, is_expired, payload_bytes
-from psvn.errors import Code, PsvnError
+from psvn.core import addresses
+from psvn.core.errors import Code, PsvnError
+from psvn.protocol.envelope import SendRequest, build, check_request, is_expired, payload_bytes
 
 
 def req(**over: object) -> SendRequest:

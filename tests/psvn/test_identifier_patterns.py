@@ -13,9 +13,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from psvn import addresses
-from psvn.envelope import SendRequest, check_free_id, check_request, check_topic
-from psvn.errors import PsvnError
+from psvn.core import addresses
+from psvn.core.errors import PsvnError
+from psvn.protocol.envelope import SendRequest, check_free_id, check_request, check_topic
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from psvn.lifecycle import FINAL, InvalidTransition, State, advance, can_move
+from psvn.protocol.lifecycle import FINAL, InvalidTransition, State, advance, can_move
 
 
 def test_happy_path() -> None:

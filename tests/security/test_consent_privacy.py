@@ -21,9 +21,9 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from psvn import devnet
-from psvn.broker.subjects import CONSENT_BUCKET, OPERATOR_JS_PREFIX
 from psvn.devnet import EXAMPLE_MEMBERS, OPERATOR_MEMBER, PDS_MEMBER
 from psvn.gateway.consent import COVER_KEY, STREAM, cover_value, key_for, seal_record
+from psvn.protocol.subjects import CONSENT_BUCKET, OPERATOR_JS_PREFIX
 from tests.conftest import Network, start_network, stop_network
 from tests.gateway.test_consent import PDS, SUBJECT, research
 from tests.gateway.test_service import call, wait_status

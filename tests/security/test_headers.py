@@ -16,11 +16,11 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from psvn import devnet
-from psvn.addresses import token
 from psvn.broker import natsjwt
 from psvn.broker.accounts import BackboneAccounts
-from psvn.broker.subjects import CONSUMER, FEEDS_BUCKET, OPERATOR_JS_PREFIX, audit_subject, inbox_stream
+from psvn.core.addresses import token
 from psvn.gateway.server import GatewayServer
+from psvn.protocol.subjects import CONSUMER, FEEDS_BUCKET, OPERATOR_JS_PREFIX, audit_subject, inbox_stream
 from tests.conftest import Network
 from tests.gateway.test_feeds import PURPOSE, TOPIC, event, wait_subscribers
 from tests.gateway.test_service import call, referral, wait_status

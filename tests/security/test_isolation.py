@@ -21,9 +21,9 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from psvn import devnet
-from psvn.addresses import token
 from psvn.broker.accounts import BackboneAccounts
-from psvn.broker.subjects import (
+from psvn.core.addresses import token
+from psvn.protocol.subjects import (
     CONSENT_BUCKET,
     CONSUMER,
     OPERATOR_JS_PREFIX,
@@ -223,7 +223,7 @@ async def test_a_rollup_header_cannot_wipe_a_shared_bucket(network: Network, hos
     """A member may write its own feed subscriptions; a ``Nats-Rollup: all`` header on such a
     write would purge every member's subscriptions if the bucket allowed rollups (KV streams are
     made with rollups on). The shared buckets refuse them."""
-    from psvn.broker.subjects import FEEDS_BUCKET
+    from psvn.protocol.subjects import FEEDS_BUCKET
 
     broker = await devnet.broker_connect(network.layout, network.nats.url)
     try:

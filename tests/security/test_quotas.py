@@ -11,8 +11,8 @@ import pytest
 from nats.js.errors import APIError, BadRequestError
 
 from psvn import devnet
-from psvn.broker.subjects import audit_stream, audit_subject, inbox_stream, msg_subject, quarantine_stream
-from psvn.envelope import SendRequest
+from psvn.protocol.envelope import SendRequest
+from psvn.protocol.subjects import audit_stream, audit_subject, inbox_stream, msg_subject, quarantine_stream
 from tests.broker.test_backbone import _inject, wait_quarantined
 from tests.conftest import Network
 from tests.gateway.test_service import REFERRAL, call, referral, wait_status

@@ -22,12 +22,12 @@ from nats.js.kv import KeyValue
 
 from psvn import devnet
 from psvn.broker import registry
-from psvn.broker.subjects import POLICY_BUCKET, POLICY_KEY, REGISTRY_BUCKET
 from psvn.certs.pki import raw_public
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 from psvn.gateway.config import GatewayConfig
 from psvn.gateway.service import Gateway, trust_anchor
 from psvn.policies import bundle
+from psvn.protocol.subjects import POLICY_BUCKET, POLICY_KEY, REGISTRY_BUCKET
 from tests.conftest import Network
 from tests.gateway.test_service import call, referral, wait_status
 

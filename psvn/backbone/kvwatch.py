@@ -24,8 +24,8 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
-from psvn.broker.natsraw import RawReads
-from psvn.tasks import halt
+from psvn.backbone.natsraw import RawReads
+from psvn.core.tasks import halt
 
 log = structlog.get_logger("psvn.kvwatch")
 

@@ -6,7 +6,7 @@ subject itself proves who sent a message (NATS does not stamp the authenticated 
 
 from __future__ import annotations
 
-from psvn.addresses import token
+from psvn.core.addresses import token
 
 REGISTRY_BUCKET = "psvn_registry"
 POLICY_BUCKET = "psvn_policy"

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 
 WIRE_VERSION = 1
 DEFAULT_SUITE = "x25519-hkdf-sha256-aes128gcm"

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import msgspec
 
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 
 T = TypeVar("T")
 

@@ -139,3 +139,16 @@ def free_port_range(span: int, *, low: int = 20000, high: int = 30000, tries: in
             for s in socks:
                 s.close()
     raise RuntimeError(f"no {span} consecutive free ports in {low}..{high}")
+
+
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """True if a server could not listen on ``host:port`` now (someone else holds it)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nats-server and aiohttp do
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from psvn.errors import Code, PsvnError
+from psvn.core.errors import Code, PsvnError
 
 SCHEMES: dict[str, str] = {
     "ods": "NHS Organisation Data Service code (trusts, GP practices)",

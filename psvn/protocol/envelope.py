@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from psvn import addresses
-from psvn.errors import Code, PsvnError
+from psvn.core import addresses
+from psvn.core.errors import Code, PsvnError
 
 Classification = Literal["OFFICIAL", "OFFICIAL-SENSITIVE"]
 CLASSIFICATIONS: tuple[str, ...] = ("OFFICIAL", "OFFICIAL-SENSITIVE")

@@ -1,0 +1,1 @@
+"""psvn.protocol."""
