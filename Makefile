@@ -10,7 +10,7 @@ help:
 	@echo "                  (PORT=N: base port, default 14222; console on N+8, gateways N+10..N+14)"
 	@echo "make devnet-down  stop it"
 	@echo "make test         install what the tests need and run the whole suite"
-	@echo "make lint         ruff and mypy"
+	@echo "make lint         ruff, mypy, the layers contract (import-linter) and deptry"
 	@echo "make bench        psvn bench against the running devnet"
 
 $(BIN)/python:
@@ -37,13 +37,15 @@ devnet: install
 devnet-down: install
 	$(BIN)/psvn devnet down
 
+# ruff and mypy; the layers contract (pyproject [tool.importlinter]); every import declared (deptry)
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/deptry .
+	cd clients/python && ../../$(BIN)/deptry .
 
-test: install-test
-	$(BIN)/ruff check .
-	$(BIN)/mypy
+test: lint
 	$(BIN)/python -m pytest -q tests
 
 bench: install

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.psvn.test_cli_errors import psvn
+from tests.cli.test_cli_errors import psvn
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -173,7 +173,7 @@ def test_secret_file_must_be_private_and_long(tmp_path: Path) -> None:
 
 def test_plain_http_only_to_loopback(tmp_path: Path) -> None:
     from psvn.gateway.service import _webhook
-    from tests.psvn.test_config import GOOD
+    from tests.core.test_config import GOOD
 
     f = tmp_path / "s"
     f.write_bytes(SECRET)

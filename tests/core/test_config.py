@@ -1,4 +1,4 @@
-"""psvn/config.py: a bad key in a config file names itself."""
+"""psvn/core/config.py: a bad key in a config file names itself."""
 
 from __future__ import annotations
 

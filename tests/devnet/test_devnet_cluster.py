@@ -22,7 +22,7 @@ import pytest
 from psvn import devnet
 from psvn.core import procs
 from psvn.protocol.subjects import inbox_stream, state_bucket
-from tests.psvn.test_devnet_cli import run
+from tests.devnet.test_devnet_cli import run
 
 COUNCIL, TRUST = "gss:E06000043", "ods:RYR"
 SEND = ["--as", COUNCIL, "--to", TRUST, "--type", "fhir.r4.ServiceRequest", "--purpose", "direct-care",

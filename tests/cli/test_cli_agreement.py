@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from tests.psvn.test_cli_errors import psvn
+from tests.cli.test_cli_errors import psvn
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPLAIN = ["policy", "explain", "--from", "gss:E06000043", "--to", "ods:RYR", "--type", "fhir.r4.ServiceRequest",

@@ -1,4 +1,4 @@
-"""psvn/lifecycle.py: the state table allows forward moves only."""
+"""psvn/protocol/lifecycle.py: the state table allows forward moves only."""
 
 from __future__ import annotations
 

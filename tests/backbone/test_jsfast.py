@@ -2,7 +2,7 @@
 buckets (no gateways), reached as the broker (the network account, ``$JS.API``) and as a member
 (its own account and inbox prefix; the network's API imported under ``OPERATOR_JS_PREFIX``).
 
-``python -m tests.broker.test_jsfast`` runs the micro-benchmark against nats-py instead."""
+``python -m tests.backbone.test_jsfast`` runs the micro-benchmark against nats-py instead."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.psvn.test_devnet_cli import ROOT, devnet_dir, run
+from tests.devnet.test_devnet_cli import ROOT, devnet_dir, run
 
 __all__ = ["devnet_dir"]  # the fixture, used by name
 
@@ -79,7 +79,7 @@ def run_stdin(d: list[str], text: str) -> str:
     import os
     import subprocess
 
-    from tests.psvn.test_devnet_cli import PSVN
+    from tests.devnet.test_devnet_cli import PSVN
 
     res = subprocess.run([*PSVN, "send", *d, *COUNCIL, *TO_TRUST, "--ndjson", "-"], cwd=ROOT, input=text,
                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})

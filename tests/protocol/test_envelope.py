@@ -1,4 +1,4 @@
-"""psvn/envelope.py and psvn/addresses.py: envelope rules name the field and the rule."""
+"""psvn/protocol/envelope.py and psvn/core/addresses.py: envelope rules name the field and the rule."""
 
 from __future__ import annotations
 
