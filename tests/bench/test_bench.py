@@ -19,6 +19,7 @@ import pytest
 from psvn_client import AsyncClient, Client
 
 from psvn import bench, devnet
+from psvn.bench import paths
 from psvn.cli.main import main
 from psvn.core import procs
 from psvn.core.errors import PsvnError
@@ -263,9 +264,9 @@ def test_failing_sends_are_counted_and_stop_the_run_early(layout: devnet.Layout)
     g = state.gateways[bench.COUNCIL]
     cert, key = layout.system_cert(bench.COUNCIL, g.system)
 
-    async def go() -> bench._Sent:
+    async def go() -> paths._Sent:
         async with AsyncClient(g.url, ca=str(layout.ca), cert=str(cert), key=str(key)) as c:
-            return await bench._send_many(c, [bad] * 200, concurrency=2, time_limit=60, tag="bad")
+            return await paths._send_many(c, [bad] * 200, concurrency=2, time_limit=60, tag="bad")
 
     sent = asyncio.run(go())
     assert sent.times == []
@@ -321,12 +322,12 @@ def test_each_worker_sends_through_its_own_client(layout: devnet.Layout) -> None
             self.sent += 1
             return await self.real.send(*args, **kwargs)
 
-    async def go() -> tuple[bench._Sent, list[int]]:
+    async def go() -> tuple[paths._Sent, list[int]]:
         clients = [AsyncClient(g.url, ca=str(layout.ca), cert=str(cert), key=str(key), max_connections=1)
                    for _ in range(3)]
         try:
             counting = [Counting(c) for c in clients]
-            sent = await bench._send_many(counting, [bench.service_request(i) for i in range(9)], concurrency=3,
+            sent = await paths._send_many(counting, [bench.service_request(i) for i in range(9)], concurrency=3,
                                           time_limit=60, tag="own-client")
             return sent, [c.sent for c in counting]
         finally:

@@ -1,0 +1,93 @@
+"""Delivery seen on the backbone, not by polling the gateways: the bench follows the two gateways'
+state-bucket updates as the broker, so every message gets exact filed and delivered times."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import msgspec
+
+
+# -- observing delivery on the backbone ------------------------------------------------------
+class _Status(msgspec.Struct):
+    status: str = ""
+
+
+_status_dec = msgspec.json.Decoder(_Status)
+_DELIVERED = frozenset({"delivered", "acknowledged"})
+_FAILED = frozenset({"rejected", "expired", "quarantined"})
+
+
+class DeliveryObserver:
+    """First time each message reached the trust's mailbox and the sender's 'delivered', taken
+    from the gateways' own state-bucket updates (``$KV.<bucket>.in.<id>`` / ``out.<id>``), which
+    each member's own user may read in its own account. Costs the gateways nothing."""
+
+    def __init__(self, sender: str, recipient: str) -> None:
+        from psvn.protocol.subjects import state_bucket
+
+        self.in_prefix = f"$KV.{state_bucket(recipient)}.in."
+        self.out_prefix = f"$KV.{state_bucket(sender)}.out."
+        self.mailbox: dict[str, float] = {}
+        self.sender_delivered: dict[str, float] = {}
+        self.failed: dict[str, str] = {}
+        self.changed = asyncio.Event()
+        self._subs: list[Any] = []
+
+    async def start(self, recipient_nc: Any, sender_nc: Any) -> None:
+        """``recipient_nc``/``sender_nc``: connections as each member's own backbone user (its
+        state bucket lives in its own account, out of the broker's sight)."""
+        self._subs = [await recipient_nc.subscribe(self.in_prefix + ">", cb=self._on_in),
+                      await sender_nc.subscribe(self.out_prefix + ">", cb=self._on_out)]
+        await recipient_nc.flush()
+        await sender_nc.flush()
+
+    async def stop(self) -> None:
+        for s in self._subs:
+            with contextlib.suppress(Exception):
+                await s.unsubscribe()
+
+    def _status(self, data: bytes) -> str:
+        try:
+            return _status_dec.decode(data).status if data else ""
+        except msgspec.DecodeError:
+            return ""
+
+    async def _on_in(self, msg: Any) -> None:
+        now = time.perf_counter()
+        mid = msg.subject[len(self.in_prefix):]
+        st = self._status(msg.data)
+        if st in _DELIVERED:
+            self.mailbox.setdefault(mid, now)
+        elif st in _FAILED:
+            self.failed.setdefault(mid, f"trust: {st}")
+        self.changed.set()
+
+    async def _on_out(self, msg: Any) -> None:
+        now = time.perf_counter()
+        mid = msg.subject[len(self.out_prefix):]
+        st = self._status(msg.data)
+        if st in _DELIVERED:
+            self.sender_delivered.setdefault(mid, now)
+        elif st in _FAILED:
+            self.failed.setdefault(mid, f"sender: {st}")
+        self.changed.set()
+
+    def done(self, mid: str) -> bool:
+        return mid in self.failed or (mid in self.mailbox and mid in self.sender_delivered)
+
+    async def wait_all(self, ids: list[str], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        pending = [m for m in ids if not self.done(m)]
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), min(left, 0.05))
+            pending = [m for m in pending if not self.done(m)]
+        return True

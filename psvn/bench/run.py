@@ -1,0 +1,265 @@
+"""One bench run: start or find the devnet, run every measurement in order, assemble the report."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import platform
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from psvn.bench.baseline import raw_baseline
+from psvn.bench.local import local_figures
+from psvn.bench.observe import DeliveryObserver
+from psvn.bench.paths import _ack_all, _send_many, psvn_latency, psvn_throughput
+from psvn.bench.ports import free_port_range, port_span
+from psvn.bench.process import CpuMeter, MemoryMeter, restart_gateway
+from psvn.bench.report import (
+    COUNCIL,
+    TRUST,
+    Latency,
+    Ratios,
+    Report,
+    _ratio,
+    assess,
+)
+from psvn.bench.workload import Options, payload_size, service_request
+from psvn.core.errors import Code, PsvnError
+
+Progress = Callable[[str], None]
+
+
+# -- the whole run ------------------------------------------------------------------------------
+def _server_version(nc: Any) -> str | None:
+    try:
+        v = nc.connected_server_version
+        return f"{v.major}.{v.minor}.{v.patch}"
+    except Exception:
+        return None
+
+
+def _environment(nats_version: str | None, nats_url: str, devnet_root: str, started: bool,
+                 loop: str) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(pkg: str) -> str | None:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return None
+
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "event_loop": loop, "nats_server": nats_version, "nats_url": nats_url,
+            "nats_py": ver("nats-py"), "httpx": ver("httpx"),
+            "devnet": devnet_root, "temporary_devnet": started, "load_1m_before": _load()}
+
+
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+async def run_async(layout: Any, opts: Options, *, progress: Progress | None = None,
+                    started: bool = False, loop_name: str = "asyncio") -> Report:
+    """Run every measurement against the devnet at ``layout`` (it must be running)."""
+    from psvn_client import AsyncClient
+
+    from psvn import devnet
+
+    say = progress or (lambda _msg: None)
+    state = devnet.read_state(layout)
+    if not devnet.running(state):
+        raise PsvnError(Code.BAD_REQUEST, f"no devnet running in {layout.root}", field="--devnet",
+                        rule="devnet-running")
+    assert state is not None
+    missing = [o for o in (COUNCIL, TRUST) if o not in state.gateways]
+    if missing:
+        raise PsvnError(Code.BAD_REQUEST, f"the devnet has no gateway for {', '.join(missing)}", field="--devnet",
+                        rule="devnet-member")
+    t_run = time.perf_counter()
+    tag = f"bench-{secrets.token_hex(3)}"
+    report = Report(concurrency=opts.concurrency)
+    payloads = [service_request(i, tag) for i in range(opts.count)]
+    report.payload_bytes = max(payload_size(p) for p in payloads)
+    lat = Latency(samples=min(opts.latency_samples, opts.count))
+
+    async def clients(stack: contextlib.AsyncExitStack, org: str) -> list[AsyncClient]:
+        """One SDK client with one connection per worker: httpx checks every pooled connection on
+        each request, so one client sharing a pool of 8 costs ~25% more client CPU per send."""
+        g = state.gateways[org]
+        cert, key = layout.system_cert(org, g.system)
+        return [await stack.enter_async_context(AsyncClient(g.url, ca=str(layout.ca), cert=str(cert), key=str(key),
+                                                            max_connections=1, timeout=30.0))
+                for _ in range(opts.concurrency)]
+
+    urls, nodes = devnet.nats_urls(state), devnet.nats_nodes(state)
+    # every nats-server's CPU counts: on a clustered backbone each node stores every message
+    servers = {("nats-server" if len(nodes) == 1 else f"nats-server {n.name.rsplit('-', 1)[-1]}"): n.pid
+               for n in nodes}
+    nc = await devnet.broker_connect(layout, urls, name="psvn-bench")
+    watch_in = await devnet.member_connect(layout, urls, TRUST, name="psvn-bench observer")
+    watch_out = await devnet.member_connect(layout, urls, COUNCIL, name="psvn-bench observer")
+    obs = DeliveryObserver(COUNCIL, TRUST)
+    all_ids: list[str] = []
+    try:
+        await obs.start(watch_in, watch_out)
+        report.environment = _environment(_server_version(nc), state.nats_url, str(layout.root), started,
+                                          loop_name)
+        report.environment["gateways"] = len(state.gateways)
+        report.environment["gateway_orgs"] = sorted(state.gateways)
+        report.environment["nats_nodes"] = len(nodes)
+        report.environment["replicas"] = state.replicas
+        async with contextlib.AsyncExitStack() as stack:
+            sender = await clients(stack, COUNCIL)
+            warm = [service_request(900000 + i, tag) for i in range(min(opts.concurrency, opts.count))]
+            say(f"warm-up: {len(warm)} messages (opens {len(warm)} TLS connections) ...")
+            w = await _send_many(sender, warm, concurrency=opts.concurrency, time_limit=opts.time_limit,
+                                 tag=f"{tag}-w")
+            if not w.times:
+                raise PsvnError(Code.INTERNAL, f"the council gateway accepted none of the warm-up messages: "
+                                f"{w.first_error}", rule="bench-warmup")
+            all_ids += [m for m, _, _ in w.times]
+            await obs.wait_all(all_ids, opts.delivery_timeout)
+            report.warmup = len(w.times)
+            gateways = {f"gateway {org}": g.pid for org, g in state.gateways.items()}
+            pids = {"client": os.getpid(), **servers, **gateways}
+            memory = MemoryMeter(gateways)
+            memory.start()  # after the warm-up: its TLS connections and first-use caches are not growth
+            through = 0  # messages the runs sent through the sender's and the recipient's gateways
+            if lat.samples:
+                say(f"latency: {lat.samples} messages one at a time ...")
+                lat_payloads = [service_request(500000 + i, tag) for i in range(lat.samples)]
+                ids = await psvn_latency(sender, obs, lat_payloads, lat, opts, f"{tag}-l", CpuMeter(pids))
+                all_ids += ids
+                through += len(ids)
+            say(f"throughput: {opts.count} messages, {opts.concurrency} in flight ...")
+            report.throughput, ids = await psvn_throughput(sender, obs, payloads, opts, f"{tag}-t", CpuMeter(pids))
+            all_ids += ids
+            through += len(ids)
+            say(f"batch: {opts.count} messages through send_many, {opts.batch_size} per request ...")
+            report.batch_size = opts.batch_size
+            batch_payloads = [service_request(1_000_000 + i, tag) for i in range(opts.count)]
+            report.batch, ids = await psvn_throughput(sender, obs, batch_payloads, opts, f"{tag}-b", CpuMeter(pids),
+                                                      batch=True)
+            all_ids += ids
+            through += len(ids)
+            report.memory = memory.stop({f"gateway {COUNCIL}": through, f"gateway {TRUST}": through})
+        say(f"baseline: raw nats-py JetStream, {opts.count} messages of {report.payload_bytes} bytes ...")
+        report.raw = await raw_baseline(nc, os.urandom(report.payload_bytes), opts.count, lat, opts,
+                                        CpuMeter({"client": os.getpid(), **servers}), replicas=state.replicas)
+        report.latency = lat
+        if opts.local_seconds > 0:  # while the devnet is idle: before the clean-up's receipts
+            say("local figures (one core) ...")
+            report.local = local_figures(opts.local_seconds)
+        if opts.cleanup:
+            say(f"clean-up: acknowledging {len(all_ids)} bench messages in the trust's inbox ...")
+            async with contextlib.AsyncExitStack() as stack:
+                receiver = await clients(stack, TRUST)
+                report.cleanup_acknowledged = await _ack_all(receiver, all_ids, opts.concurrency,
+                                                             opts.delivery_timeout)
+    finally:
+        await obs.stop()
+        for conn in (nc, watch_in, watch_out):
+            with contextlib.suppress(Exception):
+                await conn.close()  # not drain(): nothing of ours is left to flush, and drain waits on idle subs
+    if opts.restart:  # last: everything the runs wrote is the history it starts on
+        say(f"restart: stopping the sender's gateway ({COUNCIL}) and starting it again, timed to /readyz ...")
+        report.restart = await asyncio.to_thread(restart_gateway, layout, COUNCIL, timeout=opts.restart_timeout)
+    tp, raw, bt = report.throughput, report.raw, report.batch
+    assert tp is not None and raw is not None and bt is not None
+    report.ratios = Ratios(
+        accept_vs_publish=_ratio(tp.accept_per_s, raw.publish_per_s),
+        delivery_vs_consume=_ratio(tp.deliver_per_s, raw.consume_per_s),
+        batch_accept_vs_publish=_ratio(bt.accept_per_s, raw.publish_per_s),
+        batch_delivery_vs_consume=_ratio(bt.deliver_per_s, raw.consume_per_s),
+        batch_vs_single_delivery=_ratio(bt.deliver_per_s, tp.deliver_per_s),
+        latency_p50=_ratio(lat.psvn_to_mailbox.p50_ms, lat.raw_to_consumer.p50_ms),
+        latency_p99=_ratio(lat.psvn_to_mailbox.p99_ms, lat.raw_to_consumer.p99_ms))
+    report.targets = assess(report)
+    report.notes += _notes(report)
+    report.seconds = round(time.perf_counter() - t_run, 2)
+    return report
+
+
+def _notes(r: Report) -> list[str]:
+    nodes = r.environment.get("nats_nodes") or 1
+    servers = "nats-server" if nodes == 1 else f"{nodes} nats-servers"
+    notes = [f"all processes ({servers}, {r.environment.get('gateways', '?')} gateways, this client) share "
+             f"{os.cpu_count()} CPU(s); "
+             "the raw baseline has no TLS client, HTTP, validation, policy, crypto or state writes"]
+    tp = r.throughput
+    busy = [c.other_busy for c in (tp.cpu if tp else None, r.batch.cpu if r.batch else None,
+                                   r.raw.cpu if r.raw else None)
+            if c is not None and c.other_busy is not None]
+    if busy and max(busy) >= 0.1:
+        notes.append(f"other processes kept up to {max(busy):.0%} of the cores busy during the runs: "
+                     "the figures are lower than this machine can do; run again when it is idle")
+    for label, run in (("single", tp), ("batch", r.batch)):
+        if run is None:
+            continue
+        if run.time_limited:
+            notes.append(f"{label}: the time limit stopped the send phase after {run.attempted} of {run.requested}")
+        if run.errors:
+            notes.append(f"{label}: {run.errors} send(s) failed: {run.error_codes}; first: {run.first_error}")
+        if run.undelivered:
+            notes.append(f"{label}: {run.undelivered} accepted message(s) not delivered before the deadline")
+        if run.failed:
+            notes.append(f"{label}: {run.failed} message(s) failed after acceptance (quarantined, rejected or "
+                         "expired)")
+    if r.restart is not None and not r.restart.ready:
+        notes.append(f"the sender's gateway ({r.restart.gateway}) did not come back after the runs: the devnet "
+                     f"is not as it was; see its log ({r.restart.error})")
+    lat = r.latency
+    if lat is not None and (lat.psvn_delivered < lat.samples or lat.raw_consumed < lat.samples):
+        notes.append(f"latency run incomplete: psvn {lat.psvn_delivered}/{lat.samples}, "
+                     f"raw {lat.raw_consumed}/{lat.samples} (send failures or the time limit)")
+    return notes
+
+
+def run(layout: Any, opts: Options, *, progress: Progress | None = None, started: bool = False) -> Report:
+    """Synchronous entry point (uvloop when installed, like the gateways)."""
+    opts.check()
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(run_async(layout, opts, progress=progress, started=started))
+    return uvloop.run(run_async(layout, opts, progress=progress, started=started, loop_name="uvloop"))
+
+
+def run_with_temporary_devnet(opts: Options, *, progress: Progress | None = None, keep_dir: bool = False,
+                              cluster: int = 1) -> Report:
+    """Bring up a devnet in a temporary folder on free ports (``cluster`` nats-servers: 1, or 3
+    with every stream and bucket R3), bench it, tear it down."""
+    from psvn import devnet
+
+    devnet.check_cluster(cluster)
+    say = progress or (lambda _msg: None)
+    root = Path(tempfile.mkdtemp(prefix="psvn-bench-"))
+    layout = devnet.Layout(root)
+    base = free_port_range(cluster=cluster)
+    shape = "" if cluster == 1 else f", {cluster} nats-servers, R3"
+    say(f"starting a temporary devnet in {root} (ports {base}..{base + port_span(cluster) - 1}{shape}) ...")
+    try:
+        devnet.up(layout, base_port=base, cluster=cluster)
+        try:
+            return run(layout, dataclasses.replace(opts, cleanup=False), progress=progress, started=True)
+        finally:
+            say("stopping the temporary devnet ...")
+            devnet.down(layout)
+    finally:
+        if not keep_dir:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def progress_to_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
