@@ -37,7 +37,7 @@ def _timed(fn: Callable[[], object], seconds: float) -> float:
 
 
 def bench_crypto(seconds: float = 1.0, size: int = 1024) -> dict[str, float]:
-    """gateway/seal.py on ``size`` bytes with a realistic envelope: what each gateway pays per
+    """psvn/protocol/seal.py on ``size`` bytes with a realistic envelope: what each gateway pays per
     message on send (sign then seal) and on receive (open then verify), on one core."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -78,7 +78,7 @@ def local_figures(seconds: float) -> list[LocalFigure]:
     from psvn.policies.engine_bench import bench_engine
     from psvn.policies.validation_bench import bench_validation
 
-    return [LocalFigure(name="gateway.seal", available=True, result=bench_crypto(seconds)),
+    return [LocalFigure(name="protocol.seal", available=True, result=bench_crypto(seconds)),
             LocalFigure(name="policies.validation_bench.bench_validation", available=True,
                         result=_builtins(bench_validation(seconds=seconds, xml=True))),
             LocalFigure(name="policies.engine_bench.bench_engine", available=True,

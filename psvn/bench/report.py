@@ -422,7 +422,7 @@ def _format_local(f: LocalFigure) -> list[str]:
     if not f.available:
         return [f"  {f.name:<44} {f.note}"]
     res = f.result
-    if f.name == "gateway.seal" and isinstance(res, dict):
+    if f.name == "protocol.seal" and isinstance(res, dict):
         size = f"({res.get('payload_bytes', 0):,} B)"
         return [f"  {f.name} (sign then seal, as a gateway sends; open then verify, as it receives)",
                 f"    {'seal + sign ' + size:<42} {_n(res.get('seal_sign_per_s')):>10} ops/s",

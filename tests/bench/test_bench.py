@@ -171,7 +171,7 @@ def test_bench_counts_add_up_and_leaves_nothing_behind(layout: devnet.Layout) ->
     assert per["total"] == pytest.approx(sum(v for k, v in per.items() if k != "total"), abs=0.01)
     # local figures: sealing, validation and decisions, every one measured
     names = [f.name for f in r.local]
-    assert names == ["gateway.seal", "policies.validation_bench.bench_validation",
+    assert names == ["protocol.seal", "policies.validation_bench.bench_validation",
                      "policies.engine_bench.bench_engine"]
     crypto = r.local[0]
     assert crypto.available and crypto.result["seal_sign_per_s"] > 0 and crypto.result["unseal_verify_per_s"] > 0

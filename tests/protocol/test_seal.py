@@ -1,4 +1,4 @@
-"""gateway/seal.py: sign-then-encrypt round trip and every way it must refuse."""
+"""psvn/protocol/seal.py: sign-then-encrypt round trip and every way it must refuse."""
 
 from __future__ import annotations
 
