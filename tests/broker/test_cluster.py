@@ -8,9 +8,10 @@ else may be there, and every sender status must read ``delivered``.
 
 Which node leads which raft group, and which node each gateway is connected to, are otherwise
 chance; each scenario pins the leaders (stepdown to a preferred server) and picks its victim by
-the gateways' connections, so that it tests one failure, the same way every run. The victim is
-never the council's gateway's node; the last test covers the sender's own state bucket losing its
-leader between a send's publish and its status write (answered 202, never 500).
+the gateways' connections, so that it tests one failure, the same way every run. One test kills
+the node the council's own gateway is connected to (and that leads the council's groups); the
+last covers the sender's own state bucket losing its leader between a send's publish and its
+status write (answered 202, never 500).
 """
 
 from __future__ import annotations
@@ -137,13 +138,15 @@ async def arrange(cn: ClusterNetwork, conns: dict[str, NATS], victim_leads: set[
     """Pick the victim node and make it lead exactly the groups named in ``victim_leads``; every
     other group is led by a node that survives.
 
-    The victim is never the node the council's gateway is connected to (see the module notes on
-    the 500 this provokes); it is the trust's gateway's node when ``host_of`` is the trust and
-    that node is not also the council's, else a node neither gateway is connected to.
+    The victim is the council's gateway's node when ``host_of`` is the council (the sender loses
+    its own connection); the trust's gateway's node when ``host_of`` is the trust and that node
+    is not also the council's; else a node neither gateway is connected to.
     """
-    assert victim_leads <= set(GROUPS) and host_of in (None, TRUST)
+    assert victim_leads <= set(GROUPS) and host_of in (None, TRUST, COUNCIL)
     council, trust = gateway_node(cn, COUNCIL), gateway_node(cn, TRUST)
-    if host_of == TRUST and trust != council:
+    if host_of == COUNCIL:
+        victim = council
+    elif host_of == TRUST and trust != council:
         victim = trust
     else:
         victim = next(i for i in range(len(cn.cluster.nodes)) if i not in (council, trust))
@@ -446,6 +449,24 @@ async def test_receipts_survive_kill_9_of_the_senders_inbox_leader(cluster_netwo
         assert await subject_count(sc.nc, inbox_stream(COUNCIL), rcpt_subject(COUNCIL, TRUST)) == referrals
         print(f"\ncluster: council inbox leader killed; {sc.log.retries} retried 503s, "
               f"all delivered {time.monotonic() - sc.started:.2f}s after the first send")
+
+
+@pytest.mark.timeout(150)
+async def test_referrals_survive_kill_9_of_the_senders_own_node(cluster_network: ClusterNetwork) -> None:
+    """The node the council's gateway is connected to dies mid-load, and it leads the council's
+    own groups (its state bucket, its inbox where receipts land, its consumer): the sender loses
+    its connection and its state at once. Its gateway reconnects to a survivor; sends in the gap
+    are answered 503 (retried with the same key, as the SDK does), never 500; afterwards every
+    accepted referral is delivered exactly once and reads ``delivered``."""
+    referrals, cn = 150, cluster_network
+    async with scenario(cn, {"council state", "council inbox", "council consumer"}, host_of=COUNCIL) as sc:
+        assert gateway_node(cn, COUNCIL) == sc.victim
+        await sc.run(referrals, kill_after=50)
+        assert sc.log.internal == [], f"referrals answered 500: {sorted(set(sc.log.internal))}"
+        await check_exactly_once(sc, referrals)
+        assert gateway_node(cn, COUNCIL) != sc.victim  # it failed over to a survivor
+        print(f"\ncluster: the council's own node killed; {sc.log.retries} retried 503s {sc.log.retry_rules}, "
+              f"stall {sc.stall:.2f}s, all delivered {time.monotonic() - sc.started:.2f}s after the first send")
 
 
 class AnsweredInternalError(AssertionError):
