@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from psvn import devnet
 from psvn.broker.cluster import on_free_ports
@@ -82,6 +83,22 @@ async def stop_network(net: Network) -> None:
 @pytest.fixture
 async def network(tmp_path: Path) -> AsyncIterator[Network]:
     net = await start_network(tmp_path)
+    try:
+        yield net
+    finally:
+        await stop_network(net)
+
+
+# Read-mostly tests (error paths, one message each under its own id) share one network per module
+# instead of starting their own (~0.7 s each, more with a policy publish): ask for ``shared_network``
+# and mark the test ``@read_mostly`` so it runs in the module's event loop, where the network lives.
+# A test that restarts a gateway, revokes a member or counts a whole mailbox keeps ``network``.
+read_mostly = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_network(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Network]:
+    net = await start_network(tmp_path_factory.mktemp("shared-network"))
     try:
         yield net
     finally:

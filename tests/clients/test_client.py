@@ -17,7 +17,7 @@ import pytest
 from psvn_client import AsyncClient, Client
 
 from psvn.certs import pki
-from tests.conftest import Network
+from tests.conftest import Network, read_mostly
 
 REFERRAL: dict[str, Any] = {
     "resourceType": "ServiceRequest",
@@ -145,6 +145,7 @@ async def test_send_with_same_idempotency_key_returns_the_same_message(network: 
         assert [m.id for m in await trust.inbox()] == [first.id]  # delivered once
 
 
+@read_mostly
 @pytest.mark.parametrize(
     ("over", "family", "code", "field"),
     [
@@ -156,10 +157,10 @@ async def test_send_with_same_idempotency_key_returns_the_same_message(network: 
     ],
 )
 async def test_request_errors_name_the_field(
-    network: Network, over: dict[str, Any], family: type[psvn_client.PsvnError], code: str, field: str
+    shared_network: Network, over: dict[str, Any], family: type[psvn_client.PsvnError], code: str, field: str
 ) -> None:
-    args: dict[str, Any] = {"to": network.TRUST, "type": SERVICE_REQUEST, "purpose": "direct-care", **over}
-    async with aclient(network, network.COUNCIL) as council:
+    args: dict[str, Any] = {"to": shared_network.TRUST, "type": SERVICE_REQUEST, "purpose": "direct-care", **over}
+    async with aclient(shared_network, shared_network.COUNCIL) as council:
         with pytest.raises(family) as info:
             await council.send(args.pop("to"), args.pop("type"), REFERRAL, **args)
     err = info.value
@@ -168,11 +169,12 @@ async def test_request_errors_name_the_field(
     assert err.detail and f"[{code}]" in str(err) and f"field={field}" in str(err)
 
 
-async def test_invalid_payload_lists_every_violation(network: Network) -> None:
+@read_mostly
+async def test_invalid_payload_lists_every_violation(shared_network: Network) -> None:
     bad = {**REFERRAL, "status": None, "intent": None}
-    async with aclient(network, network.COUNCIL) as council:
+    async with aclient(shared_network, shared_network.COUNCIL) as council:
         with pytest.raises(psvn_client.InvalidPayload) as info:
-            await council.send(network.TRUST, SERVICE_REQUEST, bad, purpose="direct-care")
+            await council.send(shared_network.TRUST, SERVICE_REQUEST, bad, purpose="direct-care")
     err = info.value
     assert isinstance(err, psvn_client.ValidationError)
     assert err.code == "invalid-payload" and err.status == 422 and err.message_id
@@ -185,23 +187,25 @@ async def test_invalid_payload_lists_every_violation(network: Network) -> None:
         assert f"  - {v.path}: {v.message} [rule={v.rule}]" in text
 
 
-async def test_text_payload_is_validated_against_its_standard(network: Network) -> None:
+@read_mostly
+async def test_text_payload_is_validated_against_its_standard(shared_network: Network) -> None:
     """An HL7 v2 ER7 payload travels as a JSON string; its violations name segments."""
     er7 = (Path(__file__).parents[2] / "examples" / "adt_a01.hl7").read_text()
     broken = er7.replace("PID|1|", "PIX|1|")
-    async with aclient(network, network.TRUST) as trust:
+    async with aclient(shared_network, shared_network.TRUST) as trust:
         with pytest.raises(psvn_client.InvalidPayload) as info:
-            await trust.send(network.COUNCIL, "hl7v2.ADT_A01", broken, purpose="direct-care")
+            await trust.send(shared_network.COUNCIL, "hl7v2.ADT_A01", broken, purpose="direct-care")
     err = info.value
     assert err.code == "invalid-payload" and err.status == 422
     assert {"PIX", "PID"} <= {v.path for v in err.violations}
     assert all(v.rule.startswith("hl7v2") for v in err.violations)
 
 
-async def test_policy_denied_names_the_rule(network: Network) -> None:
-    async with aclient(network, network.COUNCIL) as council:
+@read_mostly
+async def test_policy_denied_names_the_rule(shared_network: Network) -> None:
+    async with aclient(shared_network, shared_network.COUNCIL) as council:
         with pytest.raises(psvn_client.PolicyDenied) as info:
-            await council.send(network.TRUST, SERVICE_REQUEST, REFERRAL, purpose="marketing")
+            await council.send(shared_network.TRUST, SERVICE_REQUEST, REFERRAL, purpose="marketing")
     err = info.value
     assert (err.code, err.status) == ("policy-denied", 403)
     assert err.rule and err.message_id and "marketing" in err.detail
@@ -209,17 +213,19 @@ async def test_policy_denied_names_the_rule(network: Network) -> None:
     assert f"rule={err.rule}" in str(err)
 
 
-async def test_payload_too_large(network: Network) -> None:
+@read_mostly
+async def test_payload_too_large(shared_network: Network) -> None:
     big = {**REFERRAL, "note": [{"text": "x" * 1024}] * 3000}
-    async with aclient(network, network.COUNCIL) as council:
+    async with aclient(shared_network, shared_network.COUNCIL) as council:
         with pytest.raises(psvn_client.PayloadTooLarge) as info:
-            await council.send(network.TRUST, SERVICE_REQUEST, big, purpose="direct-care")
+            await council.send(shared_network.TRUST, SERVICE_REQUEST, big, purpose="direct-care")
     assert (info.value.code, info.value.status, info.value.field) == ("payload-too-large", 413, "body")
 
 
-async def test_not_found_forbidden_and_bad_request(network: Network) -> None:
-    async with aclient(network, network.COUNCIL) as council:
-        sent = await council.send(network.TRUST, SERVICE_REQUEST, REFERRAL, purpose="direct-care")
+@read_mostly
+async def test_not_found_forbidden_and_bad_request(shared_network: Network) -> None:
+    async with aclient(shared_network, shared_network.COUNCIL) as council:
+        sent = await council.send(shared_network.TRUST, SERVICE_REQUEST, REFERRAL, purpose="direct-care")
         await council.wait_for_status(sent.id, "delivered", timeout=10)
         with pytest.raises(psvn_client.NotFound) as info:
             await council.status("no-such-message")
@@ -231,11 +237,12 @@ async def test_not_found_forbidden_and_bad_request(network: Network) -> None:
         with pytest.raises(psvn_client.ValidationError) as bad:
             await council.inbox(limit=5000)
         assert (bad.value.code, bad.value.field, bad.value.status) == ("bad-request", "limit", 400)
-    async with aclient(network, network.GP) as gp:
+    async with aclient(shared_network, shared_network.GP) as gp:
         with pytest.raises(psvn_client.NotFound):  # nor the GP's to track
             await gp.status(sent.id)
     # The trust's system certificate is valid on the network, but not at the council's gateway.
-    async with AsyncClient(network.url(network.COUNCIL), **tls(network, network.TRUST)) as stranger:
+    net = shared_network
+    async with AsyncClient(net.url(net.COUNCIL), **tls(net, net.TRUST)) as stranger:
         with pytest.raises(psvn_client.Forbidden) as forbidden:
             await stranger.inbox()
     assert (forbidden.value.code, forbidden.value.status, forbidden.value.rule) == (
@@ -245,14 +252,15 @@ async def test_not_found_forbidden_and_bad_request(network: Network) -> None:
     )
 
 
-async def test_sync_client_raises_the_same_families(network: Network) -> None:
+@read_mostly
+async def test_sync_client_raises_the_same_families(shared_network: Network) -> None:
     def flow() -> list[tuple[type, str, str | None]]:
         seen = []
-        with client(network, network.COUNCIL) as council:
+        with client(shared_network, shared_network.COUNCIL) as council:
             for call in (
-                lambda: council.send(network.TRUST, SERVICE_REQUEST, REFERRAL, purpose="marketing"),
+                lambda: council.send(shared_network.TRUST, SERVICE_REQUEST, REFERRAL, purpose="marketing"),
                 lambda: council.send(
-                    network.TRUST, SERVICE_REQUEST, {"resourceType": "ServiceRequest"}, purpose="direct-care"
+                    shared_network.TRUST, SERVICE_REQUEST, {"resourceType": "ServiceRequest"}, purpose="direct-care"
                 ),
                 lambda: council.send("ods:XXX", SERVICE_REQUEST, REFERRAL, purpose="direct-care"),
                 lambda: council.status("no-such-message"),
@@ -273,10 +281,11 @@ async def test_sync_client_raises_the_same_families(network: Network) -> None:
     assert seen[2][2] == "to"
 
 
-async def test_without_client_certificate_is_unauthenticated(network: Network) -> None:
+@read_mostly
+async def test_without_client_certificate_is_unauthenticated(shared_network: Network) -> None:
     """The gateway makes the client certificate optional at TLS so it can answer with a problem."""
-    url = network.url(network.COUNCIL)
-    async with AsyncClient(url, ca=network.ca) as anonymous:
+    url = shared_network.url(shared_network.COUNCIL)
+    async with AsyncClient(url, ca=shared_network.ca) as anonymous:
         health = await anonymous.health()  # health is public on the gateway's listener
         assert health.ok
         with pytest.raises(psvn_client.Unauthenticated) as info:
@@ -285,9 +294,9 @@ async def test_without_client_certificate_is_unauthenticated(network: Network) -
     assert err.code == "unauthenticated" and err.status == 401 and err.rule == "mutual-tls"
 
     def sync() -> psvn_client.PsvnError:
-        with Client(url, ca=network.ca) as c:
+        with Client(url, ca=shared_network.ca) as c:
             try:
-                c.send(network.TRUST, SERVICE_REQUEST, REFERRAL, purpose="direct-care")
+                c.send(shared_network.TRUST, SERVICE_REQUEST, REFERRAL, purpose="direct-care")
             except psvn_client.PsvnError as e:
                 return e
         raise AssertionError("sent without a client certificate")

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Network
+from tests.conftest import Network, read_mostly
 
 REFERRAL: dict[str, Any] = {
     "resourceType": "ServiceRequest", "status": "active", "intent": "order",
@@ -89,11 +89,12 @@ async def test_acknowledging_does_not_disturb_a_cursor(network: Network) -> None
         assert not {m["id"] for m in rest["messages"]} & {m["id"] for m in page["messages"]}
 
 
+@read_mostly
 @pytest.mark.parametrize("cursor", ["garbage!", "aW5ib3g6", "c3Vic2NyaXB0aW9uczp4", "aW5ib3g6LTE", "", "%%%"])
-async def test_a_bad_inbox_cursor_is_a_400_naming_the_field(network: Network, cursor: str) -> None:
+async def test_a_bad_inbox_cursor_is_a_400_naming_the_field(shared_network: Network, cursor: str) -> None:
     """Not base64, an empty position, another list's cursor, a negative seq: each a 400
     problem naming ``cursor``, never a 500 or a silently restarted listing."""
-    async with http(network, network.TRUST) as trust:
+    async with http(shared_network, shared_network.TRUST) as trust:
         r = await trust.get("/v1/inbox", params={"cursor": cursor})
     assert r.status_code == 400, r.text
     assert r.headers["content-type"] == "application/problem+json"
@@ -102,9 +103,10 @@ async def test_a_bad_inbox_cursor_is_a_400_naming_the_field(network: Network, cu
     assert "next" in problem["detail"]
 
 
+@read_mostly
 @pytest.mark.parametrize(("limit", "rule"), [("0", "range"), ("1001", "range"), ("ten", "integer")])
-async def test_a_bad_limit_is_a_400_naming_the_field(network: Network, limit: str, rule: str) -> None:
-    async with http(network, network.TRUST) as trust:
+async def test_a_bad_limit_is_a_400_naming_the_field(shared_network: Network, limit: str, rule: str) -> None:
+    async with http(shared_network, shared_network.TRUST) as trust:
         for path in ("/v1/inbox", "/v1/subscriptions"):
             r = await trust.get(path, params={"limit": limit})
             assert r.status_code == 400 and (r.json()["field"], r.json()["rule"]) == ("limit", rule)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from psvn import devnet
 from psvn.broker import provision
@@ -24,7 +25,7 @@ from psvn.policies.catalogue import Catalogue
 from psvn.policies.validation import PayloadValidator
 from tests.broker.test_backbone import skipping_egress_validation, wait_quarantined
 from tests.broker.test_policy_admin import wait_versions
-from tests.conftest import Network, start_network, stop_network
+from tests.conftest import Network, read_mostly, start_network, stop_network
 from tests.gateway.test_service import call, wait_status
 
 CORPUS = Path(__file__).resolve().parents[1] / "policies" / "corpus"
@@ -104,12 +105,13 @@ def test_the_cases_cover_the_whole_catalogue() -> None:
         assert offline_violations(t, invalid_payload(t)), t
 
 
-@pytest.fixture
-async def net(tmp_path: Path) -> AsyncIterator[Network]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def net(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Network]:
     """The example network under the default policy plus one rule: the council may send the trust
     any catalogue type, so a valid payload of every type is answered 202 (most types otherwise
-    travel only on feeds or from a personal data store)."""
-    network = await start_network(tmp_path)
+    travel only on feeds or from a personal data store). One for the module: every test sends
+    its own messages and reads only their statuses (``read_mostly``)."""
+    network = await start_network(tmp_path_factory.mktemp("standards"))
     try:
         doc = json.loads(json.dumps(DOC))
         doc["version"] = 2
@@ -134,6 +136,7 @@ def message(net: Network, type_: str, payload: Any, **over: Any) -> dict[str, An
             "payload": payload, **over}
 
 
+@read_mostly
 @pytest.mark.parametrize("type_", TYPES)
 async def test_each_type_is_validated_on_send(net: Network, type_: str) -> None:
     status, body = await call(net, net.COUNCIL, "POST", "/v1/messages", message(net, type_, valid_payload(type_)))
@@ -160,6 +163,7 @@ INGRESS: dict[str, tuple[str, str, str | None]] = {
 }
 
 
+@read_mostly
 @pytest.mark.parametrize("standard", INGRESS)
 async def test_each_standard_is_validated_at_ingress(net: Network, standard: str) -> None:
     """The council's gateway skips payload validation; the trust's quarantines the message naming
