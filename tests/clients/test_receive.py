@@ -14,7 +14,7 @@ import pytest
 from psvn_client import AsyncInboundMessage, InboundMessage, Page
 
 from tests.clients.test_client import REFERRAL, SERVICE_REQUEST, aclient, client
-from tests.conftest import Network
+from tests.conftest import Network, read_mostly
 
 
 async def deliver(net: Network, n: int, *, tag: str = "r") -> list[str]:
@@ -51,12 +51,13 @@ async def test_iter_inbox_goes_past_one_page_sync_and_async(network: Network) ->
     assert await asyncio.to_thread(sync) == arrived
 
 
-async def test_a_bad_cursor_raises_a_validation_error_naming_it(network: Network) -> None:
-    async with aclient(network, network.TRUST) as trust:
+@read_mostly
+async def test_a_bad_cursor_raises_a_validation_error_naming_it(shared_network: Network) -> None:
+    async with aclient(shared_network, shared_network.TRUST) as trust:
         with pytest.raises(psvn_client.ValidationError) as bad:
             await trust.inbox_page(cursor="not-a-cursor")
     assert (bad.value.status, bad.value.field, bad.value.rule) == (400, "cursor", "cursor")
-    async with aclient(network, network.TRUST) as trust:
+    async with aclient(shared_network, shared_network.TRUST) as trust:
         with pytest.raises(ValueError, match="limit"):
             await trust.inbox_page(limit=0)
 
@@ -121,8 +122,9 @@ async def test_sync_receive_loop(network: Network) -> None:
     assert sorted(taken) == sorted(ids[1:]) and left == [ids[0]]
 
 
-async def test_receive_rejects_bad_options(network: Network) -> None:
-    async with aclient(network, network.TRUST) as trust:
+@read_mostly
+async def test_receive_rejects_bad_options(shared_network: Network) -> None:
+    async with aclient(shared_network, shared_network.TRUST) as trust:
         for kw in ({"max_messages": 0}, {"idle_timeout": -1}, {"poll_interval": 0}, {"page_size": 0}):
             with pytest.raises(ValueError):
                 async for _ in trust.receive(**kw):

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import Network
+from tests.conftest import Network, read_mostly
 from tests.gateway.test_service import audit_records, call, referral
 
 AIR = json.loads((Path(__file__).resolve().parents[2] / "examples" / "air-quality.json").read_text())
@@ -50,29 +50,32 @@ async def send_with_raw_header(net: Network, org: str, path: str, body: bytes, n
     return int(head.split(b" ", 2)[1]), json.loads(payload)
 
 
-async def test_non_ascii_idempotency_key_header_is_a_problem_with_an_id_and_an_audit(network: Network) -> None:
-    code, problem = await send_with_raw_header(network, network.COUNCIL, "/v1/messages",
+@read_mostly
+async def test_non_ascii_idempotency_key_header_is_a_problem_with_an_id_and_an_audit(shared_network: Network) -> None:
+    code, problem = await send_with_raw_header(shared_network, shared_network.COUNCIL, "/v1/messages",
                                                json.dumps(referral()).encode(), b"Idempotency-Key",
                                                "clé-1".encode("latin-1"))
     assert code in (400, 422), problem
     assert problem["field"] == "Idempotency-Key" and problem["rule"] == "id-format"
     assert problem["message_id"]
-    [record] = await audit_records(network, {problem["message_id"]}, at_least=1)
+    [record] = await audit_records(shared_network, {problem["message_id"]}, at_least=1)
     assert record["event"] == "rejected" and record["field"] == "Idempotency-Key"
 
 
-async def test_feed_idempotency_key_header_is_checked_too(network: Network) -> None:
+@read_mostly
+async def test_feed_idempotency_key_header_is_checked_too(shared_network: Network) -> None:
     body = EVENT
-    code, problem = await send_with_raw_header(network, network.COUNCIL, "/v1/feeds/sensors.brighton.air",
+    code, problem = await send_with_raw_header(shared_network, shared_network.COUNCIL, "/v1/feeds/sensors.brighton.air",
                                                json.dumps(body).encode(), b"Idempotency-Key", b"key-\xff\xfe")
     assert code in (400, 422) and problem["field"] == "Idempotency-Key" and problem["message_id"], problem
 
 
-async def test_feed_topic_ending_in_a_newline_is_refused(network: Network) -> None:
-    body = EVENT
-    code, problem = await call(network, network.COUNCIL, "POST", "/v1/feeds/sensors.brighton.air%0A", body)
+@read_mostly
+async def test_feed_topic_ending_in_a_newline_is_refused(shared_network: Network) -> None:
+    body, net = EVENT, shared_network
+    code, problem = await call(net, net.COUNCIL, "POST", "/v1/feeds/sensors.brighton.air%0A", body)
     assert code == 422 and (problem["field"], problem["rule"]) == ("topic", "topic-format"), problem
-    code, problem = await call(network, network.COUNCIL, "PUT", "/v1/subscriptions/sensors.brighton.air%0A",
+    code, problem = await call(net, net.COUNCIL, "PUT", "/v1/subscriptions/sensors.brighton.air%0A",
                                {"purpose": "environmental-monitoring"})
     assert code == 422 and (problem["field"], problem["rule"]) == ("topic", "topic-format"), problem
 

@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from psvn.gateway import openapi
-from tests.conftest import Network
+from tests.conftest import Network, read_mostly
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "docs" / "openapi.json"
@@ -113,22 +113,24 @@ def _session(network: Network, org: str) -> requests.Session:
     return session
 
 
-async def test_served_document_is_the_committed_one(network: Network) -> None:
-    ctx = network.client_ssl(network.TRUST)
-    async with httpx.AsyncClient(base_url=network.url(network.TRUST), verify=ctx) as http:
+@read_mostly
+async def test_served_document_is_the_committed_one(shared_network: Network) -> None:
+    ctx = shared_network.client_ssl(shared_network.TRUST)
+    async with httpx.AsyncClient(base_url=shared_network.url(shared_network.TRUST), verify=ctx) as http:
         r = await http.get("/v1/openapi.json")
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
     assert r.json() == json.loads(COMMITTED.read_text())
 
 
-async def test_schemathesis_every_operation_against_a_live_gateway(network: Network) -> None:
+@read_mostly
+async def test_schemathesis_every_operation_against_a_live_gateway(shared_network: Network) -> None:
     """Generated requests (a few per operation: valid ones, and ones the document forbids)
     against the trust's gateway: no 500, and every response's status, content type, headers and
     body are as documented."""
-    await _seed(network)
+    await _seed(shared_network)
     schema = schemathesis.openapi.from_dict(openapi.build())
-    base_url = network.url(network.TRUST)
-    session = _session(network, network.TRUST)
+    base_url = shared_network.url(shared_network.TRUST)
+    session = _session(shared_network, shared_network.TRUST)
     operations = []
     for result in schema.get_all_operations():
         assert isinstance(result, Ok), result  # every operation of the document loads

@@ -11,7 +11,7 @@ import aiohttp
 import msgspec
 
 from psvn import devnet
-from tests.conftest import Network
+from tests.conftest import Network, read_mostly
 
 ADT_A01 = (Path(__file__).resolve().parents[2] / "examples" / "adt_a01.hl7").read_text().replace("\n", "\r")
 REFERRAL: dict[str, Any] = {
@@ -132,34 +132,37 @@ async def test_bad_inputs_name_field_and_rule(network: Network) -> None:
     assert inbox["messages"] == []
 
 
-async def test_oversized_body_is_413(network: Network) -> None:
+@read_mostly
+async def test_oversized_body_is_413(shared_network: Network) -> None:
     big = referral(payload={**REFERRAL, "note": [{"text": "x" * 1024}] * 3000})
-    status, problem = await call(network, network.COUNCIL, "POST", "/v1/messages", big)
+    status, problem = await call(shared_network, shared_network.COUNCIL, "POST", "/v1/messages", big)
     assert status == 413 and problem["code"] == "payload-too-large" and problem["field"] == "body"
 
 
-async def test_no_client_certificate_is_refused(network: Network) -> None:
+@read_mostly
+async def test_no_client_certificate_is_refused(shared_network: Network) -> None:
     import ssl
 
-    ctx = ssl.create_default_context(cafile=str(network.ca))
+    ctx = ssl.create_default_context(cafile=str(shared_network.ca))
     conn = aiohttp.TCPConnector(ssl=ctx)
     async with aiohttp.ClientSession(connector=conn) as s:
         for method, path in (("POST", "/v1/messages"), ("GET", "/v1/inbox"), ("GET", "/metrics")):
-            async with s.request(method, network.url(network.COUNCIL) + path, json=referral()) as r:
+            async with s.request(method, shared_network.url(shared_network.COUNCIL) + path, json=referral()) as r:
                 problem = await r.json(content_type=None)
                 assert r.status == 401 and problem["code"] == "unauthenticated", (path, problem)
                 assert problem["rule"] == "mutual-tls"
 
 
-async def test_system_of_another_org_is_forbidden(network: Network) -> None:
+@read_mostly
+async def test_system_of_another_org_is_forbidden(shared_network: Network) -> None:
     import ssl
 
-    ctx = ssl.create_default_context(cafile=str(network.ca))
-    cert, key = network.system_cert(network.TRUST)
+    ctx = ssl.create_default_context(cafile=str(shared_network.ca))
+    cert, key = shared_network.system_cert(shared_network.TRUST)
     ctx.load_cert_chain(str(cert), str(key))
     conn = aiohttp.TCPConnector(ssl=ctx)
     async with aiohttp.ClientSession(connector=conn) as s:
-        async with s.post(network.url(network.COUNCIL) + "/v1/messages", json=referral()) as r:
+        async with s.post(shared_network.url(shared_network.COUNCIL) + "/v1/messages", json=referral()) as r:
             problem = await r.json(content_type=None)
             assert r.status == 403 and problem["code"] == "forbidden" and problem["rule"] == "system-org"
 
