@@ -24,14 +24,22 @@ REFERRAL: dict[str, Any] = {
 }
 
 
+def https(net: Network, org: str) -> aiohttp.ClientSession:
+    """One HTTPS client as ``org``'s system (keep-alive: one TLS handshake for all its requests)."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=net.client_ssl(org)))
+
+
 async def call(net: Network, org: str, method: str, path: str, body: Any = None,
-               *, raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
-    conn = aiohttp.TCPConnector(ssl=net.client_ssl(org))
-    async with aiohttp.ClientSession(connector=conn) as s:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        async with s.request(method, net.url(org) + path, data=data,
-                             headers={"Content-Type": "application/json"}) as r:
-            return r.status, await r.json(content_type=None)
+               *, raw: bytes | None = None, session: aiohttp.ClientSession | None = None) -> tuple[int, dict[str, Any]]:
+    """One request as ``org``'s system: on ``session`` if given, else on a fresh connection (what a
+    test of certificates and revocation needs: every call is a new handshake)."""
+    if session is None:
+        async with https(net, org) as fresh:
+            return await call(net, org, method, path, body, raw=raw, session=fresh)
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    async with session.request(method, net.url(org) + path, data=data,
+                               headers={"Content-Type": "application/json"}) as r:
+        return r.status, await r.json(content_type=None)
 
 
 def referral(to: str = "ods:RYR", **over: Any) -> dict[str, Any]:
@@ -43,14 +51,15 @@ def referral(to: str = "ods:RYR", **over: Any) -> dict[str, Any]:
 
 async def wait_status(net: Network, org: str, mid: str, status: str, timeout: float = 10.0) -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        code, body = await call(net, org, "GET", f"/v1/messages/{mid}")
-        assert code == 200, body
-        if body["status"] == status:
-            return body
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"status stayed {body['status']}, wanted {status}: {body}")
-        await asyncio.sleep(0.05)
+    async with https(net, org) as session:  # one handshake for every poll
+        while True:
+            code, body = await call(net, org, "GET", f"/v1/messages/{mid}", session=session)
+            assert code == 200, body
+            if body["status"] == status:
+                return body
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"status stayed {body['status']}, wanted {status}: {body}")
+            await asyncio.sleep(0.05)
 
 
 async def test_council_to_trust_reaches_acknowledged(network: Network) -> None:
