@@ -28,7 +28,7 @@ import contextlib
 import re
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -392,14 +392,36 @@ class StateStore:
     async def closed_mail(self, *, batch: int = 256) -> AsyncIterator[InRecord]:
         """Every closed mail entry still in the bucket, streamed (the retention sweep's slow walk
         and the listing of acknowledged or quarantined mail; never held in memory at once)."""
-        async for _subject, value in self._scan(self._prefix + "done.>", batch=batch):
+        async for _seq, _subject, value in self._scan(self._prefix + "done.>", batch=batch):
             with contextlib.suppress(msgspec.ValidationError, msgspec.DecodeError):
                 yield msgspec.json.decode(value, type=InRecord)
 
-    async def _scan(self, subject: str, *, batch: int) -> AsyncIterator[tuple[str, bytes]]:
-        """(subject, value) of every live message on ``subject`` (a wildcard), in stream order,
-        by batched direct gets (ADR-31): no consumer is made (a member's account has few), one
-        request per ``batch`` messages."""
+    async def sent(self, *, after: int, limit: int,
+                   keep: Callable[[OutRecord], bool] = lambda _: True) -> list[tuple[int, OutRecord]]:
+        """Up to ``limit`` sent messages' records that ``keep`` accepts, in the order of their last
+        change, each with its position (the stream sequence of that change), after ``after``.
+
+        The bucket keeps one value per key, so a record appears once, at its newest status; one
+        that changes after a caller's cursor appears again further on, with its new status (a
+        poller with the cursor sees every change). Read where it lives: nothing held in memory."""
+        found: list[tuple[int, OutRecord]] = []
+        rows = self._scan(self._prefix + "out.>", batch=min(max(limit, 16), 256), start=after + 1)
+        async with contextlib.aclosing(rows):  # stopping early unsubscribes at once
+            async for seq, _subject, value in rows:
+                try:
+                    rec = msgspec.json.decode(value, type=OutRecord)
+                except (msgspec.ValidationError, msgspec.DecodeError):
+                    continue
+                if keep(rec):
+                    found.append((seq, rec))
+                    if len(found) >= limit:
+                        break
+        return found
+
+    async def _scan(self, subject: str, *, batch: int, start: int = 1) -> AsyncGenerator[tuple[int, str, bytes], None]:
+        """(sequence, subject, value) of every live message on ``subject`` (a wildcard) from
+        sequence ``start``, in stream order, by batched direct gets (ADR-31): no consumer is made
+        (a member's account has few), one request per ``batch`` messages."""
         assert self.js is not None
         nc = self.js._nc
         got: asyncio.Queue[Any] = asyncio.Queue()
@@ -410,7 +432,7 @@ class StateStore:
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox, cb=arrived)
         try:
-            seq = 1
+            seq = max(start, 1)
             while True:
                 request = msgspec.json.encode({"seq": seq, "next_by_subj": subject, "batch": batch})
                 await nc.publish(f"$JS.API.DIRECT.GET.{self._stream}", request, reply=inbox)
@@ -425,9 +447,10 @@ class StateStore:
                             raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"reading the state bucket: status {status}",
                                             rule="state-read")
                         break  # the end of this batch: ask for the next
-                    seq = int(headers.get("Nats-Sequence", seq)) + 1
+                    at = int(headers.get("Nats-Sequence", seq))
+                    seq = at + 1
                     if not headers.get("KV-Operation") and not headers.get("Nats-Marker-Reason"):
-                        yield headers.get("Nats-Subject", ""), msg.data or b""
+                        yield at, headers.get("Nats-Subject", ""), msg.data or b""
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
