@@ -273,6 +273,16 @@ def status_call(message_id: str) -> Call[MessageStatus]:
     return Call("GET", f"/v1/messages/{_id(message_id)}", lambda r: MessageStatus.from_json(_json(r)))
 
 
+def statuses_call(status: str | None, limit: int, cursor: str | None = None) -> Call[Page[MessageStatus]]:
+    """``GET /v1/messages``: one page of sent messages in the order of their last change."""
+    params: dict[str, str | int] = {"limit": _limit(limit)}
+    if status is not None:
+        params["status"] = str(status)
+    if cursor is not None:
+        params["cursor"] = cursor
+    return _page_call("/v1/messages", "messages", "statuses", MessageStatus.from_json, limit, params=params)
+
+
 def _limit(limit: int, name: str = "limit") -> int:
     """A page size: a positive int (the gateway says how many it allows, 1,000 by default)."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:

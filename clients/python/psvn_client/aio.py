@@ -174,6 +174,29 @@ class AsyncClient:
     async def status(self, id: str) -> MessageStatus:
         return await self._run(_core.status_call(id))
 
+    async def statuses_page(
+        self, *, status: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> Page[MessageStatus]:
+        """One page of what this system sent, in the order of each message's last status change
+        (optionally one ``status`` only); pass the page's ``next`` as ``cursor`` to continue. A
+        message that changes after the cursor comes again with its new status, so polling with
+        the last ``next`` sees every change."""
+        return await self._run(_core.statuses_call(status, limit, cursor))
+
+    async def iter_statuses(
+        self, *, status: str | None = None, page_size: int = 100
+    ) -> AsyncIterator[MessageStatus]:
+        """Every message this system sent (as :meth:`statuses_page` filters them), fetched a
+        page at a time as you iterate, in the order of their last change."""
+        cursor: str | None = None
+        while True:
+            page = await self.statuses_page(status=status, limit=page_size, cursor=cursor)
+            for item in page.items:
+                yield item
+            if not page.more:
+                return
+            cursor = page.next
+
     async def inbox(
         self, *, mailbox: str | None = None, status: str | None = None, limit: int = 100
     ) -> list[InboxItem]:

@@ -196,6 +196,26 @@ class Client:
         """Where a message this system sent is now, with its history."""
         return self._run(_core.status_call(id))
 
+    def statuses_page(
+        self, *, status: str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> Page[MessageStatus]:
+        """One page of what this system sent, in the order of each message's last status change
+        (optionally one ``status`` only); pass the page's ``next`` as ``cursor`` to continue. A
+        message that changes after the cursor comes again with its new status, so polling with
+        the last ``next`` sees every change."""
+        return self._run(_core.statuses_call(status, limit, cursor))
+
+    def iter_statuses(self, *, status: str | None = None, page_size: int = 100) -> Iterator[MessageStatus]:
+        """Every message this system sent (as :meth:`statuses_page` filters them), fetched a
+        page at a time as you iterate, in the order of their last change."""
+        cursor: str | None = None
+        while True:
+            page = self.statuses_page(status=status, limit=page_size, cursor=cursor)
+            yield from page.items
+            if not page.more:
+                return
+            cursor = page.next
+
     def inbox(
         self, *, mailbox: str | None = None, status: str | None = None, limit: int = 100
     ) -> list[InboxItem]:
