@@ -24,7 +24,7 @@ import jwt
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from psvn.certs import pki
+from psvn.certs import keys
 from psvn.core.errors import Code, PsvnError
 
 Role = Literal["compliance-officer", "approver", "operator"]
@@ -82,9 +82,9 @@ class TokenAuthority:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             os.chmod(path.parent, 0o700)
-            return cls(pki.new_signing_key(path))
+            return cls(keys.new_signing_key(path))
         _check_private(path)
-        return cls(pki.load_signing_key(path))
+        return cls(keys.load_signing_key(path))
 
     @classmethod
     def for_pki(cls, pki_dir: Path) -> TokenAuthority:

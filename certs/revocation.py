@@ -5,6 +5,10 @@ refused at the handshake. A CRL has a *next update* time (7 days); OpenSSL rejec
 once it has passed, so the operator re-signs it (:func:`refresh_crl`, or any revoke) at least
 weekly. Reading a CRL verifies its signature against the CA: a forged list is an error, not
 an empty set.
+
+Signing a CRL (:func:`psvn.certs.ca.write_crl`) belongs to the CA, which publishes an empty one
+when it is created; this module only reads, checks and amends the list, so it depends on
+:mod:`psvn.certs.ca` and never the reverse.
 """
 
 from __future__ import annotations
@@ -13,13 +17,12 @@ import contextlib
 import datetime as dt
 import fcntl
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 
-from psvn.certs.pki import (
+from psvn.certs.ca import (
     CA,
     CA_CERT,
     CA_CRL,
@@ -27,35 +30,11 @@ from psvn.certs.pki import (
     fingerprint,
     is_issued_by,
     load_cert,
-    write_public,
+    write_crl,
 )
 from psvn.core.errors import Code, PsvnError
 
-__all__ = ["is_revoked", "load_crl", "refresh_crl", "revoke", "revoked_serials", "write_crl"]
-
-
-def write_crl(
-    ca: CA, entries: Iterable[x509.RevokedCertificate], *, days: int = CRL_DAYS
-) -> x509.CertificateRevocationList:
-    """Sign and write ``ca.crl`` with ``entries``; its CRL number is taken from the clock so it
-    always increases (relying parties may ignore a CRL whose number did not)."""
-    now = dt.datetime.now(dt.UTC)
-    ca_ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca.cert.subject)
-        .last_update(now - dt.timedelta(minutes=5))
-        .next_update(now + dt.timedelta(days=days))
-        .add_extension(x509.CRLNumber(int(now.timestamp() * 1_000_000)), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
-        )
-    )
-    for entry in entries:
-        builder = builder.add_revoked_certificate(entry)
-    crl = builder.sign(ca.key, hashes.SHA256())
-    write_public(ca.crl_path, crl.public_bytes(serialization.Encoding.PEM))
-    return crl
+__all__ = ["is_revoked", "load_crl", "refresh_crl", "revoke", "revoked_serials"]
 
 
 def load_crl(ca_dir: Path) -> x509.CertificateRevocationList:

@@ -69,7 +69,7 @@ class KeysSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # must verify against it, wherever it lies; required, so a gateway cannot run trusting the bucket
     registry_authority: str
     hpke_hybrid: str | None = None  # ML-KEM-768 + X25519 key: senders then seal post-quantum
-    retired_dir: str | None = None  # former message keys (psvn devnet rotate / certs.pki.rotate_gateway_keys)
+    retired_dir: str | None = None  # former message keys (psvn devnet rotate / certs.keys.rotate_gateway_keys)
 
 
 class WebhookSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -69,7 +69,7 @@ from nats.js.errors import APIError, NotFoundError
 from psvn.backbone.jsfast import JetStreamOps
 from psvn.backbone.kvwatch import KV_OPERATION
 from psvn.backbone.registry_view import RegistryView
-from psvn.certs.pki import ed25519_public
+from psvn.certs.keys import ed25519_public
 from psvn.core.errors import Code, PsvnError
 from psvn.policies.consent import ConsentChange, ConsentRegistry
 from psvn.protocol import seal

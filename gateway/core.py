@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import constant_time, hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from psvn.certs.pki import ed25519_public, raw_public
+from psvn.certs.keys import ed25519_public, raw_public
 from psvn.core import addresses
 from psvn.core.errors import Code, PsvnError
 from psvn.policies.catalogue import CatalogueEntry

@@ -33,7 +33,7 @@ from psvn.backbone.connect import connect
 from psvn.backbone.jsfast import JetStreamOps
 from psvn.backbone.natsraw import Puller, RawReads
 from psvn.backbone.registry_view import RegistryView
-from psvn.certs import pki, tls
+from psvn.certs import keys, tls
 from psvn.core import addresses
 from psvn.core.errors import Code, PsvnError
 from psvn.core.tasks import halt
@@ -142,13 +142,13 @@ class Gateway:
         self.config = config
         self.org = config.gateway.org
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.signing_key = pki.load_signing_key(Path(config.keys.signing))
-        self.hpke_key = pki.load_hpke_key(Path(config.keys.hpke))
-        self.hybrid_key = (hpke.MLKEM768X25519PrivateKey(*pki.load_hybrid_hpke_key(Path(config.keys.hpke_hybrid)))
+        self.signing_key = keys.load_signing_key(Path(config.keys.signing))
+        self.hpke_key = keys.load_hpke_key(Path(config.keys.hpke))
+        self.hybrid_key = (hpke.MLKEM768X25519PrivateKey(*keys.load_hybrid_hpke_key(Path(config.keys.hpke_hybrid)))
                            if config.keys.hpke_hybrid else None)
         # the key ring after a rotation: sign with whichever key the registry lists, open mail
         # sealed to any key this gateway has held
-        retired = pki.load_retired_keys(Path(config.keys.retired_dir) if config.keys.retired_dir else None)
+        retired = keys.load_retired_keys(Path(config.keys.retired_dir) if config.keys.retired_dir else None)
         self.signing_keys = [self.signing_key, *retired.signing]
         self.retired_hpke: tuple[seal.PrivateKey, ...] = (
             *retired.hpke, *(hpke.MLKEM768X25519PrivateKey(*pair) for pair in retired.hybrid))

@@ -23,7 +23,18 @@ from psvn.backbone.connect import connect, patiently
 from psvn.broker import accounts, provision, registry
 from psvn.broker.natsconf import ServerConfig
 from psvn.broker.server import NatsServer
-from psvn.certs import pki, revocation, tls
+from psvn.certs import keys, revocation, tls
+from psvn.certs.ca import (
+    CA,
+    fingerprint,
+    init_ca,
+    issue_client,
+    issue_gateway,
+    issue_server,
+    issue_system,
+    load_ca,
+    load_cert,
+)
 from psvn.core import config, procs
 from psvn.core.addresses import token
 from psvn.gateway import consent
@@ -108,10 +119,10 @@ class Layout:
 
 
 def make_pki(layout: Layout, members: tuple[MemberSpec, ...] | list[MemberSpec]) -> None:
-    ca = pki.init_ca(layout.pki, force=True)
-    pki.issue_server(ca, "nats", layout.pki / "nats")
-    pki.issue_client(ca, BROKER_URI, "broker", layout.pki / "broker")
-    authority = pki.new_signing_key(layout.authority_key)
+    ca = init_ca(layout.pki, force=True)
+    issue_server(ca, "nats", layout.pki / "nats")
+    issue_client(ca, BROKER_URI, "broker", layout.pki / "broker")
+    authority = keys.new_signing_key(layout.authority_key)
     layout.authority_pub.write_bytes(authority.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     make_registry_authority(layout)
@@ -119,24 +130,24 @@ def make_pki(layout: Layout, members: tuple[MemberSpec, ...] | list[MemberSpec])
         make_pki_member(layout, m, ca=ca)
 
 
-def make_pki_member(layout: Layout, m: MemberSpec, *, ca: pki.CA | None = None) -> None:
+def make_pki_member(layout: Layout, m: MemberSpec, *, ca: CA | None = None) -> None:
     """One member's certificates, message keys and backbone user (a member joining later too)."""
-    ca = ca or pki.load_ca(layout.pki)
-    pki.issue_gateway(ca, m.org, layout.org_dir(m.org), post_quantum=m.post_quantum)
-    pki.issue_system(ca, m.org, m.system, layout.org_dir(m.org) / "systems")
+    ca = ca or load_ca(layout.pki)
+    issue_gateway(ca, m.org, layout.org_dir(m.org), post_quantum=m.post_quantum)
+    issue_system(ca, m.org, m.system, layout.org_dir(m.org) / "systems")
     accounts.BackboneAccounts(layout.pki).write_member_creds(m.org, layout.nats_creds(m.org))
 
 
 def make_registry_authority(layout: Layout) -> Ed25519PrivateKey:
     """The registry authority's key pair beside the policy authority's (the key 0600)."""
-    key = pki.new_signing_key(layout.registry_key)
+    key = keys.new_signing_key(layout.registry_key)
     layout.registry_pub.write_bytes(key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     return key
 
 
 def registry_signer(layout: Layout) -> Ed25519PrivateKey:
-    return pki.load_signing_key(layout.registry_key)
+    return keys.load_signing_key(layout.registry_key)
 
 
 def server_config(layout: Layout, members: list[str], *, port: int, monitor_port: int) -> ServerConfig:
@@ -168,7 +179,7 @@ def gateway_config(layout: Layout, m: MemberSpec, *, nats_url: str | list[str], 
         keys=KeysSection(signing=str(d / "sign.key"), hpke=str(d / "hpke.key"),
                          policy_authority=str(layout.authority_pub), registry_authority=str(layout.registry_pub),
                          hpke_hybrid=str(d / "hpke-hybrid.key") if m.post_quantum else None,
-                         retired_dir=str(d / pki.RETIRED_DIR)),
+                         retired_dir=str(d / keys.RETIRED_DIR)),
     )
 
 
@@ -211,10 +222,10 @@ def public_message_keys(d: Path) -> tuple[bytes, bytes, str]:
     """(signing key, HPKE key, HPKE suite) in registry form, from a gateway's key folder."""
     hybrid_path = d / "hpke-hybrid.key"
     if hybrid_path.exists():
-        hpke_key, suite = pki.hybrid_public_raw(*pki.load_hybrid_hpke_key(hybrid_path)), seal.HYBRID_SUITE
+        hpke_key, suite = keys.hybrid_public_raw(*keys.load_hybrid_hpke_key(hybrid_path)), seal.HYBRID_SUITE
     else:
-        hpke_key, suite = pki.raw_public(pki.load_hpke_key(d / "hpke.key")), seal.DEFAULT_SUITE
-    return pki.raw_public(pki.load_signing_key(d / "sign.key")), hpke_key, suite
+        hpke_key, suite = keys.raw_public(keys.load_hpke_key(d / "hpke.key")), seal.DEFAULT_SUITE
+    return keys.raw_public(keys.load_signing_key(d / "sign.key")), hpke_key, suite
 
 
 def member_record(layout: Layout, m: MemberSpec, *, gateway_url: str = "") -> registry.Member:
@@ -222,7 +233,7 @@ def member_record(layout: Layout, m: MemberSpec, *, gateway_url: str = "") -> re
     sign_key, hpke_key, suite = public_message_keys(d)
     return registry.Member(
         address=m.org, name=m.name, type=m.type, sign_key=sign_key, hpke_key=hpke_key, hpke_suite=suite,
-        cert_fingerprint=pki.fingerprint(pki.load_cert(d / "nats.crt")),
+        cert_fingerprint=fingerprint(load_cert(d / "nats.crt")),
         gateway_url=gateway_url, joined=now_rfc3339())
 
 
@@ -247,7 +258,7 @@ async def provision_backbone(layout: Layout, nats_url: str | list[str], members:
             await patiently(functools.partial(registry.upsert_member, kv, record, signer),
                                       what=f"registry entry {m.org}")
         doc = bundle.load_dir(policy_dir)
-        signed = bundle.sign(doc, pki.load_signing_key(layout.authority_key), proposer="devnet", approver="devnet",
+        signed = bundle.sign(doc, keys.load_signing_key(layout.authority_key), proposer="devnet", approver="devnet",
                              published_at=now_rfc3339())
         try:
             await patiently(lambda: provision.publish_policy(js, signed), what="policy set")
@@ -556,7 +567,7 @@ def up(layout: Layout, members: tuple[MemberSpec, ...] = DEVNET_MEMBERS, *, base
     if not (layout.pki / "ca.crt").exists():
         make_pki(layout, members)
     else:
-        revocation.refresh_crl(pki.load_ca(layout.pki))
+        revocation.refresh_crl(load_ca(layout.pki))
         if not layout.registry_key.exists():  # a devnet made before registry entries were signed
             make_registry_authority(layout)
     servers = start_backbone(layout, [m.org for m in members], base_port=base_port, cluster=cluster,
@@ -734,7 +745,7 @@ def rotate_keys(layout: Layout, org: str, *, timeout: float = 60.0) -> registry.
     g = state.gateways.get(org)
     if g is None:
         raise PsvnError(Code.UNKNOWN_RECIPIENT, f"{org!r} is not a devnet member", field="org", rule="devnet-member")
-    pki.rotate_gateway_keys(layout.org_dir(org))
+    keys.rotate_gateway_keys(layout.org_dir(org))
     procs.stop(g.pid)
     proc = spawn_gateway(layout, g)
     g.pid = proc.pid
@@ -804,7 +815,7 @@ def registry_history(layout: Layout, org: str) -> list[tuple[int, str, registry.
     import asyncio
 
     from psvn.backbone.kvwatch import read_history
-    from psvn.certs.pki import load_signing_key
+    from psvn.certs.keys import load_signing_key
     from psvn.protocol.subjects import REGISTRY_BUCKET
 
     state = running_state(layout)
@@ -833,7 +844,7 @@ def recover_registry(layout: Layout, org: str) -> registry.RegistryEntry:
     """`psvn registry recover ORG`: put back the newest verified entry from the key's history."""
     import asyncio
 
-    from psvn.certs.pki import load_signing_key
+    from psvn.certs.keys import load_signing_key
 
     state = running_state(layout)
     authority = load_signing_key(layout.registry_key).public_key()

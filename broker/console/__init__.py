@@ -20,7 +20,7 @@ from psvn.broker.auth import TokenAuthority
 from psvn.broker.console.app import ConsoleServer
 from psvn.broker.console.storage import ConsoleStore
 from psvn.broker.policy_admin import load_public_key
-from psvn.certs import pki, tls
+from psvn.certs import keys, tls
 from psvn.policies import bundle
 
 
@@ -51,7 +51,7 @@ async def start(layout: ConsoleFiles, *, nats_url: str | list[str], port: int = 
                 policy_dir: Path = bundle.DEFAULT_DIR) -> ConsoleServer:
     """Connect to the backbone as the broker and serve the console; ``.url`` says where."""
     tokens = TokenAuthority.for_pki(layout.pki)
-    signing = pki.load_signing_key(layout.authority_key) if layout.authority_key.exists() else None
+    signing = keys.load_signing_key(layout.authority_key) if layout.authority_key.exists() else None
     cert, key = layout.broker_cert
     store = await ConsoleStore.open(nats_url=nats_url, tls=tls.client_context(layout.ca, cert, key),
                                     creds=str(BackboneAccounts(layout.pki).broker_creds),

@@ -49,7 +49,7 @@ def _print_cert_key(title: str, cert: Path, key: Path) -> None:
 
 def _org(value: str) -> str:
     """The organisation, validated (an error names the field ``org``)."""
-    from psvn.certs.pki import check_org
+    from psvn.certs.ca import check_org
 
     return check_org(value)
 
@@ -60,7 +60,7 @@ def org_dir(pki_dir: Path, org: str) -> Path:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from psvn.certs.pki import fingerprint, init_ca
+    from psvn.certs.ca import fingerprint, init_ca
 
     ca = init_ca(args.dir, common_name=args.cn, days=args.days, force=args.force)
     _print_cert_key(f"CA created in {ca.directory}", ca.cert_path, ca.key_path)
@@ -71,8 +71,8 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _issue_gateway(args: argparse.Namespace) -> int:
-    from psvn.certs.pki import issue_gateway as issue
-    from psvn.certs.pki import load_ca
+    from psvn.certs.ca import issue_gateway as issue
+    from psvn.certs.ca import load_ca
 
     org = _org(args.org)
     ca = load_ca(args.dir)
@@ -90,14 +90,14 @@ def _issue_gateway(args: argparse.Namespace) -> int:
 
 
 def _default_hosts() -> tuple[str, ...]:
-    from psvn.certs.pki import DEFAULT_HOSTS
+    from psvn.certs.ca import DEFAULT_HOSTS
 
     return DEFAULT_HOSTS
 
 
 def _issue_system(args: argparse.Namespace) -> int:
-    from psvn.certs.pki import issue_system as issue
-    from psvn.certs.pki import load_ca
+    from psvn.certs.ca import issue_system as issue
+    from psvn.certs.ca import load_ca
 
     org = _org(args.org)
     ca = load_ca(args.dir)
@@ -107,8 +107,8 @@ def _issue_system(args: argparse.Namespace) -> int:
 
 
 def _issue_server(args: argparse.Namespace) -> int:
-    from psvn.certs.pki import issue_server as issue
-    from psvn.certs.pki import load_ca
+    from psvn.certs.ca import issue_server as issue
+    from psvn.certs.ca import load_ca
 
     ca = load_ca(args.dir)
     cert, key = issue(ca, args.name, args.dir / "servers", hosts=args.host or _default_hosts(),
@@ -118,7 +118,7 @@ def _issue_server(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    from psvn.certs.pki import cert_uris, fingerprint, load_ca, load_cert
+    from psvn.certs.ca import cert_uris, fingerprint, load_ca, load_cert
     from psvn.certs.revocation import revoke
 
     ca = load_ca(args.dir)
@@ -139,7 +139,7 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 def _crl(args: argparse.Namespace) -> int:
-    from psvn.certs.pki import load_ca
+    from psvn.certs.ca import load_ca
     from psvn.certs.revocation import refresh_crl
 
     ca = load_ca(args.dir)
@@ -151,7 +151,7 @@ def _crl(args: argparse.Namespace) -> int:
 
 
 def _describe(cert_path: Path, pki_dir: Path) -> dict[str, Any]:
-    from psvn.certs.pki import CA_CRL, cert_uris, fingerprint, load_cert
+    from psvn.certs.ca import CA_CRL, cert_uris, fingerprint, load_cert
     from psvn.certs.revocation import is_revoked
 
     cert = load_cert(cert_path)

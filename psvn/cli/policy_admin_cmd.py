@@ -91,7 +91,7 @@ async def _with_admin(args: argparse.Namespace, action: Action) -> int:
     from psvn.backbone.registry_view import RegistryView
     from psvn.broker import policy_admin
     from psvn.broker.policy_admin import PolicyAdmin
-    from psvn.certs import pki
+    from psvn.certs import keys
     from psvn.policies import bundle
     from psvn.policies.lifecycle import load_suite
 
@@ -105,7 +105,7 @@ async def _with_admin(args: argparse.Namespace, action: Action) -> int:
         folder = Path(getattr(args, "dir", "") or bundle.DEFAULT_DIR)
         admin = await PolicyAdmin.open(
             js, authority_pub=policy_admin.load_public_key(layout.authority_pub),
-            signing_key=pki.load_signing_key(layout.authority_key) if layout.authority_key.exists() else None,
+            signing_key=keys.load_signing_key(layout.authority_key) if layout.authority_key.exists() else None,
             members=lambda: {a: m.type for a, m in registry.members.items()},
             suite=load_suite(folder) if (folder / "tests.toml").exists() else None)
         return int(await action(admin, args) or 0)

@@ -20,7 +20,9 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from psvn import devnet
-from psvn.certs import pki, tls
+from psvn.certs import tls
+from psvn.certs.ca import init_ca, issue_gateway
+from psvn.certs.keys import x25519_public
 from psvn.core.errors import Code, PsvnError
 from psvn.gateway import core
 from psvn.gateway.server import GatewayServer
@@ -168,8 +170,8 @@ async def test_a_certificate_without_a_backbone_user_cannot_join(network: Networ
 
 
 async def test_a_certificate_from_another_ca_cannot_connect(network: Network, tmp_path: Path) -> None:
-    other = pki.init_ca(tmp_path / "other-ca")
-    files = pki.issue_gateway(other, network.COUNCIL, tmp_path / "other-gw")
+    other = init_ca(tmp_path / "other-ca")
+    files = issue_gateway(other, network.COUNCIL, tmp_path / "other-gw")
     await assert_refused_in_tls_handshake(network, files.nats_cert, files.nats_key,
                                           "tls: failed to verify certificate: x509: certificate signed by "
                                           "unknown authority")
@@ -251,7 +253,7 @@ async def _inject(network: Network, sender_org: str, req: SendRequest, *, signin
         core.build(req, source=claim_source or sender_org, source_system="x", policy_version=1,
                    datacontenttype="application/fhir+json", message_id=msg_id))
     data = seal.seal(seal.KIND_MESSAGE, msgspec.json.encode(env), msgspec.json.encode(req.payload),
-                     signing_key=signing_key or gw.signing_key, recipient_key=pki.x25519_public(recipient.hpke_key),
+                     signing_key=signing_key or gw.signing_key, recipient_key=x25519_public(recipient.hpke_key),
                      info=seal.info_for(sender_org, network.TRUST, msg_id))
     assert gw.js is not None
     await gw.js.publish(msg_subject(network.TRUST, sender_org), data, headers={"Nats-Msg-Id": msg_id})

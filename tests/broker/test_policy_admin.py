@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 from psvn import devnet
 from psvn.broker import policy_admin, provision
 from psvn.broker.policy_admin import PolicyAdmin
-from psvn.certs import pki
+from psvn.certs.keys import load_signing_key
 from psvn.core.errors import Code, PsvnError
 from psvn.policies import bundle
 from psvn.policies.lifecycle import load_suite
@@ -53,7 +53,7 @@ async def open_admin(net: Network, *, signing: bool = True) -> tuple[NATS, Polic
     nc = await devnet.broker_connect(net.layout, net.nats.url, name="test policy admin")
     admin = await PolicyAdmin.open(
         nc.jetstream(), authority_pub=policy_admin.load_public_key(net.layout.authority_pub),
-        signing_key=pki.load_signing_key(net.layout.authority_key) if signing else None,
+        signing_key=load_signing_key(net.layout.authority_key) if signing else None,
         members=lambda: member_types(net), suite=load_suite(bundle.DEFAULT_DIR))
     return nc, admin
 
@@ -180,7 +180,7 @@ async def test_version_must_increase(network: Network, admin: PolicyAdmin) -> No
     assert exc.value.extra["published_version"] == 2
 
     # the backbone refuses a non-increasing version whoever signs it
-    key = pki.load_signing_key(network.layout.authority_key)
+    key = load_signing_key(network.layout.authority_key)
     with pytest.raises(PsvnError) as exc:
         await provision.publish_policy(admin.js, bundle.sign(next_doc(2), key))
     assert exc.value.code is Code.POLICY_VERSION_REGRESSION

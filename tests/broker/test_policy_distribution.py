@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from psvn.broker.policy_admin import PolicyAdmin
-from psvn.certs import pki
+from psvn.certs.keys import load_signing_key
 from psvn.core.errors import Code, PsvnError
 from psvn.policies import bundle
 from psvn.protocol.subjects import POLICY_BUCKET, POLICY_KEY
@@ -64,7 +64,7 @@ async def test_older_or_forged_versions_are_refused_by_every_gateway(network: Ne
         await publish(admin, 2)
         assert await wait_versions(network, 2) == {org: 2 for org in network.gateways}
         kv = await admin.js.key_value(POLICY_BUCKET)
-        authority = pki.load_signing_key(network.layout.authority_key)
+        authority = load_signing_key(network.layout.authority_key)
 
         # a genuine but older version, put straight into the bucket (bypassing publish_policy)
         await kv.put(POLICY_KEY, bundle.encode(bundle.sign(next_doc(1), authority, proposer="mallory")))

@@ -74,13 +74,13 @@ async def test_a_restarted_gateway_cannot_be_rolled_back_to_an_older_policy(netw
     import pytest
 
     from psvn.broker import provision
-    from psvn.certs import pki
+    from psvn.certs.keys import load_signing_key
     from psvn.core.errors import Code, PsvnError
     from psvn.gateway.server import GatewayServer
     from psvn.policies import bundle
     from psvn.protocol.subjects import POLICY_BUCKET, POLICY_KEY
 
-    authority = pki.load_signing_key(network.layout.authority_key)
+    authority = load_signing_key(network.layout.authority_key)
     doc = bundle.load_dir()
     nc = await devnet.broker_connect(network.layout, network.nats.url)
     try:
@@ -111,7 +111,7 @@ async def test_reprovisioning_and_rotation_keep_former_signing_keys(network: Net
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from psvn import devnet
-    from psvn.certs.pki import raw_public
+    from psvn.certs.keys import raw_public
     from psvn.core.errors import Code, PsvnError
 
     nc = await devnet.broker_connect(network.layout, network.nats.url)

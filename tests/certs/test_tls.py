@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from psvn.certs import pki, revocation, tls
+from psvn.certs import revocation, tls
+from psvn.certs.ca import CA, init_ca, issue_gateway, issue_server, issue_system, load_ca, load_cert, write_crl
 
 ORG = "gss:E06000043"
 SYSTEM_URI = "urn:psvn:system:gss:E06000043/case-mgmt"
@@ -30,28 +31,28 @@ SYSTEM_URI = "urn:psvn:system:gss:E06000043/case-mgmt"
 
 @dataclass(frozen=True)
 class Pki:
-    ca: pki.CA
+    ca: CA
     server: tuple[Path, Path]
     system: tuple[Path, Path]
     revoked: tuple[Path, Path]
     foreign: tuple[Path, Path]
-    other_ca: pki.CA
+    other_ca: CA
 
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     root = tmp_path_factory.mktemp("tls")
-    ca = pki.init_ca(root / "ca")
-    other_ca = pki.init_ca(root / "other-ca", common_name="not the network")
-    revoked = pki.issue_system(ca, ORG, "old-laptop", root / "systems")
-    revocation.revoke(ca, pki.load_cert(revoked[0]))
-    gateway = pki.issue_gateway(ca, ORG, root / "gw")
+    ca = init_ca(root / "ca")
+    other_ca = init_ca(root / "other-ca", common_name="not the network")
+    revoked = issue_system(ca, ORG, "old-laptop", root / "systems")
+    revocation.revoke(ca, load_cert(revoked[0]))
+    gateway = issue_gateway(ca, ORG, root / "gw")
     return Pki(
         ca=ca,
         server=(gateway.https_cert, gateway.https_key),
-        system=pki.issue_system(ca, ORG, "case-mgmt", root / "systems"),
+        system=issue_system(ca, ORG, "case-mgmt", root / "systems"),
         revoked=revoked,
-        foreign=pki.issue_system(other_ca, ORG, "case-mgmt", root / "foreign"),
+        foreign=issue_system(other_ca, ORG, "case-mgmt", root / "foreign"),
         other_ca=other_ca,
     )
 
@@ -205,15 +206,15 @@ async def test_revocation_after_context_creation_needs_a_new_context(
     net: Pki, tmp_path: Path
 ) -> None:
     """The CRL is read when the context is built: reloading means building a new context."""
-    crt, key = pki.issue_system(net.ca, ORG, "temp", tmp_path)
+    crt, key = issue_system(net.ca, ORG, "temp", tmp_path)
     ca_dir = tmp_path / "ca-copy"
     # A private copy of the CA so revoking here does not change the shared CRL.
     ca_dir.mkdir()
     for name in ("ca.crt", "ca.key", "ca.crl"):
         (ca_dir / name).write_bytes((net.ca.directory / name).read_bytes())
-    ca = pki.load_ca(ca_dir)
+    ca = load_ca(ca_dir)
     before = tls.server_context(*net.server, ca.cert_path, crl=ca.crl_path)
-    revocation.revoke(ca, pki.load_cert(crt))
+    revocation.revoke(ca, load_cert(crt))
     after = tls.server_context(*net.server, ca.cert_path, crl=ca.crl_path)
     client = tls.client_context(ca.cert_path, crt, key)
     assert (await exchange(before, client)).accepted
@@ -233,8 +234,8 @@ async def test_expired_crl_fails_closed(net: Pki, tmp_path: Path) -> None:
     ca_dir.mkdir()
     for name in ("ca.crt", "ca.key"):
         (ca_dir / name).write_bytes((net.ca.directory / name).read_bytes())
-    ca = pki.load_ca(ca_dir)
-    revocation.write_crl(ca, [], days=0)  # next update = now: stale from the next second on
+    ca = load_ca(ca_dir)
+    write_crl(ca, [], days=0)  # next update = now: stale from the next second on
     ctx = tls.server_context(*net.server, ca.cert_path, crl=ca.crl_path)
     client = tls.client_context(ca.cert_path, *net.system)
     assert_refused(await exchange(ctx, client), "CRL has expired")
@@ -338,7 +339,7 @@ def test_peer_uris_from_getpeercert_dict() -> None:
 def nats_server(net: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A real nats-server (Go TLS) with verify_and_map, one user: the gateway's org URI."""
     root = tmp_path_factory.mktemp("nats")
-    crt, key = pki.issue_server(net.ca, "nats-1", root)
+    crt, key = issue_server(net.ca, "nats-1", root)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -389,7 +390,7 @@ async def nats_connect(port: int, ctx: ssl.SSLContext) -> tuple[NATS | None, lis
 async def test_nats_server_maps_the_gateway_cert_to_its_org_user(
     net: Pki, nats_server: int, tmp_path: Path
 ) -> None:
-    gw = pki.issue_gateway(net.ca, ORG, tmp_path)
+    gw = issue_gateway(net.ca, ORG, tmp_path)
     nc, errors = await nats_connect(
         nats_server, tls.client_context(net.ca.cert_path, gw.nats_cert, gw.nats_key)
     )

@@ -16,7 +16,7 @@ import psvn_client
 import pytest
 from psvn_client import AsyncClient, Client
 
-from psvn.certs import pki
+from psvn.certs.ca import init_ca, issue_system
 from tests.conftest import Network, read_mostly
 
 REFERRAL: dict[str, Any] = {
@@ -315,8 +315,8 @@ async def test_gateway_not_trusted_or_client_cert_foreign(network: Network, tmp_
     assert info.value.code == "tls-failed" and "certificate" in info.value.detail
 
     # A certificate for the right name from another CA: the gateway drops the connection.
-    other = pki.init_ca(tmp_path / "other-ca")
-    fcert, fkey = pki.issue_system(other, network.COUNCIL, "adult-social-care", tmp_path / "foreign")
+    other = init_ca(tmp_path / "other-ca")
+    fcert, fkey = issue_system(other, network.COUNCIL, "adult-social-care", tmp_path / "foreign")
     async with AsyncClient(url, ca=network.ca, cert=fcert, key=fkey, retries=1) as impostor:
         with pytest.raises(psvn_client.ConnectionError) as info:
             await impostor.status("anything")

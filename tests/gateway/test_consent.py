@@ -223,7 +223,7 @@ def _members(pds_status: str = "active", pds_type: str = "pds") -> tuple[Any, An
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from psvn.backbone.registry_view import RegistryView
-    from psvn.certs.pki import raw_public
+    from psvn.certs.keys import raw_public
     from psvn.protocol.members import Member
 
     op_key = Ed25519PrivateKey.generate()

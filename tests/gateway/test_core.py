@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from psvn.backbone.registry_view import RegistryView
-from psvn.certs.pki import raw_public
+from psvn.certs.keys import raw_public
 from psvn.core.errors import Code, PsvnError
 from psvn.gateway import core
 from psvn.policies import bundle

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from psvn import devnet
-from psvn.certs import pki
+from psvn.certs.keys import hybrid_public_raw, load_hybrid_hpke_key
 from psvn.devnet import EXAMPLE_MEMBERS
 from psvn.protocol import seal
 from psvn.protocol.subjects import inbox_stream
@@ -35,7 +35,7 @@ async def test_council_seals_post_quantum_to_the_trust(pq_net: Network) -> None:
     assert trust_entry.hpke_suite == seal.HYBRID_SUITE and len(trust_entry.hpke_key) == 1184 + 32
     key_file = net.layout.org_dir(net.TRUST) / "hpke-hybrid.key"
     assert oct(key_file.stat().st_mode & 0o777) == "0o600"
-    assert pki.hybrid_public_raw(*pki.load_hybrid_hpke_key(key_file)) == trust_entry.hpke_key
+    assert hybrid_public_raw(*load_hybrid_hpke_key(key_file)) == trust_entry.hpke_key
 
     status, body = await call(net, net.COUNCIL, "POST", "/v1/messages", referral())
     assert status == 202

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from psvn import devnet
-from psvn.certs import pki
+from psvn.certs.keys import x25519_public
 from psvn.gateway import core
 from psvn.protocol import seal
 from psvn.protocol.envelope import SendRequest
@@ -72,7 +72,7 @@ async def test_malformed_but_signed_envelope_is_quarantined_not_redelivered(netw
                      datacontenttype="application/fhir+json", message_id="bad-expiry")
     header = msgspec.json.encode(msgspec.structs.replace(env, expires="not-a-time"))
     data = seal.seal(seal.KIND_MESSAGE, header, msgspec.json.encode(req.payload), signing_key=council.signing_key,
-                     recipient_key=pki.x25519_public(trust_member.hpke_key),
+                     recipient_key=x25519_public(trust_member.hpke_key),
                      info=seal.info_for(network.COUNCIL, network.TRUST, "bad-expiry"))
     assert council.js is not None
     await council.js.publish(msg_subject(network.TRUST, network.COUNCIL), data, headers={"Nats-Msg-Id": "bad-expiry"})

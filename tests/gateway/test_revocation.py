@@ -13,7 +13,8 @@ from typing import Any
 
 import msgspec
 
-from psvn.certs import pki, revocation
+from psvn.certs import revocation
+from psvn.certs.ca import load_ca, load_cert
 from psvn.devnet import MemberSpec
 from psvn.gateway.config import GatewayConfig
 from tests.conftest import Network, start_network, stop_network
@@ -46,7 +47,7 @@ async def test_a_keep_alive_connection_is_refused_once_its_certificate_is_revoke
             assert status == 200 and headers.get("connection", "").lower() != "close"
 
             cert_path, _ = net.system_cert(org)
-            revocation.revoke(pki.load_ca(net.layout.pki), pki.load_cert(cert_path))
+            revocation.revoke(load_ca(net.layout.pki), load_cert(cert_path))
 
             deadline = asyncio.get_running_loop().time() + 20
             while True:  # the same connection, until the gateway has reloaded the CRL

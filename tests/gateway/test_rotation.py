@@ -12,7 +12,7 @@ from pathlib import Path
 
 from psvn import devnet
 from psvn.broker import registry
-from psvn.certs import pki
+from psvn.certs.keys import RETIRED_DIR, rotate_gateway_keys
 from psvn.devnet import EXAMPLE_MEMBERS, OPERATOR_MEMBER, PDS_MEMBER
 from psvn.gateway.server import GatewayServer
 from tests.conftest import Network, start_network, stop_network
@@ -61,7 +61,7 @@ async def test_rotating_keys_loses_nothing(network: Network) -> None:
 
     # 1. new keys on disk, the trust restarts holding both; the registry still lists the old ones
     old_trust = net.gateways[trust].gateway.registry.members[trust]
-    pki.rotate_gateway_keys(net.layout.org_dir(trust))
+    rotate_gateway_keys(net.layout.org_dir(trust))
     await restart(net, trust)
     assert len(net.gateways[trust].gateway.signing_keys) == 2
     # it still signs with the registered (old) key: the council verifies, the receipt comes back
@@ -89,7 +89,7 @@ async def test_rotating_keys_loses_nothing(network: Network) -> None:
         await wait_status(net, council, mid, "acknowledged")
 
     # 4. the council rotates too: what it signed before still verifies at the trust
-    pki.rotate_gateway_keys(net.layout.org_dir(council))
+    rotate_gateway_keys(net.layout.org_dir(council))
     await restart(net, council)
     await publish_rotation(net, council)
     got = await download(net, trust, stored)
@@ -106,8 +106,8 @@ async def test_without_its_retired_keys_a_gateway_cannot_open_old_mail(network: 
     net, trust = network, network.TRUST
     stored = await send(net, net.COUNCIL, referral())
     await wait_status(net, net.COUNCIL, stored, "delivered")
-    pki.rotate_gateway_keys(net.layout.org_dir(trust))
-    for key in (net.layout.org_dir(trust) / pki.RETIRED_DIR).iterdir():
+    rotate_gateway_keys(net.layout.org_dir(trust))
+    for key in (net.layout.org_dir(trust) / RETIRED_DIR).iterdir():
         key.unlink()  # an operator who deleted the retired keys too early
     await restart(net, trust)
     code, problem = await call(net, trust, "GET", f"/v1/inbox/{stored}")
@@ -122,7 +122,7 @@ async def test_opt_outs_outlive_the_operators_key_rotation(tmp_path: Path) -> No
     net = await start_network(tmp_path, [*EXAMPLE_MEMBERS, OPERATOR_MEMBER, PDS_MEMBER])
     try:
         await record_opt_out(net, ["research-consented"])
-        pki.rotate_gateway_keys(net.layout.org_dir(OPERATOR))
+        rotate_gateway_keys(net.layout.org_dir(OPERATOR))
         await restart(net, OPERATOR)
         await publish_rotation(net, OPERATOR)
         await restart(net, net.GP)  # reads every record again, verifying against the registry
@@ -147,7 +147,7 @@ def test_a_consent_record_refused_while_the_registry_lags_is_accepted_once_it_ca
     import pytest
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from psvn.certs.pki import raw_public
+    from psvn.certs.keys import raw_public
     from psvn.core.errors import PsvnError
     from psvn.gateway.consent import LAG_CODES, seal_record, verify_value
     from tests.gateway.test_consent import OPERATOR, REGISTRY_KEY, SUBJECT, _members, _record
@@ -179,7 +179,7 @@ async def test_a_peer_whose_registry_lags_the_rotation_redelivers_instead_of_qua
     from psvn.protocol.subjects import CONSUMER, inbox_stream
 
     net, council, trust = network, network.COUNCIL, network.TRUST
-    pki.rotate_gateway_keys(net.layout.org_dir(council))
+    rotate_gateway_keys(net.layout.org_dir(council))
     await restart(net, council)
     trust_view = net.gateways[trust].gateway.registry
     await trust_view.stop()  # the trust's registry view now lags

@@ -233,13 +233,14 @@ async def test_refusals_are_logged_without_payloads(network: Network) -> None:
 
 async def test_revoked_system_certificate_is_refused_without_a_restart(network: Network) -> None:
     """psvn certs revoke -> the gateway picks up the new CRL and refuses the certificate."""
-    from psvn.certs import pki, revocation
+    from psvn.certs import revocation
+    from psvn.certs.ca import load_ca, load_cert
 
     gw = network.gateways[network.COUNCIL]
     status, _ = await call(network, network.COUNCIL, "GET", "/v1/inbox")
     assert status == 200
     cert, _key = network.system_cert(network.COUNCIL)
-    revocation.revoke(pki.load_ca(network.layout.pki), pki.load_cert(cert))
+    revocation.revoke(load_ca(network.layout.pki), load_cert(cert))
     gw.reload_tls()  # what the CRL watch does when the file changes (every tls.crl_reload_seconds)
     refused = False
     try:
@@ -252,7 +253,8 @@ async def test_revoked_system_certificate_is_refused_without_a_restart(network: 
 
 
 async def test_crl_watch_reloads_when_the_file_changes(network: Network) -> None:
-    from psvn.certs import pki, revocation
+    from psvn.certs import revocation
+    from psvn.certs.ca import load_ca
 
     gw = network.gateways[network.COUNCIL]
     gw.config.tls.crl_reload_seconds = 0.1
@@ -260,7 +262,7 @@ async def test_crl_watch_reloads_when_the_file_changes(network: Network) -> None
     gw._crl_task.cancel()
     gw._crl_task = asyncio.create_task(gw._watch_crl())
     before = gw._current
-    revocation.refresh_crl(pki.load_ca(network.layout.pki))
+    revocation.refresh_crl(load_ca(network.layout.pki))
     import os
     import time
 
@@ -452,10 +454,10 @@ async def test_a_restricted_system_sees_only_the_statuses_of_what_it_sent(networ
     """A system limited by gateway.system_mailboxes reads only its own sends' statuses."""
     import ssl
 
-    from psvn.certs import pki
+    from psvn.certs.ca import issue_system, load_ca
 
     council = network.gateways[network.COUNCIL]
-    pki.issue_system(pki.load_ca(network.layout.pki), network.COUNCIL, "case-mgmt",
+    issue_system(load_ca(network.layout.pki), network.COUNCIL, "case-mgmt",
                      network.layout.org_dir(network.COUNCIL) / "systems")
     cert, key = network.layout.system_cert(network.COUNCIL, "case-mgmt")
     ctx = ssl.create_default_context(cafile=str(network.ca))

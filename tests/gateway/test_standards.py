@@ -19,7 +19,7 @@ import pytest_asyncio
 
 from psvn import devnet
 from psvn.broker import provision
-from psvn.certs import pki
+from psvn.certs.keys import load_signing_key
 from psvn.policies import bundle
 from psvn.policies.catalogue import Catalogue
 from psvn.policies.validation import PayloadValidator
@@ -122,7 +122,7 @@ async def net(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Network
         nc = await devnet.broker_connect(network.layout, network.nats.url)
         try:
             await provision.publish_policy(nc.jetstream(), bundle.sign(
-                doc, pki.load_signing_key(network.layout.authority_key)))
+                doc, load_signing_key(network.layout.authority_key)))
         finally:
             await nc.close()
         assert await wait_versions(network, 2) == {org: 2 for org in network.gateways}

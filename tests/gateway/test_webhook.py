@@ -247,10 +247,11 @@ async def serve(handler: Counter, ssl_context: ssl.SSLContext | None = None) -> 
 async def test_redirects_are_never_followed_https_to_http_included(tmp_path: Path) -> None:
     """The local system's https endpoint answers 307 to a plain-http one: the signed body must
     not go there; the 307 is a failed attempt, retried, then recorded as given up."""
-    from psvn.certs import pki, tls
+    from psvn.certs import tls
+    from psvn.certs.ca import init_ca, issue_server
 
-    ca = pki.init_ca(tmp_path / "ca")
-    cert, key = pki.issue_server(ca, "records", tmp_path / "srv", hosts=["localhost", "127.0.0.1"])
+    ca = init_ca(tmp_path / "ca")
+    cert, key = issue_server(ca, "records", tmp_path / "srv", hosts=["localhost", "127.0.0.1"])
     thief = Counter(lambda: web.Response(status=204))
     thief_runner, thief_port = await serve(thief)
     for status in (301, 302, 303, 307, 308):

@@ -64,12 +64,12 @@ def test_gateway_message_ids_from_the_backbone() -> None:
 
 
 def test_certificate_names() -> None:
-    from psvn.certs import pki
+    from psvn.certs.ca import _NAME, _SYSTEM, _check_name
 
-    assert pki._check_name("pas", "system", pki._SYSTEM) == "pas"
-    for pattern in (pki._SYSTEM, pki._NAME):
+    assert _check_name("pas", "system", _SYSTEM) == "pas"
+    for pattern in (_SYSTEM, _NAME):
         with pytest.raises(PsvnError):
-            pki._check_name("pas\n", "system", pattern)
+            _check_name("pas\n", "system", pattern)
 
 
 def test_console_user_names_in_tokens() -> None:

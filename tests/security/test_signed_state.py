@@ -22,7 +22,7 @@ from nats.js.kv import KeyValue
 
 from psvn import devnet
 from psvn.broker import registry
-from psvn.certs.pki import raw_public
+from psvn.certs.keys import raw_public
 from psvn.core.errors import Code, PsvnError
 from psvn.gateway.config import GatewayConfig
 from psvn.gateway.service import Gateway, trust_anchor

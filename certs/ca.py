@@ -1,4 +1,4 @@
-"""The network's PKI: one CA, gateway/system/server certificates, signing and encryption keys.
+"""The network's X.509 certificate authority: one CA, the certificates it issues, and its CRL.
 
 Certificates are ECDSA P-256 / SHA-256 because both nats-server (Go) and Python's ``ssl``
 accept them everywhere and they are fast to verify. Identities live in the SAN **URI** only
@@ -6,13 +6,17 @@ accept them everywhere and they are fast to verify. Identities live in the SAN *
 tries email, then DNS, then URI SANs and the first match wins, so a gateway's NATS client
 certificate carries no email or DNS SAN at all.
 
-Message keys are separate from TLS keys: ``sign.key`` (Ed25519, signs messages and receipts)
-and ``hpke.key`` (X25519, HPKE recipient key), so a transport key can be rotated without
-re-keying the message layer.
+Message keys (signing, HPKE) are not certificates and live in :mod:`psvn.certs.keys`;
+:func:`issue_gateway` asks that module for a new gateway's keys so that one command gives a
+gateway everything it needs.
 
-Private keys are written 0600 from the moment they exist (``os.open`` with the mode, never a
-chmod afterwards). Issuing over existing files replaces them atomically (re-issue is a normal
-operation); only :func:`init_ca` refuses to overwrite, because replacing a CA breaks the network.
+Signing the CRL (:func:`write_crl`) is here, not in :mod:`psvn.certs.revocation`, because
+creating a CA publishes its first (empty) CRL: revocation builds on this module, never the
+other way round.
+
+Private keys are written 0600 from the moment they exist (:mod:`psvn.certs.files`). Issuing over
+existing files replaces them atomically (re-issue is a normal operation); only :func:`init_ca`
+refuses to overwrite, because replacing a CA breaks the network.
 """
 
 from __future__ import annotations
@@ -20,10 +24,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
-import os
 import re
-import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,37 +33,33 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from psvn.certs.files import GatewayFiles, load_private, pem_private, read_named, write_private, write_public
+from psvn.certs.keys import write_gateway_keys
 from psvn.core import addresses
 from psvn.core.errors import Code, PsvnError
 
 __all__ = [
     "CA",
+    "CA_CERT",
+    "CA_CRL",
+    "CA_KEY",
+    "CRL_DAYS",
     "DEFAULT_HOSTS",
-    "GatewayFiles",
     "cert_uris",
     "check_org",
-    "ed25519_public",
     "fingerprint",
     "init_ca",
+    "is_issued_by",
     "issue_client",
     "issue_gateway",
     "issue_server",
     "issue_system",
     "load_ca",
     "load_cert",
-    "load_hpke_key",
-    "load_signing_key",
-    "new_signing_key",
-    "raw_public",
     "verify_cert",
-    "write_private",
-    "write_public",
-    "x25519_public",
+    "write_crl",
 ]
 
 DEFAULT_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
@@ -76,66 +74,12 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _SYSTEM = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 
-# --------------------------------------------------------------------------------------- files
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)  # exact mode whatever the umask
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write secret bytes 0600 via temp file + rename: never world-readable, never half-written."""
-    _write(Path(path), data, 0o600)
-
-
-def write_public(path: Path, data: bytes) -> None:
-    """Write a certificate or CRL 0644, atomically."""
-    _write(Path(path), data, 0o644)
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise PsvnError(Code.CONFIG_INVALID, f"{what} not found: {path}", field=str(path)) from None
-    except OSError as exc:
-        raise PsvnError(
-            Code.CONFIG_INVALID, f"{what} unreadable: {path}: {exc.strerror}", field=str(path)
-        ) from None
-
-
-def _pem_private(key: ec.EllipticCurvePrivateKey | Ed25519PrivateKey | X25519PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _load_private(path: Path, what: str) -> object:
-    data = _read(path, what)
-    try:
-        return serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise PsvnError(
-            Code.CONFIG_INVALID, f"{what} {path} is not an unencrypted PEM private key: {exc}",
-            field=str(path),
-        ) from None
+# ------------------------------------------------------------------------------- certificate files
 
 
 def load_cert(path: Path) -> x509.Certificate:
     """Load a PEM (or DER) certificate; a bad file raises CERTIFICATE_INVALID naming it."""
-    data = _read(path, "certificate")
+    data = read_named(path, "certificate")
     try:
         if b"-----BEGIN" in data:
             return x509.load_pem_x509_certificate(data)
@@ -228,11 +172,9 @@ def init_ca(
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), False)
         .sign(key, hashes.SHA256())
     )
-    write_private(directory / CA_KEY, _pem_private(key))
+    write_private(directory / CA_KEY, pem_private(key))
     write_public(directory / CA_CERT, cert.public_bytes(serialization.Encoding.PEM))
     ca = CA(cert=cert, key=key, directory=directory)
-    from psvn.certs.revocation import write_crl  # revocation imports this module
-
     write_crl(ca, [])
     return ca
 
@@ -241,7 +183,7 @@ def load_ca(directory: Path) -> CA:
     """Load the CA from ``directory``; a missing or mismatched key/cert raises CONFIG_INVALID."""
     directory = Path(directory)
     cert = load_cert(directory / CA_CERT)
-    key = _load_private(directory / CA_KEY, "CA key")
+    key = load_private(directory / CA_KEY, "CA key")
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise PsvnError(
             Code.CONFIG_INVALID,
@@ -322,7 +264,7 @@ def _write_pair(
     cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, crt_path: Path, key_path: Path
 ) -> tuple[Path, Path]:
     # Key first: a cert without its key is useless, a key without its cert is harmless.
-    write_private(key_path, _pem_private(key))
+    write_private(key_path, pem_private(key))
     write_public(crt_path, cert.public_bytes(serialization.Encoding.PEM))
     return crt_path, key_path
 
@@ -355,20 +297,6 @@ def _check_name(value: str, field: str, pattern: re.Pattern[str] = _NAME) -> str
     return value
 
 
-@dataclass(frozen=True)
-class GatewayFiles:
-    """Everything a gateway needs from the PKI, as paths inside one directory."""
-
-    directory: Path
-    nats_cert: Path
-    nats_key: Path
-    https_cert: Path
-    https_key: Path
-    sign_key: Path
-    hpke_key: Path
-    hpke_hybrid: Path | None = None  # ML-KEM-768 + X25519, when issued post-quantum
-
-
 def issue_gateway(
     ca: CA,
     org: str,
@@ -391,28 +319,15 @@ def issue_gateway(
     Existing files are replaced (re-issue); keys are always fresh.
     """
     org = check_org(org)
-    directory = Path(directory)
     uri = x509.UniformResourceIdentifier(addresses.org_uri(org))
     nats_cert, nats_key = _leaf(ca, org, [uri], client=True, server=False, days=days)
     https_cert, https_key = _leaf(
         ca, org, [*_hosts(hosts), uri], client=False, server=True, days=days
     )
-    files = GatewayFiles(
-        directory=directory,
-        nats_cert=directory / "nats.crt",
-        nats_key=directory / "nats.key",
-        https_cert=directory / "https.crt",
-        https_key=directory / "https.key",
-        sign_key=directory / "sign.key",
-        hpke_key=directory / "hpke.key",
-        hpke_hybrid=directory / "hpke-hybrid.key" if post_quantum else None,
-    )
+    files = GatewayFiles.in_directory(directory, hybrid=post_quantum)
     _write_pair(nats_cert, nats_key, files.nats_cert, files.nats_key)
     _write_pair(https_cert, https_key, files.https_cert, files.https_key)
-    new_signing_key(files.sign_key)
-    write_private(files.hpke_key, _pem_private(X25519PrivateKey.generate()))
-    if files.hpke_hybrid is not None:
-        new_hybrid_hpke_key(files.hpke_hybrid)
+    write_gateway_keys(files)
     return files
 
 
@@ -467,7 +382,7 @@ def verify_cert(
     """Check ``cert`` chains to the CA and is valid now, as a client cert (or, with
     ``server_name``, as a server cert for that host). Returns its SAN URIs.
 
-    Does not check revocation (see :mod:`certs.revocation`). Raises CERTIFICATE_INVALID.
+    Does not check revocation (see :mod:`psvn.certs.revocation`). Raises CERTIFICATE_INVALID.
     """
     from cryptography.x509.verification import (
         DNSName,
@@ -498,55 +413,6 @@ def verify_cert(
     return cert_uris(cert)
 
 
-# ----------------------------------------------------------------------------- message keys
-
-
-def new_signing_key(path: Path) -> Ed25519PrivateKey:
-    """Generate an Ed25519 key and write it PKCS8 PEM 0600 (gateway or policy authority key)."""
-    key = Ed25519PrivateKey.generate()
-    write_private(Path(path), _pem_private(key))
-    return key
-
-
-def load_signing_key(path: Path) -> Ed25519PrivateKey:
-    key = _load_private(Path(path), "signing key")
-    if not isinstance(key, Ed25519PrivateKey):
-        raise PsvnError(Code.CONFIG_INVALID, f"{path} is not an Ed25519 key", field=str(path))
-    return key
-
-
-def load_hpke_key(path: Path) -> X25519PrivateKey:
-    key = _load_private(Path(path), "HPKE key")
-    if not isinstance(key, X25519PrivateKey):
-        raise PsvnError(Code.CONFIG_INVALID, f"{path} is not an X25519 key", field=str(path))
-    return key
-
-
-def raw_public(
-    key: Ed25519PrivateKey | Ed25519PublicKey | X25519PrivateKey | X25519PublicKey,
-) -> bytes:
-    """The 32 raw public bytes of an Ed25519/X25519 key (private or public): registry form."""
-    if isinstance(key, (Ed25519PrivateKey, X25519PrivateKey)):
-        key = key.public_key()
-    if not isinstance(key, (Ed25519PublicKey, X25519PublicKey)):
-        raise TypeError(f"not an Ed25519/X25519 key: {type(key).__name__}")
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def _raw32(raw: bytes, what: str) -> bytes:
-    if not isinstance(raw, (bytes, bytearray)) or len(raw) != 32:
-        raise PsvnError(Code.CONFIG_INVALID, f"{what} public key must be 32 raw bytes", field="key")
-    return bytes(raw)
-
-
-def ed25519_public(raw: bytes) -> Ed25519PublicKey:
-    return Ed25519PublicKey.from_public_bytes(_raw32(raw, "Ed25519"))
-
-
-def x25519_public(raw: bytes) -> X25519PublicKey:
-    return X25519PublicKey.from_public_bytes(_raw32(raw, "X25519"))
-
-
 # ---------------------------------------------------------------------------------- inspect
 
 
@@ -573,86 +439,28 @@ def is_issued_by(ca_cert: x509.Certificate, cert: x509.Certificate) -> bool:
     return True
 
 
-# -- hybrid post-quantum HPKE key (ML-KEM-768 + X25519) -----------------------------------------
-HYBRID_MAGIC = b"psvn-hpke-mlkem768x25519-v1\n"
+# -------------------------------------------------------------------------------------------- CRL
 
 
-def new_hybrid_hpke_key(path: Path) -> tuple[MLKEM768PrivateKey, X25519PrivateKey]:
-    """Write a hybrid HPKE recipient key (0600): the ML-KEM-768 seed and the X25519 key, raw.
-
-    The hybrid key has no serialisation of its own, so its two parts are stored side by side."""
-    pq, classic = MLKEM768PrivateKey.generate(), X25519PrivateKey.generate()
-    write_private(path, HYBRID_MAGIC + pq.private_bytes_raw() + classic.private_bytes_raw())
-    return pq, classic
-
-
-def load_hybrid_hpke_key(path: Path) -> tuple[MLKEM768PrivateKey, X25519PrivateKey]:
-    data = _read(path, "hybrid HPKE key")
-    body = data[len(HYBRID_MAGIC):]
-    if not data.startswith(HYBRID_MAGIC) or len(body) != 64 + 32:
-        raise PsvnError(Code.CONFIG_INVALID, f"{path}: not a psvn hybrid HPKE key", field=str(path),
-                        rule="key-format")
-    return MLKEM768PrivateKey.from_seed_bytes(body[:64]), X25519PrivateKey.from_private_bytes(body[64:])
-
-
-def hybrid_public_raw(pq: MLKEM768PrivateKey, classic: X25519PrivateKey) -> bytes:
-    """Registry form of a hybrid public key: ML-KEM-768 public (1,184 bytes) then X25519 (32)."""
-    return pq.public_key().public_bytes_raw() + raw_public(classic)
-
-
-# -- key rotation --------------------------------------------------------------------------------
-RETIRED_DIR = "retired"
-
-
-@dataclass(frozen=True)
-class RetiredKeys:
-    """A gateway's former message keys, newest first: they open and verify mail from before a rotation."""
-
-    signing: list[Ed25519PrivateKey]
-    hpke: list[X25519PrivateKey]
-    hybrid: list[tuple[MLKEM768PrivateKey, X25519PrivateKey]]
-
-
-def rotate_gateway_keys(directory: Path, *, now: dt.datetime | None = None) -> GatewayFiles:
-    """Retire a gateway's message keys and write fresh ones (certificates are untouched).
-
-    ``sign.key``, ``hpke.key`` and ``hpke-hybrid.key`` move to ``retired/`` with a timestamp: the
-    gateway keeps opening mail sealed to the old keys and signs with the old key until the
-    registry lists the new one (so there is no moment when a peer cannot verify it). Delete a
-    retired key once no stored mail needs it."""
-    directory = Path(directory)
-    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%S%fZ")
-    names = ["sign.key", "hpke.key", "hpke-hybrid.key"]
-    missing = [n for n in names[:2] if not (directory / n).exists()]
-    if missing:
-        raise PsvnError(Code.CONFIG_INVALID, f"{directory}: no {', '.join(missing)} to rotate", field=str(directory),
-                        rule="gateway-keys")
-    retired = directory / RETIRED_DIR
-    retired.mkdir(mode=0o700, exist_ok=True)
-    hybrid = (directory / "hpke-hybrid.key").exists()
-    for name in names:
-        if (directory / name).exists():
-            os.replace(directory / name, retired / f"{name.removesuffix('.key')}-{stamp}.key")
-    new_signing_key(directory / "sign.key")
-    write_private(directory / "hpke.key", _pem_private(X25519PrivateKey.generate()))
-    if hybrid:
-        new_hybrid_hpke_key(directory / "hpke-hybrid.key")
-    return GatewayFiles(directory=directory, nats_cert=directory / "nats.crt", nats_key=directory / "nats.key",
-                        https_cert=directory / "https.crt", https_key=directory / "https.key",
-                        sign_key=directory / "sign.key", hpke_key=directory / "hpke.key",
-                        hpke_hybrid=directory / "hpke-hybrid.key" if hybrid else None)
-
-
-def load_retired_keys(retired: Path | None) -> RetiredKeys:
-    """Every key in a ``retired/`` folder (none if it does not exist), newest first."""
-    out = RetiredKeys(signing=[], hpke=[], hybrid=[])
-    if retired is None or not Path(retired).is_dir():
-        return out
-    for path in sorted(Path(retired).glob("*.key"), key=lambda p: p.name.rsplit("-", 1)[-1], reverse=True):
-        if path.name.startswith("sign-"):
-            out.signing.append(load_signing_key(path))
-        elif path.name.startswith("hpke-hybrid-"):
-            out.hybrid.append(load_hybrid_hpke_key(path))
-        elif path.name.startswith("hpke-"):
-            out.hpke.append(load_hpke_key(path))
-    return out
+def write_crl(
+    ca: CA, entries: Iterable[x509.RevokedCertificate], *, days: int = CRL_DAYS
+) -> x509.CertificateRevocationList:
+    """Sign and write ``ca.crl`` with ``entries``; its CRL number is taken from the clock so it
+    always increases (relying parties may ignore a CRL whose number did not)."""
+    now = _now()
+    ca_ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(now + dt.timedelta(days=days))
+        .add_extension(x509.CRLNumber(int(now.timestamp() * 1_000_000)), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
+        )
+    )
+    for entry in entries:
+        builder = builder.add_revoked_certificate(entry)
+    crl = builder.sign(ca.key, hashes.SHA256())
+    write_public(ca.crl_path, crl.public_bytes(serialization.Encoding.PEM))
+    return crl
