@@ -3,7 +3,8 @@
 Why not ``fhir.resources`` alone: it ships R4B (4.3.0), not R4, and accepts codes outside
 required bindings; the official JSON Schema misses cardinality. This validator walks the JSON
 against a compact table generated from the official R4 StructureDefinitions and ValueSets
-(``policies/fhir/r4-definitions.json``, see its README), so it checks, and reports *every*:
+(``policies/fhir/r4-definitions.json``, see its README; compiled by :mod:`.fhir_definitions`),
+so it checks, and reports *every*:
 
 * unknown elements, JSON kind and regex of every primitive (``_element`` siblings too);
 * cardinality: ``min`` (required elements) and ``max`` (array or single value);
@@ -28,12 +29,9 @@ element the consent check does not look at.
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from psvn.core.errors import Violation
@@ -50,30 +48,28 @@ from .common import (
     nhs_subject,
     ods_code_problem,
 )
+from .fhir_definitions import BASE64, ElementDef, NodeDef, R4Definitions, definitions
 from .fhir_fast import FastWalk
-from .fhir_invariants import Check, FhirPath, Invariant, compiled_for
+from .fhir_invariants import FhirPath, Invariant
 from .fhir_rules import (
     ABSOLUTE_ELEMENTS,
     URI_SYSTEM,
     absolute,
     attachment_size_problem,
     narrative_has_content,
-    uri_extra,
     uri_problem,
 )
 from .fhir_typed import TypedPath, carries
+from .fhir_xml import reader as xml_reader
 from .limits import Limits
 
 #: The resource name of a catalogue type that carries any R4 resource (base specification only).
 ANY_RESOURCE = "Resource"
-DEFINITIONS = Path(__file__).resolve().parent.parent / "fhir" / "r4-definitions.json"
 _REL_REF = re.compile(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?")
 _ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
 # a RESTful URL: (base/)(Type)/(id), e.g. https://fhir.example.nhs.uk/R4/Patient/123
 _RESTFUL = re.compile(r"(.*/)?([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})")
 _LOCAL_LINK = re.compile(r'(?:href|src)="#([^"]+)"')
-_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}", re.ASCII)
-_PY_KIND = {"string": str, "boolean": bool, "integer": int}
 _FORMAT_HINTS = {
     "date": "a FHIR date: YYYY, YYYY-MM or YYYY-MM-DD, e.g. 1955-02-14",
     "dateTime": "a FHIR dateTime: YYYY-MM-DD, or YYYY-MM-DDThh:mm:ss with a time zone, e.g. 2024-05-13T10:15:00+01:00",
@@ -89,114 +85,6 @@ _FORMAT_HINTS = {
     "string": "a non-empty string (FHIR forbids whitespace-only and control characters)",
     "markdown": "non-empty markdown text",
 }
-
-
-@dataclass(slots=True)
-class _Child:
-    name: str  # as in the definitions: "status", "value[x]"
-    fhir_path: str  # "ServiceRequest.status"
-    min: int
-    max: int  # -1 = unbounded
-    types: list[str]
-    valueset: str | None
-    choice: bool
-
-
-@dataclass(slots=True)
-class _Node:
-    path: str
-    kind: str  # resource | type | backbone
-    lookup: dict[str, tuple[_Child, str, Callable[[Any], bool] | None]] = field(default_factory=dict)
-    required: list[tuple[_Child, tuple[str, ...]]] = field(default_factory=list)
-    choices: bool = False
-    invariants: list[Check] = field(default_factory=list)  # FHIRPath invariants on this element
-
-
-class R4Definitions:
-    """The compiled, immutable R4 definitions; one instance per process (cached)."""
-
-    def __init__(self, raw: dict[str, Any]) -> None:
-        self.version: str = raw["fhirVersion"]
-        self.primitives: dict[str, tuple[type | None, re.Pattern[str] | None]] = {}
-        for name, (kind, regex) in raw["primitives"].items():
-            pattern = None if regex is None or name == "base64Binary" else re.compile(regex, re.ASCII)
-            self.primitives[name] = (_PY_KIND.get(kind), pattern)
-        self.valuesets: dict[str, dict[str, frozenset[str]]] = {
-            url: {s: frozenset(c) for s, c in systems.items()} for url, systems in raw["valuesets"].items()
-        }
-        self.vs_codes: dict[str, frozenset[str]] = {
-            url: frozenset().union(*systems.values()) for url, systems in self.valuesets.items()
-        }
-        self.nodes: dict[str, _Node] = {}
-        self.resources: set[str] = set()
-        for path, spec in raw["nodes"].items():
-            node = _Node(path=path, kind=spec["k"])
-            if node.kind == "resource":
-                self.resources.add(path)
-            for name, (mn, mx, types, vs) in spec["e"].items():
-                choice = name.endswith("[x]")
-                child = _Child(name=name, fhir_path=f"{path}.{name}", min=mn, max=mx, types=types,
-                               valueset=vs, choice=choice)
-                if choice:
-                    node.choices = True
-                    base = name[:-3]
-                    keys = []
-                    for t in types:
-                        key = base + t[0].upper() + t[1:]
-                        node.lookup[key] = (child, t, self._fast(t, vs))
-                        keys.append(key)
-                        if t in self.primitives or t in raw["primitives"]:
-                            keys.append("_" + key)
-                else:
-                    t = types[0] if types else "string"
-                    node.lookup[name] = (child, t, self._fast(t, vs))
-                    keys = [name]
-                    if types and types[0] in raw["primitives"]:
-                        keys.append("_" + name)
-                if mn > 0:
-                    node.required.append((child, tuple(keys)))
-            node.invariants = compiled_for(path)
-            self.nodes[path] = node
-
-    def is_resource(self, name: str) -> bool:
-        return name in self.resources
-
-    def _fast(self, tcode: str, valueset: str | None) -> Callable[[Any], bool] | None:
-        """A predicate true only of a primitive value that passes every check :meth:`FhirValidator.
-        _primitive` makes and needs nothing else (no '#' link to note): the walk's fast path.
-        ``None`` for complex types and the primitives that always take the full path."""
-        prim = self.primitives.get(tcode)
-        if prim is None or tcode in ("xhtml", "base64Binary", "decimal"):
-            return None
-        pytype, regex = prim
-        if pytype is bool:
-            return lambda v: type(v) is bool
-        if pytype is int:
-            low = {"positiveInt": 1, "unsignedInt": 0}.get(tcode, -2147483648)
-            return lambda v: type(v) is int and low <= v <= 2147483647
-        codes = self.vs_codes.get(valueset) if (valueset is not None and tcode == "code") else None
-        if tcode in ("string", "markdown"):  # [ \r\n\t\S]+ (ASCII): anything but \f and \v
-            return lambda v: type(v) is str and v != "" and "\x0b" not in v and "\x0c" not in v
-        if regex is None:
-            return None
-        match = regex.fullmatch
-        local = tcode in ("canonical", "uri", "url")
-        if codes is not None:  # the value set's codes that are well-formed codes: membership is the check
-            good = frozenset(c for c in codes if regex.fullmatch(c))
-            return lambda v: type(v) is str and v in good
-        if local:  # \\S*: a printable string without a space has no ASCII whitespace
-            extra = uri_extra(tcode)
-            return lambda v: type(v) is str and v != "" and v[0] != "#" and (
-                (v.isprintable() and " " not in v) or match(v) is not None) and extra(v)
-        if tcode == "code":
-            return lambda v: type(v) is str and v != "" and ((v.isprintable() and " " not in v)
-                                                             or match(v) is not None)
-        return lambda v: type(v) is str and v != "" and match(v) is not None
-
-
-@lru_cache(maxsize=1)
-def definitions() -> R4Definitions:
-    return R4Definitions(json.loads(DEFINITIONS.read_text()))
 
 
 @lru_cache(maxsize=1)
@@ -355,10 +243,13 @@ class FhirValidator:
         return self.check_xml(body, limits)[0]
 
     def check_xml(self, body: bytes, limits: Limits | None = None) -> tuple[list[Violation], frozenset[str]]:
-        """:meth:`check` for a FHIR XML payload."""
-        from .fhir_xml import check_xml
-
-        return check_xml(self, body, limits or Limits())
+        """:meth:`check` for a FHIR XML payload: the XML-only violations first, then the walk's on
+        its JSON form, less those the reader already explained (one parse, one walk)."""
+        read = xml_reader().read(body, limits or Limits())
+        if read.data is None:
+            return read.violations, NO_SUBJECTS
+        violations, subjects = self.check(read.data)
+        return read.violations + [v for v in violations if read.keeps(v)], subjects
 
     # -- resources -----------------------------------------------------------------------------
     def _resource(self, val: Any, ptr: str, ctx: _Ctx, *, contained: bool, expected: str = "Resource") -> None:
@@ -437,7 +328,7 @@ class FhirValidator:
                 ctx.out.append(Violation(path=ptr, rule="fhir-profile-invariant",
                                          message=f"{el}: {inv.human}", expected=inv.expression))
 
-    def _invariants(self, node: _Node, val: dict[str, Any], p: str, ctx: _Ctx) -> None:
+    def _invariants(self, node: NodeDef, val: dict[str, Any], p: str, ctx: _Ctx) -> None:
         """The FHIRPath invariants on this element (compiled once: native, else fhirpathpy)."""
         for inv, native, engine in node.invariants:
             try:
@@ -485,7 +376,7 @@ class FhirValidator:
                                          f"{cid!r} is not referenced from elsewhere in the resource and does not "
                                          "refer to it", expected=f"a reference '#{cid}' in the resource"))
 
-    def _walk(self, node: _Node, obj: dict[str, Any], ptr: str, ctx: _Ctx) -> None:
+    def _walk(self, node: NodeDef, obj: dict[str, Any], ptr: str, ctx: _Ctx) -> None:
         out = ctx.out
         lookup = node.lookup
         seen_choice: dict[str, str] | None = {} if node.choices else None
@@ -554,7 +445,7 @@ class FhirValidator:
                                      message=f"{child.fhir_path} is required (min {child.min})",
                                      expected=f"{child.fhir_path}: {' or '.join(child.types)}"))
 
-    def _value(self, child: _Child, tcode: str, val: Any, p: str, ctx: _Ctx) -> None:
+    def _value(self, child: ElementDef, tcode: str, val: Any, p: str, ctx: _Ctx) -> None:
         prim = self.defs.primitives.get(tcode)
         if prim is not None:
             self._primitive(child, tcode, prim, val, p, ctx)
@@ -604,7 +495,7 @@ class FhirValidator:
         if child.valueset is not None and tcode in ("Coding", "CodeableConcept"):
             self._coded(child, tcode, val, p, ctx)
 
-    def _primitive(self, child: _Child, tcode: str, prim: tuple[type | None, re.Pattern[str] | None],
+    def _primitive(self, child: ElementDef, tcode: str, prim: tuple[type | None, re.Pattern[str] | None],
                    val: Any, p: str, ctx: _Ctx) -> None:
         pytype, regex = prim
         ok = True
@@ -617,7 +508,7 @@ class FhirValidator:
                                      f"{tcode}, not {_json_kind(val)}", expected=f"a JSON {_kind_word(tcode)}"))
             return
         if tcode == "base64Binary":
-            if not _BASE64.fullmatch("".join(val.split())):
+            if not BASE64.fullmatch("".join(val.split())):
                 ctx.out.append(Violation(path=p, rule="fhir-format", message=f"{child.fhir_path} is not "
                                          "base64", expected="base64 (RFC 4648)"))
             return
@@ -669,7 +560,7 @@ class FhirValidator:
                                              f"{_short(val)} is not in the required value set {child.valueset}",
                                              expected=describe_codes(codes)))
 
-    def _primitive_element(self, child: _Child, val: Any, p: str, ctx: _Ctx, value: Any = None) -> None:
+    def _primitive_element(self, child: ElementDef, val: Any, p: str, ctx: _Ctx, value: Any = None) -> None:
         """``_birthDate``: the id and extensions of a primitive (an array for repeating ones);
         ``value`` is the primitive's own value (ele-1: an id alone is not enough)."""
         items = val if (child.max != 1 and type(val) is list) else [val]
@@ -702,12 +593,12 @@ class FhirValidator:
                     ctx.out.append(Violation(path=f"{ip}/extension", rule="fhir-cardinality",
                                              message="extension must be a JSON array", expected="a JSON array"))
                     continue
-                ext_child = _Child(name="extension", fhir_path=f"{child.fhir_path}.extension", min=0, max=-1,
+                ext_child = ElementDef(name="extension", fhir_path=f"{child.fhir_path}.extension", min=0, max=-1,
                                    types=["Extension"], valueset=None, choice=False)
                 for j, e in enumerate(ext):
                     self._value(ext_child, "Extension", e, f"{ip}/extension/{j}", ctx)
 
-    def _coded(self, child: _Child, tcode: str, val: dict[str, Any], p: str, ctx: _Ctx) -> None:
+    def _coded(self, child: ElementDef, tcode: str, val: dict[str, Any], p: str, ctx: _Ctx) -> None:
         systems = self.defs.valuesets.get(child.valueset or "")
         if systems is None:
             return

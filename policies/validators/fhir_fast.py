@@ -19,9 +19,10 @@ Left to the full walk (the predicate answers ``False``): contained and nested re
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .common import NHS_NUMBER_SYSTEM, ODS_SYSTEMS, nhs_number_problem, nhs_subject, ods_code_problem
+from .fhir_definitions import BASE64, ElementDef, NodeDef, R4Definitions
 from .fhir_rules import (
     ABSOLUTE_ELEMENTS,
     URI_SYSTEM,
@@ -30,9 +31,6 @@ from .fhir_rules import (
     narrative_has_content,
     uri_extra,
 )
-
-if TYPE_CHECKING:
-    from .fhir import R4Definitions, _Child, _Node
 
 Item = Callable[[Any, "State"], bool]
 
@@ -90,12 +88,12 @@ class FastWalk:
     #: nodes with at most this many JSON keys get an unrolled predicate (see :meth:`_unrolled`)
     UNROLL = 24
 
-    def _build(self, node: _Node) -> Callable[[dict[str, Any], State], bool]:
+    def _build(self, node: NodeDef) -> Callable[[dict[str, Any], State], bool]:
         if len(node.lookup) <= self.UNROLL:
             return self._unrolled(node)
         return self._looped(node)
 
-    def _unrolled(self, node: _Node) -> Callable[[dict[str, Any], State], bool]:
+    def _unrolled(self, node: NodeDef) -> Callable[[dict[str, Any], State], bool]:
         """A small node's predicate as generated Python: each defined key fetched once with its
         checks inline (no call per primitive), then ``len(obj)`` must equal the keys matched, so
         an unknown key, a ``_key`` extension or a ``null`` sends the payload to the full walk."""
@@ -132,7 +130,7 @@ class FastWalk:
         fn: Callable[[dict[str, Any], State], bool] = env["walk"]
         return fn
 
-    def _inline(self, child: _Child, tcode: str, prim: Callable[[Any], bool] | None, name: str,
+    def _inline(self, child: ElementDef, tcode: str, prim: Callable[[Any], bool] | None, name: str,
                 env: dict[str, Any]) -> list[str]:
         """The check of one element's value ``v`` as lines that ``return False`` on doubt."""
         defs = self.defs
@@ -177,7 +175,7 @@ class FastWalk:
         return [f"if {cond}:", "    return False", "for x in v:", f"    if not {name}(x, st):",
                 "        return False"]
 
-    def _looped(self, node: _Node) -> Callable[[dict[str, Any], State], bool]:
+    def _looped(self, node: NodeDef) -> Callable[[dict[str, Any], State], bool]:
         """The node's predicate: one handler per JSON key, each with the element's cardinality
         and type bound in, so a key costs one dict lookup and one call."""
         handlers: dict[str, Item] = {}
@@ -295,15 +293,13 @@ class FastWalk:
         if tcode == "decimal":
             return lambda v: type(v) is int or type(v) is float
         if tcode == "base64Binary":
-            from .fhir import _BASE64
-
-            return lambda v: type(v) is str and _BASE64.fullmatch("".join(v.split())) is not None
+            return lambda v: type(v) is str and BASE64.fullmatch("".join(v.split())) is not None
         if tcode == "xhtml":  # a '#' link counts for dom-3: the full walk notes it
             return lambda v: type(v) is str and v != "" and v.lstrip().startswith("<div") and '"#' not in v \
                 and narrative_has_content(v)
         return None
 
-    def _item(self, child: _Child, tcode: str) -> Item:
+    def _item(self, child: ElementDef, tcode: str) -> Item:
         defs = self.defs
         if tcode == "Resource" or defs.is_resource(tcode):
             return _never  # contained and nested resources: the full walk

@@ -20,11 +20,12 @@ import re
 import sys
 import threading
 import types
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from .common import NHS_NUMBER_SYSTEM, ODS_SYSTEMS, nhs_number_problem, nhs_subject, ods_code_problem
+from .fhir_definitions import BASE64, ElementDef, NodeDef, R4Definitions
 from .fhir_rules import (
     ABSOLUTE_ELEMENTS,
     URI_SYSTEM,
@@ -33,9 +34,6 @@ from .fhir_rules import (
     narrative_has_content,
     uri_extra,
 )
-
-if TYPE_CHECKING:
-    from .fhir import R4Definitions, _Child, _Node
 
 _local = threading.local()
 
@@ -189,7 +187,7 @@ class TypedPath:
             todo.extend(d for d in deps if d not in self._made)
         return self.ns[self.cls_name(path)]
 
-    def _source(self, node: _Node) -> tuple[str, set[str]]:
+    def _source(self, node: NodeDef) -> tuple[str, set[str]]:
         defs = self.defs
         name = self.cls_name(node.path)
         deps: set[str] = set()
@@ -285,7 +283,7 @@ class TypedPath:
         lines.append(f"{name}.__json_names__ = {name}_names")
         return "\n".join(lines) + "\n", deps
 
-    def _type(self, child: _Child, tcode: str, attr: str, deps: set[str], post: list[str]) -> str | None:
+    def _type(self, child: ElementDef, tcode: str, attr: str, deps: set[str], post: list[str]) -> str | None:
         defs = self.defs
         if tcode == "Resource" or defs.is_resource(tcode):
             return None
@@ -300,7 +298,7 @@ class TypedPath:
         meta = "Meta(min_length=1" + (f", max_length={child.max})" if child.max > 0 else ")")
         return f"Annotated[list[{one}], {meta}]"
 
-    def _primitive(self, child: _Child, tcode: str, attr: str, post: list[str]) -> str:
+    def _primitive(self, child: ElementDef, tcode: str, attr: str, post: list[str]) -> str:
         defs = self.defs
         pytype, regex = defs.primitives[tcode]
         if pytype is bool:
@@ -362,7 +360,7 @@ class TypedPath:
                         "            _fail()")
         return "Annotated[str, Meta(min_length=1)]"
 
-    def _xhtml(self, attr: str, child: _Child, post: list[str]) -> str:
+    def _xhtml(self, attr: str, child: ElementDef, post: list[str]) -> str:
         self.ns["_xhtml_ok"] = _xhtml_ok
         post.append(f"        if self.{attr} is not UNSET and not _xhtml_ok(self.{attr}):\n            _fail()")
         return "str"
@@ -391,9 +389,7 @@ def _in_vs(systems: dict[str, frozenset[str]], c: Any) -> bool:
 
 
 def _b64_ok(v: str) -> bool:
-    from .fhir import _BASE64
-
-    return _BASE64.fullmatch("".join(v.split())) is not None
+    return BASE64.fullmatch("".join(v.split())) is not None
 
 
 def _xhtml_ok(v: str) -> bool:

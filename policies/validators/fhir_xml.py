@@ -11,6 +11,10 @@ resources nest, the Narrative ``div`` stays an XHTML string) and reports what on
 wrong: the namespace, element order, a missing ``value`` attribute, text where only elements
 belong, an element repeated that may appear once, attributes FHIR does not define.
 
+This module only reads: :meth:`.fhir.FhirValidator.check_xml` runs the reader, then the walk on
+its JSON form. So the reader imports the definitions (:mod:`.fhir_definitions`), never the walk,
+and the walk imports the reader without a cycle.
+
 Security: the stdlib expat parser is driven directly with DOCTYPE refused at its first byte
 (``StartDoctypeDeclHandler`` raises), so no DTD is read, no entity is declared or expanded
 (no billion laughs) and nothing external is fetched (no XXE); an undeclared entity reference is
@@ -29,7 +33,7 @@ from xml.parsers import expat
 
 from psvn.core.errors import Violation
 
-from .fhir import FhirValidator, R4Definitions, _Child, _Node, definitions
+from .fhir_definitions import ElementDef, NodeDef, R4Definitions, definitions
 from .limits import Limits
 
 FHIR_NS = "http://hl7.org/fhir"
@@ -48,7 +52,7 @@ _COMPLEX, _PRIM, _WRAP, _XHTML, _SKIP, _ATTR, _DIV_IN_FHIR = range(7)
 _TYPED = frozenset({"boolean", "decimal", *_INT_TYPES})  # JSON booleans and numbers
 
 # one element of a node, as the reader needs it: (key, child, tcode, position, how, node of a complex)
-_Plan = tuple[str, _Child, str, int, int, _Node | None]
+_Plan = tuple[str, ElementDef, str, int, int, NodeDef | None]
 
 
 class _Stop(Exception):
@@ -68,13 +72,13 @@ class _Frame:
     text: str | None  # first non-whitespace text directly inside
     tline: int  # its line
     plan: dict[str, _Plan]  # complex: expat element name -> how to read it
-    node: _Node  # complex: its definition
+    node: NodeDef  # complex: its definition
     obj: dict[str, Any] | None  # complex, wrapper: the JSON object; primitive, div: where the value goes
     last: int  # complex: position of the furthest element so far (order check)
     last_name: str
     seen: set[str]  # complex: single-occurrence elements already met
     prim_keys: list[str] | None  # complex: repeating primitives (their "_name" lists are tidied at the end)
-    child: _Child  # primitive, wrapper: the element's definition
+    child: ElementDef  # primitive, wrapper: the element's definition
     key: str
     base: str  # primitive: the parent's pointer
     index: int  # primitive: position in a repeating element, -1 when single
@@ -124,7 +128,7 @@ class FhirXmlReader:
         self._orders: dict[str, dict[str, int]] = {}
         self._plans: dict[str, dict[str, _Plan]] = {}
 
-    def order(self, node: _Node) -> dict[str, int]:
+    def order(self, node: NodeDef) -> dict[str, int]:
         """Element name -> position in the definition (choice variants share one position)."""
         o = self._orders.get(node.path)
         if o is None:
@@ -135,7 +139,7 @@ class FhirXmlReader:
             self._orders[node.path] = o
         return o
 
-    def plan(self, node: _Node) -> dict[str, _Plan]:
+    def plan(self, node: NodeDef) -> dict[str, _Plan]:
         plan = self._plans.get(node.path)
         if plan is not None:
             return plan
@@ -167,20 +171,6 @@ class FhirXmlReader:
 @lru_cache(maxsize=1)
 def reader() -> FhirXmlReader:
     return FhirXmlReader()
-
-
-def validate_xml(validator: FhirValidator, body: bytes, limits: Limits) -> list[Violation]:
-    """Every violation of a FHIR XML payload: XML-only ones first, then the JSON walker's."""
-    return check_xml(validator, body, limits)[0]
-
-
-def check_xml(validator: FhirValidator, body: bytes, limits: Limits) -> tuple[list[Violation], frozenset[str]]:
-    """:func:`validate_xml`, plus the data subjects the JSON walker found (one parse, one walk)."""
-    read = reader().read(body, limits)
-    if read.data is None:
-        return read.violations, frozenset()
-    violations, subjects = validator.check(read.data)
-    return read.violations + [v for v in violations if read.keeps(v)], subjects
 
 
 class _Reader:
@@ -338,7 +328,7 @@ class _Reader:
         self._attributes(attrs, "", local, node.path, (), root=True)
         self.stack.append(self._complex_frame(node, self.data, ""))
 
-    def _complex_frame(self, node: _Node, obj: dict[str, Any], ptr: str, what: str = "") -> _Frame:
+    def _complex_frame(self, node: NodeDef, obj: dict[str, Any], ptr: str, what: str = "") -> _Frame:
         f = _Frame(_COMPLEX, ptr)
         f.value = what or node.path  # how messages name it: Patient.name rather than HumanName
         f.node = node
@@ -365,7 +355,7 @@ class _Reader:
                                       expected=f"an element defined for {node.path} in FHIR R4"))
         self.stack.append(_SKIP_FRAME)
 
-    def _open_primitive(self, parent: _Frame, container: dict[str, Any], base: str, key: str, child: _Child,
+    def _open_primitive(self, parent: _Frame, container: dict[str, Any], base: str, key: str, child: ElementDef,
                         tcode: str, attrs: dict[str, str]) -> None:
         f = _Frame(_PRIM)
         f.child = child
@@ -405,7 +395,7 @@ class _Reader:
                 container[key] = value
         self.stack.append(f)
 
-    def _open_complex(self, container: dict[str, Any], base: str, key: str, child: _Child, node: _Node,
+    def _open_complex(self, container: dict[str, Any], base: str, key: str, child: ElementDef, node: NodeDef,
                       attrs: dict[str, str]) -> None:
         obj: dict[str, Any] = {}
         ptr = self._place(container, key, child.max != 1, obj, base)
@@ -414,7 +404,7 @@ class _Reader:
                              ("id", "url") if node.path == "Extension" else ("id",), obj=obj)
         self.stack.append(self._complex_frame(node, obj, ptr, child.fhir_path))
 
-    def _open_wrapper(self, container: dict[str, Any], base: str, key: str, child: _Child,
+    def _open_wrapper(self, container: dict[str, Any], base: str, key: str, child: ElementDef,
                       attrs: dict[str, str]) -> None:
         obj: dict[str, Any] = {}
         ptr = self._place(container, key, child.max != 1, obj, base)
@@ -454,7 +444,7 @@ class _Reader:
         self._report(ptr, "fhir-xml-attribute", f"<{local}> ({fhir_path}) has attribute {shown!r}, which FHIR "
                      f"XML does not define there{hint}", f"attributes: {allowed}")
 
-    def _lexical(self, child: _Child, tcode: str, raw: str, ptr: str) -> Any:
+    def _lexical(self, child: ElementDef, tcode: str, raw: str, ptr: str) -> Any:
         """The JSON value of a ``value`` attribute: booleans and numbers are typed in JSON."""
         if tcode == "boolean":
             if raw == "true":
@@ -484,7 +474,7 @@ class _Reader:
                 parent.ext = {}
             ext_child = _EXTENSION_CHILD.get(parent.child.fhir_path)
             if ext_child is None:
-                ext_child = _EXTENSION_CHILD[parent.child.fhir_path] = _Child(
+                ext_child = _EXTENSION_CHILD[parent.child.fhir_path] = ElementDef(
                     name="extension", fhir_path=f"{parent.child.fhir_path}.extension", min=0, max=-1,
                     types=["Extension"], valueset=None, choice=False)
             self._open_complex(parent.ext, ext_ptr, "extension", ext_child, self.defs.nodes["Extension"], attrs)
@@ -630,7 +620,7 @@ class _Reader:
                 f.tline = self.parser.CurrentLineNumber
 
 
-_EXTENSION_CHILD: dict[str, _Child] = {}
+_EXTENSION_CHILD: dict[str, ElementDef] = {}
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -704,7 +694,7 @@ def _write_resource(d: R4Definitions, res: dict[str, Any], out: list[str], level
     out.append(f"</{rt}>")
 
 
-def _write_children(d: R4Definitions, node: _Node, obj: dict[str, Any], out: list[str], level: int,
+def _write_children(d: R4Definitions, node: NodeDef, obj: dict[str, Any], out: list[str], level: int,
                     indent: str | None) -> None:
     order = (reader() if d is definitions() else FhirXmlReader(d)).order(node)
     attr_keys = () if node.kind == "resource" else ("id", "url") if node.path == "Extension" else ("id",)

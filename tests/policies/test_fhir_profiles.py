@@ -152,7 +152,7 @@ def test_each_native_invariant_equals_the_official_fhirpath(key: str) -> None:
     assert inv is not None, f"{key} is not an invariant of the R4 definitions"
     samples = SAMPLES[key]
     verdicts = set()
-    from psvn.policies.validators.fhir import definitions
+    from psvn.policies.validators.fhir_definitions import definitions
 
     on_resource = definitions().is_resource(inv.path)
     for raw in samples:
