@@ -19,8 +19,8 @@ from psvn.policies.bundle import load_dir
 from psvn.policies.catalogue import Catalogue
 from psvn.policies.consent import mask_subject
 from psvn.policies.validation import Checked, PayloadValidator
-from psvn.policies.validators.fhir_xml import to_xml
 from psvn.policies.validators.jsonschema import SubjectFinder
+from tests.policies.fhir_xml_writer import to_xml
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DOC = load_dir()

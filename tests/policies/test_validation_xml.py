@@ -26,8 +26,9 @@ from psvn.policies.catalogue import Catalogue
 from psvn.policies.validation import XML_TYPES, PayloadValidator, media_type
 from psvn.policies.validation_bench import bench_validation
 from psvn.policies.validators.fhir import FhirValidator
-from psvn.policies.validators.fhir_xml import FHIR_NS, XHTML_NS, reader, to_xml
+from psvn.policies.validators.fhir_xml import FHIR_NS, XHTML_NS, reader
 from psvn.policies.validators.limits import Limits, check_xml
+from tests.policies.fhir_xml_writer import to_xml
 from tests.policies.test_validation_properties import mutate_bytes
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,8 @@
 Three kinds of case, listed in xml-manifest.toml with the exact (path, rule) violations:
 
 * the XML twin of every FHIR JSON corpus case that XML can express (``json`` names the twin):
-  written by ``to_xml`` from the JSON file, so it must give the JSON case's violations exactly;
+  written by ``to_xml`` (``tests/policies/fhir_xml_writer.py``) from the JSON file, so it must
+  give the JSON case's violations exactly;
 * hand-written real-shaped XML (the official R4 Patient example's layout: comments, XHTML
   table narrative, a primitive with an extension; data-absent-reason instead of a value);
 * XML-only faults: namespace, element order, value attribute, mixed content, repeated single
@@ -27,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from make_corpus import write_manifest  # noqa: E402  (this script's folder is sys.path[0])
 
-from psvn.policies.validators.fhir_xml import to_xml  # noqa: E402
+from tests.policies.fhir_xml_writer import to_xml  # noqa: E402
 
 CASES: list[dict[str, Any]] = []
 # JSON cases XML cannot say the same way: a non-array where an array belongs, a string where a
