@@ -1,7 +1,7 @@
 """``psvn policy``: lint, test, explain and diff the network's policy set.
 
 Everything here reads policy folders (or a signed bundle file, unverified, for ``diff``) and calls
-the pure functions in policies/lint.py and policies/lifecycle.py: no network, no keys. Signing
+the pure functions in policies/lint.py and policies/proposals.py: no network, no keys. Signing
 and publishing with two-person approval are separate commands (``psvn policy sign/publish``).
 """
 
@@ -20,7 +20,8 @@ from psvn.core.errors import Code, PsvnError
 from psvn.policies import bundle
 from psvn.policies.consent import ConsentChange, ConsentRegistry
 from psvn.policies.engine import DecisionRequest
-from psvn.policies.lifecycle import (
+from psvn.policies.lint import LintReport, lint_dir
+from psvn.policies.proposals import (
     DiffReport,
     Explanation,
     SuiteReport,
@@ -30,7 +31,6 @@ from psvn.policies.lifecycle import (
     load_suite,
     run_suite,
 )
-from psvn.policies.lint import LintReport, lint_dir
 
 DEFAULT = str(bundle.DEFAULT_DIR)
 

@@ -1,4 +1,11 @@
-"""The policy lifecycle, pure: run the example suite, explain a decision, diff two versions.
+"""What a proposed policy change is checked with, pure: run the example suite, explain a
+decision, diff two versions.
+
+Why "proposals": these are the checks a policy document goes through between an edit and its
+approval (``psvn policy test | explain | diff``; ``propose`` refuses a document that fails its
+suite; the console simulates a proposal with ``diff``). The propose -> approve -> publish
+workflow itself, with its stored proposals, is :mod:`psvn.broker.policy_admin`; a *message's*
+lifecycle is :mod:`psvn.protocol.lifecycle`.
 
 ``diff`` answers "which real decisions change?" exhaustively rather than by sampling: it
 enumerates the decision space both documents can tell apart (every member type, plus every member,
