@@ -50,7 +50,7 @@ from psvn.core.errors import Code, PsvnError, Violation
 from psvn.policies import bundle
 from psvn.policies.engine import DecisionRequest, Engine
 from psvn.policies.lint import Finding, LintReport, lint_document
-from psvn.policies.proposals import CONSENTING_SUBJECT, Case, Outcome, SuiteReport, parse_suite, run_suite
+from psvn.policies.review import CONSENTING_SUBJECT, Case, Outcome, SuiteReport, parse_suite, run_suite
 from psvn.protocol.envelope import now_rfc3339
 from psvn.protocol.subjects import BROKER_AUDIT, POLICY_BUCKET, POLICY_KEY, audit_subject
 

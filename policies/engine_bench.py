@@ -15,7 +15,7 @@ from typing import Any
 from psvn.policies.bundle import DEFAULT_DIR, load_dir
 from psvn.policies.consent import ConsentChange, ConsentRegistry
 from psvn.policies.engine import DecisionRequest, Engine
-from psvn.policies.proposals import load_suite
+from psvn.policies.review import load_suite
 
 
 def _mix(rng: random.Random, registry: ConsentRegistry) -> list[DecisionRequest]:

@@ -8,7 +8,7 @@ Four families of findings, each with the rule id, a severity, a message and wher
   addresses that are not addresses, purposes outside ``[purposes]``, unknown classifications,
   regions or (if a registry is given) members;
 - **reachability**: a rule that decides no request in the decision space (see
-  policies/proposals.py), e.g. an allow shadowed by a broader deny or by an earlier stage, with
+  policies/review.py), e.g. an allow shadowed by a broader deny or by an earlier stage, with
   what decides those requests instead; a type or level that every request of is denied;
 - **anomalies** between rules of the same kind (after Al-Shaer's firewall taxonomy): an allow and
   a deny that overlap without the deny saying it ``overrides`` the allow (a conflict: the deny
@@ -46,7 +46,7 @@ from psvn.policies.engine import (
     Rule,
     parse_rules,
 )
-from psvn.policies.proposals import DecisionSpace, opted_out_registry
+from psvn.policies.review import DecisionSpace, opted_out_registry
 from psvn.protocol.envelope import CLASSIFICATIONS
 
 Severity = Literal["error", "warning", "info"]
@@ -634,7 +634,7 @@ def lint_dir(path: Path | str = bundle.DEFAULT_DIR, *,
 
 
 def _lint_suite(text: str, doc: dict[str, Any]) -> list[Finding]:
-    from psvn.policies.proposals import parse_suite
+    from psvn.policies.review import parse_suite
 
     try:
         cases = parse_suite(tomllib.loads(text))

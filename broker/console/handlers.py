@@ -24,7 +24,7 @@ from psvn.broker import policy_admin
 from psvn.broker.auth import Principal, TokenAuthority
 from psvn.broker.console.storage import ConsoleStore
 from psvn.core.errors import Code, PsvnError
-from psvn.policies import proposals
+from psvn.policies import review
 
 log = structlog.get_logger("psvn.broker.console")
 
@@ -137,7 +137,7 @@ async def lint(request: web.Request) -> web.Response:
     return json_response({**_lint_json(report), "version": cur.signed.version + 1})
 
 
-def _suite(store: ConsoleStore, tests_text: str | None) -> list[proposals.Case]:
+def _suite(store: ConsoleStore, tests_text: str | None) -> list[review.Case]:
     if tests_text is not None:
         return policy_admin.parse_tests_text(tests_text)
     if store.admin.suite is None:
@@ -157,7 +157,7 @@ async def run_tests(request: web.Request) -> web.Response:
     if doc is None or report.errors:
         raise _lint_failed(report)
     cases = _suite(store, tests_text)
-    suite = await asyncio.to_thread(proposals.run_suite, doc, cases)
+    suite = await asyncio.to_thread(review.run_suite, doc, cases)
     return json_response({"ok": suite.ok, "passed": suite.passed, "failed": suite.failed,
                           "policy_version": suite.policy_version, "uncovered": suite.uncovered,
                           "results": [{"name": r.name, "passed": r.passed, "expected": r.expected,
@@ -170,8 +170,8 @@ async def _simulate(store: ConsoleStore, old: dict[str, Any], new: dict[str, Any
     events = await store.recent_audit()
 
     def work() -> dict[str, Any]:
-        report = proposals.diff(old, new)
-        groups = proposals.group_changes(report.changes)
+        report = review.diff(old, new)
+        groups = review.group_changes(report.changes)
         traffic = policy_admin.replay(old, new, events, store.member_types())
         return {"old_version": report.old_version, "new_version": report.new_version,
                 "diff": {"compared": report.compared, "counts": report.counts, "groups": groups[:DIFF_GROUPS],

@@ -36,7 +36,7 @@ from psvn.broker import policy_admin
 from psvn.broker.policy_admin import Current, PolicyAdmin, Proposal
 from psvn.core.errors import Code, PsvnError
 from psvn.policies import bundle
-from psvn.policies.proposals import load_suite
+from psvn.policies.review import load_suite
 from psvn.protocol.subjects import BROKER_AUDIT, audit_stream
 
 log = structlog.get_logger("psvn.broker.console")

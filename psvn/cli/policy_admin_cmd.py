@@ -93,7 +93,7 @@ async def _with_admin(args: argparse.Namespace, action: Action) -> int:
     from psvn.broker.policy_admin import PolicyAdmin
     from psvn.certs import keys
     from psvn.policies import bundle
-    from psvn.policies.proposals import load_suite
+    from psvn.policies.review import load_suite
 
     layout = devnet.Layout(Path(args.devnet))
     state = devnet.running_state(layout)

@@ -1,7 +1,7 @@
 """``psvn policy``: lint, test, explain and diff the network's policy set.
 
 Everything here reads policy folders (or a signed bundle file, unverified, for ``diff``) and calls
-the pure functions in policies/lint.py and policies/proposals.py: no network, no keys. Signing
+the pure functions in policies/lint.py and policies/review.py: no network, no keys. Signing
 and publishing with two-person approval are separate commands (``psvn policy sign/publish``).
 """
 
@@ -21,7 +21,7 @@ from psvn.policies import bundle
 from psvn.policies.consent import ConsentChange, ConsentRegistry
 from psvn.policies.engine import DecisionRequest
 from psvn.policies.lint import LintReport, lint_dir
-from psvn.policies.proposals import (
+from psvn.policies.review import (
     DiffReport,
     Explanation,
     SuiteReport,

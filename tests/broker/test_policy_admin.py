@@ -15,7 +15,7 @@ from psvn.broker.policy_admin import PolicyAdmin
 from psvn.certs.keys import load_signing_key
 from psvn.core.errors import Code, PsvnError
 from psvn.policies import bundle
-from psvn.policies.proposals import load_suite
+from psvn.policies.review import load_suite
 from tests.conftest import Network
 
 DEFAULT_RULES = (bundle.DEFAULT_DIR / "rules.toml").read_text()

@@ -1,7 +1,7 @@
 """What a proposed policy change is checked with, pure: run the example suite, explain a
 decision, diff two versions.
 
-Why "proposals": these are the checks a policy document goes through between an edit and its
+Why "review": these are the checks a policy document goes through between an edit and its
 approval (``psvn policy test | explain | diff``; ``propose`` refuses a document that fails its
 suite; the console simulates a proposal with ``diff``). The propose -> approve -> publish
 workflow itself, with its stored proposals, is :mod:`psvn.broker.policy_admin`; a *message's*

@@ -1,4 +1,4 @@
-"""policies/proposals.py: the example suite, explain, and diff (exactly the decisions a change alters)."""
+"""policies/review.py: the example suite, explain, and diff (exactly the decisions a change alters)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from psvn.core.errors import Code, PsvnError
 from psvn.policies.bundle import DEFAULT_DIR, load_dir
 from psvn.policies.consent import ConsentChange, ConsentRegistry
 from psvn.policies.engine import DecisionRequest, Engine
-from psvn.policies.proposals import (
+from psvn.policies.review import (
     OPTED_OUT_SUBJECT,
     Case,
     DecisionSpace,
