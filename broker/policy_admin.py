@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import re
 import secrets
 import tomllib
@@ -35,6 +34,7 @@ from typing import Any, Literal
 
 import msgspec
 import structlog
+import tomlkit
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nats.js import JetStreamContext
@@ -60,7 +60,6 @@ PROPOSALS_BUCKET = "psvn_policy_proposals"
 AUDIT_SUBJECT = audit_subject(BROKER_AUDIT)  # the broker's own audit events (metadata only)
 _ID = re.compile(r"p[0-9a-f]{8}")
 _TOML_LINE = re.compile(r"at line (\d+)")
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 Status = Literal["proposed", "approved", "published", "rejected"]
 
@@ -209,44 +208,14 @@ def suite_error(report: SuiteReport) -> PsvnError:
         violations=[Violation(path=r.name, rule="example", message="; ".join(r.problems)) for r in failed])
 
 
-def _toml_key(k: str) -> str:
-    return k if _BARE_KEY.fullmatch(k) else json.dumps(k)
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    return json.dumps(str(v), ensure_ascii=False)
-
-
 def rules_to_toml(rules: dict[str, Any], *, header: str = "") -> str:
-    """rules.toml text for a rules table (when no written text is at hand; comments are lost)."""
-    out = [f"# {line}" for line in header.splitlines()]
-    scalars = {k: v for k, v in rules.items() if not isinstance(v, dict | list)
-               or (isinstance(v, list) and not all(isinstance(x, dict) for x in v))}
-    for k, v in scalars.items():
-        out.append(f"{_toml_key(k)} = {_toml_value(v)}")
-    for k, v in rules.items():
-        if k in scalars:
-            continue
-        if isinstance(v, dict):
-            nested = {n: t for n, t in v.items() if isinstance(t, dict)}
-            flat = {n: t for n, t in v.items() if n not in nested}
-            if flat or not nested:
-                out += ["", f"[{_toml_key(k)}]"] + [f"{_toml_key(n)} = {_toml_value(t)}" for n, t in flat.items()]
-            for n, t in nested.items():
-                out += ["", f"[{_toml_key(k)}.{_toml_key(n)}]"]
-                out += [f"{_toml_key(a)} = {_toml_value(b)}" for a, b in t.items()]
-        else:
-            for item in v:
-                out += ["", f"[[{_toml_key(k)}]]"] + [f"{_toml_key(a)} = {_toml_value(b)}" for a, b in item.items()]
-    return "\n".join(out).strip() + "\n"
+    """rules.toml text for a rules table (when no written text is at hand; comments are lost).
+
+    tomlkit rather than tomli-w: it lays the text out as people write rules.toml (arrays on one
+    line, ``[[rule]]`` tables), so the console's diff of a regenerated version against a written
+    one shows the rules that changed, not every array re-wrapped."""
+    comments = "".join(f"# {line}\n" for line in header.splitlines())
+    return (comments + "\n" + tomlkit.dumps(rules)).strip() + "\n"
 
 
 # --- replaying recorded traffic (pure) ----------------------------------------------------------

@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
+import tomli_w
 
 from psvn.core.errors import Code, PsvnError
 
@@ -60,31 +61,11 @@ def _dec_hook(type_: type, obj: object) -> object:
 
 
 def dump(value: msgspec.Struct) -> str:
-    """Render a config Struct back to TOML (devnet writes the files it then loads)."""
+    """Render a config Struct back to TOML (devnet writes the files it then loads); a setting
+    that is None is left out, as the file would leave it out."""
     builtins = msgspec.to_builtins(value, enc_hook=lambda o: str(o) if isinstance(o, Path) else o)
-    return _toml(builtins)
+    return tomli_w.dumps(_without_none(builtins))
 
 
-def _toml_value(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return msgspec.json.encode(str(v)).decode()
-
-
-def _toml(data: dict[str, object], prefix: str = "") -> str:
-    lines: list[str] = []
-    tables: list[tuple[str, dict[str, object]]] = []
-    for k, v in data.items():
-        if isinstance(v, dict):
-            tables.append((k, v))
-        elif v is not None:
-            lines.append(f"{k} = {_toml_value(v)}")
-    out = "\n".join(lines)
-    for k, v in tables:
-        name = f"{prefix}{k}"
-        out += f"\n\n[{name}]\n" + _toml(v, prefix=name + ".")
-    return out.strip() + "\n"
+def _without_none(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _without_none(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None}

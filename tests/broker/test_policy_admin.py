@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import tomllib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -245,9 +247,22 @@ async def test_racing_publishers_publish_once(network: Network, admin: PolicyAdm
 
 def test_rules_to_toml_round_trips_the_default_rules() -> None:
     rules = bundle.load_dir(bundle.DEFAULT_DIR)["rules"]
-    import tomllib
+    before = copy.deepcopy(rules)
+    text = policy_admin.rules_to_toml(rules, header="regenerated\nfrom the document")
+    assert tomllib.loads(text) == rules == before
+    assert text.startswith("# regenerated\n# from the document\n\n[purposes.")
+    # laid out as the folder's rules.toml is (arrays on one line): each line is one of its lines
+    written = {line.split("  #")[0] for line in (bundle.DEFAULT_DIR / "rules.toml").read_text().splitlines()}
+    assert [line for line in text.splitlines()[3:] if line and line not in written] == []
 
-    assert tomllib.loads(policy_admin.rules_to_toml(rules, header="regenerated")) == rules
+
+def test_rules_to_toml_round_trips_awkward_keys_and_values() -> None:
+    rules = {"version_note": "Ŵ \"quoted\" \\ tab\t", "limits": [1, 2.5],
+             "purposes": {"direct care": {"description": "é"}, "x.y": {}},
+             "rule": [{"id": "a", "match": {"sender type": "gp", "n": [1]}, "to": ["*"]}, {"id": "b"}],
+             "retention": {"default_days": 30, "types": {"fhir.r4.Patient": {"days": 7}}}}
+    assert tomllib.loads(policy_admin.rules_to_toml(rules, header="h")) == rules
+    assert policy_admin.rules_to_toml({}) == "\n"
 
 
 def test_replay_reports_recorded_traffic_that_would_change() -> None:

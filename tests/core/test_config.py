@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from psvn.core import config
 from psvn.core.errors import Code, PsvnError
-from psvn.gateway.config import GatewayConfig, load
+from psvn.gateway.config import GatewayConfig, WebhookSection, load
 
 GOOD = """
 [gateway]
@@ -38,6 +40,25 @@ def test_good_config_round_trips(tmp_path: Path) -> None:
     cfg = load(p)
     assert cfg.gateway.org == "ods:RYR" and cfg.nats.servers == ["tls://127.0.0.1:4222"]
     p.write_text(config.dump(cfg))
+    assert load(p) == cfg
+
+
+def test_dump_round_trips_every_kind_of_setting(tmp_path: Path) -> None:
+    """Keys that need quoting, a table of lists, an optional section, a None left out, and
+    strings with quotes, backslashes and non-ASCII letters all come back as they went in."""
+    p = tmp_path / "gw.toml"
+    p.write_text(GOOD)
+    base = load(p)
+    cfg = msgspec.structs.replace(
+        base,
+        gateway=msgspec.structs.replace(base.gateway, name='Ysbyty "Gwynedd" \\ Bangor — Ŵ',
+                                        system_mailboxes={"ods:RYR/epr": ["", "referrals"], "lab": []}),
+        keys=msgspec.structs.replace(base.keys, hpke_hybrid=None, retired_dir="retired keys"),
+        webhook=WebhookSection(url="https://127.0.0.1:9/hook", secret_file="hook.secret", timeout_seconds=2.5))
+    text = config.dump(cfg)
+    assert "None" not in text and "hpke_hybrid" not in text
+    assert tomllib.loads(text)["gateway"]["system_mailboxes"] == {"ods:RYR/epr": ["", "referrals"], "lab": []}
+    p.write_text(text)
     assert load(p) == cfg
 
 
