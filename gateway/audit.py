@@ -21,6 +21,7 @@ import msgspec
 import structlog
 
 from psvn.backbone import auditlog
+from psvn.core.retry import retrying
 from psvn.core.tasks import halt
 
 log = structlog.get_logger("psvn.gateway.audit")
@@ -85,16 +86,17 @@ class AuditWriter:
 
     async def _write(self, batch: list[bytes]) -> None:
         data, headers = auditlog.join(batch), {"Nats-Msg-Id": uuid.uuid4().hex}
-        last: object = None
-        for attempt in range(self.attempts):
-            try:
-                await self._publish(data, headers)
-                return
-            except Exception as exc:
-                last = exc
-            if self._closing and attempt >= 1:
-                break
-            await asyncio.sleep(min(0.25 * 2 ** attempt, 5.0))
+        try:
+            # waits of 0.25 s doubling to 5 s; closing, only one more try
+            await retrying(lambda: self._publish(data, headers), on=Exception, attempts=self.attempts,
+                           first_delay=0.25, max_delay=5.0, stop_when=lambda tries: self._closing and tries >= 2)
+            return
+        except Exception as exc:
+            last = exc
+        if not (self._closing and self.attempts >= 2):
+            # one more wait, as long as the last, before the batch is given up: through a long
+            # outage the writer gives up a batch no more often than that (~13 s with 6 attempts)
+            await asyncio.sleep(min(0.25 * 2 ** (self.attempts - 1), 5.0))
         self._on_lost(len(batch))
         log.error("audit records not stored", count=len(batch), records=[r.decode() for r in batch],
                   error=str(last))

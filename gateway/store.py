@@ -41,6 +41,7 @@ from nats.js.errors import KeyWrongLastSequenceError, ServiceUnavailableError
 from psvn.backbone import jsfast
 from psvn.backbone.kvwatch import KVFollower
 from psvn.core.errors import Code, PsvnError
+from psvn.core.retry import retrying
 from psvn.protocol.envelope import now_rfc3339
 from psvn.protocol.lifecycle import InvalidTransition, State, advance
 from psvn.protocol.subjects import state_bucket
@@ -53,6 +54,7 @@ POLICY_FLOOR_KEY = "policy.floor"
 # instance's watch to see the purge, short enough that a restart reads few of them.
 CLOSED_MARKER_TTL = 600.0
 READ_PATIENCE = 8.0  # seconds a state read may wait out a leader election (as a publish does)
+_ELECTION_ERRORS = (TimeoutError, NatsTimeoutError, NoRespondersError, ServiceUnavailableError)
 # what may follow "out." / "in." in a key read on a caller's behalf: never a wildcard (a KV read
 # of ``out.>`` would answer with whichever entry matches last)
 KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
@@ -201,18 +203,14 @@ class StateStore:
     async def _get(self, key: str) -> jsfast.Stored | None:
         """The stored message of ``key``, from the stream's leader (a replica may be a moment
         behind), riding out a leader election like a publish does; None if there is none."""
-        assert self.kv is not None
-        deadline = asyncio.get_running_loop().time() + READ_PATIENCE
-        delay = 0.1
-        while True:
-            try:
-                return await self.kv.get(key)
-            except (TimeoutError, NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
-                if asyncio.get_running_loop().time() + delay > deadline:
-                    raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the state bucket did not answer; retry",
-                                    rule="state-read") from exc
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        kv = self.kv
+        assert kv is not None
+        try:
+            return await retrying(lambda: kv.get(key), on=_ELECTION_ERRORS, patience=READ_PATIENCE,
+                                  first_delay=0.1, max_delay=1.0)
+        except _ELECTION_ERRORS as exc:
+            raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the state bucket did not answer; retry",
+                            rule="state-read") from exc
 
     async def _read(self, key: str) -> tuple[bytes, int] | None:
         """(value, revision) of a live entry, from the stream's leader; None if none/deleted."""

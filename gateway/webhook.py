@@ -39,6 +39,7 @@ import yarl
 from standardwebhooks.webhooks import Webhook
 
 from psvn.core.errors import Code, PsvnError
+from psvn.core.retry import retrying
 
 log = structlog.get_logger("psvn.gateway.webhook")
 ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER = "webhook-id", "webhook-timestamp", "webhook-signature"
@@ -156,6 +157,10 @@ def load_secret(path: str) -> bytes:
     return secret
 
 
+class _NotDelivered(Exception):
+    """One push that the local system did not take (its reason is in ``last_failure``)."""
+
+
 class WebhookPusher:
     def __init__(self, url: str, secret: bytes, *, ca: str | None = None, attempts: int = 6,
                  timeout: float = 5.0, first_delay: float = 0.5) -> None:
@@ -180,15 +185,18 @@ class WebhookPusher:
     async def _push(self, body: bytes, message_id: str) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
-        delay = self.first_delay
-        for attempt in range(1, self.attempts + 1):
-            headers = {"Content-Type": "application/json", **sign(self.secret, body)}
+        session = self._session
+        tries = 0
+
+        async def once() -> None:
+            nonlocal tries
+            tries += 1
+            headers = {"Content-Type": "application/json", **sign(self.secret, body)}  # signed afresh each try
             try:
                 # never follow a redirect: it would re-post the signed body wherever it points
-                async with self._session.post(self.url, data=body, headers=headers, ssl=self._ssl,
-                                              allow_redirects=False) as resp:
+                async with session.post(self.url, data=body, headers=headers, ssl=self._ssl,
+                                        allow_redirects=False) as resp:
                     if 200 <= resp.status < 300:
-                        self.delivered += 1
                         return
                     reason = f"HTTP {resp.status}"
                     if 300 <= resp.status < 400:
@@ -196,13 +204,17 @@ class WebhookPusher:
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 reason = repr(exc)
             self.last_failure = reason
-            log.warning("webhook push failed", message_id=message_id, attempt=attempt, reason=reason)
-            if attempt < self.attempts:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 60)
-        self.failed += 1
-        log.error("webhook gave up; the message stays in the mailbox", message_id=message_id,
-                  reason=self.last_failure)
+            log.warning("webhook push failed", message_id=message_id, attempt=tries, reason=reason)
+            raise _NotDelivered(reason)
+
+        try:
+            await retrying(once, on=_NotDelivered, attempts=self.attempts, first_delay=self.first_delay, max_delay=60)
+        except _NotDelivered:
+            self.failed += 1
+            log.error("webhook gave up; the message stays in the mailbox", message_id=message_id,
+                      reason=self.last_failure)
+            return
+        self.delivered += 1
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -5,9 +5,7 @@ Both ends use it: the broker provisioning the network and every gateway connecti
 
 from __future__ import annotations
 
-import asyncio
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -18,6 +16,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from psvn.core.errors import Code, PsvnError
+from psvn.core.retry import retrying
 
 T = TypeVar("T")
 
@@ -36,19 +35,16 @@ async def connect(url: str | list[str], tls: ssl.SSLContext, *, name: str, inbox
     return await nats.connect(**opts)  # type: ignore[arg-type]
 
 
+# what a backbone says while it elects a stream's leader: requests time out or find no responder
+ELECTION_ERRORS = (TimeoutError, NatsTimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError)
+
+
 async def patiently(step: Callable[[], Awaitable[T]], *, what: str, patience: float = 30.0) -> T:
     """Run one provisioning step, riding out the moments a clustered backbone spends electing the
     leader of a stream it has just created (requests then time out or find no responder). Every
     step is idempotent, so repeating one is safe."""
-    deadline = time.monotonic() + patience
-    delay = 0.25
-    while True:
-        try:
-            return await step()
-        except (TimeoutError, NatsTimeoutError, NoRespondersError, NoStreamResponseError,
-                ServiceUnavailableError) as exc:
-            if time.monotonic() + delay > deadline:
-                raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"provisioning {what}: the backbone did not answer",
-                                rule="provision") from exc
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+    try:
+        return await retrying(step, on=ELECTION_ERRORS, patience=patience, first_delay=0.25, max_delay=2.0)
+    except ELECTION_ERRORS as exc:
+        raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"provisioning {what}: the backbone did not answer",
+                        rule="provision") from exc
