@@ -32,7 +32,7 @@ class ClusterConfig:
     and see (and write) everything."""
 
     name: str
-    listen_port: int
+    listen_port: int  # 0: nats-server chooses one (a node that no other node routes to)
     routes: Sequence[int]  # ports of the other nodes on loopback
     route_password: str
     route_user: str = "psvn-route"
@@ -40,6 +40,8 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """A port of 0 is chosen by nats-server when it starts (``NatsServer.start`` reads back which)."""
+
     name: str
     port: int
     monitor_port: int
@@ -61,6 +63,11 @@ def _q(value: object) -> str:
     return json.dumps(value)
 
 
+def _listen(port: int) -> str:
+    """A loopback listen address; nats-server's -1 is "any free port" (its 0 would mean the default)."""
+    return f"127.0.0.1:{port or -1}"
+
+
 def render(cfg: ServerConfig) -> str:
     tls = {
         "cert_file": str(cfg.cert),
@@ -72,8 +79,8 @@ def render(cfg: ServerConfig) -> str:
     }
     conf: dict[str, object] = {
         "server_name": cfg.name,
-        "listen": f"127.0.0.1:{cfg.port}",
-        "http": f"127.0.0.1:{cfg.monitor_port}",
+        "listen": _listen(cfg.port),
+        "http": _listen(cfg.monitor_port),
         "max_payload": cfg.max_payload,
         "jetstream": {"store_dir": str(cfg.store_dir), "max_memory_store": 1024 ** 3,
                       "max_file_store": cfg.max_file_store},
@@ -87,7 +94,7 @@ def render(cfg: ServerConfig) -> str:
     if cfg.cluster is not None:
         conf["cluster"] = {
             "name": cfg.cluster.name,
-            "listen": f"127.0.0.1:{cfg.cluster.listen_port}",
+            "listen": _listen(cfg.cluster.listen_port),
             "authorization": {"user": cfg.cluster.route_user, "password": cfg.cluster.route_password,
                               "timeout": 5},
             "routes": [f"nats-route://{cfg.cluster.route_user}:{cfg.cluster.route_password}@127.0.0.1:{p}"

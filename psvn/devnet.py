@@ -10,7 +10,7 @@ import functools
 import ssl
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -277,12 +277,6 @@ async def provision_backbone(layout: Layout, nats_url: str | list[str], members:
         return signed.version
     finally:
         await nc.drain()
-
-
-@dataclass
-class Ports:
-    nats: int = field(default_factory=procs.free_port)
-    monitor: int = field(default_factory=procs.free_port)
 
 
 # -- the `psvn devnet` processes --------------------------------------------------------------

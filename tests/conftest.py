@@ -1,4 +1,4 @@
-"""Shared fixtures: a real network (nats-server on free ports, real TLS, real gateways)."""
+"""Shared fixtures: a real network (nats-server on ports it chooses, real TLS, real gateways)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 import pytest_asyncio
 
 from psvn import devnet
-from psvn.broker.cluster import on_free_ports
 from psvn.broker.server import NatsServer
 from psvn.devnet import EXAMPLE_MEMBERS, Layout, MemberSpec
 from psvn.gateway.config import GatewayConfig
@@ -56,8 +55,7 @@ async def start_network(root: Path, members: list[MemberSpec] | None = None, *,
     members = list(members or EXAMPLE_MEMBERS)
     layout = Layout(root)
     devnet.make_pki(layout, members)
-    server = on_free_ports(lambda base: devnet.nats_server(layout, [m.org for m in members], port=base,
-                                                          monitor_port=base + 1).start(), 2)
+    server = devnet.nats_server(layout, [m.org for m in members], port=0, monitor_port=0).start()  # its own ports
     gateways: dict[str, GatewayServer] = {}
     try:
         await devnet.provision_backbone(layout, server.url, members)

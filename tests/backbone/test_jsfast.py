@@ -30,7 +30,6 @@ from psvn.backbone.connect import connect
 from psvn.backbone.jsfast import JetStreamOps, NoResponders, parse_headers
 from psvn.broker import natsjwt
 from psvn.broker.accounts import BackboneAccounts
-from psvn.broker.cluster import on_free_ports
 from psvn.broker.server import NatsServer
 from psvn.certs import tls
 from psvn.core.addresses import token
@@ -65,8 +64,7 @@ def backbone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backbone]:
     layout = Layout(tmp_path_factory.mktemp("jsfast"))
     members = list(EXAMPLE_MEMBERS)
     devnet.make_pki(layout, members)
-    server = on_free_ports(lambda base: devnet.nats_server(layout, [m.org for m in members], port=base,
-                                                          monitor_port=base + 1).start(), 2)
+    server = devnet.nats_server(layout, [m.org for m in members], port=0, monitor_port=0).start()
     try:
         asyncio.run(devnet.provision_backbone(layout, server.url, members))
         yield Backbone(layout, server)
@@ -437,8 +435,7 @@ def _bench_main() -> None:
         layout = Layout(Path(root))
         members = list(EXAMPLE_MEMBERS)[:1]
         devnet.make_pki(layout, members)
-        server = on_free_ports(lambda base: devnet.nats_server(layout, [m.org for m in members], port=base,
-                                                              monitor_port=base + 1).start(), 2)
+        server = devnet.nats_server(layout, [m.org for m in members], port=0, monitor_port=0).start()
         try:
             asyncio.run(devnet.push_accounts(layout, server.url, [m.org for m in members]))
             runner = asyncio.run

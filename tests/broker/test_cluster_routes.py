@@ -10,7 +10,7 @@ from pathlib import Path
 
 from psvn import devnet
 from psvn.broker.accounts import BackboneAccounts
-from psvn.broker.cluster import on_free_ports, start_cluster
+from psvn.broker.cluster import start_cluster
 from psvn.broker.natsconf import ClusterConfig
 from psvn.broker.server import NatsServer
 from psvn.devnet import EXAMPLE_MEMBERS, Layout
@@ -36,15 +36,12 @@ def test_a_member_certificate_cannot_join_as_a_route(tmp_path: Path) -> None:
         council = layout.org_dir("gss:E06000043")
         seed = first.cluster
 
-        def start_rogue(base: int) -> NatsServer:
-            cfg = replace(first, name="rogue", port=base, monitor_port=base + 1,
-                          store_dir=tmp_path / "rogue" / "store", cert=council / "nats.crt", key=council / "nats.key",
-                          cluster=ClusterConfig(name=seed.name, listen_port=base + 2,
-                                                routes=[seed.listen_port], route_password="guessed"))
-            return NatsServer(cfg, conf_path=tmp_path / "rogue" / "nats.conf",
-                              log_path=tmp_path / "rogue" / "log").start()
-
-        rogue = on_free_ports(start_rogue, 3)
+        # every port its own: nobody routes to the rogue, it routes to the cluster
+        cfg = replace(first, name="rogue", port=0, monitor_port=0,
+                      store_dir=tmp_path / "rogue" / "store", cert=council / "nats.crt", key=council / "nats.key",
+                      cluster=ClusterConfig(name=seed.name, listen_port=0,
+                                            routes=[seed.listen_port], route_password="guessed"))
+        rogue = NatsServer(cfg, conf_path=tmp_path / "rogue" / "nats.conf", log_path=tmp_path / "rogue" / "log").start()
         cfg = rogue.config
         log = tmp_path / "rogue" / "log"
         deadline = time.monotonic() + 30

@@ -18,13 +18,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
 from psvn import devnet
-from psvn.core import procs
-from psvn.devnet import DEVNET_MEMBERS, EXAMPLE_MEMBERS, MemberSpec
-from psvn.gateway.config import GatewayConfig
+from psvn.devnet import DEVNET_MEMBERS, EXAMPLE_MEMBERS
 from tests.conftest import start_network, stop_network
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,13 +65,8 @@ async def test_every_python_block_of_the_sdk_readme_runs_against_a_fresh_network
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     members = list(EXAMPLE_MEMBERS)
     by_org = {org: port for port, org in devnet_ports().items()}
-    ports = {by_org[m.org]: procs.free_port() for m in members}  # devnet port -> the one used here
-
-    def listen(m: MemberSpec, cfg: GatewayConfig) -> GatewayConfig:
-        port = ports[by_org[m.org]]
-        return msgspec.structs.replace(cfg, gateway=msgspec.structs.replace(cfg.gateway, listen_port=port))
-
-    net = await start_network(tmp_path / ".devnet", members, configure=listen)
+    net = await start_network(tmp_path / ".devnet", members)  # gateways on ports they chose
+    ports = {by_org[m.org]: net.gateways[m.org].port for m in members}  # devnet port -> the one used here
     try:
         (tmp_path / "examples").symlink_to(ROOT / "examples", target_is_directory=True)
         monkeypatch.chdir(tmp_path)

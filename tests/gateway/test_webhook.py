@@ -14,7 +14,6 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from psvn.core import procs
 from psvn.core.errors import PsvnError
 from psvn.devnet import MemberSpec
 from psvn.gateway import webhook
@@ -55,8 +54,8 @@ async def receiver_and_net(tmp_path: Path) -> AsyncIterator[tuple[Receiver, Netw
     app.router.add_post("/psvn", receiver.handle)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = procs.free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]  # the port the system chose
     secret_file = tmp_path / "webhook.secret"
     secret_file.write_bytes(SECRET)
     secret_file.chmod(0o600)
@@ -239,9 +238,8 @@ async def serve(handler: Counter, ssl_context: ssl.SSLContext | None = None) -> 
     app.router.add_route("*", "/{tail:.*}", handler.handle)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = procs.free_port()
-    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context).start()
-    return runner, port
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context).start()
+    return runner, runner.addresses[0][1]
 
 
 async def test_redirects_are_never_followed_https_to_http_included(tmp_path: Path) -> None:
