@@ -24,10 +24,16 @@ async def ensure_kv(js: JetStreamContext, bucket: str, *, history: int, replicas
         try:
             return await js.key_value(bucket)
         except BucketNotFoundError:
+            pass
+        try:
             return await js.create_key_value(KeyValueConfig(bucket=bucket, history=history, replicas=replicas,
                                                             storage=StorageType.FILE, ttl=ttl, direct=True,
                                                             max_bytes=max_bytes, max_value_size=max_value_size,
                                                             limit_marker_ttl=limit_marker_ttl))
+        except AttributeError:
+            # seen on a 3-node backbone: the create's answer came without the stream's config and
+            # nats-py reads ``si.config.allow_direct`` from it; the stream exists, so open it
+            return await js.key_value(bucket)
 
     return await patiently(step, what=f"bucket {bucket}")
 
