@@ -16,6 +16,7 @@ import contextlib
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 import msgspec
 import structlog
@@ -23,6 +24,7 @@ import structlog
 from psvn.backbone import auditlog
 from psvn.core.retry import retrying
 from psvn.core.tasks import halt
+from psvn.protocol.envelope import now_rfc3339
 
 log = structlog.get_logger("psvn.gateway.audit")
 
@@ -116,3 +118,17 @@ class AuditWriter:
             log.error("audit records not stored at shutdown", count=lost)
         self._queue.clear()
         return lost
+
+
+class Audit:
+    """What the gateway's parts call to audit an event (metadata only: never payloads): the
+    record is stamped with the member and the time and queued on the :class:`AuditWriter`, so
+    the message it describes is never held up by the audit stream."""
+
+    def __init__(self, writer: AuditWriter, *, org: str, clock: Callable[[], datetime]) -> None:
+        self.writer = writer
+        self.org = org
+        self.clock = clock
+
+    async def __call__(self, event: str, **fields: object) -> None:
+        self.writer.add({"event": event, "org": self.org, "time": now_rfc3339(self.clock()), **fields})
