@@ -1,0 +1,222 @@
+"""The way out: a local system's request becomes a sealed, signed message on the backbone, and
+mail this gateway received is answered with receipts.
+
+A send is checked and decided here (:mod:`gateway.core` holds the rules), recorded in the
+member's state bucket before it is published (the record is the idempotency claim, and what the
+status reads), published with a dedupe id, and audited. Everything this gateway puts on the
+backbone for a message, the message itself and the receipts it returns to senders, goes through
+:attr:`BackboneLink.publish`, so a publish is retried and deduplicated the same way for both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+
+import msgspec
+import structlog
+
+from psvn.backbone.registry_view import RegistryView
+from psvn.core.errors import Code, PsvnError
+from psvn.gateway import core
+from psvn.gateway.audit import Audit
+from psvn.gateway.config import GatewaySection
+from psvn.gateway.consent import Consulted
+from psvn.gateway.link import BackboneLink
+from psvn.gateway.member import Member
+from psvn.gateway.metrics import Metrics
+from psvn.gateway.store import HistoryEntry, OutRecord, StateStore, message_id_for
+from psvn.gateway.sweeps import Sweeper
+from psvn.protocol.envelope import SendRequest, check_free_id, new_message_id, now_rfc3339
+from psvn.protocol.lifecycle import State
+
+log = structlog.get_logger("psvn.gateway")
+
+Consult = Callable[[frozenset[str], str], Awaitable[Consulted]]
+
+
+class Egress:
+    def __init__(self, *, member: Member, settings: GatewaySection, registry: RegistryView, store: StateStore,
+                 link: BackboneLink, clock: Callable[[], datetime], metrics: Metrics, audit: Audit,
+                 consult: Consult, sweeper: Sweeper) -> None:
+        self.member = member
+        self.settings = settings
+        self.registry = registry
+        self.store = store
+        self.link = link
+        self.clock = clock
+        self.metrics = metrics
+        self.audit = audit
+        self.consult = consult
+        self.sweeper = sweeper  # watches each sent message's expiry
+        # why the last write of a sent message's record failed (None: it succeeded); readiness
+        # reports it, since a gateway that cannot record what it sends cannot accept mail
+        self.state_write_error: str | None = None
+
+    async def reject_request(self, exc: PsvnError, *, system: str | None) -> PsvnError:
+        """A send refused before it became a message (malformed JSON, bad envelope, not
+        connected): it still gets a message id, a metric, a log line and an audit record."""
+        if exc.message_id is None:
+            exc.message_id = new_message_id()
+        self.metrics.rejected.labels(exc.code.value).inc()
+        log.info("message rejected", message_id=exc.message_id, code=exc.code.value, field=exc.field,
+                 rule=exc.rule, system=system)
+        await self.audit("rejected", message_id=exc.message_id, code=exc.code.value, field=exc.field,
+                         rule=exc.rule, system=system, policy_version=self.member.policy.version, direction="egress")
+        return exc
+
+    async def send(self, req: SendRequest, *, system: str, topic: str | None = None) -> tuple[OutRecord, bool]:
+        """Accept a message from a local system (with ``topic``: one delivery of a feed event).
+        Returns (record, created).
+
+        Backbone writes on the way: the sender's record (create-once: with an idempotency key
+        the message id is derived from it, so this write is also the claim on the key), the
+        sealed message, and the record's move to ``sent``; the audit record goes to the batcher.
+        Awaited round trips: the record (and, with a key, one read first), the publish, the move."""
+        started = time.perf_counter()
+        org = self.member.org
+        key = req.idempotency_key
+        if key is not None:
+            try:
+                check_free_id(key, "idempotency_key")
+            except PsvnError:  # refused below by the envelope rules, under a message id of its own
+                key = None
+        message_id = message_id_for(org, system, key) if key else new_message_id()
+        request_hash = hashlib.sha256(msgspec.json.encode(req)).hexdigest()
+        if not self.link.connected:
+            raise await self.reject_request(PsvnError(
+                Code.BACKBONE_UNAVAILABLE, "the gateway is not connected to the backbone; retry later",
+                rule="backbone-connected", message_id=message_id), system=system)
+        # A retry (same key) is recognised when its record is written: the create-once write
+        # fails, and the request is answered with what the first one became (or resumes it).
+        try:
+            snap = self.member.snapshot
+            checked = core.check_send(req, snap=snap, registry=self.registry, message_id=message_id)
+            consulted = await self.consult(checked.consent_subjects, message_id)
+            out = core.prepare_send(req, me=self.member.identity, system=system, snap=snap, registry=self.registry,
+                                    message_id=message_id, now=self.clock(), consent=consulted.consent,
+                                    topic=topic, checked=checked)
+        except PsvnError as exc:
+            if key:  # a retry of a message accepted before (e.g. under another policy version)?
+                prior = await self._prior(message_id, request_hash)
+                if prior is not None and prior.status != State.ACCEPTED.value:
+                    return prior, False
+            self.metrics.rejected.labels(exc.code.value).inc()
+            if exc.code is Code.POLICY_DENIED:
+                self.metrics.decisions.labels("egress", "deny").inc()
+            log.info("message rejected", message_id=message_id, code=exc.code.value, field=exc.field,
+                     rule=exc.rule, system=system)
+            await self.audit("rejected", message_id=message_id, to=req.to if isinstance(req.to, str) else None,
+                             type=req.type, purpose=req.purpose, classification=req.classification,
+                             code=exc.code.value, field=exc.field, rule=exc.rule,
+                             policy_version=self.member.policy.version, direction="egress")
+            raise
+        self.metrics.decisions.labels("egress", "allow").inc()
+        now = now_rfc3339(self.clock())
+        rec = OutRecord(id=message_id, to=req.to, type=req.type, status=State.ACCEPTED.value, created=now,
+                        system=system, history=[HistoryEntry(status=State.ACCEPTED.value, time=now)],
+                        rule_ids=out.decision.rule_ids, request_hash=request_hash, expires=out.envelope.expires)
+        written: tuple[OutRecord, int] | None = None
+        try:
+            revision = await self.store.put_out(rec)
+            self.state_write_error = None
+        except Exception as exc:
+            self.state_write_error = type(exc).__name__
+            raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the backbone did not store the message; nothing was sent",
+                            rule="state-write", message_id=message_id) from exc
+        if revision is None:  # the key was used before (a retry), or by a concurrent request
+            prior = await self._prior(message_id, request_hash)
+            if prior is None:  # its record aged out (the bucket's TTL): the key is spent
+                raise PsvnError(Code.CONFLICT, "idempotency_key was used for a message whose record has expired",
+                                field="idempotency_key", rule="idempotency", message_id=message_id)
+            if prior.status != State.ACCEPTED.value:
+                return prior, False
+            rec = prior  # accepted, its publish unconfirmed or in flight: sealing again is safe (below)
+        else:
+            written = (rec, revision)
+        # Publishing a message already published (a retry, or the concurrent request above) is
+        # safe: JetStream's dedupe window and the recipient's create-once filing keep it single.
+        try:
+            await self.link.publish(out.subject, out.data, message_id)
+        except PsvnError:
+            if not key:  # nobody can retry this message: say it failed. With a key it stays
+                with contextlib.suppress(Exception):  # accepted, for the retry to resume
+                    await self.store.move_out(message_id, State.REJECTED, reason="backbone unavailable")
+            raise
+        # The publish is confirmed: the message is sent. The audit record is queued first so the
+        # batcher's write can share a socket write with the status write below.
+        await self.audit("sent", message_id=message_id, to=req.to, type=req.type, purpose=req.purpose,
+                         classification=req.classification, size=out.size, rule_ids=out.decision.rule_ids,
+                         policy_version=out.decision.policy_version, direction="egress")
+        try:
+            rec = await self.store.move_out(message_id, State.SENT, known=written) or rec
+        except Exception as exc:  # the message is on its way: the receipt will move the status on
+            log.warning("status write after publish failed; receipt will update it", message_id=message_id,
+                        error=repr(exc))
+        if rec.expires and rec.status in (State.ACCEPTED.value, State.SENT.value):
+            self.sweeper.track(rec)
+        self.metrics.sent.labels(req.type).inc()
+        self.metrics.send_seconds.observe(time.perf_counter() - started)
+        log.debug("message sent", message_id=message_id, to=req.to, type=req.type, system=system)
+        return rec, True
+
+    async def send_batch(self, items: Sequence[SendRequest | PsvnError], *,
+                         system: str) -> list[tuple[OutRecord, bool] | PsvnError]:
+        """Send many messages from one request, each exactly as :meth:`send` sends one alone
+        (validated, decided, sealed, signed, published and receipted on its own, with its own
+        idempotency key): a batch saves HTTP round trips, never a check.
+
+        ``items`` holds the decoded requests in order, or the refusal an item already got while
+        decoding (audited by the caller). Returns one outcome per item, in order: (record,
+        created) or the refusal. Items run concurrently, at most ``gateway.batch_concurrency``
+        at a time, because each waits mostly on backbone round trips (consent lookup, state
+        write, publish ack) that overlap well and share socket writes; the bound keeps one
+        large batch from monopolising the gateway. One item's failure, even an unexpected one,
+        is that item's result only."""
+        self.metrics.batch_items.observe(len(items))
+        gate = asyncio.Semaphore(max(1, self.settings.batch_concurrency))
+
+        async def one(item: SendRequest | PsvnError) -> tuple[OutRecord, bool] | PsvnError:
+            if isinstance(item, PsvnError):
+                return item
+            async with gate:
+                try:
+                    return await self.send(item, system=system)
+                except PsvnError as exc:
+                    return exc
+                except Exception:  # a bug or an unforeseen failure: this item's 500, not the batch's
+                    request_id = new_message_id()
+                    log.exception("unhandled error in a batch item; answered as internal", request_id=request_id,
+                                  message_id=request_id, system=system)
+                    error = PsvnError(Code.INTERNAL, f"internal error; see the gateway log for request {request_id}",
+                                      rule="internal", message_id=request_id, extra={"request_id": request_id})
+                    with contextlib.suppress(Exception):  # the answer must not depend on the audit
+                        await self.reject_request(error, system=system)
+                    return error
+
+        return list(await asyncio.gather(*(one(item) for item in items)))
+
+    async def _prior(self, message_id: str, request_hash: str) -> OutRecord | None:
+        """The record a message id derived from an idempotency key names, if any; the same key
+        with a different request is a conflict."""
+        rec = await self.store.out_record(message_id)
+        if rec is not None and rec.request_hash != request_hash:
+            raise PsvnError(Code.CONFLICT, "idempotency_key was used before with a different request",
+                            field="idempotency_key", rule="idempotency", message_id=rec.id)
+        return rec
+
+    async def receipt(self, message_id: str, status: str, to_org: str, *, reason: str | None = None,
+                      rule_ids: list[str] | None = None) -> None:
+        """Tell a sender what became of its message (delivered, rejected, expired, acknowledged).
+        Its dedupe id is fixed by message and status, so sending one again never makes two."""
+        to = self.registry.members.get(to_org)
+        if to is None:
+            log.warning("receipt not sent: sender unknown", message_id=message_id, to=to_org)
+            return
+        subject, rid, data = core.make_receipt(message_id=message_id, status=status, me=self.member.identity,
+                                               to=to, reason=reason, rule_ids=rule_ids, now=self.clock())
+        await self.link.publish(subject, data, rid)
