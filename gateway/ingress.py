@@ -1,0 +1,295 @@
+"""The way in: what arrives in the member's inbox stream, messages and receipts alike.
+
+A message is opened, checked and decided (:mod:`gateway.core` holds the rules), then filed in
+the mailbox (delivered) or moved to the member's quarantine stream; either way the sender gets
+a receipt and the event is audited. A receipt for a message this member sent moves that
+message's record on. Anything may arrive twice (JetStream redelivers what was not acked), so
+every step after filing is repeated safely from what was filed (:meth:`Ingress._redelivered`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import structlog
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from psvn.backbone.natsraw import Puller
+from psvn.backbone.registry_view import RegistryView
+from psvn.core import addresses
+from psvn.core.errors import Code, PsvnError
+from psvn.gateway import core
+from psvn.gateway.audit import Audit
+from psvn.gateway.config import GatewaySection
+from psvn.gateway.consent import OPERATOR_TYPE, Consulted
+from psvn.gateway.egress import Consult, Egress
+from psvn.gateway.feeds import FeedView
+from psvn.gateway.link import BackboneLink
+from psvn.gateway.mailbox import Mailbox
+from psvn.gateway.member import Member
+from psvn.gateway.metrics import Metrics
+from psvn.gateway.store import Gone, InRecord, OutRecord, StateStore
+from psvn.gateway.sweeps import UNSETTLED, Sweeper
+from psvn.gateway.webhook import WebhookPusher
+from psvn.policies.consent import TYPE as CONSENT_TYPE
+from psvn.policies.consent import ConsentRegistry
+from psvn.protocol.envelope import now_rfc3339, parse_time
+from psvn.protocol.lifecycle import State
+from psvn.protocol.subjects import CONSUMER, MAILBOX_MAX_AGE_DAYS, inbox_stream, quarantine_subject
+
+log = structlog.get_logger("psvn.gateway")
+
+LAG_RETRIES = 5  # deliveries of a message before a refusal our registry view may explain is final
+# Refusals a registry view a moment behind explains: a new member, or a member's key rotation
+# (signed with a key we do not list yet; sealed to a key another instance of ours holds).
+LAG_CODES = frozenset({Code.UNKNOWN_RECIPIENT, Code.SIGNATURE_INVALID, Code.DECRYPT_FAILED})
+MSG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a sender's message id we may use as a key
+
+
+def _header_safe(text: str) -> str:
+    """A header value from our own rule names: printable ASCII, one line, bounded."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text)[:120]
+
+
+class Ingress:
+    def __init__(self, *, member: Member, settings: GatewaySection, registry: RegistryView, store: StateStore,
+                 link: BackboneLink, clock: Callable[[], datetime], metrics: Metrics, audit: Audit,
+                 consult: Consult, egress: Egress, mailbox: Mailbox, sweeper: Sweeper, feeds: FeedView,
+                 webhook: WebhookPusher | None, stopping: Callable[[], bool]) -> None:
+        self.member = member
+        self.org = member.org
+        self.settings = settings
+        self.registry = registry
+        self.store = store
+        self.link = link
+        self.clock = clock
+        self.metrics = metrics
+        self.audit = audit
+        self.consult = consult
+        self.egress = egress  # receipts go back to senders
+        self.mailbox = mailbox  # the operator's gateway reads (and acknowledges) consent mail itself
+        self.sweeper = sweeper  # a receipt settles a sent message's expiry
+        self.feeds = feeds
+        self.webhook = webhook
+        self.stopping = stopping
+
+    # -- pulling the inbox -------------------------------------------------------------------
+    async def consume(self) -> None:
+        """Pull the inbox's consumer. Not nats-py's ``fetch``: it takes a stored message whose
+        sender set a ``Status`` header for a server status and drops it unseen (``backbone.natsraw``)."""
+        batch = self.settings.fetch_batch
+        assert self.link.net is not None and self.link.raw is not None
+        puller = await self.link.raw.puller(self.link.net, inbox_stream(self.org), CONSUMER)
+        try:
+            await self._consume_with(puller, batch)
+        finally:
+            await puller.close()
+
+    async def _consume_with(self, puller: Puller, batch: int) -> None:
+        while not self.stopping():
+            try:
+                msgs = await puller.fetch(batch, timeout=1)
+            except (TimeoutError, NatsTimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("fetch failed", error=repr(exc))
+                await asyncio.sleep(0.5)
+                continue
+            # a batch is handled concurrently: each message waits on backbone round trips
+            # (mailbox write, receipt, ack), not on the CPU, so they overlap well
+            await asyncio.gather(*(self._handle_and_ack(msg) for msg in msgs))
+
+    async def _handle_and_ack(self, msg: Msg) -> None:
+        try:
+            await self._handle(msg)
+            await msg.ack()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never drop: leave it for redelivery
+            log.error("message handling failed; will be redelivered", subject=msg.subject, error=repr(exc))
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=2)
+
+    async def _handle(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        seq = msg.metadata.sequence.stream
+        raw_id = headers.get("Nats-Msg-Id")
+        # the id is chosen by the sender: only a well-formed one may become a key of our state
+        msg_id = raw_id if raw_id and MSG_ID.fullmatch(raw_id) else f"seq-{seq}"
+        if msg.subject.startswith("psvn.rcpt."):
+            await self._handle_receipt(msg, msg_id, seq)
+        else:
+            await self._handle_message(msg, msg_id, seq)
+
+    # -- messages ----------------------------------------------------------------------------
+    async def _handle_message(self, msg: Msg, msg_id: str, seq: int) -> None:
+        filed = self.store.open.get(msg_id)
+        if filed is not None:  # closed mail is recognised by store.file, after the decision
+            await self._redelivered(filed)
+            return
+        received = now_rfc3339(self.clock())
+        consulted = Consulted(consent=ConsentRegistry())
+        try:
+            me, snap = self.member.identity, self.member.snapshot
+            opening = core.open_message(msg.data, subject=msg.subject, message_id=msg_id, me=me,
+                                        registry=self.registry, snap=snap, now=self.clock(),
+                                        published=msg.metadata.timestamp)
+            consulted = await self.consult(opening.consent_subjects, msg_id)
+            inc = core.decide_incoming(opening, me=me, snap=snap, message_id=msg_id, consent=consulted.consent)
+        except PsvnError as exc:
+            if exc.code in LAG_CODES and msg.metadata.num_delivered < LAG_RETRIES:
+                raise  # our registry view (or this instance's keys) may lag: redelivered shortly (nak)
+            if exc.code is Code.BACKBONE_UNAVAILABLE:
+                raise  # a consent lookup the backbone did not answer: redelivered, never decided without it
+            if exc.code is Code.POLICY_DENIED and consulted.lagging and msg.metadata.num_delivered < LAG_RETRIES:
+                raise  # a consent record refused for its signature: our registry view may lag the operator's
+            await self._quarantine(msg, msg_id, seq, exc, received)
+            return
+        except Exception as exc:  # a malformed message must be quarantined, not redelivered for ever
+            await self._quarantine(msg, msg_id, seq, PsvnError(
+                Code.INVALID_ENVELOPE, f"malformed message: {exc!r}", rule="malformed", message_id=msg_id), received)
+            return
+        env = inc.envelope
+        share = self.settings.sender_share_bytes
+        if self.store.held.get(env.sender_org, 0) + len(inc.payload) > share:
+            await self._quarantine(msg, msg_id, seq, PsvnError(
+                Code.FORBIDDEN, f"{env.sender_org} already holds {self.store.held.get(env.sender_org, 0)} bytes of "
+                f"unacknowledged mail in this inbox, its share is {share}: refused until the recipient acknowledges",
+                field="source", rule="sender-share", message_id=msg_id), received)
+            return
+        if env.topic is not None:
+            sub = self.feeds.get(self.org, env.topic)
+            if sub is None or sub.purpose != env.purpose:
+                await self._quarantine(msg, msg_id, seq, PsvnError(
+                    Code.POLICY_DENIED, f"a feed event on {env.topic!r} for {env.purpose}, but this member has "
+                    "no such subscription", field="topic", rule="not-subscribed", message_id=msg_id), received)
+                return
+        self.metrics.decisions.labels("ingress", "allow").inc()
+        # the policy's retention for the type, within what the inbox stream keeps (a day's margin,
+        # so the gateway deletes and audits it before the stream's own max age does)
+        days = min(inc.decision.retention_days if inc.decision.retention_days is not None else MAILBOX_MAX_AGE_DAYS,
+                   MAILBOX_MAX_AGE_DAYS - 1)
+        on_file = await self.store.file(InRecord(
+            id=env.id, source=env.source, to=env.to, type=env.type, time=env.time, status=State.DELIVERED.value,
+            size=len(inc.payload), seq=seq, classification=env.classification, purpose=env.purpose,
+            correlation_id=env.correlation_id, mailbox=env.mailbox, received=received,
+            retain_until=now_rfc3339(parse_time(received) + timedelta(days=days))))
+        if on_file is not None:  # filed before (a redelivery, or another instance): finish its steps, once
+            await self._redelivered(on_file)
+            return
+        self.metrics.received.labels("delivered").inc()
+        # filed: it is delivered. Audit first, so the record shares the receipt's socket write
+        await self.audit("delivered", message_id=env.id, source=env.source, to=env.to, type=env.type,
+                         purpose=env.purpose, classification=env.classification, rule_ids=inc.decision.rule_ids,
+                         policy_version=inc.decision.policy_version, direction="ingress")
+        await self.egress.receipt(env.id, State.DELIVERED.value, env.sender_org)
+        log.debug("message delivered", message_id=env.id, source=env.source, type=env.type)
+        if self.webhook is not None:
+            self.webhook.notify({"event": "message.delivered", "id": env.id, "from": env.source, "to": env.to,
+                                 "mailbox": env.mailbox, "type": env.type, "time": env.time,
+                                 "size": len(inc.payload), "href": f"/v1/inbox/{env.id}"})
+        if env.type == CONSENT_TYPE and self.member.identity.member_type == OPERATOR_TYPE and inc.sender.type == "pds":
+            await self.mailbox.record_consent(env.id, env.sender_org, inc.payload)
+
+    async def _redelivered(self, rec: InRecord | Gone) -> None:
+        """A message already filed came again (we failed after filing it): repeat what follows
+        filing. Every step is idempotent: receipts carry a fixed dedupe id."""
+        if isinstance(rec, Gone):  # filed so long ago that its entry aged out: nothing to repeat
+            log.info("message filed long ago came again; ignored", message_id=rec.id)
+            return
+        if rec.status in (State.DELIVERED.value, State.ACKNOWLEDGED.value):
+            await self.egress.receipt(rec.id, rec.status, addresses.org_of(rec.source))
+            if rec.status == State.DELIVERED.value and rec.type == CONSENT_TYPE \
+                    and self.member.identity.member_type == OPERATOR_TYPE:
+                opened = await self.mailbox.get(rec.id)
+                await self.mailbox.record_consent(rec.id, addresses.org_of(rec.source), opened.payload)
+        elif rec.status == State.QUARANTINED.value and rec.source in self.registry.members and rec.reason \
+                and not rec.reason.startswith((Code.DECRYPT_FAILED.value, Code.SIGNATURE_INVALID.value)):
+            status = State.EXPIRED if rec.reason.startswith(Code.EXPIRED.value) else State.REJECTED
+            await self.egress.receipt(rec.id, status.value, rec.source, reason=rec.reason,
+                                      rule_ids=[rec.rule] if rec.rule else [])
+
+    # -- quarantine --------------------------------------------------------------------------
+    async def _quarantine(self, msg: Msg, msg_id: str, seq: int, exc: PsvnError, received: str) -> None:
+        sender_tok = msg.subject.split(".")[-1]
+        sender_org = sender_tok.replace("_", ":", 1)
+        on_file = await self.store.file(InRecord(
+            id=msg_id, source=sender_org, to=self.org, type="unknown", time=received,
+            status=State.QUARANTINED.value, size=len(msg.data), seq=seq,
+            reason=core.stored_reason(exc), rule=exc.rule, received=received))
+        if on_file is not None:
+            await self._redelivered(on_file)  # already on file (a redelivery)
+            return
+        self.metrics.received.labels("quarantined").inc()
+        await self._move_to_quarantine(msg, msg_id, seq, exc)
+        if exc.code is Code.POLICY_DENIED:
+            self.metrics.decisions.labels("ingress", "deny").inc()
+        log.warning("message quarantined", message_id=msg_id, code=exc.code.value, rule=exc.rule,
+                    source=sender_org)
+        await self.audit("quarantined", message_id=msg_id, source=sender_org, code=exc.code.value, rule=exc.rule,
+                         policy_version=self.member.policy.version, direction="ingress")
+        if sender_org in self.registry.members and exc.code not in (Code.DECRYPT_FAILED, Code.SIGNATURE_INVALID):
+            status = State.EXPIRED if exc.code is Code.EXPIRED else State.REJECTED
+            await self.egress.receipt(msg_id, status.value, sender_org, reason=core.stored_reason(exc),
+                                      rule_ids=exc.extra.get("rule_ids") or ([exc.rule] if exc.rule else []))
+
+    async def _move_to_quarantine(self, msg: Msg, msg_id: str, seq: int, exc: PsvnError) -> None:
+        """Out of the inbox, into the member's bounded quarantine stream: junk a sender pushes at
+        us then counts against its quota in the inbox only until we have looked at it, and never
+        fills the inbox for the other senders. Copied first, deleted after (a failure leaves it in
+        the inbox, where the next look finds it on file)."""
+        js, net = self.link.js, self.link.net
+        assert js is not None and net is not None
+        headers = {"Nats-Msg-Id": f"q-{seq}", "Psvn-Subject": msg.subject, "Psvn-Message-Id": msg_id,
+                   "Psvn-Rule": _header_safe(exc.rule or exc.code.value)}
+        try:
+            await js.publish(quarantine_subject(self.org), msg.data, headers=headers, timeout=3)
+            await net.delete_msg(inbox_stream(self.org), seq)
+        except Exception as err:  # kept in the inbox: nothing is lost, the quota is just held longer
+            log.warning("quarantined message left in the inbox", message_id=msg_id, error=repr(err))
+
+    # -- receipts for what this member sent --------------------------------------------------
+    async def _handle_receipt(self, msg: Msg, rid: str, seq: int) -> None:
+        now = now_rfc3339(self.clock())
+        try:
+            receipt = core.open_receipt(msg.data, subject=msg.subject, receipt_msg_id=rid, me=self.member.identity,
+                                        registry=self.registry, published=msg.metadata.timestamp)
+        except PsvnError as exc:
+            if exc.code in LAG_CODES and msg.metadata.num_delivered < LAG_RETRIES:
+                raise  # as for messages: a rotation or a new member may not have reached us yet
+            await self._quarantine(msg, rid, seq, exc, now)
+            return
+        except Exception as exc:
+            await self._quarantine(msg, rid, seq, PsvnError(Code.INVALID_ENVELOPE, f"malformed receipt: {exc!r}",
+                                                            rule="malformed"), now)
+            return
+        try:
+            state = State(receipt.status)
+        except ValueError:
+            log.warning("receipt with unknown status ignored", message_id=receipt.message_id, status=receipt.status)
+            return
+
+        def from_its_recipient(sent: OutRecord) -> None:
+            if addresses.org_of(sent.to) != receipt.by:  # only the member a message went to may say
+                raise PsvnError(Code.SENDER_MISMATCH,    # what became of it
+                                f"{receipt.by} sent a receipt for a message addressed to {sent.to}",
+                                rule="receipt-recipient", message_id=receipt.message_id)
+
+        try:
+            moved = await self.store.move_out(receipt.message_id, state, reason=receipt.reason,
+                                              rule_ids=receipt.rule_ids or None, check=from_its_recipient)
+        except PsvnError as exc:
+            if exc.code is not Code.SENDER_MISMATCH:
+                raise
+            await self._quarantine(msg, rid, seq, exc, now)
+            return
+        self.metrics.receipts.labels(receipt.status).inc()
+        if moved is not None and moved.status not in UNSETTLED:
+            self.sweeper.settled(receipt.message_id)
