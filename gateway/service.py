@@ -370,6 +370,10 @@ class Gateway:
         """Why the last write of a sent message's record failed (None: it succeeded)."""
         return self.egress.state_write_error
 
+    @state_write_error.setter
+    def state_write_error(self, error: str | None) -> None:
+        self.egress.state_write_error = error
+
     @property
     def sweeps(self) -> int:
         """Expiry and retention sweeps begun (tests wait on it: "several sweeps ran", not a sleep)."""
