@@ -24,11 +24,16 @@ import structlog
 from psvn.backbone import auditlog
 from psvn.core.retry import retrying
 from psvn.core.tasks import halt
+from psvn.gateway.link import BackboneLink
 from psvn.protocol.envelope import now_rfc3339
+from psvn.protocol.subjects import audit_subject
 
 log = structlog.get_logger("psvn.gateway.audit")
 
 Publish = Callable[[bytes, dict[str, str]], Awaitable[object]]
+ATTEMPTS = 6  # an audit record is retried for ~8 s (a leader election, a reconnect)
+ACK_SECONDS = 5.0
+MAX_IN_FLIGHT = 10_000
 
 
 class AuditWriter:
@@ -123,12 +128,24 @@ class AuditWriter:
 class Audit:
     """What the gateway's parts call to audit an event (metadata only: never payloads): the
     record is stamped with the member and the time and queued on the :class:`AuditWriter`, so
-    the message it describes is never held up by the audit stream."""
+    the message it describes is never held up by the audit stream. The writer publishes through
+    the gateway's :class:`BackboneLink`, so it follows the connection across a rejoin."""
 
-    def __init__(self, writer: AuditWriter, *, org: str, clock: Callable[[], datetime]) -> None:
-        self.writer = writer
+    def __init__(self, *, org: str, clock: Callable[[], datetime], link: BackboneLink,
+                 on_lost: Callable[[int], None]) -> None:
         self.org = org
         self.clock = clock
+        self.link = link
+        self.writer = AuditWriter(self._write, on_lost=on_lost, max_pending=MAX_IN_FLIGHT, attempts=ATTEMPTS)
 
     async def __call__(self, event: str, **fields: object) -> None:
         self.writer.add({"event": event, "org": self.org, "time": now_rfc3339(self.clock()), **fields})
+
+    async def _write(self, data: bytes, headers: dict[str, str]) -> None:
+        if self.link.ops is None:
+            raise ConnectionError("not connected to the backbone")
+        await self.link.ops.publish(audit_subject(self.org), data, timeout=ACK_SECONDS, headers=headers)
+
+    async def close(self) -> int:
+        """Write what is queued, bounded; what is left is logged and counted as lost."""
+        return await self.writer.close(ACK_SECONDS)

@@ -38,7 +38,7 @@ from psvn.certs import tls
 from psvn.core.errors import PsvnError
 from psvn.core.tasks import halt
 from psvn.gateway import core
-from psvn.gateway.audit import Audit, AuditWriter
+from psvn.gateway.audit import Audit
 from psvn.gateway.config import GatewayConfig
 from psvn.gateway.consent import ConsentLookup, Consulted
 from psvn.gateway.egress import Egress
@@ -61,15 +61,11 @@ from psvn.protocol.subjects import (
     OPERATOR_JS_PREFIX,
     POLICY_BUCKET,
     REGISTRY_BUCKET,
-    audit_subject,
     inbox_prefix,
 )
 
 log = structlog.get_logger("psvn.gateway")
 
-AUDIT_ATTEMPTS = 6  # an audit record is retried for ~8 s (a leader election, a reconnect)
-AUDIT_ACK_SECONDS = 5.0
-MAX_AUDITS_IN_FLIGHT = 10_000
 _MSG_ID = MSG_ID  # the name older callers import from here
 
 
@@ -107,14 +103,13 @@ class Gateway:
         self._started = False
         self._stopping = False
         self._background: set[asyncio.Task[None]] = set()
-        self.audit_log = AuditWriter(self._audit_write, on_lost=self.metrics.audit_lost.inc,
-                                     max_pending=MAX_AUDITS_IN_FLIGHT, attempts=AUDIT_ATTEMPTS)
-        audit = self._audit = Audit(self.audit_log, org=self.org, clock=self.clock)
-        # the components a message travels through, each given what it touches and no more
+        audit = self._audit = Audit(org=self.org, clock=self.clock, link=self.link, on_lost=self.metrics.audit_lost.inc)
+        self.audit_log = audit.writer
 
         def stopping() -> bool:
             return self._stopping
 
+        # the components a message travels through, each given what it touches and no more
         settings, member, registry, store, link, clock = (config.gateway, self.member, self.registry, self.store,
                                                           self.link, self.clock)
         self.sweeper = Sweeper(org=self.org, settings=settings, store=store, link=link, clock=clock,
@@ -250,7 +245,7 @@ class Gateway:
             await halt(task)
         if self.webhook is not None:
             await self.webhook.close()
-        await self.audit_log.close(AUDIT_ACK_SECONDS)  # bounded; what is left is logged and counted
+        await self._audit.close()  # bounded; what is left is logged and counted
         await self._leave_backbone()
 
     @property
@@ -262,11 +257,6 @@ class Gateway:
         """Record an event on the member's audit stream, acknowledged, without holding up the
         message: queued at once, written by :class:`gateway.audit.AuditWriter` in batches."""
         await self._audit(event, **fields)
-
-    async def _audit_write(self, data: bytes, headers: dict[str, str]) -> None:
-        if self.link.ops is None:
-            raise ConnectionError("not connected to the backbone")
-        await self.link.ops.publish(audit_subject(self.org), data, timeout=AUDIT_ACK_SECONDS, headers=headers)
 
     async def consult(self, subjects: frozenset[str], message_id: str) -> Consulted:
         """The consent of exactly the subjects a decision names, read now (no copy is kept, so an
