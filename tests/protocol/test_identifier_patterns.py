@@ -87,12 +87,16 @@ def test_console_user_names_in_tokens() -> None:
 
 
 def test_policy_admin_ids_and_toml_keys() -> None:
-    from psvn.broker.policy_admin import _ID, _toml_key
+    import tomllib
+
+    from psvn.broker.policy_admin import _ID, rules_to_toml
 
     assert _ID.fullmatch("p0123abcd") and not _ID.fullmatch("p0123abcd\n")
-    assert _toml_key("bare") == "bare"
-    assert _toml_key("bare\nx = 1") == '"bare\\nx = 1"'  # quoted: no line of TOML smuggled in
-    assert _toml_key("bare\n") == '"bare\\n"'
+    # a key with a newline is quoted: no line of TOML is smuggled into the regenerated rules
+    for key in ("bare", "bare\nx = 1", "bare\n"):
+        text = rules_to_toml({"purposes": {key: {"description": "d"}}})
+        assert tomllib.loads(text) == {"purposes": {key: {"description": "d"}}}
+        assert "\nx = 1" not in text
 
 
 def test_policy_rule_ids_and_globs() -> None:
