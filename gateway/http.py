@@ -33,6 +33,7 @@ from psvn.gateway.openapi import (
     PolicyRef,
     Publication,
     ReceivedMessage,
+    StatusPage,
     SubscriptionPage,
     decode_cursor,
     encode_cursor,
@@ -281,6 +282,33 @@ def next_link(request: web.Request, cursor: str | None, full: bool) -> dict[str,
 
 
 INBOX_CURSOR = "inbox"
+MESSAGES_CURSOR = "messages"
+
+
+def cursor_position(kind: str, cursor: str | None) -> int:
+    """Where a list's cursor says to continue after (0: from the start); a 400 naming ``cursor``
+    for anything that is not this list's cursor."""
+    if cursor is None:
+        return 0
+    position = decode_cursor(kind, cursor)
+    if not position.isdigit():
+        raise PsvnError(Code.BAD_REQUEST, f"cursor is not one of this gateway's {kind} cursors: pass the 'next' "
+                        "value of the previous page unchanged", field="cursor", rule="cursor")
+    return int(position)
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    """What this system sent, in the order of each message's last status change, a page at a
+    time: a message that changes after the cursor comes again with its new status, so a caller
+    polling with the last ``next`` sees every change."""
+    system = system_of(request)
+    limit = page_limit(request)
+    cursor = request.query.get("cursor")
+    found = await request.app[GATEWAY_KEY].sent(system=system, status=request.query.get("status"),
+                                                after=cursor_position(MESSAGES_CURSOR, cursor), limit=limit)
+    nxt = encode_cursor(MESSAGES_CURSOR, found[-1][0]) if found else cursor
+    return json_response(StatusPage(messages=[out_view(rec) for _seq, rec in found], next=nxt),
+                         headers=next_link(request, nxt, len(found) == limit))
 
 
 async def list_inbox(request: web.Request) -> web.Response:
@@ -291,13 +319,7 @@ async def list_inbox(request: web.Request) -> web.Response:
     q = request.query
     limit = page_limit(request)
     cursor = q.get("cursor")
-    after = 0
-    if cursor is not None:
-        position = decode_cursor(INBOX_CURSOR, cursor)
-        if not position.isdigit():
-            raise PsvnError(Code.BAD_REQUEST, "cursor is not an inbox cursor from this gateway: pass the 'next' "
-                            "value of the previous page unchanged", field="cursor", rule="cursor")
-        after = int(position)
+    after = cursor_position(INBOX_CURSOR, cursor)
     items = await request.app[GATEWAY_KEY].inbox(mailbox=q.get("mailbox"), status=q.get("status"), limit=limit,
                                                  system=system, after=after)
     gw = request.app[GATEWAY_KEY]
@@ -443,6 +465,7 @@ def make_app(gw: Gateway, *, is_revoked: Callable[[int], bool] | None = None) ->
     app[GATEWAY_KEY] = gw
     app.router.add_post("/v1/messages", post_message)
     app.router.add_post(BATCH_PATH, post_batch)
+    app.router.add_get("/v1/messages", list_messages)
     app.router.add_get("/v1/messages/{id}", get_message)
     app.router.add_get("/v1/inbox", list_inbox)
     app.router.add_get("/v1/inbox/{id}", get_inbox_item)

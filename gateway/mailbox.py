@@ -72,6 +72,22 @@ class Mailbox:
                             field="id", rule="sender-system", message_id=message_id)
         return rec
 
+    async def sent(self, *, system: str | None = None, status: str | None = None, after: int = 0,
+                   limit: int = 100) -> list[tuple[int, OutRecord]]:
+        """What was sent, in the order of each message's last change, with its position (what a
+        cursor continues after): read from the state bucket a page at a time, never held.
+
+        A restricted system sees what it sent itself, as with :meth:`status`; an expiry that is
+        due is applied as the record is read (it then comes again later, as ``expired``)."""
+        own = system if system is not None and system in self.settings.system_mailboxes else None
+
+        def keep(rec: OutRecord) -> bool:
+            return (own is None or rec.system == own) and (status is None or rec.status == status)
+
+        found = await self.store.sent(after=after, limit=limit, keep=keep)
+        shown = [(seq, await self.sweeper.expire_if_due(rec)) for seq, rec in found]
+        return [(seq, rec) for seq, rec in shown if status is None or rec.status == status]
+
     # -- what this member received -----------------------------------------------------------
     def may_read(self, system: str | None, rec: InRecord) -> bool:
         allowed = self.settings.system_mailboxes.get(system or "")

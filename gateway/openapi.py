@@ -114,6 +114,15 @@ class InboxPage(msgspec.Struct, kw_only=True):
     next: str | None = None
 
 
+class StatusPage(msgspec.Struct, kw_only=True):
+    """Sent messages in the order of their last status change. ``next`` is the opaque cursor to
+    continue after the last item (pass it as ``cursor``); a message that changes after it comes
+    again with its new status, so polling with the last ``next`` sees every change."""
+
+    messages: list[MessageStatus]
+    next: str | None = None
+
+
 class ReceivedMessage(msgspec.Struct, kw_only=True):
     """One received message: its verified envelope, the payload (JSON, or text for text
     standards) and its status here."""
@@ -184,8 +193,8 @@ def encode_cursor(kind: str, position: str | int) -> str:
 
 def decode_cursor(kind: str, cursor: str) -> str:
     """The position in a cursor of list ``kind``; a clear 400 naming ``cursor`` otherwise."""
-    bad = PsvnError(Code.BAD_REQUEST, f"cursor is not a {kind} cursor from this gateway: pass the 'next' value of "
-                    f"the previous page unchanged", field="cursor", rule="cursor")
+    bad = PsvnError(Code.BAD_REQUEST, f"cursor is not one of this gateway's {kind} cursors: pass the 'next' "
+                    "value of the previous page unchanged", field="cursor", rule="cursor")
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, ValueError):
@@ -239,6 +248,10 @@ OPERATIONS: tuple[Operation, ...] = (
               headers={202: LOCATION, 200: LOCATION}),
     Operation("post", "/v1/messages:batch", "sendBatch", "Send many messages, one result per item",
               {200: BatchResponse}, (400, *AUTH, 413, 422, 503), request=BatchRequest),
+    Operation("get", "/v1/messages", "listMessages", "What this system sent, in the order of each last change",
+              {200: StatusPage}, (400, *AUTH), headers={200: LINK}, params=[
+                  _param("status", "query", {"type": "string"}, "only messages whose status is this"),
+                  LIMIT, CURSOR]),
     Operation("get", "/v1/messages/{id}", "getMessageStatus", "A sent message's status and history",
               {200: MessageStatus}, (400, *AUTH, 404), params=[ID]),
     Operation("get", "/v1/inbox", "listInbox", "Received mail in arrival order, a page at a time",

@@ -297,6 +297,10 @@ class Gateway:
     async def status(self, message_id: str, *, system: str | None = None) -> OutRecord:
         return await self.mailbox.status(message_id, system=system)
 
+    async def sent(self, *, system: str | None = None, status: str | None = None, after: int = 0,
+                   limit: int = 100) -> list[tuple[int, OutRecord]]:
+        return await self.mailbox.sent(system=system, status=status, after=after, limit=limit)
+
     def may_read(self, system: str | None, rec: InRecord) -> bool:
         return self.mailbox.may_read(system, rec)
 

@@ -79,6 +79,7 @@ CALLS: dict[str, _core.Call[Any]] = {
     "batch": _core.batch_call([_core.batch_item(0, psvn_client.Message(
         to="ods:RYR", type=SERVICE_REQUEST, payload=REFERRAL, purpose="direct-care", ttl_seconds=5))]),
     "status": _core.status_call("m-1"),
+    "statuses": _core.statuses_call("delivered", 1000, "bWVzc2FnZXM6Mw"),
     "inbox": _core.inbox_call("referrals", "delivered", 1000, "aW5ib3g6Mw"),
     "get": _core.get_call("m-1"),
     "ack": _core.ack_call("m-1"),

@@ -51,6 +51,30 @@ async def test_iter_inbox_goes_past_one_page_sync_and_async(network: Network) ->
     assert await asyncio.to_thread(sync) == arrived
 
 
+async def test_iter_statuses_lists_every_send_sync_and_async_and_follows_changes(network: Network) -> None:
+    """What the council sent, through the SDK: every message once, a page at a time; the last
+    page's ``next`` then yields only what changed since (here: one acknowledged)."""
+    ids = await deliver(network, 5)
+    async with aclient(network, network.COUNCIL) as council, aclient(network, network.TRUST) as trust:
+        listed = [m async for m in council.iter_statuses(page_size=2)]
+        assert sorted(m.id for m in listed) == sorted(ids) and {m.status for m in listed} == {"delivered"}
+        first = await council.statuses_page(limit=3)
+        assert isinstance(first, Page) and len(first) == 3 and first.more and first.next
+        rest = await council.statuses_page(limit=3, cursor=first.next)
+        assert not rest.more and sorted(m.id for m in (*first, *rest)) == sorted(ids)
+        await trust.ack(ids[2])
+        await council.wait_for_status(ids[2], "acknowledged", timeout=15)
+        changed = await council.statuses_page(limit=3, cursor=rest.next)
+        assert [(m.id, m.status) for m in changed] == [(ids[2], "acknowledged")]
+        assert [m.id async for m in council.iter_statuses(status="acknowledged")] == [ids[2]]
+
+    def sync() -> list[str]:
+        with client(network, network.COUNCIL) as council:
+            return sorted(m.id for m in council.iter_statuses(page_size=2))
+
+    assert await asyncio.to_thread(sync) == sorted(ids)
+
+
 @read_mostly
 async def test_a_bad_cursor_raises_a_validation_error_naming_it(shared_network: Network) -> None:
     async with aclient(shared_network, shared_network.TRUST) as trust:

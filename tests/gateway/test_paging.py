@@ -134,3 +134,90 @@ async def test_subscriptions_page_by_topic(network: Network) -> None:
         inbox_cursor = (await trust.get("/v1/inbox")).json()["next"] or "aW5ib3g6MQ"
         r = await trust.get("/v1/subscriptions", params={"cursor": inbox_cursor})
         assert r.status_code == 400 and r.json()["field"] == "cursor"
+
+
+async def settled(net: Network, ids: list[str], status: str) -> None:
+    """Wait until the council reads ``status`` for every one of ``ids`` (read by id, not listed)."""
+    gw = net.gateways[net.COUNCIL].gateway
+    for _ in range(400):
+        if all(rec.status == status for rec in [await gw.status(i) for i in ids]):
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"not all {status}")
+
+
+async def list_all(client: httpx.AsyncClient, *, limit: int, cursor: str | None = None,
+                   **params: Any) -> tuple[list[dict[str, Any]], str | None, list[int]]:
+    """Every page of ``GET /v1/messages`` from ``cursor``: the items, the last ``next``, page sizes."""
+    items: list[dict[str, Any]] = []
+    sizes: list[int] = []
+    for _ in range(100):  # bounded: a listing that never ends is a failure, not a hang
+        query = {"limit": limit, **params, **({"cursor": cursor} if cursor else {})}
+        r = await client.get("/v1/messages", params=query)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        items += body["messages"]
+        sizes.append(len(body["messages"]))
+        if len(body["messages"]) == limit:
+            assert 'rel="next"' in r.headers["link"]
+        else:
+            assert "link" not in r.headers
+        cursor = body["next"]
+        if len(body["messages"]) < limit:
+            return items, cursor, sizes
+    raise AssertionError(f"GET /v1/messages still full after 100 pages of {limit}: {len(items)} items")
+
+
+async def test_sent_statuses_page_through_everything_then_follow_each_change(network: Network) -> None:
+    """``GET /v1/messages`` lists what was sent, a page at a time, each message once at its newest
+    status; from the last ``next``, only what changed since: here the one the trust acknowledged."""
+    ids = await deliver(network, 7)
+    await settled(network, ids, "delivered")
+    async with http(network, network.COUNCIL) as council, http(network, network.TRUST) as trust:
+        items, cursor, sizes = await list_all(council, limit=3)
+        assert sorted(m["id"] for m in items) == sorted(ids) and sizes == [3, 3, 1]
+        assert {m["status"] for m in items} == {"delivered"}
+        assert all(m["to"] == network.TRUST and m["history"] for m in items)
+        again, cursor_again, _ = await list_all(council, limit=3, cursor=cursor)
+        assert again == [] and cursor_again == cursor  # nothing changed: the cursor stays put
+
+        r = await trust.post(f"/v1/inbox/{ids[4]}/ack")
+        assert r.status_code == 200, r.text
+        await settled(network, [ids[4]], "acknowledged")
+        changed, cursor, _ = await list_all(council, limit=3, cursor=cursor)
+        assert [(m["id"], m["status"]) for m in changed] == [(ids[4], "acknowledged")]
+
+        only, _, _ = await list_all(council, limit=100, status="acknowledged")
+        assert [m["id"] for m in only] == [ids[4]]
+        delivered, _, _ = await list_all(council, limit=100, status="delivered")
+        assert sorted(m["id"] for m in delivered) == sorted(set(ids) - {ids[4]})
+        # the trust sent nothing: its list is empty, and it cannot see the council's
+        mine, _, _ = await list_all(trust, limit=10)
+        assert mine == []
+
+
+async def test_sent_statuses_are_read_where_they_live_after_a_restart(network: Network) -> None:
+    """Nothing of the listing is held in memory: a restarted gateway lists the same messages."""
+    ids = await deliver(network, 5)
+    await settled(network, ids, "delivered")
+    async with http(network, network.COUNCIL) as council:
+        before, _, _ = await list_all(council, limit=2)
+    server = network.gateways[network.COUNCIL]
+    await server.stop()
+    network.gateways[network.COUNCIL] = server = await type(server)(server.config).start()
+    assert not server.gateway.store._recent  # no record of a send is held after the restart
+    async with http(network, network.COUNCIL) as council:
+        after, _, _ = await list_all(council, limit=2)
+    assert [(m["id"], m["status"]) for m in after] == [(m["id"], m["status"]) for m in before]
+    assert sorted(m["id"] for m in after) == sorted(ids)
+
+
+@read_mostly
+@pytest.mark.parametrize("cursor", ["garbage!", "aW5ib3g6Mw", "bWVzc2FnZXM6LTE", ""])
+async def test_a_bad_messages_cursor_is_a_400_naming_the_field(shared_network: Network, cursor: str) -> None:
+    """Not base64, an inbox cursor, a negative position, empty: a 400 naming ``cursor``."""
+    async with http(shared_network, shared_network.COUNCIL) as council:
+        r = await council.get("/v1/messages", params={"cursor": cursor})
+    assert r.status_code == 400, r.text
+    problem = r.json()
+    assert (problem["code"], problem["field"], problem["rule"]) == ("bad-request", "cursor", "cursor")

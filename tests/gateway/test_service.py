@@ -481,5 +481,10 @@ async def test_a_restricted_system_sees_only_the_statuses_of_what_it_sent(networ
         assert code == 200 and own["system"] == "case-mgmt"
         code, other = await call(network, network.COUNCIL, "GET", f"/v1/messages/{mine['id']}")
         assert code == 200 and other["system"] == "case-mgmt"  # an unrestricted system sees all
+        # and so do the lists: the restricted system lists only what it sent, the other all of it
+        code, listed = await as_case_mgmt("GET", "/v1/messages")
+        assert code == 200 and [m["id"] for m in listed["messages"]] == [mine["id"]]
+        code, listed = await call(network, network.COUNCIL, "GET", "/v1/messages")
+        assert code == 200 and {m["id"] for m in listed["messages"]} == {mine["id"], theirs["id"]}
     finally:
         council.gateway.config.gateway.system_mailboxes.pop("case-mgmt", None)
