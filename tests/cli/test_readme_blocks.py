@@ -34,7 +34,7 @@ NOT_RUN = {
     "error policy-denied (rule ...) message 8dde6669-...: egress: no rule permits a council to send ...",
     "psvn bench --start        # one command: a temporary devnet on free ports, measured, torn down (~25 s)",
     "psvn devnet up --cluster 3 --detach   # three nats-servers, every stream and bucket R3",
-    "psvn/       shared: envelope, addresses, lifecycle state table, errors, config, CLI, devnet wiring",
+    "psvn/       core/ (errors, addresses, config), protocol/ (envelope, message states, subjects, seal,",
 }
 
 
