@@ -15,21 +15,15 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
 
 import msgspec
 import structlog
 
-from psvn.backbone.registry_view import RegistryView
 from psvn.core.errors import Code, PsvnError
 from psvn.gateway import core
-from psvn.gateway.audit import Audit
-from psvn.gateway.config import GatewaySection
 from psvn.gateway.consent import Consulted
-from psvn.gateway.link import BackboneLink
-from psvn.gateway.member import Member
-from psvn.gateway.metrics import Metrics
-from psvn.gateway.store import HistoryEntry, OutRecord, StateStore, message_id_for
+from psvn.gateway.parts import Part, Shared
+from psvn.gateway.store import HistoryEntry, OutRecord, message_id_for
 from psvn.gateway.sweeps import Sweeper
 from psvn.protocol.envelope import SendRequest, check_free_id, new_message_id, now_rfc3339
 from psvn.protocol.lifecycle import State
@@ -39,18 +33,9 @@ log = structlog.get_logger("psvn.gateway")
 Consult = Callable[[frozenset[str], str], Awaitable[Consulted]]
 
 
-class Egress:
-    def __init__(self, *, member: Member, settings: GatewaySection, registry: RegistryView, store: StateStore,
-                 link: BackboneLink, clock: Callable[[], datetime], metrics: Metrics, audit: Audit,
-                 consult: Consult, sweeper: Sweeper) -> None:
-        self.member = member
-        self.settings = settings
-        self.registry = registry
-        self.store = store
-        self.link = link
-        self.clock = clock
-        self.metrics = metrics
-        self.audit = audit
+class Egress(Part):
+    def __init__(self, shared: Shared, *, consult: Consult, sweeper: Sweeper) -> None:
+        super().__init__(shared)
         self.consult = consult
         self.sweeper = sweeper  # watches each sent message's expiry
         # why the last write of a sent message's record failed (None: it succeeded); readiness

@@ -13,27 +13,22 @@ import asyncio
 import contextlib
 import re
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import structlog
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from psvn.backbone.natsraw import Puller
-from psvn.backbone.registry_view import RegistryView
 from psvn.core import addresses
 from psvn.core.errors import Code, PsvnError
 from psvn.gateway import core
-from psvn.gateway.audit import Audit
-from psvn.gateway.config import GatewaySection
 from psvn.gateway.consent import OPERATOR_TYPE, Consulted
 from psvn.gateway.egress import Consult, Egress
 from psvn.gateway.feeds import FeedView
-from psvn.gateway.link import BackboneLink
 from psvn.gateway.mailbox import Mailbox
-from psvn.gateway.member import Member
-from psvn.gateway.metrics import Metrics
-from psvn.gateway.store import Gone, InRecord, OutRecord, StateStore
+from psvn.gateway.parts import Part, Shared
+from psvn.gateway.store import Gone, InRecord, OutRecord
 from psvn.gateway.sweeps import UNSETTLED, Sweeper
 from psvn.gateway.webhook import WebhookPusher
 from psvn.policies.consent import TYPE as CONSENT_TYPE
@@ -56,20 +51,10 @@ def _header_safe(text: str) -> str:
     return "".join(c if " " <= c <= "~" else "?" for c in text)[:120]
 
 
-class Ingress:
-    def __init__(self, *, member: Member, settings: GatewaySection, registry: RegistryView, store: StateStore,
-                 link: BackboneLink, clock: Callable[[], datetime], metrics: Metrics, audit: Audit,
-                 consult: Consult, egress: Egress, mailbox: Mailbox, sweeper: Sweeper, feeds: FeedView,
-                 webhook: WebhookPusher | None, stopping: Callable[[], bool]) -> None:
-        self.member = member
-        self.org = member.org
-        self.settings = settings
-        self.registry = registry
-        self.store = store
-        self.link = link
-        self.clock = clock
-        self.metrics = metrics
-        self.audit = audit
+class Ingress(Part):
+    def __init__(self, shared: Shared, *, consult: Consult, egress: Egress, mailbox: Mailbox, sweeper: Sweeper,
+                 feeds: FeedView, webhook: WebhookPusher | None, stopping: Callable[[], bool]) -> None:
+        super().__init__(shared)
         self.consult = consult
         self.egress = egress  # receipts go back to senders
         self.mailbox = mailbox  # the operator's gateway reads (and acknowledges) consent mail itself

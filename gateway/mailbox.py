@@ -10,23 +10,18 @@ the status of what it sent itself.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 
 import msgspec
 from nats.js.errors import APIError
 
-from psvn.backbone.registry_view import RegistryView
 from psvn.core.errors import Code, PsvnError
 from psvn.gateway import core
-from psvn.gateway.audit import Audit
-from psvn.gateway.config import GatewaySection
 from psvn.gateway.consent import ConsentLookup
 from psvn.gateway.egress import Egress
-from psvn.gateway.link import BackboneLink, already_gone
-from psvn.gateway.member import Member
-from psvn.gateway.store import InRecord, OutRecord, StateStore
+from psvn.gateway.link import already_gone
+from psvn.gateway.parts import Part, Shared
+from psvn.gateway.store import InRecord, OutRecord
 from psvn.gateway.sweeps import Sweeper
 from psvn.protocol.envelope import Envelope
 from psvn.protocol.lifecycle import State
@@ -40,17 +35,9 @@ class Opened:
     payload: bytes
 
 
-class Mailbox:
-    def __init__(self, *, member: Member, settings: GatewaySection, registry: RegistryView, store: StateStore,
-                 link: BackboneLink, clock: Callable[[], datetime], audit: Audit, egress: Egress,
-                 sweeper: Sweeper, consent: ConsentLookup) -> None:
-        self.member = member
-        self.settings = settings
-        self.registry = registry
-        self.store = store
-        self.link = link
-        self.clock = clock
-        self.audit = audit
+class Mailbox(Part):
+    def __init__(self, shared: Shared, *, egress: Egress, sweeper: Sweeper, consent: ConsentLookup) -> None:
+        super().__init__(shared)
         self.egress = egress  # the acknowledged receipt goes back to the sender
         self.sweeper = sweeper  # a status read applies an expiry that is due
         self.consent = consent

@@ -49,6 +49,7 @@ from psvn.gateway.link import BackboneLink, Publish
 from psvn.gateway.mailbox import Mailbox, Opened
 from psvn.gateway.member import Keys, Member, trust_anchor
 from psvn.gateway.metrics import Metrics
+from psvn.gateway.parts import Shared
 from psvn.gateway.policy import PolicyHolder
 from psvn.gateway.store import InRecord, OutRecord, StateStore
 from psvn.gateway.sweeps import Sweeper
@@ -114,15 +115,12 @@ class Gateway:
                                                           self.link, self.clock)
         self.sweeper = Sweeper(org=self.org, settings=settings, store=store, link=link, clock=clock,
                                metrics=self.metrics, audit=audit, stopping=stopping)
-        self.egress = Egress(member=member, settings=settings, registry=registry, store=store, link=link, clock=clock,
-                             metrics=self.metrics, audit=audit, consult=self.consult, sweeper=self.sweeper)
-        self.mailbox = Mailbox(member=member, settings=settings, registry=registry, store=store, link=link,
-                               clock=clock, audit=audit, egress=self.egress, sweeper=self.sweeper,
-                               consent=self.consent)
-        self.ingress = Ingress(member=member, settings=settings, registry=registry, store=store, link=link,
-                               clock=clock, metrics=self.metrics, audit=audit, consult=self.consult,
-                               egress=self.egress, mailbox=self.mailbox, sweeper=self.sweeper, feeds=self.feeds,
-                               webhook=self.webhook, stopping=stopping)
+        shared = Shared(member=member, settings=settings, registry=registry, store=store, link=link, clock=clock,
+                        metrics=self.metrics, audit=audit)
+        self.egress = Egress(shared, consult=self.consult, sweeper=self.sweeper)
+        self.mailbox = Mailbox(shared, egress=self.egress, sweeper=self.sweeper, consent=self.consent)
+        self.ingress = Ingress(shared, consult=self.consult, egress=self.egress, mailbox=self.mailbox,
+                               sweeper=self.sweeper, feeds=self.feeds, webhook=self.webhook, stopping=stopping)
         self.feed_actions = FeedActions(member=member, feeds=self.feeds, egress=self.egress, clock=clock, audit=audit)
 
     def readiness(self) -> list[str]:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import BucketNotFoundError, ServerError
 from nats.js.kv import KeyValue
 
 from psvn.backbone.connect import patiently
 from psvn.protocol.subjects import MAILBOX_MAX_AGE_DAYS, state_bucket
 
 DAY = 86400.0
+STORE_BEING_CREATED = 10049  # JetStream: "error creating store for stream"
 
 
 async def ensure_kv(js: JetStreamContext, bucket: str, *, history: int, replicas: int,
@@ -34,6 +35,12 @@ async def ensure_kv(js: JetStreamContext, bucket: str, *, history: int, replicas
             # seen on a 3-node backbone: the create's answer came without the stream's config and
             # nats-py reads ``si.config.allow_direct`` from it; the stream exists, so open it
             return await js.key_value(bucket)
+        except ServerError as exc:
+            if exc.err_code != STORE_BEING_CREATED:
+                raise
+            # seen on a 3-node backbone after a create that timed out: its peers were still making
+            # the stream's store; ride it out like an election, then open what they made
+            raise TimeoutError(f"bucket {bucket}: the stream's store is still being created") from exc
 
     return await patiently(step, what=f"bucket {bucket}")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from psvn import __version__
 from psvn.core.errors import PsvnError
@@ -53,6 +53,15 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error usage: {self.prog}: {message} (`{self.prog} --help` shows every option)\n")
+
+    def parse_known_args(  # type: ignore[override]
+            self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        """A command's own parser names a flag it does not know (and its own --help); argparse
+        would hand it up to ``psvn``, whose help does not list the command's options."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and self._subparsers is None and self.prog != "psvn":
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
 
 def build_parser() -> argparse.ArgumentParser:

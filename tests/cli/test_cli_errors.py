@@ -251,8 +251,11 @@ def test_console_token_without_a_devnet(tmp_path: Path) -> None:
 
 
 def test_a_misspelt_flag_is_one_line_naming_it() -> None:
+    """Named by the command it was given to, pointing at that command's help (which lists it)."""
     assert_one_line_error(psvn("send", "--as", "gss:E06000043", "--too", "ods:RYR", "examples/referral.json"),
-                          "--too", "--help")
+                          "--too", "`psvn send --help`")
+    assert_one_line_error(psvn("inbox", "list", "--as", "ods:RYR", "--state", "x"), "--state",
+                          "`psvn inbox list --help`")
 
 
 def test_an_invalid_choice_names_the_flag() -> None:
