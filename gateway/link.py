@@ -32,9 +32,20 @@ FIRST_WAIT = 0.2  # seconds before a publish's second try; doubling to 2 s after
 Publish = Callable[[str, bytes, str], Awaitable[None]]
 
 
+# JetStream's "maximum messages per subject exceeded" / "maximum bytes exceeded" (a 503 on the
+# wire, so nats-py calls it ServiceUnavailableError): the recipient's inbox is full for this sender
+INBOX_FULL = 10077
+
+
+def _inbox_full(exc: Exception) -> bool:
+    return isinstance(exc, APIError) and getattr(exc, "err_code", None) == INBOX_FULL
+
+
 def _transient(exc: Exception) -> bool:
-    """A refusal the stream states (e.g. the recipient's quota) will not change in a second;
-    "no responders", a timeout or a lost connection is a leader election or a rejoin: ride it out."""
+    """A refusal the stream states (the recipient's quota) will not change in a second; "no
+    responders", a timeout or a lost connection is a leader election or a rejoin: ride it out."""
+    if _inbox_full(exc):
+        return False
     return not isinstance(exc, APIError) or isinstance(exc, ServiceUnavailableError)
 
 
@@ -90,6 +101,12 @@ class BackboneLink:
             await retrying(once, on=_transient, first_delay=2 * FIRST_WAIT, max_delay=2.0,
                            patience=max(0.0, started + PUBLISH_PATIENCE - time.monotonic()))
         except Exception as exc:
+            if _inbox_full(exc):
+                raise PsvnError(Code.BACKBONE_UNAVAILABLE,
+                                "the recipient's inbox holds as much unacknowledged mail from this member as it "
+                                "accepts (its per-sender quota): nothing was sent; retry later with the same "
+                                "idempotency_key, once the recipient has acknowledged some",
+                                rule="recipient-inbox-full", message_id=msg_id) from exc
             raise PsvnError(Code.BACKBONE_UNAVAILABLE,
                             "the backbone did not confirm the message; retry with the same idempotency_key",
                             rule="publish-ack", message_id=msg_id) from exc

@@ -321,8 +321,21 @@ async def test_a_full_inbox_refuses_new_mail_instead_of_dropping_old(network: Ne
         await nc.close()
     first = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
     assert first[0] == 202
+    link = network.gateways[network.COUNCIL].gateway.link
+    assert link.ops is not None
+    real_publish, tries = link.ops.publish, []
+
+    async def counted(subject: str, data: bytes, **kw: Any) -> Any:
+        tries.append(subject)
+        return await real_publish(subject, data, **kw)
+
+    link.ops.publish = counted  # type: ignore[method-assign,assignment]
     second = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
-    assert (second[0], second[1]["code"]) == (503, "backbone-unavailable")
+    link.ops.publish = real_publish  # type: ignore[method-assign]
+    assert (second[0], second[1]["code"], second[1]["rule"]) == (503, "backbone-unavailable", "recipient-inbox-full")
+    assert "inbox" in second[1]["detail"] and second[1]["message_id"]
+    # tried once: a full inbox is not a leader election to ride out (it was retried for 8 s)
+    assert len([t for t in tries if t.startswith("psvn.msg.")]) == 1, tries
     third = await call(network, network.GP, "POST", "/v1/messages", referral())  # another sender is unaffected
     assert third[0] == 202
     await wait_status(network, network.COUNCIL, first[1]["id"], "delivered")
