@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -25,6 +27,9 @@ class Network:
     nats: NatsServer
     gateways: dict[str, GatewayServer]
     members: list[MemberSpec]
+    # keep-alive HTTPS clients, one per (system's organisation, event loop): a test's requests
+    # share one TLS handshake (closed by stop_network)
+    clients: dict[tuple[str, int], aiohttp.ClientSession] = field(default_factory=dict, repr=False)
 
     COUNCIL = "gss:E06000043"
     TRUST = "ods:RYR"
@@ -42,6 +47,21 @@ class Network:
     @property
     def ca(self) -> Path:
         return self.layout.ca
+
+    def https(self, org: str) -> aiohttp.ClientSession:
+        """This event loop's keep-alive HTTPS client as ``org``'s system."""
+        key = (org, id(asyncio.get_running_loop()))
+        session = self.clients.get(key)
+        if session is None or session.closed:
+            session = self.clients[key] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self.client_ssl(org)))
+        return session
+
+    async def close_clients(self) -> None:
+        for session in self.clients.values():
+            if not session.closed:
+                await session.close()
+        self.clients.clear()
 
     def client_ssl(self, org: str) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.ca))
@@ -73,6 +93,7 @@ async def start_network(root: Path, members: list[MemberSpec] | None = None, *,
 
 
 async def stop_network(net: Network) -> None:
+    await net.close_clients()
     for gw in net.gateways.values():
         await gw.stop()
     net.nats.stop()

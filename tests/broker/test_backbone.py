@@ -31,7 +31,7 @@ from psvn.protocol import seal
 from psvn.protocol.envelope import SendRequest
 from psvn.protocol.subjects import CONSUMER, OPERATOR_JS_PREFIX, inbox_prefix, inbox_stream, msg_subject
 from tests.conftest import Network
-from tests.gateway.test_service import REFERRAL, call, https, referral, wait_status
+from tests.gateway.test_service import REFERRAL, call, referral, wait_status
 
 
 async def stream_count(net: Network, org: str) -> int:
@@ -65,13 +65,12 @@ async def settled(net: Network, org: str, timeout: float = 10.0) -> None:
 
 async def wait_quarantined(net: Network, org: str, msg_id: str, timeout: float = 10.0) -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + timeout
-    async with https(net, org) as session:  # one handshake for every poll
-        while asyncio.get_running_loop().time() < deadline:
-            _, body = await call(net, org, "GET", "/v1/inbox?status=quarantined", session=session)
-            for m in body["messages"]:
-                if m["id"] == msg_id:
-                    return m
-            await asyncio.sleep(0.05)
+    while asyncio.get_running_loop().time() < deadline:  # every poll on the test's keep-alive client
+        _, body = await call(net, org, "GET", "/v1/inbox?status=quarantined")
+        for m in body["messages"]:
+            if m["id"] == msg_id:
+                return m
+        await asyncio.sleep(0.05)
     raise AssertionError(f"{msg_id} not quarantined at {org}")
 
 

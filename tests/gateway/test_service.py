@@ -25,17 +25,19 @@ REFERRAL: dict[str, Any] = {
 
 
 def https(net: Network, org: str) -> aiohttp.ClientSession:
-    """One HTTPS client as ``org``'s system (keep-alive: one TLS handshake for all its requests)."""
+    """A new HTTPS client as ``org``'s system (its own connections: a new TLS handshake)."""
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=net.client_ssl(org)))
 
 
-async def call(net: Network, org: str, method: str, path: str, body: Any = None,
-               *, raw: bytes | None = None, session: aiohttp.ClientSession | None = None) -> tuple[int, dict[str, Any]]:
-    """One request as ``org``'s system: on ``session`` if given, else on a fresh connection (what a
-    test of certificates and revocation needs: every call is a new handshake)."""
-    if session is None:
-        async with https(net, org) as fresh:
-            return await call(net, org, method, path, body, raw=raw, session=fresh)
+async def call(net: Network, org: str, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+               session: aiohttp.ClientSession | None = None, fresh: bool = False) -> tuple[int, dict[str, Any]]:
+    """One request as ``org``'s system: on ``session`` if given, else on the test's keep-alive
+    client (one TLS handshake for the test); ``fresh`` opens a new connection, for a test of what
+    a handshake decides (a revoked certificate)."""
+    if fresh:
+        async with https(net, org) as new:
+            return await call(net, org, method, path, body, raw=raw, session=new)
+    session = session or net.https(org)
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     async with session.request(method, net.url(org) + path, data=data,
                                headers={"Content-Type": "application/json"}) as r:
@@ -51,15 +53,14 @@ def referral(to: str = "ods:RYR", **over: Any) -> dict[str, Any]:
 
 async def wait_status(net: Network, org: str, mid: str, status: str, timeout: float = 10.0) -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + timeout
-    async with https(net, org) as session:  # one handshake for every poll
-        while True:
-            code, body = await call(net, org, "GET", f"/v1/messages/{mid}", session=session)
-            assert code == 200, body
-            if body["status"] == status:
-                return body
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"status stayed {body['status']}, wanted {status}: {body}")
-            await asyncio.sleep(0.05)
+    while True:  # every poll on the test's keep-alive client
+        code, body = await call(net, org, "GET", f"/v1/messages/{mid}")
+        assert code == 200, body
+        if body["status"] == status:
+            return body
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"status stayed {body['status']}, wanted {status}: {body}")
+        await asyncio.sleep(0.05)
 
 
 async def test_council_to_trust_reaches_acknowledged(network: Network) -> None:
@@ -244,7 +245,7 @@ async def test_revoked_system_certificate_is_refused_without_a_restart(network: 
     gw.reload_tls()  # what the CRL watch does when the file changes (every tls.crl_reload_seconds)
     refused = False
     try:
-        status, _ = await call(network, network.COUNCIL, "GET", "/v1/inbox")
+        status, _ = await call(network, network.COUNCIL, "GET", "/v1/inbox", fresh=True)
     except (aiohttp.ClientError, OSError):
         refused = True
     assert refused, f"a revoked certificate still got HTTP {status}"
