@@ -221,3 +221,15 @@ async def test_a_bad_messages_cursor_is_a_400_naming_the_field(shared_network: N
     assert r.status_code == 400, r.text
     problem = r.json()
     assert (problem["code"], problem["field"], problem["rule"]) == ("bad-request", "cursor", "cursor")
+
+
+@read_mostly
+async def test_another_members_system_cannot_list_what_a_member_sent(shared_network: Network) -> None:
+    """The trust's system certificate is valid on the network, but at the council's gateway its
+    list of sent messages is a 403 naming the rule, never the council's statuses."""
+    net = shared_network
+    async with httpx.AsyncClient(base_url=net.url(net.COUNCIL), verify=net.client_ssl(net.TRUST), timeout=30) as c:
+        r = await c.get("/v1/messages")
+    assert r.status_code == 403, r.text
+    assert (r.json()["code"], r.json()["rule"]) == ("forbidden", "system-org")
+    assert "messages" not in r.json()
