@@ -35,6 +35,7 @@ from psvn.gateway.openapi import (
     ReceivedMessage,
     StatusPage,
     SubscriptionPage,
+    cursor_error,
     decode_cursor,
     encode_cursor,
 )
@@ -292,8 +293,7 @@ def cursor_position(kind: str, cursor: str | None) -> int:
         return 0
     position = decode_cursor(kind, cursor)
     if not position.isdigit():
-        raise PsvnError(Code.BAD_REQUEST, f"cursor is not one of this gateway's {kind} cursors: pass the 'next' "
-                        "value of the previous page unchanged", field="cursor", rule="cursor")
+        raise cursor_error(kind)
     return int(position)
 
 

@@ -191,10 +191,15 @@ def encode_cursor(kind: str, position: str | int) -> str:
     return base64.urlsafe_b64encode(f"{kind}:{position}".encode()).decode().rstrip("=")
 
 
+def cursor_error(kind: str) -> PsvnError:
+    """The 400 for a cursor that is not one of list ``kind``'s (one text for every list)."""
+    return PsvnError(Code.BAD_REQUEST, f"cursor is not one of this gateway's {kind} cursors: pass the 'next' "
+                     "value of the previous page unchanged", field="cursor", rule="cursor")
+
+
 def decode_cursor(kind: str, cursor: str) -> str:
     """The position in a cursor of list ``kind``; a clear 400 naming ``cursor`` otherwise."""
-    bad = PsvnError(Code.BAD_REQUEST, f"cursor is not one of this gateway's {kind} cursors: pass the 'next' "
-                    "value of the previous page unchanged", field="cursor", rule="cursor")
+    bad = cursor_error(kind)
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, ValueError):
