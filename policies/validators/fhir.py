@@ -49,6 +49,7 @@ from .common import (
     ods_code_problem,
 )
 from .fhir_bundle import check_bundle
+from .fhir_conformance import CONFORMANCE_TYPES, check_conformance
 from .fhir_definitions import BASE64, ElementDef, NodeDef, R4Definitions, definitions
 from .fhir_fast import FastWalk
 from .fhir_invariants import FhirPath, Invariant
@@ -195,7 +196,7 @@ class FhirValidator:
             typed = self._typed = _typed_path(self.defs)
         if rt == ANY_RESOURCE:
             rt = typed.resource_type(body) or "Bundle"
-        if rt == "Bundle" or rt in self.profile or rt not in self.defs.resources:
+        if rt == "Bundle" or rt in self.profile or rt not in self.defs.resources or rt in CONFORMANCE_TYPES:
             return None
         got = typed.decode(rt, body)
         if got is None:
@@ -213,7 +214,7 @@ class FhirValidator:
         level rules (required identifiers, the profile) checked as the full walk checks them;
         ``None`` when the full walk must decide (any doubt, any violation)."""
         rt = data.get("resourceType")
-        if type(rt) is not str or rt == "Bundle" or "contained" in data:
+        if type(rt) is not str or rt == "Bundle" or "contained" in data or rt in CONFORMANCE_TYPES:
             return None
         if rt != self.resource and not (self.resource == ANY_RESOURCE and rt in self.defs.resources):
             return None
@@ -277,6 +278,8 @@ class FhirValidator:
         self._walk(node, val, ptr, ctx)
         if node.invariants:
             self._invariants(node, val, ptr, ctx)
+        if rt in CONFORMANCE_TYPES:  # reference-validator rules on SearchParameter, CapabilityStatement...
+            check_conformance(rt, val, ptr, self.defs, ctx.out)
         ctx.resource, ctx.root = outer, outer_root
         if contained:
             return
