@@ -142,6 +142,11 @@ def check_bundle(bundle: dict[str, Any], ptr: str, *, defs: R4Definitions, bundl
         status, why = _resolve(ref, source if isinstance(source, str) else None, by_url)
         if status == "found":
             continue
+        if status == "type":
+            out.append(Violation(path=f"{p}/reference", rule="fhir-bundle-reference-type",
+                                 message=f"reference {ref!r} names entry {why}",
+                                 expected="a reference whose type is the resourceType of the entry it names"))
+            continue
         if status == "ambiguous":
             out.append(Violation(path=f"{p}/reference", rule="fhir-bundle-reference-ambiguous",
                                  message=f"reference {ref!r} matches {why} in the Bundle",
@@ -223,6 +228,10 @@ def _resolve(ref: str, source: str | None,
         if _REL_REF.fullmatch(ref) is None:
             return kind, ""
         m = _RESTFUL.fullmatch(source) if source is not None and source.startswith(("http:", "https:")) else None
+        if m is None and source is not None and source.startswith("urn:") and version is None:
+            mismatch = _urn_type_mismatch(ref, source, by_url)
+            if mismatch is not None:
+                return "type", mismatch
         if m is None:
             return kind, (" (a relative reference cannot resolve against its entry's fullUrl "
                           f"{source!r})" if source else " (its entry has no fullUrl to resolve it against)")
@@ -235,6 +244,24 @@ def _resolve(ref: str, source: str | None,
     if len(matches) > 1:
         return "ambiguous", f"{len(matches)} entries (fullUrl {target!r})"
     return kind, f" (looked for fullUrl {target!r}" + (f" with meta.versionId {version!r})" if version else ")")
+
+
+def _urn_type_mismatch(ref: str, source: str,
+                       by_url: dict[str, list[tuple[int, str | None, dict[str, Any] | None]]]) -> str | None:
+    """A ``Type/id`` reference from an entry with a ``urn:`` fullUrl whose id is another entry's
+    urn (``Practitioner/5d95...`` beside ``urn:uuid:5d95...``): the reference validator reads it as
+    naming that entry (the fullUrl's urn prefix and the id), so when that entry is of another
+    type the reference is wrong whatever the Bundle type. A match of the same type is left to
+    the usual rules (a relative reference does not resolve against a urn: fullUrl)."""
+    rtype, _, rid = ref.partition("/")
+    matches = by_url.get(source[:source.rfind(":") + 1] + rid, ())
+    if len(matches) != 1 or matches[0][2] is None:
+        return None
+    n, _vid, res = matches[0]
+    got = res.get("resourceType") if res is not None else None
+    if not isinstance(got, str) or got == rtype:
+        return None
+    return f"{n} (fullUrl {source[:source.rfind(':') + 1] + rid!r}), whose resourceType is {got}, not {rtype}"
 
 
 def _short(val: str, n: int = 60) -> str:

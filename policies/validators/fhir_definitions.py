@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .fhir_invariants import Check, compiled_for
-from .fhir_rules import uri_extra
+from .fhir_rules import ABSOLUTE_ELEMENTS, absolute, uri_extra
 
 DEFINITIONS = Path(__file__).resolve().parent.parent / "fhir" / "r4-definitions.json"
 #: base64Binary, once its whitespace is removed. The definitions' own regex for it nests
@@ -93,13 +93,13 @@ class R4Definitions:
                     keys = []
                     for t in types:
                         key = base + t[0].upper() + t[1:]
-                        node.lookup[key] = (child, t, self._fast(t, vs))
+                        node.lookup[key] = (child, t, self._fast(t, vs, child.fhir_path))
                         keys.append(key)
                         if t in self.primitives or t in raw["primitives"]:
                             keys.append("_" + key)
                 else:
                     t = types[0] if types else "string"
-                    node.lookup[name] = (child, t, self._fast(t, vs))
+                    node.lookup[name] = (child, t, self._fast(t, vs, child.fhir_path))
                     keys = [name]
                     if types and types[0] in raw["primitives"]:
                         keys.append("_" + name)
@@ -111,10 +111,12 @@ class R4Definitions:
     def is_resource(self, name: str) -> bool:
         return name in self.resources
 
-    def _fast(self, tcode: str, valueset: str | None) -> Callable[[Any], bool] | None:
+    def _fast(self, tcode: str, valueset: str | None, fhir_path: str = "") -> Callable[[Any], bool] | None:
         """A predicate true only of a primitive value that passes every check :meth:`FhirValidator.
         _primitive` makes and needs nothing else (no '#' link to note): the walk's fast path.
-        ``None`` for complex types and the primitives that always take the full path."""
+        ``None`` for complex types and the primitives that always take the full path. It must
+        make the element's own checks too (``fhir_path``: a Coding.system must be absolute), or
+        the walk, which trusts it, would never report them."""
         prim = self.primitives.get(tcode)
         if prim is None or tcode in ("xhtml", "base64Binary", "decimal"):
             return None
@@ -136,6 +138,9 @@ class R4Definitions:
             return lambda v: type(v) is str and v in good
         if local:  # \\S*: a printable string without a space has no ASCII whitespace
             extra = uri_extra(tcode)
+            if fhir_path in ABSOLUTE_ELEMENTS:
+                uri_ok = extra
+                extra = lambda v: uri_ok(v) and absolute(v)  # noqa: E731
             return lambda v: type(v) is str and v != "" and v[0] != "#" and (
                 (v.isprintable() and " " not in v) or match(v) is not None) and extra(v)
         if tcode == "code":
