@@ -17,6 +17,7 @@ from psvn.core.errors import Violation
 from .common import describe_codes
 from .fhir_definitions import R4Definitions
 from .fhir_rules import absolute
+from .fhir_signature import signature_problem
 
 _REL_REF = re.compile(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?")
 # a RESTful URL: (base/)(Type)/(id), e.g. https://fhir.example.nhs.uk/R4/Patient/123
@@ -50,6 +51,10 @@ def check_bundle(bundle: dict[str, Any], ptr: str, *, defs: R4Definitions, bundl
         out.append(Violation(path=f"{ptr}/total", rule="fhir-bundle-invariant",
                              message=f"total is only for a searchset or history Bundle, not {btype!r} (bdl-1)",
                              expected="no total"))
+    if "signature" in bundle:  # a JWS over the Bundle verifies against the certificate it carries
+        problem = signature_problem(bundle, ptr)
+        if problem is not None:
+            out.append(problem)
     links = bundle.get("link")
     if isinstance(links, list):
         relations: dict[str, int] = {}
