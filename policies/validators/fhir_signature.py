@@ -143,7 +143,7 @@ def _verifier(alg: Any, key: Any) -> Any:
             if family == "RS" and isinstance(key, rsa.RSAPublicKey):
                 key.verify(raw, data, padding.PKCS1v15(), digest())
             elif family == "PS" and isinstance(key, rsa.RSAPublicKey):
-                key.verify(raw, data, padding.PSS(padding.MGF1(digest()), digest.digest_size), digest())
+                key.verify(raw, data, padding.PSS(padding.MGF1(digest()), padding.PSS.DIGEST_LENGTH), digest())
             elif family == "ES" and isinstance(key, ec.EllipticCurvePublicKey):
                 half = len(raw) // 2
                 der = encode_dss_signature(int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))

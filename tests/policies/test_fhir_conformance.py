@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
@@ -174,7 +174,7 @@ def _b64url(raw: bytes) -> str:
 
 def _cert(key: Any) -> str:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "signer")])
-    now = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+    now = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
             .sign(key, hashes.SHA256()))
@@ -196,7 +196,6 @@ def signed(bundle: dict[str, Any], *, alg: str = "RS256", x5c: bool = True, payl
     content = canonical(bundle, CANON) if payload is None else payload
     signing_input = (_b64url(json.dumps(header).encode()) + "." + _b64url(content)).encode()
     if alg == "RS256":
-        from cryptography.hazmat.primitives.asymmetric import padding
         sig = RSA_KEY.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
     else:
         r, s = decode_dss_signature(EC_KEY.sign(signing_input, ec.ECDSA(hashes.SHA256())))
