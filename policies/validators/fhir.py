@@ -61,6 +61,7 @@ from .fhir_rules import (
     narrative_has_content,
     uri_problem,
 )
+from .fhir_terminology import TERMINOLOGY_RESOURCES, coding_violations, resource_violations
 from .fhir_typed import TypedPath, carries
 from .fhir_xml import reader as xml_reader
 from .limits import Limits
@@ -196,8 +197,9 @@ class FhirValidator:
             typed = self._typed = _typed_path(self.defs)
         if rt == ANY_RESOURCE:
             rt = typed.resource_type(body) or "Bundle"
-        if rt == "Bundle" or rt in self.profile or rt not in self.defs.resources or rt in CONFORMANCE_TYPES:
-            return None
+        if rt == "Bundle" or rt in self.profile or rt not in self.defs.resources or rt in CONFORMANCE_TYPES \
+                or rt in TERMINOLOGY_RESOURCES:
+            return None  # Bundles, conformance and terminology resources: the parsed payload's paths
         got = typed.decode(rt, body)
         if got is None:
             return None
@@ -280,6 +282,8 @@ class FhirValidator:
             self._invariants(node, val, ptr, ctx)
         if rt in CONFORMANCE_TYPES:  # reference-validator rules on SearchParameter, CapabilityStatement...
             check_conformance(rt, val, ptr, self.defs, ctx.out)
+        if rt in TERMINOLOGY_RESOURCES:  # code-system semantics (fhir_terminology)
+            out.extend(resource_violations(rt, val, ptr))
         ctx.resource, ctx.root = outer, outer_root
         if contained:
             return
@@ -494,6 +498,8 @@ class FhirValidator:
             ref = val.get("reference")
             if isinstance(ref, str):
                 ctx.refs.append((p, ref))
+        elif tcode == "Coding" and "code" in val:  # the code in its code system (fhir_terminology)
+            ctx.out.extend(coding_violations(val, p))
         if child.valueset is not None and tcode in ("Coding", "CodeableConcept"):
             self._coded(child, tcode, val, p, ctx)
 

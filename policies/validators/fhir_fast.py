@@ -31,6 +31,7 @@ from .fhir_rules import (
     narrative_has_content,
     uri_extra,
 )
+from .fhir_terminology import TERMINOLOGY_RESOURCES, coding_ok, resource_ok
 
 Item = Callable[[Any, "State"], bool]
 
@@ -61,6 +62,8 @@ class FastWalk:
         st = State(data)
         node = self.defs.nodes[rt]
         if not self.node(rt)(data, st):
+            return False, st.subjects
+        if rt in TERMINOLOGY_RESOURCES and not resource_ok(rt, data):
             return False, st.subjects
         for _inv, native, engine in node.invariants:
             if native is not None:
@@ -328,6 +331,12 @@ class FastWalk:
                     except Exception:
                         return False
             return True
+
+        if tcode == "Coding":  # its code in its code system (fhir_terminology)
+            plain = item
+
+            def item(v: Any, st: State) -> bool:
+                return plain(v, st) and coding_ok(v.get("system"), v.get("code"), v.get("version"))
 
         if tcode == "Extension":
             def extension(v: Any, st: State) -> bool:

@@ -26,6 +26,7 @@ import msgspec
 
 from .common import NHS_NUMBER_SYSTEM, ODS_SYSTEMS, nhs_number_problem, nhs_subject, ods_code_problem
 from .fhir_definitions import BASE64, ElementDef, NodeDef, R4Definitions
+from .fhir_terminology import coding_ok
 from .fhir_rules import (
     ABSOLUTE_ELEMENTS,
     URI_SYSTEM,
@@ -131,7 +132,7 @@ class TypedPath:
                                    "_NHS": NHS_NUMBER_SYSTEM, "_ODS": ODS_SYSTEMS, "_View": _View,
                                    "_to_builtins": msgspec.to_builtins, "_cc_codings": _cc_codings,
                                    "_in_vs": _in_vs, "_ext_url_ok": extension_url_absolute,
-                                   "_URI_SYSTEM": URI_SYSTEM, "_absolute": absolute})
+                                   "_URI_SYSTEM": URI_SYSTEM, "_absolute": absolute, "_coding_ok": coding_ok})
         self._made: set[str] = set()
         self._decoders: dict[str, msgspec.json.Decoder[Any]] = {}
         self._lock = threading.Lock()
@@ -250,6 +251,10 @@ class TypedPath:
                         "            if _nhs_problem(v) is not None:\n                _fail()\n"
                         "            _subject(v)\n"
                         f"        elif s in _ODS and _ods_problem(self.{v}) is not None:\n            _fail()")
+        if node.path == "Coding":  # its code in its code system (fhir_terminology)
+            s, c, v = json_names["system"], json_names["code"], json_names["version"]
+            post.append(f"        if not _coding_ok(self.{s}, self.{c}, None if self.{v} is UNSET else self.{v}):\n"
+                        "            _fail()")
         if node.path == "Reference":
             r = json_names["reference"]
             post.append(f"        if self.{r} is not UNSET and self.{r}[:1] == '#':\n            _fail()")
