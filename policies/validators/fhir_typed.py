@@ -26,7 +26,6 @@ import msgspec
 
 from .common import NHS_NUMBER_SYSTEM, ODS_SYSTEMS, nhs_number_problem, nhs_subject, ods_code_problem
 from .fhir_definitions import BASE64, ElementDef, NodeDef, R4Definitions
-from .fhir_terminology import coding_ok
 from .fhir_rules import (
     ABSOLUTE_ELEMENTS,
     URI_SYSTEM,
@@ -35,6 +34,7 @@ from .fhir_rules import (
     narrative_has_content,
     uri_extra,
 )
+from .fhir_terminology import coding_ok
 
 _local = threading.local()
 
