@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from psvn.core.errors import Code, PsvnError
+from psvn.policies.validators.fhir_modes import MODE_KEYS, FhirModes
 
 VALIDATORS = ("fhir-r4", "hl7v2", "cloudevents", "jsonschema")
 
@@ -64,6 +65,9 @@ class CatalogueEntry(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     # "Observation.effective[x]") and its FHIRPath invariants
     required: list[str] = msgspec.field(default_factory=list)
     invariants: list[ProfileInvariant] = msgspec.field(default_factory=list)
+    # FHIR: the validator modes (policies/validators/fhir_modes.py), e.g. reject_html_in_text;
+    # None: every mode at the reference validator's default
+    modes: FhirModes | None = None
     # CloudEvents: event type -> schema name for its data; accept unmapped event types?
     events: dict[str, str] = msgspec.field(default_factory=dict)
     open_events: bool = False
@@ -88,6 +92,7 @@ class Catalogue:
         entries: dict[str, CatalogueEntry] = {}
         schemas = doc.get("schemas") or {}
         for name, raw in (doc.get("catalogue") or {}).items():
+            _check_modes(name, raw)
             try:
                 entry = msgspec.convert({"type": name, **raw}, CatalogueEntry)
             except msgspec.ValidationError as exc:
@@ -116,6 +121,27 @@ class Catalogue:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+
+def _check_modes(name: str, raw: Any) -> None:
+    """A ``modes`` table names only known modes, on a FHIR type (the error names the bad key)."""
+    modes = raw.get("modes") if isinstance(raw, dict) else None
+    if modes is None:
+        return
+    field = f"catalogue.{name}.modes"
+    if not isinstance(modes, dict):
+        raise PsvnError(Code.CONFIG_INVALID, f"{field}: must be a table of validator modes", field=field,
+                        rule="catalogue-modes")
+    if raw.get("validator") != "fhir-r4":
+        raise PsvnError(Code.CONFIG_INVALID, f"{field}: validator modes apply only to fhir-r4 types",
+                        field=field, rule="catalogue-modes")
+    for key, value in modes.items():
+        if key not in MODE_KEYS:
+            raise PsvnError(Code.CONFIG_INVALID, f"{field}.{key}: unknown validator mode {key!r} (one of "
+                            f"{', '.join(MODE_KEYS)})", field=f"{field}.{key}", rule="catalogue-modes")
+        if type(value) is not bool:
+            raise PsvnError(Code.CONFIG_INVALID, f"{field}.{key}: must be true or false, not {value!r}",
+                            field=f"{field}.{key}", rule="catalogue-modes")
 
 
 def _entry_problem(entry: CatalogueEntry, schemas: dict[str, Any]) -> str | None:

@@ -33,7 +33,7 @@ from typing import Any
 from psvn.core.errors import Code, PsvnError, Violation
 from psvn.policies.catalogue import Catalogue, CatalogueEntry
 from psvn.policies.validators.common import NO_SUBJECTS, parse_json
-from psvn.policies.validators.limits import Limits, check_er7, check_json, check_xml
+from psvn.policies.validators.limits import Limits, check_er7, check_json, check_size, check_xml
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ class PayloadValidator:
                                      resolve_urn_references=entry.resolve_urn_references,
                                      required=entry.required,
                                      invariants=[(i.resource, i.key, i.expression, i.human) for i in entry.invariants],
+                                     modes=entry.modes,
                                      identifier_rules=[
                     IdentifierRule(r.resource, r.element, r.system, r.label) for r in entry.identifiers])
                 slow = _json_check(fhir.check)
@@ -130,6 +131,14 @@ class PayloadValidator:
                     subjects = fhir.check_bytes(body)  # the typed path: valid, decided from the bytes
                     return ([], subjects) if subjects is not None else slow(body)
 
+                if entry.modes is not None and entry.modes.json_comments:  # JSON with // comments: this mode only
+                    from psvn.policies.validators.fhir_modes import strip_json_comments
+
+                    def precheck(body: bytes, lim: Limits) -> list[Violation]:
+                        return check_size(body, lim) or check_json(strip_json_comments(body), lim)
+
+                    return _Compiled(entry, limits, precheck, lambda body: fhir_json(strip_json_comments(body)),
+                                     xml_check=lambda body: fhir.check_xml(body, limits))
                 return _Compiled(entry, limits, check_json, fhir_json,
                                  xml_check=lambda body: fhir.check_xml(body, limits))
             if entry.validator == "hl7v2":

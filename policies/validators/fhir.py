@@ -53,6 +53,7 @@ from .fhir_conformance import CONFORMANCE_TYPES, check_conformance
 from .fhir_definitions import BASE64, ElementDef, NodeDef, R4Definitions, definitions
 from .fhir_fast import FastWalk
 from .fhir_invariants import FhirPath, Invariant
+from .fhir_modes import FhirModes, ModeChecks
 from .fhir_rules import (
     ABSOLUTE_ELEMENTS,
     URI_SYSTEM,
@@ -126,7 +127,8 @@ class FhirValidator:
     def __init__(self, resource: str, *, identifier_rules: list[IdentifierRule] | None = None,
                  bundle_types: list[str] | None = None, resolve_urn_references: bool = False,
                  required: list[str] | None = None,
-                 invariants: list[tuple[str, str, str, str]] | None = None) -> None:
+                 invariants: list[tuple[str, str, str, str]] | None = None,
+                 modes: FhirModes | None = None) -> None:
         self.defs = definitions()
         if resource != ANY_RESOURCE and not self.defs.is_resource(resource):
             raise KeyError(f"{resource!r} is not a FHIR R4 resource type")
@@ -138,6 +140,9 @@ class FhirValidator:
         self.resolve_urn = resolve_urn_references
         self.fast = True  # the compiled fast paths for valid payloads (fhir_typed, fhir_fast); False: the walk only
         self._typed: TypedPath | None = None
+        # the catalogue type's validator modes (fhir_modes); None: the defaults, no hook runs
+        self.modes: ModeChecks | None = ModeChecks(modes) if modes is not None and modes.active() else None
+        self._mode_primitive = self.modes.primitive if self.modes is not None else None
         # a profile as data: elements it makes mandatory, and its FHIRPath invariants, per resource
         self.profile: dict[str, list[tuple[str, str, Invariant | None, FhirPath | None]]] = {}
         for path in required or []:
@@ -161,7 +166,7 @@ class FhirValidator:
     def check(self, data: Any) -> tuple[list[Violation], frozenset[str]]:
         """(every violation, the data subjects named); the subjects mean something only when
         there is no violation."""
-        if self.fast and type(data) is dict:
+        if self.fast and type(data) is dict and (self.modes is None or not self.modes.data_checks):
             try:
                 done = self._fast_check(data)
             except Exception:  # the fast path only ever says "valid": on any failure the walk decides
@@ -183,6 +188,8 @@ class FhirValidator:
         self._resource(data, "", ctx, contained=False)
         for ptr, ref, rule, scope in ctx.deferred:
             self._check_required_reference(ptr, ref, rule, scope, ctx)
+        if self.modes is not None and self.modes.resolve_references:
+            self.modes.unresolved(data, ctx.refs, ctx.out)
         return ctx.out, frozenset(ctx.subjects) if ctx.subjects else NO_SUBJECTS
 
     def check_bytes(self, body: bytes) -> frozenset[str] | None:
@@ -190,7 +197,7 @@ class FhirValidator:
         decoded straight from the bytes with every check of the walk; ``None``: parse it and run
         :meth:`check` (any doubt, any violation, or a type the typed path does not take)."""
         rt = self.resource
-        if not self.fast:
+        if not self.fast or (self.modes is not None and not self.modes.fast_paths_may_decide(body)):
             return None
         typed = self._typed
         if typed is None:
@@ -284,6 +291,8 @@ class FhirValidator:
             check_conformance(rt, val, ptr, self.defs, ctx.out)
         if rt in TERMINOLOGY_RESOURCES:  # code-system semantics (fhir_terminology)
             out.extend(resource_violations(rt, val, ptr))
+        if self.modes is not None and self.modes.resource_level:
+            self.modes.resource(str(rt), val, ptr, out)
         ctx.resource, ctx.root = outer, outer_root
         if contained:
             return
@@ -295,7 +304,7 @@ class FhirValidator:
             for c in contained_list:
                 if isinstance(c, dict) and isinstance(c.get("id"), str):
                     contained_ids[c["id"]] = c
-        if contained_ids or contained_list is not None:
+        if (contained_ids or contained_list is not None) and (self.modes is None or self.modes.validate_contained):
             self._contained(contained_list, ptr, start, local, ctx)
         for i in range(start, len(ctx.refs)):
             item = ctx.refs[i]
@@ -312,7 +321,8 @@ class FhirValidator:
             self._profile(str(rt), val, ptr, ctx)
         if rt == "Bundle":
             check_bundle(val, ptr, defs=self.defs, bundle_types=self.bundle_types, resolve_urn=self.resolve_urn,
-                         refs=ctx.refs, ref_start=start, index=ctx.index, out=ctx.out)
+                         refs=ctx.refs, ref_start=start, index=ctx.index, out=ctx.out,
+                         resolve_all=self.modes is not None and self.modes.resolve_references)
 
     def _profile(self, rt: str, res: dict[str, Any], ptr: str, ctx: _Ctx) -> None:
         """The catalogue profile's own rules for a resource of type ``rt``."""
@@ -386,6 +396,7 @@ class FhirValidator:
         out = ctx.out
         lookup = node.lookup
         seen_choice: dict[str, str] | None = {} if node.choices else None
+        use_fast = self._mode_primitive is None  # a mode checks every primitive, valid ones too
         for key, val in obj.items():
             ent = lookup.get(key)
             if ent is None:
@@ -407,7 +418,7 @@ class FhirValidator:
                     out.append(Violation(path=f"{ptr}/{key}", rule="fhir-choice", message=f"{child.fhir_path} "
                                          f"has both {other!r} and {key!r}", expected="exactly one value[x] variant"))
                 seen_choice[child.name] = key
-            if fast is not None:  # a valid primitive (or all valid, for a repeating one) needs no more
+            if fast is not None and use_fast:  # a valid primitive (or all valid, for a repeating one) needs no more
                 if child.max == 1:
                     if fast(val):
                         continue
@@ -457,6 +468,11 @@ class FhirValidator:
             self._primitive(child, tcode, prim, val, p, ctx)
             return
         if tcode == "Resource" or self.defs.is_resource(tcode):
+            if child.name == "contained" and self.modes is not None and not self.modes.validate_contained:
+                kept, ctx.out = ctx.out, []  # not validated: walked only for its data subjects
+                self._resource(val, p, ctx, contained=True, expected=tcode)
+                ctx.out = kept
+                return
             self._resource(val, p, ctx, contained=child.name == "contained", expected=tcode)
             return
         node = self.defs.nodes.get(tcode[1:] if tcode[0] == "@" else tcode)
@@ -533,6 +549,9 @@ class FhirValidator:
                 ctx.out.append(Violation(path=p, rule="fhir-empty", message=f"{child.fhir_path} is an empty "
                                          "string", expected="omit the element, or give a value"))
                 return
+            mode_check = self._mode_primitive
+            if mode_check is not None:
+                mode_check(child.fhir_path, tcode, val, p, ctx.out)
             if tcode == "xhtml":
                 if not val.lstrip().startswith("<div"):
                     ctx.out.append(Violation(path=p, rule="fhir-format", message="narrative must be an "

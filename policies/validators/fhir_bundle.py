@@ -26,7 +26,7 @@ _RESTFUL = re.compile(r"(.*/)?([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})")
 
 def check_bundle(bundle: dict[str, Any], ptr: str, *, defs: R4Definitions, bundle_types: list[str],
                  resolve_urn: bool, refs: list[tuple[str, str] | None], ref_start: int,
-                 index: dict[str, dict[str, Any]], out: list[Violation]) -> None:
+                 index: dict[str, dict[str, Any]], out: list[Violation], resolve_all: bool = False) -> None:
     """The Bundle invariants (bdl-1..12) and FHIR's rules for resolving references inside a
     Bundle (https://hl7.org/fhir/R4/bundle.html#references): a relative reference is read
     against the base of its entry's fullUrl when that is a RESTful URL (and cannot resolve in
@@ -35,7 +35,8 @@ def check_bundle(bundle: dict[str, Any], ptr: str, *, defs: R4Definitions, bundl
     Which references must resolve depends on the Bundle type: in a document every reference
     to a urn: or a relative URL; in a message or transaction every urn: reference (a relative
     one names a resource on the receiving server); in other types none, unless the catalogue
-    type asks for every urn: reference to resolve (``resolve_urn_references``).
+    type asks for every urn: reference to resolve (``resolve_urn_references``). ``resolve_all``
+    (the type's ``resolve_references`` mode): every reference must resolve in the Bundle.
 
     ``refs`` holds the (pointer, reference) pairs the walk noted, those under this Bundle from
     ``ref_start`` on: each under an entry is judged here and set to ``None``, so an enclosing
@@ -158,7 +159,7 @@ def check_bundle(bundle: dict[str, Any], ptr: str, *, defs: R4Definitions, bundl
                                  expected="a version-specific reference (.../_history/<versionId>)"))
             continue
         urn = ref.startswith(("urn:uuid:", "urn:oid:"))
-        if (urn and must_urn) or (status == "relative" and must_relative):
+        if (urn and must_urn) or (status == "relative" and must_relative) or (resolve_all and "?" not in ref):
             where = f"a {btype} Bundle" if isinstance(btype, str) else "the Bundle"
             out.append(Violation(path=f"{p}/reference", rule="fhir-bundle-reference-unresolved",
                                  message=f"reference {ref!r} resolves to no entry of {where}{why}",

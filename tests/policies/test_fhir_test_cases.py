@@ -2,10 +2,11 @@
 
 Every R4 base-specification case vendored in ``fhir_test_cases/`` (see its README) is validated
 as the catalogue type ``fhir.r4.Resource`` (any R4 resource, base specification only), JSON or
-XML as the case is written, and compared with the Java reference validator's verdict. The
-cases where psvn and the reference disagree are listed, each with its reason, in
-``fhir_test_cases/disagreements.toml``: a disagreement not listed fails, and so does a listed
-one that has started to agree (so the list cannot rot).
+XML as the case is written, and compared with the Java reference validator's verdict. A case
+that sets validator options runs under a copy of that type whose ``modes`` table carries them in
+psvn's words (``fhir_modes.REFERENCE_OPTIONS``). The cases where psvn and the reference disagree
+are listed, each with its reason, in ``fhir_test_cases/disagreements.toml``: a disagreement not
+listed fails, and so does a listed one that has started to agree (so the list cannot rot).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 from policies import bundle
 from policies.catalogue import Catalogue
 from policies.validation import PayloadValidator
+from policies.validators.fhir_modes import from_reference_options
 
 HERE = Path(__file__).resolve().parent / "fhir_test_cases"
 SUITE: dict[str, Any] = json.loads((HERE / "cases.json").read_text())
@@ -29,8 +31,19 @@ REASONS = {"terminology", "definitions", "invariant", "rule", "option", "uk-core
 TYPE = "fhir.r4.Resource"
 
 
+def mode_type(case: dict[str, Any]) -> str:
+    """The catalogue type a case runs under: ``fhir.r4.Resource``, or for a case that sets
+    reference-validator options, a copy of it whose ``modes`` table carries their psvn names."""
+    modes = from_reference_options(case["options"])
+    return TYPE if not modes else TYPE + "+" + ",".join(f"{k}={v}" for k, v in sorted(modes.items()))
+
+
 def _validator() -> PayloadValidator:
     doc = bundle.load_dir()
+    for case in CASES:
+        name = mode_type(case)
+        if name != TYPE:
+            doc["catalogue"][name] = {**doc["catalogue"][TYPE], "modes": from_reference_options(case["options"])}
     return PayloadValidator(Catalogue.from_document(doc), doc["schemas"])
 
 
@@ -40,7 +53,7 @@ V = _validator()
 def psvn_valid(case: dict[str, Any]) -> tuple[bool, list[str]]:
     body = (HERE / "cases" / case["file"]).read_bytes()
     xml = case["file"].endswith(".xml")
-    out = V.validate(TYPE, body, content_type="application/fhir+xml" if xml else "application/fhir+json")
+    out = V.validate(mode_type(case), body, content_type="application/fhir+xml" if xml else "application/fhir+json")
     return not out, [f"{v.path} {v.rule}: {v.message}" for v in out]
 
 
