@@ -102,10 +102,11 @@ def test_reject_html_in_text() -> None:
     assert rules(v, "test.Modes", bad) == ["fhir-html-in-text"]
     assert rules(v, BASE, bad) == []
     assert rules(v, "test.Modes", patient(name=[{"text": "a < b and c > d, <3"}])) == []
-    assert rules(v, "test.Modes", patient(name=[{"text": "see <a href='x'>"}])) == ["fhir-html-in-text"]
+    for tag in ("see <a href='x'>", "<img/src=x onerror=y>", "x <b>"):
+        assert rules(v, "test.Modes", patient(name=[{"text": tag}])) == ["fhir-html-in-text"], tag
     div = '<div xmlns="http://www.w3.org/1999/xhtml"><p>ok</p><table border="1"><tr><td>x</td></tr></table></div>'
     assert rules(v, "test.Modes", patient(text={"status": "generated", "div": div})) == []
-    for unsafe in ("<script>x</script>", '<p onclick="x()">x</p>', "<iframe src='x'/>"):
+    for unsafe in ("<script>x</script>", '<p onclick="x()">x</p>', "<iframe src='x'/>", "<script/x>y</script>"):
         div = f'<div xmlns="http://www.w3.org/1999/xhtml">text {unsafe}</div>'
         assert rules(v, "test.Modes", patient(text={"status": "generated", "div": div})) == ["fhir-unsafe-narrative"]
 
@@ -195,6 +196,19 @@ def test_experimental_content_refused() -> None:
     assert rules(v, "test.Modes", vs) == ["fhir-experimental"]
     assert rules(v, BASE, vs) == []
     assert rules(v, "test.Modes", {**vs, "experimental": False}) == []
+
+
+def test_escaped_characters_do_not_slip_past_the_fast_paths() -> None:
+    """The typed path decides from the bytes: a JSON escape must not hide what a mode looks for."""
+    v = validator(reject_html_in_text=True, example_urls=False)
+    for text in (b"Jo \\u003cscript\\u003e", b"Jo \\u003Cb>"):
+        body = b'{"resourceType": "Patient", "name": [{"text": "' + text + b'"}]}'
+        assert rules(v, "test.Modes", body) == ["fhir-html-in-text"], body
+    body = b'{"resourceType": "Patient", "identifier": [{"system": "http:\\/\\/example.org\\/x", "value": "1"}]}'
+    assert rules(v, "test.Modes", body) == ["fhir-example-url"]
+    div = b'<div xmlns=\\"http://www.w3.org/1999/xhtml\\">x<script\\n>y</script></div>'
+    body = b'{"resourceType": "Patient", "text": {"status": "generated", "div": "' + div + b'"}}'
+    assert rules(v, "test.Modes", body) == ["fhir-unsafe-narrative"]
 
 
 # -- the fast paths give the walk's verdict under every mode ------------------------------------
