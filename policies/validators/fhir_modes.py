@@ -211,7 +211,7 @@ class ModeChecks:
         """May the fast paths (which know no modes) decide this payload? Only when no mode could
         find anything in it; ``body`` ``None`` (a parsed payload): never."""
         m = self.modes
-        if body is None or (self.data_checks and (b"\\u" in body or b"\\/" in body)):
+        if body is None or (self.data_checks and b"\\" in body and (b"\\u" in body or b"\\/" in body)):
             return False  # an escaped character could spell what the byte screens below look for
         if (m.reject_html_in_text or m.reject_html_in_markdown) and b"<" in body:
             rest = body
@@ -229,6 +229,31 @@ class ModeChecks:
         if m.hl7_publication and b"http://hl7.org/fhir/" in body:
             return False
         return m.experimental_content or b'"experimental"' not in body
+
+    def data_may_decide(self, data: Any) -> bool:
+        """:meth:`fast_paths_may_decide` for a parsed payload (FHIR XML read into the JSON form):
+        one pass over its keys and strings."""
+        m = self.modes
+        html = m.reject_html_in_text or m.reject_html_in_markdown
+        stack: list[Any] = [data]
+        while stack:
+            node = stack.pop()
+            items = node.items() if type(node) is dict else enumerate(node)
+            for key, val in items:
+                if type(val) is str:
+                    if html and "<" in val and not (key == "div" and not (m.reject_html_in_text and unsafe_xhtml(val))):
+                        return False
+                    if not m.example_urls and is_example_url(val):
+                        return False
+                    if m.hl7_publication and val.startswith("http://hl7.org/fhir/"):
+                        return False
+                elif type(val) is dict or type(val) is list:
+                    stack.append(val)
+                if m.resolve_references and key == "reference":
+                    return False
+                if not m.experimental_content and key == "experimental":
+                    return False
+        return True
 
     def _primitive(self, fhir_path: str, tcode: str, val: str, p: str, out: list[Violation]) -> None:
         m = self.modes

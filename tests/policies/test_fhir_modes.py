@@ -126,7 +126,8 @@ def test_example_urls_refused() -> None:
 
 def test_resolve_references() -> None:
     v = validator(resolve_references=True)
-    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/1"}}
+    obs = {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+           "subject": {"reference": "Patient/1"}}
     assert rules(v, "test.Modes", obs) == ["fhir-reference-unresolved"]
     assert rules(v, BASE, obs) == []
     contained = {**obs, "subject": {"reference": "#p"}, "contained": [patient(id="p")]}
