@@ -346,6 +346,28 @@ def _valueset(vs: dict[str, Any], ptr: str, out: list[Violation]) -> None:
             for j, f in enumerate(filters if type(filters) is list else ()):
                 if type(f) is dict and "value" not in f and type(f.get("_value")) is dict:
                     _filter_expression(f["_value"], f"{ip}/filter/{j}/_value", params, out)
+                elif type(f) is dict and system == SNOMED:
+                    _snomed_concept_filter(f, f"{ip}/filter/{j}/value", out)
+
+
+# Operators whose value names concepts of the code system (one code, or a comma-separated list
+# for in / not-in): https://hl7.org/fhir/R4/valueset-filter-operator.html
+_CONCEPT_OPS = frozenset({"is-a", "descendent-of", "is-not-a", "generalizes", "in", "not-in", "="})
+
+
+def _snomed_concept_filter(f: dict[str, Any], p: str, out: list[Violation]) -> None:
+    """A SNOMED CT filter on ``concept`` names concepts by their SCTIDs: a value that is not one
+    can select nothing (the reference: "must be a valid code from the system")."""
+    value, op = f.get("value"), f.get("op")
+    if f.get("property") != "concept" or op not in _CONCEPT_OPS or type(value) is not str:
+        return
+    for code in (value.split(",") if op in ("in", "not-in") else (value,)):
+        code = code.strip()
+        problem = sctid_problem(code) if _SINGLE_ID.fullmatch(code) else "is not a SNOMED CT identifier"
+        if problem is not None:
+            out.append(Violation(path=p, rule="fhir-valueset-filter", message=f"the value {code!r} of a SNOMED "
+                                 f"CT filter on 'concept' ({op}) {problem}",
+                                 expected="an SCTID (6-18 digits, partition identifier, Verhoeff check digit)"))
 
 
 def _filter_expression(value: dict[str, Any], p: str, params: set[str], out: list[Violation]) -> None:

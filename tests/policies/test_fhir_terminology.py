@@ -188,3 +188,23 @@ def test_valueset_concepts_are_checked_against_their_code_system() -> None:
     vs["compose"]["include"][1]["concept"].append({"code": "nope"})
     assert verdicts(vs) == [("/compose/include/0/concept/1/code", "fhir-code-unknown"),
                             ("/compose/include/1/concept/1/code", "fhir-code-unknown")]
+
+
+def snomed_filters(*filters: dict[str, str]) -> dict[str, Any]:
+    return {"resourceType": "ValueSet", "status": "draft",
+            "compose": {"include": [{"system": "http://snomed.info/sct", "filter": list(filters)}]}}
+
+
+def test_a_snomed_concept_filter_names_sctids() -> None:
+    good = snomed_filters({"property": "concept", "op": "is-a", "value": "404684003"},
+                          {"property": "concept", "op": "in", "value": "22298006, 73211009"},
+                          {"property": "constraint", "op": "=", "value": "<< 404684003"},
+                          {"property": "parent", "op": "=", "value": "something"})
+    assert verdicts(good) == []
+    bad = snomed_filters({"property": "concept", "op": "is-a", "value": "something"},
+                         {"property": "concept", "op": "descendent-of", "value": "276885008"},
+                         {"property": "concept", "op": "not-in", "value": "22298006,x y"})
+    assert verdicts(bad) == [(f"/compose/include/0/filter/{i}/value", "fhir-valueset-filter") for i in range(3)]
+    other = {"resourceType": "ValueSet", "status": "draft", "compose": {"include": [
+        {"system": "http://loinc.org", "filter": [{"property": "concept", "op": "is-a", "value": "LP1-2"}]}]}}
+    assert verdicts(other) == []
