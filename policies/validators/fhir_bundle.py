@@ -69,6 +69,8 @@ def check_bundle(bundle: dict[str, Any], ptr: str, *, defs: R4Definitions, bundl
                 relations.setdefault(rel, i)
     entries = bundle.get("entry")
     entries = [e if isinstance(e, dict) else {} for e in entries] if isinstance(entries, list) else []
+    if btype == "searchset":
+        _search_results(defs, links if isinstance(links, list) else [], entries, ptr, out)
     # fullUrl -> [(entry number, meta.versionId, resource)]
     by_url: dict[str, list[tuple[int, str | None, dict[str, Any] | None]]] = {}
     seen_versions: dict[tuple[str, str | None], int] = {}
@@ -165,6 +167,49 @@ def check_bundle(bundle: dict[str, Any], ptr: str, *, defs: R4Definitions, bundl
                                  message=f"reference {ref!r} resolves to no entry of {where}{why}",
                                  expected="the fullUrl of an entry in this Bundle (a relative reference "
                                  "is read against the base of its entry's RESTful fullUrl)"))
+
+
+def _search_types(defs: R4Definitions, links: list[Any]) -> list[str]:
+    """The resource types a searchset's ``self`` link searched for: ``.../Type?...`` or
+    ``?_type=A,B`` (none when the link says neither: then any type may match)."""
+    url = next((link.get("url") for link in links
+                if isinstance(link, dict) and link.get("relation") == "self"), None)
+    if not isinstance(url, str):
+        return []
+    head, _, query = url.partition("?")
+    last = head.rsplit("/", 1)[-1]
+    if last in defs.resources:
+        return [last]
+    return [t for part in query.split("&") if part.startswith("_type=") for t in part[6:].split(",")]
+
+
+def _search_results(defs: R4Definitions, links: list[Any], entries: list[dict[str, Any]], ptr: str,
+                    out: list[Violation]) -> None:
+    """A searchset's entries as the search says (https://hl7.org/fhir/R4/bundle.html#searchset,
+    and the reference validator's rules): once its entries carry ``search.mode``, a ``match``
+    has an id (a client reads it back by Type/id) and is of a type the search asked for, an
+    ``include`` has an id, and an ``outcome`` is an OperationOutcome. A searchset none of whose
+    entries says its mode is not judged by mode."""
+    modes = [e.get("search", {}).get("mode") if isinstance(e.get("search"), dict) else None for e in entries]
+    if not any(isinstance(m, str) for m in modes):
+        return
+    types = _search_types(defs, links)
+    for i, (e, mode) in enumerate(zip(entries, modes, strict=True)):
+        res = e.get("resource")
+        if not isinstance(mode, str) or not isinstance(res, dict):
+            continue
+        rp, rt = f"{ptr}/entry/{i}/resource", res.get("resourceType")
+        if mode in ("match", "include") and not isinstance(res.get("id"), str):
+            out.append(Violation(path=rp, rule="fhir-bundle-search", message=f"a search result ({mode}) must "
+                                 "have an id", expected=f"{rt}.id"))
+        if mode == "match" and types and rt not in types:
+            out.append(Violation(path=f"{rp}/resourceType", rule="fhir-bundle-search",
+                                 message=f"{rt} is not a type the search (self link) asked for",
+                                 expected=describe_codes(types)))
+        elif mode == "outcome" and rt != "OperationOutcome":
+            out.append(Violation(path=f"{rp}/resourceType", rule="fhir-bundle-search",
+                                 message=f"a search outcome entry must be an OperationOutcome, not {rt}",
+                                 expected="OperationOutcome"))
 
 
 def _full_url(defs: R4Definitions, fu: str, res: dict[str, Any] | None, p: str, out: list[Violation]) -> None:

@@ -242,3 +242,32 @@ def test_signatures_it_cannot_judge_pass() -> None:
     # the signer wrote 72.50 where canonical() writes 72.5: the same content, trusted
     text = canonical(BUNDLE, CANON).replace(b"72.5", b"72.50")
     assert rules(signed(BUNDLE, payload=text)) == []
+
+
+def searchset(self_url: str | None, *entries: tuple[str | None, dict[str, Any]]) -> dict[str, Any]:
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "entry": [
+        {"fullUrl": f"http://example.org/fhir/{r['resourceType']}/{r['id']}" if "id" in r
+         else f"urn:uuid:00000000-0000-4000-8000-{i:012d}", "resource": r,
+         **({"search": {"mode": mode}} if mode else {})} for i, (mode, r) in enumerate(entries)]}
+    if self_url:
+        bundle["link"] = [{"relation": "self", "url": self_url}]
+    return bundle
+
+
+PAT = {"resourceType": "Patient", "id": "p1"}
+OUTCOME = {"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational"}]}
+
+
+def test_search_results_have_ids_and_the_searched_types() -> None:
+    assert rules(searchset("http://example.org/fhir/Patient?name=x", ("match", PAT), ("outcome", OUTCOME))) == []
+    assert rules(searchset("http://example.org/fhir?_type=Observation,Patient", ("match", PAT))) == []
+    assert rules(searchset(None, (None, {"resourceType": "Patient"}))) == []  # no modes: not judged by mode
+    no_id = {"resourceType": "Patient"}
+    assert rules(searchset("base/Patient?name=x", ("match", no_id))) == [("/entry/0/resource", "fhir-bundle-search")]
+    assert rules(searchset("base/Patient?name=x", ("include", no_id))) == [("/entry/0/resource", "fhir-bundle-search")]
+    assert rules(searchset("base/Patient?name=x", ("match", {**PAT, "resourceType": "Person"}))) == [
+        ("/entry/0/resource/resourceType", "fhir-bundle-search")]
+    assert rules(searchset("base?_type=Observation", ("match", PAT))) == [
+        ("/entry/0/resource/resourceType", "fhir-bundle-search")]
+    assert rules(searchset("base/Patient?name=x", ("match", PAT), ("outcome", {**PAT, "id": "p2"}))) == [
+        ("/entry/1/resource/resourceType", "fhir-bundle-search")]
