@@ -68,6 +68,9 @@ class CatalogueEntry(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     # FHIR: the validator modes (policies/validators/fhir_modes.py), e.g. reject_html_in_text;
     # None: every mode at the reference validator's default
     modes: FhirModes | None = None
+    # FHIR: URL prefixes of extensions allowed without a definition psvn knows (e.g. UK Core's
+    # https://fhir.hl7.org.uk/StructureDefinition/); any other extension must be an R4 core one
+    extension_domains: list[str] = msgspec.field(default_factory=list)
     # CloudEvents: event type -> schema name for its data; accept unmapped event types?
     events: dict[str, str] = msgspec.field(default_factory=dict)
     open_events: bool = False

@@ -120,7 +120,7 @@ class PayloadValidator:
 
                 fhir = FhirValidator(entry.resource, bundle_types=entry.bundle_types,
                                      resolve_urn_references=entry.resolve_urn_references,
-                                     required=entry.required,
+                                     required=entry.required, extension_domains=entry.extension_domains,
                                      invariants=[(i.resource, i.key, i.expression, i.human) for i in entry.invariants],
                                      modes=entry.modes,
                                      identifier_rules=[

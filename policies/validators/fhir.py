@@ -51,6 +51,7 @@ from .common import (
 from .fhir_bundle import check_bundle
 from .fhir_conformance import CONFORMANCE_TYPES, check_conformance
 from .fhir_definitions import BASE64, ElementDef, NodeDef, R4Definitions, definitions
+from .fhir_extensions import collecting, extension_problems, full_path, unresolvable_but_allowed
 from .fhir_fast import FastWalk
 from .fhir_invariants import FhirPath, Invariant
 from .fhir_modes import FhirModes, ModeChecks
@@ -64,6 +65,7 @@ from .fhir_rules import (
 )
 from .fhir_terminology import TERMINOLOGY_RESOURCES, coding_violations, resource_violations
 from .fhir_typed import TypedPath, carries
+from .fhir_ucum import QUANTITY_TYPES, ucum_problem
 from .fhir_xml import reader as xml_reader
 from .limits import Limits
 
@@ -119,6 +121,7 @@ class _Ctx:
     resource: dict[str, Any] = field(default_factory=dict)  # FHIRPath %resource: the resource being walked
     root: dict[str, Any] = field(default_factory=dict)  # %rootResource: the container of a contained one
     local: list[str] = field(default_factory=list)  # "#id" canonicals, URIs and narrative links, without '#'
+    res_ptr: str = ""  # the pointer of the resource being walked (an extension's element path is read from it)
 
 
 class FhirValidator:
@@ -128,8 +131,11 @@ class FhirValidator:
                  bundle_types: list[str] | None = None, resolve_urn_references: bool = False,
                  required: list[str] | None = None,
                  invariants: list[tuple[str, str, str, str]] | None = None,
-                 modes: FhirModes | None = None) -> None:
+                 modes: FhirModes | None = None,
+                 extension_domains: list[str] | None = None) -> None:
         self.defs = definitions()
+        # URL prefixes of extensions allowed without a definition psvn knows (e.g. UK Core's)
+        self.extension_domains = tuple(extension_domains or ())
         if resource != ANY_RESOURCE and not self.defs.is_resource(resource):
             raise KeyError(f"{resource!r} is not a FHIR R4 resource type")
         self.resource = resource
@@ -169,7 +175,10 @@ class FhirValidator:
         if self.fast and type(data) is dict and (self.modes is None or not self.modes.data_checks
                                                  or self.modes.data_may_decide(data)):
             try:
-                done = self._fast_check(data)
+                with collecting() as unknown:
+                    done = self._fast_check(data)
+                if done is not None and unknown and not self._domains_allow(unknown):
+                    done = None
             except Exception:  # the fast path only ever says "valid": on any failure the walk decides
                 done = None
             if done is not None:
@@ -208,8 +217,9 @@ class FhirValidator:
         if rt == "Bundle" or rt in self.profile or rt not in self.defs.resources or rt in CONFORMANCE_TYPES \
                 or rt in TERMINOLOGY_RESOURCES:
             return None  # Bundles, conformance and terminology resources: the parsed payload's paths
-        got = typed.decode(rt, body)
-        if got is None:
+        with collecting() as unknown:
+            got = typed.decode(rt, body)
+        if got is None or (unknown and not self._domains_allow(unknown)):
             return None
         res, subjects = got
         rules = self.rules.get(rt)
@@ -218,6 +228,10 @@ class FhirValidator:
                 if not carries(res, rule.element, rule.system):
                     return None
         return subjects or NO_SUBJECTS
+
+    def _domains_allow(self, urls: list[str]) -> bool:
+        """The extensions without a definition that the fast paths met are all allowed here."""
+        return all(unresolvable_but_allowed(u, self.extension_domains) for u in urls)
 
     def _fast_check(self, data: dict[str, Any]) -> frozenset[str] | None:
         """The data subjects of a payload the compiled fast path finds valid, with the resource
@@ -280,8 +294,8 @@ class FhirValidator:
                                  expected=expected))
             return
         start = len(ctx.refs)
-        outer, outer_root, outer_local = ctx.resource, ctx.root, ctx.local
-        ctx.resource = val
+        outer, outer_root, outer_local, outer_ptr = ctx.resource, ctx.root, ctx.local, ctx.res_ptr
+        ctx.resource, ctx.res_ptr = val, ptr
         if not contained:
             ctx.root = val
             ctx.local = []
@@ -294,7 +308,7 @@ class FhirValidator:
             out.extend(resource_violations(rt, val, ptr))
         if self.modes is not None and self.modes.resource_level:
             self.modes.resource(str(rt), val, ptr, out)
-        ctx.resource, ctx.root = outer, outer_root
+        ctx.resource, ctx.root, ctx.res_ptr = outer, outer_root, outer_ptr
         if contained:
             return
         local, ctx.local = ctx.local, outer_local
@@ -504,6 +518,8 @@ class FhirValidator:
                 ctx.out.append(Violation(path=f"{p}/url", rule="fhir-format", message=f"Extension.url {_short(url)} "
                                          "is not an absolute URL (only an extension inside an extension may use a "
                                          "relative one)", expected="the extension's canonical URL"))
+            elif isinstance(url, str) and (child.fhir_path != "Extension.extension" or _ABSOLUTE.match(url)):
+                self._extension(child, val, url, p, ctx)
         elif tcode == "Attachment":
             size_problem = attachment_size_problem(val)
             if size_problem is not None:
@@ -511,6 +527,11 @@ class FhirValidator:
                                          expected="the size in bytes of the decoded data"))
         elif tcode == "Identifier":
             self._uk_identifier(val, p, ctx)
+        elif tcode in QUANTITY_TYPES:
+            problem = ucum_problem(val)
+            if problem is not None:
+                ctx.out.append(Violation(path=f"{p}/code", rule="fhir-ucum", message=f"{child.fhir_path}: {problem}",
+                                         expected="a UCUM unit expression, e.g. mm[Hg], kg/m2, /min, {beats}/min"))
         elif tcode == "Reference":
             ref = val.get("reference")
             if isinstance(ref, str):
@@ -519,6 +540,20 @@ class FhirValidator:
             ctx.out.extend(coding_violations(val, p))
         if child.valueset is not None and tcode in ("Coding", "CodeableConcept"):
             self._coded(child, tcode, val, p, ctx)
+
+    def _extension(self, child: ElementDef, val: dict[str, Any], url: str, p: str, ctx: _Ctx) -> None:
+        """The extension against its definition (:mod:`.fhir_extensions`); a relative url inside
+        an extension is its complex parent's sub-extension, checked with the parent."""
+        if child.fhir_path == "Extension.extension" and not _ABSOLUTE.match(url):
+            return
+        host, _, name = child.fhir_path.rpartition(".")
+        rt, res_ptr = str(ctx.resource.get("resourceType")), ctx.res_ptr
+
+        def full() -> str:  # the element's path from its resource, e.g. Patient.name
+            return full_path(rt, p[len(res_ptr):].rsplit("/", 2)[0])
+        for sub, rule, message, expected in extension_problems(val, host, name == "modifierExtension", self.defs,
+                                                               self.extension_domains, full):
+            ctx.out.append(Violation(path=p + sub, rule=rule, message=message, expected=expected))
 
     def _primitive(self, child: ElementDef, tcode: str, prim: tuple[type | None, re.Pattern[str] | None],
                    val: Any, p: str, ctx: _Ctx) -> None:

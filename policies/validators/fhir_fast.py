@@ -23,6 +23,7 @@ from typing import Any
 
 from .common import NHS_NUMBER_SYSTEM, ODS_SYSTEMS, nhs_number_problem, nhs_subject, ods_code_problem
 from .fhir_definitions import BASE64, ElementDef, NodeDef, R4Definitions
+from .fhir_extensions import fast_extension_ok, value_key
 from .fhir_rules import (
     ABSOLUTE_ELEMENTS,
     URI_SYSTEM,
@@ -32,6 +33,7 @@ from .fhir_rules import (
     uri_extra,
 )
 from .fhir_terminology import TERMINOLOGY_RESOURCES, coding_ok, resource_ok
+from .fhir_ucum import QUANTITY_TYPES, quantity_ok
 
 Item = Callable[[Any, "State"], bool]
 
@@ -339,10 +341,18 @@ class FastWalk:
                 return plain(v, st) and coding_ok(v.get("system"), v.get("code"), v.get("version"))
 
         if tcode == "Extension":
+            host, _, el = child.fhir_path.rpartition(".")
+            modifier = el == "modifierExtension"
+
             def extension(v: Any, st: State) -> bool:
                 return item(v, st) and ("extension" in v) != any(k.startswith("value") for k in v) \
-                    and extension_url_absolute(v.get("url"))  # a relative url (nested): the full walk
+                    and extension_url_absolute(v.get("url")) \
+                    and fast_extension_ok(v.get("url"), value_key(v), host, modifier, defs)  # its definition
             return extension
+        if tcode in QUANTITY_TYPES:
+            def quantity(v: Any, st: State) -> bool:
+                return item(v, st) and quantity_ok(v)  # a UCUM code parses as UCUM
+            return quantity
         if tcode == "Attachment":
             def attachment(v: Any, st: State) -> bool:
                 return item(v, st) and not ("size" in v and "data" in v)  # the size: the full walk

@@ -26,6 +26,7 @@ import msgspec
 
 from .common import NHS_NUMBER_SYSTEM, ODS_SYSTEMS, nhs_number_problem, nhs_subject, ods_code_problem
 from .fhir_definitions import BASE64, ElementDef, NodeDef, R4Definitions
+from .fhir_extensions import typed_extensions_ok
 from .fhir_rules import (
     ABSOLUTE_ELEMENTS,
     URI_SYSTEM,
@@ -35,6 +36,7 @@ from .fhir_rules import (
     uri_extra,
 )
 from .fhir_terminology import coding_ok
+from .fhir_ucum import QUANTITY_TYPES, UCUM, ucum_valid
 
 _local = threading.local()
 
@@ -132,7 +134,9 @@ class TypedPath:
                                    "_NHS": NHS_NUMBER_SYSTEM, "_ODS": ODS_SYSTEMS, "_View": _View,
                                    "_to_builtins": msgspec.to_builtins, "_cc_codings": _cc_codings,
                                    "_in_vs": _in_vs, "_ext_url_ok": extension_url_absolute,
-                                   "_URI_SYSTEM": URI_SYSTEM, "_absolute": absolute, "_coding_ok": coding_ok})
+                                   "_URI_SYSTEM": URI_SYSTEM, "_absolute": absolute, "_coding_ok": coding_ok,
+                                   "_exts_ok": typed_extensions_ok, "_defs": defs,
+                                   "_UCUM": UCUM, "_ucum_ok": ucum_valid})
         self._made: set[str] = set()
         self._decoders: dict[str, msgspec.json.Decoder[Any]] = {}
         self._lock = threading.Lock()
@@ -241,6 +245,13 @@ class TypedPath:
                 post.append(f"        if (self.{ext} is not UNSET) == ({anyv}):\n            _fail()")
         if node.path == "Extension" and "url" in json_names:
             post.append(f"        if not _ext_url_ok(self.{json_names['url']}):\n            _fail()")
+        for key in ("extension", "modifierExtension"):  # each against its definition (fhir_extensions)
+            if key in json_names:
+                post.append(f"        if self.{json_names[key]} is not UNSET and not _exts_ok(self.{json_names[key]}, "
+                            f"{node.path!r}, {key == 'modifierExtension'}, _defs):\n            _fail()")
+        if node.path in QUANTITY_TYPES:  # a UCUM code parses as UCUM (fhir_ucum)
+            post.append(f"        if self.{json_names['system']} == _UCUM and self.{json_names['code']} is not UNSET "
+                        f"and not _ucum_ok(self.{json_names['code']}):\n            _fail()")
         if node.path == "Attachment":
             post.append(f"        if self.{json_names['size']} is not UNSET and self.{json_names['data']} is not UNSET:"
                         "\n            _fail()")

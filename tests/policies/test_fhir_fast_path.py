@@ -18,6 +18,8 @@ from psvn.policies.validators.fhir import ANY_RESOURCE, FhirValidator, Identifie
 ROOT = Path(__file__).resolve().parents[2]
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
 UK_RULES = [IdentifierRule("ServiceRequest", "subject", NHS), IdentifierRule("Patient", "identifier", NHS)]
+# the UK types' extension domains (policies/default/catalogue.toml): UK Core and NHS England extensions
+UK_DOMAINS = ["https://fhir.hl7.org.uk/StructureDefinition/", "https://fhir.nhs.uk/StructureDefinition/"]
 
 
 def payloads() -> list[tuple[str, Any]]:
@@ -51,7 +53,8 @@ def both(v: FhirValidator, data: Any) -> tuple[Any, Any]:
 
 
 def validators() -> list[FhirValidator]:
-    return [FhirValidator(ANY_RESOURCE), FhirValidator(ANY_RESOURCE, identifier_rules=UK_RULES)]
+    return [FhirValidator(ANY_RESOURCE),
+            FhirValidator(ANY_RESOURCE, identifier_rules=UK_RULES, extension_domains=UK_DOMAINS)]
 
 
 def mutations(doc: Any, limit: int = 200) -> Iterator[Any]:
@@ -96,14 +99,14 @@ VALID = [(n, d) for n, d in PAYLOADS
 
 @pytest.mark.parametrize(("name", "data"), VALID[:12], ids=[n for n, _ in VALID[:12]])
 def test_fast_path_gives_the_full_walks_verdict_on_every_mutation(name: str, data: Any) -> None:
-    v = FhirValidator(ANY_RESOURCE, identifier_rules=UK_RULES)
+    v = FhirValidator(ANY_RESOURCE, identifier_rules=UK_RULES, extension_domains=UK_DOMAINS)
     for d in mutations(data):
         fast, slow = both(v, d)
         assert fast == slow, (name, json.dumps(d)[:300])
 
 
 def test_the_fast_path_is_taken_for_a_valid_referral() -> None:
-    v = FhirValidator("ServiceRequest", identifier_rules=UK_RULES)
+    v = FhirValidator("ServiceRequest", identifier_rules=UK_RULES, extension_domains=UK_DOMAINS)
     data = json.loads((ROOT / "examples" / "referral.json").read_text())
     assert v._fast_check(data) == frozenset({"nhs:9434765919"})
     data["status"] = "whenever"
@@ -119,7 +122,8 @@ def typed_vs_slow(v: FhirValidator, data: Any) -> tuple[Any, Any]:
 
 
 def typed_validators(rt: str) -> list[FhirValidator]:
-    return [FhirValidator(rt), FhirValidator(rt, identifier_rules=UK_RULES), FhirValidator(ANY_RESOURCE)]
+    return [FhirValidator(rt), FhirValidator(rt, identifier_rules=UK_RULES, extension_domains=UK_DOMAINS),
+            FhirValidator(ANY_RESOURCE)]
 
 
 TYPED = [(n, d) for n, d in PAYLOADS if isinstance(d.get("resourceType"), str)
@@ -136,7 +140,7 @@ def test_typed_path_says_valid_only_when_the_full_walk_does(name: str, data: Any
 
 @pytest.mark.parametrize(("name", "data"), VALID[:12], ids=[n for n, _ in VALID[:12]])
 def test_typed_path_on_every_mutation(name: str, data: Any) -> None:
-    v = FhirValidator(data["resourceType"], identifier_rules=UK_RULES)
+    v = FhirValidator(data["resourceType"], identifier_rules=UK_RULES, extension_domains=UK_DOMAINS)
     for d in mutations(data):
         typed, slow = typed_vs_slow(v, d)
         assert typed is None or slow == ([], typed), (name, json.dumps(d)[:300], slow[0][:2])
@@ -144,5 +148,5 @@ def test_typed_path_on_every_mutation(name: str, data: Any) -> None:
 
 def test_the_typed_path_takes_the_referral_and_patient() -> None:
     for rt, name in (("ServiceRequest", "referral.json"), ("Patient", "patient.json")):
-        v = FhirValidator(rt, identifier_rules=UK_RULES)
+        v = FhirValidator(rt, identifier_rules=UK_RULES, extension_domains=UK_DOMAINS)
         assert v.check_bytes((ROOT / "examples" / name).read_bytes()) == frozenset({"nhs:9434765919"}), rt

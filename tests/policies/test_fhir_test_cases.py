@@ -31,11 +31,19 @@ REASONS = {"terminology", "definitions", "invariant", "rule", "option", "uk-core
 TYPE = "fhir.r4.Resource"
 
 
+def _domains(case: dict[str, Any]) -> list[str]:
+    """The case's ``allowed-extension-domain``: the catalogue type's ``extension_domains``."""
+    domain = case["options"].get("allowed-extension-domain")
+    return [domain] if domain else []
+
+
 def mode_type(case: dict[str, Any]) -> str:
     """The catalogue type a case runs under: ``fhir.r4.Resource``, or for a case that sets
-    reference-validator options, a copy of it whose ``modes`` table carries their psvn names."""
+    reference-validator options, a copy of it whose ``modes`` table carries their psvn names (and
+    whose ``extension_domains`` carry its allowed extension domain)."""
     modes = from_reference_options(case["options"])
-    return TYPE if not modes else TYPE + "+" + ",".join(f"{k}={v}" for k, v in sorted(modes.items()))
+    parts = [f"{k}={v}" for k, v in sorted(modes.items())] + [f"ext={d}" for d in _domains(case)]
+    return TYPE if not parts else TYPE + "+" + ",".join(parts)
 
 
 def _validator() -> PayloadValidator:
@@ -43,7 +51,8 @@ def _validator() -> PayloadValidator:
     for case in CASES:
         name = mode_type(case)
         if name != TYPE:
-            doc["catalogue"][name] = {**doc["catalogue"][TYPE], "modes": from_reference_options(case["options"])}
+            doc["catalogue"][name] = {**doc["catalogue"][TYPE], "modes": from_reference_options(case["options"]),
+                                      "extension_domains": _domains(case)}
     return PayloadValidator(Catalogue.from_document(doc), doc["schemas"])
 
 

@@ -1,0 +1,58 @@
+"""UCUM unit codes in Quantities (``system`` http://unitsofmeasure.org), as the reference checks them.
+
+Why: a Quantity that names UCUM as its unit system claims its ``code`` is a UCUM expression; the
+reference validator refuses one that is not ("Unknown code 'fmm[Hg]' in the CodeSystem
+'http://unitsofmeasure.org'"), and a receiver converting units would choke on it. UCUM is a
+grammar over prefixes, atoms, exponents and annotations, not a list, so the check is a parse:
+``ucumvert`` (MIT, a lark grammar generated from the official ucum-essence.xml, UCUM 2.2),
+built once on first use (about a second: it is not on the path of payloads without a UCUM
+Quantity) and each distinct code parsed once (cached), so the three paths of the walk share it.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+from typing import Any
+
+UCUM = "http://unitsofmeasure.org"
+#: the data types whose value is a Quantity (R4: Quantity and its profiles)
+QUANTITY_TYPES = frozenset({"Quantity", "Age", "Count", "Distance", "Duration", "MoneyQuantity", "SimpleQuantity"})
+_lock = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _parser() -> Any:
+    from ucumvert.parser import get_ucum_parser  # lazy: a lark grammar of every UCUM atom
+
+    return get_ucum_parser()
+
+
+@lru_cache(maxsize=4096)
+def ucum_valid(code: str) -> bool:
+    """Is ``code`` a valid UCUM expression (e.g. ``mm[Hg]``, ``kg/m2``, ``{beats}/min``)?"""
+    if not code or not code.isprintable() or " " in code:
+        return False
+    parser = _parser()
+    with _lock:
+        try:
+            parser.parse(code)
+        except Exception:  # lark's UnexpectedInput and friends: not UCUM
+            return False
+    return True
+
+
+def ucum_problem(quantity: dict[str, Any]) -> str | None:
+    """Why a Quantity's UCUM code is not UCUM; ``None``: it is, or the Quantity is not UCUM."""
+    code = quantity.get("code")
+    if quantity.get("system") != UCUM or type(code) is not str or ucum_valid(code):
+        return None
+    return f"unknown code {code!r} in the code system {UCUM} (not a valid UCUM unit expression)"
+
+
+def quantity_ok(quantity: Any) -> bool:
+    """For the fast paths: true when :func:`ucum_problem` finds nothing."""
+    if type(quantity) is not dict or quantity.get("system") != UCUM:
+        return True
+    code = quantity.get("code")
+    return type(code) is not str or ucum_valid(code)
