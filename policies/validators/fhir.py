@@ -63,6 +63,7 @@ from .fhir_rules import (
     narrative_has_content,
     uri_problem,
 )
+from .fhir_sd import structure_definition_problems
 from .fhir_terminology import TERMINOLOGY_RESOURCES, coding_violations, resource_violations
 from .fhir_typed import TypedPath, carries
 from .fhir_ucum import QUANTITY_TYPES, ucum_problem
@@ -214,9 +215,9 @@ class FhirValidator:
             typed = self._typed = _typed_path(self.defs)
         if rt == ANY_RESOURCE:
             rt = typed.resource_type(body) or "Bundle"
-        if rt == "Bundle" or rt in self.profile or rt not in self.defs.resources or rt in CONFORMANCE_TYPES \
-                or rt in TERMINOLOGY_RESOURCES:
-            return None  # Bundles, conformance and terminology resources: the parsed payload's paths
+        if rt in ("Bundle", "StructureDefinition") or rt in self.profile or rt not in self.defs.resources \
+                or rt in CONFORMANCE_TYPES or rt in TERMINOLOGY_RESOURCES:
+            return None  # Bundles, conformance and terminology resources, profiles' paths: the parsed payload's
         with collecting() as unknown:
             got = typed.decode(rt, body)
         if got is None or (unknown and not self._domains_allow(unknown)):
@@ -239,6 +240,8 @@ class FhirValidator:
         ``None`` when the full walk must decide (any doubt, any violation)."""
         rt = data.get("resourceType")
         if type(rt) is not str or rt == "Bundle" or "contained" in data or rt in CONFORMANCE_TYPES:
+            return None
+        if rt == "StructureDefinition" and structure_definition_problems(data, self.defs):
             return None
         if rt != self.resource and not (self.resource == ANY_RESOURCE and rt in self.defs.resources):
             return None
@@ -334,6 +337,10 @@ class FhirValidator:
             self._check_required_identifier(val, ptr, rule, contained_ids, ctx)
         if self.profile:
             self._profile(str(rt), val, ptr, ctx)
+        if rt == "StructureDefinition":
+            for sub, message in structure_definition_problems(val, self.defs):
+                ctx.out.append(Violation(path=ptr + sub, rule="fhir-profile-path", message=message,
+                                         expected=f"an element path of {val.get('type')}"))
         if rt == "Bundle":
             check_bundle(val, ptr, defs=self.defs, bundle_types=self.bundle_types, resolve_urn=self.resolve_urn,
                          refs=ctx.refs, ref_start=start, index=ctx.index, out=ctx.out,
