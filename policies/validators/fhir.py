@@ -51,7 +51,7 @@ from .common import (
 from .fhir_bundle import check_bundle
 from .fhir_conformance import CONFORMANCE_TYPES, check_conformance
 from .fhir_definitions import BASE64, ElementDef, NodeDef, R4Definitions, definitions
-from .fhir_extensions import collecting, extension_problems, full_path, unresolvable_but_allowed
+from .fhir_extensions import allow_domains, extension_problems, full_path, restore
 from .fhir_fast import FastWalk
 from .fhir_invariants import FhirPath, Invariant
 from .fhir_modes import FhirModes, ModeChecks
@@ -176,10 +176,11 @@ class FhirValidator:
         if self.fast and type(data) is dict and (self.modes is None or not self.modes.data_checks
                                                  or self.modes.data_may_decide(data)):
             try:
-                with collecting() as unknown:
+                outer = allow_domains(self.extension_domains)
+                try:
                     done = self._fast_check(data)
-                if done is not None and unknown and not self._domains_allow(unknown):
-                    done = None
+                finally:
+                    restore(outer)
             except Exception:  # the fast path only ever says "valid": on any failure the walk decides
                 done = None
             if done is not None:
@@ -218,9 +219,12 @@ class FhirValidator:
         if rt in ("Bundle", "StructureDefinition") or rt in self.profile or rt not in self.defs.resources \
                 or rt in CONFORMANCE_TYPES or rt in TERMINOLOGY_RESOURCES:
             return None  # Bundles, conformance and terminology resources, profiles' paths: the parsed payload's
-        with collecting() as unknown:
+        outer = allow_domains(self.extension_domains)
+        try:
             got = typed.decode(rt, body)
-        if got is None or (unknown and not self._domains_allow(unknown)):
+        finally:
+            restore(outer)
+        if got is None:
             return None
         res, subjects = got
         rules = self.rules.get(rt)
@@ -229,10 +233,6 @@ class FhirValidator:
                 if not carries(res, rule.element, rule.system):
                     return None
         return subjects or NO_SUBJECTS
-
-    def _domains_allow(self, urls: list[str]) -> bool:
-        """The extensions without a definition that the fast paths met are all allowed here."""
-        return all(unresolvable_but_allowed(u, self.extension_domains) for u in urls)
 
     def _fast_check(self, data: dict[str, Any]) -> frozenset[str] | None:
         """The data subjects of a payload the compiled fast path finds valid, with the resource

@@ -18,9 +18,9 @@ definitions that psvn does not carry, and the reference's own tooling extensions
 
 The walk (:mod:`.fhir`) reports every problem with its path (:func:`extension_problems`). The
 fast paths (:mod:`.fhir_fast`, :mod:`.fhir_typed`) call :func:`fast_extension_ok`, which answers
-``True`` only when the walk would report nothing; an unknown URL is noted in the collector that
-:func:`collecting` opens, and the validator then checks the noted URLs against its allowed
-domains (the domains are per catalogue type, the fast paths are shared).
+``True`` only when the walk would report nothing; an unknown URL passes only under a domain that
+the calling validator allows, which it sets for the thread with :func:`allow_domains` (the
+domains are per catalogue type, the fast paths are shared by all).
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -44,6 +43,7 @@ FHIR_VERSION = "4.0.1"
 XVER = re.compile(r"http://hl7\.org/fhir/[0-9.]+/StructureDefinition/extension-[A-Za-z]")
 #: extensions the reference validator always allows (its own tooling extensions)
 ALWAYS_ALLOWED = ("http://hl7.org/fhir/tools/StructureDefinition/",)
+_HL7 = "http://hl7.org/fhir/"  # both of the above start so: one cheap test first
 _ANYWHERE = frozenset({"Element", "Any", "Base", "*"})
 _RESOURCE_CONTEXTS = frozenset({"Resource", "DomainResource"})
 
@@ -68,6 +68,9 @@ def _keys(types: list[str]) -> frozenset[str]:
     return frozenset("value" + t[0].upper() + t[1:] for t in types)
 
 
+_TABLE: dict[str, ExtensionDef] = {}
+
+
 @lru_cache(maxsize=1)
 def extension_table() -> dict[str, ExtensionDef]:
     """url -> definition of every R4 core extension (read once, on first use)."""
@@ -78,6 +81,7 @@ def extension_table() -> dict[str, ExtensionDef]:
         table[url] = ExtensionDef(
             url=url, contexts=ctx, anywhere=bool(ctx & _ANYWHERE), modifier=bool(modifier), values=_keys(values),
             subs=None if subs is None else {u: (mn, mx, _keys(t) if t else None) for u, (mn, mx, t) in subs.items()})
+    _TABLE.update(table)
     return table
 
 
@@ -95,7 +99,9 @@ def resolve(url: str) -> ExtensionDef | None:
 def unresolvable_but_allowed(url: str, domains: tuple[str, ...] = ()) -> bool:
     """An extension psvn has no definition for that is allowed all the same: a cross-version one,
     the reference's tooling ones, and any under an extension domain the catalogue type allows."""
-    return url.startswith(ALWAYS_ALLOWED) or XVER.match(url) is not None or (bool(domains) and url.startswith(domains))
+    if domains and url.startswith(domains):
+        return True
+    return url.startswith(_HL7) and (url.startswith(ALWAYS_ALLOWED) or XVER.match(url) is not None)
 
 
 # -- where an extension sits ----------------------------------------------------------------------
@@ -245,17 +251,26 @@ def full_path(rt: str, ptr: str) -> str:
 _local = threading.local()
 
 
-@contextmanager
-def collecting() -> Iterator[list[str]]:
-    """Open a collector for the unknown extension URLs the fast paths meet (the validator then
-    checks them against its allowed domains). Without one, an unknown URL defers to the walk."""
-    outer = getattr(_local, "unknown", None)
-    seen: list[str] = []
-    _local.unknown = seen
-    try:
-        yield seen
-    finally:
-        _local.unknown = outer
+def allow_domains(domains: tuple[str, ...]) -> tuple[str, ...] | None:
+    """Open the fast paths to the unknown extensions under ``domains`` (the calling validator's
+    catalogue type allows them) on this thread; returns what to hand back to :func:`restore`.
+    With none open, an unknown URL defers to the walk."""
+    outer: tuple[str, ...] | None = getattr(_local, "domains", None)
+    _local.domains = domains
+    return outer
+
+
+def restore(outer: tuple[str, ...] | None) -> None:
+    _local.domains = outer
+
+
+def _unknown_ok(url: str) -> bool:
+    """An unknown URL on a fast path: allowed without a definition, or under a domain the
+    calling validator allows (:func:`allow_domains`); else the walk decides."""
+    domains: tuple[str, ...] | None = getattr(_local, "domains", None)
+    if domains is None or "|" in url:
+        return False
+    return (bool(domains) and url.startswith(domains)) or unresolvable_but_allowed(url, ())
 
 
 def fast_extension_ok(url: Any, vkey: str | None, host: str, modifier: bool, defs: Any) -> bool:
@@ -267,39 +282,29 @@ def fast_extension_ok(url: Any, vkey: str | None, host: str, modifier: bool, def
         return False
     d = extension_table().get(url)
     if d is None:
-        if url.startswith(ALWAYS_ALLOWED) or XVER.match(url) is not None:
-            return True
-        seen: list[str] | None = getattr(_local, "unknown", None)
-        if seen is None or "|" in url:
-            return False
-        seen.append(url)
-        return True
+        return _unknown_ok(url)
     if d.modifier != modifier or not d.values or vkey not in d.values:
         return False
     return hosts(defs).context_ok(d, host)
 
 
 def typed_extensions_ok(exts: list[Any], host: str, modifier: bool, defs: Any) -> bool:
-    """:func:`fast_extension_ok` on a list of decoded Extension Structs (the typed path)."""
+    """:func:`fast_extension_ok` on a list of decoded Extension Structs (the typed path, where a
+    struct has at most one value[x] set). Called for every element that has extensions, so the
+    common case (one extension under an allowed domain) is a few lookups."""
+    table = _TABLE or extension_table()
     for e in exts:
-        names: dict[str, str] = type(e).__json_names__
+        names: dict[str, str] = e.__json_names__
         url = getattr(e, names["url"])
-        vkey = None
-        for k, a in _value_attrs(type(e), names):
-            if getattr(e, a) is not _UNSET:
-                vkey = k
-                break
-        if not fast_extension_ok(url, vkey, host, modifier, defs):
+        if type(url) is not str:
             return False
+        d = table.get(url)
+        if d is None:
+            if not _unknown_ok(url):
+                return False
+            continue
+        if d.modifier != modifier or not d.values or not hosts(defs).context_ok(d, host):
+            return False
+        if not any(k in names and getattr(e, names[k]) is not _UNSET for k in d.values):
+            return False  # no value, or one of a type the definition does not allow
     return True
-
-
-_VALUE_ATTRS: dict[type, list[tuple[str, str]]] = {}
-
-
-def _value_attrs(cls: type, names: dict[str, str]) -> list[tuple[str, str]]:
-    got = _VALUE_ATTRS.get(cls)
-    if got is None:
-        got = _VALUE_ATTRS[cls] = [(k, a) for k, a in names.items() if k[:5] == "value"]
-    return got
-
