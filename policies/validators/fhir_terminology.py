@@ -20,6 +20,9 @@ makes those checks, for the walk (:mod:`.fhir`, which reports them) and for the 
   none; property definitions: an absolute, unique ``uri``, a unique ``code``, and a standard
   concept property (``http://hl7.org/fhir/concept-properties#...``) keeps its code and type;
   each concept property value has its definition's type.
+* **SNOMED CT ECL.** A ValueSet filter on SNOMED CT with ``property = constraint`` and ``op = =``
+  carries an Expression Constraint Language expression, which must parse
+  (:mod:`.snomed_ecl`, the official ECL 2.2 ABNF; only the syntax).
 * **ValueSet parameters** (``valueset-parameter`` extensions and ``cqf-expression`` filter
   values): the expression's language is ``text/fhirpath``, it parses as FHIRPath, and every
   ``%name`` in it is a declared parameter.
@@ -41,6 +44,7 @@ from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser  # type: i
 from psvn.core.errors import Violation
 
 from .common import escape
+from .snomed_ecl import ecl_syntax_error
 
 CODESYSTEMS = Path(__file__).resolve().parent.parent / "fhir" / "r4-codesystems.json"
 SNOMED = "http://snomed.info/sct"
@@ -348,6 +352,7 @@ def _valueset(vs: dict[str, Any], ptr: str, out: list[Violation]) -> None:
                     _filter_expression(f["_value"], f"{ip}/filter/{j}/_value", params, out)
                 elif type(f) is dict and system == SNOMED:
                     _snomed_concept_filter(f, f"{ip}/filter/{j}/value", out)
+                    _ecl_filter(f, f"{ip}/filter/{j}", out)
 
 
 # Operators whose value names concepts of the code system (one code, or a comma-separated list
@@ -368,6 +373,20 @@ def _snomed_concept_filter(f: dict[str, Any], p: str, out: list[Violation]) -> N
             out.append(Violation(path=p, rule="fhir-valueset-filter", message=f"the value {code!r} of a SNOMED "
                                  f"CT filter on 'concept' ({op}) {problem}",
                                  expected="an SCTID (6-18 digits, partition identifier, Verhoeff check digit)"))
+
+
+def _ecl_filter(f: dict[str, Any], p: str, out: list[Violation]) -> None:
+    """A SNOMED CT ``constraint = <ECL>`` filter: the expression must parse (the reference's
+    "Invalid ECL"). Only the syntax: whether its concepts exist needs a SNOMED CT release."""
+    value = f.get("value")
+    if f.get("property") != "constraint" or f.get("op") != "=" or type(value) is not str:
+        return
+    error = ecl_syntax_error(value)
+    if error is not None:
+        out.append(Violation(path=f"{p}/value", rule="fhir-snomed-ecl", message=f"the value {value[:80]!r} for "
+                             f"the filter constraint is not a valid SNOMED CT ECL expression: {error}",
+                             expected="an Expression Constraint Language expression "
+                             "(https://snomed.org/ecl), e.g. << 73211009 |Diabetes mellitus|"))
 
 
 def _filter_expression(value: dict[str, Any], p: str, params: set[str], out: list[Violation]) -> None:
