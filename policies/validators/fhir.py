@@ -64,7 +64,7 @@ from .fhir_rules import (
     uri_problem,
 )
 from .fhir_sd import structure_definition_problems
-from .fhir_terminology import TERMINOLOGY_RESOURCES, coding_violations, resource_violations
+from .fhir_terminology import TERMINOLOGY_RESOURCES, coding_violations, reset_ecl_budget, resource_violations
 from .fhir_typed import TypedPath, carries
 from .fhir_ucum import QUANTITY_TYPES, ucum_problem
 from .fhir_xml import reader as xml_reader
@@ -173,6 +173,7 @@ class FhirValidator:
     def check(self, data: Any) -> tuple[list[Violation], frozenset[str]]:
         """(every violation, the data subjects named); the subjects mean something only when
         there is no violation."""
+        reset_ecl_budget()
         if self.fast and type(data) is dict and (self.modes is None or not self.modes.data_checks
                                                  or self.modes.data_may_decide(data)):
             try:
@@ -185,6 +186,7 @@ class FhirValidator:
                 done = None
             if done is not None:
                 return [], done
+            reset_ecl_budget()  # the walk judges what the fast path judged
         ctx = _Ctx(out=[])
         if not isinstance(data, dict):
             return [Violation(path="", rule="fhir-resource", message="a FHIR resource must be a JSON object",

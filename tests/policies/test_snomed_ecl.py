@@ -169,3 +169,22 @@ def test_the_violation_names_the_expression() -> None:
     found = v.check(valueset("234234 << 234234"))[0]
     assert [x.rule for x in found] == ["fhir-snomed-ecl"]
     assert "'234234 << 234234'" in found[0].message and "ECL" in found[0].message
+
+
+def test_ecl_judged_per_payload_is_bounded() -> None:
+    """Past ECL_BUDGET_BYTES of ECL in one payload, filters are accepted unjudged (a payload
+    within the body limit cannot hold the event loop with parses); the next payload is judged."""
+    from psvn.policies.validators.fhir import ANY_RESOURCE, FhirValidator
+    from psvn.policies.validators.fhir_terminology import ECL_BUDGET_BYTES
+
+    good = "<< 404684003 |Clinical finding| OR << 71388002 |Procedure|"
+    n = ECL_BUDGET_BYTES // len(good) + 1
+    filters = [{"property": "constraint", "op": "=", "value": good} for _ in range(n)]
+    bad = {"property": "constraint", "op": "=", "value": good + " <<"}  # longer than what is left
+    vs = {"resourceType": "ValueSet", "status": "draft",
+          "compose": {"include": [{"system": "http://snomed.info/sct", "filter": [*filters, bad]}]}}
+    v = FhirValidator(ANY_RESOURCE)
+    assert v.validate(vs) == []  # the bad one came after the budget: not judged
+    vs["compose"]["include"][0]["filter"] = [bad, *filters]
+    assert [x.rule for x in v.validate(vs)] == ["fhir-snomed-ecl"]
+    assert [x.rule for x in v.validate(vs)] == ["fhir-snomed-ecl"]  # a new payload, a new budget
