@@ -30,6 +30,7 @@ element the consent check does not look at.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -65,7 +66,7 @@ from .fhir_rules import (
 )
 from .fhir_sd import structure_definition_problems
 from .fhir_terminology import TERMINOLOGY_RESOURCES, coding_violations, reset_ecl_budget, resource_violations
-from .fhir_typed import TypedPath, carries
+from .fhir_typed import TypedPath
 from .fhir_ucum import QUANTITY_TYPES, ucum_problem
 from .fhir_xml import reader as xml_reader
 from .limits import Limits
@@ -150,6 +151,7 @@ class FhirValidator:
         # the catalogue type's validator modes (fhir_modes); None: the defaults, no hook runs
         self.modes: ModeChecks | None = ModeChecks(modes) if modes is not None and modes.active() else None
         self._mode_primitive = self.modes.primitive if self.modes is not None else None
+        self._carriers: dict[str, list[Callable[[Any], bool]]] = {}  # resource type -> its rules, compiled
         # a profile as data: elements it makes mandatory, and its FHIRPath invariants, per resource
         self.profile: dict[str, list[tuple[str, str, Invariant | None, FhirPath | None]]] = {}
         for path in required or []:
@@ -229,12 +231,14 @@ class FhirValidator:
         if got is None:
             return None
         res, subjects = got
-        rules = self.rules.get(rt)
-        if rules:
-            for rule in rules:
-                if not carries(res, rule.element, rule.system):
+        if rt in self.rules:
+            checks = self._carriers.get(rt)
+            if checks is None:  # the required identifiers, compiled once per resource type
+                checks = self._carriers[rt] = [typed.carrier(rt, r.element, r.system) for r in self.rules[rt]]
+            for carried in checks:
+                if not carried(res):
                     return None
-        return subjects or NO_SUBJECTS
+        return subjects
 
     def _fast_check(self, data: dict[str, Any]) -> frozenset[str] | None:
         """The data subjects of a payload the compiled fast path finds valid, with the resource
