@@ -39,13 +39,13 @@ def check_json(body: bytes, limits: Limits) -> list[Violation]:
 
     Malformed text (an unterminated string) passes here and is rejected by the parser.
     """
-    size = check_size(body, limits)
-    if size:
-        return size
+    n = len(body)
+    if n > limits.max_bytes:
+        return check_size(body, limits)
     # upper bounds from the raw bytes (strings included): a text with no more bytes than the
     # element limit cannot hold more values, nor one with fewer brackets than the depth limit nest
     # deeper, so the common small payload costs two byte counts
-    if len(body) <= limits.max_elements and body.count(b"[") + body.count(b"{") <= limits.max_depth:
+    if n <= limits.max_elements and body.count(b"[") + body.count(b"{") <= limits.max_depth:
         return []
     if b"\\" in body:
         body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
