@@ -74,7 +74,11 @@ def _builtins(value: Any) -> Any:
 
 
 def local_figures(seconds: float) -> list[LocalFigure]:
-    """Sealing, validation and policy decisions on one core. A failure here fails the bench."""
+    """Sealing, validation and policy decisions on one core. A failure here fails the bench.
+
+    Each validation row carries its wall-clock rate and, beside it, its rate by process CPU time
+    (best of the rounds; :func:`psvn.policies.validation_bench.bench_validation`): on a busy
+    machine the CPU-time figure is the one a per-core target is judged by."""
     from psvn.policies.engine_bench import bench_engine
     from psvn.policies.validation_bench import bench_validation
 

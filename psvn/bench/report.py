@@ -458,8 +458,14 @@ def _local_row(item: Any) -> str:
     if rate is None:
         return f"{label:<42} {item}"
     unit = rate[0].removesuffix("_per_s").replace("_", " ")
-    return f"{label:<42} {_n(rate[1]):>10} {unit}/s" if rate[0].endswith("_per_s") else \
-        f"{label:<42} {_n(rate[1]):>10} {rate[0]}"
+    if not rate[0].endswith("_per_s"):
+        return f"{label:<42} {_n(rate[1]):>10} {rate[0]}"
+    row = f"{label:<42} {_n(rate[1]):>10} {unit}/s"
+    cpu = item.get("cpu_" + rate[0])  # the same rate by process CPU time: one core's own figure
+    if isinstance(cpu, int | float):
+        best = f", best of {item['rounds']}" if isinstance(item.get("rounds"), int) else ""
+        row += f" wall, {_n(cpu):>10}/s CPU time per core{best}"
+    return row
 
 
 def to_json(r: Report) -> bytes:

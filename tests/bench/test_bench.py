@@ -383,3 +383,16 @@ def test_memory_is_read_from_proc() -> None:
 def test_a_gateway_that_cannot_be_restarted_is_reported_not_raised(tmp_path: Path) -> None:
     rs = bench.restart_gateway(devnet.Layout(tmp_path), bench.COUNCIL, timeout=1)
     assert rs.ready is False and rs.error and "no devnet is running" in rs.error
+
+
+def test_local_validation_figures_show_cpu_time_per_core_beside_the_wall_clock() -> None:
+    """The validation rows of the local figures: wall clock and, beside it, process CPU time per
+    core (best of the rounds), so a per-core target can be read on a busy machine."""
+    row = {"case": "fhir.r4.ServiceRequest", "type": "fhir.r4.ServiceRequest", "bytes": 1259,
+           "validations_per_s": 41000, "cpu_validations_per_s": 64000, "rounds": 5, "valid": True}
+    r = bench.Report(local=[bench.LocalFigure(name="policies.validation_bench.bench_validation", available=True,
+                                              result=[row, {"case": "engine", "decisions_per_s": 9.5}])])
+    text = bench.format_report(r)
+    assert "fhir.r4.ServiceRequest (1,259 B)" in text
+    assert "41,000 validations/s wall,     64,000/s CPU time per core, best of 5" in text
+    assert "9.50 decisions/s" in text and "decisions/s wall" not in text  # a row without a CPU figure
