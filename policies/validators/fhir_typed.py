@@ -281,6 +281,7 @@ class TypedPath:
         has_required_content = False
         formats: dict[str, list[str]] = {}  # choice group -> its variants' format checks
         formatted: dict[str, list[str]] = {}  # choice group -> the variants those checks read
+        system_format: list[str] = []  # Identifier.system's format check
         pos: dict[str, int] = {}  # attribute -> its place in the Struct (msgspec.structs.astuple)
         optional: list[str] = []  # attributes that may be UNSET
         is_resource = node.kind == "resource"
@@ -290,6 +291,8 @@ class TypedPath:
             attr = f"f{i}"
             # a choice variant's format check goes with its group (a wide group guards them all)
             sink = formats.setdefault(child.name, []) if child.choice else post
+            if node.path == "Identifier" and key == "system":
+                sink = system_format  # not for the NHS and ODS systems, which are well formed
             before = len(sink)
             typ = self._type(child, tcode, attr, deps, sink)
             if child.choice and len(sink) > before:
@@ -346,7 +349,9 @@ class TypedPath:
                 post.extend(checks)
         if not is_resource and not has_required_content:
             if content:
-                cond = " and ".join(f"self.{a} is UNSET" for a in content)
+                # extensions last: the test stops at the first element present, seldom one of those
+                exts = {json_names.get("extension"), json_names.get("modifierExtension")}
+                cond = " and ".join(f"self.{a} is UNSET" for a in sorted(content, key=lambda a: a in exts))
                 post.append(f"        if {cond}:\n            _fail()")  # ele-1: no content (or an id only)
             else:
                 post.append("        _fail()")
@@ -378,6 +383,9 @@ class TypedPath:
                         f"        elif s in _ODS:\n            v = self.{v}\n"
                         "            if v is UNSET or _ods_ok(v) is None:\n                _fail()\n"
                         "        elif s == _URI_SYSTEM:\n            _fail()")
+            if system_format:  # any other system: its format (the two above are constants that pass)
+                post.append("        else:")
+                post.extend("\n".join("    " + ln for ln in c.split("\n")) for c in system_format)
         if node.path == "Coding":  # its code in its code system (fhir_terminology)
             s, c, v = json_names["system"], json_names["code"], json_names["version"]
             post.append(f"        if not _coding_ok(self.{s}, self.{c}, None if self.{v} is UNSET else self.{v}):\n"
