@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,31 @@ def test_a_snomed_expression_is_left_alone() -> None:
 
 def test_verhoeff() -> None:
     assert verhoeff_valid("2363") and not verhoeff_valid("2364")
+
+
+def test_verhoeff_by_chunks_is_the_textbook_check() -> None:
+    """verhoeff_valid (three digits at a time, by table) against the check written digit by
+    digit from its definition, on every length an SCTID can have and beyond."""
+    d = [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 0, 6, 7, 8, 9, 5], [2, 3, 4, 0, 1, 7, 8, 9, 5, 6],
+         [3, 4, 0, 1, 2, 8, 9, 5, 6, 7], [4, 0, 1, 2, 3, 9, 5, 6, 7, 8], [5, 9, 8, 7, 6, 0, 4, 3, 2, 1],
+         [6, 5, 9, 8, 7, 1, 0, 4, 3, 2], [7, 6, 5, 9, 8, 2, 1, 0, 4, 3], [8, 7, 6, 5, 9, 3, 2, 1, 0, 4],
+         [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]]  # D5, as published
+    p = [list(range(10)), [1, 5, 7, 6, 2, 8, 3, 0, 9, 4]]
+    for _ in range(6):
+        p.append([p[1][x] for x in p[-1]])
+
+    def textbook(digits: str) -> bool:
+        c = 0
+        for i, ch in enumerate(reversed(digits)):
+            c = d[c][p[i % 8][int(ch)]]
+        return c == 0
+
+    rng = random.Random(5)
+    for n in range(1, 21):
+        for _ in range(300):
+            digits = "".join(rng.choice("0123456789") for _ in range(n))
+            assert verhoeff_valid(digits) == textbook(digits), digits
+    assert textbook("2363") and textbook("306206005") and not textbook("306206004")
 
 
 def test_every_snomed_code_of_the_examples_and_corpus_is_a_valid_sctid() -> None:
