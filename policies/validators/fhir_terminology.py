@@ -95,8 +95,9 @@ _VERHOEFF_S3 = tuple({f"{x:03d}": bytes(t[c * 1000 + x] for c in range(10)) for 
 _VERHOEFF_S1 = tuple({str(x): bytes(t[c * 10 + x] for c in range(10)) for x in range(10)} for t in _VERHOEFF_T)
 
 
-def verhoeff_valid(digits: str) -> bool:
-    """The Verhoeff check (dihedral group D5) over a string of ASCII digits, check digit last."""
+def _verhoeff_loop(digits: str) -> bool:
+    """The Verhoeff check by chunks, any length (:func:`verhoeff_valid` for the lengths it has no
+    straight-line form for)."""
     c, pos, end = 0, 0, len(digits)
     s3 = _VERHOEFF_S3
     while end >= 3:  # three digits at a time from the right (the check digit is position 0)
@@ -108,6 +109,59 @@ def verhoeff_valid(digits: str) -> bool:
         c = _VERHOEFF_S1[pos & 7][digits[end]][c]
         pos += 1
     return c == 0
+
+
+def _straight_line(n: int, *, sctid: bool) -> Any:
+    """The Verhoeff check of exactly ``n`` digits as one expression: no loop, no counters, the
+    chunks' slices constants (a 9-digit code costs three slices and three lookups). ``sctid``:
+    the first chunk's table holds only the chunks with a partition identifier and the last
+    chunk's (the leading digits) none with a leading zero, so a code that is no well-formed SCTID
+    raises KeyError (as any non-digit does) instead of costing tests of its own."""
+    expr, end, pos = "0", n, 0
+    ns: dict[str, Any] = {}
+    while end > 0:
+        k = 3 if end >= 3 else 1
+        full = _VERHOEFF_S3[pos & 7] if k == 3 else _VERHOEFF_S1[pos & 7]
+        table = full
+        if sctid and pos == 0:  # the check digit's chunk: its first two digits are the partition
+            table = {x: t for x, t in full.items() if x[:2] in _PARTITIONS}
+        if sctid and end == k:  # the leading chunk
+            table = {x: t for x, t in table.items() if x[0] != "0"}
+        name = f"T{pos}"
+        ns[name] = table
+        expr = f"{name}[d[{end - k}:{end}]][{expr}]" if k == 3 else f"{name}[d[{end - 1}]][{expr}]"
+        end, pos = end - k, pos + k
+    exec(compile(f"def check(d):\n    return {expr} == 0\n", f"<verhoeff {n}>", "exec"), ns)
+    return ns["check"]
+
+
+#: the straight-line checks by length (every length an SCTID may have, 6-18, and the shorter)
+_VERHOEFF_BY_LENGTH = {n: _straight_line(n, sctid=False) for n in range(1, 19)}
+#: the same, that also raise KeyError for what is no well-formed SCTID (see :func:`snomed_code_ok`)
+_SCTID_BY_LENGTH = {n: _straight_line(n, sctid=True) for n in range(6, 19)}
+
+
+def verhoeff_valid(digits: str) -> bool:
+    """The Verhoeff check (dihedral group D5) over a string of ASCII digits, check digit last."""
+    check = _VERHOEFF_BY_LENGTH.get(len(digits))
+    return bool(check(digits)) if check is not None else _verhoeff_loop(digits)
+
+
+def snomed_code_ok(code: Any) -> bool:
+    """``code_problem(SNOMED, code) is None``, for the fast paths. A well-formed SCTID (6-18 ASCII
+    digits, no leading zero, a partition identifier, the check digit) is one call of its length's
+    straight-line check, whose tables hold only what such a code can have: anything else raises
+    KeyError there (or has no check of its length) and :func:`sctid_problem` decides."""
+    if type(code) is not str:
+        return True
+    check = _SCTID_BY_LENGTH.get(len(code))
+    if check is not None:
+        try:
+            if check(code):
+                return True
+        except KeyError:
+            pass
+    return sctid_problem(code) is None
 
 
 def sctid_ok(code: str) -> bool:
@@ -166,13 +220,8 @@ def code_problem(system: Any, code: Any, version: Any = None) -> tuple[str, str,
 
 def coding_ok(system: Any, code: Any, version: Any = None) -> bool:
     """The fast paths' form of :func:`code_problem` (most systems are neither SNOMED nor core)."""
-    if system == SNOMED:  # sctid_ok inline: the common case of the hot path
-        if type(code) is not str:
-            return True
-        if 6 <= len(code) <= 18 and code.isascii() and code.isdigit() and code[0] != "0" \
-                and code[-3:-1] in _PARTITIONS and verhoeff_valid(code):
-            return True
-        return sctid_problem(code) is None
+    if system == SNOMED:  # the common case of the hot path
+        return snomed_code_ok(code)
     if system not in _core():
         return True
     return code_problem(system, code, version) is None

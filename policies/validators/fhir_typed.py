@@ -37,7 +37,7 @@ from .fhir_rules import (
     narrative_has_content,
     uri_problem,
 )
-from .fhir_terminology import coding_ok
+from .fhir_terminology import SNOMED, coding_ok, snomed_code_ok
 from .fhir_ucum import QUANTITY_TYPES, UCUM, ucum_valid
 
 _local = threading.local()
@@ -80,12 +80,44 @@ def _uri_rest(tcode: str, *, absolute: bool) -> Callable[[str], bool]:
     return rest
 
 
+def uncaptured(regex: re.Pattern[str]) -> re.Pattern[str]:
+    """``regex`` with its capturing groups made non-capturing: the same language (the fast paths
+    only ask whether a value matches), but Python's engine need not record where each group
+    matched -- a third off the definitions' dateTime pattern, with its nine nested groups. A
+    pattern with a back-reference is returned as it is."""
+    src = regex.pattern
+    if re.search(r"\\[1-9]|\(\?P=", src):
+        return regex
+    out: list[str] = []
+    i, in_class = 0, False
+    while i < len(src):
+        ch = src[i]
+        if ch == "\\":
+            out.append(src[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            if ch == "]" and not (out[-1] == "[" or out[-1] == "[^"):
+                in_class = False
+        elif ch == "[":
+            in_class = True
+            if src[i + 1:i + 2] == "^":
+                out.append("[^")
+                i += 2
+                continue
+        elif ch == "(" and src[i + 1:i + 2] != "?":
+            ch = "(?:"
+        out.append(ch)
+        i += 1
+    return re.compile("".join(out), regex.flags)
+
+
 def format_check(tcode: str, regex: re.Pattern[str], *, absolute: bool = False) -> Callable[[str], bool]:
     """True of a non-empty str that :meth:`FhirValidator._primitive` finds well formed as ``tcode``
     and that needs nothing else (no '#' local reference to resolve): the definitions' regex, and
     for a uri, url or canonical the urn:uuid/urn:oid formats, a canonical's (or, ``absolute``, a
     Coding.system's) scheme. ``TypedPath._format_expr`` writes the same test inline."""
-    match = regex.fullmatch
+    match = uncaptured(regex).fullmatch
     if tcode == "code":
         return lambda v: (v.isprintable() and " " not in v) or match(v) is not None
     if tcode not in ("canonical", "uri", "url"):
@@ -176,6 +208,7 @@ class TypedPath:
                                    "_to_builtins": msgspec.to_builtins, "_cc_codings": _cc_codings,
                                    "_in_vs": _in_vs, "_ext_url_ok": extension_url_absolute,
                                    "_URI_SYSTEM": URI_SYSTEM, "_absolute": absolute, "_coding_ok": coding_ok,
+                                   "_SNOMED": SNOMED, "_snomed_ok": snomed_code_ok,
                                    "_exts_ok": typed_extensions_ok, "_defs": defs,
                                    "_UCUM": UCUM, "_ucum_ok": ucum_valid,
                                    "_WEB": _WEB, "_URI_SPECIAL": _URI_SPECIAL,
@@ -291,8 +324,8 @@ class TypedPath:
             attr = f"f{i}"
             # a choice variant's format check goes with its group (a wide group guards them all)
             sink = formats.setdefault(child.name, []) if child.choice else post
-            if node.path == "Identifier" and key == "system":
-                sink = system_format  # not for the NHS and ODS systems, which are well formed
+            if node.path in ("Identifier", "Coding") and key == "system":
+                sink = system_format  # not for the NHS, ODS and SNOMED CT systems, which are well formed
             before = len(sink)
             typ = self._type(child, tcode, attr, deps, sink)
             if child.choice and len(sink) > before:
@@ -388,8 +421,14 @@ class TypedPath:
                 post.extend("\n".join("    " + ln for ln in c.split("\n")) for c in system_format)
         if node.path == "Coding":  # its code in its code system (fhir_terminology)
             s, c, v = json_names["system"], json_names["code"], json_names["version"]
-            post.append(f"        if not _coding_ok(self.{s}, self.{c}, None if self.{v} is UNSET else self.{v}):\n"
-                        "            _fail()")
+            # SNOMED CT (the common system on the hot path: a constant, so no format test) by one
+            # call of its SCTID check; any other system its format, then its code system's codes
+            post.append(f"        s = self.{s}\n        if s == _SNOMED:\n"
+                        f"            if not _snomed_ok(self.{c}):\n                _fail()\n"
+                        "        else:")
+            post.extend("\n".join("    " + ln for ln in chk.split("\n")) for chk in system_format)
+            post.append(f"            if not _coding_ok(s, self.{c}, None if self.{v} is UNSET else self.{v}):\n"
+                        "                _fail()")
         if node.path == "Reference":
             r = json_names["reference"]
             post.append(f"        if self.{r} is not UNSET and self.{r}[:1] == '#':\n            _fail()")
@@ -476,18 +515,16 @@ class TypedPath:
             post.append(f"        v = self.{attr}\n"
                         f"        if v is not UNSET and not ({self._format_expr(tcode, regex, absolute)}):\n"
                         "            _fail()")
-        else:
-            fn = f"_fmt_{tcode}" + ("_abs" if absolute else "")
-            if fn not in self.ns:
-                self.ns[fn] = format_check(tcode, regex, absolute=absolute)
-            post.append(f"        if self.{attr} is not UNSET and not all(map({fn}, self.{attr})):\n"
-                        "            _fail()")
+        else:  # each item by the same inline test (a loop costs less than all(map(...)) of a call)
+            post.append(f"        if self.{attr} is not UNSET:\n            for v in self.{attr}:\n"
+                        f"                if not ({self._format_expr(tcode, regex, absolute)}):\n"
+                        "                    _fail()")
         return "Annotated[str, Meta(min_length=1)]"
 
     def _format_expr(self, tcode: str, regex: re.Pattern[str], absolute: bool) -> str:
         """The inline expression (of ``v``, a non-empty str) that is true when ``v`` has the
         format :func:`format_check` accepts: the same test, without a call per value."""
-        self.ns[f"_rx_{tcode}"] = regex.fullmatch
+        self.ns[f"_rx_{tcode}"] = uncaptured(regex).fullmatch
         if tcode not in ("canonical", "uri", "url", "code"):
             return f"_rx_{tcode}(v) is not None"
         shape = f"(v.isprintable() and ' ' not in v or _rx_{tcode}(v) is not None)"

@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 
 from psvn.policies.validators.fhir import ANY_RESOURCE, FhirValidator
-from psvn.policies.validators.fhir_terminology import fhirpath_syntax, sctid_problem, verhoeff_valid
+from psvn.policies.validators.fhir_terminology import (
+    SNOMED,
+    code_problem,
+    fhirpath_syntax,
+    sctid_problem,
+    snomed_code_ok,
+    verhoeff_valid,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -234,3 +241,31 @@ def test_a_snomed_concept_filter_names_sctids() -> None:
     other = {"resourceType": "ValueSet", "status": "draft", "compose": {"include": [
         {"system": "http://loinc.org", "filter": [{"property": "concept", "op": "is-a", "value": "LP1-2"}]}]}}
     assert verdicts(other) == []
+
+
+def _with_check_digit(body: str) -> str:
+    """``body`` and the digit that makes its Verhoeff check hold."""
+    return next(body + d for d in "0123456789" if verhoeff_valid(body + d))
+
+
+def test_the_fast_paths_snomed_check_is_code_problem() -> None:
+    """snomed_code_ok (one straight-line check per length, whose tables refuse by KeyError what
+    no SCTID can hold) says what code_problem says, on every length an SCTID may have and beyond,
+    and on each way a code can be malformed; and the typed path answers valid SCTIDs itself."""
+    rng = random.Random(11)
+    codes: list[Any] = [None, 5, "", "0", "3457005", "306206005", "0306206005", "276885007x", "27688\u0665007",
+                        "83152002:405815000=122456005", "<<404684003", "1234567890123456789"]
+    for n in range(1, 21):
+        for _ in range(200):
+            body = rng.choice("123456789") + "".join(rng.choice("0123456789") for _ in range(max(0, n - 4)))
+            part = rng.choice(["00", "01", "02", "10", "11", "16", "06", "17", "20", "99"])
+            code = _with_check_digit(body + part)[:n] if n >= 3 else body[:n]
+            leading_zero = _with_check_digit("0" + body[1:] + part)[:n] if n >= 3 else "0" + body[1:n]
+            codes += [code, code[:-1] + str((int(code[-1]) + 1) % 10), leading_zero, code[:-2] + "\u0661" + code[-1:]]
+    for code in codes:
+        assert snomed_code_ok(code) == (code_problem(SNOMED, code) is None), code
+    v = FhirValidator("Observation")
+    for n in (6, 7, 9, 12, 18):
+        code = _with_check_digit("1" * (n - 3) + "10")
+        body = json.dumps(observation({"system": SNOMED, "code": code})).encode()
+        assert v.check_bytes(body) is not None, code  # no deferral to the walk for a valid SCTID

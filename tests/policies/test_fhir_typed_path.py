@@ -22,7 +22,7 @@ import pytest
 from psvn.policies.validators.common import nhs_number_ok, nhs_number_problem
 from psvn.policies.validators.fhir import ANY_RESOURCE, FhirValidator, IdentifierRule, _typed_path
 from psvn.policies.validators.fhir_definitions import definitions
-from psvn.policies.validators.fhir_typed import carries, format_check
+from psvn.policies.validators.fhir_typed import carries, format_check, uncaptured
 
 ROOT = Path(__file__).resolve().parents[2]
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -129,6 +129,32 @@ def test_format_check_is_the_definitions_predicate() -> None:
                 assert ours(value) == theirs(value), (tcode, value)
 
 
+def test_uncaptured_patterns_match_what_the_definitions_match() -> None:
+    """The typed path runs the definitions' format patterns with their groups non-capturing
+    (fhir_typed.uncaptured): the same strings must match, on the rules' edge values and on random
+    strings over each pattern's own alphabet."""
+    defs = definitions()
+    rng = random.Random(3)
+    alphabet = "0123456789-:T+Z.eE abcfxyz:/#urnoiduu\t"
+    samples = [*STRINGS, "2024-05-13T10:15:00.5-03:00", "1.5e10", "-0", "-01", "urn:oid:2.16.840",
+               "urn:uuid:0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", "true", "false", "0", "00", "10"]
+    samples += ["".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 30))) for _ in range(3000)]
+    for tcode, (_py, regex) in defs.primitives.items():
+        if regex is None:
+            continue
+        fast = uncaptured(regex)
+        if tcode in ("dateTime", "date", "instant", "time", "decimal", "integer", "code", "oid"):
+            assert fast.pattern != regex.pattern and "(" in fast.pattern, tcode  # groups it had are uncaptured
+        for value in samples:
+            assert (fast.fullmatch(value) is None) == (regex.fullmatch(value) is None), (tcode, value)
+        # the pattern's own matches, mutated by one character: the border of its language
+        for value in [x for x in samples if regex.fullmatch(x)][:50]:
+            for i in range(len(value)):
+                for ch in "0919-:Z.+ a":
+                    m = value[:i] + ch + value[i + 1:]
+                    assert (fast.fullmatch(m) is None) == (regex.fullmatch(m) is None), (tcode, m)
+
+
 @pytest.mark.parametrize("values", [
     {}, {"valueString": "x"}, {"valueBoolean": False}, {"valueInteger": 0}, {"valueCode": "a b"},
     {"valueCode": "ab"}, {"valueString": "x", "valueCode": "y"}, {"valueCodeableConcept": {"text": "x"}},
@@ -192,8 +218,11 @@ def test_a_compiled_required_identifier_is_carries(rt: str, doc: dict[str, Any],
 def test_nhs_number_ok_is_nhs_number_problem() -> None:
     rng = random.Random(7)
     values: list[object] = ["9434765919", "9434765918", "943476591", "94347659190", "943476591x", " 434765919",
-                            "\uff19434765919", 9434765919, None, "", "0000000000", "4010232137"]
+                            "\uff19434765919", 9434765919, None, "", "0000000000", "4010232137",
+                            "943476591\u0669", "9434\u0665765919", "94347659 9", "9434765919\n", "+434765919"]
     values += ["".join(rng.choice("0123456789") for _ in range(10)) for _ in range(5000)]
+    # every valid number's check digit replaced by each other digit (one of them only is valid)
+    values += [v[:9] + d for v in values[-5000:] if nhs_number_ok(v) for d in "0123456789"]
     for value in values:
         assert nhs_number_ok(value) == (nhs_number_problem(value) is None), value
 
