@@ -148,6 +148,7 @@ class FhirValidator:
         self.resolve_urn = resolve_urn_references
         self.fast = True  # the compiled fast paths for valid payloads (fhir_typed, fhir_fast); False: the walk only
         self._typed: TypedPath | None = None
+        self._typed_types: frozenset[str] = frozenset()  # the resource types it decides (set with it)
         # the catalogue type's validator modes (fhir_modes); None: the defaults, no hook runs
         self.modes: ModeChecks | None = ModeChecks(modes) if modes is not None and modes.active() else None
         self._mode_primitive = self.modes.primitive if self.modes is not None else None
@@ -212,22 +213,24 @@ class FhirValidator:
         """The data subjects of a JSON payload the typed path (:mod:`.fhir_typed`) finds valid,
         decoded straight from the bytes with every check of the walk; ``None``: parse it and run
         :meth:`check` (any doubt, any violation, or a type the typed path does not take)."""
-        rt = self.resource
-        if not self.fast or (self.modes is not None and not self.modes.fast_paths_may_decide(body)):
+        if not self.fast:
+            return None
+        escaped = b"\\" in body  # one scan for the modes' screen and the typed path's
+        if self.modes is not None and not self.modes.fast_paths_may_decide(body, escaped=escaped):
             return None
         typed = self._typed
         if typed is None:
             typed = self._typed = _typed_path(self.defs)
+            # Bundles, conformance and terminology resources, profiles' paths: the parsed payload's
+            self._typed_types = frozenset(
+                rt for rt in self.defs.resources if rt not in ("Bundle", "StructureDefinition")
+                and rt not in self.profile and rt not in CONFORMANCE_TYPES and rt not in TERMINOLOGY_RESOURCES)
+        rt = self.resource
         if rt == ANY_RESOURCE:
             rt = typed.resource_type(body) or "Bundle"
-        if rt in ("Bundle", "StructureDefinition") or rt in self.profile or rt not in self.defs.resources \
-                or rt in CONFORMANCE_TYPES or rt in TERMINOLOGY_RESOURCES:
-            return None  # Bundles, conformance and terminology resources, profiles' paths: the parsed payload's
-        outer = allow_domains(self.extension_domains)
-        try:
-            got = typed.decode(rt, body)
-        finally:
-            restore(outer)
+        if rt not in self._typed_types:
+            return None
+        got = typed.decode(rt, body, domains=self.extension_domains, escaped=escaped)
         if got is None:
             return None
         res, subjects = got

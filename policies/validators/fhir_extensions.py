@@ -251,10 +251,10 @@ def full_path(rt: str, ptr: str) -> str:
 _local = threading.local()
 
 
-def allow_domains(domains: tuple[str, ...]) -> tuple[str, ...] | None:
+def allow_domains(domains: tuple[str, ...] | None) -> tuple[str, ...] | None:
     """Open the fast paths to the unknown extensions under ``domains`` (the calling validator's
     catalogue type allows them) on this thread; returns what to hand back to :func:`restore`.
-    With none open, an unknown URL defers to the walk."""
+    With none open (``None``), an unknown URL defers to the walk."""
     outer: tuple[str, ...] | None = getattr(_local, "domains", None)
     _local.domains = domains
     return outer

@@ -207,11 +207,15 @@ class ModeChecks:
         #: does a mode look at the content (so a parsed payload always takes the walk)?
         self.data_checks = self.primitive is not None or self.resource_level or self.resolve_references
 
-    def fast_paths_may_decide(self, body: bytes | None) -> bool:
+    def fast_paths_may_decide(self, body: bytes | None, *, escaped: bool | None = None) -> bool:
         """May the fast paths (which know no modes) decide this payload? Only when no mode could
-        find anything in it; ``body`` ``None`` (a parsed payload): never."""
+        find anything in it; ``body`` ``None`` (a parsed payload): never. ``escaped``: whether
+        ``body`` holds a backslash, if the caller has looked already (one scan, not two)."""
         m = self.modes
-        if body is None or (self.data_checks and b"\\" in body and (b"\\u" in body or b"\\/" in body)):
+        if body is None:
+            return False
+        if self.data_checks and (b"\\" in body if escaped is None else escaped) \
+                and (b"\\u" in body or b"\\/" in body):
             return False  # an escaped character could spell what the byte screens below look for
         if (m.reject_html_in_text or m.reject_html_in_markdown) and b"<" in body:
             rest = body

@@ -28,7 +28,7 @@ import msgspec
 
 from .common import NHS_NUMBER_SYSTEM, NO_SUBJECTS, ODS_PATTERN, ODS_SYSTEMS, nhs_number_ok, nhs_subject
 from .fhir_definitions import BASE64, ElementDef, NodeDef, R4Definitions
-from .fhir_extensions import typed_extensions_ok
+from .fhir_extensions import allow_domains, restore, typed_extensions_ok
 from .fhir_rules import (
     ABSOLUTE_ELEMENTS,
     URI_SYSTEM,
@@ -225,9 +225,12 @@ class TypedPath:
             return None
         return rt if isinstance(rt, str) else None
 
-    def decode(self, rt: str, body: bytes) -> tuple[Any, frozenset[str]] | None:
+    def decode(self, rt: str, body: bytes, *, domains: tuple[str, ...] | None = None,
+               escaped: bool | None = None) -> tuple[Any, frozenset[str]] | None:
         """(the decoded resource, its data subjects) for a valid ``rt`` payload; ``None``: the
-        full walk must decide."""
+        full walk must decide. ``domains``: the extension domains the calling catalogue type
+        allows (:func:`.fhir_extensions.allow_domains`; ``None``: an unknown one defers);
+        ``escaped``: whether ``body`` holds a backslash, if the caller has looked already."""
         dec = self._decoders.get(rt)
         if dec is None:
             with self._lock:
@@ -236,16 +239,18 @@ class TypedPath:
                     dec = self._decoders[rt] = msgspec.json.Decoder(self._struct(rt))
         # a string may hold \f or \v (FHIR forbids them) only through an escape: \f, or \u000b/\u000c
         # (any \u000x is left to the walk); one memchr finds no backslash in most payloads
-        if b"\\" in body and (b"\\u000" in body or b"\\f" in body):
+        if (b"\\" in body if escaped is None else escaped) and (b"\\u000" in body or b"\\f" in body):
             return None
         subjects: set[str] = set()
         _local.subjects = subjects
+        outer = allow_domains(domains)
         try:
             res = dec.decode(body)
         except Exception:  # any failure here, even a bug, only means: let the reporting walk decide
             return None
         finally:
             _local.subjects = None
+            restore(outer)
         if res.resourceType != rt:
             return None
         return res, frozenset(map(nhs_subject, subjects)) if subjects else NO_SUBJECTS
