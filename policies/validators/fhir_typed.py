@@ -37,7 +37,7 @@ from .fhir_rules import (
     narrative_has_content,
     uri_problem,
 )
-from .fhir_terminology import SNOMED, coding_ok, snomed_code_ok
+from .fhir_terminology import SNOMED, coding_ok, core_codesystems, snomed_code_ok
 from .fhir_ucum import QUANTITY_TYPES, UCUM, ucum_valid
 
 _local = threading.local()
@@ -124,10 +124,8 @@ def format_check(tcode: str, regex: re.Pattern[str], *, absolute: bool = False) 
         return lambda v: match(v) is not None
     rest = _uri_rest(tcode, absolute=absolute)
     if absolute or tcode == "canonical":
-        return lambda v: ((v.isprintable() and " " not in v) or match(v) is not None) and (
-            v.startswith(_WEB) or rest(v))
-    return lambda v: ((v.isprintable() and " " not in v) or match(v) is not None) and (
-        not v.startswith(_URI_SPECIAL) or rest(v))
+        return lambda v: (v.split() == [v] or match(v) is not None) and (v.startswith(_WEB) or rest(v))
+    return lambda v: (v.split() == [v] or match(v) is not None) and (not v.startswith(_URI_SPECIAL) or rest(v))
 
 
 class _ResourceType(msgspec.Struct):
@@ -208,7 +206,7 @@ class TypedPath:
                                    "_to_builtins": msgspec.to_builtins, "_cc_codings": _cc_codings,
                                    "_in_vs": _in_vs, "_ext_url_ok": extension_url_absolute,
                                    "_URI_SYSTEM": URI_SYSTEM, "_absolute": absolute, "_coding_ok": coding_ok,
-                                   "_SNOMED": SNOMED, "_snomed_ok": snomed_code_ok,
+                                   "_SNOMED": SNOMED, "_snomed_ok": snomed_code_ok, "_CORE_CS": core_codesystems(),
                                    "_exts_ok": typed_extensions_ok, "_defs": defs,
                                    "_UCUM": UCUM, "_ucum_ok": ucum_valid,
                                    "_WEB": _WEB, "_URI_SPECIAL": _URI_SPECIAL,
@@ -432,8 +430,9 @@ class TypedPath:
                         f"            if not _snomed_ok(self.{c}):\n                _fail()\n"
                         "        else:")
             post.extend("\n".join("    " + ln for ln in chk.split("\n")) for chk in system_format)
-            post.append(f"            if not _coding_ok(s, self.{c}, None if self.{v} is UNSET else self.{v}):\n"
-                        "                _fail()")
+            # a system that is no core code system is the common case: one dict lookup (as coding_ok)
+            post.append(f"            if s in _CORE_CS and not _coding_ok(s, self.{c}, None if self.{v} is UNSET "
+                        f"else self.{v}):\n                _fail()")
         if node.path == "Reference":
             r = json_names["reference"]
             post.append(f"        if self.{r} is not UNSET and self.{r}[:1] == '#':\n            _fail()")
@@ -532,9 +531,12 @@ class TypedPath:
         self.ns[f"_rx_{tcode}"] = uncaptured(regex).fullmatch
         if tcode not in ("canonical", "uri", "url", "code"):
             return f"_rx_{tcode}(v) is not None"
-        shape = f"(v.isprintable() and ' ' not in v or _rx_{tcode}(v) is not None)"
-        if tcode == "code":
-            return shape
+        if tcode == "code":  # short, as a rule: a printable token without a space has the format
+            return f"(v.isprintable() and ' ' not in v or _rx_{tcode}(v) is not None)"
+        # a uri's pattern is \S*: a string that splits into itself has no whitespace, so matches
+        # (str.split and the pattern's \s agree on what is whitespace); faster than isprintable()
+        # on a URL's length, and it needs no regex
+        shape = f"(v.split() == [v] or _rx_{tcode}(v) is not None)"
         rest = f"_uri_rest_{tcode}" + ("_abs" if absolute else "")
         self.ns[rest] = _uri_rest(tcode, absolute=absolute)
         if absolute or tcode == "canonical":  # http(s):// has a scheme, and is no urn: nor '#'

@@ -155,6 +155,25 @@ def test_uncaptured_patterns_match_what_the_definitions_match() -> None:
                     assert (fast.fullmatch(m) is None) == (regex.fullmatch(m) is None), (tcode, m)
 
 
+def test_a_uri_that_splits_into_itself_has_the_uri_format() -> None:
+    """The typed path settles a uri, url or canonical's pattern (``\\S*``) by ``v.split() == [v]``
+    before it runs the pattern: whatever str.split finds no whitespace in must match ``\\S*``, on
+    every character (each Unicode whitespace, the controls, the invisible ones). The converse does
+    not hold (str.split also splits at \\x1c-\\x1f and \\x85, which ``\\s`` does not match): those
+    run the pattern, and the verdict is the walk's."""
+    uri = definitions().primitives["uri"][1]
+    assert uri is not None
+    for cp in [*range(0x0, 0x3001), 0x202F, 0x205F, 0x2060, 0xFEFF, 0x1680, 0x180E, 0x10FFFF]:
+        ch = chr(cp)
+        for v in (ch, "a" + ch, ch + "a", "http://x/" + ch + "y"):
+            if v.split() == [v]:
+                assert uri.fullmatch(v) is not None, (hex(cp), v)
+    v = FhirValidator("Patient", extension_domains=DOMAINS)
+    for value in ("http://example.org/a\u2003b", "http://example.org/a\u00a0b", "http://example.org/a\u200bb",
+                  "http://example.org/a\x1cb", "http://example.org/a\x85b"):
+        agree(v, with_value(patient(), ["identifier", 1, "system"], value))
+
+
 @pytest.mark.parametrize("values", [
     {}, {"valueString": "x"}, {"valueBoolean": False}, {"valueInteger": 0}, {"valueCode": "a b"},
     {"valueCode": "ab"}, {"valueString": "x", "valueCode": "y"}, {"valueCodeableConcept": {"text": "x"}},
