@@ -26,7 +26,15 @@ from typing import Any
 
 import msgspec
 
-from .common import NHS_NUMBER_SYSTEM, NO_SUBJECTS, ODS_PATTERN, ODS_SYSTEMS, nhs_number_ok, nhs_subject
+from .common import (
+    NHS_NUMBER_SYSTEM,
+    NHS_SUBJECT_PREFIX,
+    NO_SUBJECTS,
+    ODS_PATTERN,
+    ODS_SYSTEMS,
+    nhs_number_ok,
+    nhs_subject,
+)
 from .fhir_definitions import BASE64, ElementDef, NodeDef, R4Definitions
 from .fhir_extensions import allow_domains, restore, typed_extensions_ok
 from .fhir_rules import (
@@ -145,7 +153,7 @@ def _fail() -> None:
 
 def _subject(value: str) -> None:
     """Note a valid NHS number as a data subject (the decode in progress on this thread)."""
-    _local.subjects.add(value)
+    _local.subjects.add(nhs_subject(value))
 
 
 class _View:
@@ -202,7 +210,8 @@ class TypedPath:
                                    "Annotated": __import__("typing").Annotated, "Literal": __import__("typing").Literal,
                                    "Meta": msgspec.Meta, "_fail": _fail, "_subject": _subject, "_local": _local,
                                    "_nhs_ok": nhs_number_ok, "_ods_ok": re.compile(ODS_PATTERN, re.ASCII).fullmatch,
-                                   "_NHS": NHS_NUMBER_SYSTEM, "_ODS": ODS_SYSTEMS, "_View": _View,
+                                   "_NHS": NHS_NUMBER_SYSTEM, "_NHS_SUBJECT": NHS_SUBJECT_PREFIX, "_ODS": ODS_SYSTEMS,
+                                   "_View": _View,
                                    "_to_builtins": msgspec.to_builtins, "_cc_codings": _cc_codings,
                                    "_in_vs": _in_vs, "_ext_url_ok": extension_url_absolute,
                                    "_URI_SYSTEM": URI_SYSTEM, "_absolute": absolute, "_coding_ok": coding_ok,
@@ -251,7 +260,7 @@ class TypedPath:
             restore(outer)
         if res.resourceType != rt:
             return None
-        return res, frozenset(map(nhs_subject, subjects)) if subjects else NO_SUBJECTS
+        return res, frozenset(subjects) if subjects else NO_SUBJECTS  # noted as nhs:<number>
 
 
     def carrier(self, rt: str, element: str, system: str) -> Callable[[Any], bool]:
@@ -415,7 +424,7 @@ class TypedPath:
             # an NHS number is checked and noted as a data subject, an ODS code checked, inline
             post.append(f"        s = self.{s}\n        if s == _NHS:\n            v = self.{v}\n"
                         "            if not _nhs_ok(v):\n                _fail()\n"
-                        "            _local.subjects.add(v)\n"
+                        "            _local.subjects.add(_NHS_SUBJECT + v)\n"
                         f"        elif s in _ODS:\n            v = self.{v}\n"
                         "            if v is UNSET or _ods_ok(v) is None:\n                _fail()\n"
                         "        elif s == _URI_SYSTEM:\n            _fail()")
