@@ -521,8 +521,8 @@ class TypedPath:
             return "str"
         assert regex is not None
         # the format is checked in __post_init__ (cheaper than a msgspec pattern per value, which
-        # costs more than the regex itself; and a printable token without a space is a valid uri
-        # or code without running the regex)
+        # costs more than the regex itself; and a string without whitespace is a valid uri, a
+        # printable token without a space a valid code, without running the regex)
         absolute = child.fhir_path in ABSOLUTE_ELEMENTS and tcode in ("canonical", "uri", "url")
         if child.max == 1:
             post.append(f"        v = self.{attr}\n"
