@@ -6,13 +6,13 @@ the walk's verdict on each input."""
 from __future__ import annotations
 
 import copy
-import json
 from typing import Any
 
 import pytest
 
 from psvn.policies.validators.fhir import ANY_RESOURCE, FhirValidator
 from psvn.policies.validators.fhir_extensions import extension_table, full_path
+from tests.policies.walk_verdict import held_verdict
 
 HL7 = "http://hl7.org/fhir/StructureDefinition/"
 UK = "https://fhir.hl7.org.uk/StructureDefinition/"
@@ -24,15 +24,7 @@ def patient(**extra: Any) -> dict[str, Any]:
     return {"resourceType": "Patient", "id": "p1", **extra}
 
 
-def rules(v: FhirValidator, data: dict[str, Any]) -> list[tuple[str, str]]:
-    """The walk's (path, rule) pairs, after checking that both fast paths agree with it."""
-    v.fast = False
-    slow = v.check(data)
-    v.fast = True
-    assert v.check(data) == slow
-    typed = v.check_bytes(json.dumps(data).encode())
-    assert typed is None or slow == ([], typed)
-    return [(x.path, x.rule) for x in slow[0]]
+rules = held_verdict
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from psvn.policies.validators.fhir import ANY_RESOURCE, FhirValidator
+from tests.policies.walk_verdict import held_verdict
 
 
 def profile(*paths: str, derivation: str = "constraint", type_: str = "Observation") -> dict[str, Any]:
@@ -16,12 +17,7 @@ def profile(*paths: str, derivation: str = "constraint", type_: str = "Observati
 
 
 def verdict(data: dict[str, Any]) -> list[tuple[str, str]]:
-    v = FhirValidator(ANY_RESOURCE)
-    v.fast = False
-    slow = v.check(data)
-    v.fast = True
-    assert v.check(data) == slow
-    return [(x.path, x.rule) for x in slow[0]]
+    return held_verdict(FhirValidator(ANY_RESOURCE), data)
 
 
 def test_paths_of_the_constrained_type_are_valid() -> None:

@@ -3,13 +3,13 @@ carry a UCUM expression; the fast paths give the walk's verdict."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 
 from psvn.policies.validators.fhir import ANY_RESOURCE, FhirValidator
 from psvn.policies.validators.fhir_ucum import UCUM, ucum_valid
+from tests.policies.walk_verdict import held_verdict
 
 
 @pytest.mark.parametrize("code", ["mm[Hg]", "mm[Hg]{hg}", "kg/m2", "/min", "{beats}/min", "10*3/uL", "Cel", "%",
@@ -29,14 +29,7 @@ def observation(code: str, system: str = UCUM) -> dict[str, Any]:
 
 
 def verdict(data: dict[str, Any]) -> list[tuple[str, str]]:
-    v = FhirValidator(ANY_RESOURCE)
-    v.fast = False
-    slow = v.check(data)
-    v.fast = True
-    assert v.check(data) == slow
-    typed = v.check_bytes(json.dumps(data).encode())
-    assert typed is None or slow == ([], typed)
-    return [(x.path, x.rule) for x in slow[0]]
+    return held_verdict(FhirValidator(ANY_RESOURCE), data)
 
 
 def test_a_quantity_with_a_ucum_code_is_valid_and_a_bad_one_is_refused() -> None:
