@@ -65,7 +65,7 @@ from .fhir_rules import (
     uri_problem,
 )
 from .fhir_sd import structure_definition_problems
-from .fhir_terminology import TERMINOLOGY_RESOURCES, coding_violations, reset_ecl_budget, resource_violations
+from .fhir_terminology import TERMINOLOGY_RESOURCES, coding_violations, reset_parse_budget, resource_violations
 from .fhir_typed import TypedPath
 from .fhir_ucum import QUANTITY_TYPES, ucum_problem
 from .fhir_xml import reader as xml_reader
@@ -176,7 +176,7 @@ class FhirValidator:
     def check(self, data: Any) -> tuple[list[Violation], frozenset[str]]:
         """(every violation, the data subjects named); the subjects mean something only when
         there is no violation."""
-        reset_ecl_budget()
+        reset_parse_budget()
         if self.fast and type(data) is dict and (self.modes is None or not self.modes.data_checks
                                                  or self.modes.data_may_decide(data)):
             try:
@@ -189,7 +189,7 @@ class FhirValidator:
                 done = None
             if done is not None:
                 return [], done
-            reset_ecl_budget()  # the walk judges what the fast path judged
+            reset_parse_budget()  # the walk judges what the fast path judged
         ctx = _Ctx(out=[])
         if not isinstance(data, dict):
             return [Violation(path="", rule="fhir-resource", message="a FHIR resource must be a JSON object",

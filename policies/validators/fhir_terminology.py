@@ -432,16 +432,29 @@ def _snomed_concept_filter(f: dict[str, Any], p: str, out: list[Violation]) -> N
                                  expected="an SCTID (6-18 digits, partition identifier, Verhoeff check digit)"))
 
 
-# ECL text parsed per payload (a parse costs ~8 ms per KiB): beyond it a filter is accepted
-# unjudged, as a text too long for the parser is, so that no payload within the gateway's body
-# limit can hold the event loop for long with ECL. 16 KiB is ~80 realistic expressions.
-ECL_BUDGET_BYTES = 16_384
-_ecl_budget = threading.local()
+# What the syntax parsers (ECL, FHIRPath filter expressions) may spend on one payload, in units
+# of about 8 us of parsing: an ECL text costs its length (~8 ms per KiB), a FHIRPath expression
+# a fixed 100 (~0.7 ms: the ANTLR parser's set-up) plus its length. Past the budget a filter is
+# accepted unjudged, as a text too long for the ECL parser is, so that no payload within the
+# gateway's body limit holds the event loop for long with parses (~130 ms at most: 16 KiB of ECL,
+# or ~160 FHIRPath expressions, both far past a real ValueSet's).
+PARSE_BUDGET = 16_384
+FHIRPATH_PARSE_COST = 100
+_budget = threading.local()
 
 
-def reset_ecl_budget() -> None:
-    """Start a payload's ECL budget (the validator calls this once per payload)."""
-    _ecl_budget.left = ECL_BUDGET_BYTES
+def reset_parse_budget() -> None:
+    """Start a payload's parse budget (the validator calls this once per payload and path)."""
+    _budget.left = PARSE_BUDGET
+
+
+def _spend(cost: int) -> bool:
+    """Take ``cost`` from this payload's parse budget; False (nothing taken) if it is spent."""
+    left = getattr(_budget, "left", PARSE_BUDGET)
+    if cost > left:
+        return False
+    _budget.left = left - cost
+    return True
 
 
 def _ecl_filter(f: dict[str, Any], p: str, out: list[Violation]) -> None:
@@ -450,10 +463,8 @@ def _ecl_filter(f: dict[str, Any], p: str, out: list[Violation]) -> None:
     value = f.get("value")
     if f.get("property") != "constraint" or f.get("op") != "=" or type(value) is not str:
         return
-    left = getattr(_ecl_budget, "left", ECL_BUDGET_BYTES)
-    if len(value) > left:
+    if not _spend(len(value)):
         return
-    _ecl_budget.left = left - len(value)
     error = ecl_syntax_error(value)
     if error is not None:
         out.append(Violation(path=f"{p}/value", rule="fhir-snomed-ecl", message=f"the value {value[:80]!r} for "
@@ -476,7 +487,7 @@ def _filter_expression(value: dict[str, Any], p: str, params: set[str], out: lis
                                  f"filter expression must be in 'text/fhirpath', not {lang!r}",
                                  expected="language: text/fhirpath"))
             continue
-        if type(text) is not str:
+        if type(text) is not str or not _spend(FHIRPATH_PARSE_COST + len(text)):
             continue
         constants, error = fhirpath_syntax(text)
         if error is not None:

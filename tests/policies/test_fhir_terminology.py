@@ -269,3 +269,25 @@ def test_the_fast_paths_snomed_check_is_code_problem() -> None:
         code = _with_check_digit("1" * (n - 3) + "10")
         body = json.dumps(observation({"system": SNOMED, "code": code})).encode()
         assert v.check_bytes(body) is not None, code  # no deferral to the walk for a valid SCTID
+
+
+def test_filter_expressions_parsed_per_payload_are_bounded() -> None:
+    """FHIRPath filter expressions share the payload's parse budget: past it they are accepted
+    unjudged (a ValueSet of thousands cannot hold the event loop); the next payload is judged."""
+    from psvn.policies.validators.fhir_terminology import FHIRPATH_PARSE_COST, PARSE_BUDGET
+
+    def flt(expression: str) -> dict[str, Any]:
+        return {"property": "concept", "op": "=", "_value": {"extension": [
+            {"url": "http://hl7.org/fhir/StructureDefinition/cqf-expression",
+             "valueExpression": {"language": "text/fhirpath", "expression": expression}}]}}
+
+    good, bad = flt("%a and %a"), flt("%a and and")
+    n = PARSE_BUDGET // (FHIRPATH_PARSE_COST + len("%a and %a")) + 1
+    vs = {"resourceType": "ValueSet", "status": "draft", "extension": [
+        {"url": "http://hl7.org/fhir/tools/StructureDefinition/valueset-parameter",
+         "extension": [{"url": "name", "valueCode": "a"}]}],
+        "compose": {"include": [{"system": "http://example.org/cs", "filter": [good] * n + [bad]}]}}
+    assert verdicts(vs) == []  # the bad one came after the budget: not judged
+    vs["compose"]["include"][0]["filter"] = [bad] + [good] * n
+    assert verdicts(vs) == [("/compose/include/0/filter/0/_value/extension/0/valueExpression/expression",
+                             "fhir-valueset-expression")]

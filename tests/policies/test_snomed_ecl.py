@@ -172,13 +172,13 @@ def test_the_violation_names_the_expression() -> None:
 
 
 def test_ecl_judged_per_payload_is_bounded() -> None:
-    """Past ECL_BUDGET_BYTES of ECL in one payload, filters are accepted unjudged (a payload
+    """Past PARSE_BUDGET bytes of ECL in one payload, filters are accepted unjudged (a payload
     within the body limit cannot hold the event loop with parses); the next payload is judged."""
     from psvn.policies.validators.fhir import ANY_RESOURCE, FhirValidator
-    from psvn.policies.validators.fhir_terminology import ECL_BUDGET_BYTES
+    from psvn.policies.validators.fhir_terminology import PARSE_BUDGET
 
     good = "<< 404684003 |Clinical finding| OR << 71388002 |Procedure|"
-    n = ECL_BUDGET_BYTES // len(good) + 1
+    n = PARSE_BUDGET // len(good) + 1
     filters = [{"property": "constraint", "op": "=", "value": good} for _ in range(n)]
     bad = {"property": "constraint", "op": "=", "value": good + " <<"}  # longer than what is left
     vs = {"resourceType": "ValueSet", "status": "draft",
