@@ -37,6 +37,7 @@ from typing import Any
 
 from psvn.core.errors import Violation
 
+from . import budget
 from .common import (
     NHS_EXPECTED,
     NHS_NUMBER_SYSTEM,
@@ -65,7 +66,7 @@ from .fhir_rules import (
     uri_problem,
 )
 from .fhir_sd import structure_definition_problems
-from .fhir_terminology import TERMINOLOGY_RESOURCES, coding_violations, reset_parse_budget, resource_violations
+from .fhir_terminology import TERMINOLOGY_RESOURCES, coding_violations, resource_violations
 from .fhir_typed import TypedPath
 from .fhir_ucum import QUANTITY_TYPES, ucum_problem
 from .fhir_xml import reader as xml_reader
@@ -124,6 +125,7 @@ class _Ctx:
     root: dict[str, Any] = field(default_factory=dict)  # %rootResource: the container of a contained one
     local: list[str] = field(default_factory=list)  # "#id" canonicals, URIs and narrative links, without '#'
     res_ptr: str = ""  # the pointer of the resource being walked (an extension's element path is read from it)
+    work_limited: bool = False  # the payload needed more FHIRPath evaluations than budget.MAX_EVALUATIONS
 
 
 class FhirValidator:
@@ -176,7 +178,7 @@ class FhirValidator:
     def check(self, data: Any) -> tuple[list[Violation], frozenset[str]]:
         """(every violation, the data subjects named); the subjects mean something only when
         there is no violation."""
-        reset_parse_budget()
+        budget.reset()
         if self.fast and type(data) is dict and (self.modes is None or not self.modes.data_checks
                                                  or self.modes.data_may_decide(data)):
             try:
@@ -189,7 +191,7 @@ class FhirValidator:
                 done = None
             if done is not None:
                 return [], done
-            reset_parse_budget()  # the walk judges what the fast path judged
+            budget.reset()  # the walk judges what the fast path judged
         ctx = _Ctx(out=[])
         if not isinstance(data, dict):
             return [Violation(path="", rule="fhir-resource", message="a FHIR resource must be a JSON object",
@@ -215,6 +217,7 @@ class FhirValidator:
         :meth:`check` (any doubt, any violation, or a type the typed path does not take)."""
         if not self.fast:
             return None
+        budget.reset()
         escaped = b"\\" in body  # one scan for the modes' screen and the typed path's
         if self.modes is not None and not self.modes.fast_paths_may_decide(body, escaped=escaped):
             return None
@@ -369,11 +372,26 @@ class FhirValidator:
                 continue
             try:
                 holds = engine.holds(res, res, res) if engine is not None else True
+            except budget.WorkLimitExceeded:
+                self._work_limited(ptr, ctx)
+                return
             except Exception:  # an expression the engine cannot evaluate counts as failed: fail closed
                 holds = False
             if not holds:
                 ctx.out.append(Violation(path=ptr, rule="fhir-profile-invariant",
                                          message=f"{el}: {inv.human}", expected=inv.expression))
+
+    @staticmethod
+    def _work_limited(p: str, ctx: _Ctx) -> None:
+        """Past the payload's FHIRPath evaluations (:data:`budget.MAX_EVALUATIONS`): refused once,
+        naming the limit, never passed with invariants unjudged."""
+        if not ctx.work_limited:
+            ctx.work_limited = True
+            ctx.out.append(Violation(
+                path=p, rule="fhir-work-limit",
+                message=f"the payload needs more than {budget.MAX_EVALUATIONS:,} FHIRPath invariant evaluations, "
+                "more than psvn judges in one message: send it in smaller parts",
+                expected=f"at most {budget.MAX_EVALUATIONS:,} elements that carry FHIRPath invariants"))
 
     def _invariants(self, node: NodeDef, val: dict[str, Any], p: str, ctx: _Ctx) -> None:
         """The FHIRPath invariants on this element (compiled once: native, else fhirpathpy)."""
@@ -381,6 +399,9 @@ class FhirValidator:
             try:
                 holds = native(val, ctx.resource) if native is not None else \
                     engine.holds(val, ctx.resource, ctx.root) if engine is not None else True
+            except budget.WorkLimitExceeded:
+                self._work_limited(p, ctx)
+                return
             except Exception:
                 holds = True
             if not holds:

@@ -31,6 +31,7 @@ reference only warns that it cannot find it.
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -93,7 +94,7 @@ def _search_parameter(sp: dict[str, Any], ptr: str, defs: R4Definitions, out: li
     if master is not None:
         mtype, mbases = master
         if "Resource" not in mbases:
-            for i, b in enumerate(sp.get("base") or ()):
+            for i, b in enumerate(sp["base"] if isinstance(sp.get("base"), list) else ()):
                 if isinstance(b, str) and b not in mbases:
                     out.append(Violation(
                         path=f"{ptr}/base/{i}", rule="fhir-searchparameter-derivation",
@@ -167,27 +168,50 @@ def _capability_statement(cs: dict[str, Any], ptr: str, defs: R4Definitions, out
 
 
 def _questionnaire(q: dict[str, Any], ptr: str, defs: R4Definitions, out: list[Violation]) -> None:
+    # One depth-first pass numbers the items (an item's inner items are the numbers up to its
+    # ``end``) and indexes them by linkId, so each enableWhen costs a lookup, not a search of the
+    # tree (a Questionnaire of thousands of items and conditions stays linear).
+    flat: list[tuple[dict[str, Any], str]] = []
+    ends: list[int] = []
     for item, ip in _items(q, ptr):
+        flat.append((item, ip))
+        ends.append(0)
+    _number_ends(q, 0, ends)
+    where: dict[str, list[int]] = {}
+    for k, (item, _ip) in enumerate(flat):
+        if isinstance(item.get("linkId"), str):
+            where.setdefault(item["linkId"], []).append(k)
+    for k, (item, ip) in enumerate(flat):
         for ei, ew in _objects(item.get("enableWhen")):
             link = ew.get("question")
             if not isinstance(link, str):
                 continue  # required (min 1): the walk reports it
             p = f"{ip}/enableWhen/{ei}/question"
-            if _find_item(item, link) is not None:
+            found = where.get(link, [])
+            j = bisect.bisect_right(found, k)
+            if j < len(found) and found[j] < ends[k]:
                 out.append(Violation(path=p, rule="fhir-questionnaire-enablewhen",
                                      message=f"enableWhen.question {link!r} names an item inside this item: an "
                                      "item cannot be enabled by one of its own inner questions",
                                      expected="the linkId of a question outside this item"))
-                continue
-            target = _find_item(q, link)
-            if target is None:
+            elif not found:
                 out.append(Violation(path=p, rule="fhir-questionnaire-enablewhen",
                                      message=f"enableWhen.question {link!r} names no item of the Questionnaire",
                                      expected="the linkId of an item in this Questionnaire"))
-            elif target is item:
+            elif found[0] == k:  # the first item with that linkId (as the reference searches) is this one
                 out.append(Violation(path=p, rule="fhir-questionnaire-enablewhen",
                                      message=f"enableWhen.question {link!r} names the item itself",
                                      expected="the linkId of another item"))
+
+
+def _number_ends(node: dict[str, Any], k: int, ends: list[int]) -> int:
+    """Fill ``ends`` for the items under ``node`` numbered from ``k`` (depth first, as
+    :func:`_items` yields them): each item's end is one past its last inner item."""
+    for _i, item in _objects(node.get("item")):
+        mine = k
+        k = _number_ends(item, k + 1, ends)
+        ends[mine] = k
+    return k
 
 
 def _items(node: dict[str, Any], ptr: str) -> Iterator[tuple[dict[str, Any], str]]:
@@ -196,14 +220,6 @@ def _items(node: dict[str, Any], ptr: str) -> Iterator[tuple[dict[str, Any], str
         p = f"{ptr}/item/{i}"
         yield item, p
         yield from _items(item, p)
-
-
-def _find_item(node: dict[str, Any], link: str) -> dict[str, Any] | None:
-    """The first item under ``node`` (depth first, as the reference searches) with this linkId."""
-    for item, _p in _items(node, ""):
-        if item.get("linkId") == link:
-            return item
-    return None
 
 
 def _objects(val: Any) -> Iterator[tuple[int, dict[str, Any]]]:

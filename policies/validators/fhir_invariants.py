@@ -34,6 +34,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from . import budget
+
 INVARIANTS = Path(__file__).resolve().parent.parent / "fhir" / "r4-invariants.json"
 
 Predicate = Callable[[dict[str, Any], dict[str, Any]], bool]  # (element, its resource) -> holds
@@ -229,6 +231,7 @@ class FhirPath:
             from fhirpathpy.models import models
 
             self._fn = fp_compile(engine_expression(self.expression), models["r4"])
+        budget.evaluation()
         result = self._fn(element, {"resource": resource, "rootResource": root,
                                     "ucum": "http://unitsofmeasure.org"})
         return result == [True]

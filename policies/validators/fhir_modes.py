@@ -221,7 +221,13 @@ class ModeChecks:
             rest = body
             if b'"div"' in body:  # a narrative is XHTML: screened here for txt-1, then set aside
                 for d in _DIV.finditer(body):
-                    if m.reject_html_in_text and unsafe_xhtml(json.loads(b'"' + d.group(1) + b'"')) is not None:
+                    if not m.reject_html_in_text:
+                        continue
+                    try:
+                        div = json.loads(b'"' + d.group(1) + b'"')
+                    except ValueError:  # malformed JSON or UTF-8: the parse reports it, not this screen
+                        return False
+                    if type(div) is not str or unsafe_xhtml(div) is not None:
                         return False
                 rest = _DIV.sub(b"", body)
             if b"<" in rest:

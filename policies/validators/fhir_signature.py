@@ -27,14 +27,22 @@ import json
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from psvn.core.errors import Violation
 
+from . import budget
+
 JOSE = "application/jose"
+# What a signature's verification may cost (see .budget: up to two verifies, ~1 ms with keys a CA
+# issues), and the RSA keys judged at all (larger ones, or a huge public exponent, make a verify
+# cost milliseconds: an attacker's lever, not a real certificate).
+SIGNATURE_COST = 250
+MAX_RSA_BITS = 8192
+MAX_RSA_EXPONENT = 2**32
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {"256": hashes.SHA256, "384": hashes.SHA384,
                                                    "512": hashes.SHA512}
 
@@ -61,7 +69,7 @@ def signature_problem(bundle: dict[str, Any], ptr: str) -> Violation | None:
     key = _key(header)
     verify = _verifier(header.get("alg"), key) if key is not None else None
     canon = _canonicalization(header, sig, bundle)
-    if verify is None or canon is None:
+    if verify is None or canon is None or not budget.spend(SIGNATURE_COST):
         return None
     to_sign = canonical(bundle, canon)
     if verify(parts[0] + "." + _b64url_encode(to_sign), parts[2]):
@@ -121,9 +129,13 @@ def _key(header: dict[str, Any]) -> Any:
     if not (isinstance(chain, list) and chain and isinstance(chain[0], str)):
         return None
     try:
-        return x509.load_der_x509_certificate(base64.b64decode(chain[0], validate=True)).public_key()
-    except (binascii.Error, ValueError):
+        key = x509.load_der_x509_certificate(base64.b64decode(chain[0], validate=True)).public_key()
+    except (binascii.Error, ValueError, UnsupportedAlgorithm):
         return None
+    if isinstance(key, rsa.RSAPublicKey) and (key.key_size > MAX_RSA_BITS
+                                              or key.public_numbers().e > MAX_RSA_EXPONENT):
+        return None  # not judged: a verify with such a key costs milliseconds, and no CA issues one
+    return key
 
 
 def _verifier(alg: Any, key: Any) -> Any:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser  # type: i
 
 from psvn.core.errors import Violation
 
+from . import budget
 from .common import escape
 from .snomed_ecl import ecl_syntax_error
 
@@ -421,7 +421,7 @@ def _snomed_concept_filter(f: dict[str, Any], p: str, out: list[Violation]) -> N
     """A SNOMED CT filter on ``concept`` names concepts by their SCTIDs: a value that is not one
     can select nothing (the reference: "must be a valid code from the system")."""
     value, op = f.get("value"), f.get("op")
-    if f.get("property") != "concept" or op not in _CONCEPT_OPS or type(value) is not str:
+    if f.get("property") != "concept" or type(op) is not str or op not in _CONCEPT_OPS or type(value) is not str:
         return
     for code in (value.split(",") if op in ("in", "not-in") else (value,)):
         code = code.strip()
@@ -432,29 +432,15 @@ def _snomed_concept_filter(f: dict[str, Any], p: str, out: list[Violation]) -> N
                                  expected="an SCTID (6-18 digits, partition identifier, Verhoeff check digit)"))
 
 
-# What the syntax parsers (ECL, FHIRPath filter expressions) may spend on one payload, in units
-# of about 8 us of parsing: an ECL text costs its length (~8 ms per KiB), a FHIRPath expression
-# a fixed 100 (~0.7 ms: the ANTLR parser's set-up) plus its length. Past the budget a filter is
-# accepted unjudged, as a text too long for the ECL parser is, so that no payload within the
-# gateway's body limit holds the event loop for long with parses (~130 ms at most: 16 KiB of ECL,
-# or ~160 FHIRPath expressions, both far past a real ValueSet's).
-PARSE_BUDGET = 16_384
+# A FHIRPath expression's parse costs a fixed 100 units of the payload's budget (~0.7 ms: the
+# ANTLR parser's set-up) plus its length; an ECL text its length squared over 256 (at least its
+# length): the ECL interpreter is superlinear (8 KiB of refinements took 2 s).
 FHIRPATH_PARSE_COST = 100
-_budget = threading.local()
 
 
-def reset_parse_budget() -> None:
-    """Start a payload's parse budget (the validator calls this once per payload and path)."""
-    _budget.left = PARSE_BUDGET
-
-
-def _spend(cost: int) -> bool:
-    """Take ``cost`` from this payload's parse budget; False (nothing taken) if it is spent."""
-    left = getattr(_budget, "left", PARSE_BUDGET)
-    if cost > left:
-        return False
-    _budget.left = left - cost
-    return True
+def ecl_cost(text: str) -> int:
+    """Budget units an ECL text's parse may take (see :mod:`.budget`)."""
+    return max(len(text), len(text) * len(text) // 256)
 
 
 def _ecl_filter(f: dict[str, Any], p: str, out: list[Violation]) -> None:
@@ -463,7 +449,7 @@ def _ecl_filter(f: dict[str, Any], p: str, out: list[Violation]) -> None:
     value = f.get("value")
     if f.get("property") != "constraint" or f.get("op") != "=" or type(value) is not str:
         return
-    if not _spend(len(value)):
+    if not budget.spend(ecl_cost(value)):
         return
     error = ecl_syntax_error(value)
     if error is not None:
@@ -487,7 +473,7 @@ def _filter_expression(value: dict[str, Any], p: str, params: set[str], out: lis
                                  f"filter expression must be in 'text/fhirpath', not {lang!r}",
                                  expected="language: text/fhirpath"))
             continue
-        if type(text) is not str or not _spend(FHIRPATH_PARSE_COST + len(text)):
+        if type(text) is not str or not budget.spend(FHIRPATH_PARSE_COST + len(text)):
             continue
         constants, error = fhirpath_syntax(text)
         if error is not None:

@@ -274,7 +274,8 @@ def test_the_fast_paths_snomed_check_is_code_problem() -> None:
 def test_filter_expressions_parsed_per_payload_are_bounded() -> None:
     """FHIRPath filter expressions share the payload's parse budget: past it they are accepted
     unjudged (a ValueSet of thousands cannot hold the event loop); the next payload is judged."""
-    from psvn.policies.validators.fhir_terminology import FHIRPATH_PARSE_COST, PARSE_BUDGET
+    from psvn.policies.validators.budget import BUDGET
+    from psvn.policies.validators.fhir_terminology import FHIRPATH_PARSE_COST
 
     def flt(expression: str) -> dict[str, Any]:
         return {"property": "concept", "op": "=", "_value": {"extension": [
@@ -282,7 +283,7 @@ def test_filter_expressions_parsed_per_payload_are_bounded() -> None:
              "valueExpression": {"language": "text/fhirpath", "expression": expression}}]}}
 
     good, bad = flt("%a and %a"), flt("%a and and")
-    n = PARSE_BUDGET // (FHIRPATH_PARSE_COST + len("%a and %a")) + 1
+    n = BUDGET // (FHIRPATH_PARSE_COST + len("%a and %a")) + 1
     vs = {"resourceType": "ValueSet", "status": "draft", "extension": [
         {"url": "http://hl7.org/fhir/tools/StructureDefinition/valueset-parameter",
          "extension": [{"url": "name", "valueCode": "a"}]}],

@@ -172,13 +172,14 @@ def test_the_violation_names_the_expression() -> None:
 
 
 def test_ecl_judged_per_payload_is_bounded() -> None:
-    """Past PARSE_BUDGET bytes of ECL in one payload, filters are accepted unjudged (a payload
+    """Past the payload's work budget of ECL, filters are accepted unjudged (a payload
     within the body limit cannot hold the event loop with parses); the next payload is judged."""
+    from psvn.policies.validators.budget import BUDGET
     from psvn.policies.validators.fhir import ANY_RESOURCE, FhirValidator
-    from psvn.policies.validators.fhir_terminology import PARSE_BUDGET
+    from psvn.policies.validators.fhir_terminology import ecl_cost
 
     good = "<< 404684003 |Clinical finding| OR << 71388002 |Procedure|"
-    n = PARSE_BUDGET // len(good) + 1
+    n = BUDGET // ecl_cost(good) + 1
     filters = [{"property": "constraint", "op": "=", "value": good} for _ in range(n)]
     bad = {"property": "constraint", "op": "=", "value": good + " <<"}  # longer than what is left
     vs = {"resourceType": "ValueSet", "status": "draft",
