@@ -164,12 +164,6 @@ def snomed_code_ok(code: Any) -> bool:
     return sctid_problem(code) is None
 
 
-def sctid_ok(code: str) -> bool:
-    """True for a well-formed SCTID (the common case, decided without building a message)."""
-    return 6 <= len(code) <= 18 and code.isascii() and code.isdigit() and code[0] != "0" \
-        and code[-3:-1] in _PARTITIONS and verhoeff_valid(code)
-
-
 def sctid_problem(code: str) -> str | None:
     """Why ``code`` (a SNOMED CT code) is not a valid SCTID; ``None`` if it is one, or if it is
     not a single identifier at all (a post-coordinated expression is left alone)."""
