@@ -16,6 +16,7 @@ someone else in the envelope, or no one.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -113,8 +114,35 @@ class Incoming:
     sender: Member
 
 
+class ReceiptItem(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """What a recipient gateway says of one message: delivered / acknowledged / rejected /
+    expired, and for mail it filed the SHA-256 of the sealed message as it arrived, so the
+    statement names exactly which bytes it took."""
+
+    message_id: str
+    status: str
+    reason: str | None = None
+    rule_ids: list[str] = msgspec.field(default_factory=list)
+    sha256: str | None = None
+
+
+class ReceiptBatch(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """The signed header of one receipt message: one or many items, all to one sender, signed
+    and sealed once. A receipt of a single message written before receipts were batched (its
+    fields at the top level, no ``items``) is still read."""
+
+    by: str
+    time: str
+    items: list[ReceiptItem] | None = None
+    message_id: str | None = None
+    status: str | None = None
+    reason: str | None = None
+    rule_ids: list[str] = msgspec.field(default_factory=list)
+
+
 class Receipt(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
-    """Signed by the recipient gateway: 'I have delivered / acknowledged / rejected message X'."""
+    """Signed by the recipient gateway: 'I have delivered / acknowledged / rejected message X'
+    (one item of an opened receipt message, with who said it and when)."""
 
     message_id: str
     status: str
@@ -122,6 +150,11 @@ class Receipt(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     time: str
     reason: str | None = None
     rule_ids: list[str] = msgspec.field(default_factory=list)
+    sha256: str | None = None
+
+
+# Items in one receipt message: 256 (a fetch batch) is ~40 KiB of JSON, far below a message's size limit.
+MAX_RECEIPT_ITEMS = 512
 
 
 MAILBOX_MAX_AGE = timedelta(days=MAILBOX_MAX_AGE_DAYS)
@@ -404,12 +437,24 @@ def receipt_id(message_id: str, status: str) -> str:
     return f"rcpt.{message_id}.{status}"
 
 
-def make_receipt(*, message_id: str, status: str, me: Identity, to: Member, reason: str | None = None,
-                 rule_ids: list[str] | None = None, now: datetime | None = None) -> tuple[str, str, bytes]:
-    """(subject, dedupe id, sealed bytes) of a signed receipt for the original sender ``to``."""
-    rid = receipt_id(message_id, status)
-    body = msgspec.json.encode(Receipt(message_id=message_id, status=status, by=me.org, time=now_rfc3339(now),
-                                       reason=reason, rule_ids=rule_ids or []))
+def receipts_id(items: Sequence[ReceiptItem]) -> str:
+    """The dedupe id of a receipt message: fixed by what it says (each message id and status), so
+    publishing the same receipt again never stores it twice. One item keeps the single form."""
+    if len(items) == 1:
+        return receipt_id(items[0].message_id, items[0].status)
+    said = "\n".join(f"{item.message_id} {item.status}" for item in items).encode()
+    return f"rcpt.batch.{hashlib.sha256(said).hexdigest()[:40]}"
+
+
+def make_receipts(items: Sequence[ReceiptItem], *, me: Identity, to: Member,
+                  now: datetime | None = None) -> tuple[str, str, bytes]:
+    """(subject, dedupe id, sealed bytes) of one signed receipt message to the original sender
+    ``to``, saying what became of each of ``items`` (1 to :data:`MAX_RECEIPT_ITEMS`): one
+    signature and one seal for them all, each item still naming its message and its hash."""
+    if not 0 < len(items) <= MAX_RECEIPT_ITEMS:
+        raise ValueError(f"a receipt carries 1 to {MAX_RECEIPT_ITEMS} items, not {len(items)}")
+    rid = receipts_id(items)
+    body = msgspec.json.encode(ReceiptBatch(by=me.org, time=now_rfc3339(now), items=list(items)))
     data = seal.seal(seal.KIND_RECEIPT, body, b"", signing_key=me.signing_key,
                      recipient_key=seal.public_key_for(to.hpke_suite, to.hpke_key),
                      info=seal.info_for(me.org, to.address, rid),
@@ -417,16 +462,35 @@ def make_receipt(*, message_id: str, status: str, me: Identity, to: Member, reas
     return rcpt_subject(to.address, me.org), rid, data
 
 
-def open_receipt(data: bytes, *, subject: str, receipt_msg_id: str, me: Identity,
-                 registry: MemberTable, published: datetime | None = None) -> Receipt:
+def make_receipt(*, message_id: str, status: str, me: Identity, to: Member, reason: str | None = None,
+                 rule_ids: list[str] | None = None, now: datetime | None = None) -> tuple[str, str, bytes]:
+    """(subject, dedupe id, sealed bytes) of a signed receipt for one message."""
+    return make_receipts([ReceiptItem(message_id=message_id, status=status, reason=reason,
+                                      rule_ids=rule_ids or [])], me=me, to=to, now=now)
+
+
+def open_receipts(data: bytes, *, subject: str, receipt_msg_id: str, me: Identity,
+                  registry: MemberTable, published: datetime | None = None) -> list[Receipt]:
+    """Open, verify and bind a receipt message: its subject names who sent it, the signature
+    must be that member's, and its dedupe id must be the one its items fix (so a receipt cannot
+    be relabelled, or its items swapped for others, on the backbone)."""
     sender_org = sender_from_subject(subject, me, "rcpt")
     sender = registry.lookup(sender_org, field="by", require_active=False)
     inner = seal.unseal(data, private_key=me.private_keys, info=seal.info_for(sender_org, me.org, receipt_msg_id))
     if inner.kind != seal.KIND_RECEIPT:
         raise PsvnError(Code.DECRYPT_FAILED, f"expected a receipt, got a {inner.kind}", rule="inner-kind")
     seal.verify(inner, sender_keys(sender, published))
-    receipt = msgspec.json.decode(inner.header, type=Receipt)
-    if receipt.by != sender_org or receipt_id(receipt.message_id, receipt.status) != receipt_msg_id:
+    batch = msgspec.json.decode(inner.header, type=ReceiptBatch)
+    items = batch.items
+    if items is None and batch.message_id is not None and batch.status is not None:  # the single form
+        items = [ReceiptItem(message_id=batch.message_id, status=batch.status, reason=batch.reason,
+                             rule_ids=batch.rule_ids)]
+    if not items or len(items) > MAX_RECEIPT_ITEMS:
+        raise PsvnError(Code.INVALID_ENVELOPE, f"a receipt carries 1 to {MAX_RECEIPT_ITEMS} items",
+                        field="items", rule="receipt-items", message_id=receipt_msg_id)
+    if batch.by != sender_org or receipts_id(items) != receipt_msg_id:
         raise PsvnError(Code.SENDER_MISMATCH, "receipt does not match its backbone subject and id",
-                        rule="receipt-binding", message_id=receipt.message_id)
-    return receipt
+                        rule="receipt-binding", message_id=items[0].message_id)
+    return [Receipt(message_id=i.message_id, status=i.status, by=batch.by, time=batch.time, reason=i.reason,
+                    rule_ids=i.rule_ids, sha256=i.sha256) for i in items]
+

@@ -196,12 +196,20 @@ class Egress(Part):
 
     async def receipt(self, message_id: str, status: str, to_org: str, *, reason: str | None = None,
                       rule_ids: list[str] | None = None) -> None:
-        """Tell a sender what became of its message (delivered, rejected, expired, acknowledged).
-        Its dedupe id is fixed by message and status, so sending one again never makes two."""
+        """Tell a sender what became of one message (acknowledged, expired, ...): a receipt of one item."""
+        await self.receipts(to_org, [core.ReceiptItem(message_id=message_id, status=status, reason=reason,
+                                                      rule_ids=rule_ids or [])])
+
+    async def receipts(self, to_org: str, items: Sequence[core.ReceiptItem]) -> None:
+        """Tell a sender what became of its messages, in as few receipt messages as fit (each
+        signed and sealed once, :data:`core.MAX_RECEIPT_ITEMS` items at most). Each one's dedupe
+        id is fixed by what it says, so sending it again never makes two."""
         to = self.registry.members.get(to_org)
         if to is None:
-            log.warning("receipt not sent: sender unknown", message_id=message_id, to=to_org)
+            log.warning("receipts not sent: sender unknown", message_ids=[i.message_id for i in items][:10],
+                        to=to_org)
             return
-        subject, rid, data = core.make_receipt(message_id=message_id, status=status, me=self.member.identity,
-                                               to=to, reason=reason, rule_ids=rule_ids, now=self.clock())
-        await self.link.publish(subject, data, rid)
+        for start in range(0, len(items), core.MAX_RECEIPT_ITEMS):
+            subject, rid, data = core.make_receipts(items[start:start + core.MAX_RECEIPT_ITEMS],
+                                                    me=self.member.identity, to=to, now=self.clock())
+            await self.link.publish(subject, data, rid)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import re
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Protocol
 
 import structlog
 from nats.aio.msg import Msg
@@ -49,6 +51,34 @@ MSG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a sender's message i
 def _header_safe(text: str) -> str:
     """A header value from our own rule names: printable ASCII, one line, bounded."""
     return "".join(c if " " <= c <= "~" else "?" for c in text)[:120]
+
+
+class Owe(Protocol):
+    """Owe the sender of the message being handled a receipt (sent with the batch's others)."""
+
+    def __call__(self, message_id: str, status: str, to_org: str, *, reason: str | None = None,
+                 rule_ids: list[str] | None = None) -> None: ...
+
+
+class ReceiptsDue:
+    """The receipts one fetched batch owes, by sender: each item names its message and the
+    SHA-256 of the sealed bytes that arrived, and remembers which fetched message it answers
+    (that message is acked only once its receipt is on the backbone)."""
+
+    def __init__(self) -> None:
+        self.by_sender: dict[str, list[tuple[int, core.ReceiptItem]]] = {}
+
+    def for_message(self, index: int, data: bytes) -> Owe:
+        digest: list[str] = []
+
+        def owe(message_id: str, status: str, to_org: str, *, reason: str | None = None,
+                rule_ids: list[str] | None = None) -> None:
+            if not digest:
+                digest.append(hashlib.sha256(data).hexdigest())
+            self.by_sender.setdefault(to_org, []).append((index, core.ReceiptItem(
+                message_id=message_id, status=status, reason=reason, rule_ids=rule_ids or [], sha256=digest[0])))
+
+        return owe
 
 
 class Ingress(Part):
@@ -87,37 +117,69 @@ class Ingress(Part):
                 log.warning("fetch failed", error=repr(exc))
                 await asyncio.sleep(0.5)
                 continue
-            # a batch is handled concurrently: each message waits on backbone round trips
-            # (mailbox write, receipt, ack), not on the CPU, so they overlap well
-            await asyncio.gather(*(self._handle_and_ack(msg) for msg in msgs))
+            await self._handle_batch(msgs)
 
-    async def _handle_and_ack(self, msg: Msg) -> None:
+    async def _handle_batch(self, msgs: list[Msg]) -> None:
+        """Handle a fetched batch concurrently (each message waits on backbone round trips, not
+        the CPU, so they overlap well), then send the receipts it owes, one receipt message per
+        sender, then settle each message: acked once handled and receipted, else left for
+        redelivery (redelivered mail is recognised on file and only its receipt is sent again)."""
+        due = ReceiptsDue()
+        handled = await asyncio.gather(*(self._handle_safely(msg, due, i) for i, msg in enumerate(msgs)))
+        unreceipted = await self._send_receipts(due)
+        await asyncio.gather(*(self._settle(msg, ok and i not in unreceipted)
+                               for i, (msg, ok) in enumerate(zip(msgs, handled, strict=True))))
+
+    async def _handle_safely(self, msg: Msg, due: ReceiptsDue, index: int) -> bool:
         try:
-            await self._handle(msg)
-            await msg.ack()
+            await self._handle(msg, due.for_message(index, msg.data))
+            return True
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # never drop: leave it for redelivery
             log.error("message handling failed; will be redelivered", subject=msg.subject, error=repr(exc))
-            with contextlib.suppress(Exception):
+            return False
+
+    async def _send_receipts(self, due: ReceiptsDue) -> set[int]:
+        """Publish what ``due`` holds, one receipt message per sender; the indexes of the
+        messages whose receipt could not be sent (redelivered, they are receipted again then)."""
+        failed: set[int] = set()
+
+        async def one(to_org: str, owed: list[tuple[int, core.ReceiptItem]]) -> None:
+            try:
+                await self.egress.receipts(to_org, [item for _, item in owed])
+            except Exception as exc:
+                log.warning("receipts not sent; their messages will be redelivered", to=to_org, count=len(owed),
+                            error=repr(exc))
+                failed.update(index for index, _ in owed)
+
+        await asyncio.gather(*(one(to_org, owed) for to_org, owed in due.by_sender.items()))
+        return failed
+
+    @staticmethod
+    async def _settle(msg: Msg, done: bool) -> None:
+        with contextlib.suppress(Exception):
+            if done:
+                await msg.ack()
+            else:
                 await msg.nak(delay=2)
 
-    async def _handle(self, msg: Msg) -> None:
+    async def _handle(self, msg: Msg, owe: Owe) -> None:
         headers = msg.headers or {}
         seq = msg.metadata.sequence.stream
         raw_id = headers.get("Nats-Msg-Id")
         # the id is chosen by the sender: only a well-formed one may become a key of our state
         msg_id = raw_id if raw_id and MSG_ID.fullmatch(raw_id) else f"seq-{seq}"
         if msg.subject.startswith("psvn.rcpt."):
-            await self._handle_receipt(msg, msg_id, seq)
+            await self._handle_receipt(msg, msg_id, seq, owe)
         else:
-            await self._handle_message(msg, msg_id, seq)
+            await self._handle_message(msg, msg_id, seq, owe)
 
     # -- messages ----------------------------------------------------------------------------
-    async def _handle_message(self, msg: Msg, msg_id: str, seq: int) -> None:
+    async def _handle_message(self, msg: Msg, msg_id: str, seq: int, owe: Owe) -> None:
         filed = self.store.open.get(msg_id)
         if filed is not None:  # closed mail is recognised by store.file, after the decision
-            await self._redelivered(filed)
+            await self._redelivered(filed, owe)
             return
         received = now_rfc3339(self.clock())
         consulted = Consulted(consent=ConsentRegistry())
@@ -135,11 +197,12 @@ class Ingress(Part):
                 raise  # a consent lookup the backbone did not answer: redelivered, never decided without it
             if exc.code is Code.POLICY_DENIED and consulted.lagging and msg.metadata.num_delivered < LAG_RETRIES:
                 raise  # a consent record refused for its signature: our registry view may lag the operator's
-            await self._quarantine(msg, msg_id, seq, exc, received)
+            await self._quarantine(msg, msg_id, seq, exc, received, owe)
             return
         except Exception as exc:  # a malformed message must be quarantined, not redelivered for ever
-            await self._quarantine(msg, msg_id, seq, PsvnError(
-                Code.INVALID_ENVELOPE, f"malformed message: {exc!r}", rule="malformed", message_id=msg_id), received)
+            malformed = PsvnError(Code.INVALID_ENVELOPE, f"malformed message: {exc!r}", rule="malformed",
+                                  message_id=msg_id)
+            await self._quarantine(msg, msg_id, seq, malformed, received, owe)
             return
         env = inc.envelope
         share = self.settings.sender_share_bytes
@@ -147,14 +210,14 @@ class Ingress(Part):
             await self._quarantine(msg, msg_id, seq, PsvnError(
                 Code.FORBIDDEN, f"{env.sender_org} already holds {self.store.held.get(env.sender_org, 0)} bytes of "
                 f"unacknowledged mail in this inbox, its share is {share}: refused until the recipient acknowledges",
-                field="source", rule="sender-share", message_id=msg_id), received)
+                field="source", rule="sender-share", message_id=msg_id), received, owe)
             return
         if env.topic is not None:
             sub = self.feeds.get(self.org, env.topic)
             if sub is None or sub.purpose != env.purpose:
                 await self._quarantine(msg, msg_id, seq, PsvnError(
                     Code.POLICY_DENIED, f"a feed event on {env.topic!r} for {env.purpose}, but this member has "
-                    "no such subscription", field="topic", rule="not-subscribed", message_id=msg_id), received)
+                    "no such subscription", field="topic", rule="not-subscribed", message_id=msg_id), received, owe)
                 return
         self.metrics.decisions.labels("ingress", "allow").inc()
         # the policy's retention for the type, within what the inbox stream keeps (a day's margin,
@@ -167,14 +230,14 @@ class Ingress(Part):
             correlation_id=env.correlation_id, mailbox=env.mailbox, received=received,
             retain_until=now_rfc3339(parse_time(received) + timedelta(days=days))))
         if on_file is not None:  # filed before (a redelivery, or another instance): finish its steps, once
-            await self._redelivered(on_file)
+            await self._redelivered(on_file, owe)
             return
         self.metrics.received.labels("delivered").inc()
         # filed: it is delivered. Audit first, so the record shares the receipt's socket write
         await self.audit("delivered", message_id=env.id, source=env.source, to=env.to, type=env.type,
                          purpose=env.purpose, classification=env.classification, rule_ids=inc.decision.rule_ids,
                          policy_version=inc.decision.policy_version, direction="ingress")
-        await self.egress.receipt(env.id, State.DELIVERED.value, env.sender_org)
+        owe(env.id, State.DELIVERED.value, env.sender_org)
         log.debug("message delivered", message_id=env.id, source=env.source, type=env.type)
         if self.webhook is not None:
             self.webhook.notify({"event": "message.delivered", "id": env.id, "from": env.source, "to": env.to,
@@ -183,14 +246,14 @@ class Ingress(Part):
         if env.type == CONSENT_TYPE and self.member.identity.member_type == OPERATOR_TYPE and inc.sender.type == "pds":
             await self.mailbox.record_consent(env.id, env.sender_org, inc.payload)
 
-    async def _redelivered(self, rec: InRecord | Gone) -> None:
+    async def _redelivered(self, rec: InRecord | Gone, owe: Owe) -> None:
         """A message already filed came again (we failed after filing it): repeat what follows
         filing. Every step is idempotent: receipts carry a fixed dedupe id."""
         if isinstance(rec, Gone):  # filed so long ago that its entry aged out: nothing to repeat
             log.info("message filed long ago came again; ignored", message_id=rec.id)
             return
         if rec.status in (State.DELIVERED.value, State.ACKNOWLEDGED.value):
-            await self.egress.receipt(rec.id, rec.status, addresses.org_of(rec.source))
+            owe(rec.id, rec.status, addresses.org_of(rec.source))
             if rec.status == State.DELIVERED.value and rec.type == CONSENT_TYPE \
                     and self.member.identity.member_type == OPERATOR_TYPE:
                 opened = await self.mailbox.get(rec.id)
@@ -198,11 +261,10 @@ class Ingress(Part):
         elif rec.status == State.QUARANTINED.value and rec.source in self.registry.members and rec.reason \
                 and not rec.reason.startswith((Code.DECRYPT_FAILED.value, Code.SIGNATURE_INVALID.value)):
             status = State.EXPIRED if rec.reason.startswith(Code.EXPIRED.value) else State.REJECTED
-            await self.egress.receipt(rec.id, status.value, rec.source, reason=rec.reason,
-                                      rule_ids=[rec.rule] if rec.rule else [])
+            owe(rec.id, status.value, rec.source, reason=rec.reason, rule_ids=[rec.rule] if rec.rule else [])
 
     # -- quarantine --------------------------------------------------------------------------
-    async def _quarantine(self, msg: Msg, msg_id: str, seq: int, exc: PsvnError, received: str) -> None:
+    async def _quarantine(self, msg: Msg, msg_id: str, seq: int, exc: PsvnError, received: str, owe: Owe) -> None:
         sender_tok = msg.subject.split(".")[-1]
         sender_org = sender_tok.replace("_", ":", 1)
         on_file = await self.store.file(InRecord(
@@ -210,7 +272,7 @@ class Ingress(Part):
             status=State.QUARANTINED.value, size=len(msg.data), seq=seq,
             reason=core.stored_reason(exc), rule=exc.rule, received=received))
         if on_file is not None:
-            await self._redelivered(on_file)  # already on file (a redelivery)
+            await self._redelivered(on_file, owe)  # already on file (a redelivery)
             return
         self.metrics.received.labels("quarantined").inc()
         await self._move_to_quarantine(msg, msg_id, seq, exc)
@@ -222,8 +284,8 @@ class Ingress(Part):
                          policy_version=self.member.policy.version, direction="ingress")
         if sender_org in self.registry.members and exc.code not in (Code.DECRYPT_FAILED, Code.SIGNATURE_INVALID):
             status = State.EXPIRED if exc.code is Code.EXPIRED else State.REJECTED
-            await self.egress.receipt(msg_id, status.value, sender_org, reason=core.stored_reason(exc),
-                                      rule_ids=exc.extra.get("rule_ids") or ([exc.rule] if exc.rule else []))
+            owe(msg_id, status.value, sender_org, reason=core.stored_reason(exc),
+                rule_ids=exc.extra.get("rule_ids") or ([exc.rule] if exc.rule else []))
 
     async def _move_to_quarantine(self, msg: Msg, msg_id: str, seq: int, exc: PsvnError) -> None:
         """Out of the inbox, into the member's bounded quarantine stream: junk a sender pushes at
@@ -241,20 +303,34 @@ class Ingress(Part):
             log.warning("quarantined message left in the inbox", message_id=msg_id, error=repr(err))
 
     # -- receipts for what this member sent --------------------------------------------------
-    async def _handle_receipt(self, msg: Msg, rid: str, seq: int) -> None:
+    async def _handle_receipt(self, msg: Msg, rid: str, seq: int, owe: Owe) -> None:
         now = now_rfc3339(self.clock())
         try:
-            receipt = core.open_receipt(msg.data, subject=msg.subject, receipt_msg_id=rid, me=self.member.identity,
-                                        registry=self.registry, published=msg.metadata.timestamp)
+            receipts = core.open_receipts(msg.data, subject=msg.subject, receipt_msg_id=rid,
+                                          me=self.member.identity, registry=self.registry,
+                                          published=msg.metadata.timestamp)
         except PsvnError as exc:
             if exc.code in LAG_CODES and msg.metadata.num_delivered < LAG_RETRIES:
                 raise  # as for messages: a rotation or a new member may not have reached us yet
-            await self._quarantine(msg, rid, seq, exc, now)
+            await self._quarantine(msg, rid, seq, exc, now, owe)
             return
         except Exception as exc:
             await self._quarantine(msg, rid, seq, PsvnError(Code.INVALID_ENVELOPE, f"malformed receipt: {exc!r}",
-                                                            rule="malformed"), now)
+                                                            rule="malformed"), now, owe)
             return
+        outcomes = await asyncio.gather(*(self._apply_receipt(receipt) for receipt in receipts),
+                                        return_exceptions=True)
+        refused: PsvnError | None = None
+        for outcome in outcomes:
+            if isinstance(outcome, PsvnError) and outcome.code is Code.SENDER_MISMATCH:
+                refused = refused or outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome  # e.g. the state bucket did not answer: redelivered, every move is repeatable
+        if refused is not None:  # items about another member's messages: kept in quarantine, never applied
+            await self._quarantine(msg, rid, seq, refused, now, owe)
+
+    async def _apply_receipt(self, receipt: core.Receipt) -> None:
+        """Move a sent message's record on as one item of a receipt says, if its recipient said it."""
         try:
             state = State(receipt.status)
         except ValueError:
@@ -267,14 +343,9 @@ class Ingress(Part):
                                 f"{receipt.by} sent a receipt for a message addressed to {sent.to}",
                                 rule="receipt-recipient", message_id=receipt.message_id)
 
-        try:
-            moved = await self.store.move_out(receipt.message_id, state, reason=receipt.reason,
-                                              rule_ids=receipt.rule_ids or None, check=from_its_recipient)
-        except PsvnError as exc:
-            if exc.code is not Code.SENDER_MISMATCH:
-                raise
-            await self._quarantine(msg, rid, seq, exc, now)
-            return
+        moved = await self.store.move_out(receipt.message_id, state, reason=receipt.reason,
+                                          rule_ids=receipt.rule_ids or None, sha256=receipt.sha256,
+                                          check=from_its_recipient)
         self.metrics.receipts.labels(receipt.status).inc()
         if moved is not None and moved.status not in UNSETTLED:
             self.sweeper.settled(receipt.message_id)

@@ -65,6 +65,8 @@ class HistoryEntry(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True
     status: str
     time: str
     reason: str | None = None
+    # a step a recipient's signed receipt reported: the SHA-256 of the sealed message as it arrived there
+    sha256: str | None = None
 
 
 class MessageStatus(msgspec.Struct, kw_only=True):
@@ -297,7 +299,8 @@ class StateStore:
         return revision
 
     async def move_out(self, message_id: str, new: State, *, reason: str | None = None,
-                       rule_ids: list[str] | None = None, known: tuple[OutRecord, int] | None = None,
+                       rule_ids: list[str] | None = None, sha256: str | None = None,
+                       known: tuple[OutRecord, int] | None = None,
                        check: Callable[[OutRecord], None] | None = None,
                        only_from: tuple[str, ...] | None = None) -> OutRecord | None:
         """Advance a sent message's status per the lifecycle table; stale moves are ignored.
@@ -318,7 +321,8 @@ class StateStore:
                 return None
             return msgspec.structs.replace(
                 rec, status=state.value, reason=reason or rec.reason, rule_ids=rule_ids or rec.rule_ids,
-                history=[*rec.history, HistoryEntry(status=state.value, time=now_rfc3339(), reason=reason)])
+                history=[*rec.history, HistoryEntry(status=state.value, time=now_rfc3339(), reason=reason,
+                                                    sha256=sha256)])
 
         if not KEY_ID.fullmatch(message_id):
             return None

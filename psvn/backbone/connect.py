@@ -5,11 +5,11 @@ Both ends use it: the broker provisioning the network and every gateway connecti
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -32,7 +32,50 @@ async def connect(url: str | list[str], tls: ssl.SSLContext, *, name: str, inbox
     if user_credentials:
         opts["user_credentials"] = user_credentials
     opts.update(kwargs)
-    return await nats.connect(**opts)  # type: ignore[arg-type]
+    nc = CoalescingClient()
+    await nc.connect(**opts)  # type: ignore[arg-type]
+    return nc
+
+
+class CoalescingClient(NATS):
+    """nats-py's client, with a flusher that lets one turn of the event loop pass before it
+    writes, so the commands of every task that turn woke (a batch's publishes, state writes,
+    acks) leave in one TLS record and one system call instead of one each.
+
+    nats-py's own flusher writes as soon as the first command of a turn kicks it; a gateway
+    handling a batch wrote ~4 times per message, and those writes were a quarter of its CPU
+    (profiled with py-spy: ``StreamWriter.writelines``). The wait adds one loop turn (tens of
+    microseconds) to a lone command's latency. Everything else (the pending buffer, errors,
+    reconnects, ``flush()``) is nats-py's: only the loop that drains its flush queue differs, and
+    every future it takes is resolved, as nats-py's is."""
+
+    async def _flusher(self) -> None:
+        assert self._transport, "Client.connect must be called first"
+        assert self._flush_queue, "Client.connect must be called first"
+        queue = self._flush_queue
+        while True:
+            if not self.is_connected or self.is_connecting:
+                break
+            waiting = [await queue.get()]
+            try:
+                await asyncio.sleep(0)  # the tasks this turn woke add their commands first
+                while not queue.empty():
+                    waiting.append(queue.get_nowait())
+                if self._pending_data_size > 0:
+                    self._transport.writelines(self._pending[:])
+                    self._pending = []
+                    self._pending_data_size = 0
+                    await self._transport.drain()
+            except OSError as e:
+                await self._error_cb(e)
+                await self._process_op_err(e)
+                break
+            except (asyncio.CancelledError, RuntimeError, AttributeError):
+                break  # RuntimeError: the event loop is closed (as nats-py's flusher)
+            finally:
+                for future in waiting:
+                    if not future.done():  # a flush() waiting on it may have been cancelled
+                        future.set_result(None)
 
 
 # what a backbone says while it elects a stream's leader: requests time out or find no responder

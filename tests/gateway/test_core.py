@@ -125,14 +125,72 @@ def test_receipt_round_trip_and_forgery() -> None:
     subject, rid, data = core.make_receipt(message_id="m-1", status="delivered", me=TRUST,
                                            to=REG.members[COUNCIL.org], now=NOW)
     assert (subject, rid) == ("psvn.rcpt.gss_E06000043.ods_RYR", "rcpt.m-1.delivered")
-    receipt = core.open_receipt(data, subject=subject, receipt_msg_id=rid, me=COUNCIL, registry=REG)
+    [receipt] = core.open_receipts(data, subject=subject, receipt_msg_id=rid, me=COUNCIL, registry=REG)
     assert (receipt.message_id, receipt.status, receipt.by) == ("m-1", "delivered", TRUST.org)
     with pytest.raises(PsvnError):  # the GP cannot pass off the trust's receipt as its own
-        core.open_receipt(data, subject="psvn.rcpt.gss_E06000043.ods_G81001", receipt_msg_id=rid, me=COUNCIL,
+        core.open_receipts(data, subject="psvn.rcpt.gss_E06000043.ods_G81001", receipt_msg_id=rid, me=COUNCIL,
                           registry=REG)
     with pytest.raises(PsvnError):  # nor relabel it as acknowledged
-        core.open_receipt(data, subject=subject, receipt_msg_id="rcpt.m-1.acknowledged", me=COUNCIL,
+        core.open_receipts(data, subject=subject, receipt_msg_id="rcpt.m-1.acknowledged", me=COUNCIL,
                           registry=REG)
+
+
+def test_a_receipt_of_many_messages_is_signed_once_and_binds_every_item() -> None:
+    items = [core.ReceiptItem(message_id=f"m-{i}", status="delivered", sha256=f"{i:064x}") for i in range(3)]
+    items.append(core.ReceiptItem(message_id="m-9", status="rejected", reason="invalid-payload: ...",
+                                  rule_ids=["fhir-required"]))
+    subject, rid, data = core.make_receipts(items, me=TRUST, to=REG.members[COUNCIL.org], now=NOW)
+    assert rid.startswith("rcpt.batch.") and rid == core.receipts_id(items)
+    opened = core.open_receipts(data, subject=subject, receipt_msg_id=rid, me=COUNCIL, registry=REG)
+    assert [(r.message_id, r.status, r.by, r.sha256) for r in opened] == [
+        *((f"m-{i}", "delivered", TRUST.org, f"{i:064x}") for i in range(3)), ("m-9", "rejected", TRUST.org, None)]
+    assert opened[3].rule_ids == ["fhir-required"]
+    # the dedupe id is fixed by what the receipt says: it cannot be relabelled as another receipt
+    # (e.g. the single receipt of one of its items), nor does one of fewer items open under it
+    for wrong in (core.receipt_id("m-0", "delivered"), core.receipts_id(items[:3])):
+        with pytest.raises(PsvnError) as err:
+            core.open_receipts(data, subject=subject, receipt_msg_id=wrong, me=COUNCIL, registry=REG)
+        assert err.value.code is Code.DECRYPT_FAILED  # the HPKE info binds the id
+    # a receipt whose id was computed over other items than it carries is refused for its binding
+    body = msgspec.json.encode(core.ReceiptBatch(by=TRUST.org, time="2026-11-25T12:00:00Z", items=items[:2]))
+    forged_id = core.receipts_id(items)
+    forged = seal.seal(seal.KIND_RECEIPT, body, b"", signing_key=TRUST.signing_key,
+                       recipient_key=seal.public_key_for(seal.DEFAULT_SUITE, REG.members[COUNCIL.org].hpke_key),
+                       info=seal.info_for(TRUST.org, COUNCIL.org, forged_id))
+    with pytest.raises(PsvnError) as err:
+        core.open_receipts(forged, subject=subject, receipt_msg_id=forged_id, me=COUNCIL, registry=REG)
+    assert (err.value.code, err.value.rule) == (Code.SENDER_MISMATCH, "receipt-binding")
+    with pytest.raises(ValueError):
+        core.make_receipts([], me=TRUST, to=REG.members[COUNCIL.org])
+    too_many = [core.ReceiptItem(message_id=f"m-{i}", status="delivered") for i in range(core.MAX_RECEIPT_ITEMS + 1)]
+    with pytest.raises(ValueError):
+        core.make_receipts(too_many, me=TRUST, to=REG.members[COUNCIL.org])
+
+
+@pytest.mark.parametrize("header", [
+    {"by": "ods:RYR", "time": "2026-11-25T12:00:00Z"},  # neither items nor a single message
+    {"by": "ods:RYR", "time": "2026-11-25T12:00:00Z", "items": []},
+])
+def test_a_receipt_that_says_nothing_is_refused(header: dict[str, object]) -> None:
+    rid = "rcpt.batch.empty"
+    data = seal.seal(seal.KIND_RECEIPT, json.dumps(header).encode(), b"", signing_key=TRUST.signing_key,
+                     recipient_key=seal.public_key_for(seal.DEFAULT_SUITE, REG.members[COUNCIL.org].hpke_key),
+                     info=seal.info_for(TRUST.org, COUNCIL.org, rid))
+    with pytest.raises(PsvnError) as err:
+        core.open_receipts(data, subject="psvn.rcpt.gss_E06000043.ods_RYR", receipt_msg_id=rid, me=COUNCIL,
+                           registry=REG)
+    assert (err.value.field, err.value.rule) == ("items", "receipt-items")
+
+
+def test_a_receipt_in_the_single_form_of_before_batching_is_still_read() -> None:
+    header = {"message_id": "m-1", "status": "delivered", "by": TRUST.org, "time": "2026-11-25T12:00:00Z"}
+    rid = core.receipt_id("m-1", "delivered")
+    data = seal.seal(seal.KIND_RECEIPT, json.dumps(header).encode(), b"", signing_key=TRUST.signing_key,
+                     recipient_key=seal.public_key_for(seal.DEFAULT_SUITE, REG.members[COUNCIL.org].hpke_key),
+                     info=seal.info_for(TRUST.org, COUNCIL.org, rid))
+    [receipt] = core.open_receipts(data, subject="psvn.rcpt.gss_E06000043.ods_RYR", receipt_msg_id=rid, me=COUNCIL,
+                                   registry=REG)
+    assert (receipt.message_id, receipt.status, receipt.sha256) == ("m-1", "delivered", None)
 
 
 # ------------------------------------------------------------------------------ key rotation
