@@ -451,6 +451,35 @@ def test_the_open_mail_index_ignores_an_echo_of_the_revision_it_holds() -> None:
     assert "m1" not in store.open and store.held == {}
 
 
+def test_open_mail_shares_the_strings_that_repeat_and_keys_the_index_by_the_records_id() -> None:
+    """Open mail is held in memory (it is open work): each letter keeps one copy of the values
+    every letter repeats (sender, type, purpose, ...), bounded in how many it shares, and the
+    index's key is the record's own id string rather than a second copy."""
+    from psvn.gateway import store as store_module
+    from psvn.gateway.store import InRecord, StateStore
+
+    def letter(ident: str, source: str = "gss:E06000043/adult-social-care") -> bytes:
+        return msgspec.json.encode(InRecord(id=ident, source=source, to="ods:RYR", type="fhir.r4.ServiceRequest",
+                                            time="c", status="delivered", size=10, seq=1, purpose="direct-care"))
+
+    store = StateStore("ods:RYR")
+    store._apply_open("in.m1", letter("m1"), 1)
+    store._apply_open("in.m2", letter("m2"), 2)
+    a, b = store.open["m1"], store.open["m2"]
+    assert (a.source, a.type, a.purpose) == ("gss:E06000043/adult-social-care", "fhir.r4.ServiceRequest",
+                                             "direct-care")
+    assert a.source is b.source and a.type is b.type and a.purpose is b.purpose and a.to is b.to
+    assert next(k for k in store.open if k == "m2") is b.id  # the key is the record's id, not a copy
+    assert store.held == {"gss:E06000043": 20}
+    # the shared table is bounded: past its size a new value is kept as it came, not shared
+    limit = store_module.SHARED_STRINGS
+    for i in range(limit + 5):
+        store._apply_open(f"in.x{i}", letter(f"x{i}", source=f"gss:E{i:08d}/sys"), 10 + i)
+    assert len(store._shared) == limit and len(store.open) == limit + 7
+    late_1, late_2 = store.open[f"x{limit + 3}"], store.open[f"x{limit + 4}"]
+    assert late_1.source == f"gss:E{limit + 3:08d}/sys" and late_1.type is late_2.type  # shared before the bound
+
+
 async def test_a_restricted_system_sees_only_the_statuses_of_what_it_sent(network: Network) -> None:
     """A system limited by gateway.system_mailboxes reads only its own sends' statuses."""
     import ssl
