@@ -88,15 +88,16 @@ class MemoryMeter:
     def start(self) -> None:
         self._before = {name: memory_mib(pid)[0] for name, pid in self.pids.items()}
 
-    def stop(self, messages: dict[str, int]) -> dict[str, Memory]:
-        """``messages``: how many the runs sent through each process (by name) meanwhile."""
+    def stop(self, messages: dict[str, int], open_letters: dict[str, int] | None = None) -> dict[str, Memory]:
+        """``messages``: how many the runs sent through each process (by name) meanwhile;
+        ``open_letters``: how many of them each still holds unacknowledged (its open work)."""
         out: dict[str, Memory] = {}
         for name, pid in self.pids.items():
             before = self._before.get(name)
             after, peak = memory_mib(pid)
             growth = None if before is None or after is None else round(after - before, 1)
             out[name] = Memory(pid=pid, messages=messages.get(name, 0), before_mib=before, after_mib=after,
-                               growth_mib=growth, peak_mib=peak)
+                               growth_mib=growth, peak_mib=peak, open_letters=(open_letters or {}).get(name, 0))
         return out
 
 

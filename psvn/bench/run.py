@@ -153,7 +153,9 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
                                                       batch=True)
             all_ids += ids
             through += len(ids)
-            report.memory = memory.stop({f"gateway {COUNCIL}": through, f"gateway {TRUST}": through})
+            # the trust holds every letter of the runs unacknowledged (its open work) until the clean-up
+            report.memory = memory.stop({f"gateway {COUNCIL}": through, f"gateway {TRUST}": through},
+                                        open_letters={f"gateway {TRUST}": through})
         say(f"baseline: raw nats-py JetStream, {opts.count} messages of {report.payload_bytes} bytes ...")
         report.raw = await raw_baseline(nc, os.urandom(report.payload_bytes), opts.count, lat, opts,
                                         CpuMeter({"client": os.getpid(), **servers}), replicas=state.replicas)
