@@ -30,7 +30,7 @@ from psvn.gateway.egress import Consult, Egress
 from psvn.gateway.feeds import FeedView
 from psvn.gateway.mailbox import Mailbox
 from psvn.gateway.parts import Part, Shared
-from psvn.gateway.store import Gone, InRecord, OutRecord
+from psvn.gateway.store import CLOSED_MARKER_TTL, Gone, InRecord, OutRecord
 from psvn.gateway.sweeps import UNSETTLED, Sweeper
 from psvn.gateway.webhook import WebhookPusher
 from psvn.policies.consent import TYPE as CONSENT_TYPE
@@ -228,7 +228,7 @@ class Ingress(Part):
             id=env.id, source=env.source, to=env.to, type=env.type, time=env.time, status=State.DELIVERED.value,
             size=len(inc.payload), seq=seq, classification=env.classification, purpose=env.purpose,
             correlation_id=env.correlation_id, mailbox=env.mailbox, received=received,
-            retain_until=now_rfc3339(parse_time(received) + timedelta(days=days))))
+            retain_until=now_rfc3339(parse_time(received) + timedelta(days=days))), recent=self._recent(msg))
         if on_file is not None:  # filed before (a redelivery, or another instance): finish its steps, once
             await self._redelivered(on_file, owe)
             return
@@ -262,6 +262,12 @@ class Ingress(Part):
                 and not rec.reason.startswith((Code.DECRYPT_FAILED.value, Code.SIGNATURE_INVALID.value)):
             status = State.EXPIRED if rec.reason.startswith(Code.EXPIRED.value) else State.REJECTED
             owe(rec.id, status.value, rec.source, reason=rec.reason, rule_ids=[rec.rule] if rec.rule else [])
+
+    def _recent(self, msg: Msg) -> bool:
+        """Stored on the backbone less than half a closed-mail marker's life ago, by its own
+        stamp and this gateway's clock (the other half is the margin for the two clocks)."""
+        stored = msg.metadata.timestamp
+        return stored is not None and (self.clock() - stored).total_seconds() < CLOSED_MARKER_TTL / 2
 
     # -- quarantine --------------------------------------------------------------------------
     async def _quarantine(self, msg: Msg, msg_id: str, seq: int, exc: PsvnError, received: str, owe: Owe) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import pytest
 
 from psvn import devnet
 from tests.conftest import Network, read_mostly
@@ -308,6 +309,53 @@ async def test_state_lives_as_long_as_the_mail_and_closed_mail_leaves_memory(net
         assert code == 200 and again["status"] == "acknowledged"
     finally:
         await nc.close()
+
+
+async def test_closed_mail_that_comes_again_is_recognised_with_its_marker_and_after_it(
+        network: Network, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Filing skips the read of ``done.<id>`` for a message the backbone stored less than half a
+    marker's life ago: if it was closed, its purge marker still refuses the create. Once the
+    marker has gone, only that read recognises the replay, which is why older messages keep it."""
+    from nats.js.errors import NotFoundError
+
+    from psvn.gateway import store as store_module
+    from psvn.gateway.store import InRecord
+    from psvn.protocol.subjects import state_bucket
+
+    store = network.gateways[network.TRUST].gateway.store
+
+    async def delivered_then_acknowledged() -> InRecord:
+        _code, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+        await wait_status(network, network.COUNCIL, body["id"], "delivered")
+        code, _ = await call(network, network.TRUST, "POST", f"/v1/inbox/{body['id']}/ack")
+        assert code == 200
+        return InRecord(id=body["id"], source=network.COUNCIL, to=network.TRUST, type="fhir.r4.ServiceRequest",
+                        time="t", status="delivered", size=10, seq=1)
+
+    again = await delivered_then_acknowledged()
+    on_file = await store.file(again, recent=True)  # the marker refuses the create; the closed entry answers
+    assert isinstance(on_file, InRecord) and on_file.status == "acknowledged"
+
+    monkeypatch.setattr(store_module, "CLOSED_MARKER_TTL", 1.0)  # this letter's marker lives 1 s
+    again = await delivered_then_acknowledged()
+    nc = await devnet.member_connect(network.layout, network.nats.url, network.TRUST, name="test")
+    try:  # wait for the server to remove the marker at its TTL (a condition, polled)
+        js = nc.jetstream()
+        stream, subject = f"KV_{state_bucket(network.TRUST)}", f"$KV.{state_bucket(network.TRUST)}.in.{again.id}"
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:
+            try:
+                marker = await js.get_msg(stream, subject=subject)
+            except NotFoundError:
+                break
+            assert (marker.headers or {}).get("KV-Operation") == "PURGE"
+            assert asyncio.get_running_loop().time() < deadline, "the marker did not expire"
+            await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
+    on_file = await store.file(again)  # an older message: the closed entry is read first
+    assert isinstance(on_file, InRecord) and on_file.status == "acknowledged"
+    assert await store.file(again, recent=True) is None  # without that read it would be filed again
 
 
 async def test_systems_see_only_their_mailboxes(network: Network) -> None:
