@@ -84,9 +84,18 @@ class MemoryMeter:
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
         self._before: dict[str, float | None] = {}
+        self._midway: dict[str, float | None] = {}
+        self._midway_messages = 0
 
     def start(self) -> None:
         self._before = {name: memory_mib(pid)[0] for name, pid in self.pids.items()}
+        self._midway, self._midway_messages = {}, 0
+
+    def midway(self, messages: int) -> None:
+        """A reading between the runs (after ``messages`` of them): growth that stops after the
+        first run is bounded caches filling; growth that goes on is history kept."""
+        self._midway = {name: memory_mib(pid)[0] for name, pid in self.pids.items()}
+        self._midway_messages = messages
 
     def stop(self, messages: dict[str, int], open_letters: dict[str, int] | None = None) -> dict[str, Memory]:
         """``messages``: how many the runs sent through each process (by name) meanwhile;
@@ -96,8 +105,10 @@ class MemoryMeter:
             before = self._before.get(name)
             after, peak = memory_mib(pid)
             growth = None if before is None or after is None else round(after - before, 1)
+            midway = self._midway.get(name)
             out[name] = Memory(pid=pid, messages=messages.get(name, 0), before_mib=before, after_mib=after,
-                               growth_mib=growth, peak_mib=peak, open_letters=(open_letters or {}).get(name, 0))
+                               growth_mib=growth, peak_mib=peak, open_letters=(open_letters or {}).get(name, 0),
+                               midway_mib=midway, midway_messages=self._midway_messages if midway is not None else 0)
         return out
 
 

@@ -126,6 +126,8 @@ class Memory(msgspec.Struct, kw_only=True):
     after_mib: float | None = None
     growth_mib: float | None = None
     peak_mib: float | None = None
+    midway_mib: float | None = None  # between the single-send and the batch runs
+    midway_messages: int = 0  # how many had gone through it by then
 
 
 class Restart(msgspec.Struct, kw_only=True):
@@ -392,6 +394,11 @@ def _format_memory(r: Report, target: str) -> list[str]:
     for name, m in r.memory.items():
         per = (f", {m.growth_mib * 1024 * 1000 / m.messages:,.0f} KiB per 1,000 messages"
                if m.growth_mib is not None and m.messages else "")
+        if m.midway_mib is not None and m.after_mib is not None and m.messages > m.midway_messages:
+            later = m.messages - m.midway_messages
+            grew = m.after_mib - m.midway_mib
+            per += (f"; {_mib(m.midway_mib)} after the first {m.midway_messages:,}, then {_mib(grew, sign=True)} "
+                    f"over the last {later:,} ({grew * 1024 * 1000 / later:,.0f} KiB per 1,000)")
         if m.open_letters and m.growth_mib is not None:
             per += (f"; holds {m.open_letters:,} letters unacknowledged, its open work: "
                     f"{m.growth_mib * 1024 * 1024 / m.open_letters:,.0f} bytes each")

@@ -146,6 +146,7 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
             report.throughput, ids = await psvn_throughput(sender, obs, payloads, opts, f"{tag}-t", CpuMeter(pids))
             all_ids += ids
             through += len(ids)
+            memory.midway(through)
             say(f"batch: {opts.count} messages through send_many, {opts.batch_size} per request ...")
             report.batch_size = opts.batch_size
             batch_payloads = [service_request(1_000_000 + i, tag) for i in range(opts.count)]

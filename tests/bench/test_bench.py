@@ -121,6 +121,9 @@ def assert_new_figures(r: bench.Report, *, through: int) -> None:
         assert m.growth_mib == pytest.approx(m.after_mib - m.before_mib, abs=0.11)
         assert m.messages == (through if name in ("gateway gss:E06000043", "gateway ods:RYR") else 0)
         assert m.open_letters == (through if name == "gateway ods:RYR" else 0)  # the recipient's open work
+        # a reading between the single-send and the batch runs, part of the way through
+        assert m.midway_mib is not None and 10 < m.midway_mib <= m.peak_mib
+        assert 0 < m.midway_messages < through
     # the sender's gateway was restarted after the runs, under a new PID, and answers again
     rs = r.restart
     assert rs is not None and rs.ready and rs.error is None and rs.gateway == bench.COUNCIL
