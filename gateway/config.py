@@ -31,6 +31,9 @@ class GatewaySection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # sent messages with an expiry that this instance watches until a receipt settles them; past
     # it (or after a restart) expiry is still applied when the status is read and by the recipient
     max_tracked_expiries: int = 100_000
+    # the sent-message records this instance wrote last, kept so a receipt's status move needs no
+    # read (a stale one costs only a compare-and-set retry): a bound on memory, not on correctness
+    record_cache_size: int = 2_000
     policy_wait_seconds: float = 10.0  # at start: how long to wait for an acceptable policy set
     # One sender's share of this member's inbox: bytes of its mail delivered and not yet
     # acknowledged. Past it, new mail from that sender is refused (the sender is told

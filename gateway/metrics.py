@@ -40,6 +40,9 @@ class Metrics:
         self.tracked_expiries = Gauge("psvn_state_tracked_expiries", "Sent messages with an expiry this instance "
                                       "watches until a receipt settles them (bounded by gateway.max_tracked_expiries)",
                                       registry=r)
+        self.record_cache = Gauge("psvn_state_record_cache", "Sent-message records this instance keeps from its "
+                                  "own writes, so a receipt needs no read (bounded by gateway.record_cache_size)",
+                                  registry=r)
         self.state_loaded = Gauge("psvn_state_entries_loaded_at_start", "State entries read while starting: the "
                                   "open mail, never the history", registry=r)
         self.backbone_up = Gauge("psvn_backbone_connected", "1 while connected to the backbone", registry=r)

@@ -91,8 +91,9 @@ class Gateway:
         self.registry = RegistryView(registry_authority, on_refused=self._backbone_value_refused)
         self.policy = PolicyHolder(authority, on_change=self._policy_changed, on_refused=self._backbone_value_refused)
         self.member = Member(self.org, keys, self.registry, self.policy)
-        self.store = StateStore(self.org)
+        self.store = StateStore(self.org, cache_size=config.gateway.record_cache_size)
         self.metrics.open_mail.set_function(lambda: len(self.store.open))
+        self.metrics.record_cache.set_function(lambda: len(self.store._recent))
         self.consent = ConsentLookup(
             self.registry, on_refused=lambda _s, _e: self.metrics.values_refused.labels(CONSENT_BUCKET).inc())
         self.feeds = FeedView()

@@ -131,3 +131,27 @@ async def test_a_round_trip_raises_no_permission_violation(network: Network) -> 
     log = network.nats.log_path.read_text()
     assert "Violation" not in log, [line for line in log.splitlines() if "Violation" in line][:5]
     assert errors == []
+
+
+async def test_the_record_cache_is_bounded_by_its_setting_and_reported(network: Network) -> None:
+    """The records a gateway keeps from its own writes (so a receipt needs no read) stay within
+    ``gateway.record_cache_size``, shown as ``psvn_state_record_cache``; records that fell out
+    are read where they live, and every status still arrives."""
+    from psvn.gateway.service import Gateway
+
+    council = network.gateways[network.COUNCIL]
+    cfg = council.config
+    sized = msgspec.structs.replace(cfg, gateway=msgspec.structs.replace(cfg.gateway, record_cache_size=7))
+    assert Gateway(sized).store.cache_size == 7  # the setting reaches the store
+    council.gateway.store.cache_size = 3
+    ids = []
+    for i in range(6):
+        _code, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(local_id=f"rc{i}"))
+        ids.append(body["id"])
+    for mid in ids:
+        await wait_status(network, network.COUNCIL, mid, "delivered")
+    assert 0 < len(council.gateway.store._recent) <= 3
+    async with network.https(network.COUNCIL).get(network.url(network.COUNCIL) + "/metrics") as r:
+        text = await r.text()
+    [line] = [x for x in text.splitlines() if x.startswith("psvn_state_record_cache ")]
+    assert 0 < float(line.split()[1]) <= 3
