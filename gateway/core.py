@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -129,7 +130,8 @@ class ReceiptItem(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True)
 class ReceiptBatch(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     """The signed header of one receipt message: one or many items, all to one sender, signed
     and sealed once. A receipt of a single message written before receipts were batched (its
-    fields at the top level, no ``items``) is still read."""
+    fields at the top level, no ``items``) is the form still written for one item, so a gateway
+    from before batching reads it."""
 
     by: str
     time: str
@@ -138,6 +140,7 @@ class ReceiptBatch(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True
     status: str | None = None
     reason: str | None = None
     rule_ids: list[str] = msgspec.field(default_factory=list)
+    sha256: str | None = None
 
 
 class Receipt(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
@@ -153,8 +156,10 @@ class Receipt(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     sha256: str | None = None
 
 
-# Items in one receipt message: 256 (a fetch batch) is ~40 KiB of JSON, far below a message's size limit.
-MAX_RECEIPT_ITEMS = 512
+# Items in one receipt message (a default fetch batch): ~40 KiB of JSON, and a bound on the state
+# reads one receipt message can cost its receiver
+MAX_RECEIPT_ITEMS = 256
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 MAILBOX_MAX_AGE = timedelta(days=MAILBOX_MAX_AGE_DAYS)
@@ -442,7 +447,7 @@ def receipts_id(items: Sequence[ReceiptItem]) -> str:
     publishing the same receipt again never stores it twice. One item keeps the single form."""
     if len(items) == 1:
         return receipt_id(items[0].message_id, items[0].status)
-    said = "\n".join(f"{item.message_id} {item.status}" for item in items).encode()
+    said = msgspec.json.encode([(item.message_id, item.status) for item in items])  # unambiguous
     return f"rcpt.batch.{hashlib.sha256(said).hexdigest()[:40]}"
 
 
@@ -453,8 +458,20 @@ def make_receipts(items: Sequence[ReceiptItem], *, me: Identity, to: Member,
     signature and one seal for them all, each item still naming its message and its hash."""
     if not 0 < len(items) <= MAX_RECEIPT_ITEMS:
         raise ValueError(f"a receipt carries 1 to {MAX_RECEIPT_ITEMS} items, not {len(items)}")
+    # in message-id order, each message once (a batch may hold two copies of one id): the same
+    # receipt made again (a redelivered batch) has the same id
+    once: dict[str, ReceiptItem] = {}
+    for item in sorted(items, key=lambda i: (i.message_id, i.status)):
+        once.setdefault(item.message_id, item)
+    items = list(once.values())
     rid = receipts_id(items)
-    body = msgspec.json.encode(ReceiptBatch(by=me.org, time=now_rfc3339(now), items=list(items)))
+    if len(items) == 1:  # the single form, which a gateway from before batching also reads
+        one = items[0]
+        header = ReceiptBatch(by=me.org, time=now_rfc3339(now), message_id=one.message_id, status=one.status,
+                              reason=one.reason, rule_ids=one.rule_ids, sha256=one.sha256)
+    else:
+        header = ReceiptBatch(by=me.org, time=now_rfc3339(now), items=items)
+    body = msgspec.json.encode(header)
     data = seal.seal(seal.KIND_RECEIPT, body, b"", signing_key=me.signing_key,
                      recipient_key=seal.public_key_for(to.hpke_suite, to.hpke_key),
                      info=seal.info_for(me.org, to.address, rid),
@@ -484,10 +501,16 @@ def open_receipts(data: bytes, *, subject: str, receipt_msg_id: str, me: Identit
     items = batch.items
     if items is None and batch.message_id is not None and batch.status is not None:  # the single form
         items = [ReceiptItem(message_id=batch.message_id, status=batch.status, reason=batch.reason,
-                             rule_ids=batch.rule_ids)]
+                             rule_ids=batch.rule_ids, sha256=batch.sha256)]
     if not items or len(items) > MAX_RECEIPT_ITEMS:
         raise PsvnError(Code.INVALID_ENVELOPE, f"a receipt carries 1 to {MAX_RECEIPT_ITEMS} items",
                         field="items", rule="receipt-items", message_id=receipt_msg_id)
+    if len({item.message_id for item in items}) != len(items):
+        raise PsvnError(Code.INVALID_ENVELOPE, "a receipt names a message twice", field="items",
+                        rule="receipt-items", message_id=receipt_msg_id)
+    if any(item.sha256 is not None and not SHA256_HEX.fullmatch(item.sha256) for item in items):
+        raise PsvnError(Code.INVALID_ENVELOPE, "a receipt item's sha256 is not 64 lowercase hex digits",
+                        field="items.sha256", rule="receipt-items", message_id=receipt_msg_id)
     if batch.by != sender_org or receipts_id(items) != receipt_msg_id:
         raise PsvnError(Code.SENDER_MISMATCH, "receipt does not match its backbone subject and id",
                         rule="receipt-binding", message_id=items[0].message_id)

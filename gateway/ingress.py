@@ -28,9 +28,10 @@ from psvn.gateway import core
 from psvn.gateway.consent import OPERATOR_TYPE, Consulted
 from psvn.gateway.egress import Consult, Egress
 from psvn.gateway.feeds import FeedView
+from psvn.gateway.link import already_gone
 from psvn.gateway.mailbox import Mailbox
 from psvn.gateway.parts import Part, Shared
-from psvn.gateway.store import CLOSED_MARKER_TTL, Gone, InRecord, OutRecord
+from psvn.gateway.store import Gone, InRecord, OutRecord
 from psvn.gateway.sweeps import UNSETTLED, Sweeper
 from psvn.gateway.webhook import WebhookPusher
 from psvn.policies.consent import TYPE as CONSENT_TYPE
@@ -45,6 +46,10 @@ LAG_RETRIES = 5  # deliveries of a message before a refusal our registry view ma
 # Refusals a registry view a moment behind explains: a new member, or a member's key rotation
 # (signed with a key we do not list yet; sealed to a key another instance of ours holds).
 LAG_CODES = frozenset({Code.UNKNOWN_RECIPIENT, Code.SIGNATURE_INVALID, Code.DECRYPT_FAILED})
+# past this, a batch's handled messages get their ack timer restarted before the receipts go (the
+# inbox consumer's ack_wait is 10 s; a state read or publish may ride out an 8 s election)
+SLOW_BATCH_SECONDS = 3.0
+RECEIPT_MOVES_AT_ONCE = 32  # status moves one receipt message runs concurrently (each may read its record)
 MSG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a sender's message id we may use as a key
 
 
@@ -125,7 +130,11 @@ class Ingress(Part):
         sender, then settle each message: acked once handled and receipted, else left for
         redelivery (redelivered mail is recognised on file and only its receipt is sent again)."""
         due = ReceiptsDue()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         handled = await asyncio.gather(*(self._handle_safely(msg, due, i) for i, msg in enumerate(msgs)))
+        if loop.time() - started > SLOW_BATCH_SECONDS:  # one slow message (an election): the handled
+            await asyncio.gather(*(self._in_progress(msg) for msg, ok in zip(msgs, handled, strict=True) if ok))
         unreceipted = await self._send_receipts(due)
         await asyncio.gather(*(self._settle(msg, ok and i not in unreceipted)
                                for i, (msg, ok) in enumerate(zip(msgs, handled, strict=True))))
@@ -155,6 +164,13 @@ class Ingress(Part):
 
         await asyncio.gather(*(one(to_org, owed) for to_org, owed in due.by_sender.items()))
         return failed
+
+    @staticmethod
+    async def _in_progress(msg: Msg) -> None:
+        """Restart a handled message's ack timer while its receipt is still to be sent, so a slow
+        batch is not redelivered whole (to this instance or another) for one slow message."""
+        with contextlib.suppress(Exception):
+            await msg.in_progress()
 
     @staticmethod
     async def _settle(msg: Msg, done: bool) -> None:
@@ -228,7 +244,7 @@ class Ingress(Part):
             id=env.id, source=env.source, to=env.to, type=env.type, time=env.time, status=State.DELIVERED.value,
             size=len(inc.payload), seq=seq, classification=env.classification, purpose=env.purpose,
             correlation_id=env.correlation_id, mailbox=env.mailbox, received=received,
-            retain_until=now_rfc3339(parse_time(received) + timedelta(days=days))), recent=self._recent(msg))
+            retain_until=now_rfc3339(parse_time(received) + timedelta(days=days))))
         if on_file is not None:  # filed before (a redelivery, or another instance): finish its steps, once
             await self._redelivered(on_file, owe)
             return
@@ -262,12 +278,6 @@ class Ingress(Part):
                 and not rec.reason.startswith((Code.DECRYPT_FAILED.value, Code.SIGNATURE_INVALID.value)):
             status = State.EXPIRED if rec.reason.startswith(Code.EXPIRED.value) else State.REJECTED
             owe(rec.id, status.value, rec.source, reason=rec.reason, rule_ids=[rec.rule] if rec.rule else [])
-
-    def _recent(self, msg: Msg) -> bool:
-        """Stored on the backbone less than half a closed-mail marker's life ago, by its own
-        stamp and this gateway's clock (the other half is the margin for the two clocks)."""
-        stored = msg.metadata.timestamp
-        return stored is not None and (self.clock() - stored).total_seconds() < CLOSED_MARKER_TTL / 2
 
     # -- quarantine --------------------------------------------------------------------------
     async def _quarantine(self, msg: Msg, msg_id: str, seq: int, exc: PsvnError, received: str, owe: Owe) -> None:
@@ -324,16 +334,38 @@ class Ingress(Part):
             await self._quarantine(msg, rid, seq, PsvnError(Code.INVALID_ENVELOPE, f"malformed receipt: {exc!r}",
                                                             rule="malformed"), now, owe)
             return
-        outcomes = await asyncio.gather(*(self._apply_receipt(receipt) for receipt in receipts),
-                                        return_exceptions=True)
+        gate = asyncio.Semaphore(RECEIPT_MOVES_AT_ONCE)
+
+        async def apply(receipt: core.Receipt) -> None:
+            async with gate:
+                await self._apply_receipt(receipt)
+
+        outcomes = await asyncio.gather(*(apply(receipt) for receipt in receipts), return_exceptions=True)
         refused: PsvnError | None = None
         for outcome in outcomes:
             if isinstance(outcome, PsvnError) and outcome.code is Code.SENDER_MISMATCH:
                 refused = refused or outcome
-            elif isinstance(outcome, BaseException):
+            elif isinstance(outcome, Exception):
                 raise outcome  # e.g. the state bucket did not answer: redelivered, every move is repeatable
+            elif isinstance(outcome, BaseException):  # a move cancelled while this task was not: a failure
+                raise RuntimeError("a receipt's status move was cancelled") from outcome
         if refused is not None:  # items about another member's messages: kept in quarantine, never applied
             await self._quarantine(msg, rid, seq, refused, now, owe)
+            return
+        await self._forget_receipt(msg, seq)
+
+    async def _forget_receipt(self, msg: Msg, seq: int) -> None:
+        """A receipt applied leaves the inbox: what it said is in each record's history (status,
+        time, the hash the recipient signed), and the inbox keeps at most PER_SENDER_MAX_MSGS
+        messages on each sender's receipt subject, so kept receipts would, after that many, refuse
+        the next (and leave the sender's statuses at ``sent``). A failure only leaves it there."""
+        net = self.link.net
+        try:
+            assert net is not None
+            await net.delete_msg(inbox_stream(self.org), seq)
+        except Exception as err:
+            if not already_gone(err):
+                log.warning("applied receipt left in the inbox", subject=msg.subject, seq=seq, error=repr(err))
 
     async def _apply_receipt(self, receipt: core.Receipt) -> None:
         """Move a sent message's record on as one item of a receipt says, if its recipient said it."""

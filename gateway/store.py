@@ -171,14 +171,12 @@ class StateStore:
         mailboxes) and key the index by the record's own id: an open letter then costs ~610
         bytes with its revision, not ~1,090 (tracemalloc, 10,000 letters). Returns the key."""
         shared = self._shared
+        if len(shared) >= SHARED_STRINGS:  # flooded with values that do not repeat (a sender's
+            shared.clear()                 # made-up system names): start again; nothing else is lost
         for name in _REPEATED:
             value = getattr(rec, name)
             if value is not None:
-                kept = shared.get(value)
-                if kept is None and len(shared) < SHARED_STRINGS:
-                    shared[value] = kept = value
-                if kept is not None:
-                    setattr(rec, name, kept)
+                setattr(rec, name, shared.setdefault(value, value))
         return rec.id if rec.id == ident else ident
 
     def _apply_open(self, key: str, value: bytes | None, revision: int = 0) -> None:
@@ -306,7 +304,7 @@ class StateStore:
         if rec.status in (State.ACCEPTED.value, State.SENT.value, State.DELIVERED.value):
             self._recent[rec.id] = (rec, revision)
             self._recent.move_to_end(rec.id)
-            while len(self._recent) > self.cache_size:
+            while self._recent and len(self._recent) > self.cache_size:
                 self._recent.popitem(last=False)
         else:  # settled: no move follows
             self._recent.pop(rec.id, None)
@@ -368,20 +366,18 @@ class StateStore:
                 return rec
         return None
 
-    async def file(self, rec: InRecord, *, recent: bool = False) -> InRecord | Gone | None:
+    async def file(self, rec: InRecord) -> InRecord | Gone | None:
         """File a received message exactly once: None if it is newly filed now, else what is on
         file for it already (by us or another instance), or :class:`Gone` if its entry aged out.
 
         Delivered mail is filed open (``in.<id>``); quarantined mail is filed and closed at once.
         The create-once write decides between instances; the ``done.<id>`` read first catches a
-        replay after the mail was closed and its open entry's purge marker has expired.
-        ``recent``: the message reached the backbone less than half the marker's life ago, so
-        if it was ever closed, that was as recent and its marker still refuses the create: the
-        read is skipped (one round trip fewer on nearly every message)."""
-        if not recent:
-            closed = await self._read(f"done.{rec.id}")
-            if closed is not None:
-                return msgspec.json.decode(closed[0], type=InRecord)
+        replay after the mail was closed and its open entry's purge marker has expired. (It
+        cannot be skipped for a message the backbone stored recently: a sender may publish an
+        old id again, as a new stream message, long after the mail was closed.)"""
+        closed = await self._read(f"done.{rec.id}")
+        if closed is not None:
+            return msgspec.json.decode(closed[0], type=InRecord)
         value = msgspec.json.encode(rec)
         rev = await self._create(f"in.{rec.id}", value)
         if rev is None:

@@ -50,10 +50,10 @@ async def retrying(step: Callable[[], Awaitable[T]], *, on: Retried, first_delay
     try:
         return await step()
     except Exception as exc:
-        if not _named(on, exc) or attempts == 1 or (stop_when is not None and stop_when(1)) \
+        if not _named(on, exc) or (attempts is not None and attempts <= 1) or (stop_when is not None and stop_when(1)) \
                 or (patience is not None and time.monotonic() - started + first_delay >= patience):
             raise
-    await asyncio.sleep(first_delay)
+    await asyncio.sleep(min(first_delay, max_delay))
     stops: list[stop_base] = []
     if patience is not None:
         stops.append(stop_before_delay(max(0.0, patience - (time.monotonic() - started))))

@@ -167,6 +167,51 @@ def test_a_receipt_of_many_messages_is_signed_once_and_binds_every_item() -> Non
         core.make_receipts(too_many, me=TRUST, to=REG.members[COUNCIL.org])
 
 
+def test_a_receipt_is_the_same_however_its_batch_was_ordered_and_names_each_message_once() -> None:
+    items = [core.ReceiptItem(message_id=m, status="delivered", sha256="ab" * 32) for m in ("m-2", "m-1", "m-3")]
+    council = REG.members[COUNCIL.org]
+    _, rid, data = core.make_receipts([*items, items[0]], me=TRUST, to=council, now=NOW)  # m-2 twice
+    assert rid == core.make_receipts(items[::-1], me=TRUST, to=council, now=NOW)[1]  # a redelivered batch
+    opened = core.open_receipts(data, subject="psvn.rcpt.gss_E06000043.ods_RYR", receipt_msg_id=rid, me=COUNCIL,
+                                registry=REG)
+    assert [r.message_id for r in opened] == ["m-1", "m-2", "m-3"]
+
+
+def test_a_receipt_of_one_message_is_written_in_the_form_gateways_from_before_batching_read() -> None:
+    class OldReceipt(msgspec.Struct, kw_only=True):  # what a gateway from before batching decodes
+        message_id: str
+        status: str
+        by: str
+        time: str
+
+    subject, rid, data = core.make_receipts([core.ReceiptItem(message_id="m-1", status="delivered",
+                                                              sha256="cd" * 32)],
+                                            me=TRUST, to=REG.members[COUNCIL.org], now=NOW)
+    inner = seal.unseal(data, private_key=COUNCIL.private_keys, info=seal.info_for(TRUST.org, COUNCIL.org, rid))
+    old = msgspec.json.decode(inner.header, type=OldReceipt)
+    assert (old.message_id, old.status, old.by, rid) == ("m-1", "delivered", TRUST.org, "rcpt.m-1.delivered")
+    [receipt] = core.open_receipts(data, subject=subject, receipt_msg_id=rid, me=COUNCIL, registry=REG)
+    assert receipt.sha256 == "cd" * 32
+
+
+@pytest.mark.parametrize(("items", "field"), [
+    ([{"message_id": "m-1", "status": "delivered"}, {"message_id": "m-1", "status": "rejected"}], "items"),
+    ([{"message_id": "m-1", "status": "delivered", "sha256": "<script>"},
+      {"message_id": "m-2", "status": "delivered"}], "items.sha256"),
+])
+def test_a_receipt_naming_a_message_twice_or_a_hash_that_is_not_one_is_refused(items: list[dict[str, str]],
+                                                                           field: str) -> None:
+    header = {"by": TRUST.org, "time": "2026-11-25T12:00:00Z", "items": items}
+    rid = core.receipts_id([core.ReceiptItem(message_id=i["message_id"], status=i["status"]) for i in items])
+    data = seal.seal(seal.KIND_RECEIPT, json.dumps(header).encode(), b"", signing_key=TRUST.signing_key,
+                     recipient_key=seal.public_key_for(seal.DEFAULT_SUITE, REG.members[COUNCIL.org].hpke_key),
+                     info=seal.info_for(TRUST.org, COUNCIL.org, rid))
+    with pytest.raises(PsvnError) as err:
+        core.open_receipts(data, subject="psvn.rcpt.gss_E06000043.ods_RYR", receipt_msg_id=rid, me=COUNCIL,
+                           registry=REG)
+    assert (err.value.field, err.value.rule) == (field, "receipt-items")
+
+
 @pytest.mark.parametrize("header", [
     {"by": "ods:RYR", "time": "2026-11-25T12:00:00Z"},  # neither items nor a single message
     {"by": "ods:RYR", "time": "2026-11-25T12:00:00Z", "items": []},

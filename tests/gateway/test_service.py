@@ -313,9 +313,9 @@ async def test_state_lives_as_long_as_the_mail_and_closed_mail_leaves_memory(net
 
 async def test_closed_mail_that_comes_again_is_recognised_with_its_marker_and_after_it(
         network: Network, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Filing skips the read of ``done.<id>`` for a message the backbone stored less than half a
-    marker's life ago: if it was closed, its purge marker still refuses the create. Once the
-    marker has gone, only that read recognises the replay, which is why older messages keep it."""
+    """Closed mail that comes again (a redelivery, or a sender publishing an old id anew) is never
+    filed twice: while its purge marker lives, the marker refuses the create; once the marker
+    has gone, the read of ``done.<id>`` that filing makes first recognises it."""
     from nats.js.errors import NotFoundError
 
     from psvn.gateway import store as store_module
@@ -333,7 +333,7 @@ async def test_closed_mail_that_comes_again_is_recognised_with_its_marker_and_af
                         time="t", status="delivered", size=10, seq=1)
 
     again = await delivered_then_acknowledged()
-    on_file = await store.file(again, recent=True)  # the marker refuses the create; the closed entry answers
+    on_file = await store.file(again)  # recognised (the marker would refuse the create too)
     assert isinstance(on_file, InRecord) and on_file.status == "acknowledged"
 
     monkeypatch.setattr(store_module, "CLOSED_MARKER_TTL", 1.0)  # this letter's marker lives 1 s
@@ -353,9 +353,9 @@ async def test_closed_mail_that_comes_again_is_recognised_with_its_marker_and_af
             await asyncio.sleep(0.1)
     finally:
         await nc.close()
-    on_file = await store.file(again)  # an older message: the closed entry is read first
+    on_file = await store.file(again)  # the marker gone: the closed entry, read first, answers
     assert isinstance(on_file, InRecord) and on_file.status == "acknowledged"
-    assert await store.file(again, recent=True) is None  # without that read it would be filed again
+    assert again.id not in store.open
 
 
 async def test_systems_see_only_their_mailboxes(network: Network) -> None:
@@ -519,13 +519,15 @@ def test_open_mail_shares_the_strings_that_repeat_and_keys_the_index_by_the_reco
     assert a.source is b.source and a.type is b.type and a.purpose is b.purpose and a.to is b.to
     assert next(k for k in store.open if k == "m2") is b.id  # the key is the record's id, not a copy
     assert store.held == {"gss:E06000043": 20}
-    # the shared table is bounded: past its size a new value is kept as it came, not shared
+    # the shared table is bounded: flooded with values that never repeat (a sender's made-up
+    # system names), it starts again, and what repeats is shared again after it
     limit = store_module.SHARED_STRINGS
-    for i in range(limit + 5):
+    for i in range(2 * limit):
         store._apply_open(f"in.x{i}", letter(f"x{i}", source=f"gss:E{i:08d}/sys"), 10 + i)
-    assert len(store._shared) == limit and len(store.open) == limit + 7
-    late_1, late_2 = store.open[f"x{limit + 3}"], store.open[f"x{limit + 4}"]
-    assert late_1.source == f"gss:E{limit + 3:08d}/sys" and late_1.type is late_2.type  # shared before the bound
+        assert len(store._shared) <= limit
+    assert len(store.open) == 2 * limit + 2
+    late_1, late_2 = store.open[f"x{2 * limit - 2}"], store.open[f"x{2 * limit - 1}"]
+    assert late_1.source == f"gss:E{2 * limit - 2:08d}/sys" and late_1.type is late_2.type
 
 
 async def test_a_restricted_system_sees_only_the_statuses_of_what_it_sent(network: Network) -> None:
