@@ -21,14 +21,16 @@ import structlog
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from psvn.backbone.connect import ELECTION_ERRORS
 from psvn.backbone.natsraw import Puller
 from psvn.core import addresses
 from psvn.core.errors import Code, PsvnError
+from psvn.core.retry import retrying
 from psvn.gateway import core
 from psvn.gateway.consent import OPERATOR_TYPE, Consulted
 from psvn.gateway.egress import Consult, Egress
 from psvn.gateway.feeds import FeedView
-from psvn.gateway.link import already_gone
+from psvn.gateway.link import PUBLISH_PATIENCE, already_gone
 from psvn.gateway.mailbox import Mailbox
 from psvn.gateway.parts import Part, Shared
 from psvn.gateway.store import Gone, InRecord, OutRecord
@@ -358,11 +360,13 @@ class Ingress(Part):
         """A receipt applied leaves the inbox: what it said is in each record's history (status,
         time, the hash the recipient signed), and the inbox keeps at most PER_SENDER_MAX_MSGS
         messages on each sender's receipt subject, so kept receipts would, after that many, refuse
-        the next (and leave the sender's statuses at ``sent``). A failure only leaves it there."""
+        the next (and leave the sender's statuses at ``sent``). The delete rides out a leader
+        election like a publish; a failure past that only leaves the receipt there."""
         net = self.link.net
         try:
             assert net is not None
-            await net.delete_msg(inbox_stream(self.org), seq)
+            await retrying(lambda: net.delete_msg(inbox_stream(self.org), seq), on=ELECTION_ERRORS,
+                           first_delay=0.2, max_delay=2.0, patience=PUBLISH_PATIENCE)
         except Exception as err:
             if not already_gone(err):
                 log.warning("applied receipt left in the inbox", subject=msg.subject, seq=seq, error=repr(err))
