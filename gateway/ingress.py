@@ -266,7 +266,8 @@ class Ingress(Part):
 
     async def _redelivered(self, rec: InRecord | Gone, owe: Owe) -> None:
         """A message already filed came again (we failed after filing it): repeat what follows
-        filing. Every step is idempotent: receipts carry a fixed dedupe id."""
+        filing. Every step is idempotent: a receipt saying again what one said before moves
+        no status (and an identical receipt message is stored once, by its dedupe id)."""
         if isinstance(rec, Gone):  # filed so long ago that its entry aged out: nothing to repeat
             log.info("message filed long ago came again; ignored", message_id=rec.id)
             return

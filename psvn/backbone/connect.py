@@ -42,12 +42,13 @@ class CoalescingClient(NATS):
     writes, so the commands of every task that turn woke (a batch's publishes, state writes,
     acks) leave in one TLS record and one system call instead of one each.
 
-    nats-py's own flusher writes as soon as the first command of a turn kicks it; a gateway
-    handling a batch wrote ~4 times per message, and those writes were a quarter of its CPU
-    (profiled with py-spy: ``StreamWriter.writelines``). The wait adds one loop turn (tens of
-    microseconds) to a lone command's latency. Everything else (the pending buffer, errors,
-    reconnects, ``flush()``) is nats-py's: only the loop that drains its flush queue differs, and
-    every future it takes is resolved, as nats-py's is."""
+    nats-py's own flusher writes as soon as the first command of a turn kicks it. Measured on a
+    sending gateway's batch path with py-spy, ``StreamWriter.writelines`` (TLS and the system
+    call) fell from 27% of its CPU to 8%. With it, strace counted 388 ``write`` calls for 3,000
+    messages. The wait adds one loop turn to a lone command's latency; one-at-a-time latency did
+    not change measurably. Everything else (the pending buffer, errors, reconnects, ``flush()``) is
+    nats-py's: only the loop that drains its flush queue differs, and every future it takes is
+    resolved, as nats-py's is."""
 
     async def _flusher(self) -> None:
         assert self._transport, "Client.connect must be called first"
