@@ -479,13 +479,6 @@ def make_receipts(items: Sequence[ReceiptItem], *, me: Identity, to: Member,
     return rcpt_subject(to.address, me.org), rid, data
 
 
-def make_receipt(*, message_id: str, status: str, me: Identity, to: Member, reason: str | None = None,
-                 rule_ids: list[str] | None = None, now: datetime | None = None) -> tuple[str, str, bytes]:
-    """(subject, dedupe id, sealed bytes) of a signed receipt for one message."""
-    return make_receipts([ReceiptItem(message_id=message_id, status=status, reason=reason,
-                                      rule_ids=rule_ids or [])], me=me, to=to, now=now)
-
-
 def open_receipts(data: bytes, *, subject: str, receipt_msg_id: str, me: Identity,
                   registry: MemberTable, published: datetime | None = None) -> list[Receipt]:
     """Open, verify and bind a receipt message: its subject names who sent it, the signature

@@ -122,8 +122,8 @@ def test_egress_refusals_carry_the_message_id(over: dict[str, object], code: Cod
 
 
 def test_receipt_round_trip_and_forgery() -> None:
-    subject, rid, data = core.make_receipt(message_id="m-1", status="delivered", me=TRUST,
-                                           to=REG.members[COUNCIL.org], now=NOW)
+    subject, rid, data = core.make_receipts([core.ReceiptItem(message_id="m-1", status="delivered")], me=TRUST,
+                                            to=REG.members[COUNCIL.org], now=NOW)
     assert (subject, rid) == ("psvn.rcpt.gss_E06000043.ods_RYR", "rcpt.m-1.delivered")
     [receipt] = core.open_receipts(data, subject=subject, receipt_msg_id=rid, me=COUNCIL, registry=REG)
     assert (receipt.message_id, receipt.status, receipt.by) == ("m-1", "delivered", TRUST.org)

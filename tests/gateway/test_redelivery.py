@@ -43,8 +43,8 @@ async def test_receipt_from_a_member_the_message_did_not_go_to_is_refused(networ
     mid = body["id"]
     await wait_status(network, network.COUNCIL, mid, "delivered")
     gp = network.gateways[network.GP].gateway
-    subject, rid, data = core.make_receipt(message_id=mid, status="acknowledged", me=gp.identity,
-                                           to=gp.registry.lookup(network.COUNCIL))
+    subject, rid, data = core.make_receipts([core.ReceiptItem(message_id=mid, status="acknowledged")],
+                                            me=gp.identity, to=gp.registry.lookup(network.COUNCIL))
     assert gp.js is not None
     await gp.js.publish(subject, data, headers={"Nats-Msg-Id": rid})
     q = await wait_quarantined(network, network.COUNCIL, rid)
