@@ -362,15 +362,19 @@ class Ingress(Part):
         time, the hash the recipient signed), and the inbox keeps at most PER_SENDER_MAX_MSGS
         messages on each sender's receipt subject, so kept receipts would, after that many, refuse
         the next (and leave the sender's statuses at ``sent``). The delete rides out a leader
-        election like a publish; a failure past that only leaves the receipt there."""
+        election like a publish; a failure past that raises, so the receipt is redelivered: applied
+        again (every move is repeatable) and deleted then. Never acked while still in the inbox."""
         net = self.link.net
+        assert net is not None
         try:
-            assert net is not None
             await retrying(lambda: net.delete_msg(inbox_stream(self.org), seq), on=ELECTION_ERRORS,
                            first_delay=0.2, max_delay=2.0, patience=PUBLISH_PATIENCE)
         except Exception as err:
-            if not already_gone(err):
-                log.warning("applied receipt left in the inbox", subject=msg.subject, seq=seq, error=repr(err))
+            if already_gone(err):
+                return
+            log.warning("applied receipt still in the inbox; it will be redelivered", subject=msg.subject, seq=seq,
+                        error=repr(err))
+            raise
 
     async def _apply_receipt(self, receipt: core.Receipt) -> None:
         """Move a sent message's record on as one item of a receipt says, if its recipient said it."""

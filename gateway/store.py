@@ -33,12 +33,11 @@ from typing import Any, TypeVar
 
 import msgspec
 import structlog
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.errors import KeyWrongLastSequenceError, ServiceUnavailableError
+from nats.js.errors import KeyWrongLastSequenceError
 
 from psvn.backbone import jsfast
+from psvn.backbone.connect import ELECTION_ERRORS
 from psvn.backbone.kvwatch import KVFollower
 from psvn.core.errors import Code, PsvnError
 from psvn.core.retry import retrying
@@ -54,7 +53,6 @@ POLICY_FLOOR_KEY = "policy.floor"
 # instance's watch to see the purge, short enough that a restart reads few of them.
 CLOSED_MARKER_TTL = 600.0
 READ_PATIENCE = 8.0  # seconds a state read may wait out a leader election (as a publish does)
-_ELECTION_ERRORS = (TimeoutError, NatsTimeoutError, NoRespondersError, ServiceUnavailableError)
 # what may follow "out." / "in." in a key read on a caller's behalf: never a wildcard (a KV read
 # of ``out.>`` would answer with whichever entry matches last)
 KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
@@ -227,9 +225,9 @@ class StateStore:
         kv = self.kv
         assert kv is not None
         try:
-            return await retrying(lambda: kv.get(key), on=_ELECTION_ERRORS, patience=READ_PATIENCE,
+            return await retrying(lambda: kv.get(key), on=ELECTION_ERRORS, patience=READ_PATIENCE,
                                   first_delay=0.1, max_delay=1.0)
-        except _ELECTION_ERRORS as exc:
+        except ELECTION_ERRORS as exc:
             raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the state bucket did not answer; retry",
                             rule="state-read") from exc
 

@@ -14,6 +14,7 @@ from psvn.gateway.link import Publish
 from psvn.gateway.server import GatewayServer
 from psvn.protocol.subjects import inbox_stream, rcpt_subject
 from tests.broker.test_backbone import settled, wait_quarantined
+from tests.broker.test_cluster import wait_until
 from tests.conftest import Network
 from tests.gateway.test_service import call, referral, wait_status
 
@@ -126,3 +127,32 @@ async def test_a_receipt_that_slips_in_another_members_message_is_quarantined_an
     assert st["status"] == "delivered"  # the trust's message: not the GP's to acknowledge
     _, st = await call(network, network.COUNCIL, "GET", f"/v1/messages/{to_gp['id']}")
     assert st["status"] == "acknowledged"  # its own message: the GP may say it acknowledged it
+
+
+async def test_an_applied_receipt_the_inbox_would_not_delete_is_redelivered_until_it_is_gone(
+        network: Network) -> None:
+    """The delete of an applied receipt fails past its retries (a leader election longer than the
+    patience): the receipt is not acked but redelivered, applied again (a repeatable move) and
+    deleted then; acked and left, it would count against the 100,000 its subject may hold."""
+    council = network.gateways[network.COUNCIL].gateway
+    net = council.link.net
+    assert net is not None
+    real_delete, refused = net.delete_msg, []
+
+    async def refuse_first(stream: str, seq: int) -> bool:
+        if not refused:
+            refused.append(seq)
+            raise RuntimeError("the inbox's leader did not answer")
+        return await real_delete(stream, seq)
+
+    net.delete_msg = refuse_first  # type: ignore[method-assign]
+    _, sent = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+    st = await wait_status(network, network.COUNCIL, sent["id"], "delivered")
+    assert [h["status"] for h in st["history"]].count("delivered") == 1  # applied twice, recorded once
+    assert len(refused) == 1
+    await wait_until(lambda: _no_receipts(network), timeout=30, what="the receipt deleted on its redelivery")
+    await settled(network, network.COUNCIL, timeout=30)
+
+
+async def _no_receipts(network: Network) -> bool:
+    return await receipts_in_inbox(network, network.COUNCIL, network.TRUST) == 0
