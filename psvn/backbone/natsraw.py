@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -27,6 +29,13 @@ from nats.js.errors import APIError, NotFoundError
 from nats.js.errors import ServiceUnavailableError as JSServiceUnavailableError
 
 ACK_PREFIX = "$JS.ACK."
+# A pull request stays open on the server PULL_EXPIRES seconds; within PULL_RENEW_BEFORE of its
+# end it no longer counts and the next is sent; past its end by PULL_GRACE with no status seen
+# (the server forgot it: a consumer leader lost, a reconnect) it is taken as gone. So a lost
+# request stalls an inbox at most 1.5 s, and a quiet inbox costs one request per 1.5 s.
+PULL_EXPIRES = 2.0
+PULL_RENEW_BEFORE = 0.5
+PULL_GRACE = 0.5
 
 
 def is_stored(msg: Msg) -> bool:
@@ -84,62 +93,112 @@ class RawReads:
     async def puller(self, js: JetStreamContext, stream: str, consumer: str) -> Puller:
         """A pull consumer read in batches through one inbox of its own (kept between fetches, so
         what a request delivers after a fetch returned waits for the next one, never lost)."""
-        inbox, sub, queue = await self._listen()
+        inbox = self._nc.new_inbox()
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def put(msg: Msg) -> None:
+            queue.put_nowait(msg)
+
+        sub = await self._nc.subscribe(f"{inbox}.*", cb=put)  # request n answers on <inbox>.<n>
         return Puller(self._nc, f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}", inbox, sub, queue)
 
 
+@dataclass
+class _Request:
+    """One pull request still open on the server, as far as we can tell."""
+
+    reply: str
+    left: int  # messages it may still deliver
+    ends: float  # loop time its ``expires`` runs out
+
+
 class Puller:
-    """Fetches like nats-py's ``PullSubscription.fetch``: what is already there at once (a
-    ``no_wait`` request), else waits up to ``timeout`` for the first message; judged by
+    """Keeps a pull request open on the server at all times, so a message is delivered the
+    moment it is stored, and fetches take what has arrived.
+
+    Why not a request per fetch (nats-py's ``fetch``: a ``no_wait`` request, then a waiting
+    one): under a trickle each message then cost two requests and two status replies, and the
+    waiting requests piled up on the server until each expired; a quiet inbox made the server
+    busier than a full one. Here a request asks for ``batch`` messages and lasts
+    :data:`PULL_EXPIRES`; a new one is sent when fewer than half a batch are still asked for, or
+    the open one is about to end. Each request has its own reply subject, so the statuses that
+    end a request (408 expired, 409 ...) are told apart; messages are judged by
     :func:`is_stored`, so a publisher's ``Status`` header never hides its message."""
 
     def __init__(self, nc: NATS, api: str, inbox: str, sub: Any, queue: asyncio.Queue[Msg]) -> None:
         self._nc, self._api, self._inbox, self._sub, self._queue = nc, api, inbox, sub, queue
+        self._open: deque[_Request] = deque()
+        self._sent = 0
+        self._unavailable = False  # a request was answered 503: raised once nothing else is there
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self._sub.unsubscribe()
 
+    def asked(self, now: float) -> int:
+        """Messages still asked for by requests not about to end."""
+        return sum(r.left for r in self._open if r.ends - now > PULL_RENEW_BEFORE)
+
+    async def _ask(self, batch: int) -> None:
+        """Top the open requests up to at least half a batch (requests the server has quietly
+        forgotten, say across a reconnect, count until their time is up)."""
+        now = asyncio.get_running_loop().time()
+        while self._open and self._open[0].ends + PULL_GRACE < now:
+            self._open.popleft()
+        if self.asked(now) >= max(1, batch // 2):
+            return
+        self._sent += 1
+        reply = f"{self._inbox}.{self._sent}"
+        body = json.dumps({"batch": batch, "expires": int(PULL_EXPIRES * 1e9)}).encode()
+        self._open.append(_Request(reply, batch, now + PULL_EXPIRES))
+        await self._nc.publish(self._api, body, reply=reply)
+
+    def _took(self, msg: Msg) -> bool:
+        """Account for one arrival: True for a stored message (counted against the oldest open
+        request, the one the server serves first); a status ends its own request (503 raises)."""
+        if is_stored(msg):
+            if self._open:
+                self._open[0].left -= 1
+                if self._open[0].left <= 0:
+                    self._open.popleft()
+            return True
+        status = (msg.headers or {}).get("Status")
+        if status == "100":  # an idle heartbeat: nothing ends
+            return False
+        for r in self._open:
+            if r.reply == msg.subject:
+                self._open.remove(r)
+                break
+        self._unavailable = self._unavailable or status == "503"
+        return False
+
     def _drain(self, out: list[Msg], batch: int) -> None:
         while len(out) < batch and not self._queue.empty():
             msg = self._queue.get_nowait()
-            if is_stored(msg):
+            if self._took(msg):
                 out.append(msg)
 
-    async def _collect(self, out: list[Msg], batch: int, until: float, *, first_only: bool) -> None:
+    async def fetch(self, batch: int, *, timeout: float = 1.0) -> list[Msg]:
+        """What has arrived (at most ``batch``), else the first message within ``timeout``,
+        with whatever came with it; [] if none did."""
+        out: list[Msg] = []
+        self._drain(out, batch)
         loop = asyncio.get_running_loop()
-        while len(out) < batch:
+        until = loop.time() + timeout
+        while not out:
+            await self._ask(batch)
             left = until - loop.time()
             if left <= 0:
-                return
+                return out
             try:
                 msg = await asyncio.wait_for(self._queue.get(), left)
             except TimeoutError:
-                return
-            if is_stored(msg):
+                return out
+            if self._took(msg):
                 out.append(msg)
-                if first_only:
-                    self._drain(out, batch)
-                    return
-                continue
-            status = (msg.headers or {}).get("Status")
-            if status == "503":
+                self._drain(out, batch)
+            elif self._unavailable:
+                self._unavailable = False
                 raise JSServiceUnavailableError
-            if status != "100":  # 404 nothing there, 408 request over, 409: this request is done
-                return
-
-    async def fetch(self, batch: int, *, timeout: float = 1.0) -> list[Msg]:
-        out: list[Msg] = []
-        self._drain(out, batch)  # delivered for an earlier request after it returned
-        if out:
-            return out
-        loop = asyncio.get_running_loop()
-        await self._nc.publish(self._api, json.dumps({"batch": batch, "no_wait": True}).encode(), reply=self._inbox)
-        await self._collect(out, batch, loop.time() + timeout, first_only=False)
-        if out:
-            return out
-        expires = max(int((timeout - 0.05) * 1e9), 10_000_000)
-        await self._nc.publish(self._api, json.dumps({"batch": batch, "expires": expires}).encode(),
-                               reply=self._inbox)
-        await self._collect(out, batch, loop.time() + timeout, first_only=True)
+        await self._ask(batch)  # the next messages come while these are handled
         return out
