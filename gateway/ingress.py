@@ -124,19 +124,22 @@ class Ingress(Part):
                 log.warning("fetch failed", error=repr(exc))
                 await asyncio.sleep(0.5)
                 continue
-            await self._handle_batch(msgs)
+            await self._handle_batch(msgs, fetched_ahead=puller.waiting)
 
-    async def _handle_batch(self, msgs: list[Msg]) -> None:
+    async def _handle_batch(self, msgs: list[Msg], *, fetched_ahead: Callable[[], list[Msg]] = list) -> None:
         """Handle a fetched batch concurrently (each message waits on backbone round trips, not
         the CPU, so they overlap well), then send the receipts it owes, one receipt message per
         sender, then settle each message: acked once handled and receipted, else left for
-        redelivery (redelivered mail is recognised on file and only its receipt is sent again)."""
+        redelivery (redelivered mail is recognised on file and only its receipt is sent again).
+        ``fetched_ahead``: the messages delivered meanwhile for the next fetch, whose ack timers
+        a slow batch restarts too."""
         due = ReceiptsDue()
         loop = asyncio.get_running_loop()
         started = loop.time()
         handled = await asyncio.gather(*(self._handle_safely(msg, due, i) for i, msg in enumerate(msgs)))
         if loop.time() - started > SLOW_BATCH_SECONDS:  # one slow message (an election): the handled
-            await asyncio.gather(*(self._in_progress(msg) for msg, ok in zip(msgs, handled, strict=True) if ok))
+            held = [msg for msg, ok in zip(msgs, handled, strict=True) if ok] + fetched_ahead()
+            await asyncio.gather(*(self._in_progress(msg) for msg in held))
         unreceipted = await self._send_receipts(due)
         await asyncio.gather(*(self._settle(msg, ok and i not in unreceipted)
                                for i, (msg, ok) in enumerate(zip(msgs, handled, strict=True))))
@@ -363,7 +366,8 @@ class Ingress(Part):
         messages on each sender's receipt subject, so kept receipts would, after that many, refuse
         the next (and leave the sender's statuses at ``sent``). The delete rides out a leader
         election like a publish; a failure past that raises, so the receipt is redelivered: applied
-        again (every move is repeatable) and deleted then. Never acked while still in the inbox."""
+        again (every move is repeatable) and deleted then: an applied receipt is never acked
+        while it is still in the inbox."""
         net = self.link.net
         assert net is not None
         try:

@@ -93,14 +93,9 @@ class RawReads:
     async def puller(self, js: JetStreamContext, stream: str, consumer: str) -> Puller:
         """A pull consumer read in batches through one inbox of its own (kept between fetches, so
         what a request delivers after a fetch returned waits for the next one, never lost)."""
-        inbox = self._nc.new_inbox()
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-
-        async def put(msg: Msg) -> None:
-            queue.put_nowait(msg)
-
-        sub = await self._nc.subscribe(f"{inbox}.*", cb=put)  # request n answers on <inbox>.<n>
-        return Puller(self._nc, f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}", inbox, sub, queue)
+        puller = Puller(self._nc, f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}", self._nc.new_inbox())
+        await puller.start()
+        return puller
 
 
 @dataclass
@@ -121,46 +116,68 @@ class Puller:
     waiting requests piled up on the server until each expired; a quiet inbox made the server
     busier than a full one. Here a request asks for ``batch`` messages and lasts
     :data:`PULL_EXPIRES`; a new one is sent when fewer than half a batch are still asked for, or
-    the open one is about to end. Each request has its own reply subject, so the statuses that
-    end a request (408 expired, 409 ...) are told apart; messages are judged by
-    :func:`is_stored`, so a publisher's ``Status`` header never hides its message."""
+    the open one is about to end. Each request has its own reply subject, so the status that ends
+    a request (408 expired, 409 ...) is told apart; messages are judged by :func:`is_stored`, so
+    a publisher's ``Status`` header never hides its message or ends a request."""
 
-    def __init__(self, nc: NATS, api: str, inbox: str, sub: Any, queue: asyncio.Queue[Msg]) -> None:
-        self._nc, self._api, self._inbox, self._sub, self._queue = nc, api, inbox, sub, queue
-        self._open: deque[_Request] = deque()
+    def __init__(self, nc: NATS, api: str, inbox: str) -> None:
+        self._nc, self._api, self._inbox = nc, api, inbox
+        self._sub: Any = None
+        self._arrived: deque[Msg] = deque()  # what the server sent, in order, not yet taken
+        self._wake = asyncio.Event()
+        self._open: deque[_Request] = deque()  # in the server's order of service
         self._sent = 0
-        self._unavailable = False  # a request was answered 503: raised once nothing else is there
+        self._ended: Msg | None = None  # a status other than "expired" that ended a request
+
+    async def start(self) -> None:
+        async def arrive(msg: Msg) -> None:
+            self._arrived.append(msg)
+            self._wake.set()
+
+        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=arrive)  # request n answers on <inbox>.<n>
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self._sub.unsubscribe()
 
+    @property
+    def requests_sent(self) -> int:
+        return self._sent
+
     def asked(self, now: float) -> int:
         """Messages still asked for by requests not about to end."""
         return sum(r.left for r in self._open if r.ends - now > PULL_RENEW_BEFORE)
+
+    def _due(self, now: float) -> float:
+        """Seconds until a request still counted stops counting (when a top-up may be due)."""
+        counted = [r.ends - PULL_RENEW_BEFORE - now for r in self._open if r.ends - now > PULL_RENEW_BEFORE]
+        return min(counted, default=0.0)
 
     async def _ask(self, batch: int) -> None:
         """Top the open requests up to at least half a batch (requests the server has quietly
         forgotten, say across a reconnect, count until their time is up)."""
         now = asyncio.get_running_loop().time()
-        while self._open and self._open[0].ends + PULL_GRACE < now:
-            self._open.popleft()
+        for r in [r for r in self._open if r.ends + PULL_GRACE < now]:
+            self._open.remove(r)
         if self.asked(now) >= max(1, batch // 2):
             return
-        self._sent += 1
-        reply = f"{self._inbox}.{self._sent}"
+        reply = f"{self._inbox}.{self._sent + 1}"
         body = json.dumps({"batch": batch, "expires": int(PULL_EXPIRES * 1e9)}).encode()
-        self._open.append(_Request(reply, batch, now + PULL_EXPIRES))
         await self._nc.publish(self._api, body, reply=reply)
+        self._sent += 1
+        self._open.append(_Request(reply, batch, now + PULL_EXPIRES))
 
     def _took(self, msg: Msg) -> bool:
-        """Account for one arrival: True for a stored message (counted against the oldest open
-        request, the one the server serves first); a status ends its own request (503 raises)."""
+        """Account for one arrival: True for a stored message. The server serves its open
+        requests in turn, one message each (a request with slots left goes to the back of its
+        queue), so the count does too; a fully served request gets no status. A status ends the
+        request it answers (its own reply subject)."""
         if is_stored(msg):
             if self._open:
-                self._open[0].left -= 1
-                if self._open[0].left <= 0:
-                    self._open.popleft()
+                head = self._open.popleft()
+                head.left -= 1
+                if head.left > 0:
+                    self._open.append(head)
             return True
         status = (msg.headers or {}).get("Status")
         if status == "100":  # an idle heartbeat: nothing ends
@@ -169,36 +186,52 @@ class Puller:
             if r.reply == msg.subject:
                 self._open.remove(r)
                 break
-        self._unavailable = self._unavailable or status == "503"
+        if status != "408":  # 408: the request's time ran out, the normal end of a quiet one
+            self._ended = msg
         return False
 
     def _drain(self, out: list[Msg], batch: int) -> None:
-        while len(out) < batch and not self._queue.empty():
-            msg = self._queue.get_nowait()
+        while len(out) < batch and self._arrived:
+            msg = self._arrived.popleft()
             if self._took(msg):
                 out.append(msg)
+
+    def _refusal(self) -> Exception | None:
+        """What the server said when it ended a request otherwise than by its time running out
+        (503 no JetStream, 409 consumer deleted or a limit exceeded, ...): raised by a fetch that
+        got nothing, so its caller backs off instead of asking again at once."""
+        msg, self._ended = self._ended, None
+        if msg is None:
+            return None
+        headers = msg.headers or {}
+        if headers.get("Status") == "503":
+            return JSServiceUnavailableError()
+        return APIError(code=int(headers.get("Status") or 0) or None, description=headers.get("Description"))
 
     async def fetch(self, batch: int, *, timeout: float = 1.0) -> list[Msg]:
         """What has arrived (at most ``batch``), else the first message within ``timeout``,
         with whatever came with it; [] if none did."""
+        self._ended = None
         out: list[Msg] = []
         self._drain(out, batch)
         loop = asyncio.get_running_loop()
         until = loop.time() + timeout
         while not out:
+            if (refused := self._refusal()) is not None:
+                raise refused
             await self._ask(batch)
             left = until - loop.time()
             if left <= 0:
                 return out
-            try:
-                msg = await asyncio.wait_for(self._queue.get(), left)
-            except TimeoutError:
-                return out
-            if self._took(msg):
-                out.append(msg)
-                self._drain(out, batch)
-            elif self._unavailable:
-                self._unavailable = False
-                raise JSServiceUnavailableError
-        await self._ask(batch)  # the next messages come while these are handled
+            self._wake.clear()
+            if not self._arrived:
+                with contextlib.suppress(TimeoutError):  # woken at the latest when a top-up is due
+                    await asyncio.wait_for(self._wake.wait(), min(left, max(0.01, self._due(loop.time()))))
+            self._drain(out, batch)
+        with contextlib.suppress(Exception):  # the next messages come while these are handled;
+            await self._ask(batch)            # a request not sent now is sent by the next fetch
         return out
+
+    def waiting(self) -> list[Msg]:
+        """The stored messages delivered and not yet fetched (their ack timers are running)."""
+        return [m for m in self._arrived if is_stored(m)]
