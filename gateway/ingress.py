@@ -202,6 +202,19 @@ class Ingress(Part):
         if filed is not None:  # closed mail is recognised by store.file, after the decision
             await self._redelivered(filed, owe)
             return
+        # The filing's first read (was this mail closed already?) goes now, its round trip
+        # overlapping the opening and the consent read instead of following them.
+        closed = asyncio.ensure_future(self.store.closed_entry(msg_id))
+        try:
+            await self._open_and_file(msg, msg_id, seq, owe, closed)
+        finally:
+            if not closed.done():
+                closed.cancel()
+            elif not closed.cancelled():
+                closed.exception()  # retrieved: a path that did not file does not care
+
+    async def _open_and_file(self, msg: Msg, msg_id: str, seq: int, owe: Owe,
+                             closed: asyncio.Future[tuple[bytes, int] | None]) -> None:
         received = now_rfc3339(self.clock())
         consulted = Consulted(consent=ConsentRegistry())
         try:
@@ -249,7 +262,8 @@ class Ingress(Part):
             id=env.id, source=env.source, to=env.to, type=env.type, time=env.time, status=State.DELIVERED.value,
             size=len(inc.payload), seq=seq, classification=env.classification, purpose=env.purpose,
             correlation_id=env.correlation_id, mailbox=env.mailbox, received=received,
-            retain_until=now_rfc3339(parse_time(received) + timedelta(days=days))))
+            retain_until=now_rfc3339(parse_time(received) + timedelta(days=days))),
+            closed=closed)  # env.id is msg_id: open_message refuses any other
         if on_file is not None:  # filed before (a redelivery, or another instance): finish its steps, once
             await self._redelivered(on_file, owe)
             return

@@ -28,7 +28,7 @@ import contextlib
 import re
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -364,7 +364,16 @@ class StateStore:
                 return rec
         return None
 
-    async def file(self, rec: InRecord) -> InRecord | Gone | None:
+    async def closed_entry(self, message_id: str) -> tuple[bytes, int] | None:
+        """The ``done.<id>`` entry of mail closed (acknowledged, quarantined, deleted), if any:
+        what :meth:`file` reads first. A caller may start it early, to overlap its round trip
+        with other work, and hand it to :meth:`file`."""
+        if not KEY_ID.fullmatch(message_id):
+            return None
+        return await self._read(f"done.{message_id}")
+
+    async def file(self, rec: InRecord, *, closed: Awaitable[tuple[bytes, int] | None] | None = None
+                   ) -> InRecord | Gone | None:
         """File a received message exactly once: None if it is newly filed now, else what is on
         file for it already (by us or another instance), or :class:`Gone` if its entry aged out.
 
@@ -372,10 +381,13 @@ class StateStore:
         The create-once write decides between instances; the ``done.<id>`` read first catches a
         replay after the mail was closed and its open entry's purge marker has expired. (It
         cannot be skipped for a message the backbone stored recently: a sender may publish an
-        old id again, as a new stream message, long after the mail was closed.)"""
-        closed = await self._read(f"done.{rec.id}")
-        if closed is not None:
-            return msgspec.json.decode(closed[0], type=InRecord)
+        old id again, as a new stream message, long after the mail was closed.) ``closed``: that
+        read, started earlier by the caller (:meth:`closed_entry` of ``rec.id``). Started a few
+        milliseconds early it decides the same: mail closed since then keeps its purge marker
+        for :data:`CLOSED_MARKER_TTL`, and the create-once write refuses a marked key."""
+        closed_now = await (closed if closed is not None else self.closed_entry(rec.id))
+        if closed_now is not None:
+            return msgspec.json.decode(closed_now[0], type=InRecord)
         value = msgspec.json.encode(rec)
         rev = await self._create(f"in.{rec.id}", value)
         if rev is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -568,3 +569,47 @@ async def test_a_restricted_system_sees_only_the_statuses_of_what_it_sent(networ
         assert code == 200 and {m["id"] for m in listed["messages"]} == {mine["id"], theirs["id"]}
     finally:
         council.gateway.config.gateway.system_mailboxes.pop("case-mgmt", None)
+
+
+async def test_closed_mail_replayed_to_the_ingress_after_its_marker_is_recognised_not_filed_again(
+        network: Network, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same, through the trust's ingress: the stored message itself comes again (as a sender
+    publishing an old id anew after the dedupe window would make it) once the mail is closed and
+    its marker gone. The closed entry, read as the handling starts, answers: the sender is told
+    "acknowledged" again and nothing is filed open."""
+    from nats.aio.msg import Msg
+
+    from psvn.gateway import store as store_module
+    from psvn.protocol.subjects import inbox_stream, state_bucket
+
+    trust = network.gateways[network.TRUST].gateway
+    monkeypatch.setattr(store_module, "CLOSED_MARKER_TTL", 1.0)
+    _code, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+    mid = body["id"]
+    await wait_status(network, network.COUNCIL, mid, "delivered")
+    assert (await call(network, network.TRUST, "POST", f"/v1/inbox/{mid}/ack"))[0] == 200
+    closed = await trust.store.in_record(mid)
+    assert closed is not None and closed.status == "acknowledged"
+    nc = await devnet.broker_connect(network.layout, network.nats.url)
+    try:
+        stored = await nc.jetstream().get_msg(inbox_stream(network.TRUST), closed.seq)
+    finally:
+        await nc.close()
+    kv = f"$KV.{state_bucket(network.TRUST)}.in.{mid}"
+    deadline = asyncio.get_running_loop().time() + 15
+    while await trust.store._get(f"in.{mid}") is not None:  # the marker, until the server removes it
+        assert asyncio.get_running_loop().time() < deadline, f"{kv}: the marker did not expire"
+        await asyncio.sleep(0.1)
+    replay = Msg(trust.link.nc, subject=stored.subject or "", data=stored.data or b"",  # type: ignore[arg-type]
+                 headers={"Nats-Msg-Id": mid},
+                 reply=f"$JS.ACK.{inbox_stream(network.TRUST)}.inbox.2.{closed.seq + 1000}.2.{time.time_ns()}.0")
+    owed: list[tuple[str, str, str]] = []
+
+    def owe(message_id: str, status: str, to_org: str, *, reason: str | None = None,
+            rule_ids: list[str] | None = None) -> None:
+        owed.append((message_id, status, to_org))
+
+    await trust.ingress._handle(replay, owe)
+    assert owed == [(mid, "acknowledged", network.COUNCIL)]  # recognised: the receipt says it again
+    assert await trust.store._get(f"in.{mid}") is None  # nothing filed open again
+    assert mid not in trust.store.open
