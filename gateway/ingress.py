@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Protocol
 
@@ -231,12 +231,12 @@ class Ingress(Part):
                 raise  # a consent lookup the backbone did not answer: redelivered, never decided without it
             if exc.code is Code.POLICY_DENIED and consulted.lagging and msg.metadata.num_delivered < LAG_RETRIES:
                 raise  # a consent record refused for its signature: our registry view may lag the operator's
-            await self._quarantine(msg, msg_id, seq, exc, received, owe)
+            await self._quarantine(msg, msg_id, seq, exc, received, owe, closed=closed)
             return
         except Exception as exc:  # a malformed message must be quarantined, not redelivered for ever
             malformed = PsvnError(Code.INVALID_ENVELOPE, f"malformed message: {exc!r}", rule="malformed",
                                   message_id=msg_id)
-            await self._quarantine(msg, msg_id, seq, malformed, received, owe)
+            await self._quarantine(msg, msg_id, seq, malformed, received, owe, closed=closed)
             return
         env = inc.envelope
         share = self.settings.sender_share_bytes
@@ -244,14 +244,15 @@ class Ingress(Part):
             await self._quarantine(msg, msg_id, seq, PsvnError(
                 Code.FORBIDDEN, f"{env.sender_org} already holds {self.store.held.get(env.sender_org, 0)} bytes of "
                 f"unacknowledged mail in this inbox, its share is {share}: refused until the recipient acknowledges",
-                field="source", rule="sender-share", message_id=msg_id), received, owe)
+                field="source", rule="sender-share", message_id=msg_id), received, owe, closed=closed)
             return
         if env.topic is not None:
             sub = self.feeds.get(self.org, env.topic)
             if sub is None or sub.purpose != env.purpose:
                 await self._quarantine(msg, msg_id, seq, PsvnError(
                     Code.POLICY_DENIED, f"a feed event on {env.topic!r} for {env.purpose}, but this member has "
-                    "no such subscription", field="topic", rule="not-subscribed", message_id=msg_id), received, owe)
+                    "no such subscription", field="topic", rule="not-subscribed", message_id=msg_id), received, owe,
+                    closed=closed)
                 return
         self.metrics.decisions.labels("ingress", "allow").inc()
         # the policy's retention for the type, within what the inbox stream keeps (a day's margin,
@@ -300,13 +301,16 @@ class Ingress(Part):
             owe(rec.id, status.value, rec.source, reason=rec.reason, rule_ids=[rec.rule] if rec.rule else [])
 
     # -- quarantine --------------------------------------------------------------------------
-    async def _quarantine(self, msg: Msg, msg_id: str, seq: int, exc: PsvnError, received: str, owe: Owe) -> None:
+    async def _quarantine(self, msg: Msg, msg_id: str, seq: int, exc: PsvnError, received: str, owe: Owe, *,
+                          closed: Awaitable[tuple[bytes, int] | None] | None = None) -> None:
+        """File a refused message closed, and move it to quarantine. ``closed``: the filing's read
+        of ``done.<msg_id>``, if the caller started it already."""
         sender_tok = msg.subject.split(".")[-1]
         sender_org = sender_tok.replace("_", ":", 1)
         on_file = await self.store.file(InRecord(
             id=msg_id, source=sender_org, to=self.org, type="unknown", time=received,
             status=State.QUARANTINED.value, size=len(msg.data), seq=seq,
-            reason=core.stored_reason(exc), rule=exc.rule, received=received))
+            reason=core.stored_reason(exc), rule=exc.rule, received=received), closed=closed)
         if on_file is not None:
             await self._redelivered(on_file, owe)  # already on file (a redelivery)
             return

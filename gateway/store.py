@@ -367,9 +367,8 @@ class StateStore:
     async def closed_entry(self, message_id: str) -> tuple[bytes, int] | None:
         """The ``done.<id>`` entry of mail closed (acknowledged, quarantined, deleted), if any:
         what :meth:`file` reads first. A caller may start it early, to overlap its round trip
-        with other work, and hand it to :meth:`file`."""
-        if not KEY_ID.fullmatch(message_id):
-            return None
+        with other work, and hand it to :meth:`file`. (Any id a message was filed under: a dotted
+        one too, such as a receipt's.)"""
         return await self._read(f"done.{message_id}")
 
     async def file(self, rec: InRecord, *, closed: Awaitable[tuple[bytes, int] | None] | None = None
@@ -382,9 +381,10 @@ class StateStore:
         replay after the mail was closed and its open entry's purge marker has expired. (It
         cannot be skipped for a message the backbone stored recently: a sender may publish an
         old id again, as a new stream message, long after the mail was closed.) ``closed``: that
-        read, started earlier by the caller (:meth:`closed_entry` of ``rec.id``). Started a few
-        milliseconds early it decides the same: mail closed since then keeps its purge marker
-        for :data:`CLOSED_MARKER_TTL`, and the create-once write refuses a marked key."""
+        read, started earlier by the caller (:meth:`closed_entry` of ``rec.id``). Started early (by
+        seconds at most: the reads' patience) it decides the same: mail closed since then keeps
+        its purge marker for :data:`CLOSED_MARKER_TTL` (600 s), and the create-once write refuses
+        a marked key."""
         closed_now = await (closed if closed is not None else self.closed_entry(rec.id))
         if closed_now is not None:
             return msgspec.json.decode(closed_now[0], type=InRecord)

@@ -333,30 +333,47 @@ async def test_closed_mail_that_comes_again_is_recognised_with_its_marker_and_af
         return InRecord(id=body["id"], source=network.COUNCIL, to=network.TRUST, type="fhir.r4.ServiceRequest",
                         time="t", status="delivered", size=10, seq=1)
 
+    async def marker_gone(message_id: str) -> None:
+        nc = await devnet.member_connect(network.layout, network.nats.url, network.TRUST, name="test")
+        try:  # wait for the server to remove the marker at its TTL (a condition, polled)
+            js = nc.jetstream()
+            stream = f"KV_{state_bucket(network.TRUST)}"
+            subject = f"$KV.{state_bucket(network.TRUST)}.in.{message_id}"
+            deadline = asyncio.get_running_loop().time() + 15
+            while True:
+                try:
+                    marker = await js.get_msg(stream, subject=subject)
+                except NotFoundError:
+                    break
+                assert (marker.headers or {}).get("KV-Operation") == "PURGE"
+                assert asyncio.get_running_loop().time() < deadline, "the marker did not expire"
+                await asyncio.sleep(0.1)
+        finally:
+            await nc.close()
+
     again = await delivered_then_acknowledged()
     on_file = await store.file(again)  # recognised (the marker would refuse the create too)
     assert isinstance(on_file, InRecord) and on_file.status == "acknowledged"
+    # the closed entry read before the close (an ingress starts it early): the marker refuses
+    read_before: asyncio.Future[tuple[bytes, int] | None] = asyncio.get_running_loop().create_future()
+    read_before.set_result(None)
+    on_file = await store.file(again, closed=read_before)
+    assert isinstance(on_file, InRecord) and on_file.status == "acknowledged"
 
-    monkeypatch.setattr(store_module, "CLOSED_MARKER_TTL", 1.0)  # this letter's marker lives 1 s
+    monkeypatch.setattr(store_module, "CLOSED_MARKER_TTL", 1.0)  # these letters' markers live 1 s
     again = await delivered_then_acknowledged()
-    nc = await devnet.member_connect(network.layout, network.nats.url, network.TRUST, name="test")
-    try:  # wait for the server to remove the marker at its TTL (a condition, polled)
-        js = nc.jetstream()
-        stream, subject = f"KV_{state_bucket(network.TRUST)}", f"$KV.{state_bucket(network.TRUST)}.in.{again.id}"
-        deadline = asyncio.get_running_loop().time() + 15
-        while True:
-            try:
-                marker = await js.get_msg(stream, subject=subject)
-            except NotFoundError:
-                break
-            assert (marker.headers or {}).get("KV-Operation") == "PURGE"
-            assert asyncio.get_running_loop().time() < deadline, "the marker did not expire"
-            await asyncio.sleep(0.1)
-    finally:
-        await nc.close()
+    await marker_gone(again.id)
     on_file = await store.file(again)  # the marker gone: the closed entry, read first, answers
     assert isinstance(on_file, InRecord) and on_file.status == "acknowledged"
     assert again.id not in store.open
+
+    # an id with dots (a receipt's, quarantined) is recognised the same way
+    dotted = InRecord(id=f"rcpt.{again.id}.acknowledged", source=network.COUNCIL, to=network.TRUST,
+                      type="unknown", time="t", status="quarantined", size=1, seq=1)
+    assert await store.file(dotted) is None  # filed, and closed at once
+    await marker_gone(dotted.id)
+    on_file = await store.file(dotted)
+    assert isinstance(on_file, InRecord) and on_file.status == "quarantined"
 
 
 async def test_systems_see_only_their_mailboxes(network: Network) -> None:
