@@ -312,16 +312,38 @@ async def test_state_lives_as_long_as_the_mail_and_closed_mail_leaves_memory(net
         await nc.close()
 
 
+async def marker_gone(network: Network, message_id: str) -> None:
+    """Wait until the server has removed the purge marker of the trust's closed ``in.<id>`` at
+    its TTL (a condition, polled; the marker is checked to be one while it stands)."""
+    from nats.js.errors import NotFoundError
+
+    from psvn.protocol.subjects import state_bucket
+
+    nc = await devnet.member_connect(network.layout, network.nats.url, network.TRUST, name="test")
+    try:
+        js = nc.jetstream()
+        stream = f"KV_{state_bucket(network.TRUST)}"
+        subject = f"$KV.{state_bucket(network.TRUST)}.in.{message_id}"
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:
+            try:
+                marker = await js.get_msg(stream, subject=subject)
+            except NotFoundError:
+                return
+            assert (marker.headers or {}).get("KV-Operation") == "PURGE"
+            assert asyncio.get_running_loop().time() < deadline, f"{subject}: the marker did not expire"
+            await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
+
+
 async def test_closed_mail_that_comes_again_is_recognised_with_its_marker_and_after_it(
         network: Network, monkeypatch: pytest.MonkeyPatch) -> None:
     """Closed mail that comes again (a redelivery, or a sender publishing an old id anew) is never
     filed twice: while its purge marker lives, the marker refuses the create; once the marker
     has gone, the read of ``done.<id>`` that filing makes first recognises it."""
-    from nats.js.errors import NotFoundError
-
     from psvn.gateway import store as store_module
     from psvn.gateway.store import InRecord
-    from psvn.protocol.subjects import state_bucket
 
     store = network.gateways[network.TRUST].gateway.store
 
@@ -332,24 +354,6 @@ async def test_closed_mail_that_comes_again_is_recognised_with_its_marker_and_af
         assert code == 200
         return InRecord(id=body["id"], source=network.COUNCIL, to=network.TRUST, type="fhir.r4.ServiceRequest",
                         time="t", status="delivered", size=10, seq=1)
-
-    async def marker_gone(message_id: str) -> None:
-        nc = await devnet.member_connect(network.layout, network.nats.url, network.TRUST, name="test")
-        try:  # wait for the server to remove the marker at its TTL (a condition, polled)
-            js = nc.jetstream()
-            stream = f"KV_{state_bucket(network.TRUST)}"
-            subject = f"$KV.{state_bucket(network.TRUST)}.in.{message_id}"
-            deadline = asyncio.get_running_loop().time() + 15
-            while True:
-                try:
-                    marker = await js.get_msg(stream, subject=subject)
-                except NotFoundError:
-                    break
-                assert (marker.headers or {}).get("KV-Operation") == "PURGE"
-                assert asyncio.get_running_loop().time() < deadline, "the marker did not expire"
-                await asyncio.sleep(0.1)
-        finally:
-            await nc.close()
 
     again = await delivered_then_acknowledged()
     on_file = await store.file(again)  # recognised (the marker would refuse the create too)
@@ -362,7 +366,7 @@ async def test_closed_mail_that_comes_again_is_recognised_with_its_marker_and_af
 
     monkeypatch.setattr(store_module, "CLOSED_MARKER_TTL", 1.0)  # these letters' markers live 1 s
     again = await delivered_then_acknowledged()
-    await marker_gone(again.id)
+    await marker_gone(network, again.id)
     on_file = await store.file(again)  # the marker gone: the closed entry, read first, answers
     assert isinstance(on_file, InRecord) and on_file.status == "acknowledged"
     assert again.id not in store.open
@@ -371,7 +375,7 @@ async def test_closed_mail_that_comes_again_is_recognised_with_its_marker_and_af
     dotted = InRecord(id=f"rcpt.{again.id}.acknowledged", source=network.COUNCIL, to=network.TRUST,
                       type="unknown", time="t", status="quarantined", size=1, seq=1)
     assert await store.file(dotted) is None  # filed, and closed at once
-    await marker_gone(dotted.id)
+    await marker_gone(network, dotted.id)
     on_file = await store.file(dotted)
     assert isinstance(on_file, InRecord) and on_file.status == "quarantined"
 
@@ -597,7 +601,7 @@ async def test_closed_mail_replayed_to_the_ingress_after_its_marker_is_recognise
     from nats.aio.msg import Msg
 
     from psvn.gateway import store as store_module
-    from psvn.protocol.subjects import inbox_stream, state_bucket
+    from psvn.protocol.subjects import inbox_stream
 
     trust = network.gateways[network.TRUST].gateway
     monkeypatch.setattr(store_module, "CLOSED_MARKER_TTL", 1.0)
@@ -612,11 +616,7 @@ async def test_closed_mail_replayed_to_the_ingress_after_its_marker_is_recognise
         stored = await nc.jetstream().get_msg(inbox_stream(network.TRUST), closed.seq)
     finally:
         await nc.close()
-    kv = f"$KV.{state_bucket(network.TRUST)}.in.{mid}"
-    deadline = asyncio.get_running_loop().time() + 15
-    while await trust.store._get(f"in.{mid}") is not None:  # the marker, until the server removes it
-        assert asyncio.get_running_loop().time() < deadline, f"{kv}: the marker did not expire"
-        await asyncio.sleep(0.1)
+    await marker_gone(network, mid)
     replay = Msg(trust.link.nc, subject=stored.subject or "", data=stored.data or b"",  # type: ignore[arg-type]
                  headers={"Nats-Msg-Id": mid},
                  reply=f"$JS.ACK.{inbox_stream(network.TRUST)}.inbox.2.{closed.seq + 1000}.2.{time.time_ns()}.0")
