@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import psvn_client
 import pytest
 from psvn_client import AsyncClient, Client
@@ -382,18 +382,25 @@ async def test_degraded_gateway_reports_health_instead_of_raising(network: Netwo
 
 async def test_requests_share_one_tls_connection(network: Network) -> None:
     """Reuse matters: a mutual-TLS handshake per request is ~20x slower."""
-    local_ports: set[Any] = set()
+    made: list[object] = []
+    reused: list[object] = []
+    trace = aiohttp.TraceConfig()
 
-    async def note(response: httpx.Response) -> None:
-        local_ports.add(response.extensions["network_stream"].get_extra_info("client_addr"))
+    async def created(session: object, ctx: object, params: object) -> None:
+        made.append(params)
 
+    async def again(session: object, ctx: object, params: object) -> None:
+        reused.append(params)
+
+    trace.on_connection_create_end.append(created)
+    trace.on_connection_reuseconn.append(again)
     async with aclient(network, network.COUNCIL) as council:
-        council._http.event_hooks["response"].append(note)
+        council._http.trace_configs.append(trace)
         for _ in range(20):
             await council.health()
         await council.inbox()
         await council.catalogue()
-    assert len(local_ports) == 1
+    assert len(made) == 1 and len(reused) == 21
 
 
 async def test_feeds_subscribe_publish_receive_unsubscribe(network: Network) -> None:

@@ -154,7 +154,7 @@ async def test_a_whole_sdk_flow_conforms_to_the_document(network: Network) -> No
     topic, purpose = "sensors.brighton.air", "environmental-monitoring"
     async with aclient(network, network.COUNCIL) as council, aclient(network, network.TRUST) as trust:
         for c in (council, trust):
-            c._http.event_hooks["response"].append(rec.async_hook)
+            c._http.on_response.append(rec.async_hook)
         assert (await council.health()).ok and await council.catalogue()
         sent = await council.send(network.TRUST, SERVICE_REQUEST, REFERRAL, purpose="direct-care",
                                   correlation_id="case-1")

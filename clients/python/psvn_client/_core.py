@@ -577,7 +577,7 @@ def poll_intervals(first: float = 0.05, factor: float = 1.6, cap: float = 1.0) -
         delay = min(delay * factor, cap)
 
 
-def user_agent() -> str:
+def user_agent(library: str = f"httpx/{httpx.__version__}") -> str:
     from psvn_client import __version__
 
-    return f"psvn-client/{__version__} httpx/{httpx.__version__}"
+    return f"psvn-client/{__version__} {library}"

@@ -13,6 +13,7 @@ from typing import Any, Self, TypeVar
 import httpx
 
 from psvn_client import _core
+from psvn_client._aio_http import AioHttp
 from psvn_client.client import _timeout
 from psvn_client.errors import NotFound, PsvnError
 from psvn_client.models import (
@@ -63,12 +64,12 @@ class AsyncClient:
         # Whether we present a client certificate (unknown for a caller-made context).
         self._client_cert = (cert is not None) if ssl_context is None else None
         ctx = ssl_context or _core.ssl_context(ca=ca, cert=cert, key=key, key_password=key_password)
-        self._http = httpx.AsyncClient(
-            base_url=self.url,
-            verify=ctx,
+        self._http = AioHttp(
+            self.url,
+            ssl_context=ctx,
             timeout=timeout,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            headers={"user-agent": _core.user_agent(), "accept": "application/json"},
+            max_connections=max_connections,
+            headers={"user-agent": _core.user_agent(AioHttp.library), "accept": "application/json"},
         )
 
     def __repr__(self) -> str:
@@ -87,18 +88,18 @@ class AsyncClient:
 
     async def close(self) -> None:
         """Close the pooled connections. The client cannot be used afterwards."""
-        await self._http.aclose()
+        await self._http.close()
 
     @property
     def closed(self) -> bool:
-        return self._http.is_closed
+        return self._http.closed
 
     async def _run(self, call: _core.Call[T]) -> T:
         attempt = 0
         while True:
             response: httpx.Response | None = None
             try:
-                response = await self._http.request(call.method, call.path, params=call.params, json=call.json)
+                response = await self._http.request(call)
             except httpx.TransportError as exc:
                 error, retry = _core.transport_failure(call, self.url, exc, client_cert=self._client_cert)
             else:
