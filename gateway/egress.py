@@ -24,7 +24,7 @@ from psvn.gateway import core
 from psvn.gateway.consent import Consulted
 from psvn.gateway.parts import Part, Shared
 from psvn.gateway.store import HistoryEntry, OutRecord, message_id_for
-from psvn.gateway.sweeps import UNSETTLED, Sweeper
+from psvn.gateway.sweeps import Sweeper
 from psvn.protocol.envelope import SendRequest, check_free_id, new_message_id, now_rfc3339
 from psvn.protocol.lifecycle import State
 
@@ -58,17 +58,10 @@ class Egress(Part):
         """Accept a message from a local system (with ``topic``: one delivery of a feed event).
         Returns (record, created).
 
-        Backbone writes on the way: the sender's record, written once as ``sent``
-        (create-once: with an idempotency key the message id is derived from it, so this write
-        is also the claim on the key), and the sealed message; the audit record goes to the
-        batcher. Awaited round trips: the consent read, the record, the publish.
-
-        Why ``sent`` before the publish is confirmed: the 202 waits for the confirmation, so a
-        caller told ``sent`` was told the truth, and no instance can read a status that later
-        goes backwards. If the publish fails, the caller is told so: without a key the record
-        becomes ``rejected``; with one it stays, and the retry (same key) publishes again (the SDK
-        retries by itself). Had it stayed ``accepted`` instead, as it did when a second write
-        moved it, nothing more would follow for a request never retried either."""
+        Backbone writes on the way: the sender's record (create-once: with an idempotency key
+        the message id is derived from it, so this write is also the claim on the key), the
+        sealed message, and the record's move to ``sent``; the audit record goes to the batcher.
+        Awaited round trips: the record (and, with a key, one read first), the publish, the move."""
         started = time.perf_counter()
         org = self.member.org
         key = req.idempotency_key
@@ -109,13 +102,10 @@ class Egress(Part):
             raise
         self.metrics.decisions.labels("egress", "allow").inc()
         now = now_rfc3339(self.clock())
-        # The record is written once, already ``sent``: it is the claim, and the publish that
-        # follows is retried until confirmed (or the request fails, and its retry publishes
-        # again). No second write moves it: the receipts do.
-        rec = OutRecord(id=message_id, to=req.to, type=req.type, status=State.SENT.value, created=now,
-                        system=system, history=[HistoryEntry(status=State.ACCEPTED.value, time=now),
-                                                HistoryEntry(status=State.SENT.value, time=now)],
+        rec = OutRecord(id=message_id, to=req.to, type=req.type, status=State.ACCEPTED.value, created=now,
+                        system=system, history=[HistoryEntry(status=State.ACCEPTED.value, time=now)],
                         rule_ids=out.decision.rule_ids, request_hash=request_hash, expires=out.envelope.expires)
+        written: tuple[OutRecord, int] | None = None
         try:
             revision = await self.store.put_out(rec)
             self.state_write_error = None
@@ -123,34 +113,37 @@ class Egress(Part):
             self.state_write_error = type(exc).__name__
             raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the backbone did not store the message; nothing was sent",
                             rule="state-write", message_id=message_id) from exc
-        created = revision is not None
-        if not created:  # the key was used before (a retry), or by a concurrent request
+        if revision is None:  # the key was used before (a retry), or by a concurrent request
             prior = await self._prior(message_id, request_hash)
             if prior is None:  # its record aged out (the bucket's TTL): the key is spent
                 raise PsvnError(Code.CONFLICT, "idempotency_key was used for a message whose record has expired",
                                 field="idempotency_key", rule="idempotency", message_id=message_id)
-            if prior.status not in UNSETTLED:  # a receipt settled it: nothing to publish
+            if prior.status != State.ACCEPTED.value:
                 return prior, False
-            rec = prior  # its publish may never have been confirmed: publishing again is safe (below)
+            rec = prior  # accepted, its publish unconfirmed or in flight: sealing again is safe (below)
+        else:
+            written = (rec, revision)
         # Publishing a message already published (a retry, or the concurrent request above) is
         # safe: JetStream's dedupe window and the recipient's create-once filing keep it single.
         try:
             await self.link.publish(out.subject, out.data, message_id)
-        except PsvnError:
-            if not key:  # nobody can retry this message: say it failed. With a key it stays as
-                with contextlib.suppress(Exception):  # it is, and the retry publishes it again
+        except PsvnError as exc:
+            if not key:  # nobody can retry this message: say it failed. With a key it stays
+                with contextlib.suppress(Exception):  # accepted, for the retry to resume
                     await self.store.move_out(message_id, State.REJECTED, reason="backbone unavailable")
-            raise
-        if rec.status == State.ACCEPTED.value:  # a record written before sends were recorded as sent
-            with contextlib.suppress(Exception):  # (the receipt moves it on if this fails)
-                rec = await self.store.move_out(message_id, State.SENT) or rec
+            exc.message_id = exc.message_id or message_id
+            raise await self.reject_request(exc, system=system) from None  # the refusal is audited
+        # The publish is confirmed: the message is sent. The audit record is queued first so the
+        # batcher's write can share a socket write with the status write below.
         await self.audit("sent", message_id=message_id, to=req.to, type=req.type, purpose=req.purpose,
                          classification=req.classification, size=out.size, rule_ids=out.decision.rule_ids,
-                         policy_version=out.decision.policy_version, direction="egress",
-                         **({} if created else {"again": True}))
-        if not created:
-            return rec, False
-        if rec.expires:
+                         policy_version=out.decision.policy_version, direction="egress")
+        try:
+            rec = await self.store.move_out(message_id, State.SENT, known=written) or rec
+        except Exception as exc:  # the message is on its way: the receipt will move the status on
+            log.warning("status write after publish failed; receipt will update it", message_id=message_id,
+                        error=repr(exc))
+        if rec.expires and rec.status in (State.ACCEPTED.value, State.SENT.value):
             self.sweeper.track(rec)
         self.metrics.sent.labels(req.type).inc()
         self.metrics.send_seconds.observe(time.perf_counter() - started)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
+import json
 import ssl
 from collections.abc import AsyncIterator, Callable
 
@@ -93,6 +95,38 @@ async def test_the_answer_read_is_the_answer_parsed() -> None:
     assert seen == [b"GET /v1/messages/m-1 HTTP/1.1", b"GET /v1/messages/a%2Fb%20c HTTP/1.1"]
 
 
+async def test_a_compressed_answer_is_decoded_once() -> None:
+    """A proxy in front of the gateway may compress what it passes on."""
+    body = gzip.compress(json.dumps({"status": "ok", "org": "ods:RYR", "backbone": "connected",
+                                     "policy_version": 3}).encode())
+
+    async def gzipped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+                     b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        await writer.drain()
+        return False
+
+    async with loopback(gzipped) as (url, _), AsyncClient(url) as c:
+        health = await c.health()
+    assert (health.ok, health.org, health.policy_version) == (True, "ods:RYR", 3)
+
+
+async def test_a_gateway_that_stops_reading_a_large_request_is_a_timeout() -> None:
+    """aiohttp bounds waits for data, not writes: the client bounds the write itself."""
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.Event().wait()  # reads nothing: the request's bytes fill the socket buffers
+
+    server = await asyncio.start_server(deaf, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with AsyncClient(f"http://127.0.0.1:{port}", timeout=0.5, retries=0) as c:
+            with pytest.raises(psvn_client.RequestTimeout) as info:
+                await asyncio.wait_for(c.send("ods:RYR", "t", {"note": "x" * 64_000_000}, purpose="p"), 30)
+        assert info.value.code == "timeout"
+    finally:
+        server.close()
+
+
 def test_each_aiohttp_failure_maps_to_the_httpx_error_that_means_the_same() -> None:
     key = aiohttp.client_reqrep.ConnectionKey("h", 1, True, True, None, None, None)
     refused = aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "refused"))
@@ -105,6 +139,8 @@ def test_each_aiohttp_failure_maps_to_the_httpx_error_that_means_the_same() -> N
         (aiohttp.ServerDisconnectedError(), httpx.ReadError),
         (aiohttp.ClientOSError(104, "reset"), httpx.ReadError),
         (aiohttp.ClientPayloadError("short"), httpx.ReadError),
+        (aiohttp.ClientConnectionResetError("Cannot write to closing transport"), httpx.WriteError),
+        (aiohttp.ClientConnectionError("Connection closed"), httpx.ReadError),
         (aiohttp.InvalidURL("x"), httpx.TransportError),
     ]
     for exc, wanted in cases:

@@ -15,7 +15,7 @@ from psvn.protocol.envelope import SendRequest
 from psvn.protocol.subjects import inbox_stream, msg_subject
 from tests.broker.test_backbone import settled, stream_count, wait_quarantined
 from tests.conftest import Network
-from tests.gateway.test_service import call, referral, wait_status
+from tests.gateway.test_service import audit_records, call, referral, wait_status
 
 
 async def test_lost_receipt_is_sent_again_on_redelivery(network: Network) -> None:
@@ -107,7 +107,7 @@ async def test_lost_publish_ack_then_retry_with_same_key_delivers_once(network: 
     status, problem = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(idempotency_key="k-1"))
     assert (status, problem["code"]) == (503, "backbone-unavailable")
     _, st = await call(network, network.COUNCIL, "GET", f"/v1/messages/{problem['message_id']}")
-    assert st["status"] in ("sent", "delivered")  # not rejected: the outcome was unknown
+    assert st["status"] in ("accepted", "delivered")  # not rejected: the outcome was unknown
     status, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(idempotency_key="k-1"))
     assert status in (200, 202) and body["id"] == problem["message_id"]
     await wait_status(network, network.COUNCIL, body["id"], "delivered")
@@ -115,44 +115,16 @@ async def test_lost_publish_ack_then_retry_with_same_key_delivers_once(network: 
     assert await stream_count(network, network.TRUST) == 1  # stored once (the retry deduplicated)
     _, inbox = await call(network, network.TRUST, "GET", "/v1/inbox")
     assert [m["id"] for m in inbox["messages"]] == [body["id"]]
+    # the 503 is audited as a refusal (and the retry's publish as the send, if the receipt had
+    # not come back first: then it found the message delivered and published nothing)
+    records = await audit_records(network, {body["id"]}, at_least=2)
+    ours = [(r["event"], r.get("code")) for r in records if r["org"] == network.COUNCIL]
+    assert ours[0] == ("rejected", "backbone-unavailable") and set(ours[1:]) <= {("sent", None)}, records
 
 
-async def test_a_publish_that_never_reached_the_backbone_is_made_by_the_retry_with_the_same_key(
-        network: Network) -> None:
-    """The record is written once, as ``sent``, before the publish. When the publish itself fails
-    (nothing stored), the caller gets a 503 and the record stays; the retry with the same key
-    finds it and publishes the message: delivered, once."""
-    council = network.gateways[network.COUNCIL].gateway
-    real_publish = council._publish
-    failed: list[str] = []
-
-    async def down(subject: str, data: bytes, msg_id: str) -> None:
-        if not failed:
-            failed.append(msg_id)
-            from psvn.core.errors import Code, PsvnError
-
-            raise PsvnError(Code.BACKBONE_UNAVAILABLE, "backbone down", rule="publish", message_id=msg_id)
-        await real_publish(subject, data, msg_id)
-
-    council._publish = down  # type: ignore[method-assign]
-    status, problem = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(idempotency_key="k-2"))
-    assert (status, problem["code"]) == (503, "backbone-unavailable") and failed == [problem["message_id"]]
-    assert await stream_count(network, network.TRUST) == 0  # nothing went out
-    _, st = await call(network, network.COUNCIL, "GET", f"/v1/messages/{problem['message_id']}")
-    assert st["status"] == "sent" and [h["status"] for h in st["history"]] == ["accepted", "sent"]
-    status, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(idempotency_key="k-2"))
-    assert status == 200 and body["id"] == problem["message_id"]
-    final = await wait_status(network, network.COUNCIL, body["id"], "delivered")
-    assert [h["status"] for h in final["history"]] == ["accepted", "sent", "delivered"]
-    await settled(network, network.TRUST)
-    assert await stream_count(network, network.TRUST) == 1
-    _, inbox = await call(network, network.TRUST, "GET", "/v1/inbox")
-    assert [m["id"] for m in inbox["messages"]] == [body["id"]]
-
-
-async def test_a_send_without_a_key_whose_publish_fails_is_rejected_for_its_sender(network: Network) -> None:
+async def test_a_send_without_a_key_whose_publish_fails_is_rejected_and_audited(network: Network) -> None:
     """Nobody can retry a message sent without a key, so a failed publish makes its record
-    ``rejected`` (from ``sent``: the caller was answered 503, never 202)."""
+    ``rejected``; the 503 that says so is in the audit log."""
     council = network.gateways[network.COUNCIL].gateway
 
     async def down(subject: str, data: bytes, msg_id: str) -> None:
@@ -162,10 +134,13 @@ async def test_a_send_without_a_key_whose_publish_fails_is_rejected_for_its_send
 
     council._publish = down  # type: ignore[method-assign]
     status, problem = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
-    assert (status, problem["code"]) == (503, "backbone-unavailable")
+    assert (status, problem["code"], problem["rule"]) == (503, "backbone-unavailable", "publish")
     _, st = await call(network, network.COUNCIL, "GET", f"/v1/messages/{problem['message_id']}")
-    assert st["status"] == "rejected" and st["reason"] == "backbone unavailable"
-    assert [h["status"] for h in st["history"]] == ["accepted", "sent", "rejected"]
+    assert (st["status"], st["reason"]) == ("rejected", "backbone unavailable")
+    assert [h["status"] for h in st["history"]] == ["accepted", "rejected"]
+    [refused] = await audit_records(network, {problem["message_id"]}, at_least=1)
+    assert (refused["event"], refused["code"], refused["rule"]) == ("rejected", "backbone-unavailable", "publish")
+    assert await stream_count(network, network.TRUST) == 0
 
 
 async def test_concurrent_requests_with_one_key_make_one_message(network: Network) -> None:

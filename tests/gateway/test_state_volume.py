@@ -157,23 +157,24 @@ async def test_the_record_cache_is_bounded_by_its_setting_and_reported(network: 
     assert 0 < float(line.split()[1]) <= 3
 
 
-async def test_a_send_writes_its_record_once_and_the_receipt_moves_it_once(network: Network) -> None:
-    """The sender's state takes two writes per message up to ``delivered``: the record, created
-    once already ``sent`` (the idempotency claim), and the receipt's move. Counted on the state
-    stream's sequence, which nothing else in the council's bucket advances meanwhile."""
+async def test_a_send_takes_three_writes_of_its_senders_state_up_to_delivered(network: Network) -> None:
+    """The sender's state takes three writes per message up to ``delivered``: the record's
+    create-once (the idempotency claim, ``accepted``), its move to ``sent`` once the publish is
+    confirmed (before the 202), and the receipt's move. Counted on the state stream's sequence,
+    which nothing else in the council's bucket advances meanwhile: a fourth write, or a lost
+    one, fails it."""
     org = network.COUNCIL
+    stream, prefix = f"KV_{state_bucket(org)}", f"$KV.{state_bucket(org)}."
     nc = await devnet.member_connect(network.layout, network.nats.url, org, name="count")
     try:
         js = nc.jetstream()
-        before = (await js.stream_info(f"KV_{state_bucket(org)}")).state.last_seq
+        before = (await js.stream_info(stream)).state.last_seq
         status, body = await call(network, org, "POST", "/v1/messages", referral(idempotency_key="count-1"))
         assert status == 202 and body["status"] == "sent"
-        entry = await js.get_msg(f"KV_{state_bucket(org)}", subject=f"$KV.{state_bucket(org)}.out.{body['id']}")
-        assert entry.seq == before + 1  # the 202 came after one write, the record's creation
-        rec = msgspec.json.decode(entry.data or b"", type=OutRecord)
-        assert rec.status == "sent" and [h.status for h in rec.history] == ["accepted", "sent"]
         final = await wait_status(network, org, body["id"], "delivered")
         assert [h["status"] for h in final["history"]] == ["accepted", "sent", "delivered"]
-        assert (await js.stream_info(f"KV_{state_bucket(org)}")).state.last_seq == before + 2
+        assert (await js.stream_info(stream)).state.last_seq == before + 3
+        last = await js.get_msg(stream, seq=before + 3)
+        assert last.subject == prefix + "out." + body["id"]
     finally:
         await nc.close()

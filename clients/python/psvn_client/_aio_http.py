@@ -16,6 +16,7 @@ as its cause (a TLS failure is found by walking that chain).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import time
@@ -43,6 +44,7 @@ class AioHttp:
         self.url = url
         self._ssl = ssl_context
         self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
+        self._send_timeout = 2 * timeout
         self._limit = max_connections
         self._headers = headers
         self._session: aiohttp.ClientSession | None = None
@@ -68,6 +70,7 @@ class AioHttp:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=self._limit),
                 timeout=self._timeout, headers=self._headers, cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,  # httpx.Response decodes per Content-Encoding: once, there
                 trace_configs=self.trace_configs or None)
         return self._session
 
@@ -81,12 +84,19 @@ class AioHttp:
             url = url.update_query({k: str(v) for k, v in call.params.items()})
         started = time.perf_counter()
         try:
-            async with session.request(call.method, url, data=body, headers=_JSON if body is not None else None,
-                                       allow_redirects=False) as resp:
+            # aiohttp bounds the connect and each wait for data, not the writing of the request:
+            # writing it and the answer's start get one bound together (a gateway that stops
+            # reading a large batch must not hold the caller for ever)
+            async with asyncio.timeout(self._send_timeout):
+                resp = await session.request(call.method, url, data=body, headers=_JSON if body is not None else None,
+                                             allow_redirects=False)
+            try:
                 content = await resp.read()
-                status, raw_headers = resp.status, resp.raw_headers
+            finally:
+                resp.release()
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise as_httpx_error(exc) from exc
+        status, raw_headers = resp.status, resp.raw_headers
         response = httpx.Response(status, headers=list(raw_headers), content=content)
         response.elapsed = timedelta(seconds=time.perf_counter() - started)
         if self.on_response:
@@ -106,8 +116,10 @@ def as_httpx_error(exc: BaseException) -> httpx.TransportError:
         return httpx.ReadTimeout(text)
     if isinstance(exc, aiohttp.ClientConnectorError):  # refused, unreachable, TLS handshake failed
         return httpx.ConnectError(text)
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | aiohttp.ClientPayloadError):
-        return httpx.ReadError(text)
+    if isinstance(exc, aiohttp.ClientConnectionResetError):  # the connection closed while writing
+        return httpx.WriteError(text)
+    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):  # lost while reading
+        return httpx.ReadError(text)  # (ServerDisconnectedError, ClientOSError, "Connection closed", ...)
     if isinstance(exc, aiohttp.ClientResponseError):  # a malformed answer
         return httpx.RemoteProtocolError(text)
     return httpx.TransportError(text)
