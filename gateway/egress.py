@@ -90,15 +90,9 @@ class Egress(Part):
                 prior = await self._prior(message_id, request_hash)
                 if prior is not None and prior.status != State.ACCEPTED.value:
                     return prior, False
-            self.metrics.rejected.labels(exc.code.value).inc()
             if exc.code is Code.POLICY_DENIED:
                 self.metrics.decisions.labels("egress", "deny").inc()
-            log.info("message rejected", message_id=message_id, code=exc.code.value, field=exc.field,
-                     rule=exc.rule, system=system)
-            await self.audit("rejected", message_id=message_id, to=req.to if isinstance(req.to, str) else None,
-                             type=req.type, purpose=req.purpose, classification=req.classification,
-                             code=exc.code.value, field=exc.field, rule=exc.rule,
-                             policy_version=self.member.policy.version, direction="egress")
+            await self._refused(exc, req, message_id=message_id, system=system)
             raise
         self.metrics.decisions.labels("egress", "allow").inc()
         now = now_rfc3339(self.clock())
@@ -131,8 +125,11 @@ class Egress(Part):
             if not key:  # nobody can retry this message: say it failed. With a key it stays
                 with contextlib.suppress(Exception):  # accepted, for the retry to resume
                     await self.store.move_out(message_id, State.REJECTED, reason="backbone unavailable")
-            exc.message_id = exc.message_id or message_id
-            raise await self.reject_request(exc, system=system) from None  # the refusal is audited
+            # The request is refused, but whether the backbone stored the message is unknown (an
+            # ack can be lost): with a key the audit says so, and the retry's "sent" follows.
+            await self._refused(exc, req, message_id=message_id, system=system,
+                                **({"outcome": "unknown"} if key else {}))
+            raise
         # The publish is confirmed: the message is sent. The audit record is queued first so the
         # batcher's write can share a socket write with the status write below.
         await self.audit("sent", message_id=message_id, to=req.to, type=req.type, purpose=req.purpose,
@@ -185,6 +182,19 @@ class Egress(Part):
                     return error
 
         return list(await asyncio.gather(*(one(item) for item in items)))
+
+    async def _refused(self, exc: PsvnError, req: SendRequest, *, message_id: str, system: str,
+                       **extra: object) -> None:
+        """A send refused after it got its message id: the metric, the log line and the audit
+        record (with what the message was: recipient, type, purpose, classification)."""
+        exc.message_id = exc.message_id or message_id
+        self.metrics.rejected.labels(exc.code.value).inc()
+        log.info("message rejected", message_id=message_id, code=exc.code.value, field=exc.field,
+                 rule=exc.rule, system=system)
+        await self.audit("rejected", message_id=message_id, to=req.to if isinstance(req.to, str) else None,
+                         type=req.type, purpose=req.purpose, classification=req.classification,
+                         code=exc.code.value, field=exc.field, rule=exc.rule,
+                         policy_version=self.member.policy.version, direction="egress", **extra)
 
     async def _prior(self, message_id: str, request_hash: str) -> OutRecord | None:
         """The record a message id derived from an idempotency key names, if any; the same key

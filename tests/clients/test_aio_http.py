@@ -8,7 +8,7 @@ import contextlib
 import gzip
 import json
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import httpx
@@ -48,12 +48,23 @@ async def loopback(handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter]
         await server.wait_closed()
 
 
+def answering(status: bytes, headers: bytes, body: bytes) -> Callable[
+        [asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]:
+    """A ``loopback`` handler that answers every request with one fixed response."""
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 " + status + b"\r\n" + headers + b"\r\ncontent-length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+        await writer.drain()
+        return False
+    return answer
+
+
 async def test_an_answer_that_never_comes_is_a_timeout_and_a_safe_call_is_tried_again() -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         await asyncio.Event().wait()  # never answers (the test's teardown closes it)
         return True
 
-    async with loopback(silent) as (url, seen), AsyncClient(url, timeout=0.3, retries=1, backoff=0.01) as c:
+    async with loopback(silent) as (url, seen), AsyncClient(url, timeout=1.0, retries=1, backoff=0.01) as c:
         with pytest.raises(psvn_client.RequestTimeout) as info:
             await c.health()  # a GET: safe to repeat
         assert info.value.code == "timeout" and "no answer in time" in info.value.detail
@@ -76,16 +87,11 @@ async def test_a_connection_dropped_mid_request_is_connection_lost() -> None:
 
 async def test_the_answer_read_is_the_answer_parsed() -> None:
     """Status, headers and body as sent, through the same parsing as the sync client: a
-    problem document becomes its error, with the Retry-After the gateway asked for obeyed."""
+    problem document becomes its error; ids are quoted on the wire as the sync client quotes them."""
     problem = (b'{"type":"about:blank","title":"Not Found","status":404,"code":"not-found",'
                b'"detail":"no message m-1","message_id":"m-1"}')
 
-    async def not_found(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-type: application/problem+json\r\n"
-                     b"content-length: " + str(len(problem)).encode() + b"\r\n\r\n" + problem)
-        await writer.drain()
-        return False
-
+    not_found = answering(b"404 Not Found", b"content-type: application/problem+json", problem)
     async with loopback(not_found) as (url, seen), AsyncClient(url) as c:
         with pytest.raises(psvn_client.NotFound) as info:
             await c.status("m-1")
@@ -100,12 +106,7 @@ async def test_a_compressed_answer_is_decoded_once() -> None:
     body = gzip.compress(json.dumps({"status": "ok", "org": "ods:RYR", "backbone": "connected",
                                      "policy_version": 3}).encode())
 
-    async def gzipped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
-                     b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-        await writer.drain()
-        return False
-
+    gzipped = answering(b"200 OK", b"content-type: application/json\r\ncontent-encoding: gzip", body)
     async with loopback(gzipped) as (url, _), AsyncClient(url) as c:
         health = await c.health()
     assert (health.ok, health.org, health.policy_version) == (True, "ods:RYR", 3)
@@ -113,17 +114,21 @@ async def test_a_compressed_answer_is_decoded_once() -> None:
 
 async def test_a_gateway_that_stops_reading_a_large_request_is_a_timeout() -> None:
     """aiohttp bounds waits for data, not writes: the client bounds the write itself."""
+    held: list[asyncio.StreamWriter] = []
+
     async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.Event().wait()  # reads nothing: the request's bytes fill the socket buffers
+        held.append(writer)  # reads nothing: the request's bytes fill the socket buffers
 
     server = await asyncio.start_server(deaf, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    try:
+    try:  # 32 MB: more than loopback's send and receive buffers hold together
         async with AsyncClient(f"http://127.0.0.1:{port}", timeout=0.5, retries=0) as c:
             with pytest.raises(psvn_client.RequestTimeout) as info:
-                await asyncio.wait_for(c.send("ods:RYR", "t", {"note": "x" * 64_000_000}, purpose="p"), 30)
+                await asyncio.wait_for(c.send("ods:RYR", "t", {"note": "x" * 32_000_000}, purpose="p"), 30)
         assert info.value.code == "timeout"
     finally:
+        for w in held:
+            w.close()
         server.close()
 
 

@@ -120,6 +120,8 @@ async def test_lost_publish_ack_then_retry_with_same_key_delivers_once(network: 
     records = await audit_records(network, {body["id"]}, at_least=2)
     ours = [(r["event"], r.get("code")) for r in records if r["org"] == network.COUNCIL]
     assert ours[0] == ("rejected", "backbone-unavailable") and set(ours[1:]) <= {("sent", None)}, records
+    [refused] = [r for r in records if r["org"] == network.COUNCIL and r["event"] == "rejected"]
+    assert (refused["outcome"], refused["to"], refused["type"]) == ("unknown", network.TRUST, "fhir.r4.ServiceRequest")
 
 
 async def test_a_send_without_a_key_whose_publish_fails_is_rejected_and_audited(network: Network) -> None:
@@ -140,6 +142,7 @@ async def test_a_send_without_a_key_whose_publish_fails_is_rejected_and_audited(
     assert [h["status"] for h in st["history"]] == ["accepted", "rejected"]
     [refused] = await audit_records(network, {problem["message_id"]}, at_least=1)
     assert (refused["event"], refused["code"], refused["rule"]) == ("rejected", "backbone-unavailable", "publish")
+    assert "outcome" not in refused and refused["to"] == network.TRUST  # the record says what became of it
     assert await stream_count(network, network.TRUST) == 0
 
 

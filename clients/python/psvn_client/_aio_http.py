@@ -43,8 +43,10 @@ class AioHttp:
                  headers: dict[str, str]) -> None:
         self.url = url
         self._ssl = ssl_context
+        # ``timeout`` bounds connecting and each wait for data, as httpx's did; the exchange as a
+        # whole (pool wait, connect, upload, answer) gets twice that
         self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
-        self._send_timeout = 2 * timeout
+        self._exchange_timeout = 2 * timeout
         self._limit = max_connections
         self._headers = headers
         self._session: aiohttp.ClientSession | None = None
@@ -84,16 +86,13 @@ class AioHttp:
             url = url.update_query({k: str(v) for k, v in call.params.items()})
         started = time.perf_counter()
         try:
-            # aiohttp bounds the connect and each wait for data, not the writing of the request:
-            # writing it and the answer's start get one bound together (a gateway that stops
-            # reading a large batch must not hold the caller for ever)
-            async with asyncio.timeout(self._send_timeout):
-                resp = await session.request(call.method, url, data=body, headers=_JSON if body is not None else None,
-                                             allow_redirects=False)
-            try:
-                content = await resp.read()
-            finally:
-                resp.release()
+            # aiohttp bounds the connect and each wait for data, not the writing of the request
+            # (nor the read of an answer that came before the upload was taken): the whole
+            # exchange gets one bound too, so a peer that stops reading never holds the caller
+            async with asyncio.timeout(self._exchange_timeout):
+                async with session.request(call.method, url, data=body, allow_redirects=False,
+                                           headers=_JSON if body is not None else None) as resp:
+                    content = await resp.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise as_httpx_error(exc) from exc
         status, raw_headers = resp.status, resp.raw_headers

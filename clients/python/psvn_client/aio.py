@@ -69,7 +69,8 @@ class AsyncClient:
             ssl_context=ctx,
             timeout=timeout,
             max_connections=max_connections,
-            headers={"user-agent": _core.user_agent(AioHttp.library), "accept": "application/json"},
+            headers={"user-agent": _core.user_agent(AioHttp.library), "accept": "application/json",
+                     "accept-encoding": "gzip, deflate"},  # what the shared decoding (httpx's) reads
         )
 
     def __repr__(self) -> str:
