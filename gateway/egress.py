@@ -25,7 +25,7 @@ from psvn.gateway.consent import Consulted
 from psvn.gateway.parts import Part, Shared
 from psvn.gateway.store import HistoryEntry, OutRecord, message_id_for
 from psvn.gateway.sweeps import Sweeper
-from psvn.protocol.envelope import SendRequest, check_free_id, new_message_id, now_rfc3339
+from psvn.protocol.envelope import SendRequest, check_free_id, new_message_id, now_rfc3339, parse_time
 from psvn.protocol.lifecycle import State
 
 log = structlog.get_logger("psvn.gateway")
@@ -78,12 +78,13 @@ class Egress(Part):
                 rule="backbone-connected", message_id=message_id), system=system)
         # A retry (same key) is recognised when its record is written: the create-once write
         # fails, and the request is answered with what the first one became (or resumes it).
+        started_at = self.clock()  # the envelope's time and the record's creation: one instant
         try:
             snap = self.member.snapshot
             checked = core.check_send(req, snap=snap, registry=self.registry, message_id=message_id)
             consulted = await self.consult(checked.consent_subjects, message_id)
             out = core.prepare_send(req, me=self.member.identity, system=system, snap=snap, registry=self.registry,
-                                    message_id=message_id, now=self.clock(), consent=consulted.consent,
+                                    message_id=message_id, now=started_at, consent=consulted.consent,
                                     topic=topic, checked=checked)
         except PsvnError as exc:
             if key:  # a retry of a message accepted before (e.g. under another policy version)?
@@ -95,7 +96,7 @@ class Egress(Part):
             await self._refused(exc, req, message_id=message_id, system=system)
             raise
         self.metrics.decisions.labels("egress", "allow").inc()
-        now = now_rfc3339(self.clock())
+        now = now_rfc3339(started_at)
         rec = OutRecord(id=message_id, to=req.to, type=req.type, status=State.ACCEPTED.value, created=now,
                         system=system, history=[HistoryEntry(status=State.ACCEPTED.value, time=now)],
                         rule_ids=out.decision.rule_ids, request_hash=request_hash, expires=out.envelope.expires)
@@ -115,6 +116,11 @@ class Egress(Part):
             if prior.status != State.ACCEPTED.value:
                 return prior, False
             rec = prior  # accepted, its publish unconfirmed or in flight: sealing again is safe (below)
+            if prior.created != now:  # sealed again as first written: the same time and expiry, so the
+                # recipient's age and expiry checks (and the sender's expiry) judge one message
+                out = core.prepare_send(req, me=self.member.identity, system=system, snap=snap,
+                                        registry=self.registry, message_id=message_id, now=parse_time(prior.created),
+                                        consent=consulted.consent, topic=topic, checked=checked)
         else:
             written = (rec, revision)
         # Publishing a message already published (a retry, or the concurrent request above) is

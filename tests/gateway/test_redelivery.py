@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -122,6 +123,36 @@ async def test_lost_publish_ack_then_retry_with_same_key_delivers_once(network: 
     assert ours[0] == ("rejected", "backbone-unavailable") and set(ours[1:]) <= {("sent", None)}, records
     [refused] = [r for r in records if r["org"] == network.COUNCIL and r["event"] == "rejected"]
     assert (refused["outcome"], refused["to"], refused["type"]) == ("unknown", network.TRUST, "fhir.r4.ServiceRequest")
+
+
+async def test_a_send_resumed_by_its_retry_is_sealed_again_with_its_first_time_and_expiry(
+        network: Network) -> None:
+    """The first publish never reached the backbone; the retry comes five minutes later (the
+    gateway's clock moved on). What the recipient files carries the time and expiry the
+    sender's record holds, so both ends judge the same message (age, expiry)."""
+    council = network.gateways[network.COUNCIL].gateway
+    real_publish, real_clock = council._publish, council.egress.clock
+    failed: list[str] = []
+
+    async def down_once(subject: str, data: bytes, msg_id: str) -> None:
+        if not failed:
+            failed.append(msg_id)
+            from psvn.core.errors import Code, PsvnError
+
+            raise PsvnError(Code.BACKBONE_UNAVAILABLE, "backbone down", rule="publish", message_id=msg_id)
+        await real_publish(subject, data, msg_id)
+
+    council._publish = down_once  # type: ignore[method-assign]
+    status, problem = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(idempotency_key="k-3"))
+    assert status == 503 and failed == [problem["message_id"]]
+    _, first = await call(network, network.COUNCIL, "GET", f"/v1/messages/{problem['message_id']}")
+    assert first["status"] == "accepted" and first["expires"]
+    council.egress.clock = lambda: real_clock() + timedelta(minutes=5)
+    status, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(idempotency_key="k-3"))
+    assert status in (200, 202) and body["id"] == problem["message_id"]
+    await wait_status(network, network.COUNCIL, body["id"], "delivered")
+    _, got = await call(network, network.TRUST, "GET", f"/v1/inbox/{body['id']}")
+    assert (got["envelope"]["time"], got["envelope"]["expires"]) == (first["created"], first["expires"])
 
 
 async def test_a_send_without_a_key_whose_publish_fails_is_rejected_and_audited(network: Network) -> None:
