@@ -45,13 +45,7 @@ class Egress(Part):
     async def reject_request(self, exc: PsvnError, *, system: str | None) -> PsvnError:
         """A send refused before it became a message (malformed JSON, bad envelope, not
         connected): it still gets a message id, a metric, a log line and an audit record."""
-        if exc.message_id is None:
-            exc.message_id = new_message_id()
-        self.metrics.rejected.labels(exc.code.value).inc()
-        log.info("message rejected", message_id=exc.message_id, code=exc.code.value, field=exc.field,
-                 rule=exc.rule, system=system)
-        await self.audit("rejected", message_id=exc.message_id, code=exc.code.value, field=exc.field,
-                         rule=exc.rule, system=system, policy_version=self.member.policy.version, direction="egress")
+        await self._refused(exc, system=system)
         return exc
 
     async def send(self, req: SendRequest, *, system: str, topic: str | None = None) -> tuple[OutRecord, bool]:
@@ -189,18 +183,20 @@ class Egress(Part):
 
         return list(await asyncio.gather(*(one(item) for item in items)))
 
-    async def _refused(self, exc: PsvnError, req: SendRequest, *, message_id: str, system: str,
-                       **extra: object) -> None:
-        """A send refused after it got its message id: the metric, the log line and the audit
-        record (with what the message was: recipient, type, purpose, classification)."""
-        exc.message_id = exc.message_id or message_id
+    async def _refused(self, exc: PsvnError, req: SendRequest | None = None, *, system: str | None,
+                       message_id: str | None = None, **extra: object) -> None:
+        """Any refused send: its message id (a new one if it has none yet), the metric, the log
+        line and the audit record, with what the message was when it got that far (recipient,
+        type, purpose, classification)."""
+        exc.message_id = exc.message_id or message_id or new_message_id()
+        mid = message_id or exc.message_id
+        about = {} if req is None else {"to": req.to if isinstance(req.to, str) else None, "type": req.type,
+                                        "purpose": req.purpose, "classification": req.classification}
         self.metrics.rejected.labels(exc.code.value).inc()
-        log.info("message rejected", message_id=message_id, code=exc.code.value, field=exc.field,
-                 rule=exc.rule, system=system)
-        await self.audit("rejected", message_id=message_id, to=req.to if isinstance(req.to, str) else None,
-                         type=req.type, purpose=req.purpose, classification=req.classification,
-                         code=exc.code.value, field=exc.field, rule=exc.rule,
-                         policy_version=self.member.policy.version, direction="egress", **extra)
+        log.info("message rejected", message_id=mid, code=exc.code.value, field=exc.field, rule=exc.rule,
+                 system=system)
+        await self.audit("rejected", message_id=mid, **about, code=exc.code.value, field=exc.field, rule=exc.rule,
+                         system=system, policy_version=self.member.policy.version, direction="egress", **extra)
 
     async def _prior(self, message_id: str, request_hash: str) -> OutRecord | None:
         """The record a message id derived from an idempotency key names, if any; the same key
