@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 
 import msgspec
 import structlog
@@ -77,9 +78,13 @@ class Egress(Part):
             snap = self.member.snapshot
             checked = core.check_send(req, snap=snap, registry=self.registry, message_id=message_id)
             consulted = await self.consult(checked.consent_subjects, message_id)
-            out = core.prepare_send(req, me=self.member.identity, system=system, snap=snap, registry=self.registry,
-                                    message_id=message_id, now=started_at, consent=consulted.consent,
-                                    topic=topic, checked=checked)
+
+            def sealed(at: datetime) -> core.Outgoing:  # the message as decided, written at ``at``
+                return core.prepare_send(req, me=self.member.identity, system=system, snap=snap,
+                                         registry=self.registry, message_id=message_id, now=at,
+                                         consent=consulted.consent, topic=topic, checked=checked)
+
+            out = sealed(started_at)
         except PsvnError as exc:
             if key:  # a retry of a message accepted before (e.g. under another policy version)?
                 prior = await self._prior(message_id, request_hash)
@@ -112,9 +117,7 @@ class Egress(Part):
             rec = prior  # accepted, its publish unconfirmed or in flight: sealing again is safe (below)
             if prior.created != now:  # sealed again as first written: the same time and expiry, so the
                 # recipient's age and expiry checks (and the sender's expiry) judge one message
-                out = core.prepare_send(req, me=self.member.identity, system=system, snap=snap,
-                                        registry=self.registry, message_id=message_id, now=parse_time(prior.created),
-                                        consent=consulted.consent, topic=topic, checked=checked)
+                out = sealed(parse_time(prior.created))
         else:
             written = (rec, revision)
         # Publishing a message already published (a retry, or the concurrent request above) is
