@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 import structlog
@@ -34,6 +35,12 @@ class GatewaySection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # the sent-message records this instance wrote last, kept so a receipt's status move needs no
     # read (a stale one costs only a compare-and-set retry): a bound on memory, not on correctness
     record_cache_size: int = 2_000
+    # The garbage collector's young-generation threshold, set once the gateway has started
+    # (what start-up built is frozen: the collector never walks it again). Python's default,
+    # 700, had the collector walking the long-lived heap all the time; 100,000 cut each
+    # gateway's CPU per message on the batch path by about a quarter (psvn.core.heap).
+    # 0 keeps Python's defaults.
+    gc_threshold: Annotated[int, msgspec.Meta(ge=0)] = 100_000
     policy_wait_seconds: float = 10.0  # at start: how long to wait for an acceptable policy set
     # One sender's share of this member's inbox: bytes of its mail delivered and not yet
     # acknowledged. Past it, new mail from that sender is refused (the sender is told

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram
 
 
 class Metrics:
@@ -46,3 +46,15 @@ class Metrics:
         self.state_loaded = Gauge("psvn_state_entries_loaded_at_start", "State entries read while starting: the "
                                   "open mail, never the history", registry=r)
         self.backbone_up = Gauge("psvn_backbone_connected", "1 while connected to the backbone", registry=r)
+        # the process's garbage collector (python_gc_*: collections and objects collected per
+        # generation) and how the gateway set it once started (gateway.gc_threshold)
+        GCCollector(registry=r)
+        self.gc_threshold = Gauge("psvn_gc_threshold", "The garbage collector's threshold per generation, as "
+                                  "the gateway set it once started (gateway.gc_threshold)", ["generation"], registry=r)
+        self.gc_frozen = Gauge("psvn_gc_frozen_objects", "Objects start-up built that the garbage collector no "
+                               "longer walks (gc.freeze once started)", registry=r)
+
+    def heap_settled(self, thresholds: tuple[int, int, int], frozen: int) -> None:
+        for generation, value in enumerate(thresholds):
+            self.gc_threshold.labels(str(generation)).set(value)
+        self.gc_frozen.set(frozen)

@@ -13,6 +13,7 @@ from aiohttp import web
 from cryptography import x509
 
 from psvn.certs import tls
+from psvn.core import heap
 from psvn.gateway.config import GatewayConfig
 from psvn.gateway.http import make_app
 from psvn.gateway.service import Gateway
@@ -123,6 +124,10 @@ class GatewayServer:
 
 async def run_forever(config: GatewayConfig) -> None:
     server = await GatewayServer(config).start()
+    # once started, in the gateway's own process only (tests run several gateways in one)
+    settled = heap.settle(config.gateway.gc_threshold)
+    server.gateway.metrics.heap_settled(settled.thresholds, settled.frozen)
+    log.info("garbage collector set", thresholds=list(settled.thresholds), frozen=settled.frozen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -45,12 +45,36 @@ def devnet_dir(tmp_path: Path):  # type: ignore[no-untyped-def]
         run("devnet", "--dir", str(d), "down", check=False)
 
 
+def gateway_metrics(devnet_dir: Path, org: str, prefix: str) -> dict[str, float]:
+    """The samples named ``prefix...`` of ``org``'s gateway's /metrics, read as one of its
+    systems over mutual TLS."""
+    import urllib.request
+
+    from psvn import devnet
+    from psvn.certs import tls
+
+    layout = devnet.Layout(devnet_dir)
+    state = devnet.read_state(layout)
+    assert state is not None
+    gw = state.gateways[org]
+    cert, key = layout.system_cert(org, gw.system)
+    ctx = tls.client_context(layout.ca, cert, key)
+    with urllib.request.urlopen(gw.url + "/metrics", context=ctx, timeout=30) as r:
+        text = r.read().decode()
+    return {name: float(value) for name, _, value in
+            (line.rpartition(" ") for line in text.splitlines() if line.startswith(prefix))}
+
+
 def test_devnet_referral_council_to_trust(devnet_dir: Path) -> None:
     d = ["--devnet", str(devnet_dir)]
     state = json.loads((devnet_dir / "state.json").read_text())
     pids = [state["nats_pid"], *(g["pid"] for g in state["gateways"].values())]
     assert all(procs.alive(p) for p in pids)
     assert oct((devnet_dir / "pki" / "ca.key").stat().st_mode & 0o777) == "0o600"
+    # each gateway process set its garbage collector once started (gateway.gc_threshold)
+    gc_metrics = gateway_metrics(devnet_dir, "ods:RYR", "psvn_gc_")
+    assert gc_metrics['psvn_gc_threshold{generation="0"}'] == 100_000
+    assert gc_metrics["psvn_gc_frozen_objects"] > 10_000  # start-up's heap: the registry, policy, models
 
     sent = run("send", *d, "--as", "gss:E06000043", "--to", "ods:RYR", "--type", "fhir.r4.ServiceRequest",
                "--purpose", "direct-care", "--classification", "OFFICIAL-SENSITIVE", "--subject", "nhs:9434765919",

@@ -1,0 +1,48 @@
+"""The cyclic garbage collector set for a long-running service, once it has started.
+
+Why: a gateway's hot path allocates many short-lived objects (futures, tasks, parsed envelopes,
+nats-py messages) and its heap holds many long-lived ones (the registry, the policy set, the
+FHIR model classes). With Python's default thresholds (700, 10, 10) a young collection runs
+every 700 net allocations and every tenth one also walks the older generation, so the
+collector kept walking objects that never die. Measured with ``psvn bench`` (alternating runs
+on the 2-core machine, 3,000 messages each), raising the first threshold to 100,000 and
+freezing what start-up built cut each gateway's CPU per message on the batch path by about a
+quarter (sender 0.44-0.48 -> 0.25-0.35 ms, recipient 0.38-0.47 -> 0.25-0.33 ms), with the
+gateways' RSS growth over the runs unchanged.
+
+Almost all garbage is freed by reference counting the moment it is dropped; only objects in
+reference cycles wait for the collector, so a higher threshold delays those, never leaks them.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+
+# the older generations' thresholds: a middle collection every 20 young ones, a full one every
+# 10 middle ones at most (Python also holds a full one back until the long-lived objects grew
+# by a quarter), so the long-lived heap is walked seldom, and never what start-up froze
+OLDER = (20, 10)
+
+
+@dataclass(frozen=True)
+class HeapSettings:
+    """What :func:`settle` did: the thresholds in force and how many objects it froze."""
+
+    thresholds: tuple[int, int, int]
+    frozen: int
+
+
+def settle(young_threshold: int) -> HeapSettings:
+    """Call once start-up is done: collect what start-up left, move every surviving object to
+    the permanent generation (``gc.freeze``: the collector never walks them again) and set the
+    young generation's threshold. ``young_threshold`` 0 keeps Python's own thresholds and
+    freezes nothing."""
+    if young_threshold < 0:
+        raise ValueError(f"young_threshold must be 0 or more, not {young_threshold}")
+    if young_threshold:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(young_threshold, *OLDER)
+    t0, t1, t2 = gc.get_threshold()
+    return HeapSettings(thresholds=(t0, t1, t2), frozen=gc.get_freeze_count())
