@@ -332,7 +332,7 @@ class Ingress(Part):
         us then counts against its quota in the inbox only until we have looked at it, and never
         fills the inbox for the other senders. Copied first, deleted after (a failure leaves it in
         the inbox, where the next look finds it on file)."""
-        js, net = self.link.js, self.link.net
+        js, net = self.link.js, self.link.net_ops
         assert js is not None and net is not None
         headers = {"Nats-Msg-Id": f"q-{seq}", "Psvn-Subject": msg.subject, "Psvn-Message-Id": msg_id,
                    "Psvn-Rule": _header_safe(exc.rule or exc.code.value)}
@@ -386,9 +386,9 @@ class Ingress(Part):
         election like a publish; a failure past that raises, so the receipt is redelivered: applied
         again (every move is repeatable) and deleted then: an applied receipt is never acked
         while it is still in the inbox."""
-        net = self.link.net
+        net = self.link.net_ops
         assert net is not None
-        try:
+        try:  # removed, not erased: see JetStreamOps.delete_msg
             await retrying(lambda: net.delete_msg(inbox_stream(self.org), seq), on=ELECTION_ERRORS,
                            first_delay=0.2, max_delay=2.0, patience=PUBLISH_PATIENCE)
         except Exception as err:

@@ -48,8 +48,10 @@ def _transient(exc: Exception) -> bool:
 
 
 def already_gone(exc: Exception) -> bool:
-    """JetStream's 'no message found' (err 10037 / 10057): deleted already, by us or by max age."""
-    return isinstance(exc, NotFoundError) or getattr(exc, "err_code", None) in (10037, 10057)
+    """JetStream's 'no message found' (err 10037 / 10057) or, for a delete of a sequence the
+    stream no longer holds, 'sequence not found' (err 10043, a 400): deleted already, by us, by
+    another instance or by max age."""
+    return isinstance(exc, NotFoundError) or getattr(exc, "err_code", None) in (10037, 10043, 10057)
 
 
 class BackboneLink:

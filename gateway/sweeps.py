@@ -117,9 +117,9 @@ class Sweeper:
         idempotent: another instance, or the stream's own max age, may have deleted it first).
         The entry stays, closed, until the state bucket's TTL, so a replay of the message is
         recognised; after that the arrival age check refuses it."""
-        assert self.link.net is not None
-        try:
-            await self.link.net.delete_msg(inbox_stream(self.org), rec.seq)
+        assert self.link.net_ops is not None
+        try:  # what the policy's retention deletes is erased: its bytes overwritten on disk
+            await self.link.net_ops.delete_msg(inbox_stream(self.org), rec.seq, erase=True)
         except APIError as exc:
             if not already_gone(exc):
                 raise

@@ -34,6 +34,7 @@ from psvn.broker.server import NatsServer
 from psvn.certs import tls
 from psvn.core.addresses import token
 from psvn.devnet import EXAMPLE_MEMBERS, Layout
+from psvn.gateway.link import already_gone
 from psvn.protocol.subjects import (
     CONSENT_BUCKET,
     OPERATOR_JS_PREFIX,
@@ -198,6 +199,45 @@ async def test_msg_get_of_nothing_is_none_and_of_no_stream_not_found(ops: JetStr
     with pytest.raises(NotFoundError) as err:
         await ops.msg_get("NO_SUCH_STREAM", subject="x")
     assert err.value.err_code == 10059
+
+
+# -- delete: removed on the hot path, erased on demand -------------------------------------------
+def _on_disk(backbone: Backbone, marker: bytes) -> bool:
+    """Whether ``marker`` is in any of the test stream's message block files."""
+    blocks = [p for p in backbone.layout.root.rglob("*.blk") if f"/{STREAM}/" in str(p)]
+    return any(marker in p.read_bytes() for p in blocks)
+
+
+async def _until(check: object, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.02)
+
+
+async def test_delete_removes_without_erasing_unless_asked_and_a_second_delete_is_not_found(
+        ops: JetStreamOps, backbone: Backbone) -> None:
+    """nats-server erases (overwrites on disk, rewriting the whole block) unless told not to: the
+    hot path's deletes must not ask for that, retention's must."""
+    kept, erased = f"removed-{time.monotonic_ns()}".encode(), f"erased-{time.monotonic_ns()}".encode()
+    a = await ops.publish(subj("del"), kept)
+    b = await ops.publish(subj("del"), erased)
+    await ops.publish(subj("del"), b"live")  # the block keeps a live message, so it stays
+    await _until(lambda: _on_disk(backbone, kept) and _on_disk(backbone, erased), "both written to disk")
+
+    assert await ops.delete_msg(STREAM, a.seq) is True
+    assert await ops.direct_get(STREAM, seq=a.seq) is None
+    assert _on_disk(backbone, kept)  # removed from the stream, its sealed bytes left to compaction
+
+    assert await ops.delete_msg(STREAM, b.seq, erase=True) is True
+    assert await ops.direct_get(STREAM, seq=b.seq) is None
+    await _until(lambda: not _on_disk(backbone, erased), "the erased message overwritten on disk")
+
+    for seq in (a.seq, b.seq):  # gone already: the server says so in one of two ways, both known
+        with pytest.raises(APIError) as err:
+            await ops.delete_msg(STREAM, seq)
+        assert err.value.err_code in (10043, 10057) and already_gone(err.value), err.value.description
 
 
 # -- direct get (any replica), judged by the server's headers -------------------------------------

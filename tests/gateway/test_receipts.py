@@ -7,6 +7,7 @@ applied leaves the sender's inbox."""
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from psvn import devnet
 from psvn.gateway import core
@@ -135,15 +136,15 @@ async def test_an_applied_receipt_the_inbox_would_not_delete_is_redelivered_unti
     patience): the receipt is not acked but redelivered, applied again (a repeatable move) and
     deleted then; acked and left, it would count against the 100,000 its subject may hold."""
     council = network.gateways[network.COUNCIL].gateway
-    net = council.link.net
+    net = council.link.net_ops
     assert net is not None
     real_delete, refused = net.delete_msg, []
 
-    async def refuse_first(stream: str, seq: int) -> bool:
+    async def refuse_first(stream: str, seq: int, **kw: Any) -> bool:
         if not refused:
             refused.append(seq)
             raise RuntimeError("the inbox's leader did not answer")
-        return await real_delete(stream, seq)
+        return await real_delete(stream, seq, **kw)
 
     net.delete_msg = refuse_first  # type: ignore[method-assign]
     _, sent = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
