@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Protocol
 
@@ -202,19 +202,9 @@ class Ingress(Part):
         if filed is not None:  # closed mail is recognised by store.file, after the decision
             await self._redelivered(filed, owe)
             return
-        # The filing's first read (was this mail closed already?) goes now, its round trip
-        # overlapping the opening and the consent read instead of following them.
-        closed = asyncio.ensure_future(self.store.closed_entry(msg_id))
-        try:
-            await self._open_and_file(msg, msg_id, seq, owe, closed)
-        finally:
-            if not closed.done():
-                closed.cancel()
-            elif not closed.cancelled():
-                closed.exception()  # retrieved: a path that did not file does not care
+        await self._open_and_file(msg, msg_id, seq, owe)
 
-    async def _open_and_file(self, msg: Msg, msg_id: str, seq: int, owe: Owe,
-                             closed: asyncio.Future[tuple[bytes, int] | None]) -> None:
+    async def _open_and_file(self, msg: Msg, msg_id: str, seq: int, owe: Owe) -> None:
         received = now_rfc3339(self.clock())
         consulted = Consulted(consent=ConsentRegistry())
         try:
@@ -231,12 +221,12 @@ class Ingress(Part):
                 raise  # a consent lookup the backbone did not answer: redelivered, never decided without it
             if exc.code is Code.POLICY_DENIED and consulted.lagging and msg.metadata.num_delivered < LAG_RETRIES:
                 raise  # a consent record refused for its signature: our registry view may lag the operator's
-            await self._quarantine(msg, msg_id, seq, exc, received, owe, closed=closed)
+            await self._quarantine(msg, msg_id, seq, exc, received, owe)
             return
         except Exception as exc:  # a malformed message must be quarantined, not redelivered for ever
             malformed = PsvnError(Code.INVALID_ENVELOPE, f"malformed message: {exc!r}", rule="malformed",
                                   message_id=msg_id)
-            await self._quarantine(msg, msg_id, seq, malformed, received, owe, closed=closed)
+            await self._quarantine(msg, msg_id, seq, malformed, received, owe)
             return
         env = inc.envelope
         share = self.settings.sender_share_bytes
@@ -244,15 +234,14 @@ class Ingress(Part):
             await self._quarantine(msg, msg_id, seq, PsvnError(
                 Code.FORBIDDEN, f"{env.sender_org} already holds {self.store.held.get(env.sender_org, 0)} bytes of "
                 f"unacknowledged mail in this inbox, its share is {share}: refused until the recipient acknowledges",
-                field="source", rule="sender-share", message_id=msg_id), received, owe, closed=closed)
+                field="source", rule="sender-share", message_id=msg_id), received, owe)
             return
         if env.topic is not None:
             sub = self.feeds.get(self.org, env.topic)
             if sub is None or sub.purpose != env.purpose:
                 await self._quarantine(msg, msg_id, seq, PsvnError(
                     Code.POLICY_DENIED, f"a feed event on {env.topic!r} for {env.purpose}, but this member has "
-                    "no such subscription", field="topic", rule="not-subscribed", message_id=msg_id), received, owe,
-                    closed=closed)
+                    "no such subscription", field="topic", rule="not-subscribed", message_id=msg_id), received, owe)
                 return
         self.metrics.decisions.labels("ingress", "allow").inc()
         # the policy's retention for the type, within what the inbox stream keeps (a day's margin,
@@ -263,8 +252,8 @@ class Ingress(Part):
             id=env.id, source=env.source, to=env.to, type=env.type, time=env.time, status=State.DELIVERED.value,
             size=len(inc.payload), seq=seq, classification=env.classification, purpose=env.purpose,
             correlation_id=env.correlation_id, mailbox=env.mailbox, received=received,
-            retain_until=now_rfc3339(parse_time(received) + timedelta(days=days))),
-            closed=closed)  # env.id is msg_id: open_message refuses any other
+            retain_until=now_rfc3339(parse_time(received) + timedelta(days=days))))
+        # (env.id is msg_id: open_message refuses any other)
         if on_file is not None:  # filed before (a redelivery, or another instance): finish its steps, once
             await self._redelivered(on_file, owe)
             return
@@ -301,16 +290,14 @@ class Ingress(Part):
             owe(rec.id, status.value, rec.source, reason=rec.reason, rule_ids=[rec.rule] if rec.rule else [])
 
     # -- quarantine --------------------------------------------------------------------------
-    async def _quarantine(self, msg: Msg, msg_id: str, seq: int, exc: PsvnError, received: str, owe: Owe, *,
-                          closed: Awaitable[tuple[bytes, int] | None] | None = None) -> None:
-        """File a refused message closed, and move it to quarantine. ``closed``: the filing's read
-        of ``done.<msg_id>``, if the caller started it already."""
+    async def _quarantine(self, msg: Msg, msg_id: str, seq: int, exc: PsvnError, received: str, owe: Owe) -> None:
+        """File a refused message closed, and move it to quarantine."""
         sender_tok = msg.subject.split(".")[-1]
         sender_org = sender_tok.replace("_", ":", 1)
         on_file = await self.store.file(InRecord(
             id=msg_id, source=sender_org, to=self.org, type="unknown", time=received,
             status=State.QUARANTINED.value, size=len(msg.data), seq=seq,
-            reason=core.stored_reason(exc), rule=exc.rule, received=received), closed=closed)
+            reason=core.stored_reason(exc), rule=exc.rule, received=received))
         if on_file is not None:
             await self._redelivered(on_file, owe)  # already on file (a redelivery)
             return

@@ -28,7 +28,7 @@ import contextlib
 import re
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -241,12 +241,13 @@ class StateStore:
             return None
         return msg.data or b"", msg.seq or 0
 
-    async def _create(self, key: str, value: bytes) -> int | None:
+    async def _create(self, key: str, value: bytes, *, alone_under: str | None = None) -> int | None:
         """Write a new entry only if the key never held anything (a purge marker counts: unlike
-        nats-py's ``create``, a purged key is not created again); its revision, or None."""
+        nats-py's ``create``, a purged key is not created again); its revision, or None. With
+        ``alone_under`` (an id): only if no key ``<anything>.<id>`` ever held anything either."""
         assert self.kv is not None
         try:
-            return await self.kv.update(key, value, last=0)
+            return await self.kv.update(key, value, last=0, of=None if alone_under is None else f"*.{alone_under}")
         except KeyWrongLastSequenceError:
             return None
 
@@ -365,34 +366,34 @@ class StateStore:
         return None
 
     async def closed_entry(self, message_id: str) -> tuple[bytes, int] | None:
-        """The ``done.<id>`` entry of mail closed (acknowledged, quarantined, deleted), if any:
-        what :meth:`file` reads first. A caller may start it early, to overlap its round trip
-        with other work, and hand it to :meth:`file`. (Any id a message was filed under: a dotted
-        one too, such as a receipt's.)"""
+        """The ``done.<id>`` entry of mail closed (acknowledged, quarantined, deleted), if any.
+        (Any id a message was filed under: a dotted one too, such as a receipt's.)"""
         return await self._read(f"done.{message_id}")
 
-    async def file(self, rec: InRecord, *, closed: Awaitable[tuple[bytes, int] | None] | None = None
-                   ) -> InRecord | Gone | None:
+    async def file(self, rec: InRecord) -> InRecord | Gone | None:
         """File a received message exactly once: None if it is newly filed now, else what is on
         file for it already (by us or another instance), or :class:`Gone` if its entry aged out.
 
         Delivered mail is filed open (``in.<id>``); quarantined mail is filed and closed at once.
-        The create-once write decides between instances; the ``done.<id>`` read first catches a
-        replay after the mail was closed and its open entry's purge marker has expired. (It
-        cannot be skipped for a message the backbone stored recently: a sender may publish an
-        old id again, as a new stream message, long after the mail was closed.) ``closed``: that
-        read, started earlier by the caller (:meth:`closed_entry` of ``rec.id``). Started early (by
-        seconds at most: the reads' patience) it decides the same: mail closed since then keeps
-        its purge marker for :data:`CLOSED_MARKER_TTL` (600 s), and the create-once write refuses
-        a marked key."""
-        closed_now = await (closed if closed is not None else self.closed_entry(rec.id))
-        if closed_now is not None:
-            return msgspec.json.decode(closed_now[0], type=InRecord)
+        One write decides: ``in.<id>`` is created only if no key ``*.<id>`` of the bucket holds
+        anything, so neither open mail (``in.<id>``, or its purge marker once closed) nor closed
+        mail (``done.<id>``, which outlives the marker) is filed again. That covers a replay long
+        after the mail was closed: a sender may publish an old id again, as a new stream message.
+        (It replaced a read of ``done.<id>`` before the create: one backbone operation fewer per
+        message.) Only when that write is refused is anything read: then the two-step check
+        decides, the ``done.<id>`` read and a create-once of ``in.<id>`` alone, so an unrelated
+        key under the same id (this member's own sent message ``out.<id>``) costs a few reads
+        and never a refusal."""
         value = msgspec.json.encode(rec)
-        rev = await self._create(f"in.{rec.id}", value)
-        if rev is None:
-            on_file = await self.in_record(rec.id)
-            return on_file if on_file is not None else Gone(id=rec.id)
+        rev = await self._create(f"in.{rec.id}", value, alone_under=rec.id)
+        if rev is None:  # something is on file under this id: read what
+            closed_now = await self.closed_entry(rec.id)
+            if closed_now is not None:
+                return msgspec.json.decode(closed_now[0], type=InRecord)
+            rev = await self._create(f"in.{rec.id}", value)
+            if rev is None:
+                on_file = await self.in_record(rec.id)
+                return on_file if on_file is not None else Gone(id=rec.id)
         if rec.status != State.DELIVERED.value:
             await self.close(rec)
         # Delivered mail joins the open-mail index through the watch, never from here: the

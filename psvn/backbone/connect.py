@@ -83,12 +83,24 @@ class CoalescingClient(NATS):
 ELECTION_ERRORS = (TimeoutError, NatsTimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError)
 
 
+# JetStream's "no suitable peers for placement" (e.g. "peer offline"): a replicated stream asked
+# for while the meta leader still counts a peer as offline, as a cluster forms or a node rejoins
+NO_PEERS_FOR_PLACEMENT = 10005
+
+
+def provisioning_may_retry(exc: Exception) -> bool:
+    """What a clustered backbone answers for a while and then no more: an election (a timeout,
+    no responder) or a placement while a peer is still counted offline."""
+    return isinstance(exc, ELECTION_ERRORS) or getattr(exc, "err_code", None) == NO_PEERS_FOR_PLACEMENT
+
+
 async def patiently(step: Callable[[], Awaitable[T]], *, what: str, patience: float = 30.0) -> T:
     """Run one provisioning step, riding out the moments a clustered backbone spends electing the
-    leader of a stream it has just created (requests then time out or find no responder). Every
-    step is idempotent, so repeating one is safe."""
+    leader of a stream it has just created (requests then time out or find no responder) or
+    still counts a peer as offline (a replicated stream cannot be placed). Every step is
+    idempotent, so repeating one is safe."""
     try:
-        return await retrying(step, on=ELECTION_ERRORS, patience=patience, first_delay=0.25, max_delay=2.0)
+        return await retrying(step, on=provisioning_may_retry, patience=patience, first_delay=0.25, max_delay=2.0)
     except ELECTION_ERRORS as exc:
         raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"provisioning {what}: the backbone did not answer",
                         rule="provision") from exc

@@ -381,10 +381,14 @@ class KV:
     async def put(self, key: str, value: bytes, *, timeout: float | None = None) -> int:
         return (await self.ops.publish(self.prefix + key, value, timeout=timeout)).seq
 
-    async def update(self, key: str, value: bytes, *, last: int, timeout: float | None = None) -> int:
-        """Compare-and-set: :class:`KeyWrongLastSequenceError` unless ``last`` is the key's revision."""
-        return (await self.ops.publish(self.prefix + key, value, timeout=timeout,
-                                       headers={"Nats-Expected-Last-Subject-Sequence": str(last)})).seq
+    async def update(self, key: str, value: bytes, *, last: int, of: str | None = None,
+                     timeout: float | None = None) -> int:
+        """Compare-and-set: :class:`KeyWrongLastSequenceError` unless ``last`` is the key's revision
+        (with ``of``, a key filter such as ``*.<id>``: the last revision of any key it matches)."""
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(last)}
+        if of is not None:
+            headers["Nats-Expected-Last-Subject-Sequence-Subject"] = self.prefix + of
+        return (await self.ops.publish(self.prefix + key, value, timeout=timeout, headers=headers)).seq
 
     async def create(self, key: str, value: bytes, *, timeout: float | None = None) -> int:
         """Only if the key never held anything (a delete or purge marker counts, unlike nats-py's

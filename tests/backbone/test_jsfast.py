@@ -337,6 +337,15 @@ async def test_a_member_reads_and_writes_within_its_permissions(backbone: Backbo
         assert marker.headers["KV-Operation"] == "PURGE" and marker.headers["Nats-TTL"] == "60"
         with pytest.raises(KeyWrongLastSequenceError):  # a purged key is not created again
             await kv.create(key, b"v3")
+        # created only if no key under the id ever held anything (a member's own bucket)
+        mid = f"m{time.monotonic_ns()}"
+        assert await kv.update(f"in.{mid}", b"filed", last=0, of=f"*.{mid}") > 0
+        other = f"m{time.monotonic_ns()}"
+        await kv.put(f"done.{other}", b"closed")
+        with pytest.raises(KeyWrongLastSequenceError):  # another key under the id refuses it
+            await kv.update(f"in.{other}", b"again", last=0, of=f"*.{other}")
+        assert await kv.get(f"in.{other}") is None
+        assert await kv.update(f"in.{other}", b"alone", last=0) > 0  # the key alone was free
 
         # mail to the trust, read by sequence through the imported API (the network's inbox stream)
         sender = JetStreamOps(council)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -340,12 +341,20 @@ async def marker_gone(network: Network, message_id: str) -> None:
 async def test_closed_mail_that_comes_again_is_recognised_with_its_marker_and_after_it(
         network: Network, monkeypatch: pytest.MonkeyPatch) -> None:
     """Closed mail that comes again (a redelivery, or a sender publishing an old id anew) is never
-    filed twice: while its purge marker lives, the marker refuses the create; once the marker
-    has gone, the read of ``done.<id>`` that filing makes first recognises it."""
+    filed twice: the one create-once write is refused while anything is kept under the id (the
+    purge marker, then ``done.<id>``), and what is on file is read only then."""
     from psvn.gateway import store as store_module
     from psvn.gateway.store import InRecord
 
     store = network.gateways[network.TRUST].gateway.store
+    reads: list[str] = []
+    real_read = store._read
+
+    async def counted_read(key: str) -> tuple[bytes, int] | None:
+        reads.append(key)
+        return await real_read(key)
+
+    monkeypatch.setattr(store, "_read", counted_read)
 
     async def delivered_then_acknowledged() -> InRecord:
         _code, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
@@ -356,13 +365,15 @@ async def test_closed_mail_that_comes_again_is_recognised_with_its_marker_and_af
                         time="t", status="delivered", size=10, seq=1)
 
     again = await delivered_then_acknowledged()
-    on_file = await store.file(again)  # recognised (the marker would refuse the create too)
+    reads.clear()
+    on_file = await store.file(again)  # recognised: the create refused, then done.<id> read
     assert isinstance(on_file, InRecord) and on_file.status == "acknowledged"
-    # the closed entry read before the close (an ingress starts it early): the marker refuses
-    read_before: asyncio.Future[tuple[bytes, int] | None] = asyncio.get_running_loop().create_future()
-    read_before.set_result(None)
-    on_file = await store.file(again, closed=read_before)
-    assert isinstance(on_file, InRecord) and on_file.status == "acknowledged"
+    assert reads == [f"done.{again.id}"]
+    fresh = msgspec.structs.replace(again, id=str(uuid.uuid4()))
+    reads.clear()
+    assert await store.file(fresh) is None  # new mail: filed by the one write, nothing read
+    assert reads == []
+    await store.close(msgspec.structs.replace(fresh, status="acknowledged"))  # (not left open)
 
     monkeypatch.setattr(store_module, "CLOSED_MARKER_TTL", 1.0)  # these letters' markers live 1 s
     again = await delivered_then_acknowledged()
@@ -378,6 +389,19 @@ async def test_closed_mail_that_comes_again_is_recognised_with_its_marker_and_af
     await marker_gone(network, dotted.id)
     on_file = await store.file(dotted)
     assert isinstance(on_file, InRecord) and on_file.status == "quarantined"
+
+    # another key under the id (the trust's own sent message out.<id>) refuses the one write,
+    # never the mail: it is filed by the two-step check
+    mine = msgspec.structs.replace(again, id=str(uuid.uuid4()), status="delivered")
+    assert store.kv is not None
+    await store.kv.put(f"out.{mine.id}", b"{}")
+    reads.clear()
+    assert await store.file(mine) is None
+    assert reads == [f"done.{mine.id}"]
+    on_file = await store.in_record(mine.id)
+    assert on_file is not None and on_file.status == "delivered"
+    assert await store.file(mine) == on_file  # and once only
+    await store.close(msgspec.structs.replace(mine, status="acknowledged"))
 
 
 async def test_systems_see_only_their_mailboxes(network: Network) -> None:
