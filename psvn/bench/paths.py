@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from psvn.bench.observe import DeliveryObserver
-from psvn.bench.process import CpuMeter
+from psvn.bench.process import CpuMeter, memory_mib
 from psvn.bench.report import (
     CLASSIFICATION,
     MESSAGE_TYPE,
@@ -21,11 +21,12 @@ from psvn.bench.report import (
     PURPOSE,
     TRUST,
     Latency,
+    MemoryRun,
     Throughput,
     _rate,
     percentiles,
 )
-from psvn.bench.workload import Options
+from psvn.bench.workload import Options, service_request
 
 
 # -- psvn end to end -----------------------------------------------------------------------
@@ -222,3 +223,29 @@ async def psvn_latency(sender: Any, obs: DeliveryObserver, payloads: list[dict[s
     lat.psvn_send_call, lat.psvn_to_mailbox, lat.psvn_to_sender_delivered = (
         percentiles(calls), percentiles(box), percentiles(st))
     return ids
+
+
+async def memory_run(sender: Any, receivers: list[Any], obs: DeliveryObserver, opts: Options, tag: str,
+                     pids: dict[str, int]) -> MemoryRun:
+    """``opts.memory_messages`` through ``send_many`` in ten rounds (at least one batch each);
+    after each round the recipient's systems acknowledge what it delivered, then each process
+    in ``pids`` has its VmRSS read. Memory over history then, not over open work."""
+    size = max(opts.batch_size, -(-opts.memory_messages // 10))
+    out = MemoryRun(round_size=size, start={name: memory_mib(pid)[0] for name, pid in pids.items()})
+    done = 0
+    while done < opts.memory_messages:
+        n = min(size, opts.memory_messages - done)
+        payloads = [service_request(2_000_000 + done + i, tag) for i in range(n)]
+        sent = await _send_batches(sender, payloads, batch_size=opts.batch_size, time_limit=opts.time_limit,
+                                   tag=f"{tag}-{done}")
+        ids = [m for m, _, _ in sent.times]
+        await obs.wait_all(ids, opts.delivery_timeout)
+        acked = await _ack_all(receivers, [m for m in ids if m in obs.mailbox], len(receivers),
+                               opts.delivery_timeout)
+        out.messages += acked
+        out.errors += n - acked
+        out.after.append({name: memory_mib(pid)[0] for name, pid in pids.items()})
+        done += n
+        if not ids:
+            break  # nothing goes through: the report says so (errors)
+    return out

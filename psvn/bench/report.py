@@ -130,6 +130,26 @@ class Memory(msgspec.Struct, kw_only=True):
     midway_messages: int = 0  # how many had gone through it by then
 
 
+class MemoryRun(msgspec.Struct, kw_only=True):
+    """``--memory-messages N``: after the other runs and their clean-up, N more messages through
+    ``send_many`` in ``rounds`` rounds, the recipient's system acknowledging each round before
+    the next, so the gateways' memory is read over N messages of history with almost no open
+    work. ``start``: each gateway's VmRSS (MiB) before it; ``after``: after each round."""
+
+    messages: int = 0  # sent and acknowledged
+    round_size: int = 0
+    start: dict[str, float | None] = msgspec.field(default_factory=dict)
+    after: list[dict[str, float | None]] = msgspec.field(default_factory=list)
+    errors: int = 0  # sends that failed or letters left unacknowledged
+
+    def settled_growth(self, name: str) -> float | None:
+        """Growth after the first round (which fills the gateway's bounded caches) to the end."""
+        if len(self.after) < 2:
+            return None
+        first, last = self.after[0].get(name), self.after[-1].get(name)
+        return None if first is None or last is None else round(last - first, 1)
+
+
 class Restart(msgspec.Struct, kw_only=True):
     """The sender's gateway after the runs: stopped (SIGTERM) by its PID, started again with its
     own command line as the devnet does, timed until its ``/readyz`` answered 200."""
@@ -174,6 +194,7 @@ class Report(msgspec.Struct, kw_only=True):
     local: list[LocalFigure] = msgspec.field(default_factory=list)
     cleanup_acknowledged: int | None = None  # trust messages acknowledged after the run (None: skipped)
     memory: dict[str, Memory] = msgspec.field(default_factory=dict)  # "gateway <org>" -> its RSS
+    memory_run: MemoryRun | None = None  # --memory-messages: history acknowledged as it goes
     restart: Restart | None = None  # None: skipped (--no-restart)
     targets: list[Target] = msgspec.field(default_factory=list)
     notes: list[str] = msgspec.field(default_factory=list)
@@ -189,6 +210,7 @@ T_P99 = "one at a time, send -> mailbox p99"
 T_RSS = "RSS growth of a gateway, open work apart"
 T_RESTART = "sender gateway restart, to /readyz 200"
 RSS_MESSAGES = 100_000  # the count issue 9's "flat RSS" is set over
+RSS_FEW_MIB = 5.0  # "a few MiB"
 
 
 def assess(r: Report) -> list[Target]:
@@ -211,12 +233,20 @@ def assess(r: Report) -> list[Target]:
         at_most(T_P99, 5.0, lat.psvn_to_mailbox.p99_ms if lat and lat.psvn_to_mailbox.n else None, " ms",
                 "<= 5 ms"),
     ]
-    # history, not open work: a gateway still holding the run's letters unacknowledged is not the measure
-    moved = [m for m in r.memory.values() if m.messages and m.growth_mib is not None and not m.open_letters]
-    growth = max((m.growth_mib for m in moved if m.growth_mib is not None), default=None)
-    rss = Target(name=T_RSS, target=f"a few MiB across {RSS_MESSAGES:,} messages", measured=growth, unit=" MiB")
-    if growth is not None and min(m.messages for m in moved) >= RSS_MESSAGES:
-        rss.meets = growth <= 5.0
+    rss = Target(name=T_RSS, target=f"a few MiB across {RSS_MESSAGES:,} messages", unit=" MiB")
+    mr = r.memory_run
+    settled = [g for g in (mr.settled_growth(n) for n in mr.start) if g is not None] if mr is not None else []
+    if mr is not None and settled:
+        # the memory run: each gateway's growth once its caches were full, every letter acknowledged
+        rss.measured = max(settled)
+        if mr.messages >= RSS_MESSAGES and not mr.errors:
+            rss.meets = rss.measured <= RSS_FEW_MIB
+    else:
+        # history, not open work: a gateway still holding the run's letters unacknowledged is not the measure
+        moved = [m for m in r.memory.values() if m.messages and m.growth_mib is not None and not m.open_letters]
+        rss.measured = max((m.growth_mib for m in moved if m.growth_mib is not None), default=None)
+        if rss.measured is not None and min(m.messages for m in moved) >= RSS_MESSAGES:
+            rss.meets = rss.measured <= RSS_FEW_MIB
     out.append(rss)
     ready = rs.ready_seconds if rs is not None and rs.ready else None
     restart = at_most(T_RESTART, 3.0, ready, " s", "<= 3 s after the runs")
@@ -357,6 +387,7 @@ def format_report(r: Report) -> str:
                   f"raw {lat.raw_consumed}/{lat.samples} consumed")
         lines.append("")
     lines += _format_memory(r, target(T_RSS))
+    lines += _format_memory_run(r.memory_run)
     lines += _format_restart(r.restart, target(T_RESTART))
     lines += _format_targets(r)
     if r.local:
@@ -404,6 +435,21 @@ def _format_memory(r: Report, target: str) -> list[str]:
                     f"{m.growth_mib * 1024 * 1024 / m.open_letters:,.0f} bytes each")
         lines.append(f"  {name:<30} {_mib(m.before_mib):>8} -> {_mib(m.after_mib):>8}  "
                      f"({_mib(m.growth_mib, sign=True)}; peak {_mib(m.peak_mib)}{per})")
+    lines.append("")
+    return lines
+
+
+def _format_memory_run(mr: MemoryRun | None) -> list[str]:
+    if mr is None:
+        return []
+    lines = [f"memory run: {mr.messages:,} messages through send_many in rounds of {mr.round_size:,}, the "
+             f"recipient acknowledging each round; VmRSS MiB at the start, then after each round"
+             + (f" ({mr.errors} failed or left unacknowledged)" if mr.errors else "")]
+    for name, start in mr.start.items():
+        series = " ".join(_mib(a.get(name)) for a in mr.after)
+        settled = mr.settled_growth(name)
+        tail = "" if settled is None else f"  ({_mib(settled, sign=True)} after the first round)"
+        lines.append(f"  {name:<30} {_mib(start):>8} | {series}{tail}")
     lines.append("")
     return lines
 

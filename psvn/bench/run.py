@@ -19,7 +19,7 @@ from typing import Any
 from psvn.bench.baseline import raw_baseline
 from psvn.bench.local import local_figures
 from psvn.bench.observe import DeliveryObserver
-from psvn.bench.paths import _ack_all, _send_many, psvn_latency, psvn_throughput
+from psvn.bench.paths import _ack_all, _send_many, memory_run, psvn_latency, psvn_throughput
 from psvn.bench.ports import free_port_range, port_span
 from psvn.bench.process import CpuMeter, MemoryMeter, restart_gateway
 from psvn.bench.report import (
@@ -170,6 +170,13 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
                 receiver = await clients(stack, TRUST)
                 report.cleanup_acknowledged = await _ack_all(receiver, all_ids, opts.concurrency,
                                                              opts.delivery_timeout)
+        if opts.memory_messages:  # after the clean-up: the trust starts it with no open work
+            say(f"memory run: {opts.memory_messages} messages through send_many, acknowledged round by round ...")
+            async with contextlib.AsyncExitStack() as stack:
+                sender, receiver = await clients(stack, COUNCIL), await clients(stack, TRUST)
+                report.memory_run = await memory_run(
+                    sender[0], receiver, obs, opts, f"{tag}-m",
+                    {f"gateway {org}": state.gateways[org].pid for org in (COUNCIL, TRUST)})
     finally:
         await obs.stop()
         for conn in (nc, watch_in, watch_out):

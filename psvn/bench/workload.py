@@ -24,11 +24,15 @@ class Options:
     cleanup: bool = True  # acknowledge the bench's messages in the trust's inbox afterwards
     batch_size: int = 500  # messages per POST /v1/messages:batch in the batch run (the gateway's maximum)
     restart: bool = True  # restart the sender's gateway after the runs, timed to /readyz 200
+    # after the clean-up: this many more through send_many, the recipient acknowledging each
+    # round, each gateway's RSS read after every round (0 skips it; 100,000 judges the RSS target)
+    memory_messages: int = 0
     restart_timeout: float = 60.0
 
     def check(self) -> None:
         for name, value, low in (("count", self.count, 1), ("concurrency", self.concurrency, 1),
-                                 ("latency-samples", self.latency_samples, 0), ("batch-size", self.batch_size, 1)):
+                                 ("latency-samples", self.latency_samples, 0), ("batch-size", self.batch_size, 1),
+                                 ("memory-messages", self.memory_messages, 0)):
             if value < low:
                 raise PsvnError(Code.BAD_REQUEST, f"--{name} must be at least {low}", field=f"--{name}",
                                 rule="range")

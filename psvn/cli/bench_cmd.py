@@ -45,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--no-restart", action="store_true",
                    help="skip the last step: stopping the sender's gateway and starting it again, timed until its "
                    "/readyz answers 200 (by default it is restarted as the devnet starts it and left running)")
+    p.add_argument("--memory-messages", type=int, default=0, metavar="N",
+                   help="after the other runs: N more messages through send_many in ten rounds, the trust "
+                   "acknowledging each round, each gateway's RSS read after every round (memory over history, "
+                   "not open work; 100000 judges issue 9's RSS target, ~2 minutes; default 0 skips it)")
     p.add_argument("--json", action="store_true", help="print the report as JSON (progress still on stderr)")
     p.set_defaults(func=_bench)
 
@@ -54,7 +58,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     opts = bench.Options(count=args.count, concurrency=args.concurrency, latency_samples=args.latency_samples,
                          batch_size=args.batch_size, restart=not args.no_restart,
-                         time_limit=args.time_limit, local_seconds=args.local_seconds, cleanup=not args.keep)
+                         time_limit=args.time_limit, local_seconds=args.local_seconds, cleanup=not args.keep,
+                         memory_messages=args.memory_messages)
     opts.check()
     if args.cluster is not None:
         devnet.check_cluster(args.cluster)

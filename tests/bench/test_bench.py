@@ -208,7 +208,8 @@ def test_cli_json_and_keep(layout: devnet.Layout, capsys: pytest.CaptureFixture[
     with client(layout, bench.TRUST) as trust:
         before = {i.id for i in trust.inbox(limit=1000)}
     code = main(["bench", "--devnet", str(layout.root), "--count", "6", "--concurrency", "2", "--latency-samples",
-                 "1", "--local-seconds", "0", "--keep", "--json", "--batch-size", "4", "--no-restart"])
+                 "1", "--local-seconds", "0", "--keep", "--json", "--batch-size", "4", "--no-restart",
+                 "--memory-messages", "20"])
     out, err = capsys.readouterr()
     assert code == 0, err
     doc = json.loads(out)  # stdout is only the JSON; progress is on stderr
@@ -224,6 +225,14 @@ def test_cli_json_and_keep(layout: devnet.Layout, capsys: pytest.CaptureFixture[
     assert doc["latency"]["psvn_cpu"]["ms_per_msg"]["total"] >= 0
     assert [t["name"] for t in doc["targets"]][-1] == "sender gateway restart, to /readyz 200"
     assert doc["targets"][-1]["measured"] is None and doc["targets"][-1]["meets"] is None
+    # --memory-messages: 20 more in rounds of 4 (a batch each), every one acknowledged, RSS read after each
+    mr = doc["memory_run"]
+    assert (mr["messages"], mr["errors"], mr["round_size"], len(mr["after"])) == (20, 0, 4, 5)
+    assert set(mr["start"]) == {"gateway gss:E06000043", "gateway ods:RYR"}
+    assert all(v > 10 for reading in (mr["start"], *mr["after"]) for v in reading.values())
+    settled = max(mr["after"][-1][g] - mr["after"][0][g] for g in mr["start"])
+    rss = next(t for t in doc["targets"] if t["name"] == "RSS growth of a gateway, open work apart")
+    assert rss["measured"] == pytest.approx(settled, abs=0.06) and rss["meets"] is None  # 20, not 100,000
     # --keep: the bench's messages wait in the trust's inbox (warm-up 2 + latency 1 + 6 + 6 batched)
     with client(layout, bench.TRUST) as trust:
         left = [i for i in trust.inbox(limit=1000) if i.id not in before]
@@ -367,6 +376,21 @@ def test_targets_are_read_beside_the_figures_never_as_a_verdict_on_the_run() -> 
                    # (its open work) is the measure: a's history is
                    rp.T_RSS: (3.0, True),
                    rp.T_RESTART: (1.5, True)}
+    # a memory run (history acknowledged as it goes) is the measure when there is one: growth after
+    # its first round, over 100,000 messages, every one acknowledged
+    r.memory_run = bench.MemoryRun(
+        messages=100_000, round_size=10_000, start={"gateway a": 80.0, "gateway c": 80.0},
+        after=[{"gateway a": 90.0, "gateway c": 91.0}, {"gateway a": 91.0, "gateway c": 93.0},
+               {"gateway a": 92.5, "gateway c": 95.5}])
+    assert {t.name: (t.measured, t.meets) for t in bench.assess(r)}[rp.T_RSS] == (4.5, True)
+    r.memory_run.after[-1]["gateway c"] = 97.0  # 6 MiB once the caches were full: not "a few"
+    assert {t.name: (t.measured, t.meets) for t in bench.assess(r)}[rp.T_RSS] == (6.0, False)
+    r.memory_run.errors = 3  # not every letter went through and was acknowledged: it cannot say
+    assert {t.name: (t.measured, t.meets) for t in bench.assess(r)}[rp.T_RSS] == (6.0, None)
+    r.memory_run = bench.MemoryRun(messages=50_000, round_size=5_000, start={"gateway a": 80.0},
+                                   after=[{"gateway a": 90.0}, {"gateway a": 91.0}])
+    assert {t.name: (t.measured, t.meets) for t in bench.assess(r)}[rp.T_RSS] == (1.0, None)  # too few
+    r.memory_run = None
     r.memory["gateway a"].messages = 2000
     r.restart = bench.Restart(gateway="a", ready=False, error="exited")
     r.batch = None
