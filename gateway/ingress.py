@@ -52,7 +52,9 @@ LAG_CODES = frozenset({Code.UNKNOWN_RECIPIENT, Code.SIGNATURE_INVALID, Code.DECR
 # inbox consumer's ack_wait is 10 s; a state read or publish may ride out an 8 s election)
 SLOW_BATCH_SECONDS = 3.0
 RECEIPT_MOVES_AT_ONCE = 32  # status moves one receipt message runs concurrently (each may read its record)
-MSG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a sender's message id we may use as a key
+# a sender's message id we may use as a key: dot-separated tokens, none empty (``in.a..b`` is no
+# subject, so such mail could never be filed and came back for ever), 128 characters at most
+MSG_ID = re.compile(r"(?=[A-Za-z0-9._-]{1,128}\Z)[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*")
 
 
 def _header_safe(text: str) -> str:

@@ -241,13 +241,14 @@ class StateStore:
             return None
         return msg.data or b"", msg.seq or 0
 
-    async def _create(self, key: str, value: bytes, *, alone_under: str | None = None) -> int | None:
-        """Write a new entry only if the key never held anything (a purge marker counts: unlike
+    async def _create(self, key: str, value: bytes, *, alone_under: str | None = None, last: int = 0) -> int | None:
+        """Write a new entry only if the key holds nothing (a purge marker counts: unlike
         nats-py's ``create``, a purged key is not created again); its revision, or None. With
-        ``alone_under`` (an id): only if no key ``<anything>.<id>`` ever held anything either."""
+        ``alone_under`` (an id): only if the last revision of any key ``*.<id>`` is ``last`` (0:
+        none holds anything)."""
         assert self.kv is not None
         try:
-            return await self.kv.update(key, value, last=0, of=None if alone_under is None else f"*.{alone_under}")
+            return await self.kv.update(key, value, last=last, of=None if alone_under is None else f"*.{alone_under}")
         except KeyWrongLastSequenceError:
             return None
 
@@ -375,25 +376,37 @@ class StateStore:
         file for it already (by us or another instance), or :class:`Gone` if its entry aged out.
 
         Delivered mail is filed open (``in.<id>``); quarantined mail is filed and closed at once.
-        One write decides: ``in.<id>`` is created only if no key ``*.<id>`` of the bucket holds
-        anything, so neither open mail (``in.<id>``, or its purge marker once closed) nor closed
-        mail (``done.<id>``, which outlives the marker) is filed again. That covers a replay long
-        after the mail was closed: a sender may publish an old id again, as a new stream message.
-        (It replaced a read of ``done.<id>`` before the create: one backbone operation fewer per
-        message.) Only when that write is refused is anything read: then the two-step check
-        decides, the ``done.<id>`` read and a create-once of ``in.<id>`` alone, so an unrelated
-        key under the same id (this member's own sent message ``out.<id>``) costs a few reads
-        and never a refusal."""
+        Every write of ``in.<id>`` is conditional on the last revision of any key ``*.<id>`` of the
+        bucket (``Nats-Expected-Last-Subject-Sequence-Subject``): one check, the same for every
+        instance, so one write wins, on a clustered bucket too (its leader keeps one write per
+        check in flight; a plain create-once of ``in.<id>`` beside it would be another check, and
+        both could pass). The first write expects nothing under the id: new mail is filed by one
+        write, nothing read. Refused, it reads what holds the id. Open or closed mail (``in.<id>``,
+        its purge marker, ``done.<id>``, which outlives the marker, so a replay long after the
+        close is known) is what is on file. Another key alone (this member's own sent message
+        ``out.<id>``) is stepped over: the next write expects that key's revision instead."""
         value = msgspec.json.encode(rec)
-        rev = await self._create(f"in.{rec.id}", value, alone_under=rec.id)
-        if rev is None:  # something is on file under this id: read what
-            closed_now = await self.closed_entry(rec.id)
-            if closed_now is not None:
-                return msgspec.json.decode(closed_now[0], type=InRecord)
-            rev = await self._create(f"in.{rec.id}", value)
-            if rev is None:
+        expected = 0
+        for _ in range(CAS_ATTEMPTS):
+            rev = await self._create(f"in.{rec.id}", value, alone_under=rec.id, last=expected)
+            if rev is not None:
+                break
+            holder = await self._get(f"*.{rec.id}")  # the newest write under the id
+            if holder is None:  # it aged out meanwhile
+                expected = 0
+                continue
+            ours = (f"{self._prefix}in.{rec.id}", f"{self._prefix}done.{rec.id}")
+            if holder.subject in ours or await self._get(f"in.{rec.id}") is not None \
+                    or await self._get(f"done.{rec.id}") is not None:  # (read after the holder: see above)
+                closed_now = await self.closed_entry(rec.id)
+                if closed_now is not None:
+                    return msgspec.json.decode(closed_now[0], type=InRecord)
                 on_file = await self.in_record(rec.id)
                 return on_file if on_file is not None else Gone(id=rec.id)
+            expected = holder.seq  # written since, under the id, and this write is refused again
+        else:
+            raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"state entries under {rec.id} kept changing; retry",
+                            rule="state-contention", message_id=rec.id)
         if rec.status != State.DELIVERED.value:
             await self.close(rec)
         # Delivered mail joins the open-mail index through the watch, never from here: the

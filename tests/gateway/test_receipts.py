@@ -141,6 +141,7 @@ async def test_an_applied_receipt_the_inbox_would_not_delete_is_redelivered_unti
     real_delete, refused = net.delete_msg, []
 
     async def refuse_first(stream: str, seq: int, **kw: Any) -> bool:
+        assert not kw.get("erase"), "an applied receipt is removed, not erased"
         if not refused:
             refused.append(seq)
             raise RuntimeError("the inbox's leader did not answer")

@@ -106,8 +106,20 @@ async def test_mail_is_deleted_when_its_types_retention_is_over(net: tuple[Netwo
     assert {address.id, care.id} <= council.store.open.keys()
     assert await in_stream(n, acked.seq) and not (await council.store.in_record(acked.id) or acked).deleted
 
+    # what retention deletes is erased (overwritten on disk); the hot path's deletes only remove
+    net_ops = council.link.net_ops
+    assert net_ops is not None
+    deletes: list[tuple[int, bool]] = []
+    real_delete = net_ops.delete_msg
+
+    async def recorded_delete(stream: str, seq: int, *, erase: bool = False, timeout: float | None = None) -> bool:
+        deletes.append((seq, erase))
+        return await real_delete(stream, seq, erase=erase, timeout=timeout)
+
+    net_ops.delete_msg = recorded_delete  # type: ignore[method-assign]
     clock.now += timedelta(days=2)  # day 8: the change of address is past its retention
     await wait_gone(n, address.id)
+    assert (address.seq, True) in deletes and all(erase for _, erase in deletes), deletes
     assert not await in_stream(n, address.seq) and await in_stream(n, care.seq)
     code, problem = await call(n, n.COUNCIL, "GET", f"/v1/inbox/{address.id}")
     assert (code, problem["code"], problem["rule"]) == (404, "not-found", "retention")

@@ -341,20 +341,30 @@ async def marker_gone(network: Network, message_id: str) -> None:
 async def test_closed_mail_that_comes_again_is_recognised_with_its_marker_and_after_it(
         network: Network, monkeypatch: pytest.MonkeyPatch) -> None:
     """Closed mail that comes again (a redelivery, or a sender publishing an old id anew) is never
-    filed twice: the one create-once write is refused while anything is kept under the id (the
-    purge marker, then ``done.<id>``), and what is on file is read only then."""
+    filed twice: the one conditional write is refused while anything is kept under the id (the
+    purge marker, then ``done.<id>``), and what is on file is read only then. Every write of
+    ``in.<id>`` carries the one check ``*.<id>``, so instances on a clustered bucket cannot both
+    pass two different checks."""
     from psvn.gateway import store as store_module
     from psvn.gateway.store import InRecord
 
     store = network.gateways[network.TRUST].gateway.store
+    assert store.kv is not None
     reads: list[str] = []
-    real_read = store._read
+    writes: list[tuple[str, int, str | None]] = []
+    real_get, real_update = store._get, store.kv.update
 
-    async def counted_read(key: str) -> tuple[bytes, int] | None:
+    async def counted_get(key: str) -> Any:
         reads.append(key)
-        return await real_read(key)
+        return await real_get(key)
 
-    monkeypatch.setattr(store, "_read", counted_read)
+    async def counted_update(key: str, value: bytes, *, last: int, of: str | None = None,
+                             timeout: float | None = None) -> int:
+        writes.append((key, last, of))
+        return await real_update(key, value, last=last, of=of, timeout=timeout)
+
+    monkeypatch.setattr(store, "_get", counted_get)
+    monkeypatch.setattr(store.kv, "update", counted_update)
 
     async def delivered_then_acknowledged() -> InRecord:
         _code, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
@@ -366,9 +376,9 @@ async def test_closed_mail_that_comes_again_is_recognised_with_its_marker_and_af
 
     again = await delivered_then_acknowledged()
     reads.clear()
-    on_file = await store.file(again)  # recognised: the create refused, then done.<id> read
+    on_file = await store.file(again)  # recognised: the write refused, then what holds the id read
     assert isinstance(on_file, InRecord) and on_file.status == "acknowledged"
-    assert reads == [f"done.{again.id}"]
+    assert reads == [f"*.{again.id}", f"done.{again.id}"]
     fresh = msgspec.structs.replace(again, id=str(uuid.uuid4()))
     reads.clear()
     assert await store.file(fresh) is None  # new mail: filed by the one write, nothing read
@@ -378,7 +388,7 @@ async def test_closed_mail_that_comes_again_is_recognised_with_its_marker_and_af
     monkeypatch.setattr(store_module, "CLOSED_MARKER_TTL", 1.0)  # these letters' markers live 1 s
     again = await delivered_then_acknowledged()
     await marker_gone(network, again.id)
-    on_file = await store.file(again)  # the marker gone: the closed entry, read first, answers
+    on_file = await store.file(again)  # the marker gone: done.<id> refuses the write and answers
     assert isinstance(on_file, InRecord) and on_file.status == "acknowledged"
     assert again.id not in store.open
 
@@ -390,17 +400,20 @@ async def test_closed_mail_that_comes_again_is_recognised_with_its_marker_and_af
     on_file = await store.file(dotted)
     assert isinstance(on_file, InRecord) and on_file.status == "quarantined"
 
-    # another key under the id (the trust's own sent message out.<id>) refuses the one write,
-    # never the mail: it is filed by the two-step check
+    # another key under the id (the trust's own sent message out.<id>) refuses the first write,
+    # never the mail: the next write expects that key's revision, under the same check
     mine = msgspec.structs.replace(again, id=str(uuid.uuid4()), status="delivered")
-    assert store.kv is not None
-    await store.kv.put(f"out.{mine.id}", b"{}")
+    revision = await real_update(f"out.{mine.id}", b"{}", last=0)
     reads.clear()
+    writes.clear()
     assert await store.file(mine) is None
-    assert reads == [f"done.{mine.id}"]
+    assert reads == [f"*.{mine.id}", f"in.{mine.id}", f"done.{mine.id}"]
+    assert writes == [(f"in.{mine.id}", 0, f"*.{mine.id}"), (f"in.{mine.id}", revision, f"*.{mine.id}")]
     on_file = await store.in_record(mine.id)
     assert on_file is not None and on_file.status == "delivered"
+    writes.clear()
     assert await store.file(mine) == on_file  # and once only
+    assert writes == [(f"in.{mine.id}", 0, f"*.{mine.id}")]
     await store.close(msgspec.structs.replace(mine, status="acknowledged"))
 
 

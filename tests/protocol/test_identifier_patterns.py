@@ -61,6 +61,9 @@ def test_gateway_message_ids_from_the_backbone() -> None:
 
     assert _MSG_ID.fullmatch("8dde6669-aaaa")
     assert not _MSG_ID.fullmatch("8dde6669-aaaa\n")
+    assert _MSG_ID.fullmatch("rcpt.8dde6669-aaaa.acknowledged") and _MSG_ID.fullmatch("a" * 128)
+    for bad in ("a..b", "a.", ".a", "a" * 129, "a.*", "a.>", "a b", ""):
+        assert not _MSG_ID.fullmatch(bad), bad
 
 
 def test_certificate_names() -> None:
