@@ -239,6 +239,7 @@ async def memory_run(sender: Any, receivers: list[Any], obs: DeliveryObserver, o
         sent = await _send_batches(sender, payloads, batch_size=opts.batch_size, time_limit=opts.time_limit,
                                    tag=f"{tag}-{done}")
         ids = [m for m, _, _ in sent.times]
+        out.first_error = out.first_error or sent.first_error
         patience = opts.delivery_timeout + len(ids) / 100  # a round's delivery, then its acks, may take a while
         await obs.wait_all(ids, patience)
         acked = await _ack_all(receivers, [m for m in ids if m in obs.mailbox], len(receivers), patience)

@@ -141,6 +141,7 @@ class MemoryRun(msgspec.Struct, kw_only=True):
     start: dict[str, float | None] = msgspec.field(default_factory=dict)
     after: list[dict[str, float | None]] = msgspec.field(default_factory=list)
     errors: int = 0  # sends that failed or letters left unacknowledged
+    first_error: str | None = None  # the first failed send's code and text
 
     def settled_growth(self, name: str) -> float | None:
         """Growth after the first round (which fills the gateway's bounded caches) to the end."""
@@ -444,7 +445,8 @@ def _format_memory_run(mr: MemoryRun | None) -> list[str]:
         return []
     lines = [f"memory run: {mr.messages:,} messages through send_many in rounds of {mr.round_size:,}, the "
              f"recipient acknowledging each round; VmRSS MiB at the start, then after each round"
-             + (f" ({mr.errors} failed or left unacknowledged)" if mr.errors else "")]
+             + (f" ({mr.errors} failed or left unacknowledged"
+                + (f"; first: {mr.first_error}" if mr.first_error else "") + ")" if mr.errors else "")]
     for name, start in mr.start.items():
         series = " ".join(_mib(a.get(name)) for a in mr.after)
         settled = mr.settled_growth(name)

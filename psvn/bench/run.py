@@ -171,6 +171,8 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
                 report.cleanup_acknowledged = await _ack_all(receiver, all_ids, opts.concurrency,
                                                              opts.delivery_timeout)
         if opts.memory_messages:  # after the clean-up: the trust starts it with no open work
+            if started:
+                await _room_for(nc, opts.memory_messages)
             say(f"memory run: {opts.memory_messages} messages through send_many, acknowledged round by round ...")
             async with contextlib.AsyncExitStack() as stack:
                 sender, receiver = await clients(stack, COUNCIL), await clients(stack, TRUST)
@@ -199,6 +201,22 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
     report.notes += _notes(report)
     report.seconds = round(time.perf_counter() - t_run, 2)
     return report
+
+
+async def _room_for(nc: Any, messages: int) -> None:
+    """A temporary devnet only: make room in the trust's inbox for ``messages`` more from the
+    council. The inbox keeps every letter for its retention period, acknowledged or not, and
+    each sender may keep PER_SENDER_MAX_MSGS there (a flood limit), so the runs before the
+    memory run would otherwise leave it short of 100,000."""
+    from psvn.broker.provision import PER_SENDER_MAX_MSGS
+    from psvn.protocol.subjects import inbox_stream
+
+    js = nc.jetstream()
+    cfg = (await js.stream_info(inbox_stream(TRUST))).config
+    wanted = PER_SENDER_MAX_MSGS + messages
+    if (cfg.max_msgs_per_subject or 0) < wanted:
+        cfg.max_msgs_per_subject = wanted
+        await js.update_stream(cfg)
 
 
 def _notes(r: Report) -> list[str]:
