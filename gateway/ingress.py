@@ -33,7 +33,7 @@ from psvn.gateway.feeds import FeedView
 from psvn.gateway.link import PUBLISH_PATIENCE, already_gone
 from psvn.gateway.mailbox import Mailbox
 from psvn.gateway.parts import Part, Shared
-from psvn.gateway.store import Gone, InRecord, OutRecord
+from psvn.gateway.store import KEY_ID, Gone, InRecord, OutRecord
 from psvn.gateway.sweeps import UNSETTLED, Sweeper
 from psvn.gateway.webhook import WebhookPusher
 from psvn.policies.consent import TYPE as CONSENT_TYPE
@@ -191,9 +191,14 @@ class Ingress(Part):
         headers = msg.headers or {}
         seq = msg.metadata.sequence.stream
         raw_id = headers.get("Nats-Msg-Id")
-        # the id is chosen by the sender: only a well-formed one may become a key of our state
-        msg_id = raw_id if raw_id and MSG_ID.fullmatch(raw_id) else f"seq-{seq}"
-        if msg.subject.startswith("psvn.rcpt."):
+        # The id is chosen by the sender: only a well-formed one may become a key of our state.
+        # A receipt's id has dots (rcpt.<id>.<status>); a message's may not, since the mailbox
+        # reads and acknowledges mail by a dotless id: one with dots is filed under its stream
+        # sequence instead, which its envelope then contradicts, so it is quarantined.
+        receipt = msg.subject.startswith("psvn.rcpt.")
+        well_formed = raw_id is not None and (MSG_ID if receipt else KEY_ID).fullmatch(raw_id) is not None
+        msg_id = raw_id if raw_id is not None and well_formed else f"seq-{seq}"
+        if receipt:
             await self._handle_receipt(msg, msg_id, seq, owe)
         else:
             await self._handle_message(msg, msg_id, seq, owe)

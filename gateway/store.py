@@ -401,8 +401,13 @@ class StateStore:
                 closed_now = await self.closed_entry(rec.id)
                 if closed_now is not None:
                     return msgspec.json.decode(closed_now[0], type=InRecord)
-                on_file = await self.in_record(rec.id)
-                return on_file if on_file is not None else Gone(id=rec.id)
+                opened = await self._read(f"in.{rec.id}")
+                if opened is None:  # a purge marker alone: closed, and its done.<id> aged out
+                    return Gone(id=rec.id)
+                on_file = msgspec.json.decode(opened[0], type=InRecord)
+                if on_file.status != State.DELIVERED.value:  # filed closed, but closing failed half-way
+                    await self.close(on_file)
+                return on_file
             expected = holder.seq  # written since, under the id, and this write is refused again
         else:
             raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"state entries under {rec.id} kept changing; retry",

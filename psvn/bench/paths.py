@@ -227,23 +227,25 @@ async def psvn_latency(sender: Any, obs: DeliveryObserver, payloads: list[dict[s
 
 async def memory_run(sender: Any, receivers: list[Any], obs: DeliveryObserver, opts: Options, tag: str,
                      pids: dict[str, int]) -> MemoryRun:
-    """``opts.memory_messages`` through ``send_many`` in ten rounds (at least one batch each);
-    after each round the recipient's systems acknowledge what it delivered, then each process
-    in ``pids`` has its VmRSS read. Memory over history then, not over open work."""
+    """A first round that fills the gateways' bounded caches, then ``opts.memory_messages``
+    through ``send_many`` in ten rounds (each at least one batch); after every round the
+    recipient's systems acknowledge what it delivered, then each process in ``pids`` has its
+    VmRSS read. Memory over history then, not over open work."""
     size = max(opts.batch_size, -(-opts.memory_messages // 10))
     out = MemoryRun(round_size=size, start={name: memory_mib(pid)[0] for name, pid in pids.items()})
-    done = 0
-    while done < opts.memory_messages:
-        n = min(size, opts.memory_messages - done)
+    done, total = 0, size + opts.memory_messages  # the first round is not counted
+    while done < total:
+        n = min(size, total - done)
         payloads = [service_request(2_000_000 + done + i, tag) for i in range(n)]
-        sent = await _send_batches(sender, payloads, batch_size=opts.batch_size, time_limit=opts.time_limit,
-                                   tag=f"{tag}-{done}")
+        patience = opts.delivery_timeout + n / 100  # a round's sends, delivery and acks may take a while
+        sent = await _send_batches(sender, payloads, batch_size=opts.batch_size,
+                                   time_limit=max(opts.time_limit, patience), tag=f"{tag}-{done}")
         ids = [m for m, _, _ in sent.times]
         out.first_error = out.first_error or sent.first_error
-        patience = opts.delivery_timeout + len(ids) / 100  # a round's delivery, then its acks, may take a while
         await obs.wait_all(ids, patience)
         acked = await _ack_all(receivers, [m for m in ids if m in obs.mailbox], len(receivers), patience)
-        out.messages += acked
+        if done:
+            out.messages += acked
         out.errors += n - acked
         out.after.append({name: memory_mib(pid)[0] for name, pid in pids.items()})
         done += n

@@ -131,12 +131,13 @@ class Memory(msgspec.Struct, kw_only=True):
 
 
 class MemoryRun(msgspec.Struct, kw_only=True):
-    """``--memory-messages N``: after the other runs and their clean-up, N more messages through
-    ``send_many`` in ``rounds`` rounds, the recipient's system acknowledging each round before
-    the next, so the gateways' memory is read over N messages of history with almost no open
-    work. ``start``: each gateway's VmRSS (MiB) before it; ``after``: after each round."""
+    """``--memory-messages N``: after the other runs and their clean-up, a first round that fills
+    the gateways' bounded caches, then N more messages through ``send_many`` in rounds, the
+    recipient's systems acknowledging each round before the next, so the gateways' memory is
+    read over N messages of history with almost no open work. ``start``: each gateway's VmRSS
+    (MiB) before it; ``after``: after each round, the first round's included."""
 
-    messages: int = 0  # sent and acknowledged
+    messages: int = 0  # sent and acknowledged after the first round
     round_size: int = 0
     start: dict[str, float | None] = msgspec.field(default_factory=dict)
     after: list[dict[str, float | None]] = msgspec.field(default_factory=list)
@@ -144,7 +145,8 @@ class MemoryRun(msgspec.Struct, kw_only=True):
     first_error: str | None = None  # the first failed send's code and text
 
     def settled_growth(self, name: str) -> float | None:
-        """Growth after the first round (which fills the gateway's bounded caches) to the end."""
+        """Growth from the end of the first round (which fills the gateway's bounded caches) to
+        the end: over ``messages``."""
         if len(self.after) < 2:
             return None
         first, last = self.after[0].get(name), self.after[-1].get(name)
@@ -236,11 +238,12 @@ def assess(r: Report) -> list[Target]:
     ]
     rss = Target(name=T_RSS, target=f"a few MiB across {RSS_MESSAGES:,} messages", unit=" MiB")
     mr = r.memory_run
-    settled = [g for g in (mr.settled_growth(n) for n in mr.start) if g is not None] if mr is not None else []
+    settled = [mr.settled_growth(n) for n in mr.start] if mr is not None else []
     if mr is not None and settled:
         # the memory run: each gateway's growth once its caches were full, every letter acknowledged
-        rss.measured = max(settled)
-        if mr.messages >= RSS_MESSAGES and not mr.errors:
+        known = [g for g in settled if g is not None]
+        rss.measured = max(known) if known else None
+        if mr.messages >= RSS_MESSAGES and not mr.errors and rss.measured is not None and len(known) == len(settled):
             rss.meets = rss.measured <= RSS_FEW_MIB
     else:
         # history, not open work: a gateway still holding the run's letters unacknowledged is not the measure
@@ -443,14 +446,16 @@ def _format_memory(r: Report, target: str) -> list[str]:
 def _format_memory_run(mr: MemoryRun | None) -> list[str]:
     if mr is None:
         return []
-    lines = [f"memory run: {mr.messages:,} messages through send_many in rounds of {mr.round_size:,}, the "
-             f"recipient acknowledging each round; VmRSS MiB at the start, then after each round"
+    lines = [f"memory run: a first round of {mr.round_size:,}, then {mr.messages:,} messages through send_many "
+             f"in rounds of {mr.round_size:,}, the recipient acknowledging each round; VmRSS MiB at the start, "
+             "then after each round"
              + (f" ({mr.errors} failed or left unacknowledged"
                 + (f"; first: {mr.first_error}" if mr.first_error else "") + ")" if mr.errors else "")]
     for name, start in mr.start.items():
         series = " ".join(_mib(a.get(name)) for a in mr.after)
         settled = mr.settled_growth(name)
-        tail = "" if settled is None else f"  ({_mib(settled, sign=True)} after the first round)"
+        tail = ("" if settled is None
+                else f"  ({_mib(settled, sign=True)} over the {mr.messages:,} after the first round)")
         lines.append(f"  {name:<30} {_mib(start):>8} | {series}{tail}")
     lines.append("")
     return lines

@@ -213,7 +213,7 @@ async def _room_for(nc: Any, messages: int) -> None:
 
     js = nc.jetstream()
     cfg = (await js.stream_info(inbox_stream(TRUST))).config
-    wanted = PER_SENDER_MAX_MSGS + messages
+    wanted = PER_SENDER_MAX_MSGS + messages + messages // 10 + 1_000  # (its first round, and a margin)
     if (cfg.max_msgs_per_subject or 0) < wanted:
         cfg.max_msgs_per_subject = wanted
         await js.update_stream(cfg)

@@ -225,9 +225,10 @@ def test_cli_json_and_keep(layout: devnet.Layout, capsys: pytest.CaptureFixture[
     assert doc["latency"]["psvn_cpu"]["ms_per_msg"]["total"] >= 0
     assert [t["name"] for t in doc["targets"]][-1] == "sender gateway restart, to /readyz 200"
     assert doc["targets"][-1]["measured"] is None and doc["targets"][-1]["meets"] is None
-    # --memory-messages: 20 more in rounds of 4 (a batch each), every one acknowledged, RSS read after each
+    # --memory-messages: a first round of 4, then 20 more in rounds of 4 (a batch each), every one
+    # acknowledged, RSS read after each round
     mr = doc["memory_run"]
-    assert (mr["messages"], mr["errors"], mr["round_size"], len(mr["after"])) == (20, 0, 4, 5)
+    assert (mr["messages"], mr["errors"], mr["round_size"], len(mr["after"])) == (20, 0, 4, 6)
     assert set(mr["start"]) == {"gateway gss:E06000043", "gateway ods:RYR"}
     assert all(v > 10 for reading in (mr["start"], *mr["after"]) for v in reading.values())
     settled = max(mr["after"][-1][g] - mr["after"][0][g] for g in mr["start"])
@@ -390,6 +391,10 @@ def test_targets_are_read_beside_the_figures_never_as_a_verdict_on_the_run() -> 
     r.memory_run = bench.MemoryRun(messages=50_000, round_size=5_000, start={"gateway a": 80.0},
                                    after=[{"gateway a": 90.0}, {"gateway a": 91.0}])
     assert {t.name: (t.measured, t.meets) for t in bench.assess(r)}[rp.T_RSS] == (1.0, None)  # too few
+    r.memory_run = bench.MemoryRun(
+        messages=100_000, round_size=10_000, start={"gateway a": 80.0, "gateway c": 80.0},
+        after=[{"gateway a": 90.0, "gateway c": None}, {"gateway a": 91.0, "gateway c": None}])
+    assert {t.name: (t.measured, t.meets) for t in bench.assess(r)}[rp.T_RSS] == (1.0, None)  # c unread: cannot say
     r.memory_run = None
     r.memory["gateway a"].messages = 2000
     r.restart = bench.Restart(gateway="a", ready=False, error="exited")

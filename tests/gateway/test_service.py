@@ -416,6 +416,25 @@ async def test_closed_mail_that_comes_again_is_recognised_with_its_marker_and_af
     assert writes == [(f"in.{mine.id}", 0, f"*.{mine.id}")]
     await store.close(msgspec.structs.replace(mine, status="acknowledged"))
 
+    # quarantined mail is filed closed: if the close fails half-way (an election), the
+    # redelivery finds the entry filed and finishes the close, rather than taking it for gone
+    junk = InRecord(id=str(uuid.uuid4()), source=network.COUNCIL, to=network.TRUST, type="unknown", time="t",
+                    status="quarantined", size=1, seq=1, reason="invalid-envelope: x")
+    real_close, failed = store.close, []
+
+    async def close_fails_once(rec: InRecord) -> None:
+        if not failed:
+            failed.append(rec.id)
+            raise RuntimeError("the state bucket's leader did not answer")
+        await real_close(rec)
+
+    monkeypatch.setattr(store, "close", close_fails_once)
+    with pytest.raises(RuntimeError):
+        await store.file(junk)  # (the ingress naks it: it comes again)
+    on_file = await store.file(junk)
+    assert isinstance(on_file, InRecord) and on_file.status == "quarantined"
+    assert await store.closed_entry(junk.id) is not None and failed == [junk.id]
+
 
 async def test_systems_see_only_their_mailboxes(network: Network) -> None:
     """The trust's PAS may read the research mailbox only (config gateway.system_mailboxes)."""
