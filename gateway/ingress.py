@@ -196,8 +196,8 @@ class Ingress(Part):
         # reads and acknowledges mail by a dotless id: one with dots is filed under its stream
         # sequence instead, which its envelope then contradicts, so it is quarantined.
         receipt = msg.subject.startswith("psvn.rcpt.")
-        well_formed = raw_id is not None and (MSG_ID if receipt else KEY_ID).fullmatch(raw_id) is not None
-        msg_id = raw_id if raw_id is not None and well_formed else f"seq-{seq}"
+        pattern = MSG_ID if receipt else KEY_ID
+        msg_id = raw_id if raw_id is not None and pattern.fullmatch(raw_id) else f"seq-{seq}"
         if receipt:
             await self._handle_receipt(msg, msg_id, seq, owe)
         else:
