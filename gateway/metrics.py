@@ -53,8 +53,20 @@ class Metrics:
                                   "the gateway set it once started (gateway.gc_threshold)", ["generation"], registry=r)
         self.gc_frozen = Gauge("psvn_gc_frozen_objects", "Objects start-up built that the garbage collector no "
                                "longer walks (gc.freeze once started)", registry=r)
+        self.heap_trim_interval = Gauge("psvn_heap_trim_interval_seconds", "How often the C allocator's free "
+                                        "pages go back to the system (gateway.heap_trim_seconds); 0: never, "
+                                        "or the C library cannot", registry=r)
+        self.heap_trims = Counter("psvn_heap_trims_total", "Calls that handed the C allocator's free pages back to "
+                                  "the system, by whether any memory went back", ["released"], registry=r)
+        self.heap_trim_seconds = Histogram("psvn_heap_trim_seconds", "How long the event loop waited on one "
+                                           "trim of the C allocator", registry=r,
+                                           buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1))
 
     def heap_settled(self, thresholds: tuple[int, int, int], frozen: int) -> None:
         for generation, value in enumerate(thresholds):
             self.gc_threshold.labels(str(generation)).set(value)
         self.gc_frozen.set(frozen)
+
+    def heap_trimmed(self, seconds: float, released: bool) -> None:
+        self.heap_trims.labels("yes" if released else "no").inc()
+        self.heap_trim_seconds.observe(seconds)

@@ -16,6 +16,7 @@ from psvn.certs import tls
 from psvn.core import heap
 from psvn.gateway.config import GatewayConfig
 from psvn.gateway.http import make_app
+from psvn.gateway.metrics import Metrics
 from psvn.gateway.service import Gateway
 
 log = structlog.get_logger("psvn.gateway.server")
@@ -128,10 +129,27 @@ async def run_forever(config: GatewayConfig) -> None:
     settled = heap.settle(config.gateway.gc_threshold)
     server.gateway.metrics.heap_settled(settled.thresholds, settled.frozen)
     log.info("garbage collector set", thresholds=list(settled.thresholds), frozen=settled.frozen)
+    trimming = trim_heap(config.gateway.heap_trim_seconds, server.gateway.metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop()
+    try:
+        await stop.wait()
+    finally:
+        if trimming is not None:
+            trimming.cancel()
+        await server.stop()
+
+
+def trim_heap(every: float, metrics: Metrics) -> asyncio.Task[None] | None:
+    """Hand the C allocator's free pages back every ``every`` seconds (psvn.core.heap), in the
+    gateway's own process only, like the collector's settings; the task, or None if never."""
+    trim = heap.malloc_trim() if every else None
+    metrics.heap_trim_interval.set(every if trim is not None else 0)
+    log.info("heap trimming", every_seconds=every if trim is not None else 0,
+             **({"unavailable": "the C library has no malloc_trim"} if every and trim is None else {}))
+    if trim is None:
+        return None
+    return asyncio.create_task(heap.trim_every(every, trim, observe=metrics.heap_trimmed))

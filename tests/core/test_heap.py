@@ -1,8 +1,10 @@
-"""psvn/core/heap.py: the garbage collector as a started gateway sets it."""
+"""psvn/core/heap.py: the garbage collector as a started gateway sets it, and the allocator trimmed."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import platform
 from collections.abc import Iterator
 
 import pytest
@@ -42,3 +44,47 @@ def test_settle_refuses_a_negative_threshold(restored: None) -> None:
     with pytest.raises(ValueError, match="-5"):
         heap.settle(-5)
     assert gc.get_threshold() == before
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_malloc_trim_hands_free_pages_between_live_objects_back() -> None:
+    trim = heap.malloc_trim()
+    assert trim is not None  # glibc has it: a None here would silently never trim
+    trim()  # start from a trimmed heap
+    blocks = [bytes(4000) for _ in range(16_000)]  # ~64 MB from malloc (over pymalloc's 512 bytes)
+    kept = blocks[::16]  # one live block in sixteen: the free space between them is not the heap's top
+    del blocks
+    before = _rss_mib()
+    assert trim() is True
+    after = _rss_mib()
+    assert before - after > 30, (before, after)  # ~60 MB of free pages went back
+    assert len(kept) == 1_000 and all(len(b) == 4000 for b in kept)  # the live ones are untouched
+
+
+async def test_trim_every_calls_trim_each_interval_and_reports_each_call() -> None:
+    slept: list[float] = []
+    observed: list[tuple[float, bool]] = []
+    ticks = iter([10.0, 10.003, 20.0, 20.001, 30.0, 30.002])
+    released = iter([True, False, True])
+
+    async def sleep(seconds: float) -> None:
+        if len(slept) == 3:
+            raise asyncio.CancelledError  # the gateway stopping: the loop ends there
+        slept.append(seconds)
+
+    with pytest.raises(asyncio.CancelledError):
+        await heap.trim_every(10.0, lambda: next(released), sleep=sleep, clock=lambda: next(ticks),
+                              observe=lambda s, r: observed.append((round(s, 6), r)))
+    assert slept == [10.0, 10.0, 10.0]
+    assert observed == [(0.003, True), (0.001, False), (0.002, True)]  # waited on, and whether it released
+
+
+@pytest.mark.parametrize("interval", [0.0, -1.0])
+async def test_trim_every_refuses_an_interval_that_is_not_positive(interval: float) -> None:
+    with pytest.raises(ValueError, match="interval"):
+        await heap.trim_every(interval, lambda: True, observe=lambda s, r: None)

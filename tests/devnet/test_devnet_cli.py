@@ -75,6 +75,8 @@ def test_devnet_referral_council_to_trust(devnet_dir: Path) -> None:
     gc_metrics = gateway_metrics(devnet_dir, "ods:RYR", "psvn_gc_")
     assert gc_metrics['psvn_gc_threshold{generation="0"}'] == 100_000
     assert gc_metrics["psvn_gc_frozen_objects"] > 10_000  # start-up's heap: the registry, policy, models
+    # and hands the C allocator's free pages back every 10 s (gateway.heap_trim_seconds)
+    assert gateway_metrics(devnet_dir, "ods:RYR", "psvn_heap_trim_interval")["psvn_heap_trim_interval_seconds"] == 10
 
     sent = run("send", *d, "--as", "gss:E06000043", "--to", "ods:RYR", "--type", "fhir.r4.ServiceRequest",
                "--purpose", "direct-care", "--classification", "OFFICIAL-SENSITIVE", "--subject", "nhs:9434765919",
