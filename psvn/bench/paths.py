@@ -17,7 +17,6 @@ from psvn.bench.process import CpuMeter, memory_mib
 from psvn.bench.report import (
     CLASSIFICATION,
     MESSAGE_TYPE,
-    NHS_NUMBER,
     PURPOSE,
     TRUST,
     Latency,
@@ -26,7 +25,7 @@ from psvn.bench.report import (
     _rate,
     percentiles,
 )
-from psvn.bench.workload import Options, service_request
+from psvn.bench.workload import Options, service_request, subject_of
 
 
 # -- psvn end to end -----------------------------------------------------------------------
@@ -65,7 +64,7 @@ async def _send_many(client: Any, payloads: list[dict[str, Any]], *, concurrency
             t0 = time.perf_counter()
             try:
                 res = await c.send(TRUST, MESSAGE_TYPE, payloads[i], purpose=PURPOSE,
-                                        classification=CLASSIFICATION, subject=f"nhs:{NHS_NUMBER}",
+                                        classification=CLASSIFICATION, subject=subject_of(payloads[i]),
                                         correlation_id=f"{tag}-{i}")
             except psvn_client.PsvnError as exc:
                 out.errors[str(exc.code)] += 1
@@ -175,7 +174,7 @@ async def _send_batches(client: Any, payloads: list[dict[str, Any]], *, batch_si
             out.time_limited = True
             break
         chunk = [Message(to=TRUST, type=MESSAGE_TYPE, payload=p, purpose=PURPOSE, classification=CLASSIFICATION,
-                         subject=f"nhs:{NHS_NUMBER}", correlation_id=f"{tag}-{start + i}")
+                         subject=subject_of(p), correlation_id=f"{tag}-{start + i}")
                  for i, p in enumerate(payloads[start:start + batch_size])]
         out.attempted += len(chunk)
         t0 = time.perf_counter()

@@ -7,10 +7,10 @@ from typing import Any
 
 import msgspec
 
-from psvn.bench.report import (
-    NHS_NUMBER,
-)
 from psvn.core.errors import Code, PsvnError
+from psvn.policies.validators.common import is_nhs_number
+
+PATIENTS = 500_000  # distinct patients the bench's messages are about (then they repeat)
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,32 @@ class Options:
             raise PsvnError(Code.BAD_REQUEST, "time limits must be positive", field="--time-limit", rule="range")
 
 
+def nhs_number(seq: int) -> str:
+    """A valid NHS number in the 999 test range, a different patient for each ``seq`` (up to
+    :data:`PATIENTS`). Each message is about its own patient, as referrals are: consent is read
+    per patient, and concurrent decisions about one patient share a read, so a bench about one
+    patient throughout would measure a cheaper path than real traffic takes."""
+    base = 999_000_000 + 2 * (seq % PATIENTS)
+    for nine in (base, base + 1):  # an even base's last digit is never 9, so +1 adds 2 to the sum:
+        total = sum(w * int(ch) for w, ch in zip(range(10, 1, -1), str(nine), strict=True))  # if the base
+        check = (11 - total % 11) % 11  # has no check digit (10), base + 1 has one
+        if check != 10:
+            number = f"{nine}{check}"
+            assert is_nhs_number(number)
+            return number
+    raise AssertionError("unreachable: base + 1 always has a check digit")
+
+
+def subject_of(payload: dict[str, Any]) -> str:
+    """The consent subject a :func:`service_request` is about (``nhs:<its patient>``)."""
+    return f"nhs:{payload['subject']['identifier']['value']}"
+
+
 def service_request(seq: int, run: str = "bench") -> dict[str, Any]:
     """A realistic council -> trust referral (FHIR R4 ServiceRequest, UK Core profile), ~1 KiB as
-    compact JSON; ``seq`` makes each one distinct, as real traffic is."""
+    compact JSON; ``seq`` makes each one distinct, as real traffic is, and about its own patient
+    (:func:`nhs_number`)."""
+    patient = nhs_number(seq)
     return {
         "resourceType": "ServiceRequest",
         "id": f"asc-referral-{seq:06d}",
@@ -55,8 +78,8 @@ def service_request(seq: int, run: str = "bench") -> dict[str, Any]:
                                   "display": "Referral to service"}]}],
         "priority": "urgent",
         "code": {"text": "Falls and mobility assessment"},
-        "subject": {"reference": f"Patient/{NHS_NUMBER}",
-                    "identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": NHS_NUMBER},
+        "subject": {"reference": f"Patient/{patient}",
+                    "identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": patient},
                     "display": "John SMITH"},
         "authoredOn": "2024-05-13T10:15:00+01:00",
         "requester": {"type": "Organization", "display": "Brighton and Hove City Council - Adult Social Care"},

@@ -312,6 +312,20 @@ def test_payloads_are_distinct_and_about_a_kibibyte() -> None:
     assert 900 < bench.payload_size(a) < 1300
 
 
+def test_each_payload_is_about_its_own_patient_with_a_valid_nhs_number() -> None:
+    """Consent is read per patient and shared by concurrent decisions about one patient, so a
+    bench about one patient throughout measures a cheaper path than referrals take."""
+    from psvn.bench.workload import PATIENTS, nhs_number, subject_of
+    from psvn.policies.validators.common import is_nhs_number
+
+    numbers = [nhs_number(seq) for seq in range(20_000)]
+    assert len(set(numbers)) == len(numbers) and all(is_nhs_number(n) and n.startswith("999") for n in numbers)
+    assert nhs_number(PATIENTS + 7) == nhs_number(7)  # past PATIENTS, patients repeat (a bounded range)
+    payload = bench.service_request(42)
+    assert payload["subject"]["identifier"]["value"] == nhs_number(42) == payload["subject"]["reference"][8:]
+    assert subject_of(payload) == f"nhs:{nhs_number(42)}"
+
+
 def test_free_port_range_is_free() -> None:
     base = bench.free_port_range()
     assert bench.port_span() >= 13  # nats, monitoring, then gateways from +10
@@ -331,18 +345,24 @@ def test_each_worker_sends_through_its_own_client(layout: devnet.Layout) -> None
     class Counting:
         def __init__(self, real: AsyncClient) -> None:
             self.real, self.sent = real, 0
+            self.about: dict[str, str] = {}  # payload id -> the subject it was sent about
 
         async def send(self, *args: Any, **kwargs: Any) -> Any:
             self.sent += 1
+            self.about[args[2]["id"]] = kwargs["subject"]
             return await self.real.send(*args, **kwargs)
+
+    payloads = [bench.service_request(i) for i in range(9)]
+    about: dict[str, str] = {}
 
     async def go() -> tuple[paths._Sent, list[int]]:
         clients = [AsyncClient(g.url, ca=str(layout.ca), cert=str(cert), key=str(key), max_connections=1)
                    for _ in range(3)]
         try:
             counting = [Counting(c) for c in clients]
-            sent = await paths._send_many(counting, [bench.service_request(i) for i in range(9)], concurrency=3,
-                                          time_limit=60, tag="own-client")
+            sent = await paths._send_many(counting, payloads, concurrency=3, time_limit=60, tag="own-client")
+            for c in counting:
+                about.update(c.about)
             return sent, [c.sent for c in counting]
         finally:
             for c in clients:
@@ -351,6 +371,9 @@ def test_each_worker_sends_through_its_own_client(layout: devnet.Layout) -> None
     sent, per_client = asyncio.run(go())
     assert len(sent.times) == 9 and not sent.errors
     assert sum(per_client) == 9 and all(n >= 1 for n in per_client)
+    # each message is sent about its own patient, the one its payload names
+    assert about == {p["id"]: f"nhs:{p['subject']['identifier']['value']}" for p in payloads}
+    assert len(set(about.values())) == 9
 
 
 def test_targets_are_read_beside_the_figures_never_as_a_verdict_on_the_run() -> None:
