@@ -311,7 +311,8 @@ class ConsentLookup:
     async def consult(self, subjects: Iterable[str]) -> Consulted:
         """The current consent of exactly ``subjects`` (one direct get each, concurrently)."""
         wanted = sorted(set(subjects))
-        found = await asyncio.gather(*(self.read(s) for s in wanted))
+        # one subject (nearly every message names one patient): awaited without gather's task
+        found = [await self.read(wanted[0])] if len(wanted) == 1 else await asyncio.gather(*map(self.read, wanted))
         consent = ConsentRegistry()
         refused: list[tuple[str, str]] = []
         lagging = False
