@@ -44,8 +44,8 @@ class GatewaySection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Every this many seconds the C allocator's whole free pages go back to the system
     # (glibc's malloc_trim): without it a busy gateway's RSS crept up ~5 MiB per 100,000
     # messages with no object kept (psvn.core.heap). Each call holds the event loop ~2 ms.
-    # 0 never trims.
-    heap_trim_seconds: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    # Whole seconds, at most an hour; 0 never trims.
+    heap_trim_seconds: Annotated[int, msgspec.Meta(ge=0, le=3600)] = 10
     policy_wait_seconds: float = 10.0  # at start: how long to wait for an acceptable policy set
     # One sender's share of this member's inbox: bytes of its mail delivered and not yet
     # acknowledged. Past it, new mail from that sender is refused (the sender is told

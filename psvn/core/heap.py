@@ -34,11 +34,14 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import gc
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+import structlog
+
+log = structlog.get_logger("psvn.core.heap")
 
 # the older generations' thresholds: a middle collection every 20 young ones, a full one every
 # 10 middle ones at most (Python also holds a full one back until the long-lived objects grew
@@ -75,11 +78,8 @@ Trim = Callable[[], bool]
 def malloc_trim() -> Trim | None:
     """glibc's ``malloc_trim(0)`` as a function (True when it released memory), or None where
     the C library has none."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        fn = ctypes.CDLL(name).malloc_trim
+    try:  # the C library already in the process (no search for its file, which may be absent)
+        fn = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
     fn.argtypes = [ctypes.c_size_t]
@@ -91,11 +91,16 @@ async def trim_every(interval: float, trim: Trim, *, observe: Callable[[float, b
                      sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
                      clock: Callable[[], float] = time.perf_counter) -> None:
     """Call ``trim`` every ``interval`` seconds until cancelled; ``observe(seconds, released)``
-    after each call (the time the event loop waited on it, and whether memory went back)."""
+    after each call (the time the event loop waited on it, and whether memory went back). A
+    call that fails is logged and the next one comes as planned: trimming is housekeeping, and
+    a task that died quietly would leave the metrics saying it still runs."""
     if interval <= 0:
         raise ValueError(f"interval must be more than 0, not {interval}")
     while True:
         await sleep(interval)
-        started = clock()
-        released = trim()
-        observe(clock() - started, released)
+        try:
+            started = clock()
+            released = trim()
+            observe(clock() - started, released)
+        except Exception:
+            log.exception("heap trim failed; trying again at the next interval")

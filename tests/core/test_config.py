@@ -67,6 +67,8 @@ def test_dump_round_trips_every_kind_of_setting(tmp_path: Path) -> None:
     (GOOD.replace("listen_port = 8443", "listen_prot = 8443"), "gateway.listen_prot"),
     (GOOD.replace('signing = "sign.key"\n', ""), "keys.signing"),
     (GOOD.replace("listen_port = 8443", "listen_port = 8443\ngc_threshold = -1"), "gateway.gc_threshold"),
+    (GOOD.replace("listen_port = 8443", "listen_port = 8443\nheap_trim_seconds = -1"), "gateway.heap_trim_seconds"),
+    (GOOD.replace("listen_port = 8443", "listen_port = 8443\nheap_trim_seconds = 0.001"), "gateway.heap_trim_seconds"),
     # (with nats.creds present, so this case names the missing trust anchor and nothing else)
     (GOOD.replace('ca = "ca.crt"\n[keys]', 'ca = "ca.crt"\ncreds = "gw.creds"\n[keys]')
      .replace('registry_authority = "ra.pub"\n', ""), "keys.registry_authority"),

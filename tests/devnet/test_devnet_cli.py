@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -76,7 +77,8 @@ def test_devnet_referral_council_to_trust(devnet_dir: Path) -> None:
     assert gc_metrics['psvn_gc_threshold{generation="0"}'] == 100_000
     assert gc_metrics["psvn_gc_frozen_objects"] > 10_000  # start-up's heap: the registry, policy, models
     # and hands the C allocator's free pages back every 10 s (gateway.heap_trim_seconds)
-    assert gateway_metrics(devnet_dir, "ods:RYR", "psvn_heap_trim_interval")["psvn_heap_trim_interval_seconds"] == 10
+    trims = gateway_metrics(devnet_dir, "ods:RYR", "psvn_heap_trim_interval")["psvn_heap_trim_interval_seconds"]
+    assert trims == (10 if platform.libc_ver()[0] == "glibc" else 0)  # 0: the C library cannot trim
 
     sent = run("send", *d, "--as", "gss:E06000043", "--to", "ods:RYR", "--type", "fhir.r4.ServiceRequest",
                "--purpose", "direct-care", "--classification", "OFFICIAL-SENSITIVE", "--subject", "nhs:9434765919",

@@ -27,7 +27,8 @@ import pytest
 from psvn_client import BatchResult, Client, InboxItem, Message
 
 from psvn import devnet
-from psvn.bench import CLASSIFICATION, MESSAGE_TYPE, NHS_NUMBER, PURPOSE, free_port_range, service_request
+from psvn.bench import CLASSIFICATION, MESSAGE_TYPE, PURPOSE, free_port_range, service_request
+from psvn.bench.workload import subject_of
 from psvn.core import procs
 
 COUNCIL = "gss:E06000043"
@@ -57,9 +58,10 @@ def client(layout: devnet.Layout, org: str, *, retries: int = 3) -> Client:
 def referrals(tag: str, n: int) -> list[Message]:
     """``n`` distinct referrals, each with its own idempotency key and a correlation id that the
     recipient's inbox shows (so a message filed under two ids would show as two items)."""
-    return [Message(to=TRUST, type=MESSAGE_TYPE, payload=service_request(i, tag), purpose=PURPOSE,
-                    classification=CLASSIFICATION, subject=f"nhs:{NHS_NUMBER}", correlation_id=f"{tag}-{i}",
-                    idempotency_key=f"{tag}-key-{i}") for i in range(n)]
+    payloads = [service_request(i, tag) for i in range(n)]
+    return [Message(to=TRUST, type=MESSAGE_TYPE, payload=p, purpose=PURPOSE, classification=CLASSIFICATION,
+                    subject=subject_of(p), correlation_id=f"{tag}-{i}", idempotency_key=f"{tag}-key-{i}")
+            for i, p in enumerate(payloads)]
 
 
 def ours(trust: Client, tag: str, status: str | None = None) -> list[InboxItem]:

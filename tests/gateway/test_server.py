@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import platform
 
+import pytest
+
+from psvn.core import heap
 from psvn.gateway.metrics import Metrics
 from psvn.gateway.server import trim_heap
 
@@ -12,6 +16,7 @@ def _sample(metrics: Metrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
 
 
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 async def test_trim_heap_runs_the_trimmer_and_reports_its_interval() -> None:
     metrics = Metrics()
     task = trim_heap(0.01, metrics)
@@ -35,3 +40,10 @@ async def test_trim_heap_zero_never_trims_and_says_so() -> None:
     assert trim_heap(0, metrics) is None
     assert _sample(metrics, "psvn_heap_trim_interval_seconds") == 0
     assert _sample(metrics, "psvn_heap_trim_seconds_count") == 0
+
+
+async def test_trim_heap_where_the_c_library_cannot_trim_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(heap, "malloc_trim", lambda: None)  # musl, macOS: no malloc_trim
+    metrics = Metrics()
+    assert trim_heap(10, metrics) is None
+    assert _sample(metrics, "psvn_heap_trim_interval_seconds") == 0
