@@ -3,8 +3,9 @@ nats-py JetStream baseline on the same server, plus local (one-core) figures.
 
 What is measured, and why this way:
 
-* **psvn end to end**: the council's local system sends a ~1 KiB FHIR R4 ServiceRequest to the NHS
-  trust through the SDK (``concurrency`` requests in flight, each through its own ``AsyncClient``
+* **psvn end to end**: the council's local system sends ~1 KiB FHIR R4 ServiceRequests, each about
+  its own patient (so each costs a consent read at both ends, as referrals do), to the NHS trust
+  through the SDK (``concurrency`` requests in flight, each through its own ``AsyncClient``
   and reused TLS connection) -> council gateway (validate, decide, sign, seal, publish) ->
   JetStream -> trust gateway (open, verify, re-decide, file in the mailbox) -> signed receipt ->
   council status ``delivered``. Delivery is observed on the backbone, not by polling the gateways:

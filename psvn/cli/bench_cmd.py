@@ -13,8 +13,9 @@ from psvn.core.errors import Code, PsvnError
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "bench", help="measure msg/s and latency end to end, against raw nats-py JetStream",
-        description="Send N realistic ~1 KiB FHIR R4 ServiceRequests from the council (gss:E06000043) to the "
-        "trust (ods:RYR) through a running devnet (SDK -> gateway -> JetStream -> gateway -> mailbox), then the "
+        description="Send N realistic ~1 KiB FHIR R4 ServiceRequests, each about its own patient, from the "
+        "council (gss:E06000043) to the trust (ods:RYR) through a running devnet (SDK -> gateway -> JetStream -> "
+        "gateway -> mailbox), then the "
         "same count of raw nats-py JetStream publishes + pull-consumes on the same nats-server as the baseline. "
         "Prints msg/s, p50/p99 latency and psvn/raw ratios, CPU ms per message per process, each gateway's RSS "
         "before and after the runs, the sender gateway's restart time, issue 9's targets beside the figures "
