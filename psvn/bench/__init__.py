@@ -57,13 +57,15 @@ from psvn.bench.report import (
     Report,
     Restart,
     Target,
+    TargetOverRuns,
     Throughput,
     assess,
     format_report,
+    over_runs,
     percentiles,
     to_json,
 )
-from psvn.bench.run import progress_to_stderr, run, run_async, run_with_temporary_devnet
+from psvn.bench.run import progress_to_stderr, run, run_async, run_with_temporary_devnet, runs_async
 from psvn.bench.workload import Options, payload_size, service_request
 
 __all__ = [
@@ -88,6 +90,7 @@ __all__ = [
     "Report",
     "Restart",
     "Target",
+    "TargetOverRuns",
     "Throughput",
     "assess",
     "cpu_seconds",
@@ -95,6 +98,7 @@ __all__ = [
     "free_port_range",
     "machine_busy_seconds",
     "memory_mib",
+    "over_runs",
     "payload_size",
     "percentiles",
     "port_span",
@@ -103,6 +107,7 @@ __all__ = [
     "run",
     "run_async",
     "run_with_temporary_devnet",
+    "runs_async",
     "service_request",
     "to_json",
 ]

@@ -3,6 +3,7 @@ targets issue 9 sets beside the figures (information, never pass/fail), and the 
 
 from __future__ import annotations
 
+import statistics
 from typing import Any, Final
 
 import msgspec
@@ -178,6 +179,19 @@ class Target(msgspec.Struct, kw_only=True):
     meets: bool | None = None
 
 
+class TargetOverRuns(msgspec.Struct, kw_only=True):
+    """One target over several runs against the same devnet (``psvn bench --runs N``): the
+    machine's speed swings from one minute to the next, so one run's figure may fall either side
+    of a threshold that the median does not."""
+
+    name: str
+    target: str
+    unit: str = ""
+    measured: list[float | None] = msgspec.field(default_factory=list)  # each run's figure, in order
+    median: float | None = None  # of the runs that measured it
+    meets: bool | None = None  # in more than half of the runs that could say; None if none could
+
+
 class Report(msgspec.Struct, kw_only=True):
     version: int = 2
     psvn_version: str = __version__
@@ -200,6 +214,9 @@ class Report(msgspec.Struct, kw_only=True):
     memory_run: MemoryRun | None = None  # --memory-messages: history acknowledged as it goes
     restart: Restart | None = None  # None: skipped (--no-restart)
     targets: list[Target] = msgspec.field(default_factory=list)
+    # --runs N (N > 1): this report is the last run's; each target over all N runs
+    runs: int = 1
+    over_runs: list[TargetOverRuns] = msgspec.field(default_factory=list)
     notes: list[str] = msgspec.field(default_factory=list)
     seconds: float = 0.0
 
@@ -258,6 +275,26 @@ def assess(r: Report) -> list[Target]:
         restart.meets = False  # it did not come back at all
     out.append(restart)
     return out
+
+
+def over_runs(reports: list[Report]) -> list[TargetOverRuns]:
+    """Each target over several runs, in the order the runs assessed them: every run's figure,
+    their median (of the runs that measured it) and whether it met the target in more than half
+    of the runs that could say."""
+    out: dict[str, TargetOverRuns] = {}
+    verdicts: dict[str, list[bool]] = {}
+    for r in reports:
+        for t in r.targets:
+            o = out.setdefault(t.name, TargetOverRuns(name=t.name, target=t.target, unit=t.unit))
+            o.measured.append(t.measured)
+            if t.meets is not None:
+                verdicts.setdefault(t.name, []).append(t.meets)
+    for name, o in out.items():
+        known = [x for x in o.measured if x is not None]
+        o.median = statistics.median(known) if known else None
+        said = verdicts.get(name, [])
+        o.meets = sum(said) * 2 > len(said) if said else None
+    return list(out.values())
 
 
 # -- small pure helpers --------------------------------------------------------------------
@@ -482,6 +519,14 @@ def _format_targets(r: Report) -> list[str]:
         meets = "-" if t.meets is None else ("yes" if t.meets else "no")
         lines.append(f"  {t.name:<52}{_n(t.measured, t.unit):>12}  {t.target:<36}{meets}")
     lines.append("")
+    if r.over_runs:
+        lines += [f"issue 9's targets over {r.runs} runs against the same devnet (the report above is the last run's):",
+                  "  {:<52}{:>12}  {:<36}{}".format("", "median", "each run", "meets in most")]
+        for o in r.over_runs:
+            meets = "-" if o.meets is None else ("yes" if o.meets else "no")
+            each = " / ".join(_n(x) for x in o.measured)
+            lines.append(f"  {o.name:<52}{_n(o.median, o.unit):>12}  {each:<36}{meets}")
+        lines.append("")
     return lines
 
 

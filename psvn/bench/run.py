@@ -30,6 +30,7 @@ from psvn.bench.report import (
     Report,
     _ratio,
     assess,
+    over_runs,
 )
 from psvn.bench.workload import Options, payload_size, service_request
 from psvn.core.errors import Code, PsvnError
@@ -207,13 +208,16 @@ async def _room_for(nc: Any, messages: int) -> None:
     """A temporary devnet only: make room in the trust's inbox for ``messages`` more from the
     council. The inbox keeps every letter for its retention period, acknowledged or not, and
     each sender may keep PER_SENDER_MAX_MSGS there (a flood limit), so the runs before the
-    memory run would otherwise leave it short of 100,000."""
+    memory run would otherwise leave it short of 100,000 (with ``--runs``, the more so)."""
     from psvn.broker.provision import PER_SENDER_MAX_MSGS
-    from psvn.protocol.subjects import inbox_stream
+    from psvn.protocol.subjects import inbox_stream, msg_subject
 
     js = nc.jetstream()
-    cfg = (await js.stream_info(inbox_stream(TRUST))).config
-    wanted = PER_SENDER_MAX_MSGS + messages + messages // 10 + 1_000  # (its first round, and a margin)
+    subject = msg_subject(TRUST, COUNCIL)
+    info = await js.stream_info(inbox_stream(TRUST), subjects_filter=subject)
+    cfg, kept = info.config, (info.state.subjects or {}).get(subject, 0)  # the council's letters there now
+    # what is kept, this run (its first round too) and a margin, within the usual limit at least
+    wanted = max(PER_SENDER_MAX_MSGS, kept + messages + messages // 10 + 1_000)
     if (cfg.max_msgs_per_subject or 0) < wanted:
         cfg.max_msgs_per_subject = wanted
         await js.update_stream(cfg)
@@ -254,14 +258,37 @@ def _notes(r: Report) -> list[str]:
     return notes
 
 
+async def runs_async(layout: Any, opts: Options, *, progress: Progress | None = None, started: bool = False,
+                     loop_name: str = "asyncio") -> Report:
+    """:func:`run_async` ``opts.runs`` times against the same devnet; the last run's report, with
+    each target over all of them (``over_runs``). The restart, the memory run and the local
+    figures come once, in the last run (each leaves the devnet as the next run would not find it)."""
+    if opts.runs == 1:
+        return await run_async(layout, opts, progress=progress, started=started, loop_name=loop_name)
+    say = progress or (lambda _msg: None)
+    reports: list[Report] = []
+    for k in range(1, opts.runs + 1):
+        last = k == opts.runs
+        say(f"run {k} of {opts.runs} ...")
+        once = dataclasses.replace(opts, runs=1, restart=opts.restart and last,
+                                   memory_messages=opts.memory_messages if last else 0,
+                                   local_seconds=opts.local_seconds if last else 0.0)
+        reports.append(await run_async(layout, once, progress=progress, started=started, loop_name=loop_name))
+    report = reports[-1]
+    report.runs, report.over_runs = opts.runs, over_runs(reports)
+    report.seconds = round(sum(r.seconds for r in reports), 2)
+    report.notes = [note for r in reports[:-1] for note in r.notes if note not in report.notes] + report.notes
+    return report
+
+
 def run(layout: Any, opts: Options, *, progress: Progress | None = None, started: bool = False) -> Report:
     """Synchronous entry point (uvloop when installed, like the gateways)."""
     opts.check()
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(run_async(layout, opts, progress=progress, started=started))
-    return uvloop.run(run_async(layout, opts, progress=progress, started=started, loop_name="uvloop"))
+        return asyncio.run(runs_async(layout, opts, progress=progress, started=started))
+    return uvloop.run(runs_async(layout, opts, progress=progress, started=started, loop_name="uvloop"))
 
 
 def run_with_temporary_devnet(opts: Options, *, progress: Progress | None = None, keep_dir: bool = False,

@@ -27,11 +27,15 @@ class Options:
     # round, each gateway's RSS read after every round (0 skips it; 100,000 judges the RSS target)
     memory_messages: int = 0
     restart_timeout: float = 60.0
+    # the runs (latency, single send, batch, raw) this many times against the same devnet, each
+    # target then read over all of them; the restart, the memory run and the local figures
+    # come once, in the last
+    runs: int = 1
 
     def check(self) -> None:
         for name, value, low in (("count", self.count, 1), ("concurrency", self.concurrency, 1),
                                  ("latency-samples", self.latency_samples, 0), ("batch-size", self.batch_size, 1),
-                                 ("memory-messages", self.memory_messages, 0)):
+                                 ("memory-messages", self.memory_messages, 0), ("runs", self.runs, 1)):
             if value < low:
                 raise PsvnError(Code.BAD_REQUEST, f"--{name} must be at least {low}", field=f"--{name}",
                                 rule="range")

@@ -50,6 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="after the other runs: N more messages through send_many in ten rounds, the trust "
                    "acknowledging each round, each gateway's RSS read after every round (memory over history, "
                    "not open work; 100000 judges issue 9's RSS target, ~2 minutes; default 0 skips it)")
+    p.add_argument("--runs", type=int, default=1, metavar="N",
+                   help="run the latency, single-send, batch and raw runs N times against the same devnet and "
+                   "read each target over all of them: its median, each run's figure, and whether most runs "
+                   "met it (this machine's speed swings from one minute to the next; default 1; take N odd: "
+                   "the median then meets a target exactly when most runs do). The restart, the memory run "
+                   "and the local figures come once, in the last run")
     p.add_argument("--json", action="store_true", help="print the report as JSON (progress still on stderr)")
     p.set_defaults(func=_bench)
 
@@ -60,7 +66,7 @@ def _bench(args: argparse.Namespace) -> int:
     opts = bench.Options(count=args.count, concurrency=args.concurrency, latency_samples=args.latency_samples,
                          batch_size=args.batch_size, restart=not args.no_restart,
                          time_limit=args.time_limit, local_seconds=args.local_seconds, cleanup=not args.keep,
-                         memory_messages=args.memory_messages)
+                         memory_messages=args.memory_messages, runs=args.runs)
     opts.check()
     if args.cluster is not None:
         devnet.check_cluster(args.cluster)
