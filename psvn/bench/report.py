@@ -217,6 +217,7 @@ class Report(msgspec.Struct, kw_only=True):
     # --runs N (N > 1): this report is the last run's; each target over all N runs
     runs: int = 1
     over_runs: list[TargetOverRuns] = msgspec.field(default_factory=list)
+    incomplete_runs: list[int] = msgspec.field(default_factory=list)  # runs (1, 2, ...) that lost messages
     notes: list[str] = msgspec.field(default_factory=list)
     seconds: float = 0.0
 
@@ -277,16 +278,24 @@ def assess(r: Report) -> list[Target]:
     return out
 
 
+def delivered(r: Report) -> bool:
+    """Every message the single-send and batch runs got accepted was delivered, none failed: the
+    one thing a bench's exit status depends on."""
+    return all(tp is not None and tp.accepted > 0 and tp.undelivered == 0 and tp.failed == 0
+               for tp in (r.throughput, r.batch))
+
+
 def over_runs(reports: list[Report]) -> list[TargetOverRuns]:
-    """Each target over several runs, in the order the runs assessed them: every run's figure,
-    their median (of the runs that measured it) and whether it met the target in more than half
-    of the runs that could say."""
+    """Each target over several runs, in the order the runs assessed them: every run's figure
+    (None where a run has none), their median (of the runs that measured it) and whether it met
+    the target in more than half of the runs that could say."""
     out: dict[str, TargetOverRuns] = {}
     verdicts: dict[str, list[bool]] = {}
-    for r in reports:
+    for k, r in enumerate(reports):
         for t in r.targets:
-            o = out.setdefault(t.name, TargetOverRuns(name=t.name, target=t.target, unit=t.unit))
-            o.measured.append(t.measured)
+            o = out.setdefault(t.name, TargetOverRuns(name=t.name, target=t.target, unit=t.unit,
+                                                      measured=[None] * len(reports)))
+            o.measured[k] = t.measured
             if t.meets is not None:
                 verdicts.setdefault(t.name, []).append(t.meets)
     for name, o in out.items():
@@ -520,12 +529,13 @@ def _format_targets(r: Report) -> list[str]:
         lines.append(f"  {t.name:<52}{_n(t.measured, t.unit):>12}  {t.target:<36}{meets}")
     lines.append("")
     if r.over_runs:
+        each = {o.name: " / ".join(_n(x) for x in o.measured) for o in r.over_runs}
+        width = max(36, *(len(e) + 2 for e in each.values()))
         lines += [f"issue 9's targets over {r.runs} runs against the same devnet (the report above is the last run's):",
-                  "  {:<52}{:>12}  {:<36}{}".format("", "median", "each run", "meets in most")]
+                  "  {:<52}{:>12}  {:<{w}}{}".format("", "median", "each run", "met in most", w=width)]
         for o in r.over_runs:
             meets = "-" if o.meets is None else ("yes" if o.meets else "no")
-            each = " / ".join(_n(x) for x in o.measured)
-            lines.append(f"  {o.name:<52}{_n(o.median, o.unit):>12}  {each:<36}{meets}")
+            lines.append(f"  {o.name:<52}{_n(o.median, o.unit):>12}  {each[o.name]:<{width}}{meets}")
         lines.append("")
     return lines
 

@@ -24,18 +24,22 @@ from psvn.bench.ports import free_port_range, port_span
 from psvn.bench.process import CpuMeter, MemoryMeter, restart_gateway
 from psvn.bench.report import (
     COUNCIL,
+    T_RESTART,
+    T_RSS,
     TRUST,
     Latency,
     Ratios,
     Report,
     _ratio,
     assess,
+    delivered,
     over_runs,
 )
 from psvn.bench.workload import Options, payload_size, service_request
 from psvn.core.errors import Code, PsvnError
 
 Progress = Callable[[str], None]
+LAST_RUN_ONLY = (T_RSS, T_RESTART)  # targets read on the last of several runs alone
 
 
 # -- the whole run ------------------------------------------------------------------------------
@@ -108,6 +112,8 @@ async def run_async(layout: Any, opts: Options, *, progress: Progress | None = N
     servers = {("nats-server" if len(nodes) == 1 else f"nats-server {n.name.rsplit('-', 1)[-1]}"): n.pid
                for n in nodes}
     nc = await devnet.broker_connect(layout, urls, name="psvn-bench")
+    if started:  # nothing is acknowledged on a temporary devnet: room for this run beside what earlier runs left
+        await _room_for(nc, opts.concurrency + lat.samples + 2 * opts.count)
     watch_in = await devnet.member_connect(layout, urls, TRUST, name="psvn-bench observer")
     watch_out = await devnet.member_connect(layout, urls, COUNCIL, name="psvn-bench observer")
     obs = DeliveryObserver(COUNCIL, TRUST)
@@ -261,10 +267,15 @@ def _notes(r: Report) -> list[str]:
 async def runs_async(layout: Any, opts: Options, *, progress: Progress | None = None, started: bool = False,
                      loop_name: str = "asyncio") -> Report:
     """:func:`run_async` ``opts.runs`` times against the same devnet; the last run's report, with
-    each target over all of them (``over_runs``). The restart, the memory run and the local
-    figures come once, in the last run (each leaves the devnet as the next run would not find it)."""
+    each target over all of them (``over_runs``) and the runs that lost messages. The restart,
+    the memory run and the local figures come once, in the last run (the restart and the memory
+    run change the devnet; the local figures only take time), so the memory and restart targets
+    are read on the last run alone."""
+    opts.check()
     if opts.runs == 1:
-        return await run_async(layout, opts, progress=progress, started=started, loop_name=loop_name)
+        report = await run_async(layout, opts, progress=progress, started=started, loop_name=loop_name)
+        report.incomplete_runs = [] if delivered(report) else [1]
+        return report
     say = progress or (lambda _msg: None)
     reports: list[Report] = []
     for k in range(1, opts.runs + 1):
@@ -275,9 +286,20 @@ async def runs_async(layout: Any, opts: Options, *, progress: Progress | None = 
                                    local_seconds=opts.local_seconds if last else 0.0)
         reports.append(await run_async(layout, once, progress=progress, started=started, loop_name=loop_name))
     report = reports[-1]
+    for earlier in reports[:-1]:  # RSS over the memory run and the restart: the last run's measures only
+        for t in earlier.targets:
+            if t.name in LAST_RUN_ONLY:
+                t.measured, t.meets = None, None
     report.runs, report.over_runs = opts.runs, over_runs(reports)
+    report.incomplete_runs = [k for k, r in enumerate(reports, 1) if not delivered(r)]
     report.seconds = round(sum(r.seconds for r in reports), 2)
-    report.notes = [note for r in reports[:-1] for note in r.notes if note not in report.notes] + report.notes
+    seen, notes = set(report.notes), []
+    for k, r in enumerate(reports[:-1], 1):
+        for note in r.notes:
+            if note not in seen:
+                seen.add(note)
+                notes.append(f"run {k} of {opts.runs}: {note}")
+    report.notes = notes + report.notes
     return report
 
 

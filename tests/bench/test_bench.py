@@ -511,7 +511,7 @@ def test_room_for_the_memory_run_counts_the_letters_the_inbox_keeps(layout: devn
         stream, subject = inbox_stream(bench.TRUST), msg_subject(bench.TRUST, bench.COUNCIL)
         before = (await js.stream_info(stream)).config
         try:
-            kept = (await js.stream_info(stream, subjects_filter=subject)).state.subjects.get(subject, 0)
+            kept = ((await js.stream_info(stream, subjects_filter=subject)).state.subjects or {}).get(subject, 0)
             await _room_for(nc, 200_000)
             raised = (await js.stream_info(stream)).config.max_msgs_per_subject
             await _room_for(nc, 10)  # room enough already: left as it is
@@ -522,5 +522,37 @@ def test_room_for_the_memory_run_counts_the_letters_the_inbox_keeps(layout: devn
             await nc.close()
 
     kept, raised, again, limit = asyncio.run(go())
-    assert kept > 0  # the tests before left letters there
     assert raised == kept + 200_000 + 20_000 + 1_000 > limit and again == raised
+
+
+def test_runs_async_runs_the_measures_n_times_and_the_once_only_steps_in_the_last(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each run's options; the memory and restart targets read on the last run alone; earlier
+    runs' notes kept with their run number; a run that lost messages named (the exit status)."""
+    import sys
+
+    run_module = sys.modules["psvn.bench.run"]  # (psvn.bench.run the function shadows the module)
+    seen: list[bench.Options] = []
+
+    async def fake_run_async(layout: Any, opts: bench.Options, **_: Any) -> bench.Report:
+        seen.append(opts)
+        k = len(seen)
+        ok = bench.Throughput(requested=4, accepted=4)
+        lost = bench.Throughput(requested=4, accepted=4, undelivered=1 if k == 2 else 0)
+        return bench.Report(throughput=ok, batch=lost, seconds=1.5, notes=["shared", f"only run {k}"],
+                            targets=[bench.Target(name="single", target=">= 1", measured=float(k), meets=k != 1),
+                                     bench.Target(name=run_module.T_RSS, target="few", measured=9.0 * k,
+                                                  meets=k == 3)])
+
+    monkeypatch.setattr(run_module, "run_async", fake_run_async)
+    opts = bench.Options(runs=3, memory_messages=100_000, local_seconds=1.0, restart=True)
+    report = asyncio.run(run_module.runs_async(None, opts))
+    assert [(o.runs, o.restart, o.memory_messages, o.local_seconds) for o in seen] == [
+        (1, False, 0, 0.0), (1, False, 0, 0.0), (1, True, 100_000, 1.0)]
+    single, rss = report.over_runs
+    assert (single.measured, single.median, single.meets) == ([1.0, 2.0, 3.0], 2.0, True)
+    assert (rss.measured, rss.median, rss.meets) == ([None, None, 27.0], 27.0, True)  # the last run's alone
+    assert report.runs == 3 and report.incomplete_runs == [2] and report.seconds == 4.5
+    assert report.notes == ["run 1 of 3: only run 1", "run 2 of 3: only run 2", "shared", "only run 3"]
+    assert not bench.delivered(bench.Report(throughput=bench.Throughput(requested=4, accepted=4, undelivered=1),
+                                            batch=bench.Throughput(requested=4, accepted=4)))
