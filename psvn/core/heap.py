@@ -22,9 +22,10 @@ garbage among those is a one-time leak the size of that heap at most.
 from the C library's ``malloc``, which keeps what is freed for reuse. Under a steady load the
 free chunks it keeps between live ones grew a recipient's gateway by ~5 MiB over 100,000
 messages, though no Python object was kept (tracemalloc showed no growing allocation site).
-glibc's ``malloc_trim(0)`` hands every whole free page back to the system; called every 5 s in
-a ``psvn bench --memory-messages 100000`` run the recipient grew +0.9 MiB instead of +4.6, the
-sender +1.1 instead of +2.1 (same run, same machine). One call on a ~100 MB heap took ~2 ms
+glibc's ``malloc_trim(0)`` hands every whole free page back to the system: in ``psvn bench
+--memory-messages 100000`` runs one after the other on the same machine, trimming every 5 s,
+the recipient grew +0.9 MiB instead of +4.6 and the sender +1.1 instead of +2.1 (every 10 s,
+the default: +1.0 and +1.1). One call on a ~100 MB heap took ~2 ms
 with little to release and ~19 ms after a large release: the event loop waits that long, a
 few times a minute at most. Where the C library has no ``malloc_trim`` (musl, macOS) nothing
 is trimmed and the metrics say so.
