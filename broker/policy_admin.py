@@ -257,6 +257,8 @@ def traffic_requests(events: Iterable[dict[str, Any]], member_types: Mapping[str
     for ev in events:
         if ev.get("direction", "egress") != "egress" or ev.get("event") not in ("sent", "rejected"):
             continue
+        if ev.get("found_on_backbone"):
+            continue  # a repeat of a send that was decided (and audited) when it was first sent
         if ev["event"] == "rejected" and ev.get("code") != Code.POLICY_DENIED.value:
             continue  # rejected before the policy decided (bad envelope or payload)
         to, org = ev.get("to"), ev.get("org")

@@ -35,6 +35,13 @@ class GatewaySection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # the sent-message records this instance wrote last, kept so a receipt's status move needs no
     # read (a stale one costs only a compare-and-set retry): a bound on memory, not on correctness
     record_cache_size: int = 2_000
+    # A send is answered once the backbone has the message; its record says `accepted` until a
+    # receipt moves it on, and that move writes the `sent` step too. A message no receipt has
+    # answered after this many seconds gets `sent` written on its own (gateway.sent_step). 0:
+    # at once, still after the answer. At most max_pending_sent_steps wait; past that the
+    # oldest is written at once.
+    sent_step_delay_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 1.0
+    max_pending_sent_steps: Annotated[int, msgspec.Meta(ge=0)] = 20_000
     # The garbage collector's young-generation threshold, set once the gateway has started
     # (what start-up built is frozen: the collector never walks it again). Python's default,
     # 700, had the collector walking the long-lived heap all the time; 100,000 cut each

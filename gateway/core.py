@@ -20,7 +20,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 from cryptography.hazmat.primitives import constant_time, hpke
@@ -125,6 +125,9 @@ class ReceiptItem(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True)
     reason: str | None = None
     rule_ids: list[str] = msgspec.field(default_factory=list)
     sha256: str | None = None
+    # when the backbone stored the message in this inbox (RFC 3339): the sender's ``sent`` step,
+    # for a record no status write has moved on yet (gateway.sent_step)
+    stored: str | None = None
 
 
 class ReceiptBatch(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
@@ -141,6 +144,7 @@ class ReceiptBatch(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True
     reason: str | None = None
     rule_ids: list[str] = msgspec.field(default_factory=list)
     sha256: str | None = None
+    stored: str | None = None
 
 
 class Receipt(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
@@ -154,12 +158,14 @@ class Receipt(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     reason: str | None = None
     rule_ids: list[str] = msgspec.field(default_factory=list)
     sha256: str | None = None
+    stored: str | None = None
 
 
 # Items in one receipt message (a default fetch batch): ~40 KiB of JSON, and a bound on the state
 # reads one receipt message can cost its receiver
 MAX_RECEIPT_ITEMS = 256
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})")
 
 
 MAILBOX_MAX_AGE = timedelta(days=MAILBOX_MAX_AGE_DAYS)
@@ -468,7 +474,7 @@ def make_receipts(items: Sequence[ReceiptItem], *, me: Identity, to: Member,
     if len(items) == 1:  # the single form, which a gateway from before batching also reads
         one = items[0]
         header = ReceiptBatch(by=me.org, time=now_rfc3339(now), message_id=one.message_id, status=one.status,
-                              reason=one.reason, rule_ids=one.rule_ids, sha256=one.sha256)
+                              reason=one.reason, rule_ids=one.rule_ids, sha256=one.sha256, stored=one.stored)
     else:
         header = ReceiptBatch(by=me.org, time=now_rfc3339(now), items=items)
     body = msgspec.json.encode(header)
@@ -494,7 +500,7 @@ def open_receipts(data: bytes, *, subject: str, receipt_msg_id: str, me: Identit
     items = batch.items
     if items is None and batch.message_id is not None and batch.status is not None:  # the single form
         items = [ReceiptItem(message_id=batch.message_id, status=batch.status, reason=batch.reason,
-                             rule_ids=batch.rule_ids, sha256=batch.sha256)]
+                             rule_ids=batch.rule_ids, sha256=batch.sha256, stored=batch.stored)]
     if not items or len(items) > MAX_RECEIPT_ITEMS:
         raise PsvnError(Code.INVALID_ENVELOPE, f"a receipt carries 1 to {MAX_RECEIPT_ITEMS} items",
                         field="items", rule="receipt-items", message_id=receipt_msg_id)
@@ -508,5 +514,20 @@ def open_receipts(data: bytes, *, subject: str, receipt_msg_id: str, me: Identit
         raise PsvnError(Code.SENDER_MISMATCH, "receipt does not match its backbone subject and id",
                         rule="receipt-binding", message_id=items[0].message_id)
     return [Receipt(message_id=i.message_id, status=i.status, by=batch.by, time=batch.time, reason=i.reason,
-                    rule_ids=i.rule_ids, sha256=i.sha256) for i in items]
+                    rule_ids=i.rule_ids, sha256=i.sha256, stored=_stored(i.stored, receipt_msg_id)) for i in items]
+
+
+def _stored(text: str | None, receipt_msg_id: str) -> str | None:
+    """A receipt item's ``stored`` time, in the one form every record's times take. Only RFC
+    3339 with an offset is read (``fromisoformat`` alone takes week dates, basic forms and no
+    offset at all); the record puts it between the steps around it whatever it says."""
+    if text is None:
+        return None
+    try:
+        if not RFC3339.fullmatch(text):
+            raise ValueError("not RFC 3339")
+        return now_rfc3339(parse_time(text).astimezone(UTC))
+    except (ValueError, OverflowError):
+        raise PsvnError(Code.INVALID_ENVELOPE, f"a receipt item's stored time is not an RFC 3339 time: {text[:40]!r}",
+                        field="items.stored", rule="receipt-items", message_id=receipt_msg_id) from None
 

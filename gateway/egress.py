@@ -24,6 +24,7 @@ from psvn.core.errors import Code, PsvnError
 from psvn.gateway import core
 from psvn.gateway.consent import Consulted
 from psvn.gateway.parts import Part, Shared
+from psvn.gateway.sent_step import SentSteps
 from psvn.gateway.store import HistoryEntry, OutRecord, message_id_for
 from psvn.gateway.sweeps import Sweeper
 from psvn.protocol.envelope import SendRequest, check_free_id, new_message_id, now_rfc3339, parse_time
@@ -35,10 +36,11 @@ Consult = Callable[[frozenset[str], str], Awaitable[Consulted]]
 
 
 class Egress(Part):
-    def __init__(self, shared: Shared, *, consult: Consult, sweeper: Sweeper) -> None:
+    def __init__(self, shared: Shared, *, consult: Consult, sweeper: Sweeper, sent_steps: SentSteps) -> None:
         super().__init__(shared)
         self.consult = consult
         self.sweeper = sweeper  # watches each sent message's expiry
+        self.sent_steps = sent_steps  # the sent step of what is published, unless a receipt writes it
         # why the last write of a sent message's record failed (None: it succeeded); readiness
         # reports it, since a gateway that cannot record what it sends cannot accept mail
         self.state_write_error: str | None = None
@@ -54,9 +56,11 @@ class Egress(Part):
         Returns (record, created).
 
         Backbone writes on the way: the sender's record (create-once: with an idempotency key
-        the message id is derived from it, so this write is also the claim on the key), the
-        sealed message, and the record's move to ``sent``; the audit record goes to the batcher.
-        Awaited round trips: the record (and, with a key, one read first), the publish, the move."""
+        the message id is derived from it, so this write is also the claim on the key) and the
+        sealed message; the audit record goes to the batcher. Awaited round trips: the consent
+        read (for a type that needs consent), the record, the publish. The record says
+        ``accepted`` when this returns, the message being on the backbone: its receipt's move
+        writes the ``sent`` step, or :mod:`gateway.sent_step` does if no receipt comes soon."""
         started = time.perf_counter()
         org = self.member.org
         key = req.idempotency_key
@@ -88,8 +92,17 @@ class Egress(Part):
         except PsvnError as exc:
             if key:  # a retry of a message accepted before (e.g. under another policy version)?
                 prior = await self._prior(message_id, request_hash)
-                if prior is not None and prior.status != State.ACCEPTED.value:
-                    return prior, False
+                on_backbone = prior is not None and message_id in self.sent_steps.pending  # we published it
+                if prior is not None and (prior.status != State.ACCEPTED.value or on_backbone):
+                    return prior, False  # what it became
+                if prior is not None:  # accepted: on its way unless its publish failed. Not sent again
+                    pending = PsvnError(   # (the checks refuse it now), nor refused as if never sent
+                        Code.BACKBONE_UNAVAILABLE,
+                        f"a request with this idempotency_key was accepted and may be on its way; it is not sent "
+                        f"again now ({exc.code.value}: {exc.detail}); retry shortly with the same key to learn "
+                        f"what became of it", rule="outcome-pending", message_id=message_id)
+                    await self._refused(pending, req, message_id=message_id, system=system, outcome="unknown")
+                    raise pending from exc
             if exc.code is Code.POLICY_DENIED:
                 self.metrics.decisions.labels("egress", "deny").inc()
             await self._refused(exc, req, message_id=message_id, system=system)
@@ -99,7 +112,6 @@ class Egress(Part):
         rec = OutRecord(id=message_id, to=req.to, type=req.type, status=State.ACCEPTED.value, created=now,
                         system=system, history=[HistoryEntry(status=State.ACCEPTED.value, time=now)],
                         rule_ids=out.decision.rule_ids, request_hash=request_hash, expires=out.envelope.expires)
-        written: tuple[OutRecord, int] | None = None
         try:
             revision = await self.store.put_out(rec)
             self.state_write_error = None
@@ -118,12 +130,10 @@ class Egress(Part):
             if prior.created != now:  # sealed again as first written: the same time and expiry, so the
                 # recipient's age and expiry checks (and the sender's expiry) judge one message
                 out = sealed(parse_time(prior.created))
-        else:
-            written = (rec, revision)
         # Publishing a message already published (a retry, or the concurrent request above) is
         # safe: JetStream's dedupe window and the recipient's create-once filing keep it single.
         try:
-            await self.link.publish(out.subject, out.data, message_id)
+            stored_before = await self.link.publish(out.subject, out.data, message_id)
         except PsvnError as exc:
             if not key:  # nobody can retry this message: say it failed. With a key it stays
                 with contextlib.suppress(Exception):  # accepted, for the retry to resume
@@ -133,22 +143,26 @@ class Egress(Part):
             await self._refused(exc, req, message_id=message_id, system=system,
                                 **({"outcome": "unknown"} if key else {}))
             raise
-        # The publish is confirmed: the message is sent. The audit record is queued first so the
-        # batcher's write can share a socket write with the status write below.
-        await self.audit("sent", message_id=message_id, to=req.to, type=req.type, purpose=req.purpose,
-                         classification=req.classification, size=out.size, rule_ids=out.decision.rule_ids,
-                         policy_version=out.decision.policy_version, direction="egress")
-        try:
-            rec = await self.store.move_out(message_id, State.SENT, known=written) or rec
-        except Exception as exc:  # the message is on its way: the receipt will move the status on
-            log.warning("status write after publish failed; receipt will update it", message_id=message_id,
-                        error=repr(exc))
+        # The publish is confirmed: the message is sent. Its record says ``accepted`` (still true,
+        # and what any instance reads) until the receipt's move writes ``sent`` with it.
+        found = revision is None and bool(stored_before)  # a repeat whose first publish got there
+        if not (found and message_id in self.sent_steps.pending):  # (then audited here already)
+            # found by an instance that did not publish it: the first request's ack may have been
+            # lost (audited "rejected", outcome unknown), so the audit learns it got there
+            # (flagged, so that what counts sends, e.g. the policy what-if, counts it once)
+            await self.audit("sent", message_id=message_id, to=req.to, type=req.type, purpose=req.purpose,
+                             classification=req.classification, size=out.size, rule_ids=out.decision.rule_ids,
+                             policy_version=out.decision.policy_version, direction="egress",
+                             **({"found_on_backbone": True} if found else {}))
+        self.sent_steps.published(message_id)
         if rec.expires and rec.status in (State.ACCEPTED.value, State.SENT.value):
             self.sweeper.track(rec)
-        self.metrics.sent.labels(req.type).inc()
+        if not found:
+            self.metrics.sent.labels(req.type).inc()
         self.metrics.send_seconds.observe(time.perf_counter() - started)
-        log.debug("message sent", message_id=message_id, to=req.to, type=req.type, system=system)
-        return rec, True
+        log.debug("message sent", message_id=message_id, to=req.to, type=req.type, system=system, found=found)
+        # a repeat of a key (the record was there) is answered as one, whoever's publish stored it
+        return rec, revision is not None
 
     async def send_batch(self, items: Sequence[SendRequest | PsvnError], *,
                          system: str) -> list[tuple[OutRecord, bool] | PsvnError]:

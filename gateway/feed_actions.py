@@ -20,6 +20,7 @@ from psvn.gateway.audit import Audit
 from psvn.gateway.egress import Egress
 from psvn.gateway.feeds import FeedView, Subscription
 from psvn.gateway.member import Member
+from psvn.gateway.store import message_id_for
 from psvn.policies.engine import DecisionRequest
 from psvn.protocol.envelope import (
     FeedRequest,
@@ -69,8 +70,12 @@ class FeedActions:
 
     async def publish(self, topic: str, req: FeedRequest, *, system: str) -> dict[str, object]:
         """Publish one event: one sealed message per subscriber (for this purpose) the feed rules
-        allow, each on the point-to-point path. Returns the deliveries and the refusals."""
-        event_id = new_message_id()
+        allow, each on the point-to-point path. Returns the deliveries and the refusals. With an
+        idempotency key the event's id is derived from it (as a message's is), so a retry is the
+        same event: each delivery a repeat of its first send, not a conflict with it."""
+        retry_key = req.idempotency_key
+        event_id = (message_id_for(self.org, system, f"feed\x00{topic}\x00{retry_key}") if retry_key
+                    else new_message_id())
         check_topic(topic)
         base = SendRequest(to=self.org, type=req.type, payload=req.payload, purpose=req.purpose,
                            classification=req.classification, subject=req.subject,

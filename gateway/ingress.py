@@ -70,22 +70,24 @@ class Owe(Protocol):
 
 
 class ReceiptsDue:
-    """The receipts one fetched batch owes, by sender: each item names its message and the
-    SHA-256 of the sealed bytes that arrived, and remembers which fetched message it answers
-    (that message is acked only once its receipt is on the backbone)."""
+    """The receipts one fetched batch owes, by sender: each item names its message, the SHA-256
+    of the sealed bytes that arrived and when the backbone stored them (the sender's ``sent``
+    step), and remembers which fetched message it answers (that message is acked only once its
+    receipt is on the backbone)."""
 
     def __init__(self) -> None:
         self.by_sender: dict[str, list[tuple[int, core.ReceiptItem]]] = {}
 
-    def for_message(self, index: int, data: bytes) -> Owe:
-        digest: list[str] = []
+    def for_message(self, index: int, msg: Msg) -> Owe:
+        said: list[str] = []  # (sha256, stored), worked out once, when a receipt is first owed
 
         def owe(message_id: str, status: str, to_org: str, *, reason: str | None = None,
                 rule_ids: list[str] | None = None) -> None:
-            if not digest:
-                digest.append(hashlib.sha256(data).hexdigest())
+            if not said:
+                said.extend((hashlib.sha256(msg.data).hexdigest(), now_rfc3339(msg.metadata.timestamp)))
             self.by_sender.setdefault(to_org, []).append((index, core.ReceiptItem(
-                message_id=message_id, status=status, reason=reason, rule_ids=rule_ids or [], sha256=digest[0])))
+                message_id=message_id, status=status, reason=reason, rule_ids=rule_ids or [], sha256=said[0],
+                stored=said[1])))
 
         return owe
 
@@ -148,7 +150,7 @@ class Ingress(Part):
 
     async def _handle_safely(self, msg: Msg, due: ReceiptsDue, index: int) -> bool:
         try:
-            await self._handle(msg, due.for_message(index, msg.data))
+            await self._handle(msg, due.for_message(index, msg))
             return True
         except asyncio.CancelledError:
             raise
@@ -406,9 +408,14 @@ class Ingress(Part):
                                 f"{receipt.by} sent a receipt for a message addressed to {sent.to}",
                                 rule="receipt-recipient", message_id=receipt.message_id)
 
+        # a record still accepted gets its sent step in this same write: when the backbone stored
+        # the message, as the receipt says, else when it acknowledged our publish (gateway.sent_step)
+        steps = self.egress.sent_steps
         moved = await self.store.move_out(receipt.message_id, state, reason=receipt.reason,
                                           rule_ids=receipt.rule_ids or None, sha256=receipt.sha256,
-                                          check=from_its_recipient)
+                                          check=from_its_recipient,
+                                          sent_at=receipt.stored or steps.peek(receipt.message_id))
+        steps.overtaken(receipt.message_id)  # (not reached if the move was refused or failed)
         self.metrics.receipts.labels(receipt.status).inc()
         if moved is not None and moved.status not in UNSETTLED:
             self.sweeper.settled(receipt.message_id)

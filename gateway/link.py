@@ -27,7 +27,9 @@ PUBLISH_PATIENCE = 8.0  # seconds a publish may wait out a leader election (meas
 
 FIRST_WAIT = 0.2  # seconds before a publish's second try; doubling to 2 s after
 
-Publish = Callable[[str, bytes, str], Awaitable[None]]
+# (subject, data, dedupe id) -> True if the backbone had stored that id already (a duplicate
+# within its dedupe window), else False or None (a test's stand-in may say nothing)
+Publish = Callable[[str, bytes, str], Awaitable[bool | None]]
 
 
 # JetStream's "maximum messages per subject exceeded" / "maximum bytes exceeded" (a 503 on the
@@ -70,25 +72,29 @@ class BackboneLink:
     def connected(self) -> bool:
         return self.nc is not None and self.nc.is_connected
 
-    async def _publish_deduped(self, subject: str, data: bytes, msg_id: str) -> None:
+    async def _publish_deduped(self, subject: str, data: bytes, msg_id: str) -> bool:
         """Publish with the dedupe id; retry with the same id so a retry can never duplicate.
         After a transient failure the tries ride out a leader election, waits doubling from
-        0.2 s to 2 s, within ``PUBLISH_PATIENCE`` in all (the first try is a plain await)."""
+        0.2 s to 2 s, within ``PUBLISH_PATIENCE`` in all (the first try is a plain await).
+        True if the backbone had stored the id before this call (the first try's ack says
+        ``duplicate``; a later try's duplicate may be this call's own first try, its ack lost)."""
         tries = 0
 
-        async def once() -> None:
+        async def once() -> bool:
             nonlocal tries
             tries += 1
             try:
                 if self.ops is None:
                     raise ConnectionError("not connected to the backbone")
-                await self.ops.publish(subject, data, headers={"Nats-Msg-Id": msg_id}, timeout=3)
+                ack = await self.ops.publish(subject, data, headers={"Nats-Msg-Id": msg_id}, timeout=3)
+                return ack.duplicate and tries == 1  # a later try's duplicate may be our own first try
             except Exception as exc:
                 log.warning("publish failed", message_id=msg_id, attempt=tries, error=repr(exc))
                 raise
 
         try:
-            await retrying(once, on=_transient, first_delay=FIRST_WAIT, max_delay=2.0, patience=PUBLISH_PATIENCE)
+            return await retrying(once, on=_transient, first_delay=FIRST_WAIT, max_delay=2.0,
+                                  patience=PUBLISH_PATIENCE)
         except Exception as exc:
             if _inbox_full(exc):
                 raise PsvnError(Code.BACKBONE_UNAVAILABLE,

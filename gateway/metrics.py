@@ -43,6 +43,11 @@ class Metrics:
         self.record_cache = Gauge("psvn_state_record_cache", "Sent-message records this instance keeps from its "
                                   "own writes, so a receipt needs no read (bounded by gateway.record_cache_size)",
                                   registry=r)
+        self.sent_steps_pending = Gauge("psvn_sent_steps_pending", "Sends published whose record says accepted and "
+                                        "whose sent step waits for a receipt to write it (bounded by "
+                                        "gateway.max_pending_sent_steps)", registry=r)
+        self.sent_steps = Counter("psvn_sent_steps_total", "Sent steps written on their own, no receipt having come "
+                                  "within gateway.sent_step_delay_seconds", ["outcome"], registry=r)
         self.state_loaded = Gauge("psvn_state_entries_loaded_at_start", "State entries read while starting: the "
                                   "open mail, never the history", registry=r)
         self.backbone_up = Gauge("psvn_backbone_connected", "1 while connected to the backbone", registry=r)

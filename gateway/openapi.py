@@ -39,7 +39,9 @@ class PolicyRef(msgspec.Struct, kw_only=True):
 
 class Accepted(msgspec.Struct, kw_only=True):
     """``POST /v1/messages``: the gateway accepted the message (202, or 200 for a repeat of an
-    idempotency key it already accepted: same id)."""
+    idempotency key it already accepted: same id). It answers once the backbone has stored the
+    message; ``status`` is what its record says then, ``accepted``, and its first receipt moves
+    it on (writing the ``sent`` step with it; alone, if no receipt comes within a second)."""
 
     id: str
     status: str

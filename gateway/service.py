@@ -9,6 +9,7 @@ undoes it. What each way does lives in its own module:
 - :mod:`gateway.ingress`: what arrives in the inbox, filed or quarantined; receipts that arrive
 - :mod:`gateway.mailbox`: reading, acknowledging, and the status of what was sent
 - :mod:`gateway.sweeps`: expiry of unsettled sends, retention of received mail
+- :mod:`gateway.sent_step`: the `sent` step a receipt did not write in time
 - :mod:`gateway.feed_actions`: subscribing and publishing (fanned out as sends)
 
 The methods here are the surface the HTTP views, the devnet and the tests call; they hand the
@@ -51,6 +52,7 @@ from psvn.gateway.member import Keys, Member, trust_anchor
 from psvn.gateway.metrics import Metrics
 from psvn.gateway.parts import Shared
 from psvn.gateway.policy import PolicyHolder
+from psvn.gateway.sent_step import SentSteps
 from psvn.gateway.store import InRecord, OutRecord, StateStore
 from psvn.gateway.sweeps import Sweeper
 from psvn.gateway.webhook import WebhookPusher, check_url, load_secret
@@ -68,6 +70,7 @@ from psvn.protocol.subjects import (
 log = structlog.get_logger("psvn.gateway")
 
 _MSG_ID = MSG_ID  # the name older callers import from here
+SENT_STEPS_AT_STOP = 2.0  # seconds a stopping gateway gives the sent steps still waiting
 
 
 def _webhook(config: GatewayConfig) -> WebhookPusher | None:
@@ -101,6 +104,7 @@ class Gateway:
         self.link = BackboneLink()
         self._consumer: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._sent_steps: asyncio.Task[None] | None = None
         self._rejoin: asyncio.Task[None] | None = None  # rejoining the backbone after nats-py gave up
         self._started = False
         self._stopping = False
@@ -114,11 +118,13 @@ class Gateway:
         # the components a message travels through, each given what it touches and no more
         settings, member, registry, store, link, clock = (config.gateway, self.member, self.registry, self.store,
                                                           self.link, self.clock)
+        self.sent_steps = SentSteps(store=store, settings=settings, clock=clock, metrics=self.metrics,
+                                    stopping=stopping)
         self.sweeper = Sweeper(org=self.org, settings=settings, store=store, link=link, clock=clock,
-                               metrics=self.metrics, audit=audit, stopping=stopping)
+                               metrics=self.metrics, audit=audit, sent_steps=self.sent_steps, stopping=stopping)
         shared = Shared(member=member, settings=settings, registry=registry, store=store, link=link, clock=clock,
                         metrics=self.metrics, audit=audit)
-        self.egress = Egress(shared, consult=self.consult, sweeper=self.sweeper)
+        self.egress = Egress(shared, consult=self.consult, sweeper=self.sweeper, sent_steps=self.sent_steps)
         self.mailbox = Mailbox(shared, egress=self.egress, sweeper=self.sweeper, consent=self.consent)
         self.ingress = Ingress(shared, consult=self.consult, egress=self.egress, mailbox=self.mailbox,
                                sweeper=self.sweeper, feeds=self.feeds, webhook=self.webhook, stopping=stopping)
@@ -163,6 +169,7 @@ class Gateway:
         await self._join_backbone()
         self._started = True
         self._sweeper = asyncio.create_task(self.sweeper.run(), name=f"expiry {self.org}")
+        self._sent_steps = asyncio.create_task(self.sent_steps.run(), name=f"sent steps {self.org}")
         log.info("gateway started", org=self.org, policy_version=self.policy.version)
 
     async def _join_backbone(self) -> None:
@@ -240,8 +247,9 @@ class Gateway:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in (self._rejoin, self._sweeper, self._consumer):
+        for task in (self._rejoin, self._sweeper, self._consumer, self._sent_steps):
             await halt(task)
+        await self.sent_steps.close(SENT_STEPS_AT_STOP)  # bounded: left undone, a record stays accepted
         if self.webhook is not None:
             await self.webhook.close()
         await self._audit.close()  # bounded; what is left is logged and counted

@@ -253,9 +253,12 @@ class StateStore:
             return None
 
     async def _cas(self, key: str, decode: Callable[[bytes], T], change: Callable[[T], T | None],
-                   encode: Callable[[T], bytes], known: tuple[T, int] | None = None) -> tuple[T, int] | None:
+                   encode: Callable[[T], bytes], known: tuple[T, int] | None = None,
+                   give_way: bool = False) -> tuple[T, int] | None:
         """Read-modify-write with compare-and-set; ``change`` returns None for "nothing to do".
-        Returns the entry as it now is (with its revision), or None if there is no such entry."""
+        Returns the entry as it now is (with its revision), or None if there is no such entry.
+        ``give_way``: if the compare fails, another writer changed the entry since: leave it
+        to that one (None), neither reading it again nor retrying."""
         assert self.kv is not None
         current = known
         for _ in range(CAS_ATTEMPTS):
@@ -272,6 +275,8 @@ class StateStore:
             try:
                 return new, await self.kv.update(key, value, last=rev)
             except KeyWrongLastSequenceError:
+                if give_way:
+                    return None
                 current = None
         raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"state entry {key} kept changing under us; retry",
                         rule="state-contention")
@@ -321,11 +326,16 @@ class StateStore:
                        rule_ids: list[str] | None = None, sha256: str | None = None,
                        known: tuple[OutRecord, int] | None = None,
                        check: Callable[[OutRecord], None] | None = None,
-                       only_from: tuple[str, ...] | None = None) -> OutRecord | None:
+                       only_from: tuple[str, ...] | None = None, at: str | None = None,
+                       sent_at: str | None = None, give_way: bool = False) -> OutRecord | None:
         """Advance a sent message's status per the lifecycle table; stale moves are ignored.
         ``known``: the record and revision the caller just wrote (saves the read); ``check``
         may raise to refuse the move after seeing the record; ``only_from``: the statuses the
-        move applies to (any other is left as it is)."""
+        move applies to (any other is left as it is); ``at``: the step's time (default now).
+        ``sent_at``: when the backbone stored the message, as its recipient's receipt says: a
+        record still ``accepted`` gets its ``sent`` step, at that time, in this same write
+        (:mod:`gateway.sent_step`). ``give_way``: a write that finds the record changed since
+        this instance last wrote it is given up (None), not retried."""
 
         def change(rec: OutRecord) -> OutRecord | None:
             if check is not None:
@@ -338,16 +348,20 @@ class StateStore:
                 return None
             if state.value == rec.status:
                 return None
-            return msgspec.structs.replace(
-                rec, status=state.value, reason=reason or rec.reason, rule_ids=rule_ids or rec.rule_ids,
-                history=[*rec.history, HistoryEntry(status=state.value, time=now_rfc3339(), reason=reason,
-                                                    sha256=sha256)])
+            when = at or now_rfc3339()
+            steps = [HistoryEntry(status=state.value, time=when, reason=reason, sha256=sha256)]
+            if sent_at is not None and rec.status == State.ACCEPTED.value and state is not State.SENT:
+                # between the steps around it, whatever the recipient's clock says (one form: compared as text)
+                stored = min(max(sent_at, rec.history[-1].time if rec.history else sent_at), when)
+                steps.insert(0, HistoryEntry(status=State.SENT.value, time=stored))
+            return msgspec.structs.replace(rec, status=state.value, reason=reason or rec.reason,
+                                           rule_ids=rule_ids or rec.rule_ids, history=[*rec.history, *steps])
 
         if not KEY_ID.fullmatch(message_id):
             return None
         async with self.lock(message_id):
             done = await self._cas(f"out.{message_id}", lambda b: msgspec.json.decode(b, type=OutRecord), change,
-                                   msgspec.json.encode, known or self._recent.get(message_id))
+                                   msgspec.json.encode, known or self._recent.get(message_id), give_way)
             if done is not None:
                 self._remember(*done)
         return None if done is None else done[0]

@@ -22,6 +22,7 @@ from psvn.gateway.audit import Audit
 from psvn.gateway.config import GatewaySection
 from psvn.gateway.link import BackboneLink, already_gone
 from psvn.gateway.metrics import Metrics
+from psvn.gateway.sent_step import SentSteps
 from psvn.gateway.store import InRecord, OutRecord, StateStore
 from psvn.protocol.envelope import now_rfc3339, parse_time
 from psvn.protocol.lifecycle import State
@@ -34,9 +35,10 @@ UNSETTLED = (State.ACCEPTED.value, State.SENT.value)  # a sent message no receip
 
 class Sweeper:
     def __init__(self, *, org: str, settings: GatewaySection, store: StateStore, link: BackboneLink,
-                 clock: Callable[[], datetime], metrics: Metrics, audit: Audit,
+                 clock: Callable[[], datetime], metrics: Metrics, audit: Audit, sent_steps: SentSteps,
                  stopping: Callable[[], bool]) -> None:
         self.org = org
+        self.sent_steps = sent_steps  # an expiry of a message still accepted writes its sent step
         self.settings = settings  # read at each sweep: the intervals may be changed while running
         self.store = store
         self.link = link
@@ -65,7 +67,8 @@ class Sweeper:
         if not rec.expires or rec.status not in UNSETTLED or parse_time(rec.expires) > self.clock():
             return rec
         moved = await self.store.move_out(rec.id, State.EXPIRED, reason=f"not delivered by {rec.expires}",
-                                          only_from=UNSETTLED)
+                                          only_from=UNSETTLED, sent_at=self.sent_steps.peek(rec.id))
+        self.sent_steps.overtaken(rec.id)
         self.settled(rec.id)
         if moved is not None and moved.status == State.EXPIRED.value and moved.status != rec.status:
             await self.audit("expired", message_id=rec.id, to=rec.to, type=rec.type)

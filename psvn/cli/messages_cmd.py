@@ -326,12 +326,12 @@ def _feed_publish(args: argparse.Namespace) -> int:
                         classification=args.classification)
 
     def human(p: Any) -> None:
-        # a delivery's status is what the gateway answered (usually `sent`: on its way, not yet
-        # filed); `psvn status --as ... ID` follows it to delivered
+        # a delivery's status is what the gateway answered (`accepted`: on the backbone, its
+        # receipt not yet back); `psvn status --as ... ID` follows it to delivered
         counts: dict[str, int] = {}
         for d in p.deliveries:
             counts[d.status] = counts.get(d.status, 0) + 1
-        summary = ", ".join(f"{n} {st}" for st, n in counts.items()) or "0 sent"
+        summary = ", ".join(f"{n} {st}" for st, n in counts.items()) or "0 accepted"
         print(f"event {p.event} on {p.topic}: {summary}, {len(p.refused)} refused")
         for d in p.deliveries:
             print(f"  -> {d.to:<28} {d.id}  {d.status}")

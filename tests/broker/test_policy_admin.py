@@ -281,9 +281,13 @@ def test_replay_reports_recorded_traffic_that_would_change() -> None:
          "purpose": "direct-care", "code": "invalid-payload", "message_id": "m3", "direction": "egress"},
         {"event": "sent", "org": "oda:nowhere", "to": "ods:RYR", "type": "fhir.r4.ServiceRequest",
          "purpose": "direct-care", "message_id": "m4", "direction": "egress"},
+        # a retry that found m1 on the backbone (another instance): the same send, not counted again
+        {"event": "sent", "org": "gss:E06000043", "to": "ods:RYR", "type": "fhir.r4.ServiceRequest",
+         "purpose": "direct-care", "classification": "OFFICIAL", "message_id": "m1", "direction": "egress",
+         "found_on_backbone": True},
     ]
     report = policy_admin.replay(old, new, events, types)
-    assert (report.events, report.replayed, report.skipped) == (5, 3, 1)
+    assert (report.events, report.replayed, report.skipped) == (6, 3, 1)
     assert [(c.message_id, c.kind, c.old.rule_ids, c.new.rule_ids) for c in report.changes] == [
         ("m1", "now-denied", ["care-referrals"], [DENY_RULE_ID])]
     assert report.counts == {"now-denied": 1, "now-allowed": 0, "rules-changed": 0}

@@ -78,8 +78,8 @@ def test_explain_feed_and_banner_agree_with_the_network(tmp_path: Path) -> None:
         mid, said = line.split()[-2:]
         assert said == m.group(1)
         answered = json.loads(ok(*pub_args, "--json"))["deliveries"][0]["status"]
-        assert answered == "sent"  # what the gateway answers at once: on its way, not filed
-        assert said in ("sent", "delivered")  # whichever it was, printed as it was answered
+        assert answered == "accepted"  # what the gateway answers at once: on the backbone, not yet receipted
+        assert said == "accepted"  # printed as it was answered
         st = json.loads(ok("status", *dn, "--as", "gss:E06000043", mid, "--json"))
         assert st["id"] == mid
 

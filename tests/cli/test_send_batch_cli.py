@@ -38,9 +38,9 @@ def test_send_several_files_and_ndjson(devnet_dir: Path, tmp_path: Path) -> None
     assert files.returncode == 1 and "Traceback" not in files.stderr, files.stderr
     lines = files.stdout.splitlines()
     assert len(lines) == 3, files.stdout
-    assert lines[0].startswith(f"{good}: ") and lines[0].endswith(" sent")
+    assert lines[0].startswith(f"{good}: ") and lines[0].endswith(" accepted")
     assert lines[1].startswith(f"{bad}: error invalid-payload") and "/status" in lines[1]
-    assert lines[2].startswith("examples/referral.json: ") and lines[2].endswith(" sent")
+    assert lines[2].startswith("examples/referral.json: ") and lines[2].endswith(" accepted")
     sent = [lines[0].split()[1], lines[2].split()[1]]
 
     message = {"to": "ods:RYR", "type": "fhir.r4.ServiceRequest", "purpose": "direct-care",
@@ -60,7 +60,7 @@ def test_send_several_files_and_ndjson(devnet_dir: Path, tmp_path: Path) -> None
     results = json.loads(out.stdout)
     assert [r["source"] for r in results] == ["line 1", "line 2", "line 4", "line 5", "line 6"]
     assert [r.get("code") for r in results] == [None, "malformed-json", "policy-denied", None, "invalid-envelope"]
-    assert results[0]["status"] == "sent" and results[0]["idempotency_key"] == "nd-1"
+    assert results[0]["status"] == "accepted" and results[0]["idempotency_key"] == "nd-1"
     assert results[2]["status"] == 403 and results[2]["message_id"] and results[2]["rule_ids"]
     sent += [results[0]["id"], results[3]["id"]]
 

@@ -62,7 +62,7 @@ async def test_async_send_many_gives_each_message_its_own_result(network: Networ
 
         sent = [r.unwrap() for r in (results[0], results[4])]
         for s in sent:
-            assert s.status == "sent" and not s.duplicate and s.location == f"/v1/messages/{s.id}"
+            assert s.status == "accepted" and not s.duplicate and s.location == f"/v1/messages/{s.id}"
             await council.wait_for_status(s.id, "delivered", timeout=10)
         assert sorted(m.id for m in await trust.inbox()) == sorted(s.id for s in sent)
 

@@ -49,7 +49,7 @@ async def test_batch_answers_each_item_in_order_as_its_single_send_would(network
 
     first, *refused, last = results
     for accepted in (first, last):
-        assert accepted["status"] == "sent" and accepted["policy"]["rule_ids"] == ["care-referrals"]
+        assert accepted["status"] == "accepted" and accepted["policy"]["rule_ids"] == ["care-referrals"]
         assert accepted["duplicate"] is False
     for i, (item, problem) in enumerate(zip(bad_items, refused, strict=True), start=1):
         single_status, single = await call(network, council, "POST", "/v1/messages", item)

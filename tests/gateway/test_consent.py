@@ -17,7 +17,7 @@ from psvn.gateway.consent import SignedConsent, key_for, seal_record, sign_recor
 from psvn.policies.consent import ConsentChange
 from tests.broker.test_registry import set_status, wait_member_status
 from tests.conftest import Network, start_network, stop_network
-from tests.gateway.test_service import REFERRAL, call, wait_status
+from tests.gateway.test_service import REFERRAL, audit_records, call, wait_status
 
 PDS = PDS_MEMBER.org
 OPERATOR = OPERATOR_MEMBER.org
@@ -302,3 +302,30 @@ async def test_decisions_about_one_subject_share_a_read_that_began_after_they_as
     assert len(sent) == 2 and not lookup._queued
     second = await lookup.read(SUBJECT)
     assert (await first) is not None and second is not None and sent == [SUBJECT] * 3
+
+
+async def test_a_retry_refused_by_an_opt_out_recorded_since_says_what_became_of_the_first(net: Network) -> None:
+    """A research referral is accepted (202) while the research team's gateway is away, so its
+    record stays ``accepted``; then the citizen opts out. A retry with the same key is refused by
+    the checks now, but its first request is on the backbone: the instance that published it
+    answers 200 with the record, never 403 (which would say "not sent"). An instance that cannot
+    know (another instance published it, or its publish failed) answers 503 ``outcome-pending``,
+    audited with the outcome unknown, and sends nothing again."""
+    trust = net.gateways.pop(net.TRUST)
+    await trust.stop()
+    gp = net.gateways[net.GP].gateway
+    gp.config.gateway.sent_step_delay_seconds = 60.0  # the record stays accepted throughout
+    first = await call(net, net.GP, "POST", "/v1/messages", {**research(), "idempotency_key": "study-7"})
+    assert first[0] == 202 and first[1]["status"] == "accepted", first
+    mid = first[1]["id"]
+    await record_opt_out(net, ["research-consented"])
+    again = await call(net, net.GP, "POST", "/v1/messages", {**research(), "idempotency_key": "study-7"})
+    assert again[0] == 200 and again[1]["id"] == mid and again[1]["status"] == "accepted", again
+    gp.sent_steps.pending.clear()  # as if another instance had published it
+    status, problem = await call(net, net.GP, "POST", "/v1/messages", {**research(), "idempotency_key": "study-7"})
+    assert (status, problem["code"], problem["rule"], problem["message_id"]) == (
+        503, "backbone-unavailable", "outcome-pending", mid), problem
+    assert "policy-denied" in problem["detail"]
+    records = await audit_records(net, {mid}, at_least=2)
+    gp_records = [(r["event"], r.get("rule"), r.get("outcome")) for r in records if r["org"] == net.GP]
+    assert gp_records == [("sent", None, None), ("rejected", "outcome-pending", "unknown")], records

@@ -209,6 +209,14 @@ def sealed_by_trust(header: dict[str, object], rid: str) -> bytes:
     ([{"message_id": "m-1", "status": "delivered"}, {"message_id": "m-1", "status": "rejected"}], "items"),
     ([{"message_id": "m-1", "status": "delivered", "sha256": "<script>"},
       {"message_id": "m-2", "status": "delivered"}], "items.sha256"),
+    ([{"message_id": "m-1", "status": "delivered", "stored": "yesterday"},
+      {"message_id": "m-2", "status": "delivered"}], "items.stored"),
+    ([{"message_id": "m-1", "status": "delivered", "stored": "2026-11-25T12:00:00"},  # no offset: whose clock?
+      {"message_id": "m-2", "status": "delivered"}], "items.stored"),
+    ([{"message_id": "m-1", "status": "delivered", "stored": "2026-W48-3T12:00:00Z"},  # ISO 8601, not RFC 3339
+      {"message_id": "m-2", "status": "delivered"}], "items.stored"),
+    ([{"message_id": "m-1", "status": "delivered", "stored": "0001-01-01T00:00:00+05:00"},  # before year 1 in UTC
+      {"message_id": "m-2", "status": "delivered"}], "items.stored"),
 ])
 def test_a_receipt_that_says_nothing_names_a_message_twice_or_carries_a_bad_hash_is_refused(
         items: list[dict[str, str]] | None, field: str) -> None:
@@ -221,6 +229,18 @@ def test_a_receipt_that_says_nothing_names_a_message_twice_or_carries_a_bad_hash
         core.open_receipts(sealed_by_trust(header, rid), subject=RCPT_SUBJECT, receipt_msg_id=rid, me=COUNCIL,
                            registry=REG)
     assert (err.value.field, err.value.rule) == (field, "receipt-items")
+
+
+def test_a_receipt_says_when_the_backbone_stored_each_message_in_one_form() -> None:
+    """``stored`` (the sender's ``sent`` step) travels signed in both forms, and is read back in
+    the one form every record's times take (UTC, milliseconds, Z)."""
+    items = [core.ReceiptItem(message_id="m-1", status="delivered", stored="2026-11-25T13:00:00.5+01:00"),
+             core.ReceiptItem(message_id="m-2", status="delivered")]
+    for batch in (items, items[:1]):
+        subject, rid, data = core.make_receipts(batch, me=TRUST, to=REG.members[COUNCIL.org], now=NOW)
+        got = core.open_receipts(data, subject=subject, receipt_msg_id=rid, me=COUNCIL, registry=REG)
+        assert [(r.message_id, r.stored) for r in got] == [("m-1", "2026-11-25T12:00:00.500Z"),
+                                                           ("m-2", None)][:len(batch)]
 
 
 def test_a_receipt_in_the_single_form_of_before_batching_is_still_read() -> None:

@@ -111,3 +111,25 @@ async def test_a_gateway_can_write_only_its_own_subscriptions(network: Network) 
     view = feeds.FeedView()
     view.apply(feeds.key_for(net.GP, TOPIC), msgspec.json.encode(forged))
     assert view.subscribers(TOPIC) == []
+
+
+async def test_a_feed_event_published_again_with_its_key_is_the_same_event(network: Network) -> None:
+    """A publish retried with the same idempotency key (the SDK always sends one) is the same
+    event: the same event id, each subscriber's delivery a repeat of its first (same id, 200
+    inside), stored once; without a key, each publish is a new event."""
+    net = network
+    code, _ = await call(net, net.TRUST, "PUT", f"/v1/subscriptions/{TOPIC}", {"purpose": PURPOSE})
+    assert code == 200
+    await wait_subscribers(net, net.COUNCIL, {net.TRUST})
+    first = await call(net, net.COUNCIL, "POST", f"/v1/feeds/{TOPIC}", event(idempotency_key="reading-1"))
+    again = await call(net, net.COUNCIL, "POST", f"/v1/feeds/{TOPIC}", event(idempotency_key="reading-1"))
+    assert first[0] == again[0] == 202, (first, again)
+    assert again[1]["event"] == first[1]["event"] and again[1]["refused"] == [], again
+    assert [d["id"] for d in again[1]["deliveries"]] == [d["id"] for d in first[1]["deliveries"]]
+    other = await call(net, net.COUNCIL, "POST", f"/v1/feeds/{TOPIC}", event())
+    assert other[1]["event"] != first[1]["event"]
+    mid = first[1]["deliveries"][0]["id"]
+    await wait_status(net, net.COUNCIL, mid, "delivered")
+    await wait_status(net, net.COUNCIL, other[1]["deliveries"][0]["id"], "delivered")
+    code, inbox = await call(net, net.TRUST, "GET", "/v1/inbox")
+    assert sorted(m["id"] for m in inbox["messages"]) == sorted([mid, other[1]["deliveries"][0]["id"]])

@@ -193,3 +193,29 @@ async def test_concurrent_requests_with_one_key_make_one_message(network: Networ
     assert await stream_count(network, network.TRUST) == 1
     _, inbox = await call(network, network.TRUST, "GET", "/v1/inbox")
     assert len(inbox["messages"]) == 1
+
+
+async def test_a_retry_of_a_send_already_on_the_backbone_is_a_duplicate_audited_once(network: Network) -> None:
+    """The record says ``accepted`` after the 202 (its ``sent`` step waits for the receipt), so
+    a retry with the same key cannot tell from it whether the first publish got there: it
+    publishes again, and the backbone's ack says ``duplicate``. The retry is then answered 200,
+    the same id, and stored once. The instance that published it audited ``sent`` already and
+    audits nothing more; an instance holding no step for it (another instance answered the
+    first request, or its ack was lost) audits ``sent`` with ``found_on_backbone``."""
+    trust = network.gateways.pop(network.TRUST)
+    await trust.stop()  # no receipt: the record stays accepted for every retry below
+    council = network.gateways[network.COUNCIL].gateway
+    council.config.gateway.sent_step_delay_seconds = 60.0
+    first = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(idempotency_key="dup-1"))
+    assert first[0] == 202 and first[1]["status"] == "accepted", first
+    mid = first[1]["id"]
+    again = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(idempotency_key="dup-1"))
+    assert again[0] == 200 and again[1]["id"] == mid and again[1]["status"] == "accepted", again
+    council.sent_steps.pending.clear()  # as if another instance had answered the first request
+    third = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(idempotency_key="dup-1"))
+    assert third[0] == 200 and third[1]["id"] == mid, third
+    assert mid in council.sent_steps.pending  # this instance now holds its sent step
+    assert await stream_count(network, network.TRUST) == 1  # stored once
+    records = await audit_records(network, {mid}, at_least=2)
+    sent = [r for r in records if r["org"] == network.COUNCIL and r["event"] == "sent"]
+    assert [r.get("found_on_backbone") for r in sent] == [None, True], records

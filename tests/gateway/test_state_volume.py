@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime
 
 import msgspec
 
@@ -12,7 +13,8 @@ from psvn import devnet
 from psvn.backbone.buckets import provision_state_bucket
 from psvn.gateway.server import GatewayServer
 from psvn.gateway.store import HistoryEntry, InRecord, OutRecord
-from psvn.protocol.subjects import state_bucket
+from psvn.protocol.envelope import now_rfc3339
+from psvn.protocol.subjects import inbox_stream, state_bucket
 from tests.conftest import Network
 from tests.gateway.test_feeds import PURPOSE, TOPIC, event
 from tests.gateway.test_service import call, referral, wait_status
@@ -157,24 +159,130 @@ async def test_the_record_cache_is_bounded_by_its_setting_and_reported(network: 
     assert 0 < float(line.split()[1]) <= 3
 
 
-async def test_a_send_takes_three_writes_of_its_senders_state_up_to_delivered(network: Network) -> None:
-    """The sender's state takes three writes per message up to ``delivered``: the record's
-    create-once (the idempotency claim, ``accepted``), its move to ``sent`` once the publish is
-    confirmed (before the 202), and the receipt's move. Counted on the state stream's sequence,
-    which nothing else in the council's bucket advances meanwhile: a fourth write, or a lost
-    one, fails it."""
+async def test_a_send_takes_two_writes_of_its_senders_state_up_to_delivered(network: Network) -> None:
+    """The sender's state takes two writes per message up to ``delivered``: the record's
+    create-once (the idempotency claim, ``accepted``, before the publish) and the receipt's move,
+    which writes the ``sent`` step too, at the time the backbone stored the message in the
+    trust's inbox (the receipt says it). The 202 answers ``accepted``, what is stored. Counted
+    on the state stream's sequence, which nothing else in the council's bucket advances
+    meanwhile: a third write (a ``sent`` move of its own), or a lost one, fails it. The step's
+    own write is held off (a minute's delay) so the count does not hang on the receipt's speed."""
     org = network.COUNCIL
+    network.gateways[org].gateway.config.gateway.sent_step_delay_seconds = 60.0
+    # the time the council's own queue would give the step: only one not from the receipt has it
+    network.gateways[org].gateway.sent_steps.clock = lambda: datetime(2000, 1, 1, tzinfo=UTC)
     stream, prefix = f"KV_{state_bucket(org)}", f"$KV.{state_bucket(org)}."
     nc = await devnet.member_connect(network.layout, network.nats.url, org, name="count")
     try:
         js = nc.jetstream()
         before = (await js.stream_info(stream)).state.last_seq
         status, body = await call(network, org, "POST", "/v1/messages", referral(idempotency_key="count-1"))
-        assert status == 202 and body["status"] == "sent"
+        assert status == 202 and body["status"] == "accepted"
         final = await wait_status(network, org, body["id"], "delivered")
         assert [h["status"] for h in final["history"]] == ["accepted", "sent", "delivered"]
-        assert (await js.stream_info(stream)).state.last_seq == before + 3
-        last = await js.get_msg(stream, seq=before + 3)
+        assert (await js.stream_info(stream)).state.last_seq == before + 2
+        last = await js.get_msg(stream, seq=before + 2)
         assert last.subject == prefix + "out." + body["id"]
+        # the sent step's time is the backbone's: when the trust's inbox stored the message
+        trust = network.gateways[network.TRUST].gateway
+        filed = await trust.store.in_record(body["id"])
+        assert filed is not None and trust.link.net_ops is not None
+        stored = await trust.link.net_ops.direct_get(inbox_stream(network.TRUST), seq=filed.seq)
+        assert stored is not None
+        accepted, sent, delivered = final["history"]
+        assert sent["time"] == now_rfc3339(stored.time.astimezone(UTC))
+        assert accepted["time"] <= sent["time"] <= delivered["time"]
+        assert body["id"] not in network.gateways[org].gateway.sent_steps.pending
     finally:
         await nc.close()
+
+
+async def test_a_message_no_receipt_answers_gets_its_sent_step_written_alone(network: Network) -> None:
+    """The recipient is away: no receipt comes, so after ``gateway.sent_step_delay_seconds`` the
+    record's ``sent`` step is written on its own (a second write), at the time the backbone
+    acknowledged the publish, and the status says ``sent``. When the recipient comes back its
+    receipt moves the record on to ``delivered``, the history keeping one ``sent`` step."""
+    org = network.COUNCIL
+    council = network.gateways[org].gateway
+    council.config.gateway.sent_step_delay_seconds = 0.2
+    trust = network.gateways.pop(network.TRUST)
+    await trust.stop()
+    stream = f"KV_{state_bucket(org)}"
+    nc = await devnet.member_connect(network.layout, network.nats.url, org, name="count")
+    try:
+        js = nc.jetstream()
+        before = (await js.stream_info(stream)).state.last_seq
+        written = council.sent_steps.written
+        status, body = await call(network, org, "POST", "/v1/messages", referral(idempotency_key="away-1"))
+        assert status == 202 and body["status"] == "accepted"
+        sent = await wait_status(network, org, body["id"], "sent")
+        assert [h["status"] for h in sent["history"]] == ["accepted", "sent"]
+        for _ in range(200):  # the writer counts it once its write's ack is in: a moment after a reader sees it
+            if council.sent_steps.written == written + 1:
+                break
+            await asyncio.sleep(0.01)
+        assert council.sent_steps.written == written + 1 and not council.sent_steps.pending
+        assert (await js.stream_info(stream)).state.last_seq == before + 2
+        metrics = await _metrics(network, org)
+        assert "psvn_sent_steps_pending 0.0" in metrics
+        assert f'psvn_sent_steps_total{{outcome="written"}} {float(written + 1)}' in metrics
+        network.gateways[network.TRUST] = await GatewayServer(trust.config).start()
+        final = await wait_status(network, org, body["id"], "delivered")
+        assert [h["status"] for h in final["history"]] == ["accepted", "sent", "delivered"]
+    finally:
+        await nc.close()
+
+
+async def test_a_receipts_stored_time_is_put_between_the_steps_around_it(network: Network) -> None:
+    """The ``sent`` step's time comes from the recipient's receipt: whatever it says (a skewed
+    clock, or a recipient making things up), the record puts it between the step before
+    (``accepted``) and the step it comes with, so a history is always in order."""
+    from psvn.protocol.lifecycle import State
+
+    trust = network.gateways.pop(network.TRUST)
+    await trust.stop()  # no receipt comes: the moves below are the only ones
+    store = network.gateways[network.COUNCIL].gateway.store
+    network.gateways[network.COUNCIL].gateway.config.gateway.sent_step_delay_seconds = 60.0
+    for key, said in (("early-1", "1999-01-01T00:00:00.000Z"), ("late-1", "2999-01-01T00:00:00.000Z")):
+        _code, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(idempotency_key=key))
+        moved = await store.move_out(body["id"], State.DELIVERED, sent_at=said, at="2100-01-01T00:00:00.000Z")
+        assert moved is not None
+        accepted, sent, delivered = ((h.status, h.time) for h in moved.history)
+        assert (sent[0], delivered) == ("sent", ("delivered", "2100-01-01T00:00:00.000Z"))
+        assert sent[1] == (accepted[1] if key == "early-1" else delivered[1])
+
+
+async def test_a_sent_step_gives_way_to_a_record_another_instance_changed(network: Network) -> None:
+    """Another instance changed the record since this one wrote it (there: a receipt it took;
+    here: a rewrite still ``accepted``, so that a retry of the step would write it). The step's
+    compare-and-set fails and it gives way: no read, no retry, the other's write stands and the
+    step is counted ``overtaken``."""
+    trust = network.gateways.pop(network.TRUST)
+    await trust.stop()
+    org = network.COUNCIL
+    council = network.gateways[org].gateway
+    council.config.gateway.sent_step_delay_seconds = 60.0
+    _code, body = await call(network, org, "POST", "/v1/messages", referral(idempotency_key="give-way-1"))
+    mid = body["id"]
+    stream = f"KV_{state_bucket(org)}"
+    nc = await devnet.member_connect(network.layout, network.nats.url, org, name="other instance")
+    try:
+        js = nc.jetstream()
+        kv = await js.key_value(state_bucket(org))
+        entry = await kv.get(f"out.{mid}")
+        assert entry.value is not None
+        theirs = entry.value.replace(b'"system":', b'"reason":"rewritten elsewhere","system":', 1)
+        await kv.update(f"out.{mid}", theirs, last=entry.revision)
+        after_theirs = (await js.stream_info(stream)).state.last_seq
+        assert await council.sent_steps.write_due(everything=True) == 1
+        assert (await js.stream_info(stream)).state.last_seq == after_theirs  # nothing more written
+        assert (await kv.get(f"out.{mid}")).value == theirs
+        assert council.sent_steps.written == 0 and not council.sent_steps.pending
+        assert 'psvn_sent_steps_total{outcome="overtaken"} 1.0' in await _metrics(network, org)
+    finally:
+        await nc.close()
+
+
+async def _metrics(network: Network, org: str) -> str:
+    async with network.https(org).get(network.url(org) + "/metrics") as r:
+        return await r.text()

@@ -117,6 +117,10 @@ class PolicyDecision:
 class SendResult:
     """The gateway accepted the message: it is now the gateway's to deliver.
 
+    The answer comes once the backbone has stored the message. ``status`` is what the sender's
+    record says then, ``accepted`` (or, for a repeat, where the message has got to since): the
+    recipient's receipt moves it on to ``delivered``, writing the ``sent`` step with it.
+
     ``idempotency_key`` is the key sent with it (generated if you gave none): store it with your
     record and send again with it after a crash, and the gateway will not send twice.
     ``duplicate`` is true when the gateway had already accepted this key (HTTP 200, same id).
