@@ -254,11 +254,14 @@ def traffic_requests(events: Iterable[dict[str, Any]], member_types: Mapping[str
     opt-outs are not replayed."""
     pairs: list[tuple[dict[str, Any], DecisionRequest]] = []
     replayed = skipped = 0
+    sent_ids: set[tuple[object, object]] = set()
     for ev in events:
         if ev.get("direction", "egress") != "egress" or ev.get("event") not in ("sent", "rejected"):
             continue
-        if ev.get("found_on_backbone"):
-            continue  # a repeat of a send that was decided (and audited) when it was first sent
+        if ev["event"] == "sent":  # each message once: a repeat may audit its send again
+            if (ev.get("org"), ev.get("message_id")) in sent_ids:    # (found_on_backbone)
+                continue
+            sent_ids.add((ev.get("org"), ev.get("message_id")))
         if ev["event"] == "rejected" and ev.get("code") != Code.POLICY_DENIED.value:
             continue  # rejected before the policy decided (bad envelope or payload)
         to, org = ev.get("to"), ev.get("org")

@@ -69,7 +69,8 @@ class Egress(Part):
                 check_free_id(key, "idempotency_key")
             except PsvnError:  # refused below by the envelope rules, under a message id of its own
                 key = None
-        message_id = message_id_for(org, system, key) if key else new_message_id()
+        secret = self.store.id_secret  # (None before the first start: refused below, not connected)
+        message_id = message_id_for(secret, org, system, key) if key and secret else new_message_id()
         request_hash = hashlib.sha256(msgspec.json.encode(req)).hexdigest()
         if not self.link.connected:
             raise await self.reject_request(PsvnError(
@@ -124,8 +125,8 @@ class Egress(Part):
             if prior is None:  # its record aged out (the bucket's TTL): the key is spent
                 raise PsvnError(Code.CONFLICT, "idempotency_key was used for a message whose record has expired",
                                 field="idempotency_key", rule="idempotency", message_id=message_id)
-            if prior.status != State.ACCEPTED.value:
-                return prior, False
+            if prior.status != State.ACCEPTED.value or message_id in self.sent_steps.pending:
+                return prior, False  # moved on, or published by this instance: nothing to publish again
             rec = prior  # accepted, its publish unconfirmed or in flight: sealing again is safe (below)
             if prior.created != now:  # sealed again as first written: the same time and expiry, so the
                 # recipient's age and expiry checks (and the sender's expiry) judge one message
@@ -149,7 +150,7 @@ class Egress(Part):
         if not (found and message_id in self.sent_steps.pending):  # (then audited here already)
             # found by an instance that did not publish it: the first request's ack may have been
             # lost (audited "rejected", outcome unknown), so the audit learns it got there
-            # (flagged, so that what counts sends, e.g. the policy what-if, counts it once)
+            # (what counts sends, e.g. the policy what-if, counts each message id once)
             await self.audit("sent", message_id=message_id, to=req.to, type=req.type, purpose=req.purpose,
                              classification=req.classification, size=out.size, rule_ids=out.decision.rule_ids,
                              policy_version=out.decision.policy_version, direction="egress",

@@ -74,8 +74,9 @@ class FeedActions:
         idempotency key the event's id is derived from it (as a message's is), so a retry is the
         same event: each delivery a repeat of its first send, not a conflict with it."""
         retry_key = req.idempotency_key
-        event_id = (message_id_for(self.org, system, f"feed\x00{topic}\x00{retry_key}") if retry_key
-                    else new_message_id())
+        secret = self.egress.store.id_secret
+        event_id = (message_id_for(secret, self.org, system, f"feed\x00{topic}\x00{retry_key}")
+                    if retry_key and secret else new_message_id())
         check_topic(topic)
         base = SendRequest(to=self.org, type=req.type, payload=req.payload, purpose=req.purpose,
                            classification=req.classification, subject=req.subject,
@@ -94,7 +95,7 @@ class FeedActions:
         for sub in await self.feeds.refresh(topic):
             if sub.subscriber == self.org or sub.purpose != req.purpose:
                 continue
-            key = f"{req.idempotency_key}/{sub.subscriber}" if req.idempotency_key else None
+            key = f"{event_id}/{sub.subscriber}" if retry_key else None  # per event (topic and key), bounded
             try:
                 rec, _ = await self.egress.send(msgspec.structs.replace(base, to=sub.to, idempotency_key=key),
                                                 system=system, topic=topic)

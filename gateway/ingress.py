@@ -209,9 +209,29 @@ class Ingress(Part):
     async def _handle_message(self, msg: Msg, msg_id: str, seq: int, owe: Owe) -> None:
         filed = self.store.open.get(msg_id)
         if filed is not None:  # closed mail is recognised by store.file, after the decision
+            if not self._same_sender(filed, msg):
+                await self._id_taken(msg, msg_id, seq, owe)
+                return
             await self._redelivered(filed, owe)
             return
         await self._open_and_file(msg, msg_id, seq, owe)
+
+    @staticmethod
+    def _sender_of(msg: Msg) -> str:
+        """The organisation a message came from, by the subject it was published on (the
+        backbone lets each member publish only on its own token)."""
+        return msg.subject.split(".")[-1].replace("_", ":", 1)
+
+    def _same_sender(self, on_file: InRecord | Gone, msg: Msg) -> bool:
+        return isinstance(on_file, Gone) or addresses.org_of(on_file.source) == self._sender_of(msg)
+
+    async def _id_taken(self, msg: Msg, msg_id: str, seq: int, owe: Owe) -> None:
+        """A message whose id is on file from another sender is no redelivery: refused (filed
+        under its sequence), and its sender told ``rejected``, never dropped as a repeat of
+        mail that is not its own."""
+        await self._quarantine(msg, msg_id, seq, PsvnError(
+            Code.CONFLICT, f"message id {msg_id} is already on file here from another sender", field="id",
+            rule="message-id-taken", message_id=msg_id), now_rfc3339(self.clock()), owe)
 
     async def _open_and_file(self, msg: Msg, msg_id: str, seq: int, owe: Owe) -> None:
         received = now_rfc3339(self.clock())
@@ -264,6 +284,9 @@ class Ingress(Part):
             retain_until=now_rfc3339(parse_time(received) + timedelta(days=days))))
         # (env.id is msg_id: open_message refuses any other)
         if on_file is not None:  # filed before (a redelivery, or another instance): finish its steps, once
+            if not self._same_sender(on_file, msg):
+                await self._id_taken(msg, msg_id, seq, owe)
+                return
             await self._redelivered(on_file, owe)
             return
         self.metrics.received.labels("delivered").inc()
@@ -299,15 +322,18 @@ class Ingress(Part):
             owe(rec.id, status.value, rec.source, reason=rec.reason, rule_ids=[rec.rule] if rec.rule else [])
 
     # -- quarantine --------------------------------------------------------------------------
-    async def _quarantine(self, msg: Msg, msg_id: str, seq: int, exc: PsvnError, received: str, owe: Owe) -> None:
-        """File a refused message closed, and move it to quarantine."""
-        sender_tok = msg.subject.split(".")[-1]
-        sender_org = sender_tok.replace("_", ":", 1)
+    async def _quarantine(self, msg: Msg, msg_id: str, seq: int, exc: PsvnError, received: str, owe: Owe,
+                          *, filed_as: str | None = None) -> None:
+        """File a refused message closed (under ``filed_as``, else its id), and move it to quarantine."""
+        sender_org = self._sender_of(msg)
         on_file = await self.store.file(InRecord(
-            id=msg_id, source=sender_org, to=self.org, type="unknown", time=received,
+            id=filed_as or msg_id, source=sender_org, to=self.org, type="unknown", time=received,
             status=State.QUARANTINED.value, size=len(msg.data), seq=seq,
             reason=core.stored_reason(exc), rule=exc.rule, received=received))
         if on_file is not None:
+            if filed_as is None and not self._same_sender(on_file, msg):  # the id is another sender's:
+                await self._quarantine(msg, msg_id, seq, exc, received, owe, filed_as=f"seq-{seq}")  # file
+                return                                                       # this refusal by sequence
             await self._redelivered(on_file, owe)  # already on file (a redelivery)
             return
         self.metrics.received.labels("quarantined").inc()
@@ -413,7 +439,7 @@ class Ingress(Part):
         steps = self.egress.sent_steps
         moved = await self.store.move_out(receipt.message_id, state, reason=receipt.reason,
                                           rule_ids=receipt.rule_ids or None, sha256=receipt.sha256,
-                                          check=from_its_recipient,
+                                          check=from_its_recipient, reached=True,
                                           sent_at=receipt.stored or steps.peek(receipt.message_id))
         steps.overtaken(receipt.message_id)  # (not reached if the move was refused or failed)
         self.metrics.receipts.labels(receipt.status).inc()

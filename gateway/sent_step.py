@@ -121,8 +121,8 @@ class SentSteps:
                     self.metrics.sent_steps.labels("failed").inc()
                     log.warning("sent step not written; the record stays accepted until its receipt",
                                 message_id=message_id, error=repr(exc))
-                finally:
-                    self.overtaken(message_id)
+                # (cancelled, by a stop, it still waits here: close() writes it)
+                self.overtaken(message_id)
 
         await asyncio.gather(*(one(mid, acked_at) for mid, acked_at in taken))
         return len(taken)

@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import re
+import secrets
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -60,7 +63,9 @@ KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 # shared (senders and types are bounded by the registry and the catalogue, but a bound costs nothing)
 _REPEATED = ("source", "to", "type", "status", "classification", "purpose", "mailbox")
 SHARED_STRINGS = 4_096
-_IDEMPOTENT_IDS = uuid.UUID("0b7e5d2a-4c1f-5e8a-9d3b-6f2a1c0e9b47")  # the namespace of derived ids
+# the member's secret for deriving message ids from idempotency keys (message_id_for): written
+# once, by whichever instance starts first, and never aged out (Nats-TTL: never)
+ID_SECRET_KEY = "secret.message-ids"
 
 
 class HistoryEntry(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
@@ -113,10 +118,17 @@ class InRecord(msgspec.Struct, kw_only=True):
     deleted: str | None = None  # when retention deleted the mail; the entry stays so a replay is known
 
 
-def message_id_for(org: str, system: str, idempotency_key: str) -> str:
+def message_id_for(secret: bytes, org: str, system: str, idempotency_key: str) -> str:
     """The message id of a send with an idempotency key: the same (organisation, system, key)
-    always names the same message, so the sender's record of it is also the claim on the key."""
-    return str(uuid.uuid5(_IDEMPOTENT_IDS, f"{org}\x00{system}\x00{idempotency_key}"))
+    always names the same message, so the sender's record of it is also the claim on the key.
+
+    Keyed with the member's own secret (:meth:`StateStore.start`): keys are often guessable
+    (a case number, a local record id), and a member that could work out the id of a message
+    another member is about to send could use it first, in the recipient's inbox, whose dedupe
+    window and create-once filing would then drop the real message. An HMAC of the key under a
+    secret no other member can read leaves it nothing to work out."""
+    digest = hmac.new(secret, f"{org}\x00{system}\x00{idempotency_key}".encode(), hashlib.sha256).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
 
 
 class Gone(msgspec.Struct, frozen=True):
@@ -145,6 +157,7 @@ class StateStore:
         self.kv: jsfast.KV | None = None  # writes and leader reads, through one reply subscription
         self.js: JetStreamContext | None = None  # the watch of open mail
         self.policy_floor = 0
+        self.id_secret: bytes | None = None  # read (or made) at start: see message_id_for
         # sender organisation -> bytes of its mail delivered here and not yet acknowledged (its
         # share of our inbox in use; see Gateway's sender-share check)
         self.held: dict[str, int] = {}
@@ -213,10 +226,30 @@ class StateStore:
         floor = await self._read(POLICY_FLOOR_KEY)
         if floor is not None:
             self.policy_floor = int(floor[0])
+        self.id_secret = await self._id_secret()
         await self._follower.follow(js, bucket, self._apply_open, key="in.>", timeout=timeout)
 
     async def stop(self) -> None:
         await self._follower.stop()
+
+    async def _id_secret(self) -> bytes:
+        """The member's secret for message ids: 32 random bytes, made by the first instance that
+        finds none (create-once: a race leaves one), kept past the bucket's TTL (``never``), so
+        a key's id is the same on every instance and across restarts. It lives in the member's
+        own bucket, which no other member's credentials can read."""
+        assert self.kv is not None
+        got = await self._read(ID_SECRET_KEY)
+        if got is None:
+            with contextlib.suppress(KeyWrongLastSequenceError):  # another instance made it first
+                await self.kv.update(ID_SECRET_KEY, secrets.token_hex(32).encode(), last=0, msg_ttl="never")
+            got = await self._read(ID_SECRET_KEY)
+        try:
+            if got is None or len(got[0]) != 64:
+                raise ValueError("missing or not 32 bytes")
+            return bytes.fromhex(got[0].decode())
+        except ValueError as exc:
+            raise PsvnError(Code.BACKBONE_UNAVAILABLE, f"the state bucket's {ID_SECRET_KEY} is unusable ({exc})",
+                            rule="state-read") from exc
 
     # -- reading and writing entries ----------------------------------------------------------
     async def _get(self, key: str) -> jsfast.Stored | None:
@@ -327,15 +360,19 @@ class StateStore:
                        known: tuple[OutRecord, int] | None = None,
                        check: Callable[[OutRecord], None] | None = None,
                        only_from: tuple[str, ...] | None = None, at: str | None = None,
-                       sent_at: str | None = None, give_way: bool = False) -> OutRecord | None:
+                       sent_at: str | None = None, reached: bool = False,
+                       give_way: bool = False) -> OutRecord | None:
         """Advance a sent message's status per the lifecycle table; stale moves are ignored.
         ``known``: the record and revision the caller just wrote (saves the read); ``check``
         may raise to refuse the move after seeing the record; ``only_from``: the statuses the
         move applies to (any other is left as it is); ``at``: the step's time (default now).
         ``sent_at``: when the backbone stored the message, as its recipient's receipt says: a
         record still ``accepted`` gets its ``sent`` step, at that time, in this same write
-        (:mod:`gateway.sent_step`). ``give_way``: a write that finds the record changed since
-        this instance last wrote it is given up (None), not retried."""
+        (:mod:`gateway.sent_step`). ``reached``: the move is a receipt's, so the message reached
+        its recipient and was sent: a record still ``accepted`` gets its ``sent`` step even with
+        no ``sent_at`` (a receipt from a gateway from before ``stored``, an acknowledgement), at
+        this step's time: sent by then. ``give_way``: a write that finds the record changed
+        since this instance last wrote it is given up (None), not retried."""
 
         def change(rec: OutRecord) -> OutRecord | None:
             if check is not None:
@@ -350,9 +387,9 @@ class StateStore:
                 return None
             when = at or now_rfc3339()
             steps = [HistoryEntry(status=state.value, time=when, reason=reason, sha256=sha256)]
-            if sent_at is not None and rec.status == State.ACCEPTED.value and state is not State.SENT:
+            if (sent_at is not None or reached) and rec.status == State.ACCEPTED.value and state is not State.SENT:
                 # between the steps around it, whatever the recipient's clock says (one form: compared as text)
-                stored = min(max(sent_at, rec.history[-1].time if rec.history else sent_at), when)
+                stored = min(max(sent_at or when, rec.history[-1].time if rec.history else when), when)
                 steps.insert(0, HistoryEntry(status=State.SENT.value, time=stored))
             return msgspec.structs.replace(rec, status=state.value, reason=reason or rec.reason,
                                            rule_ids=rule_ids or rec.rule_ids, history=[*rec.history, *steps])
@@ -364,6 +401,8 @@ class StateStore:
                                    msgspec.json.encode, known or self._recent.get(message_id), give_way)
             if done is not None:
                 self._remember(*done)
+            elif give_way:  # what we remember of it is stale: the next move reads it afresh
+                self._recent.pop(message_id, None)
         return None if done is None else done[0]
 
     # -- received messages --------------------------------------------------------------------

@@ -382,12 +382,16 @@ class KV:
         return (await self.ops.publish(self.prefix + key, value, timeout=timeout)).seq
 
     async def update(self, key: str, value: bytes, *, last: int, of: str | None = None,
-                     timeout: float | None = None) -> int:
+                     msg_ttl: str | None = None, timeout: float | None = None) -> int:
         """Compare-and-set: :class:`KeyWrongLastSequenceError` unless ``last`` is the key's revision
-        (with ``of``, a key filter such as ``*.<id>``: the last revision of any key it matches)."""
+        (with ``of``, a key filter such as ``*.<id>``: the last revision of any key it matches).
+        ``msg_ttl``: the entry's own TTL (``Nats-TTL``: seconds, or ``never``, which outlives the
+        bucket's)."""
         headers = {"Nats-Expected-Last-Subject-Sequence": str(last)}
         if of is not None:
             headers["Nats-Expected-Last-Subject-Sequence-Subject"] = self.prefix + of
+        if msg_ttl is not None:
+            headers["Nats-TTL"] = msg_ttl
         return (await self.ops.publish(self.prefix + key, value, timeout=timeout, headers=headers)).seq
 
     async def create(self, key: str, value: bytes, *, timeout: float | None = None) -> int:

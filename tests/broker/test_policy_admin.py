@@ -285,9 +285,18 @@ def test_replay_reports_recorded_traffic_that_would_change() -> None:
         {"event": "sent", "org": "gss:E06000043", "to": "ods:RYR", "type": "fhir.r4.ServiceRequest",
          "purpose": "direct-care", "classification": "OFFICIAL", "message_id": "m1", "direction": "egress",
          "found_on_backbone": True},
+        # a first request whose ack was lost (refused, outcome unknown), then its retry found it on
+        # the backbone: counted once, as the send it was
+        {"event": "rejected", "org": "gss:E06000043", "to": "ods:RYR", "type": "fhir.r4.ServiceRequest",
+         "purpose": "direct-care", "code": "backbone-unavailable", "message_id": "m5", "direction": "egress",
+         "outcome": "unknown"},
+        {"event": "sent", "org": "gss:E06000043", "to": "ods:RYR", "type": "fhir.r4.ServiceRequest",
+         "purpose": "direct-care", "classification": "OFFICIAL", "message_id": "m5", "direction": "egress",
+         "found_on_backbone": True},
     ]
     report = policy_admin.replay(old, new, events, types)
-    assert (report.events, report.replayed, report.skipped) == (6, 3, 1)
+    assert (report.events, report.replayed, report.skipped) == (8, 4, 1)
     assert [(c.message_id, c.kind, c.old.rule_ids, c.new.rule_ids) for c in report.changes] == [
-        ("m1", "now-denied", ["care-referrals"], [DENY_RULE_ID])]
-    assert report.counts == {"now-denied": 1, "now-allowed": 0, "rules-changed": 0}
+        ("m1", "now-denied", ["care-referrals"], [DENY_RULE_ID]),
+        ("m5", "now-denied", ["care-referrals"], [DENY_RULE_ID])]
+    assert report.counts == {"now-denied": 2, "now-allowed": 0, "rules-changed": 0}

@@ -16,6 +16,7 @@ from psvn import devnet
 from psvn.gateway import feeds
 from psvn.protocol.envelope import SendRequest
 from psvn.protocol.subjects import FEEDS_BUCKET
+from tests.broker.test_backbone import settled, stream_count
 from tests.conftest import Network
 from tests.gateway.test_service import call, wait_status
 
@@ -133,3 +134,5 @@ async def test_a_feed_event_published_again_with_its_key_is_the_same_event(netwo
     await wait_status(net, net.COUNCIL, other[1]["deliveries"][0]["id"], "delivered")
     code, inbox = await call(net, net.TRUST, "GET", "/v1/inbox")
     assert sorted(m["id"] for m in inbox["messages"]) == sorted([mid, other[1]["deliveries"][0]["id"]])
+    await settled(net, net.TRUST)
+    assert await stream_count(net, net.TRUST) == 2  # the repeat stored nothing: two events, two messages

@@ -219,3 +219,84 @@ async def test_a_retry_of_a_send_already_on_the_backbone_is_a_duplicate_audited_
     records = await audit_records(network, {mid}, at_least=2)
     sent = [r for r in records if r["org"] == network.COUNCIL and r["event"] == "sent"]
     assert [r.get("found_on_backbone") for r in sent] == [None, True], records
+
+
+async def test_a_receipt_that_does_not_say_when_still_writes_the_sent_step_and_a_refused_one_leaves_it(
+        network: Network) -> None:
+    """A receipt from another member (the message did not go to it) is refused: the record stays
+    ``accepted`` and its ``sent`` step still waits. The recipient's receipt in the form of a
+    gateway from before ``stored``, applied where no acknowledgement time is known (another
+    instance published it), still writes the ``sent`` step, at the move's own time: the
+    message reached its recipient, so it was sent by then."""
+    trust = network.gateways.pop(network.TRUST)
+    await trust.stop()  # away: the only receipts are the ones this test writes
+    council = network.gateways[network.COUNCIL].gateway
+    council.config.gateway.sent_step_delay_seconds = 60.0
+    _, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(idempotency_key="old-rcpt-1"))
+    mid = body["id"]
+    gp = network.gateways[network.GP].gateway
+    to = gp.registry.lookup(network.COUNCIL)
+    subject, rid, data = core.make_receipts(
+        [core.ReceiptItem(message_id=mid, status="acknowledged", stored="2026-12-07T09:00:00.000Z")], me=gp.identity,
+        to=to)
+    assert gp.js is not None
+    await gp.js.publish(subject, data, headers={"Nats-Msg-Id": rid})
+    assert (await wait_quarantined(network, network.COUNCIL, rid))["rule"] == "receipt-recipient"
+    assert mid in council.sent_steps.pending
+    council.sent_steps.pending.clear()  # as if another instance had published it
+    subject, rid, data = core.make_receipts([core.ReceiptItem(message_id=mid, status="delivered")],
+                                            me=trust.gateway.identity, to=to)
+    nc = await devnet.member_connect(network.layout, network.nats.url, network.TRUST, name="old trust")
+    try:
+        await nc.jetstream().publish(subject, data, headers={"Nats-Msg-Id": rid})
+    finally:
+        await nc.close()
+    final = await wait_status(network, network.COUNCIL, mid, "delivered")
+    assert [h["status"] for h in final["history"]] == ["accepted", "sent", "delivered"]
+    assert final["history"][1]["time"] == final["history"][2]["time"]
+
+
+async def test_a_message_whose_id_another_sender_has_on_file_is_refused_not_taken_for_a_repeat(
+        network: Network) -> None:
+    """The GP sends the trust a message under the id of a council message the trust holds
+    (once the backbone's dedupe window has passed: within it, the backbone drops it). It is no
+    redelivery of the council's letter: it is quarantined under its stream sequence with rule
+    ``message-id-taken`` (its sender told ``rejected``), and the council's letter stays as it was."""
+    from nats.js.api import StreamConfig
+
+    _, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(idempotency_key="taken-1"))
+    mid = body["id"]
+    await wait_status(network, network.COUNCIL, mid, "delivered")
+    nc = await devnet.broker_connect(network.layout, network.nats.url)
+    try:  # a short dedupe window, so the GP's copy reaches the trust's gateway in this test's time
+        cfg: StreamConfig = (await nc.jetstream().stream_info(inbox_stream(network.TRUST))).config
+        cfg.duplicate_window = 0.2
+        await nc.jetstream().update_stream(cfg)
+    finally:
+        await nc.close()
+    gp = network.gateways[network.GP].gateway
+    trust_member = gp.registry.lookup(network.TRUST)
+    req = msgspec.convert(referral(), SendRequest)
+    env = core.build(req, source=network.GP, source_system="x", policy_version=1,
+                     datacontenttype="application/fhir+json", message_id=mid)
+    data = seal.seal(seal.KIND_MESSAGE, msgspec.json.encode(env), msgspec.json.encode(req.payload),
+                     signing_key=gp.signing_key, recipient_key=x25519_public(trust_member.hpke_key),
+                     info=seal.info_for(network.GP, network.TRUST, mid))
+    assert gp.js is not None
+    for _ in range(200):  # until the window has passed: the backbone stores it (not a duplicate)
+        ack = await gp.js.publish(msg_subject(network.TRUST, network.GP), data, headers={"Nats-Msg-Id": mid})
+        if not ack.duplicate:
+            break
+        await asyncio.sleep(0.05)
+    assert not ack.duplicate
+    for _ in range(200):
+        _, q = await call(network, network.TRUST, "GET", "/v1/inbox?status=quarantined")
+        taken = [m for m in q["messages"] if m.get("rule") == "message-id-taken"]
+        if taken:
+            break
+        await asyncio.sleep(0.05)
+    assert [(m["id"], m["from"]) for m in taken] == [(f"seq-{ack.seq}", network.GP)], q
+    status, got = await call(network, network.TRUST, "GET", f"/v1/inbox/{mid}")
+    assert status == 200 and got["envelope"]["source"].startswith(network.COUNCIL), got
+    _, inbox = await call(network, network.TRUST, "GET", "/v1/inbox")
+    assert [m["id"] for m in inbox["messages"]] == [mid]

@@ -167,16 +167,44 @@ async def test_a_failed_write_is_counted_and_the_others_are_still_written() -> N
 async def test_the_loop_sleeps_until_a_step_falls_due_then_writes_it() -> None:
     moves = Moves()
     queue, _metrics, _clock = steps(moves, delay=0.05)
+    loop = asyncio.get_running_loop()
     task = asyncio.create_task(queue.run())
     try:
         await asyncio.sleep(0)  # the loop waits on an empty queue
         assert moves.calls == []
+        published = loop.time()
         queue.published("m0")
         await asyncio.wait_for(moves.changed.wait(), 10)  # woken, slept out the delay, wrote it
+        assert loop.time() - published >= 0.05  # not before its delay (a lower bound: never flaky)
         assert [c[0] for c in moves.calls] == ["m0"] and not queue.pending
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_stop_in_the_middle_of_a_write_leaves_the_steps_for_close() -> None:
+    """The loop is cancelled (the gateway stops) while its writes wait on the backbone: the
+    steps stay waiting, and close() writes them."""
+    gate, entered = asyncio.Event(), asyncio.Event()
+
+    class Stuck(Moves):
+        async def move_out(self, message_id: str, new: State, **kw: Any) -> Any:
+            entered.set()
+            await gate.wait()
+            return await super().move_out(message_id, new, **kw)
+
+    moves = Stuck()
+    queue, _metrics, _clock = steps(moves, delay=0.0)
+    queue.published("m0")
+    queue.published("m1")
+    task = asyncio.create_task(queue.run())
+    await asyncio.wait_for(entered.wait(), 10)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert list(queue.pending) == ["m0", "m1"] and moves.calls == []
+    gate.set()
+    await queue.close(5.0)
+    assert [c[0] for c in moves.calls] == ["m0", "m1"] and not queue.pending
 
 
 def test_the_settings_are_bounded_and_their_errors_name_the_key() -> None:

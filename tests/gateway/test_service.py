@@ -112,6 +112,36 @@ async def test_idempotency_key_returns_same_message(network: Network) -> None:
     assert other[0] == 409 and other[1]["code"] == "conflict" and other[1]["field"] == "idempotency_key"
 
 
+async def test_a_keyed_messages_id_cannot_be_worked_out_by_another_member(network: Network) -> None:
+    """Idempotency keys are often guessable (a case number). The id of a keyed message is an HMAC
+    of the key under the member's own secret, kept in its own state bucket (no other member can
+    read it) and never aged out: not a public function of the key another member could compute
+    and use first in the recipient's inbox. The same key names the same message on every
+    instance and across a restart."""
+    from psvn.gateway.server import GatewayServer
+    from psvn.gateway.store import ID_SECRET_KEY, message_id_for
+
+    council, gp = network.gateways[network.COUNCIL].gateway, network.gateways[network.GP].gateway
+    status, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(idempotency_key="case-7"))
+    assert status == 202
+    _, st = await call(network, network.COUNCIL, "GET", f"/v1/messages/{body['id']}")
+    what_anyone_could_work_out = str(uuid.uuid5(uuid.UUID("0b7e5d2a-4c1f-5e8a-9d3b-6f2a1c0e9b47"),
+                                                f"{network.COUNCIL}\x00{st['system']}\x00case-7"))
+    assert body["id"] != what_anyone_could_work_out
+    assert council.store.id_secret is not None and gp.store.id_secret is not None
+    assert len(council.store.id_secret) == 32 and council.store.id_secret != gp.store.id_secret
+    assert message_id_for(council.store.id_secret, network.COUNCIL, st["system"], "case-7") == body["id"]
+    assert council.store.kv is not None
+    kept = await council.store.kv.get(ID_SECRET_KEY)
+    assert kept is not None and (kept.headers or {}).get("Nats-TTL") == "never"  # the bucket's TTL never takes it
+    old = network.gateways.pop(network.COUNCIL)
+    await old.stop()
+    network.gateways[network.COUNCIL] = restarted = await GatewayServer(old.config).start()
+    assert restarted.gateway.store.id_secret == council.store.id_secret
+    again = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(idempotency_key="case-7"))
+    assert again[0] == 200 and again[1]["id"] == body["id"]
+
+
 async def test_bad_inputs_name_field_and_rule(network: Network) -> None:
     council = network.COUNCIL
     cases: list[tuple[dict[str, Any] | bytes, int, str, str | None]] = [

@@ -217,7 +217,7 @@ async def test_a_message_no_receipt_answers_gets_its_sent_step_written_alone(net
         assert status == 202 and body["status"] == "accepted"
         sent = await wait_status(network, org, body["id"], "sent")
         assert [h["status"] for h in sent["history"]] == ["accepted", "sent"]
-        for _ in range(200):  # the writer counts it once its write's ack is in: a moment after a reader sees it
+        for _ in range(2000):  # the writer counts it once its write's ack is in: a moment after a reader sees it
             if council.sent_steps.written == written + 1:
                 break
             await asyncio.sleep(0.01)
