@@ -42,6 +42,19 @@ class Moves:
         return None if message_id in self.moved_on else SimpleNamespace(status=new.value)
 
 
+class Gated(Moves):
+    """Each write waits at a gate the test opens (a backbone slow to answer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.entered = asyncio.Event(), asyncio.Event()
+
+    async def move_out(self, message_id: str, new: State, **kw: Any) -> Any:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().move_out(message_id, new, **kw)
+
+
 def steps(moves: Moves, *, delay: float = 3600.0, bound: int = 100) -> tuple[SentSteps, Metrics, list[datetime]]:
     settings = GatewaySection(org="gss:E06000043", sent_step_delay_seconds=delay, max_pending_sent_steps=bound)
     clock = [T0]
@@ -132,23 +145,13 @@ async def test_a_delay_changed_while_running_applies_to_what_waits() -> None:
 
 async def test_a_step_stays_waiting_while_its_write_is_in_flight() -> None:
     """Until its write is done, a receipt's move still finds the step's time (peek)."""
-    gate, entered = asyncio.Event(), asyncio.Event()
-    seen: list[str | None] = []
-
-    class Slow(Moves):
-        async def move_out(self, message_id: str, new: State, **kw: Any) -> Any:
-            seen.append(queue.peek(message_id))
-            entered.set()
-            await gate.wait()
-            return await super().move_out(message_id, new, **kw)
-
-    moves = Slow()
+    moves = Gated()
     queue, _metrics, _clock = steps(moves, delay=0.0)
     queue.published("m0")
     writing = asyncio.create_task(queue.write_due())
-    await asyncio.wait_for(entered.wait(), 10)
-    assert seen == ["2026-12-07T09:00:00.000Z"] and "m0" in queue.pending
-    gate.set()
+    await asyncio.wait_for(moves.entered.wait(), 10)
+    assert queue.peek("m0") == "2026-12-07T09:00:00.000Z" and "m0" in queue.pending
+    moves.gate.set()
     assert await writing == 1 and not queue.pending
 
 
@@ -185,24 +188,16 @@ async def test_the_loop_sleeps_until_a_step_falls_due_then_writes_it() -> None:
 async def test_a_stop_in_the_middle_of_a_write_leaves_the_steps_for_close() -> None:
     """The loop is cancelled (the gateway stops) while its writes wait on the backbone: the
     steps stay waiting, and close() writes them."""
-    gate, entered = asyncio.Event(), asyncio.Event()
-
-    class Stuck(Moves):
-        async def move_out(self, message_id: str, new: State, **kw: Any) -> Any:
-            entered.set()
-            await gate.wait()
-            return await super().move_out(message_id, new, **kw)
-
-    moves = Stuck()
+    moves = Gated()
     queue, _metrics, _clock = steps(moves, delay=0.0)
     queue.published("m0")
     queue.published("m1")
     task = asyncio.create_task(queue.run())
-    await asyncio.wait_for(entered.wait(), 10)
+    await asyncio.wait_for(moves.entered.wait(), 10)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert list(queue.pending) == ["m0", "m1"] and moves.calls == []
-    gate.set()
+    moves.gate.set()
     await queue.close(5.0)
     assert [c[0] for c in moves.calls] == ["m0", "m1"] and not queue.pending
 
