@@ -68,6 +68,20 @@ class FeedActions:
                             rule="subscription-exists")
         await self.audit("unsubscribed", topic=topic, system=system)
 
+    async def _earlier_deliveries(self, topic: str, event_id: str, purpose: str, secret: bytes,
+                                  system: str) -> list[dict[str, object]]:
+        """The deliveries an event published before made, read where their records live (each
+        delivery's id is derived from the event's, as :meth:`publish` sends it)."""
+        found: list[dict[str, object]] = []
+        for sub in await self.feeds.refresh(topic):
+            if sub.subscriber == self.org or sub.purpose != purpose:
+                continue
+            rec = await self.egress.store.out_record(
+                message_id_for(secret, self.org, system, f"{event_id}/{sub.subscriber}"))
+            if rec is not None:
+                found.append({"to": sub.to, "id": rec.id, "status": rec.status})
+        return found
+
     async def publish(self, topic: str, req: FeedRequest, *, system: str) -> dict[str, object]:
         """Publish one event: one sealed message per subscriber (for this purpose) the feed rules
         allow, each on the point-to-point path. Returns the deliveries and the refusals. With an
@@ -89,6 +103,10 @@ class FeedActions:
                                   content_type=req.datacontenttype or entry.datacontenttype)
             core.decide_publish(snap, base, me=self.member.identity, topic=topic, message_id=event_id)
         except PsvnError as exc:
+            if retry_key and secret:  # a retry of an event published before the checks changed?
+                earlier = await self._earlier_deliveries(topic, event_id, req.purpose, secret, system)
+                if earlier:  # it went out then: say what became of it, never refuse it as unsent
+                    return {"event": event_id, "topic": topic, "deliveries": earlier, "refused": []}
             raise await self.egress.reject_request(exc, system=system) from None
         deliveries: list[dict[str, object]] = []
         refused: list[dict[str, object]] = []

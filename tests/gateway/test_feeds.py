@@ -136,3 +136,41 @@ async def test_a_feed_event_published_again_with_its_key_is_the_same_event(netwo
     assert sorted(m["id"] for m in inbox["messages"]) == sorted([mid, other[1]["deliveries"][0]["id"]])
     await settled(net, net.TRUST)
     assert await stream_count(net, net.TRUST) == 2  # the repeat stored nothing: two events, two messages
+
+
+async def test_a_feed_event_retried_after_the_rules_changed_says_what_became_of_it(network: Network) -> None:
+    """An event is published with a key; a new policy version then drops the sensor feeds. A
+    retry of the same event is not refused as if it had never gone out: its deliveries are
+    answered as they stand. A new event is refused by the new rules."""
+    from psvn.broker import policy_admin
+    from psvn.broker.policy_admin import PolicyAdmin
+    from psvn.certs.keys import load_signing_key
+    from psvn.policies import bundle
+    from psvn.policies.review import load_suite
+    from tests.broker.test_policy_admin import DEFAULT_RULES, member_types, next_doc, wait_versions
+
+    net = network
+    code, _ = await call(net, net.TRUST, "PUT", f"/v1/subscriptions/{TOPIC}", {"purpose": PURPOSE})
+    assert code == 200
+    await wait_subscribers(net, net.COUNCIL, {net.TRUST})
+    first = await call(net, net.COUNCIL, "POST", f"/v1/feeds/{TOPIC}", event(idempotency_key="reading-9"))
+    assert first[0] == 202 and len(first[1]["deliveries"]) == 1, first
+    start = DEFAULT_RULES.index('[[feed]]\nid = "sensor-feeds"')
+    paused = DEFAULT_RULES[:start] + DEFAULT_RULES[DEFAULT_RULES.index("[[feed]]", start + 1):]  # no sensor feeds
+    nc = await devnet.broker_connect(net.layout, net.nats.url, name="test policy admin")
+    try:  # the policy's own examples of sensor feeds are dropped with them
+        admin = await PolicyAdmin.open(
+            nc.jetstream(), authority_pub=policy_admin.load_public_key(net.layout.authority_pub),
+            signing_key=load_signing_key(net.layout.authority_key), members=lambda: member_types(net),
+            suite=[c for c in load_suite(bundle.DEFAULT_DIR) if "air-quality" not in c.name])
+        p = await admin.propose(next_doc(2, paused), "alice")
+        await admin.approve(p.id, "bob")
+        await admin.publish(p.id, "bob")
+    finally:
+        await nc.close()
+    assert await wait_versions(net, 2) == {org: 2 for org in net.gateways}
+    new = await call(net, net.COUNCIL, "POST", f"/v1/feeds/{TOPIC}", event(idempotency_key="reading-10"))
+    assert (new[0], new[1]["code"]) == (403, "policy-denied"), new
+    again = await call(net, net.COUNCIL, "POST", f"/v1/feeds/{TOPIC}", event(idempotency_key="reading-9"))
+    assert again[0] == 202 and again[1]["event"] == first[1]["event"], again
+    assert [d["id"] for d in again[1]["deliveries"]] == [d["id"] for d in first[1]["deliveries"]]
