@@ -68,16 +68,20 @@ class FeedActions:
                             rule="subscription-exists")
         await self.audit("unsubscribed", topic=topic, system=system)
 
+    async def _receivers(self, topic: str, purpose: str) -> list[Subscription]:
+        """Who an event on ``topic`` for ``purpose`` goes to: its subscribers for that purpose,
+        this member apart."""
+        return [sub for sub in await self.feeds.refresh(topic)
+                if sub.subscriber != self.org and sub.purpose == purpose]
+
     async def _earlier_deliveries(self, topic: str, event_id: str, purpose: str, secret: bytes,
                                   system: str) -> list[dict[str, object]]:
         """The deliveries an event published before made, read where their records live (each
         delivery's id is derived from the event's, as :meth:`publish` sends it)."""
         found: list[dict[str, object]] = []
-        for sub in await self.feeds.refresh(topic):
-            if sub.subscriber == self.org or sub.purpose != purpose:
-                continue
+        for sub in await self._receivers(topic, purpose):
             rec = await self.egress.store.out_record(
-                message_id_for(secret, self.org, system, f"{event_id}/{sub.subscriber}"))
+                message_id_for(secret, self.org, system, _delivery_key(event_id, sub.subscriber)))
             if rec is not None:
                 found.append({"to": sub.to, "id": rec.id, "status": rec.status})
         return found
@@ -110,10 +114,8 @@ class FeedActions:
             raise await self.egress.reject_request(exc, system=system) from None
         deliveries: list[dict[str, object]] = []
         refused: list[dict[str, object]] = []
-        for sub in await self.feeds.refresh(topic):
-            if sub.subscriber == self.org or sub.purpose != req.purpose:
-                continue
-            key = f"{event_id}/{sub.subscriber}" if retry_key else None  # per event (topic and key), bounded
+        for sub in await self._receivers(topic, req.purpose):
+            key = _delivery_key(event_id, sub.subscriber) if retry_key else None
             try:
                 rec, _ = await self.egress.send(msgspec.structs.replace(base, to=sub.to, idempotency_key=key),
                                                 system=system, topic=topic)
@@ -124,3 +126,9 @@ class FeedActions:
         await self.audit("published", message_id=event_id, topic=topic, type=req.type, purpose=req.purpose,
                          deliveries=len(deliveries), refused=len(refused), system=system, direction="egress")
         return {"event": event_id, "topic": topic, "deliveries": deliveries, "refused": refused}
+
+
+def _delivery_key(event_id: str, subscriber: str) -> str:
+    """The idempotency key of one delivery of an event with a key: per event (so per topic and
+    key), and bounded in length whatever the caller's key was."""
+    return f"{event_id}/{subscriber}"

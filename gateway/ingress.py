@@ -220,7 +220,7 @@ class Ingress(Part):
     def _sender_of(msg: Msg) -> str:
         """The organisation a message came from, by the subject it was published on (the
         backbone lets each member publish only on its own token)."""
-        return msg.subject.split(".")[-1].replace("_", ":", 1)
+        return addresses.from_token(msg.subject.split(".")[-1])
 
     def _same_sender(self, on_file: InRecord | Gone, msg: Msg) -> bool:
         return isinstance(on_file, Gone) or addresses.org_of(on_file.source) == self._sender_of(msg)
