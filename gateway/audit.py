@@ -4,9 +4,14 @@ Every event a gateway audits (sent, delivered, rejected, quarantined, ...) must 
 never lost, but must not hold up the message it describes. Records are queued at once and one
 task writes them to the member's audit stream, as many as are waiting per stream message
 (:mod:`broker.auditlog`'s JSON Lines): at volume, hundreds of records cost one write and one
-acknowledgement. A batch is retried with the same ``Nats-Msg-Id`` through a disconnect or an
-election (stored once); a batch never acknowledged is logged in full and counted as lost, as are
-records beyond ``max_pending`` during a long outage: bounded, never silent.
+acknowledgement. The writer lingers a moment (``linger``, 10 ms in a gateway) after the first
+record of a batch arrives, so that at a steady trickle (a few hundred messages a second, one at
+a time) records still share writes instead of each paying a publish, a stored message and an
+acknowledgement of its own; nothing waits for the audit, so the linger holds up no message.
+
+A batch is retried with the same ``Nats-Msg-Id`` through a disconnect or an election (stored
+once); a batch never acknowledged is logged in full and counted as lost, as are records beyond
+``max_pending`` during a long outage: bounded, never silent.
 """
 
 from __future__ import annotations
@@ -38,13 +43,16 @@ MAX_IN_FLIGHT = 10_000
 
 class AuditWriter:
     def __init__(self, publish: Publish, *, on_lost: Callable[[int], None], max_pending: int = 10_000,
-                 max_batch_bytes: int = 60 * 1024, attempts: int = 6) -> None:
+                 max_batch_bytes: int = 60 * 1024, attempts: int = 6, linger: float = 0.0) -> None:
         self._publish = publish
+        self.linger = linger  # seconds a batch waits for more records (never when closing or full)
         self._on_lost = on_lost
         self.max_pending = max_pending
         self.max_batch_bytes = max_batch_bytes
         self.attempts = attempts
         self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._full = asyncio.Event()  # a batch's worth is queued: the linger ends
         self._in_flight = 0
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -64,6 +72,9 @@ class AuditWriter:
             log.error("audit record not stored: too many awaiting the backbone", record=record)
             return
         self._queue.append(data)
+        self._queued_bytes += len(data) + 1
+        if self._queued_bytes >= self.max_batch_bytes:
+            self._full.set()
         self._idle.clear()
         self._wake.set()
         if self._task is None:
@@ -75,12 +86,24 @@ class AuditWriter:
         while self._queue and size + 1 + len(self._queue[0]) <= self.max_batch_bytes:
             size += 1 + len(self._queue[0])
             batch.append(self._queue.popleft())
+        self._queued_bytes = max(0, self._queued_bytes - size - 1) if self._queue else 0
+        if self._queued_bytes < self.max_batch_bytes:
+            self._full.clear()
         return batch
+
+    async def _linger(self) -> None:
+        """Let more records join the batch: until ``linger`` has passed, a batch's worth is
+        queued, or the writer is closing (close() then waits for no timer)."""
+        if self.linger <= 0 or self._closing or self._full.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._full.wait(), self.linger)
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            await self._linger()
             while self._queue:
                 batch = self._take()
                 self._in_flight = len(batch)
@@ -111,6 +134,7 @@ class AuditWriter:
     async def close(self, timeout: float) -> int:
         """Write what is queued (bounded by ``timeout``); returns how many records were lost."""
         self._closing = True
+        self._full.set()  # a lingering batch goes now
         if self._task is None:
             return 0
         with contextlib.suppress(TimeoutError):
@@ -122,6 +146,7 @@ class AuditWriter:
             self._on_lost(lost)
             log.error("audit records not stored at shutdown", count=lost)
         self._queue.clear()
+        self._queued_bytes = 0
         return lost
 
 
@@ -132,11 +157,12 @@ class Audit:
     the gateway's :class:`BackboneLink`, so it follows the connection across a rejoin."""
 
     def __init__(self, *, org: str, clock: Callable[[], datetime], link: BackboneLink,
-                 on_lost: Callable[[int], None]) -> None:
+                 on_lost: Callable[[int], None], linger: float = 0.0) -> None:
         self.org = org
         self.clock = clock
         self.link = link
-        self.writer = AuditWriter(self._write, on_lost=on_lost, max_pending=MAX_IN_FLIGHT, attempts=ATTEMPTS)
+        self.writer = AuditWriter(self._write, on_lost=on_lost, max_pending=MAX_IN_FLIGHT, attempts=ATTEMPTS,
+                                  linger=linger)
 
     async def __call__(self, event: str, **fields: object) -> None:
         self.writer.add({"event": event, "org": self.org, "time": now_rfc3339(self.clock()), **fields})

@@ -53,6 +53,11 @@ class GatewaySection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # messages with no object kept (psvn.core.heap). Each call holds the event loop ~2 ms.
     # Whole seconds, at most an hour; 0 never trims.
     heap_trim_seconds: Annotated[int, msgspec.Meta(ge=0, le=3600)] = 10
+    # How long the audit writer lets records gather before it writes a batch (gateway.audit):
+    # nothing waits for the audit, and at a trickle each record otherwise cost a stored message
+    # and an acknowledgement of its own. 0: write at once (batches then form only while a write
+    # is in flight).
+    audit_linger_seconds: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.01
     policy_wait_seconds: float = 10.0  # at start: how long to wait for an acceptable policy set
     # One sender's share of this member's inbox: bytes of its mail delivered and not yet
     # acknowledged. Past it, new mail from that sender is refused (the sender is told

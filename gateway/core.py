@@ -301,16 +301,24 @@ def check_send(req: SendRequest, *, snap: PolicySnapshot, registry: MemberTable,
                      subjects=subjects)
 
 
-def prepare_send(req: SendRequest, *, me: Identity, system: str | None, snap: PolicySnapshot,
-                 registry: MemberTable, message_id: str, now: datetime | None = None,
-                 consent: ConsentRegistry | None = None, topic: str | None = None,
-                 checked: SendCheck | None = None) -> Outgoing:
-    """Check, decide, sign and seal one message; with ``topic``, one delivery of a feed event.
-    ``checked``: the request as :func:`check_send` already checked it (the gateway checks first,
-    reads the consent of the subjects it names, then decides)."""
+@dataclass(frozen=True)
+class Planned:
+    """A send decided and its envelope built, not yet sealed (no cryptography yet): what the
+    sender's record needs (rule ids, expiry) and what :func:`seal_send` seals."""
+
+    req: SendRequest  # as sent: the time to live capped by the policy's retention rule
+    checked: SendCheck
+    decision: Decision
+    envelope: Envelope
+
+
+def plan_send(req: SendRequest, *, me: Identity, system: str | None, snap: PolicySnapshot,
+              registry: MemberTable, message_id: str, now: datetime | None = None,
+              consent: ConsentRegistry | None = None, topic: str | None = None,
+              checked: SendCheck | None = None) -> Planned:
+    """Check and decide one message and build its envelope; a refusal raises."""
     checked = checked or check_send(req, snap=snap, registry=registry, message_id=message_id)
-    req, recipient_org, recipient, entry, body = (checked.req, checked.recipient_org, checked.recipient,
-                                                 checked.entry, checked.body)
+    req, recipient_org, recipient, entry = checked.req, checked.recipient_org, checked.recipient, checked.entry
     try:
         decision = decide(snap, req, sender=me.org, sender_type=me.member_type, recipient=recipient_org,
                           recipient_type=recipient.type, direction="egress", consent=consent,
@@ -325,12 +333,29 @@ def prepare_send(req: SendRequest, *, me: Identity, system: str | None, snap: Po
     env = build(req, source=me.org, source_system=system, policy_version=snap.version,
                 datacontenttype=req.datacontenttype or entry.datacontenttype, now=now, message_id=message_id,
                 topic=topic)
+    return Planned(req=req, checked=checked, decision=decision, envelope=env)
+
+
+def seal_send(planned: Planned, *, me: Identity) -> Outgoing:
+    """Sign and seal a planned message to its recipient."""
+    env, recipient_org, recipient = planned.envelope, planned.checked.recipient_org, planned.checked.recipient
     header = msgspec.json.encode(env)
-    data = seal.seal(seal.KIND_MESSAGE, header, body, signing_key=me.signing_key,
+    data = seal.seal(seal.KIND_MESSAGE, header, planned.checked.body, signing_key=me.signing_key,
                      recipient_key=seal.public_key_for(recipient.hpke_suite, recipient.hpke_key),
                      info=seal.info_for(me.org, recipient_org, env.id), suite=recipient.hpke_suite)
-    return Outgoing(envelope=env, subject=msg_subject(recipient_org, me.org), data=data, decision=decision,
+    return Outgoing(envelope=env, subject=msg_subject(recipient_org, me.org), data=data, decision=planned.decision,
                     size=len(data))
+
+
+def prepare_send(req: SendRequest, *, me: Identity, system: str | None, snap: PolicySnapshot,
+                 registry: MemberTable, message_id: str, now: datetime | None = None,
+                 consent: ConsentRegistry | None = None, topic: str | None = None,
+                 checked: SendCheck | None = None) -> Outgoing:
+    """Check, decide, sign and seal one message; with ``topic``, one delivery of a feed event.
+    ``checked``: the request as :func:`check_send` already checked it (the gateway checks first,
+    reads the consent of the subjects it names, then decides)."""
+    return seal_send(plan_send(req, me=me, system=system, snap=snap, registry=registry, message_id=message_id,
+                               now=now, consent=consent, topic=topic, checked=checked), me=me)
 
 
 def sender_from_subject(subject: str, me: Identity, kind: str) -> str:

@@ -27,12 +27,56 @@ from psvn.gateway.parts import Part, Shared
 from psvn.gateway.sent_step import SentSteps
 from psvn.gateway.store import HistoryEntry, OutRecord, message_id_for
 from psvn.gateway.sweeps import Sweeper
-from psvn.protocol.envelope import SendRequest, check_free_id, new_message_id, now_rfc3339, parse_time
+from psvn.policies.consent import ConsentRegistry
+from psvn.protocol.envelope import SendRequest, check_free_id, new_message_id, parse_time
 from psvn.protocol.lifecycle import State
 
 log = structlog.get_logger("psvn.gateway")
 
 Consult = Callable[[frozenset[str], str], Awaitable[Consulted]]
+
+
+class Claim:
+    """A sender's record written while the consent its decision needs is read, so that the two
+    round trips overlap instead of following one another (the send then waits for two before
+    its answer: these, then the publish).
+
+    The record is written as the decision would be with no consent on file (what nearly every
+    decision finds) and is only a claim until the decision is made: :meth:`settle` keeps it if
+    the decision made with the consent read says the same (the same rule ids and expiry),
+    otherwise rewrites it, and :meth:`withdraw` takes it back if the message is refused. Nothing
+    is published before the real decision, so the guess decides nothing; a refused request
+    leaves no record, as before, and its retry is decided afresh."""
+
+    def __init__(self, egress: Egress, rec: OutRecord) -> None:
+        self.egress, self.rec = egress, rec
+        self.written = asyncio.ensure_future(egress._write_record(rec))
+        # (awaited by settle or withdraw; if neither runs, a cancelled request, its failure is not logged twice)
+        self.written.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def settle(self, rec: OutRecord) -> int | None:
+        """The record as decided: the claim's revision (None: the id was taken), or a new one if
+        the decision changed what it says."""
+        revision = await self.written
+        if revision is not None and rec != self.rec:  # the consent read changed the decision's rules
+            await self.egress.store.withdraw_out(rec.id, revision)
+            return await self.egress._write_record(rec)
+        return revision
+
+    async def withdraw(self) -> None:
+        """The message is refused: take the record back, so the key stays free (a record left by
+        a failed withdrawal says ``accepted`` for a message never sent, as a crash between the
+        record and the publish leaves it, and a retry resumes it after its own checks)."""
+        try:
+            revision = await self.written
+        except PsvnError:
+            return  # nothing written, as far as we know
+        if revision is None:
+            return  # the record is an earlier request's
+        try:
+            await self.egress.store.withdraw_out(self.rec.id, revision)
+        except Exception as exc:
+            log.warning("a refused message's record was not taken back", message_id=self.rec.id, error=repr(exc))
 
 
 class Egress(Part):
@@ -57,8 +101,9 @@ class Egress(Part):
 
         Backbone writes on the way: the sender's record (create-once: with an idempotency key
         the message id is derived from it, so this write is also the claim on the key) and the
-        sealed message; the audit record goes to the batcher. Awaited round trips: the consent
-        read (for a type that needs consent), the record, the publish. The record says
+        sealed message; the audit record goes to the batcher. Awaited round trips: two, the
+        record (written while the consent a decision needs is read: :class:`Claim`) and then
+        the publish, which waits for the decision made with that consent. The record says
         ``accepted`` when this returns, the message being on the backbone: its receipt's move
         writes the ``sent`` step, or :mod:`gateway.sent_step` does if no receipt comes soon."""
         started = time.perf_counter()
@@ -79,18 +124,23 @@ class Egress(Part):
         # A retry (same key) is recognised when its record is written: the create-once write
         # fails, and the request is answered with what the first one became (or resumes it).
         started_at = self.clock()  # the envelope's time and the record's creation: one instant
+        claim: Claim | None = None  # the record written while the consent was read
         try:
             snap = self.member.snapshot
             checked = core.check_send(req, snap=snap, registry=self.registry, message_id=message_id)
+
+            def plan(consent: ConsentRegistry, at: datetime) -> core.Planned:  # decided, not sealed
+                return core.plan_send(req, me=self.member.identity, system=system, snap=snap,
+                                      registry=self.registry, message_id=message_id, now=at, consent=consent,
+                                      topic=topic, checked=checked)
+
+            if checked.consent_subjects:
+                claim = self._claim_early(lambda: plan(ConsentRegistry(), started_at), request_hash, system)
             consulted = await self.consult(checked.consent_subjects, message_id)
-
-            def sealed(at: datetime) -> core.Outgoing:  # the message as decided, written at ``at``
-                return core.prepare_send(req, me=self.member.identity, system=system, snap=snap,
-                                         registry=self.registry, message_id=message_id, now=at,
-                                         consent=consulted.consent, topic=topic, checked=checked)
-
-            out = sealed(started_at)
+            planned = plan(consulted.consent, started_at)
         except PsvnError as exc:
+            if claim is not None:  # decided against (or not decided): the record written meanwhile goes
+                await claim.withdraw()
             if key:  # a retry of a message accepted before (e.g. under another policy version)?
                 prior = await self._prior(message_id, request_hash)
                 on_backbone = prior is not None and message_id in self.sent_steps.pending  # we published it
@@ -109,17 +159,8 @@ class Egress(Part):
             await self._refused(exc, req, message_id=message_id, system=system)
             raise
         self.metrics.decisions.labels("egress", "allow").inc()
-        now = now_rfc3339(started_at)
-        rec = OutRecord(id=message_id, to=req.to, type=req.type, status=State.ACCEPTED.value, created=now,
-                        system=system, history=[HistoryEntry(status=State.ACCEPTED.value, time=now)],
-                        rule_ids=out.decision.rule_ids, request_hash=request_hash, expires=out.envelope.expires)
-        try:
-            revision = await self.store.put_out(rec)
-            self.state_write_error = None
-        except Exception as exc:
-            self.state_write_error = type(exc).__name__
-            raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the backbone did not store the message; nothing was sent",
-                            rule="state-write", message_id=message_id) from exc
+        rec = self._record(planned, request_hash, system)
+        revision = await claim.settle(rec) if claim is not None else await self._write_record(rec)
         if revision is None:  # the key was used before (a retry), or by a concurrent request
             prior = await self._prior(message_id, request_hash)
             if prior is None:  # its record aged out (the bucket's TTL): the key is spent
@@ -127,10 +168,11 @@ class Egress(Part):
                                 field="idempotency_key", rule="idempotency", message_id=message_id)
             if prior.status != State.ACCEPTED.value or message_id in self.sent_steps.pending:
                 return prior, False  # moved on, or published by this instance: nothing to publish again
+            if prior.created != rec.created:  # sealed again as first written: the same time and expiry, so
+                # the recipient's age and expiry checks (and the sender's expiry) judge one message
+                planned = plan(consulted.consent, parse_time(prior.created))
             rec = prior  # accepted, its publish unconfirmed or in flight: sealing again is safe (below)
-            if prior.created != now:  # sealed again as first written: the same time and expiry, so the
-                # recipient's age and expiry checks (and the sender's expiry) judge one message
-                out = sealed(parse_time(prior.created))
+        out = core.seal_send(planned, me=self.member.identity)
         # Publishing a message already published (a retry, or the concurrent request above) is
         # safe: JetStream's dedupe window and the recipient's create-once filing keep it single.
         try:
@@ -164,6 +206,35 @@ class Egress(Part):
         log.debug("message sent", message_id=message_id, to=req.to, type=req.type, system=system, found=found)
         # a repeat of a key (the record was there) is answered as one, whoever's publish stored it
         return rec, revision is not None
+
+    def _record(self, planned: core.Planned, request_hash: str, system: str) -> OutRecord:
+        """The sender's record of a message as decided: ``accepted``, at the envelope's time."""
+        env, now = planned.envelope, planned.envelope.time
+        return OutRecord(id=env.id, to=planned.req.to, type=planned.req.type, status=State.ACCEPTED.value,
+                         created=now, system=system, history=[HistoryEntry(status=State.ACCEPTED.value, time=now)],
+                         rule_ids=planned.decision.rule_ids, request_hash=request_hash, expires=env.expires)
+
+    async def _write_record(self, rec: OutRecord) -> int | None:
+        """Write a new sent message's record (the claim on its id); its revision, or None if the
+        id was taken (a retry, or a concurrent request with the same key)."""
+        try:
+            revision = await self.store.put_out(rec)
+        except Exception as exc:
+            self.state_write_error = type(exc).__name__
+            raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the backbone did not store the message; nothing was sent",
+                            rule="state-write", message_id=rec.id) from exc
+        self.state_write_error = None
+        return revision
+
+    def _claim_early(self, guess: Callable[[], core.Planned], request_hash: str, system: str) -> Claim | None:
+        """Start writing the record while the consent is read, if the decision with no consent
+        on file allows the message (``guess`` raises if not: then the record waits for the
+        decision, as without consent)."""
+        try:
+            planned = guess()
+        except PsvnError:
+            return None
+        return Claim(self, self._record(planned, request_hash, system))
 
     async def send_batch(self, items: Sequence[SendRequest | PsvnError], *,
                          system: str) -> list[tuple[OutRecord, bool] | PsvnError]:

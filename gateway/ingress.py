@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from psvn.backbone.connect import ELECTION_ERRORS
+from psvn.backbone.jsfast import already_gone
 from psvn.backbone.natsraw import Puller
 from psvn.core import addresses
 from psvn.core.errors import Code, PsvnError
@@ -30,7 +31,7 @@ from psvn.gateway import core
 from psvn.gateway.consent import OPERATOR_TYPE, Consulted
 from psvn.gateway.egress import Consult, Egress
 from psvn.gateway.feeds import FeedView
-from psvn.gateway.link import PUBLISH_PATIENCE, already_gone
+from psvn.gateway.link import PUBLISH_PATIENCE
 from psvn.gateway.mailbox import Mailbox
 from psvn.gateway.parts import Part, Shared
 from psvn.gateway.store import KEY_ID, Gone, InRecord, OutRecord

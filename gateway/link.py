@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import APIError, ServiceUnavailableError
 
 from psvn.backbone.jsfast import JetStreamOps
 from psvn.backbone.natsraw import RawReads
@@ -47,13 +47,6 @@ def _transient(exc: Exception) -> bool:
     if _inbox_full(exc):
         return False
     return not isinstance(exc, APIError) or isinstance(exc, ServiceUnavailableError)
-
-
-def already_gone(exc: Exception) -> bool:
-    """JetStream's 'no message found' (err 10037 / 10057) or, for a delete of a sequence the
-    stream no longer holds, 'sequence not found' (err 10043, a 400): deleted already, by us, by
-    another instance or by max age."""
-    return isinstance(exc, NotFoundError) or getattr(exc, "err_code", None) in (10037, 10043, 10057)
 
 
 class BackboneLink:

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import msgspec
 from nats.js.errors import APIError
 
+from psvn.backbone.jsfast import already_gone
 from psvn.core.errors import Code, PsvnError
 from psvn.gateway import core
 from psvn.gateway.consent import ConsentLookup
 from psvn.gateway.egress import Egress
-from psvn.gateway.link import already_gone
 from psvn.gateway.parts import Part, Shared
 from psvn.gateway.store import InRecord, OutRecord
 from psvn.gateway.sweeps import Sweeper

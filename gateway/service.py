@@ -109,7 +109,8 @@ class Gateway:
         self._started = False
         self._stopping = False
         self._background: set[asyncio.Task[None]] = set()
-        audit = self._audit = Audit(org=self.org, clock=self.clock, link=self.link, on_lost=self.metrics.audit_lost.inc)
+        audit = self._audit = Audit(org=self.org, clock=self.clock, link=self.link, on_lost=self.metrics.audit_lost.inc,
+                                    linger=config.gateway.audit_linger_seconds)
         self.audit_log = audit.writer
 
         def stopping() -> bool:

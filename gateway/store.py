@@ -349,11 +349,28 @@ class StateStore:
 
     async def put_out(self, rec: OutRecord) -> int | None:
         """Record a new sent message (the idempotency claim); its revision, or None if the id is
-        taken already (a concurrent or earlier request with the same key)."""
-        revision = await self._create(f"out.{rec.id}", msgspec.json.encode(rec))
+        taken already (a concurrent or earlier request with the same key). An id whose record
+        was withdrawn is free (a purge or an aged-out entry's marker is not: that key is spent)."""
+        key, value = f"out.{rec.id}", msgspec.json.encode(rec)
+        revision = await self._create(key, value)
+        if revision is None:  # taken, unless its record was withdrawn (withdraw_out): then free again
+            got = await self._get(key)
+            if got is not None and (got.headers or {}).get("KV-Operation") == "DEL" and got.seq:
+                revision = await self._create(key, value, last=got.seq)
         if revision is not None:
             self._remember(rec, revision)
         return revision
+
+    async def withdraw_out(self, message_id: str, revision: int) -> None:
+        """Take back a record :meth:`put_out` wrote at ``revision`` before its message was
+        decided, now decided against (:class:`gateway.egress.Claim`: the record is written while
+        the consent the decision needs is read). A delete marker replaces it, only if it is
+        still that revision, and :meth:`put_out` may write over the marker: a retry is decided
+        afresh, as if the request had been refused before anything was written."""
+        assert self.kv is not None
+        self._recent.pop(message_id, None)
+        with contextlib.suppress(KeyWrongLastSequenceError):  # moved on since: left as it is
+            await self.kv.delete(f"out.{message_id}", last=revision)
 
     async def move_out(self, message_id: str, new: State, *, reason: str | None = None,
                        rule_ids: list[str] | None = None, sha256: str | None = None,

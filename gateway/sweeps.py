@@ -18,9 +18,10 @@ import msgspec
 import structlog
 from nats.js.errors import APIError
 
+from psvn.backbone.jsfast import already_gone
 from psvn.gateway.audit import Audit
 from psvn.gateway.config import GatewaySection
-from psvn.gateway.link import BackboneLink, already_gone
+from psvn.gateway.link import BackboneLink
 from psvn.gateway.metrics import Metrics
 from psvn.gateway.sent_step import SentSteps
 from psvn.gateway.store import InRecord, OutRecord, StateStore

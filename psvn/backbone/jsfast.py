@@ -370,6 +370,13 @@ class JetStreamOps:
         return KV(self, bucket)
 
 
+def already_gone(exc: Exception) -> bool:
+    """JetStream's 'no message found' (err 10037 / 10057) or, for a delete of a sequence the
+    stream no longer holds, 'sequence not found' (err 10043, a 400): deleted already, by us, by
+    another instance or by max age."""
+    return isinstance(exc, NotFoundError) or getattr(exc, "err_code", None) in (10037, 10043, 10057)
+
+
 class KV:
     """The key-value writes a gateway makes, as plain publishes (KV is a stream ``KV_<bucket>``,
     a key the subject ``$KV.<bucket>.<key>``); revisions are stream sequences."""
@@ -398,6 +405,15 @@ class KV:
         """Only if the key never held anything (a delete or purge marker counts, unlike nats-py's
         ``create``): :class:`KeyWrongLastSequenceError` otherwise."""
         return await self.update(key, value, last=0, timeout=timeout)
+
+    async def delete(self, key: str, *, last: int | None = None, timeout: float | None = None) -> int:
+        """A delete marker (``KV-Operation: DEL``): the key reads as holding nothing. With
+        ``last``, only if that is still the key's revision (:class:`KeyWrongLastSequenceError`
+        otherwise)."""
+        headers = {"KV-Operation": "DEL"}
+        if last is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(last)
+        return (await self.ops.publish(self.prefix + key, b"", headers=headers, timeout=timeout)).seq
 
     async def purge(self, key: str, *, msg_ttl: float | None = None, timeout: float | None = None) -> int:
         """Drop every revision of the key for a purge marker (kept ``msg_ttl`` seconds if given)."""

@@ -27,14 +27,13 @@ from nats.js.errors import (
 from psvn import devnet
 from psvn.backbone.buckets import provision_state_bucket
 from psvn.backbone.connect import connect
-from psvn.backbone.jsfast import JetStreamOps, NoResponders, parse_headers
+from psvn.backbone.jsfast import JetStreamOps, NoResponders, already_gone, parse_headers
 from psvn.broker import natsjwt
 from psvn.broker.accounts import BackboneAccounts
 from psvn.broker.server import NatsServer
 from psvn.certs import tls
 from psvn.core.addresses import token
 from psvn.devnet import EXAMPLE_MEMBERS, Layout
-from psvn.gateway.link import already_gone
 from psvn.protocol.subjects import (
     CONSENT_BUCKET,
     OPERATOR_JS_PREFIX,

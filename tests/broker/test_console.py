@@ -241,8 +241,13 @@ async def test_propose_approve_publish_through_the_api(con: Console) -> None:
 
     code, body = await call(con.net, con.net.COUNCIL, "POST", "/v1/messages", referral("ods:RYR"))
     assert (code, body["rule"]) == (403, DENY_RULE_ID)
-    code, ov, _ = await con.request("GET", "/api/overview", token=alice)
-    council = next(m for m in ov["members"] if m["address"] == con.net.COUNCIL)
+    deadline = loop.time() + 10
+    while True:  # the refusal's audit record is written by the gateway's batcher, a moment later
+        code, ov, _ = await con.request("GET", "/api/overview", token=alice)
+        council = next(m for m in ov["members"] if m["address"] == con.net.COUNCIL)
+        if council["audit_counts"].get("rejected") or loop.time() > deadline:
+            break
+        await asyncio.sleep(0.05)
     assert council["audit_counts"].get("rejected") == 1 and council["last_audit_policy_version"] == 2
     assert ov["audit"]["by_org"]["broker"] == {"policy-proposed": 1, "policy-approved": 1, "policy-published": 1}
 

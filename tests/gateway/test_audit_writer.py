@@ -72,3 +72,27 @@ async def test_closing_gives_a_failing_batch_one_more_try_only() -> None:
     assert await writer.close(5) == 0  # given up (and counted lost) before the close timeout
     assert len(stream.tries) == 2 and lost == [1]
     assert time.monotonic() - started < 1.0
+
+
+async def test_records_queued_while_the_writer_lingers_share_one_write_and_closing_cuts_it_short() -> None:
+    """At a trickle each record would be written alone (the writer wakes at the first); lingering
+    lets the next join it. Closing does not wait the linger out: what is queued goes at once."""
+    stream, lost = Stream(failures=0), Lost()
+    writer = AuditWriter(stream.publish, on_lost=lost, attempts=6, linger=3600)
+    writer.add({"event": "sent", "id": "m4"})
+    for _ in range(5):  # the writer wakes and starts lingering
+        await asyncio.sleep(0)
+    assert stream.stored == []
+    writer.add({"event": "delivered", "id": "m4"})
+    assert await asyncio.wait_for(writer.close(3600), 10) == 0
+    assert len(stream.stored) == 1 and stream.stored[0].count(b"\n") == 1 and lost == []
+
+
+async def test_a_batch_worth_of_records_is_written_without_waiting_out_the_linger() -> None:
+    stream, lost = Stream(failures=0), Lost()
+    writer = AuditWriter(stream.publish, on_lost=lost, attempts=6, linger=3600, max_batch_bytes=200)
+    for i in range(8):  # ~30 bytes each: more than a batch's worth
+        writer.add({"event": "sent", "id": f"m5-{i}"})
+    await asyncio.wait_for(stream.done.wait(), 10)
+    assert stream.stored and all(len(batch) <= 200 for batch in stream.stored)
+    assert await writer.close(1) == 0

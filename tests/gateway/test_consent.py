@@ -14,7 +14,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from psvn import devnet
 from psvn.devnet import EXAMPLE_MEMBERS, OPERATOR_MEMBER, PDS_MEMBER
 from psvn.gateway.consent import SignedConsent, key_for, seal_record, sign_record
+from psvn.gateway.egress import Claim
+from psvn.gateway.store import HistoryEntry, OutRecord, message_id_for
 from psvn.policies.consent import ConsentChange
+from psvn.protocol.envelope import new_message_id
 from tests.broker.test_registry import set_status, wait_member_status
 from tests.conftest import Network, start_network, stop_network
 from tests.gateway.test_service import REFERRAL, audit_records, call, wait_status
@@ -329,3 +332,73 @@ async def test_a_retry_refused_by_an_opt_out_recorded_since_says_what_became_of_
     records = await audit_records(net, {mid}, at_least=2)
     gp_records = [(r["event"], r.get("rule"), r.get("outcome")) for r in records if r["org"] == net.GP]
     assert gp_records == [("sent", None, None), ("rejected", "outcome-pending", "unknown")], records
+
+
+async def test_the_record_is_written_while_the_consent_is_read(net: Network) -> None:
+    """A send needing consent waits for two round trips, not three: its record is on the
+    backbone while the consent read is still unanswered (held here until the record is seen),
+    and nothing is published before the decision that read makes."""
+    gp = net.gateways[net.GP].gateway
+    release, asked = asyncio.Event(), asyncio.Event()
+    real = gp.consent._read_now
+
+    async def held(subject: str) -> Any:
+        asked.set()
+        await release.wait()
+        return await real(subject)
+
+    gp.consent._read_now = held  # type: ignore[method-assign]
+    assert gp.store.id_secret is not None
+    mid = message_id_for(gp.store.id_secret, net.GP, net.member(net.GP).system, "overlap-1")
+    sending = asyncio.ensure_future(call(net, net.GP, "POST", "/v1/messages",
+                                         {**research(), "idempotency_key": "overlap-1"}))
+    try:
+        await asyncio.wait_for(asked.wait(), 10)
+        deadline = asyncio.get_running_loop().time() + 10
+        while (rec := await gp.store.out_record(mid)) is None:  # the read stays unanswered meanwhile
+            assert asyncio.get_running_loop().time() < deadline, "no record while the consent was read"
+            await asyncio.sleep(0.01)
+        assert rec.status == "accepted" and not sending.done()
+        assert mid not in gp.sent_steps.pending  # not published: the decision has not been made
+    finally:
+        release.set()
+    status, body = await sending
+    assert (status, body["id"], body["status"]) == (202, mid, "accepted"), body
+    await wait_status(net, net.GP, mid, "delivered")
+
+
+async def test_a_message_an_opt_out_refuses_leaves_no_record_and_its_key_free(net: Network) -> None:
+    """The record written while the consent was read is taken back when the decision refuses
+    the message: nothing says ``accepted`` for it, and once the citizen consents again a retry
+    with the same key is sent as a new message (202), not answered as an earlier one."""
+    await record_opt_out(net, ["research-consented"])
+    gp = net.gateways[net.GP].gateway
+    status, problem = await call(net, net.GP, "POST", "/v1/messages", {**research(), "idempotency_key": "study-9"})
+    assert (status, problem["code"]) == (403, "policy-denied"), problem
+    mid = problem["message_id"]
+    assert await gp.store.out_record(mid) is None
+    assert gp.store._recent.get(mid) is None
+    await record_opt_out(net, [], seq=2)
+    status, body = await call(net, net.GP, "POST", "/v1/messages", {**research(), "idempotency_key": "study-9"})
+    assert (status, body["id"]) == (202, mid), body
+    await wait_status(net, net.GP, mid, "delivered")
+
+
+async def test_a_claim_the_decision_changed_is_rewritten_and_a_withdrawal_spares_an_earlier_record(
+        net: Network) -> None:
+    """What the early record says is only kept if the decision says the same: a decision with
+    other rule ids (or another expiry) rewrites it. A claim that found the id taken (a retry)
+    withdraws nothing: the record is the earlier request's."""
+    gp = net.gateways[net.GP].gateway
+    guess = OutRecord(id=new_message_id(), to="ods:RYR/research", type="fhir.r4.ServiceRequest", status="accepted",
+                      created="2026-12-07T10:00:00Z", system="pas", rule_ids=["guessed"], request_hash="h",
+                      history=[HistoryEntry(status="accepted", time="2026-12-07T10:00:00Z")])
+    claim = Claim(gp.egress, guess)
+    decided = msgspec.structs.replace(guess, rule_ids=["decided"], expires="2026-12-08T10:00:00Z")
+    revision = await claim.settle(decided)
+    assert revision is not None and revision != await claim.written
+    assert await gp.store.out_record(guess.id) == decided
+    repeat = Claim(gp.egress, guess)
+    assert await repeat.written is None
+    await repeat.withdraw()
+    assert await gp.store.out_record(guess.id) == decided
