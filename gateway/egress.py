@@ -48,8 +48,8 @@ class Claim:
     is published before the real decision, so the guess decides nothing; a refused request
     leaves no record, as before, and its retry is decided afresh."""
 
-    def __init__(self, egress: Egress, rec: OutRecord) -> None:
-        self.egress, self.rec = egress, rec
+    def __init__(self, egress: Egress, planned: core.Planned, rec: OutRecord) -> None:
+        self.egress, self.planned, self.rec = egress, planned, rec
         self.written = asyncio.ensure_future(egress._write_record(rec))
         # (awaited by settle or withdraw; if neither runs, a cancelled request, its failure is not logged twice)
         self.written.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -137,7 +137,9 @@ class Egress(Part):
             if checked.consent_subjects:
                 claim = self._claim_early(lambda: plan(ConsentRegistry(), started_at), request_hash, system)
             consulted = await self.consult(checked.consent_subjects, message_id)
-            planned = plan(consulted.consent, started_at)
+            # nothing on file: the decision is the one the early record was written with
+            planned = claim.planned if claim is not None and not consulted.consent else plan(consulted.consent,
+                                                                                              started_at)
         except PsvnError as exc:
             if claim is not None:  # decided against (or not decided): the record written meanwhile goes
                 await claim.withdraw()
@@ -234,7 +236,7 @@ class Egress(Part):
             planned = guess()
         except PsvnError:
             return None
-        return Claim(self, self._record(planned, request_hash, system))
+        return Claim(self, planned, self._record(planned, request_hash, system))
 
     async def send_batch(self, items: Sequence[SendRequest | PsvnError], *,
                          system: str) -> list[tuple[OutRecord, bool] | PsvnError]:

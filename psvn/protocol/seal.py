@@ -13,7 +13,9 @@ import struct
 from collections.abc import Mapping, Sequence
 
 import msgspec
-from cryptography.exceptions import InvalidSignature, InvalidTag
+import nacl.bindings
+import nacl.exceptions
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PublicKey
@@ -121,12 +123,21 @@ def unseal(data: bytes, *, private_key: PrivateKey | Mapping[str, PrivateKey | S
 
 
 def verify_any(signature: bytes, data: bytes, keys: Sequence[Ed25519PublicKey]) -> bool:
-    """True if any of ``keys`` (a signer's current and still-valid retired keys) signed ``data``."""
+    """True if any of ``keys`` (a signer's current and still-valid retired keys) signed ``data``.
+
+    Checked by libsodium (PyNaCl), not OpenSSL: every message and every receipt is verified
+    once, and measured on the project's 2-core VM one Ed25519 verification of a 1.5 KB message
+    cost 56-77 us there against 105-117 us through ``cryptography``'s OpenSSL 3.0 (signing,
+    35 us, stays with ``cryptography``). The same keys and signatures verify; libsodium is the
+    stricter of the two (it also refuses non-canonical encodings and small-order keys)."""
+    if len(signature) != nacl.bindings.crypto_sign_BYTES:
+        return False
+    signed = signature + data
     for key in keys:
         try:
-            key.verify(signature, data)
+            nacl.bindings.crypto_sign_open(signed, key.public_bytes_raw())
             return True
-        except InvalidSignature:
+        except nacl.exceptions.BadSignatureError:
             continue
     return False
 

@@ -13,11 +13,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from psvn import devnet
 from psvn.devnet import EXAMPLE_MEMBERS, OPERATOR_MEMBER, PDS_MEMBER
+from psvn.gateway import core
 from psvn.gateway.consent import SignedConsent, key_for, seal_record, sign_record
 from psvn.gateway.egress import Claim
 from psvn.gateway.store import HistoryEntry, OutRecord, message_id_for
-from psvn.policies.consent import ConsentChange
-from psvn.protocol.envelope import new_message_id
+from psvn.policies.consent import ConsentChange, ConsentRegistry
+from psvn.protocol.envelope import SendRequest, new_message_id
 from tests.broker.test_registry import set_status, wait_member_status
 from tests.conftest import Network, start_network, stop_network
 from tests.gateway.test_service import REFERRAL, audit_records, call, wait_status
@@ -393,12 +394,14 @@ async def test_a_claim_the_decision_changed_is_rewritten_and_a_withdrawal_spares
     guess = OutRecord(id=new_message_id(), to="ods:RYR/research", type="fhir.r4.ServiceRequest", status="accepted",
                       created="2026-12-07T10:00:00Z", system="pas", rule_ids=["guessed"], request_hash="h",
                       history=[HistoryEntry(status="accepted", time="2026-12-07T10:00:00Z")])
-    claim = Claim(gp.egress, guess)
+    planned = core.plan_send(msgspec.convert(research(), SendRequest), me=gp.identity, system="pas",
+                             snap=gp.snapshot, registry=gp.registry, message_id=guess.id, consent=ConsentRegistry())
+    claim = Claim(gp.egress, planned, guess)
     decided = msgspec.structs.replace(guess, rule_ids=["decided"], expires="2026-12-08T10:00:00Z")
     revision = await claim.settle(decided)
     assert revision is not None and revision != await claim.written
     assert await gp.store.out_record(guess.id) == decided
-    repeat = Claim(gp.egress, guess)
+    repeat = Claim(gp.egress, planned, guess)
     assert await repeat.written is None
     await repeat.withdraw()
     assert await gp.store.out_record(guess.id) == decided

@@ -119,3 +119,29 @@ def test_hybrid_post_quantum_round_trip() -> None:
     assert err.value.code is Code.DECRYPT_FAILED
     with pytest.raises(PsvnError):
         seal.public_key_for(seal.HYBRID_SUITE, raw[:-1])
+
+
+ED25519_L = 2**252 + 27742317777372353535851937790883648493  # the group order: S must be below it
+
+
+def test_libsodium_verification_agrees_with_openssl_and_refuses_what_it_must() -> None:
+    """Signatures are made by OpenSSL (``cryptography``) and checked by libsodium: both agree on
+    every genuine and every altered signature, and a non-canonical S (S + L, which verifies the
+    same equation), a short signature and another signer's key are refused."""
+    other = Ed25519PrivateKey.generate().public_key()
+    for i in range(40):
+        data = seal.signed_bytes(seal.KIND_MESSAGE, HEADER, PAYLOAD + bytes([i]))
+        sig = SENDER.sign(data)
+        assert seal.verify_any(sig, data, [SENDER.public_key()])
+        assert seal.verify_any(sig, data, [other, SENDER.public_key()])  # a retired key first
+        assert not seal.verify_any(sig, data, [other])
+        flipped = bytearray(sig)
+        flipped[i % 64] ^= 1 << (i % 8)
+        assert not seal.verify_any(bytes(flipped), data, [SENDER.public_key()])
+        assert not seal.verify_any(sig, data[:-1] + bytes([data[-1] ^ 1]), [SENDER.public_key()])
+    assert not seal.verify_any(sig[:63], data, [SENDER.public_key()])
+    assert not seal.verify_any(sig + b"\x00", data, [SENDER.public_key()])
+    s = int.from_bytes(sig[32:], "little")
+    malleated = sig[:32] + (s + ED25519_L).to_bytes(32, "little")
+    assert not seal.verify_any(malleated, data, [SENDER.public_key()])
+    assert not seal.verify_any(sig, data, [])
