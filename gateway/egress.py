@@ -46,7 +46,16 @@ class Claim:
     the decision made with the consent read says the same (the same rule ids and expiry),
     otherwise rewrites it, and :meth:`withdraw` takes it back if the message is refused. Nothing
     is published before the real decision, so the guess decides nothing; a refused request
-    leaves no record, as before, and its retry is decided afresh."""
+    leaves no record, as before, and its retry is decided afresh.
+
+    A repeat of the key on the same instance waits for this decision (:meth:`Egress.send`
+    takes turns per key). On another instance a repeat that finds the claim cannot tell it
+    from a record whose publish failed, and resumes it (publishes the message, decided by its
+    own checks); if this request is then refused, or its consent read fails, the record is
+    taken back under that publish. The message is still delivered once (its id is the key's),
+    but the sender's record is missing until the next retry with the key writes it again, and
+    ``sent`` is audited twice. A listing read in the few milliseconds a claim exists shows it
+    as ``accepted``."""
 
     def __init__(self, egress: Egress, planned: core.Planned, rec: OutRecord) -> None:
         self.egress, self.planned, self.rec = egress, planned, rec
@@ -55,28 +64,35 @@ class Claim:
         self.written.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def settle(self, rec: OutRecord) -> int | None:
-        """The record as decided: the claim's revision (None: the id was taken), or a new one if
-        the decision changed what it says."""
+        """The record as decided: the claim's revision (None: the id was taken), or the revision
+        of the same record rewritten in place (compare-and-set on the claim's revision) if the
+        decision changed what it says."""
         revision = await self.written
         if revision is not None and rec != self.rec:  # the consent read changed the decision's rules
-            await self.egress.store.withdraw_out(rec.id, revision)
-            return await self.egress._write_record(rec)
+            try:
+                return await self.egress.store.rewrite_out(rec, revision)
+            except Exception as exc:
+                self.egress.state_write_error = type(exc).__name__
+                raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the backbone did not store the message; nothing was "
+                                "sent", rule="state-write", message_id=rec.id) from exc
         return revision
 
-    async def withdraw(self) -> None:
-        """The message is refused: take the record back, so the key stays free (a record left by
-        a failed withdrawal says ``accepted`` for a message never sent, as a crash between the
-        record and the publish leaves it, and a retry resumes it after its own checks)."""
+    async def withdraw(self) -> bool:
+        """The message is refused (or was never decided): take the record back, so the key
+        stays free. True if the record was this claim's own (whether or not taking it back
+        worked: a record left by a failed withdrawal says ``accepted`` for a message never
+        sent, as a crash between the record and the publish leaves it)."""
         try:
             revision = await self.written
         except PsvnError:
-            return  # nothing written, as far as we know
+            return False  # nothing written, as far as we know
         if revision is None:
-            return  # the record is an earlier request's
+            return False  # the record is an earlier request's
         try:
             await self.egress.store.withdraw_out(self.rec.id, revision)
         except Exception as exc:
             log.warning("a refused message's record was not taken back", message_id=self.rec.id, error=repr(exc))
+        return True
 
 
 class Egress(Part):
@@ -88,6 +104,13 @@ class Egress(Part):
         # why the last write of a sent message's record failed (None: it succeeded); readiness
         # reports it, since a gateway that cannot record what it sends cannot accept mail
         self.state_write_error: str | None = None
+        self._tasks: set[asyncio.Task[object]] = set()  # held: the loop keeps only weak references
+
+    def _background(self, work: Awaitable[object]) -> None:
+        """Finish ``work`` even if the request that needed it is cancelled."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def reject_request(self, exc: PsvnError, *, system: str | None) -> PsvnError:
         """A send refused before it became a message (malformed JSON, bad envelope, not
@@ -121,6 +144,18 @@ class Egress(Part):
             raise await self.reject_request(PsvnError(
                 Code.BACKBONE_UNAVAILABLE, "the gateway is not connected to the backbone; retry later",
                 rule="backbone-connected", message_id=message_id), system=system)
+        if key is None:
+            return await self._send(req, system=system, topic=topic, key=None, message_id=message_id,
+                                    request_hash=request_hash, started=started)
+        # Requests with one key take turns on this instance: a repeat never sees the first one's
+        # record while that is still a claim its decision may take back (Claim).
+        async with self.store.lock(f"send.{message_id}"):
+            return await self._send(req, system=system, topic=topic, key=key, message_id=message_id,
+                                    request_hash=request_hash, started=started)
+
+    async def _send(self, req: SendRequest, *, system: str, topic: str | None, key: str | None, message_id: str,
+                    request_hash: str, started: float) -> tuple[OutRecord, bool]:
+        """:meth:`send`, once the message id is known (and, with a key, this instance's turn taken)."""
         # A retry (same key) is recognised when its record is written: the create-once write
         # fails, and the request is answered with what the first one became (or resumes it).
         started_at = self.clock()  # the envelope's time and the record's creation: one instant
@@ -141,9 +176,10 @@ class Egress(Part):
             planned = claim.planned if claim is not None and not consulted.consent else plan(consulted.consent,
                                                                                               started_at)
         except PsvnError as exc:
-            if claim is not None:  # decided against (or not decided): the record written meanwhile goes
-                await claim.withdraw()
-            if key:  # a retry of a message accepted before (e.g. under another policy version)?
+            # decided against (or not decided): the record written meanwhile goes, and a record
+            # this request wrote is no earlier request's
+            mine = claim is not None and await claim.withdraw()
+            if key and not mine:  # a retry of a message accepted before (e.g. under another policy version)?
                 prior = await self._prior(message_id, request_hash)
                 on_backbone = prior is not None and message_id in self.sent_steps.pending  # we published it
                 if prior is not None and (prior.status != State.ACCEPTED.value or on_backbone):
@@ -159,6 +195,10 @@ class Egress(Part):
             if exc.code is Code.POLICY_DENIED:
                 self.metrics.decisions.labels("egress", "deny").inc()
             await self._refused(exc, req, message_id=message_id, system=system)
+            raise
+        except BaseException:  # a bug, a lost connection, a cancelled request: nothing was decided
+            if claim is not None:
+                self._background(claim.withdraw())
             raise
         self.metrics.decisions.labels("egress", "allow").inc()
         rec = self._record(planned, request_hash, system)

@@ -372,6 +372,15 @@ class StateStore:
         with contextlib.suppress(KeyWrongLastSequenceError):  # moved on since: left as it is
             await self.kv.delete(f"out.{message_id}", last=revision)
 
+    async def rewrite_out(self, rec: OutRecord, revision: int) -> int:
+        """Write ``rec`` over the record :meth:`put_out` wrote at ``revision`` (a claim whose
+        decision came out otherwise: :class:`gateway.egress.Claim`), only if it is still that
+        revision; the new revision."""
+        assert self.kv is not None
+        new = await self.kv.update(f"out.{rec.id}", msgspec.json.encode(rec), last=revision)
+        self._remember(rec, new)
+        return new
+
     async def move_out(self, message_id: str, new: State, *, reason: str | None = None,
                        rule_ids: list[str] | None = None, sha256: str | None = None,
                        known: tuple[OutRecord, int] | None = None,

@@ -128,8 +128,10 @@ def verify_any(signature: bytes, data: bytes, keys: Sequence[Ed25519PublicKey]) 
     Checked by libsodium (PyNaCl), not OpenSSL: every message and every receipt is verified
     once, and measured on the project's 2-core VM one Ed25519 verification of a 1.5 KB message
     cost 56-77 us there against 105-117 us through ``cryptography``'s OpenSSL 3.0 (signing,
-    35 us, stays with ``cryptography``). The same keys and signatures verify; libsodium is the
-    stricter of the two (it also refuses non-canonical encodings and small-order keys)."""
+    35 us, stays with ``cryptography``). PyNaCl copies the signed bytes (the signature joined to
+    them, and libsodium's output buffer), which for payloads of megabytes eats into the gain.
+    The same keys and signatures verify; libsodium is the stricter of the two: it refuses
+    small-order keys, under which OpenSSL's check accepts a forged "signature" of anything."""
     if len(signature) != nacl.bindings.crypto_sign_BYTES:
         return False
     signed = signature + data

@@ -405,3 +405,60 @@ async def test_a_claim_the_decision_changed_is_rewritten_and_a_withdrawal_spares
     assert await repeat.written is None
     await repeat.withdraw()
     assert await gp.store.out_record(guess.id) == decided
+
+
+async def test_a_repeat_of_a_key_waits_for_the_first_requests_decision_on_its_instance(net: Network) -> None:
+    """While the first request's record is only a claim (its consent read unanswered), a second
+    request with the same key on the same instance waits its turn: it reads no consent and
+    publishes nothing from a record the first one's decision might take back. Once the first is
+    sent, the second is answered with it (200, the same id): one message."""
+    gp = net.gateways[net.GP].gateway
+    release, reads = asyncio.Event(), []
+    real = gp.consent._read_now
+
+    async def held(subject: str) -> Any:
+        reads.append(subject)
+        await release.wait()
+        return await real(subject)
+
+    gp.consent._read_now = held  # type: ignore[method-assign]
+    body = {**research(), "idempotency_key": "turns-1"}
+    first = asyncio.ensure_future(call(net, net.GP, "POST", "/v1/messages", body))
+    second = asyncio.ensure_future(call(net, net.GP, "POST", "/v1/messages", body))
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while not reads:
+            assert asyncio.get_running_loop().time() < deadline, "the first request never read consent"
+            await asyncio.sleep(0.01)
+        for _ in range(20):  # the second request arrives and waits (a bounded number of polls)
+            await asyncio.sleep(0.01)
+        assert len(reads) == 1 and not first.done() and not second.done()
+    finally:
+        release.set()
+    answers = sorted([await first, await second], key=lambda a: a[0])
+    assert [a[0] for a in answers] == [200, 202] and answers[0][1]["id"] == answers[1][1]["id"], answers
+    await wait_status(net, net.GP, answers[0][1]["id"], "delivered")
+
+
+async def test_a_send_that_fails_unexpectedly_mid_decision_takes_its_record_back(net: Network) -> None:
+    """A failure no rule foresaw (here the consent read raising a plain error) answers 500 and
+    still takes back the record written while the consent was being read: nothing was decided,
+    so nothing says ``accepted``, and the key stays free for a retry."""
+    gp = net.gateways[net.GP].gateway
+    real = gp.consent._read_now
+
+    async def broken(subject: str) -> Any:
+        raise RuntimeError("not a backbone error anyone foresaw")
+
+    gp.consent._read_now = broken  # type: ignore[method-assign]
+    assert gp.store.id_secret is not None
+    mid = message_id_for(gp.store.id_secret, net.GP, net.member(net.GP).system, "boom-1")
+    status, problem = await call(net, net.GP, "POST", "/v1/messages", {**research(), "idempotency_key": "boom-1"})
+    assert status == 500, problem
+    deadline = asyncio.get_running_loop().time() + 10
+    while await gp.store.out_record(mid) is not None:  # taken back in the background
+        assert asyncio.get_running_loop().time() < deadline, "the record was left behind"
+        await asyncio.sleep(0.02)
+    gp.consent._read_now = real  # type: ignore[method-assign]
+    status, body = await call(net, net.GP, "POST", "/v1/messages", {**research(), "idempotency_key": "boom-1"})
+    assert (status, body["id"]) == (202, mid), body

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from psvn.core.errors import Code, PsvnError
@@ -128,6 +129,14 @@ def test_libsodium_verification_agrees_with_openssl_and_refuses_what_it_must() -
     """Signatures are made by OpenSSL (``cryptography``) and checked by libsodium: both agree on
     every genuine and every altered signature, and a non-canonical S (S + L, which verifies the
     same equation), a short signature and another signer's key are refused."""
+
+    def openssl(sig: bytes, data: bytes) -> bool:
+        try:
+            SENDER.public_key().verify(sig, data)
+            return True
+        except InvalidSignature:
+            return False
+
     other = Ed25519PrivateKey.generate().public_key()
     for i in range(40):
         data = seal.signed_bytes(seal.KIND_MESSAGE, HEADER, PAYLOAD + bytes([i]))
@@ -137,7 +146,8 @@ def test_libsodium_verification_agrees_with_openssl_and_refuses_what_it_must() -
         assert not seal.verify_any(sig, data, [other])
         flipped = bytearray(sig)
         flipped[i % 64] ^= 1 << (i % 8)
-        assert not seal.verify_any(bytes(flipped), data, [SENDER.public_key()])
+        assert not seal.verify_any(bytes(flipped), data, [SENDER.public_key()]) and not openssl(bytes(flipped), data)
+        assert openssl(sig, data)
         assert not seal.verify_any(sig, data[:-1] + bytes([data[-1] ^ 1]), [SENDER.public_key()])
     assert not seal.verify_any(sig[:63], data, [SENDER.public_key()])
     assert not seal.verify_any(sig + b"\x00", data, [SENDER.public_key()])
@@ -145,3 +155,15 @@ def test_libsodium_verification_agrees_with_openssl_and_refuses_what_it_must() -
     malleated = sig[:32] + (s + ED25519_L).to_bytes(32, "little")
     assert not seal.verify_any(malleated, data, [SENDER.public_key()])
     assert not seal.verify_any(sig, data, [])
+
+
+def test_a_small_order_key_signs_nothing() -> None:
+    """The identity point as a public key, with R the identity and S = 0, passes OpenSSL's
+    cofactorless check for any message whatever (``cryptography`` accepts it): a member holding
+    such a key could disown everything "signed" with it. libsodium refuses small-order keys."""
+    identity = b"\x01" + bytes(31)
+    key = Ed25519PublicKey.from_public_bytes(identity)
+    forged = identity + bytes(32)
+    key.verify(forged, b"anything at all")  # what the check before libsodium let through
+    assert not seal.verify_any(forged, b"anything at all", [key])
+    assert not seal.verify_any(forged, seal.signed_bytes(seal.KIND_MESSAGE, HEADER, PAYLOAD), [key])
