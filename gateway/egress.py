@@ -69,7 +69,7 @@ class Claim:
         decision changed what it says."""
         revision = await self.written
         if revision is not None and rec != self.rec:  # the consent read changed the decision's rules
-            try:
+            try:  # None: another instance resumed the claim and it moved on: answered as a repeat
                 return await self.egress.store.rewrite_out(rec, revision)
             except Exception as exc:
                 self.egress.state_write_error = type(exc).__name__
@@ -83,11 +83,12 @@ class Claim:
         worked: a record left by a failed withdrawal says ``accepted`` for a message never
         sent, as a crash between the record and the publish leaves it)."""
         try:
-            revision = await self.written
-        except PsvnError:
-            return False  # nothing written, as far as we know
+            revision: int | None = await self.written
+        except PsvnError:  # not acknowledged: written or not? Ours if it says what this claim wrote
+            found = await self.egress.store.out_entry(self.rec.id)  # (created and request hash: this request's)
+            revision = found[1] if found is not None and found[0] == self.rec else None
         if revision is None:
-            return False  # the record is an earlier request's
+            return False  # nothing of ours: the record, if any, is an earlier request's
         try:
             await self.egress.store.withdraw_out(self.rec.id, revision)
         except Exception as exc:
@@ -106,11 +107,24 @@ class Egress(Part):
         self.state_write_error: str | None = None
         self._tasks: set[asyncio.Task[object]] = set()  # held: the loop keeps only weak references
 
-    def _background(self, work: Awaitable[object]) -> None:
-        """Finish ``work`` even if the request that needed it is cancelled."""
-        task = asyncio.ensure_future(work)
+    async def _withdraw(self, claim: Claim) -> bool:
+        """:meth:`Claim.withdraw`, finished before this request's turn on its key ends even if
+        the request is cancelled meanwhile (a repeat let in early could publish from the claim
+        and then lose its record to the withdrawal)."""
+        task = asyncio.ensure_future(claim.withdraw())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):  # cancelled again: the task still finishes
+                await asyncio.wait([task])
+            raise
+
+    async def drain(self, timeout: float) -> None:
+        """Let withdrawals under way finish (bounded), before the gateway leaves the backbone."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
 
     async def reject_request(self, exc: PsvnError, *, system: str | None) -> PsvnError:
         """A send refused before it became a message (malformed JSON, bad envelope, not
@@ -178,7 +192,7 @@ class Egress(Part):
         except PsvnError as exc:
             # decided against (or not decided): the record written meanwhile goes, and a record
             # this request wrote is no earlier request's
-            mine = claim is not None and await claim.withdraw()
+            mine = claim is not None and await self._withdraw(claim)
             if key and not mine:  # a retry of a message accepted before (e.g. under another policy version)?
                 prior = await self._prior(message_id, request_hash)
                 on_backbone = prior is not None and message_id in self.sent_steps.pending  # we published it
@@ -198,7 +212,8 @@ class Egress(Part):
             raise
         except BaseException:  # a bug, a lost connection, a cancelled request: nothing was decided
             if claim is not None:
-                self._background(claim.withdraw())
+                with contextlib.suppress(Exception):
+                    await self._withdraw(claim)
             raise
         self.metrics.decisions.labels("egress", "allow").inc()
         rec = self._record(planned, request_hash, system)

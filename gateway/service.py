@@ -251,6 +251,7 @@ class Gateway:
         for task in (self._rejoin, self._sweeper, self._consumer, self._sent_steps):
             await halt(task)
         await self.sent_steps.close(SENT_STEPS_AT_STOP)  # bounded: left undone, a record stays accepted
+        await self.egress.drain(SENT_STEPS_AT_STOP)  # claims of refused or failed sends being taken back
         if self.webhook is not None:
             await self.webhook.close()
         await self._audit.close()  # bounded; what is left is logged and counted

@@ -372,14 +372,23 @@ class StateStore:
         with contextlib.suppress(KeyWrongLastSequenceError):  # moved on since: left as it is
             await self.kv.delete(f"out.{message_id}", last=revision)
 
-    async def rewrite_out(self, rec: OutRecord, revision: int) -> int:
+    async def rewrite_out(self, rec: OutRecord, revision: int) -> int | None:
         """Write ``rec`` over the record :meth:`put_out` wrote at ``revision`` (a claim whose
         decision came out otherwise: :class:`gateway.egress.Claim`), only if it is still that
-        revision; the new revision."""
+        revision; the new revision, or None if the record has moved on since."""
         assert self.kv is not None
-        new = await self.kv.update(f"out.{rec.id}", msgspec.json.encode(rec), last=revision)
+        try:
+            new = await self.kv.update(f"out.{rec.id}", msgspec.json.encode(rec), last=revision)
+        except KeyWrongLastSequenceError:
+            self._recent.pop(rec.id, None)
+            return None
         self._remember(rec, new)
         return new
+
+    async def out_entry(self, message_id: str) -> tuple[OutRecord, int] | None:
+        """A sent message's record and its revision, read where it lives."""
+        got = await self._read(f"out.{message_id}") if KEY_ID.fullmatch(message_id) else None
+        return None if got is None else (msgspec.json.decode(got[0], type=OutRecord), got[1])
 
     async def move_out(self, message_id: str, new: State, *, reason: str | None = None,
                        rule_ids: list[str] | None = None, sha256: str | None = None,

@@ -423,14 +423,17 @@ async def test_a_repeat_of_a_key_waits_for_the_first_requests_decision_on_its_in
 
     gp.consent._read_now = held  # type: ignore[method-assign]
     body = {**research(), "idempotency_key": "turns-1"}
+    assert gp.store.id_secret is not None
+    turn = f"send.{message_id_for(gp.store.id_secret, net.GP, net.member(net.GP).system, 'turns-1')}"
     first = asyncio.ensure_future(call(net, net.GP, "POST", "/v1/messages", body))
-    second = asyncio.ensure_future(call(net, net.GP, "POST", "/v1/messages", body))
     try:
         deadline = asyncio.get_running_loop().time() + 10
         while not reads:
             assert asyncio.get_running_loop().time() < deadline, "the first request never read consent"
             await asyncio.sleep(0.01)
-        for _ in range(20):  # the second request arrives and waits (a bounded number of polls)
+        second = asyncio.ensure_future(call(net, net.GP, "POST", "/v1/messages", body))
+        while not ((lock := gp.store._locks.get(turn)) is not None and lock._waiters):  # type: ignore[attr-defined]
+            assert asyncio.get_running_loop().time() < deadline and not second.done(), "the second did not wait"
             await asyncio.sleep(0.01)
         assert len(reads) == 1 and not first.done() and not second.done()
     finally:
@@ -462,3 +465,33 @@ async def test_a_send_that_fails_unexpectedly_mid_decision_takes_its_record_back
     gp.consent._read_now = real  # type: ignore[method-assign]
     status, body = await call(net, net.GP, "POST", "/v1/messages", {**research(), "idempotency_key": "boom-1"})
     assert (status, body["id"]) == (202, mid), body
+
+
+async def test_a_refusal_is_answered_as_one_even_when_its_record_could_not_be_taken_back(net: Network) -> None:
+    """A request refused by an opt-out whose record is left behind (the withdrawal failed, or
+    the record's write was stored but its acknowledgement lost) is still answered 403: it knows
+    the record is its own claim and that it published nothing, so it never says
+    ``outcome-pending``."""
+    await record_opt_out(net, ["research-consented"])
+    gp = net.gateways[net.GP].gateway
+
+    async def fails(message_id: str, revision: int) -> None:
+        raise ConnectionError("backbone away")
+
+    gp.store.withdraw_out = fails  # type: ignore[method-assign]
+    status, problem = await call(net, net.GP, "POST", "/v1/messages", {**research(), "idempotency_key": "left-1"})
+    assert (status, problem["code"]) == (403, "policy-denied"), problem
+    left = await gp.store.out_record(problem["message_id"])
+    assert left is not None and left.status == "accepted"  # left behind, as a crash would leave it
+    del gp.store.withdraw_out  # the real one again
+
+    real_put = gp.store.put_out
+
+    async def lost_ack(rec: OutRecord) -> int | None:
+        await real_put(rec)  # stored, but the answer never comes back
+        raise TimeoutError("ack lost")
+
+    gp.store.put_out = lost_ack  # type: ignore[method-assign]
+    status, problem = await call(net, net.GP, "POST", "/v1/messages", {**research(), "idempotency_key": "left-2"})
+    assert (status, problem["code"]) == (403, "policy-denied"), problem
+    assert await gp.store.out_record(problem["message_id"]) is None  # found to be ours, and taken back
