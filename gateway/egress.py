@@ -70,7 +70,9 @@ class Claim:
         revision = await self.written
         if revision is not None and rec != self.rec:  # the consent read changed the decision's rules
             try:  # None: another instance resumed the claim and it moved on: answered as a repeat
-                return await self.egress.store.rewrite_out(rec, revision)
+                rewritten = await self.egress.store.rewrite_out(rec, revision)
+                self.egress.state_write_error = None
+                return rewritten
             except Exception as exc:
                 self.egress.state_write_error = type(exc).__name__
                 raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the backbone did not store the message; nothing was "
@@ -85,7 +87,12 @@ class Claim:
         try:
             revision: int | None = await self.written
         except PsvnError:  # not acknowledged: written or not? Ours if it says what this claim wrote
-            found = await self.egress.store.out_entry(self.rec.id)  # (created and request hash: this request's)
+            try:
+                found = await self.egress.store.out_entry(self.rec.id)  # (created and request hash: this request's)
+            except Exception as exc:  # unknown: answered as if it were not ours (a retry learns more)
+                log.warning("a refused message's record could not be read back", message_id=self.rec.id,
+                            error=repr(exc))
+                return False
             revision = found[1] if found is not None and found[0] == self.rec else None
         if revision is None:
             return False  # nothing of ours: the record, if any, is an earlier request's
