@@ -60,7 +60,8 @@ class Claim:
     def __init__(self, egress: Egress, planned: core.Planned, rec: OutRecord) -> None:
         self.egress, self.planned, self.rec = egress, planned, rec
         self.written = asyncio.ensure_future(egress._write_record(rec))
-        # (awaited by settle or withdraw; if neither runs, a cancelled request, its failure is not logged twice)
+        # (settle or withdraw awaits it; this only marks a failure seen, so that asyncio does
+        # not also log it as never retrieved)
         self.written.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def settle(self, rec: OutRecord) -> int | None:
@@ -69,14 +70,8 @@ class Claim:
         decision changed what it says."""
         revision = await self.written
         if revision is not None and rec != self.rec:  # the consent read changed the decision's rules
-            try:  # None: another instance resumed the claim and it moved on: answered as a repeat
-                rewritten = await self.egress.store.rewrite_out(rec, revision)
-                self.egress.state_write_error = None
-                return rewritten
-            except Exception as exc:
-                self.egress.state_write_error = type(exc).__name__
-                raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the backbone did not store the message; nothing was "
-                                "sent", rule="state-write", message_id=rec.id) from exc
+            # (None: another instance resumed the claim and it moved on: answered as a repeat)
+            return await self.egress._write_record(rec, over=revision)
         return revision
 
     async def withdraw(self) -> bool:
@@ -278,11 +273,13 @@ class Egress(Part):
                          created=now, system=system, history=[HistoryEntry(status=State.ACCEPTED.value, time=now)],
                          rule_ids=planned.decision.rule_ids, request_hash=request_hash, expires=env.expires)
 
-    async def _write_record(self, rec: OutRecord) -> int | None:
+    async def _write_record(self, rec: OutRecord, *, over: int | None = None) -> int | None:
         """Write a new sent message's record (the claim on its id); its revision, or None if the
-        id was taken (a retry, or a concurrent request with the same key)."""
+        id was taken (a retry, or a concurrent request with the same key). ``over``: rewrite
+        instead the claim written at that revision (None if it has moved on since). A failed
+        write is the request's 503, and readiness reports it until a write succeeds."""
         try:
-            revision = await self.store.put_out(rec)
+            revision = await (self.store.put_out(rec) if over is None else self.store.rewrite_out(rec, over))
         except Exception as exc:
             self.state_write_error = type(exc).__name__
             raise PsvnError(Code.BACKBONE_UNAVAILABLE, "the backbone did not store the message; nothing was sent",
