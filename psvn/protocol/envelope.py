@@ -7,6 +7,7 @@ Pure data and pure checks: no I/O. The gateway fills ``id``, ``source``, ``time`
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -125,8 +126,22 @@ def new_message_id() -> str:
     return str(uuid.uuid4())
 
 
+_this_second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+
+
 def now_rfc3339(now: datetime | None = None) -> str:
-    return (now or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """``now`` (default: this instant, UTC) as RFC 3339 to the millisecond, e.g.
+    ``2026-12-07T13:26:42.123Z``. The clock's reading is formatted from a cache of the current
+    second's text: a gateway stamps each message several times (envelope, records, receipts,
+    audit), and ``datetime.now(UTC).isoformat()`` cost ~1.5 us a call against ~0.4 us."""
+    global _this_second
+    if now is not None:
+        return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    second, ns = divmod(time.time_ns(), 1_000_000_000)
+    cached = _this_second
+    if cached[0] != second:
+        cached = _this_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{ns // 1_000_000:03d}Z"
 
 
 def parse_time(value: str) -> datetime:

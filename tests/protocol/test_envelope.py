@@ -72,3 +72,24 @@ def test_build_stamps_and_expires() -> None:
 def test_payload_bytes() -> None:
     assert payload_bytes({"a": 1}) == b'{"a":1}'
     assert payload_bytes("MSH|^~\\&|") == b"MSH|^~\\&|"
+
+
+@pytest.mark.parametrize("ns", [0, 1_700_000_000_000_000_000, 1_700_000_000_999_999_999, 1_700_000_001_000_000_000,
+                                4_102_444_799_999_000_000, 1_814_400_000_123_456_789])
+def test_now_rfc3339_reads_the_clock_as_isoformat_would(monkeypatch: pytest.MonkeyPatch, ns: int) -> None:
+    """The clock's reading, formatted from the cached text of its second, is exactly what
+    ``datetime.isoformat`` gives at millisecond precision, within a second, across a second's
+    end (the cache moves on) and back to one formatted earlier."""
+    from psvn.protocol import envelope
+
+    for at in (ns, ns + 1, ns + 999_999, ns + 1_000_000_000, ns):
+        monkeypatch.setattr(envelope.time, "time_ns", lambda at=at: at)
+        exact = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=at // 1_000)
+        assert envelope.now_rfc3339() == exact.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    monkeypatch.undo()
+    before = datetime.now(UTC)
+    before = before.replace(microsecond=before.microsecond // 1000 * 1000)
+    stamp = envelope.parse_time(envelope.now_rfc3339())
+    assert before <= stamp <= datetime.now(UTC)
+    given = datetime(2026, 12, 7, 13, 26, 42, 123_999, tzinfo=UTC)
+    assert envelope.now_rfc3339(given) == "2026-12-07T13:26:42.123Z"

@@ -167,3 +167,17 @@ def test_a_small_order_key_signs_nothing() -> None:
     key.verify(forged, b"anything at all")  # what the check before libsodium let through
     assert not seal.verify_any(forged, b"anything at all", [key])
     assert not seal.verify_any(forged, seal.signed_bytes(seal.KIND_MESSAGE, HEADER, PAYLOAD), [key])
+
+
+@pytest.mark.parametrize("size", [0, 1, 63, 64, 1_500, 70_000])
+def test_libsodium_signs_exactly_as_openssl_does(size: int) -> None:
+    """Ed25519 is deterministic: the signature :func:`seal.sign` makes through libsodium is
+    byte for byte the one ``cryptography`` (OpenSSL) makes with the same key, for any length,
+    and what a sealed message carries verifies under the signer's key with either library."""
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    for key in (SENDER, Ed25519PrivateKey.generate()):
+        assert seal.sign(key, data) == key.sign(data)
+        key.public_key().verify(seal.sign(key, data), data)
+    inner = seal.unseal(sealed(), private_key=RECIPIENT, info=INFO)
+    SENDER.public_key().verify(inner.signature, seal.signed_bytes(inner.kind, inner.header, inner.payload))
+    assert seal.sign(Ed25519PrivateKey.generate(), data) != seal.sign(SENDER, data)  # the key's own, not a cached one's
