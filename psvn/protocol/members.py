@@ -13,13 +13,12 @@ from typing import Literal, Protocol
 
 import msgspec
 import structlog
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from psvn.core.addresses import token
 from psvn.core.errors import Code, PsvnError
 from psvn.protocol.envelope import now_rfc3339, parse_time
-from psvn.protocol.seal import DEFAULT_SUITE
+from psvn.protocol.seal import DEFAULT_SUITE, strong_signing_key, verify_any
 from psvn.protocol.subjects import REGISTRY_BUCKET
 
 log = structlog.get_logger("psvn.registry")
@@ -122,6 +121,9 @@ def sign_entry(key: Ed25519PrivateKey, kv_key: str, member: Member | None, *, se
     """The value to store under ``kv_key``: ``member`` (or a tombstone when None), signed."""
     if member is not None and key_for(member.address) != kv_key:
         raise ValueError(f"entry for {member.address!r} cannot be signed for key {kv_key!r}")
+    if member is not None and (weak := weak_signing_key(member)):
+        raise PsvnError(Code.BAD_REQUEST, f"{member.address!r} is not admitted: {weak}", field="sign_key",
+                        rule="ed25519-key")
     body = msgspec.json.encode(RegistryEntry(key=kv_key, serial=serial, signed_at=now_rfc3339(now or datetime.now(UTC)),
                                              member=member))
     return msgspec.json.encode(SignedEntry(entry=body, signature=key.sign(SIGNATURE_DOMAIN + body)))
@@ -140,10 +142,8 @@ def verify_entry(authority: Ed25519PublicKey, kv_key: str, value: bytes | None) 
         signed = _signed_decoder.decode(value)
     except msgspec.DecodeError as exc:
         raise EntryRefused(f"not a signed registry entry ({exc})") from None
-    try:
-        authority.verify(signed.signature, SIGNATURE_DOMAIN + signed.entry)
-    except InvalidSignature:
-        raise EntryRefused("signature does not verify against the registry authority key") from None
+    if not verify_any(signed.signature, SIGNATURE_DOMAIN + signed.entry, (authority,)):  # libsodium's check
+        raise EntryRefused("signature does not verify against the registry authority key")
     try:
         entry = _entry_decoder.decode(signed.entry)
     except msgspec.DecodeError as exc:  # signed but unreadable: a writer bug, still refused
@@ -152,7 +152,18 @@ def verify_entry(authority: Ed25519PublicKey, kv_key: str, value: bytes | None) 
         raise EntryRefused(f"signed for key {entry.key!r}, stored under {kv_key!r}")
     if entry.member is not None and key_for(entry.member.address) != kv_key:
         raise EntryRefused(f"entry names {entry.member.address!r}, stored under {kv_key!r}")
+    if entry.member is not None and (weak := weak_signing_key(entry.member)):
+        raise EntryRefused(weak)  # signed, but no signature could be bound to the member
     return entry
+
+
+def weak_signing_key(member: Member) -> str | None:
+    """Why ``member``'s signing keys (current or retired) cannot bind a signature, or None."""
+    if not strong_signing_key(member.sign_key):
+        return "its sign_key is not a valid Ed25519 key of the large prime-order subgroup"
+    if any(not strong_signing_key(r.key) for r in member.retired_sign_keys):
+        return "a retired_sign_keys key is not a valid Ed25519 key of the large prime-order subgroup"
+    return None
 
 
 class HistoryValue(Protocol):

@@ -158,6 +158,15 @@ def verify_any(signature: bytes, data: bytes, keys: Sequence[Ed25519PublicKey]) 
     return False
 
 
+def strong_signing_key(raw: bytes) -> bool:
+    """True if ``raw`` is an Ed25519 public key a signature can be bound to: a canonical point of
+    the curve's large prime-order subgroup (libsodium's check). A small-order key (the identity
+    point, say) "verifies" forged signatures under OpenSSL's check, so a member holding one
+    could disown whatever it sent; such a key is never admitted to the registry (members)."""
+    return (len(raw) == nacl.bindings.crypto_sign_PUBLICKEYBYTES
+            and nacl.bindings.crypto_core_ed25519_is_valid_point(raw))
+
+
 def verify(inner: Inner, sender_key: Ed25519PublicKey | Sequence[Ed25519PublicKey], *,
            message_id: str | None = None) -> None:
     """Verify against the sender's key (or any of its keys still valid for this message)."""
