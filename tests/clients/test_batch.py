@@ -124,9 +124,15 @@ def test_batches_split_by_count_and_by_size_without_reading_ahead() -> None:
     items = [{"to": "ods:RYR", "type": SERVICE_REQUEST, "payload": {"n": "x" * 100}, "purpose": "direct-care"}] * 10
     by_count = list(_core.batches(items, batch_size=4, max_bytes=10**6))
     assert [len(c) for c in by_count] == [4, 4, 2]
-    one = len(json.dumps(by_count[0][0].body))
-    by_size = list(_core.batches(items, batch_size=500, max_bytes=3 * (one + 2) + 20))
+    one = len(by_count[0][0].encoded)  # each item is encoded once, and sized exactly
+    assert json.loads(by_count[0][0].encoded) == by_count[0][0].body
+    three = len('{"messages":[]}') + 3 * one + 2  # three items and their two commas
+    by_size = list(_core.batches(items, batch_size=500, max_bytes=three))
     assert [len(c) for c in by_size] == [3, 3, 3, 1]
+    assert [len(c) for c in _core.batches(items, batch_size=500, max_bytes=three - 1)] == [2, 2, 2, 2, 2]
+    request = _core.batch_call(by_size[0]).body()  # the items' own bytes, joined
+    assert request is not None and len(request) == three
+    assert json.loads(request) == {"messages": [i.body for i in by_size[0]]}
     assert [i.index for c in by_size for i in c] == list(range(10))
     assert all(i.body["idempotency_key"] == i.key for c in by_size for i in c)
     kept = next(_core.batches([{**items[0], "idempotency_key": "mine"}], batch_size=1, max_bytes=10**6))

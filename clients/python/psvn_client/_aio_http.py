@@ -17,7 +17,6 @@ as its cause (a TLS failure is found by walking that chain).
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -28,10 +27,9 @@ import aiohttp
 import httpx
 from yarl import URL
 
-from psvn_client._core import Call
+from psvn_client._core import JSON_HEADERS, Call
 
 ResponseHook = Callable[[httpx.Response], Awaitable[None]]
-_JSON = {"content-type": "application/json"}
 
 
 class AioHttp:
@@ -79,8 +77,7 @@ class AioHttp:
     async def request(self, call: Call[Any]) -> httpx.Response:
         """Send ``call``; its answer (whatever the status), or an ``httpx.TransportError``."""
         session = self._open()
-        body = None if call.json is None else json.dumps(
-            call.json, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        body = call.body()
         url = URL(self.url + call.path, encoded=True)  # the path is quoted already (ids, cursors)
         if call.params:
             url = url.update_query({k: str(v) for k, v in call.params.items()})
@@ -91,7 +88,7 @@ class AioHttp:
             # exchange gets one bound too, so a peer that stops reading never holds the caller
             async with asyncio.timeout(self._exchange_timeout):
                 async with session.request(call.method, url, data=body, allow_redirects=False,
-                                           headers=_JSON if body is not None else None) as resp:
+                                           headers=JSON_HEADERS if body is not None else None) as resp:
                     content = await resp.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise as_httpx_error(exc) from exc
@@ -100,7 +97,7 @@ class AioHttp:
         response.elapsed = timedelta(seconds=time.perf_counter() - started)
         if self.on_response:
             response.request = httpx.Request(call.method, str(url), content=body or b"",
-                                             headers=_JSON if body is not None else None)
+                                             headers=JSON_HEADERS if body is not None else None)
             for hook in self.on_response:
                 await hook(response)
         return response

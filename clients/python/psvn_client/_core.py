@@ -82,12 +82,25 @@ class Call(Generic[T]):
     parse: Callable[[httpx.Response], T]
     params: dict[str, str | int] | None = None
     json: Any = None
+    #: The body already encoded (a batch, whose items were encoded once to measure them); else ``json``'s.
+    content: bytes | None = None
     safe: bool = True
     #: Non-2xx statuses whose body is still the answer (``/healthz`` is 503 when degraded).
     answers: frozenset[int] = frozenset()
 
     def is_answer(self, response: httpx.Response) -> bool:
         return response.is_success or response.status_code in self.answers
+
+    def body(self) -> bytes | None:
+        """The request body as both clients send it (compact UTF-8 JSON; NaN is refused)."""
+        return self.content if self.content is not None or self.json is None else encode_json(self.json)
+
+
+JSON_HEADERS = {"content-type": "application/json"}  # with every request that has a body
+
+
+def encode_json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 def _json(response: httpx.Response) -> Any:
@@ -160,17 +173,19 @@ def send_call(
 #: ``gateway.max_body_bytes``): ``send_many`` splits what it is given into requests within both.
 MAX_BATCH_ITEMS = 500
 MAX_BATCH_BYTES = 2 * 1024 * 1024
-_BATCH_OVERHEAD = len('{"messages": []}')
+_BATCH_OPEN, _BATCH_CLOSE = b'{"messages":[', b"]}"
 
 
 @dataclass(frozen=True, slots=True)
 class BatchItem:
     """One message of a ``send_many`` on its way: where it was in the input, its request body
-    (always with an idempotency key, so every retry is safe) and that key."""
+    (always with an idempotency key, so every retry is safe), that key, and the body encoded
+    (once: its size splits the batches, and its bytes are the request's)."""
 
     index: int
     body: dict[str, Any]
     key: str
+    encoded: bytes = b""
 
 
 def batch_item(index: int, message: Message | Mapping[str, Any]) -> BatchItem:
@@ -188,28 +203,29 @@ def batch_item(index: int, message: Message | Mapping[str, Any]) -> BatchItem:
             body["idempotency_key"] = key
         else:
             key = str(key)
-    return BatchItem(index, body, key)
+    return BatchItem(index, body, key, encode_json(body))
 
 
 def batches(
     messages: Iterable[Message | Mapping[str, Any]], *, batch_size: int, max_bytes: int
 ) -> Iterator[list[BatchItem]]:
     """Split messages (read lazily: a generator of millions is fine) into requests of at most
-    ``batch_size`` items and about ``max_bytes`` of JSON. Sizes are over-estimated (ASCII
-    escapes, spaced separators), so a request never crosses the gateway's body limit because
-    of the estimate; one message larger than the limit goes alone and gets its own 413."""
+    ``batch_size`` items and ``max_bytes`` of JSON, counted exactly from each item's encoding
+    (the request is those bytes joined); one message larger than the limit goes alone and gets
+    its own 413."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError("batch_size must be a positive int")
     if max_bytes < 1:
         raise ValueError("max_batch_bytes must be positive")
     chunk: list[BatchItem] = []
-    size = _BATCH_OVERHEAD
+    size = len(_BATCH_OPEN) + len(_BATCH_CLOSE)
     for index, message in enumerate(messages):
         item = batch_item(index, message)
-        item_size = len(json.dumps(item.body)) + 2  # and a separator
+        item_size = len(item.encoded) + (1 if chunk else 0)  # and a comma after the first
         if chunk and (len(chunk) >= batch_size or size + item_size > max_bytes):
             yield chunk
-            chunk, size = [], _BATCH_OVERHEAD
+            chunk, size = [], len(_BATCH_OPEN) + len(_BATCH_CLOSE)
+            item_size = len(item.encoded)
         chunk.append(item)
         size += item_size
     if chunk:
@@ -224,14 +240,10 @@ def batch_result(item: BatchItem, data: Any) -> BatchResult:
     """One element of the gateway's ``results``: the accepted message or its problem document."""
     if _is_problem(data):
         return BatchResult(item.index, item.key, error=error_from_problem(int(data["status"]), data))
-    result = SendResult.from_json(data, idempotency_key=item.key, duplicate=bool(data.get("duplicate")))
-    return BatchResult(item.index, item.key, result=_with_location(result))
-
-
-def _with_location(result: SendResult) -> SendResult:
-    from dataclasses import replace
-
-    return replace(result, location=f"/v1/messages/{quote(result.id, safe='')}")
+    location = f"/v1/messages/{quote(data['id'], safe='')}" if isinstance(data.get("id"), str) else None
+    result = SendResult.from_json(data, idempotency_key=item.key, location=location,
+                                  duplicate=bool(data.get("duplicate")))
+    return BatchResult(item.index, item.key, result=result)
 
 
 def batch_call(items: list[BatchItem]) -> Call[list[BatchResult]]:
@@ -245,7 +257,8 @@ def batch_call(items: list[BatchItem]) -> Call[list[BatchResult]]:
                                 f"{str(data)[:200]}")
         return [batch_result(item, x) for item, x in zip(items, results, strict=True)]
 
-    return Call("POST", "/v1/messages:batch", parse, json={"messages": [i.body for i in items]}, safe=True)
+    return Call("POST", "/v1/messages:batch", parse, safe=True,
+                content=_BATCH_OPEN + b",".join(i.encoded for i in items) + _BATCH_CLOSE)
 
 
 def chunk_failed(items: list[BatchItem], error: PsvnError) -> list[BatchResult]:

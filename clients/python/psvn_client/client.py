@@ -100,7 +100,9 @@ class Client:
         while True:
             response: httpx.Response | None = None
             try:
-                response = self._http.request(call.method, call.path, params=call.params, json=call.json)
+                body = call.body()
+                response = self._http.request(call.method, call.path, params=call.params, content=body,
+                                              headers=_core.JSON_HEADERS if body is not None else None)
             except httpx.TransportError as exc:
                 error, retry = _core.transport_failure(call, self.url, exc, client_cert=self._client_cert)
             else:
