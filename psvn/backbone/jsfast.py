@@ -50,6 +50,8 @@ from nats.js.errors import (
     ServiceUnavailableError,
 )
 
+from psvn.backbone.connect import CoalescingClient
+
 DEFAULT_API = "$JS.API"
 NO_MESSAGE = 10037  # JetStream's "no message found"
 WRONG_LAST_SEQUENCE = (10071, 10164)
@@ -212,7 +214,10 @@ class JetStreamOps:
             if self._sub is None:
                 prefix = bytes(self._nc._inbox_prefix).decode()
                 reply_prefix = f"{prefix}.{secrets.token_hex(8)}."
-                self._sub = await self._nc.subscribe(reply_prefix + "*", cb=self._on_reply)
+                if isinstance(self._nc, CoalescingClient):  # each reply straight to its future
+                    self._sub = await self._nc.subscribe_direct(reply_prefix + "*", self._resolve)
+                else:
+                    self._sub = await self._nc.subscribe(reply_prefix + "*", cb=self._on_reply)
                 self._reply_prefix, self._cut = reply_prefix, len(reply_prefix)
                 self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="jsfast-sweep")
         return self
@@ -240,6 +245,9 @@ class JetStreamOps:
         return len(self._pending)
 
     async def _on_reply(self, msg: Msg) -> None:
+        self._resolve(msg)
+
+    def _resolve(self, msg: Msg) -> None:
         entry = self._pending.pop(msg.subject[self._cut:], None)
         if entry is not None and not entry[0].done():
             entry[0].set_result(msg)

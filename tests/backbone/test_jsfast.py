@@ -308,6 +308,37 @@ async def test_one_subscription_however_many_calls(broker: NATS) -> None:
     assert len(broker._subs) == before
 
 
+async def test_replies_skip_nats_pys_queue_on_the_backbone_client_and_not_elsewhere(
+        broker: NATS, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the backbone's client (``connect``) the reply subscription hands each reply to its
+    future as the reading loop parses it; on any other nats-py client it goes through nats-py's
+    queue and task. Both resolve each caller to its own answer, headers and all, and a closed
+    one leaves nothing registered."""
+    from psvn.backbone import jsfast
+    from psvn.backbone.connect import CoalescingClient
+
+    assert isinstance(broker, CoalescingClient)
+    direct = await JetStreamOps(broker).start()
+    monkeypatch.setattr(jsfast, "CoalescingClient", type("Other", (), {}))  # as for a plain client
+    queued = await JetStreamOps(broker).start()
+    try:
+        assert direct._sub._id in broker._direct and queued._sub._id not in broker._direct
+        s = subj("dispatch")
+        for ops in (direct, queued):
+            acks = await asyncio.gather(*(ops.publish(f"{s}.{i}", str(i).encode(), headers={"N": str(i)})
+                                          for i in range(200)))
+            got = await asyncio.gather(*(ops.direct_get(STREAM, seq=a.seq) for a in acks))
+            assert [(g.data, (g.headers or {}).get("N")) for g in got if g] == [(str(i).encode(), str(i))
+                                                                               for i in range(200)]
+            assert ops.pending == 0
+        assert direct._sub.pending_msgs == 0  # never queued
+    finally:
+        sid = direct._sub._id
+        await direct.close()
+        await queued.close()
+    assert sid not in broker._direct and sid not in broker._subs
+
+
 # -- a member, as its gateway connects -----------------------------------------------------------
 async def test_a_member_reads_and_writes_within_its_permissions(backbone: Backbone, broker: NATS) -> None:
     """Its own state bucket (its ``$JS.API``), the network's inbox stream and consent bucket
