@@ -157,3 +157,38 @@ async def test_batch_limits_and_malformed_bodies_are_one_clear_problem(network: 
             problem = await r.json(content_type=None)
     assert (r.status, problem["field"], problem["rule"]) == (400, "Idempotency-Key", "batch-idempotency"), problem
     assert await inbox_count(network, network.TRUST) == 0
+
+
+async def test_a_batch_sends_at_most_batch_concurrency_at_a_time_and_answers_in_order(network: Network) -> None:
+    """``gateway.batch_concurrency`` bounds how many of a batch's items are being sent at once
+    (a few workers take the next item in turn); every item still gets its own outcome, in the
+    order sent, refusals decoded earlier included."""
+    council = network.COUNCIL
+    gw = network.gateways[council].gateway
+    gw.egress.settings.batch_concurrency = 3
+    in_flight: list[int] = [0, 0]  # now, most
+    send = gw.egress.send
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        in_flight[0] += 1
+        in_flight[1] = max(in_flight[1], in_flight[0])
+        try:
+            return await send(*args, **kwargs)
+        finally:
+            in_flight[0] -= 1
+
+    gw.egress.send = counted  # type: ignore[method-assign]
+    items: list[Any] = [referral(local_id=f"n{i}") if i % 5 else "not an object" for i in range(20)]
+    status, body = await call(network, council, "POST", BATCH, {"messages": items})
+    assert status == 200, body
+    assert in_flight == [0, 3]
+    for i, result in enumerate(body["results"]):
+        if i % 5:
+            assert result["status"] == "accepted", result
+        else:
+            assert (result["status"], result["code"]) == (422, "invalid-envelope"), result
+            assert result["instance"] == f"{BATCH}#/messages/{i}"
+    ids = [r["id"] for i, r in enumerate(body["results"]) if i % 5]
+    assert len(set(ids)) == 16
+    for mid in ids:
+        await wait_status(network, council, mid, "delivered")
