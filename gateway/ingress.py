@@ -146,8 +146,10 @@ class Ingress(Part):
             held = [msg for msg, ok in zip(msgs, handled, strict=True) if ok] + fetched_ahead()
             await asyncio.gather(*(self._in_progress(msg) for msg in held))
         unreceipted = await self._send_receipts(due)
-        await asyncio.gather(*(self._settle(msg, ok and i not in unreceipted)
-                               for i, (msg, ok) in enumerate(zip(msgs, handled, strict=True))))
+        # in turn, not a task each: an ack (or nak) is a publish JetStream does not answer, so
+        # each only joins the connection's outgoing buffer, and all leave in one write
+        for i, (msg, ok) in enumerate(zip(msgs, handled, strict=True)):
+            await self._settle(msg, ok and i not in unreceipted)
 
     async def _handle_safely(self, msg: Msg, due: ReceiptsDue, index: int) -> bool:
         try:
