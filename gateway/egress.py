@@ -339,7 +339,8 @@ class Egress(Part):
 
         await asyncio.gather(*(worker() for _ in range(max(1, min(self.settings.batch_concurrency, len(items))))))
         outcomes = [r for r in results if r is not None]
-        assert len(outcomes) == len(items), "every item of a batch has its outcome"
+        if len(outcomes) != len(items):  # never: each worker runs until no item is left
+            raise RuntimeError("a batch item was left without an outcome")
         return outcomes
 
     async def _refused(self, exc: PsvnError, req: SendRequest | None = None, *, system: str | None,

@@ -78,13 +78,21 @@ class CoalescingClient(NATS):
         if handler is None:
             await super()._process_msg(sid, subject, reply, data, headers)
             return
-        if sid not in self._subs:  # unsubscribed, a message was on its way
+        sub = self._subs.get(sid)
+        if sub is None:  # unsubscribed, a message was on its way
             return
         self.stats["in_msgs"] += 1
         self.stats["in_bytes"] += len(data)
+        sub._received += 1
+        if sub._max_msgs > 0 and sub._received >= sub._max_msgs:  # its limit reached, as nats-py does
+            self._remove_sub(sid)
         msg = self._build_message(sid, subject, reply, data, await self._process_headers(headers))
-        if msg is not None:
+        if msg is None:
+            return
+        try:
             handler(msg)
+        except Exception as exc:  # the reading loop must go on: nats-py stops reading on an error
+            await self._error_cb(exc)
 
     def _remove_sub(self, sid: int, max_msgs: int = 0) -> None:
         super()._remove_sub(sid, max_msgs)

@@ -126,7 +126,7 @@ def new_message_id() -> str:
     return str(uuid.uuid4())
 
 
-_this_second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+_this_second: tuple[int | None, str] = (None, "")  # the last second formatted, and its text
 
 
 def now_rfc3339(now: datetime | None = None) -> str:

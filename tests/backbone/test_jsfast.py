@@ -321,6 +321,12 @@ async def test_replies_skip_nats_pys_queue_on_the_backbone_client_and_not_elsewh
     direct = await JetStreamOps(broker).start()
     monkeypatch.setattr(jsfast, "CoalescingClient", type("Other", (), {}))  # as for a plain client
     queued = await JetStreamOps(broker).start()
+    queued_up = {direct._sub._id: 0, queued._sub._id: 0}  # messages each put on nats-py's queue
+    for sub in (direct._sub, queued._sub):
+        def put(msg: object, sub: object = sub, put: object = sub._pending_queue.put_nowait) -> None:
+            queued_up[sub._id] += 1  # type: ignore[attr-defined]
+            put(msg)  # type: ignore[operator]
+        sub._pending_queue.put_nowait = put
     try:
         assert direct._sub._id in broker._direct and queued._sub._id not in broker._direct
         s = subj("dispatch")
@@ -331,12 +337,50 @@ async def test_replies_skip_nats_pys_queue_on_the_backbone_client_and_not_elsewh
             assert [(g.data, (g.headers or {}).get("N")) for g in got if g] == [(str(i).encode(), str(i))
                                                                                for i in range(200)]
             assert ops.pending == 0
-        assert direct._sub.pending_msgs == 0  # never queued
+        assert queued_up == {direct._sub._id: 0, queued._sub._id: 400}  # 200 acks and 200 gets each
+        assert direct._sub.delivered == 400
     finally:
         sid = direct._sub._id
         await direct.close()
         await queued.close()
     assert sid not in broker._direct and sid not in broker._subs
+
+
+async def test_a_failing_direct_handler_is_reported_and_reading_goes_on(broker: NATS) -> None:
+    """A direct handler runs in the connection's reading loop, which nats-py stops on an error:
+    a handler's exception goes to the connection's error callback instead, and what follows is
+    read and handled (the next message, and a request's answer on the same connection)."""
+    from psvn.backbone.connect import CoalescingClient
+
+    assert isinstance(broker, CoalescingClient)
+    errors: list[BaseException] = []
+    seen: list[bytes] = []
+    kept = broker._error_cb
+
+    async def on_error(exc: BaseException) -> None:
+        errors.append(exc)
+
+    def handler(msg: object) -> None:
+        data = msg.data  # type: ignore[attr-defined]
+        if data == b"boom":
+            raise RuntimeError("a handler's bug")
+        seen.append(data)
+
+    broker._error_cb = on_error
+    s = subj("failing")
+    sub = await broker.subscribe_direct(s, handler)
+    try:
+        for data in (b"boom", b"after"):
+            await broker.publish(s, data)
+        await broker.flush()
+        await _until(lambda: seen == [b"after"], "the message after the failure")
+        assert [str(e) for e in errors] == ["a handler's bug"]
+        ops = await JetStreamOps(broker).start()
+        assert (await ops.publish(subj("still-reading"), b"x")).seq > 0
+        await ops.close()
+    finally:
+        broker._error_cb = kept
+        await sub.unsubscribe()
 
 
 # -- a member, as its gateway connects -----------------------------------------------------------

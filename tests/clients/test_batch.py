@@ -139,3 +139,16 @@ def test_batches_split_by_count_and_by_size_without_reading_ahead() -> None:
     assert kept[0].key == "mine"
     with pytest.raises(TypeError):
         list(_core.batches(["not a message"], batch_size=1, max_bytes=10**6))  # type: ignore[list-item]
+
+
+def test_an_item_json_cannot_carry_is_named_before_anything_is_sent() -> None:
+    """NaN (or a value JSON has no form for) in one item stops ``send_many`` while it batches,
+    naming that item, as a malformed message does."""
+    items: list[Any] = [{"to": "ods:RYR", "type": SERVICE_REQUEST, "payload": {"n": 1}, "purpose": "direct-care"},
+                        {"to": "ods:RYR", "type": SERVICE_REQUEST, "payload": {"n": float("nan")},
+                         "purpose": "direct-care"}]
+    with pytest.raises(ValueError, match="item 1 cannot be sent as JSON"):
+        list(_core.batches(items, batch_size=10, max_bytes=10**6))
+    items[1]["payload"] = {"n": object()}
+    with pytest.raises(ValueError, match="item 1 cannot be sent as JSON"):
+        list(_core.batches(items, batch_size=10, max_bytes=10**6))

@@ -185,7 +185,7 @@ class BatchItem:
     index: int
     body: dict[str, Any]
     key: str
-    encoded: bytes = b""
+    encoded: bytes
 
 
 def batch_item(index: int, message: Message | Mapping[str, Any]) -> BatchItem:
@@ -203,7 +203,11 @@ def batch_item(index: int, message: Message | Mapping[str, Any]) -> BatchItem:
             body["idempotency_key"] = key
         else:
             key = str(key)
-    return BatchItem(index, body, key, encode_json(body))
+    try:
+        encoded = encode_json(body)
+    except (TypeError, ValueError) as exc:  # NaN, or a value JSON has no form for
+        raise ValueError(f"send_many: item {index} cannot be sent as JSON: {exc}") from exc
+    return BatchItem(index, body, key, encoded)
 
 
 def batches(
