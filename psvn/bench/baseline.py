@@ -27,6 +27,7 @@ async def raw_baseline(nc: Any, payload: bytes, count: int, lat: Latency, opts: 
     subject no gateway uses), dedupe ids like the gateway's, a durable pull consumer that
     fetches 256 and acks each like the gateway's. The stream is deleted afterwards. It has the
     devnet's ``replicas`` (3 on a clustered one): the baseline pays the same replication."""
+    from nats.errors import Error as NatsError
     from nats.errors import TimeoutError as NatsTimeoutError
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 
@@ -51,6 +52,9 @@ async def raw_baseline(nc: Any, payload: bytes, count: int, lat: Latency, opts: 
                 try:
                     msgs = await psub.fetch(256, timeout=1)
                 except (TimeoutError, NatsTimeoutError):
+                    continue
+                except NatsError:  # a consumer just made on a clustered backbone, its leader still being
+                    await asyncio.sleep(0.1)  # elected ("no responders"): the runs are bounded, so try again
                     continue
                 for m in msgs:
                     consumed.setdefault(m.metadata.sequence.stream, time.perf_counter())
