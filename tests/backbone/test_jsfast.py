@@ -383,6 +383,27 @@ async def test_a_failing_direct_handler_is_reported_and_reading_goes_on(broker: 
         await sub.unsubscribe()
 
 
+def test_the_nats_py_internals_the_backbone_client_overrides_are_as_it_expects() -> None:
+    """``CoalescingClient`` overrides and calls private parts of nats-py (checked on 2.16): an
+    upgrade that renames or reshapes one fails here, not as a gateway that stops reading."""
+    import inspect
+
+    from nats.aio.subscription import Subscription
+
+    def params(fn: object) -> list[str]:
+        return list(inspect.signature(fn).parameters)  # type: ignore[arg-type]
+
+    assert params(NATS._process_msg) == ["self", "sid", "subject", "reply", "data", "headers"]
+    assert inspect.iscoroutinefunction(NATS._process_msg) and inspect.iscoroutinefunction(NATS._process_headers)
+    assert params(NATS._build_message) == ["self", "sid", "subject", "reply", "data", "headers"]
+    assert params(NATS._remove_sub) == ["self", "sid", "max_msgs"]
+    assert inspect.iscoroutinefunction(NATS._flusher) and not inspect.iscoroutinefunction(NATS._remove_sub)
+    sub = Subscription(conn=NATS(), id=7, subject="x")
+    assert (sub._id, sub._received, sub._max_msgs) == (7, 0, 0)
+    client = NATS()
+    assert (client._pending, client._pending_data_size, client._subs) == ([], 0, {})
+
+
 # -- a member, as its gateway connects -----------------------------------------------------------
 async def test_a_member_reads_and_writes_within_its_permissions(backbone: Backbone, broker: NATS) -> None:
     """Its own state bucket (its ``$JS.API``), the network's inbox stream and consent bucket
