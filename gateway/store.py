@@ -333,10 +333,8 @@ class StateStore:
     # -- sent messages ------------------------------------------------------------------------
     async def out_record(self, message_id: str) -> OutRecord | None:
         """A sent message's record, read where it lives (so another instance's write is seen)."""
-        if not KEY_ID.fullmatch(message_id):
-            return None
-        got = await self._read(f"out.{message_id}")
-        return None if got is None else msgspec.json.decode(got[0], type=OutRecord)
+        got = await self.out_entry(message_id)
+        return None if got is None else got[0]
 
     def _remember(self, rec: OutRecord, revision: int) -> None:
         if rec.status in (State.ACCEPTED.value, State.SENT.value, State.DELIVERED.value):

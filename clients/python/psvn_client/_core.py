@@ -174,6 +174,7 @@ def send_call(
 MAX_BATCH_ITEMS = 500
 MAX_BATCH_BYTES = 2 * 1024 * 1024
 _BATCH_OPEN, _BATCH_CLOSE = b'{"messages":[', b"]}"
+_EMPTY_BATCH = len(_BATCH_OPEN) + len(_BATCH_CLOSE)  # the request's bytes around its items
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,13 +223,13 @@ def batches(
     if max_bytes < 1:
         raise ValueError("max_batch_bytes must be positive")
     chunk: list[BatchItem] = []
-    size = len(_BATCH_OPEN) + len(_BATCH_CLOSE)
+    size = _EMPTY_BATCH
     for index, message in enumerate(messages):
         item = batch_item(index, message)
         item_size = len(item.encoded) + (1 if chunk else 0)  # and a comma after the first
         if chunk and (len(chunk) >= batch_size or size + item_size > max_bytes):
             yield chunk
-            chunk, size = [], len(_BATCH_OPEN) + len(_BATCH_CLOSE)
+            chunk, size = [], _EMPTY_BATCH
             item_size = len(item.encoded)
         chunk.append(item)
         size += item_size
