@@ -230,6 +230,14 @@ class Consulted:
     lagging: bool = False
 
 
+@dataclass(slots=True)
+class _Queued:
+    """A read asked for and not yet sent: its outcome, and how many callers besides the first share it."""
+
+    result: asyncio.Future[Stored | None]
+    sharers: int = 0
+
+
 class ConsentLookup:
     """Reads the records of named subjects where they live (direct get); the operator writes them."""
 
@@ -241,7 +249,7 @@ class ConsentLookup:
         self._record_lock = asyncio.Lock()
         # reads asked for and not yet sent, by subject: every decision that needs a subject before
         # its read goes out shares that read (it still starts after each of them asked)
-        self._queued: dict[str, asyncio.Future[Stored | None]] = {}
+        self._queued: dict[str, _Queued] = {}
         self._reading: set[asyncio.Task[Stored | None]] = set()  # held: the loop keeps only weak references
 
     async def start(self, js: JetStreamContext, ops: JetStreamOps) -> None:
@@ -258,19 +266,44 @@ class ConsentLookup:
         calls for one subject made before the read is sent share it (a batch about one patient
         costs one read); none shares a read that began before it asked, so an opt-out recorded
         before a decision began always applies to it. A backbone that does not answer is an
-        error, never "no record"."""
-        fut = self._queued.get(subject)
-        if fut is None:
-            loop = asyncio.get_running_loop()
-            fut = self._queued[subject] = loop.create_future()
-            loop.call_soon(self._send, subject)
-        try:
-            return await asyncio.shield(fut)
-        except PsvnError as exc:  # each caller gets its own (callers add their message id to it)
-            raise PsvnError(exc.code, exc.detail, field=exc.field, rule=exc.rule) from exc
+        error, never "no record".
 
-    def _send(self, subject: str) -> None:
-        fut = self._queued.pop(subject)
+        The first caller reads in its own task after one turn of the loop (in which others may
+        join): no task of the lookup's, since nearly every read has one caller, and a task, a
+        shield and a callback cost about as much as the read's own Python. If that caller is
+        cancelled while others share its read, they get a read of their own, in a task."""
+        queued = self._queued.get(subject)
+        if queued is not None:
+            queued.sharers += 1
+            try:
+                return await asyncio.shield(queued.result)
+            except PsvnError as exc:  # each caller gets its own (callers add their message id to it)
+                raise PsvnError(exc.code, exc.detail, field=exc.field, rule=exc.rule) from exc
+        queued = self._queued[subject] = _Queued(asyncio.get_running_loop().create_future())
+        try:
+            await asyncio.sleep(0)  # one turn: decisions asking for this subject meanwhile share the read
+            self._sent(subject, queued)
+            value = await self._read_now(subject)
+        except asyncio.CancelledError:
+            self._sent(subject, queued)
+            if queued.sharers:  # they asked before the read was sent: it is still theirs
+                self._read_for(subject, queued.result)
+            raise
+        except BaseException as exc:
+            if queued.sharers:
+                queued.result.set_exception(exc)
+            raise
+        if queued.sharers:
+            queued.result.set_result(value)
+        return value
+
+    def _sent(self, subject: str, queued: _Queued) -> None:
+        """No one joins a read once it is sent."""
+        if self._queued.get(subject) is queued:
+            del self._queued[subject]
+
+    def _read_for(self, subject: str, fut: asyncio.Future[Stored | None]) -> None:
+        """Read for those who shared a read whose first caller was cancelled."""
         task = asyncio.get_running_loop().create_task(self._read_now(subject))
         self._reading.add(task)
 

@@ -209,7 +209,7 @@ class Egress(Part):
                     await self._refused(pending, req, message_id=message_id, system=system, outcome="unknown")
                     raise pending from exc
             if exc.code is Code.POLICY_DENIED:
-                self.metrics.decisions.labels("egress", "deny").inc()
+                self.metrics.count(self.metrics.decisions, "egress", "deny")
             await self._refused(exc, req, message_id=message_id, system=system)
             raise
         except BaseException:  # a bug, a lost connection, a cancelled request: nothing was decided
@@ -217,7 +217,7 @@ class Egress(Part):
                 with contextlib.suppress(Exception):
                     await self._withdraw(claim)
             raise
-        self.metrics.decisions.labels("egress", "allow").inc()
+        self.metrics.count(self.metrics.decisions, "egress", "allow")
         rec = self._record(planned, request_hash, system)
         revision = await claim.settle(rec) if claim is not None else await self._write_record(rec)
         if revision is None:  # the key was used before (a retry), or by a concurrent request
@@ -260,7 +260,7 @@ class Egress(Part):
         if rec.expires and rec.status in (State.ACCEPTED.value, State.SENT.value):
             self.sweeper.track(rec)
         if not found:
-            self.metrics.sent.labels(req.type).inc()
+            self.metrics.count(self.metrics.sent, req.type)
         self.metrics.send_seconds.observe(time.perf_counter() - started)
         log.debug("message sent", message_id=message_id, to=req.to, type=req.type, system=system, found=found)
         # a repeat of a key (the record was there) is answered as one, whoever's publish stored it
@@ -352,7 +352,7 @@ class Egress(Part):
         mid = message_id or exc.message_id
         about = {} if req is None else {"to": req.to if isinstance(req.to, str) else None, "type": req.type,
                                         "purpose": req.purpose, "classification": req.classification}
-        self.metrics.rejected.labels(exc.code.value).inc()
+        self.metrics.count(self.metrics.rejected, exc.code.value)
         log.info("message rejected", message_id=mid, code=exc.code.value, field=exc.field, rule=exc.rule,
                  system=system)
         await self.audit("rejected", message_id=mid, **about, code=exc.code.value, field=exc.field, rule=exc.rule,

@@ -275,7 +275,7 @@ class Ingress(Part):
                     Code.POLICY_DENIED, f"a feed event on {env.topic!r} for {env.purpose}, but this member has "
                     "no such subscription", field="topic", rule="not-subscribed", message_id=msg_id), received, owe)
                 return
-        self.metrics.decisions.labels("ingress", "allow").inc()
+        self.metrics.count(self.metrics.decisions, "ingress", "allow")
         # the policy's retention for the type, within what the inbox stream keeps (a day's margin,
         # so the gateway deletes and audits it before the stream's own max age does)
         days = min(inc.decision.retention_days if inc.decision.retention_days is not None else MAILBOX_MAX_AGE_DAYS,
@@ -292,7 +292,7 @@ class Ingress(Part):
                 return
             await self._redelivered(on_file, owe)
             return
-        self.metrics.received.labels("delivered").inc()
+        self.metrics.count(self.metrics.received, "delivered")
         # filed: it is delivered. Audit first, so the record shares the receipt's socket write
         await self.audit("delivered", message_id=env.id, source=env.source, to=env.to, type=env.type,
                          purpose=env.purpose, classification=env.classification, rule_ids=inc.decision.rule_ids,
@@ -339,10 +339,10 @@ class Ingress(Part):
                 return                                                       # this refusal by sequence
             await self._redelivered(on_file, owe)  # already on file (a redelivery)
             return
-        self.metrics.received.labels("quarantined").inc()
+        self.metrics.count(self.metrics.received, "quarantined")
         await self._move_to_quarantine(msg, msg_id, seq, exc)
         if exc.code is Code.POLICY_DENIED:
-            self.metrics.decisions.labels("ingress", "deny").inc()
+            self.metrics.count(self.metrics.decisions, "ingress", "deny")
         log.warning("message quarantined", message_id=msg_id, code=exc.code.value, rule=exc.rule,
                     source=sender_org)
         await self.audit("quarantined", message_id=msg_id, source=sender_org, code=exc.code.value, rule=exc.rule,
@@ -445,6 +445,6 @@ class Ingress(Part):
                                           check=from_its_recipient, reached=True,
                                           sent_at=receipt.stored or steps.peek(receipt.message_id))
         steps.overtaken(receipt.message_id)  # (not reached if the move was refused or failed)
-        self.metrics.receipts.labels(receipt.status).inc()
+        self.metrics.count(self.metrics.receipts, receipt.status)
         if moved is not None and moved.status not in UNSETTLED:
             self.sweeper.settled(receipt.message_id)

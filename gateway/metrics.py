@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Hi
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
         r = self.registry
         self.sent = Counter("psvn_messages_sent_total", "Messages sealed and published", ["type"], registry=r)
         self.rejected = Counter("psvn_messages_rejected_total", "Messages refused at egress", ["code"], registry=r)
@@ -66,6 +67,16 @@ class Metrics:
         self.heap_trim_seconds = Histogram("psvn_heap_trim_seconds", "How long the event loop waited on one "
                                            "trim of the C allocator", registry=r,
                                            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1))
+
+    def count(self, counter: Counter, *labels: str) -> None:
+        """``counter.labels(*labels).inc()``, the labelled child kept: ``labels`` checks and
+        joins its values on every call (~0.9 us), and the hot path counts about three times a
+        message. Holds nothing the registry does not: it keeps every child it ever made."""
+        key = (counter, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = counter.labels(*labels)
+        child.inc()
 
     def heap_settled(self, thresholds: tuple[int, int, int], frozen: int) -> None:
         for generation, value in enumerate(thresholds):

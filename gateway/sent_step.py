@@ -116,9 +116,9 @@ class SentSteps:
                                                       only_from=ONLY_FROM_ACCEPTED, give_way=True)
                     outcome = "written" if moved is not None and moved.status == State.SENT.value else "overtaken"
                     self.written += outcome == "written"
-                    self.metrics.sent_steps.labels(outcome).inc()
+                    self.metrics.count(self.metrics.sent_steps, outcome)
                 except Exception as exc:
-                    self.metrics.sent_steps.labels("failed").inc()
+                    self.metrics.count(self.metrics.sent_steps, "failed")
                     log.warning("sent step not written; the record stays accepted until its receipt",
                                 message_id=message_id, error=repr(exc))
                 # (cancelled, by a stop, it still waits here: close() writes it)

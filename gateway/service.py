@@ -98,7 +98,7 @@ class Gateway:
         self.metrics.open_mail.set_function(lambda: len(self.store.open))
         self.metrics.record_cache.set_function(lambda: len(self.store._recent))
         self.consent = ConsentLookup(
-            self.registry, on_refused=lambda _s, _e: self.metrics.values_refused.labels(CONSENT_BUCKET).inc())
+            self.registry, on_refused=lambda _s, _e: self.metrics.count(self.metrics.values_refused, CONSENT_BUCKET))
         self.feeds = FeedView()
         self.webhook = _webhook(config)
         self.link = BackboneLink()
@@ -146,7 +146,7 @@ class Gateway:
     def _backbone_value_refused(self, bucket: str, key: str, reason: str) -> None:
         """A shared-bucket value that did not verify: counted here; logged and recorded (for
         /healthz) by the view that refused it, which keeps the previous good value."""
-        self.metrics.values_refused.labels(bucket=bucket).inc()
+        self.metrics.count(self.metrics.values_refused, bucket)
 
     @property
     def refused_values(self) -> list[dict[str, str]]:

@@ -127,6 +127,7 @@ def new_message_id() -> str:
 
 
 _this_second: tuple[int | None, str] = (None, "")  # the last second formatted, and its text
+_that_second: tuple[tuple[int, int, int, int] | None, str] = (None, "")  # the same for a UTC datetime given
 
 
 def now_rfc3339(now: datetime | None = None) -> str:
@@ -134,9 +135,17 @@ def now_rfc3339(now: datetime | None = None) -> str:
     ``2026-12-07T13:26:42.123Z``. The clock's reading is formatted from a cache of the current
     second's text: a gateway stamps each message several times (envelope, records, receipts,
     audit), and ``datetime.now(UTC).isoformat()`` cost ~1.5 us a call against ~0.4 us."""
-    global _this_second
+    global _this_second, _that_second
     if now is not None:
-        return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        if now.tzinfo is not UTC:  # another zone keeps its offset, as isoformat writes it
+            return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        # a UTC datetime (a gateway's clock, the backbone's timestamp): its second's text cached
+        # too, 0.5 against 1.2 us (isoformat); a receiving gateway stamps each message this way
+        key = (now.toordinal(), now.hour, now.minute, now.second)
+        held = _that_second
+        if held[0] != key:
+            held = _that_second = (key, now.isoformat(timespec="seconds")[:19])
+        return f"{held[1]}.{now.microsecond // 1000:03d}Z"
     second, ns = divmod(time.time_ns(), 1_000_000_000)
     cached = _this_second
     if cached[0] != second:

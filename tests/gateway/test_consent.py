@@ -308,6 +308,61 @@ async def test_decisions_about_one_subject_share_a_read_that_began_after_they_as
     assert (await first) is not None and second is not None and sent == [SUBJECT] * 3
 
 
+async def test_a_read_shared_by_others_goes_on_for_them_when_its_first_caller_is_cancelled(net: Network) -> None:
+    """The first caller reads in its own task: cancelled mid-read (its HTTP request gone), the
+    callers that shared its read still get the subject's record, from a read of their own; a
+    read that fails gives each sharer its own error, and the first caller the read's own."""
+    from psvn.core.errors import Code, PsvnError
+
+    status, sent_change = await call(net, PDS, "POST", "/v1/messages", opt_out(1, ["research-consented"]))
+    assert status == 202, sent_change
+    await wait_everywhere(net, lambda c: c.blocks(SUBJECT, "research-consented") is not None)
+    lookup = net.gateways[net.TRUST].gateway.consent
+    real = lookup._read_now
+    sent: list[str] = []
+    release = asyncio.Event()
+
+    async def held(subject: str) -> Any:
+        sent.append(subject)
+        await release.wait()
+        return await real(subject)
+
+    lookup._read_now = held  # type: ignore[method-assign]
+    first = asyncio.ensure_future(lookup.read(SUBJECT))
+    others = [asyncio.ensure_future(lookup.read(SUBJECT)) for _ in range(3)]
+    for _ in range(10):  # until the first caller's read is sent (a few loop turns, no timing)
+        await asyncio.sleep(0)
+        if sent:
+            break
+    assert sent == [SUBJECT] and not lookup._queued
+    first.cancel()
+    for _ in range(10):  # the sharers' own read is sent
+        await asyncio.sleep(0)
+        if len(sent) == 2:
+            break
+    assert len(sent) == 2
+    release.set()
+    assert first.cancelled()
+    async with asyncio.timeout(60):  # (without the hand-over they would wait for ever)
+        got = await asyncio.gather(*others)
+    assert all(g is not None and g.value for g in got)
+    assert not lookup._reading  # the hand-over task is let go once done
+
+    failures = 0
+
+    async def failing(subject: str) -> Any:
+        nonlocal failures
+        failures += 1
+        await asyncio.sleep(0)
+        raise PsvnError(Code.BACKBONE_UNAVAILABLE, "no answer", rule="consent-lookup")
+
+    lookup._read_now = failing  # type: ignore[method-assign]
+    outcomes = await asyncio.gather(*(lookup.read(SUBJECT) for _ in range(4)), return_exceptions=True)
+    assert failures == 1
+    assert all(isinstance(o, PsvnError) and o.rule == "consent-lookup" for o in outcomes)
+    assert len({id(o) for o in outcomes}) == 4  # one error each: callers add their own message id
+
+
 async def test_a_retry_refused_by_an_opt_out_recorded_since_says_what_became_of_the_first(net: Network) -> None:
     """A research referral is accepted (202) while the research team's gateway is away, so its
     record stays ``accepted``; then the citizen opts out. A retry with the same key is refused by

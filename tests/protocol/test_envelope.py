@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -93,3 +93,27 @@ def test_now_rfc3339_reads_the_clock_as_isoformat_would(monkeypatch: pytest.Monk
     assert before <= stamp <= datetime.now(UTC)
     given = datetime(2026, 12, 7, 13, 26, 42, 123_999, tzinfo=UTC)
     assert envelope.now_rfc3339(given) == "2026-12-07T13:26:42.123Z"
+
+
+@pytest.mark.parametrize("given", [
+    datetime(2026, 12, 7, 13, 26, 42, 123_999, tzinfo=UTC),
+    datetime(2026, 12, 7, 13, 26, 42, 999_999, tzinfo=UTC),
+    datetime(2026, 12, 7, 13, 26, 43, 0, tzinfo=UTC),
+    datetime(2026, 12, 8, 13, 26, 42, 0, tzinfo=UTC),   # the same time of day, another day
+    datetime(999, 1, 2, 3, 4, 5, 6_000, tzinfo=UTC),    # isoformat pads the year: so must the cache
+    datetime(1969, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC),
+    datetime(2099, 12, 31, 23, 59, 59, 1_000, tzinfo=UTC),
+    datetime(2026, 12, 7, 13, 26, 42, 500_000, tzinfo=timezone(timedelta(hours=1))),  # another zone: kept
+    datetime(2026, 12, 7, 13, 26, 42, 500_000, tzinfo=timezone(timedelta(0), "GMT")),  # zero offset, not UTC
+])
+def test_now_rfc3339_formats_a_given_datetime_as_isoformat_would(given: datetime) -> None:
+    """A given UTC datetime (a gateway's injected clock, the backbone's timestamp) is formatted
+    from its second's cached text, exactly as ``isoformat`` would; the same call twice and in
+    turn with another second gives the same text (the cache moves on and back)."""
+    from psvn.protocol import envelope
+
+    exact = given.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    other = given + timedelta(seconds=1)
+    for _ in range(2):
+        assert envelope.now_rfc3339(given) == exact
+        assert envelope.now_rfc3339(other) == other.isoformat(timespec="milliseconds").replace("+00:00", "Z")
