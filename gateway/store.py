@@ -137,6 +137,39 @@ class Gone(msgspec.Struct, frozen=True):
     id: str
 
 
+class KeyTurn:
+    """``async with``: a turn on one key's lock, the lock dropped once nobody holds or waits for
+    it. A class rather than an ``asynccontextmanager``: a send and its receipt's move each take a
+    turn, and the generator's machinery cost ~3 us a turn against ~1."""
+
+    __slots__ = ("_key", "_lock", "_locks")
+
+    def __init__(self, locks: dict[str, asyncio.Lock], key: str) -> None:
+        self._locks, self._key = locks, key
+        self._lock: asyncio.Lock | None = None
+
+    async def __aenter__(self) -> None:
+        lock = self._locks.get(self._key)
+        if lock is None:
+            lock = self._locks[self._key] = asyncio.Lock()
+        self._lock = lock
+        try:
+            await lock.acquire()
+        except BaseException:  # cancelled while waiting: the turn is not taken
+            self._drop_if_idle(lock)
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        lock = self._lock
+        assert lock is not None
+        lock.release()
+        self._drop_if_idle(lock)
+
+    def _drop_if_idle(self, lock: asyncio.Lock) -> None:
+        if not lock.locked() and not lock._waiters and self._locks.get(self._key) is lock:  # type: ignore[attr-defined]
+            del self._locks[self._key]
+
+
 class StateStore:
     """The member's state bucket, read where it lives; the open-mail index in memory.
 
@@ -319,16 +352,9 @@ class StateStore:
         await self.kv.put(POLICY_FLOOR_KEY, str(version).encode())
         self.policy_floor = max(self.policy_floor, version)
 
-    @contextlib.asynccontextmanager
-    async def lock(self, message_id: str) -> AsyncIterator[None]:
+    def lock(self, message_id: str) -> KeyTurn:
         """One writer per message id in this process; the lock is dropped once nobody waits on it."""
-        lock = self._locks.setdefault(message_id, asyncio.Lock())
-        try:
-            async with lock:
-                yield
-        finally:
-            if not lock.locked() and not lock._waiters:  # type: ignore[attr-defined]
-                self._locks.pop(message_id, None)
+        return KeyTurn(self._locks, message_id)
 
     # -- sent messages ------------------------------------------------------------------------
     async def out_record(self, message_id: str) -> OutRecord | None:
