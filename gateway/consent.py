@@ -230,6 +230,13 @@ class Consulted:
     lagging: bool = False
 
 
+def _settle_failed(fut: asyncio.Future[Stored | None], exc: BaseException) -> None:
+    """Fail a shared read, marked as seen: each waiting caller still gets it raised, and a caller
+    cancelled meanwhile leaves no "exception never retrieved" in the log."""
+    fut.set_exception(exc)
+    fut.exception()
+
+
 @dataclass(slots=True)
 class _Queued:
     """A read asked for and not yet sent: its outcome, and how many callers besides the first share it."""
@@ -277,21 +284,26 @@ class ConsentLookup:
             queued.sharers += 1
             try:
                 return await asyncio.shield(queued.result)
+            except asyncio.CancelledError:
+                if not queued.result.done():  # gone: the read is no longer owed to this caller
+                    queued.sharers -= 1
+                raise
             except PsvnError as exc:  # each caller gets its own (callers add their message id to it)
                 raise PsvnError(exc.code, exc.detail, field=exc.field, rule=exc.rule) from exc
         queued = self._queued[subject] = _Queued(asyncio.get_running_loop().create_future())
         try:
-            await asyncio.sleep(0)  # one turn: decisions asking for this subject meanwhile share the read
-            self._sent(subject, queued)
+            try:
+                await asyncio.sleep(0)  # one turn: decisions asking for this subject meanwhile share the read
+            finally:
+                self._sent(subject, queued)
             value = await self._read_now(subject)
-        except asyncio.CancelledError:
-            self._sent(subject, queued)
-            if queued.sharers:  # they asked before the read was sent: it is still theirs
-                self._read_for(subject, queued.result)
-            raise
-        except BaseException as exc:
+        except Exception as exc:
             if queued.sharers:
-                queued.result.set_exception(exc)
+                _settle_failed(queued.result, exc)
+            raise
+        except BaseException:  # cancelled (or closed): those who share the read still get one
+            if queued.sharers:
+                self._read_for(subject, queued.result)
             raise
         if queued.sharers:
             queued.result.set_result(value)
@@ -312,10 +324,10 @@ class ConsentLookup:
             if fut.done():
                 return
             if t.cancelled():
-                fut.set_exception(PsvnError(Code.BACKBONE_UNAVAILABLE, "consent lookup cancelled",
-                                            rule="consent-lookup"))
+                _settle_failed(fut, PsvnError(Code.BACKBONE_UNAVAILABLE, "consent lookup cancelled",
+                                              rule="consent-lookup"))
             elif t.exception() is not None:
-                fut.set_exception(t.exception())  # type: ignore[arg-type]
+                _settle_failed(fut, t.exception())  # type: ignore[arg-type]
             else:
                 fut.set_result(t.result())
 

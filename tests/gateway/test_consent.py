@@ -363,6 +363,52 @@ async def test_a_read_shared_by_others_goes_on_for_them_when_its_first_caller_is
     assert len({id(o) for o in outcomes}) == 4  # one error each: callers add their own message id
 
 
+@pytest.mark.parametrize("then", ["fails", "first-cancelled"])
+async def test_a_sharer_that_leaves_is_owed_nothing(then: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A caller that shared a read and was cancelled is no longer waited for: the first caller's
+    failed read is not left unread in a future nobody awaits (asyncio would log "exception was
+    never retrieved"), and the first caller's cancellation starts no read for nobody."""
+    import gc
+    import logging
+
+    from psvn.core.errors import Code, PsvnError
+    from psvn.gateway.consent import ConsentLookup
+
+    lookup = ConsentLookup(None)  # type: ignore[arg-type]  # (no registry: nothing is verified here)
+    reads = 0
+    release = asyncio.Event()
+
+    async def failing(subject: str) -> Any:
+        nonlocal reads
+        reads += 1
+        await release.wait()
+        raise PsvnError(Code.BACKBONE_UNAVAILABLE, "no answer", rule="consent-lookup")
+
+    lookup._read_now = failing  # type: ignore[method-assign]
+    first = asyncio.ensure_future(lookup.read(SUBJECT))
+    sharer = asyncio.ensure_future(lookup.read(SUBJECT))
+    for _ in range(10):  # until the read is sent
+        await asyncio.sleep(0)
+        if reads:
+            break
+    assert reads == 1 and not lookup._queued
+    sharer.cancel()
+    await asyncio.wait([sharer])
+    if then == "first-cancelled":
+        first.cancel()
+    release.set()
+    await asyncio.wait([first])
+    assert first.cancelled() if then == "first-cancelled" else isinstance(first.exception(), PsvnError)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert reads == 1 and not lookup._reading and not lookup._queued
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        del first, sharer
+        gc.collect()
+        await asyncio.sleep(0)
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
 async def test_a_retry_refused_by_an_opt_out_recorded_since_says_what_became_of_the_first(net: Network) -> None:
     """A research referral is accepted (202) while the research team's gateway is away, so its
     record stays ``accepted``; then the citizen opts out. A retry with the same key is refused by
