@@ -70,8 +70,9 @@ class Metrics:
 
     def count(self, counter: Counter, *labels: str) -> None:
         """``counter.labels(*labels).inc()``, the labelled child kept: ``labels`` checks and
-        joins its values on every call (~0.9 us), and the hot path counts about three times a
-        message. Holds nothing the registry does not: it keeps every child it ever made."""
+        joins its values on every call (1.3 us a count, against 0.5 here), and the hot path
+        counts about three times a message. Holds nothing the registry does not: it keeps every
+        child it ever made."""
         key = (counter, labels)
         child = self._children.get(key)
         if child is None:

@@ -140,7 +140,7 @@ class Gone(msgspec.Struct, frozen=True):
 class KeyTurn:
     """``async with``: a turn on one key's lock, the lock dropped once nobody holds or waits for
     it. A class rather than an ``asynccontextmanager``: a send and its receipt's move each take a
-    turn, and the generator's machinery cost ~3 us a turn against ~1."""
+    turn, and the generator's machinery cost 2.4 us a turn against 1.0."""
 
     __slots__ = ("_key", "_lock", "_locks")
 
