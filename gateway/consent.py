@@ -275,10 +275,10 @@ class ConsentLookup:
         before a decision began always applies to it. A backbone that does not answer is an
         error, never "no record".
 
-        The first caller reads in its own task after one turn of the loop (in which others may
-        join): no task of the lookup's, since nearly every read has one caller, and a task, a
-        shield and a callback cost about as much as the read's own Python. If that caller is
-        cancelled while others share its read, they get a read of their own, in a task."""
+        The first caller reads in its own task (the caller's), after one turn of the loop in
+        which others may join: no task of the lookup's, since nearly every read has one caller,
+        and a task, a shield and a callback cost about as much as the read's own Python. If that
+        caller is cancelled while others share its read, they get a read of their own, in a task."""
         queued = self._queued.get(subject)
         if queued is not None:
             queued.sharers += 1
