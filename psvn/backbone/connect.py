@@ -39,6 +39,19 @@ async def connect(url: str | list[str], tls: ssl.SSLContext, *, name: str, inbox
     return nc
 
 
+async def subscribe_handler(nc: NATS, subject: str, handler: Callable[[Msg], None]) -> Subscription:
+    """``handler`` (synchronous and quick) on each message of ``subject``: straight from the
+    reading loop on psvn's own client (:meth:`CoalescingClient.subscribe_direct`), through
+    nats-py's queue and a callback on any other."""
+    if isinstance(nc, CoalescingClient):
+        return await nc.subscribe_direct(subject, handler)
+
+    async def cb(msg: Msg) -> None:
+        handler(msg)
+
+    return await nc.subscribe(subject, cb=cb)
+
+
 class CoalescingClient(NATS):
     """nats-py's client, with a flusher that lets one turn of the event loop pass before it
     writes, so the commands of every task that turn woke (a batch's publishes, state writes,

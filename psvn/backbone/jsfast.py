@@ -50,7 +50,7 @@ from nats.js.errors import (
     ServiceUnavailableError,
 )
 
-from psvn.backbone.connect import CoalescingClient
+from psvn.backbone.connect import subscribe_handler
 
 DEFAULT_API = "$JS.API"
 NO_MESSAGE = 10037  # JetStream's "no message found"
@@ -214,10 +214,8 @@ class JetStreamOps:
             if self._sub is None:
                 prefix = bytes(self._nc._inbox_prefix).decode()
                 reply_prefix = f"{prefix}.{secrets.token_hex(8)}."
-                if isinstance(self._nc, CoalescingClient):  # each reply straight to its future
-                    self._sub = await self._nc.subscribe_direct(reply_prefix + "*", self._resolve)
-                else:
-                    self._sub = await self._nc.subscribe(reply_prefix + "*", cb=self._on_reply)
+                # on psvn's own client each reply goes straight to its future
+                self._sub = await subscribe_handler(self._nc, reply_prefix + "*", self._resolve)
                 self._reply_prefix, self._cut = reply_prefix, len(reply_prefix)
                 self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="jsfast-sweep")
         return self
@@ -243,9 +241,6 @@ class JetStreamOps:
     def pending(self) -> int:
         """Requests waiting for an answer."""
         return len(self._pending)
-
-    async def _on_reply(self, msg: Msg) -> None:
-        self._resolve(msg)
 
     def _resolve(self, msg: Msg) -> None:
         entry = self._pending.pop(msg.subject[self._cut:], None)

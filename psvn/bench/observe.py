@@ -6,31 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from psvn.backbone.connect import CoalescingClient
+from psvn.backbone.connect import subscribe_handler
 
 
 # -- observing delivery on the backbone ------------------------------------------------------
-async def _subscribe(nc: Any, subject: str, handler: Callable[[Any], None]) -> Any:
-    """The observer's handlers run as the reading loop parses each update where the client is
-    psvn's own (``subscribe_direct``): it sees about four state updates a message, and through
-    nats-py's queue, task and callback coroutine they cost the bench's process ~0.013 CPU ms a
-    message more (its "client" CPU on the batch path: 0.090-0.097 through nats-py's path against
-    0.080-0.083 through this one, three pairs), counted as the client's though no SDK user pays
-    it."""
-    if isinstance(nc, CoalescingClient):
-        return await nc.subscribe_direct(subject, handler)
-
-    async def cb(msg: Any) -> None:
-        handler(msg)
-
-    return await nc.subscribe(subject, cb=cb)
-
-
 class _Status(msgspec.Struct):
     status: str = ""
 
@@ -59,8 +42,12 @@ class DeliveryObserver:
     async def start(self, recipient_nc: Any, sender_nc: Any) -> None:
         """``recipient_nc``/``sender_nc``: connections as each member's own backbone user (its
         state bucket lives in its own account, out of the broker's sight)."""
-        self._subs = [await _subscribe(recipient_nc, self.in_prefix + ">", self._on_in),
-                      await _subscribe(sender_nc, self.out_prefix + ">", self._on_out)]
+        # handled as the reading loop parses each update: about four a message, and through
+        # nats-py's queue, task and callback coroutine they cost this process ~0.013 CPU ms a
+        # message more (its "client" CPU on the batch path: 0.090-0.097 against 0.080-0.083,
+        # three pairs), counted as the client's though no SDK user pays it
+        self._subs = [await subscribe_handler(recipient_nc, self.in_prefix + ">", self._on_in),
+                      await subscribe_handler(sender_nc, self.out_prefix + ">", self._on_out)]
         await recipient_nc.flush()
         await sender_nc.flush()
 

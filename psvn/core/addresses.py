@@ -7,6 +7,7 @@ tokens and stream names must not contain ``:`` in file stores on every platform.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 
@@ -34,16 +35,16 @@ SYSTEM_URI_PREFIX = "urn:psvn:system:"
 
 def parse(address: str, *, field: str = "to") -> tuple[str, str | None]:
     """Split an address into (organisation, mailbox or None); raise naming ``field`` if bad."""
-    try:
-        return _split(address) if isinstance(address, str) else _split_refused()
-    except ValueError:
-        raise PsvnError(
-            Code.INVALID_ENVELOPE,
-            f"{field}: {address!r} is not a psvn address (scheme:id[/mailbox], scheme one of "
-            f"{', '.join(sorted(SCHEMES))})",
-            field=field,
-            rule="address-format",
-        ) from None
+    if isinstance(address, str):
+        with contextlib.suppress(ValueError):
+            return _split(address)
+    raise PsvnError(
+        Code.INVALID_ENVELOPE,
+        f"{field}: {address!r} is not a psvn address (scheme:id[/mailbox], scheme one of "
+        f"{', '.join(sorted(SCHEMES))})",
+        field=field,
+        rule="address-format",
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -54,10 +55,6 @@ def _split(address: str) -> tuple[str, str | None]:
     if m is None or m.group("scheme") not in SCHEMES:
         raise ValueError(address)
     return f"{m.group('scheme')}:{m.group('id')}", m.group("mailbox")
-
-
-def _split_refused() -> tuple[str, str | None]:
-    raise ValueError("not a string")
 
 
 def org_of(address: str) -> str:

@@ -314,12 +314,12 @@ async def test_replies_skip_nats_pys_queue_on_the_backbone_client_and_not_elsewh
     future as the reading loop parses it; on any other nats-py client it goes through nats-py's
     queue and task. Both resolve each caller to its own answer, headers and all, and a closed
     one leaves nothing registered."""
-    from psvn.backbone import jsfast
+    from psvn.backbone import connect as backbone_connect
     from psvn.backbone.connect import CoalescingClient
 
     assert isinstance(broker, CoalescingClient)
     direct = await JetStreamOps(broker).start()
-    monkeypatch.setattr(jsfast, "CoalescingClient", type("Other", (), {}))  # as for a plain client
+    monkeypatch.setattr(backbone_connect, "CoalescingClient", type("Other", (), {}))  # as for a plain client
     queued = await JetStreamOps(broker).start()
     queued_up = {direct._sub._id: 0, queued._sub._id: 0}  # messages each put on nats-py's queue
     for sub in (direct._sub, queued._sub):
