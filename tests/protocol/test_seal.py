@@ -32,7 +32,8 @@ def test_round_trip() -> None:
 def test_backbone_sees_no_plaintext() -> None:
     data = sealed()
     assert PAYLOAD[:20] not in data and b"m-1" not in data and b"ServiceRequest" not in data
-    assert len(data) < len(PAYLOAD) + 200  # X25519 HPKE adds ~48 bytes plus framing and signature
+    # the sealed data key (64 bytes: X25519 + key + tag), the nonce and tag, framing and signature
+    assert len(data) < len(PAYLOAD) + 250
 
 
 def test_each_seal_is_fresh() -> None:
@@ -181,3 +182,128 @@ def test_libsodium_signs_exactly_as_openssl_does(size: int) -> None:
     inner = seal.unseal(sealed(), private_key=RECIPIENT, info=INFO)
     SENDER.public_key().verify(inner.signature, seal.signed_bytes(inner.kind, inner.header, inner.payload))
     assert seal.sign(Ed25519PrivateKey.generate(), data) != seal.sign(SENDER, data)  # the key's own, not a cached one's
+
+
+# -- data keys (wire version 2) -------------------------------------------------------------
+
+def _wire(data: bytes) -> seal.Wire:
+    return msgspec.msgpack.decode(data, type=seal.Wire)
+
+
+def _seal_with(keys: seal.DataKeys, info: bytes = INFO, recipient: X25519PrivateKey = RECIPIENT) -> bytes:
+    return seal.seal(seal.KIND_MESSAGE, HEADER, PAYLOAD, signing_key=SENDER, recipient_key=recipient.public_key(),
+                     info=info, keys=keys)
+
+
+def test_a_sender_seals_many_messages_under_one_data_key_for_a_while() -> None:
+    now = [0.0]
+    keys = seal.DataKeys(uses=3, seconds=10.0, clock=lambda: now[0])
+    public = RECIPIENT.public_key()
+
+    def one(info: bytes = INFO) -> seal.Wire:
+        return _wire(seal.seal(seal.KIND_MESSAGE, HEADER, PAYLOAD, signing_key=SENDER, recipient_key=public,
+                               info=info, keys=keys))
+
+    first = [one(seal.info_for("gss:E06000043", "ods:RYR", f"m-{i}")) for i in range(3)]
+    assert len({w.key for w in first}) == 1 and len({w.nonce for w in first}) == 3 and keys.made == 1
+    assert one().key != first[0].key and keys.made == 2  # three uses, then a new data key
+    now[0] = 10.0
+    assert one().key != first[0].key and keys.made == 3  # its time is up
+    assert one(seal.info_for("gss:E06000043", "ods:G81001", "m-1")).key != first[0].key  # another recipient
+    assert one(seal.info_for("ods:G81001", "ods:RYR", "m-1")).key != first[0].key  # or sender
+    rotated = X25519PrivateKey.generate()
+    wire = _wire(seal.seal(seal.KIND_MESSAGE, HEADER, PAYLOAD, signing_key=SENDER, recipient_key=rotated.public_key(),
+                           info=INFO, keys=keys))
+    assert keys.made == 6  # a recipient's new key: a new data key at once
+    data = msgspec.msgpack.encode(wire)
+    assert seal.unseal(data, private_key=rotated, info=INFO, opened=seal.OpenedKeys()).payload == PAYLOAD
+    with pytest.raises(PsvnError):
+        seal.unseal(data, private_key=RECIPIENT, info=INFO, opened=seal.OpenedKeys())
+
+
+def test_the_sender_keeps_a_bounded_number_of_data_keys() -> None:
+    keys = seal.DataKeys(size=4)
+    for i in range(20):
+        _seal_with(keys, seal.info_for("gss:E06000043", f"ods:R{i:02d}", "m-1"))
+    assert len(keys._keys) == 4 and keys.made == 20
+
+
+def test_a_recipient_opens_each_data_key_once_and_only_with_a_key_it_still_holds() -> None:
+    keys, opened = seal.DataKeys(), seal.OpenedKeys()
+    infos = [seal.info_for("gss:E06000043", "ods:RYR", f"m-{i}") for i in range(5)]
+    for info in infos:
+        inner = seal.unseal(_seal_with(keys, info), private_key=RECIPIENT, info=info, opened=opened)
+        seal.verify(inner, SENDER.public_key())
+    assert opened.opened == 1  # one HPKE open for five messages
+    data = _seal_with(keys)
+    retired = X25519PrivateKey.generate()
+    assert seal.unseal(data, private_key=[retired, RECIPIENT], info=INFO, opened=opened).payload == PAYLOAD
+    with pytest.raises(PsvnError) as err:  # its key taken off the ring: the kept data key opens nothing
+        seal.unseal(data, private_key=[retired], info=INFO, opened=opened, message_id="m-1")
+    assert (err.value.code, err.value.rule, err.value.message_id) == (Code.DECRYPT_FAILED, "hpke-open", "m-1")
+
+
+def test_a_sealed_data_key_copied_into_another_senders_message_does_not_open() -> None:
+    """A hostile member that copies the sealed data key of another sender's message (the backbone
+    operator could see it) into its own cannot make the recipient use that key for its mail: the
+    key is looked up, and opened, under the claimed sender's binding."""
+    keys, opened = seal.DataKeys(), seal.OpenedKeys()
+    genuine = _wire(_seal_with(keys))
+    seal.unseal(msgspec.msgpack.encode(genuine), private_key=RECIPIENT, info=INFO, opened=opened)  # kept now
+    hostile_info = seal.info_for("ods:G81001", "ods:RYR", "m-1")
+    mine = _wire(_seal_with(seal.DataKeys(), hostile_info))
+    forged = msgspec.msgpack.encode(seal.Wire(v=2, suite=mine.suite, ct=mine.ct, key=genuine.key, nonce=mine.nonce))
+    with pytest.raises(PsvnError) as err:
+        seal.unseal(forged, private_key=RECIPIENT, info=hostile_info, opened=opened)
+    assert err.value.code is Code.DECRYPT_FAILED
+    replayed = msgspec.msgpack.encode(genuine)  # the genuine message claimed by the hostile sender
+    with pytest.raises(PsvnError):
+        seal.unseal(replayed, private_key=RECIPIENT, info=hostile_info, opened=opened)
+    assert opened.opened == 1
+
+
+@pytest.mark.parametrize("field", ["key", "nonce", "ct", "short nonce", "no key", "short data key"])
+def test_every_part_of_a_version_2_message_is_checked(field: str) -> None:
+    wire = _wire(_seal_with(seal.DataKeys()))
+    flip = {"key": "key", "nonce": "nonce", "ct": "ct"}.get(field)
+    parts = {"key": wire.key, "nonce": wire.nonce, "ct": wire.ct}
+    if flip:
+        changed = bytearray(parts[flip])
+        changed[len(changed) // 2] ^= 0x01
+        parts[flip] = bytes(changed)
+    elif field == "short nonce":
+        parts["nonce"] = wire.nonce[:8]
+    elif field == "no key":
+        parts["key"] = b""
+    else:  # a sealed "data key" of 15 bytes, under the right binding
+        parts["key"] = seal.SUITES[seal.DEFAULT_SUITE].encrypt(bytes(15), RECIPIENT.public_key(),
+                                                               info=seal._key_info(INFO))
+    data = msgspec.msgpack.encode(seal.Wire(v=2, suite=wire.suite, **parts))
+    with pytest.raises(PsvnError) as err:
+        seal.unseal(data, private_key=RECIPIENT, info=INFO, opened=seal.OpenedKeys(), message_id="m-1")
+    assert (err.value.code, err.value.rule) == (Code.DECRYPT_FAILED, "hpke-open")
+
+
+def test_the_recipient_keeps_a_bounded_number_of_data_keys() -> None:
+    opened = seal.OpenedKeys(size=3)
+    for _ in range(10):  # ten senders' worth of fresh data keys
+        seal.unseal(_seal_with(seal.DataKeys()), private_key=RECIPIENT, info=INFO, opened=opened)
+    assert len(opened._keys) == 3 and opened.opened == 10
+
+
+def test_mail_sealed_before_data_keys_still_opens() -> None:
+    """Wire version 1 (HPKE over each message) is what inboxes hold from before the upgrade."""
+    inner = msgspec.msgpack.encode(seal.Inner(kind=seal.KIND_MESSAGE, header=HEADER, payload=PAYLOAD,
+                                              signature=seal.sign(SENDER, seal.signed_bytes(seal.KIND_MESSAGE,
+                                                                                            HEADER, PAYLOAD))))
+    ct = seal.SUITES[seal.DEFAULT_SUITE].encrypt(inner, RECIPIENT.public_key(), info=INFO)
+    old = msgspec.msgpack.encode([1, seal.DEFAULT_SUITE, ct])
+    opened = seal.unseal(old, private_key=RECIPIENT, info=INFO)
+    seal.verify(opened, SENDER.public_key())
+    assert opened.payload == PAYLOAD
+    with pytest.raises(PsvnError) as err:  # and its binding still holds
+        seal.unseal(old, private_key=RECIPIENT, info=seal.info_for("gss:E06000043", "ods:RYR", "m-2"))
+    assert err.value.rule == "hpke-open"
+    with pytest.raises(PsvnError) as err:
+        seal.unseal(msgspec.msgpack.encode([3, seal.DEFAULT_SUITE, ct]), private_key=RECIPIENT, info=INFO)
+    assert err.value.rule == "wire-version"
