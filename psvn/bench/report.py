@@ -548,7 +548,9 @@ def _format_local(f: LocalFigure) -> list[str]:
         size = f"({res.get('payload_bytes', 0):,} B)"
         return [f"  {f.name} (sign then seal, as a gateway sends; open then verify, as it receives)",
                 f"    {'seal + sign ' + size:<42} {_n(res.get('seal_sign_per_s')):>10} ops/s",
-                f"    {'unseal + verify ' + size:<42} {_n(res.get('unseal_verify_per_s')):>10} ops/s"]
+                f"    {'unseal + verify ' + size:<42} {_n(res.get('unseal_verify_per_s')):>10} ops/s",
+                f"    {'seal + sign, a new data key':<42} {_n(res.get('seal_sign_new_key_per_s')):>10} ops/s",
+                f"    {'unseal + verify, a new data key':<42} {_n(res.get('unseal_verify_new_key_per_s')):>10} ops/s"]
     if isinstance(res, dict):
         return [f"  {f.name}", *(f"    {_label(k):<42} {_n(v) if isinstance(v, int | float) else v!s:>10}"
                                  for k, v in res.items())]

@@ -245,8 +245,10 @@ def test_a_recipient_opens_each_data_key_once_and_only_with_a_key_it_still_holds
 
 def test_a_sealed_data_key_copied_into_another_senders_message_does_not_open() -> None:
     """A hostile member that copies the sealed data key of another sender's message (the backbone
-    operator could see it) into its own cannot make the recipient use that key for its mail: the
-    key is looked up, and opened, under the claimed sender's binding."""
+    operator could see it) into its own, or claims that sender's whole message, opens nothing:
+    the data key is sealed under (sender, recipient) and each message's AES-GCM associated data
+    names sender, recipient and message id (either binding alone refuses both; the second is
+    what ``test_context_binding`` goes red without)."""
     keys, opened = seal.DataKeys(), seal.OpenedKeys()
     genuine = _wire(_seal_with(keys))
     seal.unseal(msgspec.msgpack.encode(genuine), private_key=RECIPIENT, info=INFO, opened=opened)  # kept now
