@@ -342,7 +342,8 @@ def seal_send(planned: Planned, *, me: Identity) -> Outgoing:
     header = msgspec.json.encode(env)
     data = seal.seal(seal.KIND_MESSAGE, header, planned.checked.body, signing_key=me.signing_key,
                      recipient_key=seal.public_key_for(recipient.hpke_suite, recipient.hpke_key),
-                     info=seal.info_for(me.org, recipient_org, env.id), suite=recipient.hpke_suite)
+                     info=seal.info_for(me.org, recipient_org, env.id), suite=recipient.hpke_suite,
+                     version=recipient.wire)
     return Outgoing(envelope=env, subject=msg_subject(recipient_org, me.org), data=data, decision=planned.decision,
                     size=len(data))
 
@@ -506,7 +507,7 @@ def make_receipts(items: Sequence[ReceiptItem], *, me: Identity, to: Member,
     data = seal.seal(seal.KIND_RECEIPT, body, b"", signing_key=me.signing_key,
                      recipient_key=seal.public_key_for(to.hpke_suite, to.hpke_key),
                      info=seal.info_for(me.org, to.address, rid),
-                     suite=to.hpke_suite)
+                     suite=to.hpke_suite, version=to.wire)
     return rcpt_subject(to.address, me.org), rid, data
 
 

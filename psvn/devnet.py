@@ -234,7 +234,7 @@ def member_record(layout: Layout, m: MemberSpec, *, gateway_url: str = "") -> re
     return registry.Member(
         address=m.org, name=m.name, type=m.type, sign_key=sign_key, hpke_key=hpke_key, hpke_suite=suite,
         cert_fingerprint=fingerprint(load_cert(d / "nats.crt")),
-        gateway_url=gateway_url, joined=now_rfc3339())
+        gateway_url=gateway_url, joined=now_rfc3339(), wire=seal.WIRE_VERSION)
 
 
 async def provision_backbone(layout: Layout, nats_url: str | list[str], members: list[MemberSpec], *,

@@ -53,6 +53,10 @@ class Member(msgspec.Struct, kw_only=True, frozen=True):
     status: Status = "active"
     joined: str = ""
     retired_sign_keys: tuple[RetiredKey, ...] = ()
+    # the newest seal wire version its gateway opens (psvn.protocol.seal): senders seal to it in
+    # that form, so a network upgrades one gateway at a time. An entry signed before version 2
+    # says nothing: 1, HPKE over each message, which every gateway opens
+    wire: int = 1
 
     def verifying_keys(self, published: datetime | None) -> list[bytes]:
         """Keys that may have signed a message the backbone stamped at ``published``: the current

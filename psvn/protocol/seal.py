@@ -135,8 +135,8 @@ class DataKeys:
 
     def __init__(self, *, uses: int = DATA_KEY_USES, seconds: float = DATA_KEY_SECONDS, size: int = 1024,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if uses < 1 or seconds <= 0 or size < 1:
-            raise ValueError("a data key needs uses >= 1, seconds > 0 and room for one")
+        if not 1 <= uses <= 2**32 or seconds <= 0 or size < 1:  # random 96-bit nonces: 2^32 at most
+            raise ValueError("a data key needs 1 <= uses <= 2^32, seconds > 0 and room for one")
         self.uses, self.seconds, self.size, self.clock = uses, seconds, size, clock
         # (suite, recipient key, key info) -> [recipient key, AES-GCM, sealed key, uses left, until]
         self._keys: OrderedDict[tuple[str, bytes | int, bytes], list[Any]] = OrderedDict()
@@ -158,6 +158,7 @@ class DataKeys:
             entry = [recipient_key, AESGCM(raw), SUITES[suite].encrypt(raw, recipient_key, info=key_info),
                      self.uses, now + self.seconds]
             self._keys[slot] = entry
+            self._keys.move_to_end(slot)  # (a renewed entry keeps its place otherwise)
             self.made += 1
             if len(self._keys) > self.size:
                 self._keys.popitem(last=False)
@@ -201,6 +202,7 @@ class OpenedKeys:
                 return None
             aead = AESGCM(raw)
             self._keys[slot] = (aead, key)
+            self._keys.move_to_end(slot)
             self.opened += 1
             if len(self._keys) > self.size:
                 self._keys.popitem(last=False)
@@ -218,9 +220,14 @@ OPENED_KEYS = OpenedKeys()
 
 def seal(kind: str, header: bytes, payload: bytes, *, signing_key: Ed25519PrivateKey,
          recipient_key: RecipientKey, info: bytes, suite: str = DEFAULT_SUITE,
-         keys: DataKeys | None = None) -> bytes:
+         keys: DataKeys | None = None, version: int = WIRE_VERSION) -> bytes:
+    """Sign, then seal to the recipient's key in wire ``version`` (the newest the recipient's
+    gateway opens, as its registry entry says; a version newer than this code's is sealed in
+    this code's newest form)."""
     sig = sign(signing_key, signed_bytes(kind, header, payload))
     inner = _enc.encode(Inner(kind=kind, header=header, payload=payload, signature=sig))
+    if version < 2:  # a gateway from before data keys: HPKE over the message itself
+        return _enc.encode(Wire(v=1, suite=suite, ct=SUITES[suite].encrypt(inner, recipient_key, info=info)))
     aead, sealed_key = (DATA_KEYS if keys is None else keys).take(suite, recipient_key, _key_info(info))
     nonce = os.urandom(_NONCE_BYTES)
     return _enc.encode(Wire(v=WIRE_VERSION, suite=suite, ct=aead.encrypt(nonce, inner, info), key=sealed_key,

@@ -43,7 +43,8 @@ def registry(*ids: core.Identity, status: str = "active") -> RegistryView:
     for i in ids:
         view.members[i.org] = Member(address=i.org, name=i.org, type=i.member_type,
                                      sign_key=raw_public(i.signing_key), hpke_key=raw_public(i.hpke_key),
-                                     cert_fingerprint="0" * 64, status=status)  # type: ignore[arg-type]
+                                     cert_fingerprint="0" * 64, status=status,  # type: ignore[arg-type]
+                                     wire=seal.WIRE_VERSION)
     return view
 
 
@@ -252,6 +253,29 @@ def test_a_receipt_in_the_single_form_of_before_batching_is_still_read() -> None
 
 
 # ------------------------------------------------------------------------------ key rotation
+
+
+@pytest.mark.parametrize("wire", [1, 2, 3])
+def test_mail_and_receipts_are_sealed_in_the_form_the_recipients_entry_says_it_opens(wire: int) -> None:
+    """A network upgrades one gateway at a time: a member whose registry entry says nothing of
+    data keys (an entry signed before them, ``wire`` 1) gets HPKE over each message, which
+    every gateway opens; one that opens version 2 (or says a newer version) gets data keys."""
+    reg = registry(COUNCIL, GP)
+    reg.members[TRUST.org] = msgspec.structs.replace(REG.members[TRUST.org], wire=wire)
+    out = core.prepare_send(request(), me=COUNCIL, system="asc", snap=SNAP, registry=reg, message_id="m-1", now=NOW)
+    assert msgspec.msgpack.decode(out.data, type=seal.Wire).v == min(wire, seal.WIRE_VERSION)
+    inc = core.open_incoming(out.data, subject=out.subject, message_id="m-1", me=TRUST, registry=reg, snap=SNAP,
+                             now=NOW)
+    assert json.loads(inc.payload) == REFERRAL
+    old = msgspec.json.decode(msgspec.json.encode(reg.members[TRUST.org]))
+    del old["wire"]  # an entry as signed before data keys
+    assert msgspec.convert(old, Member).wire == 1
+    reg.members[COUNCIL.org] = msgspec.structs.replace(REG.members[COUNCIL.org], wire=wire)
+    subject, rid, data = core.make_receipts([core.ReceiptItem(message_id="m-1", status="delivered")], me=TRUST,
+                                            to=reg.members[COUNCIL.org], now=NOW)
+    assert msgspec.msgpack.decode(data, type=seal.Wire).v == min(wire, seal.WIRE_VERSION)
+    [receipt] = core.open_receipts(data, subject=subject, receipt_msg_id=rid, me=COUNCIL, registry=reg)
+    assert receipt.message_id == "m-1"
 
 
 def test_a_rotated_recipient_still_opens_mail_sealed_to_its_old_key() -> None:

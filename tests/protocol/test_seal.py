@@ -264,7 +264,8 @@ def test_a_sealed_data_key_copied_into_another_senders_message_does_not_open() -
     assert opened.opened == 1
 
 
-@pytest.mark.parametrize("field", ["key", "nonce", "ct", "short nonce", "no key", "short data key"])
+@pytest.mark.parametrize("field", ["key", "nonce", "ct", "short nonce", "no nonce", "4-byte nonce", "long nonce",
+                                   "no key", "short data key"])
 def test_every_part_of_a_version_2_message_is_checked(field: str) -> None:
     wire = _wire(_seal_with(seal.DataKeys()))
     flip = {"key": "key", "nonce": "nonce", "ct": "ct"}.get(field)
@@ -273,8 +274,9 @@ def test_every_part_of_a_version_2_message_is_checked(field: str) -> None:
         changed = bytearray(parts[flip])
         changed[len(changed) // 2] ^= 0x01
         parts[flip] = bytes(changed)
-    elif field == "short nonce":
-        parts["nonce"] = wire.nonce[:8]
+    elif "nonce" in field:  # AES-GCM itself takes 8 to 128 bytes, and raises on fewer
+        parts["nonce"] = {"short nonce": wire.nonce[:8], "no nonce": b"", "4-byte nonce": wire.nonce[:4],
+                          "long nonce": wire.nonce + b"\x00"}[field]
     elif field == "no key":
         parts["key"] = b""
     else:  # a sealed "data key" of 15 bytes, under the right binding
@@ -309,3 +311,44 @@ def test_mail_sealed_before_data_keys_still_opens() -> None:
     with pytest.raises(PsvnError) as err:
         seal.unseal(msgspec.msgpack.encode([3, seal.DEFAULT_SUITE, ct]), private_key=RECIPIENT, info=INFO)
     assert err.value.rule == "wire-version"
+
+
+def test_a_version_1_recipient_gets_hpke_over_each_message() -> None:
+    keys = seal.DataKeys()
+    data = seal.seal(seal.KIND_MESSAGE, HEADER, PAYLOAD, signing_key=SENDER, recipient_key=RECIPIENT.public_key(),
+                     info=INFO, keys=keys, version=1)
+    wire = _wire(data)
+    assert (wire.v, wire.key, wire.nonce, keys.made) == (1, b"", b"", 0)
+    seal.verify(seal.unseal(data, private_key=RECIPIENT, info=INFO, opened=seal.OpenedKeys()), SENDER.public_key())
+
+
+def test_a_hybrid_recipients_new_key_gets_a_new_data_key() -> None:
+    """Hybrid (post-quantum) keys have no serialisation of their own, so the sender keeps their
+    data keys by key object; a rotated key, or the same key parsed again, is never sealed to
+    under another key's data key."""
+    from cryptography.hazmat.primitives import hpke
+    from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
+
+    def hybrid() -> tuple[hpke.MLKEM768X25519PrivateKey, bytes]:
+        pq, classic = MLKEM768PrivateKey.generate(), X25519PrivateKey.generate()
+        return (hpke.MLKEM768X25519PrivateKey(pq, classic),
+                pq.public_key().public_bytes_raw() + classic.public_key().public_bytes_raw())
+
+    keys = seal.DataKeys()
+    (old, old_raw), (new, new_raw) = hybrid(), hybrid()
+
+    def to(raw: bytes) -> bytes:
+        return seal.seal(seal.KIND_MESSAGE, HEADER, PAYLOAD, signing_key=SENDER, info=INFO, keys=keys,
+                         recipient_key=seal.public_key_for(seal.HYBRID_SUITE, raw), suite=seal.HYBRID_SUITE)
+
+    first, again = to(old_raw), to(old_raw)
+    assert _wire(first).key == _wire(again).key and keys.made == 1
+    rotated = to(new_raw)
+    assert keys.made == 2
+    assert seal.unseal(rotated, private_key=new, info=INFO, opened=seal.OpenedKeys()).payload == PAYLOAD
+    with pytest.raises(PsvnError):
+        seal.unseal(rotated, private_key=old, info=INFO, opened=seal.OpenedKeys())
+    seal.public_key_for.cache_clear()  # the same key parsed again: another object, a data key of its own
+    reparsed = to(old_raw)
+    assert keys.made == 3
+    assert seal.unseal(reparsed, private_key=old, info=INFO, opened=seal.OpenedKeys()).payload == PAYLOAD
