@@ -274,6 +274,44 @@ async def test_envelope_claiming_another_source_is_quarantined(network: Network)
     assert q["reason"].startswith("sender-mismatch") and q["rule"] == "source-binding"
 
 
+async def test_a_hostile_member_cannot_use_another_senders_sealed_data_key(network: Network) -> None:
+    """The GP's gateway takes the sealed data key out of a message the council sent the trust
+    (as the backbone operator could read it) and publishes, under its own sender subject, a
+    message carrying that key, and then the council's whole message under a new id: the trust
+    opens neither (the data key is bound to its sender, each message to its sender and id), and
+    quarantines both."""
+    status, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+    assert status == 202
+    await wait_status(network, network.COUNCIL, body["id"], "delivered")
+    nc = await devnet.broker_connect(network.layout, network.nats.url)
+    try:
+        stored = await nc.jetstream().get_last_msg(inbox_stream(network.TRUST),
+                                                   msg_subject(network.TRUST, network.COUNCIL))
+    finally:
+        await nc.close()
+    genuine = msgspec.msgpack.decode(stored.data or b"", type=seal.Wire)
+    assert genuine.v == 2 and genuine.key
+    gp = network.gateways[network.GP].gateway
+    recipient = gp.registry.lookup(network.TRUST)
+    req = msgspec.convert(referral(), SendRequest)
+    env = core.build(req, source=network.GP, source_system="x", policy_version=1,
+                     datacontenttype="application/fhir+json", message_id="copied-key")
+    own = msgspec.msgpack.decode(seal.seal(
+        seal.KIND_MESSAGE, msgspec.json.encode(env), msgspec.json.encode(req.payload), signing_key=gp.signing_key,
+        recipient_key=x25519_public(recipient.hpke_key), info=seal.info_for(network.GP, network.TRUST, "copied-key")),
+        type=seal.Wire)
+    forged = msgspec.msgpack.encode(seal.Wire(v=2, suite=own.suite, ct=own.ct, key=genuine.key, nonce=own.nonce))
+    assert gp.js is not None
+    await gp.js.publish(msg_subject(network.TRUST, network.GP), forged, headers={"Nats-Msg-Id": "copied-key"})
+    await gp.js.publish(msg_subject(network.TRUST, network.GP), stored.data or b"",
+                        headers={"Nats-Msg-Id": "copied-message"})
+    for msg_id in ("copied-key", "copied-message"):
+        q = await wait_quarantined(network, network.TRUST, msg_id)
+        assert q["reason"].startswith("decrypt-failed") and q["rule"] == "hpke-open", q
+    _, inbox = await call(network, network.TRUST, "GET", "/v1/inbox")
+    assert [m["id"] for m in inbox["messages"]] == [body["id"]]  # the genuine one only
+
+
 async def test_sender_that_skips_egress_policy_is_stopped_at_ingress(network: Network) -> None:
     """A tampered council gateway sends what the policy forbids; the trust's gateway refuses it."""
     req = msgspec.convert(referral(purpose="marketing"), SendRequest)
