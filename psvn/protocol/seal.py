@@ -146,13 +146,14 @@ class DataKeys:
         """The data key to seal one more message with, and its HPKE-sealed form."""
         # an X25519 key by its bytes; a hybrid key (no serialisation of its own) by the object,
         # which public_key_for makes once per registry key (the entry holds it: its id stays its own)
-        x25519 = isinstance(recipient_key, X25519PublicKey)
-        held: bytes | int = recipient_key.public_bytes_raw() if isinstance(recipient_key, X25519PublicKey) else id(
-            recipient_key)
+        if isinstance(recipient_key, X25519PublicKey):
+            held: bytes | int = recipient_key.public_bytes_raw()
+        else:
+            held = id(recipient_key)
         slot = (suite, held, key_info)
         entry = self._keys.get(slot)
         now = self.clock()
-        if (entry is None or (not x25519 and entry[0] is not recipient_key) or entry[3] <= 0
+        if (entry is None or (isinstance(held, int) and entry[0] is not recipient_key) or entry[3] <= 0
                 or now >= entry[4]):
             raw = AESGCM.generate_key(bit_length=8 * _DATA_KEY_BYTES)
             entry = [recipient_key, AESGCM(raw), SUITES[suite].encrypt(raw, recipient_key, info=key_info),
@@ -167,8 +168,8 @@ class DataKeys:
         entry[3] -= 1
         return entry[1], entry[2]
 
-    def clear(self) -> None:
-        self._keys.clear()
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 class OpenedKeys:
@@ -209,8 +210,8 @@ class OpenedKeys:
             return aead
         return None
 
-    def clear(self) -> None:
-        self._keys.clear()
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 # The process's own: each gateway seals and opens through these unless told otherwise

@@ -225,7 +225,7 @@ def test_the_sender_keeps_a_bounded_number_of_data_keys() -> None:
     keys = seal.DataKeys(size=4)
     for i in range(20):
         _seal_with(keys, seal.info_for("gss:E06000043", f"ods:R{i:02d}", "m-1"))
-    assert len(keys._keys) == 4 and keys.made == 20
+    assert len(keys) == 4 and keys.made == 20
 
 
 def test_a_recipient_opens_each_data_key_once_and_only_with_a_key_it_still_holds() -> None:
@@ -292,7 +292,7 @@ def test_the_recipient_keeps_a_bounded_number_of_data_keys() -> None:
     opened = seal.OpenedKeys(size=3)
     for _ in range(10):  # ten senders' worth of fresh data keys
         seal.unseal(_seal_with(seal.DataKeys()), private_key=RECIPIENT, info=INFO, opened=opened)
-    assert len(opened._keys) == 3 and opened.opened == 10
+    assert len(opened) == 3 and opened.opened == 10
 
 
 def test_mail_sealed_before_data_keys_still_opens() -> None:
