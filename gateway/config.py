@@ -58,6 +58,16 @@ class GatewaySection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # and an acknowledgement of its own. 0: write at once (batches then form only while a write
     # is in flight).
     audit_linger_seconds: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.01
+    # Sealing (psvn.protocol.seal): a message is encrypted under a data key that is sealed with
+    # HPKE to its recipient; this gateway seals at most seal_data_key_uses messages under one
+    # data key, for at most seal_data_key_seconds, and keeps at most seal_data_keys of them (one
+    # per recipient key it sends to), and at most seal_opened_keys of the data keys senders
+    # sealed to it (each unsealed once, not once per message). Bounds on memory and on how
+    # much one data key covers, not on correctness: a key not kept is made or unsealed again.
+    seal_data_key_uses: Annotated[int, msgspec.Meta(ge=1, le=2**32)] = 10_000
+    seal_data_key_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
+    seal_data_keys: Annotated[int, msgspec.Meta(ge=1)] = 1_024
+    seal_opened_keys: Annotated[int, msgspec.Meta(ge=1)] = 1_024
     policy_wait_seconds: float = 10.0  # at start: how long to wait for an acceptable policy set
     # One sender's share of this member's inbox: bytes of its mail delivered and not yet
     # acknowledged. Past it, new mail from that sender is refused (the sender is told

@@ -65,6 +65,9 @@ class Identity:
     hpke_key: X25519PrivateKey
     hybrid_key: hpke.MLKEM768X25519PrivateKey | None = None  # post-quantum, when this gateway has one
     retired_hpke: tuple[seal.PrivateKey, ...] = ()
+    # the data keys it seals under and those it has unsealed (None: the process's own)
+    data_keys: seal.DataKeys | None = None
+    opened_keys: seal.OpenedKeys | None = None
 
     @property
     def private_keys(self) -> dict[str, list[seal.PrivateKey]]:
@@ -343,7 +346,7 @@ def seal_send(planned: Planned, *, me: Identity) -> Outgoing:
     data = seal.seal(seal.KIND_MESSAGE, header, planned.checked.body, signing_key=me.signing_key,
                      recipient_key=seal.public_key_for(recipient.hpke_suite, recipient.hpke_key),
                      info=seal.info_for(me.org, recipient_org, env.id), suite=recipient.hpke_suite,
-                     version=recipient.wire)
+                     version=recipient.wire, keys=me.data_keys)
     return Outgoing(envelope=env, subject=msg_subject(recipient_org, me.org), data=data, decision=planned.decision,
                     size=len(data))
 
@@ -398,7 +401,7 @@ def open_message(data: bytes, *, subject: str, message_id: str, me: Identity, re
         sender_org = sender_from_subject(subject, me, "msg")
         sender = registry.lookup(sender_org, field="source", message_id=message_id, require_active=checks)
         inner = seal.unseal(data, private_key=me.private_keys, info=seal.info_for(sender_org, me.org, message_id),
-                            message_id=message_id)
+                            message_id=message_id, opened=me.opened_keys)
         if inner.kind != seal.KIND_MESSAGE:
             raise PsvnError(Code.DECRYPT_FAILED, f"expected a message, got a {inner.kind}", rule="inner-kind")
         seal.verify(inner, sender_keys(sender, published), message_id=message_id)
@@ -507,7 +510,7 @@ def make_receipts(items: Sequence[ReceiptItem], *, me: Identity, to: Member,
     data = seal.seal(seal.KIND_RECEIPT, body, b"", signing_key=me.signing_key,
                      recipient_key=seal.public_key_for(to.hpke_suite, to.hpke_key),
                      info=seal.info_for(me.org, to.address, rid),
-                     suite=to.hpke_suite, version=to.wire)
+                     suite=to.hpke_suite, version=to.wire, keys=me.data_keys)
     return rcpt_subject(to.address, me.org), rid, data
 
 
@@ -518,7 +521,8 @@ def open_receipts(data: bytes, *, subject: str, receipt_msg_id: str, me: Identit
     be relabelled, or its items swapped for others, on the backbone)."""
     sender_org = sender_from_subject(subject, me, "rcpt")
     sender = registry.lookup(sender_org, field="by", require_active=False)
-    inner = seal.unseal(data, private_key=me.private_keys, info=seal.info_for(sender_org, me.org, receipt_msg_id))
+    inner = seal.unseal(data, private_key=me.private_keys, info=seal.info_for(sender_org, me.org, receipt_msg_id),
+                        opened=me.opened_keys)
     if inner.kind != seal.KIND_RECEIPT:
         raise PsvnError(Code.DECRYPT_FAILED, f"expected a receipt, got a {inner.kind}", rule="inner-kind")
     seal.verify(inner, sender_keys(sender, published))

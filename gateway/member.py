@@ -66,11 +66,15 @@ class Keys:
 
 
 class Member:
-    def __init__(self, org: str, keys: Keys, registry: RegistryView, policy: PolicyHolder) -> None:
+    def __init__(self, org: str, keys: Keys, registry: RegistryView, policy: PolicyHolder, *,
+                 data_keys: seal.DataKeys | None = None, opened_keys: seal.OpenedKeys | None = None) -> None:
         self.org = org
         self.keys = keys
         self.registry = registry
         self.policy = policy
+        # this gateway's own (not the process's: tests run several gateways in one process)
+        self.data_keys = seal.DataKeys() if data_keys is None else data_keys  # (empty ones are falsy)
+        self.opened_keys = seal.OpenedKeys() if opened_keys is None else opened_keys
         self._identity: tuple[object, core.Identity] | None = None
 
     @property
@@ -85,7 +89,8 @@ class Member:
         signing = (keys.signing if len(keys.signing_ring) == 1
                    else core.choose_signing_key(keys.signing_ring, me.sign_key))
         ident = core.Identity(org=self.org, member_type=me.type, signing_key=signing, hpke_key=keys.hpke,
-                              hybrid_key=keys.hybrid, retired_hpke=keys.retired_hpke)
+                              hybrid_key=keys.hybrid, retired_hpke=keys.retired_hpke, data_keys=self.data_keys,
+                              opened_keys=self.opened_keys)
         self._identity = (me, ident)
         return ident
 

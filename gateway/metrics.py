@@ -49,6 +49,12 @@ class Metrics:
                                         "gateway.max_pending_sent_steps)", registry=r)
         self.sent_steps = Counter("psvn_sent_steps_total", "Sent steps written on their own, no receipt having come "
                                   "within gateway.sent_step_delay_seconds", ["outcome"], registry=r)
+        self.seal_data_keys = Gauge("psvn_seal_data_keys", "Data keys this gateway seals messages under, one per "
+                                    "recipient key it sends to (bounded by gateway.seal_data_keys; each serves "
+                                    "gateway.seal_data_key_uses messages or seal_data_key_seconds at most)",
+                                    registry=r)
+        self.seal_opened_keys = Gauge("psvn_seal_opened_keys", "Data keys senders sealed to this gateway, kept "
+                                      "unsealed (bounded by gateway.seal_opened_keys)", registry=r)
         self.state_loaded = Gauge("psvn_state_entries_loaded_at_start", "State entries read while starting: the "
                                   "open mail, never the history", registry=r)
         self.backbone_up = Gauge("psvn_backbone_connected", "1 while connected to the backbone", registry=r)

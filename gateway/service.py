@@ -58,6 +58,7 @@ from psvn.gateway.sweeps import Sweeper
 from psvn.gateway.webhook import WebhookPusher, check_url, load_secret
 from psvn.policies.consent import ConsentRegistry
 from psvn.policies.snapshot import PolicySnapshot
+from psvn.protocol import seal
 from psvn.protocol.envelope import FeedRequest, SendRequest, SubscribeRequest
 from psvn.protocol.subjects import (
     CONSENT_BUCKET,
@@ -93,7 +94,13 @@ class Gateway:
         self.metrics = Metrics()
         self.registry = RegistryView(registry_authority, on_refused=self._backbone_value_refused)
         self.policy = PolicyHolder(authority, on_change=self._policy_changed, on_refused=self._backbone_value_refused)
-        self.member = Member(self.org, keys, self.registry, self.policy)
+        g = config.gateway
+        self.member = Member(self.org, keys, self.registry, self.policy,
+                             data_keys=seal.DataKeys(uses=g.seal_data_key_uses, seconds=g.seal_data_key_seconds,
+                                                     size=g.seal_data_keys),
+                             opened_keys=seal.OpenedKeys(size=g.seal_opened_keys))
+        self.metrics.seal_data_keys.set_function(lambda: len(self.member.data_keys))
+        self.metrics.seal_opened_keys.set_function(lambda: len(self.member.opened_keys))
         self.store = StateStore(self.org, cache_size=config.gateway.record_cache_size)
         self.metrics.open_mail.set_function(lambda: len(self.store.open))
         self.metrics.record_cache.set_function(lambda: len(self.store._recent))

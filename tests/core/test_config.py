@@ -69,6 +69,12 @@ def test_dump_round_trips_every_kind_of_setting(tmp_path: Path) -> None:
     (GOOD.replace("listen_port = 8443", "listen_port = 8443\ngc_threshold = -1"), "gateway.gc_threshold"),
     (GOOD.replace("listen_port = 8443", "listen_port = 8443\nheap_trim_seconds = -1"), "gateway.heap_trim_seconds"),
     (GOOD.replace("listen_port = 8443", "listen_port = 8443\nheap_trim_seconds = 0.001"), "gateway.heap_trim_seconds"),
+    (GOOD.replace("listen_port = 8443", "listen_port = 8443\nseal_data_key_uses = 0"), "gateway.seal_data_key_uses"),
+    (GOOD.replace("listen_port = 8443", "listen_port = 8443\nseal_data_key_uses = 4294967297"),
+     "gateway.seal_data_key_uses"),  # past 2^32 random nonces under one key
+    (GOOD.replace("listen_port = 8443", "listen_port = 8443\nseal_data_key_seconds = 0"),
+     "gateway.seal_data_key_seconds"),
+    (GOOD.replace("listen_port = 8443", "listen_port = 8443\nseal_opened_keys = 0"), "gateway.seal_opened_keys"),
     # (with nats.creds present, so this case names the missing trust anchor and nothing else)
     (GOOD.replace('ca = "ca.crt"\n[keys]', 'ca = "ca.crt"\ncreds = "gw.creds"\n[keys]')
      .replace('registry_authority = "ra.pub"\n', ""), "keys.registry_authority"),

@@ -159,6 +159,48 @@ async def test_the_record_cache_is_bounded_by_its_setting_and_reported(network: 
     assert 0 < float(line.split()[1]) <= 3
 
 
+async def test_the_data_key_caches_are_bounded_by_their_settings_and_reported(network: Network) -> None:
+    """Each gateway seals under data keys of its own (``gateway.seal_data_key_uses`` messages
+    each at most, ``seal_data_keys`` kept) and keeps the data keys senders sealed to it
+    (``seal_opened_keys``), shown as ``psvn_seal_data_keys`` and ``psvn_seal_opened_keys``:
+    with two uses a key, four messages to the trust travel under two sealed data keys, which
+    the trust unseals once each."""
+    from psvn.gateway.service import Gateway
+    from psvn.protocol import seal
+
+    council, trust = network.gateways[network.COUNCIL], network.gateways[network.TRUST]
+    cfg = council.config
+    sized = Gateway(msgspec.structs.replace(cfg, gateway=msgspec.structs.replace(
+        cfg.gateway, seal_data_key_uses=3, seal_data_key_seconds=5.0, seal_data_keys=4, seal_opened_keys=6)))
+    keys, opened = sized.member.data_keys, sized.member.opened_keys
+    assert (keys.uses, keys.seconds, keys.size, opened.size) == (3, 5.0, 4, 6)  # the settings reach them
+    assert council.gateway.member.data_keys is not trust.gateway.member.data_keys  # each gateway its own
+    council.gateway.member.data_keys.uses = 2
+    ids = []
+    for i in range(4):
+        _code, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(local_id=f"dk{i}"))
+        ids.append(body["id"])
+    for mid in ids:
+        await wait_status(network, network.COUNCIL, mid, "delivered")
+    nc = await devnet.broker_connect(network.layout, network.nats.url)
+    try:
+        stored = [await nc.jetstream().get_msg(inbox_stream(network.TRUST), seq=seq) for seq in range(1, 5)]
+    finally:
+        await nc.close()
+    sealed_keys = [msgspec.msgpack.decode(m.data or b"", type=seal.Wire).key for m in stored]
+    assert len(set(sealed_keys)) == 2 and sealed_keys[0] == sealed_keys[1] != sealed_keys[2] == sealed_keys[3]
+
+    async def gauge(gw: str, name: str) -> float:
+        async with network.https(gw).get(network.url(gw) + "/metrics") as r:
+            text = await r.text()
+        [line] = [x for x in text.splitlines() if x.startswith(name + " ")]
+        return float(line.split()[1])
+
+    assert await gauge(network.COUNCIL, "psvn_seal_data_keys") == 1  # one recipient key: one slot
+    assert await gauge(network.TRUST, "psvn_seal_opened_keys") == 2
+    assert trust.gateway.member.opened_keys.opened == 2
+
+
 async def test_a_send_takes_two_writes_of_its_senders_state_up_to_delivered(network: Network) -> None:
     """The sender's state takes two writes per message up to ``delivered``: the record's
     create-once (the idempotency claim, ``accepted``, before the publish) and the receipt's move,
