@@ -14,8 +14,9 @@ recipient keeps the data keys it unsealed, a bounded number (:class:`OpenedKeys`
 ``info`` of the data key binds it to (sender, recipient); the AES-GCM associated data binds each
 message to (sender, recipient, message id), so a sealed message cannot be replayed under another
 id or re-addressed by the backbone. The backbone sees none of it; that messages share a sealed
-data key tells it only what their subjects already say (who sent them to whom). Every message
-is still signed on its own: what proves it is its signature, not its encryption.
+data key tells it little its subjects do not already say (who sent them to whom): at most which
+of a member's gateway instances sent them, within a minute. Every message is still signed on
+its own: what proves it is its signature, not its encryption.
 """
 
 from __future__ import annotations
