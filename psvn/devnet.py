@@ -52,6 +52,10 @@ class MemberSpec:
     type: str
     system: str = "integration"  # the example local system that talks to this gateway
     post_quantum: bool = False  # publish a hybrid ML-KEM-768 + X25519 key: senders seal post-quantum
+    # the newest seal wire version its gateway opens, as its registry entry will say (senders
+    # seal to it so): 1 for a gateway still running code from before data keys, raised to 2
+    # once it runs this code (and lowered again before rolling it back)
+    wire: int = seal.WIRE_VERSION
 
 
 EXAMPLE_MEMBERS: tuple[MemberSpec, ...] = (
@@ -234,7 +238,7 @@ def member_record(layout: Layout, m: MemberSpec, *, gateway_url: str = "") -> re
     return registry.Member(
         address=m.org, name=m.name, type=m.type, sign_key=sign_key, hpke_key=hpke_key, hpke_suite=suite,
         cert_fingerprint=fingerprint(load_cert(d / "nats.crt")),
-        gateway_url=gateway_url, joined=now_rfc3339(), wire=seal.WIRE_VERSION)
+        gateway_url=gateway_url, joined=now_rfc3339(), wire=m.wire)
 
 
 async def provision_backbone(layout: Layout, nats_url: str | list[str], members: list[MemberSpec], *,

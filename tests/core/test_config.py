@@ -75,6 +75,9 @@ def test_dump_round_trips_every_kind_of_setting(tmp_path: Path) -> None:
     (GOOD.replace("listen_port = 8443", "listen_port = 8443\nseal_data_key_seconds = 0"),
      "gateway.seal_data_key_seconds"),
     (GOOD.replace("listen_port = 8443", "listen_port = 8443\nseal_opened_keys = 0"), "gateway.seal_opened_keys"),
+    (GOOD.replace("listen_port = 8443", "listen_port = 8443\nseal_data_keys = 0"), "gateway.seal_data_keys"),
+    (GOOD.replace("listen_port = 8443", "listen_port = 8443\nseal_data_key_seconds = 86401"),
+     "gateway.seal_data_key_seconds"),
     # (with nats.creds present, so this case names the missing trust anchor and nothing else)
     (GOOD.replace('ca = "ca.crt"\n[keys]', 'ca = "ca.crt"\ncreds = "gw.creds"\n[keys]')
      .replace('registry_authority = "ra.pub"\n', ""), "keys.registry_authority"),
