@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -97,6 +99,18 @@ async def stop_network(net: Network) -> None:
     for gw in net.gateways.values():
         await gw.stop()
     net.nats.stop()
+
+
+@contextlib.asynccontextmanager
+async def network_where(root: Path, org: str, **spec: Any) -> AsyncIterator[Network]:
+    """The example network with one member provisioned otherwise (``spec``: MemberSpec fields,
+    e.g. ``post_quantum=True`` or ``wire=1``)."""
+    members = [replace(m, **spec) if m.org == org else m for m in EXAMPLE_MEMBERS]
+    net = await start_network(root, members)
+    try:
+        yield net
+    finally:
+        await stop_network(net)
 
 
 @pytest.fixture

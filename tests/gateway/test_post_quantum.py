@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 
 import msgspec
@@ -11,21 +10,16 @@ import pytest
 
 from psvn import devnet
 from psvn.certs.keys import hybrid_public_raw, load_hybrid_hpke_key
-from psvn.devnet import EXAMPLE_MEMBERS
 from psvn.protocol import seal
 from psvn.protocol.subjects import inbox_stream
-from tests.conftest import Network, start_network, stop_network
+from tests.conftest import Network, network_where
 from tests.gateway.test_service import REFERRAL, call, referral, wait_status
 
 
 @pytest.fixture
 async def pq_net(tmp_path: Path) -> AsyncIterator[Network]:
-    members = [replace(m, post_quantum=True) if m.org == "ods:RYR" else m for m in EXAMPLE_MEMBERS]
-    net = await start_network(tmp_path, members)
-    try:
+    async with network_where(tmp_path, "ods:RYR", post_quantum=True) as net:
         yield net
-    finally:
-        await stop_network(net)
 
 
 async def test_council_seals_post_quantum_to_the_trust(pq_net: Network) -> None:

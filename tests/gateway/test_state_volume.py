@@ -135,6 +135,25 @@ async def test_a_round_trip_raises_no_permission_violation(network: Network) -> 
     assert errors == []
 
 
+async def referrals_delivered(network: Network, count: int, tag: str) -> list[str]:
+    """``count`` referrals from the council to the trust, one at a time, each awaited to ``delivered``."""
+    ids = []
+    for i in range(count):
+        _code, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(local_id=f"{tag}{i}"))
+        ids.append(body["id"])
+    for mid in ids:
+        await wait_status(network, network.COUNCIL, mid, "delivered")
+    return ids
+
+
+async def gauge(network: Network, org: str, name: str) -> float:
+    """A gateway's metric without labels, as its /metrics says it."""
+    async with network.https(org).get(network.url(org) + "/metrics") as r:
+        text = await r.text()
+    [line] = [x for x in text.splitlines() if x.startswith(name + " ")]
+    return float(line.split()[1])
+
+
 async def test_the_record_cache_is_bounded_by_its_setting_and_reported(network: Network) -> None:
     """The records a gateway keeps from its own writes (so a receipt needs no read) stay within
     ``gateway.record_cache_size``, shown as ``psvn_state_record_cache``; records that fell out
@@ -146,17 +165,9 @@ async def test_the_record_cache_is_bounded_by_its_setting_and_reported(network: 
     sized = msgspec.structs.replace(cfg, gateway=msgspec.structs.replace(cfg.gateway, record_cache_size=7))
     assert Gateway(sized).store.cache_size == 7  # the setting reaches the store
     council.gateway.store.cache_size = 3
-    ids = []
-    for i in range(6):
-        _code, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(local_id=f"rc{i}"))
-        ids.append(body["id"])
-    for mid in ids:
-        await wait_status(network, network.COUNCIL, mid, "delivered")
+    await referrals_delivered(network, 6, "rc")
     assert 0 < len(council.gateway.store._recent) <= 3
-    async with network.https(network.COUNCIL).get(network.url(network.COUNCIL) + "/metrics") as r:
-        text = await r.text()
-    [line] = [x for x in text.splitlines() if x.startswith("psvn_state_record_cache ")]
-    assert 0 < float(line.split()[1]) <= 3
+    assert 0 < await gauge(network, network.COUNCIL, "psvn_state_record_cache") <= 3
 
 
 async def test_the_data_key_caches_are_bounded_by_their_settings_and_reported(network: Network) -> None:
@@ -176,12 +187,7 @@ async def test_the_data_key_caches_are_bounded_by_their_settings_and_reported(ne
     assert (keys.uses, keys.seconds, keys.size, opened.size) == (3, 5.0, 4, 6)  # the settings reach them
     assert council.gateway.member.data_keys is not trust.gateway.member.data_keys  # each gateway its own
     council.gateway.member.data_keys.uses = 2
-    ids = []
-    for i in range(4):
-        _code, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral(local_id=f"dk{i}"))
-        ids.append(body["id"])
-    for mid in ids:
-        await wait_status(network, network.COUNCIL, mid, "delivered")
+    await referrals_delivered(network, 4, "dk")
     nc = await devnet.broker_connect(network.layout, network.nats.url)
     try:
         stored = [await nc.jetstream().get_msg(inbox_stream(network.TRUST), seq=seq) for seq in range(1, 5)]
@@ -189,15 +195,8 @@ async def test_the_data_key_caches_are_bounded_by_their_settings_and_reported(ne
         await nc.close()
     sealed_keys = [msgspec.msgpack.decode(m.data or b"", type=seal.Wire).key for m in stored]
     assert len(set(sealed_keys)) == 2 and sealed_keys[0] == sealed_keys[1] != sealed_keys[2] == sealed_keys[3]
-
-    async def gauge(gw: str, name: str) -> float:
-        async with network.https(gw).get(network.url(gw) + "/metrics") as r:
-            text = await r.text()
-        [line] = [x for x in text.splitlines() if x.startswith(name + " ")]
-        return float(line.split()[1])
-
-    assert await gauge(network.COUNCIL, "psvn_seal_data_keys") == 1  # one recipient key: one slot
-    assert await gauge(network.TRUST, "psvn_seal_opened_keys") == 2
+    assert await gauge(network, network.COUNCIL, "psvn_seal_data_keys") == 1  # one recipient key: one slot
+    assert await gauge(network, network.TRUST, "psvn_seal_opened_keys") == 2
     assert trust.gateway.member.opened_keys.opened == 2
 
 

@@ -4,29 +4,23 @@ registry entry says its gateway opens (psvn.protocol.seal, psvn.protocol.members
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 
 import msgspec
 import pytest
 
 from psvn import devnet
-from psvn.devnet import EXAMPLE_MEMBERS
 from psvn.protocol import seal
 from psvn.protocol.subjects import inbox_stream, msg_subject
-from tests.conftest import Network, start_network, stop_network
+from tests.conftest import Network, network_where
 from tests.gateway.test_service import REFERRAL, call, referral, wait_status
 
 
 @pytest.fixture
 async def mixed_net(tmp_path: Path) -> AsyncIterator[Network]:
     """The trust's entry says its gateway opens version 1 only (not yet upgraded)."""
-    members = [replace(m, wire=1) if m.org == "ods:RYR" else m for m in EXAMPLE_MEMBERS]
-    net = await start_network(tmp_path, members)
-    try:
+    async with network_where(tmp_path, "ods:RYR", wire=1) as net:
         yield net
-    finally:
-        await stop_network(net)
 
 
 async def test_each_member_gets_the_wire_version_its_entry_names(mixed_net: Network) -> None:
