@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 import structlog
@@ -20,6 +21,7 @@ from nats.js.kv import KeyValue
 
 from psvn.backbone.kvwatch import read_history
 from psvn.core.errors import Code, PsvnError
+from psvn.protocol import seal
 from psvn.protocol.envelope import now_rfc3339
 from psvn.protocol.members import (
     ROTATION_GRACE,
@@ -168,11 +170,27 @@ async def rotate_member_keys(kv: KeyValue, org: str, *, signer: Ed25519PrivateKe
 
 async def set_status(kv: KeyValue, org: str, status: Status, signer: Ed25519PrivateKey) -> Member:
     """Suspend, revoke or reinstate: a signed write like any other (compare-and-set)."""
+    return await _amend(kv, org, signer, status=status)
+
+
+async def set_wire(kv: KeyValue, org: str, wire: int, signer: Ed25519PrivateKey) -> Member:
+    """Say which seal wire version ``org``'s gateway opens (``Member.wire``): senders seal to it
+    so. Raise it once the gateway runs code that opens the newer version; lower it before rolling
+    the gateway back to code that does not."""
+    if wire not in seal.WIRE_VERSIONS:
+        raise PsvnError(Code.BAD_REQUEST, f"wire version {wire} is not one of {list(seal.WIRE_VERSIONS)}",
+                        field="wire", rule="wire-version")
+    return await _amend(kv, org, signer, wire=wire)
+
+
+async def _amend(kv: KeyValue, org: str, signer: Ed25519PrivateKey, **changes: Any) -> Member:
+    """Change fields of a member's entry and sign it again (compare-and-set: a concurrent write,
+    a revocation say, is not overwritten)."""
     previous = await read_entry(kv, signer.public_key(), org)
     if previous is None or previous.entry.member is None:
         raise PsvnError(Code.UNKNOWN_RECIPIENT, f"{org!r} is not in the registry", field="org",
                         rule="registry-member")
-    updated = msgspec.structs.replace(previous.entry.member, status=status)
+    updated = msgspec.structs.replace(previous.entry.member, **changes)
     await _write(kv, signer, org, updated, previous)
     return updated
 

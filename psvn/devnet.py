@@ -838,6 +838,24 @@ def registry_history(layout: Layout, org: str) -> list[tuple[int, str, registry.
     return asyncio.run(read())
 
 
+def set_registry_wire(layout: Layout, org: str, wire: int) -> registry.Member:
+    """`psvn registry wire ORG VERSION`: the seal wire version ORG's gateway opens, signed into
+    its entry (senders seal to it so from their next message on)."""
+    import asyncio
+
+    state = running_state(layout)
+
+    async def write() -> registry.Member:
+        nc = await broker_connect(layout, nats_urls(state), name="psvn registry wire")
+        try:
+            kv = await registry.ensure_bucket(nc.jetstream())
+            return await registry.set_wire(kv, org, wire, registry_signer(layout))
+        finally:
+            await nc.close()
+
+    return asyncio.run(write())
+
+
 def recover_registry(layout: Layout, org: str) -> registry.RegistryEntry:
     """`psvn registry recover ORG`: put back the newest verified entry from the key's history."""
     import asyncio

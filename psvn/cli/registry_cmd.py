@@ -1,9 +1,10 @@
-"""``psvn registry history|recover ORG``: see and repair a member's registry entry on the devnet.
+"""``psvn registry history|recover|wire ORG``: see, repair and amend a member's registry entry on the devnet.
 
 Every registry value is signed by the registry authority; gateways refuse anything else and keep
 the entry they had. ``history`` shows what the bucket keeps for a member and what a gateway makes
 of each value; ``recover`` puts back the newest verified one (no signing key is needed: the stored
-bytes carry their signature), which clears the gateways' refusal.
+bytes carry their signature), which clears the gateways' refusal. ``wire`` says which seal wire
+version the member's gateway opens, so a network upgrades (or rolls back) one gateway at a time.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from psvn.cli.output import print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("registry", help="a member's signed registry entries: history, recover")
+    p = sub.add_parser("registry", help="a member's signed registry entries: history, recover, wire")
     p.add_argument("--devnet", default=".devnet", help="the devnet folder (default .devnet)")
     s = p.add_subparsers(title="registry commands", metavar="COMMAND")
     h = s.add_parser("history", help="every value kept for a member, as a gateway judges it")
@@ -26,6 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.add_argument("org")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=_recover)
+    w = s.add_parser("wire", help="the seal wire version a member's gateway opens (senders seal to it so)",
+                     description="Sign into ORG's registry entry the newest seal wire version its gateway "
+                                 "opens: 1 (HPKE over each message) for a gateway on code from before data "
+                                 "keys, 2 (a data key sealed with HPKE) once it is upgraded. Lower it before "
+                                 "rolling a gateway back.")
+    w.add_argument("org")
+    w.add_argument("version", type=int, choices=[1, 2])
+    w.add_argument("--json", action="store_true")
+    w.set_defaults(func=_wire)
 
 
 def _history(args: argparse.Namespace) -> int:
@@ -57,4 +67,15 @@ def _recover(args: argparse.Namespace) -> int:
         return 0
     what = "a tombstone: the member stays removed" if entry.member is None else f"status {entry.member.status}"
     print(f"{args.org}: put back the entry signed {entry.signed_at} (serial {entry.serial}, {what})")
+    return 0
+
+
+def _wire(args: argparse.Namespace) -> int:
+    from psvn import devnet
+
+    member = devnet.set_registry_wire(devnet.Layout(Path(args.devnet)), args.org, args.version)
+    if args.json:
+        print_json({"org": member.address, "wire": member.wire, "status": member.status})
+        return 0
+    print(f"{member.address}: senders now seal to it in wire version {member.wire}")
     return 0

@@ -10,7 +10,7 @@ import pytest
 from psvn import devnet
 from psvn.broker import registry
 from tests.conftest import Network
-from tests.gateway.test_service import call, referral
+from tests.gateway.test_service import REFERRAL, call, referral, wait_status
 
 
 async def set_status(net: Network, org: str, status: str) -> None:
@@ -49,6 +49,47 @@ async def test_revoked_recipient_is_refused_at_egress(network: Network) -> None:
     await wait_member_status(network, network.COUNCIL, network.TRUST, "active")
     status, _ = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
     assert status == 202
+
+
+async def test_the_authority_says_which_wire_version_a_members_gateway_opens(network: Network) -> None:
+    """`registry.set_wire` (``psvn registry wire``): a signed write every gateway sees, kept by the
+    entry's later writes (a suspension, say); the council then seals to the trust in that form,
+    and the trust's mail is delivered either way. A version no gateway opens is refused."""
+    from psvn.core.errors import Code, PsvnError
+    from psvn.protocol import seal
+    from psvn.protocol.subjects import inbox_stream, msg_subject
+
+    signer = devnet.registry_signer(network.layout)
+    nc = await devnet.broker_connect(network.layout, network.nats.url)
+    try:
+        kv = await registry.ensure_bucket(nc.jetstream())
+        before = await registry.get_member(kv, signer.public_key(), network.TRUST)
+        lowered = await registry.set_wire(kv, network.TRUST, 1, signer)
+        assert lowered == msgspec.structs.replace(before, wire=1)  # nothing else changed
+        with pytest.raises(PsvnError) as err:
+            await registry.set_wire(kv, network.TRUST, 3, signer)
+        assert (err.value.code, err.value.field, err.value.rule) == (Code.BAD_REQUEST, "wire", "wire-version")
+        await registry.set_status(kv, network.TRUST, "suspended", signer)
+        assert (await registry.get_member(kv, signer.public_key(), network.TRUST)).wire == 1
+        await registry.set_status(kv, network.TRUST, "active", signer)
+        view = network.gateways[network.COUNCIL].gateway.registry
+        last = msgspec.structs.replace(lowered, status="active")  # what the bucket now says
+        for _ in range(200):  # the council's view follows the bucket, until it has the last write
+            if view.members[network.TRUST] == last:
+                break
+            await asyncio.sleep(0.025)
+        assert view.members[network.TRUST] == last
+        status, body = await call(network, network.COUNCIL, "POST", "/v1/messages", referral())
+        assert status == 202
+        stored = await nc.jetstream().get_last_msg(inbox_stream(network.TRUST),
+                                                   msg_subject(network.TRUST, network.COUNCIL))
+        assert msgspec.msgpack.decode(stored.data or b"", type=seal.Wire).v == 1
+        assert (await registry.set_wire(kv, network.TRUST, 2, signer)).wire == 2
+    finally:
+        await nc.close()
+    await wait_status(network, network.COUNCIL, body["id"], "delivered")  # opened, filed, receipted
+    _, item = await call(network, network.TRUST, "GET", f"/v1/inbox/{body['id']}")
+    assert item["payload"] == REFERRAL
 
 
 async def test_message_from_a_suspended_member_is_quarantined(network: Network) -> None:

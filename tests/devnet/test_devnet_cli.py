@@ -320,3 +320,10 @@ def test_registry_history_and_recover_after_a_blanked_entry(devnet_dir: Path) ->
     recovered = run("registry", *d, "recover", "ods:RYR")
     assert "ods:RYR: put back the entry signed" in recovered.stdout and "status active" in recovered.stdout
     assert "verified" in run("registry", *d, "history", "ods:RYR").stdout.splitlines()[-1]
+    # the wire version its gateway opens: lowered before a roll-back, raised after an upgrade
+    assert json.loads(run("registry", *d, "wire", "ods:RYR", "1", "--json").stdout) == {
+        "org": "ods:RYR", "wire": 1, "status": "active"}
+    assert "senders now seal to it in wire version 2" in run("registry", *d, "wire", "ods:RYR", "2").stdout
+    bad = run("registry", *d, "wire", "ods:RYR", "3", check=False)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    assert "verified" in run("registry", *d, "history", "ods:RYR").stdout.splitlines()[-1]
