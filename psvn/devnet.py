@@ -10,9 +10,10 @@ import functools
 import ssl
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from cryptography.hazmat.primitives import serialization
@@ -735,7 +736,6 @@ def rotate_keys(layout: Layout, org: str, *, timeout: float = 60.0) -> registry.
     (it opens mail sealed to either, and signs with whichever key the registry lists); 3. the
     registry lists the new keys: senders seal to the new key, the gateway signs with it, and the
     old signing key still verifies what the backbone stamped before it retired (ROTATION_GRACE)."""
-    import asyncio
 
     from psvn.core.errors import Code, PsvnError
 
@@ -750,17 +750,8 @@ def rotate_keys(layout: Layout, org: str, *, timeout: float = 60.0) -> registry.
     write_state(layout, state)
     _wait_gateway(layout, g, proc, timeout)
     sign_key, hpke_key, suite = public_message_keys(layout.org_dir(org))
-
-    async def publish() -> registry.Member:
-        nc = await broker_connect(layout, nats_urls(state), name="psvn-broker key rotation")
-        try:
-            kv = await registry.ensure_bucket(nc.jetstream())
-            return await registry.rotate_member_keys(kv, org, signer=registry_signer(layout), sign_key=sign_key,
-                                                     hpke_key=hpke_key, hpke_suite=suite)
-        finally:
-            await nc.close()
-
-    return asyncio.run(publish())
+    return _on_registry(layout, state, "psvn-broker key rotation", lambda kv: registry.rotate_member_keys(
+        kv, org, signer=registry_signer(layout), sign_key=sign_key, hpke_key=hpke_key, hpke_suite=suite))
 
 
 def change_membership(layout: Layout, org: str, *, revoke: bool, status: str = "revoked") -> None:
@@ -838,38 +829,36 @@ def registry_history(layout: Layout, org: str) -> list[tuple[int, str, registry.
     return asyncio.run(read())
 
 
-def set_registry_wire(layout: Layout, org: str, wire: int) -> registry.Member:
-    """`psvn registry wire ORG VERSION`: the seal wire version ORG's gateway opens, signed into
-    its entry (senders seal to it so from their next message on)."""
+_T = TypeVar("_T")
+
+
+def _on_registry(layout: Layout, state: DevnetState, name: str,
+                 act: Callable[[Any], Awaitable[_T]]) -> _T:
+    """``act`` on the running devnet's registry bucket, as the broker (one connection, closed after)."""
     import asyncio
 
-    state = running_state(layout)
-
-    async def write() -> registry.Member:
-        nc = await broker_connect(layout, nats_urls(state), name="psvn registry wire")
+    async def run() -> _T:
+        nc = await broker_connect(layout, nats_urls(state), name=name)
         try:
-            kv = await registry.ensure_bucket(nc.jetstream())
-            return await registry.set_wire(kv, org, wire, registry_signer(layout))
+            return await act(await registry.ensure_bucket(nc.jetstream()))
         finally:
             await nc.close()
 
-    return asyncio.run(write())
+    return asyncio.run(run())
+
+
+def set_registry_wire(layout: Layout, org: str, wire: int) -> registry.Member:
+    """`psvn registry wire ORG VERSION`: the seal wire version ORG's gateway opens, signed into
+    its entry (senders seal to it so from their next message on)."""
+    return _on_registry(layout, running_state(layout), "psvn registry wire",
+                        lambda kv: registry.set_wire(kv, org, wire, registry_signer(layout)))
 
 
 def recover_registry(layout: Layout, org: str) -> registry.RegistryEntry:
     """`psvn registry recover ORG`: put back the newest verified entry from the key's history."""
-    import asyncio
-
     from psvn.certs.keys import load_signing_key
 
     state = running_state(layout)
     authority = load_signing_key(layout.registry_key).public_key()
-
-    async def recover() -> registry.RegistryEntry:
-        nc = await broker_connect(layout, nats_urls(state), name="psvn registry recover")
-        try:
-            return await registry.recover_member(await registry.ensure_bucket(nc.jetstream()), org, authority)
-        finally:
-            await nc.close()
-
-    return asyncio.run(recover())
+    return _on_registry(layout, state, "psvn registry recover",
+                        lambda kv: registry.recover_member(kv, org, authority))
