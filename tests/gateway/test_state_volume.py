@@ -148,9 +148,7 @@ async def referrals_delivered(network: Network, count: int, tag: str) -> list[st
 
 async def gauge(network: Network, org: str, name: str) -> float:
     """A gateway's metric without labels, as its /metrics says it."""
-    async with network.https(org).get(network.url(org) + "/metrics") as r:
-        text = await r.text()
-    [line] = [x for x in text.splitlines() if x.startswith(name + " ")]
+    [line] = [x for x in (await _metrics(network, org)).splitlines() if x.startswith(name + " ")]
     return float(line.split()[1])
 
 
