@@ -27,7 +27,7 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import msgspec
 import nacl.bindings
@@ -127,6 +127,18 @@ def _key_info(info: bytes) -> bytes:
     return b"psvn/v2-key|" + info.rpartition(b"|")[0]
 
 
+@dataclass(slots=True)
+class _DataKey:
+    """One data key a sender seals under: for whom (the key object, see :meth:`DataKeys.take`),
+    the key, its HPKE-sealed form, and how much longer it serves."""
+
+    recipient_key: RecipientKey
+    aead: AESGCM
+    sealed: bytes
+    uses_left: int
+    until: float
+
+
 class DataKeys:
     """A sender's data keys: one per (suite, recipient key, sender, recipient), new after
     ``uses`` messages or ``seconds`` seconds, at most ``size`` kept (least recently used goes).
@@ -139,8 +151,8 @@ class DataKeys:
         if not 1 <= uses <= 2**32 or seconds <= 0 or size < 1:  # random 96-bit nonces: 2^32 at most
             raise ValueError("a data key needs 1 <= uses <= 2^32, seconds > 0 and room for one")
         self.uses, self.seconds, self.size, self.clock = uses, seconds, size, clock
-        # (suite, recipient key, key info) -> [recipient key, AES-GCM, sealed key, uses left, until]
-        self._keys: OrderedDict[tuple[str, bytes | int, bytes], list[Any]] = OrderedDict()
+        # (suite, recipient key, key info) -> its data key
+        self._keys: OrderedDict[tuple[str, bytes | int, bytes], _DataKey] = OrderedDict()
         self.made = 0  # data keys made (sealed with HPKE) so far
 
     def take(self, suite: str, recipient_key: RecipientKey, key_info: bytes) -> tuple[AESGCM, bytes]:
@@ -154,11 +166,11 @@ class DataKeys:
         slot = (suite, held, key_info)
         entry = self._keys.get(slot)
         now = self.clock()
-        if (entry is None or (isinstance(held, int) and entry[0] is not recipient_key) or entry[3] <= 0
-                or now >= entry[4]):
+        if (entry is None or (isinstance(held, int) and entry.recipient_key is not recipient_key)
+                or entry.uses_left <= 0 or now >= entry.until):
             raw = AESGCM.generate_key(bit_length=8 * _DATA_KEY_BYTES)
-            entry = [recipient_key, AESGCM(raw), SUITES[suite].encrypt(raw, recipient_key, info=key_info),
-                     self.uses, now + self.seconds]
+            entry = _DataKey(recipient_key, AESGCM(raw), SUITES[suite].encrypt(raw, recipient_key, info=key_info),
+                             self.uses, now + self.seconds)
             self._keys[slot] = entry
             self._keys.move_to_end(slot)  # (a renewed entry keeps its place otherwise)
             self.made += 1
@@ -166,8 +178,8 @@ class DataKeys:
                 self._keys.popitem(last=False)
         else:
             self._keys.move_to_end(slot)
-        entry[3] -= 1
-        return entry[1], entry[2]
+        entry.uses_left -= 1
+        return entry.aead, entry.sealed
 
     def __len__(self) -> int:
         return len(self._keys)
