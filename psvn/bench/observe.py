@@ -36,7 +36,7 @@ class DeliveryObserver:
         self.mailbox: dict[str, float] = {}
         self.sender_delivered: dict[str, float] = {}
         self.failed: dict[str, str] = {}
-        self.changed = asyncio.Event()
+        self._waiters: list[tuple[set[str], asyncio.Event]] = []  # (ids not yet done, set when none are)
         self._subs: list[Any] = []
 
     async def start(self, recipient_nc: Any, sender_nc: Any) -> None:
@@ -70,7 +70,7 @@ class DeliveryObserver:
             self.mailbox.setdefault(mid, now)
         elif st in _FAILED:
             self.failed.setdefault(mid, f"trust: {st}")
-        self.changed.set()
+        self._settled(mid)
 
     def _on_out(self, msg: Any) -> None:
         now = time.perf_counter()
@@ -80,20 +80,33 @@ class DeliveryObserver:
             self.sender_delivered.setdefault(mid, now)
         elif st in _FAILED:
             self.failed.setdefault(mid, f"sender: {st}")
-        self.changed.set()
+        self._settled(mid)
+
+    def _settled(self, mid: str) -> None:
+        """Wake a waiter only when the last message it waits for is done: one wake-up a wait,
+        not one per state update (about three a message), which in the one-at-a-time run cost
+        this process CPU the gateways then waited for."""
+        for pending, all_done in self._waiters:
+            if mid in pending and self.done(mid):
+                pending.discard(mid)
+                if not pending:
+                    all_done.set()
 
     def done(self, mid: str) -> bool:
         return mid in self.failed or (mid in self.mailbox and mid in self.sender_delivered)
 
     async def wait_all(self, ids: list[str], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        pending = [m for m in ids if not self.done(m)]
-        while pending:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), min(left, 0.05))
-            pending = [m for m in pending if not self.done(m)]
-        return True
+        """True once every one of ``ids`` is done (delivered at both ends, or failed); False if
+        ``timeout`` seconds pass first."""
+        pending = {m for m in ids if not self.done(m)}
+        if not pending:
+            return True
+        waiter = (pending, asyncio.Event())
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter[1].wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._waiters.remove(waiter)
