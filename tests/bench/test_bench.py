@@ -557,3 +557,22 @@ def test_runs_async_runs_the_measures_n_times_and_the_once_only_steps_in_the_las
     assert report.notes == ["run 1 of 3: only run 1", "run 2 of 3: only run 2", "shared", "only run 3"]
     assert not bench.delivered(bench.Report(throughput=bench.Throughput(requested=4, accepted=4, undelivered=1),
                                             batch=bench.Throughput(requested=4, accepted=4)))
+
+
+def test_the_bench_settles_its_heap_as_a_gateway_does_before_it_measures() -> None:
+    """The client's collector must not land in a timed message: what the run built is frozen and
+    the young threshold is the gateways' own default."""
+    import gc
+    import importlib
+
+    bench_run = importlib.import_module("psvn.bench.run")  # (the package's ``run`` is the function)
+
+    kept = [{"payload": i} for i in range(1000)]  # built before the measure, like the payloads
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    try:
+        bench_run._settle_heap()
+        assert gc.get_threshold()[0] == bench_run.GC_YOUNG_THRESHOLD == 100_000
+        assert gc.get_freeze_count() >= frozen + len(kept)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
