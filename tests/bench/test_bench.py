@@ -567,7 +567,7 @@ def test_the_bench_settles_its_heap_as_a_gateway_does_before_it_measures() -> No
 
     bench_run = importlib.import_module("psvn.bench.run")  # (the package's ``run`` is the function)
 
-    kept = [{"payload": i} for i in range(1000)]  # built before the measure, like the payloads
+    kept = [[i] for i in range(1000)]  # built before the measure, like the payloads (lists: tracked by gc)
     before, frozen = gc.get_threshold(), gc.get_freeze_count()
     try:
         bench_run._settle_heap()
