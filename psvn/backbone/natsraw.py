@@ -28,6 +28,8 @@ from nats.js.api import RawStreamMsg
 from nats.js.errors import APIError, NotFoundError
 from nats.js.errors import ServiceUnavailableError as JSServiceUnavailableError
 
+from psvn.backbone.connect import subscribe_handler
+
 ACK_PREFIX = "$JS.ACK."
 # A pull request stays open on the server PULL_EXPIRES seconds; within PULL_RENEW_BEFORE of its
 # end it no longer counts and the next is sent; past its end by PULL_GRACE with no status seen
@@ -130,11 +132,13 @@ class Puller:
         self._ended: Msg | None = None  # a status other than "expired" that ended a request
 
     async def start(self) -> None:
-        async def arrive(msg: Msg) -> None:
+        def arrive(msg: Msg) -> None:
             self._arrived.append(msg)
             self._wake.set()
 
-        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=arrive)  # request n answers on <inbox>.<n>
+        # request n answers on <inbox>.<n>; each arrival is only queued here, so it is handled
+        # as the reading loop parses it (no per-subscription queue, task and coroutine a message)
+        self._sub = await subscribe_handler(self._nc, f"{self._inbox}.*", arrive)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
