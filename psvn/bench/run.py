@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import os
 import platform
 import secrets
@@ -12,7 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,25 @@ GC_YOUNG_THRESHOLD: int = next(f.default for f in msgspec.structs.fields(Gateway
 def _settle_heap() -> None:
     """Before each measure: what this process built so far (the payloads, earlier runs' ids
     and results) is frozen, so its collector does not walk it while a message is timed. Seen
-    with ``gc.callbacks`` in a full bench: three full collections of 67-72 ms each and middle
+    with ``gc.callbacks`` in a full bench: three full collections of 54-90 ms each and middle
     ones up to 2.8 ms, each landing in whatever message was in flight (a one-at-a-time p99 is
     the third-worst of 300). The gateways settle their heaps the same way (:mod:`psvn.core.heap`);
     the raw baseline runs in this process, so it is measured with the same settings."""
     heap.settle(GC_YOUNG_THRESHOLD)
+
+
+@contextlib.contextmanager
+def _collector_restored() -> Iterator[None]:
+    """The collector as it was once a run is over: the bench may run inside another program
+    (the test suite does), whose later work must not inherit its thresholds or its frozen
+    objects (what was frozen stays uncollected). Objects frozen before the run stay frozen."""
+    thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
+    try:
+        yield
+    finally:
+        if not frozen:
+            gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 # -- the whole run ------------------------------------------------------------------------------
@@ -94,6 +109,12 @@ def _load() -> float | None:
 async def run_async(layout: Any, opts: Options, *, progress: Progress | None = None,
                     started: bool = False, loop_name: str = "asyncio") -> Report:
     """Run every measurement against the devnet at ``layout`` (it must be running)."""
+    with _collector_restored():
+        return await _run_async(layout, opts, progress=progress, started=started, loop_name=loop_name)
+
+
+async def _run_async(layout: Any, opts: Options, *, progress: Progress | None,
+                     started: bool, loop_name: str) -> Report:
     from psvn_client import AsyncClient
 
     from psvn import devnet

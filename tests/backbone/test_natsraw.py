@@ -108,6 +108,23 @@ async def test_what_arrives_after_a_fetch_returned_is_taken_by_the_next(pulling:
     assert [m.data for m in rest] == [b"m2", b"m3", b"m4"]
 
 
+async def test_deliveries_are_taken_as_the_reading_loop_parses_them(pulling: Pulling) -> None:
+    """On psvn's own client a pull's deliveries skip nats-py's per-subscription queue and task:
+    each is in the puller's hands once the reading loop has parsed it, still acknowledgeable."""
+    from psvn.backbone.connect import CoalescingClient
+
+    assert isinstance(pulling.nc, CoalescingClient)
+    sub = pulling.puller._sub
+    assert sub._id in pulling.nc._direct
+    await pulling.publish(b"m")
+    got: list[Msg] = []
+    async with asyncio.timeout(10):
+        while not got:
+            got += await pulling.puller.fetch(1, timeout=5)
+    assert [m.data for m in got] == [b"m"] and sub._pending_queue.qsize() == 0  # nothing queued
+    await got[0].ack()
+
+
 async def test_a_request_that_ran_out_is_renewed(pulling: Pulling) -> None:
     """Nothing arrives for longer than a request lasts: the server ends it (408), a new one is
     open, and the next message still comes."""

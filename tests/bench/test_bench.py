@@ -149,12 +149,24 @@ def assert_new_figures(r: bench.Report, *, through: int) -> None:
         assert needle in text, needle
 
 
-def test_bench_counts_add_up_and_leaves_nothing_behind(layout: devnet.Layout) -> None:
+def test_bench_counts_add_up_and_leaves_nothing_behind(layout: devnet.Layout,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+    import importlib
+
+    bench_run = importlib.import_module("psvn.bench.run")  # (the package's ``run`` is the function)
+    settled: list[str] = []
+    monkeypatch.setattr(bench_run, "_settle_heap", lambda: (settled.append(seen[-1]), bench_run.heap.settle(
+        bench_run.GC_YOUNG_THRESHOLD)))
     seen: list[str] = []
     before = devnet.read_state(layout)
     assert before is not None
+    collector = gc.get_threshold(), gc.get_freeze_count()
     r = bench.run(layout, opts(), progress=seen.append)
     assert_complete(r)
+    # the heap settled before each measure, and the collector as it was once the run is over
+    assert [s.split(":")[0] for s in settled] == ["latency", "throughput", "batch", "baseline"]
+    assert (gc.get_threshold(), gc.get_freeze_count()) == collector
     # the devnet is as it was: every gateway runs, the sender's under the PID the state now records
     after = devnet.read_state(layout)
     assert after is not None and r.restart is not None
@@ -570,6 +582,7 @@ def test_the_bench_settles_its_heap_as_a_gateway_does_before_it_measures() -> No
     kept = [[i] for i in range(1000)]  # built before the measure, like the payloads (lists: tracked by gc)
     before, frozen = gc.get_threshold(), gc.get_freeze_count()
     try:
+        gc.set_threshold(700, 10, 10)  # Python's own, whatever an earlier test left
         bench_run._settle_heap()
         assert gc.get_threshold()[0] == bench_run.GC_YOUNG_THRESHOLD == 100_000
         assert gc.get_freeze_count() >= frozen + len(kept)

@@ -35,9 +35,11 @@ async def test_a_wait_ends_when_every_message_is_done_at_both_ends() -> None:
     filed(obs, "a")
     sender_saw(obs, "a")
     filed(obs, "b")
-    await asyncio.sleep(0)
-    assert not wait.done()  # b is in the mailbox, but its sender has not seen it delivered
+    [(pending, all_done)] = obs._waiters
+    # b is in the mailbox, but its sender has not seen it delivered: the wait is not woken
+    assert pending == {"b"} and not all_done.is_set()
     sender_saw(obs, "b")
+    assert all_done.is_set()
     assert await wait is True
     assert obs._waiters == []
 
