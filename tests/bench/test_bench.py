@@ -155,10 +155,14 @@ def test_bench_counts_add_up_and_leaves_nothing_behind(layout: devnet.Layout,
     import importlib
 
     bench_run = importlib.import_module("psvn.bench.run")  # (the package's ``run`` is the function)
+    seen: list[str] = []  # the progress lines: the last one names the measure about to run
     settled: list[str] = []
-    monkeypatch.setattr(bench_run, "_settle_heap", lambda: (settled.append(seen[-1]), bench_run.heap.settle(
-        bench_run.GC_YOUNG_THRESHOLD)))
-    seen: list[str] = []
+
+    def settle() -> None:
+        settled.append(seen[-1])
+        bench_run.heap.settle(bench_run.GC_YOUNG_THRESHOLD)
+
+    monkeypatch.setattr(bench_run, "_settle_heap", settle)
     before = devnet.read_state(layout)
     assert before is not None
     collector = gc.get_threshold(), gc.get_freeze_count()
