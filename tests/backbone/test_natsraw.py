@@ -125,6 +125,60 @@ async def test_deliveries_are_taken_as_the_reading_loop_parses_them(pulling: Pul
     await got[0].ack()
 
 
+async def test_a_waiting_fetch_has_its_message_the_loop_turn_after_it_arrives(pulling: Pulling) -> None:
+    """An idle gateway's fetch waits for the next message; once the reading loop has it, the
+    fetch resumes in the next turn of the event loop, before anything the loop was asked to do
+    after the arrival (the order is what is checked, not a time): ``wait_for(Event.wait())``
+    first woke a task of its own, and the fetch came a turn later still."""
+    loop = asyncio.get_running_loop()
+    sub_id = pulling.puller._sub._id
+    handler = pulling.nc._direct[sub_id]  # type: ignore[attr-defined]
+    after_arrival: list[str] = []  # what ran after the arrival, in order
+
+    def arrive(msg: Msg) -> None:
+        handler(msg)
+        loop.call_soon(after_arrival.append, "the loop's next callback")
+
+    pulling.nc._direct[sub_id] = arrive  # type: ignore[attr-defined]
+
+    async def fetch_one() -> list[Msg]:
+        got = await pulling.puller.fetch(1, timeout=5)
+        after_arrival.append("fetch returned")
+        return got
+
+    for i in range(5):
+        fetching = asyncio.ensure_future(fetch_one())
+        for _ in range(5):  # the fetch is waiting (its request is out), the server quiet
+            await asyncio.sleep(0)
+        assert not fetching.done()
+        after_arrival.clear()
+        await pulling.publish(f"m{i}".encode())
+        got = await fetching
+        assert [m.data for m in got] == [f"m{i}".encode()]
+        assert after_arrival[0] == "fetch returned", after_arrival
+        await got[0].ack()
+
+
+async def test_a_fetch_cancelled_while_waiting_loses_nothing(pulling: Pulling) -> None:
+    """A fetch cancelled while it waits (its gateway stopping) leaves no waiter behind: what
+    arrives next is kept for the next fetch, and nothing raises in the reading loop."""
+    waiting = asyncio.ensure_future(pulling.puller.fetch(1, timeout=5))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert pulling.puller._waiter is None
+    await pulling.publish(b"after")
+    got: list[Msg] = []
+    async with asyncio.timeout(10):
+        while not got:
+            got += await pulling.puller.fetch(1, timeout=5)
+    assert [m.data for m in got] == [b"after"]
+    assert pulling.nc.last_error is None
+    await got[0].ack()
+
+
 async def test_a_request_that_ran_out_is_renewed(pulling: Pulling) -> None:
     """Nothing arrives for longer than a request lasts: the server ends it (408), a new one is
     open, and the next message still comes."""
