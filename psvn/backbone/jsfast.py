@@ -196,8 +196,7 @@ class JetStreamOps:
         self._reply_prefix = ""
         self._cut = 0
         self._sub: Any = None
-        self._sweeper: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self._sweep_timer: asyncio.TimerHandle | None = None  # set while requests wait
         self._starting: asyncio.Lock | None = None
         self._closed = False
 
@@ -217,17 +216,14 @@ class JetStreamOps:
                 # on psvn's own client each reply goes straight to its future
                 self._sub = await subscribe_handler(self._nc, reply_prefix + "*", self._resolve)
                 self._reply_prefix, self._cut = reply_prefix, len(reply_prefix)
-                self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="jsfast-sweep")
         return self
 
     async def close(self) -> None:
         """Unsubscribe; what is pending fails with ``ConnectionClosedError``."""
         self._closed = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
@@ -247,19 +243,23 @@ class JetStreamOps:
         if entry is not None and not entry[0].done():
             entry[0].set_result(msg)
 
-    async def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._pending:
-                self._wake.clear()
-                await self._wake.wait()
-            await asyncio.sleep(self._tick)
-            now = loop.time()
-            overdue = [token for token, (_, deadline) in self._pending.items() if deadline <= now]
-            for token in overdue:
-                entry = self._pending.pop(token, None)
-                if entry is not None and not entry[0].done():
-                    entry[0].set_exception(nats.errors.TimeoutError())
+    def _arm(self) -> None:
+        """Look for overdue requests every ``tick`` seconds while any wait: a timer, not a task
+        woken by the first request after a quiet spell (that task ran in the loop turn before
+        the request's write, on every one-at-a-time message's backbone round trips)."""
+        if self._sweep_timer is None and not self._closed:
+            self._sweep_timer = asyncio.get_running_loop().call_later(self._tick, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweep_timer = None
+        now = asyncio.get_running_loop().time()
+        overdue = [token for token, (_, deadline) in self._pending.items() if deadline <= now]
+        for token in overdue:
+            entry = self._pending.pop(token, None)
+            if entry is not None and not entry[0].done():
+                entry[0].set_exception(nats.errors.TimeoutError())
+        if self._pending:
+            self._arm()
 
     async def _call(self, subject: str, payload: bytes, headers: dict[str, str] | None,
                     timeout: float | None) -> Msg:
@@ -269,9 +269,8 @@ class JetStreamOps:
         token = str(self._next)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Msg] = loop.create_future()
-        if not self._pending:
-            self._wake.set()
         self._pending[token] = (fut, loop.time() + (self.timeout if timeout is None else timeout))
+        self._arm()
         try:
             await self._nc.publish(subject, payload, reply=self._reply_prefix + token, headers=headers)
             return await fut

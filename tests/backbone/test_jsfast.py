@@ -163,6 +163,26 @@ async def test_an_unanswered_request_times_out_and_is_forgotten(ops: JetStreamOp
         await silent.unsubscribe()
 
 
+async def test_deadlines_are_watched_while_any_request_waits_and_not_after(ops: JetStreamOps, broker: NATS) -> None:
+    """A short request times out while a long one waits beside it; the long one still gets its
+    answer; once nothing waits, nothing is left watching (no timer, no task of the object's)."""
+    silent = await broker.subscribe("jsfast-silent.w.>")
+    try:
+        long = asyncio.create_task(ops.publish("jsfast-silent.w.long", b"x", timeout=30))
+        with pytest.raises(nats.errors.TimeoutError):
+            await ops.publish("jsfast-silent.w.short", b"x", timeout=0.2)
+        assert ops.pending == 1 and not long.done()
+        asked = {m.subject: m for m in [await silent.next_msg(timeout=1), await silent.next_msg(timeout=1)]}
+        await broker.publish(asked["jsfast-silent.w.long"].reply, f'{{"stream":"{STREAM}","seq":7}}'.encode())
+        assert (await long).seq == 7
+        assert ops.pending == 0
+        # the watch's last look finds nothing waiting, and it stops
+        await _until(lambda: ops._sweep_timer is None, "the deadline watch stopped")
+        assert not [t for t in asyncio.all_tasks() if "jsfast" in t.get_name()]
+    finally:
+        await silent.unsubscribe()
+
+
 async def test_a_cancelled_caller_leaves_nothing_pending(ops: JetStreamOps, broker: NATS) -> None:
     silent = await broker.subscribe("jsfast-silent.y")
     try:
