@@ -393,6 +393,36 @@ def test_each_worker_sends_through_its_own_client(layout: devnet.Layout) -> None
     assert len(set(about.values())) == 9
 
 
+def test_one_at_a_time_is_sent_from_the_callers_own_task() -> None:
+    """The latency run sends each message from the task that times it, as a system calling
+    ``send`` would: no task of gather's between the clock and the send (its start is a loop
+    turn later, which the measured time would include). Many in flight still run as workers."""
+
+    class Answer:
+        def __init__(self, mid: str) -> None:
+            self.id = mid
+
+    class Client:
+        def __init__(self) -> None:
+            self.tasks: list[asyncio.Task[Any] | None] = []
+
+        async def send(self, *args: Any, **kwargs: Any) -> Answer:
+            self.tasks.append(asyncio.current_task())
+            await asyncio.sleep(0)  # an answer takes a while: the other worker sends meanwhile
+            return Answer(f"m{len(self.tasks)}")
+
+    async def go() -> tuple[asyncio.Task[Any] | None, Client, Client]:
+        one, many = Client(), Client()
+        await paths._send_many(one, [bench.service_request(0)], concurrency=8, time_limit=60, tag="one")
+        await paths._send_many(many, [bench.service_request(i) for i in range(4)], concurrency=2, time_limit=60,
+                               tag="many")
+        return asyncio.current_task(), one, many
+
+    me, one, many = asyncio.run(go())
+    assert one.tasks == [me]
+    assert len(many.tasks) == 4 and me not in many.tasks and len(set(many.tasks)) == 2
+
+
 def test_targets_are_read_beside_the_figures_never_as_a_verdict_on_the_run() -> None:
     """``assess``: each target beside its figure; None where the run cannot say (memory over
     fewer than 100,000 messages, a figure not measured); a gateway that did not come back does
