@@ -214,7 +214,12 @@ class JetStreamOps:
                 prefix = bytes(self._nc._inbox_prefix).decode()
                 reply_prefix = f"{prefix}.{secrets.token_hex(8)}."
                 # on psvn's own client each reply goes straight to its future
-                self._sub = await subscribe_handler(self._nc, reply_prefix + "*", self._resolve)
+                sub = await subscribe_handler(self._nc, reply_prefix + "*", self._resolve)
+                if self._closed:  # closed while subscribing: nothing may wait on it
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+                    raise nats.errors.ConnectionClosedError
+                self._sub = sub
                 self._reply_prefix, self._cut = reply_prefix, len(reply_prefix)
         return self
 
@@ -252,19 +257,23 @@ class JetStreamOps:
 
     def _sweep(self) -> None:
         self._sweep_timer = None
-        now = asyncio.get_running_loop().time()
-        overdue = [token for token, (_, deadline) in self._pending.items() if deadline <= now]
-        for token in overdue:
-            entry = self._pending.pop(token, None)
-            if entry is not None and not entry[0].done():
-                entry[0].set_exception(nats.errors.TimeoutError())
-        if self._pending:
-            self._arm()
+        try:
+            now = asyncio.get_running_loop().time()
+            overdue = [token for token, (_, deadline) in self._pending.items() if deadline <= now]
+            for token in overdue:
+                entry = self._pending.pop(token, None)
+                if entry is not None and not entry[0].done():
+                    entry[0].set_exception(nats.errors.TimeoutError())
+        finally:  # whatever happened, what still waits stays watched
+            if self._pending:
+                self._arm()
 
     async def _call(self, subject: str, payload: bytes, headers: dict[str, str] | None,
                     timeout: float | None) -> Msg:
         if self._sub is None:
             await self.start()
+        if self._closed:  # (closed while another caller's start was subscribing)
+            raise nats.errors.ConnectionClosedError
         self._next += 1
         token = str(self._next)
         loop = asyncio.get_running_loop()

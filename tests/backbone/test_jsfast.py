@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import nats.errors
 import pytest
@@ -25,6 +26,7 @@ from nats.js.errors import (
 )
 
 from psvn import devnet
+from psvn.backbone import jsfast
 from psvn.backbone.buckets import provision_state_bucket
 from psvn.backbone.connect import connect
 from psvn.backbone.jsfast import JetStreamOps, NoResponders, already_gone, parse_headers
@@ -169,8 +171,9 @@ async def test_deadlines_are_watched_while_any_request_waits_and_not_after(ops: 
     silent = await broker.subscribe("jsfast-silent.w.>")
     try:
         long = asyncio.create_task(ops.publish("jsfast-silent.w.long", b"x", timeout=30))
-        with pytest.raises(nats.errors.TimeoutError):
-            await ops.publish("jsfast-silent.w.short", b"x", timeout=0.2)
+        async with asyncio.timeout(5):  # (unwatched, it would wait for ever)
+            with pytest.raises(nats.errors.TimeoutError):
+                await ops.publish("jsfast-silent.w.short", b"x", timeout=0.2)
         assert ops.pending == 1 and not long.done()
         asked = {m.subject: m for m in [await silent.next_msg(timeout=1), await silent.next_msg(timeout=1)]}
         await broker.publish(asked["jsfast-silent.w.long"].reply, f'{{"stream":"{STREAM}","seq":7}}'.encode())
@@ -181,6 +184,27 @@ async def test_deadlines_are_watched_while_any_request_waits_and_not_after(ops: 
         assert not [t for t in asyncio.all_tasks() if "jsfast" in t.get_name()]
     finally:
         await silent.unsubscribe()
+
+
+async def test_a_request_made_as_the_object_closes_is_refused_not_left_waiting(
+        broker: NATS, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Closed while a first request's start is subscribing: the request is refused (connection
+    closed), not left waiting with no deadline watched, and no subscription is left behind."""
+    real = jsfast.subscribe_handler
+
+    async def subscribing_takes_a_turn(nc: NATS, subject: str, handler: Any) -> Any:
+        await asyncio.sleep(0)  # (psvn's client subscribes without yielding; another might not)
+        return await real(nc, subject, handler)
+
+    monkeypatch.setattr(jsfast, "subscribe_handler", subscribing_takes_a_turn)
+    ops = JetStreamOps(broker, timeout=0.5)
+    request = asyncio.ensure_future(ops.publish(subj("closing"), b"x"))
+    await asyncio.sleep(0)  # the request's start is subscribing
+    await ops.close()
+    async with asyncio.timeout(5):
+        with pytest.raises(nats.errors.ConnectionClosedError):
+            await request
+    assert ops.pending == 0 and ops._sub is None
 
 
 async def test_a_cancelled_caller_leaves_nothing_pending(ops: JetStreamOps, broker: NATS) -> None:

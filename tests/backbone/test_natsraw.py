@@ -125,57 +125,92 @@ async def test_deliveries_are_taken_as_the_reading_loop_parses_them(pulling: Pul
     await got[0].ack()
 
 
+class ArrivalOrder:
+    """What the loop runs after each of the puller's arrivals, in order: a fetch woken by it
+    notes "fetch returned", and a callback the arrival schedules notes that it ran."""
+
+    def __init__(self, pulling: Pulling) -> None:
+        self.pulling, self.seen = pulling, list[str]()
+        loop = asyncio.get_running_loop()
+        sub_id = pulling.puller._sub._id
+        handler = pulling.nc._direct[sub_id]  # type: ignore[attr-defined]
+
+        def arrive(msg: Msg) -> None:
+            handler(msg)
+            loop.call_soon(self.seen.append, "the loop's next callback")
+
+        pulling.nc._direct[sub_id] = arrive  # type: ignore[attr-defined]
+
+    async def fetch_one(self) -> list[Msg]:
+        got = await self.pulling.puller.fetch(1, timeout=30)
+        self.seen.append("fetch returned")
+        return got
+
+
+async def _quiet_turns() -> None:
+    for _ in range(5):  # a fetch started now is waiting after these (its request out, the server quiet)
+        await asyncio.sleep(0)
+
+
 async def test_a_waiting_fetch_has_its_message_the_loop_turn_after_it_arrives(pulling: Pulling) -> None:
     """An idle gateway's fetch waits for the next message; once the reading loop has it, the
     fetch resumes in the next turn of the event loop, before anything the loop was asked to do
-    after the arrival (the order is what is checked, not a time): ``wait_for(Event.wait())``
-    first woke a task of its own, and the fetch came a turn later still."""
-    loop = asyncio.get_running_loop()
-    sub_id = pulling.puller._sub._id
-    handler = pulling.nc._direct[sub_id]  # type: ignore[attr-defined]
-    after_arrival: list[str] = []  # what ran after the arrival, in order
-
-    def arrive(msg: Msg) -> None:
-        handler(msg)
-        loop.call_soon(after_arrival.append, "the loop's next callback")
-
-    pulling.nc._direct[sub_id] = arrive  # type: ignore[attr-defined]
-
-    async def fetch_one() -> list[Msg]:
-        got = await pulling.puller.fetch(1, timeout=5)
-        after_arrival.append("fetch returned")
-        return got
-
+    after the arrival (the order is what is checked, not a time): Python 3.11's
+    ``wait_for(Event.wait())`` first woke a task of its own, and the fetch came a turn later."""
+    order = ArrivalOrder(pulling)
     for i in range(5):
-        fetching = asyncio.ensure_future(fetch_one())
-        for _ in range(5):  # the fetch is waiting (its request is out), the server quiet
-            await asyncio.sleep(0)
+        fetching = asyncio.ensure_future(order.fetch_one())
+        await _quiet_turns()
         assert not fetching.done()
-        after_arrival.clear()
+        order.seen.clear()
         await pulling.publish(f"m{i}".encode())
         got = await fetching
         assert [m.data for m in got] == [f"m{i}".encode()]
-        assert after_arrival[0] == "fetch returned", after_arrival
+        assert order.seen[0] == "fetch returned", order.seen
         await got[0].ack()
 
 
+async def test_fetches_waiting_at_once_are_each_woken_by_an_arrival(pulling: Pulling) -> None:
+    """Two fetches waiting at once (not what a gateway does, but nothing forbids it): the first
+    arrival wakes both (one takes it, the other waits again), and the next arrival still wakes
+    the one left waiting at once, not when its wait would time out."""
+    order = ArrivalOrder(pulling)
+    fetches = [asyncio.ensure_future(order.fetch_one()) for _ in range(2)]
+    got: list[bytes] = []
+    for i in range(2):
+        await _quiet_turns()
+        order.seen.clear()
+        await pulling.publish(f"m{i}".encode())
+        done, _ = await asyncio.wait(fetches, return_when=asyncio.FIRST_COMPLETED)
+        assert order.seen[0] == "fetch returned", order.seen
+        for f in done:
+            fetches.remove(f)
+            for m in f.result():
+                got.append(m.data)
+                await m.ack()
+    assert sorted(got) == [b"m0", b"m1"] and not fetches
+
+
 async def test_a_fetch_cancelled_while_waiting_loses_nothing(pulling: Pulling) -> None:
-    """A fetch cancelled while it waits (its gateway stopping) leaves no waiter behind: what
-    arrives next is kept for the next fetch, and nothing raises in the reading loop."""
+    """A fetch cancelled while it waits (its gateway stopping) leaves no waiter behind: an
+    arrival meanwhile raises nothing in the reading loop, and what arrives next is kept for the
+    next fetch."""
+    sub_id = pulling.puller._sub._id
+    arrive = pulling.nc._direct[sub_id]  # type: ignore[attr-defined]
     waiting = asyncio.ensure_future(pulling.puller.fetch(1, timeout=5))
-    for _ in range(5):
-        await asyncio.sleep(0)
-    waiting.cancel()
+    await _quiet_turns()
+    waiting.cancel()  # (its waiter is cancelled now; the fetch finishes on its next turn)
+    heartbeat = Msg(pulling.nc, subject=pulling.puller._open[0].reply, headers={"Status": "100"})
+    arrive(heartbeat)  # an idle heartbeat reaching the cancelled waiter: no error
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    assert pulling.puller._waiter is None
+    assert pulling.puller._waiters == []
     await pulling.publish(b"after")
     got: list[Msg] = []
     async with asyncio.timeout(10):
         while not got:
             got += await pulling.puller.fetch(1, timeout=5)
     assert [m.data for m in got] == [b"after"]
-    assert pulling.nc.last_error is None
     await got[0].ack()
 
 
