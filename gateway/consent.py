@@ -71,6 +71,7 @@ from psvn.backbone.kvwatch import KV_OPERATION
 from psvn.backbone.registry_view import RegistryView
 from psvn.certs.keys import ed25519_public
 from psvn.core.errors import Code, PsvnError
+from psvn.core.tasks import together
 from psvn.policies.consent import ConsentChange, ConsentRegistry
 from psvn.protocol import seal
 from psvn.protocol.subjects import CONSENT_BUCKET
@@ -356,8 +357,8 @@ class ConsentLookup:
     async def consult(self, subjects: Iterable[str]) -> Consulted:
         """The current consent of exactly ``subjects`` (one direct get each, concurrently)."""
         wanted = sorted(set(subjects))
-        # one subject (nearly every message names one patient): awaited without gather's task
-        found = [await self.read(wanted[0])] if len(wanted) == 1 else await asyncio.gather(*map(self.read, wanted))
+        # (one subject, as nearly every message names one patient: read in this task)
+        found = await together([self.read(subject) for subject in wanted])
         consent = ConsentRegistry()
         refused: list[tuple[str, str]] = []
         lagging = False

@@ -27,6 +27,7 @@ from psvn.backbone.natsraw import Puller
 from psvn.core import addresses
 from psvn.core.errors import Code, PsvnError
 from psvn.core.retry import retrying
+from psvn.core.tasks import together
 from psvn.gateway import core
 from psvn.gateway.consent import OPERATOR_TYPE, Consulted
 from psvn.gateway.egress import Consult, Egress
@@ -141,10 +142,8 @@ class Ingress(Part):
         due = ReceiptsDue()
         loop = asyncio.get_running_loop()
         started = loop.time()
-        # one message (what an idle gateway fetches, one at a time): handled in this task, not
-        # in a task of gather's, which would start it a loop turn later
-        handled = [await self._handle_safely(msgs[0], due, 0)] if len(msgs) == 1 else await asyncio.gather(
-            *(self._handle_safely(msg, due, i) for i, msg in enumerate(msgs)))
+        # (one message, what an idle gateway fetches, is handled in this task)
+        handled = await together([self._handle_safely(msg, due, i) for i, msg in enumerate(msgs)])
         if loop.time() - started > SLOW_BATCH_SECONDS:  # one slow message (an election): the handled
             held = [msg for msg, ok in zip(msgs, handled, strict=True) if ok] + fetched_ahead()
             await asyncio.gather(*(self._in_progress(msg) for msg in held))

@@ -26,6 +26,7 @@ from psvn.bench.report import (
     percentiles,
 )
 from psvn.bench.workload import Options, service_request, subject_of
+from psvn.core.tasks import together
 
 
 # -- psvn end to end -----------------------------------------------------------------------
@@ -72,11 +73,9 @@ async def _send_many(client: Any, payloads: list[dict[str, Any]], *, concurrency
                 continue
             out.times.append((res.id, t0, time.perf_counter()))
 
-    workers = min(concurrency, len(payloads))
-    if workers == 1:  # one at a time (the latency run): sent from the caller's task, not one of gather's,
-        await worker(clients[0])  # whose start a loop turn later the measured time would include
-    else:
-        await asyncio.gather(*(worker(clients[k % len(clients)]) for k in range(workers)))
+    # one at a time (the latency run): sent from the caller's task, so the measured time holds
+    # no task of gather's starting a loop turn later
+    await together([worker(clients[k % len(clients)]) for k in range(min(concurrency, len(payloads)))])
     return out
 
 
